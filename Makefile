@@ -1,0 +1,92 @@
+# loom — every build goes through this file.
+#   make              build/train and the tools (build/score, build/tokenize, build/prepare, ...)
+#   make test         build and run every GoogleTest suite; ends with "N passed, N failed, N skipped"
+#   make benchmark    the sft-alpaca workload of ../shared/docs/BENCHMARK.md (needs a GPU)
+#   make GPU_ARCH=80  build the CUDA code for another architecture (80, 86, 89, 90, 100, 120)
+# Sources are found by folder: every .cpp/.cu in engine/ ops/ models/ dist/ data/ goes into
+# build/libloom.a, except *_main.cpp files, each of which becomes build/<name>.
+
+GPU_ARCH    ?= 90
+BUILD       ?= build
+CUDA_HOME   ?= /usr/local/cuda
+DEPS_PREFIX ?=
+CXX         ?= g++
+NVCC        ?= $(CUDA_HOME)/bin/nvcc
+export DEPS_PREFIX CUDA_HOME
+
+comma := ,
+VALID_ARCH := 80 86 89 90 100 120
+ifeq ($(filter $(GPU_ARCH),$(VALID_ARCH)),)
+$(error GPU_ARCH=$(GPU_ARCH) is not supported; use one of: $(VALID_ARCH))
+endif
+
+MPI_CFLAGS := $(shell mpicxx --showme:compile 2>/dev/null)
+MPI_LIBS   := $(shell mpicxx --showme:link 2>/dev/null)
+NCCL_LIBDIR := $(firstword $(wildcard $(CUDA_HOME)/lib $(CUDA_HOME)/targets/x86_64-linux/lib))
+EXTRA_INC  := $(if $(DEPS_PREFIX),-I$(DEPS_PREFIX)/usr/include)
+EXTRA_LIB  := $(if $(DEPS_PREFIX),-L$(DEPS_PREFIX)/usr/lib/x86_64-linux-gnu)
+
+INCLUDES := -I. -I$(CUDA_HOME)/include $(EXTRA_INC) $(MPI_CFLAGS)
+CXXFLAGS += -std=c++17 -O2 -g -fopenmp -Wall -Wextra -Wno-unused-parameter -MMD -MP $(INCLUDES)
+NVCCFLAGS := -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr \
+             -gencode arch=compute_$(GPU_ARCH),code=sm_$(GPU_ARCH) \
+             -Xcompiler -fopenmp,-Wall,-Wno-unused-parameter -MMD -MP $(INCLUDES)
+LDLIBS := -L$(CUDA_HOME)/lib64 $(if $(NCCL_LIBDIR),-L$(NCCL_LIBDIR) -Wl$(comma)-rpath$(comma)$(NCCL_LIBDIR)) \
+          -Wl,-rpath,$(CUDA_HOME)/lib64 $(EXTRA_LIB) \
+          -lyaml-cpp -lsentencepiece -l:libpcre2-8.a -l:libutf8proc.a \
+          -lcublasLt -lcublas -lcudart -lnccl $(MPI_LIBS) -fopenmp -lpthread -ldl
+LIB_DIRS  := engine ops models dist data
+LIB_CPP   := $(filter-out %_main.cpp,$(wildcard $(addsuffix /*.cpp,$(LIB_DIRS))))
+LIB_CU    := $(wildcard $(addsuffix /*.cu,$(LIB_DIRS)))
+MAIN_SRC  := $(wildcard engine/*_main.cpp tools/*_main.cpp)
+TEST_SRC  := $(wildcard tests/*.cpp tests/*.cu)
+
+obj = $(patsubst %,$(BUILD)/obj/%.o,$(1))
+LIB_OBJ   := $(call obj,$(LIB_CPP) $(LIB_CU))
+MAIN_OBJ  := $(call obj,$(MAIN_SRC))
+TEST_OBJ  := $(call obj,$(TEST_SRC))
+BINS      := $(patsubst %_main.cpp,$(BUILD)/%,$(notdir $(MAIN_SRC)))
+LIB       := $(BUILD)/libloom.a
+DEPS_OK   := $(BUILD)/.deps_ok
+
+.PHONY: all test benchmark clean deps
+all: $(BINS)
+
+deps: $(DEPS_OK)
+$(DEPS_OK): tools/check_deps.sh
+	@bash tools/check_deps.sh
+	@mkdir -p $(@D) && touch $@
+
+$(BUILD)/obj/%.cpp.o: %.cpp | $(DEPS_OK)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.cu.o: %.cu | $(DEPS_OK)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+# Each binary is its *_main.cpp linked against the library.
+define main_rule
+$(BUILD)/$(patsubst %_main.cpp,%,$(notdir $(1))): $(call obj,$(1)) $(LIB)
+	$(CXX) -o $$@ $$^ $(LDLIBS)
+endef
+$(foreach m,$(MAIN_SRC),$(eval $(call main_rule,$(m))))
+
+$(BUILD)/loom_tests: $(TEST_OBJ) $(LIB)
+	$(CXX) -o $@ $^ -L/usr/lib/x86_64-linux-gnu -lgtest $(LDLIBS)
+
+# Tests read ../shared (tokenizers) and tests/fixtures; they run from the repository root.
+test: $(BUILD)/loom_tests $(BINS)
+	@$(BUILD)/loom_tests
+
+benchmark: $(BINS)
+	@bash tools/benchmark.sh
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)

@@ -1,0 +1,39 @@
+#include "engine/device.h"
+
+#include <cuda_runtime.h>
+
+#include "engine/error.h"
+
+namespace loom {
+
+int cuda_device_count() {
+  static const int count = [] {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      cudaGetLastError();  // clear the sticky "no driver" error so later calls start clean
+      return 0;
+    }
+    return n;
+  }();
+  return count;
+}
+
+std::string cuda_device_summary(int device) {
+  int n = 0;
+  cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return cat("no CUDA device (", cudaGetErrorString(err), ")");
+  }
+  if (device >= n) return cat("no CUDA device ", device, " (", n, " present)");
+  cudaDeviceProp p{};
+  cudaGetDeviceProperties(&p, device);
+  int driver = 0;
+  cudaDriverGetVersion(&driver);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%s, %d SMs, %.1f GiB, driver %d.%d", p.name, p.multiProcessorCount,
+                p.totalGlobalMem / double(1ull << 30), driver / 1000, (driver % 1000) / 10);
+  return buf;
+}
+
+}  // namespace loom

@@ -1,0 +1,75 @@
+// Helpers shared by the test suites: paths, random inputs, comparisons that report the worst
+// element, and the GPU skip.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/device.h"
+
+namespace loom::test {
+
+// ../shared beside the checkout (CI and developers); LOOM_SHARED overrides.
+inline std::string shared_dir() {
+  const char* env = std::getenv("LOOM_SHARED");
+  return env ? env : "../shared";
+}
+inline std::string fixtures_dir() { return "tests/fixtures"; }
+
+inline std::vector<float> random_floats(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+struct Diff {
+  double max_abs = 0, max_rel = 0;
+  size_t worst = 0;  // index of the largest |a-b| / (|b| + floor)
+  bool finite = true;
+};
+// Relative error per element is |a-b| / max(|b|, floor): floor keeps near-zero references
+// from dominating.
+inline Diff compare(const float* a, const float* b, size_t n, double floor = 1e-3) {
+  Diff d;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) {
+      if (d.finite) d.worst = i;
+      d.finite = false;
+      continue;
+    }
+    double abs = std::fabs(double(a[i]) - double(b[i]));
+    double rel = abs / std::max(std::fabs(double(b[i])), floor);
+    if (abs > d.max_abs) d.max_abs = abs;
+    if (rel > d.max_rel) {
+      d.max_rel = rel;
+      if (d.finite) d.worst = i;
+    }
+  }
+  return d;
+}
+
+// EXPECT that a matches b within rel_tol (relative, with floor); prints the worst index on failure.
+inline void expect_close(const std::vector<float>& a, const std::vector<float>& b, double rel_tol,
+                         const std::string& what, double floor = 1e-3) {
+  ASSERT_EQ(a.size(), b.size()) << what << ": size";
+  Diff d = compare(a.data(), b.data(), a.size(), floor);
+  EXPECT_TRUE(d.finite) << what << ": non-finite value at index " << d.worst;
+  EXPECT_LE(d.max_rel, rel_tol) << what << ": max rel err " << d.max_rel << " (max abs " << d.max_abs
+                                << ") at index " << d.worst << ": got " << a[d.worst] << ", want "
+                                << b[d.worst];
+}
+
+}  // namespace loom::test
+
+// First line of every GPU test: skips with a reason on machines without a device.
+#define REQUIRE_GPU()                                                            \
+  do {                                                                           \
+    if (!::loom::cuda_available()) GTEST_SKIP() << "no CUDA device";             \
+  } while (0)
