@@ -49,7 +49,7 @@ BINS      := $(patsubst %_main.cpp,$(BUILD)/%,$(notdir $(MAIN_SRC)))
 LIB       := $(BUILD)/libloom.a
 DEPS_OK   := $(BUILD)/.deps_ok
 
-.PHONY: all test benchmark clean deps
+.PHONY: all test unit benchmark clean deps
 all: $(BINS)
 
 deps: $(DEPS_OK)
@@ -82,6 +82,18 @@ $(BUILD)/loom_tests: $(TEST_OBJ) $(LIB)
 # Tests read ../shared (tokenizers) and tests/fixtures; they run from the repository root.
 test: $(BUILD)/loom_tests $(BINS)
 	@$(BUILD)/loom_tests
+
+# One suite alone, linked only against the sources it names (works while other folders are mid-change):
+#   make unit T=config SRCS="engine/config.cpp engine/error.cpp"   -> runs build/unit/config
+# T picks tests/$(T)_test.cpp and/or tests/$(T)_test.cu.
+UNIT_TESTS = $(wildcard tests/$(T)_test.cpp tests/$(T)_test.cu)
+unit: | $(DEPS_OK)
+	@test -n "$(T)" || { echo "usage: make unit T=<suite> SRCS=\"<sources>\""; exit 2; }
+	@$(MAKE) --no-print-directory $(BUILD)/unit/$(T) UNIT_OBJ="$(call obj,tests/main.cpp $(UNIT_TESTS) $(SRCS))"
+	@$(BUILD)/unit/$(T)
+$(BUILD)/unit/%: $(UNIT_OBJ)
+	@mkdir -p $(@D)
+	$(CXX) -o $@ $(UNIT_OBJ) -L/usr/lib/x86_64-linux-gnu -lgtest $(LDLIBS)
 
 benchmark: $(BINS)
 	@bash tools/benchmark.sh

@@ -1,0 +1,29 @@
+// Tokenizers: HF tokenizer.json (byte-level BPE as Qwen2/2.5/3 and Llama 3; Metaspace/byte-fallback
+// BPE as Llama 2 / Mistral) and sentencepiece .model files. Encode and decode, id-for-id with HF.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace loom {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  // PATH: a tokenizer.json, a sentencepiece .model, or a folder holding one (tokenizer.json preferred).
+  static std::unique_ptr<Tokenizer> load(const std::string& path);
+
+  // Special/added-token strings inside text are recognised as their tokens. No BOS/EOS is added
+  // unless add_bos (then bos_id() is prepended when the tokenizer has one).
+  virtual std::vector<int32_t> encode(std::string_view text, bool add_bos = false) const = 0;
+  virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
+  virtual int32_t vocab_size() const = 0;
+  // Id of a token string (added tokens included), or -1.
+  virtual int32_t token_to_id(std::string_view token) const = 0;
+  virtual int32_t bos_id() const = 0;  // -1 if none
+  virtual int32_t eos_id() const = 0;  // -1 if none
+};
+
+}  // namespace loom

@@ -1,0 +1,85 @@
+// The experiment config: YAML -> one typed TrainConfig. Defaults live in the member initialisers
+// below and nowhere else. After load_config() returns, code reads these structs, never YAML.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace loom {
+
+struct ModelSection {
+  std::string path;          // HF folder (config.json + safetensors); empty when preset is set
+  std::string preset;        // BENCHMARK.md preset or "tiny": random-initialised weights, no checkpoint
+  std::string quant = "nf4"; // "nf4" (QLoRA) | "bf16"
+  bool double_quant = true;  // NF4 absmax double quantization (bnb_4bit_use_double_quant)
+  int init_seed = 0;         // seed of the random weights of a preset
+};
+
+struct LoraSection {
+  int r = 16;
+  float alpha = 16.f;
+  float dropout = 0.f;
+  bool rslora = false;  // scale alpha/sqrt(r) instead of alpha/r
+  std::vector<std::string> targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+};
+
+struct DataSection {
+  std::string path;                  // JSONL file, or a folder of prepared shards
+  std::string synthetic;             // "" or "sft-alpaca" (BENCHMARK.md workload; no path needed)
+  int synthetic_docs = 4096;         // documents generated for synthetic data
+  std::string format = "auto";       // auto | messages | sharegpt | alpaca | text
+  std::string tokenizer;             // tokenizer.json / .model / folder; default: model.path
+  std::string template_name = "auto";// YAML key "template": auto | chatml | qwen3 | llama3 | mistral | llama2 | none
+  std::string train_on = "responses";// responses | all
+  int max_seq_len = 2048;
+  std::string overlong = "truncate"; // truncate | drop
+  std::string on_bad_line = "error"; // error | skip
+  std::string cache_dir;             // prepared-shard cache for JSONL input; default <output.dir>/data
+};
+
+struct TrainSection {
+  std::string device = "auto";   // auto (GPU if present) | cpu (reference path) | cuda
+  int token_budget = 16384;      // tokens per packed micro-batch
+  int global_batch = 32;         // sequences per optimizer step, across all ranks
+  int steps = 0;                 // optimizer steps; 0 = as many as `epochs` gives
+  int epochs = 1;
+  float lr = 2e-4f;
+  std::string schedule = "cosine";  // cosine | linear | constant
+  int warmup_steps = 0;
+  float min_lr_ratio = 0.f;      // final lr = lr * min_lr_ratio (cosine/linear)
+  float weight_decay = 0.f;
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  float max_grad_norm = 1.f;     // <= 0 disables clipping
+  std::string recompute = "selective";  // none | selective | full
+  int seed = 42;
+  int log_every = 1;
+};
+
+struct OutputSection {
+  std::string dir = "runs/default";
+  int checkpoint_every = 0;      // steps between checkpoints; 0 = only the final one
+  int keep_checkpoints = 2;
+  std::string export_format = "peft";  // YAML key "export": peft | merged | none
+  std::string resume = "auto";   // auto (latest checkpoint in dir, if any) | never | <checkpoint folder>
+};
+
+struct TrainConfig {
+  ModelSection model;
+  LoraSection lora;
+  DataSection data;
+  TrainSection train;
+  OutputSection output;
+  std::string source;  // the YAML file it came from ("" for defaults)
+};
+
+// Reads path, applies "section.key=value" overrides in order, validates. Throws loom::Error listing
+// every problem found (each naming the file and the key), unknown keys with a did-you-mean.
+TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// Same from YAML text (tests); `source` names it in messages.
+TrainConfig parse_config(const std::string& yaml_text, const std::string& source,
+                         const std::vector<std::string>& overrides = {});
+// Every problem of an already-built config ("" when valid); used by parse_config.
+std::vector<std::string> validate(const TrainConfig& cfg);
+// The resolved config as YAML (every key, defaults included); parse_config(to_yaml(c)) == c.
+std::string to_yaml(const TrainConfig& cfg);
+
+}  // namespace loom

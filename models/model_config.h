@@ -1,0 +1,40 @@
+// Architecture of a decoder, read from an HF config.json (or a BENCHMARK.md preset).
+// Shape letters: C hidden, F intermediate, L layers, H heads, KVH kv heads, D head dim, V vocab.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "ops/rope.h"
+
+namespace loom {
+
+struct ModelConfig {
+  std::string arch;  // "llama" | "mistral" | "qwen2" | "qwen3"
+  int V = 0, C = 0, F = 0, L = 0, H = 0, KVH = 0, D = 0;
+  float rms_eps = 1e-6f;
+  bool tie_embeddings = false;
+  bool qkv_bias = false;  // q/k/v projections have a bias (Qwen2 always; Llama attention_bias)
+  bool o_bias = false;    // o_proj bias (Llama attention_bias)
+  bool mlp_bias = false;  // gate/up/down biases (Llama mlp_bias)
+  bool qk_norm = false;   // Qwen3 q_norm / k_norm (weight (D), per head, before RoPE)
+  std::vector<int> window;  // (L) sliding window per layer, 0 = full causal attention
+  RopeParams rope;
+  int max_position = 0;
+  std::string torch_dtype;  // "bfloat16" | "float16" | "float32" as written in config.json
+  std::vector<int> eos_ids;
+  int bos_id = -1;
+
+  // Parameters of all matmuls including the LM head (BENCHMARK.md's P; embedding lookup excluded).
+  double matmul_params() const;
+};
+
+// Reads DIR/config.json (or the file itself). Errors name the file and the key.
+ModelConfig load_model_config(const std::string& path);
+// BENCHMARK.md presets: qwen3-0.6b, llama-3.2-1b, mistral-7b, llama-3.1-8b, qwen3-8b; plus "tiny"
+// (the demo's model). Unknown names list the valid ones.
+ModelConfig preset_model_config(const std::string& name);
+std::vector<std::string> preset_names();
+// Writes an HF-compatible config.json for cfg (used for exports and the demo model).
+void save_model_config(const ModelConfig& cfg, const std::string& path);
+
+}  // namespace loom

@@ -1,0 +1,42 @@
+// NF4 (QLoRA NormalFloat, 4-bit) quantization with the bitsandbytes byte layout (FORMATS.md §3).
+//   W (rows, cols) flattened row-major, blocks of `blocksize` consecutive elements (last may be short);
+//   absmax[b] = max |x| over the block (fp32); code = nearest entry of kNf4Table to x / absmax[b];
+//   byte k = (code[2k] << 4) | code[2k+1]   (first element in the HIGH nibble).
+//   Double quantization: offset = mean(absmax); absmax - offset quantized blockwise (256) to 8 bits
+//   with the signed dynamic map, one fp32 nested_absmax per 256 blocks.
+//   Dequantize: w = kNf4Table[code] * A[b], A[b] = absmax[b] or nested_map[q[b]] * nested_absmax[b/256] + offset.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace loom {
+
+// bitsandbytes nf4_dequantization_lut (kernels.cu) = get_4bit_type("nf4"), index = 4-bit code.
+extern const float kNf4Table[16];
+
+struct Nf4Host {
+  int64_t rows = 0, cols = 0;
+  int blocksize = 64;
+  std::vector<uint8_t> codes;  // (rows*cols + 1) / 2 packed bytes
+  bool nested = false;
+  std::vector<float> absmax;          // (nb) fp32, when !nested
+  std::vector<uint8_t> absmax_q;      // (nb) 8-bit codes, when nested
+  std::vector<float> nested_absmax;   // (ceil(nb / 256))
+  std::vector<float> nested_map;      // (256) signed dynamic map
+  float nested_offset = 0.f;
+  int nested_blocksize = 256;
+  int64_t numel() const { return rows * cols; }
+  int64_t nblocks() const { return (numel() + blocksize - 1) / blocksize; }
+};
+
+// The 256-entry signed dynamic map of bitsandbytes create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8).
+std::vector<float> dynamic_map_signed();
+
+// w (rows, cols) fp32 (the caller rounds to the checkpoint dtype first, as bitsandbytes sees bf16 values).
+Nf4Host nf4_quantize_ref(const float* w, int64_t rows, int64_t cols, int blocksize = 64, bool double_quant = false);
+// Per-block scale A[b] (fp32), resolving double quantization.
+std::vector<float> nf4_block_scales(const Nf4Host& q);
+// out (rows, cols) fp32.
+void nf4_dequantize_ref(float* out, const Nf4Host& q);
+
+}  // namespace loom

@@ -1,0 +1,32 @@
+// Rotary position embedding, HF convention (rotate_half: pairs (i, i + D/2)).
+//   angle[t, i] = float(pos[t]) * inv_freq[i]      (fp32 product, as HF's fp32 matmul)
+//   x'[i]       = x[i] * cos - x[i + D/2] * sin
+//   x'[i + D/2] = x[i + D/2] * cos + x[i] * sin
+// Backward is the inverse rotation (sin negated). Positions restart at 0 for each packed document.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace loom {
+
+// Resolved rope parameters of a model (from config.json: rope_parameters, or rope_theta + rope_scaling).
+struct RopeParams {
+  std::string type = "default";  // "default" | "llama3" | "linear"
+  double theta = 10000.0;
+  double factor = 1.0;            // llama3 / linear
+  double low_freq_factor = 1.0;   // llama3
+  double high_freq_factor = 4.0;  // llama3
+  int original_max_position = 8192;  // llama3
+};
+
+// inv_freq (D/2) exactly as transformers computes it: fp32 theta^(-2i/D), then the llama3 or
+// linear rescaling in fp32 (modeling_rope_utils.py).
+std::vector<float> rope_inv_freq(int D, const RopeParams& p);
+
+// x (T, NH, D) rotated in place; pos (T); inv_freq (D/2).
+void rope_forward_ref(float* x, const int32_t* pos, const float* inv_freq, int64_t T, int NH, int D);
+// dx (T, NH, D) rotated back in place.
+void rope_backward_ref(float* dx, const int32_t* pos, const float* inv_freq, int64_t T, int NH, int D);
+
+}  // namespace loom
