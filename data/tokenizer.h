@@ -18,6 +18,10 @@ class Tokenizer {
   // Special/added-token strings inside text are recognised as their tokens. No BOS/EOS is added
   // unless add_bos (then bos_id() is prepended when the tokenizer has one).
   virtual std::vector<int32_t> encode(std::string_view text, bool add_bos = false) const = 0;
+  // As encode, and starts[i] = byte offset in `text` where token i begins (tokens produced from a
+  // normalized or pre-tokenized piece map to the offset of that piece's first byte in `text`).
+  // Used to mask tokens by character spans (response-only training).
+  virtual std::vector<int32_t> encode_with_offsets(std::string_view text, std::vector<size_t>* starts) const = 0;
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
   virtual int32_t vocab_size() const = 0;
   // Id of a token string (added tokens included), or -1.
