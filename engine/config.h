@@ -77,9 +77,11 @@ TrainConfig load_config(const std::string& path, const std::vector<std::string>&
 // Same from YAML text (tests); `source` names it in messages.
 TrainConfig parse_config(const std::string& yaml_text, const std::string& source,
                          const std::vector<std::string>& overrides = {});
-// Every problem of an already-built config ("" when valid); used by parse_config.
+// Every problem of an already-built config, one line each ("<source>: lora.r must be > 0 (found 0)");
+// empty when valid. Used by parse_config.
 std::vector<std::string> validate(const TrainConfig& cfg);
 // The resolved config as YAML (every key, defaults included); parse_config(to_yaml(c)) == c.
+// Depends on the values only (not on `source`), so two runs' resolved configs compare as text.
 std::string to_yaml(const TrainConfig& cfg);
 
 }  // namespace loom

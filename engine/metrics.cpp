@@ -1,0 +1,100 @@
+// metrics.jsonl writer and progress line; formats in metrics.h.
+#include "engine/metrics.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "engine/error.h"
+
+namespace loom {
+namespace {
+
+// JSON has no NaN/Inf: a diverged step is logged as null, and the line stays parseable.
+nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); }
+
+// 12345.6 -> "12,346"
+std::string with_thousands(double v) {
+  std::string digits = std::to_string(std::llround(std::fabs(v)));
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return v < 0 ? "-" + out : out;
+}
+
+// 42 -> "42s", 62 -> "1m02s", 7500 -> "2h05m"
+std::string duration(double seconds) {
+  long s = std::lround(std::max(0.0, seconds));
+  if (s < 60) return cat(s, 's');
+  char buf[32];
+  if (s < 3600)
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s % 3600) / 60);
+  return buf;
+}
+
+std::string eta(const StepMetrics& m, int total_steps) {
+  int timed_steps = m.step - m.start_step;
+  if (timed_steps <= 0) return "--";
+  return duration(m.elapsed_s / timed_steps * std::max(0, total_steps - m.step));
+}
+
+std::string fixed(const char* format, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
+}
+
+}  // namespace
+
+std::string metrics_json(const StepMetrics& m) {
+  nlohmann::ordered_json j;
+  j["step"] = m.step;
+  j["loss"] = finite_or_null(m.loss);
+  j["lr"] = m.lr;
+  j["grad_norm"] = finite_or_null(m.grad_norm);
+  j["tokens"] = m.tokens;
+  j["targets"] = m.targets;
+  j["tokens_per_s"] = m.tokens_per_s;
+  j["elapsed_s"] = m.elapsed_s;
+  if (m.mfu) j["mfu"] = *m.mfu;
+  if (m.peak_mem_gib) j["peak_mem_gib"] = *m.peak_mem_gib;
+  if (m.pad_saved) j["pad_saved"] = *m.pad_saved;
+  return j.dump();
+}
+
+std::string progress_line(const StepMetrics& m, int total_steps) {
+  std::string line = cat("step ", m.step, '/', total_steps, " | loss ", fixed("%.4f", m.loss), " | lr ",
+                         fixed("%.2e", m.lr), " | grad ", fixed("%.2f", m.grad_norm), " | ",
+                         with_thousands(m.tokens_per_s), " tok/s");
+  if (m.mfu) line += cat(" | mfu ", fixed("%.1f", *m.mfu * 100), '%');
+  if (m.peak_mem_gib) line += cat(" | ", fixed("%.1f", *m.peak_mem_gib), " GiB");
+  return line + " | eta " + eta(m, total_steps);
+}
+
+MetricsLog::MetricsLog(const std::string& run_dir) : path_(run_dir + "/metrics.jsonl") {
+  std::error_code ec;
+  std::filesystem::create_directories(run_dir, ec);
+  LOOM_CHECK(!ec, "cannot create the run folder ", run_dir, ": ", ec.message(), " (check output.dir)");
+  file_ = std::fopen(path_.c_str(), "a");
+  LOOM_CHECK(file_, "cannot open ", path_, " for appending: ", std::strerror(errno), " (check output.dir)");
+}
+
+MetricsLog::~MetricsLog() {
+  if (file_) std::fclose(file_);
+}
+
+void MetricsLog::write(const StepMetrics& m) {
+  std::string line = metrics_json(m) + '\n';
+  bool ok = std::fwrite(line.data(), 1, line.size(), file_) == line.size() && std::fflush(file_) == 0;
+  LOOM_CHECK(ok, "cannot write step ", m.step, " to ", path_, ": ", std::strerror(errno));
+}
+
+}  // namespace loom

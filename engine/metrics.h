@@ -1,0 +1,57 @@
+// Per-step metrics: one JSON object per line in <run dir>/metrics.jsonl, and the progress line
+// rank 0 prints.
+//
+// metrics.jsonl line (keys in this order; the optional ones only when measured):
+//   {"step":12,"loss":2.3456,"lr":0.00019,"grad_norm":0.87,"tokens":16000,"targets":9000,
+//    "tokens_per_s":12345.6,"elapsed_s":15.2,"mfu":0.48,"peak_mem_gib":4.2,"pad_saved":0.41}
+// A non-finite loss or grad norm is written as null (JSON has no NaN/Inf).
+//
+// Progress line:
+//   step 12/100 | loss 2.3456 | lr 1.90e-04 | grad 0.87 | 12,345 tok/s | mfu 48.1% | 4.2 GiB | eta 1m02s
+// (mfu and GiB only when measured). eta = seconds per step so far in this process × steps left.
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <optional>
+#include <string>
+
+namespace loom {
+
+struct StepMetrics {
+  int step = 0;              // optimizer steps completed, counting this one (1 after the first update)
+  double loss = 0;           // mean loss over the target tokens of the global batch
+  double lr = 0;             // lr used by this update
+  double grad_norm = 0;      // global L2 norm of the LoRA gradients, before clipping
+  int64_t tokens = 0;        // real (non-pad) tokens of this step, all ranks
+  int64_t targets = 0;       // tokens that carried a loss this step, all ranks
+  double tokens_per_s = 0;   // real tokens per wall second, as the trainer measured it
+  double elapsed_s = 0;      // wall seconds since this process started training
+  int start_step = 0;        // step this process resumed from (0 on a fresh run); not written
+  std::optional<double> mfu;           // model FLOPs utilisation in [0, 1] (BENCHMARK.md)
+  std::optional<double> peak_mem_gib;  // peak device memory in use, GiB
+  std::optional<double> pad_saved;     // share of a padded batch's tokens that packing avoided
+};
+
+// Appends to <run_dir>/metrics.jsonl (created with its folder when missing), so a resumed run
+// keeps the lines written before it.
+class MetricsLog {
+ public:
+  explicit MetricsLog(const std::string& run_dir);
+  ~MetricsLog();
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
+
+  // Writes one line and flushes it, so a crash loses at most the step in flight.
+  void write(const StepMetrics& m);
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::FILE* file_ = nullptr;
+};
+
+// The metrics.jsonl line of m, without the newline.
+std::string metrics_json(const StepMetrics& m);
+std::string progress_line(const StepMetrics& m, int total_steps);
+
+}  // namespace loom

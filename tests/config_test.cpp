@@ -1,0 +1,380 @@
+// engine/config: YAML -> TrainConfig, overrides, every error class with its message shape,
+// validation that reports everything at once, the to_yaml round trip, and the shipped configs/.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <tuple>
+
+#include "engine/config.h"
+#include "engine/error.h"
+#include "tests/test_util.h"
+
+namespace loom {
+namespace {
+
+// The smallest valid config: everything else at its default.
+const char* const kMinimal =
+    "model:\n"
+    "  preset: tiny\n"
+    "data:\n"
+    "  synthetic: sft-alpaca\n";
+
+// The loom::Error message of f, or "" when it does not throw.
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string parse_error(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+  return error_of([&] { parse_config(yaml, "x.yaml", overrides); });
+}
+
+// Member-by-member equality, written out so that it does not depend on the field table it tests.
+bool same(const TrainConfig& a, const TrainConfig& b) {
+  auto model = [](const ModelSection& m) { return std::tie(m.path, m.preset, m.quant, m.double_quant, m.init_seed); };
+  auto lora = [](const LoraSection& l) { return std::tie(l.r, l.alpha, l.dropout, l.rslora, l.targets); };
+  auto data = [](const DataSection& d) {
+    return std::tie(d.path, d.synthetic, d.synthetic_docs, d.format, d.tokenizer, d.template_name, d.train_on,
+                    d.max_seq_len, d.overlong, d.on_bad_line, d.cache_dir);
+  };
+  auto train = [](const TrainSection& t) {
+    return std::tie(t.device, t.token_budget, t.global_batch, t.steps, t.epochs, t.lr, t.schedule, t.warmup_steps,
+                    t.min_lr_ratio, t.weight_decay, t.beta1, t.beta2, t.eps, t.max_grad_norm, t.recompute, t.seed,
+                    t.log_every);
+  };
+  auto output = [](const OutputSection& o) {
+    return std::tie(o.dir, o.checkpoint_every, o.keep_checkpoints, o.export_format, o.resume);
+  };
+  return model(a.model) == model(b.model) && lora(a.lora) == lora(b.lora) && data(a.data) == data(b.data) &&
+         train(a.train) == train(b.train) && output(a.output) == output(b.output) && a.source == b.source;
+}
+
+TEST(Config, UnsetKeysKeepTheStructDefaults) {
+  TrainConfig cfg = parse_config(kMinimal, "x.yaml");
+  TrainConfig want;
+  want.model.preset = "tiny";
+  want.data.synthetic = "sft-alpaca";
+  want.source = "x.yaml";
+  EXPECT_TRUE(same(cfg, want)) << to_yaml(cfg);
+  EXPECT_TRUE(same(parse_config(std::string(kMinimal) + "lora:\ntrain: ~\n", "x.yaml"), want)) << "empty sections";
+}
+
+TEST(Config, ReadsEveryKindOfValueAndTheRenamedKeys) {
+  TrainConfig cfg = parse_config(
+      "model: {path: /models/Qwen3-0.6B, quant: bf16, double_quant: false}\n"
+      "lora: {r: 32, alpha: 64, dropout: 0.05, rslora: yes, targets: [q_proj, v_proj]}\n"
+      "data: {path: chats.jsonl, template: qwen3, tokenizer:}\n"
+      "train: {lr: 3e-3, eps: 1e-6, steps: 7}\n"
+      "output: {export: merged, resume: runs/a/checkpoints/step-4}\n",
+      "x.yaml");
+  EXPECT_EQ(cfg.model.path, "/models/Qwen3-0.6B");
+  EXPECT_EQ(cfg.model.quant, "bf16");
+  EXPECT_FALSE(cfg.model.double_quant);
+  EXPECT_EQ(cfg.lora.r, 32);
+  EXPECT_EQ(cfg.lora.alpha, 64.f);
+  EXPECT_EQ(cfg.lora.dropout, 0.05f);
+  EXPECT_TRUE(cfg.lora.rslora);
+  EXPECT_EQ(cfg.lora.targets, (std::vector<std::string>{"q_proj", "v_proj"}));
+  EXPECT_EQ(cfg.data.template_name, "qwen3");
+  EXPECT_EQ(cfg.data.tokenizer, "");
+  EXPECT_EQ(cfg.train.lr, 3e-3f);
+  EXPECT_EQ(cfg.train.eps, 1e-6f);
+  EXPECT_EQ(cfg.train.steps, 7);
+  EXPECT_EQ(cfg.output.export_format, "merged");
+  EXPECT_EQ(cfg.output.resume, "runs/a/checkpoints/step-4");
+}
+
+TEST(Config, OverridesApplyAfterTheFileInOrder) {
+  TrainConfig cfg = parse_config(std::string(kMinimal) + "lora:\n  r: 8\n", "x.yaml",
+                                 {"lora.r=4", "lora.r=12", "lora.targets=[q_proj,v_proj]", "train.lr=1e-4",
+                                  "lora.rslora=true", "data.template=mistral", "output.export=none"});
+  EXPECT_EQ(cfg.lora.r, 12);
+  EXPECT_EQ(cfg.lora.targets, (std::vector<std::string>{"q_proj", "v_proj"}));
+  EXPECT_EQ(cfg.train.lr, 1e-4f);
+  EXPECT_TRUE(cfg.lora.rslora);
+  EXPECT_EQ(cfg.data.template_name, "mistral");
+  EXPECT_EQ(cfg.output.export_format, "none");
+}
+
+TEST(Config, OneNameIsAOneItemList) {
+  EXPECT_EQ(parse_config(kMinimal, "x.yaml", {"lora.targets=all-linear"}).lora.targets,
+            std::vector<std::string>{"all-linear"});
+  EXPECT_EQ(parse_config(std::string(kMinimal) + "lora:\n  targets: q_proj\n", "x.yaml").lora.targets,
+            std::vector<std::string>{"q_proj"});
+}
+
+TEST(Config, OverrideCanSwitchBetweenExclusiveKeys) {
+  TrainConfig cfg = parse_config(kMinimal, "x.yaml", {"model.preset=", "model.path=/models/m"});
+  EXPECT_EQ(cfg.model.preset, "");
+  EXPECT_EQ(cfg.model.path, "/models/m");
+}
+
+TEST(Config, MalformedOverrideNamesTheCommandLine) {
+  const char* want = "command line: lorar=8: expected section.key=value (e.g. lora.r=8 or lora.targets=[q_proj,v_proj])";
+  EXPECT_EQ(parse_error(kMinimal, {"lorar=8"}), want);
+  EXPECT_NE(parse_error(kMinimal, {"lora.r"}).find("command line: lora.r: expected section.key=value"),
+            std::string::npos);
+  EXPECT_NE(parse_error(kMinimal, {"lora.targets=[q_proj"}).find("command line: lora.targets=[q_proj: "
+                                                                  "the value is not valid YAML: "),
+            std::string::npos);
+}
+
+TEST(Config, OverrideWithUnknownKeyNamesTheCommandLine) {
+  EXPECT_EQ(parse_error(kMinimal, {"lora.rank=8"}),
+            "command line: lora.rank=8: unknown key 'lora.rank'; did you mean 'lora.r'?");
+  EXPECT_EQ(parse_error(kMinimal, {"lroa.r=8"}), "command line: lroa.r=8: unknown section 'lroa'; did you mean 'lora'?");
+  EXPECT_EQ(parse_error(kMinimal, {"lora.r=sixteen"}),
+            "command line: lora.r=sixteen: lora.r: expected an integer, found 'sixteen'");
+}
+
+TEST(Config, UnknownKeySuggestsTheNearestWithFileAndLine) {
+  std::string yaml = std::string(kMinimal) + "lora:\n  alpha: 16\n  rank: 8\n";
+  EXPECT_EQ(parse_error(yaml), "x.yaml:7: unknown key 'lora.rank'; did you mean 'lora.r'?");
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "train:\n  warmup: 10\n"),
+            "x.yaml:6: unknown key 'train.warmup'; did you mean 'train.warmup_steps'?");
+}
+
+TEST(Config, KeyInTheWrongSectionSuggestsItsSection) {
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "lora:\n  lr: 1e-4\n"),
+            "x.yaml:6: unknown key 'lora.lr'; did you mean 'train.lr'?");
+}
+
+TEST(Config, UnknownKeyWithNothingCloseListsTheSectionKeys) {
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "lora:\n  foo: 1\n"),
+            "x.yaml:6: unknown key 'lora.foo'; lora has: r, alpha, dropout, rslora, targets");
+}
+
+TEST(Config, UnknownSectionSuggestsTheNearest) {
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "trian:\n  lr: 1e-4\n"),
+            "x.yaml:5: unknown section 'trian'; did you mean 'train'?");
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "optimizer:\n  lr: 1e-4\n"),
+            "x.yaml:5: unknown section 'optimizer'; sections are: model, lora, data, train, output");
+}
+
+TEST(Config, TypeErrorsNameLineKeyExpectedTypeAndFoundValue) {
+  std::string head = std::string(kMinimal) + "lora:\n";
+  EXPECT_EQ(parse_error(head + "  r: sixteen\n"), "x.yaml:6: lora.r: expected an integer, found 'sixteen'");
+  EXPECT_EQ(parse_error(head + "  r: 8.5\n"), "x.yaml:6: lora.r: expected an integer, found '8.5'");
+  EXPECT_EQ(parse_error(head + "  alpha: [1]\n"), "x.yaml:6: lora.alpha: expected a number, found a list");
+  EXPECT_EQ(parse_error(head + "  rslora: maybe\n"), "x.yaml:6: lora.rslora: expected true or false, found 'maybe'");
+  EXPECT_EQ(parse_error(head + "  r:\n"), "x.yaml:6: lora.r: expected an integer, found nothing");
+  EXPECT_EQ(parse_error(head + "  targets: {q: 1}\n"),
+            "x.yaml:6: lora.targets: expected a list of strings, found a mapping");
+  EXPECT_EQ(parse_error(head + "  targets: [q_proj, [v_proj]]\n"),
+            "x.yaml:6: lora.targets: expected a list of strings, found a list as item 2");
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "output:\n  dir: [a, b]\n"),
+            "x.yaml:6: output.dir: expected a string, found a list");
+}
+
+TEST(Config, SectionThatIsNotAMappingIsAnError) {
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "lora: 8\n"), "x.yaml:5: lora: expected a mapping of keys, found '8'");
+  EXPECT_EQ(parse_error("- model\n"),
+            "x.yaml:1: expected a mapping of sections (model, lora, data, train, output), found a list");
+}
+
+TEST(Config, DuplicateKeyIsAnError) {
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "lora:\n  r: 8\n  r: 16\n"),
+            "x.yaml:7: duplicate key 'lora.r' (first set on line 6); keep one");
+}
+
+TEST(Config, BrokenYamlGivesLineColumnAndReason) {
+  std::string msg = parse_error("lora:\n  targets: [q_proj\n  r: 8\n");
+  EXPECT_EQ(msg.rfind("x.yaml:", 0), 0u) << msg;
+  EXPECT_NE(msg.find(": invalid YAML: "), std::string::npos) << msg;
+  EXPECT_NE(msg.find("end of sequence flow not found"), std::string::npos) << msg;
+  EXPECT_EQ(parse_error("a: [b\nc: d"), "x.yaml:2:2: invalid YAML: end of sequence flow not found");
+}
+
+TEST(Config, MissingFileSaysSoWithThePath) {
+  std::string msg = error_of([] { load_config("configs/no-such-config.yaml"); });
+  EXPECT_EQ(msg.rfind("config file not found: configs/no-such-config.yaml", 0), 0u) << msg;
+}
+
+TEST(Config, LoadConfigNamesTheFileInMessages) {
+  std::string path = testing::TempDir() + "loom_config_test.yaml";
+  std::ofstream(path) << kMinimal << "lora:\n  r: 0\n";
+  EXPECT_EQ(error_of([&] { load_config(path); }), path + ": lora.r must be > 0 (found 0)");
+  EXPECT_EQ(load_config(path, {"lora.r=4"}).source, path);
+  std::filesystem::remove(path);
+}
+
+// One broken value per row: the override that breaks it and the exact line validate() gives.
+TEST(Config, EveryValidationRuleNamesItsKeyAndTheValueFound) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"lora.r=0"}, "lora.r must be > 0 (found 0)"},
+      {{"lora.alpha=-1"}, "lora.alpha must be > 0 (found -1)"},
+      {{"lora.dropout=1"}, "lora.dropout must be in [0, 1) (found 1)"},
+      {{"lora.dropout=-0.1"}, "lora.dropout must be in [0, 1) (found -0.1)"},
+      {{"model.quant=int8"}, "model.quant must be one of nf4, bf16 (found 'int8')"},
+      {{"model.quant=nf-4"}, "model.quant must be one of nf4, bf16 (found 'nf-4'; did you mean 'nf4'?)"},
+      {{"model.path=/m"},
+       "set exactly one of model.path or model.preset (an HF folder, or a preset with random weights such as "
+       "tiny); found both: model.path = '/m', model.preset = 'tiny'"},
+      {{"model.preset="},
+       "set exactly one of model.path or model.preset (an HF folder, or a preset with random weights such as "
+       "tiny); found neither"},
+      {{"data.synthetic=", "data.path=a.jsonl", "data.synthetic=sft-alpaca"},
+       "set exactly one of data.path or data.synthetic (a JSONL file or prepared folder, or the synthetic "
+       "workload sft-alpaca); found both: data.path = 'a.jsonl', data.synthetic = 'sft-alpaca'"},
+      {{"data.synthetic=alpaca"}, "data.synthetic must be one of sft-alpaca (found 'alpaca')"},
+      {{"lora.targets=[]"},
+       "lora.targets must list at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, "
+       "or be [all-linear] (found an empty list)"},
+      {{"lora.targets=[q_proj,qkv_proj]"},
+       "lora.targets: 'qkv_proj' is not a projection; use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+       "down_proj or all-linear (did you mean 'q_proj'?)"},
+      {{"lora.targets=[all-linear,q_proj]"},
+       "lora.targets: all-linear means every projection; use it alone, as [all-linear]"},
+      {{"lora.targets=[q_proj,q_proj]"}, "lora.targets lists 'q_proj' twice; keep one"},
+      {{"train.device=gpu"}, "train.device must be one of auto, cpu, cuda (found 'gpu')"},
+      {{"data.format=csv"}, "data.format must be one of auto, messages, sharegpt, alpaca, text (found 'csv')"},
+      {{"data.template=chatlm"},
+       "data.template must be one of auto, chatml, qwen3, llama3, mistral, llama2, none (found 'chatlm'; did you "
+       "mean 'chatml'?)"},
+      {{"data.train_on=prompts"}, "data.train_on must be one of responses, all (found 'prompts')"},
+      {{"data.overlong=split"}, "data.overlong must be one of truncate, drop (found 'split')"},
+      {{"data.on_bad_line=warn"}, "data.on_bad_line must be one of error, skip (found 'warn')"},
+      {{"train.schedule=cosin"},
+       "train.schedule must be one of cosine, linear, constant (found 'cosin'; did you mean 'cosine'?)"},
+      {{"train.recompute=partial"}, "train.recompute must be one of none, selective, full (found 'partial')"},
+      {{"output.export=gguf"}, "output.export must be one of peft, merged, none (found 'gguf')"},
+      {{"output.resume="}, "output.resume must be auto, never or a checkpoint folder (found '')"},
+      {{"train.lr=0"}, "train.lr must be > 0 (found 0)"},
+      {{"train.lr=nan"}, "train.lr must be > 0 (found nan)"},
+      {{"train.token_budget=0"}, "train.token_budget must be > 0 (found 0)"},
+      {{"train.global_batch=0"}, "train.global_batch must be > 0 (found 0)"},
+      {{"train.steps=-1"}, "train.steps must be >= 0 (0 = as many as train.epochs gives) (found -1)"},
+      {{"train.epochs=0"}, "train.epochs must be >= 1 (found 0)"},
+      {{"train.warmup_steps=-5"}, "train.warmup_steps must be >= 0 (found -5)"},
+      {{"data.max_seq_len=0"}, "data.max_seq_len must be > 0 (found 0)"},
+      {{"data.max_seq_len=4096", "train.token_budget=2048"},
+       "data.max_seq_len (4096) must be <= train.token_budget (2048) so that every sequence fits in one "
+       "micro-batch; lower data.max_seq_len or raise train.token_budget"},
+      {{"data.synthetic_docs=0"}, "data.synthetic_docs must be > 0 (found 0)"},
+      {{"train.min_lr_ratio=1.5"}, "train.min_lr_ratio must be in [0, 1] (found 1.5)"},
+      {{"train.beta1=1"}, "train.beta1 must be in [0, 1) (found 1)"},
+      {{"train.beta2=-0.5"}, "train.beta2 must be in [0, 1) (found -0.5)"},
+      {{"train.eps=0"}, "train.eps must be > 0 (found 0)"},
+      {{"train.weight_decay=-0.01"}, "train.weight_decay must be >= 0 (found -0.01)"},
+      {{"train.log_every=0"}, "train.log_every must be >= 1 (found 0)"},
+      {{"output.checkpoint_every=-1"},
+       "output.checkpoint_every must be >= 0 (0 = only the final checkpoint) (found -1)"},
+      {{"output.keep_checkpoints=0"}, "output.keep_checkpoints must be >= 1 (found 0)"},
+      {{"output.dir="}, "output.dir must name the run folder (found an empty string)"},
+  };
+  for (const auto& [overrides, want] : cases) EXPECT_EQ(parse_error(kMinimal, overrides), "x.yaml: " + want);
+}
+
+TEST(Config, ValidValuesAtTheEdgesPass) {
+  EXPECT_EQ(parse_error(kMinimal, {"lora.dropout=0", "train.min_lr_ratio=1", "train.beta1=0", "train.steps=0",
+                                   "output.checkpoint_every=0", "lora.targets=[all-linear]", "output.resume=never",
+                                   "data.max_seq_len=16384", "train.max_grad_norm=0"}),
+            "");
+}
+
+TEST(Config, AllProblemsAreReportedTogether) {
+  std::string yaml =
+      "model:\n"
+      "  preset: tiny\n"
+      "lora:\n"
+      "  r: 0\n"
+      "  rank: 8\n"
+      "  alpha: lots\n"
+      "train:\n"
+      "  lr: -1\n";
+  std::string msg = parse_error(yaml, {"output.dir="});
+  EXPECT_EQ(msg,
+            "6 problems in x.yaml:\n"
+            "  x.yaml:5: unknown key 'lora.rank'; did you mean 'lora.r'?\n"
+            "  x.yaml:6: lora.alpha: expected a number, found 'lots'\n"
+            "  x.yaml: lora.r must be > 0 (found 0)\n"
+            "  x.yaml: set exactly one of data.path or data.synthetic (a JSONL file or prepared folder, or the "
+            "synthetic workload sft-alpaca); found neither\n"
+            "  x.yaml: train.lr must be > 0 (found -1)\n"
+            "  x.yaml: output.dir must name the run folder (found an empty string)");
+}
+
+TEST(Config, ValidateOfADefaultConfigAsksForModelAndData) {
+  std::vector<std::string> problems = validate(TrainConfig{});
+  ASSERT_EQ(problems.size(), 2u);
+  EXPECT_EQ(problems[0].rfind("config: set exactly one of model.path or model.preset", 0), 0u) << problems[0];
+  EXPECT_EQ(problems[1].rfind("config: set exactly one of data.path or data.synthetic", 0), 0u) << problems[1];
+}
+
+TEST(Config, ToYamlRoundTripsExactly) {
+  TrainConfig c;
+  c.source = "x.yaml";
+  c.model.path = "/models/My Model: v2";
+  c.model.double_quant = false;
+  c.model.init_seed = -3;
+  c.lora.r = 7;
+  c.lora.alpha = 1.f / 3.f;
+  c.lora.dropout = 0.1f;
+  c.lora.targets = {"q_proj", "down_proj"};
+  c.data.path = "data/\"quoted\" \\ back.jsonl";
+  c.data.tokenizer = "null";
+  c.data.cache_dir = "~";
+  c.data.template_name = "llama3";
+  c.train.lr = 3e-3f;
+  c.train.eps = 1e-8f;
+  c.train.beta2 = 0.95f;
+  c.train.min_lr_ratio = 0.123456789f;
+  c.train.max_grad_norm = 0.f;
+  c.output.dir = "-runs/x";
+  c.output.export_format = "merged";
+  c.output.resume = "#not a comment";
+  ASSERT_EQ(validate(c), std::vector<std::string>{});
+  std::string yaml = to_yaml(c);
+  TrainConfig back = parse_config(yaml, "x.yaml");
+  EXPECT_TRUE(same(back, c)) << yaml << "\nreads back as\n" << to_yaml(back);
+  EXPECT_EQ(to_yaml(back), yaml);
+  back.source = "elsewhere.yaml";
+  EXPECT_EQ(to_yaml(back), yaml) << "the text depends on the values only";
+}
+
+TEST(Config, ToYamlWritesEverySectionAndKey) {
+  std::string yaml = to_yaml(parse_config(kMinimal, "x.yaml"));
+  EXPECT_EQ(yaml.rfind("model:\n", 0), 0u) << yaml;
+  for (const char* line : { "\nlora:\n", "\ndata:\n", "\ntrain:\n", "\noutput:\n", "  preset: tiny\n",
+                           "  template: auto\n", "  export: peft\n", "  lr: 0.0002\n", "  cache_dir: \"\"\n",
+                           "  targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]\n"})
+    EXPECT_NE(yaml.find(line), std::string::npos) << "missing '" << line << "' in\n" << yaml;
+}
+
+TEST(Config, EveryShippedConfigParsesAndValidates) {
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator("configs"))
+    if (entry.path().extension() == ".yaml") files.push_back(entry.path().string());
+  EXPECT_GE(files.size(), 6u) << "demo, bench-sft-alpaca and one per model family";
+  for (const std::string& path : files) {
+    SCOPED_TRACE(path);
+    EXPECT_EQ(error_of([&] { load_config(path); }), "");
+    std::ifstream in(path);
+    std::string first;
+    std::getline(in, first);
+    EXPECT_EQ(first.rfind("# build/train " + path, 0), 0u) << "first line: " << first;
+  }
+}
+
+TEST(Config, DemoConfigHasTheEmbeddedDefaults) {
+  TrainConfig c = load_config("configs/demo.yaml");
+  EXPECT_EQ(c.model.preset, "tiny");
+  EXPECT_EQ(c.model.quant, "nf4");
+  EXPECT_EQ(c.lora.r, 8);
+  EXPECT_EQ(c.lora.alpha, 16.f);
+  EXPECT_EQ(c.lora.targets.size(), 7u);
+  EXPECT_EQ(c.data.path, "data/demo/chats.jsonl");
+  EXPECT_EQ(c.data.template_name, "mistral");
+  EXPECT_EQ(c.train.token_budget, 2048);
+  EXPECT_EQ(c.train.steps, 60);
+  EXPECT_EQ(c.output.dir, "runs/demo");
+}
+
+}  // namespace
+}  // namespace loom
