@@ -1,5 +1,7 @@
 #include "data/batch.h"
 
+#include <cstddef>
+
 #include "ops/cross_entropy.h"
 
 namespace loom {

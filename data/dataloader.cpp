@@ -1,0 +1,238 @@
+#include "data/dataloader.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <numeric>
+
+#include "data/rng.h"
+#include "engine/error.h"
+
+namespace loom {
+namespace {
+
+void check_options(const LoaderOptions& o) {
+  LOOM_CHECK(o.token_budget > 0, "train.token_budget must be > 0, got ", o.token_budget);
+  LOOM_CHECK(o.global_batch > 0, "train.global_batch must be > 0, got ", o.global_batch);
+  LOOM_CHECK(o.world >= 1 && o.rank >= 0 && o.rank < o.world, "dataloader: rank ", o.rank,
+             " is outside a world of ", o.world, " ranks");
+  LOOM_CHECK(o.attention_span >= 1, "dataloader: attention span must be >= 1, got ", o.attention_span);
+  LOOM_CHECK(o.padded_group >= 1, "dataloader: padded baseline group must be >= 1, got ", o.padded_group);
+}
+
+void check_document(const Document& d, size_t index, int64_t token_budget) {
+  LOOM_CHECK(!d.ids.empty(), "document ", index, " is empty; data preparation should drop empty documents");
+  LOOM_CHECK(d.mask.size() == d.ids.size(), "document ", index, " has ", d.ids.size(), " ids but ",
+             d.mask.size(), " mask entries; they must have the same length (re-run data preparation)");
+  LOOM_CHECK(int64_t(d.ids.size()) <= token_budget, "document ", index, " has ", d.ids.size(),
+             " tokens, more than train.token_budget = ", token_budget,
+             " (a micro-batch holds whole documents); raise train.token_budget to at least ", d.ids.size(),
+             " or lower data.max_seq_len to at most ", token_budget, " and prepare the data again");
+}
+
+// Targets a document contributes once packed: token i predicts token i+1 when mask[i+1] is set.
+int64_t count_targets(const Document& d) {
+  int64_t n = 0;
+  for (size_t i = 1; i < d.mask.size(); ++i) n += (d.mask[i] != 0);
+  return n;
+}
+
+uint64_t hash_document(uint64_t h, const Document& d) {
+  h = mix64(h ^ uint64_t(d.ids.size()));
+  for (size_t i = 0; i < d.ids.size(); ++i)
+    h = mix64(h ^ (uint64_t(uint32_t(d.ids[i])) | (uint64_t(d.mask[i]) << 32)));
+  return h;
+}
+
+uint64_t epoch_seed(uint64_t seed, int epoch) { return mix64(seed ^ mix64(uint64_t(epoch))); }
+
+std::string hex16(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
+  return buf;
+}
+
+template <class T>
+T json_field(const nlohmann::json& j, const char* key, const std::string& where) {
+  LOOM_CHECK(j.contains(key), where, ": dataloader state has no \"", key,
+             "\"; the checkpoint is incomplete or from another program");
+  try {
+    return j.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    fail(where, ": dataloader state \"", key, "\" = ", j.at(key).dump(), " has the wrong type");
+  }
+}
+
+uint64_t parse_hex16(const std::string& s, const std::string& where) {
+  LOOM_CHECK(s.size() == 16 && s.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos, where,
+             ": dataloader state \"data_fingerprint\" must be 16 hex digits, got \"", s, "\"");
+  return std::stoull(s, nullptr, 16);
+}
+
+}  // namespace
+
+LoaderOptions loader_options(const TrainSection& train, int rank, int world) {
+  LoaderOptions o;
+  o.token_budget = train.token_budget;
+  o.global_batch = train.global_batch;
+  o.seed = uint64_t(int64_t(train.seed));
+  o.rank = rank;
+  o.world = world;
+  return o;
+}
+
+bool LoaderState::operator==(const LoaderState& o) const {
+  return epoch == o.epoch && step_in_epoch == o.step_in_epoch && seed == o.seed &&
+         global_batch == o.global_batch && documents == o.documents && data_fingerprint == o.data_fingerprint;
+}
+
+std::string to_json(const LoaderState& s) {
+  nlohmann::json j = {{"epoch", s.epoch},
+                      {"step_in_epoch", s.step_in_epoch},
+                      {"seed", s.seed},
+                      {"global_batch", s.global_batch},
+                      {"documents", s.documents},
+                      {"data_fingerprint", hex16(s.data_fingerprint)}};
+  return j.dump();
+}
+
+LoaderState loader_state_from_json(const std::string& text, const std::string& where) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    fail(where, ": dataloader state is not valid JSON (", e.what(), ")");
+  }
+  LOOM_CHECK(j.is_object(), where, ": dataloader state must be a JSON object, got ", j.dump());
+  LoaderState s;
+  s.epoch = json_field<int>(j, "epoch", where);
+  s.step_in_epoch = json_field<int64_t>(j, "step_in_epoch", where);
+  s.seed = json_field<uint64_t>(j, "seed", where);
+  s.global_batch = json_field<int64_t>(j, "global_batch", where);
+  s.documents = json_field<int64_t>(j, "documents", where);
+  s.data_fingerprint = parse_hex16(json_field<std::string>(j, "data_fingerprint", where), where);
+  return s;
+}
+
+DataLoader::DataLoader(const std::vector<Document>& docs, const LoaderOptions& options)
+    : docs_(&docs), options_(options) {
+  check_options(options_);
+  LOOM_CHECK(!docs.empty(), "the dataset has no documents; check data.path (or data.synthetic_docs)");
+  lengths_.reserve(docs.size());
+  targets_.reserve(docs.size());
+  fingerprint_ = mix64(uint64_t(docs.size()));
+  for (size_t i = 0; i < docs.size(); ++i) {
+    check_document(docs[i], i, options_.token_budget);
+    lengths_.push_back(int64_t(docs[i].ids.size()));
+    targets_.push_back(count_targets(docs[i]));
+    fingerprint_ = hash_document(fingerprint_, docs[i]);
+  }
+  shuffle_epoch();
+}
+
+int64_t DataLoader::steps_per_epoch() const {
+  return (documents() + options_.global_batch - 1) / options_.global_batch;
+}
+
+int64_t DataLoader::total_steps(int epochs) const {
+  LOOM_CHECK(epochs >= 1, "train.epochs must be >= 1, got ", epochs);
+  return int64_t(epochs) * steps_per_epoch();
+}
+
+void DataLoader::shuffle_epoch() {
+  order_.resize(lengths_.size());
+  std::iota(order_.begin(), order_.end(), int64_t(0));
+  SplitMix64 rng(epoch_seed(options_.seed, epoch_));
+  for (size_t i = order_.size() - 1; i > 0; --i) std::swap(order_[i], order_[rng.below(i + 1)]);
+}
+
+std::vector<int64_t> DataLoader::step_documents() const {
+  const int64_t begin = step_in_epoch_ * options_.global_batch;
+  const int64_t end = std::min(documents(), begin + options_.global_batch);
+  return std::vector<int64_t>(order_.begin() + begin, order_.begin() + end);
+}
+
+Step DataLoader::next() {
+  Step step = plan_step(step_documents());
+  step.epoch = epoch_;
+  step.step_in_epoch = step_in_epoch_;
+  if (++step_in_epoch_ == steps_per_epoch()) {
+    ++epoch_;
+    step_in_epoch_ = 0;
+    shuffle_epoch();
+  }
+  return step;
+}
+
+Step DataLoader::plan_step(const std::vector<int64_t>& batch) const {
+  std::vector<int64_t> lengths;
+  for (int64_t d : batch) lengths.push_back(lengths_[d]);
+  Step step;
+  step.global_docs = int64_t(batch.size());
+  step.packing.token_budget = options_.token_budget;
+  step.packing.padded_tokens = padded_batch_tokens(lengths, options_.padded_group);
+  const auto ranks = split_across_ranks(lengths, options_.world, options_.attention_span);
+  for (int r = 0; r < options_.world; ++r) {
+    std::vector<int64_t> docs;  // document indices of rank r
+    for (int64_t pos : ranks[r]) docs.push_back(batch[pos]);
+    plan_rank(step, docs, r == options_.rank);
+  }
+  step.packing.real_tokens = step.global_tokens;
+  return step;
+}
+
+void DataLoader::plan_rank(Step& step, const std::vector<int64_t>& docs, bool own) const {
+  std::vector<int64_t> lengths;
+  RankLoad load;
+  for (int64_t d : docs) {
+    lengths.push_back(lengths_[d]);
+    load.tokens += lengths_[d];
+    load.attention += lengths_[d] * lengths_[d];
+    step.global_targets += targets_[d];
+  }
+  const auto bins = pack_first_fit_decreasing(lengths, options_.token_budget);
+  load.docs = int64_t(docs.size());
+  load.micro_batches = int64_t(bins.size());
+  step.ranks.push_back(load);
+  step.global_tokens += load.tokens;
+  step.packing.micro_batches += load.micro_batches;
+  if (!own) return;
+  for (const auto& bin : bins) {
+    std::vector<const Document*> micro_docs;
+    for (int64_t i : bin) micro_docs.push_back(&(*docs_)[docs[i]]);
+    step.micro.push_back(pack_documents(micro_docs));
+  }
+}
+
+LoaderState DataLoader::state() const {
+  LoaderState s;
+  s.epoch = epoch_;
+  s.step_in_epoch = step_in_epoch_;
+  s.seed = options_.seed;
+  s.global_batch = options_.global_batch;
+  s.documents = documents();
+  s.data_fingerprint = fingerprint_;
+  return s;
+}
+
+void DataLoader::restore(const LoaderState& s) {
+  const char* cannot = "cannot resume the data order: ";
+  const char* or_restart = " to resume, or start a new run (output.resume: never)";
+  LOOM_CHECK(s.documents == documents() && s.data_fingerprint == fingerprint_, cannot,
+             "the checkpoint was taken on ", s.documents, " documents (fingerprint ", hex16(s.data_fingerprint),
+             "), this run has ", documents(), " (fingerprint ", hex16(fingerprint_), "); use the same data",
+             or_restart);
+  LOOM_CHECK(s.global_batch == options_.global_batch, cannot, "the checkpoint used train.global_batch = ",
+             s.global_batch, ", this run has ", options_.global_batch, "; set train.global_batch: ", s.global_batch,
+             or_restart);
+  LOOM_CHECK(s.epoch >= 0 && s.step_in_epoch >= 0 && s.step_in_epoch < steps_per_epoch(), cannot,
+             "the checkpoint is at epoch ", s.epoch, " step ", s.step_in_epoch, " but an epoch has ",
+             steps_per_epoch(), " steps; the checkpoint's loader state is corrupt");
+  options_.seed = s.seed;
+  epoch_ = s.epoch;
+  step_in_epoch_ = s.step_in_epoch;
+  shuffle_epoch();
+}
+
+}  // namespace loom
