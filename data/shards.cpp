@@ -1,0 +1,321 @@
+#include "data/shards.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "engine/error.h"
+
+namespace loom {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "shards are written and read as memory images of little-endian integers");
+
+constexpr char kMagic[8] = {'L', 'O', 'O', 'M', 'S', 'H', 'R', 'D'};
+constexpr const char* kRerun = "; re-run build/prepare to rebuild it";
+
+struct ShardHeader {
+  char magic[8];
+  uint64_t version;
+  uint64_t n_docs;
+  uint64_t n_tokens;
+  uint64_t summary_bytes;
+  uint64_t checksum;
+};
+static_assert(sizeof(ShardHeader) == 48, "the header layout of shards.h");
+
+uint64_t mask_bytes(uint64_t n_tokens) { return (n_tokens + 7) / 8; }
+
+// Appends raw bytes to a file opened for writing; every failure names the file and errno.
+class RawFile {
+ public:
+  explicit RawFile(const std::string& path) : path_(path), f_(std::fopen(path.c_str(), "wb")) {
+    LOOM_CHECK(f_, "cannot create ", path, ": ", std::strerror(errno));
+  }
+  ~RawFile() {
+    if (f_) std::fclose(f_);
+  }
+  void write(const void* data, size_t n) {
+    if (n) LOOM_CHECK(std::fwrite(data, 1, n, f_) == n, "cannot write ", path_, ": ", std::strerror(errno));
+  }
+  // Data on disk before the rename that publishes it.
+  void close_durably() {
+    const bool ok = std::fflush(f_) == 0 && fsync(fileno(f_)) == 0;
+    const int err = errno;
+    const bool closed = std::fclose(f_) == 0;
+    f_ = nullptr;
+    LOOM_CHECK(ok && closed, "cannot write ", path_, ": ", std::strerror(err));
+  }
+
+ private:
+  std::string path_;
+  FILE* f_;
+};
+
+std::string tmp_name(const std::string& path) { return cat(path, ".tmp.", getpid()); }
+
+// Writes `parts` to path via a temporary file renamed into place once complete.
+void write_atomically(const std::string& path, const std::vector<std::pair<const void*, size_t>>& parts) {
+  const std::string tmp = tmp_name(path);
+  try {
+    RawFile f(tmp);
+    for (const auto& [data, n] : parts) f.write(data, n);
+    f.close_durably();
+    std::error_code ec;
+    fs::rename(tmp, path, ec);
+    LOOM_CHECK(!ec, "cannot rename ", tmp, " to ", path, ": ", ec.message());
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
+    throw;
+  }
+}
+
+std::string read_whole_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  LOOM_CHECK(in, "cannot open ", path, ": ", std::strerror(errno));
+  std::string bytes(size_t(in.tellg()), '\0');
+  in.seekg(0);
+  in.read(bytes.data(), std::streamsize(bytes.size()));
+  LOOM_CHECK(in.gcount() == std::streamsize(bytes.size()), "cannot read ", path);
+  return bytes;
+}
+
+// Bytes the header's counts describe, or 0 when they cannot fit in `limit` bytes (corrupt counts
+// would overflow the products below).
+uint64_t described_size(const ShardHeader& h, uint64_t limit) {
+  if (h.n_docs >= limit / 8 || h.n_tokens > limit / 4 || h.summary_bytes > limit) return 0;
+  return sizeof(ShardHeader) + 8 * (h.n_docs + 1) + 4 * h.n_tokens + mask_bytes(h.n_tokens) + h.summary_bytes;
+}
+
+ShardHeader checked_header(const std::string& path, const std::string& bytes) {
+  LOOM_CHECK(bytes.size() >= sizeof(ShardHeader), path, ": ", bytes.size(),
+             " bytes, shorter than the 48-byte shard header (truncated, or not a loom shard)", kRerun);
+  ShardHeader h;
+  std::memcpy(&h, bytes.data(), sizeof h);
+  LOOM_CHECK(std::memcmp(h.magic, kMagic, 8) == 0, path, ": not a loom shard (the first 8 bytes are not \"LOOMSHRD\")",
+             kRerun);
+  LOOM_CHECK(h.version == kShardVersion, path, ": shard format version ", h.version, ", this build reads version ",
+             kShardVersion, kRerun);
+  const uint64_t want = described_size(h, bytes.size());
+  LOOM_CHECK(want == bytes.size(), path, ": the header describes ", h.n_docs, " documents and ", h.n_tokens,
+             " tokens (", want ? cat(want, " bytes") : std::string("more bytes than the file"), ") but the file has ",
+             bytes.size(), " bytes: truncated or damaged", kRerun);
+  const uint64_t sum = fnv1a64(bytes.data() + sizeof h, bytes.size() - sizeof h);
+  LOOM_CHECK(sum == h.checksum, path, ": checksum mismatch (header ", hex64(h.checksum), ", contents ", hex64(sum),
+             "): the file is corrupted", kRerun);
+  return h;
+}
+
+std::vector<Document> decode_shard(const std::string& path, const std::string& bytes, const ShardHeader& h) {
+  const char* p = bytes.data() + sizeof h;
+  std::vector<uint64_t> offsets(h.n_docs + 1);
+  std::memcpy(offsets.data(), p, 8 * offsets.size());
+  p += 8 * offsets.size();
+  const char* ids = p;
+  const uint8_t* bits = reinterpret_cast<const uint8_t*>(p + 4 * h.n_tokens);
+  LOOM_CHECK(offsets.front() == 0 && offsets.back() == h.n_tokens, path, ": document offsets run from ",
+             offsets.front(), " to ", offsets.back(), ", expected 0 to ", h.n_tokens, kRerun);
+  std::vector<Document> docs(h.n_docs);
+  for (uint64_t d = 0; d < h.n_docs; ++d) {
+    LOOM_CHECK(offsets[d] <= offsets[d + 1], path, ": document offsets decrease at document ", d, kRerun);
+    Document& doc = docs[d];
+    doc.ids.resize(offsets[d + 1] - offsets[d]);
+    std::memcpy(doc.ids.data(), ids + 4 * offsets[d], 4 * doc.ids.size());
+    doc.mask.resize(doc.ids.size());
+    for (uint64_t t = offsets[d]; t < offsets[d + 1]; ++t) doc.mask[t - offsets[d]] = (bits[t / 8] >> (t % 8)) & 1;
+  }
+  return docs;
+}
+
+json parse_json(const std::string& text, const std::string& what) {
+  try {
+    return json::parse(text);
+  } catch (const json::exception& e) {
+    fail(what, ": not valid JSON (", e.what(), ")", kRerun);
+  }
+}
+
+// Drops shard files of an earlier preparation that the new manifest does not list.
+void remove_unlisted_shards(const fs::path& dir, const std::vector<ShardInfo>& keep) {
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    const bool shard = name.rfind("shard-", 0) == 0 && entry.path().extension() == ".bin";
+    bool listed = false;
+    for (const auto& s : keep) listed = listed || s.file == name;
+    if (shard && !listed) fs::remove(entry.path());
+  }
+}
+
+std::vector<std::pair<size_t, size_t>> split_by_tokens(const std::vector<Document>& docs, int64_t shard_tokens) {
+  std::vector<std::pair<size_t, size_t>> ranges;
+  size_t begin = 0;
+  int64_t tokens = 0;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    if (i > begin && tokens + int64_t(docs[i].ids.size()) > shard_tokens) {
+      ranges.emplace_back(begin, i);
+      begin = i;
+      tokens = 0;
+    }
+    tokens += int64_t(docs[i].ids.size());
+  }
+  if (begin < docs.size()) ranges.emplace_back(begin, docs.size());
+  return ranges;
+}
+
+}  // namespace
+
+uint64_t fnv1a64(const void* data, size_t n, uint64_t h) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+std::string hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+uint64_t fnv1a64_file(const std::string& path, uint64_t h) {
+  std::ifstream in(path, std::ios::binary);
+  LOOM_CHECK(in, "cannot open ", path, ": ", std::strerror(errno));
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), std::streamsize(buf.size()));
+    h = fnv1a64(buf.data(), size_t(in.gcount()), h);
+  }
+  LOOM_CHECK(!in.bad(), "cannot read ", path);
+  return h;
+}
+
+ShardInfo write_shard(const std::string& path, const std::vector<Document>& docs, size_t begin, size_t end) {
+  std::vector<uint64_t> offsets{0};
+  std::vector<int32_t> ids;
+  for (size_t d = begin; d < end; ++d) {
+    LOOM_CHECK(docs[d].ids.size() == docs[d].mask.size(), "document ", d, " has ", docs[d].ids.size(), " ids but ",
+               docs[d].mask.size(), " mask entries");
+    ids.insert(ids.end(), docs[d].ids.begin(), docs[d].ids.end());
+    offsets.push_back(ids.size());
+  }
+  std::vector<uint8_t> bits(mask_bytes(ids.size()), 0);
+  int64_t targets = 0;
+  for (size_t d = begin, t = 0; d < end; ++d)
+    for (uint8_t m : docs[d].mask) {
+      if (m) bits[t / 8] |= uint8_t(1u << (t % 8));
+      targets += m != 0;
+      ++t;
+    }
+  const std::string summary =
+      json{{"documents", end - begin}, {"tokens", ids.size()}, {"target_tokens", targets}}.dump();
+
+  ShardHeader h{};
+  std::memcpy(h.magic, kMagic, 8);
+  h.version = kShardVersion;
+  h.n_docs = end - begin;
+  h.n_tokens = ids.size();
+  h.summary_bytes = summary.size();
+  const std::vector<std::pair<const void*, size_t>> payload = {{offsets.data(), 8 * offsets.size()},
+                                                               {ids.data(), 4 * ids.size()},
+                                                               {bits.data(), bits.size()},
+                                                               {summary.data(), summary.size()}};
+  h.checksum = 14695981039346656037ull;
+  for (const auto& [data, n] : payload) h.checksum = fnv1a64(data, n, h.checksum);
+
+  std::vector<std::pair<const void*, size_t>> parts = {{&h, sizeof h}};
+  parts.insert(parts.end(), payload.begin(), payload.end());
+  write_atomically(path, parts);
+
+  ShardInfo info;
+  info.file = fs::path(path).filename().string();
+  info.documents = int64_t(end - begin);
+  info.tokens = int64_t(ids.size());
+  info.bytes = int64_t(sizeof h);
+  for (const auto& part : payload) info.bytes += int64_t(part.second);
+  info.checksum = h.checksum;
+  return info;
+}
+
+std::vector<Document> read_shard(const std::string& path, uint64_t* checksum) {
+  const std::string bytes = read_whole_file(path);
+  const ShardHeader h = checked_header(path, bytes);
+  if (checksum) *checksum = h.checksum;
+  return decode_shard(path, bytes, h);
+}
+
+std::vector<ShardInfo> write_prepared(const std::string& dir, const std::vector<Document>& docs,
+                                      const std::string& manifest_fields, int64_t shard_tokens) {
+  json manifest = parse_json(manifest_fields, "manifest fields");
+  LOOM_CHECK(manifest.is_object(), "manifest fields must be a JSON object");
+  LOOM_CHECK(shard_tokens > 0, "shard_tokens must be > 0 (found ", shard_tokens, ")");
+  const fs::path folder(dir);
+  fs::create_directories(folder);
+  // Unpublish first: from here until the new manifest lands, the folder is not a prepared dataset.
+  fs::remove(folder / kManifestName);
+
+  std::vector<ShardInfo> shards;
+  char name[32];
+  for (const auto& [begin, end] : split_by_tokens(docs, shard_tokens)) {
+    std::snprintf(name, sizeof name, "shard-%05zu.bin", shards.size());
+    shards.push_back(write_shard((folder / name).string(), docs, begin, end));
+  }
+  remove_unlisted_shards(folder, shards);
+
+  json list = json::array();
+  for (const auto& s : shards)
+    list.push_back({{"file", s.file}, {"documents", s.documents}, {"tokens", s.tokens}, {"bytes", s.bytes},
+                    {"checksum", hex64(s.checksum)}});
+  manifest["format"] = "loom-prepared";
+  manifest["version"] = kShardVersion;
+  manifest["shards"] = list;
+  const std::string text = manifest.dump(2) + "\n";
+  write_atomically((folder / kManifestName).string(), {{text.data(), text.size()}});
+  return shards;
+}
+
+std::string read_manifest(const std::string& dir) {
+  const fs::path p = fs::path(dir) / kManifestName;
+  return fs::exists(p) ? read_whole_file(p.string()) : "";
+}
+
+std::vector<Document> load_prepared(const std::string& dir) {
+  const std::string text = read_manifest(dir);
+  const std::string path = (fs::path(dir) / kManifestName).string();
+  LOOM_CHECK(!text.empty(), "no ", kManifestName, " in ", dir,
+             ": not a prepared dataset, or its preparation did not finish; run build/prepare --data FILE.jsonl "
+             "--tokenizer PATH --out ",
+             dir);
+  const json m = parse_json(text, path);
+  LOOM_CHECK(m.is_object() && m.value("format", "") == "loom-prepared" && m.contains("shards") &&
+                 m["shards"].is_array(),
+             path, ": not a loom prepared.json (expected \"format\": \"loom-prepared\" and a \"shards\" list)",
+             kRerun);
+  LOOM_CHECK(m.value("version", uint64_t(0)) == kShardVersion, path, ": version ", m.value("version", uint64_t(0)),
+             ", this build reads version ", kShardVersion, kRerun);
+  std::vector<Document> all;
+  for (const auto& entry : m["shards"]) {
+    const std::string file = entry.value("file", "");
+    LOOM_CHECK(!file.empty() && file.find('/') == std::string::npos, path, ": shard entry without a plain \"file\" name",
+               kRerun);
+    const std::string shard_path = (fs::path(dir) / file).string();
+    uint64_t checksum = 0;
+    std::vector<Document> docs = read_shard(shard_path, &checksum);
+    LOOM_CHECK(hex64(checksum) == entry.value("checksum", "") &&
+                   int64_t(docs.size()) == entry.value("documents", int64_t(-1)),
+               shard_path, " is not the shard ", path, " lists (checksum ", hex64(checksum), ", listed ",
+               entry.value("checksum", ""), "): the folder mixes two preparations", kRerun);
+    for (auto& d : docs) all.push_back(std::move(d));
+  }
+  return all;
+}
+
+}  // namespace loom

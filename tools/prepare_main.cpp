@@ -1,0 +1,135 @@
+// build/prepare: JSONL chat/instruction/text records → token shards with loss masks (data/dataset.h,
+// data/shards.h), ready for build/train's data.path.
+//
+//   build/prepare --data FILE.jsonl --tokenizer PATH --out DIR [--template NAME] [--format NAME]
+//                 [--train-on responses|all] [--max-seq-len N] [--overlong truncate|drop]
+//                 [--skip-bad-lines] [--threads N]
+//   build/prepare CONFIG.yaml [section.key=value ...]
+//
+// The second form reads the config's data section and prepares into the cache build/train uses
+// (data.cache_dir, default <output.dir>/data), so training then starts without preparing again.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "data/chat_template.h"
+#include "data/dataset.h"
+#include "engine/config.h"
+#include "engine/error.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: build/prepare --data FILE.jsonl --tokenizer PATH --out DIR [--template NAME] [--format NAME]\n"
+    "                     [--train-on responses|all] [--max-seq-len N] [--overlong truncate|drop]\n"
+    "                     [--skip-bad-lines] [--threads N]\n"
+    "       build/prepare CONFIG.yaml [section.key=value ...]\n"
+    "  --template  auto (from the tokenizer's tokenizer_config.json) | chatml | qwen3 | llama3 | llama3.1 |\n"
+    "              mistral | llama2 | none (text records only)\n"
+    "  --format    auto (from the first record) | messages | sharegpt | alpaca | text\n";
+
+struct Args {
+  loom::DataSection data;
+  std::string tokenizer, out, config;
+  std::vector<std::string> overrides;
+  int threads = 0;
+};
+
+void check_choice(const std::string& flag, const std::string& value, const std::vector<std::string>& allowed) {
+  std::string list;
+  for (const auto& a : allowed) {
+    if (a == value) return;
+    list += (list.empty() ? "" : ", ") + a;
+  }
+  loom::fail(flag, " must be one of ", list, " (found \"", value, "\")");
+}
+
+int parse_int(const std::string& flag, const std::string& value) {
+  char* end = nullptr;
+  const long v = std::strtol(value.c_str(), &end, 10);
+  LOOM_CHECK(!value.empty() && *end == '\0' && v > 0 && v <= 1 << 30, flag, " must be a positive integer (found \"",
+             value, "\")");
+  return int(v);
+}
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  std::vector<std::string> rest(argv + 1, argv + argc);
+  if (!rest.empty() && rest[0].rfind("--", 0) != 0) {
+    a.config = rest[0];
+    a.overrides.assign(rest.begin() + 1, rest.end());
+    return a;
+  }
+  for (size_t i = 0; i < rest.size(); ++i) {
+    const std::string& flag = rest[i];
+    if (flag == "--skip-bad-lines") {
+      a.data.on_bad_line = "skip";
+      continue;
+    }
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    }
+    LOOM_CHECK(i + 1 < rest.size(), flag, " needs a value\n", kUsage);
+    const std::string& v = rest[++i];
+    if (flag == "--data") a.data.path = v;
+    else if (flag == "--tokenizer") a.tokenizer = v;
+    else if (flag == "--out") a.out = v;
+    else if (flag == "--template") a.data.template_name = v;
+    else if (flag == "--format") a.data.format = v;
+    else if (flag == "--train-on") a.data.train_on = v;
+    else if (flag == "--max-seq-len") a.data.max_seq_len = parse_int(flag, v);
+    else if (flag == "--overlong") a.data.overlong = v;
+    else if (flag == "--threads") a.threads = parse_int(flag, v);
+    else loom::fail("unknown option ", flag, "\n", kUsage);
+  }
+  LOOM_CHECK(!a.data.path.empty() && !a.tokenizer.empty() && !a.out.empty(),
+             "--data, --tokenizer and --out are required\n", kUsage);
+  std::vector<std::string> templates = {"auto", "none"};
+  for (const auto& n : loom::chat_template_names()) templates.push_back(n);
+  check_choice("--template", a.data.template_name, templates);
+  check_choice("--format", a.data.format, {"auto", "messages", "sharegpt", "alpaca", "text"});
+  check_choice("--train-on", a.data.train_on, {"responses", "all"});
+  check_choice("--overlong", a.data.overlong, {"truncate", "drop"});
+  return a;
+}
+
+// The config form: the data section, its tokenizer (data.tokenizer, else model.path) and the
+// cache folder build/train looks in.
+void from_config(Args& a) {
+  const loom::TrainConfig cfg = loom::load_config(a.config, a.overrides);
+  a.data = cfg.data;
+  LOOM_CHECK(!a.data.path.empty(), a.config, ": data.path is empty; set it to the JSONL file to prepare");
+  a.tokenizer = cfg.data.tokenizer.empty() ? cfg.model.path : cfg.data.tokenizer;
+  LOOM_CHECK(!a.tokenizer.empty(), a.config, ": set data.tokenizer (the model is a preset, so there is no model.path)");
+  a.out = cfg.data.cache_dir.empty() ? cfg.output.dir + "/data" : cfg.data.cache_dir;
+}
+
+int run(int argc, char** argv) {
+  LOOM_CHECK(argc > 1, kUsage);
+  Args a = parse_args(argc, argv);
+  if (!a.config.empty()) from_config(a);
+
+  loom::PrepareOptions options;
+  options.threads = a.threads;
+  const auto t0 = std::chrono::steady_clock::now();
+  const loom::PrepareResult r = a.config.empty() ? loom::prepare_to_dir(a.data, a.tokenizer, a.out, options)
+                                                 : loom::prepare_dataset_cached(a.data, a.tokenizer, a.out, options);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::fprintf(stderr, "%s %s (%.1f s)\n%s", r.reused ? "up to date:" : "prepared", r.dir.c_str(), seconds,
+               loom::format_stats(r.stats).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const loom::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
