@@ -23,6 +23,11 @@ struct ModelConfig {
   std::string torch_dtype;  // "bfloat16" | "float16" | "float32" as written in config.json
   std::vector<int> eos_ids;
   int bos_id = -1;
+  // quantization_config of a pre-quantized bitsandbytes checkpoint (load_in_4bit); the per-tensor
+  // quant_state JSON is authoritative, these only announce it.
+  bool bnb_4bit = false;
+  bool bnb_double_quant = false;
+  std::string bnb_quant_type;  // "nf4" (fp4 is rejected)
 
   // Parameters of all matmuls including the LM head (BENCHMARK.md's P; embedding lookup excluded).
   double matmul_params() const;

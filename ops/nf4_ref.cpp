@@ -264,6 +264,8 @@ Nf4Host nf4_quantize_ref(const float* w, int64_t rows, int64_t cols, int blocksi
   // One code per element plus the 0.0 pad of an odd count (code 7, the low nibble of the last byte).
   std::vector<uint8_t> codes(size_t(n + (n & 1)), nf4_code(0.f));
   std::vector<float> absmax(static_cast<size_t>(nb));
+  // Blocks are independent, so threads change nothing in the result (checkpoints load through here).
+#pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t start = b * blocksize;
     const int64_t len = std::min<int64_t>(blocksize, n - start);
@@ -313,6 +315,7 @@ std::vector<float> nf4_block_scales(const Nf4Host& q) {
 void nf4_dequantize_ref(float* out, const Nf4Host& q) {
   const std::vector<float> scales = nf4_block_scales(q);
   const int64_t n = q.numel();
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const uint8_t byte = q.codes[size_t(i / 2)];
     const int code = (i % 2 == 0) ? byte >> 4 : byte & 0xF;

@@ -1,0 +1,522 @@
+// HF config.json -> ModelConfig for LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and
+// Qwen3ForCausalLM (FORMATS.md §2; transformers models/*/configuration_*.py, modeling_rope_utils.py).
+// Values come from the file; a missing key takes the transformers class default of its family:
+//
+//   key (missing)            llama   mistral  qwen2   qwen3     (null)
+//   head_dim                 C/H     C/H      C/H     128       same as missing
+//   num_key_value_heads      H       8        32      32        H
+//   max_position_embeddings  2048    131072   32768   32768
+//   bos / eos                1 / 2   1 / 2    none    none      none
+//   sliding_window           -       4096     4096    4096      no window
+//   rms_norm_eps 1e-6, rope_theta 10000, tie_word_embeddings false, hidden_act silu: all four.
+//
+// Biases: Qwen2 always has q/k/v biases; Llama and Qwen3 `attention_bias` adds q/k/v/o biases;
+// Llama `mlp_bias` adds gate/up/down biases. Qwen3 always has q_norm/k_norm.
+// Sliding window per layer: Mistral uses `sliding_window` on every layer when it is non-null;
+// Qwen2/3 only when `use_sliding_window`, on layers whose `layer_types` entry is
+// "sliding_attention", or (no layer_types) on layers with index >= max_window_layers (default 28).
+// RoPE: transformers v5 resolves `rope_scaling` when present (legacy form; type key `rope_type` or
+// `type`), else `rope_parameters`; `rope_theta` inside the dict wins over the top-level one.
+#include "models/model_config.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "engine/error.h"
+
+namespace loom {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct Family {
+  const char* arch;        // ModelConfig::arch
+  const char* class_name;  // architectures[0]
+  int V, C, F, L, H;
+  int KVH;  // when the key is missing; 0 = H (null always means H)
+  int D;    // when head_dim is missing or null; 0 = C / H
+  int max_position;
+  int bos;               // -1 = none
+  std::vector<int> eos;  // empty = none
+};
+
+// Class defaults of transformers' configuration_{llama,mistral,qwen2,qwen3}.py.
+const Family kFamilies[] = {
+    {"llama", "LlamaForCausalLM", 32000, 4096, 11008, 32, 32, 0, 0, 2048, 1, {2}},
+    {"mistral", "MistralForCausalLM", 32000, 4096, 14336, 32, 32, 8, 0, 4096 * 32, 1, {2}},
+    {"qwen2", "Qwen2ForCausalLM", 151936, 4096, 22016, 32, 32, 32, 0, 32768, -1, {}},
+    {"qwen3", "Qwen3ForCausalLM", 151936, 4096, 22016, 32, 32, 32, 128, 32768, -1, {}},
+};
+constexpr int kDefaultSlidingWindow = 4096;   // MistralConfig / Qwen2Config / Qwen3Config
+constexpr int kDefaultMaxWindowLayers = 28;   // Qwen2Config / Qwen3Config
+constexpr double kDefaultRopeTheta = 10000.0;  // RotaryEmbeddingConfigMixin.default_theta
+
+const char* kSupported = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM";
+
+// Typed access to one JSON object, with errors naming the file and the key.
+class Keys {
+ public:
+  Keys(const json& obj, std::string file, std::string prefix = "")
+      : obj_(obj), file_(std::move(file)), prefix_(std::move(prefix)) {}
+
+  bool has(const char* key) const { return obj_.contains(key); }
+  // Present with a non-null value.
+  bool set(const char* key) const { return has(key) && !obj_.at(key).is_null(); }
+  const json& at(const char* key) const { return obj_.at(key); }
+  std::string where(const char* key) const { return cat(file_, ": ", prefix_, key); }
+
+  std::optional<int> opt_int(const char* key) const {
+    if (!set(key)) return std::nullopt;
+    const json& v = obj_.at(key);
+    bool integral = v.is_number_integer() || (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>());
+    LOOM_CHECK(integral, where(key), ": expected an integer, found ", v.dump());
+    double d = v.get<double>();
+    LOOM_CHECK(std::fabs(d) < 2147483648.0, where(key), ": ", v.dump(), " is out of range");
+    return int(d);
+  }
+  int get_int(const char* key, int fallback) const { return opt_int(key).value_or(fallback); }
+
+  std::optional<double> opt_double(const char* key) const {
+    if (!set(key)) return std::nullopt;
+    const json& v = obj_.at(key);
+    LOOM_CHECK(v.is_number(), where(key), ": expected a number, found ", v.dump());
+    return v.get<double>();
+  }
+  double get_double(const char* key, double fallback) const { return opt_double(key).value_or(fallback); }
+  double need_double(const char* key, const std::string& why) const {
+    std::optional<double> v = opt_double(key);
+    LOOM_CHECK(v, where(key), " is missing (", why, ")");
+    return *v;
+  }
+
+  bool get_bool(const char* key, bool fallback) const {
+    if (!set(key)) return fallback;
+    const json& v = obj_.at(key);
+    LOOM_CHECK(v.is_boolean(), where(key), ": expected true or false, found ", v.dump());
+    return v.get<bool>();
+  }
+
+  std::optional<std::string> opt_string(const char* key) const {
+    if (!set(key)) return std::nullopt;
+    const json& v = obj_.at(key);
+    LOOM_CHECK(v.is_string(), where(key), ": expected a string, found ", v.dump());
+    return v.get<std::string>();
+  }
+
+  const std::string& file() const { return file_; }
+
+ private:
+  const json& obj_;
+  std::string file_, prefix_;
+};
+
+const Family& find_family(const Keys& k) {
+  if (k.set("architectures")) {
+    const json& a = k.at("architectures");
+    LOOM_CHECK(a.is_array() && !a.empty() && a[0].is_string(), k.where("architectures"),
+               ": expected a list of class names, found ", a.dump());
+    const std::string name = a[0].get<std::string>();
+    for (const Family& f : kFamilies)
+      if (name == f.class_name) return f;
+    fail(k.where("architectures"), ": \"", name, "\" is not supported; loom trains ", kSupported);
+  }
+  std::optional<std::string> type = k.opt_string("model_type");
+  LOOM_CHECK(type, k.file(), ": neither architectures nor model_type is set; expected one of ", kSupported);
+  for (const Family& f : kFamilies)
+    if (*type == f.arch) return f;
+  fail(k.where("model_type"), ": \"", *type, "\" is not supported; expected llama, mistral, qwen2 or qwen3");
+}
+
+// The RoPE dict transformers would resolve, or nullptr for plain default RoPE.
+const json* rope_dict(const Keys& k, std::string* name) {
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    if (!k.set(key)) continue;
+    const json& d = k.at(key);
+    LOOM_CHECK(d.is_object(), k.where(key), ": expected an object, found ", d.dump());
+    if (d.empty()) continue;
+    *name = key;
+    return &d;
+  }
+  return nullptr;
+}
+
+RopeParams resolve_rope(const Keys& k, int max_position) {
+  RopeParams r;
+  const double top_theta = k.get_double("rope_theta", kDefaultRopeTheta);
+  r.theta = top_theta;
+  std::string name;
+  const json* dict = rope_dict(k, &name);
+  if (!dict) return r;
+  Keys d(*dict, k.file(), name + ".");
+  for (const char* layer_type : {"full_attention", "sliding_attention"})
+    LOOM_CHECK(!d.has(layer_type), d.where(layer_type), ": per-layer-type RoPE parameters are not supported");
+  r.theta = d.get_double("rope_theta", top_theta);
+  const char* type_key = d.set("rope_type") ? "rope_type" : "type";
+  r.type = d.opt_string(type_key).value_or("default");
+  LOOM_CHECK(d.get_double("partial_rotary_factor", 1.0) == 1.0, d.where("partial_rotary_factor"),
+             ": partial rotary embeddings are not supported (Llama, Mistral and Qwen rotate all of head_dim)");
+  if (r.type == "default") return r;
+  if (r.type == "linear") {
+    r.factor = d.need_double("factor", "linear RoPE divides inv_freq by it");
+    return r;
+  }
+  LOOM_CHECK(r.type == "llama3", d.where(type_key), ": RoPE type \"", r.type,
+             "\" is not supported; loom implements default, llama3 and linear (yarn, dynamic and longrope "
+             "change attention scaling and are not implemented)");
+  const std::string why = "required by llama3 RoPE";
+  r.factor = d.need_double("factor", why);
+  r.low_freq_factor = d.need_double("low_freq_factor", why);
+  r.high_freq_factor = d.need_double("high_freq_factor", why);
+  r.original_max_position = d.get_int("original_max_position_embeddings", max_position);
+  LOOM_CHECK(r.high_freq_factor > r.low_freq_factor, d.where("high_freq_factor"), " (", r.high_freq_factor,
+             ") must exceed low_freq_factor (", r.low_freq_factor, ")");
+  return r;
+}
+
+std::vector<int> token_ids(const Keys& k, const char* key, const std::vector<int>& fallback) {
+  if (!k.has(key)) return fallback;
+  const json& v = k.at(key);
+  if (v.is_null()) return {};
+  if (v.is_number_integer()) return {v.get<int>()};
+  LOOM_CHECK(v.is_array(), k.where(key), ": expected an integer or a list of integers, found ", v.dump());
+  std::vector<int> ids;
+  for (const json& id : v) {
+    LOOM_CHECK(id.is_number_integer(), k.where(key), ": expected integers, found ", id.dump());
+    ids.push_back(id.get<int>());
+  }
+  return ids;
+}
+
+// Window per layer (0 = full causal attention).
+std::vector<int> resolve_windows(const Keys& k, const Family& fam, int L) {
+  std::vector<int> window(size_t(L), 0);
+  if (std::string(fam.arch) == "llama") return window;
+  const bool qwen = std::string(fam.arch) != "mistral";
+  if (qwen && !k.get_bool("use_sliding_window", false)) return window;
+  if (k.has("sliding_window") && !k.set("sliding_window")) return window;  // explicit null: no window
+  const int W = k.get_int("sliding_window", kDefaultSlidingWindow);
+  LOOM_CHECK(W > 0, k.where("sliding_window"), " must be positive or null, found ", W);
+  if (!qwen) return std::vector<int>(size_t(L), W);
+  if (k.set("layer_types")) {
+    const json& types = k.at("layer_types");
+    LOOM_CHECK(types.is_array() && int(types.size()) == L, k.where("layer_types"), ": expected a list of ", L,
+               " entries (num_hidden_layers), found ", types.dump());
+    for (int i = 0; i < L; ++i) {
+      const json& t = types[size_t(i)];
+      LOOM_CHECK(t == "sliding_attention" || t == "full_attention", k.where("layer_types"), "[", i,
+                 "]: expected \"sliding_attention\" or \"full_attention\", found ", t.dump());
+      if (t == "sliding_attention") window[size_t(i)] = W;
+    }
+    return window;
+  }
+  const int first = k.get_int("max_window_layers", kDefaultMaxWindowLayers);
+  for (int i = std::max(first, 0); i < L; ++i) window[size_t(i)] = W;
+  return window;
+}
+
+// bitsandbytes 4-bit NF4 is the one pre-quantized format loom reads.
+void read_quantization(const Keys& k, ModelConfig& c) {
+  if (!k.set("quantization_config")) return;
+  const json& q = k.at("quantization_config");
+  LOOM_CHECK(q.is_object(), k.where("quantization_config"), ": expected an object, found ", q.dump());
+  Keys b(q, k.file(), "quantization_config.");
+  const std::string method = b.opt_string("quant_method").value_or("bitsandbytes");
+  LOOM_CHECK(method == "bitsandbytes", b.where("quant_method"), ": \"", method,
+             "\" is not supported; loom loads bf16/fp16/fp32 weights or bitsandbytes 4-bit NF4 checkpoints");
+  LOOM_CHECK(!b.get_bool("load_in_8bit", false) && !b.get_bool("_load_in_8bit", false), b.where("load_in_8bit"),
+             ": 8-bit (LLM.int8) checkpoints are not supported; use the bf16 checkpoint with quantization: nf4");
+  LOOM_CHECK(b.get_bool("load_in_4bit", false) || b.get_bool("_load_in_4bit", false), b.where("load_in_4bit"),
+             ": expected true (loom reads only 4-bit bitsandbytes checkpoints)");
+  // BitsAndBytesConfig's default quant type is fp4.
+  c.bnb_quant_type = b.opt_string("bnb_4bit_quant_type").value_or("fp4");
+  LOOM_CHECK(c.bnb_quant_type == "nf4", b.where("bnb_4bit_quant_type"), ": \"", c.bnb_quant_type,
+             "\" is not supported; loom reads NF4 only (quantize the bf16 checkpoint with quantization: nf4)");
+  c.bnb_4bit = true;
+  c.bnb_double_quant = b.get_bool("bnb_4bit_use_double_quant", false);
+}
+
+void check_consistency(const ModelConfig& c, const Keys& k) {
+  const std::pair<const char*, int> sizes[] = {{"vocab_size", c.V},          {"hidden_size", c.C},
+                                               {"intermediate_size", c.F},   {"num_hidden_layers", c.L},
+                                               {"num_attention_heads", c.H}, {"num_key_value_heads", c.KVH},
+                                               {"head_dim", c.D},            {"max_position_embeddings", c.max_position}};
+  for (const auto& [key, v] : sizes) LOOM_CHECK(v > 0, k.where(key), " must be positive, found ", v);
+  LOOM_CHECK(c.H % c.KVH == 0, k.where("num_key_value_heads"), " (", c.KVH, ") must divide num_attention_heads (",
+             c.H, ")");
+  LOOM_CHECK(c.D % 2 == 0, k.where("head_dim"), " (", c.D, ") must be even for rotary embeddings");
+  LOOM_CHECK(c.rms_eps > 0, k.where("rms_norm_eps"), " must be positive, found ", c.rms_eps);
+}
+
+ModelConfig parse_config(const json& j, const std::string& file) {
+  LOOM_CHECK(j.is_object(), file, ": expected a JSON object, found ", j.type_name());
+  Keys k(j, file);
+  const Family& fam = find_family(k);
+  ModelConfig c;
+  c.arch = fam.arch;
+  c.V = k.get_int("vocab_size", fam.V);
+  c.C = k.get_int("hidden_size", fam.C);
+  c.F = k.get_int("intermediate_size", fam.F);
+  c.L = k.get_int("num_hidden_layers", fam.L);
+  c.H = k.get_int("num_attention_heads", fam.H);
+  c.KVH = k.has("num_key_value_heads") ? k.get_int("num_key_value_heads", c.H) : (fam.KVH ? fam.KVH : c.H);
+  if (k.set("head_dim")) {
+    c.D = k.get_int("head_dim", 0);
+  } else if (fam.D) {
+    c.D = fam.D;
+  } else {
+    LOOM_CHECK(c.H > 0 && c.C % c.H == 0, k.where("num_attention_heads"), " (", c.H, ") must divide hidden_size (",
+               c.C, ") when head_dim is absent");
+    c.D = c.C / c.H;
+  }
+  c.max_position = k.get_int("max_position_embeddings", fam.max_position);
+  c.rms_eps = float(k.get_double("rms_norm_eps", 1e-6));
+  c.tie_embeddings = k.get_bool("tie_word_embeddings", false);
+  const std::string act = k.opt_string("hidden_act").value_or("silu");
+  LOOM_CHECK(act == "silu", k.where("hidden_act"), ": \"", act, "\" is not supported; loom's MLP is SwiGLU (silu)");
+
+  const std::string arch = fam.arch;
+  const bool attention_bias = (arch == "llama" || arch == "qwen3") && k.get_bool("attention_bias", false);
+  c.qkv_bias = arch == "qwen2" || attention_bias;
+  c.o_bias = attention_bias;
+  c.mlp_bias = arch == "llama" && k.get_bool("mlp_bias", false);
+  c.qk_norm = arch == "qwen3";
+
+  c.window = resolve_windows(k, fam, std::max(c.L, 0));
+  c.rope = resolve_rope(k, c.max_position);
+  c.torch_dtype = k.opt_string("dtype").value_or(k.opt_string("torch_dtype").value_or(""));
+  c.eos_ids = token_ids(k, "eos_token_id", fam.eos);
+  std::vector<int> bos = token_ids(k, "bos_token_id", fam.bos >= 0 ? std::vector<int>{fam.bos} : std::vector<int>{});
+  LOOM_CHECK(bos.size() <= 1, k.where("bos_token_id"), ": expected one id, found ", bos.size());
+  c.bos_id = bos.empty() ? -1 : bos[0];
+  read_quantization(k, c);
+  check_consistency(c, k);
+  return c;
+}
+
+const Family& family_of(const std::string& arch) {
+  for (const Family& f : kFamilies)
+    if (arch == f.arch) return f;
+  fail("unknown architecture \"", arch, "\"; expected llama, mistral, qwen2 or qwen3");
+}
+
+// The shortest decimal that reads back as the same float, so 1e-5f is written as 1e-05 and not
+// as its exact double expansion 9.999999747378752e-06.
+double shortest_double(float x) {
+  char buf[32];
+  for (int digits = 1; digits <= 9; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, double(x));
+    if (std::strtof(buf, nullptr) == x) break;
+  }
+  return std::strtod(buf, nullptr);
+}
+
+json rope_json(const RopeParams& r) {
+  if (r.type == "default") return nullptr;
+  json d = {{"rope_type", r.type}, {"factor", r.factor}};
+  if (r.type == "llama3") {
+    d["low_freq_factor"] = r.low_freq_factor;
+    d["high_freq_factor"] = r.high_freq_factor;
+    d["original_max_position_embeddings"] = r.original_max_position;
+  }
+  return d;
+}
+
+json token_json(const std::vector<int>& ids) {
+  if (ids.empty()) return nullptr;
+  if (ids.size() == 1) return ids[0];
+  return ids;
+}
+
+// Sliding-window keys of cfg.window in the family's own vocabulary.
+void window_json(const ModelConfig& c, json& j) {
+  int W = 0;
+  for (int w : c.window) {
+    LOOM_CHECK(w == 0 || W == 0 || w == W, "save_model_config: layers use different sliding windows (", W, " and ",
+               w, "); config.json can express only one");
+    if (w) W = w;
+  }
+  if (c.arch == "llama") {
+    LOOM_CHECK(W == 0, "save_model_config: llama has no sliding window attention (window ", W, ")");
+    return;
+  }
+  if (c.arch == "mistral") {
+    for (int w : c.window)
+      LOOM_CHECK(w == W, "save_model_config: mistral applies its sliding window to every layer or to none");
+    j["sliding_window"] = W ? json(W) : json(nullptr);
+    return;
+  }
+  j["use_sliding_window"] = W != 0;
+  j["sliding_window"] = W ? json(W) : json(nullptr);
+  int first = c.L;
+  json types = json::array();
+  for (int i = c.L - 1; i >= 0; --i)
+    if (c.window[size_t(i)]) first = i;
+  for (int w : c.window) types.push_back(w ? "sliding_attention" : "full_attention");
+  j["max_window_layers"] = first;
+  if (W) j["layer_types"] = types;
+}
+
+void bias_json(const ModelConfig& c, json& j) {
+  if (c.arch == "qwen2") {
+    LOOM_CHECK(c.qkv_bias && !c.o_bias && !c.mlp_bias, "save_model_config: qwen2 always has q/k/v biases and no "
+               "others (qkv_bias ", c.qkv_bias, ", o_bias ", c.o_bias, ", mlp_bias ", c.mlp_bias, ")");
+    return;
+  }
+  if (c.arch == "mistral") {
+    LOOM_CHECK(!c.qkv_bias && !c.o_bias && !c.mlp_bias, "save_model_config: mistral has no biases");
+    return;
+  }
+  LOOM_CHECK(c.qkv_bias == c.o_bias, "save_model_config: ", c.arch,
+             " attention_bias adds q, k, v and o biases together (qkv_bias ", c.qkv_bias, ", o_bias ", c.o_bias, ")");
+  j["attention_bias"] = c.qkv_bias;
+  if (c.arch == "llama")
+    j["mlp_bias"] = c.mlp_bias;
+  else
+    LOOM_CHECK(!c.mlp_bias, "save_model_config: qwen3 has no MLP biases");
+}
+
+json config_json(const ModelConfig& c) {
+  const Family& fam = family_of(c.arch);
+  LOOM_CHECK(c.qk_norm == (c.arch == "qwen3"), "save_model_config: q/k norms exist in qwen3 and only there (arch ",
+             c.arch, ", qk_norm ", c.qk_norm, ")");
+  LOOM_CHECK(int(c.window.size()) == c.L, "save_model_config: window has ", c.window.size(), " entries for ", c.L,
+             " layers");
+  json j = {{"architectures", json::array({fam.class_name})},
+            {"model_type", fam.arch},
+            {"vocab_size", c.V},
+            {"hidden_size", c.C},
+            {"intermediate_size", c.F},
+            {"num_hidden_layers", c.L},
+            {"num_attention_heads", c.H},
+            {"num_key_value_heads", c.KVH},
+            {"head_dim", c.D},
+            {"hidden_act", "silu"},
+            {"max_position_embeddings", c.max_position},
+            {"rms_norm_eps", shortest_double(c.rms_eps)},
+            {"tie_word_embeddings", c.tie_embeddings},
+            {"rope_theta", c.rope.theta},
+            {"rope_scaling", rope_json(c.rope)},
+            {"bos_token_id", c.bos_id >= 0 ? json(c.bos_id) : json(nullptr)},
+            {"eos_token_id", token_json(c.eos_ids)}};
+  if (!c.torch_dtype.empty()) j["torch_dtype"] = c.torch_dtype;
+  bias_json(c, j);
+  window_json(c, j);
+  if (c.bnb_4bit)
+    j["quantization_config"] = {{"quant_method", "bitsandbytes"},
+                                {"load_in_4bit", true},
+                                {"load_in_8bit", false},
+                                {"bnb_4bit_quant_type", c.bnb_quant_type},
+                                {"bnb_4bit_use_double_quant", c.bnb_double_quant},
+                                {"bnb_4bit_compute_dtype", "bfloat16"},
+                                {"bnb_4bit_quant_storage", "uint8"}};
+  return j;
+}
+
+std::string config_file(const std::string& path) {
+  std::error_code ec;
+  return fs::is_directory(path, ec) ? (fs::path(path) / "config.json").string() : path;
+}
+
+ModelConfig make_preset(const std::string& arch, int V, int C, int F, int L, int H, int KVH, int D, bool tied,
+                        float rms_eps, RopeParams rope, int max_position, int bos, std::vector<int> eos) {
+  ModelConfig c;
+  c.arch = arch;
+  c.V = V, c.C = C, c.F = F, c.L = L, c.H = H, c.KVH = KVH, c.D = D;
+  c.tie_embeddings = tied;
+  c.rms_eps = rms_eps;
+  c.qkv_bias = arch == "qwen2";
+  c.qk_norm = arch == "qwen3";
+  c.window.assign(size_t(L), 0);
+  c.rope = rope;
+  c.max_position = max_position;
+  c.torch_dtype = "bfloat16";
+  c.bos_id = bos;
+  c.eos_ids = std::move(eos);
+  return c;
+}
+
+RopeParams plain_rope(double theta) {
+  RopeParams r;
+  r.theta = theta;
+  return r;
+}
+
+// Llama 3.1 / 3.2 published rope_scaling: theta 500000, low 1, high 4, original context 8192.
+RopeParams llama3_rope(double factor) {
+  RopeParams r;
+  r.type = "llama3";
+  r.theta = 500000.0;
+  r.factor = factor;
+  r.low_freq_factor = 1.0;
+  r.high_freq_factor = 4.0;
+  r.original_max_position = 8192;
+  return r;
+}
+
+}  // namespace
+
+double ModelConfig::matmul_params() const {
+  const double per_layer = double(C) * H * D      // q_proj
+                           + 2.0 * C * KVH * D    // k_proj, v_proj
+                           + double(H) * D * C    // o_proj
+                           + 3.0 * C * F;         // gate, up, down
+  return L * per_layer + double(V) * C;           // + lm_head (a matmul even when tied)
+}
+
+ModelConfig load_model_config(const std::string& path) {
+  const std::string file = config_file(path);
+  std::ifstream in(file);
+  LOOM_CHECK(in, "cannot open ", file, " (expected the config.json of a Hugging Face checkpoint)");
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const json::exception& e) {
+    fail(file, ": not valid JSON (", e.what(), ")");
+  }
+  return parse_config(j, file);
+}
+
+std::vector<std::string> preset_names() {
+  return {"qwen3-0.6b", "llama-3.2-1b", "mistral-7b", "llama-3.1-8b", "qwen3-8b", "tiny"};
+}
+
+// BENCHMARK.md's preset table; the token ids and context lengths are those of the published models.
+ModelConfig preset_model_config(const std::string& name) {
+  if (name == "qwen3-0.6b")
+    return make_preset("qwen3", 151936, 1024, 3072, 28, 16, 8, 128, true, 1e-6f, plain_rope(1e6), 40960, 151643,
+                       {151645});
+  if (name == "llama-3.2-1b")
+    return make_preset("llama", 128256, 2048, 8192, 16, 32, 8, 64, true, 1e-5f, llama3_rope(32), 131072, 128000,
+                       {128001});
+  if (name == "mistral-7b")
+    return make_preset("mistral", 32768, 4096, 14336, 32, 32, 8, 128, false, 1e-5f, plain_rope(1e4), 32768, 1, {2});
+  if (name == "llama-3.1-8b")
+    return make_preset("llama", 128256, 4096, 14336, 32, 32, 8, 128, false, 1e-5f, llama3_rope(8), 131072, 128000,
+                       {128001});
+  if (name == "qwen3-8b")
+    return make_preset("qwen3", 151936, 4096, 12288, 36, 32, 8, 128, false, 1e-6f, plain_rope(1e6), 40960, 151643,
+                       {151645});
+  if (name == "tiny") return make_preset("llama", 512, 128, 352, 4, 4, 2, 32, true, 1e-5f, plain_rope(1e4), 2048, -1, {});
+  std::string valid;
+  for (const std::string& n : preset_names()) valid += (valid.empty() ? "" : ", ") + n;
+  fail("unknown model preset \"", name, "\"; valid presets: ", valid);
+}
+
+void save_model_config(const ModelConfig& cfg, const std::string& path) {
+  const std::string file = config_file(path);
+  const std::string text = config_json(cfg).dump(2) + "\n";
+  const std::string tmp = file + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    out << text;
+    LOOM_CHECK(out.flush(), "cannot write ", tmp, " (is the folder writable?)");
+  }
+  LOOM_CHECK(std::rename(tmp.c_str(), file.c_str()) == 0, "cannot move ", tmp, " to ", file);
+}
+
+}  // namespace loom
