@@ -28,3 +28,39 @@ void attention_backward_ref(float* dq, float* dk, float* dv, const float* dout, 
                             const float* v, const float* out, const float* lse, const AttentionShape& s);
 
 }  // namespace loom
+
+// CUDA path (ops/attention.cu, kernels in ops/attention_kernels.cuh): flash attention, bf16 in and
+// out, fp32 softmax and accumulation, never a T x T matrix in memory. Head dims 64 and 128.
+// Each bf16 tensor is (T, heads, D) with its heads contiguous and `row_stride` elements between
+// consecutive tokens, so q, k and v (and dq, dk, dv) may be views into one fused buffer of row
+// width (H + 2 KVH) D. Row strides must be multiples of 8 and pointers 16-byte aligned.
+// s.cu_seqlens is a device pointer here; T (= cu_seqlens[ndoc]) is passed so that no launch has to
+// read it back.
+#include "ops/cuda_common.h"
+
+namespace loom {
+
+// Row strides, in elements, between consecutive tokens of each tensor.
+struct AttentionStrides {
+  int64_t q = 0, k = 0, v = 0, out = 0;      // forward
+  int64_t dq = 0, dk = 0, dv = 0, dout = 0;  // backward
+  // Separate contiguous tensors: H D for q, out, dq, dout; KVH D for k, v, dk, dv.
+  static AttentionStrides contiguous(int H, int KVH, int D);
+  // q, k, v (and dq, dk, dv) inside fused (T, (H + 2 KVH) D) buffers; out and dout contiguous.
+  static AttentionStrides fused_qkv(int H, int KVH, int D);
+};
+
+// out (T, H, D) bf16 and lse (T, H) fp32 written; q (T, H, D), k, v (T, KVH, D).
+void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                       const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream);
+
+// fp32 scratch that attention_backward needs: a dq accumulator (T, H, D) and delta (T, H).
+int64_t attention_backward_scratch_floats(int64_t T, int H, int D);
+
+// dq (T, H, D), dk, dv (T, KVH, D) written (=); dout, out (T, H, D) and lse (T, H) from the
+// forward. scratch: attention_backward_scratch_floats(T, H, D) floats, contents ignored.
+void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* scratch, const bf16* dout, const bf16* q,
+                        const bf16* k, const bf16* v, const bf16* out, const float* lse,
+                        const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream);
+
+}  // namespace loom

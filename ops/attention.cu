@@ -1,0 +1,165 @@
+// Flash attention launchers (math in ops/attention.h, kernels in ops/attention_kernels.cuh).
+// Every check on shapes, strides and alignment happens here; the kernels trust their inputs.
+// Forward: one launch. Backward: prep (delta, zero dq_accum), the main kernel, dq conversion.
+#include <climits>
+#include <cmath>
+
+#include "ops/attention.h"
+#include "ops/attention_kernels.cuh"
+
+namespace loom {
+namespace {
+
+using attn::BwdParams;
+using attn::FwdParams;
+
+bool aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+void check_shape(const AttentionShape& s, int64_t T) {
+  LOOM_CHECK(s.D == 64 || s.D == 128, "attention: head_dim ", s.D,
+             " is not supported by the CUDA kernels (supported: 64, 128); use the reference path for this model");
+  LOOM_CHECK(s.H > 0 && s.KVH > 0 && s.H % s.KVH == 0, "attention: num_attention_heads (", s.H,
+             ") must be a positive multiple of num_key_value_heads (", s.KVH, "); check config.json");
+  LOOM_CHECK(s.window >= 0, "attention: sliding window must be >= 0 (found ", s.window, "; 0 = no window)");
+  LOOM_CHECK(s.ndoc >= 1 && s.cu_seqlens != nullptr, "attention: need at least one document and cu_seqlens (found ndoc = ",
+             s.ndoc, ")");
+  // Token indices are int in the kernels (element offsets are int64).
+  LOOM_CHECK(T >= 0 && T <= INT_MAX - attn::kTileTokens, "attention: T = ", T,
+             " tokens does not fit the kernels' 32-bit token index; lower the token budget");
+  LOOM_CHECK(std::isfinite(s.scale) && s.scale > 0, "attention: scale must be finite and > 0 (found ", s.scale, ")");
+}
+
+// A (T, heads, D) view: stride covers the heads, is a multiple of 8 (16-byte rows), pointer aligned.
+void check_view(const char* name, const void* p, int64_t row_stride, int heads, int D) {
+  LOOM_CHECK(p != nullptr, "attention: ", name, " is null");
+  LOOM_CHECK(row_stride >= int64_t{heads} * D && row_stride % 8 == 0, "attention: ", name, " row stride ", row_stride,
+             " must be >= heads * D = ", int64_t{heads} * D, " and a multiple of 8");
+  LOOM_CHECK(aligned_16(p), "attention: ", name, " must be 16-byte aligned (found address ", p, ")");
+}
+
+attn::AttnParams common_params(const bf16* q, const bf16* k, const bf16* v, const AttentionStrides& st,
+                               const AttentionShape& s, int64_t T) {
+  attn::AttnParams p{};
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.q_row_stride = st.q;
+  p.k_row_stride = st.k;
+  p.v_row_stride = st.v;
+  p.cu_seqlens = s.cu_seqlens;
+  p.ndoc = s.ndoc;
+  p.T = static_cast<int>(T);
+  p.H = s.H;
+  p.KVH = s.KVH;
+  p.window = s.window;
+  p.scale = s.scale;
+  p.scale_log2 = s.scale * attn::kLog2e;
+  return p;
+}
+
+// Kernels using more than 48 KB of dynamic shared memory must say so; once per process, as loom
+// drives one GPU per process.
+template <class Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+template <int D>
+void launch_forward(const FwdParams& p, cudaStream_t stream) {
+  using Tile = attn::FwdTile<D>;
+  static const bool smem_ready = (allow_smem(attn::attention_forward_kernel<D>, Tile::kSmemBytes), true);
+  (void)smem_ready;
+  dim3 grid(static_cast<unsigned>(ceil_div(p.T, attn::kTileTokens)), static_cast<unsigned>(p.H));
+  attn::attention_forward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+template <int D>
+void launch_backward(const BwdParams& p, cudaStream_t stream) {
+  using Tile = attn::BwdTile<D>;
+  static const bool smem_ready = (allow_smem(attn::attention_backward_kernel<D>, Tile::kSmemBytes), true);
+  (void)smem_ready;
+  const int64_t rows = int64_t{p.T} * p.H;
+  constexpr int kPrepThreads = 256;  // 8 (token, head) rows per block, one warp each
+  attn::attention_backward_prep_kernel<D>
+      <<<static_cast<unsigned>(ceil_div(rows, kPrepThreads / 32)), kPrepThreads, 0, stream>>>(p);
+  CUDA_CHECK(cudaGetLastError());
+  dim3 grid(static_cast<unsigned>(ceil_div(p.T, attn::kTileTokens)), static_cast<unsigned>(p.KVH));
+  attn::attention_backward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  CUDA_CHECK(cudaGetLastError());
+  constexpr int kConvertThreads = 256;
+  attn::attention_dq_convert_kernel<D>
+      <<<static_cast<unsigned>(ceil_div(rows * (D / 8), kConvertThreads)), kConvertThreads, 0, stream>>>(p);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+AttentionStrides AttentionStrides::contiguous(int H, int KVH, int D) {
+  const int64_t q = int64_t{H} * D, kv = int64_t{KVH} * D;
+  return {q, kv, kv, q, q, kv, kv, q};
+}
+
+AttentionStrides AttentionStrides::fused_qkv(int H, int KVH, int D) {
+  const int64_t fused = int64_t{H + 2 * KVH} * D, o = int64_t{H} * D;
+  return {fused, fused, fused, o, fused, fused, fused, o};
+}
+
+void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                       const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream) {
+  check_shape(s, T);
+  check_view("q", q, strides.q, s.H, s.D);
+  check_view("k", k, strides.k, s.KVH, s.D);
+  check_view("v", v, strides.v, s.KVH, s.D);
+  check_view("out", out, strides.out, s.H, s.D);
+  LOOM_CHECK(lse != nullptr, "attention: lse is null");
+  if (T == 0) return;
+  FwdParams p{};
+  static_cast<attn::AttnParams&>(p) = common_params(q, k, v, strides, s, T);
+  p.out = out;
+  p.lse = lse;
+  p.out_row_stride = strides.out;
+  if (s.D == 64)
+    launch_forward<64>(p, stream);
+  else
+    launch_forward<128>(p, stream);
+}
+
+int64_t attention_backward_scratch_floats(int64_t T, int H, int D) { return T * H * (int64_t{D} + 1); }
+
+void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* scratch, const bf16* dout, const bf16* q,
+                        const bf16* k, const bf16* v, const bf16* out, const float* lse,
+                        const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream) {
+  check_shape(s, T);
+  check_view("q", q, strides.q, s.H, s.D);
+  check_view("k", k, strides.k, s.KVH, s.D);
+  check_view("v", v, strides.v, s.KVH, s.D);
+  check_view("out", out, strides.out, s.H, s.D);
+  check_view("dout", dout, strides.dout, s.H, s.D);
+  check_view("dq", dq, strides.dq, s.H, s.D);
+  check_view("dk", dk, strides.dk, s.KVH, s.D);
+  check_view("dv", dv, strides.dv, s.KVH, s.D);
+  LOOM_CHECK(lse != nullptr && aligned_16(scratch), "attention: lse must be set and scratch 16-byte aligned");
+  if (T == 0) return;
+  BwdParams p{};
+  static_cast<attn::AttnParams&>(p) = common_params(q, k, v, strides, s, T);
+  p.out = out;
+  p.lse = lse;
+  p.out_row_stride = strides.out;
+  p.dout = dout;
+  p.dq = dq;
+  p.dk = dk;
+  p.dv = dv;
+  p.dout_row_stride = strides.dout;
+  p.dq_row_stride = strides.dq;
+  p.dk_row_stride = strides.dk;
+  p.dv_row_stride = strides.dv;
+  p.dq_accum = scratch;                     // (T, H, D)
+  p.delta = scratch + T * s.H * int64_t{s.D};  // (T, H)
+  if (s.D == 64)
+    launch_backward<64>(p, stream);
+  else
+    launch_backward<128>(p, stream);
+}
+
+}  // namespace loom

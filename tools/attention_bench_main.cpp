@@ -1,0 +1,132 @@
+// Times the CUDA flash attention (ops/attention.cu) forward and backward on packed documents.
+//   build/attention_bench [N]        the first N cases (all by default); tools/gpu_attention_check.sh
+//                                    builds and runs it
+// Target workload: T = 16384 tokens of documents averaging 240 tokens, H = 32, KVH = 8, D = 128.
+// FLOPs count only the unmasked causal pairs: forward 4 D H sum_doc L(L+1)/2 (two matmuls of
+// 2 D FLOPs per visible pair), backward 2.5 times that (five matmuls). Each time is the median of
+// 20 runs after 3 warm-ups, measured with CUDA events; q, k, v are one fused qkv buffer.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <iterator>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/device.h"
+#include "ops/attention.h"
+#include "ops/cuda_common.h"
+
+namespace loom {
+namespace {
+
+struct BenchCase {
+  std::string name;
+  int T, mean_doc, H, KVH, D, window;
+};
+
+// Lengths uniform in [mean/16, 2 mean - mean/16] (so their mean is `mean`), the last cut to fill T.
+std::vector<int32_t> make_cu_seqlens(int T, int mean, std::mt19937_64& rng) {
+  std::uniform_int_distribution<int> len(std::max(1, mean / 16), std::max(1, 2 * mean - mean / 16));
+  std::vector<int32_t> cu = {0};
+  while (cu.back() < T) cu.push_back(std::min(T, cu.back() + len(rng)));
+  return cu;
+}
+
+double causal_pairs(const std::vector<int32_t>& cu, int window) {
+  double pairs = 0;
+  for (size_t d = 0; d + 1 < cu.size(); ++d)
+    for (int64_t i = 0; i < cu[d + 1] - cu[d]; ++i) pairs += window > 0 ? std::min<int64_t>(i + 1, window) : i + 1;
+  return pairs;
+}
+
+void* device_random_bf16(size_t n, std::mt19937_64& rng, float amplitude) {
+  std::uniform_real_distribution<float> u(-amplitude, amplitude);
+  std::vector<uint16_t> host(n);
+  for (auto& x : host) x = float_to_bf16_bits(u(rng));
+  void* dev = nullptr;
+  CUDA_CHECK(cudaMalloc(&dev, n * sizeof(uint16_t)));
+  CUDA_CHECK(cudaMemcpy(dev, host.data(), n * sizeof(uint16_t), cudaMemcpyHostToDevice));
+  return dev;
+}
+
+template <class F>
+double median_ms(F&& run) {
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  for (int i = 0; i < 3; ++i) run();
+  std::vector<float> ms(20);
+  for (float& t : ms) {
+    CUDA_CHECK(cudaEventRecord(start));
+    run();
+    CUDA_CHECK(cudaEventRecord(stop));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+  }
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+void run(const BenchCase& c) {
+  std::mt19937_64 rng(1234);
+  const std::vector<int32_t> cu_host = make_cu_seqlens(c.T, c.mean_doc, rng);
+  const int64_t T = c.T, W = int64_t{c.H + 2 * c.KVH} * c.D, HD = int64_t{c.H} * c.D;
+  bf16* qkv = static_cast<bf16*>(device_random_bf16(T * W, rng, 1.f));
+  bf16* dout = static_cast<bf16*>(device_random_bf16(T * HD, rng, 1.f));
+  bf16 *out, *dqkv;
+  float *lse, *scratch;
+  int32_t* cu;
+  CUDA_CHECK(cudaMalloc(&out, T * HD * sizeof(bf16)));
+  CUDA_CHECK(cudaMalloc(&dqkv, T * W * sizeof(bf16)));
+  CUDA_CHECK(cudaMalloc(&lse, T * c.H * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&scratch, attention_backward_scratch_floats(T, c.H, c.D) * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&cu, cu_host.size() * sizeof(int32_t)));
+  CUDA_CHECK(cudaMemcpy(cu, cu_host.data(), cu_host.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+
+  const AttentionShape s{cu, static_cast<int>(cu_host.size()) - 1, c.H, c.KVH, c.D, c.window,
+                         1.f / std::sqrt(static_cast<float>(c.D))};
+  const AttentionStrides st = AttentionStrides::fused_qkv(c.H, c.KVH, c.D);
+  const bf16 *q = qkv, *k = qkv + HD, *v = qkv + HD + int64_t{c.KVH} * c.D;
+  bf16 *dq = dqkv, *dk = dqkv + HD, *dv = dqkv + HD + int64_t{c.KVH} * c.D;
+  const double fwd_ms = median_ms([&] { attention_forward(out, lse, q, k, v, st, s, T, nullptr); });
+  const double bwd_ms =
+      median_ms([&] { attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, st, s, T, nullptr); });
+  const double fwd_flops = 4.0 * c.D * c.H * causal_pairs(cu_host, c.window);
+  std::printf("%-28s %5zu docs  fwd %7.3f ms %6.1f TFLOP/s   bwd %7.3f ms %6.1f TFLOP/s\n", c.name.c_str(),
+              cu_host.size() - 1, fwd_ms, fwd_flops / fwd_ms * 1e-9, bwd_ms, 2.5 * fwd_flops / bwd_ms * 1e-9);
+  for (void* p : {static_cast<void*>(qkv), static_cast<void*>(dout), static_cast<void*>(out),
+                  static_cast<void*>(dqkv), static_cast<void*>(lse), static_cast<void*>(scratch),
+                  static_cast<void*>(cu)})
+    CUDA_CHECK(cudaFree(p));
+}
+
+}  // namespace
+}  // namespace loom
+
+int main(int argc, char** argv) {
+  try {
+    if (!loom::cuda_available()) {
+      std::fprintf(stderr, "error: attention_bench needs a GPU (%s)\n", loom::cuda_device_summary().c_str());
+      return 1;
+    }
+    std::printf("%s\n", loom::cuda_device_summary().c_str());
+    const loom::BenchCase cases[] = {
+        {"docs~240 H32 KVH8 D128", 16384, 240, 32, 8, 128, 0},
+        {"docs~240 H32 KVH8 D64", 16384, 240, 32, 8, 64, 0},
+        {"docs~2048 H32 KVH8 D128", 16384, 2048, 32, 8, 128, 0},
+        {"docs~2048 win512 D128", 16384, 2048, 32, 8, 128, 512},
+    };
+    const int n = argc > 1 ? std::atoi(argv[1]) : static_cast<int>(std::size(cases));
+    for (int i = 0; i < n && i < static_cast<int>(std::size(cases)); ++i) loom::run(cases[i]);
+  } catch (const loom::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
