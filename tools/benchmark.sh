@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# make benchmark: BENCHMARK.md's sft-alpaca workload on GPU 0, engine beside the Hugging Face baseline.
+#   make benchmark                                   (make builds build/bench first; this script builds nothing)
+#   BENCH_PRESETS="qwen3-0.6b llama-3.2-1b llama-3.1-8b qwen3-8b" make benchmark
+# For each preset: build/bench in nf4 and bf16 at the engine's default settings, plus nf4 with
+# --recompute full for the 7-8B presets; then, when python3 imports torch, transformers and peft,
+# tools/hf_baseline.py on the same documents (checked against build/bench --print-data first).
+# Prints a table with the ratios engine / baseline (tokens/s and peak memory) and the targets of
+# BENCHMARK.md, the device, the date and the commit. Every JSON line goes to BENCH_OUT.
+# Environment: BENCH_OUT (default build/bench.jsonl, rewritten), BENCH_PRESETS (default
+# "qwen3-0.6b llama-3.1-8b"), BENCH_STEPS (timed steps, default 5), BENCH_BASELINE=0 skips the baseline.
+# Exit status: 0 when every run gave its figures (targets missed are reported, not failures), 1 otherwise.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD=${BUILD:-build}
+OUT=${BENCH_OUT:-$BUILD/bench.jsonl}
+PRESETS=${BENCH_PRESETS:-"qwen3-0.6b llama-3.1-8b"}
+STEPS=${BENCH_STEPS:-5}
+WARMUP=2
+BENCH="$BUILD/bench"
+
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "no CUDA device: benchmark skipped"
+  exit 0
+fi
+if [[ ! -x "$BENCH" ]]; then
+  echo "error: $BENCH is missing; run 'make benchmark' (it builds build/bench first)" >&2
+  exit 1
+fi
+
+baseline_available() {
+  [[ "${BENCH_BASELINE:-1}" != 0 ]] && python3 -c "import torch, transformers, peft" >/dev/null 2>&1
+}
+
+# Modes of a preset: "quant recompute" pairs; "default" leaves the choice to the engine.
+modes_of() {
+  case "$1" in
+    mistral-7b | llama-3.1-8b | qwen3-8b) echo "nf4:default bf16:default nf4:full" ;;
+    *) echo "nf4:default bf16:default" ;;
+  esac
+}
+
+mkdir -p "$(dirname "$OUT")"
+: >"$OUT"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+failures=0
+
+# run NAME CMD...: runs one measurement, appends its JSON object to $OUT.
+run() {
+  local name=$1
+  shift
+  echo "== $name: $*" >&2
+  "$@" --json "$scratch/$name.json" >/dev/null
+  local status=$?
+  if [[ $status -eq 0 && -s "$scratch/$name.json" ]]; then
+    cat "$scratch/$name.json" >>"$OUT"
+  else
+    echo "== $name FAILED (exit $status); its row is missing from the table" >&2
+    failures=$((failures + 1))
+  fi
+}
+
+for preset in $PRESETS; do
+  for mode in $(modes_of "$preset"); do
+    quant=${mode%%:*}
+    recompute=${mode##*:}
+    args=(--preset "$preset" --quant "$quant" --steps "$STEPS" --warmup "$WARMUP")
+    [[ "$recompute" != default ]] && args+=(--recompute "$recompute")
+    run "loom-$preset-$quant-$recompute" "$BENCH" "${args[@]}"
+  done
+  if baseline_available; then
+    if python3 tools/hf_baseline.py --preset "$preset" --steps "$STEPS" --warmup "$WARMUP" --check-bench "$BENCH"; then
+      run "hf-$preset" python3 tools/hf_baseline.py --preset "$preset" --steps "$STEPS" --warmup "$WARMUP"
+    else
+      echo "== hf-$preset skipped: its documents differ from build/bench's" >&2
+      failures=$((failures + 1))
+    fi
+  else
+    echo "== hf-$preset skipped: python3 cannot import torch, transformers and peft (or BENCH_BASELINE=0)" >&2
+  fi
+done
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]] && commit="$commit-dirty"
+echo
+device=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -n1)
+echo "sft-alpaca benchmark | $(date -u +%Y-%m-%dT%H:%M:%SZ) | commit $commit | $device"
+if command -v python3 >/dev/null; then
+  python3 - "$OUT" <<'EOF'
+# The table: one row per JSON line, ratios against the baseline of the same preset, BENCHMARK.md's targets.
+import json, sys
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+base = {r["preset"]: r for r in rows if r["engine"] == "hf-peft"}
+nf4_speed = {r["preset"]: r["tokens_per_s"] for r in rows
+             if r["engine"] == "loom" and r["mode"] == "nf4" and r["recompute"] != "full"}
+
+def target(r, speed, mem):
+    """BENCHMARK.md's target for this row and whether it is met ('' when none applies)."""
+    if r["engine"] != "loom" or speed is None:
+        return ""
+    full = r["recompute"] == "full"
+    if r["preset"] in ("llama-3.1-8b", "qwen3-8b") and r["mode"] == "nf4":
+        if full:
+            ok = speed >= 3 and mem is not None and mem <= 0.5
+            return ("met" if ok else "MISSED") + " (>=3x tok/s, <=0.5x mem)"
+        return ("met" if speed >= 5 else "MISSED") + " (>=5x tok/s)"
+    if r["preset"] in ("qwen3-0.6b", "llama-3.2-1b") and not full:
+        return ("met" if speed >= 10 else "MISSED") + " (>=10x tok/s)"
+    return ""
+
+def bf16_target(r):
+    if r["engine"] != "loom" or r["mode"] != "bf16" or r["preset"] not in nf4_speed:
+        return ""
+    return ("met" if r["tokens_per_s"] >= nf4_speed[r["preset"]] else "MISSED") + " (bf16 >= nf4 tok/s)"
+
+fmt = "{:<14} {:<8} {:<5} {:<10} {:>10} {:>7} {:>9} {:>7} {:>6} {:>6}  {}"
+print(fmt.format("preset", "engine", "mode", "recompute", "tok/s", "x base", "peak GiB", "x base", "MFU",
+                 "pad", "target"))
+for r in rows:
+    b = base.get(r["preset"])
+    speed = r["tokens_per_s"] / b["tokens_per_s"] if b and r is not b else None
+    mem = r["peak_mem_gib"] / b["peak_mem_gib"] if b and r is not b and b["peak_mem_gib"] else None
+    goal = " ".join(t for t in (target(r, speed, mem), bf16_target(r)) if t)
+    print(fmt.format(r["preset"], r["engine"], r["mode"], r["recompute"], f"{r['tokens_per_s']:,.0f}",
+                     f"{speed:.2f}" if speed else "-", f"{r['peak_mem_gib']:.2f}", f"{mem:.2f}" if mem else "-",
+                     f"{100 * r['mfu']:.1f}%", f"{100 * r['pad_share']:.0f}%", goal))
+flops = [r["matmul_tflops"] for r in rows if r.get("matmul_tflops")]
+copy = [r["copy_tbps"] for r in rows if r.get("copy_tbps")]
+if flops and copy:
+    print(f"ceilings measured in each run: {min(flops):.0f}-{max(flops):.0f} TFLOP/s dense bf16, "
+          f"{min(copy):.2f}-{max(copy):.2f} TB/s copy; CUDA {rows[0].get('driver_cuda', '?')} (driver), "
+          f"{rows[0].get('runtime_cuda', '?')} (runtime)")
+EOF
+else
+  cat "$OUT"
+fi
+echo "JSON lines: $OUT"
+[[ $failures -eq 0 ]]

@@ -1,0 +1,450 @@
+#!/usr/bin/env python3
+"""The Hugging Face baseline of BENCHMARK.md's sft-alpaca workload, measured beside build/bench.
+
+    python3 tools/hf_baseline.py --preset llama-3.1-8b [--steps 5] [--warmup 2] [--json FILE]
+    python3 tools/hf_baseline.py --preset qwen3-0.6b --check-bench build/bench   (CPU only)
+    python3 tools/hf_baseline.py --preset qwen3-0.6b --print-data                (CPU only)
+
+The baseline, exactly as BENCHMARK.md words it: transformers AutoModelForCausalLM.from_config in
+bf16 with attn_implementation="sdpa" (random weights, torch seed 0), peft LoRA r=16 alpha=16
+dropout 0 on q,k,v,o,gate,up,down, gradient checkpointing (non-reentrant), micro-batches of 4
+sequences right-padded to the longest of the 4, 8 accumulation steps (32 sequences per step),
+torch AdamW lr 2e-4 weight decay 0, grad-norm clip 1.0.
+
+The data are build/bench's, document for document (data/synthetic.h, data/dataloader.h, data/rng.h):
+    SplitMix64(seed): state += 0x9E3779B97F4A7C15; out = mix64(state)
+    lengths  (seed 1234): per pair, u1, u2 = ((out >> 11) + 1)·2⁻⁵³; r = sqrt(-2 ln u1), a = 2π u2;
+             length = clip(llround(200·exp(0.6·z)), 32, 2048), z = r cos a, then r sin a
+    ids      (seed 7): uniform below V, raw outputs below 2⁶⁴ mod V redrawn, documents back to back
+    order    (seed mix64(42 ^ mix64(0))): Fisher-Yates, i = N-1 .. 1 swaps i with below(i + 1)
+    step k   documents order[32k, 32k + 32); the baseline's micro-batch j is documents 4j .. 4j+3
+Every token after a document's first is a target; the loss is the sum over the step's targets
+divided by their count (num_items_in_batch), the quantity the engine computes.
+
+Figures (one JSON object on stdout, the fields of build/bench):
+    tokens_per_s  real (non-pad) tokens of the timed steps / their wall seconds (synchronised)
+    peak_mem_gib  torch.cuda.max_memory_allocated() over the timed steps
+    pad_share     pad tokens / all tokens the padded micro-batches compute
+    mfu           tokens_per_s · (4·P + 12·L·H·D·ℓ̄) / the matmul ceiling measured here (torch)
+"""
+import argparse
+import datetime
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+MASK64 = (1 << 64) - 1
+GAMMA = 0x9E3779B97F4A7C15
+DOCUMENTS = 4096            # build/bench's pool (data.synthetic_docs)
+SEQUENCES_PER_STEP = 32
+MICRO_BATCH = 4
+LOADER_SEED = 42
+LENGTH_SEED, TOKEN_SEED = 1234, 7
+MEDIAN, SIGMA, MIN_LEN, MAX_LEN = 200.0, 0.6, 32, 2048
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The first lengths build/bench generates (build/bench --preset qwen3-0.6b --print-data): a copy of
+# the generator that drifts from the C++ one fails here before anything is timed.
+CPP_FIRST_LENGTHS = [135, 154, 138, 547, 168, 128, 221, 404, 263, 89, 151, 694, 142, 157, 237, 183]
+
+# models/model_config.cpp preset_model_config(): arch, V, C, F, L, H, KVH, D, tied, rms eps, rope,
+# max positions. rope: (theta, llama3 factor or None).
+PRESETS = {
+    "qwen3-0.6b": ("qwen3", 151936, 1024, 3072, 28, 16, 8, 128, True, 1e-6, (1e6, None), 40960),
+    "llama-3.2-1b": ("llama", 128256, 2048, 8192, 16, 32, 8, 64, True, 1e-5, (500000.0, 32.0), 131072),
+    "mistral-7b": ("mistral", 32768, 4096, 14336, 32, 32, 8, 128, False, 1e-5, (1e4, None), 32768),
+    "llama-3.1-8b": ("llama", 128256, 4096, 14336, 32, 32, 8, 128, False, 1e-5, (500000.0, 8.0), 131072),
+    "qwen3-8b": ("qwen3", 151936, 4096, 12288, 36, 32, 8, 128, False, 1e-6, (1e6, None), 40960),
+    "tiny": ("llama", 512, 128, 352, 4, 4, 2, 32, True, 1e-5, (1e4, None), 2048),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The data: data/rng.h, data/synthetic.cpp and data/dataloader.cpp in Python
+
+def mix64(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+class SplitMix64:
+    def __init__(self, seed):
+        self.state = seed & MASK64
+
+    def next(self):
+        self.state = (self.state + GAMMA) & MASK64
+        return mix64(self.state)
+
+    def below(self, n):
+        rejected = (1 << 64) % n
+        r = self.next()
+        while r < rejected:
+            r = self.next()
+        return r % n
+
+    def open_unit(self):
+        return ((self.next() >> 11) + 1) * 2.0 ** -53
+
+
+def splitmix64_block(seed, first, count):
+    """Outputs first .. first+count-1 of SplitMix64(seed), vectorised (uint64 arithmetic wraps)."""
+    k = np.arange(first + 1, first + count + 1, dtype=np.uint64)
+    z = np.uint64(seed) + k * np.uint64(GAMMA)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def llround(x):
+    """C's llround for x >= 0: halves away from zero (Python's round() goes to even)."""
+    f = math.floor(x)
+    return int(f) + (1 if x - f >= 0.5 else 0)
+
+
+def clipped_length(z):
+    return min(max(llround(MEDIAN * math.exp(SIGMA * z)), MIN_LEN), MAX_LEN)
+
+
+def synthetic_lengths(n):
+    # math (the C library's libm), not numpy: exp/log/cos must round as std:: does in the engine.
+    rng = SplitMix64(LENGTH_SEED)
+    lengths = []
+    while len(lengths) < n:
+        radius = math.sqrt(-2.0 * math.log(rng.open_unit()))
+        angle = 6.283185307179586476925286766559 * rng.open_unit()
+        lengths.append(clipped_length(radius * math.cos(angle)))
+        lengths.append(clipped_length(radius * math.sin(angle)))
+    return lengths[:n]
+
+
+def synthetic_ids(total, vocab):
+    """The first `total` ids of SplitMix64(7).below(vocab): raw outputs < 2⁶⁴ mod vocab are skipped."""
+    rejected = np.uint64((1 << 64) % vocab)
+    kept, drawn = [], 0
+    while sum(len(k) for k in kept) < total:
+        raw = splitmix64_block(TOKEN_SEED, drawn, total + 1024)
+        drawn += len(raw)
+        kept.append(raw[raw >= rejected] % np.uint64(vocab))
+    return np.concatenate(kept)[:total].astype(np.int64)
+
+
+def epoch_order(n, seed=LOADER_SEED, epoch=0):
+    order = list(range(n))
+    rng = SplitMix64(mix64((seed ^ mix64(epoch)) & MASK64))
+    for i in range(n - 1, 0, -1):
+        j = rng.below(i + 1)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+class Workload:
+    """The documents of every step, as build/bench's loader hands them out."""
+
+    def __init__(self, vocab, n_steps):
+        self.lengths = synthetic_lengths(DOCUMENTS)
+        assert self.lengths[:len(CPP_FIRST_LENGTHS)] == CPP_FIRST_LENGTHS, (
+            f"synthetic lengths {self.lengths[:16]} differ from build/bench's {CPP_FIRST_LENGTHS}: "
+            "this copy of data/synthetic.cpp is out of date")
+        starts = np.concatenate([[0], np.cumsum(self.lengths)])
+        ids = synthetic_ids(int(starts[-1]), vocab)
+        self.ids = [ids[starts[d]:starts[d + 1]] for d in range(DOCUMENTS)]
+        order = epoch_order(DOCUMENTS)
+        assert n_steps * SEQUENCES_PER_STEP <= DOCUMENTS, "more steps than one epoch holds"
+        self.steps = [order[k * SEQUENCES_PER_STEP:(k + 1) * SEQUENCES_PER_STEP] for k in range(n_steps)]
+
+    def step_json(self, docs):
+        return {"tokens": sum(self.lengths[d] for d in docs),
+                "lengths": sorted((self.lengths[d] for d in docs), reverse=True),
+                "id_sum": int(sum(int(self.ids[d].sum()) for d in docs))}
+
+    def data_json(self, preset, vocab):
+        return {"preset": preset, "vocab": vocab, "documents": DOCUMENTS, "seed": LOADER_SEED,
+                "first_lengths": self.lengths[:16], "steps": [self.step_json(s) for s in self.steps]}
+
+
+def check_against_bench(bench, args, workload, vocab):
+    cmd = [bench, "--preset", args.preset, "--print-data", "--steps", str(args.steps),
+           "--warmup", str(args.warmup)]
+    theirs = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    ours = workload.data_json(args.preset, vocab)
+    for key in ("vocab", "documents", "first_lengths"):
+        if theirs[key] != ours[key]:
+            sys.exit(f"error: {key} differs: {' '.join(cmd)} gives {theirs[key]}, tools/hf_baseline.py {ours[key]}")
+    for k, (a, b) in enumerate(zip(theirs["steps"], ours["steps"])):
+        if a != b:
+            sys.exit(f"error: step {k} differs from {bench}'s (tokens {a['tokens']} vs {b['tokens']}, "
+                     f"id sum {a['id_sum']} vs {b['id_sum']}): the dataloader or the generator changed")
+    print(f"hf_baseline: the documents of {len(ours['steps'])} steps match {bench}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs (engine/flops.h)
+
+def matmul_params(preset):
+    _, V, C, F, L, H, KVH, D = PRESETS[preset][:8]
+    return L * (C * H * D + 2 * C * KVH * D + H * D * C + 3 * C * F) + V * C
+
+
+def flops_per_token(preset, mean_keys):
+    _, _, _, _, L, H, _, D = PRESETS[preset][:8]
+    return 4.0 * matmul_params(preset) + 12.0 * L * H * D * mean_keys
+
+
+def mean_attended_keys(lengths):
+    """Causal within each document: the i-th token sees i + 1 keys (these presets have no window)."""
+    return sum(n * (n + 1) / 2 for n in lengths) / sum(lengths)
+
+
+# ---------------------------------------------------------------------------------------------
+# The device: ceilings and identification (as build/bench reports them)
+
+def median_ms(torch, run, warmup, runs):
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        start.record()
+        run()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def measure_ceilings(torch):
+    """8192³ bf16 matmul (median of 20 after 3) and a 2 GiB copy (median of 10 after 2), random data."""
+    n = 8192
+    a = torch.rand(n, n, device="cuda", dtype=torch.bfloat16) * 2 - 1
+    b = torch.rand(n, n, device="cuda", dtype=torch.bfloat16) * 2 - 1
+    ms = median_ms(torch, lambda: a @ b.T, 3, 20)
+    tflops = 2.0 * n ** 3 / (ms * 1e-3) / 1e12
+    del a, b
+    src = torch.rand(1 << 30, device="cuda", dtype=torch.bfloat16)  # 2 GiB
+    dst = torch.empty_like(src)
+    ms = median_ms(torch, lambda: dst.copy_(src), 2, 10)
+    tbps = 2.0 * src.numel() * 2 / (ms * 1e-3) / 1e12
+    del src, dst
+    torch.cuda.empty_cache()
+    return tflops, tbps
+
+
+def command_output(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+        return out.splitlines()[0] if out else ""
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def git_commit():
+    head = command_output(["git", "rev-parse", "--short", "HEAD"])
+    if not head:
+        return "unknown"
+    dirty = command_output(["git", "status", "--porcelain", "--untracked-files=no"])
+    return head + "-dirty" if dirty else head
+
+
+def driver_cuda_version():
+    """The CUDA version the driver supports ("13.0"), as cudaDriverGetVersion reports it to build/bench."""
+    import ctypes
+    try:
+        version = ctypes.c_int(0)
+        if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version)) != 0:
+            return ""
+        return f"{version.value // 1000}.{version.value % 1000 // 10}"
+    except OSError:
+        return ""
+
+
+def device_json(torch):
+    return {"device": torch.cuda.get_device_name(0),
+            "driver": command_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
+            "driver_cuda": driver_cuda_version(), "runtime_cuda": torch.version.cuda}
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+def hf_config(transformers, preset):
+    import inspect
+    arch, V, C, F, L, H, KVH, D, tied, eps, (theta, llama3_factor), max_pos = PRESETS[preset]
+    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+           "qwen3": transformers.Qwen3Config}[arch]
+    rope = {"rope_type": "default", "rope_theta": theta}
+    if llama3_factor:
+        rope = {"rope_type": "llama3", "rope_theta": theta, "factor": llama3_factor, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    kw = dict(vocab_size=V, hidden_size=C, intermediate_size=F, num_hidden_layers=L, num_attention_heads=H,
+              num_key_value_heads=KVH, head_dim=D, rms_norm_eps=eps, max_position_embeddings=max_pos,
+              tie_word_embeddings=tied, use_cache=False)
+    if "rope_parameters" in inspect.signature(cls.__init__).parameters:  # transformers >= 5
+        kw["rope_parameters"] = rope
+    else:
+        kw["rope_theta"] = theta
+        kw["rope_scaling"] = rope if llama3_factor else None
+    if arch == "mistral":
+        kw["sliding_window"] = None  # the preset attends to the whole document (window 0)
+    return cls(**kw)
+
+
+def build_model(torch, preset, device):
+    import peft
+    import transformers
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(
+            hf_config(transformers, preset), dtype=torch.bfloat16, attn_implementation="sdpa")
+    non_reentrant = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
+    lora = peft.LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, bias="none",
+                           task_type="CAUSAL_LM")
+    model = peft.get_peft_model(model, lora)
+    model.train()
+    return model
+
+
+def micro_batches(torch, workload, docs, device):
+    """Groups of MICRO_BATCH documents in batch order, right-padded to the group's longest."""
+    out = []
+    for g in range(0, len(docs), MICRO_BATCH):
+        group = docs[g:g + MICRO_BATCH]
+        width = max(workload.lengths[d] for d in group)
+        ids = torch.zeros(len(group), width, dtype=torch.long)
+        mask = torch.zeros(len(group), width, dtype=torch.long)
+        for row, d in enumerate(group):
+            n = workload.lengths[d]
+            ids[row, :n] = torch.from_numpy(workload.ids[d])
+            mask[row, :n] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        out.append((ids.to(device), mask.to(device), labels.to(device)))
+    return out
+
+
+def train_step(torch, model, optimizer, batches, n_targets):
+    """One optimizer step over the accumulated micro-batches; returns the step's mean loss."""
+    loss_sum = 0.0
+    for ids, mask, labels in batches:
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_targets)
+        out.loss.backward()
+        loss_sum += out.loss.detach()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss_sum)
+
+
+def synchronize(torch, device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_baseline(args, workload):
+    import torch
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: the baseline needs a CUDA device (--device cpu runs it on the CPU, figures meaningless)")
+    tflops, tbps = measure_ceilings(torch) if device == "cuda" else (None, None)
+    model = build_model(torch, args.preset, device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.0)
+    batches = [micro_batches(torch, workload, docs, device) for docs in workload.steps]
+    targets = [sum(workload.lengths[d] - 1 for d in docs) for docs in workload.steps]
+    for k in range(args.warmup):
+        loss = train_step(torch, model, optimizer, batches[k], targets[k])
+        print(f"hf_baseline: warm-up step {k + 1}/{args.warmup}, loss {loss:.4f}", file=sys.stderr)
+    synchronize(torch, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times, loss = [], 0.0
+    t0 = time.perf_counter()
+    for k in range(args.warmup, args.warmup + args.steps):
+        ts = time.perf_counter()
+        loss = train_step(torch, model, optimizer, batches[k], targets[k])  # float(): synchronises
+        times.append(time.perf_counter() - ts)
+    synchronize(torch, device)
+    seconds = time.perf_counter() - t0
+    timed = workload.steps[args.warmup:]
+    real = sum(workload.lengths[d] for docs in timed for d in docs)
+    padded = sum(ids.numel() for k in range(args.warmup, len(batches)) for ids, _, _ in batches[k])
+    keys = mean_attended_keys([workload.lengths[d] for docs in timed for d in docs])
+    fpt = flops_per_token(args.preset, keys)
+    tokens_per_s = real / seconds
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else None
+    return result_json(args, torch, device, dict(
+        tokens_per_s=tokens_per_s, mfu=tokens_per_s * fpt / (tflops * 1e12) if tflops else None,
+        peak_mem_gib=peak, pad_share=1.0 - real / padded, matmul_tflops=tflops, copy_tbps=tbps,
+        micro_batches=sum(len(batches[k]) for k in range(args.warmup, len(batches))), tokens=real,
+        padded_tokens=padded, seconds=seconds, step_times_s=times, flops_per_token=fpt,
+        mean_attended_keys=keys, loss_last=loss))
+
+
+def result_json(args, torch, device, figures):
+    import peft
+    import transformers
+    head = {"engine": "hf-peft", "preset": args.preset, "mode": "bf16", "gpus": 1}
+    for key in ("tokens_per_s", "mfu", "peak_mem_gib", "pad_share"):
+        head[key] = figures.pop(key)
+    ident = device_json(torch) if device == "cuda" else {"device": "cpu"}
+    run = {"commit": git_commit(), "matmul_tflops": figures.pop("matmul_tflops"),
+           "copy_tbps": figures.pop("copy_tbps"), "token_budget": None, "recompute": "full",
+           "sequences_per_step": SEQUENCES_PER_STEP, "warmup_steps": args.warmup, "timed_steps": args.steps}
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    return {**head, **ident, **run, **figures, **versions}
+
+
+def print_row(j):
+    mfu = f"{100 * j['mfu']:5.1f}%" if j["mfu"] is not None else "  n/a"
+    peak = f"{j['peak_mem_gib']:6.2f} GiB" if j["peak_mem_gib"] is not None else "   n/a"
+    print(f"{j['preset']:<14} hf-peft bf16 | {j['tokens_per_s']:9.0f} tok/s | MFU {mfu} | {peak} | "
+          f"pad {100 * j['pad_share']:.1f}% | {j['device']}", file=sys.stderr)
+
+
+def emit(obj, path):
+    line = json.dumps(obj)
+    print(line, flush=True)
+    if path:
+        with open(path, "w") as f:
+            f.write(line + "\n")
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    p.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--json", default="", help="also write the JSON object to this file")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help="cpu exercises the script without a GPU (its figures mean nothing)")
+    p.add_argument("--print-data", action="store_true", help="print each step's documents, as build/bench does")
+    p.add_argument("--check-bench", metavar="BENCH", help="compare the documents with BENCH --print-data")
+    args = p.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        p.error(f"--steps must be >= 1 and --warmup >= 0 (got {args.steps}, {args.warmup})")
+    return args
+
+
+def main():
+    args = parse_args()
+    vocab = PRESETS[args.preset][1]
+    workload = Workload(vocab, args.warmup + args.steps)
+    if args.print_data:
+        emit(workload.data_json(args.preset, vocab), args.json)
+    elif args.check_bench:
+        check_against_bench(args.check_bench, args, workload, vocab)
+    else:
+        result = run_baseline(args, workload)
+        print_row(result)
+        emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
