@@ -18,8 +18,10 @@ class Tokenizer {
   // Special/added-token strings inside text are recognised as their tokens. No BOS/EOS is added
   // unless add_bos (then bos_id() is prepended when the tokenizer has one).
   virtual std::vector<int32_t> encode(std::string_view text, bool add_bos = false) const = 0;
-  // As encode, and starts[i] = byte offset in `text` where token i begins (tokens produced from a
-  // normalized or pre-tokenized piece map to the offset of that piece's first byte in `text`).
+  // As encode (no BOS), and starts[i] = byte offset in `text` where token i begins: HF's offsets,
+  // i.e. the input character its first character came from after normalization (a byte-level token
+  // that begins inside a character starts at that character; text a normalizer inserts, such as
+  // the leading "▁", at the character it was inserted before). starts never decrease.
   // Used to mask tokens by character spans (response-only training).
   virtual std::vector<int32_t> encode_with_offsets(std::string_view text, std::vector<size_t>* starts) const = 0;
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
@@ -28,6 +30,9 @@ class Tokenizer {
   virtual int32_t token_to_id(std::string_view token) const = 0;
   virtual int32_t bos_id() const = 0;  // -1 if none
   virtual int32_t eos_id() const = 0;  // -1 if none
+  // Whether HF adds BOS when encoding with add_special_tokens=True (tokenizer_config.json's
+  // add_bos_token, else a post-processor that starts with BOS): pass it as add_bos to match HF.
+  virtual bool bos_by_default() const { return false; }
 };
 
 }  // namespace loom

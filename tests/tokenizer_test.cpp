@@ -1,0 +1,503 @@
+// Tokenizers against their references: FORMATS.md §5 test vectors, then the parity corpus of
+// tools/make_tokenizer_fixture.py (ids, start offsets and decoded text from the `tokenizers` and
+// `sentencepiece` packages, id for id), the regex classes against Oniguruma's, load errors.
+#include "data/tokenizer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "data/bpe_tokenizer.h"
+#include "data/tokenizer_regex.h"
+#include "data/tokenizer_unicode_classes.h"
+#include "data/utf8.h"
+#include "engine/error.h"
+#include "tests/test_util.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using loom::Tokenizer;
+using Ids = std::vector<int32_t>;
+
+std::string fixture(const std::string& name) { return loom::test::fixtures_dir() + "/tokenizer/" + name; }
+std::string shared_tokenizer(const std::string& name) { return loom::test::shared_dir() + "/tokenizers/" + name; }
+
+json read_json(const std::string& path) {
+  std::ifstream f(path);
+  EXPECT_TRUE(f.good()) << "cannot open " << path << " (run tools/make_tokenizer_fixture.py)";
+  return json::parse(f);
+}
+
+std::vector<json> read_jsonl(const std::string& path) {
+  std::ifstream f(path);
+  EXPECT_TRUE(f.good()) << "cannot open " << path << " (run tools/make_tokenizer_fixture.py)";
+  std::vector<json> rows;
+  for (std::string line; std::getline(f, line);) rows.push_back(json::parse(line));
+  return rows;
+}
+
+const std::vector<std::string>& corpus() {
+  static const std::vector<std::string> texts = [] {
+    std::vector<std::string> t;
+    for (const json& row : read_jsonl(fixture("corpus.jsonl"))) t.push_back(row.at("text").get<std::string>());
+    return t;
+  }();
+  return texts;
+}
+
+// Loading a 10 MB tokenizer.json takes a moment: each file is loaded once per run.
+const Tokenizer& shared(const std::string& name) {
+  static std::map<std::string, std::unique_ptr<Tokenizer>> cache;
+  auto& t = cache[name];
+  if (!t) t = Tokenizer::load(shared_tokenizer(name));
+  return *t;
+}
+
+// A shared tokenizer.json changed as tools/make_tokenizer_fixture.py's patch of the same name.
+std::unique_ptr<Tokenizer> patched(const std::string& name, const std::function<void(json&)>& patch) {
+  json j = read_json(shared_tokenizer(name) + "/tokenizer.json");
+  patch(j);
+  return std::make_unique<loom::BpeTokenizer>(j, "patched " + name, loom::SpecialTokenConfig{});
+}
+
+std::string printable(const std::string& s) {
+  std::string out;
+  for (char c : s.substr(0, 100)) {
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\r')
+      out += "\\r";
+    else if (c == '\t')
+      out += "\\t";
+    else
+      out += c;
+  }
+  return s.size() > 100 ? out + "..." : out;
+}
+
+std::string ids_around(const Ids& v, size_t at) {
+  std::string s;
+  for (size_t i = at >= 3 ? at - 3 : 0; i < std::min(v.size(), at + 4); ++i)
+    s += (i == at ? " [" : " ") + std::to_string(v[i]) + (i == at ? "]" : "");
+  return s;
+}
+
+uint64_t fnv1a64(const Ids& ids) {
+  uint64_t h = 0xCBF29CE484222325ULL;
+  for (int32_t id : ids)
+    for (int k = 0; k < 4; ++k) h = (h ^ ((uint32_t(id) >> (8 * k)) & 0xFF)) * 0x100000001B3ULL;
+  return h;
+}
+
+// What differs between loom's encoding of `text` and the expected record, or "".
+std::string parity_problem(const Tokenizer& t, const std::string& text, const json& want, size_t* tokens) {
+  std::vector<size_t> starts;
+  Ids ids = t.encode_with_offsets(text, &starts);
+  *tokens += ids.size();
+  if (ids != t.encode(text)) return "encode and encode_with_offsets give different ids";
+  if (want.contains("fnv1a64")) {  // the long text: count and hash only
+    if (ids.size() != want["n"].get<size_t>() || std::to_string(fnv1a64(ids)) != want["fnv1a64"].get<std::string>())
+      return loom::cat("ids differ (", ids.size(), " tokens, want ", want["n"].get<size_t>(), ")");
+    return t.decode(ids) == text ? "" : "decode does not give the text back";
+  }
+  Ids want_ids = want["ids"].get<Ids>();
+  if (ids != want_ids) {
+    size_t k = 0;
+    while (k < ids.size() && k < want_ids.size() && ids[k] == want_ids[k]) ++k;
+    return loom::cat("ids differ at token ", k, ": got", ids_around(ids, k), " want", ids_around(want_ids, k));
+  }
+  if (starts != want["starts"].get<std::vector<size_t>>()) return "start offsets differ";
+  if (std::string d = t.decode(ids); d != want.value("decoded", text))
+    return loom::cat("decode gives \"", printable(d), "\"");
+  return "";
+}
+
+// Every case of <expected>.jsonl: ids (encode and encode_with_offsets), starts, decode. Prints the
+// corpus size checked; reports at most a few failing cases in full.
+void expect_parity(const Tokenizer& t, const std::string& expected_file) {
+  std::vector<json> rows = read_jsonl(fixture(expected_file));
+  ASSERT_LE(rows.size(), corpus().size());
+  size_t bytes = 0, tokens = 0, failures = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const std::string& text = corpus()[i];
+    bytes += text.size();
+    std::string why = parity_problem(t, text, rows[i], &tokens);
+    if (!why.empty() && ++failures <= 5)
+      ADD_FAILURE() << expected_file << " case " << i << " \"" << printable(text) << "\": " << why;
+  }
+  EXPECT_EQ(failures, 0u) << expected_file << ": " << failures << " of " << rows.size() << " cases differ";
+  std::printf("  %s: %zu cases, %zu bytes, %zu tokens\n", expected_file.c_str(), rows.size(), bytes, tokens);
+}
+
+// ---------------------------------------------------------------- FORMATS.md test vectors
+
+TEST(Tokenizer, QwenTestVectors) {
+  const Tokenizer& t = shared("qwen3");
+  EXPECT_EQ(t.encode("Hello world"), (Ids{9707, 1879}));
+  EXPECT_EQ(t.encode(" Hello world"), (Ids{21927, 1879}));
+  EXPECT_EQ(t.token_to_id("<|endoftext|>"), 151643);
+  EXPECT_EQ(t.token_to_id("<|im_start|>"), 151644);
+  EXPECT_EQ(t.token_to_id("<|im_end|>"), 151645);
+  EXPECT_EQ(t.token_to_id("<think>"), 151667);
+  EXPECT_EQ(t.token_to_id("</think>"), 151668);
+  EXPECT_EQ(t.encode("<think>"), (Ids{151667}));  // special:false, still atomic
+  EXPECT_EQ(t.bos_id(), -1);                      // tokenizer_config.json: bos_token null
+  EXPECT_EQ(t.eos_id(), 151645);
+  EXPECT_FALSE(t.bos_by_default());
+  EXPECT_EQ(t.encode("Hi", /*add_bos=*/true), t.encode("Hi"));
+  EXPECT_EQ(t.vocab_size(), 151669);
+}
+
+TEST(Tokenizer, Llama3TestVectors) {
+  const Tokenizer& t = shared("llama3");
+  EXPECT_EQ(t.encode("Hello"), (Ids{9906}));
+  EXPECT_EQ(t.token_to_id("Ġworld"), 1917);
+  EXPECT_EQ(t.encode("Hello world"), (Ids{9906, 1917}));
+  EXPECT_EQ(t.encode("12345678"), (Ids{4513, 10961, 2495}));  // \p{N}{1,3}
+  EXPECT_EQ(t.token_to_id("<|begin_of_text|>"), 128000);
+  EXPECT_EQ(t.token_to_id("<|eot_id|>"), 128009);
+  EXPECT_EQ(t.bos_id(), 128000);
+  EXPECT_EQ(t.eos_id(), 128001);
+  EXPECT_EQ(t.encode("Hi", /*add_bos=*/true), (Ids{128000, 13347}));
+  EXPECT_EQ(t.vocab_size(), 128256);
+}
+
+TEST(Tokenizer, MistralTestVectors) {
+  const Tokenizer& t = shared("mistral");
+  EXPECT_EQ(t.token_to_id("▁Hello"), 22557);
+  EXPECT_EQ(t.token_to_id("▁"), 28705);
+  // Legacy Prepend("▁") applies to every segment between added tokens, so "." after <s> is "▁.".
+  EXPECT_EQ(t.encode("Hello <s>.", /*add_bos=*/true), (Ids{1, 22557, 28705, 1, 842}));
+  EXPECT_EQ(t.encode("\xF0\x9F\xA6\x99"), (Ids{28705, 243, 162, 169, 156}));  // byte fallback <0xF0>..
+  EXPECT_EQ(t.bos_id(), 1);
+  EXPECT_EQ(t.eos_id(), 2);
+  EXPECT_TRUE(t.bos_by_default());                                    // add_bos_token: true
+  EXPECT_EQ(t.decode({1, 22557, 28705, 1, 842}), "<s> Hello <s> .");  // special tokens are kept
+  EXPECT_EQ(t.vocab_size(), 32000);
+}
+
+// ---------------------------------------------------------------- parity with HF / sentencepiece
+
+TEST(Parity, Qwen3MatchesHf) { expect_parity(shared("qwen3"), "qwen3.jsonl"); }
+TEST(Parity, Llama3MatchesHf) { expect_parity(shared("llama3"), "llama3.jsonl"); }
+TEST(Parity, MistralMatchesHf) { expect_parity(shared("mistral"), "mistral.jsonl"); }
+
+TEST(Parity, MistralMetaspaceFirstMatchesHf) {
+  auto t = patched("mistral", [](json& j) {
+    j["normalizer"] = nullptr;
+    j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "▁"}, {"prepend_scheme", "first"}, {"split", false}};
+  });
+  expect_parity(*t, "mistral_metaspace_first.jsonl");
+}
+
+TEST(Parity, MistralMetaspaceSplitMatchesHf) {
+  auto t = patched("mistral", [](json& j) {
+    j["normalizer"] = nullptr;
+    json metaspace = {{"type", "Metaspace"}, {"replacement", "▁"}, {"prepend_scheme", "always"}, {"split", true}};
+    j["pre_tokenizer"] = metaspace;
+    j["decoder"] = {{"type", "Sequence"},
+                    {"decoders", json::array({metaspace, {{"type", "ByteFallback"}}, {{"type", "Fuse"}}})}};
+  });
+  expect_parity(*t, "mistral_metaspace_split.jsonl");
+}
+
+TEST(Parity, Qwen3Gpt2ByteLevelMatchesHf) {
+  auto t = patched("qwen3", [](json& j) {
+    j["pre_tokenizer"] = {
+        {"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
+  });
+  expect_parity(*t, "qwen3_gpt2.jsonl");
+}
+
+TEST(Parity, Qwen3AddedTokenFlagsMatchHf) {
+  auto t = patched("qwen3", [](json& j) {
+    for (json& a : j["added_tokens"]) {
+      if (a["content"] == "<|im_start|>") a["lstrip"] = true;
+      if (a["content"] == "<|im_end|>") a["rstrip"] = true;
+      if (a["content"] == "<think>") a["single_word"] = true;
+      if (a["content"] == "</think>") a["normalized"] = true;
+    }
+    auto added = [](int id, const char* content, bool flags, bool normalized) {
+      return json{{"id", id},        {"content", content},       {"single_word", flags}, {"lstrip", flags},
+                  {"rstrip", flags}, {"normalized", normalized}, {"special", false}};
+    };
+    j["added_tokens"].push_back(added(151669, "\u212b", false, true));  // Angstrom sign; NFC makes it U+00C5
+    j["added_tokens"].push_back(added(151670, "world", true, false));
+  });
+  expect_parity(*t, "qwen3_added_flags.jsonl");
+}
+
+TEST(Parity, TinyBpeUnkFusedMatchesHf) {
+  expect_parity(*Tokenizer::load(fixture("tiny_unk_fused.json")), "tiny_unk_fused.jsonl");
+}
+TEST(Parity, TinyBpeUnkUnfusedIgnoreMergesMatchesHf) {
+  expect_parity(*Tokenizer::load(fixture("tiny_unk_unfused.json")), "tiny_unk_unfused.jsonl");
+}
+TEST(Parity, TinyBpeUnkDroppedMatchesHf) {
+  expect_parity(*Tokenizer::load(fixture("tiny_unk_dropped.json")), "tiny_unk_dropped.jsonl");
+}
+
+TEST(Parity, SentencepieceMatchesPythonPackage) {
+  auto t = Tokenizer::load(fixture("sp_bpe.model"));
+  expect_parity(*t, "sp_bpe.jsonl");
+  EXPECT_EQ(t->encode("<ctrl>"), (Ids{t->token_to_id("<ctrl>")}));  // control symbols are atomic in text
+  Ids with_user_symbol = t->encode("a<sep>b");                      // sentencepiece matches these itself
+  EXPECT_NE(std::find(with_user_symbol.begin(), with_user_symbol.end(), t->token_to_id("<sep>")),
+            with_user_symbol.end());
+  EXPECT_EQ(t->token_to_id("no such piece"), -1);
+  EXPECT_EQ(t->bos_id(), 1);  // spm_train defaults: <unk> 0, <s> 1, </s> 2
+  EXPECT_EQ(t->eos_id(), 2);
+  EXPECT_EQ(t->encode("a", /*add_bos=*/true).front(), 1);
+}
+
+// ---------------------------------------------------------------- offsets, threads
+
+TEST(Tokenizer, OffsetsAreMonotonicAndInsideText) {
+  std::unique_ptr<const Tokenizer> sp = Tokenizer::load(fixture("sp_bpe.model"));
+  for (const Tokenizer* t : {&shared("qwen3"), &shared("llama3"), &shared("mistral"), sp.get()}) {
+    for (const std::string& text : corpus()) {
+      std::vector<size_t> starts;
+      Ids ids = t->encode_with_offsets(text, &starts);
+      ASSERT_EQ(starts.size(), ids.size());
+      for (size_t k = 0; k < starts.size(); ++k) {
+        ASSERT_LT(starts[k], text.size()) << "token " << k << " of \"" << printable(text) << "\"";
+        if (k > 0) {
+          ASSERT_LE(starts[k - 1], starts[k]) << "token " << k << " of \"" << printable(text) << "\"";
+        }
+      }
+    }
+  }
+}
+
+TEST(Tokenizer, EncodeGivesTheSameIdsFromManyThreads) {
+  const Tokenizer& t = shared("qwen3");
+  std::vector<Ids> want;
+  for (const std::string& text : corpus()) want.push_back(t.encode(text));
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w)
+    threads.emplace_back([&, w] {
+      for (size_t i = corpus().size(); i-- > 0;)  // reverse order: each thread fills its own cache
+        if (t.encode(corpus()[i]) != want[i]) ++mismatches[size_t(w)];
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(mismatches, std::vector<int>(4, 0));
+}
+
+// ---------------------------------------------------------------- regex classes
+
+// Which code points a one-character class matches, found by one find_all over all of them.
+std::vector<bool> members(const std::string& oniguruma_class) {
+  std::string all;
+  std::vector<uint32_t> cp_at;  // code point starting at each byte
+  for (uint32_t cp = 1; cp <= 0x10FFFF; ++cp) {
+    if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+    cp_at.resize(all.size() + 1, 0);
+    cp_at[all.size()] = cp;
+    loom::utf8::append(all, cp);
+  }
+  loom::ByteRanges matches;
+  loom::TokenizerRegex(oniguruma_class, "test").find_all(all, matches);
+  std::vector<bool> in(0x110000, false);
+  for (auto [b, e] : matches) in[cp_at[b]] = true;
+  return in;
+}
+
+template <size_t N>
+std::vector<bool> table(const loom::unicode_classes::CodePointRange (&t)[N]) {
+  std::vector<bool> in(0x110000, false);
+  for (const auto& r : t)
+    for (uint32_t cp = r.first; cp <= r.last; ++cp) in[cp] = true;
+  return in;
+}
+
+void expect_same_members(const std::vector<bool>& got, const std::vector<bool>& want, const std::string& what) {
+  int shown = 0, differ = 0;
+  for (uint32_t cp = 1; cp < 0x110000; ++cp) {
+    if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+    if (got[cp] == want[cp]) continue;
+    ++differ;
+    if (shown++ < 5)
+      ADD_FAILURE() << what << ": U+" << std::hex << cp << " is " << (got[cp] ? "in" : "out") << ", Oniguruma says "
+                    << (want[cp] ? "in" : "out");
+  }
+  EXPECT_EQ(differ, 0) << what;
+}
+
+TEST(Regex, ClassesMatchOniguruma) {
+  std::vector<bool> letter = table(loom::unicode_classes::kLetter), number = table(loom::unicode_classes::kNumber);
+  std::vector<bool> space(0x110000), not_space(0x110000), not_letter(0x110000), not_letter_number(0x110000);
+  for (uint32_t cp = 0; cp < 0x110000; ++cp) {
+    space[cp] = loom::utf8::is_white_space(cp);
+    not_space[cp] = !space[cp];
+    not_letter[cp] = !letter[cp];
+    not_letter_number[cp] = !letter[cp] && !number[cp] && cp != '\r' && cp != '\n';
+  }
+  expect_same_members(members("\\p{L}"), letter, "\\p{L}");
+  expect_same_members(members("\\p{N}"), number, "\\p{N}");
+  expect_same_members(members("\\s"), space, "\\s");
+  expect_same_members(members("\\S"), not_space, "\\S");
+  expect_same_members(members("[^\\r\\n\\p{L}\\p{N}]"), not_letter_number, "[^\\r\\n\\p{L}\\p{N}]");
+  expect_same_members(members("[\\P{L}]"), not_letter, "[\\P{L}]");  // spelled as explicit ranges in a class
+  expect_same_members(members("\\p{^L}"), not_letter, "\\p{^L}");
+  EXPECT_FALSE(space[0x180E]);  // PCRE2's \s has U+180E; Oniguruma's does not
+}
+
+TEST(Regex, LookAheadAndCaseFoldAsOniguruma) {
+  auto pieces = [](const std::string& pattern, const std::string& text) {
+    loom::ByteRanges m;
+    loom::TokenizerRegex(pattern, "test").find_all(text, m);
+    std::vector<std::string> out;
+    for (auto [b, e] : m) out.push_back(text.substr(b, e - b));
+    return out;
+  };
+  using V = std::vector<std::string>;
+  // \s+(?!\S) leaves the last space of a run for the next word.
+  EXPECT_EQ(pieces("\\s+(?!\\S)|\\s+|\\S+", "a   b  "), (V{"a", "  ", " ", "b", "  "}));
+  EXPECT_EQ(pieces("\\s+(?!\\S)| ?\\S+", "a   b  "), (V{"a", "  ", " b", "  "}));
+  EXPECT_EQ(pieces("(?i:'s|'ll)", "'S 'LL '\u017f"), (V{"'S", "'LL", "'\u017f"}));  // long s folds to s
+  EXPECT_EQ(pieces("\\h+", "beef-CAFE"), (V{"beef", "CAFE"}));                      // Oniguruma \h: hex digit
+}
+
+// ---------------------------------------------------------------- loading and errors
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("loom_tokenizer_test_" + std::to_string(::getpid()) + "_" +
+                                        std::to_string(reinterpret_cast<uintptr_t>(this)));
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string write(const std::string& name, const std::string& content) const {
+    std::ofstream(path / name, std::ios::binary) << content;
+    return (path / name).string();
+  }
+};
+
+std::string load_error(const std::string& path) {
+  try {
+    Tokenizer::load(path);
+  } catch (const loom::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(Tokenizer, LoadPicksTheFileInAFolder) {
+  TempDir dir;
+  fs::copy_file(fixture("sp_bpe.model"), dir.path / "tokenizer.model");
+  auto sp = Tokenizer::load(dir.path.string());
+  EXPECT_EQ(sp->vocab_size(), 1000);
+  fs::copy_file(fixture("tiny_unk_fused.json"), dir.path / "tokenizer.json");
+  EXPECT_EQ(Tokenizer::load(dir.path.string())->vocab_size(),
+            read_json(fixture("tiny_unk_fused.json"))["model"]["vocab"].size());
+}
+
+TEST(Tokenizer, SpecialTokensComeFromTokenizerConfig) {
+  TempDir dir;
+  fs::copy_file(fixture("sp_bpe.model"), dir.path / "tokenizer.model");
+  dir.write("tokenizer_config.json",
+            R"({"bos_token": {"content": "<ctrl>", "lstrip": false}, "eos_token": "<sep>", "add_bos_token": false})");
+  auto t = Tokenizer::load(dir.path.string());
+  EXPECT_EQ(t->bos_id(), t->token_to_id("<ctrl>"));
+  EXPECT_EQ(t->eos_id(), t->token_to_id("<sep>"));
+  EXPECT_FALSE(t->bos_by_default());
+  dir.write("tokenizer_config.json", R"({"bos_token": "<nope>"})");
+  std::string err = load_error(dir.path.string());
+  EXPECT_NE(err.find("bos_token \"<nope>\""), std::string::npos) << err;
+  EXPECT_NE(err.find("tokenizer_config.json"), std::string::npos) << err;
+}
+
+TEST(Tokenizer, LoadErrorsNameFileAndProblem) {
+  TempDir dir;
+  auto expect_error = [](const std::string& err, std::initializer_list<const char*> parts) {
+    for (const char* p : parts) EXPECT_NE(err.find(p), std::string::npos) << "\"" << p << "\" missing from: " << err;
+  };
+  expect_error(load_error((dir.path / "missing.json").string()), {"tokenizer not found", "missing.json"});
+  expect_error(load_error(dir.path.string()), {"no tokenizer in folder", "tokenizer.json", "tokenizer.model"});
+  expect_error(load_error(dir.write("bad.json", "{not json")), {"bad.json", "not a JSON object"});
+  expect_error(load_error(dir.write("tok.txt", "x")), {"tok.txt", "unrecognised tokenizer file"});
+  expect_error(load_error(dir.write("bad.model", "not a model")), {"bad.model", "sentencepiece"});
+
+  json tiny = read_json(fixture("tiny_unk_fused.json"));
+  auto with = [&](const std::function<void(json&)>& change) {
+    json j = tiny;
+    change(j);
+    return dir.write("tokenizer.json", j.dump());
+  };
+  expect_error(load_error(with([](json& j) { j["model"]["type"] = "WordPiece"; })),
+               {"tokenizer.json", "unsupported model type \"WordPiece\""});
+  expect_error(load_error(with([](json& j) { j["model"]["type"] = "Unigram"; })),
+               {"unsupported model type \"Unigram\""});
+  expect_error(load_error(with([](json& j) {
+                 j["normalizer"] = {{"type", "BertNormalizer"}};
+               })),
+               {"tokenizer.json", "unsupported normalizer \"BertNormalizer\""});
+  expect_error(load_error(with([](json& j) {
+                 j["pre_tokenizer"] = {{"type", "Whitespace"}};
+               })),
+               {"unsupported pre_tokenizer \"Whitespace\""});
+  expect_error(load_error(with([](json& j) {
+                 j["decoder"] = {{"type", "WordPiece"}};
+               })),
+               {"unsupported decoder \"WordPiece\""});
+  expect_error(load_error(with([](json& j) { j["model"]["merges"].push_back("x y z"); })),
+               {"model.merges[", "two tokens separated by one space"});
+  expect_error(load_error(with([](json& j) { j["model"]["merges"].push_back("Q zz"); })),
+               {"merge", "\"zz\" is not in model.vocab"});
+  expect_error(load_error(with([](json& j) { j["model"]["dropout"] = 0.1; })), {"model.dropout"});
+  expect_error(
+      load_error(with([](json& j) {
+        j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "[a-z[0-9]]"}}}, {"behavior", "Isolated"}};
+      })),
+      {"unsupported regex feature", "nested character class"});
+}
+
+TEST(Tokenizer, InvalidUtf8TextIsAnError) {
+  for (const Tokenizer* t : {&shared("qwen3"), &shared("mistral")}) {
+    try {
+      t->encode("ok \xC3\x28 bad");
+      ADD_FAILURE() << "no error for invalid UTF-8";
+    } catch (const loom::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("not valid UTF-8"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("offset 3"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(Tokenizer, DecodeReplacesInvalidUtf8AsHf) {
+  // ByteFallback: an invalid run of <0xNN> tokens gives one U+FFFD per byte.
+  EXPECT_EQ(shared("mistral").decode({243, 162, 264}), "\uFFFD\uFFFD a");
+  // ByteLevel: bytes F0 9F 'a' F0; "F0 9F" is one maximal ill-formed subpart.
+  EXPECT_EQ(shared("qwen3").decode({172, 253, 64, 172}), "\uFFFDa\uFFFD");
+}
+
+TEST(Tokenizer, DecodeRejectsIdsOutsideTheVocab) {
+  EXPECT_THROW(shared("llama3").decode({9906, 128256}), loom::Error);
+  EXPECT_THROW(shared("llama3").decode({-1}), loom::Error);
+}
+
+TEST(Utf8, LossyReplacesMaximalSubparts) {
+  // Unicode §3.9 example: each maximal ill-formed subpart is one U+FFFD.
+  EXPECT_EQ(loom::utf8::lossy("a\xF1\x80\x80"
+                              "b\xE1\x80"
+                              "c\xC2"
+                              "d\xFF"),
+            "a\uFFFD"
+            "b\uFFFD"
+            "c\uFFFD"
+            "d\uFFFD");
+  EXPECT_EQ(loom::utf8::lossy("\xED\xA0\x80"), "\uFFFD\uFFFD\uFFFD");  // a surrogate: three subparts
+  EXPECT_EQ(loom::utf8::lossy("ok \xE2\x82\xAC"), "ok \u20AC");
+}
+
+}  // namespace
