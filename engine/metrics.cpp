@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "engine/error.h"
 
@@ -95,6 +96,24 @@ void MetricsLog::write(const StepMetrics& m) {
   std::string line = metrics_json(m) + '\n';
   bool ok = std::fwrite(line.data(), 1, line.size(), file_) == line.size() && std::fflush(file_) == 0;
   LOOM_CHECK(ok, "cannot write step ", m.step, " to ", path_, ": ", std::strerror(errno));
+}
+
+void truncate_metrics_after(const std::string& run_dir, int64_t step) {
+  const std::string path = run_dir + "/metrics.jsonl";
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("step") || j["step"].get<int64_t>() <= step) kept += line + "\n";
+  }
+  in.close();
+  {
+    std::ofstream out(path + ".tmp");
+    out << kept;
+    LOOM_CHECK(out, "cannot write ", path, ".tmp");
+  }
+  std::filesystem::rename(path + ".tmp", path);
 }
 
 }  // namespace loom

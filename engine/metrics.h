@@ -52,6 +52,9 @@ class MetricsLog {
 
 // The metrics.jsonl line of m, without the newline.
 std::string metrics_json(const StepMetrics& m);
+// On resume: drops the lines of steps after `step` (written by a run that died after its last
+// checkpoint), so every step appears once. The file is rewritten atomically.
+void truncate_metrics_after(const std::string& run_dir, int64_t step);
 std::string progress_line(const StepMetrics& m, int total_steps);
 
 }  // namespace loom

@@ -494,14 +494,16 @@ ModelConfig preset_model_config(const std::string& name) {
     return make_preset("llama", 128256, 2048, 8192, 16, 32, 8, 64, true, 1e-5f, llama3_rope(32), 131072, 128000,
                        {128001});
   if (name == "mistral-7b")
-    return make_preset("mistral", 32768, 4096, 14336, 32, 32, 8, 128, false, 1e-5f, plain_rope(1e4), 32768, 1, {2});
+    return make_preset("mistral", 32768, 4096, 14336, 32, 32, 8, 128, false, 1e-5f, plain_rope(1e6), 32768, 1, {2});  // v0.3
   if (name == "llama-3.1-8b")
     return make_preset("llama", 128256, 4096, 14336, 32, 32, 8, 128, false, 1e-5f, llama3_rope(8), 131072, 128000,
                        {128001});
   if (name == "qwen3-8b")
     return make_preset("qwen3", 151936, 4096, 12288, 36, 32, 8, 128, false, 1e-6f, plain_rope(1e6), 40960, 151643,
                        {151645});
-  if (name == "tiny") return make_preset("llama", 512, 128, 352, 4, 4, 2, 32, true, 1e-5f, plain_rope(1e4), 2048, -1, {});
+  // The demo model: vocabulary of data/demo/tokenizer.model (<s> 1, </s> 2); head_dim 64, the
+  // smallest the GPU attention kernels take.
+  if (name == "tiny") return make_preset("llama", 512, 128, 352, 4, 2, 1, 64, true, 1e-5f, plain_rope(1e4), 2048, 1, {2});
   std::string valid;
   for (const std::string& n : preset_names()) valid += (valid.empty() ? "" : ", ") + n;
   fail("unknown model preset \"", name, "\"; valid presets: ", valid);

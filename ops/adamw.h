@@ -9,11 +9,22 @@
 namespace loom {
 
 struct AdamWParams {
-  float lr = 2e-4f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.f;
+  double lr = 2e-4, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;  // Python floats in torch
   int step = 1;  // 1-based, already incremented for this update
 };
 
 // p, m, v (n) updated in place; g (n) read.
 void adamw_ref(float* p, float* m, float* v, const float* g, int64_t n, const AdamWParams& a);
 
+}  // namespace loom
+
+// CUDA path (ops/adamw.cu).
+#include "ops/cuda_common.h"
+
+namespace loom {
+// p, m, v (n) fp32 updated in place; g (n) read. grad_coef: a float on the device that multiplies g
+// first (the clip coefficient from grad_norm_clip: clipping folded into the update, no host sync),
+// or nullptr. Bias corrections are computed on the host from a.step, in double as torch does.
+void adamw_update(float* p, float* m, float* v, const float* g, const float* grad_coef, int64_t n,
+                  const AdamWParams& a, cudaStream_t stream);
 }  // namespace loom

@@ -23,3 +23,24 @@ CrossEntropyOut lm_head_cross_entropy_ref(float* dx, float* token_loss, const fl
                                           int chunk = 256);
 
 }  // namespace loom
+
+// CUDA path (ops/cross_entropy.cu): the same computation on bf16 x and W, chunk by chunk:
+//   logits (rows, V) = x_chunk·Wᵀ (cuBLASLt) ; per row: lse, loss_t, and dz written over the logits
+//   in place as bf16 ; dx_chunk = dz·W (cuBLASLt). No host sync; deterministic.
+#include "ops/gemm.h"
+
+namespace loom {
+
+// Bytes of the logits scratch for chunks of `chunk` tokens. kBf16 logits are what HF computes (the
+// lm_head runs in bf16); kFp32 logits keep the GEMM's fp32 sums, a more exact lse, for twice the memory.
+size_t lm_head_logits_bytes(int chunk, int V, GemmOut logits_type);
+
+// x (T, C), W (V, C), targets (T) int32 (kIgnoreIndex or in [0, V), as the reference checks).
+// dx (T, C) bf16 written (=), or nullptr for the loss alone. token_loss (T) written: loss_t, 0 when
+// ignored. loss_sum (one float on the device) += sum of token_loss, summed in a fixed order; may be null.
+// logits: lm_head_logits_bytes(chunk, V, logits_type) bytes of scratch, 16-byte aligned.
+void lm_head_cross_entropy(GemmContext& ctx, bf16* dx, float* token_loss, float* loss_sum, void* logits,
+                           GemmOut logits_type, const bf16* x, const bf16* W, const int32_t* targets, int64_t T,
+                           int C, int V, float grad_scale, int chunk, cudaStream_t stream);
+
+}  // namespace loom

@@ -7,6 +7,7 @@
 //   Dequantize: w = kNf4Table[code] * A[b], A[b] = absmax[b] or nested_map[q[b]] * nested_absmax[b/256] + offset.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace loom {
@@ -34,9 +35,38 @@ std::vector<float> dynamic_map_signed();
 
 // w (rows, cols) fp32 (the caller rounds to the checkpoint dtype first, as bitsandbytes sees bf16 values).
 Nf4Host nf4_quantize_ref(const float* w, int64_t rows, int64_t cols, int blocksize = 64, bool double_quant = false);
+// Checks that the arrays of q have the sizes its rows, cols, blocksize and nesting imply; errors
+// start with `what` (e.g. the tensor name).
+void nf4_check_sizes(const Nf4Host& q, const std::string& what);
 // Per-block scale A[b] (fp32), resolving double quantization.
 std::vector<float> nf4_block_scales(const Nf4Host& q);
 // out (rows, cols) fp32.
 void nf4_dequantize_ref(float* out, const Nf4Host& q);
+
+}  // namespace loom
+
+// CUDA path (ops/nf4.cu): dequantization to a bf16 scratch, bit-exact with nf4_dequantize_ref
+// followed by round-to-nearest-even to bf16.
+#include "ops/cuda_common.h"
+
+namespace loom {
+
+// Device pointers of one NF4 weight (the Nf4Host fields, uploaded). All 16-byte aligned buffers.
+struct Nf4Device {
+  int64_t numel = 0;                     // rows * cols
+  int blocksize = 64;                    // a multiple of 8 (bitsandbytes uses powers of two 32..4096)
+  const uint8_t* codes = nullptr;        // (ceil(numel / 2)) two codes per byte, first in the high nibble
+  const float* quant_map = nullptr;      // (16) the code table: kNf4Table, or the checkpoint's weight.quant_map
+  const float* absmax = nullptr;         // (nb) when not nested
+  const uint8_t* absmax_q = nullptr;     // (nb) when nested (double quantization)
+  const float* nested_absmax = nullptr;  // (ceil(nb / nested_blocksize))
+  const float* nested_map = nullptr;     // (256) signed dynamic map
+  float nested_offset = 0.f;
+  int nested_blocksize = 256;
+  __host__ __device__ bool nested() const { return absmax_q != nullptr; }
+};
+
+// out (numel) bf16 written (=), in the weight's row-major order.
+void nf4_dequantize(bf16* out, const Nf4Device& w, cudaStream_t stream);
 
 }  // namespace loom

@@ -30,3 +30,18 @@ void rope_forward_ref(float* x, const int32_t* pos, const float* inv_freq, int64
 void rope_backward_ref(float* dx, const int32_t* pos, const float* inv_freq, int64_t T, int NH, int D);
 
 }  // namespace loom
+
+// CUDA path (ops/rope.cu): bf16 in place, angle and rotation in fp32, one rounding per element
+// (HF rounds cos/sin to bf16 first; rounding once is closer to the fp32 reference).
+#include "ops/cuda_common.h"
+
+namespace loom {
+// x (T, NH, D) rotated in place; token t's heads start at x + t * stride (stride >= NH * D: with a
+// fused qkv buffer (T, (H + 2 KVH) * D), x points at the q or k part and stride = (H + 2 KVH) * D).
+// pos (T) int32, inv_freq (D/2) fp32 on the device. D % 16 == 0, stride % 8 == 0, x 16-byte aligned.
+void rope_forward(bf16* x, const int32_t* pos, const float* inv_freq, int64_t T, int NH, int D, int64_t stride,
+                  cudaStream_t stream);
+// dx, laid out as x, rotated back in place (the inverse rotation: sin negated).
+void rope_backward(bf16* dx, const int32_t* pos, const float* inv_freq, int64_t T, int NH, int D, int64_t stride,
+                   cudaStream_t stream);
+}  // namespace loom

@@ -366,7 +366,7 @@ TEST(ModelConfig, PresetsMatchBenchmarkTable) {
                       {"mistral-7b", "mistral", 4096, 14336, 32, 32, 8, 128, 32768, false},
                       {"llama-3.1-8b", "llama", 4096, 14336, 32, 32, 8, 128, 128256, false},
                       {"qwen3-8b", "qwen3", 4096, 12288, 36, 32, 8, 128, 151936, false},
-                      {"tiny", "llama", 128, 352, 4, 4, 2, 32, 512, true}};
+                      {"tiny", "llama", 128, 352, 4, 2, 1, 64, 512, true}};
   for (const Row& r : rows) {
     ModelConfig c = loom::preset_model_config(r.name);
     SCOPED_TRACE(r.name);
@@ -404,7 +404,7 @@ TEST(ModelConfig, PresetRopeAndNorms) {
   }
   ModelConfig m = loom::preset_model_config("mistral-7b");
   EXPECT_EQ(m.rope.type, "default");
-  EXPECT_EQ(m.rope.theta, 1e4);
+  EXPECT_EQ(m.rope.theta, 1e6);  // Mistral-7B-v0.3
   EXPECT_EQ(m.rms_eps, 1e-5f);
   ModelConfig t = loom::preset_model_config("tiny");
   EXPECT_EQ(t.rope.theta, 1e4);

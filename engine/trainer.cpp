@@ -1,0 +1,166 @@
+#include "engine/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+
+#include "data/dataloader.h"
+#include "dist/dist.h"
+#include "dist/nccl_comm.h"
+#include "engine/backend.h"
+#include "engine/checkpoint.h"
+#include "engine/device.h"
+#include "engine/error.h"
+#include "engine/export.h"
+#include "engine/metrics.h"
+#include "engine/schedule.h"
+#include "engine/training_data.h"
+#include "models/lora.h"
+#include "models/model_source.h"
+
+namespace fs = std::filesystem;
+
+namespace loom {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+void write_resolved_config(const TrainConfig& cfg) {
+  fs::create_directories(cfg.output.dir);
+  const std::string path = cfg.output.dir + "/config.resolved.yaml";
+  std::ofstream f(path);
+  f << "# resolved from " << (cfg.source.empty() ? "defaults" : cfg.source) << " (every key, defaults included)\n"
+    << to_yaml(cfg);
+  LOOM_CHECK(f, "cannot write ", path);
+}
+
+std::unique_ptr<TrainBackend> make_backend(const TrainConfig& cfg, const ModelConfig& mc, const LoraLayout& layout) {
+  const std::string& dev = cfg.train.device;
+  LOOM_CHECK(dev != "cuda" || cuda_available(), "train.device = cuda but ", cuda_device_summary(),
+             "; use train.device=cpu for the reference path");
+  std::vector<float> lora = lora_init(layout, uint64_t(cfg.train.seed));
+  if (dev == "cuda" || (dev == "auto" && cuda_available())) {
+    bind_gpu(dist_context());
+    return make_cuda_backend(mc, weight_source(cfg.model, mc), layout, lora, cfg);
+  }
+  return make_cpu_backend(mc, resolve_host_weights(cfg.model, mc), layout, std::move(lora), cfg.train);
+}
+
+// Where the run starts: a fresh run, the newest checkpoint of output.dir, or a named checkpoint.
+std::optional<std::string> checkpoint_to_resume(const OutputSection& out) {
+  if (out.resume == "never") {
+    LOOM_CHECK(!latest_checkpoint(out.dir), "output.dir '", out.dir,
+               "' already holds checkpoints and output.resume = never; set output.resume=auto to continue that run "
+               "or choose another output.dir (nothing was overwritten)");
+    return std::nullopt;
+  }
+  if (out.resume == "auto") return latest_checkpoint(out.dir);
+  LOOM_CHECK(fs::exists(out.resume + "/trainer_state.json"), "output.resume: '", out.resume,
+             "' is not a checkpoint folder (expected <run>/checkpoints/step-N)");
+  return out.resume;
+}
+
+void check_finite(double loss, double norm, int64_t step, const std::string& run_dir) {
+  if (std::isfinite(loss) && std::isfinite(norm)) return;
+  auto last = latest_checkpoint(run_dir);
+  fail("step ", step, ": the ", std::isfinite(loss) ? "gradient norm" : "loss", " is not finite (loss ", loss,
+       ", grad norm ", norm, "). ", last ? "The last checkpoint (" + *last + ") is intact. " : "",
+       "Lower train.lr, enable clipping (train.max_grad_norm), or check the data for empty or corrupt documents.");
+}
+
+// Rank 0 prepares (and caches) the data while the others wait, then every rank loads it.
+std::vector<Document> documents_on_every_rank(const TrainConfig& cfg, const ModelConfig& mc) {
+  if (!is_main()) barrier();
+  std::vector<Document> docs = load_training_documents(cfg, mc);
+  if (is_main()) barrier();
+  return docs;
+}
+
+}  // namespace
+
+// Every rank runs this with the same config; rank 0 alone writes files and logs. Ranks meet in
+// the step's all-reduce (end_step) and the data barrier, nowhere else.
+TrainSummary train(const TrainConfig& cfg) {
+  const DistContext& ctx = dist_context();
+  if (is_main()) write_resolved_config(cfg);
+  const ModelConfig mc = resolve_model_config(cfg.model);
+  const LoraLayout layout = make_lora_layout(mc, cfg.lora);
+  const std::vector<Document> docs = documents_on_every_rank(cfg, mc);
+  DataLoader loader(docs, loader_options(cfg.train, ctx.rank, ctx.world));
+  const int64_t total = cfg.train.steps > 0 ? cfg.train.steps : loader.total_steps(cfg.train.epochs);
+  std::unique_ptr<TrainBackend> backend = make_backend(cfg, mc, layout);
+
+  TrainSummary sum;
+  sum.run_dir = cfg.output.dir;
+  sum.device = backend->describe();
+  if (auto from = checkpoint_to_resume(cfg.output)) {
+    TrainCheckpoint ck = load_checkpoint(*from, layout);
+    backend->restore(ck.params, ck.opt);
+    loader.restore(ck.loader);
+    sum.first_step = ck.step;
+    if (is_main()) {
+      truncate_metrics_after(cfg.output.dir, ck.step);
+      std::fprintf(stderr, "resuming from %s (step %lld)\n", from->c_str(), static_cast<long long>(ck.step));
+    }
+  }
+  if (is_main())
+    std::fprintf(stderr, "loom: %s | %s | %d rank%s | %lld documents | %lld steps | LoRA r=%d on %lld params\n",
+                 model_name(cfg.model).c_str(), sum.device.c_str(), ctx.world, ctx.world > 1 ? "s" : "",
+                 static_cast<long long>(docs.size()), static_cast<long long>(total), layout.R,
+                 static_cast<long long>(layout.total));
+
+  std::optional<MetricsLog> log;
+  if (is_main()) log.emplace(cfg.output.dir);
+  const auto t0 = Clock::now();
+  int64_t step = sum.first_step;
+  while (step < total) {
+    const auto ts = Clock::now();
+    Step s = loader.next();
+    const float lr = lr_at(cfg.train, int(step), int(total));
+    const float grad_scale = s.global_targets > 0 ? 1.f / float(s.global_targets) : 0.f;
+    for (size_t i = 0; i < s.micro.size(); ++i)
+      backend->forward_backward(s.micro[i], grad_scale, uint64_t(cfg.train.seed) * 1000003u + uint64_t(step),
+                                i + 1 == s.micro.size());
+    const TrainBackend::StepResult r = backend->end_step(lr);
+    const double loss = s.global_targets > 0 ? r.loss_sum / double(s.global_targets) : 0.0;
+    const double norm = r.grad_norm;
+    ++step;
+    check_finite(loss, norm, step, cfg.output.dir);
+
+    StepMetrics m;
+    m.step = int(step);
+    m.loss = loss;
+    m.lr = lr;
+    m.grad_norm = norm;
+    m.tokens = s.global_tokens;
+    m.targets = s.global_targets;
+    m.tokens_per_s = double(s.global_tokens) / std::max(seconds_since(ts), 1e-9);
+    m.elapsed_s = seconds_since(t0);
+    m.start_step = int(sum.first_step);
+    m.pad_saved = s.packing.baseline_pad_share();
+    if (double gib = backend->peak_memory_gib(); gib > 0) m.peak_mem_gib = gib;
+    if (is_main()) {
+      log->write(m);
+      if (step % cfg.train.log_every == 0 || step == total)
+        std::fprintf(stderr, "%s\n", progress_line(m, int(total)).c_str());
+    }
+    if (step == sum.first_step + 1) sum.first_loss = loss;
+    sum.last_loss = loss;
+
+    const bool periodic = cfg.output.checkpoint_every > 0 && step % cfg.output.checkpoint_every == 0;
+    if (is_main() && (periodic || step == total))
+      save_checkpoint(cfg.output.dir, {step, backend->lora_params(), backend->optimizer_state(), loader.state()},
+                      layout, model_name(cfg.model), cfg.output.keep_checkpoints);
+  }
+  sum.last_step = step;
+  sum.seconds = seconds_since(t0);
+  if (is_main()) export_run(cfg, mc, layout, backend->lora_params());
+  return sum;
+}
+
+}  // namespace loom

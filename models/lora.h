@@ -1,0 +1,60 @@
+// LoRA adapters (PEFT semantics): for each targeted projection of each layer,
+//   A (R, in) and B (out, R), y += scale · (x·Aᵀ)·Bᵀ, scale = alpha/R (rsLoRA: alpha/√R).
+// All adapters live in ONE flat fp32 vector (params, grads and both AdamW moments share the
+// layout), so the optimizer, grad-norm and the all-reduce each see one contiguous buffer.
+// Init as PEFT (init_lora_weights=True): A ~ U(-1/√in, 1/√in) (kaiming_uniform(a=√5)), B = 0.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/config.h"
+#include "models/model_config.h"
+
+namespace loom {
+
+enum LoraTarget { kQ, kK, kV, kO, kGate, kUp, kDown, kNumTargets };
+// PEFT module names, in LoraTarget order.
+extern const std::array<const char*, kNumTargets> kLoraTargetNames;
+// "self_attn.q_proj", "mlp.down_proj", ...: the module path inside model.layers.{n}.
+std::string lora_module_path(LoraTarget t);
+
+struct LoraSlot {
+  bool enabled = false;
+  int in = 0, out = 0;
+  int64_t a_offset = 0;  // A (R, in) at params[a_offset]
+  int64_t b_offset = 0;  // B (out, R) at params[b_offset]
+};
+
+struct LoraLayout {
+  int R = 0;
+  float alpha = 0;
+  float scale = 0;
+  bool rslora = false;
+  float dropout = 0;
+  std::array<bool, kNumTargets> targeted{};
+  std::vector<std::array<LoraSlot, kNumTargets>> layers;  // (L)
+  int64_t total = 0;                                       // floats in the flat vector
+  const LoraSlot& slot(int layer, LoraTarget t) const { return layers[layer][t]; }
+};
+
+// (in, out) of a projection in a model: q (C → H·D), k/v (C → KVH·D), o (H·D → C), gate/up (C → F), down (F → C).
+std::pair<int, int> projection_shape(const ModelConfig& m, LoraTarget t);
+LoraLayout make_lora_layout(const ModelConfig& m, const LoraSection& lora);
+// Layer l's adapters occupy [bounds[l], bounds[l+1]) of the flat vector (layer-major), L + 1 values.
+std::vector<size_t> lora_layer_bounds(const LoraLayout& layout);
+// PEFT default init, deterministic from seed.
+std::vector<float> lora_init(const LoraLayout& layout, uint64_t seed);
+
+// PEFT adapter folder: adapter_config.json + adapter_model.safetensors (fp32).
+void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const std::vector<float>& params,
+                       const std::string& base_model);
+// Reads a PEFT adapter into the layout's flat vector. Errors name the file and the key: r/alpha/
+// targets that differ from the layout, unsupported variants (DoRA, rank_pattern, ...), missing or
+// mis-shaped tensors.
+std::vector<float> load_peft_adapter(const std::string& dir, const LoraLayout& layout);
+// The LoRA config of a PEFT adapter folder as a LoraSection (r, alpha, dropout, rslora, targets).
+LoraSection read_peft_lora_section(const std::string& dir);
+
+}  // namespace loom

@@ -1,0 +1,28 @@
+#include "models/model_source.h"
+
+#include <filesystem>
+
+#include "engine/error.h"
+
+namespace loom {
+
+ModelConfig resolve_model_config(const ModelSection& m) {
+  if (!m.preset.empty()) return preset_model_config(m.preset);
+  LOOM_CHECK(std::filesystem::is_directory(m.path), "model.path: '", m.path,
+             "' is not a folder (expected an HF model folder with config.json and *.safetensors)");
+  return load_model_config(m.path);
+}
+
+WeightSource weight_source(const ModelSection& m, const ModelConfig& cfg) {
+  return m.preset.empty() ? WeightSource::checkpoint(m.path, cfg) : WeightSource::random(cfg, uint64_t(m.init_seed));
+}
+
+ModelWeights resolve_host_weights(const ModelSection& m, const ModelConfig& cfg) {
+  ModelWeights w = m.preset.empty() ? load_weights(m.path, cfg) : random_weights(cfg, uint64_t(m.init_seed));
+  if (m.quant == "nf4" && !cfg.bnb_4bit) apply_nf4_roundtrip(w, 64, m.double_quant);
+  return w;
+}
+
+std::string model_name(const ModelSection& m) { return m.preset.empty() ? m.path : "preset:" + m.preset; }
+
+}  // namespace loom

@@ -1,0 +1,23 @@
+// Where a run's base model comes from (config `model:` section): an HF folder, or a preset with
+// random weights (BENCHMARK.md presets, "tiny" for the demo).
+#pragma once
+#include <string>
+
+#include "engine/config.h"
+#include "models/model_config.h"
+#include "models/weights.h"
+
+namespace loom {
+
+// config.json of model.path, or the preset. Errors name the config key ("model.path: ...").
+ModelConfig resolve_model_config(const ModelSection& m);
+// Host fp32 weights for the reference path. model.quant = nf4 applies the NF4 round trip
+// (bitsandbytes blocksize 64, double quantization per model.double_quant), unless the checkpoint
+// is already bitsandbytes 4-bit (then its dequantized values are used as they are).
+ModelWeights resolve_host_weights(const ModelSection& m, const ModelConfig& cfg);
+// The weights as a stream (GPU loader): checkpoint or preset, unquantized (the loader quantizes).
+WeightSource weight_source(const ModelSection& m, const ModelConfig& cfg);
+// A short name for logs and adapter_config.json's base_model_name_or_path.
+std::string model_name(const ModelSection& m);
+
+}  // namespace loom

@@ -1,0 +1,233 @@
+#include "models/reference_model.h"
+
+#include <array>
+#include <cmath>
+
+#include "engine/error.h"
+#include "models/init.h"
+#include "ops/attention.h"
+#include "ops/embedding.h"
+#include "ops/lora_linear.h"
+#include "ops/matmul.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+#include "ops/swiglu.h"
+
+namespace loom {
+
+// Everything a layer's backward needs from its forward (kept whole: the reference path does not recompute).
+struct ReferenceModel::LayerActs {
+  std::vector<float> x;                               // (T, C) layer input
+  std::vector<float> xn1, rstd1;                      // rms1(x) (T, C), (T)
+  std::array<std::vector<float>, kNumTargets> xl;     // dropout(input) per projection, empty when dropout = 0
+  std::array<std::vector<float>, kNumTargets> u;      // x·Aᵀ (T, R) per projection
+  std::vector<float> q_pre, k_pre, rstd_q, rstd_k;    // Qwen3: q/k before their norms, rstd per head
+  std::vector<float> q, k, v;                         // after norm + RoPE: (T, H, D), (T, KVH, D) ×2
+  std::vector<float> attn, lse;                       // (T, H, D), (T, H)
+  std::vector<float> h, xn2, rstd2;                   // residual after attention, rms2(h)
+  std::vector<float> gate, up, act;                   // (T, F) ×3: gate, up, silu(gate)·up
+};
+
+// State of one run(): the micro-batch, LoRA pointers, dropout seed.
+struct ReferenceModel::Pass {
+  const MicroBatch& mb;
+  const float* lora;
+  float* dlora;
+  uint64_t dropout_seed;
+  int64_t T;
+};
+
+ReferenceModel::ReferenceModel(const ModelConfig& cfg, ModelWeights weights, const LoraLayout& lora)
+    : cfg_(cfg), w_(std::move(weights)), lora_(lora), inv_freq_(rope_inv_freq(cfg.D, cfg.rope)) {}
+
+namespace {
+
+std::vector<float> zeros(int64_t n) { return std::vector<float>(size_t(n), 0.f); }
+
+void add_into(std::vector<float>& acc, const std::vector<float>& v) {
+  for (size_t i = 0; i < acc.size(); ++i) acc[i] += v[i];
+}
+
+const float* bias_of(const LayerWeights& lw, int t) {
+  const std::vector<float>* b[kNumTargets] = {&lw.q_bias, &lw.k_bias,  &lw.v_bias,   &lw.o_bias,
+                                              &lw.gate_bias, &lw.up_bias, &lw.down_bias};
+  return b[t]->empty() ? nullptr : b[t]->data();
+}
+
+// PEFT's nn.Dropout on the LoRA input: keep with probability 1-p, scaled by 1/(1-p). The mask is a
+// pure function of (seed, layer, projection, element), so backward regenerates it.
+float dropout_factor(uint64_t seed, int layer, int target, int64_t i, float p) {
+  return random_unit(seed, 1u << 20 | uint64_t(layer) * kNumTargets + target, uint64_t(i)) >= p ? 1.f / (1.f - p)
+                                                                                                 : 0.f;
+}
+
+}  // namespace
+
+void ReferenceModel::linear_forward(int l, int t, Pass& p, LayerActs& a, const float* x, float* y) const {
+  const LoraSlot& s = lora_.slot(l, LoraTarget(t));
+  auto [in, out] = projection_shape(cfg_, LoraTarget(t));
+  const LayerWeights& lw = w_.layers[l];
+  LoraRef ref;
+  const float* xl = x;
+  if (s.enabled) {
+    ref = {p.lora + s.a_offset, p.lora + s.b_offset, lora_.R, lora_.scale};
+    a.u[t] = zeros(p.T * lora_.R);
+    if (lora_.dropout > 0) {
+      a.xl[t].resize(size_t(p.T) * in);
+      for (int64_t i = 0; i < p.T * in; ++i) a.xl[t][i] = x[i] * dropout_factor(p.dropout_seed, l, t, i, lora_.dropout);
+      xl = a.xl[t].data();
+    }
+  }
+  lora_linear_forward_ref(y, s.enabled ? a.u[t].data() : nullptr, x, xl, projection(lw, t)->data(), bias_of(lw, t),
+                          ref, p.T, in, out);
+}
+
+// dx (T, in) written; x (T, in) is the projection's forward input.
+void ReferenceModel::linear_backward(int l, int t, Pass& p, const LayerActs& a, const float* x, const float* dy,
+                                     float* dx) const {
+  const LoraSlot& s = lora_.slot(l, LoraTarget(t));
+  auto [in, out] = projection_shape(cfg_, LoraTarget(t));
+  const float* W = projection(w_.layers[l], t)->data();
+  if (!s.enabled) {
+    lora_linear_backward_ref(dx, nullptr, nullptr, nullptr, nullptr, dy, nullptr, nullptr, W, LoraRef{}, p.T, in, out);
+    return;
+  }
+  LoraRef ref{p.lora + s.a_offset, p.lora + s.b_offset, lora_.R, lora_.scale};
+  std::vector<float> du = zeros(p.T * lora_.R);
+  const bool dropout = lora_.dropout > 0;
+  std::vector<float> dxl = dropout ? zeros(p.T * in) : std::vector<float>();
+  const float* xl = dropout ? a.xl[t].data() : x;
+  lora_linear_backward_ref(dx, dropout ? dxl.data() : nullptr, p.dlora + s.a_offset, p.dlora + s.b_offset,
+                           du.data(), dy, xl, a.u[t].data(), W, ref, p.T, in, out);
+  if (dropout)
+    for (int64_t i = 0; i < p.T * in; ++i) dx[i] += dxl[i] * dropout_factor(p.dropout_seed, l, t, i, lora_.dropout);
+}
+
+void ReferenceModel::layer_forward(int l, Pass& p, LayerActs& a, std::vector<float>& x) const {
+  const ModelConfig& m = cfg_;
+  const LayerWeights& lw = w_.layers[l];
+  const int64_t T = p.T;
+  a.x = x;
+  a.xn1 = zeros(T * m.C);
+  a.rstd1 = zeros(T);
+  rmsnorm_forward_ref(a.xn1.data(), a.rstd1.data(), a.x.data(), lw.ln1.data(), T, m.C, m.rms_eps);
+
+  a.q = zeros(T * m.H * m.D);
+  a.k = zeros(T * m.KVH * m.D);
+  a.v = zeros(T * m.KVH * m.D);
+  linear_forward(l, kQ, p, a, a.xn1.data(), a.q.data());
+  linear_forward(l, kK, p, a, a.xn1.data(), a.k.data());
+  linear_forward(l, kV, p, a, a.xn1.data(), a.v.data());
+  if (m.qk_norm) {
+    a.q_pre = a.q;
+    a.k_pre = a.k;
+    a.rstd_q = zeros(T * m.H);
+    a.rstd_k = zeros(T * m.KVH);
+    rmsnorm_forward_ref(a.q.data(), a.rstd_q.data(), a.q_pre.data(), lw.q_norm.data(), T * m.H, m.D, m.rms_eps);
+    rmsnorm_forward_ref(a.k.data(), a.rstd_k.data(), a.k_pre.data(), lw.k_norm.data(), T * m.KVH, m.D, m.rms_eps);
+  }
+  rope_forward_ref(a.q.data(), p.mb.positions.data(), inv_freq_.data(), T, m.H, m.D);
+  rope_forward_ref(a.k.data(), p.mb.positions.data(), inv_freq_.data(), T, m.KVH, m.D);
+
+  AttentionShape s{p.mb.cu_seqlens.data(), p.mb.ndoc(), m.H, m.KVH, m.D, m.window[l], 1.f / std::sqrt(float(m.D))};
+  a.attn = zeros(T * m.H * m.D);
+  a.lse = zeros(T * m.H);
+  attention_forward_ref(a.attn.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), s);
+
+  std::vector<float> o = zeros(T * m.C);
+  linear_forward(l, kO, p, a, a.attn.data(), o.data());
+  a.h = a.x;
+  add_into(a.h, o);
+
+  a.xn2 = zeros(T * m.C);
+  a.rstd2 = zeros(T);
+  rmsnorm_forward_ref(a.xn2.data(), a.rstd2.data(), a.h.data(), lw.ln2.data(), T, m.C, m.rms_eps);
+  a.gate = zeros(T * m.F);
+  a.up = zeros(T * m.F);
+  a.act = zeros(T * m.F);
+  linear_forward(l, kGate, p, a, a.xn2.data(), a.gate.data());
+  linear_forward(l, kUp, p, a, a.xn2.data(), a.up.data());
+  swiglu_forward_ref(a.act.data(), a.gate.data(), a.up.data(), T * m.F);
+  std::vector<float> down = zeros(T * m.C);
+  linear_forward(l, kDown, p, a, a.act.data(), down.data());
+  x = a.h;
+  add_into(x, down);
+}
+
+// dx (T, C): gradient w.r.t. the layer output on entry, w.r.t. the layer input on return.
+void ReferenceModel::layer_backward(int l, Pass& p, const LayerActs& a, std::vector<float>& dx) const {
+  const ModelConfig& m = cfg_;
+  const LayerWeights& lw = w_.layers[l];
+  const int64_t T = p.T;
+
+  // MLP: x_out = h + down(act); dh starts as the residual gradient.
+  std::vector<float> dact = zeros(T * m.F), dgate = zeros(T * m.F), dup = zeros(T * m.F);
+  linear_backward(l, kDown, p, a, a.act.data(), dx.data(), dact.data());
+  swiglu_backward_ref(dgate.data(), dup.data(), dact.data(), a.gate.data(), a.up.data(), T * m.F);
+  std::vector<float> dxn2 = zeros(T * m.C), tmp = zeros(T * m.C);
+  linear_backward(l, kGate, p, a, a.xn2.data(), dgate.data(), dxn2.data());
+  linear_backward(l, kUp, p, a, a.xn2.data(), dup.data(), tmp.data());
+  add_into(dxn2, tmp);
+  std::vector<float>& dh = dx;
+  rmsnorm_backward_ref(tmp.data(), dxn2.data(), a.h.data(), lw.ln2.data(), a.rstd2.data(), T, m.C);
+  add_into(dh, tmp);
+
+  // Attention: h = x + o(attn).
+  std::vector<float> dattn = zeros(T * m.H * m.D);
+  linear_backward(l, kO, p, a, a.attn.data(), dh.data(), dattn.data());
+  std::vector<float> dq = zeros(T * m.H * m.D), dk = zeros(T * m.KVH * m.D), dv = zeros(T * m.KVH * m.D);
+  AttentionShape s{p.mb.cu_seqlens.data(), p.mb.ndoc(), m.H, m.KVH, m.D, m.window[l], 1.f / std::sqrt(float(m.D))};
+  attention_backward_ref(dq.data(), dk.data(), dv.data(), dattn.data(), a.q.data(), a.k.data(), a.v.data(),
+                         a.attn.data(), a.lse.data(), s);
+  rope_backward_ref(dq.data(), p.mb.positions.data(), inv_freq_.data(), T, m.H, m.D);
+  rope_backward_ref(dk.data(), p.mb.positions.data(), inv_freq_.data(), T, m.KVH, m.D);
+  if (m.qk_norm) {
+    std::vector<float> dq_pre = zeros(T * m.H * m.D), dk_pre = zeros(T * m.KVH * m.D);
+    rmsnorm_backward_ref(dq_pre.data(), dq.data(), a.q_pre.data(), lw.q_norm.data(), a.rstd_q.data(), T * m.H, m.D);
+    rmsnorm_backward_ref(dk_pre.data(), dk.data(), a.k_pre.data(), lw.k_norm.data(), a.rstd_k.data(), T * m.KVH, m.D);
+    dq.swap(dq_pre);
+    dk.swap(dk_pre);
+  }
+  std::vector<float> dxn1 = zeros(T * m.C);
+  linear_backward(l, kQ, p, a, a.xn1.data(), dq.data(), dxn1.data());
+  linear_backward(l, kK, p, a, a.xn1.data(), dk.data(), tmp.data());
+  add_into(dxn1, tmp);
+  linear_backward(l, kV, p, a, a.xn1.data(), dv.data(), tmp.data());
+  add_into(dxn1, tmp);
+  rmsnorm_backward_ref(tmp.data(), dxn1.data(), a.x.data(), lw.ln1.data(), a.rstd1.data(), T, m.C);
+  add_into(dx, tmp);
+}
+
+CrossEntropyOut ReferenceModel::run(const MicroBatch& mb, const float* lora, float* dlora, float grad_scale,
+                                    float* token_loss, std::vector<float>* logits, uint64_t dropout_seed) const {
+  const ModelConfig& m = cfg_;
+  const int64_t T = mb.T();
+  LOOM_CHECK(T > 0 && int64_t(mb.targets.size()) == T && int64_t(mb.positions.size()) == T &&
+                 !mb.cu_seqlens.empty() && mb.cu_seqlens.back() == T,
+             "malformed micro-batch (T = ", T, ")");
+  for (int32_t id : mb.tokens) LOOM_CHECK(id >= 0 && id < m.V, "token id ", id, " is outside the vocabulary (", m.V, ")");
+  Pass p{mb, lora, dlora, dropout_seed, T};
+
+  std::vector<float> x = zeros(T * m.C);
+  embedding_forward_ref(x.data(), mb.tokens.data(), w_.embed.data(), T, m.C);
+  std::vector<LayerActs> acts(m.L);
+  for (int l = 0; l < m.L; ++l) layer_forward(l, p, acts[l], x);
+
+  std::vector<float> xf = zeros(T * m.C), rstdf = zeros(T);
+  rmsnorm_forward_ref(xf.data(), rstdf.data(), x.data(), w_.final_norm.data(), T, m.C, m.rms_eps);
+  if (logits) {
+    logits->assign(size_t(T) * m.V, 0.f);
+    matmul_ref(logits->data(), xf.data(), w_.head(), T, m.V, m.C, false, true);
+  }
+  std::vector<float> dxf = dlora ? zeros(T * m.C) : std::vector<float>();
+  CrossEntropyOut ce = lm_head_cross_entropy_ref(dlora ? dxf.data() : nullptr, token_loss, xf.data(), w_.head(),
+                                                 mb.targets.data(), T, m.C, m.V, grad_scale);
+  if (!dlora) return ce;
+
+  std::vector<float> dx = zeros(T * m.C);
+  rmsnorm_backward_ref(dx.data(), dxf.data(), x.data(), w_.final_norm.data(), rstdf.data(), T, m.C);
+  for (int l = m.L - 1; l >= 0; --l) layer_backward(l, p, acts[l], dx);
+  return ce;
+}
+
+}  // namespace loom

@@ -1,0 +1,68 @@
+// Frozen base weights on the host in fp32, for the CPU reference path (and as the source the GPU
+// path uploads/quantizes). Names and shapes follow the HF checkpoint (FORMATS.md §2); weights are
+// (out, in) as torch nn.Linear.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/model_config.h"
+
+namespace loom {
+
+struct LayerWeights {
+  std::vector<float> ln1, ln2;                 // (C) input_layernorm, post_attention_layernorm
+  std::vector<float> q, k, v, o;               // (H·D, C), (KVH·D, C) ×2, (C, H·D)
+  std::vector<float> gate, up, down;           // (F, C) ×2, (C, F)
+  std::vector<float> q_bias, k_bias, v_bias;   // (H·D), (KVH·D) — empty when absent
+  std::vector<float> o_bias;                   // (C) — Llama attention_bias only
+  std::vector<float> gate_bias, up_bias, down_bias;  // Llama mlp_bias only
+  std::vector<float> q_norm, k_norm;           // (D) — Qwen3 only
+};
+
+struct ModelWeights {
+  std::vector<float> embed;       // (V, C)
+  std::vector<float> final_norm;  // (C)
+  std::vector<float> lm_head;     // (V, C); empty when tied (use embed)
+  std::vector<LayerWeights> layers;
+  const float* head() const { return lm_head.empty() ? embed.data() : lm_head.data(); }
+};
+
+// A model's weights one group at a time (embedding, final norm, head, one layer), so that the GPU
+// loader can upload layer by layer without holding the whole fp32 model in host memory.
+class Checkpoint;
+class WeightSource {
+ public:
+  static WeightSource checkpoint(const std::string& model_dir, const ModelConfig& cfg);
+  // See random_weights().
+  static WeightSource random(const ModelConfig& cfg, uint64_t seed);
+  std::vector<float> embed() const;       // (V, C)
+  std::vector<float> final_norm() const;  // (C)
+  std::vector<float> lm_head() const;     // (V, C); empty when the embeddings are tied
+  LayerWeights layer(int l) const;
+
+ private:
+  ModelConfig cfg_;
+  std::shared_ptr<const Checkpoint> ck_;  // null for random weights
+  uint64_t seed_ = 0;
+};
+
+// Every tensor of an HF checkpoint (bf16/fp16/fp32, or pre-quantized bitsandbytes NF4, which is
+// dequantized). Errors name the tensor and the file.
+ModelWeights load_weights(const std::string& model_dir, const ModelConfig& cfg);
+// Random weights for a preset (no checkpoint): matrices U(-a, a) with std 0.02 (HF's
+// initializer_range), norms 1, biases 0; every value rounded to bf16 so that every path sees the
+// same numbers. Deterministic from seed (models/init.h), identical to the GPU initialiser.
+ModelWeights random_weights(const ModelConfig& cfg, uint64_t seed);
+// QLoRA on the reference path: every projection matrix replaced by dequantize(quantize_nf4(W)),
+// exactly what the GPU computes with (embedding, norms, biases and LM head stay as they are).
+void apply_nf4_roundtrip(ModelWeights& w, int blocksize, bool double_quant);
+// Writes the weights as an HF checkpoint (config.json + model.safetensors, bf16), e.g. a merged export.
+void save_weights(const std::string& dir, const ModelConfig& cfg, const ModelWeights& w);
+
+// Pointers to the seven projection matrices of a layer in LoraTarget order (q k v o gate up down).
+std::vector<float>* projection(LayerWeights& lw, int target);
+const std::vector<float>* projection(const LayerWeights& lw, int target);
+
+}  // namespace loom

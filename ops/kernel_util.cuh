@@ -1,0 +1,79 @@
+// Device helpers shared by the CUDA kernels in ops/: 16-byte vectors of bf16 and fp32 (the
+// widest load a thread can issue, DESIGN.md "Performance principles") and warp/block sums.
+// Vector helpers trust their caller for alignment; launchers check it with is_aligned_16.
+#pragma once
+#include <cstdint>
+
+#include "ops/cuda_common.h"
+
+namespace loom {
+
+constexpr int kBf16PerVec = 8;  // 16 bytes
+constexpr int kF32PerVec = 4;   // 16 bytes
+
+inline bool is_aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// x[0..8) = float(p[0..8)); p 16-byte aligned.
+__device__ __forceinline__ void load_bf16x8(float (&x)[8], const bf16* p) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const float2 f = __bfloat1622float2(pairs[k]);
+    x[2 * k] = f.x;
+    x[2 * k + 1] = f.y;
+  }
+}
+
+// p[0..8) = bf16_rn(x[0..8)); p 16-byte aligned.
+__device__ __forceinline__ void store_bf16x8(bf16* p, const float (&x)[8]) {
+  uint4 raw;
+  __nv_bfloat162* pairs = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) pairs[k] = __floats2bfloat162_rn(x[2 * k], x[2 * k + 1]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+
+__device__ __forceinline__ float round_to_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+// Sum over groups of `width` consecutive lanes (a power of two <= 32); every lane gets its group's sum.
+template <int width = 32>
+__device__ __forceinline__ float group_sum(float x) {
+#pragma unroll
+  for (int offset = width / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset, width);
+  return x;
+}
+
+template <int width = 32>
+__device__ __forceinline__ float group_max(float x) {
+#pragma unroll
+  for (int offset = width / 2; offset > 0; offset /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset, width));
+  return x;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+// The summation order depends only on blockDim, so the result is deterministic.
+__device__ __forceinline__ float block_sum(float x) {
+  __shared__ float warp_sums[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  x = group_sum(x);
+  __syncthreads();  // warp_sums may still be read by a previous call
+  if (lane == 0) warp_sums[warp] = x;
+  __syncthreads();
+  x = lane < nwarps ? warp_sums[lane] : 0.f;
+  return group_sum(x);
+}
+
+// Max over the whole block (same contract as block_sum).
+__device__ __forceinline__ float block_max(float x) {
+  __shared__ float warp_maxes[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  x = group_max(x);
+  __syncthreads();
+  if (lane == 0) warp_maxes[warp] = x;
+  __syncthreads();
+  x = lane < nwarps ? warp_maxes[lane] : -INFINITY;
+  return group_max(x);
+}
+
+}  // namespace loom

@@ -1,0 +1,155 @@
+// RMSNorm with the residual add fused in, forward and backward (math in ops/rmsnorm.h).
+//   forward:  residual = a + b (=, bf16) ; rstd = 1/sqrt(mean(residual^2) + eps) (=, fp32, saved)
+//             out = bf16(bf16(residual * rstd) * w) (=)           as HF: weight * hidden.to(bf16)
+//   backward: xhat = inp * rstd, dxhat = dout * w (fp32, rebuilt from inp: nothing else is saved)
+//             dinp = rstd * (dxhat - xhat * mean(dxhat * xhat)) + dresidual (=)
+// One group of `kLanes` threads per row (4..32 lanes, so that a D = 128 head row does not leave half
+// a warp idle), each lane striding over the row in 16-byte vectors. Two passes over the row: a
+// reduction, then the elementwise pass, whose re-read of the row mostly hits L1/L2.
+#include <initializer_list>
+#include <type_traits>
+
+#include "ops/kernel_util.cuh"
+#include "ops/rmsnorm.h"
+
+namespace loom {
+namespace {
+
+constexpr int kThreads = 128;
+
+// ---------------------------------------------------------------------------------------------
+// CUDA kernels
+
+template <int kLanes>
+__global__ void rmsnorm_forward_kernel(bf16* residual, bf16* out, float* rstd, const bf16* a, const bf16* b,
+                                       const bf16* w, int64_t N, int C, float eps) {
+  const int64_t row = blockIdx.x * int64_t(kThreads / kLanes) + threadIdx.x / kLanes;
+  const int lane = threadIdx.x % kLanes;
+  // Rows past N stay alive until the shuffle: the lanes of a warp all take part in it.
+  const bool valid = row < N;
+  const int64_t base = row * C;
+  float sum_sq = 0.f;
+  for (int c = lane * kBf16PerVec; valid && c < C; c += kLanes * kBf16PerVec) {
+    float x[8];
+    load_bf16x8(x, a + base + c);
+    if (b != nullptr) {
+      float y[8];
+      load_bf16x8(y, b + base + c);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) x[k] = round_to_bf16(x[k] + y[k]);
+      store_bf16x8(residual + base + c, x);
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) sum_sq += x[k] * x[k];
+  }
+  sum_sq = group_sum<kLanes>(sum_sq);
+  if (!valid) return;
+  const float r = rsqrtf(sum_sq / C + eps);
+  if (lane == 0) rstd[row] = r;
+  // The residual this lane just wrote (its own elements, so visible to it) is the bf16 value HF normalises.
+  const bf16* normed = b != nullptr ? residual : a;
+  for (int c = lane * kBf16PerVec; c < C; c += kLanes * kBf16PerVec) {
+    float x[8], wc[8];
+    load_bf16x8(x, normed + base + c);
+    load_bf16x8(wc, w + c);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) x[k] = round_to_bf16(x[k] * r) * wc[k];
+    store_bf16x8(out + base + c, x);
+  }
+}
+
+template <int kLanes>
+__global__ void rmsnorm_backward_kernel(bf16* dinp, const bf16* dout, const bf16* dresidual, const bf16* inp,
+                                        const bf16* w, const float* rstd, int64_t N, int C) {
+  const int64_t row = blockIdx.x * int64_t(kThreads / kLanes) + threadIdx.x / kLanes;
+  const int lane = threadIdx.x % kLanes;
+  const bool valid = row < N;
+  const int64_t base = row * C;
+  const float r = valid ? rstd[row] : 0.f;
+  float dot = 0.f;  // sum(dxhat * xhat) over the row
+  for (int c = lane * kBf16PerVec; valid && c < C; c += kLanes * kBf16PerVec) {
+    float dy[8], x[8], wc[8];
+    load_bf16x8(dy, dout + base + c);
+    load_bf16x8(x, inp + base + c);
+    load_bf16x8(wc, w + c);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) dot += (dy[k] * wc[k]) * (x[k] * r);
+  }
+  dot = group_sum<kLanes>(dot);
+  if (!valid) return;
+  const float mean_dot = dot / C;
+  for (int c = lane * kBf16PerVec; c < C; c += kLanes * kBf16PerVec) {
+    float dy[8], x[8], wc[8], dx[8];
+    load_bf16x8(dy, dout + base + c);
+    load_bf16x8(x, inp + base + c);
+    load_bf16x8(wc, w + c);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) dx[k] = r * (dy[k] * wc[k] - (x[k] * r) * mean_dot);
+    if (dresidual != nullptr) {
+      float dres[8];
+      load_bf16x8(dres, dresidual + base + c);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) dx[k] += dres[k];
+    }
+    store_bf16x8(dinp + base + c, dx);
+  }
+}
+
+// Calls launch(std::integral_constant<int, lanes>) with the fewest lanes (4, 8, 16 or 32) that give
+// each lane at most one vector of a short row; rows of 256+ elements get a full warp.
+template <class Launch>
+void with_lanes_for(int C, Launch launch) {
+  const int vecs = C / kBf16PerVec;
+  if (vecs <= 4) return launch(std::integral_constant<int, 4>{});
+  if (vecs <= 8) return launch(std::integral_constant<int, 8>{});
+  if (vecs <= 16) return launch(std::integral_constant<int, 16>{});
+  launch(std::integral_constant<int, 32>{});
+}
+
+int64_t blocks_for(int64_t N, int lanes) { return ceil_div(N, kThreads / lanes); }
+
+void check_rows(const char* op, int64_t N, int C, std::initializer_list<const void*> pointers) {
+  LOOM_CHECK(N >= 0 && C > 0 && C % kBf16PerVec == 0, op,
+             ": needs N >= 0 rows and C a positive multiple of 8 (16-byte vectors); found N ", N, ", C ", C);
+  for (const void* p : pointers)
+    LOOM_CHECK(p == nullptr || is_aligned_16(p), op,
+               ": every buffer must be 16-byte aligned (carve buffers at 16-byte offsets)");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// kernel launchers
+
+void residual_rmsnorm_forward(bf16* residual, bf16* out, float* rstd, const bf16* a, const bf16* b, const bf16* w,
+                              int64_t N, int C, float eps, cudaStream_t stream) {
+  check_rows("residual_rmsnorm_forward", N, C, {residual, out, a, b, w});
+  LOOM_CHECK((b == nullptr) == (residual == nullptr),
+             "residual_rmsnorm_forward: residual (the output a + b) and b must be both set or both null");
+  if (N == 0) return;
+  with_lanes_for(C, [&](auto lanes) {
+    constexpr int kLanes = decltype(lanes)::value;
+    rmsnorm_forward_kernel<kLanes>
+        <<<blocks_for(N, kLanes), kThreads, 0, stream>>>(residual, out, rstd, a, b, w, N, C, eps);
+  });
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void rmsnorm_forward(bf16* out, float* rstd, const bf16* inp, const bf16* w, int64_t N, int C, float eps,
+                     cudaStream_t stream) {
+  residual_rmsnorm_forward(nullptr, out, rstd, inp, nullptr, w, N, C, eps, stream);
+}
+
+void rmsnorm_backward(bf16* dinp, const bf16* dout, const bf16* dresidual, const bf16* inp, const bf16* w,
+                      const float* rstd, int64_t N, int C, cudaStream_t stream) {
+  check_rows("rmsnorm_backward", N, C, {dinp, dout, dresidual, inp, w});
+  if (N == 0) return;
+  with_lanes_for(C, [&](auto lanes) {
+    constexpr int kLanes = decltype(lanes)::value;
+    rmsnorm_backward_kernel<kLanes>
+        <<<blocks_for(N, kLanes), kThreads, 0, stream>>>(dinp, dout, dresidual, inp, w, rstd, N, C);
+  });
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace loom

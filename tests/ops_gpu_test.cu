@@ -1,0 +1,854 @@
+// GPU tests of the training-step kernels (ops/*.cu) against their fp32 references (ops/*_ref.cpp).
+// Every test starts with REQUIRE_GPU(), so the suite skips on machines without a device.
+// Inputs are fresh random values at awkward sizes (row counts 1, 37, 1000, 4099: no multiple of any
+// tile); every output is poisoned with NaN before the kernel runs, so an element the kernel forgets
+// to write fails. The references get the same bf16-rounded inputs the kernels read, so the only
+// differences left are the kernels' own roundings and fp32 summation order. Tolerances follow from:
+//   one round-to-nearest-even to bf16 (8 significant bits) moves a value by at most 2^-8 of itself
+//   (kBf16Eps); fp32 math in a different order moves results by ~1e-7 relative, well under kSlack.
+// Exact ops (copies, casts, NF4 dequantization, AdamW) are compared bit for bit.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <iterator>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "ops/adamw.h"
+#include "ops/cast.h"
+#include "ops/cross_entropy.h"
+#include "ops/embedding.h"
+#include "ops/gemm.h"
+#include "ops/grad_norm.h"
+#include "ops/matmul.h"
+#include "ops/nf4.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+#include "ops/swiglu.h"
+#include "tests/test_util.h"
+
+namespace loom {
+namespace {
+
+using test::expect_close;
+using test::random_floats;
+
+constexpr double kBf16Eps = 1.0 / 256;  // unit roundoff of bf16: |bf16(x) - x| <= 2^-8 |x|
+constexpr double kSlack = 1e-5;         // fp32 evaluation-order differences, relative
+constexpr cudaStream_t kStream = nullptr;
+constexpr float kNaN = NAN;
+
+// ---------------------------------------------------------------------------------------------
+// Device buffers and host conversions
+
+template <class T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t n) : n_(n) { CUDA_CHECK(cudaMalloc(&ptr_, std::max<size_t>(n, 1) * sizeof(T))); }
+  ~DeviceBuffer() { cudaFree(ptr_); }
+  DeviceBuffer(DeviceBuffer&& other) noexcept : ptr_(other.ptr_), n_(other.n_) { other.ptr_ = nullptr; }
+  DeviceBuffer& operator=(DeviceBuffer&&) = delete;
+  T* get() const { return ptr_; }
+  size_t size() const { return n_; }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t n_;
+};
+
+float round_bf16(float x) { return bf16_bits_to_float(float_to_bf16_bits(x)); }
+
+std::vector<float> round_bf16(std::vector<float> v) {
+  for (float& x : v) x = round_bf16(x);
+  return v;
+}
+
+std::vector<float> random_bf16(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) {
+  return round_bf16(random_floats(n, seed, lo, hi));
+}
+
+// Uploads v (already bf16-representable values) into dst[0..v.size()).
+void upload(bf16* dst, const std::vector<float>& v) {
+  std::vector<uint16_t> bits(v.size());
+  for (size_t i = 0; i < v.size(); ++i) bits[i] = float_to_bf16_bits(v[i]);
+  CUDA_CHECK(cudaMemcpy(dst, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice));
+}
+
+template <class T>
+void upload(T* dst, const std::vector<T>& v) {
+  CUDA_CHECK(cudaMemcpy(dst, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+}
+
+DeviceBuffer<bf16> to_device_bf16(const std::vector<float>& v) {
+  DeviceBuffer<bf16> d(v.size());
+  upload(d.get(), v);
+  return d;
+}
+
+template <class T>
+DeviceBuffer<T> to_device(const std::vector<T>& v) {
+  DeviceBuffer<T> d(v.size());
+  upload(d.get(), v);
+  return d;
+}
+
+std::vector<float> download(const bf16* src, size_t n) {
+  std::vector<uint16_t> bits(n);
+  CUDA_CHECK(cudaMemcpy(bits.data(), src, n * 2, cudaMemcpyDeviceToHost));
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = bf16_bits_to_float(bits[i]);
+  return v;
+}
+
+template <class T>
+std::vector<T> download(const T* src, size_t n) {
+  std::vector<T> v(n);
+  CUDA_CHECK(cudaMemcpy(v.data(), src, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return v;
+}
+
+template <class T>
+std::vector<float> download(const DeviceBuffer<T>& d) {
+  if constexpr (std::is_same_v<T, bf16>)
+    return download(d.get(), d.size());
+  else
+    return download<float>(d.get(), d.size());
+}
+
+template <class T>
+void poison(const DeviceBuffer<T>& d) {
+  fill(d.get(), kNaN, int64_t(d.size()), kStream);
+}
+
+double rms(const std::vector<float>& v) {
+  double sum = 0;
+  for (float x : v) sum += double(x) * x;
+  return v.empty() ? 0.0 : std::sqrt(sum / v.size());
+}
+
+// Bit-for-bit equality; on failure names the first differing index and both values.
+void expect_bitwise_equal(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what << ": size";
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0 && !(std::isnan(got[i]) && std::isnan(want[i]))) {
+      ADD_FAILURE() << what << ": first difference at index " << i << " of " << got.size() << ": got " << got[i]
+                    << ", want " << want[i];
+      return;
+    }
+  }
+}
+
+// EXPECT |got[i] - want[i]| <= bound[i] everywhere; on failure prints the element with the largest
+// error relative to its bound, and the largest absolute error.
+void expect_within(const std::vector<float>& got, const std::vector<float>& want, const std::vector<double>& bound,
+                   const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what << ": size";
+  size_t worst = 0;
+  double worst_ratio = 0, max_abs = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(double(got[i]) - double(want[i]));
+    const double ratio = std::isfinite(err) ? err / bound[i] : INFINITY;
+    max_abs = std::max(max_abs, err);
+    if (ratio > worst_ratio) worst_ratio = ratio, worst = i;
+  }
+  EXPECT_LE(worst_ratio, 1.0) << what << ": error " << std::fabs(double(got[worst]) - want[worst]) << " > bound "
+                              << bound[worst] << " at index " << worst << " (got " << got[worst] << ", want "
+                              << want[worst] << "); max abs error " << max_abs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// launcher preconditions (checked before any CUDA call, so these run without a device too)
+
+// EXPECT that call throws loom::Error whose message contains `needle`.
+template <class Call>
+void expect_error(Call call, const std::string& needle) {
+  try {
+    call();
+    ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(OpsLaunchers, RejectShapesTheKernelsCannotTake) {
+  expect_error([] { rmsnorm_forward(nullptr, nullptr, nullptr, nullptr, 4, 20, 1e-6f, kStream); }, "multiple of 8");
+  expect_error([] { rope_forward(nullptr, nullptr, nullptr, 4, 2, 24, 48, kStream); }, "multiple of 16");
+  expect_error([] { rope_forward(nullptr, nullptr, nullptr, 4, 2, 64, 96, kStream); }, "stride");
+  expect_error([] { embedding_forward(nullptr, nullptr, nullptr, 4, 12, kStream); }, "multiple of 8");
+  Nf4Device w;
+  w.numel = 64, w.blocksize = 12;
+  expect_error([&] { nf4_dequantize(nullptr, w, kStream); }, "blocksize");
+  AdamWParams a;
+  a.step = 0;
+  expect_error([&] { adamw_update(nullptr, nullptr, nullptr, nullptr, nullptr, 4, a, kStream); }, "step");
+}
+
+// ---------------------------------------------------------------------------------------------
+// cast / fill
+
+TEST(Cast, Fp32ToBf16RoundsToNearestEven) {
+  REQUIRE_GPU();
+  for (int64_t offset : {0, 1}) {  // offset 1: unaligned pointers take the element-by-element path
+    std::vector<float> in = random_floats(4099, 11 + offset, -300.f, 300.f);
+    // Specials and exact ties (1 + 2^-8 sits halfway between two bf16 values and rounds to even).
+    const float specials[] = {0.f, -0.f, INFINITY, -INFINITY, 1.f + 1.f / 256, 1.f + 3.f / 256, 1e-40f, -3e38f};
+    std::copy(std::begin(specials), std::end(specials), in.begin() + 100);
+    DeviceBuffer<float> d_in(in.size() + 1);
+    DeviceBuffer<bf16> d_out(in.size() + 1);
+    upload(d_in.get() + offset, in);
+    poison(d_out);
+    cast_fp32_to_bf16(d_out.get() + offset, d_in.get() + offset, int64_t(in.size()), kStream);
+    expect_bitwise_equal(download(d_out.get() + offset, in.size()), round_bf16(in),
+                         "fp32 -> bf16, offset " + std::to_string(offset));
+  }
+}
+
+TEST(Cast, Bf16ToFp32IsExact) {
+  REQUIRE_GPU();
+  for (int64_t offset : {0, 1}) {
+    const std::vector<float> in = random_bf16(1037, 12 + offset, -1e4f, 1e4f);
+    DeviceBuffer<bf16> d_in(in.size() + 1);
+    DeviceBuffer<float> d_out(in.size() + 1);
+    upload(d_in.get() + offset, in);
+    poison(d_out);
+    cast_bf16_to_fp32(d_out.get() + offset, d_in.get() + offset, int64_t(in.size()), kStream);
+    expect_bitwise_equal(download<float>(d_out.get() + offset, in.size()), in,
+                         "bf16 -> fp32, offset " + std::to_string(offset));
+  }
+}
+
+TEST(Cast, FillWritesEveryElementAndNothingElse) {
+  REQUIRE_GPU();
+  for (int64_t n : {1, 37, 4099}) {
+    DeviceBuffer<bf16> b(n + 2);
+    DeviceBuffer<float> f(n + 2);
+    fill(b.get(), 7.f, n + 2, kStream);
+    fill(f.get(), 7.f, n + 2, kStream);
+    fill(b.get() + 1, 1.f / 3, n, kStream);
+    fill(f.get() + 1, 1.f / 3, n, kStream);
+    std::vector<float> want(n + 2, round_bf16(1.f / 3));
+    want.front() = want.back() = 7.f;
+    expect_bitwise_equal(download(b), want, "bf16 fill, n " + std::to_string(n));
+    std::fill(want.begin() + 1, want.end() - 1, 1.f / 3);
+    expect_bitwise_equal(download(f), want, "fp32 fill, n " + std::to_string(n));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// embedding
+
+TEST(Embedding, ForwardCopiesTheRowsOfTheIds) {
+  REQUIRE_GPU();
+  const int V = 1000;
+  for (int C : {24, 896}) {
+    for (int64_t T : {1, 37, 4099}) {
+      const std::vector<float> table = random_bf16(size_t(V) * C, 21);
+      std::vector<int32_t> ids(T);
+      for (int64_t t = 0; t < T; ++t) ids[t] = int32_t((t * 7919 + 13) % V);
+      ids.back() = V - 1;
+      auto d_table = to_device_bf16(table);
+      auto d_ids = to_device(ids);
+      DeviceBuffer<bf16> d_out(T * C);
+      poison(d_out);
+      embedding_forward(d_out.get(), d_ids.get(), d_table.get(), T, C, kStream);
+      std::vector<float> want(T * C);
+      embedding_forward_ref(want.data(), ids.data(), table.data(), T, C);
+      expect_bitwise_equal(download(d_out), want, "embedding T " + std::to_string(T) + ", C " + std::to_string(C));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm (+ fused residual add)
+
+// Row lengths: 24 (4 lanes per row), 64 (8), 128 (16: a Qwen3 q/k head row), 896 and 4096 (a warp).
+const int kNormWidths[] = {24, 64, 128, 896, 4096};
+const int64_t kRowCounts[] = {1, 37, 1000, 4099};
+
+TEST(RmsNorm, ResidualForwardMatchesReference) {
+  REQUIRE_GPU();
+  const float eps = 1e-6f;
+  for (int C : kNormWidths) {
+    for (int64_t N : kRowCounts) {
+      SCOPED_TRACE("N " + std::to_string(N) + ", C " + std::to_string(C));
+      const std::vector<float> a = random_bf16(N * C, 31, -2.f, 2.f), b = random_bf16(N * C, 32, -2.f, 2.f);
+      const std::vector<float> w = random_bf16(C, 33, 0.5f, 1.5f);
+      auto d_a = to_device_bf16(a), d_b = to_device_bf16(b), d_w = to_device_bf16(w);
+      DeviceBuffer<bf16> d_res(N * C), d_out(N * C);
+      DeviceBuffer<float> d_rstd(N);
+      poison(d_res), poison(d_out), poison(d_rstd);
+      residual_rmsnorm_forward(d_res.get(), d_out.get(), d_rstd.get(), d_a.get(), d_b.get(), d_w.get(), N, C, eps,
+                               kStream);
+
+      std::vector<float> res(N * C), out(N * C), rstd(N);
+      for (size_t i = 0; i < res.size(); ++i) res[i] = round_bf16(a[i] + b[i]);  // HF's bf16 residual add
+      rmsnorm_forward_ref(out.data(), rstd.data(), res.data(), w.data(), N, C, eps);
+      expect_bitwise_equal(download(d_res), res, "residual");
+      expect_close(download(d_rstd), rstd, kSlack, "rstd");
+      // Two roundings: bf16(x * rstd), then bf16(w * that).
+      expect_close(download(d_out), out, 2 * kBf16Eps + kSlack, "out", 1e-3 * rms(out));
+    }
+  }
+}
+
+TEST(RmsNorm, ForwardWithoutResidualAndInPlaceResidual) {
+  REQUIRE_GPU();
+  const int64_t N = 1000;
+  const int C = 896;
+  const float eps = 1e-5f;
+  const std::vector<float> a = random_bf16(N * C, 41, -3.f, 3.f), b = random_bf16(N * C, 42);
+  const std::vector<float> w = random_bf16(C, 43, -1.f, 1.f);
+  auto d_a = to_device_bf16(a), d_b = to_device_bf16(b), d_w = to_device_bf16(w);
+  DeviceBuffer<bf16> d_out(N * C);
+  DeviceBuffer<float> d_rstd(N);
+  std::vector<float> out(N * C), rstd(N);
+
+  poison(d_out), poison(d_rstd);
+  rmsnorm_forward(d_out.get(), d_rstd.get(), d_a.get(), d_w.get(), N, C, eps, kStream);
+  rmsnorm_forward_ref(out.data(), rstd.data(), a.data(), w.data(), N, C, eps);
+  expect_close(download(d_out), out, 2 * kBf16Eps + kSlack, "out (no residual)", 1e-3 * rms(out));
+  expect_close(download(d_rstd), rstd, kSlack, "rstd (no residual)");
+
+  // The residual stream updated in place: residual aliases a.
+  poison(d_out), poison(d_rstd);
+  residual_rmsnorm_forward(d_a.get(), d_out.get(), d_rstd.get(), d_a.get(), d_b.get(), d_w.get(), N, C, eps, kStream);
+  std::vector<float> res(N * C);
+  for (size_t i = 0; i < res.size(); ++i) res[i] = round_bf16(a[i] + b[i]);
+  rmsnorm_forward_ref(out.data(), rstd.data(), res.data(), w.data(), N, C, eps);
+  expect_bitwise_equal(download(d_a), res, "residual in place");
+  expect_close(download(d_out), out, 2 * kBf16Eps + kSlack, "out (in place)", 1e-3 * rms(out));
+}
+
+TEST(RmsNorm, BackwardMatchesReference) {
+  REQUIRE_GPU();
+  for (int C : kNormWidths) {
+    for (int64_t N : kRowCounts) {
+      for (bool with_residual_grad : {false, true}) {
+        SCOPED_TRACE("N " + std::to_string(N) + ", C " + std::to_string(C) +
+                     (with_residual_grad ? ", + dresidual" : ""));
+        const std::vector<float> x = random_bf16(N * C, 51, -2.f, 2.f), dy = random_bf16(N * C, 52);
+        const std::vector<float> w = random_bf16(C, 53, 0.5f, 1.5f), dres = random_bf16(N * C, 54);
+        std::vector<float> y(N * C), rstd(N), dx(N * C);
+        rmsnorm_forward_ref(y.data(), rstd.data(), x.data(), w.data(), N, C, 1e-6f);
+        rmsnorm_backward_ref(dx.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C);
+        if (with_residual_grad)
+          for (size_t i = 0; i < dx.size(); ++i) dx[i] += dres[i];
+
+        auto d_x = to_device_bf16(x), d_dy = to_device_bf16(dy), d_w = to_device_bf16(w);
+        auto d_dres = to_device_bf16(dres);
+        auto d_rstd = to_device(rstd);
+        DeviceBuffer<bf16> d_dx(N * C);
+        poison(d_dx);
+        rmsnorm_backward(d_dx.get(), d_dy.get(), with_residual_grad ? d_dres.get() : nullptr, d_x.get(), d_w.get(),
+                         d_rstd.get(), N, C, kStream);
+        // fp32 math, one rounding of the result.
+        expect_close(download(d_dx), dx, kBf16Eps + kSlack, "dinp", 1e-3 * rms(dx));
+
+        if (with_residual_grad) {  // dinp accumulating into the residual gradient in place
+          rmsnorm_backward(d_dres.get(), d_dy.get(), d_dres.get(), d_x.get(), d_w.get(), d_rstd.get(), N, C, kStream);
+          expect_close(download(d_dres), dx, kBf16Eps + kSlack, "dinp in place", 1e-3 * rms(dx));
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE
+
+// Packed documents: positions restart at 0 at each document start and reach 131071, where the
+// angle is ~1.3e5 rad and a fast sincos would be visibly wrong.
+std::vector<int32_t> packed_positions(int64_t T) {
+  std::vector<int32_t> pos(T);
+  int32_t p = 131072 - int32_t(T) / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    if (t == T / 2 || t == (3 * T) / 4) p = 0;
+    pos[t] = p++;
+  }
+  return pos;
+}
+
+// Copies heads [h0, h0 + NH) of each token out of a fused (T, stride) buffer into (T, NH, D).
+std::vector<float> gather_heads(const std::vector<float>& fused, int64_t T, int64_t stride, int h0, int NH, int D) {
+  std::vector<float> out(T * NH * D);
+  for (int64_t t = 0; t < T; ++t)
+    std::copy_n(fused.begin() + t * stride + int64_t(h0) * D, NH * D, out.begin() + t * NH * D);
+  return out;
+}
+
+TEST(Rope, ForwardAndBackwardMatchReferenceOnAFusedQkvBuffer) {
+  REQUIRE_GPU();
+  RopeParams llama3;
+  llama3.type = "llama3";
+  llama3.theta = 500000.0;
+  llama3.factor = 8.0;
+  const int H = 14, KVH = 2;
+  for (int D : {64, 128}) {
+    for (int64_t T : {1, 37, 4099}) {
+      for (bool backward : {false, true}) {
+        SCOPED_TRACE("D " + std::to_string(D) + ", T " + std::to_string(T) + (backward ? ", backward" : ""));
+        const int64_t stride = int64_t(H + 2 * KVH) * D;
+        const std::vector<float> qkv = random_bf16(T * stride, 61 + D + T, -2.f, 2.f);
+        const std::vector<int32_t> pos = packed_positions(T);
+        const std::vector<float> inv_freq = rope_inv_freq(D, llama3);
+        auto d_qkv = to_device_bf16(qkv);
+        auto d_pos = to_device(pos);
+        auto d_inv_freq = to_device(inv_freq);
+        auto rotate = backward ? rope_backward : rope_forward;
+        rotate(d_qkv.get(), d_pos.get(), d_inv_freq.get(), T, H, D, stride, kStream);                   // q
+        rotate(d_qkv.get() + H * D, d_pos.get(), d_inv_freq.get(), T, KVH, D, stride, kStream);         // k
+        const std::vector<float> got = download(d_qkv);
+
+        auto rotate_ref = backward ? rope_backward_ref : rope_forward_ref;
+        for (auto [h0, NH, what] : {std::tuple{0, H, "q"}, std::tuple{H, KVH, "k"}}) {
+          std::vector<float> want = gather_heads(qkv, T, stride, h0, NH, D);
+          rotate_ref(want.data(), pos.data(), inv_freq.data(), T, NH, D);
+          // fp32 rotation, one rounding; sincosf and glibc's sinf/cosf differ by ~1 fp32 ulp.
+          expect_close(gather_heads(got, T, stride, h0, NH, D), want, kBf16Eps + kSlack, what, 1e-3 * rms(want));
+        }
+        expect_bitwise_equal(gather_heads(got, T, stride, H + KVH, KVH, D),
+                             gather_heads(qkv, T, stride, H + KVH, KVH, D), "v untouched");
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU
+
+TEST(SwiGlu, ForwardAndBackwardMatchReference) {
+  REQUIRE_GPU();
+  // 1000 * 896 + 3 leaves a ragged tail after the 8-element vectors; offset 1 unaligns every pointer.
+  for (int64_t n : {int64_t(1), int64_t(37), int64_t(1000) * 896 + 3, int64_t(4099) * 24}) {
+    for (int offset : {0, 1}) {
+      SCOPED_TRACE("n " + std::to_string(n) + ", offset " + std::to_string(offset));
+      const std::vector<float> g = random_bf16(n, 71, -8.f, 8.f), u = random_bf16(n, 72, -2.f, 2.f);
+      const std::vector<float> dh = random_bf16(n, 73);
+      std::vector<float> h(n), dg(n), du(n);
+      swiglu_forward_ref(h.data(), g.data(), u.data(), n);
+      swiglu_backward_ref(dg.data(), du.data(), dh.data(), g.data(), u.data(), n);
+
+      DeviceBuffer<bf16> d_g(n + 1), d_u(n + 1), d_dh(n + 1), d_h(n + 1), d_dg(n + 1), d_du(n + 1);
+      upload(d_g.get() + offset, g), upload(d_u.get() + offset, u), upload(d_dh.get() + offset, dh);
+      poison(d_h), poison(d_dg), poison(d_du);
+      swiglu_forward(d_h.get() + offset, d_g.get() + offset, d_u.get() + offset, n, kStream);
+      swiglu_backward(d_dg.get() + offset, d_du.get() + offset, d_dh.get() + offset, d_g.get() + offset,
+                      d_u.get() + offset, n, kStream);
+      // fp32 math, one rounding per output.
+      expect_close(download(d_h.get() + offset, n), h, kBf16Eps + kSlack, "h", 1e-3 * rms(h));
+      expect_close(download(d_dg.get() + offset, n), dg, kBf16Eps + kSlack, "dgate", 1e-3 * rms(dg));
+      expect_close(download(d_du.get() + offset, n), du, kBf16Eps + kSlack, "dup", 1e-3 * rms(du));
+
+      // Backward overwriting its inputs (dgate over gate, dup over up).
+      swiglu_backward(d_g.get() + offset, d_u.get() + offset, d_dh.get() + offset, d_g.get() + offset,
+                      d_u.get() + offset, n, kStream);
+      expect_close(download(d_g.get() + offset, n), dg, kBf16Eps + kSlack, "dgate in place", 1e-3 * rms(dg));
+      expect_close(download(d_u.get() + offset, n), du, kBf16Eps + kSlack, "dup in place", 1e-3 * rms(du));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NF4
+
+struct Nf4Upload {
+  DeviceBuffer<uint8_t> codes, absmax_q;
+  DeviceBuffer<float> quant_map, absmax, nested_absmax, nested_map;
+  Nf4Device view;
+  explicit Nf4Upload(const Nf4Host& q)
+      : codes(q.codes.size()),
+        absmax_q(q.absmax_q.size()),
+        quant_map(16),
+        absmax(q.absmax.size()),
+        nested_absmax(q.nested_absmax.size()),
+        nested_map(q.nested_map.size()) {
+    upload(codes.get(), q.codes);
+    upload(quant_map.get(), std::vector<float>(kNf4Table, kNf4Table + 16));
+    view.numel = q.numel();
+    view.blocksize = q.blocksize;
+    view.codes = codes.get();
+    view.quant_map = quant_map.get();
+    if (!q.nested) {
+      upload(absmax.get(), q.absmax);
+      view.absmax = absmax.get();
+      return;
+    }
+    upload(absmax_q.get(), q.absmax_q);
+    upload(nested_absmax.get(), q.nested_absmax);
+    upload(nested_map.get(), q.nested_map);
+    view.absmax_q = absmax_q.get();
+    view.nested_absmax = nested_absmax.get();
+    view.nested_map = nested_map.get();
+    view.nested_offset = q.nested_offset;
+    view.nested_blocksize = q.nested_blocksize;
+  }
+};
+
+TEST(Nf4, DequantizeIsBitExactWithReferenceRoundedToBf16) {
+  REQUIRE_GPU();
+  struct Case {
+    int64_t rows, cols;
+    int blocksize;
+    bool nested;
+  };
+  // 37 x 97 is odd (a ragged tail and a short last block); 1000 x 896 nested has 14000 blocks, so
+  // 55 nested groups of 256; blocksize 32 is the smallest bitsandbytes accepts.
+  const Case cases[] = {{1, 64, 64, false},     {37, 96, 64, false},  {37, 97, 64, true},
+                        {1000, 896, 64, true},  {4099, 128, 128, false}, {24, 4096, 32, true}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE("rows " + std::to_string(c.rows) + ", cols " + std::to_string(c.cols) + ", blocksize " +
+                 std::to_string(c.blocksize) + (c.nested ? ", nested" : ""));
+    const std::vector<float> w = random_bf16(c.rows * c.cols, 81 + c.rows, -0.2f, 0.2f);
+    const Nf4Host q = nf4_quantize_ref(w.data(), c.rows, c.cols, c.blocksize, c.nested);
+    ASSERT_EQ(q.numel(), c.rows * c.cols);
+    ASSERT_EQ(q.nested, c.nested);
+    std::vector<float> want(q.numel());
+    nf4_dequantize_ref(want.data(), q);
+    Nf4Upload up(q);
+    DeviceBuffer<bf16> d_out(q.numel());
+    poison(d_out);
+    nf4_dequantize(d_out.get(), up.view, kStream);
+    expect_bitwise_equal(download(d_out), round_bf16(want), "dequantized weight");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM (cuBLASLt)
+
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+
+struct GemmCase {
+  int64_t M, N, K;
+};
+
+// Stored shape of an operand: (rows, cols) of op(X), transposed when trans.
+size_t elems(int64_t rows, int64_t cols) { return size_t(rows) * size_t(cols); }
+
+// Error bound of D = alpha·A·B + beta·D0 against the fp32 reference. fp32 output: accumulation order
+// alone, ~1e-5 of the rms at K = 4096, allowed 1e-4 of max(|D|, rms). bf16 output with beta = 1:
+// cuBLASLt does not hold alpha·acc + beta·D0 in fp32 until one final rounding (seen on an H200: errors
+// of 4u of |D| where |alpha·A·B| >> |D|), so allow one rounding u of each term:
+// u·(|alpha·A·B| + |beta·D0| + |D|), plus the fp32 part.
+std::vector<double> gemm_error_bound(const std::vector<float>& ab, const std::vector<float>& d0, float beta,
+                                     const std::vector<float>& want, bool fp32_out) {
+  const double scale = rms(want);
+  std::vector<double> bound(want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double fp32_part = 1e-4 * std::max<double>(std::fabs(want[i]), scale);
+    const double terms = std::fabs(ab[i]) + std::fabs(beta * d0[i]) + std::fabs(want[i]);
+    bound[i] = fp32_out ? fp32_part : kBf16Eps * terms + fp32_part;
+  }
+  return bound;
+}
+
+TEST(Gemm, MatchesReferenceForEveryLayoutAndOutputType) {
+  REQUIRE_GPU();
+  DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
+  GemmContext ctx(workspace.get(), kWorkspaceBytes);
+  const GemmCase cases[] = {{1, 37, 24}, {37, 1000, 896}, {4099, 64, 24}, {129, 896, 4096}};
+  const float alpha = 0.75f;
+  for (const GemmCase& c : cases) {
+    const std::vector<float> A = random_bf16(elems(c.M, c.K), 91), B = random_bf16(elems(c.K, c.N), 92);
+    const std::vector<float> D0 = random_bf16(elems(c.M, c.N), 93);
+    auto d_A = to_device_bf16(A), d_B = to_device_bf16(B);
+    for (bool trans_a : {false, true}) {
+      for (bool trans_b : {false, true}) {
+        std::vector<float> ab(elems(c.M, c.N));
+        matmul_ref(ab.data(), A.data(), B.data(), c.M, c.N, c.K, trans_a, trans_b, alpha, 0.f);
+        for (GemmOut out : {GemmOut::kBf16, GemmOut::kFp32}) {
+          for (float beta : {0.f, 1.f}) {
+            const bool fp32 = out == GemmOut::kFp32;
+            SCOPED_TRACE("M " + std::to_string(c.M) + ", N " + std::to_string(c.N) + ", K " + std::to_string(c.K) +
+                         (trans_a ? ", trans_a" : "") + (trans_b ? ", trans_b" : "") + (fp32 ? ", fp32" : ", bf16") +
+                         ", beta " + std::to_string(beta));
+            std::vector<float> want = D0;
+            matmul_ref(want.data(), A.data(), B.data(), c.M, c.N, c.K, trans_a, trans_b, alpha, beta);
+            std::vector<float> got;
+            if (fp32) {
+              DeviceBuffer<float> d_D(elems(c.M, c.N));
+              if (beta == 0.f) poison(d_D); else upload(d_D.get(), D0);
+              gemm(ctx, d_D.get(), d_A.get(), d_B.get(), c.M, c.N, c.K, trans_a, trans_b, alpha, beta, out, kStream);
+              got = download(d_D);
+            } else {
+              DeviceBuffer<bf16> d_D(elems(c.M, c.N));
+              if (beta == 0.f) poison(d_D); else upload(d_D.get(), D0);
+              gemm(ctx, d_D.get(), d_A.get(), d_B.get(), c.M, c.N, c.K, trans_a, trans_b, alpha, beta, out, kStream);
+              got = download(d_D);
+            }
+            expect_within(got, want, gemm_error_bound(ab, D0, beta, want, fp32), "D");
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Gemm, LeadingDimensionsAddressColumnSlices) {
+  REQUIRE_GPU();
+  DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
+  GemmContext ctx(workspace.get(), kWorkspaceBytes);
+  // y[:, 64:64+N] of a (M, 3N) fused output += x·Wᵀ, x a column slice of a (M, K + 8) buffer.
+  const int64_t M = 37, N = 128, K = 96, ldx = K + 8, ldy = 3 * N, col = 64;
+  const std::vector<float> x_wide = random_bf16(elems(M, ldx), 101), W = random_bf16(elems(N, K), 102);
+  const std::vector<float> y0 = random_bf16(elems(M, ldy), 103);
+  auto d_x = to_device_bf16(x_wide), d_W = to_device_bf16(W), d_y = to_device_bf16(y0);
+  gemm(ctx, d_y.get() + col, d_x.get() + 8, d_W.get(), M, N, K, false, true, 1.f, 1.f, GemmOut::kBf16, kStream,
+       GemmLd{ldx, 0, ldy});
+  std::vector<float> x(elems(M, K)), slice(elems(M, N));
+  for (int64_t i = 0; i < M; ++i) {
+    std::copy_n(x_wide.begin() + i * ldx + 8, K, x.begin() + i * K);
+    std::copy_n(y0.begin() + i * ldy + col, N, slice.begin() + i * N);
+  }
+  std::vector<float> ab(elems(M, N)), slice0 = slice;
+  matmul_ref(ab.data(), x.data(), W.data(), M, N, K, false, true, 1.f, 0.f);
+  matmul_ref(slice.data(), x.data(), W.data(), M, N, K, false, true, 1.f, 1.f);
+  const std::vector<float> got = download(d_y);
+  std::vector<float> got_slice(elems(M, N));
+  for (int64_t i = 0; i < M; ++i) std::copy_n(got.begin() + i * ldy + col, N, got_slice.begin() + i * N);
+  expect_within(got_slice, slice, gemm_error_bound(ab, slice0, 1.f, slice, false), "slice");
+  // Outside the slice nothing may change.
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < ldy; ++j)
+      if (j < col || j >= col + N) ASSERT_EQ(got[i * ldy + j], y0[i * ldy + j]) << "row " << i << ", col " << j;
+}
+
+// ---------------------------------------------------------------------------------------------
+// LM head + cross-entropy
+
+struct CeProblem {
+  int64_t T;
+  int C, V;
+  std::vector<float> x, W;  // bf16 values
+  std::vector<int32_t> targets;
+  float grad_scale;
+};
+
+CeProblem make_ce_problem(int64_t T, int C, int V, uint64_t seed) {
+  CeProblem p{T, C, V, random_bf16(elems(T, C), seed), random_bf16(elems(V, C), seed + 1, -0.25f, 0.25f), {}, 0.f};
+  p.targets.resize(T);
+  int64_t n_targets = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    p.targets[t] = t % 7 == 3 ? kIgnoreIndex : int32_t((t * 104729 + seed) % V);
+    n_targets += p.targets[t] != kIgnoreIndex;
+  }
+  p.targets.back() = V - 1;  // the last vocabulary row
+  p.grad_scale = 1.f / float(std::max<int64_t>(n_targets, 1));
+  return p;
+}
+
+struct CeResult {
+  std::vector<float> dx, token_loss;
+  float loss_sum = 0;
+};
+
+CeResult run_ce(GemmContext& ctx, const CeProblem& p, GemmOut logits_type, int chunk, bool with_grad) {
+  auto d_x = to_device_bf16(p.x), d_W = to_device_bf16(p.W);
+  auto d_targets = to_device(p.targets);
+  DeviceBuffer<bf16> d_dx(elems(p.T, p.C));
+  DeviceBuffer<float> d_loss(p.T), d_loss_sum(1);
+  DeviceBuffer<uint8_t> d_logits(lm_head_logits_bytes(chunk, p.V, logits_type));
+  poison(d_dx), poison(d_loss);
+  const float start = 0.5f;  // loss_sum accumulates (+=)
+  upload(d_loss_sum.get(), std::vector<float>{start});
+  lm_head_cross_entropy(ctx, with_grad ? d_dx.get() : nullptr, d_loss.get(), d_loss_sum.get(), d_logits.get(),
+                        logits_type, d_x.get(), d_W.get(), d_targets.get(), p.T, p.C, p.V, p.grad_scale, chunk,
+                        kStream);
+  CeResult r;
+  if (with_grad) r.dx = download(d_dx);
+  r.token_loss = download(d_loss);
+  r.loss_sum = download<float>(d_loss_sum.get(), 1)[0] - start;
+  return r;
+}
+
+// Error bounds from bf16 logits: |dz| of a logit z is at most u|z| <= u * B_t, B_t = |x_t| * max_v |W_v|
+// (Cauchy-Schwarz), so lse and z[y] each move by at most u * B_t and the loss by 2 u B_t. Softmax
+// probabilities then move by a factor exp(+-2 u B_t), dz is rounded to bf16 (u), and
+// dx_t = sum_v dz_v W_v moves by at most (2 u B_t + u) * grad_scale * 2 max|W| (sum_v |dz_v| <= 2 grad_scale),
+// plus one rounding of dx itself. fp32 logits take B_t = 0 (the GEMM's fp32 sums are ~1e-6 exact).
+void expect_ce_close(const CeResult& got, const CeResult& want, const CeProblem& p, bool bf16_logits) {
+  const double u = kBf16Eps;
+  double max_w_norm = 0, max_w = 0;
+  for (int v = 0; v < p.V; ++v) {
+    double norm = 0;
+    for (int c = 0; c < p.C; ++c) {
+      const double w = p.W[size_t(v) * p.C + c];
+      norm += w * w;
+      max_w = std::max(max_w, std::fabs(w));
+    }
+    max_w_norm = std::max(max_w_norm, std::sqrt(norm));
+  }
+  double loss_tol_sum = 0;
+  for (int64_t t = 0; t < p.T; ++t) {
+    double x_norm = 0;
+    for (int c = 0; c < p.C; ++c) x_norm += double(p.x[t * p.C + c]) * p.x[t * p.C + c];
+    const double B = bf16_logits ? std::sqrt(x_norm) * max_w_norm : 0.0;
+    const double loss_tol = 2 * u * B + kSlack * (1 + std::fabs(want.token_loss[t]));
+    loss_tol_sum += loss_tol;
+    ASSERT_LE(std::fabs(got.token_loss[t] - want.token_loss[t]), loss_tol)
+        << "token_loss of token " << t << ": got " << got.token_loss[t] << ", want " << want.token_loss[t];
+    if (got.dx.empty()) continue;
+    const double dz_err = (std::expm1(2 * u * B) + u) * p.grad_scale * 2 * max_w;
+    for (int c = 0; c < p.C; ++c) {
+      const size_t i = size_t(t) * p.C + c;
+      const double tol = dz_err + u * std::fabs(want.dx[i]) + 1e-6 * p.grad_scale;
+      ASSERT_LE(std::fabs(got.dx[i] - want.dx[i]), tol)
+          << "dx of token " << t << ", channel " << c << ": got " << got.dx[i] << ", want " << want.dx[i];
+    }
+  }
+  EXPECT_LE(std::fabs(got.loss_sum - want.loss_sum), loss_tol_sum + 1e-5 * std::fabs(want.loss_sum))
+      << "loss_sum: got " << got.loss_sum << ", want " << want.loss_sum;
+}
+
+CeResult reference_ce(const CeProblem& p, bool with_grad) {
+  CeResult r;
+  r.dx.assign(with_grad ? elems(p.T, p.C) : 0, 0.f);
+  r.token_loss.assign(p.T, 0.f);
+  const CrossEntropyOut out = lm_head_cross_entropy_ref(with_grad ? r.dx.data() : nullptr, r.token_loss.data(),
+                                                        p.x.data(), p.W.data(), p.targets.data(), p.T, p.C, p.V,
+                                                        p.grad_scale);
+  r.loss_sum = float(out.loss_sum);
+  return r;
+}
+
+TEST(LmHeadCrossEntropy, MatchesReferenceOnQwenAndLlamaVocabularies) {
+  REQUIRE_GPU();
+  DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
+  GemmContext ctx(workspace.get(), kWorkspaceBytes);
+  struct Case {
+    int64_t T;
+    int C, V, chunk;
+  };
+  // 300 tokens in chunks of 128 leave a short last chunk; 1000 tokens in one chunk.
+  const Case cases[] = {{300, 64, 151936, 128}, {37, 24, 128256, 16}, {1000, 128, 32000, 1000}, {5, 8, 4099, 2}};
+  for (const Case& c : cases) {
+    const CeProblem p = make_ce_problem(c.T, c.C, c.V, 111 + c.V);
+    const CeResult want = reference_ce(p, true);
+    for (GemmOut logits : {GemmOut::kBf16, GemmOut::kFp32}) {
+      const bool bf16_logits = logits == GemmOut::kBf16;
+      SCOPED_TRACE("T " + std::to_string(c.T) + ", C " + std::to_string(c.C) + ", V " + std::to_string(c.V) +
+                   ", chunk " + std::to_string(c.chunk) + (bf16_logits ? ", bf16 logits" : ", fp32 logits"));
+      expect_ce_close(run_ce(ctx, p, logits, c.chunk, true), want, p, bf16_logits);
+      CeResult loss_only = want;
+      loss_only.dx.clear();
+      expect_ce_close(run_ce(ctx, p, logits, c.chunk, false), loss_only, p, bf16_logits);
+    }
+  }
+}
+
+// One chunk of 16500 tokens x 131072 logits = 2.16e9 elements: row offsets pass 2^31. Only a few
+// tokens have targets (checked against a direct double-precision computation); every other row
+// must give loss 0 and dx exactly 0.
+TEST(LmHeadCrossEntropy, LargeChunkRowOffsetsPast2To31) {
+  REQUIRE_GPU();
+  const int64_t T = 16500;
+  const int C = 16, V = 131072;
+  CeProblem p = make_ce_problem(T, C, V, 121);
+  std::fill(p.targets.begin(), p.targets.end(), kIgnoreIndex);
+  const int64_t checked[] = {0, 16383, 16384, T - 1};
+  for (int64_t t : checked) p.targets[t] = int32_t((t * 31) % V);
+  p.grad_scale = 0.25f;
+  DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
+  GemmContext ctx(workspace.get(), kWorkspaceBytes);
+  const CeResult got = run_ce(ctx, p, GemmOut::kBf16, int(T), true);
+
+  CeProblem small = p;  // the checked rows alone, through the reference
+  small.T = std::size(checked);
+  small.x.clear(), small.targets.clear();
+  for (int64_t t : checked) {
+    small.x.insert(small.x.end(), p.x.begin() + t * C, p.x.begin() + (t + 1) * C);
+    small.targets.push_back(p.targets[t]);
+  }
+  const CeResult want = reference_ce(small, true);
+  CeResult got_small;
+  for (int64_t t : checked) {
+    got_small.token_loss.push_back(got.token_loss[t]);
+    got_small.dx.insert(got_small.dx.end(), got.dx.begin() + t * C, got.dx.begin() + (t + 1) * C);
+  }
+  got_small.loss_sum = got.loss_sum;
+  expect_ce_close(got_small, want, small, true);
+  for (int64_t t = 0; t < T; ++t) {
+    if (p.targets[t] != kIgnoreIndex) continue;
+    ASSERT_EQ(got.token_loss[t], 0.f) << "token_loss of ignored token " << t;
+    for (int c = 0; c < C; ++c) ASSERT_EQ(got.dx[t * C + c], 0.f) << "dx of ignored token " << t << ", channel " << c;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AdamW, grad norm
+
+TEST(AdamW, UpdateIsBitExactWithReference) {
+  REQUIRE_GPU();
+  for (int64_t n : {1, 37, 4099}) {
+    for (int offset : {0, 1}) {
+      for (float wd : {0.f, 0.01f}) {
+        SCOPED_TRACE("n " + std::to_string(n) + ", offset " + std::to_string(offset) + ", wd " + std::to_string(wd));
+        std::vector<float> p = random_floats(n, 131, -0.1f, 0.1f), m(n, 0.f), v(n, 0.f);
+        DeviceBuffer<float> d_p(n + 1), d_m(n + 1), d_v(n + 1), d_g(n + 1), d_coef(1);
+        upload(d_p.get() + offset, p), upload(d_m.get() + offset, m), upload(d_v.get() + offset, v);
+        const float coef = 0.37f;
+        upload(d_coef.get(), std::vector<float>{coef});
+        AdamWParams a;
+        a.lr = 1e-3f, a.weight_decay = wd;
+        for (int step = 1; step <= 3; ++step) {
+          a.step = step;
+          std::vector<float> g = random_floats(n, 140 + step, -step * 1.f, step * 1.f);
+          upload(d_g.get() + offset, g);
+          adamw_update(d_p.get() + offset, d_m.get() + offset, d_v.get() + offset, d_g.get() + offset, d_coef.get(), n,
+                       a, kStream);
+          for (float& x : g) x *= coef;  // the clip coefficient, folded in on the device
+          adamw_ref(p.data(), m.data(), v.data(), g.data(), n, a);
+        }
+        expect_bitwise_equal(download<float>(d_p.get() + offset, n), p, "p");
+        expect_bitwise_equal(download<float>(d_m.get() + offset, n), m, "m");
+        expect_bitwise_equal(download<float>(d_v.get() + offset, n), v, "v");
+      }
+    }
+  }
+}
+
+TEST(GradNorm, NormAndClipCoefficientMatchReference) {
+  REQUIRE_GPU();
+  for (int64_t n : {int64_t(1), int64_t(37), int64_t(1000003)}) {
+    for (int offset : {0, 1}) {
+      SCOPED_TRACE("n " + std::to_string(n) + ", offset " + std::to_string(offset));
+      const std::vector<float> g = random_floats(n, 151 + n, -0.01f, 0.01f);
+      const double norm = std::sqrt(sum_squares_ref(g.data(), n));
+      DeviceBuffer<float> d_g(n + 1), d_partials(kGradNormPartials), d_norm(1), d_coef(1);
+      upload(d_g.get() + offset, g);
+      for (float max_norm : {float(0.5 * norm), float(10 * norm), 0.f}) {
+        poison(d_norm), poison(d_coef);
+        grad_norm_clip(d_norm.get(), d_coef.get(), d_partials.get(), d_g.get() + offset, n, max_norm, kStream);
+        const float got_norm = download<float>(d_norm.get(), 1)[0], got_coef = download<float>(d_coef.get(), 1)[0];
+        // fp32 partial sums of <= 1000 squares each, then a tree: ~1e-6 relative.
+        EXPECT_NEAR(got_norm, norm, kSlack * norm) << "max_norm " << max_norm;
+        EXPECT_NEAR(got_coef, clip_coefficient(norm, max_norm), kSlack) << "max_norm " << max_norm;
+        if (max_norm == 0.f || max_norm > norm) EXPECT_EQ(got_coef, 1.f) << "no clipping at max_norm " << max_norm;
+        // Deterministic: the same bits on a second run.
+        grad_norm_clip(d_norm.get(), d_coef.get(), d_partials.get(), d_g.get() + offset, n, max_norm, kStream);
+        EXPECT_EQ(download<float>(d_norm.get(), 1)[0], got_norm) << "second run";
+      }
+    }
+  }
+}
+
+TEST(GradNorm, ScaleByMultipliesByTheDeviceScalar) {
+  REQUIRE_GPU();
+  for (int64_t n : {1, 37, 4099}) {
+    for (int offset : {0, 1}) {
+      std::vector<float> g = random_floats(n, 161 + n);
+      DeviceBuffer<float> d_g(n + 1), d_s(1);
+      upload(d_g.get() + offset, g);
+      upload(d_s.get(), std::vector<float>{0.3f});
+      scale_by(d_g.get() + offset, d_s.get(), n, kStream);
+      scale_ref(g.data(), n, 0.3f);
+      expect_bitwise_equal(download<float>(d_g.get() + offset, n), g, "g * s, n " + std::to_string(n));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace loom

@@ -1,0 +1,172 @@
+// The reference training step against Hugging Face transformers + peft, for the four
+// architectures. Fixtures: tools/make_hf_fixtures.py (tests/fixtures/hf/<arch>/).
+// Tolerance 1e-4 relative (the bar). Both sides compute in fp32 on bf16-exact weights, so
+// the expected error is fp32 summation-order noise, ~1e-6; measured errors are printed.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <fstream>
+
+#include "data/batch.h"
+#include "engine/error.h"
+#include "engine/optimizer.h"
+#include "models/lora.h"
+#include "models/model_config.h"
+#include "models/reference_model.h"
+#include "models/safetensors.h"
+#include "models/weights.h"
+#include "tests/test_util.h"
+
+namespace loom {
+namespace {
+
+constexpr double kTol = 1e-4;
+
+struct HfFixture {
+  std::string dir;
+  ModelConfig cfg;
+  LoraLayout layout;
+  std::vector<float> lora;
+  std::vector<Document> docs;
+  std::vector<std::vector<int>> micro_batches;
+  nlohmann::json expected;
+  std::unique_ptr<ReferenceModel> model;
+};
+
+HfFixture load_fixture(const std::string& arch) {
+  HfFixture f;
+  f.dir = test::fixtures_dir() + "/hf/" + arch;
+  f.cfg = load_model_config(f.dir + "/model");
+  LoraSection ls = read_peft_lora_section(f.dir + "/adapter");
+  f.layout = make_lora_layout(f.cfg, ls);
+  f.lora = load_peft_adapter(f.dir + "/adapter", f.layout);
+  f.model = std::make_unique<ReferenceModel>(f.cfg, load_weights(f.dir + "/model", f.cfg), f.layout);
+  std::ifstream bf(f.dir + "/batch.json");
+  nlohmann::json batch = nlohmann::json::parse(bf);
+  for (const auto& d : batch["documents"]) {
+    Document doc;
+    doc.ids = d["ids"].get<std::vector<int32_t>>();
+    doc.mask = d["mask"].get<std::vector<uint8_t>>();
+    f.docs.push_back(doc);
+  }
+  f.micro_batches = batch["micro_batches"].get<std::vector<std::vector<int>>>();
+  std::ifstream ef(f.dir + "/expected.json");
+  f.expected = nlohmann::json::parse(ef);
+  return f;
+}
+
+MicroBatch pack(const HfFixture& f, const std::vector<int>& which) {
+  std::vector<const Document*> d;
+  for (int i : which) d.push_back(&f.docs[i]);
+  return pack_documents(d);
+}
+
+std::vector<int> all_docs(const HfFixture& f) {
+  std::vector<int> v(f.docs.size());
+  for (size_t i = 0; i < v.size(); ++i) v[i] = int(i);
+  return v;
+}
+
+// max |a - b| / max |b|: relative to the tensor's scale, so near-zero elements do not dominate.
+double scaled_error(const float* a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    num = std::max(num, std::fabs(double(a[i]) - b[i]));
+    den = std::max(den, std::fabs(double(b[i])));
+  }
+  return num / std::max(den, 1e-30);
+}
+
+std::string peft_grad_name(int layer, LoraTarget t, char ab) {
+  return cat("grad.base_model.model.model.layers.", layer, ".", lora_module_path(t), ".lora_", ab, ".weight");
+}
+
+class HfParity : public testing::TestWithParam<std::string> {};
+
+TEST_P(HfParity, LogitsMatchPerDocument) {
+  HfFixture f = load_fixture(GetParam());
+  Checkpoint exp = Checkpoint::open(f.dir + "/expected.safetensors");
+  double worst = 0;
+  for (size_t i = 0; i < f.docs.size(); ++i) {
+    MicroBatch mb = pack(f, {int(i)});
+    std::vector<float> logits;
+    f.model->run(mb, f.lora.data(), nullptr, 1.f, nullptr, &logits);
+    auto want = exp.read_f32(cat("logits.", i), {mb.T(), f.cfg.V});
+    worst = std::max(worst, scaled_error(logits.data(), want));
+  }
+  std::printf("[%s] logits max scaled error %.2e\n", GetParam().c_str(), worst);
+  EXPECT_LE(worst, kTol);
+}
+
+TEST_P(HfParity, PackedLossAndLoraGradientsMatch) {
+  HfFixture f = load_fixture(GetParam());
+  MicroBatch mb = pack(f, all_docs(f));
+  const int64_t n = f.expected["n_targets"];
+  ASSERT_EQ(mb.n_targets(), n);
+  std::vector<float> grads(f.layout.total, 0.f);
+  CrossEntropyOut ce = f.model->run(mb, f.lora.data(), grads.data(), 1.f / float(n));
+  const double loss = ce.loss_sum / double(n), want = f.expected["loss"];
+  std::printf("[%s] loss %.7f vs HF %.7f (rel %.2e)\n", GetParam().c_str(), loss, want, std::fabs(loss - want) / want);
+  EXPECT_LE(std::fabs(loss - want) / want, kTol);
+
+  Checkpoint exp = Checkpoint::open(f.dir + "/expected.safetensors");
+  double worst = 0;
+  for (int l = 0; l < f.cfg.L; ++l)
+    for (int t = 0; t < kNumTargets; ++t) {
+      const LoraSlot& s = f.layout.slot(l, LoraTarget(t));
+      auto a = exp.read_f32(peft_grad_name(l, LoraTarget(t), 'A'), {f.layout.R, s.in});
+      auto b = exp.read_f32(peft_grad_name(l, LoraTarget(t), 'B'), {s.out, f.layout.R});
+      double ea = scaled_error(&grads[s.a_offset], a), eb = scaled_error(&grads[s.b_offset], b);
+      EXPECT_LE(ea, kTol) << "layer " << l << " " << kLoraTargetNames[t] << ".lora_A";
+      EXPECT_LE(eb, kTol) << "layer " << l << " " << kLoraTargetNames[t] << ".lora_B";
+      worst = std::max({worst, ea, eb});
+    }
+  std::printf("[%s] LoRA gradients max scaled error %.2e\n", GetParam().c_str(), worst);
+}
+
+// A packed buffer of several documents computes, token for token, what each document computes
+// alone: same per-token losses bit for bit, hence the same loss.
+TEST_P(HfParity, PackedBufferEqualsDocumentsOneByOne) {
+  HfFixture f = load_fixture(GetParam());
+  MicroBatch packed = pack(f, all_docs(f));
+  std::vector<float> packed_loss(packed.T());
+  f.model->run(packed, f.lora.data(), nullptr, 1.f, packed_loss.data());
+  for (size_t i = 0; i < f.docs.size(); ++i) {
+    MicroBatch one = pack(f, {int(i)});
+    std::vector<float> loss(one.T());
+    f.model->run(one, f.lora.data(), nullptr, 1.f, loss.data());
+    for (int64_t t = 0; t < one.T(); ++t)
+      EXPECT_EQ(loss[t], packed_loss[packed.cu_seqlens[i] + t]) << "document " << i << " token " << t;
+  }
+}
+
+TEST_P(HfParity, FiveAdamWStepsFollowHfLosses) {
+  HfFixture f = load_fixture(GetParam());
+  const auto& e = f.expected;
+  TrainSection t;
+  t.beta1 = e["beta1"];
+  t.beta2 = e["beta2"];
+  t.eps = e["eps"];
+  t.weight_decay = e["weight_decay"];
+  t.max_grad_norm = e["max_grad_norm"];
+  const float lr = e["lr"];
+  const int64_t n = e["n_targets"];
+  std::vector<float> params = f.lora, grads(f.layout.total, 0.f);
+  OptimizerState st;
+  auto want = e["step_losses"].get<std::vector<double>>();
+  for (size_t step = 0; step < want.size(); ++step) {
+    double loss = 0;
+    for (const auto& which : f.micro_batches)
+      loss += f.model->run(pack(f, which), params.data(), grads.data(), 1.f / float(n)).loss_sum / double(n);
+    optimizer_step(params, grads, st, t, lr);
+    std::printf("[%s] step %zu loss %.7f vs HF %.7f\n", GetParam().c_str(), step + 1, loss, want[step]);
+    EXPECT_LE(std::fabs(loss - want[step]) / want[step], kTol) << "step " << step + 1;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, HfParity, testing::Values("llama", "mistral", "qwen2", "qwen3"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace loom
