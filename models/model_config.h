@@ -20,6 +20,7 @@ struct ModelConfig {
   std::vector<int> window;  // (L) sliding window per layer, 0 = full causal attention
   RopeParams rope;
   int max_position = 0;
+  double initializer_range = 0.02;  // std of random matrix weights (HF initializer_range)
   std::string torch_dtype;  // "bfloat16" | "float16" | "float32" as written in config.json
   std::vector<int> eos_ids;
   int bos_id = -1;

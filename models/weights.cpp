@@ -63,9 +63,9 @@ void load_layer(const Checkpoint& ck, const ModelConfig& m, int l, LayerWeights&
 
 float bf16_round(float x) { return bf16_bits_to_float(float_to_bf16_bits(x)); }
 
-// Matrix values: U(-a, a) with a = 0.02·√3 (std 0.02), rounded to bf16.
-std::vector<float> random_matrix(uint64_t seed, uint64_t stream, int64_t n) {
-  const float a = 0.02f * std::sqrt(3.f);
+// Matrix values: U(-a, a) with a = std·√3, rounded to bf16.
+std::vector<float> random_matrix(uint64_t seed, uint64_t stream, int64_t n, double std) {
+  const float a = float(std * std::sqrt(3.0));
   std::vector<float> v(n);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) v[i] = bf16_round(a * random_symmetric(seed, stream, i));
@@ -78,7 +78,7 @@ void random_layer(const ModelConfig& m, uint64_t seed, int l, LayerWeights& lw) 
   lw.ln2.assign(m.C, 1.f);
   for (int t = 0; t < kNumTargets; ++t) {
     auto [in, out] = projection_shape(m, LoraTarget(t));
-    *projection(lw, t) = random_matrix(seed, 16 + uint64_t(l) * kNumTargets + t, int64_t(in) * out);
+    *projection(lw, t) = random_matrix(seed, 16 + uint64_t(l) * kNumTargets + t, int64_t(in) * out, m.initializer_range);
   }
   if (m.qkv_bias) {
     lw.q_bias.assign(size_t(m.H) * m.D, 0.f);
@@ -125,7 +125,7 @@ WeightSource WeightSource::random(const ModelConfig& cfg, uint64_t seed) {
 
 std::vector<float> WeightSource::embed() const {
   const ModelConfig& m = cfg_;
-  return ck_ ? ck_->read_f32("model.embed_tokens.weight", {m.V, m.C}) : random_matrix(seed_, 0, int64_t(m.V) * m.C);
+  return ck_ ? ck_->read_f32("model.embed_tokens.weight", {m.V, m.C}) : random_matrix(seed_, 0, int64_t(m.V) * m.C, m.initializer_range);
 }
 
 std::vector<float> WeightSource::final_norm() const {
@@ -135,7 +135,7 @@ std::vector<float> WeightSource::final_norm() const {
 std::vector<float> WeightSource::lm_head() const {
   const ModelConfig& m = cfg_;
   if (m.tie_embeddings) return {};
-  return ck_ ? ck_->read_f32("lm_head.weight", {m.V, m.C}) : random_matrix(seed_, 1, int64_t(m.V) * m.C);
+  return ck_ ? ck_->read_f32("lm_head.weight", {m.V, m.C}) : random_matrix(seed_, 1, int64_t(m.V) * m.C, m.initializer_range);
 }
 
 LayerWeights WeightSource::layer(int l) const {

@@ -51,7 +51,7 @@ class WeightSource {
 // Every tensor of an HF checkpoint (bf16/fp16/fp32, or pre-quantized bitsandbytes NF4, which is
 // dequantized). Errors name the tensor and the file.
 ModelWeights load_weights(const std::string& model_dir, const ModelConfig& cfg);
-// Random weights for a preset (no checkpoint): matrices U(-a, a) with std 0.02 (HF's
+// Random weights for a preset (no checkpoint): matrices U(-a, a) with std cfg.initializer_range (HF.s
 // initializer_range), norms 1, biases 0; every value rounded to bf16 so that every path sees the
 // same numbers. Deterministic from seed (models/init.h), identical to the GPU initialiser.
 ModelWeights random_weights(const ModelConfig& cfg, uint64_t seed);

@@ -366,13 +366,13 @@ TEST(Config, DemoConfigHasTheEmbeddedDefaults) {
   TrainConfig c = load_config("configs/demo.yaml");
   EXPECT_EQ(c.model.preset, "tiny");
   EXPECT_EQ(c.model.quant, "nf4");
-  EXPECT_EQ(c.lora.r, 8);
-  EXPECT_EQ(c.lora.alpha, 16.f);
+  EXPECT_EQ(c.lora.r, 16);
+  EXPECT_EQ(c.lora.alpha, 32.f);
   EXPECT_EQ(c.lora.targets.size(), 7u);
   EXPECT_EQ(c.data.path, "data/demo/chats.jsonl");
   EXPECT_EQ(c.data.template_name, "mistral");
   EXPECT_EQ(c.train.token_budget, 2048);
-  EXPECT_EQ(c.train.steps, 60);
+  EXPECT_EQ(c.train.steps, 200);
   EXPECT_EQ(c.output.dir, "runs/demo");
 }
 
