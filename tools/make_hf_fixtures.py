@@ -10,7 +10,11 @@ non-zero A and B, and records what loom's reference path must reproduce:
   adapter/               the peft adapter as save_pretrained writes it (the starting LoRA weights)
   batch.json             documents (ids + per-token target mask), their split into micro-batches
   expected.safetensors   logits of every document, the LoRA gradients (PEFT names), loss
-  expected.json          loss, target count, the losses of 5 AdamW steps (+ optimizer settings)
+  expected.json          loss, target count, the losses of 5 AdamW steps (+ optimizer settings), and
+                         "bf16_baseline": how far the same HF model computing in bf16 (fp32 master
+                         LoRA weights, as loom's GPU path) lands from fp32 — loss, step-1 LoRA
+                         gradients, and 20 AdamW steps at GPU_LR. The GPU tests allow twice these errors (the flash-attention
+                         rule: a low-precision kernel may be at most 2x as wrong as plain bf16).
 
 Documents are run one at a time through HF (no packing there), and the loss is the sum of
 target-token losses over all documents divided by the number of targets in the whole batch —
@@ -34,6 +38,7 @@ LORA_R, LORA_ALPHA = 4, 8
 ADAM = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 MAX_GRAD_NORM = 1.0
 STEPS = 5
+GPU_LR, GPU_STEPS = 1e-3, 20   # the GPU step test's run (tests/gpu_step_test.cpp)
 # Document lengths; the first two form micro-batch 0, the rest micro-batch 1.
 DOC_LENGTHS = [9, 1, 14, 6]
 MICRO_BATCHES = [[0, 1], [2, 3]]
@@ -140,6 +145,72 @@ def build(arch, spec, seed):
     return model, gen, d
 
 
+def load_for_baseline(d, dtype):
+    """The fixture as loom loads it: base and adapter from disk, everything computed in `dtype`."""
+    base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(d, "model"), dtype=dtype,
+                                                             attn_implementation="eager")
+    return peft.PeftModel.from_pretrained(base, os.path.join(d, "adapter"), is_trainable=True,
+                                          autocast_adapter_dtype=False).to(dtype)
+
+
+def lora_params(model):
+    return [(n, p) for n, p in model.named_parameters() if "lora_" in n]
+
+
+def train_with_fp32_master(model, docs, n_targets, lr, steps):
+    """AdamW on fp32 master copies of the LoRA weights while the model computes in its own dtype
+    (loom's GPU scheme: bf16 compute, fp32 master weights, gradients and optimizer state)."""
+    live = lora_params(model)
+    master = [p.detach().float().clone().requires_grad_(True) for _, p in live]
+    opt = torch.optim.AdamW(master, lr=lr, betas=ADAM["betas"], eps=ADAM["eps"],
+                            weight_decay=ADAM["weight_decay"])
+    losses = []
+    for _ in range(steps):
+        with torch.no_grad():
+            for (_, p), m in zip(live, master):
+                p.copy_(m)
+                p.grad = None
+        step_loss = 0.0
+        for doc in docs:
+            s, _, _ = doc_loss_sum(model, doc)
+            (s / n_targets).backward()
+            step_loss += s.item() / n_targets
+        for (_, p), m in zip(live, master):
+            m.grad = p.grad.float()
+        torch.nn.utils.clip_grad_norm_(master, MAX_GRAD_NORM)
+        opt.step()
+        opt.zero_grad()
+        losses.append(step_loss)
+    return losses, {n: m.detach().clone() for (n, _), m in zip(live, master)}
+
+
+def scaled(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def bf16_baseline(d, docs, n_targets):
+    """Errors of HF computing in bf16 against HF in fp32 on this fixture: the yardstick of the
+    GPU tests (tests/gpu_step_test.cpp allows twice these)."""
+    grads, totals = [], []
+    for dtype in (torch.float32, torch.bfloat16):
+        m = load_for_baseline(d, dtype)
+        total = 0.0
+        for doc in docs:
+            s, _, _ = doc_loss_sum(m, doc)
+            (s / n_targets).backward()
+            total += s.item()
+        grads.append({n: p.grad.float() for n, p in lora_params(m)})
+        totals.append(total)
+    out = {"loss_rel": abs(totals[1] - totals[0]) / totals[0],
+           "grad_scaled": max(scaled(grads[1][n], grads[0][n]) for n in grads[0]),
+           "lr": GPU_LR, "steps": GPU_STEPS}
+    (s32, w32), (s16, w16) = [train_with_fp32_master(load_for_baseline(d, dt), docs, n_targets, GPU_LR,
+                                                     GPU_STEPS) for dt in (torch.float32, torch.bfloat16)]
+    out["step_loss_rel"] = max(abs(a - b) / b for a, b in zip(s16, s32))
+    out["final_weights_scaled"] = max(scaled(w16[n], w32[n]) for n in w32)
+    return out
+
+
 def run_arch(arch, spec, seed):
     model, gen, d = build(arch, spec, seed)
     docs = make_batch(spec["cfg"]["vocab_size"], gen)
@@ -179,6 +250,7 @@ def run_arch(arch, spec, seed):
                        lr=ADAM["lr"], beta1=ADAM["betas"][0], beta2=ADAM["betas"][1],
                        eps=ADAM["eps"], weight_decay=ADAM["weight_decay"],
                        max_grad_norm=MAX_GRAD_NORM, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
+                       bf16_baseline=bf16_baseline(d, docs, n_targets),
                        torch=torch.__version__, transformers=transformers.__version__,
                        peft=peft.__version__), f, indent=1)
     print(f"{arch}: loss {total / n_targets:.6f}, {n_targets} targets, 5-step losses "
