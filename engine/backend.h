@@ -35,6 +35,7 @@ class TrainBackend {
   virtual std::vector<float> lora_params() const = 0;
   virtual OptimizerState optimizer_state() const = 0;
   virtual void restore(const std::vector<float>& params, const OptimizerState& opt) = 0;
+  virtual bool on_gpu() const { return false; }
   // Peak device memory in use so far, GiB (0 on the CPU).
   virtual double peak_memory_gib() const { return 0; }
 };

@@ -43,6 +43,7 @@ class CudaBackend : public TrainBackend {
   void restore(const std::vector<float>& params, const OptimizerState& opt) override {
     model_.set_state(params, opt.m, opt.v, opt.step);
   }
+  bool on_gpu() const override { return true; }
   double peak_memory_gib() const override { return model_.peak_memory_gib(); }
 
  private:

@@ -15,6 +15,7 @@
 #include "engine/device.h"
 #include "engine/error.h"
 #include "engine/export.h"
+#include "engine/flops.h"
 #include "engine/metrics.h"
 #include "engine/schedule.h"
 #include "engine/training_data.h"
@@ -116,6 +117,8 @@ TrainSummary train(const TrainConfig& cfg) {
 
   std::optional<MetricsLog> log;
   if (is_main()) log.emplace(cfg.output.dir);
+  // MFU needs the device's dense bf16 rate, measured here as BENCHMARK.md defines it.
+  const double peak_tflops = backend->on_gpu() ? measure_matmul_tflops() : 0.0;
   const auto t0 = Clock::now();
   int64_t step = sum.first_step;
   while (step < total) {
@@ -143,13 +146,22 @@ TrainSummary train(const TrainConfig& cfg) {
     m.elapsed_s = seconds_since(t0);
     m.start_step = int(sum.first_step);
     m.pad_saved = s.packing.baseline_pad_share();
+    if (peak_tflops > 0) m.mfu = mfu(m.tokens_per_s, flops_per_token(mc, mean_attended_keys(mc, s.micro)), peak_tflops);
     if (double gib = backend->peak_memory_gib(); gib > 0) m.peak_mem_gib = gib;
     if (is_main()) {
       log->write(m);
       if (step % cfg.train.log_every == 0 || step == total)
         std::fprintf(stderr, "%s\n", progress_line(m, int(total)).c_str());
     }
-    if (step == sum.first_step + 1) sum.first_loss = loss;
+    if (step == sum.first_step + 1) {
+      sum.first_loss = loss;
+      if (is_main())
+        std::fprintf(stderr,
+                     "packing: %lld micro-batches fill %.1f%% of train.token_budget; batches of %d padded to their "
+                     "longest would have computed %.1f%% padding (0%% here)\n",
+                     static_cast<long long>(s.packing.micro_batches), 100 * s.packing.efficiency(),
+                     kPaddedBaselineGroup, 100 * s.packing.baseline_pad_share());
+    }
     sum.last_loss = loss;
 
     const bool periodic = cfg.output.checkpoint_every > 0 && step % cfg.output.checkpoint_every == 0;

@@ -371,7 +371,7 @@ TEST(Config, DemoConfigHasTheEmbeddedDefaults) {
   EXPECT_EQ(c.lora.targets.size(), 7u);
   EXPECT_EQ(c.data.path, "data/demo/chats.jsonl");
   EXPECT_EQ(c.data.template_name, "mistral");
-  EXPECT_EQ(c.train.token_budget, 2048);
+  EXPECT_EQ(c.train.token_budget, 1024);
   EXPECT_EQ(c.train.steps, 200);
   EXPECT_EQ(c.output.dir, "runs/demo");
 }
