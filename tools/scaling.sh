@@ -4,6 +4,7 @@
 #   strong: 32 sequences in all
 # tokens/s = mean over the timed steps (after 2 warm-up steps) of metrics.jsonl's tokens_per_s.
 # Usage: bash tools/scaling.sh [presets...]   (default: qwen3-0.6b llama-3.1-8b); GPUS="1 2" by default.
+# BASE_TPS=<tokens/s>: the 1-GPU figure measured before on the same device (then GPUS may omit 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 presets=("${@:-qwen3-0.6b llama-3.1-8b}")
@@ -29,7 +30,7 @@ run() {  # preset, gpus, global batch -> tokens/s
 
 printf "%-14s %4s | %12s %8s | %12s %8s\n" preset gpus "weak tok/s" "eff" "strong tok/s" "eff"
 for p in "${presets[@]}"; do
-  base=""
+  base=${BASE_TPS:-}
   for n in $gpus; do
     mkdir -p build/scaling
     weak=$(run "$p" "$n" $((32 * n)))
