@@ -44,7 +44,8 @@ const std::vector<std::string> kRun = {"model.preset=tiny",       "model.quant=n
                                        "train.warmup_steps=2",    "lora.r=4",                "output.export=peft"};
 
 // `ranks` processes under mpirun (timeout: a hang fails the test instead of blocking it).
-Result train_with(int ranks, const std::string& device, const std::string& dir) {
+Result train_with(int ranks, const std::string& device, const std::string& dir,
+                  const std::vector<std::string>& extra = {}) {
   fs::remove_all(dir);
   std::string cmd = "timeout 300 ";
   if (ranks > 1) cmd += cat("mpirun --allow-run-as-root --oversubscribe -np ", ranks, " -x NCCL_NVLS_ENABLE=0 ");
@@ -52,6 +53,7 @@ Result train_with(int ranks, const std::string& device, const std::string& dir) 
   std::ofstream(cfg) << "# dist_train_test\n";
   cmd += "build/train " + cfg;
   for (const auto& o : kRun) cmd += " " + o;
+  for (const auto& o : extra) cmd += " " + o;
   cmd += " train.device=" + device + " output.dir=" + dir;
   Result r;
   r.output = shell(cmd, &r.code);
@@ -110,14 +112,28 @@ TEST(DistTrain, TwoAndThreeCpuRanksTrainWhatOneTrains) {
 }
 
 // CUDA: each rank packs its share of the documents into different micro-batches, so cuBLASLt may
-// pick different kernels (row counts differ) and bf16 activations round differently; the bound is
-// the plain-bf16 yardstick of the GPU step test (tests/gpu_step_test.cpp), a few 1e-3.
+// pick other kernels and bf16 activations round differently; AdamW then turns gradient noise on
+// near-zero elements into different signs of the first updates (B starts at 0). The yardstick is
+// what repacking alone does on ONE GPU (the same run with another token budget): 2 ranks may differ
+// from 1 rank at most twice as much (measured on 2 H200s: repacking 1.9e-4 loss / 0.144 weights,
+// 2 ranks 3.1e-4 / 0.197).
 TEST(DistTrain, TwoGpuRanksTrainWhatOneTrains) {
   REQUIRE_GPU();
   if (cuda_device_count() < 2) GTEST_SKIP() << "needs 2 GPUs, found " << cuda_device_count();
   if (!mpirun_available()) GTEST_SKIP() << "mpirun or build/train missing";
   const std::string base = (fs::temp_directory_path() / "loom_dist_train_gpu_").string();
-  expect_same_training(train_with(1, "cuda", base + "1"), train_with(2, "cuda", base + "2"), 2, 1e-2, 2e-2);
+  Result one = train_with(1, "cuda", base + "1");
+  Result repacked = train_with(1, "cuda", base + "1r", {"train.token_budget=48"});
+  Result two = train_with(2, "cuda", base + "2");
+  ASSERT_EQ(repacked.code, 0) << repacked.output;
+  ASSERT_EQ(repacked.losses.size(), one.losses.size());
+  double loss_yardstick = 0;
+  for (size_t i = 0; i < one.losses.size(); ++i)
+    loss_yardstick = std::max(loss_yardstick, std::fabs(repacked.losses[i] - one.losses[i]) / one.losses[i]);
+  const double weight_yardstick = scaled_error(repacked.adapter, one.adapter);
+  std::printf("repacking on 1 GPU: worst step-loss rel difference %.2e, final weights %.2e\n", loss_yardstick,
+              weight_yardstick);
+  expect_same_training(one, two, 2, 2 * loss_yardstick, 2 * weight_yardstick);
 }
 
 }  // namespace
