@@ -66,15 +66,6 @@ Result train_with(int ranks, const std::string& device, const std::string& dir,
   return r;
 }
 
-double scaled_error(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    num = std::max(num, std::fabs(double(a[i]) - b[i]));
-    den = std::max(den, std::fabs(double(b[i])));
-  }
-  return num / std::max(den, 1e-30);
-}
-
 void expect_same_training(const Result& one, const Result& many, int ranks, double loss_tol, double weight_tol) {
   ASSERT_EQ(one.code, 0) << one.output;
   ASSERT_EQ(many.code, 0) << many.output;
@@ -86,7 +77,7 @@ void expect_same_training(const Result& one, const Result& many, int ranks, doub
     EXPECT_LE(rel, loss_tol) << "step " << i + 1 << ": " << ranks << " ranks " << many.losses[i] << ", 1 rank "
                              << one.losses[i];
   }
-  const double ew = scaled_error(many.adapter, one.adapter);
+  const double ew = test::scaled_error(many.adapter, one.adapter);
   std::printf("%d ranks vs 1: worst step-loss rel difference %.2e, final LoRA weights max scaled difference %.2e\n",
               ranks, worst, ew);
   EXPECT_LE(ew, weight_tol);
@@ -130,7 +121,7 @@ TEST(DistTrain, TwoGpuRanksTrainWhatOneTrains) {
   double loss_yardstick = 0;
   for (size_t i = 0; i < one.losses.size(); ++i)
     loss_yardstick = std::max(loss_yardstick, std::fabs(repacked.losses[i] - one.losses[i]) / one.losses[i]);
-  const double weight_yardstick = scaled_error(repacked.adapter, one.adapter);
+  const double weight_yardstick = test::scaled_error(repacked.adapter, one.adapter);
   std::printf("repacking on 1 GPU: worst step-loss rel difference %.2e, final weights %.2e\n", loss_yardstick,
               weight_yardstick);
   expect_same_training(one, two, 2, 2 * loss_yardstick, 2 * weight_yardstick);

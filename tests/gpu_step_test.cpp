@@ -74,15 +74,6 @@ StepFixture load_setup(const std::string& arch) {
   return s;
 }
 
-double scaled_error(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    num = std::max(num, std::fabs(double(a[i]) - b[i]));
-    den = std::max(den, std::fabs(double(b[i])));
-  }
-  return num / std::max(den, 1e-30);
-}
-
 std::unique_ptr<CudaModel> make_gpu(const StepFixture& s, const std::string& quant, const std::string& recompute) {
   CudaModelOptions opt;
   opt.quant = quant;
@@ -120,7 +111,7 @@ TEST_P(GpuStep, TwentyStepsFollowTheReference) {
       gpu->forward_backward(mb, scale);
     }
     if (step == 1) {
-      const double eg = scaled_error(gpu->lora_grads(), grads);
+      const double eg = test::scaled_error(gpu->lora_grads(), grads);
       std::printf("[%s/%s] step-1 LoRA gradients: max scaled error %.3f (plain bf16: %.3f)\n", arch.c_str(),
                   quant.c_str(), eg, s.base_grads);
       EXPECT_LE(eg, kRule * s.base_grads);
@@ -129,7 +120,7 @@ TEST_P(GpuStep, TwentyStepsFollowTheReference) {
     const double gpu_loss = gpu->end_step(s.lr).loss_sum * scale;
     worst_loss = std::max(worst_loss, std::fabs(gpu_loss - cpu_loss) / cpu_loss);
   }
-  const double ew = scaled_error(gpu->lora_params(), params);
+  const double ew = test::scaled_error(gpu->lora_params(), params);
   std::printf("[%s/%s] %d steps: worst step-loss rel error %.4f (plain bf16: %.4f), final LoRA weights %.4f "
               "(plain bf16: %.4f)\n",
               arch.c_str(), quant.c_str(), s.steps, worst_loss, s.base_step_loss, ew, s.base_weights);

@@ -68,16 +68,6 @@ std::vector<int> all_docs(const HfFixture& f) {
   return v;
 }
 
-// max |a - b| / max |b|: relative to the tensor's scale, so near-zero elements do not dominate.
-double scaled_error(const float* a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    num = std::max(num, std::fabs(double(a[i]) - b[i]));
-    den = std::max(den, std::fabs(double(b[i])));
-  }
-  return num / std::max(den, 1e-30);
-}
-
 std::string peft_grad_name(int layer, LoraTarget t, char ab) {
   return cat("grad.base_model.model.model.layers.", layer, ".", lora_module_path(t), ".lora_", ab, ".weight");
 }
@@ -93,7 +83,7 @@ TEST_P(HfParity, LogitsMatchPerDocument) {
     std::vector<float> logits;
     f.model->run(mb, f.lora.data(), nullptr, 1.f, nullptr, &logits);
     auto want = exp.read_f32(cat("logits.", i), {mb.T(), f.cfg.V});
-    worst = std::max(worst, scaled_error(logits.data(), want));
+    worst = std::max(worst, test::scaled_error(logits, want));
   }
   std::printf("[%s] logits max scaled error %.2e\n", GetParam().c_str(), worst);
   EXPECT_LE(worst, kTol);
@@ -117,7 +107,8 @@ TEST_P(HfParity, PackedLossAndLoraGradientsMatch) {
       const LoraSlot& s = f.layout.slot(l, LoraTarget(t));
       auto a = exp.read_f32(peft_grad_name(l, LoraTarget(t), 'A'), {f.layout.R, s.in});
       auto b = exp.read_f32(peft_grad_name(l, LoraTarget(t), 'B'), {s.out, f.layout.R});
-      double ea = scaled_error(&grads[s.a_offset], a), eb = scaled_error(&grads[s.b_offset], b);
+      const double ea = test::scaled_error(&grads[s.a_offset], a.data(), a.size());
+      const double eb = test::scaled_error(&grads[s.b_offset], b.data(), b.size());
       EXPECT_LE(ea, kTol) << "layer " << l << " " << kLoraTargetNames[t] << ".lora_A";
       EXPECT_LE(eb, kTol) << "layer " << l << " " << kLoraTargetNames[t] << ".lora_B";
       worst = std::max({worst, ea, eb});

@@ -66,6 +66,20 @@ inline void expect_close(const std::vector<float>& a, const std::vector<float>& 
                                 << b[d.worst];
 }
 
+// max |a - b| / max |b|: the error relative to the tensor's scale, so that near-zero elements do
+// not dominate (used for LoRA gradients and weights).
+inline double scaled_error(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num = std::max(num, std::fabs(double(a[i]) - double(b[i])));
+    den = std::max(den, std::fabs(double(b[i])));
+  }
+  return num / std::max(den, 1e-30);
+}
+inline double scaled_error(const std::vector<float>& a, const std::vector<float>& b) {
+  return scaled_error(a.data(), b.data(), std::min(a.size(), b.size()));
+}
+
 }  // namespace loom::test
 
 // First line of every GPU test: skips with a reason on machines without a device.
