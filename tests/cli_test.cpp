@@ -105,6 +105,24 @@ TEST(ScoreCli, BadLinesAreNamed) {
   EXPECT_NE(missing.out.find("/nonexistent/model"), std::string::npos) << missing.out;
 }
 
+// FORMATS.md's test vectors through the CLI: special-token strings in the text are special, BOS only
+// with --bos, a bad line named.
+TEST(TokenizeCli, EncodesLinesAndNamesBadOnes) {
+  if (!have("build/tokenize")) GTEST_SKIP() << "build/tokenize missing";
+  const std::string tok = test::shared_dir() + "/tokenizers/";
+  Outcome qwen = run("build/tokenize --tokenizer " + tok + "qwen3 < " +
+                     write_temp("tok.jsonl", "{\"text\": \"Hello world<|im_end|>\"}\n{\"text\": \"\"}\n"));
+  ASSERT_EQ(qwen.code, 0) << qwen.out;
+  EXPECT_EQ(qwen.out, "{\"ids\":[9707,1879,151645]}\n{\"ids\":[]}\n");
+  Outcome llama = run("build/tokenize --bos --tokenizer " + tok + "llama3 < " +
+                      write_temp("tok2.jsonl", "{\"text\": \"Hello\"}\n"));
+  EXPECT_EQ(llama.out, "{\"ids\":[128000,9906]}\n");
+  Outcome bad = run("build/tokenize --tokenizer " + tok + "qwen3 < " +
+                    write_temp("tok3.jsonl", "{\"text\": \"a\"}\n{\"text\": 5}\n"));
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("stdin:2:"), std::string::npos) << bad.out;
+}
+
 TEST(TrainCli, BadConfigIsReportedWithFileAndKey) {
   if (!have("build/train")) GTEST_SKIP() << "build/train missing";
   const std::string cfg = write_temp("bad.yaml", "model:\n  preset: tiny\nlora:\n  rank: 8\n");
