@@ -255,21 +255,6 @@ void BpeTokenizer::encode_into(std::string_view text, std::vector<int32_t>& ids,
   }
 }
 
-std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool add_bos) const {
-  std::vector<int32_t> ids;
-  ids.reserve(text.size() / 3 + 2);
-  if (add_bos && bos_id_ >= 0) ids.push_back(bos_id_);
-  encode_into(text, ids, nullptr);
-  return ids;
-}
-
-std::vector<int32_t> BpeTokenizer::encode_with_offsets(std::string_view text, std::vector<size_t>* starts) const {
-  std::vector<int32_t> ids;
-  if (starts) starts->clear();
-  encode_into(text, ids, starts);
-  return ids;
-}
-
 std::string BpeTokenizer::decode(const std::vector<int32_t>& ids) const {
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());

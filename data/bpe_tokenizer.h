@@ -29,17 +29,12 @@ class BpeTokenizer : public Tokenizer {
   BpeTokenizer(const nlohmann::json& tokenizer_json, const std::string& where, const SpecialTokenConfig& config);
   static std::unique_ptr<BpeTokenizer> from_file(const std::string& path, const SpecialTokenConfig& config);
 
-  std::vector<int32_t> encode(std::string_view text, bool add_bos = false) const override;
-  std::vector<int32_t> encode_with_offsets(std::string_view text, std::vector<size_t>* starts) const override;
   std::string decode(const std::vector<int32_t>& ids) const override;
   int32_t vocab_size() const override { return vocab_size_; }
   int32_t token_to_id(std::string_view token) const override;
-  int32_t bos_id() const override { return bos_id_; }
-  int32_t eos_id() const override { return eos_id_; }
-  bool bos_by_default() const override { return bos_by_default_; }
 
  private:
-  void encode_into(std::string_view text, std::vector<int32_t>& ids, std::vector<size_t>* starts) const;
+  void encode_into(std::string_view text, std::vector<int32_t>& ids, std::vector<size_t>* starts) const override;
   void resolve_special_tokens(const nlohmann::json& tokenizer_json, const SpecialTokenConfig& config,
                               const std::string& where);
 
@@ -51,8 +46,6 @@ class BpeTokenizer : public Tokenizer {
   std::unordered_map<std::string, int32_t> added_ids_;   // content -> id
   std::unordered_map<int32_t, std::string> added_text_;  // id -> text the decoder sees
   int32_t vocab_size_ = 0;
-  int32_t bos_id_ = -1, eos_id_ = -1;
-  bool bos_by_default_ = false;
 };
 
 }  // namespace loom

@@ -70,20 +70,6 @@ void SpTokenizer::encode_into(std::string_view text, std::vector<int32_t>& ids, 
   }
 }
 
-std::vector<int32_t> SpTokenizer::encode(std::string_view text, bool add_bos) const {
-  std::vector<int32_t> ids;
-  if (add_bos && bos_id_ >= 0) ids.push_back(bos_id_);
-  encode_into(text, ids, nullptr);
-  return ids;
-}
-
-std::vector<int32_t> SpTokenizer::encode_with_offsets(std::string_view text, std::vector<size_t>* starts) const {
-  std::vector<int32_t> ids;
-  if (starts) starts->clear();
-  encode_into(text, ids, starts);
-  return ids;
-}
-
 std::string SpTokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string out;
   std::vector<int> run;  // ordinary ids waiting for sentencepiece

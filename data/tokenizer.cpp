@@ -68,4 +68,19 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
        ": expected a HF tokenizer.json (.json) or a sentencepiece model (.model)");
 }
 
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos) const {
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 3 + 2);
+  if (add_bos && bos_id_ >= 0) ids.push_back(bos_id_);
+  encode_into(text, ids, nullptr);
+  return ids;
+}
+
+std::vector<int32_t> Tokenizer::encode_with_offsets(std::string_view text, std::vector<size_t>* starts) const {
+  std::vector<int32_t> ids;
+  if (starts) starts->clear();
+  encode_into(text, ids, starts);
+  return ids;
+}
+
 }  // namespace loom

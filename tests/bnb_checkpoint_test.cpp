@@ -66,14 +66,8 @@ void expect_same_state(const Nf4Host& got, const Nf4Host& want) {
   }
 }
 
-class BnbFile : public testing::Test {
+class BnbFile : public loom::test::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(testing::TempDir()) / "loom_bnb_XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
 
   // Writes the stored tensors (after `edit`) as DIR/name and opens it.
   Checkpoint write(const std::string& name, std::vector<loom::StoredTensor> tensors,
@@ -92,7 +86,6 @@ class BnbFile : public testing::Test {
     return out;
   }
 
-  std::string dir_;
 };
 
 loom::StoredTensor& find(std::vector<loom::StoredTensor>& tensors, const std::string& name) {

@@ -33,21 +33,16 @@ class WordTokenizer : public loom::Tokenizer {
                           "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<s>", "</s>", "[INST]",
                           "[/INST]"})
       id_of(s);
+    bos_id_ = token_to_id("<s>");
+    eos_id_ = token_to_id("</s>");
   }
-  std::vector<int32_t> encode(std::string_view text, bool add_bos) const override {
-    std::vector<int32_t> ids = encode_with_offsets(text, nullptr);
-    if (add_bos) ids.insert(ids.begin(), bos_id());
-    return ids;
-  }
-  std::vector<int32_t> encode_with_offsets(std::string_view text, std::vector<size_t>* starts) const override {
-    std::vector<int32_t> ids;
+  void encode_into(std::string_view text, std::vector<int32_t>& ids, std::vector<size_t>* starts) const override {
     for (size_t pos = 0; pos < text.size();) {
       const size_t len = piece_length(text, pos);
       ids.push_back(id_of(std::string(text.substr(pos, len))));
       if (starts) starts->push_back(pos);
       pos += len;
     }
-    return ids;
   }
   std::string decode(const std::vector<int32_t>& ids) const override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -61,8 +56,6 @@ class WordTokenizer : public loom::Tokenizer {
     auto it = ids_.find(std::string(token));
     return it == ids_.end() ? -1 : it->second;
   }
-  int32_t bos_id() const override { return token_to_id("<s>"); }
-  int32_t eos_id() const override { return token_to_id("</s>"); }
 
  private:
   static bool alnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }

@@ -21,6 +21,7 @@
 #include "models/model_config.h"
 #include "models/reference_model.h"
 #include "models/weights.h"
+#include "tests/hf_fixture.h"
 #include "tests/test_util.h"
 
 namespace loom {
@@ -28,14 +29,9 @@ namespace {
 
 constexpr double kRule = 2.0;  // at most twice the error of plain bf16
 
-struct StepFixture {
-  std::string dir;
-  ModelConfig cfg;
-  LoraLayout layout;
-  std::vector<float> lora;
+struct StepFixture : test::HfFixture {
   std::vector<MicroBatch> micro;
   int64_t n_targets = 0;
-  TrainSection train;
   float lr = 0;
   int steps = 0;
   // Errors of HF in bf16 vs fp32 on this fixture (see the header comment).
@@ -44,27 +40,12 @@ struct StepFixture {
 
 StepFixture load_setup(const std::string& arch) {
   StepFixture s;
-  s.dir = test::fixtures_dir() + "/hf/" + arch;
-  s.cfg = load_model_config(s.dir + "/model");
-  s.layout = make_lora_layout(s.cfg, read_peft_lora_section(s.dir + "/adapter"));
-  s.lora = load_peft_adapter(s.dir + "/adapter", s.layout);
-  std::ifstream bf(s.dir + "/batch.json"), ef(s.dir + "/expected.json");
-  nlohmann::json batch = nlohmann::json::parse(bf), e = nlohmann::json::parse(ef);
-  std::vector<Document> docs;
-  for (const auto& d : batch["documents"])
-    docs.push_back({d["ids"].get<std::vector<int32_t>>(), d["mask"].get<std::vector<uint8_t>>()});
-  for (const auto& which : batch["micro_batches"]) {
-    std::vector<const Document*> p;
-    for (int i : which) p.push_back(&docs[i]);
-    s.micro.push_back(pack_documents(p));
+  static_cast<test::HfFixture&>(s) = test::load_hf_fixture(arch);
+  for (const auto& which : s.micro_batches) {
+    s.micro.push_back(test::pack(s, which));
     s.n_targets += s.micro.back().n_targets();
   }
-  s.train.beta1 = e["beta1"];
-  s.train.beta2 = e["beta2"];
-  s.train.eps = e["eps"];
-  s.train.weight_decay = e["weight_decay"];
-  s.train.max_grad_norm = e["max_grad_norm"];
-  const auto& b = e["bf16_baseline"];
+  const auto& b = s.expected["bf16_baseline"];
   s.lr = b["lr"];
   s.steps = b["steps"];
   s.base_loss = b["loss_rel"];

@@ -19,14 +19,8 @@ namespace {
 
 std::string fixture(const std::string& name) { return loom::test::fixtures_dir() + "/configs/" + name; }
 
-class ModelConfigFile : public testing::Test {
+class ModelConfigFile : public loom::test::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(testing::TempDir()) / "loom_cfg_XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
   // Writes text as DIR/config.json and loads it.
   ModelConfig load(const std::string& text) {
     std::ofstream(dir_ + "/config.json") << text;
@@ -41,7 +35,6 @@ class ModelConfigFile : public testing::Test {
         EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message: " << e.what() << "\nmissing: " << p;
     }
   }
-  std::string dir_;
 };
 
 // A minimal config of the given class; `extra` ("key": value, ...) adds or replaces keys.

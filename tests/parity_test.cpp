@@ -16,6 +16,7 @@
 #include "models/reference_model.h"
 #include "models/safetensors.h"
 #include "models/weights.h"
+#include "tests/hf_fixture.h"
 #include "tests/test_util.h"
 
 namespace loom {
@@ -23,43 +24,18 @@ namespace {
 
 constexpr double kTol = 1e-4;
 
-struct HfFixture {
-  std::string dir;
-  ModelConfig cfg;
-  LoraLayout layout;
-  std::vector<float> lora;
-  std::vector<Document> docs;
-  std::vector<std::vector<int>> micro_batches;
-  nlohmann::json expected;
+using test::HfFixture;
+using test::pack;
+
+struct ParityFixture : HfFixture {
   std::unique_ptr<ReferenceModel> model;
 };
 
-HfFixture load_fixture(const std::string& arch) {
-  HfFixture f;
-  f.dir = test::fixtures_dir() + "/hf/" + arch;
-  f.cfg = load_model_config(f.dir + "/model");
-  LoraSection ls = read_peft_lora_section(f.dir + "/adapter");
-  f.layout = make_lora_layout(f.cfg, ls);
-  f.lora = load_peft_adapter(f.dir + "/adapter", f.layout);
+ParityFixture load_fixture(const std::string& arch) {
+  ParityFixture f;
+  static_cast<HfFixture&>(f) = test::load_hf_fixture(arch);
   f.model = std::make_unique<ReferenceModel>(f.cfg, load_weights(f.dir + "/model", f.cfg), f.layout);
-  std::ifstream bf(f.dir + "/batch.json");
-  nlohmann::json batch = nlohmann::json::parse(bf);
-  for (const auto& d : batch["documents"]) {
-    Document doc;
-    doc.ids = d["ids"].get<std::vector<int32_t>>();
-    doc.mask = d["mask"].get<std::vector<uint8_t>>();
-    f.docs.push_back(doc);
-  }
-  f.micro_batches = batch["micro_batches"].get<std::vector<std::vector<int>>>();
-  std::ifstream ef(f.dir + "/expected.json");
-  f.expected = nlohmann::json::parse(ef);
   return f;
-}
-
-MicroBatch pack(const HfFixture& f, const std::vector<int>& which) {
-  std::vector<const Document*> d;
-  for (int i : which) d.push_back(&f.docs[i]);
-  return pack_documents(d);
 }
 
 std::vector<int> all_docs(const HfFixture& f) {
@@ -75,7 +51,7 @@ std::string peft_grad_name(int layer, LoraTarget t, char ab) {
 class HfParity : public testing::TestWithParam<std::string> {};
 
 TEST_P(HfParity, LogitsMatchPerDocument) {
-  HfFixture f = load_fixture(GetParam());
+  ParityFixture f = load_fixture(GetParam());
   Checkpoint exp = Checkpoint::open(f.dir + "/expected.safetensors");
   double worst = 0;
   for (size_t i = 0; i < f.docs.size(); ++i) {
@@ -90,7 +66,7 @@ TEST_P(HfParity, LogitsMatchPerDocument) {
 }
 
 TEST_P(HfParity, PackedLossAndLoraGradientsMatch) {
-  HfFixture f = load_fixture(GetParam());
+  ParityFixture f = load_fixture(GetParam());
   MicroBatch mb = pack(f, all_docs(f));
   const int64_t n = f.expected["n_targets"];
   ASSERT_EQ(mb.n_targets(), n);
@@ -119,7 +95,7 @@ TEST_P(HfParity, PackedLossAndLoraGradientsMatch) {
 // A packed buffer of several documents computes, token for token, what each document computes
 // alone: same per-token losses bit for bit, hence the same loss.
 TEST_P(HfParity, PackedBufferEqualsDocumentsOneByOne) {
-  HfFixture f = load_fixture(GetParam());
+  ParityFixture f = load_fixture(GetParam());
   MicroBatch packed = pack(f, all_docs(f));
   std::vector<float> packed_loss(packed.T());
   f.model->run(packed, f.lora.data(), nullptr, 1.f, packed_loss.data());
@@ -133,14 +109,9 @@ TEST_P(HfParity, PackedBufferEqualsDocumentsOneByOne) {
 }
 
 TEST_P(HfParity, FiveAdamWStepsFollowHfLosses) {
-  HfFixture f = load_fixture(GetParam());
+  ParityFixture f = load_fixture(GetParam());
   const auto& e = f.expected;
-  TrainSection t;
-  t.beta1 = e["beta1"];
-  t.beta2 = e["beta2"];
-  t.eps = e["eps"];
-  t.weight_decay = e["weight_decay"];
-  t.max_grad_norm = e["max_grad_norm"];
+  const TrainSection& t = f.train;
   const float lr = e["lr"];
   const int64_t n = e["n_targets"];
   std::vector<float> params = f.lora, grads(f.layout.total, 0.f);

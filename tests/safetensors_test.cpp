@@ -19,14 +19,8 @@ using loom::TensorToWrite;
 
 namespace {
 
-class Safetensors : public testing::Test {
+class Safetensors : public loom::test::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(testing::TempDir()) / "loom_st_XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
   std::string path(const std::string& name) const { return (fs::path(dir_) / name).string(); }
 
   // u64 N ‖ header ‖ data, exactly as given (no padding), for corrupt files.
@@ -39,7 +33,6 @@ class Safetensors : public testing::Test {
     return p;
   }
 
-  std::string dir_;
 };
 
 // Runs f, which must throw loom::Error whose message contains every part.

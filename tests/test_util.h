@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -65,6 +66,18 @@ inline void expect_close(const std::vector<float>& a, const std::vector<float>& 
                                 << ") at index " << d.worst << ": got " << a[d.worst] << ", want "
                                 << b[d.worst];
 }
+
+// A fresh folder for each test (dir_), removed afterwards.
+class TempDirTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (std::filesystem::path(testing::TempDir()) / "loom_XXXXXX").string();
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string dir_;
+};
 
 // max |a - b| / max |b|: the error relative to the tensor's scale, so that near-zero elements do
 // not dominate (used for LoRA gradients and weights).
