@@ -3,6 +3,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <sched.h>
+#include <sys/sysinfo.h>
 #include <cstdio>
 #include <cstdlib>
 #include <future>
@@ -175,6 +177,15 @@ void dist_finalize() {
 }
 
 bool is_main() { return runtime().ctx.rank == 0; }
+
+std::string cpu_binding_warning() {
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return "";
+  const int usable = CPU_COUNT(&allowed), online = get_nprocs();
+  if (usable > 1 || online <= 1) return "";
+  return cat("warning: this rank may use 1 of the ", online, " CPUs (mpirun binds each rank to a core when np <= 2), ",
+             "so loading runs on one thread; launch with `mpirun --bind-to none ...`");
+}
 
 void dist_abort_with(const std::string& msg) {
   Runtime& r = runtime();

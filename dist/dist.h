@@ -52,6 +52,12 @@ const DistContext& dist_context();
 void dist_finalize();
 bool is_main();  // rank 0: the rank that logs, saves checkpoints and exports
 
+// Under mpirun with np <= 2, Open MPI binds each rank to one core, so the host work of loading
+// (random init, NF4 quantization, OpenMP-parallel) runs on a single thread: minutes for an 8B model
+// instead of seconds. A warning with the fix (`--bind-to none`) when this process may use one CPU
+// of several; empty otherwise.
+std::string cpu_binding_warning();
+
 // Prints "[rank R] error: msg" ("error: msg" when world = 1) and ends every rank with exit code 1.
 [[noreturn]] void dist_abort_with(const std::string& msg);
 

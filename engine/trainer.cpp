@@ -89,6 +89,8 @@ std::vector<Document> documents_on_every_rank(const TrainConfig& cfg, const Mode
 TrainSummary train(const TrainConfig& cfg) {
   const DistContext& ctx = dist_context();
   if (is_main()) write_resolved_config(cfg);
+  if (is_main() && ctx.world > 1)  // before loading, the host work that the binding slows
+    if (const std::string w = cpu_binding_warning(); !w.empty()) std::fprintf(stderr, "%s\n", w.c_str());
   const ModelConfig mc = resolve_model_config(cfg.model);
   const LoraLayout layout = make_lora_layout(mc, cfg.lora);
   const std::vector<Document> docs = documents_on_every_rank(cfg, mc);

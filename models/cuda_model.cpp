@@ -262,7 +262,9 @@ struct CudaModel::Impl {
       upload_bf16(w[t].at(l), wt);
       return;
     }
-    for (float& x : wt) x = bf16_bits_to_float(float_to_bf16_bits(x));  // bitsandbytes sees the bf16 weight
+    // bitsandbytes sees the bf16 weight.
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < wt.size(); ++i) wt[i] = bf16_bits_to_float(float_to_bf16_bits(wt[i]));
     Nf4Host qh = nf4_quantize_ref(wt.data(), out, in, kNf4Blocksize, opt.double_quant);
     upload(codes[t].at(l), qh.codes);
     Nf4Device& d = nf4_desc[l][t];

@@ -272,6 +272,7 @@ Nf4Host nf4_quantize_ref(const float* w, int64_t rows, int64_t cols, int blocksi
     quantize_block(w + start, len, len == blocksize, codes.data() + start, &absmax[size_t(b)]);
   }
   q.codes.resize(codes.size() / 2);
+#pragma omp parallel for schedule(static)
   for (size_t k = 0; k < q.codes.size(); ++k) q.codes[k] = uint8_t(codes[2 * k] << 4 | codes[2 * k + 1]);
   if (double_quant)
     double_quantize(absmax, q);

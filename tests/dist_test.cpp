@@ -3,6 +3,7 @@
 // tcp/file bootstrap. Multi-process tests skip when build/dist_check or mpirun is missing; each
 // waits for its processes with a limit, so a hang fails the test instead of stalling the suite.
 #include <fcntl.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -226,6 +227,27 @@ TEST(Dist, AbortWithAtWorldOnePrintsTheErrorAndExitsWithOne) {
   // The full test binary has OpenMP threads by now; a fresh re-executed child avoids forking them.
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(dist_abort_with("lora.r must be > 0"), testing::ExitedWithCode(1), "^error: lora.r must be > 0\n");
+}
+
+// A thread pinned to one CPU sees what a rank that mpirun bound to a core sees.
+TEST(Dist, OneUsableCpuOfSeveralWarnsWithTheFix) {
+  cpu_set_t all;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(all), &all), 0);
+  if (CPU_COUNT(&all) < 2) GTEST_SKIP() << "this process may use a single CPU";
+  EXPECT_EQ(cpu_binding_warning(), "");
+  std::string pinned;
+  std::thread([&] {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &all)) {
+        CPU_SET(c, &one);
+        break;
+      }
+    if (sched_setaffinity(0, sizeof(one), &one) == 0) pinned = cpu_binding_warning();
+  }).join();
+  EXPECT_NE(pinned.find("may use 1 of the"), std::string::npos) << pinned;
+  EXPECT_NE(pinned.find("--bind-to none"), std::string::npos) << pinned;
 }
 
 // ---------------------------------------------------------------------------------------------

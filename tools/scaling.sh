@@ -22,7 +22,7 @@ run() {  # preset, gpus, global batch -> tokens/s
   local dir="build/scaling/$1-$2gpu-$3"
   rm -rf "$dir"
   local launch=()
-  [ "$2" -gt 1 ] && launch=(mpirun --allow-run-as-root -np "$2" -x NCCL_NVLS_ENABLE=0)
+  [ "$2" -gt 1 ] && launch=(mpirun --allow-run-as-root --bind-to none -np "$2" -x NCCL_NVLS_ENABLE=0)
   "${launch[@]}" build/train configs/bench-sft-alpaca.yaml model.preset="$1" train.global_batch="$3" \
     data.synthetic_docs=$((3 * 7 * $3)) output.dir="$dir" > "$dir.log" 2>&1 || { tail -20 "$dir.log"; exit 1; }
   tokens_per_s "$dir/metrics.jsonl"
