@@ -1,9 +1,11 @@
 #include "dist/dist.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <sched.h>
+#include <omp.h>
 #include <sys/sysinfo.h>
 #include <cstdio>
 #include <cstdlib>
@@ -143,6 +145,21 @@ void fatal_once(const std::string& msg) {
   die(msg);
 }
 
+namespace {
+
+void share_host_cpus(int local_world) {
+  cpu_set_t allowed;
+  if (local_world <= 1 || std::getenv("OMP_NUM_THREADS") || sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+    return;
+  omp_set_num_threads(host_threads_per_rank(CPU_COUNT(&allowed), get_nprocs(), local_world));
+}
+
+}  // namespace
+
+int host_threads_per_rank(int usable, int online, int local_world) {
+  return std::max(1, std::min(usable, online / std::max(local_world, 1)));
+}
+
 DistContext& dist_init(int* argc, char*** argv) {
   Runtime& r = runtime();
   if (r.ctx.initialized) return r.ctx;
@@ -155,10 +172,12 @@ DistContext& dist_init(int* argc, char*** argv) {
     ctx.rank = plan.rank;
     ctx.world = plan.world;
     ctx.local_rank = plan.local_rank;
+    ctx.local_world = plan.local_world;
     if (plan.world > 1) r.link = make_socket_link(plan);
   }
   ctx.initialized = true;
   r.ctx = ctx;
+  share_host_cpus(ctx.local_world);
   if (ctx.world > 1) {
     set_log_rank(ctx.rank);
     set_abort_hook(end_all_ranks);

@@ -38,6 +38,7 @@ namespace loom {
 
 struct DistContext {
   int rank = 0, world = 1, local_rank = 0;  // local_rank: this process's GPU on its node
+  int local_world = 1;                      // processes on this node: they share its CPUs
   bool mpi = false;                         // MPI_Init was called (launched by mpirun)
   Bootstrap bootstrap = Bootstrap::single;
   bool initialized = false;
@@ -57,6 +58,12 @@ bool is_main();  // rank 0: the rank that logs, saves checkpoints and exports
 // instead of seconds. A warning with the fix (`--bind-to none`) when this process may use one CPU
 // of several; empty otherwise.
 std::string cpu_binding_warning();
+
+// OpenMP threads for one of `local_world` ranks on a node with `online` CPUs, `usable` of which this
+// rank may run on: its share of the node, never more than its binding allows. Unset OMP_NUM_THREADS,
+// every rank would start one thread per CPU and 4 ranks would run 4 threads per core, where OpenMP's
+// barriers spin on descheduled threads. dist_init applies it unless OMP_NUM_THREADS is set.
+int host_threads_per_rank(int usable, int online, int local_world);
 
 // Prints "[rank R] error: msg" ("error: msg" when world = 1) and ends every rank with exit code 1.
 [[noreturn]] void dist_abort_with(const std::string& msg);

@@ -94,6 +94,13 @@ LaunchPlan plan_launch(const EnvLookup& env) {
              p.world - 1);
   p.local_rank = is_set(env, "LOCAL_RANK") ? env_int(env, "LOCAL_RANK", "this process's GPU index on its node")
                                            : p.rank;
+  p.local_world = p.world;
+  if (is_set(env, "LOCAL_WORLD_SIZE")) {
+    p.local_world = env_int(env, "LOCAL_WORLD_SIZE", "the number of processes on this node (e.g. LOCAL_WORLD_SIZE=8)");
+    LOOM_CHECK(p.local_world >= 1 && p.local_rank < p.local_world, "LOCAL_RANK=", p.local_rank,
+               " is out of range for LOCAL_WORLD_SIZE=", p.local_world,
+               "; set LOCAL_WORLD_SIZE to the number of processes on this node");
+  }
   p.timeout_s = env_seconds(env, "LOOM_DIST_TIMEOUT_S", p.timeout_s);
   if (p.world > 1) read_rendezvous(env, p);
   return p;

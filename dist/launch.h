@@ -4,7 +4,7 @@
 //           (Open MPI), PMI_SIZE / PMI_RANK (MPICH, Intel MPI, Slurm PMI-2) or PMIX_RANK (PMIx):
 //           MPI itself then gives rank, world and local rank.
 //   tcp     torchrun style: RANK, WORLD_SIZE, LOCAL_RANK (default: RANK, right for one node),
-//           MASTER_ADDR, MASTER_PORT. Rank 0 listens on MASTER_PORT, the others connect.
+//           LOCAL_WORLD_SIZE (default: WORLD_SIZE, likewise), MASTER_ADDR, MASTER_PORT. Rank 0 listens on MASTER_PORT, the others connect.
 //   file    RANK, WORLD_SIZE and LOOM_RENDEZVOUS_FILE (a path every rank can read): rank 0 listens
 //           on MASTER_PORT or any free port and writes its address (MASTER_ADDR if set, else its
 //           host name) to the file.
@@ -22,6 +22,7 @@ const char* bootstrap_name(Bootstrap b);  // "single", "mpirun", "tcp", "file"
 struct LaunchPlan {
   Bootstrap bootstrap = Bootstrap::single;
   int rank = 0, world = 1, local_rank = 0;  // tcp/file/single; under mpi MPI answers these
+  int local_world = 1;                      // processes on this node (LOCAL_WORLD_SIZE)
   std::string master_addr;                  // MASTER_ADDR (tcp: where rank 0 is; file: what rank 0 publishes)
   int master_port = 0;                      // MASTER_PORT; 0 = any free port (file only)
   std::string rendezvous_file;              // LOOM_RENDEZVOUS_FILE

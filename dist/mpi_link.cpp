@@ -71,13 +71,13 @@ class MpiLink final : public Link {
   bool owns_mpi_;  // we called MPI_Init, so we call MPI_Finalize
 };
 
-int local_rank_on_node(int rank) {
+// This rank's index among the ranks of its node, and their number.
+void place_on_node(DistContext& ctx) {
   MPI_Comm node;
-  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node));
-  int local = 0;
-  MPI_CHECK(MPI_Comm_rank(node, &local));
+  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, ctx.rank, MPI_INFO_NULL, &node));
+  MPI_CHECK(MPI_Comm_rank(node, &ctx.local_rank));
+  MPI_CHECK(MPI_Comm_size(node, &ctx.local_world));
   MPI_CHECK(MPI_Comm_free(&node));
-  return local;
 }
 
 }  // namespace
@@ -94,7 +94,7 @@ std::unique_ptr<Link> make_mpi_link(int* argc, char*** argv, DistContext& ctx) {
   MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &ctx.rank));
   MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &ctx.world));
-  ctx.local_rank = local_rank_on_node(ctx.rank);
+  place_on_node(ctx);
   ctx.mpi = true;
   return std::make_unique<MpiLink>(!already);
 }

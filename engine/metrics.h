@@ -27,8 +27,8 @@ struct StepMetrics {
   double tokens_per_s = 0;   // real tokens per wall second, as the trainer measured it
   double elapsed_s = 0;      // wall seconds since this process started training
   int start_step = 0;        // step this process resumed from (0 on a fresh run); not written
-  std::optional<double> mfu;           // model FLOPs utilisation in [0, 1] (BENCHMARK.md)
-  std::optional<double> peak_mem_gib;  // peak device memory in use, GiB
+  std::optional<double> mfu;           // model FLOPs utilisation in [0, 1] of all ranks' GPUs (BENCHMARK.md)
+  std::optional<double> peak_mem_gib;  // peak device memory in use on rank 0's GPU, GiB
   std::optional<double> pad_saved;     // share of a padded batch's tokens that packing avoided
 };
 

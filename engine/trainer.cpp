@@ -96,7 +96,9 @@ TrainSummary train(const TrainConfig& cfg) {
   const std::vector<Document> docs = documents_on_every_rank(cfg, mc);
   DataLoader loader(docs, loader_options(cfg.train, ctx.rank, ctx.world));
   const int64_t total = cfg.train.steps > 0 ? cfg.train.steps : loader.total_steps(cfg.train.epochs);
+  const auto load_start = Clock::now();
   std::unique_ptr<TrainBackend> backend = make_backend(cfg, mc, layout);
+  const double load_s = seconds_since(load_start);
 
   TrainSummary sum;
   sum.run_dir = cfg.output.dir;
@@ -112,15 +114,18 @@ TrainSummary train(const TrainConfig& cfg) {
     }
   }
   if (is_main())
-    std::fprintf(stderr, "loom: %s | %s | %d rank%s | %lld documents | %lld steps | LoRA r=%d on %lld params\n",
+    std::fprintf(stderr,
+                 "loom: %s | %s | %d rank%s | %lld documents | %lld steps | LoRA r=%d on %lld params | loaded in "
+                 "%.1f s\n",
                  model_name(cfg.model).c_str(), sum.device.c_str(), ctx.world, ctx.world > 1 ? "s" : "",
                  static_cast<long long>(docs.size()), static_cast<long long>(total), layout.R,
-                 static_cast<long long>(layout.total));
+                 static_cast<long long>(layout.total), load_s);
 
   std::optional<MetricsLog> log;
   if (is_main()) log.emplace(cfg.output.dir);
-  // MFU needs the device's dense bf16 rate, measured here as BENCHMARK.md defines it.
-  const double peak_tflops = backend->on_gpu() ? measure_matmul_tflops() : 0.0;
+  // MFU needs the device's dense bf16 rate, measured here as BENCHMARK.md defines it; the step's
+  // tokens ran on every rank's GPU (alike, as data parallelism assumes).
+  const double peak_tflops = backend->on_gpu() ? measure_matmul_tflops() * ctx.world : 0.0;
   const auto t0 = Clock::now();
   int64_t step = sum.first_step;
   while (step < total) {

@@ -85,6 +85,17 @@ TEST(Launch, LocalRankDefaultsToRank) {
   EXPECT_EQ(p.local_rank, 2);
 }
 
+TEST(Launch, LocalWorldSizeDefaultsToWorldAndBoundsLocalRank) {
+  const std::map<std::string, std::string> two_nodes = {{"RANK", "5"},           {"WORLD_SIZE", "8"},
+                                                        {"LOCAL_RANK", "1"},     {"LOCAL_WORLD_SIZE", "4"},
+                                                        {"MASTER_ADDR", "h"},    {"MASTER_PORT", "1"}};
+  EXPECT_EQ(plan_of(two_nodes).local_world, 4);
+  EXPECT_EQ(plan_of({{"RANK", "2"}, {"WORLD_SIZE", "3"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1"}}).local_world, 3);
+  auto bad = two_nodes;
+  bad["LOCAL_WORLD_SIZE"] = "1";
+  EXPECT_NE(launch_error(bad).find("LOCAL_RANK=1 is out of range for LOCAL_WORLD_SIZE=1"), std::string::npos);
+}
+
 TEST(Launch, RendezvousFileNeedsNoMasterAddress) {
   LaunchPlan p = plan_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOOM_RENDEZVOUS_FILE", "/shared/rdv"}});
   EXPECT_EQ(p.bootstrap, Bootstrap::file);
@@ -227,6 +238,14 @@ TEST(Dist, AbortWithAtWorldOnePrintsTheErrorAndExitsWithOne) {
   // The full test binary has OpenMP threads by now; a fresh re-executed child avoids forking them.
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(dist_abort_with("lora.r must be > 0"), testing::ExitedWithCode(1), "^error: lora.r must be > 0\n");
+}
+
+TEST(Dist, RanksOfANodeShareItsCpusWithinTheirBinding) {
+  EXPECT_EQ(host_threads_per_rank(64, 64, 4), 16);  // --bind-to none: a quarter of the node each
+  EXPECT_EQ(host_threads_per_rank(32, 64, 4), 16);  // bound to a socket shared by 2 ranks
+  EXPECT_EQ(host_threads_per_rank(1, 64, 2), 1);    // bound to a core (mpirun's default for np <= 2)
+  EXPECT_EQ(host_threads_per_rank(2, 2, 3), 1);     // more ranks than CPUs: one thread each
+  EXPECT_EQ(host_threads_per_rank(16, 16, 1), 16);
 }
 
 // A thread pinned to one CPU sees what a rank that mpirun bound to a core sees.

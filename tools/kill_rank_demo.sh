@@ -14,7 +14,7 @@ if [ "${BOOTSTRAP:-mpi}" = tcp ]; then
       > "$dir/rank$r.log" 2>&1 &
   done
 else
-  mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 build/train "${args[@]}" > "$dir/mpirun.log" 2>&1 &
+  mpirun --allow-run-as-root --bind-to none -np 2 -x NCCL_NVLS_ENABLE=0 build/train "${args[@]}" > "$dir/mpirun.log" 2>&1 &
 fi
 launcher=$!
 for _ in $(seq 600); do [ -s "$dir/run/metrics.jsonl" ] && [ "$(wc -l < "$dir/run/metrics.jsonl")" -ge 3 ] && break; sleep 0.1; done
