@@ -140,8 +140,32 @@ void star_sum(Link& link, Op op, T* buf, size_t n) {
 
 }  // namespace
 
+namespace {
+
+thread_local bool t_reporting = false;  // this thread is inside fatal_once
+
+// The hook die() calls before printing. Over tcp/file, a rank killed mid-step frees GPU memory that
+// this rank's NCCL kernels still read, so the first error here can be a CUDA error ("illegal memory
+// access") a moment before the watcher thread sees the dead rank's sockets close (they close late
+// in its teardown). Wait up to kPeerLossLag for the watcher to report the cause; if it does, this
+// thread stays quiet while the watcher ends the run. Under mpirun, mpirun names the dead rank.
+constexpr auto kPeerLossLag = std::chrono::seconds(2);
+
+void defer_to_peer_loss() {
+  Runtime& r = runtime();
+  if (t_reporting || r.ctx.mpi || r.ctx.world <= 1 || !r.link || r.finalized) return;
+  const auto deadline = std::chrono::steady_clock::now() + kPeerLossLag;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (r.reporting) park();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+}  // namespace
+
 void fatal_once(const std::string& msg) {
   if (runtime().reporting.exchange(true)) park();
+  t_reporting = true;
   die(msg);
 }
 
@@ -181,6 +205,7 @@ DistContext& dist_init(int* argc, char*** argv) {
   if (ctx.world > 1) {
     set_log_rank(ctx.rank);
     set_abort_hook(end_all_ranks);
+    set_before_die_hook(defer_to_peer_loss);
   }
   return r.ctx;
 }

@@ -30,10 +30,10 @@ std::string cuda_device_summary(int device) {
   cudaGetDeviceProperties(&p, device);
   int driver = 0;
   cudaDriverGetVersion(&driver);
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "%s, %d SMs, %.1f GiB, driver %d.%d", p.name, p.multiProcessorCount,
-                p.totalGlobalMem / double(1ull << 30), driver / 1000, (driver % 1000) / 10);
-  return buf;
+  char gib[32];
+  std::snprintf(gib, sizeof gib, "%.1f", p.totalGlobalMem / double(1ull << 30));
+  return cat(p.name, ", ", p.multiProcessorCount, " SMs, ", gib, " GiB, driver ", driver / 1000, ".",
+             (driver % 1000) / 10);
 }
 
 }  // namespace loom

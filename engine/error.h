@@ -34,6 +34,10 @@ void set_abort_hook(AbortHook hook);
 [[noreturn]] void die(const std::string& msg);
 // The rank printed by die(); set by dist/ once the rank is known.
 void set_log_rank(int rank);
+// Called by die() before it prints; may not return, when another thread is reporting the failure
+// that caused this one (dist/: a peer that died while this rank's GPU read its memory).
+using BeforeDieHook = void (*)();
+void set_before_die_hook(BeforeDieHook hook);
 
 }  // namespace loom
 

@@ -140,6 +140,10 @@ TrainSummary train(const TrainConfig& cfg) {
     const double loss = s.global_targets > 0 ? r.loss_sum / double(s.global_targets) : 0.0;
     const double norm = r.grad_norm;
     ++step;
+    // Every rank got through this step alive, so its all-reduce summed real gradients: a rank that
+    // died mid-step can leave NCCL reading freed memory, and such a step must never be logged or
+    // saved. A few microseconds per step.
+    if (ctx.world > 1) barrier();
     check_finite(loss, norm, step, cfg.output.dir);
 
     StepMetrics m;
