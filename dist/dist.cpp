@@ -1,12 +1,13 @@
 #include "dist/dist.h"
 
+#include <omp.h>
+#include <sched.h>
+#include <sys/sysinfo.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <sched.h>
-#include <omp.h>
-#include <sys/sysinfo.h>
 #include <cstdio>
 #include <cstdlib>
 #include <future>
@@ -138,10 +139,6 @@ void star_sum(Link& link, Op op, T* buf, size_t n) {
   for (int r = 1; r < c.world; ++r) send_frame(link, r, op, buf, bytes);
 }
 
-}  // namespace
-
-namespace {
-
 thread_local bool t_reporting = false;  // this thread is inside fatal_once
 
 // The hook die() calls before printing. Over tcp/file, a rank killed mid-step frees GPU memory that
@@ -161,16 +158,6 @@ void defer_to_peer_loss() {
   }
 }
 
-}  // namespace
-
-void fatal_once(const std::string& msg) {
-  if (runtime().reporting.exchange(true)) park();
-  t_reporting = true;
-  die(msg);
-}
-
-namespace {
-
 void share_host_cpus(int local_world) {
   cpu_set_t allowed;
   if (local_world <= 1 || std::getenv("OMP_NUM_THREADS") || sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
@@ -179,6 +166,12 @@ void share_host_cpus(int local_world) {
 }
 
 }  // namespace
+
+void fatal_once(const std::string& msg) {
+  if (runtime().reporting.exchange(true)) park();
+  t_reporting = true;
+  die(msg);
+}
 
 int host_threads_per_rank(int usable, int online, int local_world) {
   return std::max(1, std::min(usable, online / std::max(local_world, 1)));

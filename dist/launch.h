@@ -4,7 +4,8 @@
 //           (Open MPI), PMI_SIZE / PMI_RANK (MPICH, Intel MPI, Slurm PMI-2) or PMIX_RANK (PMIx):
 //           MPI itself then gives rank, world and local rank.
 //   tcp     torchrun style: RANK, WORLD_SIZE, LOCAL_RANK (default: RANK, right for one node),
-//           LOCAL_WORLD_SIZE (default: WORLD_SIZE, likewise), MASTER_ADDR, MASTER_PORT. Rank 0 listens on MASTER_PORT, the others connect.
+//           LOCAL_WORLD_SIZE (default: WORLD_SIZE, likewise), MASTER_ADDR, MASTER_PORT. Rank 0
+//           listens on MASTER_PORT, the others connect.
 //   file    RANK, WORLD_SIZE and LOOM_RENDEZVOUS_FILE (a path every rank can read): rank 0 listens
 //           on MASTER_PORT or any free port and writes its address (MASTER_ADDR if set, else its
 //           host name) to the file.

@@ -57,8 +57,8 @@ const float* bias_of(const LayerWeights& lw, int t) {
 // PEFT's nn.Dropout on the LoRA input: keep with probability 1-p, scaled by 1/(1-p). The mask is a
 // pure function of (seed, layer, projection, element), so backward regenerates it.
 float dropout_factor(uint64_t seed, int layer, int target, int64_t i, float p) {
-  return random_unit(seed, (1u << 20) | (uint64_t(layer) * kNumTargets + target), uint64_t(i)) >= p ? 1.f / (1.f - p)
-                                                                                                 : 0.f;
+  const uint64_t stream = (1u << 20) | (uint64_t(layer) * kNumTargets + target);
+  return random_unit(seed, stream, uint64_t(i)) >= p ? 1.f / (1.f - p) : 0.f;
 }
 
 }  // namespace
