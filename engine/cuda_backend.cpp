@@ -22,8 +22,8 @@ class CudaBackend : public TrainBackend {
   }
 
   std::string describe() const override { return model_.describe(); }
-  void forward_backward(const MicroBatch& mb, float grad_scale, uint64_t, bool last) override {
-    model_.forward_backward(mb, grad_scale, last);
+  void forward_backward(const MicroBatch& mb, float grad_scale, uint64_t dropout_seed, bool last) override {
+    model_.forward_backward(mb, grad_scale, dropout_seed, last);
   }
   StepResult end_step(float lr) override {
     if (reducer_) {

@@ -21,6 +21,7 @@
 #include "engine/training_data.h"
 #include "models/lora.h"
 #include "models/model_source.h"
+#include "ops/random.h"
 
 namespace fs = std::filesystem;
 
@@ -30,6 +31,13 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// The LoRA dropout masks of one micro-batch: fresh for every step, rank and micro-batch (a mask
+// shared by micro-batches would drop the same packed positions in each), and the same again when a
+// run resumes at that step.
+uint64_t dropout_seed(uint64_t train_seed, int64_t step, int rank, size_t micro) {
+  return mix64(mix64(mix64(train_seed) + uint64_t(step)) + (uint64_t(rank) << 32 | uint64_t(micro)));
+}
 
 void write_resolved_config(const TrainConfig& cfg) {
   fs::create_directories(cfg.output.dir);
@@ -134,7 +142,7 @@ TrainSummary train(const TrainConfig& cfg) {
     const float lr = lr_at(cfg.train, int(step), int(total));
     const float grad_scale = s.global_targets > 0 ? 1.f / float(s.global_targets) : 0.f;
     for (size_t i = 0; i < s.micro.size(); ++i)
-      backend->forward_backward(s.micro[i], grad_scale, uint64_t(cfg.train.seed) * 1000003u + uint64_t(step),
+      backend->forward_backward(s.micro[i], grad_scale, dropout_seed(uint64_t(cfg.train.seed), step, ctx.rank, i),
                                 i + 1 == s.micro.size());
     const TrainBackend::StepResult r = backend->end_step(lr);
     const double loss = s.global_targets > 0 ? r.loss_sum / double(s.global_targets) : 0.0;

@@ -14,6 +14,7 @@
 #include "ops/bias.h"
 #include "ops/cast.h"
 #include "ops/cross_entropy.h"
+#include "ops/dropout.h"
 #include "ops/embedding.h"
 #include "ops/gemm.h"
 #include "ops/grad_norm.h"
@@ -121,12 +122,16 @@ struct CudaModel::Impl {
        *dact = nullptr, *du = nullptr, *dxf = nullptr;
   float* attn_scratch = nullptr;
   bf16* w_scratch = nullptr;  // the dequantized projection of the current GEMM
+  bf16* x_dropped = nullptr;  // LoRA input after dropout (T, in), then du·A in backward; lora.dropout > 0
   void* logits = nullptr;
   float *token_loss = nullptr, *loss_sum = nullptr, *norm = nullptr, *coef = nullptr, *partials = nullptr;
   void* workspace = nullptr;
   float* host_scalars = nullptr;  // pinned: loss_sum, norm
   std::function<void(int)> layer_grads_hook;
   bool last_micro = true;
+  // LoRA dropout in this pass: lora.dropout while training (forward_backward), 0 when scoring.
+  float dropout = 0;
+  uint64_t dropout_seed = 0;
 
   Impl(const ModelConfig& c, const LoraLayout& l, const CudaModelOptions& o) : cfg(c), lora(l), opt(o) {}
 
@@ -231,6 +236,7 @@ struct CudaModel::Impl {
       wmax = std::max(wmax, size_t(in) * out);
     }
     if (nf4) add("scratch", "dequantized projection", &w_scratch, wmax, "(out, in) max");
+    if (lora.dropout > 0) add("scratch", "LoRA input after dropout", &x_dropped, T * std::max({C, F, HD}), "(T, in) max");
     add("scratch", "sublayer out", &tmp_c, T * C, "(T, C)");
     add("scratch", "d residual", &d_resid, T * C, "(T, C)");
     add("scratch", "d norm out", &dxn, T * C, "(T, C)");
@@ -352,7 +358,15 @@ struct CudaModel::Impl {
     return w_scratch;
   }
 
-  // y (T, out) = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ ; saves x·Aᵀ in u[t].
+  // The LoRA branch's input: x, or x after this projection's dropout mask (ops/dropout.h; the mask
+  // is regenerated in backward and under recompute, never stored).
+  const bf16* lora_input(int l, LoraTarget t, const bf16* x, int in) {
+    if (dropout == 0) return x;
+    dropout_forward(x_dropped, x, T * in, dropout_seed, lora_dropout_stream(l, t), dropout, stream);
+    return x_dropped;
+  }
+
+  // y (T, out) = x·Wᵀ + b + s·(xl·Aᵀ)·Bᵀ, xl = dropout(x) ; saves xl·Aᵀ in u[t].
   void linear_forward(int l, LoraTarget t, const bf16* x, bf16* y) {
     auto [in, out] = projection_shape(cfg, t);
     gemm_(y, x, weight(l, t), T, out, in, false, true, 1.f, 0.f, GemmOut::kBf16);
@@ -360,11 +374,12 @@ struct CudaModel::Impl {
     const LoraSlot& s = lora.slot(l, t);
     if (!s.enabled) return;
     bf16* ul = u[t].at(l);
-    gemm_(ul, x, lora_bf16 + s.a_offset, T, lora.R, in, false, true, 1.f, 0.f, GemmOut::kBf16);
+    gemm_(ul, lora_input(l, t, x, in), lora_bf16 + s.a_offset, T, lora.R, in, false, true, 1.f, 0.f, GemmOut::kBf16);
     gemm_(y, ul, lora_bf16 + s.b_offset, T, out, lora.R, false, true, lora.scale, 1.f, GemmOut::kBf16);
   }
 
-  // dx (T, in) = dy·W (+ dx when accumulate) + du·A ; dB += s·dyᵀ·u ; dA += duᵀ·x, du = s·dy·B.
+  // dx (T, in) = dy·W (+ dx when accumulate) + mask·(du·A) ; dB += s·dyᵀ·u ; dA += duᵀ·xl,
+  // du = s·dy·B, xl = dropout(x) (mask = 1 without dropout).
   void linear_backward(int l, LoraTarget t, const bf16* dy, const bf16* x, bf16* dx, bool accumulate) {
     auto [in, out] = projection_shape(cfg, t);
     gemm_(dx, dy, weight(l, t), T, in, out, false, false, 1.f, accumulate ? 1.f : 0.f, GemmOut::kBf16);
@@ -373,8 +388,10 @@ struct CudaModel::Impl {
     const int R = lora.R;
     gemm_(du, dy, lora_bf16 + s.b_offset, T, R, out, false, false, lora.scale, 0.f, GemmOut::kBf16);
     gemm_(lora_grad + s.b_offset, dy, u[t].at(l), out, R, T, true, false, lora.scale, 1.f, GemmOut::kFp32);
-    gemm_(lora_grad + s.a_offset, du, x, R, in, T, true, false, 1.f, 1.f, GemmOut::kFp32);
-    gemm_(dx, du, lora_bf16 + s.a_offset, T, in, R, false, false, 1.f, 1.f, GemmOut::kBf16);
+    gemm_(lora_grad + s.a_offset, du, lora_input(l, t, x, in), R, in, T, true, false, 1.f, 1.f, GemmOut::kFp32);
+    if (dropout == 0) return gemm_(dx, du, lora_bf16 + s.a_offset, T, in, R, false, false, 1.f, 1.f, GemmOut::kBf16);
+    gemm_(x_dropped, du, lora_bf16 + s.a_offset, T, in, R, false, false, 1.f, 0.f, GemmOut::kBf16);
+    dropout_backward(dx, x_dropped, T * in, dropout_seed, lora_dropout_stream(l, t), dropout, stream);
   }
 
   void gemm_(void* D, const bf16* A, const bf16* B, int64_t M, int64_t N, int64_t K, bool ta, bool tb, float alpha,
@@ -483,8 +500,6 @@ CudaModel::CudaModel(const ModelConfig& cfg, const WeightSource& src, const Lora
     : impl_(std::make_unique<Impl>(cfg, lora, opt)) {
   Impl& d = *impl_;
   LOOM_CHECK(cuda_available(), "no CUDA device: ", cuda_device_summary());
-  LOOM_CHECK(lora.dropout == 0.f, "lora.dropout = ", lora.dropout,
-             " runs on the CPU reference path only (train.device=cpu); set lora.dropout=0 on the GPU");
   LOOM_CHECK(opt.quant == "nf4" || opt.quant == "bf16", "model.quant must be nf4 or bf16");
   d.nf4 = opt.quant == "nf4";
   d.Tmax = opt.token_budget;
@@ -521,8 +536,10 @@ CudaModel::~CudaModel() {
   if (d.stream) cudaStreamDestroy(d.stream);
 }
 
-void CudaModel::forward_backward(const MicroBatch& mb, float grad_scale, bool last) {
+void CudaModel::forward_backward(const MicroBatch& mb, float grad_scale, uint64_t dropout_seed, bool last) {
   impl_->last_micro = last;
+  impl_->dropout = impl_->lora.dropout;
+  impl_->dropout_seed = dropout_seed;
   impl_->upload_inputs(mb);
   impl_->forward_backward(grad_scale);
 }
@@ -534,6 +551,7 @@ cudaStream_t CudaModel::stream() const { return impl_->stream; }
 
 std::vector<float> CudaModel::token_losses(const MicroBatch& mb) {
   Impl& d = *impl_;
+  d.dropout = 0;  // eval mode
   d.upload_inputs(mb);
   d.forward();
   lm_head_cross_entropy(*d.gemm_ctx, nullptr, d.token_loss, nullptr, d.logits, GemmOut::kFp32, d.xf, d.head(), d.targets,

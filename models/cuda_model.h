@@ -47,8 +47,9 @@ class CudaModel {
   // Forward + backward of one packed micro-batch (T <= token_budget): LoRA grads += d(grad_scale·Σ loss_t),
   // and Σ loss_t added to the step's device loss. Asynchronous. In the step's last micro-batch
   // (last = true) the layer hook runs as soon as each layer's LoRA gradients are final (last layer
-  // first), so their all-reduce can overlap the rest of the backward.
-  void forward_backward(const MicroBatch& mb, float grad_scale, bool last = true);
+  // first), so their all-reduce can overlap the rest of the backward. dropout_seed picks the LoRA
+  // dropout masks (the reference model draws the same ones from the same seed).
+  void forward_backward(const MicroBatch& mb, float grad_scale, uint64_t dropout_seed, bool last);
   void set_layer_grads_hook(std::function<void(int layer)> hook);
   float* device_grads();     // (P) fp32 LoRA gradients
   float* device_loss_sum();  // one float: Σ loss_t of the step so far

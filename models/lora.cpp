@@ -8,7 +8,7 @@
 #include <fstream>
 
 #include "engine/error.h"
-#include "models/init.h"
+#include "ops/random.h"
 #include "models/safetensors.h"
 
 namespace loom {

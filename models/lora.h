@@ -46,6 +46,11 @@ LoraLayout make_lora_layout(const ModelConfig& m, const LoraSection& lora);
 std::vector<size_t> lora_layer_bounds(const LoraLayout& layout);
 // PEFT default init, deterministic from seed.
 std::vector<float> lora_init(const LoraLayout& layout, uint64_t seed);
+// The random stream (ops/random.h) of the dropout mask on projection t's LoRA input in layer l: PEFT
+// gives every adapted module its own nn.Dropout. Both model paths draw the same masks from it.
+inline uint64_t lora_dropout_stream(int layer, LoraTarget t) {
+  return (uint64_t(1) << 20) | (uint64_t(layer) * kNumTargets + uint64_t(t));
+}
 
 // PEFT adapter folder: adapter_config.json + adapter_model.safetensors (fp32).
 void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const std::vector<float>& params,

@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "engine/error.h"
-#include "models/init.h"
+#include "ops/dropout.h"
 #include "ops/attention.h"
 #include "ops/embedding.h"
 #include "ops/lora_linear.h"
@@ -54,13 +54,6 @@ const float* bias_of(const LayerWeights& lw, int t) {
   return b[t]->empty() ? nullptr : b[t]->data();
 }
 
-// PEFT's nn.Dropout on the LoRA input: keep with probability 1-p, scaled by 1/(1-p). The mask is a
-// pure function of (seed, layer, projection, element), so backward regenerates it.
-float dropout_factor(uint64_t seed, int layer, int target, int64_t i, float p) {
-  const uint64_t stream = (1u << 20) | (uint64_t(layer) * kNumTargets + target);
-  return random_unit(seed, stream, uint64_t(i)) >= p ? 1.f / (1.f - p) : 0.f;
-}
-
 }  // namespace
 
 void ReferenceModel::linear_forward(int l, int t, Pass& p, LayerActs& a, const float* x, float* y) const {
@@ -72,9 +65,10 @@ void ReferenceModel::linear_forward(int l, int t, Pass& p, LayerActs& a, const f
   if (s.enabled) {
     ref = {p.lora + s.a_offset, p.lora + s.b_offset, lora_.R, lora_.scale};
     a.u[t] = zeros(p.T * lora_.R);
-    if (lora_.dropout > 0) {
+    if (lora_.dropout > 0) {  // PEFT's nn.Dropout on the LoRA input (ops/dropout.h)
       a.xl[t].resize(size_t(p.T) * in);
-      for (int64_t i = 0; i < p.T * in; ++i) a.xl[t][i] = x[i] * dropout_factor(p.dropout_seed, l, t, i, lora_.dropout);
+      dropout_forward_ref(a.xl[t].data(), x, p.T * in, p.dropout_seed, lora_dropout_stream(l, LoraTarget(t)),
+                          lora_.dropout);
       xl = a.xl[t].data();
     }
   }
@@ -100,7 +94,8 @@ void ReferenceModel::linear_backward(int l, int t, Pass& p, const LayerActs& a, 
   lora_linear_backward_ref(dx, dropout ? dxl.data() : nullptr, p.dlora + s.a_offset, p.dlora + s.b_offset,
                            du.data(), dy, xl, a.u[t].data(), W, ref, p.T, in, out);
   if (dropout)
-    for (int64_t i = 0; i < p.T * in; ++i) dx[i] += dxl[i] * dropout_factor(p.dropout_seed, l, t, i, lora_.dropout);
+    dropout_backward_ref(dx, dxl.data(), p.T * in, p.dropout_seed, lora_dropout_stream(l, LoraTarget(t)),
+                         lora_.dropout);
 }
 
 void ReferenceModel::layer_forward(int l, Pass& p, LayerActs& a, std::vector<float>& x) const {

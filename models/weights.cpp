@@ -5,7 +5,7 @@
 
 #include "engine/error.h"
 #include "models/bnb_nf4.h"
-#include "models/init.h"
+#include "ops/random.h"
 #include "models/lora.h"
 #include "models/safetensors.h"
 #include "ops/cuda_common.h"

@@ -53,7 +53,7 @@ class WeightSource {
 ModelWeights load_weights(const std::string& model_dir, const ModelConfig& cfg);
 // Random weights for a preset (no checkpoint): matrices U(-a, a) with std cfg.initializer_range (HF.s
 // initializer_range), norms 1, biases 0; every value rounded to bf16 so that every path sees the
-// same numbers. Deterministic from seed (models/init.h), identical to the GPU initialiser.
+// same numbers. Deterministic from seed (ops/random.h), identical to the GPU initialiser.
 ModelWeights random_weights(const ModelConfig& cfg, uint64_t seed);
 // QLoRA on the reference path: every projection matrix replaced by dequantize(quantize_nf4(W)),
 // exactly what the GPU computes with (embedding, norms, biases and LM head stay as they are).

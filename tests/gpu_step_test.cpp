@@ -55,7 +55,18 @@ StepFixture load_setup(const std::string& arch) {
   return s;
 }
 
-std::unique_ptr<CudaModel> make_gpu(const StepFixture& s, const std::string& quant, const std::string& recompute) {
+// LoRA dropout p on both paths (0: off, as in the fixtures).
+LoraLayout with_dropout(const StepFixture& s, float p) {
+  LoraLayout layout = s.layout;
+  layout.dropout = p;
+  return layout;
+}
+
+// The dropout masks of a step's micro-batch: any pure function of (step, micro-batch) that both paths share.
+uint64_t dropout_seed(int step, size_t micro) { return uint64_t(step) * 7919 + micro; }
+
+std::unique_ptr<CudaModel> make_gpu(const StepFixture& s, const std::string& quant, const std::string& recompute,
+                                    float dropout = 0) {
   CudaModelOptions opt;
   opt.quant = quant;
   opt.double_quant = true;
@@ -63,13 +74,49 @@ std::unique_ptr<CudaModel> make_gpu(const StepFixture& s, const std::string& qua
   opt.token_budget = 64;
   opt.train = s.train;
   opt.print_plan = false;
-  return std::make_unique<CudaModel>(s.cfg, WeightSource::checkpoint(s.dir + "/model", s.cfg), s.layout, s.lora, opt);
+  return std::make_unique<CudaModel>(s.cfg, WeightSource::checkpoint(s.dir + "/model", s.cfg), with_dropout(s, dropout),
+                                     s.lora, opt);
 }
 
-ReferenceModel make_cpu(const StepFixture& s, const std::string& quant) {
+ReferenceModel make_cpu(const StepFixture& s, const std::string& quant, float dropout = 0) {
   ModelWeights w = load_weights(s.dir + "/model", s.cfg);
   if (quant == "nf4") apply_nf4_roundtrip(w, 64, true);
-  return ReferenceModel(s.cfg, std::move(w), s.layout);
+  return ReferenceModel(s.cfg, std::move(w), with_dropout(s, dropout));
+}
+
+// The fixture's 20 AdamW steps on both paths: step-1 gradients, every step's loss and the final
+// LoRA weights within kRule times HF's own bf16 error.
+void expect_gpu_follows_reference(const std::string& arch, const std::string& quant, float dropout) {
+  StepFixture s = load_setup(arch);
+  ReferenceModel cpu = make_cpu(s, quant, dropout);
+  auto gpu = make_gpu(s, quant, "selective", dropout);
+  const float scale = 1.f / float(s.n_targets);
+  std::vector<float> params = s.lora, grads(s.layout.total, 0.f);
+  OptimizerState st;
+  double worst_loss = 0;
+  for (int step = 1; step <= s.steps; ++step) {
+    double cpu_loss = 0;
+    for (size_t i = 0; i < s.micro.size(); ++i) {
+      const MicroBatch& mb = s.micro[i];
+      cpu_loss += cpu.run(mb, params.data(), grads.data(), scale, nullptr, nullptr, dropout_seed(step, i)).loss_sum * scale;
+      gpu->forward_backward(mb, scale, dropout_seed(step, i), i + 1 == s.micro.size());
+    }
+    if (step == 1) {
+      const double eg = test::scaled_error(gpu->lora_grads(), grads);
+      std::printf("[%s/%s, dropout %.2f] step-1 LoRA gradients: max scaled error %.3f (plain bf16: %.3f)\n",
+                  arch.c_str(), quant.c_str(), dropout, eg, s.base_grads);
+      EXPECT_LE(eg, kRule * s.base_grads);
+    }
+    optimizer_step(params, grads, st, s.train, s.lr);
+    const double gpu_loss = gpu->end_step(s.lr).loss_sum * scale;
+    worst_loss = std::max(worst_loss, std::fabs(gpu_loss - cpu_loss) / cpu_loss);
+  }
+  const double ew = test::scaled_error(gpu->lora_params(), params);
+  std::printf("[%s/%s, dropout %.2f] %d steps: worst step-loss rel error %.4f (plain bf16: %.4f), final LoRA "
+              "weights %.4f (plain bf16: %.4f)\n",
+              arch.c_str(), quant.c_str(), dropout, s.steps, worst_loss, s.base_step_loss, ew, s.base_weights);
+  EXPECT_LE(worst_loss, kRule * s.base_step_loss);
+  EXPECT_LE(ew, kRule * s.base_weights);
 }
 
 using Case = std::tuple<std::string, std::string>;  // arch, quant
@@ -78,35 +125,15 @@ class GpuStep : public testing::TestWithParam<Case> {};
 TEST_P(GpuStep, TwentyStepsFollowTheReference) {
   REQUIRE_GPU();
   const auto& [arch, quant] = GetParam();
-  StepFixture s = load_setup(arch);
-  ReferenceModel cpu = make_cpu(s, quant);
-  auto gpu = make_gpu(s, quant, "selective");
-  const float scale = 1.f / float(s.n_targets);
-  std::vector<float> params = s.lora, grads(s.layout.total, 0.f);
-  OptimizerState st;
-  double worst_loss = 0;
-  for (int step = 1; step <= s.steps; ++step) {
-    double cpu_loss = 0;
-    for (const MicroBatch& mb : s.micro) {
-      cpu_loss += cpu.run(mb, params.data(), grads.data(), scale).loss_sum * scale;
-      gpu->forward_backward(mb, scale);
-    }
-    if (step == 1) {
-      const double eg = test::scaled_error(gpu->lora_grads(), grads);
-      std::printf("[%s/%s] step-1 LoRA gradients: max scaled error %.3f (plain bf16: %.3f)\n", arch.c_str(),
-                  quant.c_str(), eg, s.base_grads);
-      EXPECT_LE(eg, kRule * s.base_grads);
-    }
-    optimizer_step(params, grads, st, s.train, s.lr);
-    const double gpu_loss = gpu->end_step(s.lr).loss_sum * scale;
-    worst_loss = std::max(worst_loss, std::fabs(gpu_loss - cpu_loss) / cpu_loss);
-  }
-  const double ew = test::scaled_error(gpu->lora_params(), params);
-  std::printf("[%s/%s] %d steps: worst step-loss rel error %.4f (plain bf16: %.4f), final LoRA weights %.4f "
-              "(plain bf16: %.4f)\n",
-              arch.c_str(), quant.c_str(), s.steps, worst_loss, s.base_step_loss, ew, s.base_weights);
-  EXPECT_LE(worst_loss, kRule * s.base_step_loss);
-  EXPECT_LE(ew, kRule * s.base_weights);
+  expect_gpu_follows_reference(arch, quant, 0.f);
+}
+
+// Both paths draw the same masks (ops/dropout.h), so with dropout the GPU stays as close to the
+// reference as without. The yardstick is still HF's bf16 error without dropout (HF's masks come
+// from torch's generator and cannot be matched).
+TEST(GpuStepDropout, TwentyStepsFollowTheReference) {
+  REQUIRE_GPU();
+  for (const char* arch : {"llama", "qwen3"}) expect_gpu_follows_reference(arch, "nf4", 0.1f);
 }
 
 INSTANTIATE_TEST_SUITE_P(ArchAndQuant, GpuStep,
@@ -119,18 +146,22 @@ TEST(GpuStepRecompute, PoliciesGiveIdenticalResults) {
   REQUIRE_GPU();
   StepFixture s = load_setup("qwen3");
   const float scale = 1.f / float(s.n_targets);
-  std::vector<std::vector<float>> grads;
-  std::vector<double> losses;
-  for (const char* policy : {"none", "selective", "full"}) {
-    auto gpu = make_gpu(s, "nf4", policy);
-    for (const MicroBatch& mb : s.micro) gpu->forward_backward(mb, scale);
-    grads.push_back(gpu->lora_grads());
-    losses.push_back(gpu->end_step(s.lr).loss_sum);
+  for (float dropout : {0.f, 0.1f}) {  // recomputing a projection regenerates its dropout mask
+    std::vector<std::vector<float>> grads;
+    std::vector<double> losses;
+    for (const char* policy : {"none", "selective", "full"}) {
+      auto gpu = make_gpu(s, "nf4", policy, dropout);
+      for (size_t i = 0; i < s.micro.size(); ++i)
+        gpu->forward_backward(s.micro[i], scale, dropout_seed(1, i), i + 1 == s.micro.size());
+      grads.push_back(gpu->lora_grads());
+      losses.push_back(gpu->end_step(s.lr).loss_sum);
+    }
+    SCOPED_TRACE(cat("dropout ", dropout));
+    EXPECT_EQ(losses[0], losses[1]);
+    EXPECT_EQ(losses[0], losses[2]);
+    EXPECT_EQ(grads[0], grads[1]);
+    EXPECT_EQ(grads[0], grads[2]);
   }
-  EXPECT_EQ(losses[0], losses[1]);
-  EXPECT_EQ(losses[0], losses[2]);
-  EXPECT_EQ(grads[0], grads[1]);
-  EXPECT_EQ(grads[0], grads[2]);
 }
 
 // The forward-only path (scoring): the mean loss as the reference's, within the rule.

@@ -21,6 +21,7 @@
 #include "ops/adamw.h"
 #include "ops/cast.h"
 #include "ops/cross_entropy.h"
+#include "ops/dropout.h"
 #include "ops/embedding.h"
 #include "ops/gemm.h"
 #include "ops/grad_norm.h"
@@ -448,6 +449,35 @@ TEST(SwiGlu, ForwardAndBackwardMatchReference) {
                       d_u.get() + offset, n, kStream);
       expect_close(download(d_g.get() + offset, n), dg, kBf16Eps + kSlack, "dgate in place", 1e-3 * rms(dg));
       expect_close(download(d_u.get() + offset, n), du, kBf16Eps + kSlack, "dup in place", 1e-3 * rms(du));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dropout
+
+TEST(Dropout, ForwardAndBackwardMatchReference) {
+  REQUIRE_GPU();
+  for (int64_t n : {int64_t(1), int64_t(37), int64_t(1000) * 896 + 3}) {
+    for (int offset : {0, 1}) {
+      SCOPED_TRACE("n " + std::to_string(n) + ", offset " + std::to_string(offset));
+      const float p = 0.15f;
+      const uint64_t seed = 1234567, stream = 42;
+      const std::vector<float> x = random_bf16(n, 81), dy = random_bf16(n, 82), dx0 = random_bf16(n, 83);
+      std::vector<float> y(n), dx = dx0;
+      dropout_forward_ref(y.data(), x.data(), n, seed, stream, p);
+      dropout_backward_ref(dx.data(), dy.data(), n, seed, stream, p);
+
+      DeviceBuffer<bf16> d_x(n + 1), d_y(n + 1), d_dy(n + 1), d_dx(n + 1);
+      upload(d_x.get() + offset, x), upload(d_dy.get() + offset, dy), upload(d_dx.get() + offset, dx0);
+      poison(d_y);
+      dropout_forward(d_y.get() + offset, d_x.get() + offset, n, seed, stream, p, kStream);
+      dropout_backward(d_dx.get() + offset, d_dy.get() + offset, n, seed, stream, p, kStream);
+      // The same mask (bit-equal zeros), fp32 math, one rounding per output.
+      const std::vector<float> got_y = download(d_y.get() + offset, n);
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(got_y[i] == 0.f, y[i] == 0.f) << i;
+      expect_close(got_y, y, kBf16Eps + kSlack, "y", 1e-3 * rms(y));
+      expect_close(download(d_dx.get() + offset, n), dx, kBf16Eps + kSlack, "dx", 1e-3 * rms(dx));
     }
   }
 }

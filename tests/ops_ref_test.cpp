@@ -31,6 +31,7 @@
 #include "ops/adamw.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
+#include "ops/dropout.h"
 #include "ops/embedding.h"
 #include "ops/grad_norm.h"
 #include "ops/lora_linear.h"
@@ -793,6 +794,30 @@ TEST(GradNorm, ScaleMultipliesEveryElement) {
   Vec g = {1.f, -2.f, 0.5f};
   scale_ref(g.data(), g.size(), 0.25f);
   EXPECT_EQ(g, (Vec{0.25f, -0.5f, 0.125f}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dropout
+
+TEST(Dropout, KeepsOneMinusPScaledAndBackwardUsesTheSameMask) {
+  const int64_t n = 100003;
+  const float p = 0.1f;
+  Vec x(n, 1.f), y(n), dx(n, 0.5f);
+  dropout_forward_ref(y.data(), x.data(), n, 7, 3, p);
+  int64_t kept = 0;
+  for (float v : y) {
+    ASSERT_TRUE(v == 0.f || v == 1.f / (1.f - p)) << v;
+    kept += v != 0.f;
+  }
+  // Binomial(n, 0.9): standard deviation ≈ 95; 5 sigma.
+  EXPECT_NEAR(double(kept) / n, 1.0 - p, 5 * std::sqrt(p * (1 - p) / n));
+  dropout_backward_ref(dx.data(), x.data(), n, 7, 3, p);  // dx = 0.5 + f: the forward's mask
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(dx[i], 0.5f + y[i]) << i;
+  Vec other(n);
+  dropout_forward_ref(other.data(), x.data(), n, 7, 4, p);  // another stream: another mask
+  EXPECT_NE(other, y);
+  dropout_forward_ref(other.data(), x.data(), n, 7, 3, 0.f);
+  EXPECT_EQ(other, x);  // p = 0 keeps everything, unscaled
 }
 
 }  // namespace

@@ -254,7 +254,7 @@ struct TimedRun {
 double run_step(CudaModel& model, const Step& step, float lr) {
   const float grad_scale = step.global_targets > 0 ? 1.f / float(step.global_targets) : 0.f;
   const size_t n = step.micro.size();
-  for (size_t m = 0; m < n; ++m) model.forward_backward(step.micro[m], grad_scale, m + 1 == n);
+  for (size_t m = 0; m < n; ++m) model.forward_backward(step.micro[m], grad_scale, /*dropout_seed=*/0, m + 1 == n);
   const CudaModel::StepResult r = model.end_step(lr);
   return step.global_targets > 0 ? r.loss_sum / double(step.global_targets) : 0.0;
 }

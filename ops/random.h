@@ -1,6 +1,6 @@
-// Counter-based random numbers for weight initialisation: value i of stream s under seed is a pure
-// function of (seed, s, i), so the CPU reference and the GPU build identical random models, in
-// any order and in parallel. splitmix64 finaliser (Steele et al., "Fast splittable PRNGs", 2014).
+// Counter-based random numbers (weight initialisation, dropout masks): value i of stream s under
+// seed is a pure function of (seed, s, i), so the CPU reference and the GPU draw identical numbers,
+// in any order and in parallel. splitmix64 finaliser (Steele et al., "Fast splittable PRNGs", 2014).
 #pragma once
 #include <cstdint>
 
