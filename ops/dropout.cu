@@ -4,8 +4,6 @@
 // f(i) comes from the same counter-based generator as the CPU reference, so both paths drop the
 // same elements. Memory-bound: one thread owns 8 consecutive elements, 16-byte vectors when every
 // pointer is 16-byte aligned; the hash (two 64-bit multiplies per element) hides under the loads.
-#include <initializer_list>
-
 #include "ops/dropout.h"
 #include "ops/kernel_util.cuh"
 
@@ -15,29 +13,14 @@ namespace {
 constexpr int kThreads = 256;
 
 template <bool kVec>
-__device__ __forceinline__ void load8(float (&x)[8], const bf16* p, int64_t i, int64_t n) {
-  if (kVec && i + 8 <= n) return load_bf16x8(x, p + i);
-#pragma unroll
-  for (int k = 0; k < 8; ++k) x[k] = i + k < n ? __bfloat162float(p[i + k]) : 0.f;
-}
-
-template <bool kVec>
-__device__ __forceinline__ void store8(bf16* p, const float (&x)[8], int64_t i, int64_t n) {
-  if (kVec && i + 8 <= n) return store_bf16x8(p + i, x);
-#pragma unroll
-  for (int k = 0; k < 8; ++k)
-    if (i + k < n) p[i + k] = __float2bfloat16_rn(x[k]);
-}
-
-template <bool kVec>
 __global__ void dropout_forward_kernel(bf16* y, const bf16* x, int64_t n, uint64_t seed, uint64_t stream, float p) {
   const int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 8;
   if (i >= n) return;
   float v[8];
-  load8<kVec>(v, x, i, n);
+  load_bf16x8_upto<kVec>(v, x, i, n);
 #pragma unroll
   for (int k = 0; k < 8; ++k) v[k] *= dropout_factor(seed, stream, uint64_t(i + k), p);
-  store8<kVec>(y, v, i, n);
+  store_bf16x8_upto<kVec>(y, v, i, n);
 }
 
 template <bool kVec>
@@ -46,17 +29,14 @@ __global__ void dropout_backward_kernel(bf16* dx, const bf16* dy, int64_t n, uin
   const int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 8;
   if (i >= n) return;
   float acc[8], d[8];
-  load8<kVec>(acc, dx, i, n);
-  load8<kVec>(d, dy, i, n);
+  load_bf16x8_upto<kVec>(acc, dx, i, n);
+  load_bf16x8_upto<kVec>(d, dy, i, n);
 #pragma unroll
-  for (int k = 0; k < 8; ++k) acc[k] = __fadd_rn(acc[k], __fmul_rn(d[k], dropout_factor(seed, stream, uint64_t(i + k), p)));
-  store8<kVec>(dx, acc, i, n);
-}
-
-bool all_aligned(std::initializer_list<const void*> pointers) {
-  for (const void* q : pointers)
-    if (!is_aligned_16(q)) return false;
-  return true;
+  for (int k = 0; k < 8; ++k) {
+    const float f = dropout_factor(seed, stream, uint64_t(i + k), p);
+    acc[k] = __fadd_rn(acc[k], __fmul_rn(d[k], f));
+  }
+  store_bf16x8_upto<kVec>(dx, acc, i, n);
 }
 
 int64_t blocks_for(int64_t n) { return ceil_div(ceil_div(n, 8), kThreads); }
@@ -74,7 +54,7 @@ void check_args(const char* op, int64_t n, float p) {
 void dropout_forward(bf16* y, const bf16* x, int64_t n, uint64_t seed, uint64_t stream, float p, cudaStream_t cs) {
   check_args("dropout_forward", n, p);
   if (n == 0) return;
-  if (all_aligned({y, x}))
+  if (all_aligned_16({y, x}))
     dropout_forward_kernel<true><<<blocks_for(n), kThreads, 0, cs>>>(y, x, n, seed, stream, p);
   else
     dropout_forward_kernel<false><<<blocks_for(n), kThreads, 0, cs>>>(y, x, n, seed, stream, p);
@@ -85,7 +65,7 @@ void dropout_backward(bf16* dx, const bf16* dy, int64_t n, uint64_t seed, uint64
                       cudaStream_t cs) {
   check_args("dropout_backward", n, p);
   if (n == 0) return;
-  if (all_aligned({dx, dy}))
+  if (all_aligned_16({dx, dy}))
     dropout_backward_kernel<true><<<blocks_for(n), kThreads, 0, cs>>>(dx, dy, n, seed, stream, p);
   else
     dropout_backward_kernel<false><<<blocks_for(n), kThreads, 0, cs>>>(dx, dy, n, seed, stream, p);

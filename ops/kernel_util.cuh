@@ -3,6 +3,7 @@
 // Vector helpers trust their caller for alignment; launchers check it with is_aligned_16.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 
 #include "ops/cuda_common.h"
 
@@ -32,6 +33,31 @@ __device__ __forceinline__ void store_bf16x8(bf16* p, const float (&x)[8]) {
 #pragma unroll
   for (int k = 0; k < 4; ++k) pairs[k] = __floats2bfloat162_rn(x[2 * k], x[2 * k + 1]);
   *reinterpret_cast<uint4*>(p) = raw;
+}
+
+// Elementwise kernels where one thread owns 8 consecutive bf16 at i of n: x[k] = float(p[i + k]),
+// 0 past n; one 16-byte vector when kVec (every pointer aligned) and all 8 are in range.
+template <bool kVec>
+__device__ __forceinline__ void load_bf16x8_upto(float (&x)[8], const bf16* p, int64_t i, int64_t n) {
+  if (kVec && i + 8 <= n) return load_bf16x8(x, p + i);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) x[k] = i + k < n ? __bfloat162float(p[i + k]) : 0.f;
+}
+
+// p[i + k] = bf16_rn(x[k]) for i + k < n; one vector when kVec and all 8 are in range.
+template <bool kVec>
+__device__ __forceinline__ void store_bf16x8_upto(bf16* p, const float (&x)[8], int64_t i, int64_t n) {
+  if (kVec && i + 8 <= n) return store_bf16x8(p + i, x);
+#pragma unroll
+  for (int k = 0; k < 8; ++k)
+    if (i + k < n) p[i + k] = __float2bfloat16_rn(x[k]);
+}
+
+// Whether the vector path (kVec) may run: every pointer 16-byte aligned.
+inline bool all_aligned_16(std::initializer_list<const void*> pointers) {
+  for (const void* q : pointers)
+    if (!is_aligned_16(q)) return false;
+  return true;
 }
 
 __device__ __forceinline__ float round_to_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
