@@ -158,11 +158,16 @@ void defer_to_peer_loss() {
   }
 }
 
-void share_host_cpus(int local_world) {
+// CPUs this process may run on (its affinity mask), or 0 when the mask cannot be read.
+int usable_cpus() {
   cpu_set_t allowed;
-  if (local_world <= 1 || std::getenv("OMP_NUM_THREADS") || sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
-    return;
-  omp_set_num_threads(host_threads_per_rank(CPU_COUNT(&allowed), get_nprocs(), local_world));
+  return sched_getaffinity(0, sizeof(allowed), &allowed) == 0 ? CPU_COUNT(&allowed) : 0;
+}
+
+void share_host_cpus(int local_world) {
+  const int usable = usable_cpus();
+  if (local_world <= 1 || std::getenv("OMP_NUM_THREADS") || usable == 0) return;
+  omp_set_num_threads(host_threads_per_rank(usable, get_nprocs(), local_world));
 }
 
 }  // namespace
@@ -216,10 +221,8 @@ void dist_finalize() {
 bool is_main() { return runtime().ctx.rank == 0; }
 
 std::string cpu_binding_warning() {
-  cpu_set_t allowed;
-  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return "";
-  const int usable = CPU_COUNT(&allowed), online = get_nprocs();
-  if (usable > 1 || online <= 1) return "";
+  const int usable = usable_cpus(), online = get_nprocs();
+  if (usable != 1 || online <= 1) return "";
   return cat("warning: this rank may use 1 of the ", online, " CPUs (mpirun binds each rank to a core when np <= 2), ",
              "so loading runs on one thread; launch with `mpirun --bind-to none ...`");
 }

@@ -40,15 +40,7 @@ uint32_t bits(float x) {
   return b;
 }
 
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing '" << parts.front() << "'";
-  } catch (const loom::Error& e) {
-    for (const std::string& p : parts)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message: " << e.what() << "\nmissing: " << p;
-  }
-}
+using loom::test::expect_error;
 
 void expect_same_state(const Nf4Host& got, const Nf4Host& want) {
   EXPECT_EQ(got.codes, want.codes);

@@ -39,12 +39,7 @@ std::string target_text(const std::vector<ChatSegment>& segs) {
 }
 
 std::string error_of(const loom::ChatTemplate& t, const std::vector<ChatMessage>& msgs) {
-  try {
-    loom::render_chat(t, msgs);
-  } catch (const loom::Error& e) {
-    return e.what();
-  }
-  return "";
+  return loom::test::error_of([&] { loom::render_chat(t, msgs); });
 }
 
 const char* kFixtureTemplates[] = {"chatml", "qwen3", "llama3", "llama3.1", "mistral", "llama2"};

@@ -21,15 +21,7 @@ const char* const kMinimal =
     "data:\n"
     "  synthetic: sft-alpaca\n";
 
-// The loom::Error message of f, or "" when it does not throw.
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 std::string parse_error(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
   return error_of([&] { parse_config(yaml, "x.yaml", overrides); });

@@ -35,16 +35,7 @@ class Safetensors : public loom::test::TempDirTest {
 
 };
 
-// Runs f, which must throw loom::Error whose message contains every part.
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing '" << parts.front() << "'";
-  } catch (const loom::Error& e) {
-    for (const std::string& p : parts)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message: " << e.what() << "\nmissing: " << p;
-  }
-}
+using loom::test::expect_error;
 
 std::vector<uint8_t> pattern_bytes(size_t n, uint8_t seed) {
   std::vector<uint8_t> v(n);

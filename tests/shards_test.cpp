@@ -54,12 +54,7 @@ void expect_same_docs(const std::vector<loom::Document>& a, const std::vector<lo
 }
 
 std::string error_of_load(const std::string& dir) {
-  try {
-    loom::load_prepared(dir);
-  } catch (const loom::Error& e) {
-    return e.what();
-  }
-  return "";
+  return loom::test::error_of([&] { loom::load_prepared(dir); });
 }
 
 void flip_byte(const std::string& path, std::streamoff at) {

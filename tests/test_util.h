@@ -7,11 +7,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "engine/device.h"
+#include "engine/error.h"
 
 namespace loom::test {
 
@@ -21,6 +23,27 @@ inline std::string shared_dir() {
   return env ? env : "../shared";
 }
 inline std::string fixtures_dir() { return "tests/fixtures"; }
+
+// The loom::Error message of f, or "" when it does not throw.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// EXPECT that f throws loom::Error whose message contains every part.
+inline void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one containing '" << parts.front() << "'";
+  } catch (const Error& e) {
+    for (const std::string& p : parts)
+      EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message: " << e.what() << "\nmissing: " << p;
+  }
+}
 
 inline std::vector<float> random_floats(size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) {
   std::mt19937_64 rng(seed);
