@@ -84,7 +84,7 @@ test: $(BUILD)/loom_tests $(BINS)
 	@$(BUILD)/loom_tests
 
 # One suite alone, linked only against the sources it names (works while other folders are mid-change):
-#   make unit T=config SRCS="engine/config.cpp engine/error.cpp"   -> runs build/unit/config
+#   make unit T=config SRCS="engine/config.cpp ops/error.cpp"   -> runs build/unit/config
 # T picks tests/$(T)_test.cpp and/or tests/$(T)_test.cu.
 UNIT_TESTS = $(wildcard tests/$(T)_test.cpp tests/$(T)_test.cu)
 unit: | $(DEPS_OK)

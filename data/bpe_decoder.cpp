@@ -5,7 +5,7 @@
 #include "data/bpe_model.h"
 #include "data/tokenizer_regex.h"
 #include "data/utf8.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 

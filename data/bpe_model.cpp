@@ -6,7 +6,7 @@
 #include <cstdio>
 
 #include "data/utf8.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 

@@ -5,7 +5,7 @@
 #include <sstream>
 
 #include "data/utf8.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 

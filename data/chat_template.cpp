@@ -6,7 +6,7 @@
 #include <sstream>
 #include <string_view>
 
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace {

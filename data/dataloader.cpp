@@ -7,7 +7,7 @@
 #include <numeric>
 
 #include "data/rng.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace {

@@ -14,7 +14,7 @@
 #include <thread>
 
 #include "data/shards.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace {

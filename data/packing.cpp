@@ -4,7 +4,7 @@
 #include <cmath>
 #include <numeric>
 
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace {

@@ -3,7 +3,7 @@
 #include <sentencepiece_processor.h>
 
 #include "data/utf8.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 

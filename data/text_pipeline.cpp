@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/utf8.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 

@@ -9,7 +9,7 @@
 #include "data/bpe_tokenizer.h"
 #include "data/sp_tokenizer.h"
 #include "data/tokenizer_config.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 

@@ -9,7 +9,7 @@
 
 #include "data/tokenizer_unicode_classes.h"
 #include "data/utf8.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace {

@@ -16,7 +16,7 @@
 
 #include "data/text_pipeline.h"
 #include "data/utf8.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <utility>
 
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace {

@@ -10,7 +10,7 @@
 #include <cstdlib>
 
 #include "dist/link.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 #define MPI_CHECK(stmt)                                                         \
   do {                                                                          \

@@ -37,7 +37,7 @@
 #include <vector>
 
 #include "dist/link.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace {

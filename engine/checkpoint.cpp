@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "models/safetensors.h"
 
 namespace fs = std::filesystem;

@@ -30,7 +30,7 @@
 #include <type_traits>
 #include <variant>
 
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace {

@@ -2,7 +2,7 @@
 
 #include <cuda_runtime.h>
 
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 

@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <map>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "ops/cuda_common.h"
 
 namespace loom {

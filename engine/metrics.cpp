@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace {

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "engine/config.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "engine/trainer.h"
 #include "dist/dist.h"
 
@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
                  static_cast<long long>(s.first_step), static_cast<long long>(s.last_step), s.device.c_str(),
                  s.seconds, s.first_loss, s.last_loss, s.run_dir.c_str());
     return 0;
-  } catch (const loom::Error& e) {
-    loom::dist_abort_with(e.what());  // every rank ends with this message, never a hang
+  } catch (...) {
+    loom::dist_abort_with(loom::describe_current_exception());  // every rank ends with this message, never a hang
   }
 }

@@ -13,7 +13,7 @@
 #include "engine/backend.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "engine/export.h"
 #include "engine/flops.h"
 #include "engine/metrics.h"

@@ -7,7 +7,7 @@
 #include "data/shards.h"
 #include "data/synthetic.h"
 #include "data/tokenizer.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace fs = std::filesystem;
 

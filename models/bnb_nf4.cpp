@@ -7,7 +7,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 using nlohmann::json;

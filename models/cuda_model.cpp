@@ -7,7 +7,7 @@
 #include <cstdio>
 
 #include "engine/device.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "engine/memory_plan.h"
 #include "ops/adamw.h"
 #include "ops/attention.h"

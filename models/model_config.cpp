@@ -26,7 +26,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace fs = std::filesystem;

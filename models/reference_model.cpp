@@ -3,7 +3,7 @@
 #include <array>
 #include <cmath>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "ops/dropout.h"
 #include "ops/attention.h"
 #include "ops/embedding.h"

@@ -24,7 +24,7 @@
 #include <set>
 #include <tuple>
 
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace fs = std::filesystem;

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <filesystem>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "models/bnb_nf4.h"
 #include "ops/random.h"
 #include "models/lora.h"

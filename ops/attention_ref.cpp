@@ -10,7 +10,7 @@
 #include <cmath>
 #include <vector>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "ops/attention.h"
 
 namespace loom {

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <vector>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "ops/cross_entropy.h"
 #include "ops/matmul.h"
 

@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <string>
 
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 [[noreturn]] void cuda_fatal(const char* stmt, const char* file, int line, const std::string& what);

@@ -1,6 +1,6 @@
 // Linear + LoRA, fp32 CPU reference (math in lora_linear.h), as four or five plain GEMMs.
 // The adapter term is added as PEFT does: y = base(x) + (u·Bᵀ) * s, with u = xl·Aᵀ (N, R).
-#include "engine/error.h"
+#include "ops/error.h"
 #include "ops/lora_linear.h"
 #include "ops/matmul.h"
 

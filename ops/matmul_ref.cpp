@@ -9,7 +9,7 @@
 #include <cstring>
 #include <vector>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "ops/matmul.h"
 
 namespace loom {

@@ -21,7 +21,7 @@
 #include <array>
 #include <cmath>
 
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom {
 

@@ -16,7 +16,7 @@
 #include <cmath>
 #include <vector>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "ops/rope.h"
 
 namespace loom {

@@ -11,7 +11,7 @@
 #include <filesystem>
 #include <functional>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "data/chat_template.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 namespace {

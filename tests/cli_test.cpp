@@ -10,7 +10,7 @@
 #include <fstream>
 #include <string>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "models/safetensors.h"
 #include "tests/test_util.h"
 

@@ -8,7 +8,7 @@
 #include <tuple>
 
 #include "engine/config.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 namespace loom {

@@ -8,7 +8,7 @@
 #include "data/dataloader.h"
 #include "data/rng.h"
 #include "data/synthetic.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 namespace loom {

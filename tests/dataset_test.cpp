@@ -11,7 +11,7 @@
 
 #include "data/dataset.h"
 #include "data/shards.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 namespace {

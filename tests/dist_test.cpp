@@ -23,7 +23,7 @@
 #include "dist/buckets.h"
 #include "dist/dist.h"
 #include "dist/launch.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 extern char** environ;

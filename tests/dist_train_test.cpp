@@ -11,7 +11,7 @@
 #include <fstream>
 
 #include "engine/config.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "models/lora.h"
 #include "models/model_config.h"
 #include "tests/test_util.h"

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "data/batch.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "engine/flops.h"
 #include "models/model_config.h"
 #include "tests/test_util.h"

@@ -14,7 +14,7 @@
 #include <fstream>
 
 #include "data/batch.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "engine/optimizer.h"
 #include "models/cuda_model.h"
 #include "models/lora.h"

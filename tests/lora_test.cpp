@@ -4,7 +4,7 @@
 #include <filesystem>
 
 #include "engine/checkpoint.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "engine/export.h"
 #include "models/lora.h"
 #include "models/model_config.h"

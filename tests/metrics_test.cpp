@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "engine/metrics.h"
 #include "tests/test_util.h"
 

@@ -8,7 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 namespace {

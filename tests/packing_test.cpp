@@ -6,7 +6,7 @@
 
 #include "data/packing.h"
 #include "data/rng.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 namespace loom {

@@ -9,7 +9,7 @@
 #include <fstream>
 
 #include "data/batch.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "engine/optimizer.h"
 #include "models/lora.h"
 #include "models/model_config.h"

@@ -9,7 +9,7 @@
 #include <fstream>
 #include <functional>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

@@ -10,7 +10,7 @@
 //   get_cosine_with_min_lr_schedule_with_warmup(opt, 5, 20, min_lr_rate=0.1)
 #include <gtest/gtest.h>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "engine/schedule.h"
 #include "tests/test_util.h"
 

@@ -7,7 +7,7 @@
 #include <random>
 
 #include "data/shards.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 namespace {

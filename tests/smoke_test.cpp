@@ -1,4 +1,4 @@
-#include "engine/error.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 TEST(Error, CatJoinsParts) { EXPECT_EQ(loom::cat("lora.r = ", 0, " in ", "x.yaml"), "lora.r = 0 in x.yaml"); }

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "engine/device.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace loom::test {
 

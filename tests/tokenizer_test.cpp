@@ -17,7 +17,7 @@
 #include "data/tokenizer_regex.h"
 #include "data/tokenizer_unicode_classes.h"
 #include "data/utf8.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 namespace {

@@ -6,7 +6,7 @@
 
 #include "engine/checkpoint.h"
 #include "engine/config.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "engine/trainer.h"
 #include "models/lora.h"
 #include "models/model_config.h"

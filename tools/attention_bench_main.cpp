@@ -124,8 +124,8 @@ int main(int argc, char** argv) {
     };
     const int n = argc > 1 ? std::atoi(argv[1]) : static_cast<int>(std::size(cases));
     for (int i = 0; i < n && i < static_cast<int>(std::size(cases)); ++i) loom::run(cases[i]);
-  } catch (const loom::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "error: %s\n", loom::describe_current_exception().c_str());
     return 1;
   }
   return 0;

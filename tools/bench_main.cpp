@@ -32,7 +32,7 @@
 #include "data/synthetic.h"
 #include "engine/config.h"
 #include "engine/device.h"
-#include "engine/error.h"
+#include "ops/error.h"
 #include "engine/flops.h"
 #include "models/cuda_model.h"
 #include "models/lora.h"
@@ -367,8 +367,8 @@ int main(int argc, char** argv) {
   }
   try {
     return loom::run(argc, argv);
-  } catch (const loom::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "error: %s\n", loom::describe_current_exception().c_str());
     return 1;
   }
 }

@@ -28,7 +28,7 @@
 #include "dist/buckets.h"
 #include "dist/dist.h"
 #include "dist/nccl_comm.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace {
 
@@ -214,7 +214,7 @@ int main(int argc, char** argv) {
     run(ctx, argc, argv);
     loom::dist_finalize();
     return 0;
-  } catch (const loom::Error& e) {
-    loom::dist_abort_with(e.what());
+  } catch (...) {
+    loom::dist_abort_with(loom::describe_current_exception());
   }
 }

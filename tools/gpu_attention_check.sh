@@ -11,7 +11,7 @@ LOG_DIR="${OUT:-build/attention_check}"
 mkdir -p "$LOG_DIR"
 MAKE_ARGS=(-j"$(nproc)")
 [ -d .deps ] && MAKE_ARGS+=(DEPS_PREFIX="$PWD/.deps")  # header-only deps unpacked beside the checkout
-SRCS="ops/attention.cu ops/attention_ref.cpp ops/cuda_common.cpp engine/error.cpp engine/device.cpp"
+SRCS="ops/attention.cu ops/attention_ref.cpp ops/cuda_common.cpp ops/error.cpp engine/device.cpp"
 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 status=0
 step() {  # name, log file, command...
@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 
 step "build + test" test.log make "${MAKE_ARGS[@]}" unit T=attention_gpu SRCS="$SRCS"
 step "build bench" bench_build.log bash -c "make ${MAKE_ARGS[*]} build/obj/tools/attention_bench_main.cpp.o && \
   g++ -o build/attention_bench build/obj/tools/attention_bench_main.cpp.o build/obj/ops/attention.cu.o \
-    build/obj/ops/cuda_common.cpp.o build/obj/engine/error.cpp.o build/obj/engine/device.cpp.o \
+    build/obj/ops/cuda_common.cpp.o build/obj/ops/error.cpp.o build/obj/engine/device.cpp.o \
     -L$CUDA_HOME/lib64 -Wl,-rpath,$CUDA_HOME/lib64 -lcudart -fopenmp"
 step "bench" bench.log build/attention_bench
 if [ "${PROFILE:-0}" = 1 ]; then

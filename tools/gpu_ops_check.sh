@@ -14,7 +14,7 @@ kernels="ops/cast.cu ops/embedding.cu ops/rmsnorm.cu ops/rope.cu ops/swiglu.cu o
 ops/cross_entropy.cu ops/adamw.cu ops/grad_norm.cu"
 references="ops/embedding_ref.cpp ops/rmsnorm_ref.cpp ops/rope_ref.cpp ops/swiglu_ref.cpp ops/nf4_ref.cpp \
 ops/cross_entropy_ref.cpp ops/matmul_ref.cpp ops/adamw_ref.cpp ops/grad_norm_ref.cpp"
-support="ops/cuda_common.cpp engine/error.cpp engine/device.cpp"
+support="ops/cuda_common.cpp ops/error.cpp engine/device.cpp"
 make_args=(-j"$(nproc)" unit T=ops_gpu SRCS="$kernels $references $support")
 [ -d .deps ] && make_args+=(DEPS_PREFIX="$PWD/.deps")
 

@@ -17,7 +17,7 @@
 #include "data/chat_template.h"
 #include "data/dataset.h"
 #include "engine/config.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace {
 
@@ -128,8 +128,8 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
   try {
     return run(argc, argv);
-  } catch (const loom::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "error: %s\n", loom::describe_current_exception().c_str());
     return 1;
   }
 }

@@ -10,7 +10,7 @@
 #include <iostream>
 #include <string>
 
-#include "engine/error.h"
+#include "ops/error.h"
 #include "models/lora.h"
 #include "models/model_config.h"
 #include "engine/device.h"
@@ -122,8 +122,8 @@ int main(int argc, char** argv) {
       std::cout << out.dump() << "\n";
     }
     return 0;
-  } catch (const loom::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "error: %s\n", loom::describe_current_exception().c_str());
     return 1;
   }
 }

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "data/tokenizer.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace {
 
@@ -89,10 +89,10 @@ int main(int argc, char** argv) {
     }
     std::fwrite(out.data(), 1, out.size(), stdout);
     return 0;
-  } catch (const loom::Error& e) {
+  } catch (...) {
     std::fwrite(out.data(), 1, out.size(), stdout);  // the lines before the bad one
     std::fflush(stdout);
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", loom::describe_current_exception().c_str());
     return 1;
   }
 }

@@ -12,7 +12,7 @@
 
 #include "data/tokenizer.h"
 #include "data/utf8.h"
-#include "engine/error.h"
+#include "ops/error.h"
 
 namespace {
 
@@ -88,8 +88,8 @@ int main(int argc, char** argv) {
                 args.tokenizer.c_str(), docs.size(), bytes, tokens, double(bytes) / double(tokens ? tokens : 1),
                 seconds, double(bytes) / seconds / 1e6);
     return 0;
-  } catch (const loom::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "error: %s\n", loom::describe_current_exception().c_str());
     return 1;
   }
 }

@@ -1,4 +1,4 @@
-// Errors, two kinds.
+// Errors, two kinds. At the bottom of the include graph (every folder reports through it).
 //  - loom::Error: a user-facing problem (bad config, missing file, malformed input). Thrown,
 //    caught at the top of each program, printed as "error: <message>", exit code 1. Messages say
 //    what was expected, what was found, where (file, key, line, tensor) and what to change.
@@ -32,6 +32,10 @@ using AbortHook = void (*)(int code);
 void set_abort_hook(AbortHook hook);
 // Prints "[rank R] fatal: msg" (rank omitted in single-process runs) to stderr and aborts.
 [[noreturn]] void die(const std::string& msg);
+// The message for the exception in flight, for a program's outermost `catch (...)`: a loom::Error's
+// text as it is; anything else (std::bad_alloc, std::filesystem_error, a library's exception) says
+// what it was, so no input can end a program with `terminate` instead of one clear line.
+std::string describe_current_exception();
 // The rank printed by die(); set by dist/ once the rank is known.
 void set_log_rank(int rank);
 // Called by die() before it prints; may not return, when another thread is reporting the failure
