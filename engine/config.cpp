@@ -7,30 +7,41 @@
 //   data:   {path, synthetic, synthetic_docs, format, tokenizer, template, train_on, max_seq_len,
 //            overlong, on_bad_line, cache_dir}
 //   train:  {device, token_budget, global_batch, steps, epochs, lr, schedule, warmup_steps,
-//            min_lr_ratio, weight_decay, beta1, beta2, eps, max_grad_norm, recompute, seed, log_every}
+//            min_lr_ratio, weight_decay, beta1, beta2, eps, max_grad_norm, recompute, seed, log_every,
+//            divergence_check, divergence_window, divergence_factor, zero_grad_steps}
 //   output: {dir, checkpoint_every, keep_checkpoints, export, resume}
 //
 // A missing key keeps the member initialiser of config.h. Overrides "section.key=value" are applied
 // after the file, the value read as one YAML node (scalar or flow sequence). One table (fields_of)
 // maps every YAML key to its member; reading, overriding, writing and key suggestions all use it.
 // Problems are collected, not thrown one at a time: a run fails once, listing everything to fix.
+// Every numeric key states its range in that table; a value is checked as it is read (so the
+// message has its line) and again by validate(). A config is one YAML document of UTF-8 text, at
+// most kMaxConfigBytes; yaml-cpp bounds its own nesting (DepthGuard), reported as "nested too deep".
 #include "engine/config.h"
 
+#include <yaml-cpp/depthguard.h>  // YAML::DeepRecursion
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
 #include <climits>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
+#include <map>
+#include <set>
 #include <sstream>
 #include <type_traits>
 #include <variant>
 
+#include "data/chat_template.h"
+#include "data/utf8.h"
 #include "ops/error.h"
+#include "ops/files.h"
+
+namespace fs = std::filesystem;
 
 namespace loom {
 namespace {
@@ -40,10 +51,37 @@ namespace {
 
 using FieldRef = std::variant<int*, float*, bool*, std::string*, std::vector<std::string>*>;
 
+// The values a numeric key accepts, as messages state them: "in (0, 1]", "in [1, 4096]". NaN is
+// in no range, and neither is anything that overflowed while being read.
+struct Range {
+  double lo = 0, hi = 0;
+  bool lo_open = false, hi_open = false;  // ( ) exclude the bound, [ ] include it
+  const char* note = "";                  // what a special value means: "0 = only the final checkpoint"
+
+  bool contains(double v) const { return (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi); }
+  std::string text() const;
+};
+
+// Seeds: any non-negative int. -1 is refused rather than taken as a fixed seed, because other tools
+// read it as "pick a random seed", which loom never does (a run is reproducible from its config).
+constexpr Range kSeed{0, INT_MAX};
+// Step counts (train.steps, warmup_steps, log_every, checkpoint_every): the schedule and the
+// progress line count steps in int; 1e8 steps is years of training and far from INT_MAX.
+constexpr double kMaxSteps = 1e8;
+// A probability or a decay factor, from 0 up to but excluding 1.
+constexpr Range kUnitOpen{0, 1, false, true};
+
 struct Field {
   const char* section;
   const char* key;  // the YAML key (differs from the member name for data.template, output.export)
   FieldRef ref;
+  Range range;      // numeric fields only
+  // A numeric field must say which values it accepts; the others have nothing to range over.
+  Field(const char* s, const char* k, int* v, Range r) : section(s), key(k), ref(v), range(r) {}
+  Field(const char* s, const char* k, float* v, Range r) : section(s), key(k), ref(v), range(r) {}
+  Field(const char* s, const char* k, bool* v) : section(s), key(k), ref(v) {}
+  Field(const char* s, const char* k, std::string* v) : section(s), key(k), ref(v) {}
+  Field(const char* s, const char* k, std::vector<std::string>* v) : section(s), key(k), ref(v) {}
   std::string path() const { return cat(section, '.', key); }
 };
 
@@ -60,43 +98,63 @@ std::vector<Field> fields_of(TrainConfig& c) {
       {"model", "preset", &m.preset},
       {"model", "quant", &m.quant},
       {"model", "double_quant", &m.double_quant},
-      {"model", "init_seed", &m.init_seed},
-      {"lora", "r", &l.r},
-      {"lora", "alpha", &l.alpha},
-      {"lora", "dropout", &l.dropout},
+      {"model", "init_seed", &m.init_seed, kSeed},
+      // A rank past 4096 is wider than the hidden size of every supported model (so no longer
+      // low-rank), and the adapter and its optimizer state grow with r.
+      {"lora", "r", &l.r, {1, 4096}},
+      // The update scale is alpha / r; recipes stay within alpha <= 16 r. 65536 = 16 x the largest r.
+      {"lora", "alpha", &l.alpha, {0, 65536, true}},
+      {"lora", "dropout", &l.dropout, kUnitOpen},
       {"lora", "rslora", &l.rslora},
       {"lora", "targets", &l.targets},
       {"data", "path", &d.path},
       {"data", "synthetic", &d.synthetic},
-      {"data", "synthetic_docs", &d.synthetic_docs},
+      // Generated and held in memory at once (median ~200 tokens each: ~1 GB at the bound).
+      {"data", "synthetic_docs", &d.synthetic_docs, {1, 1e6}},
       {"data", "format", &d.format},
       {"data", "tokenizer", &d.tokenizer},
       {"data", "template", &d.template_name},
       {"data", "train_on", &d.train_on},
-      {"data", "max_seq_len", &d.max_seq_len},
+      {"data", "max_seq_len", &d.max_seq_len, {1, kMaxTokens}},
       {"data", "overlong", &d.overlong},
       {"data", "on_bad_line", &d.on_bad_line},
       {"data", "cache_dir", &d.cache_dir},
       {"train", "device", &t.device},
-      {"train", "token_budget", &t.token_budget},
-      {"train", "global_batch", &t.global_batch},
-      {"train", "steps", &t.steps},
-      {"train", "epochs", &t.epochs},
-      {"train", "lr", &t.lr},
+      {"train", "token_budget", &t.token_budget, {1, kMaxTokens}},
+      // Documents per step: recipes use tens to thousands; 2^20 is past any, and a typo there
+      // would silently turn every step into a whole epoch.
+      {"train", "global_batch", &t.global_batch, {1, 1 << 20}},
+      {"train", "steps", &t.steps, {0, kMaxSteps, false, false, "0 = as many as train.epochs gives"}},
+      // 1000 passes over the same data have long memorised it.
+      {"train", "epochs", &t.epochs, {1, 1000}},
+      // Past 1 every AdamW step moves a weight by about 1 or more: divergence, not training.
+      {"train", "lr", &t.lr, {0, 1, true}},
       {"train", "schedule", &t.schedule},
-      {"train", "warmup_steps", &t.warmup_steps},
-      {"train", "min_lr_ratio", &t.min_lr_ratio},
-      {"train", "weight_decay", &t.weight_decay},
-      {"train", "beta1", &t.beta1},
-      {"train", "beta2", &t.beta2},
-      {"train", "eps", &t.eps},
-      {"train", "max_grad_norm", &t.max_grad_norm},
+      {"train", "warmup_steps", &t.warmup_steps, {0, kMaxSteps}},
+      {"train", "min_lr_ratio", &t.min_lr_ratio, {0, 1}},
+      // Decoupled decay multiplies weights by 1 - lr * weight_decay; with lr <= 1 this bound keeps
+      // that factor >= 0 (past it the decay flips the weights' sign).
+      {"train", "weight_decay", &t.weight_decay, {0, 1}},
+      {"train", "beta1", &t.beta1, kUnitOpen},
+      {"train", "beta2", &t.beta2, kUnitOpen},
+      // An eps far above sqrt(v) turns AdamW into SGD at lr / eps; 1 is past every recipe (1e-8..1e-6).
+      {"train", "eps", &t.eps, {0, 1, true}},
+      // Healthy gradient norms are < 1e3; a threshold past 1e6 never clips (0 says so plainly).
+      {"train", "max_grad_norm", &t.max_grad_norm, {0, 1e6, false, false, "0 disables clipping"}},
       {"train", "recompute", &t.recompute},
-      {"train", "seed", &t.seed},
-      {"train", "log_every", &t.log_every},
+      {"train", "seed", &t.seed, kSeed},
+      {"train", "log_every", &t.log_every, {1, kMaxSteps}},
+      {"train", "divergence_check", &t.divergence_check},
+      // The median of the window is taken every step; 1e5 steps of history is past any use.
+      {"train", "divergence_window", &t.divergence_window, {1, 1e5}},
+      // At 1 or below the band would end at the median itself; 1e6 leaves only the +1 nat floor.
+      {"train", "divergence_factor", &t.divergence_factor, {1, 1e6, true}},
+      {"train", "zero_grad_steps", &t.zero_grad_steps, {1, kMaxSteps}},
       {"output", "dir", &o.dir},
-      {"output", "checkpoint_every", &o.checkpoint_every},
-      {"output", "keep_checkpoints", &o.keep_checkpoints},
+      {"output", "checkpoint_every", &o.checkpoint_every,
+       {0, kMaxSteps, false, false, "0 = only the final checkpoint"}},
+      // Each checkpoint holds the adapter and its optimizer state (3x the adapter) on disk.
+      {"output", "keep_checkpoints", &o.keep_checkpoints, {1, 1000}},
       {"output", "export", &o.export_format},
       {"output", "resume", &o.resume},
   };
@@ -129,6 +187,9 @@ bool starts_with(const std::string& s, const std::string& prefix) {
 // (so "gpu" does not suggest "cpu"), or one is a prefix of the other ("warmup" -> "warmup_steps",
 // "rank" -> "r").
 std::string closest(const std::string& word, const std::vector<std::string>& candidates) {
+  // No key or value is this long, and the distance table costs word length x candidate length.
+  constexpr size_t kLongestWord = 64;
+  if (word.size() > kLongestWord) return "";
   std::string best;
   size_t best_distance = SIZE_MAX;
   for (const std::string& c : candidates) {
@@ -162,23 +223,28 @@ std::string format_float(float v) {
   return buf;
 }
 
-bool parse_int(const std::string& s, int* out) {
+// An integer as written, before its range is checked. Past the long long range strtoll clamps to
+// LLONG_MIN/MAX, which no range contains, so the range check refuses it.
+bool parse_integer(const std::string& s, long long* out) {
   if (s.empty()) return false;
-  errno = 0;
   char* end = nullptr;
-  long v = std::strtol(s.c_str(), &end, 10);
-  if (*end != '\0' || errno == ERANGE || v < INT_MIN || v > INT_MAX) return false;
-  *out = int(v);
-  return true;
+  *out = std::strtoll(s.c_str(), &end, 10);
+  return *end == '\0';
 }
 
+// A float as written. Overflow gives +-inf (1e39) and underflow 0 or a denormal (1e-50): the range
+// check then refuses them, quoting the text. YAML's own spellings of inf and NaN are read too, so
+// that `lr: .inf` is told its range rather than that it is not a number.
 bool parse_float(const std::string& s, float* out) {
   if (s.empty()) return false;
+  static const std::vector<std::string> inf = {".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF"};
+  static const std::vector<std::string> nan = {".nan", ".NaN", ".NAN"};
+  if (std::find(inf.begin(), inf.end(), s) != inf.end()) return *out = INFINITY, true;
+  if (s == "-.inf" || s == "-.Inf" || s == "-.INF") return *out = -INFINITY, true;
+  if (std::find(nan.begin(), nan.end(), s) != nan.end()) return *out = NAN, true;
   char* end = nullptr;
-  float v = std::strtof(s.c_str(), &end);
-  if (*end != '\0') return false;
-  *out = v;
-  return true;
+  *out = std::strtof(s.c_str(), &end);
+  return *end == '\0';
 }
 
 bool parse_bool(const std::string& s, bool* out) {
@@ -219,9 +285,33 @@ std::string yaml_string(const std::string& s) {
   return out + "\"";
 }
 
+// A value as messages quote it: whole when short, else its start, cut between characters (a 5 MB
+// path or key must not become a 5 MB message), with control characters as \xNN (a NUL would end
+// the message, a newline would split it).
+std::string shown(const std::string& s) {
+  constexpr size_t kShown = 120;
+  size_t end = std::min(s.size(), kShown);
+  while (end < s.size() && end > 0 && utf8::is_continuation(static_cast<uint8_t>(s[end]))) --end;
+  std::string out;
+  for (size_t i = 0; i < end; ++i) {
+    const unsigned char ch = static_cast<unsigned char>(s[i]);
+    char esc[8];
+    std::snprintf(esc, sizeof esc, "\\x%02x", ch);
+    out += ch < 0x20 ? std::string(esc) : std::string(1, char(ch));
+  }
+  return end == s.size() ? out : cat(out, "... (", s.size(), " characters)");
+}
+
+// "[1, 4096]", "(0, 1]"; the note after it in parentheses.
+std::string Range::text() const {
+  char bounds[64];
+  std::snprintf(bounds, sizeof bounds, "%c%.10g, %.10g%c", lo_open ? '(' : '[', lo, hi, hi_open ? ')' : ']');
+  return cat("in ", bounds, *note ? cat(" (", note, ")") : "");
+}
+
 // What a node holds, for "found ..." in messages.
 std::string describe(const YAML::Node& n) {
-  if (n.IsScalar()) return cat('\'', n.Scalar(), '\'');
+  if (n.IsScalar()) return cat('\'', shown(n.Scalar()), '\'');
   if (n.IsSequence()) return "a list";
   if (n.IsMap()) return "a mapping";
   return "nothing";
@@ -231,26 +321,47 @@ std::string describe(const YAML::Node& n) {
 // Reading nodes into fields
 
 // Collects problems; `where` is the location prefix of the next ones ("cfg.yaml:7" or
-// "command line: lora.r=8").
+// "command line: lora.r=8"). Keeps the first kMaxShown and counts the rest: a file of 50,000
+// unknown keys gives a message to read, not 50,000 lines.
 struct Problems {
+  static constexpr size_t kMaxShown = 20;
   std::vector<std::string> lines;
-  void add(const std::string& where, const std::string& what) { lines.push_back(cat(where, ": ", what)); }
+  size_t total = 0;
+  void add_line(std::string line) {
+    if (++total <= kMaxShown) lines.push_back(std::move(line));
+  }
+  void add(const std::string& where, const std::string& what) { add_line(cat(where, ": ", what)); }
 };
 
-// Reads `value` into the member `ref` points to; returns "" or what was wrong.
+// Reads `value` into the field; returns "" or the whole problem: "lora.r: expected an integer,
+// found 'x'" or "lora.r must be in [1, 4096] (found 5000)". A value out of range is not stored,
+// so validate() does not report it a second time.
 struct Assign {
+  const Field& field;
   const YAML::Node& value;
+
+  std::string expected(const char* what) const { return cat(field.path(), ": expected ", what, ", found ", describe(value)); }
+  std::string out_of_range() const {
+    return cat(field.path(), " must be ", field.range.text(), " (found ", shown(value.Scalar()), ")");
+  }
+
   std::string operator()(int* out) const {
-    if (value.IsScalar() && parse_int(value.Scalar(), out)) return "";
-    return cat("expected an integer, found ", describe(value));
+    long long v = 0;
+    if (!value.IsScalar() || !parse_integer(value.Scalar(), &v)) return expected("an integer");
+    if (!field.range.contains(double(v))) return out_of_range();
+    *out = int(v);  // every int field's range lies within int
+    return "";
   }
   std::string operator()(float* out) const {
-    if (value.IsScalar() && parse_float(value.Scalar(), out)) return "";
-    return cat("expected a number, found ", describe(value));
+    float v = 0;
+    if (!value.IsScalar() || !parse_float(value.Scalar(), &v)) return expected("a number");
+    if (!field.range.contains(v)) return out_of_range();
+    *out = v;
+    return "";
   }
   std::string operator()(bool* out) const {
     if (value.IsScalar() && parse_bool(value.Scalar(), out)) return "";
-    return cat("expected true or false, found ", describe(value));
+    return expected("true or false");
   }
   std::string operator()(std::string* out) const {
     // `key:` with nothing after it reads as "" (not set), as the empty defaults do.
@@ -259,23 +370,52 @@ struct Assign {
     } else if (value.IsScalar()) {
       *out = value.Scalar();
     } else {
-      return cat("expected a string, found ", describe(value));
+      return expected("a string");
     }
     return "";
   }
   std::string operator()(std::vector<std::string>* out) const {
-    if (value.IsMap()) return cat("expected a list of strings, found ", describe(value));
+    if (value.IsMap()) return expected("a list of strings");
     std::vector<std::string> items;
     if (value.IsScalar()) items.push_back(value.Scalar());  // one name is a one-item list: `targets: all-linear`
     for (size_t i = 0; value.IsSequence() && i < value.size(); ++i) {
       if (!value[i].IsScalar())
-        return cat("expected a list of strings, found ", describe(value[i]), " as item ", i + 1);
+        return cat(field.path(), ": expected a list of strings, found ", describe(value[i]), " as item ", i + 1);
       items.push_back(value[i].Scalar());
     }
     *out = std::move(items);
     return "";
   }
 };
+
+// yaml-cpp reads a quoted value whose closing quote is missing on to the end of the file, silently
+// swallowing the keys after it (`dir: "runs/x` then `export: none` gives dir 'runs/x export: none ').
+// True when the scalar `node` starts with a quote, at its position in `text`, that nothing closes.
+bool quote_left_open(const std::string& text, const YAML::Node& node) {
+  if (!node.IsScalar() || node.Mark().pos < 0) return false;
+  // yaml-cpp counts bytes from after a UTF-8 byte-order mark.
+  const size_t bom = text.compare(0, 3, "\xef\xbb\xbf") == 0 ? 3 : 0;
+  const size_t pos = size_t(node.Mark().pos) + bom;
+  if (pos >= text.size()) return false;
+  const char quote = text[pos];
+  if (quote != '"' && quote != '\'') return false;
+  for (size_t i = pos + 1; i < text.size(); ++i) {
+    if (quote == '"' && text[i] == '\\') {
+      ++i;  // the escaped character cannot close the string
+    } else if (text[i] == quote) {
+      if (quote == '"' || i + 1 == text.size() || text[i + 1] != '\'') return false;
+      ++i;  // '' inside single quotes is one quote
+    }
+  }
+  return true;
+}
+
+bool any_quote_left_open(const std::string& text, const YAML::Node& value) {
+  if (!value.IsSequence()) return quote_left_open(text, value);
+  for (const auto& item : value)  // items only: nested lists are refused anyway, and may be cycles (&a [*a])
+    if (quote_left_open(text, item)) return true;
+  return false;
+}
 
 std::vector<std::string> keys_of_section(const std::vector<Field>& fields, const std::string& section) {
   std::vector<std::string> keys;
@@ -289,7 +429,7 @@ std::vector<std::string> keys_of_section(const std::vector<Field>& fields, const
 // section's keys are listed.
 std::string unknown_key_message(const std::vector<Field>& fields, const std::string& section,
                                 const std::string& key) {
-  std::string head = cat("unknown key '", section, '.', key, "'");
+  std::string head = cat("unknown key '", section, '.', shown(key), "'");
   for (const Field& f : fields)
     if (key == f.key) return cat(head, "; did you mean '", f.path(), "'?");
   std::vector<std::string> keys = keys_of_section(fields, section);
@@ -301,22 +441,25 @@ std::string unknown_key_message(const std::vector<Field>& fields, const std::str
 std::string unknown_section_message(const std::string& section) {
   std::vector<std::string> sections(std::begin(kSections), std::end(kSections));
   std::string near = closest(section, sections);
-  if (!near.empty()) return cat("unknown section '", section, "'; did you mean '", near, "'?");
-  return cat("unknown section '", section, "'; sections are: ", join(sections, ", "));
+  if (!near.empty()) return cat("unknown section '", shown(section), "'; did you mean '", near, "'?");
+  return cat("unknown section '", shown(section), "'; sections are: ", join(sections, ", "));
 }
 
 bool is_section(const std::string& s) {
   return std::find(std::begin(kSections), std::end(kSections), s) != std::end(kSections);
 }
 
-// Sets section.key from `value`; problems are reported at `where`.
+// Sets section.key from `value`, parsed from `text`; problems are reported at `where`.
 void set_field(std::vector<Field>& fields, const std::string& section, const std::string& key,
-               const YAML::Node& value, const std::string& where, Problems& problems) {
+               const YAML::Node& value, const std::string& text, const std::string& where, Problems& problems) {
   if (!is_section(section)) return problems.add(where, unknown_section_message(section));
   for (Field& f : fields) {
     if (section != f.section || key != f.key) continue;
-    std::string error = std::visit(Assign{value}, f.ref);
-    if (!error.empty()) problems.add(where, cat(f.path(), ": ", error));
+    if (any_quote_left_open(text, value))
+      return problems.add(where, cat(f.path(), ": a quote opened in the value is never closed (the rest of the "
+                                               "file would be read into it); close the quote"));
+    std::string error = std::visit(Assign{f, value}, f.ref);
+    if (!error.empty()) problems.add(where, error);
     return;
   }
   problems.add(where, unknown_key_message(fields, section, key));
@@ -326,57 +469,125 @@ std::string line_of(const std::string& source, const YAML::Node& n) {
   return cat(source, ':', n.Mark().line + 1);
 }
 
+// A key that is not a name: `? [a, b]` (a list as a key) or `{a: 1}: x`.
+bool odd_key(const YAML::Node& key, const std::string& where, Problems& problems) {
+  if (key.IsScalar()) return false;
+  problems.add(where, cat("keys are names such as lora or r; found ", describe(key), " as a key"));
+  return true;
+}
+
+struct Document {
+  const std::string& text;    // the YAML, for quote positions
+  const std::string& source;  // the file, for messages
+};
+
 void read_section(std::vector<Field>& fields, const std::string& section, const YAML::Node& body,
-                  const std::string& source, Problems& problems) {
-  std::vector<std::pair<std::string, int>> seen;  // key, line: yaml-cpp keeps duplicate keys silently
+                  const Document& doc, Problems& problems) {
+  std::map<std::string, int> first_line;  // yaml-cpp keeps duplicate keys silently
   for (const auto& entry : body) {
-    std::string key = entry.first.Scalar();
-    int line = entry.first.Mark().line + 1;
-    std::string where = line_of(source, entry.first);
-    auto dup = std::find_if(seen.begin(), seen.end(), [&](const auto& s) { return s.first == key; });
-    if (dup != seen.end()) {
-      problems.add(where, cat("duplicate key '", section, '.', key, "' (first set on line ",
-                              dup->second, "); keep one"));
+    std::string where = line_of(doc.source, entry.first);
+    if (odd_key(entry.first, where, problems)) continue;
+    const std::string& key = entry.first.Scalar();
+    const int line = entry.first.Mark().line + 1;
+    auto [first, fresh] = first_line.emplace(key, line);
+    if (!fresh) {
+      problems.add(where, cat("duplicate key '", section, '.', shown(key), "' (first set on line ", first->second,
+                              "); keep one"));
       continue;
     }
-    seen.emplace_back(key, line);
-    set_field(fields, section, key, entry.second, where, problems);
+    set_field(fields, section, key, entry.second, doc.text, where, problems);
   }
 }
 
-void read_document(TrainConfig& cfg, const YAML::Node& root, const std::string& source, Problems& problems) {
+void read_document(TrainConfig& cfg, const YAML::Node& root, const Document& doc, Problems& problems) {
   std::vector<Field> fields = fields_of(cfg);
-  std::vector<std::string> seen;
+  std::set<std::string> seen;
   for (const auto& entry : root) {
-    std::string section = entry.first.Scalar();
-    std::string where = line_of(source, entry.first);
+    std::string where = line_of(doc.source, entry.first);
+    if (odd_key(entry.first, where, problems)) continue;
+    const std::string& section = entry.first.Scalar();
     if (!is_section(section)) {
       problems.add(where, unknown_section_message(section));
-    } else if (std::find(seen.begin(), seen.end(), section) != seen.end()) {
+    } else if (!seen.insert(section).second) {
       problems.add(where, cat("duplicate section '", section, "'; merge its keys into the first one"));
     } else if (!entry.second.IsNull() && !entry.second.IsMap()) {
       problems.add(where, cat(section, ": expected a mapping of keys, found ", describe(entry.second)));
     } else {
-      read_section(fields, section, entry.second, source, problems);
+      read_section(fields, section, entry.second, doc, problems);
     }
-    seen.push_back(section);
   }
 }
 
+// Where text stops being UTF-8 text (a NUL byte or a byte that is not UTF-8), or npos. A binary
+// file, or one in another encoding, would otherwise reach the YAML parser and come out as keys.
+size_t first_non_text(const std::string& text) { return std::min(text.find('\0'), utf8::first_invalid(text)); }
+
+// "a NUL byte" or "byte 0xff, which is not UTF-8".
+std::string non_text_byte(const std::string& text, size_t at) {
+  if (text[at] == '\0') return "a NUL byte";
+  char hex[8];
+  std::snprintf(hex, sizeof hex, "0x%02x", unsigned(static_cast<unsigned char>(text[at])));
+  return cat("byte ", hex, ", which is not UTF-8");
+}
+
+// "line:column" (1-based) of a byte offset.
+std::string line_column(const std::string& text, size_t at) {
+  const auto lines_before = std::count(text.begin(), text.begin() + ptrdiff_t(at), '\n');
+  const size_t newline = at == 0 ? std::string::npos : text.rfind('\n', at - 1);
+  return cat(lines_before + 1, ':', at - (newline == std::string::npos ? 0 : newline + 1) + 1);
+}
+
+// One YAML document parsed from text. yaml-cpp's Load keeps only the first document, so a config
+// split by '---' would lose its second half silently: a second document is a problem here.
+struct Parsed {
+  YAML::Node root;
+  std::string problem;       // "" when parsed
+  int line = 0, column = 0;  // 1-based position of the problem; 0 when not known
+};
+
+// The line of the '---' (or '...') that ends the first document: the last marker at or before
+// the start of the second one (1-based), or 0 when there is none.
+int document_marker_line(const std::string& text, int second_start_line) {
+  int line = 0, marker = 0;
+  for (size_t pos = 0; pos < text.size() && line <= second_start_line; ++line) {
+    if (text.compare(pos, 3, "---") == 0 || text.compare(pos, 3, "...") == 0) marker = line + 1;
+    const size_t nl = text.find('\n', pos);
+    pos = nl == std::string::npos ? text.size() : nl + 1;
+  }
+  return marker;
+}
+
+Parsed parse_one_document(const std::string& text) {
+  std::vector<YAML::Node> docs;
+  try {
+    docs = YAML::LoadAll(text);
+  } catch (const YAML::DeepRecursion& e) {
+    // yaml-cpp's parser recurses once per level and stops itself (DepthGuard) before the stack does.
+    return {{}, "invalid YAML: nested too deep; a config nests at most 3 levels (section, key, list)",
+            e.mark.line + 1, e.mark.column + 1};
+  } catch (const YAML::Exception& e) {
+    return {{}, cat("invalid YAML: ", e.msg), e.mark.line + 1, e.mark.column + 1};
+  }
+  if (docs.size() > 1)
+    return {{}, "a second YAML document starts here; a config is one document: remove the '---' line and "
+                "merge what follows it into the first",
+            document_marker_line(text, docs[1].Mark().line), 0};
+  return {docs.empty() ? YAML::Node() : docs[0], "", 0, 0};
+}
+
 void apply_override(TrainConfig& cfg, const std::string& text, Problems& problems) {
-  std::string where = cat("command line: ", text);
+  std::string where = cat("command line: ", shown(text));
   size_t eq = text.find('=');
   size_t dot = text.find('.');
   if (eq == std::string::npos || dot == std::string::npos || dot > eq || dot == 0 || dot + 1 == eq)
     return problems.add(where, "expected section.key=value (e.g. lora.r=8 or lora.targets=[q_proj,v_proj])");
-  YAML::Node value;
-  try {
-    value = YAML::Load(text.substr(eq + 1));
-  } catch (const YAML::Exception& e) {
-    return problems.add(where, cat("the value is not valid YAML: ", e.msg));
-  }
+  const std::string value_text = text.substr(eq + 1);
+  if (const size_t bad = first_non_text(value_text); bad != std::string::npos)
+    return problems.add(where, cat("the value holds ", non_text_byte(value_text, bad)));
+  const Parsed value = parse_one_document(value_text);
+  if (!value.problem.empty()) return problems.add(where, value.problem);
   std::vector<Field> fields = fields_of(cfg);
-  set_field(fields, text.substr(0, dot), text.substr(dot + 1, eq - dot - 1), value, where, problems);
+  set_field(fields, text.substr(0, dot), text.substr(dot + 1, eq - dot - 1), value.root, value_text, where, problems);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -389,18 +600,25 @@ struct Checker {
 
   void add(const std::string& what) { lines.push_back(cat(source, ": ", what)); }
 
-  template <class T>
-  void require(bool ok, const char* key, const char* rule, T found) {
-    if (!ok) add(cat(key, " must be ", rule, " (found ", found, ")"));
-  }
-  void require(bool ok, const char* key, const char* rule, float found) {
-    if (!ok) add(cat(key, " must be ", rule, " (found ", format_float(found), ")"));
+  // A numeric field within its range (values read from YAML were checked as they were read; this
+  // catches configs built in code). No text holds a NUL ("\0" in YAML): a path would be cut short
+  // at it by the first system call.
+  void field(const Field& f) {
+    if (const int* const* i = std::get_if<int*>(&f.ref); i && !f.range.contains(**i))
+      add(cat(f.path(), " must be ", f.range.text(), " (found ", **i, ")"));
+    if (const float* const* x = std::get_if<float*>(&f.ref); x && !f.range.contains(**x))
+      add(cat(f.path(), " must be ", f.range.text(), " (found ", format_float(**x), ")"));
+    std::vector<std::string> texts;
+    if (const std::string* const* v = std::get_if<std::string*>(&f.ref)) texts = {**v};
+    if (const std::vector<std::string>* const* v = std::get_if<std::vector<std::string>*>(&f.ref)) texts = **v;
+    for (const std::string& t : texts)
+      if (t.find('\0') != std::string::npos) return add(cat(f.path(), " must not contain a NUL character (\\0)"));
   }
 
   void one_of(const char* key, const std::string& value, const std::vector<std::string>& allowed) {
     if (std::find(allowed.begin(), allowed.end(), value) != allowed.end()) return;
     std::string near = closest(value, allowed);
-    add(cat(key, " must be one of ", join(allowed, ", "), " (found '", value, "'",
+    add(cat(key, " must be one of ", join(allowed, ", "), " (found '", shown(value), "'",
             near.empty() ? "" : cat("; did you mean '", near, "'?"), ")"));
   }
 
@@ -409,7 +627,7 @@ struct Checker {
                    const char* hint) {
     if (va.empty() == vb.empty())
       add(cat("set exactly one of ", a, " or ", b, " (", hint, "); found ",
-              va.empty() ? "neither" : cat("both: ", a, " = '", va, "', ", b, " = '", vb, "'")));
+              va.empty() ? "neither" : cat("both: ", a, " = '", shown(va), "', ", b, " = '", shown(vb), "'")));
   }
 };
 
@@ -421,13 +639,16 @@ void check_targets(Checker& c, const std::vector<std::string>& targets) {
     return c.add(cat("lora.targets must list at least one of ", join(kLoraTargets, ", "),
                      ", or be [all-linear] (found an empty list)"));
   if (targets.size() == 1 && targets[0] == "all-linear") return;
+  if (targets.size() > kLoraTargets.size())
+    return c.add(cat("lora.targets lists ", targets.size(), " names, but there are ", kLoraTargets.size(),
+                     " projections (", join(kLoraTargets, ", "), "); list each at most once"));
   for (size_t i = 0; i < targets.size(); ++i) {
     const std::string& t = targets[i];
     if (t == "all-linear") {
       c.add("lora.targets: all-linear means every projection; use it alone, as [all-linear]");
     } else if (std::find(kLoraTargets.begin(), kLoraTargets.end(), t) == kLoraTargets.end()) {
       std::string near = closest(t, kLoraTargets);
-      c.add(cat("lora.targets: '", t, "' is not a projection; use ", join(kLoraTargets, ", "),
+      c.add(cat("lora.targets: '", shown(t), "' is not a projection; use ", join(kLoraTargets, ", "),
                 " or all-linear", near.empty() ? "" : cat(" (did you mean '", near, "'?)")));
     } else if (std::find(targets.begin(), targets.begin() + i, t) != targets.begin() + i) {
       c.add(cat("lora.targets lists '", t, "' twice; keep one"));
@@ -442,9 +663,6 @@ void check_model(Checker& c, const ModelSection& m) {
 }
 
 void check_lora(Checker& c, const LoraSection& l) {
-  c.require(l.r > 0, "lora.r", "> 0", l.r);
-  c.require(l.alpha > 0, "lora.alpha", "> 0", l.alpha);
-  c.require(l.dropout >= 0 && l.dropout < 1, "lora.dropout", "in [0, 1)", l.dropout);
   check_targets(c, l.targets);
 }
 
@@ -452,13 +670,14 @@ void check_data(Checker& c, const DataSection& d, const TrainSection& t) {
   c.exactly_one("data.path", d.path, "data.synthetic", d.synthetic,
                 "a JSONL file or prepared folder, or the synthetic workload sft-alpaca");
   if (!d.synthetic.empty()) c.one_of("data.synthetic", d.synthetic, {"sft-alpaca"});
-  c.require(d.synthetic_docs > 0, "data.synthetic_docs", "> 0", d.synthetic_docs);
   c.one_of("data.format", d.format, {"auto", "messages", "sharegpt", "alpaca", "text"});
-  c.one_of("data.template", d.template_name, {"auto", "chatml", "qwen3", "llama3", "mistral", "llama2", "none"});
+  std::vector<std::string> templates = {"auto"};  // the same names build/prepare --template takes
+  for (const std::string& name : chat_template_names()) templates.push_back(name);
+  templates.push_back("none");
+  c.one_of("data.template", d.template_name, templates);
   c.one_of("data.train_on", d.train_on, {"responses", "all"});
   c.one_of("data.overlong", d.overlong, {"truncate", "drop"});
   c.one_of("data.on_bad_line", d.on_bad_line, {"error", "skip"});
-  c.require(d.max_seq_len > 0, "data.max_seq_len", "> 0", d.max_seq_len);
   if (d.max_seq_len > t.token_budget && t.token_budget > 0)
     c.add(cat("data.max_seq_len (", d.max_seq_len, ") must be <= train.token_budget (", t.token_budget,
               ") so that every sequence fits in one micro-batch; lower data.max_seq_len or raise "
@@ -467,45 +686,28 @@ void check_data(Checker& c, const DataSection& d, const TrainSection& t) {
 
 void check_train(Checker& c, const TrainSection& t) {
   c.one_of("train.device", t.device, {"auto", "cpu", "cuda"});
-  c.require(t.token_budget > 0, "train.token_budget", "> 0", t.token_budget);
-  c.require(t.global_batch > 0, "train.global_batch", "> 0", t.global_batch);
-  c.require(t.steps >= 0, "train.steps", ">= 0 (0 = as many as train.epochs gives)", t.steps);
-  c.require(t.epochs >= 1, "train.epochs", ">= 1", t.epochs);
-  c.require(t.lr > 0, "train.lr", "> 0", t.lr);
   c.one_of("train.schedule", t.schedule, {"cosine", "linear", "constant"});
-  c.require(t.warmup_steps >= 0, "train.warmup_steps", ">= 0", t.warmup_steps);
-  c.require(t.min_lr_ratio >= 0 && t.min_lr_ratio <= 1, "train.min_lr_ratio", "in [0, 1]", t.min_lr_ratio);
-  c.require(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay);
-  c.require(t.beta1 >= 0 && t.beta1 < 1, "train.beta1", "in [0, 1)", t.beta1);
-  c.require(t.beta2 >= 0 && t.beta2 < 1, "train.beta2", "in [0, 1)", t.beta2);
-  c.require(t.eps > 0, "train.eps", "> 0", t.eps);
   c.one_of("train.recompute", t.recompute, {"none", "selective", "full"});
-  c.require(t.log_every >= 1, "train.log_every", ">= 1", t.log_every);
 }
 
 void check_output(Checker& c, const OutputSection& o) {
   if (o.dir.empty()) c.add("output.dir must name the run folder (found an empty string)");
-  c.require(o.checkpoint_every >= 0, "output.checkpoint_every", ">= 0 (0 = only the final checkpoint)",
-            o.checkpoint_every);
-  c.require(o.keep_checkpoints >= 1, "output.keep_checkpoints", ">= 1", o.keep_checkpoints);
   c.one_of("output.export", o.export_format, {"peft", "merged", "none"});
-  if (o.resume.empty()) c.add("output.resume must be auto, never or a checkpoint folder (found '')");
+  if (o.resume.empty()) c.add("output.resume must be auto, last_intact, never or a checkpoint folder (found '')");
 }
 
-std::string read_file(const std::string& path) {
-  if (std::filesystem::is_directory(path)) fail("config ", path, " is a folder; give a YAML file such as configs/demo.yaml");
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    fail("config file not found: ", path, " (give a path relative to the current folder, e.g. configs/demo.yaml)");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+// A folder that must exist already (model.path, a checkpoint to resume).
+void require_folder(const std::string& path, const std::string& key, const char* expected) {
+  std::error_code ec;
+  LOOM_CHECK(fs::is_directory(path, ec), key, ": '", shown(path), "' is not a folder (expected ", expected, ")");
 }
 
 }  // namespace
 
 std::vector<std::string> validate(const TrainConfig& cfg) {
   Checker c{cfg.source.empty() ? "config" : cfg.source, {}};
+  TrainConfig copy = cfg;
+  for (const Field& f : fields_of(copy)) c.field(f);
   check_model(c, cfg.model);
   check_lora(c, cfg.lora);
   check_data(c, cfg.data, cfg.train);
@@ -516,30 +718,61 @@ std::vector<std::string> validate(const TrainConfig& cfg) {
 
 TrainConfig parse_config(const std::string& yaml_text, const std::string& source,
                          const std::vector<std::string>& overrides) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml_text);
-  } catch (const YAML::ParserException& e) {
-    fail(source, ':', e.mark.line + 1, ':', e.mark.column + 1, ": invalid YAML: ", e.msg);
-  }
-  if (!root.IsNull() && !root.IsMap())
-    fail(line_of(source, root), ": expected a mapping of sections (model, lora, data, train, output), found ",
-         describe(root));
+  LOOM_CHECK(yaml_text.size() <= kMaxConfigBytes, source, " is ", yaml_text.size(), " bytes; a config is at most ",
+             kMaxConfigBytes, " (is this the right file?)");
+  if (const size_t bad = first_non_text(yaml_text); bad != std::string::npos)
+    fail(source, ':', line_column(yaml_text, bad), ": ", non_text_byte(yaml_text, bad),
+         "; a config is YAML text (is this the right file?)");
+  const Parsed doc = parse_one_document(yaml_text);
+  if (!doc.problem.empty())
+    fail(source, ':', doc.line, doc.column ? cat(':', doc.column) : "", ": ", doc.problem);
+  if (!doc.root.IsNull() && !doc.root.IsMap())
+    fail(line_of(source, doc.root), ": expected a mapping of sections (model, lora, data, train, output), found ",
+         describe(doc.root));
   TrainConfig cfg;
   cfg.source = source;
   Problems problems;
-  read_document(cfg, root, source, problems);
+  read_document(cfg, doc.root, Document{yaml_text, source}, problems);
   for (const std::string& o : overrides) apply_override(cfg, o, problems);
-  for (std::string& line : validate(cfg)) problems.lines.push_back(std::move(line));
+  for (std::string& line : validate(cfg)) problems.add_line(std::move(line));
 
-  if (problems.lines.size() == 1) fail(problems.lines[0]);
-  if (!problems.lines.empty())
-    fail(problems.lines.size(), " problems in ", source, ":\n  ", join(problems.lines, "\n  "));
+  if (problems.total == 1) fail(problems.lines[0]);
+  if (problems.total > 1)
+    fail(problems.total, " problems in ", source, ":\n  ", join(problems.lines, "\n  "),
+         problems.total > problems.lines.size() ? cat("\n  ... and ", problems.total - problems.lines.size(), " more")
+                                                : "");
   return cfg;
 }
 
 TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  return parse_config(read_file(path), path, overrides);
+  return parse_config(read_regular_file(path, "config", kMaxConfigBytes), path, overrides);
+}
+
+std::string data_cache_dir(const TrainConfig& cfg) {
+  return cfg.data.cache_dir.empty() ? cfg.output.dir + "/data" : cfg.data.cache_dir;
+}
+
+void check_data_paths(const TrainConfig& cfg) {
+  const DataSection& d = cfg.data;
+  if (d.path.empty()) return;  // synthetic data
+  require_file_or_folder(d.path, "data.path");
+  std::error_code ec;
+  if (fs::is_directory(d.path, ec)) return;  // prepared shards: no tokenizer or cache needed
+  require_folder_or_creatable(data_cache_dir(cfg),
+                              d.cache_dir.empty() ? "data.cache_dir (default <output.dir>/data)" : "data.cache_dir");
+  if (!d.tokenizer.empty()) require_file_or_folder(d.tokenizer, "data.tokenizer");
+}
+
+void check_paths(const TrainConfig& cfg) {
+  require_folder_or_creatable(cfg.output.dir, "output.dir");
+  check_data_paths(cfg);
+  if (!cfg.model.path.empty()) {
+    require_folder(cfg.model.path, "model.path", "an HF model folder with config.json and *.safetensors");
+    require_regular_file(cfg.model.path + "/config.json", "model.path: config");
+  }
+  const std::string& resume = cfg.output.resume;
+  if (resume != "auto" && resume != "never" && resume != "last_intact")
+    require_folder(resume, "output.resume", "auto, last_intact, never or a checkpoint folder such as <run>/checkpoints/step-N");
 }
 
 std::string to_yaml(const TrainConfig& cfg) {

@@ -1,6 +1,7 @@
 // The experiment config: YAML -> one typed TrainConfig. Defaults live in the member initialisers
 // below and nowhere else. After load_config() returns, code reads these structs, never YAML.
 #pragma once
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -48,10 +49,15 @@ struct TrainSection {
   float min_lr_ratio = 0.f;      // final lr = lr * min_lr_ratio (cosine/linear)
   float weight_decay = 0.f;
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
-  float max_grad_norm = 1.f;     // <= 0 disables clipping
+  float max_grad_norm = 1.f;     // 0 disables clipping
   std::string recompute = "selective";  // none | selective | full
   int seed = 42;
   int log_every = 1;
+  // Divergence checks (engine/divergence.h); a non-finite loss or gradient always stops a run.
+  bool divergence_check = true;  // stop when the loss leaves its band or the gradient dies
+  int divergence_window = 50;    // steps of loss history behind the band's median
+  float divergence_factor = 3.f; // the band: loss <= max(factor x median, median + 1)
+  int zero_grad_steps = 3;       // steps in a row with grad norm exactly 0 (and targets) that stop
 };
 
 struct OutputSection {
@@ -59,7 +65,9 @@ struct OutputSection {
   int checkpoint_every = 0;      // steps between checkpoints; 0 = only the final one
   int keep_checkpoints = 2;
   std::string export_format = "peft";  // YAML key "export": peft | merged | none
-  std::string resume = "auto";   // auto (latest checkpoint in dir, if any) | never | <checkpoint folder>
+  // auto: the newest checkpoint in dir, which must verify | last_intact: the newest that verifies
+  // (damaged newer ones are reported and skipped) | never | <checkpoint folder>
+  std::string resume = "auto";
 };
 
 struct TrainConfig {
@@ -71,15 +79,32 @@ struct TrainConfig {
   std::string source;  // the YAML file it came from ("" for defaults)
 };
 
-// Reads path, applies "section.key=value" overrides in order, validates. Throws loom::Error listing
-// every problem found (each naming the file and the key), unknown keys with a did-you-mean.
+// Longest sequence (data.max_seq_len, build/prepare --max-seq-len) and largest micro-batch
+// (train.token_budget) in tokens: 8x the longest context of a supported model (Llama 3.1: 131072);
+// past it one micro-batch's activations alone need terabytes.
+constexpr int kMaxTokens = 1 << 20;
+// Largest config file read: shipped configs are ~2 KB; anything near this is not a config.
+constexpr size_t kMaxConfigBytes = size_t(1) << 20;
+
+// Reads path (a regular UTF-8 file of at most kMaxConfigBytes), applies "section.key=value"
+// overrides in order, validates. Throws loom::Error listing every problem found (each naming the
+// file and line, or the override, and the key), unknown keys with a did-you-mean.
 TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 // Same from YAML text (tests); `source` names it in messages.
 TrainConfig parse_config(const std::string& yaml_text, const std::string& source,
                          const std::vector<std::string>& overrides = {});
-// Every problem of an already-built config, one line each ("<source>: lora.r must be > 0 (found 0)");
-// empty when valid. Used by parse_config.
+// Every problem of an already-built config, one line each ("<source>: lora.r must be in [1, 4096]
+// (found 0)"); empty when valid. Every numeric key has a stated range. Used by parse_config.
 std::vector<std::string> validate(const TrainConfig& cfg);
+// The config's paths against the filesystem, before anything is loaded: output.dir and the data
+// cache are folders or can be created, data.path is a regular file or a folder, data.tokenizer
+// exists, model.path is a folder with config.json, output.resume a folder. A wrong path fails in a
+// moment, naming its key, instead of after the model has loaded (or as a hang on a FIFO).
+void check_paths(const TrainConfig& cfg);
+// The data part of check_paths (what build/prepare CONFIG.yaml reads and writes).
+void check_data_paths(const TrainConfig& cfg);
+// Where a JSONL data.path is prepared into: data.cache_dir, default <output.dir>/data.
+std::string data_cache_dir(const TrainConfig& cfg);
 // The resolved config as YAML (every key, defaults included); parse_config(to_yaml(c)) == c.
 // Depends on the values only (not on `source`), so two runs' resolved configs compare as text.
 std::string to_yaml(const TrainConfig& cfg);

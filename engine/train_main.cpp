@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
     loom::dist_init(&argc, &argv);
     std::vector<std::string> overrides(argv + 2, argv + argc);
     loom::TrainConfig cfg = loom::load_config(argv[1], overrides);
+    loom::check_paths(cfg);  // before the model loads: a wrong path fails in a moment
     loom::TrainSummary s = loom::train(cfg);
     loom::dist_finalize();
     if (!loom::is_main()) return 0;

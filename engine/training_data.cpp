@@ -42,12 +42,10 @@ void check_vocabulary(const std::vector<Document>& docs, const ModelConfig& mc, 
 std::vector<Document> load_training_documents(const TrainConfig& cfg, const ModelConfig& mc) {
   if (!cfg.data.synthetic.empty()) return synthetic(cfg, mc);
   const std::string& path = cfg.data.path;
-  LOOM_CHECK(fs::exists(path), "data.path: '", path, "' does not exist");
+  check_data_paths(cfg);
   std::string prepared = path;
-  if (!fs::is_directory(path)) {
-    const std::string cache = cfg.data.cache_dir.empty() ? cfg.output.dir + "/data" : cfg.data.cache_dir;
-    prepared = prepare_dataset(cfg.data, tokenizer_path(cfg), cache);
-  }
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) prepared = prepare_dataset(cfg.data, tokenizer_path(cfg), data_cache_dir(cfg));
   std::vector<Document> docs = load_prepared(prepared);
   LOOM_CHECK(!docs.empty(), "data.path: '", path, "' gave no trainable documents");
   check_vocabulary(docs, mc, prepared);

@@ -40,6 +40,12 @@ void require_regular_file(const std::string& path, const std::string& what) {
   LOOM_CHECK(S_ISREG(st.st_mode), what, " ", shown(path), " is ", kind_of(st), "; give a regular file");
 }
 
+void require_file_or_folder(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return;
+  require_regular_file(path, what);
+}
+
 void require_folder_or_creatable(const std::string& path, const std::string& what) {
   LOOM_CHECK(!path.empty(), what, ": no folder given");
   LOOM_CHECK(path.size() < 4096, what, " ", shown(path), ": the path is too long; give a shorter folder");
@@ -97,10 +103,10 @@ nlohmann::json parse_json(std::string_view text, const std::string& where, int m
     fail(where, ": JSON nested deeper than ", max_depth, " levels; no loom input nests that deep (corrupt file?)");
   try {
     return nlohmann::json::parse(text.begin(), text.end());
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     // "[json.exception.parse_error.101] parse error at line 1, column 12: ..." without the tag.
     std::string msg = e.what();
-    if (const size_t p = msg.find("parse error"); p != std::string::npos) msg = msg.substr(p);
+    if (const size_t p = msg.find("] "); p != std::string::npos) msg = msg.substr(p + 2);
     fail(where, ": invalid JSON: ", msg);
   }
 }

@@ -21,6 +21,8 @@ constexpr size_t kMaxTextFileBytes = size_t(1) << 30;
 // Throws unless `path` names an existing regular file (symlinks followed). `what` says what the
 // file is for ("config", "tokenizer file"), so the message reads "tokenizer file x is a FIFO ...".
 void require_regular_file(const std::string& path, const std::string& what);
+// Throws unless `path` is a folder or a regular file (a tokenizer file or folder; JSONL or shards).
+void require_file_or_folder(const std::string& path, const std::string& what);
 // Throws unless `path` is a folder or can be created as one (no part of it is a regular file).
 void require_folder_or_creatable(const std::string& path, const std::string& what);
 // The whole of a regular file, at most max_bytes.

@@ -2,6 +2,7 @@
 // validation that reports everything at once, the to_yaml round trip, and the shipped configs/.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -112,8 +113,7 @@ TEST(Config, MalformedOverrideNamesTheCommandLine) {
   EXPECT_EQ(parse_error(kMinimal, {"lorar=8"}), want);
   EXPECT_NE(parse_error(kMinimal, {"lora.r"}).find("command line: lora.r: expected section.key=value"),
             std::string::npos);
-  EXPECT_NE(parse_error(kMinimal, {"lora.targets=[q_proj"}).find("command line: lora.targets=[q_proj: "
-                                                                  "the value is not valid YAML: "),
+  EXPECT_NE(parse_error(kMinimal, {"lora.targets=[q_proj"}).find("command line: lora.targets=[q_proj: invalid YAML: "),
             std::string::npos);
 }
 
@@ -184,14 +184,16 @@ TEST(Config, BrokenYamlGivesLineColumnAndReason) {
 }
 
 TEST(Config, MissingFileSaysSoWithThePath) {
-  std::string msg = error_of([] { load_config("configs/no-such-config.yaml"); });
-  EXPECT_EQ(msg.rfind("config file not found: configs/no-such-config.yaml", 0), 0u) << msg;
+  EXPECT_EQ(error_of([] { load_config("configs/no-such-config.yaml"); }),
+            "config configs/no-such-config.yaml: no such file");
+  EXPECT_EQ(error_of([] { load_config("configs"); }), "config configs is a folder; give a regular file");
 }
 
 TEST(Config, LoadConfigNamesTheFileInMessages) {
   std::string path = testing::TempDir() + "loom_config_test.yaml";
   std::ofstream(path) << kMinimal << "lora:\n  r: 0\n";
-  EXPECT_EQ(error_of([&] { load_config(path); }), path + ": lora.r must be > 0 (found 0)");
+  EXPECT_EQ(error_of([&] { load_config(path); }), path + ":6: lora.r must be in [1, 4096] (found 0)");
+  std::ofstream(path) << kMinimal;
   EXPECT_EQ(load_config(path, {"lora.r=4"}).source, path);
   std::filesystem::remove(path);
 }
@@ -199,10 +201,6 @@ TEST(Config, LoadConfigNamesTheFileInMessages) {
 // One broken value per row: the override that breaks it and the exact line validate() gives.
 TEST(Config, EveryValidationRuleNamesItsKeyAndTheValueFound) {
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
-      {{"lora.r=0"}, "lora.r must be > 0 (found 0)"},
-      {{"lora.alpha=-1"}, "lora.alpha must be > 0 (found -1)"},
-      {{"lora.dropout=1"}, "lora.dropout must be in [0, 1) (found 1)"},
-      {{"lora.dropout=-0.1"}, "lora.dropout must be in [0, 1) (found -0.1)"},
       {{"model.quant=int8"}, "model.quant must be one of nf4, bf16 (found 'int8')"},
       {{"model.quant=nf-4"}, "model.quant must be one of nf4, bf16 (found 'nf-4'; did you mean 'nf4'?)"},
       {{"model.path=/m"},
@@ -227,8 +225,8 @@ TEST(Config, EveryValidationRuleNamesItsKeyAndTheValueFound) {
       {{"train.device=gpu"}, "train.device must be one of auto, cpu, cuda (found 'gpu')"},
       {{"data.format=csv"}, "data.format must be one of auto, messages, sharegpt, alpaca, text (found 'csv')"},
       {{"data.template=chatlm"},
-       "data.template must be one of auto, chatml, qwen3, llama3, mistral, llama2, none (found 'chatlm'; did you "
-       "mean 'chatml'?)"},
+       "data.template must be one of auto, chatml, qwen3, llama3, llama3.1, mistral, llama2, none (found 'chatlm'; "
+       "did you mean 'chatml'?)"},
       {{"data.train_on=prompts"}, "data.train_on must be one of responses, all (found 'prompts')"},
       {{"data.overlong=split"}, "data.overlong must be one of truncate, drop (found 'split')"},
       {{"data.on_bad_line=warn"}, "data.on_bad_line must be one of error, skip (found 'warn')"},
@@ -236,37 +234,137 @@ TEST(Config, EveryValidationRuleNamesItsKeyAndTheValueFound) {
        "train.schedule must be one of cosine, linear, constant (found 'cosin'; did you mean 'cosine'?)"},
       {{"train.recompute=partial"}, "train.recompute must be one of none, selective, full (found 'partial')"},
       {{"output.export=gguf"}, "output.export must be one of peft, merged, none (found 'gguf')"},
-      {{"output.resume="}, "output.resume must be auto, never or a checkpoint folder (found '')"},
-      {{"train.lr=0"}, "train.lr must be > 0 (found 0)"},
-      {{"train.lr=nan"}, "train.lr must be > 0 (found nan)"},
-      {{"train.token_budget=0"}, "train.token_budget must be > 0 (found 0)"},
-      {{"train.global_batch=0"}, "train.global_batch must be > 0 (found 0)"},
-      {{"train.steps=-1"}, "train.steps must be >= 0 (0 = as many as train.epochs gives) (found -1)"},
-      {{"train.epochs=0"}, "train.epochs must be >= 1 (found 0)"},
-      {{"train.warmup_steps=-5"}, "train.warmup_steps must be >= 0 (found -5)"},
-      {{"data.max_seq_len=0"}, "data.max_seq_len must be > 0 (found 0)"},
+      {{"output.resume="}, "output.resume must be auto, last_intact, never or a checkpoint folder (found '')"},
       {{"data.max_seq_len=4096", "train.token_budget=2048"},
        "data.max_seq_len (4096) must be <= train.token_budget (2048) so that every sequence fits in one "
        "micro-batch; lower data.max_seq_len or raise train.token_budget"},
-      {{"data.synthetic_docs=0"}, "data.synthetic_docs must be > 0 (found 0)"},
-      {{"train.min_lr_ratio=1.5"}, "train.min_lr_ratio must be in [0, 1] (found 1.5)"},
-      {{"train.beta1=1"}, "train.beta1 must be in [0, 1) (found 1)"},
-      {{"train.beta2=-0.5"}, "train.beta2 must be in [0, 1) (found -0.5)"},
-      {{"train.eps=0"}, "train.eps must be > 0 (found 0)"},
-      {{"train.weight_decay=-0.01"}, "train.weight_decay must be >= 0 (found -0.01)"},
-      {{"train.log_every=0"}, "train.log_every must be >= 1 (found 0)"},
-      {{"output.checkpoint_every=-1"},
-       "output.checkpoint_every must be >= 0 (0 = only the final checkpoint) (found -1)"},
-      {{"output.keep_checkpoints=0"}, "output.keep_checkpoints must be >= 1 (found 0)"},
       {{"output.dir="}, "output.dir must name the run folder (found an empty string)"},
   };
   for (const auto& [overrides, want] : cases) EXPECT_EQ(parse_error(kMinimal, overrides), "x.yaml: " + want);
 }
 
+// Every numeric key of the original sections, with its stated range and a value just outside each
+// end: the override is refused as it is read, naming the command line, the key and the range.
+TEST(Config, EveryNumericKeyStatesItsRange) {
+  struct Row {
+    const char* key;
+    const char* range;
+    const char* below;
+    const char* above;
+  };
+  const Row rows[] = {
+      {"model.init_seed", "in [0, 2147483647]", "-1", "2147483648"},
+      {"lora.r", "in [1, 4096]", "0", "4097"},
+      {"lora.alpha", "in (0, 65536]", "0", "65537"},
+      {"lora.dropout", "in [0, 1)", "-0.1", "1"},
+      {"data.synthetic_docs", "in [1, 1000000]", "0", "1000001"},
+      {"data.max_seq_len", "in [1, 1048576]", "0", "1048577"},
+      {"train.token_budget", "in [1, 1048576]", "0", "1048577"},
+      {"train.global_batch", "in [1, 1048576]", "0", "1048577"},
+      {"train.steps", "in [0, 100000000] (0 = as many as train.epochs gives)", "-1", "100000001"},
+      {"train.epochs", "in [1, 1000]", "0", "1001"},
+      {"train.lr", "in (0, 1]", "0", "1.5"},
+      {"train.warmup_steps", "in [0, 100000000]", "-5", "100000001"},
+      {"train.min_lr_ratio", "in [0, 1]", "-0.1", "1.5"},
+      {"train.weight_decay", "in [0, 1]", "-0.01", "1.01"},
+      {"train.beta1", "in [0, 1)", "-0.5", "1"},
+      {"train.beta2", "in [0, 1)", "-0.5", "1"},
+      {"train.eps", "in (0, 1]", "0", "2"},
+      {"train.max_grad_norm", "in [0, 1000000] (0 disables clipping)", "-1", "1e7"},
+      {"train.seed", "in [0, 2147483647]", "-1", "2147483648"},
+      {"train.log_every", "in [1, 100000000]", "0", "100000001"},
+      {"output.checkpoint_every", "in [0, 100000000] (0 = only the final checkpoint)", "-1", "100000001"},
+      {"output.keep_checkpoints", "in [1, 1000]", "0", "1001"},
+  };
+  for (const Row& r : rows)
+    for (const char* bad : {r.below, r.above}) {
+      const std::string override_text = cat(r.key, '=', bad);
+      EXPECT_EQ(parse_error(kMinimal, {override_text}),
+                cat("command line: ", override_text, ": ", r.key, " must be ", r.range, " (found ", bad, ")"));
+    }
+}
+
+TEST(Config, NumbersThatOverflowOrAreNotFiniteAreRefusedAsWritten) {
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "train:\n  lr: 1e39\n"), "x.yaml:6: train.lr must be in (0, 1] (found 1e39)");
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "train:\n  eps: 1e-50\n"),
+            "x.yaml:6: train.eps must be in (0, 1] (found 1e-50)") << "underflows float to 0";
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "train:\n  max_grad_norm: .nan\n"),
+            "x.yaml:6: train.max_grad_norm must be in [0, 1000000] (0 disables clipping) (found .nan)");
+  EXPECT_EQ(parse_error(kMinimal, {"train.weight_decay=inf"}),
+            "command line: train.weight_decay=inf: train.weight_decay must be in [0, 1] (found inf)");
+  EXPECT_EQ(parse_error(kMinimal, {"lora.r=99999999999999999999999"}),
+            "command line: lora.r=99999999999999999999999: lora.r must be in [1, 4096] (found 99999999999999999999999)");
+}
+
+// Values built in code (not read from YAML) are range-checked by validate() itself.
+TEST(Config, ValidateChecksTheRangesOfAConfigBuiltInCode) {
+  TrainConfig c = parse_config(kMinimal, "x.yaml");
+  c.lora.r = 0;
+  c.train.lr = NAN;
+  c.train.eps = INFINITY;
+  EXPECT_EQ(validate(c), (std::vector<std::string>{"x.yaml: lora.r must be in [1, 4096] (found 0)",
+                                                   "x.yaml: train.lr must be in (0, 1] (found nan)",
+                                                   "x.yaml: train.eps must be in (0, 1] (found inf)"}));
+}
+
+TEST(Config, ASecondDocumentIsAnError) {
+  EXPECT_EQ(parse_error("model:\n  preset: tiny\n---\ndata:\n  synthetic: sft-alpaca\n"),
+            "x.yaml:3: a second YAML document starts here; a config is one document: remove the '---' line and "
+            "merge what follows it into the first");
+  EXPECT_EQ(parse_error(std::string("---\n") + kMinimal), "") << "a '---' before the only document is fine";
+}
+
+TEST(Config, DeepNestingIsACleanError) {
+  for (const std::string& deep : {"a: " + std::string(100000, '['), std::string("a:\n") + [] {
+         std::string s;
+         for (int i = 0; i < 100000; ++i) s += "- ";
+         return s + "x\n";
+       }()}) {
+    const std::string msg = parse_error(deep);
+    EXPECT_EQ(msg.rfind("x.yaml:", 0), 0u) << msg.substr(0, 200);
+    EXPECT_NE(msg.find(": invalid YAML: nested too deep; a config nests at most 3 levels (section, key, list)"),
+              std::string::npos)
+        << msg.substr(0, 200);
+  }
+}
+
+// yaml-cpp alone would read `dir: "runs/x` to the end of the file: dir = 'runs/x export: none '.
+TEST(Config, AnUnclosedQuoteIsAnError) {
+  const char* want =
+      "x.yaml:6: output.dir: a quote opened in the value is never closed (the rest of the file would be read into "
+      "it); close the quote";
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "output:\n  dir: \"runs/x\n  export: none\n"), want);
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "output:\n  dir: 'runs/x\n  export: none\n"), want);
+  EXPECT_EQ(parse_error(kMinimal, {"output.dir=\"runs/x"}), "command line: output.dir=\"runs/x: invalid YAML: illegal EOF in scalar");
+  TrainConfig c = parse_config(std::string(kMinimal) + "output:\n  dir: 'it''s \"here\"'\n  resume: \"a\\\"b\"\n", "x.yaml");
+  EXPECT_EQ(c.output.dir, "it's \"here\"");
+  EXPECT_EQ(c.output.resume, "a\"b");
+}
+
+TEST(Config, BinaryOrNonUtf8TextIsAnError) {
+  EXPECT_EQ(parse_error("model:\n  preset: t\xffiny\n"),
+            "x.yaml:2:12: byte 0xff, which is not UTF-8; a config is YAML text (is this the right file?)");
+  EXPECT_EQ(parse_error(std::string("model:\0\n", 8)),
+            "x.yaml:1:7: a NUL byte; a config is YAML text (is this the right file?)");
+  EXPECT_EQ(parse_error(kMinimal, {"output.dir=runs/\xc3"}),
+            "command line: output.dir=runs/\xc3: the value holds byte 0xc3, which is not UTF-8");
+  EXPECT_EQ(parse_error(std::string(kMaxConfigBytes + 1, '#')),
+            "x.yaml is 1048577 bytes; a config is at most 1048576 (is this the right file?)");
+}
+
+TEST(Config, AKeyThatIsNotANameIsAnError) {
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "? [a, b]\n: 1\n"),
+            "x.yaml:5: keys are names such as lora or r; found a list as a key");
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "lora:\n  {r: 1}: 2\n"),
+            "x.yaml:6: keys are names such as lora or r; found a mapping as a key");
+}
+
 TEST(Config, ValidValuesAtTheEdgesPass) {
   EXPECT_EQ(parse_error(kMinimal, {"lora.dropout=0", "train.min_lr_ratio=1", "train.beta1=0", "train.steps=0",
                                    "output.checkpoint_every=0", "lora.targets=[all-linear]", "output.resume=never",
-                                   "data.max_seq_len=16384", "train.max_grad_norm=0"}),
+                                   "data.max_seq_len=16384", "train.max_grad_norm=0", "lora.r=4096",
+                                   "train.lr=1", "train.lr=2e-4", "lora.alpha=65536", "train.eps=1e-38",
+                                   "train.seed=0", "train.seed=2147483647", "train.steps=100000000"}),
             "");
 }
 
@@ -283,13 +381,23 @@ TEST(Config, AllProblemsAreReportedTogether) {
   std::string msg = parse_error(yaml, {"output.dir="});
   EXPECT_EQ(msg,
             "6 problems in x.yaml:\n"
+            "  x.yaml:4: lora.r must be in [1, 4096] (found 0)\n"
             "  x.yaml:5: unknown key 'lora.rank'; did you mean 'lora.r'?\n"
             "  x.yaml:6: lora.alpha: expected a number, found 'lots'\n"
-            "  x.yaml: lora.r must be > 0 (found 0)\n"
+            "  x.yaml:8: train.lr must be in (0, 1] (found -1)\n"
             "  x.yaml: set exactly one of data.path or data.synthetic (a JSONL file or prepared folder, or the "
             "synthetic workload sft-alpaca); found neither\n"
-            "  x.yaml: train.lr must be > 0 (found -1)\n"
             "  x.yaml: output.dir must name the run folder (found an empty string)");
+}
+
+TEST(Config, ProblemsBeyondTwentyAreCounted) {
+  std::string yaml = std::string(kMinimal) + "lora:\n";
+  for (int i = 0; i < 100; ++i) yaml += cat("  unknown_", i, ": 1\n");
+  const std::string msg = parse_error(yaml);
+  EXPECT_EQ(msg.rfind("100 problems in x.yaml:\n  x.yaml:6: unknown key 'lora.unknown_0'", 0), 0u) << msg;
+  EXPECT_NE(msg.find("x.yaml:25: unknown key 'lora.unknown_19'"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("unknown_20"), std::string::npos) << msg;
+  EXPECT_EQ(msg.substr(msg.size() - 18), "\n  ... and 80 more") << msg;
 }
 
 TEST(Config, ValidateOfADefaultConfigAsksForModelAndData) {
@@ -304,7 +412,7 @@ TEST(Config, ToYamlRoundTripsExactly) {
   c.source = "x.yaml";
   c.model.path = "/models/My Model: v2";
   c.model.double_quant = false;
-  c.model.init_seed = -3;
+  c.model.init_seed = 3;
   c.lora.r = 7;
   c.lora.alpha = 1.f / 3.f;
   c.lora.dropout = 0.1f;

@@ -8,16 +8,19 @@
 //
 // The second form reads the config's data section and prepares into the cache build/train uses
 // (data.cache_dir, default <output.dir>/data), so training then starts without preparing again.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/chat_template.h"
 #include "data/dataset.h"
 #include "engine/config.h"
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace {
 
@@ -43,14 +46,18 @@ void check_choice(const std::string& flag, const std::string& value, const std::
     if (a == value) return;
     list += (list.empty() ? "" : ", ") + a;
   }
-  loom::fail(flag, " must be one of ", list, " (found \"", value, "\")");
+  loom::fail(flag, " must be one of ", list, " (found \"", value.substr(0, 80), "\")");
 }
 
-int parse_int(const std::string& flag, const std::string& value) {
+// Past any machine's hardware threads; creating threads fails long before 2^30.
+constexpr int kMaxThreads = 1024;
+
+// An integer flag in [1, hi]. strtoll clamps what overflows to LLONG_MAX, which the range refuses.
+int parse_int(const std::string& flag, const std::string& value, int hi) {
   char* end = nullptr;
-  const long v = std::strtol(value.c_str(), &end, 10);
-  LOOM_CHECK(!value.empty() && *end == '\0' && v > 0 && v <= 1 << 30, flag, " must be a positive integer (found \"",
-             value, "\")");
+  const long long v = std::strtoll(value.c_str(), &end, 10);
+  LOOM_CHECK(!value.empty() && *end == '\0' && v >= 1 && v <= hi, flag, " must be an integer in [1, ", hi,
+             "] (found \"", value.substr(0, 40), "\")");
   return int(v);
 }
 
@@ -72,6 +79,10 @@ Args parse_args(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       std::exit(0);
     }
+    static const std::vector<std::string> with_value = {"--data", "--tokenizer", "--out", "--template", "--format",
+                                                        "--train-on", "--max-seq-len", "--overlong", "--threads"};
+    if (std::find(with_value.begin(), with_value.end(), flag) == with_value.end())
+      loom::fail("unknown option ", flag.substr(0, 80), "\n", kUsage);
     LOOM_CHECK(i + 1 < rest.size(), flag, " needs a value\n", kUsage);
     const std::string& v = rest[++i];
     if (flag == "--data") a.data.path = v;
@@ -80,10 +91,9 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--template") a.data.template_name = v;
     else if (flag == "--format") a.data.format = v;
     else if (flag == "--train-on") a.data.train_on = v;
-    else if (flag == "--max-seq-len") a.data.max_seq_len = parse_int(flag, v);
+    else if (flag == "--max-seq-len") a.data.max_seq_len = parse_int(flag, v, loom::kMaxTokens);
     else if (flag == "--overlong") a.data.overlong = v;
-    else if (flag == "--threads") a.threads = parse_int(flag, v);
-    else loom::fail("unknown option ", flag, "\n", kUsage);
+    else if (flag == "--threads") a.threads = parse_int(flag, v, kMaxThreads);
   }
   LOOM_CHECK(!a.data.path.empty() && !a.tokenizer.empty() && !a.out.empty(),
              "--data, --tokenizer and --out are required\n", kUsage);
@@ -93,6 +103,9 @@ Args parse_args(int argc, char** argv) {
   check_choice("--format", a.data.format, {"auto", "messages", "sharegpt", "alpaca", "text"});
   check_choice("--train-on", a.data.train_on, {"responses", "all"});
   check_choice("--overlong", a.data.overlong, {"truncate", "drop"});
+  loom::require_regular_file(a.data.path, "--data");
+  loom::require_file_or_folder(a.tokenizer, "--tokenizer");
+  loom::require_folder_or_creatable(a.out, "--out");
   return a;
 }
 
@@ -102,9 +115,34 @@ void from_config(Args& a) {
   const loom::TrainConfig cfg = loom::load_config(a.config, a.overrides);
   a.data = cfg.data;
   LOOM_CHECK(!a.data.path.empty(), a.config, ": data.path is empty; set it to the JSONL file to prepare");
+  loom::require_regular_file(a.data.path, "data.path");  // a folder is already prepared
+  loom::check_data_paths(cfg);
   a.tokenizer = cfg.data.tokenizer.empty() ? cfg.model.path : cfg.data.tokenizer;
   LOOM_CHECK(!a.tokenizer.empty(), a.config, ": set data.tokenizer (the model is a preset, so there is no model.path)");
-  a.out = cfg.data.cache_dir.empty() ? cfg.output.dir + "/data" : cfg.data.cache_dir;
+  loom::require_file_or_folder(a.tokenizer, cfg.data.tokenizer.empty() ? "model.path (the tokenizer)" : "data.tokenizer");
+  a.out = loom::data_cache_dir(cfg);
+}
+
+// The data library names config keys (data.template); a user of the flags form typed flags, and
+// each flag sets exactly one key, so its messages are put in the flags' terms.
+std::string in_flag_terms(std::string message) {
+  static const std::pair<std::string, std::string> kFlagOfKey[] = {
+      {"data.path", "--data"},          {"data.tokenizer", "--tokenizer"},   {"data.template", "--template"},
+      {"data.format", "--format"},      {"data.train_on", "--train-on"},     {"data.max_seq_len", "--max-seq-len"},
+      {"data.overlong", "--overlong"},  {"data.on_bad_line", "--skip-bad-lines"}};
+  for (const auto& [key, flag] : kFlagOfKey)
+    for (size_t at = message.find(key); at != std::string::npos; at = message.find(key, at + flag.size()))
+      message.replace(at, key.size(), flag);
+  return message;
+}
+
+loom::PrepareResult prepare(const Args& a, const loom::PrepareOptions& options) {
+  if (!a.config.empty()) return loom::prepare_dataset_cached(a.data, a.tokenizer, a.out, options);
+  try {
+    return loom::prepare_to_dir(a.data, a.tokenizer, a.out, options);
+  } catch (const loom::Error& e) {
+    throw loom::Error(in_flag_terms(e.what()));
+  }
 }
 
 int run(int argc, char** argv) {
@@ -115,8 +153,7 @@ int run(int argc, char** argv) {
   loom::PrepareOptions options;
   options.threads = a.threads;
   const auto t0 = std::chrono::steady_clock::now();
-  const loom::PrepareResult r = a.config.empty() ? loom::prepare_to_dir(a.data, a.tokenizer, a.out, options)
-                                                 : loom::prepare_dataset_cached(a.data, a.tokenizer, a.out, options);
+  const loom::PrepareResult r = prepare(a, options);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::fprintf(stderr, "%s %s (%.1f s)\n%s", r.reused ? "up to date:" : "prepared", r.dir.c_str(), seconds,
                loom::format_stats(r.stats).c_str());
