@@ -9,7 +9,7 @@
 //   train:  {device, token_budget, global_batch, steps, epochs, lr, schedule, warmup_steps,
 //            min_lr_ratio, weight_decay, beta1, beta2, eps, max_grad_norm, recompute, seed, log_every,
 //            divergence_check, divergence_window, divergence_factor, zero_grad_steps}
-//   output: {dir, checkpoint_every, keep_checkpoints, export, resume}
+//   output: {dir, checkpoint_every, keep_checkpoints, export, gguf_type, resume}
 //
 // A missing key keeps the member initialiser of config.h. Overrides "section.key=value" are applied
 // after the file, the value read as one YAML node (scalar or flow sequence). One table (fields_of)
@@ -20,7 +20,8 @@
 // most kMaxConfigBytes; yaml-cpp bounds its own nesting (DepthGuard), reported as "nested too deep".
 #include "engine/config.h"
 
-#include <yaml-cpp/depthguard.h>  // YAML::DeepRecursion
+#include <yaml-cpp/depthguard.h>    // YAML::DeepRecursion
+#include <yaml-cpp/eventhandler.h>  // counting documents without LoadAll
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -156,6 +157,7 @@ std::vector<Field> fields_of(TrainConfig& c) {
       // Each checkpoint holds the adapter and its optimizer state (3x the adapter) on disk.
       {"output", "keep_checkpoints", &o.keep_checkpoints, {1, 1000}},
       {"output", "export", &o.export_format},
+      {"output", "gguf_type", &o.gguf_type},
       {"output", "resume", &o.resume},
   };
 }
@@ -557,10 +559,36 @@ int document_marker_line(const std::string& text, int second_start_line) {
   return marker;
 }
 
+// Where each document of a YAML stream starts, for at most `limit` documents. yaml-cpp's LoadAll
+// loops forever on a stray flow token (the text ",": every turn yields another empty document
+// without consuming it), so documents are counted through the parser with a bound instead.
+struct DocumentStarts : YAML::EventHandler {
+  std::vector<YAML::Mark> marks;
+  void OnDocumentStart(const YAML::Mark& mark) override { marks.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+std::vector<YAML::Mark> document_starts(const std::string& text, size_t limit) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DocumentStarts starts;
+  while (starts.marks.size() < limit && parser.HandleNextDocument(starts)) {}
+  return starts.marks;
+}
+
 Parsed parse_one_document(const std::string& text) {
-  std::vector<YAML::Node> docs;
+  YAML::Node root;
+  std::vector<YAML::Mark> starts;
   try {
-    docs = YAML::LoadAll(text);
+    root = YAML::Load(text);
+    starts = document_starts(text, 3);
   } catch (const YAML::DeepRecursion& e) {
     // yaml-cpp's parser recurses once per level and stops itself (DepthGuard) before the stack does.
     return {{}, "invalid YAML: nested too deep; a config nests at most 3 levels (section, key, list)",
@@ -568,11 +596,15 @@ Parsed parse_one_document(const std::string& text) {
   } catch (const YAML::Exception& e) {
     return {{}, cat("invalid YAML: ", e.msg), e.mark.line + 1, e.mark.column + 1};
   }
-  if (docs.size() > 1)
+  for (size_t i = 1; i < starts.size(); ++i)
+    if (starts[i].pos == starts[i - 1].pos)  // the parser is stuck on a token it cannot use
+      return {{}, "invalid YAML: unexpected text here (a stray ',' or flow token?)", starts[i].line + 1,
+              starts[i].column + 1};
+  if (starts.size() > 1)
     return {{}, "a second YAML document starts here; a config is one document: remove the '---' line and "
                 "merge what follows it into the first",
-            document_marker_line(text, docs[1].Mark().line), 0};
-  return {docs.empty() ? YAML::Node() : docs[0], "", 0, 0};
+            document_marker_line(text, starts[1].line), 0};
+  return {root, "", 0, 0};
 }
 
 void apply_override(TrainConfig& cfg, const std::string& text, Problems& problems) {
@@ -692,8 +724,17 @@ void check_train(Checker& c, const TrainSection& t) {
 
 void check_output(Checker& c, const OutputSection& o) {
   if (o.dir.empty()) c.add("output.dir must name the run folder (found an empty string)");
-  c.one_of("output.export", o.export_format, {"peft", "merged", "none"});
+  c.one_of("output.export", o.export_format, {"peft", "merged", "gguf", "none"});
+  c.one_of("output.gguf_type", o.gguf_type, {"q8_0", "f16", "bf16"});
   if (o.resume.empty()) c.add("output.resume must be auto, last_intact, never or a checkpoint folder (found '')");
+}
+
+// A GGUF file carries its tokenizer; a preset has none unless data.tokenizer names one. Refused
+// here rather than after training, when the export would fail.
+void check_export(Checker& c, const TrainConfig& cfg) {
+  if (cfg.output.export_format == "gguf" && cfg.model.path.empty() && cfg.data.tokenizer.empty())
+    c.add("output.export: gguf writes the model's tokenizer into the file, but model.preset has none; set "
+          "data.tokenizer to the tokenizer the run trains with, or use output.export: merged");
 }
 
 // A folder that must exist already (model.path, a checkpoint to resume).
@@ -713,6 +754,7 @@ std::vector<std::string> validate(const TrainConfig& cfg) {
   check_data(c, cfg.data, cfg.train);
   check_train(c, cfg.train);
   check_output(c, cfg.output);
+  check_export(c, cfg);
   return c.lines;
 }
 

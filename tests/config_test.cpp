@@ -314,6 +314,14 @@ TEST(Config, ASecondDocumentIsAnError) {
   EXPECT_EQ(parse_error(std::string("---\n") + kMinimal), "") << "a '---' before the only document is fine";
 }
 
+// yaml-cpp's LoadAll never consumes a stray flow token: "," yielded empty documents until memory ran out
+// (found by make fuzz).
+TEST(Config, AStrayFlowTokenEndsInsteadOfLoopingForever) {
+  for (const std::string text : {",", ", x", "--- ,", "model:\n  preset: tiny\n,\n"})
+    EXPECT_NE(parse_error(text).find("invalid YAML"), std::string::npos) << "text: " << text << "\n" << parse_error(text);
+  EXPECT_NE(parse_error(kMinimal, {"train.lr=,"}).find("invalid YAML"), std::string::npos);
+}
+
 TEST(Config, DeepNestingIsACleanError) {
   for (const std::string& deep : {"a: " + std::string(100000, '['), std::string("a:\n") + [] {
          std::string s;
