@@ -1,8 +1,10 @@
 #include "data/bpe_decoder.h"
 
+#include <cstdint>
 #include <nlohmann/json.hpp>
 
 #include "data/bpe_model.h"
+#include "data/json_fields.h"
 #include "data/tokenizer_regex.h"
 #include "data/utf8.h"
 #include "ops/error.h"
@@ -165,48 +167,57 @@ class MetaspaceDecoder : public DecoderStep {
   bool prepends_;
 };
 
-uint32_t single_char(const json& j, const char* key, const std::string& where) {
-  std::string s = j.at(key).get<std::string>();
+// `path` is the key path of the decoder inside tokenizer.json ("decoder.decoders[2]").
+uint32_t single_char(const json& j, const char* key, const std::string& path, const std::string& where) {
+  const std::string s = json_string_at(j, key, where, path);
   size_t i = 0;
   uint32_t cp = s.empty() ? 0 : utf8::next(s, i);
-  LOOM_CHECK(!s.empty() && i == s.size(), where, ": \"", key, "\" must be one character, found \"", s, "\"");
+  LOOM_CHECK(!s.empty() && i == s.size(), where, ": ", json_key_path(path, key), " must be one character, found \"",
+             s, "\"");
   return cp;
 }
 
-void add_step(const json& j, const std::string& where, DecoderChain& chain) {
-  LOOM_CHECK(j.is_object() && j.contains("type") && j["type"].is_string(), where,
-             ": decoder must be an object with a string \"type\", found ", j.dump().substr(0, 200));
-  std::string type = j["type"].get<std::string>();
-  std::string here = where + ": decoder " + type;
+// Strip's start/stop: how many characters it may remove at each end.
+size_t strip_count(const json& j, const char* key, const std::string& path, const std::string& where) {
+  const json* v = json_member(j, key);
+  if (!v) fail(where, ": ", json_key_path(path, key), " is missing; it must be a count of characters");
+  return size_t(json_integer(*v, 0, INT32_MAX, where, json_key_path(path, key)));
+}
+
+void add_step(const json& j, const std::string& path, const std::string& where, DecoderChain& chain) {
+  if (!j.is_object()) json_type_error(where, path, "an object with a string \"type\"", j);
+  const std::string type = json_string_at(j, "type", where, path);
   if (type == "Sequence") {
-    for (const json& d : j.at("decoders")) add_step(d, where, chain);
+    const json& list = json_array_at(j, "decoders", where, path);
+    for (size_t i = 0; i < list.size(); ++i) add_step(list[i], json_index_path(path + ".decoders", i), where, chain);
   } else if (type == "ByteLevel") {
     chain.steps.push_back(std::make_unique<ByteLevelDecoder>());
   } else if (type == "Replace") {
-    const json& p = j.at("pattern");
+    const std::string at = json_key_path(path, "pattern");
+    const json& p = json_object_at(j, "pattern", where, path);
     std::unique_ptr<TokenizerRegex> regex;
     std::string literal;
-    if (p.contains("Regex"))
-      regex = std::make_unique<TokenizerRegex>(p["Regex"].get<std::string>(), here);
+    if (const json* r = json_member(p, "Regex"))
+      regex = std::make_unique<TokenizerRegex>(json_string(*r, where, at + ".Regex"), where + ": " + at);
     else
-      literal = p.at("String").get<std::string>();
+      literal = json_string_at(p, "String", where, at);
     chain.steps.push_back(
-        std::make_unique<ReplaceDecoder>(literal, std::move(regex), j.at("content").get<std::string>()));
+        std::make_unique<ReplaceDecoder>(literal, std::move(regex), json_string_at(j, "content", where, path)));
   } else if (type == "ByteFallback") {
     chain.steps.push_back(std::make_unique<ByteFallbackDecoder>());
   } else if (type == "Fuse") {
     chain.steps.push_back(std::make_unique<FuseDecoder>());
   } else if (type == "Strip") {
-    chain.steps.push_back(std::make_unique<StripDecoder>(single_char(j, "content", here), j.at("start").get<size_t>(),
-                                                         j.at("stop").get<size_t>()));
+    chain.steps.push_back(std::make_unique<StripDecoder>(single_char(j, "content", path, where),
+                                                         strip_count(j, "start", path, where),
+                                                         strip_count(j, "stop", path, where)));
   } else if (type == "Metaspace") {
-    bool add_prefix_space =
-        !j.contains("add_prefix_space") || j["add_prefix_space"].is_null() || j["add_prefix_space"].get<bool>();
-    std::string scheme = j.contains("prepend_scheme") ? j["prepend_scheme"].get<std::string>() : "always";
-    chain.steps.push_back(
-        std::make_unique<MetaspaceDecoder>(single_char(j, "replacement", here), add_prefix_space && scheme != "never"));
+    const bool add_prefix_space = json_bool_at(j, "add_prefix_space", true, where, path);
+    const std::string scheme = json_optional_string_at(j, "prepend_scheme", where, path).value_or("always");
+    chain.steps.push_back(std::make_unique<MetaspaceDecoder>(single_char(j, "replacement", path, where),
+                                                             add_prefix_space && scheme != "never"));
   } else {
-    fail(where, ": unsupported decoder \"", type,
+    fail(where, ": ", path, ": unsupported decoder \"", type,
          "\"; loom supports ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace and Sequence");
   }
 }
@@ -228,7 +239,7 @@ DecoderChain make_decoder_chain(const json& decoder, const std::string& where) {
   DecoderChain chain;
   if (decoder.is_null()) return chain;
   chain.present = true;
-  add_step(decoder, where, chain);
+  add_step(decoder, "decoder", where, chain);
   return chain;
 }
 

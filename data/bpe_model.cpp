@@ -105,6 +105,9 @@ void BpeModel::index_vocab(const std::vector<std::pair<std::string, int32_t>>& v
   id_to_token_.resize(size_t(max_id + 1));
   has_id_.resize(size_t(max_id + 1));
   for (const auto& [token, id] : vocab_) {
+    // Two tokens with one id: decode could not tell them apart.
+    LOOM_CHECK(!has_id_[size_t(id)], where, ": model.vocab gives id ", id, " to both \"", id_to_token_[size_t(id)],
+               "\" and \"", token, "\"; every token needs its own id");
     id_to_token_[size_t(id)] = token;
     has_id_[size_t(id)] = true;
   }

@@ -37,7 +37,8 @@ class BpeModel {
  public:
   // vocab: token (in the model's alphabet, e.g. "Ġworld") and id; merges in rank order.
   // byte_level: pieces arrive as raw bytes (a ByteLevel pre-tokenizer ends the pipeline).
-  // `where` names the file for errors (merge of unknown tokens, missing byte characters).
+  // `where` names the file for errors (merge of unknown tokens, missing byte characters, two tokens
+  // with one id).
   BpeModel(const std::vector<std::pair<std::string, int32_t>>& vocab,
            const std::vector<std::pair<std::string, std::string>>& merges, BpeOptions options, bool byte_level,
            const std::string& where);

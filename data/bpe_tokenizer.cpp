@@ -1,11 +1,11 @@
 #include "data/bpe_tokenizer.h"
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
+#include "data/json_fields.h"
 #include "data/utf8.h"
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace loom {
 
@@ -15,57 +15,73 @@ namespace {
 
 const json& member(const json& j, const char* key) {
   static const json null_value;
-  return j.is_object() && j.contains(key) ? j[key] : null_value;
+  const json* v = json_member(j, key);
+  return v ? *v : null_value;
 }
 
 // Checks the model section and returns its options; everything loom does not implement is an
 // error that says what was found.
 BpeOptions read_model_options(const json& model, const std::string& where) {
-  LOOM_CHECK(model.is_object(), where, ": \"model\" must be an object");
-  std::string type =
-      model.contains("type") ? model["type"].get<std::string>() : (model.contains("merges") ? "BPE" : "?");
+  const std::string type = json_optional_string_at(model, "type", where, "model").value_or("BPE");
   LOOM_CHECK(type == "BPE", where, ": unsupported model type \"", type,
              "\"; loom reads BPE tokenizer.json files (Llama, Mistral, Qwen), not WordPiece, WordLevel or Unigram");
-  const json& dropout = member(model, "dropout");
-  LOOM_CHECK(dropout.is_null() || dropout.get<double>() == 0.0, where, ": model.dropout = ", dropout.dump(),
-             "; BPE dropout randomizes tokenization and is not supported (set it to null)");
+  if (const json* dropout = json_member(model, "dropout")) {
+    if (!dropout->is_number()) json_type_error(where, "model.dropout", "a number or null", *dropout);
+    LOOM_CHECK(dropout->get<double>() == 0.0, where, ": model.dropout = ", dropout->dump(),
+               "; BPE dropout randomizes tokenization and is not supported (set it to null)");
+  }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-    const json& v = member(model, key);
-    LOOM_CHECK(v.is_null() || v.get<std::string>().empty(), where, ": model.", key, " = ", v.dump(),
-               " is not supported (Llama, Mistral and Qwen files leave it null or empty)");
+    const std::optional<std::string> v = json_optional_string_at(model, key, where, "model");
+    LOOM_CHECK(!v || v->empty(), where, ": model.", key, " = \"", *v,
+               "\" is not supported (Llama, Mistral and Qwen files leave it null or empty)");
   }
   BpeOptions o;
-  if (!member(model, "unk_token").is_null()) o.unk_token = model["unk_token"].get<std::string>();
-  o.fuse_unk = member(model, "fuse_unk").is_boolean() && model["fuse_unk"].get<bool>();
-  o.byte_fallback = member(model, "byte_fallback").is_boolean() && model["byte_fallback"].get<bool>();
-  o.ignore_merges = member(model, "ignore_merges").is_boolean() && model["ignore_merges"].get<bool>();
+  o.unk_token = json_optional_string_at(model, "unk_token", where, "model");
+  o.fuse_unk = json_bool_at(model, "fuse_unk", false, where, "model");
+  o.byte_fallback = json_bool_at(model, "byte_fallback", false, where, "model");
+  o.ignore_merges = json_bool_at(model, "ignore_merges", false, where, "model");
   return o;
 }
 
-std::vector<std::pair<std::string, int32_t>> read_vocab(const json& model, const std::string& where) {
-  const json& v = member(model, "vocab");
-  LOOM_CHECK(v.is_object(), where, ": model.vocab must be an object of token -> id");
+// The most ids a tokenizer.json can use: one per vocab entry and per added token. Ids beyond it
+// would leave holes that size the id tables by the largest id (a stray 2^31 - 1 asks for 64 GB).
+int64_t id_limit(const json& j) {
+  const json& vocab = member(member(j, "model"), "vocab");
+  const json& added = member(j, "added_tokens");
+  return int64_t(vocab.is_object() ? vocab.size() : 0) + int64_t(added.is_array() ? added.size() : 0);
+}
+
+std::string id_range_hint(int64_t limit) {
+  return cat(" (ids count up from 0: model.vocab and added_tokens hold ", limit, " tokens together)");
+}
+
+std::vector<std::pair<std::string, int32_t>> read_vocab(const json& model, int64_t limit, const std::string& where) {
+  const json& v = json_object_at(model, "vocab", where, "model");
   std::vector<std::pair<std::string, int32_t>> out;
   out.reserve(v.size());
-  for (auto it = v.begin(); it != v.end(); ++it) out.emplace_back(it.key(), it.value().get<int32_t>());
+  const std::string hint = id_range_hint(limit);
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    const std::string path = cat("model.vocab[\"", it.key(), "\"]");
+    out.emplace_back(it.key(), int32_t(json_integer(it.value(), 0, limit - 1, where, path, hint)));
+  }
   return out;
 }
 
 // Merges as ["a b", ...] (split at the one space; "#version" lines skipped) or [["a", "b"], ...].
 std::vector<std::pair<std::string, std::string>> read_merges(const json& model, const std::string& where) {
-  const json& m = member(model, "merges");
-  LOOM_CHECK(m.is_array(), where, ": model.merges must be a list");
+  const json& m = json_array_at(model, "merges", where, "model");
   std::vector<std::pair<std::string, std::string>> out;
   out.reserve(m.size());
   for (size_t i = 0; i < m.size(); ++i) {
     const json& e = m[i];
     if (e.is_array()) {
       LOOM_CHECK(e.size() == 2 && e[0].is_string() && e[1].is_string(), where, ": model.merges[", i,
-                 "] must be a pair of strings, found ", e.dump());
+                 "] must be a pair of strings, found ", json_shown(e));
       out.emplace_back(e[0].get<std::string>(), e[1].get<std::string>());
       continue;
     }
-    LOOM_CHECK(e.is_string(), where, ": model.merges[", i, "] must be \"a b\" or [\"a\", \"b\"], found ", e.dump());
+    LOOM_CHECK(e.is_string(), where, ": model.merges[", i, "] must be \"a b\" or [\"a\", \"b\"], found ",
+               json_shown(e));
     const std::string& s = e.get_ref<const std::string&>();
     if (s.rfind("#version", 0) == 0) continue;
     size_t space = s.find(' ');
@@ -76,61 +92,70 @@ std::vector<std::pair<std::string, std::string>> read_merges(const json& model, 
   return out;
 }
 
-std::vector<AddedToken> read_added_tokens(const json& j, const std::string& where) {
+AddedToken read_added_token(const json& a, const std::string& path, int64_t limit, const std::string& where) {
+  if (!a.is_object()) json_type_error(where, path, "an object {\"id\", \"content\", ...}", a);
+  AddedToken t;
+  t.content = json_string_at(a, "content", where, path);
+  const json* id = json_member(a, "id");
+  if (!id) fail(where, ": ", path, ".id is missing; every added token needs its id");
+  t.id = int32_t(json_integer(*id, 0, limit - 1, where, path + ".id", id_range_hint(limit)));
+  t.special = json_bool_at(a, "special", false, where, path);
+  t.single_word = json_bool_at(a, "single_word", false, where, path);
+  t.lstrip = json_bool_at(a, "lstrip", false, where, path);
+  t.rstrip = json_bool_at(a, "rstrip", false, where, path);
+  t.normalized = json_bool_at(a, "normalized", !t.special, where, path);
+  return t;
+}
+
+// Added tokens; two of them with one id or one content would make encode and decode disagree.
+std::vector<AddedToken> read_added_tokens(const json& j, int64_t limit, const std::string& where) {
   std::vector<AddedToken> out;
   const json& list = member(j, "added_tokens");
   if (list.is_null()) return out;
-  LOOM_CHECK(list.is_array(), where, ": \"added_tokens\" must be a list");
-  for (const json& a : list) {
-    AddedToken t;
-    t.content = a.at("content").get<std::string>();
-    t.id = a.at("id").get<int32_t>();
-    auto flag = [&](const char* key, bool fallback) { return a.contains(key) ? a[key].get<bool>() : fallback; };
-    t.special = flag("special", false);
-    t.single_word = flag("single_word", false);
-    t.lstrip = flag("lstrip", false);
-    t.rstrip = flag("rstrip", false);
-    t.normalized = flag("normalized", !t.special);
+  if (!list.is_array()) json_type_error(where, "added_tokens", "a list", list);
+  std::unordered_map<int32_t, size_t> index_of_id;
+  std::unordered_map<std::string, size_t> index_of_content;
+  for (size_t i = 0; i < list.size(); ++i) {
+    AddedToken t = read_added_token(list[i], json_index_path("added_tokens", i), limit, where);
+    const auto [same_id, new_id] = index_of_id.emplace(t.id, i);
+    LOOM_CHECK(new_id, where, ": added_tokens[", same_id->second, "] and added_tokens[", i, "] both have id ", t.id,
+               "; every added token needs its own id");
+    const auto [same_content, new_content] = index_of_content.emplace(t.content, i);
+    LOOM_CHECK(new_content, where, ": added_tokens[", same_content->second, "] and added_tokens[", i,
+               "] are both \"", t.content, "\"; list each added token once");
     out.push_back(std::move(t));
   }
   return out;
 }
 
 // True when the post-processor prepends a special token to a single sequence.
-bool post_processor_prepends(const json& p) {
+bool post_processor_prepends(const json& p, const std::string& path, const std::string& where) {
   if (!p.is_object()) return false;
-  std::string type = p.value("type", "");
+  const std::string type = json_optional_string_at(p, "type", where, path).value_or("");
   if (type == "Sequence") {
-    for (const json& q : member(p, "processors"))
-      if (post_processor_prepends(q)) return true;
+    const json& list = json_array_at(p, "processors", where, path);
+    for (size_t i = 0; i < list.size(); ++i)
+      if (post_processor_prepends(list[i], json_index_path(path + ".processors", i), where)) return true;
     return false;
   }
   if (type == "TemplateProcessing") {
     const json& single = member(p, "single");
-    return single.is_array() && !single.empty() && single[0].contains("SpecialToken");
+    return single.is_array() && !single.empty() && single[0].is_object() && single[0].contains("SpecialToken");
   }
   return false;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  LOOM_CHECK(f.good(), "cannot open tokenizer file ", path);
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
 }
 
 }  // namespace
 
 BpeTokenizer::BpeTokenizer(const json& j, const std::string& where, const SpecialTokenConfig& config)
     : pipeline_(make_text_pipeline(member(j, "normalizer"), member(j, "pre_tokenizer"), where)),
-      model_(read_vocab(member(j, "model"), where), read_merges(member(j, "model"), where),
+      model_(read_vocab(member(j, "model"), id_limit(j), where), read_merges(member(j, "model"), where),
              read_model_options(member(j, "model"), where), pipeline_.byte_level, where),
       decoder_(make_decoder_chain(member(j, "decoder"), where)) {
   std::vector<AddedToken> raw, normalized;
   std::vector<std::string> raw_patterns, normalized_patterns;
   vocab_size_ = model_.max_id() + 1;
-  for (AddedToken& t : read_added_tokens(j, where)) {
+  for (AddedToken& t : read_added_tokens(j, id_limit(j), where)) {
     added_ids_[t.content] = t.id;
     vocab_size_ = std::max(vocab_size_, t.id + 1);
     std::string text = t.content;
@@ -153,10 +178,10 @@ BpeTokenizer::BpeTokenizer(const json& j, const std::string& where, const Specia
 }
 
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_file(const std::string& path, const SpecialTokenConfig& config) {
-  std::string text = read_file(path);
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  LOOM_CHECK(!j.is_discarded() && j.is_object(), path, ": not a JSON object (expected a HF tokenizer.json)");
-  LOOM_CHECK(j.contains("model"), path, ": no \"model\" key (expected a HF tokenizer.json)");
+  const json j = read_json_file(path, "tokenizer file");
+  LOOM_CHECK(j.is_object(), path, ": not a JSON object (expected a HF tokenizer.json)");
+  if (!json_member(j, "model")) fail(path, ": no \"model\" (expected a HF tokenizer.json)");
+  if (!j["model"].is_object()) json_type_error(path, "model", "an object", j["model"]);
   try {
     return std::make_unique<BpeTokenizer>(j, path, config);
   } catch (const json::exception& e) {
@@ -183,7 +208,9 @@ void BpeTokenizer::resolve_special_tokens(const json& j, const SpecialTokenConfi
     bos_id_ = first_known({"<s>", "<|begin_of_text|>", "<bos>"});
     eos_id_ = first_known({"</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"});
   }
-  bos_by_default_ = config.add_bos_token ? *config.add_bos_token : post_processor_prepends(member(j, "post_processor"));
+  const json& post_processor = member(j, "post_processor");
+  bos_by_default_ = config.add_bos_token ? *config.add_bos_token
+                                         : post_processor_prepends(post_processor, "post_processor", where);
   bos_by_default_ = bos_by_default_ && bos_id_ >= 0;
 }
 

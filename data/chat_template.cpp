@@ -1,12 +1,12 @@
 #include "data/chat_template.h"
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string_view>
 
+#include "data/json_fields.h"
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace loom {
 namespace {
@@ -236,22 +236,18 @@ std::string chatml_default_system(const std::string& jinja) {
   return "";
 }
 
-std::string read_file_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  LOOM_CHECK(in, "cannot read ", p.string());
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // tokenizer_config.json "chat_template": a string, or a list of {name, template} (use "default").
 std::string chat_template_of(const nlohmann::json& cfg, const std::string& file) {
-  auto it = cfg.find("chat_template");
-  if (it == cfg.end() || it->is_null()) return "";
-  if (it->is_string()) return it->get<std::string>();
-  LOOM_CHECK(it->is_array(), file, ": chat_template must be a string or a list of {name, template}");
-  for (const auto& entry : *it)
-    if (entry.value("name", "") == "default") return entry.value("template", "");
+  const nlohmann::json* t = json_member(cfg, "chat_template");
+  if (!t) return "";
+  if (t->is_string()) return t->get<std::string>();
+  if (!t->is_array()) json_type_error(file, "chat_template", "a string or a list of {name, template}", *t);
+  for (size_t i = 0; i < t->size(); ++i) {
+    const std::string path = json_index_path("chat_template", i);
+    const nlohmann::json& entry = (*t)[i];
+    if (!entry.is_object()) json_type_error(file, path, "an object {name, template}", entry);
+    if (json_string_at(entry, "name", file, path) == "default") return json_string_at(entry, "template", file, path);
+  }
   fail(file, ": chat_template lists no template named \"default\"; set data.template");
 }
 
@@ -306,22 +302,20 @@ ChatTemplate detect_chat_template(const std::string& jinja) {
 }
 
 std::string read_chat_template_source(const std::string& tokenizer_path) {
+  std::error_code ec;  // non-throwing: a path the system cannot stat is "no file here"
   const fs::path p(tokenizer_path);
-  const fs::path dir = fs::is_directory(p) ? p : p.parent_path();
+  const fs::path dir = fs::is_directory(p, ec) ? p : p.parent_path();
   const fs::path cfg_file = dir / "tokenizer_config.json";
   std::string jinja;
-  if (fs::exists(cfg_file)) {
-    nlohmann::json cfg;
-    try {
-      cfg = nlohmann::json::parse(read_file_text(cfg_file));
-    } catch (const nlohmann::json::exception& e) {
-      fail(cfg_file.string(), ": not valid JSON (", e.what(), ")");
-    }
+  if (fs::exists(cfg_file, ec)) {
+    const nlohmann::json cfg = read_json_file(cfg_file.string(), "tokenizer_config.json");
+    LOOM_CHECK(cfg.is_object(), cfg_file.string(),
+               ": not a JSON object (expected a transformers tokenizer_config.json)");
     jinja = chat_template_of(cfg, cfg_file.string());
   }
   // Newer transformers save the template beside the config instead of inside it.
   const fs::path jinja_file = dir / "chat_template.jinja";
-  if (jinja.empty() && fs::exists(jinja_file)) jinja = read_file_text(jinja_file);
+  if (jinja.empty() && fs::exists(jinja_file, ec)) jinja = read_regular_file(jinja_file.string(), "chat template");
   return jinja;
 }
 

@@ -6,8 +6,10 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 
+#include "data/json_fields.h"
 #include "data/rng.h"
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace loom {
 namespace {
@@ -53,15 +55,16 @@ std::string hex16(uint64_t v) {
   return buf;
 }
 
-template <class T>
-T json_field(const nlohmann::json& j, const char* key, const std::string& where) {
-  LOOM_CHECK(j.contains(key), where, ": dataloader state has no \"", key,
-             "\"; the checkpoint is incomplete or from another program");
-  try {
-    return j.at(key).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    fail(where, ": dataloader state \"", key, "\" = ", j.at(key).dump(), " has the wrong type");
-  }
+// A member of the loader state; `where` names the file, and messages give the key as
+// loader.KEY (the state is the "loader" object of a checkpoint's trainer_state.json).
+const nlohmann::json& state_field(const nlohmann::json& j, const char* key, const std::string& where) {
+  const nlohmann::json* v = json_member(j, key);
+  LOOM_CHECK(v, where, ": dataloader state has no \"", key, "\"; the checkpoint is incomplete or from another program");
+  return *v;
+}
+
+int64_t state_integer(const nlohmann::json& j, const char* key, int64_t lo, int64_t hi, const std::string& where) {
+  return json_integer(state_field(j, key, where), lo, hi, where, cat("loader.", key));
 }
 
 uint64_t parse_hex16(const std::string& s, const std::string& where) {
@@ -98,20 +101,16 @@ std::string to_json(const LoaderState& s) {
 }
 
 LoaderState loader_state_from_json(const std::string& text, const std::string& where) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail(where, ": dataloader state is not valid JSON (", e.what(), ")");
-  }
-  LOOM_CHECK(j.is_object(), where, ": dataloader state must be a JSON object, got ", j.dump());
+  const nlohmann::json j = parse_json(text, where);
+  LOOM_CHECK(j.is_object(), where, ": dataloader state must be a JSON object, found ", json_shown(j));
   LoaderState s;
-  s.epoch = json_field<int>(j, "epoch", where);
-  s.step_in_epoch = json_field<int64_t>(j, "step_in_epoch", where);
-  s.seed = json_field<uint64_t>(j, "seed", where);
-  s.global_batch = json_field<int64_t>(j, "global_batch", where);
-  s.documents = json_field<int64_t>(j, "documents", where);
-  s.data_fingerprint = parse_hex16(json_field<std::string>(j, "data_fingerprint", where), where);
+  s.epoch = int(state_integer(j, "epoch", 0, INT32_MAX, where));
+  s.step_in_epoch = state_integer(j, "step_in_epoch", 0, INT64_MAX, where);
+  s.seed = json_unsigned(state_field(j, "seed", where), where, "loader.seed");
+  s.global_batch = state_integer(j, "global_batch", 1, INT64_MAX, where);
+  s.documents = state_integer(j, "documents", 1, INT64_MAX, where);
+  s.data_fingerprint =
+      parse_hex16(json_string(state_field(j, "data_fingerprint", where), where, "loader.data_fingerprint"), where);
   return s;
 }
 

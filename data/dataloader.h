@@ -59,7 +59,8 @@ struct LoaderState {
 //  "data_fingerprint":"89abcdef01234567"} (the fingerprint as 16 hex digits: JSON readers that
 // hold numbers as doubles would round it).
 std::string to_json(const LoaderState& state);
-// `where` (a file name) names the source in error messages.
+// `where` (a file name) names the source in error messages; a missing key, a wrong type or a value
+// out of range (a string or 2.5 for epoch, a negative step) is an error naming loader.KEY.
 LoaderState loader_state_from_json(const std::string& text, const std::string& where);
 
 struct Step {

@@ -13,8 +13,11 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "data/json_fields.h"
+#include "data/jsonl.h"
 #include "data/shards.h"
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace loom {
 namespace {
@@ -27,24 +30,6 @@ using nlohmann::json;
 constexpr int kPrepareRevision = 1;
 
 // ---------------------------------------------------------------- records
-
-// nlohmann messages start with "[json.exception.parse_error.101] "; the bracket adds nothing for a user.
-std::string json_reason(const json::exception& e) {
-  std::string w = e.what();
-  const size_t close = w.find("] ");
-  return close == std::string::npos ? w : w.substr(close + 2);
-}
-
-json parse_line(const std::string& line) {
-  json j;
-  try {
-    j = json::parse(line);
-  } catch (const json::exception& e) {
-    fail("not valid JSON: ", json_reason(e));
-  }
-  LOOM_CHECK(j.is_object(), "expected a JSON object per line, found ", j.type_name());
-  return j;
-}
 
 std::string string_field(const json& obj, const std::string& key, const std::string& where) {
   auto it = obj.find(key);
@@ -114,6 +99,22 @@ std::vector<ChatMessage> parse_alpaca(const json& record) {
   return {user, assistant};
 }
 
+// The record a parsed line holds; errors say what is wrong (the caller adds FILE:LINE).
+DataRecord record_of(const json& record, RecordFormat format) {
+  DataRecord r;
+  switch (format) {
+    case RecordFormat::messages: r.messages = parse_openai(record); break;
+    case RecordFormat::sharegpt: r.messages = parse_sharegpt(record); break;
+    case RecordFormat::alpaca: r.messages = parse_alpaca(record); break;
+    case RecordFormat::text:
+      r.text = string_field(record, "text", "the record");
+      r.is_text = true;
+      break;
+  }
+  LOOM_CHECK(r.is_text || !r.messages.empty(), "the conversation has no messages");
+  return r;
+}
+
 // ---------------------------------------------------------------- files
 
 struct Line {
@@ -121,20 +122,14 @@ struct Line {
   std::string text;
 };
 
-bool is_blank(const std::string& s) { return s.find_first_not_of(" \t\r\n") == std::string::npos; }
-
-// Non-blank lines of a JSONL file, with their numbers (a UTF-8 BOM and CR of CRLF removed).
+// Non-blank lines of a JSONL file, with their numbers (data/jsonl.h: bounded, BOM and CR removed).
 std::vector<Line> read_lines(const std::string& path) {
+  require_regular_file(path, "data.path");
   std::ifstream in(path, std::ios::binary);
   LOOM_CHECK(in, "cannot open the data file ", path, " (data.path); expected a JSONL file, one record per line");
+  JsonlReader reader(in, path);
   std::vector<Line> lines;
-  std::string s;
-  for (int64_t n = 1; std::getline(in, s); ++n) {
-    if (n == 1 && s.rfind("\xEF\xBB\xBF", 0) == 0) s.erase(0, 3);
-    if (!s.empty() && s.back() == '\r') s.pop_back();
-    if (!is_blank(s)) lines.push_back({n, std::move(s)});
-  }
-  LOOM_CHECK(!in.bad(), "cannot read ", path);
+  for (std::string s; reader.next(s);) lines.push_back({reader.line_number(), std::move(s)});
   LOOM_CHECK(!lines.empty(), path, " holds no records (every line is blank)");
   return lines;
 }
@@ -145,9 +140,9 @@ RecordFormat file_format(const DataSection& data, const std::vector<Line>& lines
   if (data.format != "auto") return record_format_by_name(data.format);
   for (const Line& l : lines) {
     try {
-      return detect_record_format(l.text);
-    } catch (const Error& e) {
-      if (data.on_bad_line != "skip") fail(data.path, ":", l.number, ": ", e.what());
+      return detect_record_format(l.text, cat(data.path, ":", l.number));
+    } catch (const Error&) {
+      if (data.on_bad_line != "skip") throw;
     }
   }
   fail(data.path, ": no record has a recognisable format (", lines.size(), " non-blank lines)");
@@ -161,7 +156,7 @@ struct LineResult {
   Outcome outcome = Outcome::kept;
   bool truncated = false;
   Document doc;
-  std::string error;  // bad_line: the reason
+  std::string error;  // bad_line: the message, starting with FILE:LINE
 };
 
 struct BuildContext {
@@ -176,12 +171,23 @@ Document document_of(const BuildContext& ctx, const DataRecord& r) {
   return tokenize_segments(ctx.tok, render_chat(*ctx.tmpl, r.messages), ctx.data.train_on == "all");
 }
 
+// The document of one line; every error starts with FILE:LINE.
+Document document_of_line(const BuildContext& ctx, const Line& line) {
+  const std::string where = cat(ctx.data.path, ":", line.number);
+  const DataRecord record = parse_record(line.text, ctx.format, where);
+  try {
+    return document_of(ctx, record);
+  } catch (const Error& e) {
+    fail(where, ": ", e.what());  // the template's rules (role order), the tokenizer
+  }
+}
+
 bool has_target(const Document& d) { return std::find(d.mask.begin(), d.mask.end(), 1) != d.mask.end(); }
 
 LineResult process_line(const BuildContext& ctx, const Line& line) {
   LineResult res;
   try {
-    res.doc = document_of(ctx, parse_record(line.text, ctx.format));
+    res.doc = document_of_line(ctx, line);
   } catch (const Error& e) {
     res.outcome = Outcome::bad_line;
     res.error = e.what();
@@ -269,7 +275,7 @@ BuiltDataset build_from_lines(const DataSection& data, const Tokenizer& tok, con
     LineResult& r = results[i];
     switch (r.outcome) {
       case Outcome::bad_line:
-        if (data.on_bad_line != "skip") fail(data.path, ":", lines[i].number, ": ", r.error);
+        if (data.on_bad_line != "skip") throw Error(r.error);
         ++s.bad_lines;
         continue;
       case Outcome::overlong: ++s.dropped_overlong; continue;
@@ -289,30 +295,20 @@ BuiltDataset build_from_lines(const DataSection& data, const Tokenizer& tok, con
 
 void check_source(const DataSection& data) {
   LOOM_CHECK(!data.path.empty(), "data.path is empty; set it to a JSONL file");
-  LOOM_CHECK(fs::is_regular_file(data.path), "data.path: ", data.path,
-             " is not a file; expected a JSONL file, one record per line");
-}
-
-std::string tokenizer_file(const std::string& path) {
-  if (!fs::is_directory(path)) {
-    LOOM_CHECK(fs::exists(path), "tokenizer ", path, " does not exist");
-    return path;
-  }
-  for (const char* name : {"tokenizer.json", "tokenizer.model"})
-    if (fs::exists(fs::path(path) / name)) return (fs::path(path) / name).string();
-  fail("tokenizer folder ", path, " holds neither tokenizer.json nor tokenizer.model");
+  require_regular_file(data.path, "data.path");
 }
 
 // What decides a preparation's output: JSONL bytes, tokenizer bytes (with its chat template)
 // and the data settings. Paths are left out so that moving files keeps a cache valid.
 json identity_of(const DataSection& data, const std::string& tokenizer_path) {
   const std::string tok_file = tokenizer_file(tokenizer_path);
-  uint64_t tok_hash = fnv1a64_file(tok_file);
+  uint64_t tok_hash = fnv1a64_file(tok_file, "tokenizer");
   const fs::path dir = fs::path(tok_file).parent_path();
+  std::error_code ec;
   for (const char* extra : {"tokenizer_config.json", "chat_template.jinja"})
-    if (fs::exists(dir / extra)) tok_hash = fnv1a64_file((dir / extra).string(), tok_hash);
+    if (fs::exists(dir / extra, ec)) tok_hash = fnv1a64_file((dir / extra).string(), extra, tok_hash);
   return json{{"revision", kPrepareRevision},
-              {"source_fnv1a64", hex64(fnv1a64_file(data.path))},
+              {"source_fnv1a64", hex64(fnv1a64_file(data.path, "data.path"))},
               {"tokenizer_fnv1a64", hex64(tok_hash)},
               {"format", data.format},
               {"template", data.template_name},
@@ -333,17 +329,44 @@ json stats_json(const DatasetStats& s) {
               {"truncated", s.truncated}};
 }
 
-DatasetStats stats_from_json(const json& j) {
+// The counts of a prepared.json; `where` names it.
+DatasetStats stats_from_json(const json& j, const std::string& where) {
+  if (!j.is_object()) json_type_error(where, "counts", "an object", j);
+  auto count = [&](const char* key) {
+    const json* v = json_member(j, key);
+    if (!v) fail(where, ": counts.", key, " is missing");
+    return json_integer(*v, 0, INT64_MAX, where, cat("counts.", key));
+  };
   DatasetStats s;
-  s.records = j.value("records", int64_t(0));
-  s.documents = j.value("documents", int64_t(0));
-  s.tokens = j.value("tokens", int64_t(0));
-  s.target_tokens = j.value("target_tokens", int64_t(0));
-  s.bad_lines = j.value("bad_lines", int64_t(0));
-  s.dropped_overlong = j.value("dropped_overlong", int64_t(0));
-  s.dropped_no_target = j.value("dropped_no_target", int64_t(0));
-  s.truncated = j.value("truncated", int64_t(0));
+  s.records = count("records");
+  s.documents = count("documents");
+  s.tokens = count("tokens");
+  s.target_tokens = count("target_tokens");
+  s.bad_lines = count("bad_lines");
+  s.dropped_overlong = count("dropped_overlong");
+  s.dropped_no_target = count("dropped_no_target");
+  s.truncated = count("truncated");
   return s;
+}
+
+// The counts of the preparation cached in `dir` when its identity is `identity`; nullopt when
+// there is none, it was made from other inputs, or its prepared.json is damaged (then said on
+// stderr: the cache is prepared again, which loses nothing).
+std::optional<DatasetStats> cached_stats(const std::string& dir, const json& identity) {
+  const std::string path = (fs::path(dir) / kManifestName).string();
+  try {
+    const std::string text = read_manifest(dir);
+    if (text.empty()) return std::nullopt;
+    const json m = parse_json(text, path);
+    const json* cached_identity = json_member(m, "identity");
+    if (!cached_identity || *cached_identity != identity) return std::nullopt;
+    const json* counts = json_member(m, "counts");
+    if (!counts) fail(path, ": counts is missing");
+    return stats_from_json(*counts, path);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "note: the cached preparation is damaged (%s); preparing it again\n", e.what());
+    return std::nullopt;
+  }
 }
 
 // A progress bar redrawn in place on a terminal; silent when stderr is a file.
@@ -420,33 +443,26 @@ const char* record_format_name(RecordFormat format) {
   return "?";
 }
 
-RecordFormat detect_record_format(const std::string& json_line) {
-  const json record = parse_line(json_line);
+RecordFormat detect_record_format(const std::string& json_line, const std::string& where) {
+  const json record = parse_jsonl_object(json_line, where);
   if (record.contains("messages")) return RecordFormat::messages;
   if (record.contains("conversations")) return RecordFormat::sharegpt;
   if (record.contains("instruction") && record.contains("output")) return RecordFormat::alpaca;
   if (record.contains("text")) return RecordFormat::text;
   std::string keys;
   for (const auto& item : record.items()) keys += (keys.empty() ? "" : ", ") + item.key();
-  fail("cannot tell the record format from its keys (", keys.empty() ? "none" : keys,
+  fail(where, ": cannot tell the record format from its keys (", keys.empty() ? "none" : keys,
        "); expected \"messages\" (OpenAI), \"conversations\" (ShareGPT), \"instruction\"+\"output\" (Alpaca) or "
        "\"text\", or set data.format");
 }
 
-DataRecord parse_record(const std::string& json_line, RecordFormat format) {
-  const json record = parse_line(json_line);
-  DataRecord r;
-  switch (format) {
-    case RecordFormat::messages: r.messages = parse_openai(record); break;
-    case RecordFormat::sharegpt: r.messages = parse_sharegpt(record); break;
-    case RecordFormat::alpaca: r.messages = parse_alpaca(record); break;
-    case RecordFormat::text:
-      r.text = string_field(record, "text", "the record");
-      r.is_text = true;
-      break;
+DataRecord parse_record(const std::string& json_line, RecordFormat format, const std::string& where) {
+  const json record = parse_jsonl_object(json_line, where);
+  try {
+    return record_of(record, format);
+  } catch (const Error& e) {
+    fail(where, ": ", e.what());
   }
-  LOOM_CHECK(r.is_text || !r.messages.empty(), "the conversation has no messages");
-  return r;
 }
 
 Document tokenize_segments(const Tokenizer& tok, const std::vector<ChatSegment>& segments, bool train_on_all) {
@@ -505,12 +521,7 @@ PrepareResult prepare_dataset_cached(const DataSection& data, const std::string&
   const std::string canonical = identity.dump();
   const std::string key = hex64(fnv1a64(canonical.data(), canonical.size()));
   const std::string dir = (fs::path(cache_dir) / (fs::path(data.path).stem().string() + "-" + key)).string();
-  const std::string manifest = read_manifest(dir);
-  if (!manifest.empty()) {
-    const json m = json::parse(manifest, nullptr, /*allow_exceptions=*/false);
-    if (m.is_object() && m.value("identity", json()) == identity)
-      return PrepareResult{dir, stats_from_json(m.value("counts", json::object())), true};
-  }
+  if (const std::optional<DatasetStats> stats = cached_stats(dir, identity)) return PrepareResult{dir, *stats, true};
   return prepare_with_identity(data, tokenizer_path, dir, options, identity);
 }
 

@@ -16,6 +16,8 @@
 // responses), or for every token but the first (train_on: all, and format text). The first token
 // is never a target: nothing precedes it.
 //
+// Lines are read by data/jsonl.h: at most 8 MiB each (a longer line is an error even under
+// on_bad_line: skip, since it means the file is not JSONL), JSON nested at most 64 deep.
 // Per record, in this order: a malformed line (bad JSON, missing or mistyped keys, unknown role,
 // roles out of the template's order) throws loom::Error "FILE:LINE: reason", or with
 // on_bad_line: skip is counted and left out; a document longer than max_seq_len is truncated to it
@@ -40,8 +42,9 @@ enum class RecordFormat { messages, sharegpt, alpaca, text };
 // "messages" | "sharegpt" | "alpaca" | "text"
 RecordFormat record_format_by_name(const std::string& name);
 const char* record_format_name(RecordFormat format);
-// The format a record's keys announce; throws naming the keys found when none fits.
-RecordFormat detect_record_format(const std::string& json_line);
+// The format a record's keys announce; throws naming the keys found when none fits. Errors start
+// with `where` (FILE:LINE).
+RecordFormat detect_record_format(const std::string& json_line, const std::string& where);
 
 // One JSONL record: a conversation, or (format text) plain text.
 struct DataRecord {
@@ -49,8 +52,8 @@ struct DataRecord {
   std::string text;
   bool is_text = false;
 };
-// Throws loom::Error with the reason (no file:line; the caller adds it).
-DataRecord parse_record(const std::string& json_line, RecordFormat format);
+// Throws loom::Error starting with `where` (FILE:LINE), then the reason.
+DataRecord parse_record(const std::string& json_line, RecordFormat format, const std::string& where);
 
 // Tokenizes rendered segments once; mask as in the header comment.
 Document tokenize_segments(const Tokenizer& tok, const std::vector<ChatSegment>& segments, bool train_on_all);

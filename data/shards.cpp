@@ -7,9 +7,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
+#include "data/json_fields.h"
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace loom {
 namespace {
@@ -80,16 +83,6 @@ void write_atomically(const std::string& path, const std::vector<std::pair<const
   }
 }
 
-std::string read_whole_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  LOOM_CHECK(in, "cannot open ", path, ": ", std::strerror(errno));
-  std::string bytes(size_t(in.tellg()), '\0');
-  in.seekg(0);
-  in.read(bytes.data(), std::streamsize(bytes.size()));
-  LOOM_CHECK(in.gcount() == std::streamsize(bytes.size()), "cannot read ", path);
-  return bytes;
-}
-
 // Bytes the header's counts describe, or 0 when they cannot fit in `limit` bytes (corrupt counts
 // would overflow the products below).
 uint64_t described_size(const ShardHeader& h, uint64_t limit) {
@@ -97,23 +90,43 @@ uint64_t described_size(const ShardHeader& h, uint64_t limit) {
   return sizeof(ShardHeader) + 8 * (h.n_docs + 1) + 4 * h.n_tokens + mask_bytes(h.n_tokens) + h.summary_bytes;
 }
 
-ShardHeader checked_header(const std::string& path, const std::string& bytes) {
-  LOOM_CHECK(bytes.size() >= sizeof(ShardHeader), path, ": ", bytes.size(),
+// The header of the shard at `path`, checked against the file's size before anything larger is
+// read: a damaged count can then never size an allocation.
+ShardHeader checked_header(const std::string& path) {
+  try {
+    require_regular_file(path, "shard");
+  } catch (const Error& e) {
+    throw Error(e.what() + std::string(kRerun));  // listed in prepared.json, so it was written once
+  }
+  std::error_code ec;
+  const uint64_t size = fs::file_size(path, ec);
+  LOOM_CHECK(!ec, "cannot read shard ", path, ": ", ec.message());
+  LOOM_CHECK(size >= sizeof(ShardHeader), path, ": ", size,
              " bytes, shorter than the 48-byte shard header (truncated, or not a loom shard)", kRerun);
   ShardHeader h;
-  std::memcpy(&h, bytes.data(), sizeof h);
+  std::ifstream in(path, std::ios::binary);
+  LOOM_CHECK(in.read(reinterpret_cast<char*>(&h), sizeof h), "cannot read shard ", path, ": ", std::strerror(errno));
   LOOM_CHECK(std::memcmp(h.magic, kMagic, 8) == 0, path, ": not a loom shard (the first 8 bytes are not \"LOOMSHRD\")",
              kRerun);
   LOOM_CHECK(h.version == kShardVersion, path, ": shard format version ", h.version, ", this build reads version ",
              kShardVersion, kRerun);
-  const uint64_t want = described_size(h, bytes.size());
-  LOOM_CHECK(want == bytes.size(), path, ": the header describes ", h.n_docs, " documents and ", h.n_tokens,
-             " tokens (", want ? cat(want, " bytes") : std::string("more bytes than the file"), ") but the file has ",
-             bytes.size(), " bytes: truncated or damaged", kRerun);
+  const uint64_t want = described_size(h, size);
+  LOOM_CHECK(want == size, path, ": the header describes ", h.n_docs, " documents and ", h.n_tokens, " tokens (",
+             want ? cat(want, " bytes") : std::string("more bytes than the file"), ") but the file has ", size,
+             " bytes: truncated or damaged", kRerun);
+  return h;
+}
+
+// The whole shard, its checksum verified.
+std::string checked_bytes(const std::string& path, const ShardHeader& h) {
+  const uint64_t size = described_size(h, std::numeric_limits<uint64_t>::max());
+  const std::string bytes = read_regular_file(path, "shard", size);
+  LOOM_CHECK(bytes.size() == size, path, ": changed while it was read (", bytes.size(), " bytes, expected ", size, ")",
+             kRerun);
   const uint64_t sum = fnv1a64(bytes.data() + sizeof h, bytes.size() - sizeof h);
   LOOM_CHECK(sum == h.checksum, path, ": checksum mismatch (header ", hex64(h.checksum), ", contents ", hex64(sum),
              "): the file is corrupted", kRerun);
-  return h;
+  return bytes;
 }
 
 std::vector<Document> decode_shard(const std::string& path, const std::string& bytes, const ShardHeader& h) {
@@ -123,11 +136,13 @@ std::vector<Document> decode_shard(const std::string& path, const std::string& b
   p += 8 * offsets.size();
   const char* ids = p;
   const uint8_t* bits = reinterpret_cast<const uint8_t*>(p + 4 * h.n_tokens);
+  // All offsets before any copy: each document's range must lie inside the ids block.
   LOOM_CHECK(offsets.front() == 0 && offsets.back() == h.n_tokens, path, ": document offsets run from ",
              offsets.front(), " to ", offsets.back(), ", expected 0 to ", h.n_tokens, kRerun);
+  for (uint64_t d = 0; d < h.n_docs; ++d)
+    LOOM_CHECK(offsets[d] <= offsets[d + 1], path, ": document offsets decrease at document ", d, kRerun);
   std::vector<Document> docs(h.n_docs);
   for (uint64_t d = 0; d < h.n_docs; ++d) {
-    LOOM_CHECK(offsets[d] <= offsets[d + 1], path, ": document offsets decrease at document ", d, kRerun);
     Document& doc = docs[d];
     doc.ids.resize(offsets[d + 1] - offsets[d]);
     std::memcpy(doc.ids.data(), ids + 4 * offsets[d], 4 * doc.ids.size());
@@ -135,14 +150,6 @@ std::vector<Document> decode_shard(const std::string& path, const std::string& b
     for (uint64_t t = offsets[d]; t < offsets[d + 1]; ++t) doc.mask[t - offsets[d]] = (bits[t / 8] >> (t % 8)) & 1;
   }
   return docs;
-}
-
-json parse_json(const std::string& text, const std::string& what) {
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    fail(what, ": not valid JSON (", e.what(), ")", kRerun);
-  }
 }
 
 // Drops shard files of an earlier preparation that the new manifest does not list.
@@ -186,7 +193,8 @@ std::string hex64(uint64_t v) {
   return buf;
 }
 
-uint64_t fnv1a64_file(const std::string& path, uint64_t h) {
+uint64_t fnv1a64_file(const std::string& path, const std::string& what, uint64_t h) {
+  require_regular_file(path, what);
   std::ifstream in(path, std::ios::binary);
   LOOM_CHECK(in, "cannot open ", path, ": ", std::strerror(errno));
   std::vector<char> buf(1 << 20);
@@ -246,15 +254,15 @@ ShardInfo write_shard(const std::string& path, const std::vector<Document>& docs
 }
 
 std::vector<Document> read_shard(const std::string& path, uint64_t* checksum) {
-  const std::string bytes = read_whole_file(path);
-  const ShardHeader h = checked_header(path, bytes);
+  const ShardHeader h = checked_header(path);
+  const std::string bytes = checked_bytes(path, h);
   if (checksum) *checksum = h.checksum;
   return decode_shard(path, bytes, h);
 }
 
 std::vector<ShardInfo> write_prepared(const std::string& dir, const std::vector<Document>& docs,
                                       const std::string& manifest_fields, int64_t shard_tokens) {
-  json manifest = parse_json(manifest_fields, "manifest fields");
+  json manifest = parse_json(manifest_fields, "manifest fields");  // from code, never from a user
   LOOM_CHECK(manifest.is_object(), "manifest fields must be a JSON object");
   LOOM_CHECK(shard_tokens > 0, "shard_tokens must be > 0 (found ", shard_tokens, ")");
   const fs::path folder(dir);
@@ -284,35 +292,76 @@ std::vector<ShardInfo> write_prepared(const std::string& dir, const std::vector<
 
 std::string read_manifest(const std::string& dir) {
   const fs::path p = fs::path(dir) / kManifestName;
-  return fs::exists(p) ? read_whole_file(p.string()) : "";
+  std::error_code ec;
+  return fs::exists(p, ec) ? read_regular_file(p.string(), kManifestName) : "";
 }
 
+namespace {
+
+std::string rerun_hint(const std::string& dir) {
+  return cat("; re-run build/prepare --data FILE.jsonl --tokenizer PATH --out ", dir, " to rebuild it");
+}
+
+// One "shards" entry of prepared.json, its types checked; `path` is its key path.
+ShardInfo manifest_entry(const json& entry, const std::string& path, const std::string& where) {
+  if (!entry.is_object()) json_type_error(where, path, "an object {file, documents, tokens, bytes, checksum}", entry);
+  ShardInfo s;
+  s.file = json_string_at(entry, "file", where, path);
+  LOOM_CHECK(!s.file.empty() && s.file.find('/') == std::string::npos && s.file != "." && s.file != "..", where, ": ",
+             path, ".file = \"", s.file, "\" must be a file name inside the folder");
+  for (auto [key, field] :
+       {std::pair<const char*, int64_t*>{"documents", &s.documents}, {"tokens", &s.tokens}, {"bytes", &s.bytes}}) {
+    const json* v = json_member(entry, key);
+    if (!v) fail(where, ": ", path, ".", key, " is missing");
+    *field = json_integer(*v, 0, INT64_MAX, where, json_key_path(path, key));
+  }
+  const std::string sum = json_string_at(entry, "checksum", where, path);
+  LOOM_CHECK(sum.size() == 16 && sum.find_first_not_of("0123456789abcdef") == std::string::npos, where, ": ", path,
+             ".checksum = \"", sum, "\" must be 16 lowercase hex digits");
+  s.checksum = std::stoull(sum, nullptr, 16);
+  return s;
+}
+
+// The shard list of prepared.json, after its format and version.
+std::vector<ShardInfo> manifest_shards(const json& m, const std::string& where) {
+  const json* format = json_member(m, "format");
+  LOOM_CHECK(format && *format == "loom-prepared", where,
+             ": not a loom prepared.json (expected \"format\": \"loom-prepared\")");
+  const json* version = json_member(m, "version");
+  LOOM_CHECK(version && version->is_number_integer() && *version == kShardVersion, where, ": version ",
+             version ? json_shown(*version) : "missing", ", this build reads version ", kShardVersion);
+  const json& list = json_array_at(m, "shards", where, "");
+  std::vector<ShardInfo> shards;
+  for (size_t i = 0; i < list.size(); ++i)
+    shards.push_back(manifest_entry(list[i], json_index_path("shards", i), where));
+  return shards;
+}
+
+}  // namespace
+
 std::vector<Document> load_prepared(const std::string& dir) {
-  const std::string text = read_manifest(dir);
   const std::string path = (fs::path(dir) / kManifestName).string();
-  LOOM_CHECK(!text.empty(), "no ", kManifestName, " in ", dir,
+  std::error_code ec;
+  LOOM_CHECK(fs::exists(path, ec), "no ", kManifestName, " in ", dir,
              ": not a prepared dataset, or its preparation did not finish; run build/prepare --data FILE.jsonl "
              "--tokenizer PATH --out ",
              dir);
-  const json m = parse_json(text, path);
-  LOOM_CHECK(m.is_object() && m.value("format", "") == "loom-prepared" && m.contains("shards") &&
-                 m["shards"].is_array(),
-             path, ": not a loom prepared.json (expected \"format\": \"loom-prepared\" and a \"shards\" list)",
-             kRerun);
-  LOOM_CHECK(m.value("version", uint64_t(0)) == kShardVersion, path, ": version ", m.value("version", uint64_t(0)),
-             ", this build reads version ", kShardVersion, kRerun);
+  const std::string hint = rerun_hint(dir);
+  std::vector<ShardInfo> listed;
+  try {
+    listed = manifest_shards(read_json_file(path, kManifestName), path);
+  } catch (const Error& e) {
+    throw Error(e.what() + hint);
+  }
   std::vector<Document> all;
-  for (const auto& entry : m["shards"]) {
-    const std::string file = entry.value("file", "");
-    LOOM_CHECK(!file.empty() && file.find('/') == std::string::npos, path, ": shard entry without a plain \"file\" name",
-               kRerun);
-    const std::string shard_path = (fs::path(dir) / file).string();
+  for (const ShardInfo& shard : listed) {
+    const std::string shard_path = (fs::path(dir) / shard.file).string();
     uint64_t checksum = 0;
     std::vector<Document> docs = read_shard(shard_path, &checksum);
-    LOOM_CHECK(hex64(checksum) == entry.value("checksum", "") &&
-                   int64_t(docs.size()) == entry.value("documents", int64_t(-1)),
-               shard_path, " is not the shard ", path, " lists (checksum ", hex64(checksum), ", listed ",
-               entry.value("checksum", ""), "): the folder mixes two preparations", kRerun);
+    LOOM_CHECK(checksum == shard.checksum && int64_t(docs.size()) == shard.documents, shard_path,
+               " is not the shard ", path, " lists (checksum ", hex64(checksum), ", listed ", hex64(shard.checksum),
+               "; ", docs.size(), " documents, listed ", shard.documents, "): the folder mixes two preparations",
+               hint);
     for (auto& d : docs) all.push_back(std::move(d));
   }
   return all;

@@ -38,8 +38,9 @@ constexpr int64_t kDefaultShardTokens = int64_t(1) << 26;
 // FNV-1a-64 (offset basis 14695981039346656037, prime 1099511628211), continuing from `h`.
 uint64_t fnv1a64(const void* data, size_t n, uint64_t h = 14695981039346656037ull);
 std::string hex64(uint64_t v);
-// FNV-1a-64 of a file's bytes, continuing from `h`.
-uint64_t fnv1a64_file(const std::string& path, uint64_t h = 14695981039346656037ull);
+// FNV-1a-64 of a file's bytes, continuing from `h`; `what` names the file in errors (a FIFO or
+// a device is refused, not read forever).
+uint64_t fnv1a64_file(const std::string& path, const std::string& what, uint64_t h = 14695981039346656037ull);
 
 struct ShardInfo {
   std::string file;  // name inside the folder
@@ -60,7 +61,7 @@ std::vector<Document> read_shard(const std::string& path, uint64_t* checksum = n
 std::vector<ShardInfo> write_prepared(const std::string& dir, const std::vector<Document>& docs,
                                       const std::string& manifest_fields, int64_t shard_tokens = kDefaultShardTokens);
 
-// prepared.json of `dir` as text; "" when the folder has none.
+// prepared.json of `dir` as text; "" when the folder has none (a FIFO or folder there is an error).
 std::string read_manifest(const std::string& dir);
 
 // Every document of a prepared folder, shard after shard, verified against prepared.json.

@@ -4,14 +4,59 @@
 
 #include "data/utf8.h"
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace loom {
 
+namespace {
+
+// Reads one protobuf varint at bytes[i]; false when the bytes end inside it or it runs past 64 bits.
+bool read_varint(std::string_view bytes, size_t& i, uint64_t& v) {
+  v = 0;
+  for (int shift = 0; shift < 64 && i < bytes.size(); shift += 7) {
+    const uint8_t b = uint8_t(bytes[i++]);
+    v |= uint64_t(b & 0x7F) << shift;
+    if (!(b & 0x80)) return true;
+  }
+  return false;
+}
+
+// Whether a serialized ModelProto has its normalizer_spec (field 3). spm_train writes the pieces
+// (field 1) first and the normalizer_spec after them, and protobuf has no length or checksum of
+// its own: a file cut between two pieces still parses, as a smaller model. Walking the top-level
+// fields to field 3 tells a whole file from such a cut one.
+bool has_normalizer_spec(std::string_view bytes) {
+  constexpr uint64_t kNormalizerSpec = 3, kLengthDelimited = 2;
+  for (size_t i = 0; i < bytes.size();) {
+    uint64_t key = 0, value = 0;
+    if (!read_varint(bytes, i, key)) return false;
+    switch (key & 7) {
+      case 0: if (!read_varint(bytes, i, value)) return false; break;
+      case 1: i += 8; break;
+      case 5: i += 4; break;
+      case kLengthDelimited:
+        if (!read_varint(bytes, i, value) || value > bytes.size() - i) return false;
+        if (key >> 3 == kNormalizerSpec) return true;
+        i += size_t(value);
+        break;
+      default: return false;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 SpTokenizer::SpTokenizer(const std::string& path, const SpecialTokenConfig& config)
     : path_(path), sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
-  auto status = sp_->Load(path);
+  // Read through ops/files.h (a FIFO or a device is refused) and handed over as bytes.
+  const std::string bytes = read_regular_file(path, "sentencepiece model");
+  const auto status = sp_->LoadFromSerializedProto(bytes);
   LOOM_CHECK(status.ok(), path, ": cannot load as a sentencepiece model (", status.ToString(),
              "); expected a .model file written by spm_train");
+  LOOM_CHECK(has_normalizer_spec(bytes), path,
+             ": the sentencepiece model ends early (no normalizer_spec after its pieces): the file is truncated; "
+             "copy it again from the model's source");
   int n = sp_->GetPieceSize();
   is_special_.assign(size_t(n), false);
   std::vector<AddedToken> specials;

@@ -3,6 +3,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "data/json_fields.h"
 #include "data/utf8.h"
 #include "ops/error.h"
 
@@ -251,16 +252,12 @@ class MetaspacePreTokenizer : public PreTokenizer {
 };
 
 // ---------------------------------------------------------------- construction from JSON
+// `path` is the key path of the value inside tokenizer.json ("pre_tokenizer.pretokenizers[1]"),
+// `where` the file: every error names both.
 
-std::string type_of(const json& j, const std::string& what, const std::string& where) {
-  if (!j.is_object() || !j.contains("type") || !j["type"].is_string())
-    fail(where, ": ", what, " must be an object with a string \"type\", found ", j.dump().substr(0, 200));
-  return j["type"].get<std::string>();
-}
-
-template <class T>
-T get_or(const json& j, const char* key, T fallback) {
-  return j.contains(key) && !j[key].is_null() ? j[key].get<T>() : fallback;
+std::string type_of(const json& j, const std::string& path, const std::string& where) {
+  if (!j.is_object()) json_type_error(where, path, "an object with a string \"type\"", j);
+  return json_string_at(j, "type", where, path);
 }
 
 // A Split/Replace "pattern": {"String": s} or {"Regex": r}. Exactly one is set.
@@ -269,27 +266,28 @@ struct PatternSpec {
   std::unique_ptr<TokenizerRegex> regex;
 };
 
-PatternSpec read_pattern(const json& j, const std::string& where) {
-  if (!j.contains("pattern") || !j["pattern"].is_object())
-    fail(where, ": missing \"pattern\" ({\"String\": ...} or {\"Regex\": ...})");
-  const json& p = j["pattern"];
+PatternSpec read_pattern(const json& j, const std::string& path, const std::string& where) {
+  const std::string at = json_key_path(path, "pattern");
+  const json& p = json_object_at(j, "pattern", where, path);
   PatternSpec spec;
-  if (p.contains("String")) {
-    spec.literal = p["String"].get<std::string>();
-  } else if (p.contains("Regex")) {
-    spec.regex = std::make_unique<TokenizerRegex>(p["Regex"].get<std::string>(), where);
+  if (const json* literal = json_member(p, "String")) {
+    spec.literal = json_string(*literal, where, at + ".String");
+  } else if (const json* regex = json_member(p, "Regex")) {
+    spec.regex = std::make_unique<TokenizerRegex>(json_string(*regex, where, at + ".Regex"), where + ": " + at);
   } else {
-    fail(where, ": pattern must hold \"String\" or \"Regex\", found ", p.dump());
+    fail(where, ": ", at, " must hold \"String\" or \"Regex\", found ", json_shown(p));
   }
   return spec;
 }
 
-void add_normalizer(const json& j, const std::string& where, std::vector<std::unique_ptr<Normalizer>>& out) {
+void add_normalizer(const json& j, const std::string& path, const std::string& where,
+                    std::vector<std::unique_ptr<Normalizer>>& out) {
   if (j.is_null()) return;
-  std::string type = type_of(j, "normalizer", where);
-  std::string here = where + ": normalizer " + type;
+  const std::string type = type_of(j, path, where);
   if (type == "Sequence") {
-    for (const json& n : j.at("normalizers")) add_normalizer(n, where, out);
+    const json& list = json_array_at(j, "normalizers", where, path);
+    for (size_t i = 0; i < list.size(); ++i)
+      add_normalizer(list[i], json_index_path(path + ".normalizers", i), where, out);
   } else if (type == "NFC") {
     out.push_back(make_unicode_normalizer(/*compat=*/false, /*compose=*/true));
   } else if (type == "NFD") {
@@ -299,59 +297,62 @@ void add_normalizer(const json& j, const std::string& where, std::vector<std::un
   } else if (type == "NFKD") {
     out.push_back(make_unicode_normalizer(/*compat=*/true, /*compose=*/false));
   } else if (type == "Prepend") {
-    out.push_back(std::make_unique<PrependNormalizer>(j.at("prepend").get<std::string>()));
+    out.push_back(std::make_unique<PrependNormalizer>(json_string_at(j, "prepend", where, path)));
   } else if (type == "Replace") {
-    PatternSpec p = read_pattern(j, here);
-    out.push_back(
-        std::make_unique<ReplaceNormalizer>(p.literal, std::move(p.regex), j.at("content").get<std::string>()));
+    PatternSpec p = read_pattern(j, path, where);
+    out.push_back(std::make_unique<ReplaceNormalizer>(p.literal, std::move(p.regex),
+                                                      json_string_at(j, "content", where, path)));
   } else {
-    fail(where, ": unsupported normalizer \"", type,
+    fail(where, ": ", path, ": unsupported normalizer \"", type,
          "\"; loom supports NFC, NFD, NFKC, NFKD, Prepend, Replace and Sequence (Llama, Mistral and Qwen files)");
   }
 }
 
-SplitBehavior read_behavior(const json& j, const std::string& where) {
-  std::string b = j.at("behavior").get<std::string>();
+SplitBehavior read_behavior(const json& j, const std::string& path, const std::string& where) {
+  const std::string b = json_string_at(j, "behavior", where, path);
   if (b == "Removed") return SplitBehavior::Removed;
   if (b == "Isolated") return SplitBehavior::Isolated;
   if (b == "MergedWithPrevious") return SplitBehavior::MergedWithPrevious;
   if (b == "MergedWithNext") return SplitBehavior::MergedWithNext;
   if (b == "Contiguous") return SplitBehavior::Contiguous;
-  fail(where, ": unknown Split behavior \"", b,
+  fail(where, ": ", path, ".behavior: unknown Split behavior \"", b,
        "\" (expected Removed, Isolated, MergedWithPrevious, MergedWithNext or Contiguous)");
 }
 
-PrependScheme read_prepend_scheme(const json& j, const std::string& where) {
-  if (get_or<bool>(j, "add_prefix_space", true) == false) return PrependScheme::Never;
-  std::string s = get_or<std::string>(j, "prepend_scheme", "always");
+PrependScheme read_prepend_scheme(const json& j, const std::string& path, const std::string& where) {
+  if (!json_bool_at(j, "add_prefix_space", true, where, path)) return PrependScheme::Never;
+  const std::string s = json_optional_string_at(j, "prepend_scheme", where, path).value_or("always");
   if (s == "always") return PrependScheme::Always;
   if (s == "first") return PrependScheme::First;
   if (s == "never") return PrependScheme::Never;
-  fail(where, ": Metaspace prepend_scheme must be always, first or never, found \"", s, "\"");
+  fail(where, ": ", path, ".prepend_scheme must be always, first or never, found \"", s, "\"");
 }
 
-void add_pre_tokenizer(const json& j, const std::string& where, TextPipeline& out) {
+void add_pre_tokenizer(const json& j, const std::string& path, const std::string& where, TextPipeline& out) {
   if (j.is_null()) return;
-  std::string type = type_of(j, "pre_tokenizer", where);
-  std::string here = where + ": pre_tokenizer " + type;
+  const std::string type = type_of(j, path, where);
   if (type != "Sequence" && out.byte_level)
-    fail(where, ": pre_tokenizer ", type, " follows ByteLevel; loom needs ByteLevel to be the last pre-tokenizer");
+    fail(where, ": ", path, ": pre_tokenizer ", type,
+         " follows ByteLevel; loom needs ByteLevel to be the last pre-tokenizer");
   if (type == "Sequence") {
-    for (const json& p : j.at("pretokenizers")) add_pre_tokenizer(p, where, out);
+    const json& list = json_array_at(j, "pretokenizers", where, path);
+    for (size_t i = 0; i < list.size(); ++i)
+      add_pre_tokenizer(list[i], json_index_path(path + ".pretokenizers", i), where, out);
   } else if (type == "Split") {
-    PatternSpec p = read_pattern(j, here);
-    TokenizerRegex re = p.regex ? std::move(*p.regex) : TokenizerRegex::literal(p.literal, here);
-    out.pre_tokenizers.push_back(
-        std::make_unique<SplitPreTokenizer>(std::move(re), read_behavior(j, here), get_or<bool>(j, "invert", false)));
+    PatternSpec p = read_pattern(j, path, where);
+    TokenizerRegex re = p.regex ? std::move(*p.regex) : TokenizerRegex::literal(p.literal, where + ": " + path);
+    out.pre_tokenizers.push_back(std::make_unique<SplitPreTokenizer>(std::move(re), read_behavior(j, path, where),
+                                                                     json_bool_at(j, "invert", false, where, path)));
   } else if (type == "ByteLevel") {
-    out.pre_tokenizers.push_back(std::make_unique<ByteLevelPreTokenizer>(get_or<bool>(j, "add_prefix_space", true),
-                                                                         get_or<bool>(j, "use_regex", true)));
+    out.pre_tokenizers.push_back(std::make_unique<ByteLevelPreTokenizer>(
+        json_bool_at(j, "add_prefix_space", true, where, path), json_bool_at(j, "use_regex", true, where, path)));
     out.byte_level = true;
   } else if (type == "Metaspace") {
-    out.pre_tokenizers.push_back(std::make_unique<MetaspacePreTokenizer>(
-        j.at("replacement").get<std::string>(), read_prepend_scheme(j, here), get_or<bool>(j, "split", true)));
+    out.pre_tokenizers.push_back(std::make_unique<MetaspacePreTokenizer>(json_string_at(j, "replacement", where, path),
+                                                                         read_prepend_scheme(j, path, where),
+                                                                         json_bool_at(j, "split", true, where, path)));
   } else {
-    fail(where, ": unsupported pre_tokenizer \"", type,
+    fail(where, ": ", path, ": unsupported pre_tokenizer \"", type,
          "\"; loom supports Split, ByteLevel, Metaspace and Sequence (Llama, Mistral and Qwen files)");
   }
 }
@@ -372,8 +373,8 @@ void TextPipeline::pre_tokenize(AlignedText& t, Span s, std::vector<Span>& piece
 
 TextPipeline make_text_pipeline(const json& normalizer, const json& pre_tokenizer, const std::string& where) {
   TextPipeline p;
-  add_normalizer(normalizer, where, p.normalizers);
-  add_pre_tokenizer(pre_tokenizer, where, p);
+  add_normalizer(normalizer, "normalizer", where, p.normalizers);
+  add_pre_tokenizer(pre_tokenizer, "pre_tokenizer", where, p);
   return p;
 }
 

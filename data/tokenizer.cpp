@@ -3,13 +3,14 @@
 #include "data/tokenizer.h"
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "data/bpe_tokenizer.h"
+#include "data/json_fields.h"
 #include "data/sp_tokenizer.h"
 #include "data/tokenizer_config.h"
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace loom {
 
@@ -20,46 +21,41 @@ namespace {
 
 // A special token entry: a string, an AddedToken object {"content": ...}, or null.
 std::optional<std::string> special_token(const json& j, const char* key, const std::string& path) {
-  if (!j.contains(key) || j[key].is_null()) return std::nullopt;
-  const json& v = j[key];
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
-  fail(path, ": \"", key, "\" must be a string, an object with \"content\", or null; found ", v.dump());
-}
-
-// The tokenizer file a path names: the file itself, or tokenizer.json / tokenizer.model in a folder.
-fs::path tokenizer_file(const std::string& path) {
-  fs::path p(path);
-  LOOM_CHECK(fs::exists(p), "tokenizer not found: ", path,
-             " (expected a tokenizer.json, a sentencepiece .model, or a folder holding one)");
-  if (!fs::is_directory(p)) return p;
-  for (const char* name : {"tokenizer.json", "tokenizer.model"})
-    if (fs::exists(p / name)) return p / name;
-  fail("no tokenizer in folder ", path, ": expected tokenizer.json (HF) or tokenizer.model (sentencepiece) in it");
+  const json* v = json_member(j, key);
+  if (!v) return std::nullopt;
+  if (v->is_string()) return v->get<std::string>();
+  if (v->is_object()) return json_string_at(*v, "content", path, key);
+  json_type_error(path, key, "a string, an object with \"content\", or null", *v);
 }
 
 }  // namespace
 
+std::string tokenizer_file(const std::string& path) {
+  std::error_code ec;  // the non-throwing overloads: a path too long for the system is an error below
+  if (fs::is_directory(path, ec)) {
+    for (const char* name : {"tokenizer.json", "tokenizer.model"})
+      if (fs::exists(fs::path(path) / name, ec)) return (fs::path(path) / name).string();
+    fail("no tokenizer in folder ", path, ": expected tokenizer.json (HF) or tokenizer.model (sentencepiece) in it");
+  }
+  require_regular_file(path, "tokenizer");
+  return path;
+}
+
 SpecialTokenConfig read_special_token_config(const std::string& path) {
   SpecialTokenConfig c;
-  std::ifstream f(path, std::ios::binary);
-  if (!f.good()) return c;
-  json j = json::parse(f, nullptr, /*allow_exceptions=*/false);
-  LOOM_CHECK(!j.is_discarded() && j.is_object(), path,
-             ": not a JSON object (expected a transformers tokenizer_config.json)");
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return c;
+  const json j = read_json_file(path, "tokenizer_config.json");
+  LOOM_CHECK(j.is_object(), path, ": not a JSON object (expected a transformers tokenizer_config.json)");
   c.path = path;
   c.bos_token = special_token(j, "bos_token", path);
   c.eos_token = special_token(j, "eos_token", path);
-  if (j.contains("add_bos_token") && !j["add_bos_token"].is_null()) {
-    LOOM_CHECK(j["add_bos_token"].is_boolean(), path, ": \"add_bos_token\" must be true or false, found ",
-               j["add_bos_token"].dump());
-    c.add_bos_token = j["add_bos_token"].get<bool>();
-  }
+  if (json_member(j, "add_bos_token")) c.add_bos_token = json_bool_at(j, "add_bos_token", false, path, "");
   return c;
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
-  fs::path file = tokenizer_file(path);
+  const fs::path file = tokenizer_file(path);
   SpecialTokenConfig config = read_special_token_config((file.parent_path() / "tokenizer_config.json").string());
   std::string ext = file.extension().string();
   if (ext == ".json") return BpeTokenizer::from_file(file.string(), config);

@@ -9,6 +9,10 @@
 
 namespace loom {
 
+// The tokenizer file PATH names: PATH itself when it is a file, else tokenizer.json (preferred) or
+// tokenizer.model in the folder PATH. A missing path, a FIFO or a device is an error.
+std::string tokenizer_file(const std::string& path);
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;

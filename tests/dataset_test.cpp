@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "data/dataset.h"
+#include "data/jsonl.h"
 #include "data/shards.h"
 #include "ops/error.h"
 #include "tests/test_util.h"
@@ -144,6 +145,37 @@ json load_json(const std::string& path) {
 
 }  // namespace
 
+TEST(JsonlReader, NumbersLinesAndStripsLineEnds) {
+  std::istringstream in("\xEF\xBB\xBF{\"a\":1}\r\n\n  \r\n{\"b\":2}");
+  loom::JsonlReader reader(in, "x.jsonl");
+  std::string line;
+  ASSERT_TRUE(reader.next(line));
+  EXPECT_EQ(line, "{\"a\":1}");
+  EXPECT_EQ(reader.where(), "x.jsonl:1");
+  ASSERT_TRUE(reader.next(line));  // the last line has no "\n"
+  EXPECT_EQ(line, "{\"b\":2}");
+  EXPECT_EQ(reader.where(), "x.jsonl:4");
+  EXPECT_FALSE(reader.next(line));
+  EXPECT_FALSE(reader.next(line));
+}
+
+TEST(JsonlReader, ReadsLinesUpToTheLimitAndNamesALongerOne) {
+  const std::string longest(loom::kMaxJsonlLineBytes, 'a');
+  std::istringstream in(longest + "\n" + longest + "\n" + longest + "a\n");
+  loom::JsonlReader reader(in, "x.jsonl");
+  std::string line;
+  ASSERT_TRUE(reader.next(line));
+  EXPECT_EQ(line.size(), loom::kMaxJsonlLineBytes);
+  ASSERT_TRUE(reader.next(line));
+  EXPECT_EQ(line.size(), loom::kMaxJsonlLineBytes);
+  loom::test::expect_error([&] { reader.next(line); }, {"x.jsonl:3: the line is longer than 8 MiB"});
+  std::istringstream last(longest);  // at the limit and without "\n"
+  loom::JsonlReader at_end(last, "y.jsonl");
+  ASSERT_TRUE(at_end.next(line));
+  EXPECT_EQ(line.size(), loom::kMaxJsonlLineBytes);
+  EXPECT_FALSE(at_end.next(line));
+}
+
 TEST_F(Dataset, MaskIsExactlyAssistantContentAndEndOfTurn) {
   const std::vector<ChatMessage> conv = {{"system", "Be brief.", ""}, {"user", "Hi there", ""},
                                          {"assistant", "Hello, you!", ""}, {"user", "Bye", ""},
@@ -186,46 +218,48 @@ TEST_F(Dataset, ParsesEveryFormat) {
   const auto openai = loom::parse_record(
       R"({"messages":[{"role":"system","content":"s"},{"role":"user","content":"u"},)"
       R"({"role":"assistant","content":"a","reasoning_content":"r"}]})",
-      RecordFormat::messages);
+      RecordFormat::messages, "line 1");
   ASSERT_EQ(openai.messages.size(), 3u);
   EXPECT_EQ(openai.messages[2].reasoning, "r");
   const auto share = loom::parse_record(
       R"({"conversations":[{"from":"system","value":"s"},{"from":"human","value":"u"},{"from":"gpt","value":"a"}]})",
-      RecordFormat::sharegpt);
+      RecordFormat::sharegpt, "line 2");
   ASSERT_EQ(share.messages.size(), 3u);
   EXPECT_EQ(share.messages[1].role, "user");
   EXPECT_EQ(share.messages[2].role, "assistant");
-  const auto alpaca = loom::parse_record(R"({"instruction":"Sum","input":"1 2","output":"3"})", RecordFormat::alpaca);
+  const auto alpaca =
+      loom::parse_record(R"({"instruction":"Sum","input":"1 2","output":"3"})", RecordFormat::alpaca, "line 3");
   ASSERT_EQ(alpaca.messages.size(), 2u);
   EXPECT_EQ(alpaca.messages[0].content, "Sum\n\n1 2");
   EXPECT_EQ(alpaca.messages[1].content, "3");
-  EXPECT_EQ(loom::parse_record(R"({"instruction":"Hi","input":"","output":"Yo"})", RecordFormat::alpaca)
+  EXPECT_EQ(loom::parse_record(R"({"instruction":"Hi","input":"","output":"Yo"})", RecordFormat::alpaca, "line 4")
                 .messages[0]
                 .content,
             "Hi");
-  const auto text = loom::parse_record(R"({"text":"raw"})", RecordFormat::text);
+  const auto text = loom::parse_record(R"({"text":"raw"})", RecordFormat::text, "line 5");
   EXPECT_TRUE(text.is_text);
   EXPECT_EQ(text.text, "raw");
 }
 
 TEST_F(Dataset, DetectsFormatFromKeys) {
   using loom::RecordFormat;
-  EXPECT_EQ(loom::detect_record_format(R"({"messages":[]})"), RecordFormat::messages);
-  EXPECT_EQ(loom::detect_record_format(R"({"conversations":[]})"), RecordFormat::sharegpt);
-  EXPECT_EQ(loom::detect_record_format(R"({"instruction":"i","output":"o"})"), RecordFormat::alpaca);
-  EXPECT_EQ(loom::detect_record_format(R"({"text":"t"})"), RecordFormat::text);
+  EXPECT_EQ(loom::detect_record_format(R"({"messages":[]})", "f.jsonl:1"), RecordFormat::messages);
+  EXPECT_EQ(loom::detect_record_format(R"({"conversations":[]})", "f.jsonl:1"), RecordFormat::sharegpt);
+  EXPECT_EQ(loom::detect_record_format(R"({"instruction":"i","output":"o"})", "f.jsonl:1"), RecordFormat::alpaca);
+  EXPECT_EQ(loom::detect_record_format(R"({"text":"t"})", "f.jsonl:1"), RecordFormat::text);
   try {
-    loom::detect_record_format(R"({"prompt":"p","completion":"c"})");
+    loom::detect_record_format(R"({"prompt":"p","completion":"c"})", "f.jsonl:1");
     FAIL() << "unknown keys accepted";
   } catch (const loom::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("(completion, prompt)"), std::string::npos) << e.what();
+    const std::string err = e.what();
+    EXPECT_EQ(err.rfind("f.jsonl:1: cannot tell the record format from its keys (completion, prompt)", 0), 0u) << err;
   }
 }
 
 TEST_F(Dataset, RecordErrorsSayWhatIsWrong) {
   auto err = [](const std::string& line, loom::RecordFormat f) {
     try {
-      loom::parse_record(line, f);
+      loom::parse_record(line, f, "f.jsonl:7");
     } catch (const loom::Error& e) {
       return std::string(e.what());
     }
@@ -233,7 +267,7 @@ TEST_F(Dataset, RecordErrorsSayWhatIsWrong) {
   };
   using loom::RecordFormat;
   EXPECT_NE(err(R"({"messages":[{"role":"user","content":["x"]}]})", RecordFormat::messages)
-                .find("messages[0].content must be a string (found array)"),
+                .find("f.jsonl:7: messages[0].content must be a string (found array)"),
             std::string::npos);
   EXPECT_NE(err(R"({"messages":[{"role":"tool","content":"x"}]})", RecordFormat::messages).find("\"tool\""),
             std::string::npos);
@@ -242,14 +276,14 @@ TEST_F(Dataset, RecordErrorsSayWhatIsWrong) {
   EXPECT_NE(err(R"({"instruction":"x"})", RecordFormat::alpaca).find("no \"output\""), std::string::npos);
   EXPECT_NE(err(R"({"text": 5})", RecordFormat::text).find("must be a string"), std::string::npos);
   EXPECT_NE(err(R"([1, 2])", RecordFormat::text).find("found array"), std::string::npos);
-  EXPECT_NE(err(R"({"messages": [)", RecordFormat::messages).find("not valid JSON"), std::string::npos);
+  EXPECT_NE(err(R"({"messages": [)", RecordFormat::messages).find("f.jsonl:7: invalid JSON"), std::string::npos);
   EXPECT_NE(err(R"({"messages": []})", RecordFormat::messages).find("no messages"), std::string::npos);
 }
 
 TEST_F(Dataset, BadLineErrorNamesFileAndLine) {
   DataSection d = jsonl({chat_line("a", "b"), "", "{oops", chat_line("c", "d")});
   const std::string err = build_error(d, &chatml_);
-  EXPECT_EQ(err.rfind(d.path + ":3: not valid JSON", 0), 0u) << err;
+  EXPECT_EQ(err.rfind(d.path + ":3: invalid JSON", 0), 0u) << err;
   // Role order is checked per line too.
   DataSection m = jsonl({chat_line("a", "b"),
                          json{{"messages", {{{"role", "user"}, {"content", "x"}}, {{"role", "user"}, {"content", "y"}}}}}
@@ -379,6 +413,28 @@ TEST_F(Dataset, PreparedCacheIsReusedUntilSomethingChanges) {
   EXPECT_NE(loom::prepare_dataset_cached(d, tokenizer, cache, quiet).dir, first.dir);
   std::ofstream(d.path, std::ios::app) << chat_line("One more", "Sure.") << "\n";
   EXPECT_FALSE(loom::prepare_dataset_cached(d, tokenizer, cache, quiet).reused);
+}
+
+// The cache is loom's own: a damaged prepared.json there (counts of the wrong type, JSON nested
+// past the limit) is prepared again, not an error the user must clean up by hand.
+TEST_F(Dataset, DamagedCacheManifestIsPreparedAgain) {
+  const std::string tokenizer = loom::test::shared_dir() + "/tokenizers/qwen3";
+  DataSection d = jsonl({chat_line("Hi", "Hello!")});
+  d.template_name = "auto";
+  loom::PrepareOptions quiet;
+  quiet.progress = false;
+  const std::string cache = (dir_ / "cache").string();
+  const auto first = loom::prepare_dataset_cached(d, tokenizer, cache, quiet);
+  const std::string manifest = (fs::path(first.dir) / loom::kManifestName).string();
+  json m = json::parse(loom::read_manifest(first.dir));
+  m["counts"]["tokens"] = "many";
+  std::ofstream(manifest) << m.dump();
+  const auto again = loom::prepare_dataset_cached(d, tokenizer, cache, quiet);
+  EXPECT_FALSE(again.reused);
+  EXPECT_EQ(again.stats.tokens, first.stats.tokens);
+  std::ofstream(manifest) << std::string(100000, '[');
+  EXPECT_FALSE(loom::prepare_dataset_cached(d, tokenizer, cache, quiet).reused);
+  EXPECT_TRUE(loom::prepare_dataset_cached(d, tokenizer, cache, quiet).reused);
 }
 
 TEST_F(Dataset, DemoDataFitsTheDemoTokenizer) {

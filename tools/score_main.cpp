@@ -1,7 +1,8 @@
 // build/score --model DIR [--adapter DIR] [--device auto|cpu|cuda] < in.jsonl > out.jsonl
 // Perplexity-style scoring: for each input line {"ids": [...]} writes
 // {"nll": mean negative log-likelihood of ids[1:] given the prefix, "tokens": count}
-// ("nll": null, "tokens": 0 for a line with fewer than two ids). On a GPU the model runs in bf16
+// ("nll": null, "tokens": 0 for a line with fewer than two ids). Lines are read by data/jsonl.h
+// (at most 8 MiB, JSON nested at most 64 deep); a bad line is "error: stdin:LINE: ...", exit 1. On a GPU the model runs in bf16
 // (models/cuda_model.h); --device cpu uses the fp32 reference path.
 #include <nlohmann/json.hpp>
 
@@ -10,6 +11,8 @@
 #include <iostream>
 #include <string>
 
+#include "data/json_fields.h"
+#include "data/jsonl.h"
 #include "ops/error.h"
 #include "models/lora.h"
 #include "models/model_config.h"
@@ -48,21 +51,20 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-std::vector<int32_t> parse_ids(const std::string& line, int64_t lineno, int V) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::parse_error& e) {
-    loom::fail("stdin:", lineno, ": invalid JSON (", e.what(), ")");
-  }
-  LOOM_CHECK(j.is_object() && j.contains("ids") && j["ids"].is_array(), "stdin:", lineno,
-             ": expected an object with an \"ids\" array, e.g. {\"ids\": [1, 2, 3]}");
+// The ids of one stdin line; `where` is "stdin:LINE".
+std::vector<int32_t> parse_ids(const std::string& line, const std::string& where, int V) {
+  const nlohmann::json j = loom::parse_jsonl_object(line, where);
+  const nlohmann::json* list = loom::json_member(j, "ids");
+  LOOM_CHECK(list && list->is_array(), where, ": expected an object with an \"ids\" array, e.g. {\"ids\": [1, 2, 3]}");
   std::vector<int32_t> ids;
-  for (const auto& v : j["ids"]) {
-    LOOM_CHECK(v.is_number_integer(), "stdin:", lineno, ": ids must be integers, found ", v.dump());
-    const int64_t id = v.get<int64_t>();
-    LOOM_CHECK(id >= 0 && id < V, "stdin:", lineno, ": id ", id, " is outside the model's vocabulary [0, ", V, ")");
-    ids.push_back(int32_t(id));
+  ids.reserve(list->size());
+  for (const auto& v : *list) {
+    LOOM_CHECK(v.is_number_integer(), where, ": ids must be integers, found ", loom::json_shown(v));
+    // Unsigned first: 2^64 - 1 read as int64 would be -1.
+    const bool in_vocab =
+        v.is_number_unsigned() ? v.get<uint64_t>() < uint64_t(V) : v.get<int64_t>() >= 0 && v.get<int64_t>() < V;
+    LOOM_CHECK(in_vocab, where, ": id ", v.dump(), " is outside the model's vocabulary [0, ", V, ")");
+    ids.push_back(v.get<int32_t>());
   }
   return ids;
 }
@@ -85,12 +87,11 @@ int main(int argc, char** argv) {
     if (!args.adapter.empty()) lora = loom::load_peft_adapter(args.adapter, layout);
     // Read every line first: the GPU plan is sized by the longest sequence.
     std::vector<loom::Document> docs;
-    std::string line;
     int64_t longest = 1;
-    for (int64_t lineno = 1; std::getline(std::cin, line); ++lineno) {
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    loom::JsonlReader input(std::cin, "stdin");
+    for (std::string line; input.next(line);) {
       loom::Document doc;
-      doc.ids = parse_ids(line, lineno, cfg.V);
+      doc.ids = parse_ids(line, input.where(), cfg.V);
       doc.mask.assign(doc.ids.size(), 1);
       longest = std::max<int64_t>(longest, int64_t(doc.ids.size()));
       docs.push_back(std::move(doc));

@@ -1,12 +1,15 @@
 // build/tokenize: JSONL text -> JSONL token ids, with loom's tokenizers.
 //   build/tokenize --tokenizer PATH [--bos] < in.jsonl > out.jsonl
 // Each input line {"text": "..."} gives one output line {"ids": [...]}; blank lines are skipped.
-// A bad line stops the run with "error: stdin:LINE: <reason>" and exit code 1.
+// A bad line stops the run with "error: stdin:LINE: <reason>" and exit code 1. Lines are read by
+// data/jsonl.h: at most 8 MiB, JSON nested at most 64 deep.
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "data/json_fields.h"
+#include "data/jsonl.h"
 #include "data/tokenizer.h"
 #include "ops/error.h"
 
@@ -43,16 +46,12 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-std::string text_of(const std::string& line) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::parse_error& e) {
-    loom::fail("not valid JSON (", e.what(), ")");
-  }
-  LOOM_CHECK(j.is_object() && j.contains("text") && j["text"].is_string(),
-             "expected an object with a string \"text\", found ", j.dump().substr(0, 80));
-  return j["text"].get<std::string>();
+// The text of one stdin line; `where` is "stdin:LINE".
+std::string text_of(const std::string& line, const std::string& where) {
+  const nlohmann::json j = loom::parse_jsonl_object(line, where);
+  const nlohmann::json* text = loom::json_member(j, "text");
+  LOOM_CHECK(text, where, ": expected an object with a string \"text\", found ", loom::json_shown(j));
+  return loom::json_string(*text, where, "text");
 }
 
 void append_ids(std::string& out, const std::vector<int32_t>& ids) {
@@ -68,19 +67,17 @@ void append_ids(std::string& out, const std::vector<int32_t>& ids) {
 
 int main(int argc, char** argv) {
   std::ios::sync_with_stdio(false);
-  size_t line_no = 0;
   std::string out;  // ids of the lines done, written in blocks
   try {
     Args args = parse_args(argc, argv);
     auto tokenizer = loom::Tokenizer::load(args.tokenizer);
-    std::string line;
-    while (std::getline(std::cin, line)) {
-      ++line_no;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    loom::JsonlReader input(std::cin, "stdin");
+    for (std::string line; input.next(line);) {
+      const std::string text = text_of(line, input.where());
       try {
-        append_ids(out, tokenizer->encode(text_of(line), args.bos));
+        append_ids(out, tokenizer->encode(text, args.bos));
       } catch (const loom::Error& e) {
-        loom::fail("stdin:", line_no, ": ", e.what());
+        loom::fail(input.where(), ": ", e.what());
       }
       if (out.size() > (1 << 20)) {
         std::fwrite(out.data(), 1, out.size(), stdout);
