@@ -5,9 +5,11 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <string_view>
 #include <nlohmann/json.hpp>
 
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace loom {
 using nlohmann::json;
@@ -18,12 +20,6 @@ const char* kNf4State = ".quant_state.bitsandbytes__nf4";
 const char* kFp4State = ".quant_state.bitsandbytes__fp4";
 
 std::string tensor_in(const Checkpoint& ck, const std::string& name) { return cat("tensor '", name, "' in ", ck.path()); }
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 const TensorView& require(const Checkpoint& ck, const std::string& name, const std::string& weight) {
   LOOM_CHECK(ck.has(name), "tensor '", name, "' not found in ", ck.path(), " (", weight,
@@ -43,12 +39,8 @@ json read_quant_state(const Checkpoint& ck, const std::string& weight) {
   const std::string name = weight + kNf4State;
   const TensorView& v = ck.get(name);
   LOOM_CHECK(v.dtype == DType::U8, tensor_in(ck, name), " must be U8 (UTF-8 JSON), found ", v.dtype_str);
-  json state;
-  try {
-    state = json::parse(v.data, v.data + v.nbytes);
-  } catch (const json::exception& e) {
-    fail(tensor_in(ck, name), " is not valid JSON (", e.what(), ")");
-  }
+  const json state =
+      parse_json(std::string_view(reinterpret_cast<const char*>(v.data), v.nbytes), tensor_in(ck, name));
   LOOM_CHECK(state.is_object(), tensor_in(ck, name), " must hold a JSON object, found ", state.dump());
   return state;
 }
@@ -61,7 +53,8 @@ const json& state_key(const json& state, const char* key, const std::string& whe
 
 int state_int(const json& state, const char* key, const std::string& where) {
   const json& v = state_key(state, key, where);
-  LOOM_CHECK(v.is_number_integer(), where, ": quant_state \"", key, "\" must be an integer, found ", v.dump());
+  LOOM_CHECK(v.is_number_integer() && std::fabs(v.get<double>()) <= INT32_MAX, where, ": quant_state \"", key,
+             "\" must be an integer, found ", v.dump());
   return v.get<int>();
 }
 
@@ -96,7 +89,8 @@ void read_nested(const Checkpoint& ck, const std::string& weight, const json& st
     LOOM_CHECK(state["nested_dtype"] == "float32", where, ": nested_dtype ", state["nested_dtype"].dump(),
                " is not float32");
   const json& offset = state_key(state, "nested_offset", where);
-  LOOM_CHECK(offset.is_number(), where, ": nested_offset must be a number, found ", offset.dump());
+  LOOM_CHECK(offset.is_number() && std::isfinite(float(offset.get<double>())), where,
+             ": nested_offset must be a finite float, found ", offset.dump());
   q.nested_offset = float(offset.get<double>());
   q.absmax_q = read_u8(ck, weight + ".absmax", weight, {nb});
   const int64_t groups = (nb + q.nested_blocksize - 1) / q.nested_blocksize;

@@ -6,8 +6,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "ops/error.h"
+#include "ops/files.h"
 #include "ops/random.h"
 #include "models/safetensors.h"
 
@@ -54,10 +56,24 @@ std::string peft_key(int layer, LoraTarget t, char ab) {
   return cat("base_model.model.model.layers.", layer, ".", lora_module_path(t), ".lora_", ab, ".weight");
 }
 
+// A rank above min(in, out) of a projection adds parameters but no expressiveness (B·A has rank
+// <= min(in, out)), and an absurd one (lora.r: 2147483647) would be allocated before any other check.
+void check_rank(const ModelConfig& m, const LoraSection& lora, const std::array<bool, kNumTargets>& targeted) {
+  for (int t = 0; t < kNumTargets; ++t) {
+    if (!targeted[t]) continue;
+    LOOM_CHECK(lora.r > 0, "lora.r must be positive, found ", lora.r);
+    const auto [in, out] = projection_shape(m, LoraTarget(t));
+    LOOM_CHECK(lora.r <= std::min(in, out), "LoRA rank r = ", lora.r, " exceeds the smaller side of ",
+               kLoraTargetNames[t], " (", in, " -> ", out, "); choose lora.r <= ", std::min(in, out),
+               " or leave ", kLoraTargetNames[t], " out of lora.targets (for an adapter: its adapter_config.json r)");
+  }
+}
+
 }  // namespace
 
 LoraLayout make_lora_layout(const ModelConfig& m, const LoraSection& lora) {
   LoraLayout lay;
+  check_rank(m, lora, targeted_set(lora.targets));
   lay.R = lora.r;
   lay.alpha = lora.alpha;
   lay.rslora = lora.rslora;
@@ -144,49 +160,110 @@ void save_peft_adapter(const std::string& dir, const LoraLayout& lay, const std:
 
 namespace {
 
-nlohmann::json read_adapter_config(const std::string& dir) {
-  const std::string path = dir + "/adapter_config.json";
-  std::ifstream f(path);
-  LOOM_CHECK(f, "cannot open ", path, " (is ", dir, " a PEFT adapter folder?)");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const std::exception& e) {
-    fail(path, ": invalid JSON: ", e.what());
+// Typed keys of adapter_config.json; errors name the file and the key. A missing or null key takes
+// PEFT's LoraConfig default.
+class AdapterConfig {
+ public:
+  explicit AdapterConfig(const std::string& dir)
+      : path_(dir + "/adapter_config.json"), j_(read_json_file(path_, "PEFT adapter config")) {
+    LOOM_CHECK(j_.is_object(), path_, ": expected a JSON object, found ", j_.type_name());
   }
-  LOOM_CHECK(j.value("peft_type", "LORA") == "LORA", path, ": peft_type is '", j.value("peft_type", ""),
-             "', only LORA adapters are supported");
+  bool set(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
+  const nlohmann::json& at(const char* key) const { return j_[key]; }
+  std::string where(const char* key) const { return cat(path_, ": ", key); }
+
+  int get_int(const char* key, int fallback) const {
+    if (!set(key)) return fallback;
+    const nlohmann::json& v = j_[key];
+    LOOM_CHECK(v.is_number_integer() && std::fabs(v.get<double>()) <= INT32_MAX, where(key),
+               ": expected an integer, found ", v.dump());
+    return v.get<int>();
+  }
+  double get_number(const char* key, double fallback) const {
+    if (!set(key)) return fallback;
+    const nlohmann::json& v = j_[key];
+    LOOM_CHECK(v.is_number(), where(key), ": expected a number, found ", v.dump());
+    return v.get<double>();
+  }
+  bool get_bool(const char* key, bool fallback) const {
+    if (!set(key)) return fallback;
+    const nlohmann::json& v = j_[key];
+    LOOM_CHECK(v.is_boolean(), where(key), ": expected true or false, found ", v.dump());
+    return v.get<bool>();
+  }
+  std::string get_string(const char* key, const std::string& fallback) const {
+    if (!set(key)) return fallback;
+    const nlohmann::json& v = j_[key];
+    LOOM_CHECK(v.is_string(), where(key), ": expected a string, found ", v.dump());
+    return v.get<std::string>();
+  }
+  // Absent, null or empty ({} / []): PEFT features loom does not implement must be unused.
+  bool unused(const char* key) const {
+    return !set(key) || ((j_[key].is_object() || j_[key].is_array()) && j_[key].empty());
+  }
+
+ private:
+  std::string path_;
+  nlohmann::json j_;
+};
+
+// Refuses PEFT variants whose weights would mean something else than plain LoRA.
+void check_plain_lora(const AdapterConfig& c) {
+  const std::string type = c.get_string("peft_type", "LORA");
+  LOOM_CHECK(type == "LORA", c.where("peft_type"), ": '", type, "', only LORA adapters are supported");
   for (const char* key : {"use_dora", "fan_in_fan_out"})
-    LOOM_CHECK(!j.value(key, false), path, ": ", key, " = true is not supported");
+    LOOM_CHECK(!c.get_bool(key, false), c.where(key), " = true is not supported");
   for (const char* key : {"rank_pattern", "alpha_pattern"})
-    LOOM_CHECK(!j.contains(key) || j[key].is_null() || j[key].empty(), path, ": ", key,
-               " (per-module r/alpha) is not supported; use one r and lora_alpha for all modules");
+    LOOM_CHECK(c.unused(key), c.where(key), " (per-module r/alpha) is not supported; use one r and lora_alpha for all "
+               "modules");
   for (const char* key : {"layers_to_transform", "modules_to_save", "exclude_modules"})
-    LOOM_CHECK(!j.contains(key) || j[key].is_null() || j[key].empty(), path, ": ", key,
+    LOOM_CHECK(c.unused(key), c.where(key),
                " is not supported (adapters must cover every layer, with no extra trained modules)");
-  LOOM_CHECK(j.value("bias", std::string("none")) == "none", path, ": bias = '", j.value("bias", ""),
-             "' is not supported (only \"none\")");
-  return j;
+  const std::string bias = c.get_string("bias", "none");
+  LOOM_CHECK(bias == "none", c.where("bias"), " = '", bias, "' is not supported (only \"none\")");
+}
+
+std::vector<std::string> target_modules(const AdapterConfig& c) {
+  LOOM_CHECK(c.set("target_modules"), c.where("target_modules"),
+             " is missing; list the adapted modules (e.g. [\"q_proj\", \"v_proj\"]) or \"all-linear\"");
+  const nlohmann::json& tm = c.at("target_modules");
+  if (tm.is_string()) {
+    LOOM_CHECK(tm.get<std::string>() == "all-linear", c.where("target_modules"), ": the regex '",
+               tm.get<std::string>(), "' is not supported; give a list of module names or \"all-linear\"");
+    return {"all-linear"};
+  }
+  LOOM_CHECK(tm.is_array() && !tm.empty(), c.where("target_modules"),
+             ": expected a list of module names or \"all-linear\", found ", tm.dump());
+  std::vector<std::string> names;
+  for (const nlohmann::json& name : tm) {
+    LOOM_CHECK(name.is_string(), c.where("target_modules"), ": expected module names, found ", name.dump());
+    LOOM_CHECK(std::find(kLoraTargetNames.begin(), kLoraTargetNames.end(), name.get<std::string>()) !=
+                       kLoraTargetNames.end() || name == "all-linear",
+               c.where("target_modules"), ": unknown module ", name.dump(),
+               " (valid: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj, or all-linear)");
+    names.push_back(name.get<std::string>());
+  }
+  return names;
 }
 
 }  // namespace
 
 LoraSection read_peft_lora_section(const std::string& dir) {
-  nlohmann::json j = read_adapter_config(dir);
-  const std::string path = dir + "/adapter_config.json";
+  const AdapterConfig c(dir);
+  check_plain_lora(c);
   LoraSection s;
-  s.r = j.value("r", 8);
-  s.alpha = j.value("lora_alpha", 8.f);
-  s.dropout = j.value("lora_dropout", 0.f);
-  s.rslora = j.value("use_rslora", false);
-  const auto& tm = j.at("target_modules");
-  if (tm.is_string()) {
-    LOOM_CHECK(tm.get<std::string>() == "all-linear", path, ": target_modules is the regex '", tm.get<std::string>(),
-               "'; only a list of module names or \"all-linear\" is supported");
-    s.targets = {"all-linear"};
-  } else {
-    s.targets = tm.get<std::vector<std::string>>();
-  }
+  // PEFT LoraConfig defaults: r 8, lora_alpha 8, lora_dropout 0, use_rslora false.
+  s.r = c.get_int("r", 8);
+  LOOM_CHECK(s.r > 0, c.where("r"), " must be positive, found ", s.r);
+  const double alpha = c.get_number("lora_alpha", 8);
+  LOOM_CHECK(alpha > 0 && std::isfinite(float(alpha)), c.where("lora_alpha"), " must be a positive number, found ",
+             alpha);
+  s.alpha = float(alpha);
+  const double dropout = c.get_number("lora_dropout", 0);
+  LOOM_CHECK(dropout >= 0 && dropout < 1, c.where("lora_dropout"), " must be in [0, 1), found ", dropout);
+  s.dropout = float(dropout);
+  s.rslora = c.get_bool("use_rslora", false);
+  s.targets = target_modules(c);
   return s;
 }
 
@@ -198,9 +275,17 @@ std::vector<float> load_peft_adapter(const std::string& dir, const LoraLayout& l
   LOOM_CHECK(s.rslora == lay.rslora, cfg_path, ": use_rslora = ", s.rslora, " but the run uses lora.rslora = ", lay.rslora);
   LOOM_CHECK(targeted_set(s.targets) == lay.targeted, cfg_path, ": target_modules differ from lora.targets");
 
-  Checkpoint ck = Checkpoint::open(dir + "/adapter_model.safetensors");
+  const std::string file = dir + "/adapter_model.safetensors";
+  Checkpoint ck = Checkpoint::open(file);
+  std::set<std::string> used;
+  for (size_t l = 0; l < lay.layers.size(); ++l)
+    for (int t = 0; t < kNumTargets; ++t)
+      if (lay.layers[l][t].enabled)
+        for (char ab : {'A', 'B'}) used.insert(peft_key(int(l), LoraTarget(t), ab));
+  for (const std::string& name : ck.names())
+    LOOM_CHECK(used.count(name), file, ": tensor '", name, "' is not an adapter of this model (", cfg_path,
+               " targets ", lay.layers.size(), " layers × its target_modules); is the adapter for another model?");
   std::vector<float> p(lay.total, 0.f);
-  size_t expected = 0;
   for (size_t l = 0; l < lay.layers.size(); ++l)
     for (int t = 0; t < kNumTargets; ++t) {
       const LoraSlot& s2 = lay.layers[l][t];
@@ -209,10 +294,7 @@ std::vector<float> load_peft_adapter(const std::string& dir, const LoraLayout& l
       auto b = ck.read_f32(peft_key(int(l), LoraTarget(t), 'B'), {s2.out, lay.R});
       std::copy(a.begin(), a.end(), p.begin() + s2.a_offset);
       std::copy(b.begin(), b.end(), p.begin() + s2.b_offset);
-      expected += 2;
     }
-  LOOM_CHECK(ck.names().size() == expected, dir, "/adapter_model.safetensors: holds ", ck.names().size(),
-             " tensors, expected ", expected, " (2 per targeted module per layer)");
   return p;
 }
 

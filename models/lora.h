@@ -41,6 +41,7 @@ struct LoraLayout {
 
 // (in, out) of a projection in a model: q (C → H·D), k/v (C → KVH·D), o (H·D → C), gate/up (C → F), down (F → C).
 std::pair<int, int> projection_shape(const ModelConfig& m, LoraTarget t);
+// Refuses a rank r above min(in, out) of a targeted projection, before anything is sized by it.
 LoraLayout make_lora_layout(const ModelConfig& m, const LoraSection& lora);
 // Layer l's adapters occupy [bounds[l], bounds[l+1]) of the flat vector (layer-major), L + 1 values.
 std::vector<size_t> lora_layer_bounds(const LoraLayout& layout);
@@ -55,11 +56,12 @@ inline uint64_t lora_dropout_stream(int layer, LoraTarget t) {
 // PEFT adapter folder: adapter_config.json + adapter_model.safetensors (fp32).
 void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const std::vector<float>& params,
                        const std::string& base_model);
-// Reads a PEFT adapter into the layout's flat vector. Errors name the file and the key: r/alpha/
-// targets that differ from the layout, unsupported variants (DoRA, rank_pattern, ...), missing or
-// mis-shaped tensors.
+// Reads a PEFT adapter into the layout's flat vector. Errors name the file and the key or tensor:
+// r/alpha/targets that differ from the layout, unsupported variants (DoRA, rank_pattern, ...),
+// missing, mis-shaped, non-finite or unused (not in the layout) tensors.
 std::vector<float> load_peft_adapter(const std::string& dir, const LoraLayout& layout);
-// The LoRA config of a PEFT adapter folder as a LoraSection (r, alpha, dropout, rslora, targets).
+// The LoRA config of a PEFT adapter folder as a LoraSection (r, alpha, dropout, rslora, targets);
+// every key type- and range-checked, errors naming adapter_config.json and the key.
 LoraSection read_peft_lora_section(const std::string& dir);
 
 }  // namespace loom

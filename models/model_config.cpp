@@ -20,6 +20,7 @@
 #include "models/model_config.h"
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +28,7 @@
 #include <optional>
 
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace loom {
 namespace fs = std::filesystem;
@@ -94,6 +96,13 @@ class Keys {
     return *v;
   }
 
+  // A number that must be positive and finite also as a float (the kernels' precision).
+  double positive(const char* key, double value) const {
+    LOOM_CHECK(std::isfinite(value) && value > 0 && std::isfinite(float(value)) && float(value) > 0, where(key),
+               " must be a positive finite number, found ", value);
+    return value;
+  }
+
   bool get_bool(const char* key, bool fallback) const {
     if (!set(key)) return fallback;
     const json& v = obj_.at(key);
@@ -147,60 +156,70 @@ const json* rope_dict(const Keys& k, std::string* name) {
 
 RopeParams resolve_rope(const Keys& k, int max_position) {
   RopeParams r;
-  const double top_theta = k.get_double("rope_theta", kDefaultRopeTheta);
-  r.theta = top_theta;
   std::string name;
   const json* dict = rope_dict(k, &name);
+  if (!dict || !Keys(*dict, k.file()).set("rope_theta"))
+    r.theta = k.positive("rope_theta", k.get_double("rope_theta", kDefaultRopeTheta));
   if (!dict) return r;
   Keys d(*dict, k.file(), name + ".");
   for (const char* layer_type : {"full_attention", "sliding_attention"})
     LOOM_CHECK(!d.has(layer_type), d.where(layer_type), ": per-layer-type RoPE parameters are not supported");
-  r.theta = d.get_double("rope_theta", top_theta);
+  if (d.set("rope_theta")) r.theta = d.positive("rope_theta", d.get_double("rope_theta", 0));
   const char* type_key = d.set("rope_type") ? "rope_type" : "type";
   r.type = d.opt_string(type_key).value_or("default");
   LOOM_CHECK(d.get_double("partial_rotary_factor", 1.0) == 1.0, d.where("partial_rotary_factor"),
              ": partial rotary embeddings are not supported (Llama, Mistral and Qwen rotate all of head_dim)");
   if (r.type == "default") return r;
   if (r.type == "linear") {
-    r.factor = d.need_double("factor", "linear RoPE divides inv_freq by it");
+    r.factor = d.positive("factor", d.need_double("factor", "linear RoPE divides inv_freq by it"));
     return r;
   }
   LOOM_CHECK(r.type == "llama3", d.where(type_key), ": RoPE type \"", r.type,
              "\" is not supported; loom implements default, llama3 and linear (yarn, dynamic and longrope "
              "change attention scaling and are not implemented)");
   const std::string why = "required by llama3 RoPE";
-  r.factor = d.need_double("factor", why);
-  r.low_freq_factor = d.need_double("low_freq_factor", why);
-  r.high_freq_factor = d.need_double("high_freq_factor", why);
+  r.factor = d.positive("factor", d.need_double("factor", why));
+  r.low_freq_factor = d.positive("low_freq_factor", d.need_double("low_freq_factor", why));
+  r.high_freq_factor = d.positive("high_freq_factor", d.need_double("high_freq_factor", why));
   r.original_max_position = d.get_int("original_max_position_embeddings", max_position);
+  LOOM_CHECK(r.original_max_position > 0, d.where("original_max_position_embeddings"), " must be positive, found ",
+             r.original_max_position);
   LOOM_CHECK(r.high_freq_factor > r.low_freq_factor, d.where("high_freq_factor"), " (", r.high_freq_factor,
              ") must exceed low_freq_factor (", r.low_freq_factor, ")");
   return r;
+}
+
+int token_id(const Keys& k, const char* key, const json& id) {
+  LOOM_CHECK(id.is_number_integer() && id.get<double>() >= 0 && id.get<double>() <= INT32_MAX, k.where(key),
+             ": expected token ids (integers >= 0), found ", id.dump());
+  return id.get<int>();
 }
 
 std::vector<int> token_ids(const Keys& k, const char* key, const std::vector<int>& fallback) {
   if (!k.has(key)) return fallback;
   const json& v = k.at(key);
   if (v.is_null()) return {};
-  if (v.is_number_integer()) return {v.get<int>()};
-  LOOM_CHECK(v.is_array(), k.where(key), ": expected an integer or a list of integers, found ", v.dump());
+  if (!v.is_array()) return {token_id(k, key, v)};
   std::vector<int> ids;
-  for (const json& id : v) {
-    LOOM_CHECK(id.is_number_integer(), k.where(key), ": expected integers, found ", id.dump());
-    ids.push_back(id.get<int>());
-  }
+  for (const json& id : v) ids.push_back(token_id(k, key, id));
   return ids;
 }
 
-// Window per layer (0 = full causal attention).
+// Window per layer (0 = full causal attention). In transformers a null sliding_window means full
+// causal attention, while 0 or a negative W builds the mask kv_idx > q_idx - W
+// (masking_utils.sliding_window_overlay), which with causality leaves no key visible to any query:
+// refused here, also where use_sliding_window turns the window off (a non-positive window is never
+// meant). LlamaConfig has no sliding_window: llama ignores the key, as transformers does.
 std::vector<int> resolve_windows(const Keys& k, const Family& fam, int L) {
   std::vector<int> window(size_t(L), 0);
   if (std::string(fam.arch) == "llama") return window;
+  const int W = k.get_int("sliding_window", kDefaultSlidingWindow);
+  LOOM_CHECK(W > 0, k.where("sliding_window"), " must be a positive number of tokens or null (no window), found ",
+             W);
   const bool qwen = std::string(fam.arch) != "mistral";
+  const int first = qwen ? k.get_int("max_window_layers", kDefaultMaxWindowLayers) : 0;
   if (qwen && !k.get_bool("use_sliding_window", false)) return window;
   if (k.has("sliding_window") && !k.set("sliding_window")) return window;  // explicit null: no window
-  const int W = k.get_int("sliding_window", kDefaultSlidingWindow);
-  LOOM_CHECK(W > 0, k.where("sliding_window"), " must be positive or null, found ", W);
   if (!qwen) return std::vector<int>(size_t(L), W);
   if (k.set("layer_types")) {
     const json& types = k.at("layer_types");
@@ -214,7 +233,6 @@ std::vector<int> resolve_windows(const Keys& k, const Family& fam, int L) {
     }
     return window;
   }
-  const int first = k.get_int("max_window_layers", kDefaultMaxWindowLayers);
   for (int i = std::max(first, 0); i < L; ++i) window[size_t(i)] = W;
   return window;
 }
@@ -240,16 +258,25 @@ void read_quantization(const Keys& k, ModelConfig& c) {
   c.bnb_double_quant = b.get_bool("bnb_4bit_use_double_quant", false);
 }
 
-void check_consistency(const ModelConfig& c, const Keys& k) {
+// Layers are bookkeeping loom sizes from the config alone (windows, LoRA slots, weight groups)
+// before any checkpoint is compared with it. The deepest published decoders have ~126 layers.
+constexpr int kMaxLayers = 1 << 16;
+
+// Every size positive and consistent, checked before anything is allocated from it.
+void check_sizes(const ModelConfig& c, const Keys& k) {
   const std::pair<const char*, int> sizes[] = {{"vocab_size", c.V},          {"hidden_size", c.C},
                                                {"intermediate_size", c.F},   {"num_hidden_layers", c.L},
                                                {"num_attention_heads", c.H}, {"num_key_value_heads", c.KVH},
                                                {"head_dim", c.D},            {"max_position_embeddings", c.max_position}};
   for (const auto& [key, v] : sizes) LOOM_CHECK(v > 0, k.where(key), " must be positive, found ", v);
+  LOOM_CHECK(c.L <= kMaxLayers, k.where("num_hidden_layers"), " = ", c.L, " is more than the ", kMaxLayers,
+             " layers loom supports; is it the model's own config.json?");
   LOOM_CHECK(c.H % c.KVH == 0, k.where("num_key_value_heads"), " (", c.KVH, ") must divide num_attention_heads (",
              c.H, ")");
   LOOM_CHECK(c.D % 2 == 0, k.where("head_dim"), " (", c.D, ") must be even for rotary embeddings");
-  LOOM_CHECK(c.rms_eps > 0, k.where("rms_norm_eps"), " must be positive, found ", c.rms_eps);
+  // Projection widths H·D and KVH·D are ints throughout (projection_shape, kernel arguments).
+  LOOM_CHECK(int64_t(c.H) * c.D <= INT32_MAX, k.where("num_attention_heads"), " × head_dim (", c.H, " × ", c.D,
+             ") overflows 32 bits; is it the model's own config.json?");
 }
 
 ModelConfig parse_config(const json& j, const std::string& file) {
@@ -274,8 +301,10 @@ ModelConfig parse_config(const json& j, const std::string& file) {
     c.D = c.C / c.H;
   }
   c.max_position = k.get_int("max_position_embeddings", fam.max_position);
+  check_sizes(c, k);
   c.initializer_range = k.get_double("initializer_range", 0.02);
-  c.rms_eps = float(k.get_double("rms_norm_eps", 1e-6));
+  LOOM_CHECK(c.initializer_range >= 0, k.where("initializer_range"), " must be >= 0, found ", c.initializer_range);
+  c.rms_eps = float(k.positive("rms_norm_eps", k.get_double("rms_norm_eps", 1e-6)));
   c.tie_embeddings = k.get_bool("tie_word_embeddings", false);
   const std::string act = k.opt_string("hidden_act").value_or("silu");
   LOOM_CHECK(act == "silu", k.where("hidden_act"), ": \"", act, "\" is not supported; loom's MLP is SwiGLU (silu)");
@@ -287,7 +316,7 @@ ModelConfig parse_config(const json& j, const std::string& file) {
   c.mlp_bias = arch == "llama" && k.get_bool("mlp_bias", false);
   c.qk_norm = arch == "qwen3";
 
-  c.window = resolve_windows(k, fam, std::max(c.L, 0));
+  c.window = resolve_windows(k, fam, c.L);
   c.rope = resolve_rope(k, c.max_position);
   c.torch_dtype = k.opt_string("dtype").value_or(k.opt_string("torch_dtype").value_or(""));
   c.eos_ids = token_ids(k, "eos_token_id", fam.eos);
@@ -295,7 +324,6 @@ ModelConfig parse_config(const json& j, const std::string& file) {
   LOOM_CHECK(bos.size() <= 1, k.where("bos_token_id"), ": expected one id, found ", bos.size());
   c.bos_id = bos.empty() ? -1 : bos[0];
   read_quantization(k, c);
-  check_consistency(c, k);
   return c;
 }
 
@@ -470,17 +498,16 @@ double ModelConfig::matmul_params() const {
   return L * per_layer + double(V) * C;           // + lm_head (a matmul even when tied)
 }
 
+double ModelConfig::total_params() const {
+  const double per_layer = 2.0 * C                                      // input / post-attention norms
+                           + (qkv_bias ? double(H + 2 * KVH) * D : 0)  // q/k/v biases
+                           + (o_bias ? C : 0) + (mlp_bias ? 2.0 * F + C : 0) + (qk_norm ? 2.0 * D : 0);
+  return matmul_params() + L * per_layer + (tie_embeddings ? 0 : double(V) * C) + C;  // + embedding, final norm
+}
+
 ModelConfig load_model_config(const std::string& path) {
   const std::string file = config_file(path);
-  std::ifstream in(file);
-  LOOM_CHECK(in, "cannot open ", file, " (expected the config.json of a Hugging Face checkpoint)");
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::exception& e) {
-    fail(file, ": not valid JSON (", e.what(), ")");
-  }
-  return parse_config(j, file);
+  return parse_config(read_json_file(file, "model config"), file);
 }
 
 std::vector<std::string> preset_names() {

@@ -32,6 +32,8 @@ struct ModelConfig {
 
   // Parameters of all matmuls including the LM head (BENCHMARK.md's P; embedding lookup excluded).
   double matmul_params() const;
+  // Every parameter: matmuls, the embedding (unless tied to the head), norms and biases.
+  double total_params() const;
 };
 
 // Reads DIR/config.json (or the file itself). Errors name the file and the key.

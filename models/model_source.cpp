@@ -2,15 +2,21 @@
 
 #include <filesystem>
 
+#include "models/safetensors.h"
 #include "ops/error.h"
 
 namespace loom {
 
 ModelConfig resolve_model_config(const ModelSection& m) {
   if (!m.preset.empty()) return preset_model_config(m.preset);
-  LOOM_CHECK(std::filesystem::is_directory(m.path), "model.path: '", m.path,
+  std::error_code ec;
+  LOOM_CHECK(std::filesystem::is_directory(m.path, ec), "model.path: '", m.path.substr(0, 200),
              "' is not a folder (expected an HF model folder with config.json and *.safetensors)");
-  return load_model_config(m.path);
+  const ModelConfig cfg = load_model_config(m.path);
+  // Now, before a run sizes anything by the config (LoRA, data, weights): the same check that
+  // loading the weights makes, from the checkpoint's headers alone.
+  check_checkpoint_tensors(Checkpoint::open(m.path), cfg);
+  return cfg;
 }
 
 WeightSource weight_source(const ModelSection& m, const ModelConfig& cfg) {

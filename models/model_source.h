@@ -9,7 +9,9 @@
 
 namespace loom {
 
-// config.json of model.path, or the preset. Errors name the config key ("model.path: ...").
+// config.json of model.path, or the preset. Errors name the config key ("model.path: ..."). A
+// checkpoint's tensors are checked against its config.json here (check_checkpoint_tensors), before
+// a run allocates anything sized by it.
 ModelConfig resolve_model_config(const ModelSection& m);
 // Host fp32 weights for the reference path. model.quant = nf4 applies the NF4 round trip
 // (bitsandbytes blocksize 64, double quantization per model.double_quant), unless the checkpoint

@@ -5,7 +5,8 @@
 // A file is accepted only if it passes the reference reader's checks: N <= 100,000,000; the header
 // is a JSON object without duplicate names; every dtype is known; sorted by begin the tensors tile
 // the buffer from 0 with no hole or overlap; end - begin == numel * bits / 8; and the last end is
-// the end of the file. Files are memory-mapped; TensorView::data points into the mapping, which
+// the end of the file. Beyond the reference, the header nests at most kMaxJsonDepth deep (deeper
+// JSON overflows the stack of nlohmann's recursive destructor) and only regular files are opened. Files are memory-mapped; TensorView::data points into the mapping, which
 // stays alive as long as any Checkpoint copy that uses it.
 #include "models/safetensors.h"
 
@@ -16,15 +17,17 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <string_view>
 #include <tuple>
 
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace loom {
 namespace fs = std::filesystem;
@@ -59,12 +62,6 @@ const DTypeInfo* find_dtype(const std::string& name) {
   return nullptr;
 }
 
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 // One tensor entry of a header, before it is tied to the mapping.
 struct HeaderEntry {
   std::string name, dtype_str;
@@ -79,24 +76,33 @@ uint64_t read_u64_le(const uint8_t* p) {
   return v;
 }
 
-// Parses the header text, rejecting duplicate top-level names, which a plain parse would
-// silently resolve to the last one.
-json parse_header_json(const char* text, size_t n, const std::string& path) {
+// Parses depth-bounded JSON, also reporting the first key repeated within the objects at nesting
+// `depth` whose enclosing key is `parent` ("" at depth 1): a plain parse silently keeps the last
+// of two equal keys, which would hide a tensor listed twice.
+json parse_json_unique_keys(std::string_view text, const std::string& where, int depth, const std::string& parent,
+                            std::string* duplicate) {
+  if (json_depth(text) > kMaxJsonDepth)
+    fail(where, ": JSON nested deeper than ", kMaxJsonDepth, " levels; the file is corrupted, re-download it");
   std::set<std::string> seen;
-  std::string duplicate;
-  json::parser_callback_t on_event = [&](int depth, json::parse_event_t event, json& parsed) {
-    if (depth == 1 && event == json::parse_event_t::key && parsed.is_string()) {
-      const std::string& key = parsed.get_ref<const std::string&>();
-      if (!seen.insert(key).second && duplicate.empty()) duplicate = key;
-    }
+  std::string enclosing;  // the latest key one level above `depth`
+  json::parser_callback_t on_event = [&](int d, json::parse_event_t event, json& parsed) {
+    if (event != json::parse_event_t::key || !parsed.is_string()) return true;
+    const std::string& key = parsed.get_ref<const std::string&>();
+    if (d == depth - 1) enclosing = key;
+    if (d == depth && (depth == 1 || enclosing == parent) && !seen.insert(key).second && duplicate->empty())
+      *duplicate = key;
     return true;
   };
-  json header;
   try {
-    header = json::parse(text, text + n, on_event);
-  } catch (const json::exception& e) {
-    fail(path, ": header is not valid JSON (", e.what(), "); the file is corrupted, re-download it");
+    return json::parse(text.begin(), text.end(), on_event);
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers past double range
+    fail(where, ": not valid JSON (", e.what(), "); the file is corrupted, re-download it");
   }
+}
+
+json parse_header_json(const char* text, size_t n, const std::string& path) {
+  std::string duplicate;
+  json header = parse_json_unique_keys(std::string_view(text, n), path + ": header", 1, "", &duplicate);
   LOOM_CHECK(duplicate.empty(), path, ": header lists tensor '", duplicate,
              "' twice; the file is corrupted, re-download it");
   LOOM_CHECK(header.is_object(), path, ": header must be a JSON object, found ", header.type_name(),
@@ -205,6 +211,12 @@ size_t dtype_size(DType t) {
   return 0;
 }
 
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
 int64_t TensorView::numel() const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
@@ -215,7 +227,10 @@ int64_t TensorView::numel() const {
 class FileMap {
  public:
   explicit FileMap(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // Checked before opening: opening a FIFO blocks until a writer comes. O_NONBLOCK covers a
+    // file swapped for a FIFO in between; it changes nothing for a regular file.
+    require_regular_file(path, "safetensors file");
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     LOOM_CHECK(fd >= 0, "cannot open ", path, ": ", std::strerror(errno));
     struct stat st;
     const bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
@@ -223,7 +238,7 @@ class FileMap {
     void* p = regular && size_ > 0 ? mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0) : nullptr;
     const int err = errno;
     ::close(fd);
-    LOOM_CHECK(regular, path, ": not a regular file");
+    LOOM_CHECK(regular, "safetensors file ", path, " is not a regular file; give a regular file");
     LOOM_CHECK(p != MAP_FAILED, "cannot map ", path, " into memory: ", std::strerror(err));
     data_ = static_cast<const uint8_t*>(p);
   }
@@ -306,22 +321,28 @@ std::string missing_checkpoint_hint(const std::string& dir) {
   return "; pass the folder of a Hugging Face checkpoint or a .safetensors file";
 }
 
+// A shard named by the index must be a file beside it: a path could point anywhere.
+void check_shard_name(const std::string& shard, const std::string& tensor, const std::string& index_path) {
+  LOOM_CHECK(!shard.empty() && shard != "." && shard != ".." && shard.find('/') == std::string::npos &&
+                 shard.find('\0') == std::string::npos,
+             index_path, ": weight_map[\"", tensor, "\"] = \"", shard,
+             "\" is not a file name in the checkpoint folder; the index is corrupted, re-download it");
+}
+
 // weight_map of an index file: tensor name -> shard file name.
 std::map<std::string, std::string> read_weight_map(const std::string& index_path) {
-  std::ifstream in(index_path);
-  LOOM_CHECK(in, "cannot open ", index_path, ": ", std::strerror(errno));
-  json index;
-  try {
-    index = json::parse(in);
-  } catch (const json::exception& e) {
-    fail(index_path, ": not valid JSON (", e.what(), "); re-download it");
-  }
+  std::string duplicate;
+  const json index = parse_json_unique_keys(read_regular_file(index_path, "safetensors index"), index_path, 2,
+                                            "weight_map", &duplicate);
   LOOM_CHECK(index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(), index_path,
              ": expected an object with a \"weight_map\" object (tensor name -> shard file)");
+  LOOM_CHECK(duplicate.empty(), index_path, ": weight_map lists tensor '", duplicate,
+             "' twice; the index is corrupted, re-download it");
   std::map<std::string, std::string> map;
   for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
     LOOM_CHECK(it.value().is_string(), index_path, ": weight_map[\"", it.key(), "\"] must be a file name, found ",
                it.value().dump());
+    check_shard_name(it.value().get<std::string>(), it.key(), index_path);
     map[it.key()] = it.value().get<std::string>();
   }
   LOOM_CHECK(!map.empty(), index_path, ": weight_map lists no tensors");
@@ -377,6 +398,9 @@ Checkpoint Checkpoint::open(const std::string& path) {
     }
     add_file(shard_path);
   }
+  for (const auto& [name, view] : ck.tensors_)
+    LOOM_CHECK(weight_map.count(name), "tensor '", name, "' is stored in ", view.file, " but ", index_name,
+               " does not list it; the index does not match the shards, re-download it");
   for (const auto& [name, shard] : weight_map) {
     auto it = ck.tensors_.find(name);
     LOOM_CHECK(it != ck.tensors_.end(), "tensor '", name, "' not found in ", path, " (listed in ", index_name,
@@ -432,15 +456,30 @@ float half_to_float(uint16_t h) {
   return f;
 }
 
-// mmap data carries no alignment guarantee, so every element is loaded with memcpy.
+// mmap data carries no alignment guarantee, so every element is loaded with memcpy. Returns the
+// index of the first non-finite value, or n: the check rides on the conversion pass, which reads
+// every element anyway (weights, adapters and optimizer state must all be finite).
 template <class Bits, class Convert>
-void convert_all(float* out, const uint8_t* src, int64_t n, Convert convert) {
-#pragma omp parallel for schedule(static) if (n > (1 << 20))
+int64_t convert_all(float* out, const uint8_t* src, int64_t n, Convert convert) {
+  int64_t first_bad = n;
+#pragma omp parallel for schedule(static) reduction(min : first_bad) if (n > (1 << 20))
   for (int64_t i = 0; i < n; ++i) {
     Bits b;
     std::memcpy(&b, src + i * int64_t(sizeof(Bits)), sizeof(Bits));
     out[i] = convert(b);
+    if (!std::isfinite(out[i]) && i < first_bad) first_bad = i;
   }
+  return first_bad;
+}
+
+// Flat index i of a row-major tensor as "[a, b, c]".
+std::string index_str(int64_t i, const std::vector<int64_t>& shape) {
+  std::vector<int64_t> at(shape.size());
+  for (size_t d = shape.size(); d-- > 0;) {
+    at[d] = i % shape[d];
+    i /= shape[d];
+  }
+  return shape_str(at);
 }
 
 }  // namespace
@@ -451,12 +490,13 @@ std::vector<float> Checkpoint::read_f32(const std::string& name, const std::vect
              ", expected ", shape_str(expect_shape), " (does config.json belong to this checkpoint?)");
   const int64_t n = t.numel();
   std::vector<float> out(static_cast<size_t>(n));
+  int64_t bad = n;
   switch (t.dtype) {
     case DType::F32:
-      convert_all<float>(out.data(), t.data, n, [](float x) { return x; });
+      bad = convert_all<float>(out.data(), t.data, n, [](float x) { return x; });
       break;
     case DType::BF16:
-      convert_all<uint16_t>(out.data(), t.data, n, [](uint16_t b) {
+      bad = convert_all<uint16_t>(out.data(), t.data, n, [](uint16_t b) {
         uint32_t bits = uint32_t(b) << 16;
         float f;
         std::memcpy(&f, &bits, 4);
@@ -464,11 +504,14 @@ std::vector<float> Checkpoint::read_f32(const std::string& name, const std::vect
       });
       break;
     case DType::F16:
-      convert_all<uint16_t>(out.data(), t.data, n, half_to_float);
+      bad = convert_all<uint16_t>(out.data(), t.data, n, half_to_float);
       break;
     default:
       fail("tensor '", name, "' in ", t.file, " has dtype ", t.dtype_str, "; expected F32, F16 or BF16");
   }
+  LOOM_CHECK(bad == n, "tensor '", name, "' in ", t.file, " holds ", out[size_t(bad)], " at index ",
+             index_str(bad, t.shape), " (the first non-finite value); a checkpoint must be finite: the file is "
+             "corrupted or was saved from a diverged run, re-download or re-export it");
   return out;
 }
 

@@ -13,6 +13,7 @@ namespace loom {
 enum class DType { F32, F16, BF16, U8, I8, I16, I32, I64, F64, BOOL, U16, U32, U64, OTHER };
 const char* dtype_name(DType t);  // "F32", "BF16", ...
 size_t dtype_size(DType t);       // bytes per element (0 for OTHER)
+std::string shape_str(const std::vector<int64_t>& shape);  // "[64, 96]", for messages
 
 struct TensorView {
   std::string name, file;
@@ -30,11 +31,14 @@ class SafetensorsFile;
 class Checkpoint {
  public:
   // DIR containing model.safetensors or model.safetensors.index.json (+ shards), or a .safetensors path.
+  // Only regular files are opened (a FIFO would block); an index must list exactly the shards'
+  // tensors, each once, with shard names that are plain file names beside it.
   static Checkpoint open(const std::string& path);
   bool has(const std::string& name) const;
   const TensorView& get(const std::string& name) const;  // error naming the tensor and the folder
   std::vector<std::string> names() const;
-  // The tensor as fp32 (from F32/F16/BF16), checking the shape; error names tensor, file, shapes.
+  // The tensor as fp32 (from F32/F16/BF16), checking the shape and that every value is finite;
+  // errors name the tensor, the file, the shapes or the first non-finite element.
   std::vector<float> read_f32(const std::string& name, const std::vector<int64_t>& expect_shape) const;
   const std::string& path() const { return path_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }

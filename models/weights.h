@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "models/model_config.h"
+#include "models/safetensors.h"
 
 namespace loom {
 
@@ -48,6 +49,11 @@ class WeightSource {
   uint64_t seed_ = 0;
 };
 
+// Throws unless ck holds exactly the tensors cfg describes, with cfg's shapes, from the headers alone
+// (nothing is allocated by the config's sizes): a missing or mis-shaped tensor names itself, the
+// config.json keys behind its shape and the model sizes; a tensor the model would not use (a
+// config with fewer layers than the checkpoint) is an error too. WeightSource::checkpoint runs it.
+void check_checkpoint_tensors(const Checkpoint& ck, const ModelConfig& cfg);
 // Every tensor of an HF checkpoint (bf16/fp16/fp32, or pre-quantized bitsandbytes NF4, which is
 // dequantized). Errors name the tensor and the file.
 ModelWeights load_weights(const std::string& model_dir, const ModelConfig& cfg);
@@ -58,8 +64,9 @@ ModelWeights random_weights(const ModelConfig& cfg, uint64_t seed);
 // QLoRA on the reference path: every projection matrix replaced by dequantize(quantize_nf4(W)),
 // exactly what the GPU computes with (embedding, norms, biases and LM head stay as they are).
 void apply_nf4_roundtrip(ModelWeights& w, int blocksize, bool double_quant);
-// Writes the weights as an HF checkpoint (config.json + model.safetensors, bf16), e.g. a merged export.
-void save_weights(const std::string& dir, const ModelConfig& cfg, const ModelWeights& w);
+// Writes the weights as an HF checkpoint (config.json + model.safetensors with every tensor in `dtype`:
+// BF16, F16 or F32; no lm_head.weight when the embeddings are tied), e.g. a merged export.
+void save_weights(const std::string& dir, const ModelConfig& cfg, const ModelWeights& w, DType dtype = DType::BF16);
 
 // Pointers to the seven projection matrices of a layer in LoraTarget order (q k v o gate up down).
 std::vector<float>* projection(LayerWeights& lw, int target);

@@ -6,6 +6,7 @@
 #include "models/bnb_nf4.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -228,7 +229,7 @@ TEST_F(BnbFile, RejectsBadQuantStateJson) {
     };
   };
   expect_error([&] { loom::read_bnb_nf4(write("j.safetensors", quantized("w", false), set_state("{\"quant_")), "w", 24, 64); },
-               {"w.quant_state.bitsandbytes__nf4", "not valid JSON"});
+               {"w.quant_state.bitsandbytes__nf4", "invalid JSON"});
   expect_error([&] {
     loom::read_bnb_nf4(write("b.safetensors", quantized("w", false),
                              set_state(R"({"quant_type": "nf4", "blocksize": 48, "dtype": "bfloat16", "shape": [24, 64]})")),
@@ -245,6 +246,26 @@ TEST_F(BnbFile, RejectsBadQuantStateJson) {
                                            "nested_blocksize": 256, "nested_dtype": "float32"})")),
                        "w", 24, 64);
   }, {"tensor 'w'", "no \"nested_offset\""});
+}
+
+// Scales are checked finite as they are read: a NaN absmax would dequantize a whole block to NaN.
+TEST_F(BnbFile, RejectsNonFiniteScales) {
+  Checkpoint absmax = write("a.safetensors", quantized("w", false), [](auto& t) {
+    reinterpret_cast<float*>(find(t, "w.absmax").bytes.data())[2] = std::nanf("");
+  });
+  expect_error([&] { loom::read_bnb_nf4(absmax, "w", 24, 64); }, {"tensor 'w.absmax'", "holds nan at index [2]"});
+  Checkpoint nested = write("n.safetensors", quantized("w", true), [](auto& t) {
+    reinterpret_cast<float*>(find(t, "w.nested_absmax").bytes.data())[0] = -INFINITY;
+  });
+  expect_error([&] { loom::read_bnb_nf4(nested, "w", 24, 64); }, {"tensor 'w.nested_absmax'", "holds -inf at index [0]"});
+  Checkpoint offset = write("o.safetensors", quantized("w", true), [](auto& t) {
+    loom::StoredTensor& s = find(t, "w.quant_state.bitsandbytes__nf4");
+    std::string text(s.bytes.begin(), s.bytes.end());
+    text.replace(text.find("\"nested_offset\": ") + 17, std::string::npos, "1e300}");
+    s.bytes.assign(text.begin(), text.end());
+    s.shape = {int64_t(text.size())};
+  });
+  expect_error([&] { loom::read_bnb_nf4(offset, "w", 24, 64); }, {"tensor 'w'", "nested_offset must be a finite float"});
 }
 
 TEST(BnbCheckpoint, QuantStateJsonWritesOffsetsAsPythonDoes) {

@@ -2,6 +2,9 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "engine/checkpoint.h"
 #include "ops/error.h"
@@ -85,6 +88,69 @@ TEST(Lora, LoadRejectsAMismatchedRank) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("r = 4 but the run uses lora.r = 8"), std::string::npos) << e.what();
   }
+}
+
+// A rank above min(in, out) adds nothing (B·A has rank <= min(in, out)); lora.r: 2147483647 used to
+// reach lora_init and die of bad_alloc.
+TEST(Lora, RankAboveTheNarrowestTargetedSideIsRefused) {
+  ModelConfig m = preset_model_config("tiny");  // k_proj / v_proj: 128 -> 64
+  EXPECT_EQ(make_lora_layout(m, section(64, 8, {"k_proj"})).R, 64);
+  test::expect_error([&] { make_lora_layout(m, section(65, 8, {"k_proj"})); },
+                     {"LoRA rank r = 65 exceeds the smaller side of k_proj (128 -> 64)", "lora.r <= 64"});
+  test::expect_error([&] { make_lora_layout(m, section(2147483647, 8)); }, {"r = 2147483647", "q_proj"});
+  EXPECT_EQ(make_lora_layout(m, section(2147483647, 8, {})).total, 0);  // no targets, nothing sized by r
+}
+
+// adapter_config.json keys are typed; errors name the file and the key instead of a JSON exception.
+TEST(Lora, AdapterConfigWithWrongTypesNamesFileAndKey) {
+  ModelConfig m = preset_model_config("tiny");
+  LoraLayout lay = make_lora_layout(m, section(4, 8));
+  const std::string dir = temp_dir("types");
+  save_peft_adapter(dir, lay, lora_init(lay, 1), "x");
+  const std::string good = [&] {
+    std::ifstream f(dir + "/adapter_config.json");
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }();
+  auto with = [&](const std::string& key, const std::string& value) {
+    nlohmann::json j = nlohmann::json::parse(good);
+    if (value.empty())
+      j.erase(key);
+    else
+      j[key] = nlohmann::json::parse(value);
+    std::ofstream(dir + "/adapter_config.json") << j.dump();
+  };
+  const std::string file = dir + "/adapter_config.json: ";
+  const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
+      {"r", "\"4\"", file + "r: expected an integer, found \"4\""},
+      {"lora_alpha", "null", ""},  // PEFT default 8 = the layout's alpha: accepted
+      {"lora_alpha", "[8]", file + "lora_alpha: expected a number, found [8]"},
+      {"use_rslora", "\"false\"", file + "use_rslora: expected true or false"},
+      {"target_modules", "", file + "target_modules is missing"},
+      {"use_dora", "1", file + "use_dora: expected true or false, found 1"},
+  };
+  for (const auto& [key, value, want] : cases) {
+    SCOPED_TRACE(key + " = " + value);
+    with(key, value);
+    if (want.empty())
+      EXPECT_EQ(load_peft_adapter(dir, lay).size(), size_t(lay.total));
+    else
+      test::expect_error([&] { load_peft_adapter(dir, lay); }, {want});
+  }
+}
+
+TEST(Lora, AdapterTensorsTheLayoutDoesNotUseAreNamed) {
+  ModelConfig m = preset_model_config("tiny");
+  LoraLayout all = make_lora_layout(m, section(4, 8, {"all-linear"}));
+  LoraLayout qv = make_lora_layout(m, section(4, 8, {"q_proj", "v_proj"}));
+  const std::string dir = temp_dir("extra");
+  save_peft_adapter(dir, all, lora_init(all, 1), "x");
+  // adapter_config.json says q_proj, v_proj; the tensors cover every projection.
+  const std::string qv_dir = temp_dir("extra_qv");
+  save_peft_adapter(qv_dir, qv, lora_init(qv, 1), "x");
+  fs::copy_file(qv_dir + "/adapter_config.json", dir + "/adapter_config.json", fs::copy_options::overwrite_existing);
+  test::expect_error([&] { load_peft_adapter(dir, qv); },
+                     {"adapter_model.safetensors: tensor 'base_model.model.model.layers.0.mlp.down_proj.lora_A.weight' "
+                      "is not an adapter of this model"});
 }
 
 // W' = W + s·B·A with no adapter computes what W with the adapter computes.

@@ -3,6 +3,8 @@
 // rejection, the BENCHMARK.md presets and the save/load round trip.
 #include "models/model_config.h"
 
+#include <sys/stat.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -333,13 +335,72 @@ TEST_F(ModelConfigFile, RejectsBadLayerTypesAndJson) {
   expect_error(minimal("Qwen2ForCausalLM", R"("use_sliding_window": true,
                        "layer_types": ["full_attention", "chunked", "full_attention", "full_attention"])"),
                {"layer_types[1]", "\"chunked\""});
-  expect_error("{\"model_type\": ", {"config.json: not valid JSON"});
-  try {
-    loom::load_model_config(dir_ + "/missing");
-    ADD_FAILURE() << "no error for a missing file";
-  } catch (const loom::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("cannot open"), std::string::npos) << e.what();
+  expect_error("{\"model_type\": ", {"config.json: invalid JSON"});
+  loom::test::expect_error([&] { loom::load_model_config(dir_ + "/missing"); },
+                           {"model config", dir_ + "/missing", "no such file"});
+}
+
+// transformers: a null sliding_window is full causal attention; 0 or a negative window would mask
+// every key (kv_idx > q_idx - W with causality), so it is refused even where use_sliding_window is false.
+TEST_F(ModelConfigFile, SlidingWindowNullIsFullAttentionAndNonPositiveIsRefused) {
+  expect_no_window(load(minimal("MistralForCausalLM", R"("sliding_window": null)")));
+  EXPECT_EQ(load(minimal("MistralForCausalLM")).window, std::vector<int>(4, 4096));  // class default
+  for (const char* w : {"0", "-1"}) {
+    expect_error(minimal("MistralForCausalLM", std::string(R"("sliding_window": )") + w),
+                 {"config.json: sliding_window must be a positive number of tokens or null", std::string("found ") + w});
+    expect_error(minimal("Qwen2ForCausalLM", std::string(R"("use_sliding_window": false, "sliding_window": )") + w),
+                 {"config.json: sliding_window must be a positive number"});
   }
+  // LlamaConfig has no sliding_window: transformers ignores the key, so does loom.
+  expect_no_window(load(minimal("LlamaForCausalLM", R"("sliding_window": 0)")));
+}
+
+TEST_F(ModelConfigFile, NumbersMustBePositiveAndFiniteAsFloats) {
+  expect_error(minimal("LlamaForCausalLM", R"("rms_norm_eps": 0)"),
+               {"config.json: rms_norm_eps must be a positive finite number, found 0"});
+  // 1e-50 is positive as a double but 0 as the float the kernels use.
+  expect_error(minimal("LlamaForCausalLM", R"("rms_norm_eps": 1e-50)"), {"rms_norm_eps must be a positive finite"});
+  expect_error(minimal("LlamaForCausalLM", R"("rope_theta": -10000)"), {"config.json: rope_theta must be a positive"});
+  expect_error(minimal("LlamaForCausalLM", R"("rope_scaling": {"rope_type": "linear", "factor": 0})"),
+               {"config.json: rope_scaling.factor must be a positive finite number, found 0"});
+  expect_error(minimal("LlamaForCausalLM", R"("rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1,
+                                              "high_freq_factor": 4, "original_max_position_embeddings": 0})"),
+               {"config.json: rope_scaling.original_max_position_embeddings must be positive, found 0"});
+  expect_error(minimal("LlamaForCausalLM", R"("initializer_range": -0.02)"), {"config.json: initializer_range must be >= 0"});
+  expect_error(R"({"model_type": "llama", "hidden_size": 1e400})", {"config.json: invalid JSON", "number overflow"});
+}
+
+TEST_F(ModelConfigFile, TokenIdsAreNonNegativeInt32) {
+  EXPECT_EQ(load(minimal("LlamaForCausalLM", R"("eos_token_id": [2, 2147483647])")).eos_ids,
+            (std::vector<int>{2, 2147483647}));
+  for (const char* id : {"-1", "2147483648", "1099511627776", "1.5", "\"2\"", "[1, -3]"})
+    expect_error(minimal("LlamaForCausalLM", std::string(R"("eos_token_id": )") + id),
+                 {"config.json: eos_token_id: expected token ids (integers >= 0)"});
+}
+
+TEST_F(ModelConfigFile, SizesBoundedBeforeAnythingIsSizedByThem) {
+  expect_error(minimal("LlamaForCausalLM", R"("num_hidden_layers": 2147483647)"),
+               {"config.json: num_hidden_layers = 2147483647 is more than the 65536 layers"});
+  expect_error(minimal("LlamaForCausalLM", R"("head_dim": 1073741824)"),
+               {"config.json: num_attention_heads × head_dim (32 × 1073741824) overflows 32 bits"});
+  expect_error(minimal("LlamaForCausalLM", R"("vocab_size": 4294967296)"), {"config.json: vocab_size: 4294967296 is out of range"});
+}
+
+TEST_F(ModelConfigFile, ConfigThatIsNotARegularFileOrNestsTooDeep) {
+  std::filesystem::create_directories(dir_ + "/config.json");
+  loom::test::expect_error([&] { loom::load_model_config(dir_); }, {dir_ + "/config.json", "is a folder"});
+  std::filesystem::remove(dir_ + "/config.json");
+  ASSERT_EQ(mkfifo((dir_ + "/config.json").c_str(), 0600), 0);
+  loom::test::expect_error([&] { loom::load_model_config(dir_); }, {"config.json", "FIFO"});  // no hang
+  std::filesystem::remove(dir_ + "/config.json");
+  expect_error(std::string(100000, '[') + std::string(100000, ']'), {"config.json: JSON nested deeper than 64 levels"});
+}
+
+// Every parameter: Llama-3.1-8B's published count is 8,030,261,248.
+TEST(ModelConfig, TotalParamsCountsEmbeddingNormsAndBiases) {
+  EXPECT_EQ(loom::load_model_config(fixture("llama-3.1-8b.json")).total_params(), 8030261248.0);
+  // Tied: the embedding is the head, counted once (Llama-3.2-1B: 1,235,814,400).
+  EXPECT_EQ(loom::load_model_config(fixture("llama-3.2-1b-transformers5.json")).total_params(), 1235814400.0);
 }
 
 TEST(ModelConfig, PresetsMatchBenchmarkTable) {

@@ -3,6 +3,8 @@
 // the tensor and the problem.
 #include "models/safetensors.h"
 
+#include <sys/stat.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -102,9 +104,9 @@ TEST_F(Safetensors, ScalarAndEmptyTensors) {
 }
 
 TEST_F(Safetensors, ReadF32ConvertsHalfAndBfloat16Exactly) {
-  // F16: 1, -2, 65504 (max), 2^-24 (smallest subnormal), 2^-14 (smallest normal), -0, +inf.
-  const uint16_t f16[] = {0x3c00, 0xc000, 0x7bff, 0x0001, 0x0400, 0x8000, 0x7c00};
-  const float f16_want[] = {1.f, -2.f, 65504.f, std::ldexp(1.f, -24), std::ldexp(1.f, -14), -0.f, INFINITY};
+  // F16: 1, -2, 65504 (max), 2^-24 (smallest subnormal), 2^-14 (smallest normal), -0, 0.5.
+  const uint16_t f16[] = {0x3c00, 0xc000, 0x7bff, 0x0001, 0x0400, 0x8000, 0x3800};
+  const float f16_want[] = {1.f, -2.f, 65504.f, std::ldexp(1.f, -24), std::ldexp(1.f, -14), -0.f, 0.5f};
   // BF16: 1, -3.140625 (0xc049), 2^-133 (bf16 subnormal).
   const uint16_t bf16[] = {0x3f80, 0xc049, 0x0001};
   const float bf16_want[] = {1.f, -3.140625f, std::ldexp(1.f, -133)};
@@ -118,6 +120,23 @@ TEST_F(Safetensors, ReadF32ConvertsHalfAndBfloat16Exactly) {
   }
   std::vector<float> b = ck.read_f32("b", {3});
   for (int i = 0; i < 3; ++i) EXPECT_EQ(b[i], bf16_want[i]) << i;
+}
+
+// Infinities and NaN of every float dtype are refused, naming the tensor and the first bad element
+// (row-major, as [row, col]), whatever comes after it.
+TEST_F(Safetensors, ReadF32RejectsNonFiniteValuesNamingTheFirst) {
+  const uint16_t f16[6] = {0x3c00, 0x3c00, 0x3c00, 0x3c00, 0x7c00, 0x7e00};  // +inf at 4, NaN at 5
+  const uint16_t bf16[6] = {0x3f80, 0xff80, 0x3f80, 0x7fc0, 0x3f80, 0x3f80};  // -inf at 1, NaN at 3
+  float f32[6] = {1, 2, 3, 4, 5, 6};
+  f32[2] = std::nanf("");
+  loom::write_safetensors(path("n.safetensors"), {{"model.layers.0.mlp.up_proj.weight", DType::F16, {2, 3}, f16},
+                                                  {"b", DType::BF16, {2, 3}, bf16},
+                                                  {"f", DType::F32, {6}, f32}});
+  Checkpoint ck = Checkpoint::open(path("n.safetensors"));
+  expect_error([&] { ck.read_f32("model.layers.0.mlp.up_proj.weight", {2, 3}); },
+               {"tensor 'model.layers.0.mlp.up_proj.weight'", "n.safetensors", "holds inf at index [1, 1]"});
+  expect_error([&] { ck.read_f32("b", {2, 3}); }, {"tensor 'b'", "holds -inf at index [0, 1]"});
+  expect_error([&] { ck.read_f32("f", {6}); }, {"tensor 'f'", "holds nan at index [2]"});
 }
 
 TEST_F(Safetensors, ReadF32RejectsShapeMismatchAndIntegerDtype) {
@@ -207,6 +226,38 @@ TEST_F(Safetensors, RejectsTensorStoredInTwoShards) {
   expect_error([&] { Checkpoint::open(path("m")); }, {"tensor 'a' is stored twice", "s1.safetensors", "s2.safetensors"});
 }
 
+TEST_F(Safetensors, RejectsIndexWithDuplicateOrUnlistedTensorsOrPathsAsShardNames) {
+  fs::create_directory(path("m"));
+  float a[1] = {1};
+  loom::write_safetensors(path("m/s1.safetensors"), {{"a", DType::F32, {1}, a}, {"b", DType::F32, {1}, a}});
+  write_text(path("m/model.safetensors.index.json"), R"({"weight_map": {"a": "s1.safetensors", "a": "s1.safetensors"}})");
+  expect_error([&] { Checkpoint::open(path("m")); }, {"model.safetensors.index.json", "weight_map lists tensor 'a' twice"});
+  write_text(path("m/model.safetensors.index.json"), R"({"weight_map": {"a": "s1.safetensors"}})");
+  expect_error([&] { Checkpoint::open(path("m")); },
+               {"tensor 'b' is stored in", "s1.safetensors", "model.safetensors.index.json does not list it"});
+  write_text(path("m/model.safetensors.index.json"),
+             R"({"weight_map": {"a": "s1.safetensors", "b": "../m/s1.safetensors"}})");
+  expect_error([&] { Checkpoint::open(path("m")); },
+               {"weight_map[\"b\"] = \"../m/s1.safetensors\" is not a file name in the checkpoint folder"});
+  // A key repeated outside weight_map is not a tensor listed twice (the metadata is not read).
+  write_text(path("m/model.safetensors.index.json"),
+             R"({"metadata": {"total_size": 8, "total_size": 8}, "weight_map": {"a": "s1.safetensors", "b": "s1.safetensors"}})");
+  EXPECT_EQ(Checkpoint::open(path("m")).names().size(), 2u);
+}
+
+TEST_F(Safetensors, RefusesFilesThatAreNotRegularWithoutBlocking) {
+  ASSERT_EQ(mkfifo(path("model.safetensors").c_str(), 0600), 0);
+  expect_error([&] { Checkpoint::open(path("model.safetensors")); },
+               {"safetensors file", "model.safetensors is a FIFO (named pipe)"});
+  fs::create_directories(path("m/model.safetensors"));
+  expect_error([&] { Checkpoint::open(path("m")); }, {"m/model.safetensors is a folder"});
+}
+
+TEST_F(Safetensors, RejectsHeaderNestedTooDeep) {
+  std::string p = write_raw("deep.safetensors", std::string(200000, '[') + std::string(200000, ']'), "");
+  expect_error([&] { Checkpoint::open(p); }, {"deep.safetensors: header: JSON nested deeper than 64 levels"});
+}
+
 TEST_F(Safetensors, RejectsFolderWithoutCheckpoint) {
   fs::create_directory(path("m"));
   write_text(path("m/pytorch_model.bin"), "x");
@@ -269,7 +320,7 @@ TEST_F(Safetensors, RejectsWrongByteCount) {
 
 TEST_F(Safetensors, RejectsBadJson) {
   std::string p = write_raw("j.safetensors", R"({"w":{"dtype":"BF16",)", "");
-  expect_error([&] { Checkpoint::open(p); }, {"j.safetensors", "header is not valid JSON"});
+  expect_error([&] { Checkpoint::open(p); }, {"j.safetensors: header: not valid JSON"});
   std::string q = write_raw("arr.safetensors", "[1, 2]", "");
   expect_error([&] { Checkpoint::open(q); }, {"arr.safetensors", "must be a JSON object, found array"});
   std::string r = write_raw("neg.safetensors", R"({"w":{"dtype":"U8","shape":[-1],"data_offsets":[0,0]}})", "");
