@@ -260,10 +260,11 @@ struct MaxError {
   bool finite = true;
 };
 
+// A non-finite value on either side marks the result non-finite (and names its first index).
 MaxError max_abs_error(const std::vector<float>& got, const std::vector<float>& want) {
   MaxError e;
   for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) {
+    if (!std::isfinite(got[i]) || !std::isfinite(want[i])) {
       if (e.finite) e.worst = i;
       e.finite = false;
       continue;
@@ -282,10 +283,14 @@ MaxError max_abs_error(const std::vector<float>& got, const std::vector<float>& 
 void expect_flash_rule(const std::vector<float>& got, const std::vector<float>& plain, const std::vector<float>& ref,
                        const std::string& what, int heads, int D) {
   ASSERT_EQ(got.size(), ref.size()) << what;
+  ASSERT_EQ(plain.size(), ref.size()) << what;
   const MaxError kernel = max_abs_error(got, ref), baseline = max_abs_error(plain, ref);
+  ASSERT_TRUE(baseline.finite) << what << ": the plain bf16 or the fp32 reference is not finite at index "
+                               << baseline.worst;
   const size_t w = kernel.worst;
   const std::string where = cat("token ", w / (size_t(heads) * D), ", head ", (w / D) % heads, ", dim ", w % D);
-  EXPECT_TRUE(kernel.finite) << what << ": non-finite value (never written?) at " << where << ": " << got[w];
+  EXPECT_TRUE(kernel.finite) << what << ": non-finite value (never written?) at " << where << ": got " << got[w]
+                             << ", want " << ref[w];
   const test::Diff rel = test::compare(got.data(), ref.data(), got.size());
   EXPECT_LE(kernel.max_abs, 2 * baseline.max_abs)
       << what << ": max abs err " << kernel.max_abs << " (max rel " << rel.max_rel << ") at " << where << ": got "

@@ -1,12 +1,23 @@
 // The GPU training step against the fp32 reference path, on the HF parity fixtures of the four
 // architectures, with NF4 and bf16 base weights: gradients of the first step, the loss of each of
-// 20 AdamW steps, and the final LoRA weights.
-// Tolerances follow the flash-attention rule: the GPU may be at most twice as far from fp32 as a
-// plain bf16 implementation is. tools/make_hf_fixtures.py measures that yardstick per fixture
-// ("bf16_baseline" in expected.json: HF computing in bf16 with fp32 master LoRA weights, against
-// HF in fp32, same data, same 20 steps at lr 1e-3). These tiny random models are harsher on bf16
-// than real ones (a few large logits dominate a max-error metric), which is why the yardstick is
-// measured rather than guessed. Measured values are printed.
+// 20 AdamW steps, the final LoRA weights, and the per-token losses of the forward-only (scoring) path.
+// Tolerances follow the flash-attention rule: the GPU may be at most kRule = 2 times as far from fp32
+// as a plain bf16 implementation is. The yardstick ("bf16_baseline" in expected.json) is measured
+// per fixture by tools/make_hf_fixtures.py --yardstick-only (torch 2.15.0 on a CPU, transformers
+// 5.23.0, peft 0.21.2; the fixture records the versions, printed below): HF computing in loom's GPU
+// precision (bf16 storage, fp32 accumulation, fp32 logits, loss, LoRA gradients and master weights)
+// against HF in fp32, on the same data (the worse of two accumulation orders, fp32 and fp64 sums:
+// the order decides which outputs near a bf16 tie round up, and over 20 steps that alone moves the
+// step losses by up to 2x), and measured exactly as here:
+//   token_loss_abs        max over tokens of |loss_t - loss_t(fp32)|, starting weights  (scoring)
+//   grad_scaled           max over LoRA tensors of the tensor's scaled error, step-1 gradients
+//   step_loss_rel         max over the 20 steps of |loss - loss(fp32)| / loss(fp32)
+//   final_weights_scaled  max over LoRA tensors of the tensor's scaled error, after 20 steps
+// Each LoRA tensor is compared against its own scale (tests/lora_compare.h): one max over the flat
+// vector would let a wrong tensor hide behind the largest one. These tiny random models are harsher
+// on bf16 than real ones, which is why the yardstick is measured rather than guessed. The NF4 cases
+// use the same yardstick: both paths quantize the same bf16 weights, and the GPU's dequantized weights
+// carry one bf16 rounding more than the reference's (weights only). Measured values are printed.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -22,20 +33,22 @@
 #include "models/reference_model.h"
 #include "models/weights.h"
 #include "tests/hf_fixture.h"
+#include "tests/lora_compare.h"
 #include "tests/test_util.h"
 
 namespace loom {
 namespace {
 
-constexpr double kRule = 2.0;  // at most twice the error of plain bf16
+constexpr double kRule = 2.0;  // at most twice the error of bf16 in loom's precision (header comment)
 
 struct StepFixture : test::HfFixture {
   std::vector<MicroBatch> micro;
   int64_t n_targets = 0;
   float lr = 0;
   int steps = 0;
-  // Errors of HF in bf16 vs fp32 on this fixture (see the header comment).
-  double base_loss = 0, base_grads = 0, base_step_loss = 0, base_weights = 0;
+  // The yardstick of this fixture (see the header comment) and the versions that measured it.
+  double base_token_loss = 0, base_grads = 0, base_step_loss = 0, base_weights = 0;
+  std::string measured_by;
 };
 
 StepFixture load_setup(const std::string& arch) {
@@ -48,10 +61,12 @@ StepFixture load_setup(const std::string& arch) {
   const auto& b = s.expected["bf16_baseline"];
   s.lr = b["lr"];
   s.steps = b["steps"];
-  s.base_loss = b["loss_rel"];
+  s.base_token_loss = b["token_loss_abs"];
   s.base_grads = b["grad_scaled"];
   s.base_step_loss = b["step_loss_rel"];
   s.base_weights = b["final_weights_scaled"];
+  s.measured_by = cat("torch ", b["torch"].get<std::string>(), ", transformers ", b["transformers"].get<std::string>(),
+                      ", peft ", b["peft"].get<std::string>());
   return s;
 }
 
@@ -85,11 +100,12 @@ ReferenceModel make_cpu(const StepFixture& s, const std::string& quant, float dr
 }
 
 // The fixture's 20 AdamW steps on both paths: step-1 gradients, every step's loss and the final
-// LoRA weights within kRule times HF's own bf16 error.
+// LoRA weights within kRule times the yardstick, each LoRA tensor on its own.
 void expect_gpu_follows_reference(const std::string& arch, const std::string& quant, float dropout) {
   StepFixture s = load_setup(arch);
   ReferenceModel cpu = make_cpu(s, quant, dropout);
   auto gpu = make_gpu(s, quant, "selective", dropout);
+  const std::string label = cat(arch, "/", quant, ", dropout ", dropout);
   const float scale = 1.f / float(s.n_targets);
   std::vector<float> params = s.lora, grads(s.layout.total, 0.f);
   OptimizerState st;
@@ -102,21 +118,24 @@ void expect_gpu_follows_reference(const std::string& arch, const std::string& qu
       gpu->forward_backward(mb, scale, dropout_seed(step, i), i + 1 == s.micro.size());
     }
     if (step == 1) {
-      const double eg = test::scaled_error(gpu->lora_grads(), grads);
-      std::printf("[%s/%s, dropout %.2f] step-1 LoRA gradients: max scaled error %.3f (plain bf16: %.3f)\n",
-                  arch.c_str(), quant.c_str(), dropout, eg, s.base_grads);
-      EXPECT_LE(eg, kRule * s.base_grads);
+      const test::TensorError eg = test::expect_lora_tensors_close(s.layout, gpu->lora_grads(), grads,
+                                                                   kRule * s.base_grads, label + ", step-1 LoRA gradients");
+      std::printf("[%s] step-1 LoRA gradients: worst tensor %s, scaled error %.4f (yardstick %.4f, tolerance %.4f)\n",
+                  label.c_str(), eg.name.c_str(), eg.error, s.base_grads, kRule * s.base_grads);
     }
     optimizer_step(params, grads, st, s.train, s.lr);
     const double gpu_loss = gpu->end_step(s.lr).loss_sum * scale;
-    worst_loss = std::max(worst_loss, std::fabs(gpu_loss - cpu_loss) / cpu_loss);
+    const double rel = test::relative_error(gpu_loss, cpu_loss);
+    EXPECT_LE(rel, kRule * s.base_step_loss) << label << ", step " << step << ": GPU loss " << gpu_loss
+                                             << ", reference " << cpu_loss;
+    worst_loss = test::max_keeping_nan(worst_loss, rel);
   }
-  const double ew = test::scaled_error(gpu->lora_params(), params);
-  std::printf("[%s/%s, dropout %.2f] %d steps: worst step-loss rel error %.4f (plain bf16: %.4f), final LoRA "
-              "weights %.4f (plain bf16: %.4f)\n",
-              arch.c_str(), quant.c_str(), dropout, s.steps, worst_loss, s.base_step_loss, ew, s.base_weights);
-  EXPECT_LE(worst_loss, kRule * s.base_step_loss);
-  EXPECT_LE(ew, kRule * s.base_weights);
+  const test::TensorError ew = test::expect_lora_tensors_close(s.layout, gpu->lora_params(), params,
+                                                               kRule * s.base_weights, label + ", final LoRA weights");
+  std::printf("[%s] %d steps: worst step-loss rel error %.5f (yardstick %.5f, tolerance %.5f); final LoRA weights: "
+              "worst tensor %s, scaled error %.4f (yardstick %.4f, tolerance %.4f); yardstick by %s\n",
+              label.c_str(), s.steps, worst_loss, s.base_step_loss, kRule * s.base_step_loss, ew.name.c_str(), ew.error,
+              s.base_weights, kRule * s.base_weights, s.measured_by.c_str());
 }
 
 using Case = std::tuple<std::string, std::string>;  // arch, quant
@@ -129,7 +148,7 @@ TEST_P(GpuStep, TwentyStepsFollowTheReference) {
 }
 
 // Both paths draw the same masks (ops/dropout.h), so with dropout the GPU stays as close to the
-// reference as without. The yardstick is still HF's bf16 error without dropout (HF's masks come
+// reference as without. The yardstick is still the one measured without dropout (HF's masks come
 // from torch's generator and cannot be matched).
 TEST(GpuStepDropout, TwentyStepsFollowTheReference) {
   REQUIRE_GPU();
@@ -164,22 +183,32 @@ TEST(GpuStepRecompute, PoliciesGiveIdenticalResults) {
   }
 }
 
-// The forward-only path (scoring): the mean loss as the reference's, within the rule.
-TEST(GpuStepScore, ForwardLossMatchesTheReference) {
+// The forward-only path (scoring): every token's loss as the reference's, within kRule times the
+// yardstick's largest per-token error (a sum over tokens would let errors of opposite sign cancel).
+TEST(GpuStepScore, TokenLossesMatchTheReferencePerToken) {
   REQUIRE_GPU();
-  StepFixture s = load_setup("llama");
-  ReferenceModel cpu = make_cpu(s, "bf16");
-  auto gpu = make_gpu(s, "bf16", "none");
-  double want = 0, got = 0;
-  for (const MicroBatch& mb : s.micro) {
-    std::vector<float> ref(mb.T());
-    cpu.run(mb, s.lora.data(), nullptr, 1.f, ref.data());
-    for (float x : ref) want += x;
-    for (float x : gpu->token_losses(mb)) got += x;
+  for (const char* arch : {"llama", "mistral", "qwen2", "qwen3"}) {
+    StepFixture s = load_setup(arch);
+    ReferenceModel cpu = make_cpu(s, "bf16");
+    auto gpu = make_gpu(s, "bf16", "none");
+    const double tol = kRule * s.base_token_loss;
+    double worst = 0;
+    for (size_t i = 0; i < s.micro.size(); ++i) {
+      const MicroBatch& mb = s.micro[i];
+      std::vector<float> want(mb.T());
+      cpu.run(mb, s.lora.data(), nullptr, 1.f, want.data());
+      const std::vector<float> got = gpu->token_losses(mb);
+      ASSERT_EQ(got.size(), want.size()) << arch << " micro-batch " << i;
+      for (size_t t = 0; t < got.size(); ++t) {
+        const double err = test::absolute_error(got[t], want[t]);
+        EXPECT_LE(err, tol) << arch << ", micro-batch " << i << ", token " << t << ": GPU loss " << got[t]
+                            << ", reference " << want[t];
+        worst = test::max_keeping_nan(worst, err);
+      }
+    }
+    std::printf("[%s/bf16] per-token losses: max abs error %.5f (yardstick %.5f, tolerance %.5f)\n", arch, worst,
+                s.base_token_loss, tol);
   }
-  const double rel = std::fabs(got - want) / want;
-  std::printf("[llama/bf16] forward loss rel error %.5f (plain bf16: %.5f)\n", rel, s.base_loss);
-  EXPECT_LE(rel, kRule * s.base_loss);
 }
 
 }  // namespace

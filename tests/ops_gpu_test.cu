@@ -6,7 +6,7 @@
 // differences left are the kernels' own roundings and fp32 summation order. Tolerances follow from:
 //   one round-to-nearest-even to bf16 (8 significant bits) moves a value by at most 2^-8 of itself
 //   (kBf16Eps); fp32 math in a different order moves results by ~1e-7 relative, well under kSlack.
-// Exact ops (copies, casts, NF4 dequantization, AdamW) are compared bit for bit.
+// Exact ops (copies, casts, bias add, NF4 dequantization, AdamW) are compared bit for bit.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "ops/adamw.h"
+#include "ops/bias.h"
 #include "ops/cast.h"
 #include "ops/cross_entropy.h"
 #include "ops/dropout.h"
@@ -148,12 +149,14 @@ void expect_bitwise_equal(const std::vector<float>& got, const std::vector<float
 void expect_within(const std::vector<float>& got, const std::vector<float>& want, const std::vector<double>& bound,
                    const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what << ": size";
+  ASSERT_EQ(bound.size(), want.size()) << what << ": bounds";
   size_t worst = 0;
   double worst_ratio = 0, max_abs = 0;
   for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - double(want[i]));
-    const double ratio = std::isfinite(err) ? err / bound[i] : INFINITY;
-    max_abs = std::max(max_abs, err);
+    // A NaN or Inf on either side, or in the bound (computed from the reference), fails.
+    const double err = test::absolute_error(got[i], want[i]);
+    const double ratio = !std::isfinite(err) || !std::isfinite(bound[i]) ? INFINITY : err == 0 ? 0 : err / bound[i];
+    max_abs = test::max_keeping_nan(max_abs, err);
     if (ratio > worst_ratio) worst_ratio = ratio, worst = i;
   }
   EXPECT_LE(worst_ratio, 1.0) << what << ": error " << std::fabs(double(got[worst]) - want[worst]) << " > bound "
@@ -228,6 +231,35 @@ TEST(Cast, FillWritesEveryElementAndNothingElse) {
     expect_bitwise_equal(download(b), want, "bf16 fill, n " + std::to_string(n));
     std::fill(want.begin() + 1, want.end() - 1, 1.f / 3);
     expect_bitwise_equal(download(f), want, "fp32 fill, n " + std::to_string(n));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// bias
+
+// y (N, out) += b: an fp32 add and one rounding (ops/bias.h), so bit-exact with the same sum on
+// the host. Widths 1..4099 (no multiple of the 256-thread block, most no multiple of 8); 1000 x
+// 4099 elements need more than the 4096 blocks the launcher caps the grid at (the grid-stride
+// loop); N = 0 writes nothing. Guard elements on both sides of y must keep their value.
+TEST(Bias, AddIsBitExactAndWritesOnlyItsRows) {
+  REQUIRE_GPU();
+  for (int out : {1, 8, 37, 896, 4099}) {
+    for (int64_t N : {int64_t(0), int64_t(1), int64_t(37), int64_t(1000)}) {
+      for (int offset : {0, 1}) {  // offset 1: unaligned y and b
+        SCOPED_TRACE("out " + std::to_string(out) + ", N " + std::to_string(N) + ", offset " + std::to_string(offset));
+        const int64_t n = N * out;
+        const std::vector<float> y = random_bf16(n, 91 + out, -4.f, 4.f), b = random_bf16(out, 92 + N);
+        const float guard = 7.f;
+        DeviceBuffer<bf16> d_y(n + offset + 1), d_b(out + offset);
+        fill(d_y.get(), guard, int64_t(d_y.size()), kStream);
+        upload(d_y.get() + offset, y);
+        upload(d_b.get() + offset, b);
+        bias_add(d_y.get() + offset, d_b.get() + offset, N, out, kStream);
+        std::vector<float> want(d_y.size(), guard);
+        for (int64_t i = 0; i < n; ++i) want[offset + i] = round_bf16(y[i] + b[i % out]);
+        expect_bitwise_equal(download(d_y), want, "y + b with guards");
+      }
+    }
   }
 }
 

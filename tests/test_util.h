@@ -3,6 +3,7 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -102,18 +103,44 @@ class TempDirTest : public testing::Test {
   std::string dir_;
 };
 
+// max(acc, x) that keeps a NaN: std::max(acc, NaN) returns acc, so a "worst error so far" built
+// with std::max silently drops a NaN error and the test passes on garbage.
+inline double max_keeping_nan(double acc, double x) {
+  return std::isnan(acc) || std::isnan(x) ? NAN : std::max(acc, x);
+}
+
+// |got - want| / |want|, +inf when either is not finite (or want is 0 while got is not), so that
+// every EXPECT_LE(relative_error(...), tol) fails on NaN or Inf.
+inline double relative_error(double got, double want) {
+  if (!std::isfinite(got) || !std::isfinite(want)) return INFINITY;
+  if (got == want) return 0;
+  return want == 0 ? INFINITY : std::fabs(got - want) / std::fabs(want);
+}
+
+// |got - want|, +inf when either is not finite.
+inline double absolute_error(double got, double want) {
+  if (!std::isfinite(got) || !std::isfinite(want)) return INFINITY;
+  return std::fabs(got - want);
+}
+
 // max |a - b| / max |b|: the error relative to the tensor's scale, so that near-zero elements do
-// not dominate (used for LoRA gradients and weights).
+// not dominate (used for LoRA gradients and weights). +inf when any element of either side is not
+// finite, so that EXPECT_LE(scaled_error(...), tol) fails on NaN and Inf. An all-zero reference
+// gives 0 when a is all zero too, +inf otherwise.
 inline double scaled_error(const float* a, const float* b, size_t n) {
   double num = 0, den = 0;
   for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return INFINITY;
     num = std::max(num, std::fabs(double(a[i]) - double(b[i])));
     den = std::max(den, std::fabs(double(b[i])));
   }
-  return num / std::max(den, 1e-30);
+  if (num == 0) return 0;
+  return den == 0 ? INFINITY : num / den;
 }
+// +inf when the sizes differ: comparing only the common prefix would pass a truncated result.
 inline double scaled_error(const std::vector<float>& a, const std::vector<float>& b) {
-  return scaled_error(a.data(), b.data(), std::min(a.size(), b.size()));
+  if (a.size() != b.size()) return INFINITY;
+  return scaled_error(a.data(), b.data(), a.size());
 }
 
 }  // namespace loom::test
