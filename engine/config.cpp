@@ -287,23 +287,6 @@ std::string yaml_string(const std::string& s) {
   return out + "\"";
 }
 
-// A value as messages quote it: whole when short, else its start, cut between characters (a 5 MB
-// path or key must not become a 5 MB message), with control characters as \xNN (a NUL would end
-// the message, a newline would split it).
-std::string shown(const std::string& s) {
-  constexpr size_t kShown = 120;
-  size_t end = std::min(s.size(), kShown);
-  while (end < s.size() && end > 0 && utf8::is_continuation(static_cast<uint8_t>(s[end]))) --end;
-  std::string out;
-  for (size_t i = 0; i < end; ++i) {
-    const unsigned char ch = static_cast<unsigned char>(s[i]);
-    char esc[8];
-    std::snprintf(esc, sizeof esc, "\\x%02x", ch);
-    out += ch < 0x20 ? std::string(esc) : std::string(1, char(ch));
-  }
-  return end == s.size() ? out : cat(out, "... (", s.size(), " characters)");
-}
-
 // "[1, 4096]", "(0, 1]"; the note after it in parentheses.
 std::string Range::text() const {
   char bounds[64];
@@ -729,14 +712,6 @@ void check_output(Checker& c, const OutputSection& o) {
   if (o.resume.empty()) c.add("output.resume must be auto, last_intact, never or a checkpoint folder (found '')");
 }
 
-// A GGUF file carries its tokenizer; a preset has none unless data.tokenizer names one. Refused
-// here rather than after training, when the export would fail.
-void check_export(Checker& c, const TrainConfig& cfg) {
-  if (cfg.output.export_format == "gguf" && cfg.model.path.empty() && cfg.data.tokenizer.empty())
-    c.add("output.export: gguf writes the model's tokenizer into the file, but model.preset has none; set "
-          "data.tokenizer to the tokenizer the run trains with, or use output.export: merged");
-}
-
 // A folder that must exist already (model.path, a checkpoint to resume).
 void require_folder(const std::string& path, const std::string& key, const char* expected) {
   std::error_code ec;
@@ -754,7 +729,6 @@ std::vector<std::string> validate(const TrainConfig& cfg) {
   check_data(c, cfg.data, cfg.train);
   check_train(c, cfg.train);
   check_output(c, cfg.output);
-  check_export(c, cfg);
   return c.lines;
 }
 

@@ -64,7 +64,10 @@ struct OutputSection {
   std::string dir = "runs/default";
   int checkpoint_every = 0;      // steps between checkpoints; 0 = only the final one
   int keep_checkpoints = 2;
-  std::string export_format = "peft";  // YAML key "export": peft | merged | none
+  std::string export_format = "peft";  // YAML key "export": peft | merged | gguf | none
+  // Tensor type of export: gguf (engine/export.h): q8_0 (llama.cpp's 8-bit, about half the size of
+  // 16-bit and near-lossless; every llama.cpp backend runs it) | f16 | bf16
+  std::string gguf_type = "q8_0";
   // auto: the newest checkpoint in dir, which must verify | last_intact: the newest that verifies
   // (damaged newer ones are reported and skipped) | never | <checkpoint folder>
   std::string resume = "auto";

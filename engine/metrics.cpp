@@ -6,11 +6,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace loom {
 namespace {
@@ -45,6 +47,19 @@ std::string eta(const StepMetrics& m, int total_steps) {
   int timed_steps = m.step - m.start_step;
   if (timed_steps <= 0) return "--";
   return duration(m.elapsed_s / timed_steps * std::max(0, total_steps - m.step));
+}
+
+// The step of a metrics.jsonl line, if the line is a step record (a JSON object whose "step" is an
+// integer >= 1); nullopt for anything else, however malformed or deep.
+std::optional<int64_t> step_of_record(const std::string& line) {
+  if (json_depth(line) > kMaxJsonDepth) return std::nullopt;
+  const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) return std::nullopt;
+  const nlohmann::json& s = j["step"];
+  if (s.is_number_unsigned() && s.get<uint64_t>() > uint64_t(INT64_MAX)) return std::nullopt;
+  const int64_t step = s.get<int64_t>();
+  if (step < 1) return std::nullopt;
+  return step;
 }
 
 std::string fixed(const char* format, double v) {
@@ -98,22 +113,43 @@ void MetricsLog::write(const StepMetrics& m) {
   LOOM_CHECK(ok, "cannot write step ", m.step, " to ", path_, ": ", std::strerror(errno));
 }
 
-void truncate_metrics_after(const std::string& run_dir, int64_t step) {
+MetricsCut truncate_metrics_after(const std::string& run_dir, int64_t step) {
   const std::string path = run_dir + "/metrics.jsonl";
-  std::ifstream in(path);
-  if (!in) return;
-  std::string kept, line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("step") || j["step"].get<int64_t>() <= step) kept += line + "\n";
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec))) return {};
+  require_regular_file(path, "metrics log");
+  std::ifstream in(path, std::ios::binary);
+  LOOM_CHECK(in, "cannot open ", path, ": ", std::strerror(errno));
+  MetricsCut cut;
+  std::vector<std::pair<int64_t, std::string>> kept;  // (step, line), steps strictly increasing
+  int64_t number = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++number;
+    const std::optional<int64_t> s = step_of_record(line);
+    if (!s) {
+      cut.bad_lines.push_back(number);
+      continue;
+    }
+    for (; !kept.empty() && kept.back().first >= *s; kept.pop_back()) ++cut.later;
+    if (*s > step)
+      ++cut.later;
+    else
+      kept.emplace_back(*s, std::move(line));
   }
+  LOOM_CHECK(!in.bad(), "cannot read ", path, ": ", std::strerror(errno));
   in.close();
+  std::string text;
+  for (const auto& [s, line] : kept) text += line + '\n';
   {
-    std::ofstream out(path + ".tmp");
-    out << kept;
-    LOOM_CHECK(out, "cannot write ", path, ".tmp");
+    std::ofstream out(path + ".tmp", std::ios::binary);
+    out << text;
+    out.close();
+    LOOM_CHECK(out, "cannot write ", path, ".tmp (disk full?)");
   }
-  std::filesystem::rename(path + ".tmp", path);
+  std::filesystem::rename(path + ".tmp", path, ec);
+  LOOM_CHECK(!ec, "cannot replace ", path, ": ", ec.message());
+  cut.kept = int64_t(kept.size());
+  return cut;
 }
 
 }  // namespace loom

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace loom {
 
@@ -52,9 +53,20 @@ class MetricsLog {
 
 // The metrics.jsonl line of m, without the newline.
 std::string metrics_json(const StepMetrics& m);
-// On resume: drops the lines of steps after `step` (written by a run that died after its last
-// checkpoint), so every step appears once. The file is rewritten atomically.
-void truncate_metrics_after(const std::string& run_dir, int64_t step);
+// What truncate_metrics_after kept and dropped.
+struct MetricsCut {
+  int64_t kept = 0;                  // step lines kept: steps 1..`step` at most, each once
+  int64_t later = 0;                 // lines of steps after `step` (or superseded: see below)
+  std::vector<int64_t> bad_lines;    // line numbers (from 1) that are not a step record
+};
+// Cuts <run_dir>/metrics.jsonl back to `step` when a run starts: on resume, the steps its last
+// checkpoint holds; on a fresh start, 0 (the log of an attempt killed before its first checkpoint
+// is started anew). A step record is a JSON object whose "step" is an integer >= 1; other lines
+// (torn writes, hand edits, garbage) are dropped and reported. When a step appears again, the later
+// line wins and the earlier lines from that step on are dropped, so steps end strictly increasing.
+// The file is rewritten atomically; a missing file is left missing; a FIFO or folder there is an
+// error naming it.
+MetricsCut truncate_metrics_after(const std::string& run_dir, int64_t step);
 std::string progress_line(const StepMetrics& m, int total_steps);
 
 }  // namespace loom

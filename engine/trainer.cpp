@@ -1,7 +1,7 @@
 #include "engine/trainer.h"
 
+#include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +13,7 @@
 #include "engine/backend.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
+#include "engine/divergence.h"
 #include "ops/error.h"
 #include "engine/export.h"
 #include "engine/flops.h"
@@ -60,26 +61,102 @@ std::unique_ptr<TrainBackend> make_backend(const TrainConfig& cfg, const ModelCo
   return make_cpu_backend(mc, resolve_host_weights(cfg.model, mc), layout, std::move(lora), cfg.train);
 }
 
-// Where the run starts: a fresh run, the newest checkpoint of output.dir, or a named checkpoint.
-std::optional<std::string> checkpoint_to_resume(const OutputSection& out) {
+void note(const std::string& line) {
+  if (is_main()) std::fprintf(stderr, "%s\n", line.c_str());
+}
+
+struct ResumePoint {
+  std::string dir;
+  TrainCheckpoint ck;
+};
+
+// A checkpoint that passed load_checkpoint's checks; a format-1 one with a warning.
+ResumePoint verified_checkpoint(const std::string& dir, const LoraLayout& layout) {
+  std::string warning;
+  ResumePoint p{dir, load_checkpoint(dir, layout, &warning)};
+  if (!warning.empty()) note("warning: " + warning);
+  return p;
+}
+
+// output.resume = last_intact: the newest checkpoint that passes its checks; each newer one is
+// reported with its fault and left in place (the run overwrites it when it gets there again).
+std::optional<ResumePoint> last_intact_checkpoint(const std::string& run_dir, const LoraLayout& layout) {
+  const std::vector<std::string> all = list_checkpoints(run_dir);
+  std::string faults;
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    try {
+      return verified_checkpoint(*it, layout);
+    } catch (const Error& e) {
+      note(cat("output.resume=last_intact: skipping ", fs::path(*it).filename().string(), ": ", e.what()));
+      faults += cat("\n  ", e.what());
+    }
+  }
+  LOOM_CHECK(all.empty(), "output.resume=last_intact: no checkpoint in ", run_dir, "/checkpoints passes its checks:",
+             faults, "\nNothing was changed. To start over, choose another output.dir.");
+  return std::nullopt;
+}
+
+// Where the run starts: nothing (a fresh run), or a checkpoint that passed its checks. A damaged
+// checkpoint stops the run unless output.resume = last_intact asks to fall back. Every rank reads
+// the same files, so every rank decides alike.
+std::optional<ResumePoint> resume_point(const OutputSection& out, const LoraLayout& layout) {
   if (out.resume == "never") {
     LOOM_CHECK(!latest_checkpoint(out.dir), "output.dir '", out.dir,
                "' already holds checkpoints and output.resume = never; set output.resume=auto to continue that run "
                "or choose another output.dir (nothing was overwritten)");
     return std::nullopt;
   }
-  if (out.resume == "auto") return latest_checkpoint(out.dir);
-  LOOM_CHECK(fs::exists(out.resume + "/trainer_state.json"), "output.resume: '", out.resume,
-             "' is not a checkpoint folder (expected <run>/checkpoints/step-N)");
-  return out.resume;
+  if (out.resume == "last_intact") return last_intact_checkpoint(out.dir, layout);
+  const bool named = out.resume != "auto";
+  LOOM_CHECK(!named || fs::is_directory(out.resume), "output.resume: '", out.resume,
+             "' is not a checkpoint folder (expected <run>/checkpoints/step-N, or auto, last_intact, never)");
+  const std::optional<std::string> dir = named ? std::optional<std::string>(out.resume) : latest_checkpoint(out.dir);
+  if (!dir) return std::nullopt;
+  try {
+    return verified_checkpoint(*dir, layout);
+  } catch (const Error& e) {
+    fail("cannot resume from ", *dir, ": ", e.what(), ". Nothing was changed. ",
+         named ? "Name another checkpoint folder in output.resume, or set output.resume=last_intact to take the "
+                 "newest checkpoint of output.dir that passes its checks."
+               : "Rerun with output.resume=last_intact to resume from the newest checkpoint that passes its checks "
+                 "(it reports each one it skips), or choose another output.dir to start over.");
+  }
 }
 
-void check_finite(double loss, double norm, int64_t step, const std::string& run_dir) {
-  if (std::isfinite(loss) && std::isfinite(norm)) return;
-  auto last = latest_checkpoint(run_dir);
-  fail("step ", step, ": the ", std::isfinite(loss) ? "gradient norm" : "loss", " is not finite (loss ", loss,
-       ", grad norm ", norm, "). ", last ? "The last checkpoint (" + *last + ") is intact. " : "",
-       "Lower train.lr, enable clipping (train.max_grad_norm), or check the data for empty or corrupt documents.");
+// An earlier process killed mid-save left a hidden temporary folder: never a checkpoint, deleted.
+void remove_unfinished_saves(const std::string& run_dir) {
+  for (const std::string& name : remove_unfinished_checkpoints(run_dir))
+    note(cat("removed ", run_dir, "/checkpoints/", name, ", the unfinished save of an earlier run"));
+}
+
+// metrics.jsonl as this run starts from `step` (0: fresh): the lines of steps after it, written by
+// a process that died before its next checkpoint, and lines that are not step records go.
+void restart_metrics(const std::string& run_dir, int64_t step) {
+  const MetricsCut cut = truncate_metrics_after(run_dir, step);
+  if (!cut.bad_lines.empty()) {
+    std::string lines;
+    for (size_t i = 0; i < std::min<size_t>(cut.bad_lines.size(), 5); ++i)
+      lines += cat(i ? ", " : "", cut.bad_lines[i]);
+    note(cat("warning: ", run_dir, "/metrics.jsonl: dropped ", cut.bad_lines.size(),
+             " line(s) that are not step records (line ", lines, cut.bad_lines.size() > 5 ? ", ..." : "", ")"));
+  }
+  if (step == 0 && cut.later > 0)
+    note(cat(run_dir, "/metrics.jsonl: started anew (it held ", cut.later,
+             " step line(s) of an earlier attempt that ended before its first checkpoint)"));
+}
+
+// Stops the run (every rank alike: they judge the same figures). The weights of `sane_step` and
+// before produced sane figures; the newest checkpoint of those is the one to go back to, while
+// later ones already hold the weights that went wrong.
+[[noreturn]] void stop_diverged(const std::string& run_dir, int64_t step, const std::string& what,
+                                const std::string& advice, int64_t sane_step) {
+  const std::optional<std::string> before = latest_checkpoint(run_dir, sane_step);
+  const bool later = latest_checkpoint(run_dir, step) != before;
+  fail("step ", step, ": ", what, ". ",
+       before ? cat("The last checkpoint from before it is intact: rerun with output.resume=", *before,
+                    later ? " (later checkpoints hold the weights that went wrong). " : ". ")
+              : std::string("No checkpoint holds weights from before it; start over. "),
+       advice);
 }
 
 // Rank 0 prepares (and caches) the data while the others wait, then every rank loads it.
@@ -96,7 +173,10 @@ std::vector<Document> documents_on_every_rank(const TrainConfig& cfg, const Mode
 // the step's all-reduce (end_step) and the data barrier, nowhere else.
 TrainSummary train(const TrainConfig& cfg) {
   const DistContext& ctx = dist_context();
-  if (is_main()) write_resolved_config(cfg);
+  if (is_main()) {
+    write_resolved_config(cfg);
+    remove_unfinished_saves(cfg.output.dir);  // before the data barrier: no rank lists checkpoints yet
+  }
   if (is_main() && ctx.world > 1)  // before loading, the host work that the binding slows
     if (const std::string w = cpu_binding_warning(); !w.empty()) std::fprintf(stderr, "%s\n", w.c_str());
   const ModelConfig mc = resolve_model_config(cfg.model);
@@ -111,16 +191,13 @@ TrainSummary train(const TrainConfig& cfg) {
   TrainSummary sum;
   sum.run_dir = cfg.output.dir;
   sum.device = backend->describe();
-  if (auto from = checkpoint_to_resume(cfg.output)) {
-    TrainCheckpoint ck = load_checkpoint(*from, layout);
-    backend->restore(ck.params, ck.opt);
-    loader.restore(ck.loader);
-    sum.first_step = ck.step;
-    if (is_main()) {
-      truncate_metrics_after(cfg.output.dir, ck.step);
-      std::fprintf(stderr, "resuming from %s (step %lld)\n", from->c_str(), static_cast<long long>(ck.step));
-    }
+  if (std::optional<ResumePoint> from = resume_point(cfg.output, layout)) {
+    backend->restore(from->ck.params, from->ck.opt);
+    loader.restore(from->ck.loader);
+    sum.first_step = from->ck.step;
+    note(cat("resuming from ", from->dir, " (step ", from->ck.step, ")"));
   }
+  if (is_main()) restart_metrics(cfg.output.dir, sum.first_step);
   if (is_main())
     std::fprintf(stderr,
                  "loom: %s | %s | %d rank%s | %lld documents | %lld steps | LoRA r=%d on %lld params | loaded in "
@@ -134,6 +211,7 @@ TrainSummary train(const TrainConfig& cfg) {
   // MFU needs the device's dense bf16 rate, measured here as BENCHMARK.md defines it; the step's
   // tokens ran on every rank's GPU (alike, as data parallelism assumes).
   const double peak_tflops = backend->on_gpu() ? measure_matmul_tflops() * ctx.world : 0.0;
+  DivergenceDetector divergence(divergence_options(cfg.train));
   const auto t0 = Clock::now();
   int64_t step = sum.first_step;
   while (step < total) {
@@ -152,7 +230,10 @@ TrainSummary train(const TrainConfig& cfg) {
     // died mid-step can leave NCCL reading freed memory, and such a step must never be logged or
     // saved. A few microseconds per step.
     if (ctx.world > 1) barrier();
-    check_finite(loss, norm, step, cfg.output.dir);
+    // The figures of step k come from the weights after step k - 1: those of the step before the
+    // first bad one are the last that gave sane figures.
+    if (std::optional<Divergence> d = divergence.check(loss, norm, s.global_targets))
+      stop_diverged(cfg.output.dir, step, d->what, d->advice, step - d->began_steps_ago - 2);
 
     StepMetrics m;
     m.step = int(step);
@@ -184,9 +265,17 @@ TrainSummary train(const TrainConfig& cfg) {
     sum.last_loss = loss;
 
     const bool periodic = cfg.output.checkpoint_every > 0 && step % cfg.output.checkpoint_every == 0;
-    if (is_main() && (periodic || step == total))
-      save_checkpoint(cfg.output.dir, {step, backend->lora_params(), backend->optimizer_state(), loader.state()},
-                      layout, model_name(cfg.model), cfg.output.keep_checkpoints);
+    if (periodic || step == total) {
+      // Every rank holds the same weights and judges them alike, so all stop together.
+      std::vector<float> params = backend->lora_params();
+      if (const std::string bad = adapter_weight_problem(params, layout); !bad.empty())
+        stop_diverged(cfg.output.dir, step, "the adapter is not fit to save: " + bad,
+                      "Lower train.lr or raise train.warmup_steps, and keep clipping on (train.max_grad_norm).",
+                      step - 1);
+      if (is_main())
+        save_checkpoint(cfg.output.dir, {step, std::move(params), backend->optimizer_state(), loader.state()}, layout,
+                        model_name(cfg.model), cfg.output.keep_checkpoints);
+    }
   }
   sum.last_step = step;
   sum.seconds = seconds_since(t0);

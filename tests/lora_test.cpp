@@ -90,15 +90,24 @@ TEST(Lora, LoadRejectsAMismatchedRank) {
   }
 }
 
-// A rank above min(in, out) adds nothing (B·A has rank <= min(in, out)); lora.r: 2147483647 used to
-// reach lora_init and die of bad_alloc.
-TEST(Lora, RankAboveTheNarrowestTargetedSideIsRefused) {
+// A rank above min(in, out) of a projection is rank-deficient but legal: PEFT trains and loads it
+// (r = 256 on Qwen2.5-0.5B's 128-wide k/v projections). A rank outside [1, 4096] is refused before
+// anything is sized by it (lora.r: 2147483647 used to reach lora_init and die of bad_alloc), with
+// targets or without.
+TEST(Lora, RankAboveAProjectionSideIsLegalAndTheRankIsBounded) {
   ModelConfig m = preset_model_config("tiny");  // k_proj / v_proj: 128 -> 64
-  EXPECT_EQ(make_lora_layout(m, section(64, 8, {"k_proj"})).R, 64);
-  test::expect_error([&] { make_lora_layout(m, section(65, 8, {"k_proj"})); },
-                     {"LoRA rank r = 65 exceeds the smaller side of k_proj (128 -> 64)", "lora.r <= 64"});
-  test::expect_error([&] { make_lora_layout(m, section(2147483647, 8)); }, {"r = 2147483647", "q_proj"});
-  EXPECT_EQ(make_lora_layout(m, section(2147483647, 8, {})).total, 0);  // no targets, nothing sized by r
+  const LoraLayout wide = make_lora_layout(m, section(65, 8, {"k_proj"}));
+  ASSERT_EQ(wide.R, 65);
+  EXPECT_EQ(wide.total, int64_t(m.L) * 65 * (128 + 64));
+  const std::string dir = temp_dir("wide");
+  const std::vector<float> params = lora_init(wide, 1);
+  save_peft_adapter(dir, wide, params, "x");
+  EXPECT_EQ(load_peft_adapter(dir, make_lora_layout(m, read_peft_lora_section(dir))), params);
+  EXPECT_EQ(make_lora_layout(m, section(4096, 8, {})).R, 4096);
+  for (int r : {0, -1, 4097, 2147483647}) {
+    test::expect_error([&] { make_lora_layout(m, section(r, 8)); }, {cat("lora.r must be in [1, 4096], found ", r)});
+    test::expect_error([&] { make_lora_layout(m, section(r, 8, {})); }, {"lora.r must be in [1, 4096]"});
+  }
 }
 
 // adapter_config.json keys are typed; errors name the file and the key instead of a JSON exception.
@@ -182,6 +191,8 @@ TEST(Checkpoint, SavesAtomicallyKeepsTheNewestAndRestores) {
   ck.opt.step = 7;
   ck.loader.epoch = 1;
   ck.loader.step_in_epoch = 2;
+  ck.loader.global_batch = 4;  // what a real run records; a checkpoint with none is refused
+  ck.loader.documents = 40;
   for (int64_t step : {10, 20, 30}) {
     ck.step = step;
     save_checkpoint(run, ck, lay, "preset:tiny", 2);

@@ -1,5 +1,7 @@
-// engine/metrics: the metrics.jsonl line, append-on-resume, and the progress line format.
+// engine/metrics: the metrics.jsonl line, append-on-resume, cutting the log back when a run
+// starts (garbage lines included), and the progress line format.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <nlohmann/json.hpp>
 
@@ -95,6 +97,114 @@ TEST(Metrics, LogAppendsOneLinePerStepAndKeepsEarlierLines) {
   ASSERT_EQ(lines.size(), 3u);
   for (size_t i = 0; i < lines.size(); ++i)
     EXPECT_EQ(nlohmann::json::parse(lines[i]).at("step").get<int>(), int(i) + 1) << lines[i];
+}
+
+// metrics.jsonl with one line per step in `steps`, each tagged with `run` to tell attempts apart.
+std::string step_lines(std::vector<int> steps, const std::string& run) {
+  std::string text;
+  for (int s : steps) text += "{\"step\":" + std::to_string(s) + ",\"loss\":1.5,\"run\":\"" + run + "\"}\n";
+  return text;
+}
+
+std::vector<std::pair<int, std::string>> steps_and_runs(const std::string& path) {
+  std::vector<std::pair<int, std::string>> out;
+  for (const std::string& line : lines_of(path)) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    out.emplace_back(j.at("step").get<int>(), j.at("run").get<std::string>());
+  }
+  return out;
+}
+
+using StepRuns = std::vector<std::pair<int, std::string>>;
+
+TEST(Metrics, TruncateKeepsStepsUpToTheResumedOne) {
+  TempRunDir dir("cut");
+  std::filesystem::create_directories(dir.path);
+  std::ofstream(dir.path + "/metrics.jsonl") << step_lines({1, 2, 3, 4, 5}, "a");
+  const MetricsCut cut = truncate_metrics_after(dir.path, 3);
+  EXPECT_EQ(cut.kept, 3);
+  EXPECT_EQ(cut.later, 2);
+  EXPECT_TRUE(cut.bad_lines.empty());
+  EXPECT_EQ(steps_and_runs(dir.path + "/metrics.jsonl"), (StepRuns{{1, "a"}, {2, "a"}, {3, "a"}}));
+}
+
+TEST(Metrics, TruncateToZeroStartsTheLogAnew) {
+  TempRunDir dir("anew");
+  std::filesystem::create_directories(dir.path);
+  std::ofstream(dir.path + "/metrics.jsonl") << step_lines({1, 2}, "killed");
+  const MetricsCut cut = truncate_metrics_after(dir.path, 0);
+  EXPECT_EQ(cut.kept, 0);
+  EXPECT_EQ(cut.later, 2);
+  EXPECT_TRUE(lines_of(dir.path + "/metrics.jsonl").empty());
+}
+
+TEST(Metrics, TruncateLeavesAMissingLogMissing) {
+  TempRunDir dir("missing");
+  std::filesystem::create_directories(dir.path);
+  EXPECT_EQ(truncate_metrics_after(dir.path, 4).kept, 0);
+  EXPECT_FALSE(std::filesystem::exists(dir.path + "/metrics.jsonl"));
+}
+
+// The log of an older loom that appended a fresh start to a killed attempt: the later line of a
+// step wins, and the earlier attempt's lines from that step on go.
+TEST(Metrics, TruncateKeepsTheLastAttemptOfRepeatedSteps) {
+  TempRunDir dir("repeat");
+  std::filesystem::create_directories(dir.path);
+  std::ofstream(dir.path + "/metrics.jsonl") << step_lines({1, 2, 3, 4, 5}, "killed") + step_lines({1, 2, 3, 4}, "b");
+  const MetricsCut cut = truncate_metrics_after(dir.path, 3);
+  EXPECT_EQ(steps_and_runs(dir.path + "/metrics.jsonl"), (StepRuns{{1, "b"}, {2, "b"}, {3, "b"}}));
+  EXPECT_EQ(cut.later, 6);  // killed 4, 5 (after step 3), killed 1..3 (superseded), b 4 (after step 3)
+}
+
+// Every kind of line that is not a step record is dropped and reported by its number; none crashes.
+TEST(Metrics, TruncateDropsLinesThatAreNotStepRecords) {
+  const std::vector<std::string> garbage = {
+      "not json",
+      "{\"step\":\"2\",\"loss\":1}",          // a string where the number belongs
+      "{\"step\":2.5}",                          // not an integer
+      "{\"step\":null}",
+      "{\"loss\":1.5}",                           // no step
+      "{\"step\":0}",                             // steps count from 1
+      "{\"step\":-4}",
+      "{\"step\":1e400}",                         // out of double range
+      "{\"step\":18446744073709551615}",          // past int64
+      "[1, 2]",
+      "",
+      std::string("\x00\xff\xfe", 3),
+      std::string(100000, '[') + std::string(100000, ']'),  // past kMaxJsonDepth
+      "{\"step\":2,\"loss\":1.5",                 // torn by a kill mid-write
+  };
+  TempRunDir dir("garbage");
+  std::filesystem::create_directories(dir.path);
+  std::string text = step_lines({1}, "a");
+  for (const std::string& g : garbage) text += g + "\n";
+  text += step_lines({2, 3}, "a");
+  std::ofstream(dir.path + "/metrics.jsonl", std::ios::binary) << text;
+  const MetricsCut cut = truncate_metrics_after(dir.path, 3);
+  std::vector<int64_t> want;
+  for (size_t i = 0; i < garbage.size(); ++i) want.push_back(int64_t(i) + 2);
+  EXPECT_EQ(cut.bad_lines, want);
+  EXPECT_EQ(cut.kept, 3);
+  EXPECT_EQ(steps_and_runs(dir.path + "/metrics.jsonl"), (StepRuns{{1, "a"}, {2, "a"}, {3, "a"}}));
+}
+
+TEST(Metrics, TruncateRefusesAFolderOrFifoInsteadOfTheLog) {
+  TempRunDir dir("notfile");
+  std::filesystem::create_directories(dir.path + "/metrics.jsonl");
+  try {
+    truncate_metrics_after(dir.path, 3);
+    FAIL() << "a folder was accepted as metrics.jsonl";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(dir.path + "/metrics.jsonl"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir.path + "/metrics.jsonl");
+  ASSERT_EQ(mkfifo((dir.path + "/metrics.jsonl").c_str(), 0600), 0);
+  try {
+    truncate_metrics_after(dir.path, 3);
+    FAIL() << "a FIFO was read as metrics.jsonl";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(dir.path + "/metrics.jsonl"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Metrics, UnusableRunFolderIsAnErrorNamingIt) {

@@ -1,5 +1,10 @@
-// End-to-end runs of the trainer on the CPU reference path (tiny preset, synthetic data).
+// End-to-end runs of the trainer on the CPU reference path (tiny preset, synthetic data): exact
+// resume (also from a damaged run with output.resume=last_intact, and from a checkpoint of the
+// format before checksums), what a run does with the leftovers of a killed one, and a diverging
+// run stopped with its step, figure and checkpoint. tests/hostile_checkpoint_test.cpp tampers.
 #include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -52,6 +57,108 @@ TEST(Trainer, ResumeFromCheckpointEqualsUninterruptedRun) {
   EXPECT_EQ(sb.last_step, 6);
   EXPECT_EQ(sb.last_loss, sa.last_loss);
   EXPECT_EQ(adapter_of(b), adapter_of(a));
+}
+
+std::vector<int> logged_steps(const std::string& run) {
+  std::vector<int> steps;
+  std::ifstream f(run + "/metrics.jsonl");
+  for (std::string l; std::getline(f, l);) steps.push_back(nlohmann::json::parse(l).at("step").get<int>());
+  return steps;
+}
+
+void copy_checkpoint(const std::string& from_run, const std::string& to_run, const std::string& name) {
+  fs::create_directories(to_run + "/checkpoints");
+  fs::copy(from_run + "/checkpoints/" + name, to_run + "/checkpoints/" + name, fs::copy_options::recursive);
+}
+
+std::string error_of(const TrainConfig& cfg) {
+  try {
+    train(cfg);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// A run killed after logging step 6 whose step-6 checkpoint was then damaged: auto refuses it,
+// last_intact goes back to step 3, and the result is bit for bit the uninterrupted run's.
+TEST(Trainer, LastIntactSkipsADamagedCheckpointAndResumesExactly) {
+  const std::string a = fresh_dir("intact_full"), b = fresh_dir("intact_damaged");
+  train(tiny_run(a));
+  copy_checkpoint(a, b, "step-000003");
+  copy_checkpoint(a, b, "step-000006");
+  fs::copy_file(a + "/metrics.jsonl", b + "/metrics.jsonl");
+  const std::string damaged = b + "/checkpoints/step-000006/optimizer.safetensors";
+  {
+    std::fstream f(damaged, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-1, std::ios::end);
+    f.put('\x7f');
+  }
+  const std::string refused = error_of(tiny_run(b));
+  EXPECT_NE(refused.find(damaged + ": its contents differ from checksums.json"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("output.resume=last_intact"), std::string::npos) << refused;
+
+  TrainSummary sb = train(tiny_run(b, {"output.resume=last_intact"}));
+  EXPECT_EQ(sb.first_step, 3);
+  EXPECT_EQ(sb.last_loss, train(tiny_run(fresh_dir("intact_again"))).last_loss);
+  EXPECT_EQ(adapter_of(b), adapter_of(a));
+  EXPECT_EQ(logged_steps(b), (std::vector<int>{1, 2, 3, 4, 5, 6})) << "steps 4-6 of the killed run are replaced";
+  EXPECT_EQ(error_of(tiny_run(b)), "") << "step 6 was saved again, whole";
+}
+
+// A checkpoint of the format before checksums (no checksums.json, no "checkpoint_format") resumes
+// with a warning, exactly.
+TEST(Trainer, CheckpointWithoutChecksumsFromAnOlderLoomResumesExactly) {
+  const std::string a = fresh_dir("format1_full"), b = fresh_dir("format1_resumed");
+  train(tiny_run(a));
+  copy_checkpoint(a, b, "step-000003");
+  const std::string ck = b + "/checkpoints/step-000003";
+  fs::remove(ck + "/checksums.json");
+  nlohmann::json state = nlohmann::json::parse(std::ifstream(ck + "/trainer_state.json"));
+  state.erase("checkpoint_format");
+  std::ofstream(ck + "/trainer_state.json") << state.dump(2);
+  TrainSummary sb = train(tiny_run(b));
+  EXPECT_EQ(sb.first_step, 3);
+  EXPECT_EQ(adapter_of(b), adapter_of(a));
+}
+
+// Killed after step 2 before any checkpoint, and mid-save: the rerun starts metrics.jsonl anew
+// (step 1 once, not twice) and deletes the unfinished save.
+TEST(Trainer, FreshStartAfterAKillStartsTheLogAnewAndDropsUnfinishedSaves) {
+  const std::string d = fresh_dir("after_kill");
+  fs::create_directories(d + "/checkpoints/.step-000003.tmp/adapter");
+  std::ofstream(d + "/checkpoints/.step-000003.tmp/adapter/adapter_model.safetensors") << "half";
+  std::ofstream(d + "/metrics.jsonl") << "{\"step\":1,\"loss\":6.9}\n{\"step\":2,\"loss\":6.8}\n{\"step\":3,";
+  train(tiny_run(d));
+  EXPECT_EQ(logged_steps(d), (std::vector<int>{1, 2, 3, 4, 5, 6}));
+  EXPECT_FALSE(fs::exists(d + "/checkpoints/.step-000003.tmp"));
+  EXPECT_TRUE(fs::exists(d + "/checkpoints/step-000003/checksums.json"));
+}
+
+// The demo model and data with a LoRA scale of 65536 and lr 1 (each within its range) saturate:
+// the loss freezes at ln V and the gradient norm is exactly 0, as train.lr=1e6 did before ranges.
+TEST(Trainer, DeadGradientStopsTheRunNamingStepFigureAndCheckpointFromBefore) {
+  const std::string d = fresh_dir("dead_gradient");
+  TrainConfig cfg = tiny_run(d, {"data.synthetic=", "data.path=data/demo/chats.jsonl",
+                                 "data.tokenizer=data/demo/tokenizer.model", "data.template=mistral",
+                                 "data.max_seq_len=128", "train.token_budget=1024", "train.global_batch=8",
+                                 "train.steps=30", "train.warmup_steps=0", "train.lr=1", "train.max_grad_norm=0",
+                                 "lora.r=1", "lora.alpha=65536", "output.checkpoint_every=1",
+                                 "output.keep_checkpoints=30"});
+  const std::string msg = error_of(cfg);
+  ASSERT_NE(msg.find("the gradient norm has been exactly 0 for 3 steps in a row"), std::string::npos) << msg;
+  const int stopped = std::stoi(msg.substr(msg.find("step ") + 5));
+  EXPECT_LT(stopped, 30);
+  // The step before the first zero is the last whose weights gave sane figures: stopped - 2 - 1.
+  const std::string before = cat(d, "/checkpoints/step-", std::string(6 - std::to_string(stopped - 4).size(), '0'),
+                                 stopped - 4);
+  EXPECT_NE(msg.find("rerun with output.resume=" + before + " (later checkpoints hold the weights that went wrong)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("train.lr"), std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(cat(d, "/checkpoints/step-", std::string(6 - std::to_string(stopped).size(), '0'), stopped)))
+      << "the stopped step is not saved";
+  EXPECT_FALSE(fs::exists(d + "/adapter")) << "nothing is exported from a diverged run";
 }
 
 TEST(Trainer, WritesMetricsResolvedConfigAndAdapter) {

@@ -32,6 +32,7 @@
 #include "data/synthetic.h"
 #include "engine/config.h"
 #include "engine/device.h"
+#include "engine/divergence.h"
 #include "ops/error.h"
 #include "engine/flops.h"
 #include "models/cuda_model.h"
@@ -250,38 +251,55 @@ struct TimedRun {
   std::vector<MicroBatch> micro;  // every timed micro-batch, for ℓ̄
 };
 
-// One optimizer step; returns its mean loss. The loss is divided by the step's targets, as the trainer does.
-double run_step(CudaModel& model, const Step& step, float lr) {
+struct StepFigures {
+  double loss = 0;       // mean over the step's targets, as the trainer divides it
+  double grad_norm = 0;  // before clipping
+};
+
+// One optimizer step.
+StepFigures run_step(CudaModel& model, const Step& step, float lr) {
   const float grad_scale = step.global_targets > 0 ? 1.f / float(step.global_targets) : 0.f;
   const size_t n = step.micro.size();
   for (size_t m = 0; m < n; ++m) model.forward_backward(step.micro[m], grad_scale, /*dropout_seed=*/0, m + 1 == n);
   const CudaModel::StepResult r = model.end_step(lr);
-  return step.global_targets > 0 ? r.loss_sum / double(step.global_targets) : 0.0;
+  return {step.global_targets > 0 ? r.loss_sum / double(step.global_targets) : 0.0, r.grad_norm};
+}
+
+// Every step goes through the trainer's divergence checks (engine/divergence.h): a step that
+// computes garbage is not benchmarked.
+void check_step(DivergenceDetector& divergence, const StepFigures& f, const Step& step, const char* phase, int s) {
+  if (std::optional<Divergence> d = divergence.check(f.loss, f.grad_norm, step.global_targets))
+    fail("bench: ", phase, " step ", s, ": ", d->what,
+         "; a step that computes garbage is not benchmarked (run the GPU tests)");
 }
 
 TimedRun run_benchmark(CudaModel& model, const BenchOptions& o, const std::vector<Document>& docs,
                        int64_t token_budget) {
   const TrainSection t = bench_train_section(o, token_budget);
   DataLoader loader(docs, loader_options(t, 0, 1));
+  DivergenceDetector divergence(divergence_options(t));
   for (int s = 0; s < o.warmup; ++s) {
     Step step = loader.next();
-    std::fprintf(stderr, "bench: warm-up step %d/%d, loss %.4f\n", s + 1, o.warmup, run_step(model, step, t.lr));
+    const StepFigures f = run_step(model, step, t.lr);
+    std::fprintf(stderr, "bench: warm-up step %d/%d, loss %.4f, grad norm %.4f\n", s + 1, o.warmup, f.loss,
+                 f.grad_norm);
+    check_step(divergence, f, step, "warm-up", s + 1);
   }
   TimedRun run;
   const auto t0 = Clock::now();
   for (int s = 0; s < o.steps; ++s) {
     const auto ts = Clock::now();
     Step step = loader.next();
-    run.last_loss = run_step(model, step, t.lr);
+    const StepFigures f = run_step(model, step, t.lr);
     run.step_seconds.push_back(std::chrono::duration<double>(Clock::now() - ts).count());
+    check_step(divergence, f, step, "timed", s + 1);
+    run.last_loss = f.loss;
     run.tokens += step.global_tokens;
     run.padded_tokens += step.packing.padded_tokens;
     run.micro_batches += int64_t(step.micro.size());
     for (MicroBatch& mb : step.micro) run.micro.push_back(std::move(mb));
   }
   run.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  LOOM_CHECK(std::isfinite(run.last_loss), "the loss of the last timed step is ", run.last_loss,
-             "; a step that computes garbage is not benchmarked (run the GPU tests)");
   return run;
 }
 
