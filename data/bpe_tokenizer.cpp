@@ -128,21 +128,82 @@ std::vector<AddedToken> read_added_tokens(const json& j, int64_t limit, const st
   return out;
 }
 
-// True when the post-processor prepends a special token to a single sequence.
-bool post_processor_prepends(const json& p, const std::string& path, const std::string& where) {
-  if (!p.is_object()) return false;
-  const std::string type = json_optional_string_at(p, "type", where, path).value_or("");
-  if (type == "Sequence") {
-    const json& list = json_array_at(p, "processors", where, path);
-    for (size_t i = 0; i < list.size(); ++i)
-      if (post_processor_prepends(list[i], json_index_path(path + ".processors", i), where)) return true;
-    return false;
+// An id a post-processor adds, checked against the ids the file defines.
+int32_t special_id(const json& v, int64_t limit, const std::string& where, const std::string& path) {
+  return int32_t(json_integer(v, 0, limit - 1, where, path, id_range_hint(limit)));
+}
+
+// RobertaProcessing / BertProcessing: "cls": [token, id] before the text, "sep": [token, id] after.
+SpecialIds read_cls_sep(const json& p, int64_t limit, const std::string& where, const std::string& path) {
+  auto id_of = [&](const char* key) {
+    const json& pair = json_array_at(p, key, where, path);
+    const std::string at = json_key_path(path, key);
+    LOOM_CHECK(pair.size() == 2 && pair[0].is_string(), where, ": ", at, " must be [token, id], found ",
+               json_shown(pair));
+    return special_id(pair[1], limit, where, json_index_path(at, 1));
+  };
+  return SpecialIds{{id_of("cls")}, {id_of("sep")}};
+}
+
+// TemplateProcessing's "single": special tokens around one {"Sequence": {"id": "A"}}; each
+// {"SpecialToken": {"id": NAME}} adds the ids "special_tokens"[NAME] lists.
+SpecialIds read_template(const json& p, int64_t limit, const std::string& where, const std::string& path) {
+  const json& single = json_array_at(p, "single", where, path);
+  const json* specials = json_member(p, "special_tokens");
+  SpecialIds out;
+  bool seen_text = false;
+  for (size_t i = 0; i < single.size(); ++i) {
+    const std::string at = json_index_path(json_key_path(path, "single"), i);
+    const json& item = single[i];
+    if (!item.is_object() || item.size() != 1 || !(item.contains("SpecialToken") || item.contains("Sequence")))
+      json_type_error(where, at, "{\"SpecialToken\": {...}} or {\"Sequence\": {...}}", item);
+    if (const json* seq = json_member(item, "Sequence")) {
+      const std::string id = json_string_at(*seq, "id", where, at + ".Sequence");
+      LOOM_CHECK(id == "A" && !seen_text, where, ": ", at, " is $", id, "; a single-sequence template holds $A once");
+      seen_text = true;
+      continue;
+    }
+    const std::string name = json_string_at(item["SpecialToken"], "id", where, at + ".SpecialToken");
+    const json* entry = specials && specials->is_object() ? json_member(*specials, name.c_str()) : nullptr;
+    LOOM_CHECK(entry, where, ": ", at, " adds \"", name, "\", which ", json_key_path(path, "special_tokens"),
+               " does not list");
+    const std::string entry_path = json_key_path(json_key_path(path, "special_tokens"), name);
+    const json& ids = json_array_at(*entry, "ids", where, entry_path);
+    std::vector<int32_t>& side = seen_text ? out.after : out.before;
+    for (size_t k = 0; k < ids.size(); ++k)
+      side.push_back(special_id(ids[k], limit, where, json_index_path(entry_path + ".ids", k)));
   }
-  if (type == "TemplateProcessing") {
-    const json& single = member(p, "single");
-    return single.is_array() && !single.empty() && single[0].is_object() && single[0].contains("SpecialToken");
+  LOOM_CHECK(seen_text, where, ": ", json_key_path(path, "single"), " has no {\"Sequence\": {\"id\": \"A\"}}");
+  return out;
+}
+
+// What the post-processor adds around a single sequence with add_special_tokens=True.
+SpecialIds read_post_processor(const json& p, int64_t limit, const std::string& where, const std::string& path) {
+  if (p.is_null()) return {};
+  if (!p.is_object()) json_type_error(where, path, "an object or null", p);
+  const std::optional<std::string> type = json_optional_string_at(p, "type", where, path);
+  if (!type) fail(where, ": ", path, ".type is missing");
+  if (*type == "ByteLevel") return {};  // it only adjusts offsets
+  if (*type == "TemplateProcessing") return read_template(p, limit, where, path);
+  if (*type == "RobertaProcessing" || *type == "BertProcessing") return read_cls_sep(p, limit, where, path);
+  LOOM_CHECK(*type == "Sequence", where, ": ", path, ".type \"", *type,
+             "\" is not a post-processor loom knows (TemplateProcessing, RobertaProcessing, BertProcessing, ByteLevel, "
+             "Sequence)");
+  // tokenizers hands each processor of a Sequence the pieces the one before it made, not the text,
+  // so two that add tokens drop the text; real files hold one (Llama 3: ByteLevel, then a template).
+  SpecialIds out;
+  std::string adder;  // the processor that adds tokens
+  const json& list = json_array_at(p, "processors", where, path);
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string at = json_index_path(path + ".processors", i);
+    SpecialIds step = read_post_processor(list[i], limit, where, at);
+    if (step.before.empty() && step.after.empty()) continue;
+    LOOM_CHECK(adder.empty(), where, ": ", adder, " and ", at,
+               " both add special tokens; loom reads a post-processor Sequence with one that does");
+    adder = at;
+    out = std::move(step);
   }
-  return false;
+  return out;
 }
 
 }  // namespace
@@ -204,14 +265,15 @@ void BpeTokenizer::resolve_special_tokens(const json& j, const SpecialTokenConfi
   if (config.has_file()) {
     bos_id_ = id_of(config.bos_token, "bos_token");
     eos_id_ = id_of(config.eos_token, "eos_token");
+    // transformers adds a pad_token that is not in the vocabulary as a new token: no id here.
+    if (config.pad_token) pad_id_ = token_to_id(*config.pad_token);
   } else {
     bos_id_ = first_known({"<s>", "<|begin_of_text|>", "<bos>"});
     eos_id_ = first_known({"</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"});
   }
-  const json& post_processor = member(j, "post_processor");
-  bos_by_default_ = config.add_bos_token ? *config.add_bos_token
-                                         : post_processor_prepends(post_processor, "post_processor", where);
-  bos_by_default_ = bos_by_default_ && bos_id_ >= 0;
+  special_ids_ = read_post_processor(member(j, "post_processor"), id_limit(j), where, "post_processor");
+  if (config.add_bos_token || config.add_eos_token)
+    special_ids_ = bos_eos_ids(config.add_bos_token.value_or(false), config.add_eos_token.value_or(false));
 }
 
 int32_t BpeTokenizer::token_to_id(std::string_view token) const {

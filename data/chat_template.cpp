@@ -359,4 +359,18 @@ std::string segments_text(const std::vector<ChatSegment>& segments) {
   return s;
 }
 
+const char* end_of_turn_text(const ChatTemplate& tmpl) {
+  switch (tmpl.family) {
+    case TemplateFamily::chatml:
+    case TemplateFamily::qwen3:
+      return "<|im_end|>";
+    case TemplateFamily::llama3:
+      return "<|eot_id|>";
+    case TemplateFamily::mistral:
+    case TemplateFamily::llama2:
+      return "</s>";
+  }
+  fail("internal: unhandled chat template family");
+}
+
 }  // namespace loom

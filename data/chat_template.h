@@ -80,4 +80,8 @@ std::vector<ChatSegment> render_chat(const ChatTemplate& tmpl, const std::vector
 // The concatenated text of the segments.
 std::string segments_text(const std::vector<ChatSegment>& segments);
 
+// The special token that ends an assistant turn: <|im_end|> (chatml, qwen3), <|eot_id|> (llama3),
+// </s> (mistral, llama2).
+const char* end_of_turn_text(const ChatTemplate& tmpl);
+
 }  // namespace loom

@@ -16,6 +16,7 @@
 #include "data/json_fields.h"
 #include "data/jsonl.h"
 #include "data/shards.h"
+#include "data/tokenizer_record.h"
 #include "ops/error.h"
 #include "ops/files.h"
 
@@ -25,9 +26,10 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// Bumped whenever rendering or masking changes what a preparation produces, so old caches are
+// Bumped whenever rendering or masking changes what a preparation produces, or what prepared.json
+// records (2: the tokenizer and template records of data/tokenizer_record.h), so old caches are
 // not reused.
-constexpr int kPrepareRevision = 1;
+constexpr int kPrepareRevision = 2;
 
 // ---------------------------------------------------------------- records
 
@@ -301,15 +303,9 @@ void check_source(const DataSection& data) {
 // What decides a preparation's output: JSONL bytes, tokenizer bytes (with its chat template)
 // and the data settings. Paths are left out so that moving files keeps a cache valid.
 json identity_of(const DataSection& data, const std::string& tokenizer_path) {
-  const std::string tok_file = tokenizer_file(tokenizer_path);
-  uint64_t tok_hash = fnv1a64_file(tok_file, "tokenizer");
-  const fs::path dir = fs::path(tok_file).parent_path();
-  std::error_code ec;
-  for (const char* extra : {"tokenizer_config.json", "chat_template.jinja"})
-    if (fs::exists(dir / extra, ec)) tok_hash = fnv1a64_file((dir / extra).string(), extra, tok_hash);
   return json{{"revision", kPrepareRevision},
               {"source_fnv1a64", hex64(fnv1a64_file(data.path, "data.path"))},
-              {"tokenizer_fnv1a64", hex64(tok_hash)},
+              {"tokenizer_fnv1a64", hex64(tokenizer_files_fnv1a64(tokenizer_path))},
               {"format", data.format},
               {"template", data.template_name},
               {"train_on", data.train_on},
@@ -406,7 +402,8 @@ PrepareResult prepare_with_identity(const DataSection& data, const std::string& 
 
   json fields{{"identity", identity},
               {"source", data.path},
-              {"tokenizer", tokenizer_file(tokenizer_path)},
+              {"tokenizer", tokenizer_record_json(record_tokenizer(tokenizer_path, *tok))},
+              {"template", tmpl ? template_record_json(record_template(*tmpl, tokenizer_path, *tok)) : json(nullptr)},
               {"resolved", {{"format", record_format_name(format)}, {"template", tmpl ? tmpl->name : "none"}}},
               {"counts", stats_json(built.stats)}};
   write_prepared(out_dir, built.docs, fields.dump(),
@@ -443,12 +440,17 @@ const char* record_format_name(RecordFormat format) {
   return "?";
 }
 
-RecordFormat detect_record_format(const std::string& json_line, const std::string& where) {
-  const json record = parse_jsonl_object(json_line, where);
+std::optional<RecordFormat> record_format_of(const json& record) {
   if (record.contains("messages")) return RecordFormat::messages;
   if (record.contains("conversations")) return RecordFormat::sharegpt;
   if (record.contains("instruction") && record.contains("output")) return RecordFormat::alpaca;
   if (record.contains("text")) return RecordFormat::text;
+  return std::nullopt;
+}
+
+RecordFormat detect_record_format(const std::string& json_line, const std::string& where) {
+  const json record = parse_jsonl_object(json_line, where);
+  if (const std::optional<RecordFormat> format = record_format_of(record)) return *format;
   std::string keys;
   for (const auto& item : record.items()) keys += (keys.empty() ? "" : ", ") + item.key();
   fail(where, ": cannot tell the record format from its keys (", keys.empty() ? "none" : keys,
@@ -457,7 +459,10 @@ RecordFormat detect_record_format(const std::string& json_line, const std::strin
 }
 
 DataRecord parse_record(const std::string& json_line, RecordFormat format, const std::string& where) {
-  const json record = parse_jsonl_object(json_line, where);
+  return parse_record_object(parse_jsonl_object(json_line, where), format, where);
+}
+
+DataRecord parse_record_object(const json& record, RecordFormat format, const std::string& where) {
   try {
     return record_of(record, format);
   } catch (const Error& e) {

@@ -26,6 +26,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -45,6 +46,8 @@ const char* record_format_name(RecordFormat format);
 // The format a record's keys announce; throws naming the keys found when none fits. Errors start
 // with `where` (FILE:LINE).
 RecordFormat detect_record_format(const std::string& json_line, const std::string& where);
+// The format a parsed record's keys announce; nullopt when none fits.
+std::optional<RecordFormat> record_format_of(const nlohmann::json& record);
 
 // One JSONL record: a conversation, or (format text) plain text.
 struct DataRecord {
@@ -54,6 +57,8 @@ struct DataRecord {
 };
 // Throws loom::Error starting with `where` (FILE:LINE), then the reason.
 DataRecord parse_record(const std::string& json_line, RecordFormat format, const std::string& where);
+// The same for a line already parsed.
+DataRecord parse_record_object(const nlohmann::json& record, RecordFormat format, const std::string& where);
 
 // Tokenizes rendered segments once; mask as in the header comment.
 Document tokenize_segments(const Tokenizer& tok, const std::vector<ChatSegment>& segments, bool train_on_all);

@@ -19,7 +19,8 @@
 // flushed, so an interrupted run leaves a .tmp file, never a shard that looks complete.
 // prepared.json (same tmp + rename, written last; removed first when a folder is re-prepared) is
 // {"format": "loom-prepared", "version": 1, "shards": [{"file", "documents", "tokens", "bytes",
-// "checksum"}], ...caller's fields: tokenizer, config, counts}. Readers load only the shards it
+// "checksum"}], ...caller's fields: identity, source, tokenizer and template (data/tokenizer_record.h),
+// counts}. Readers load only the shards it
 // lists and check each against its entry, so leftovers of other runs are never picked up.
 #pragma once
 #include <cstdint>

@@ -86,7 +86,9 @@ SpTokenizer::SpTokenizer(const std::string& path, const SpecialTokenConfig& conf
     bos_id_ = sp_->bos_id();  // -1 when the model was trained with --bos_id=-1
     eos_id_ = sp_->eos_id();
   }
-  bos_by_default_ = (config.add_bos_token ? *config.add_bos_token : true) && bos_id_ >= 0;
+  pad_id_ = config.pad_token ? token_to_id(*config.pad_token) : sp_->pad_id();
+  // transformers' LlamaTokenizer: add_bos_token defaults to true, add_eos_token to false.
+  special_ids_ = bos_eos_ids(config.add_bos_token.value_or(true), config.add_eos_token.value_or(false));
 }
 
 SpTokenizer::~SpTokenizer() = default;

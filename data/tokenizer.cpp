@@ -30,15 +30,22 @@ std::optional<std::string> special_token(const json& j, const char* key, const s
 
 }  // namespace
 
-std::string tokenizer_file(const std::string& path) {
+std::string tokenizer_file(const std::string& path, const std::string& what) {
   std::error_code ec;  // the non-throwing overloads: a path too long for the system is an error below
   if (fs::is_directory(path, ec)) {
     for (const char* name : {"tokenizer.json", "tokenizer.model"})
       if (fs::exists(fs::path(path) / name, ec)) return (fs::path(path) / name).string();
-    fail("no tokenizer in folder ", path, ": expected tokenizer.json (HF) or tokenizer.model (sentencepiece) in it");
+    fail(what, " ", path,
+         ": no tokenizer in this folder; expected tokenizer.json (HF) or tokenizer.model (sentencepiece) in it");
   }
-  require_regular_file(path, "tokenizer");
+  require_regular_file(path, what);
   return path;
+}
+
+bool holds_tokenizer(const std::string& dir) {
+  std::error_code ec;
+  return fs::is_directory(dir, ec) &&
+         (fs::exists(fs::path(dir) / "tokenizer.json", ec) || fs::exists(fs::path(dir) / "tokenizer.model", ec));
 }
 
 SpecialTokenConfig read_special_token_config(const std::string& path) {
@@ -50,12 +57,14 @@ SpecialTokenConfig read_special_token_config(const std::string& path) {
   c.path = path;
   c.bos_token = special_token(j, "bos_token", path);
   c.eos_token = special_token(j, "eos_token", path);
+  c.pad_token = special_token(j, "pad_token", path);
   if (json_member(j, "add_bos_token")) c.add_bos_token = json_bool_at(j, "add_bos_token", false, path, "");
+  if (json_member(j, "add_eos_token")) c.add_eos_token = json_bool_at(j, "add_eos_token", false, path, "");
   return c;
 }
 
-std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
-  const fs::path file = tokenizer_file(path);
+std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path, const std::string& what) {
+  const fs::path file = tokenizer_file(path, what);
   SpecialTokenConfig config = read_special_token_config((file.parent_path() / "tokenizer_config.json").string());
   std::string ext = file.extension().string();
   if (ext == ".json") return BpeTokenizer::from_file(file.string(), config);
@@ -64,12 +73,20 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
        ": expected a HF tokenizer.json (.json) or a sentencepiece model (.model)");
 }
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos) const {
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
   std::vector<int32_t> ids;
-  ids.reserve(text.size() / 3 + 2);
-  if (add_bos && bos_id_ >= 0) ids.push_back(bos_id_);
+  if (add_special_tokens) ids = special_ids_.before;
+  ids.reserve(ids.size() + text.size() / 3 + 2);
   encode_into(text, ids, nullptr);
+  if (add_special_tokens) ids.insert(ids.end(), special_ids_.after.begin(), special_ids_.after.end());
   return ids;
+}
+
+SpecialIds Tokenizer::bos_eos_ids(bool add_bos, bool add_eos) const {
+  SpecialIds s;
+  if (add_bos && bos_id_ >= 0) s.before.push_back(bos_id_);
+  if (add_eos && eos_id_ >= 0) s.after.push_back(eos_id_);
+  return s;
 }
 
 std::vector<int32_t> Tokenizer::encode_with_offsets(std::string_view text, std::vector<size_t>* starts) const {

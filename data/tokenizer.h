@@ -10,19 +10,29 @@
 namespace loom {
 
 // The tokenizer file PATH names: PATH itself when it is a file, else tokenizer.json (preferred) or
-// tokenizer.model in the folder PATH. A missing path, a FIFO or a device is an error.
-std::string tokenizer_file(const std::string& path);
+// tokenizer.model in the folder PATH. A missing path, a FIFO or a device is an error that starts
+// with `what`, the name the user gave PATH by ("--tokenizer", "data.tokenizer").
+std::string tokenizer_file(const std::string& path, const std::string& what = "tokenizer");
+// Whether the folder `dir` holds a tokenizer.json or tokenizer.model (a model folder may have none).
+bool holds_tokenizer(const std::string& dir);
+
+// What HF's encode(text, add_special_tokens=True) puts around the ids of one text.
+struct SpecialIds {
+  std::vector<int32_t> before, after;
+};
 
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
-  // PATH: a tokenizer.json, a sentencepiece .model, or a folder holding one (tokenizer.json preferred).
-  static std::unique_ptr<Tokenizer> load(const std::string& path);
+  // PATH: a tokenizer.json, a sentencepiece .model, or a folder holding one (tokenizer.json
+  // preferred); `what` as for tokenizer_file.
+  static std::unique_ptr<Tokenizer> load(const std::string& path, const std::string& what = "tokenizer");
 
-  // Special/added-token strings inside text are recognised as their tokens. No BOS/EOS is added
-  // unless add_bos (then bos_id() is prepended when the tokenizer has one).
-  std::vector<int32_t> encode(std::string_view text, bool add_bos = false) const;
-  // As encode (no BOS), and starts[i] = byte offset in `text` where token i begins: HF's offsets,
+  // Special/added-token strings inside text are recognised as their tokens. With
+  // add_special_tokens, special_ids() go around the ids, as HF's add_special_tokens=True does;
+  // without, nothing is added.
+  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false) const;
+  // As encode (nothing added), and starts[i] = byte offset in `text` where token i begins: HF's offsets,
   // i.e. the input character its first character came from after normalization (a byte-level token
   // that begins inside a character starts at that character; text a normalizer inserts, such as
   // the leading "▁", at the character it was inserted before). starts never decrease.
@@ -34,16 +44,23 @@ class Tokenizer {
   virtual int32_t token_to_id(std::string_view token) const = 0;
   int32_t bos_id() const { return bos_id_; }  // -1 if none
   int32_t eos_id() const { return eos_id_; }  // -1 if none
-  // Whether HF adds BOS when encoding with add_special_tokens=True (tokenizer_config.json's
-  // add_bos_token, else a post-processor that starts with BOS): pass it as add_bos to match HF.
-  bool bos_by_default() const { return bos_by_default_; }
+  int32_t pad_id() const { return pad_id_; }  // -1 if none
+  // What add_special_tokens adds. A tokenizer.json: its post_processor's single-sequence template
+  // (TemplateProcessing; RobertaProcessing and BertProcessing: cls … sep; ByteLevel: nothing;
+  // Sequence: each in turn), unless tokenizer_config.json sets add_bos_token or add_eos_token:
+  // then BOS … EOS as those say, as transformers' TokenizersBackend.update_post_processor does. A
+  // sentencepiece .model: BOS unless add_bos_token is false, EOS when add_eos_token is true
+  // (transformers' LlamaTokenizer).
+  const SpecialIds& special_ids() const { return special_ids_; }
 
  protected:
-  // Appends the ids of `text` (no BOS) to ids, and each token's start offset to starts when non-null.
+  // Appends the ids of `text` (nothing added) to ids, and each token's start offset to starts when non-null.
   virtual void encode_into(std::string_view text, std::vector<int32_t>& ids, std::vector<size_t>* starts) const = 0;
+  // BOS … EOS as add_bos / add_eos say, for those the tokenizer has.
+  SpecialIds bos_eos_ids(bool add_bos, bool add_eos) const;
 
-  int32_t bos_id_ = -1, eos_id_ = -1;
-  bool bos_by_default_ = false;
+  int32_t bos_id_ = -1, eos_id_ = -1, pad_id_ = -1;
+  SpecialIds special_ids_;
 };
 
 }  // namespace loom

@@ -8,10 +8,15 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
+#include <vector>
 
-#include "ops/error.h"
+#include "data/chat_template.h"
+#include "data/dataset.h"
+#include "data/tokenizer.h"
 #include "models/safetensors.h"
+#include "ops/error.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -105,8 +110,215 @@ TEST(ScoreCli, BadLinesAreNamed) {
   EXPECT_NE(missing.out.find("/nonexistent/model"), std::string::npos) << missing.out;
 }
 
-// FORMATS.md's test vectors through the CLI: special-token strings in the text are special, BOS only
-// with --bos, a bad line named.
+// -log p of each token after the first, from --per-token "logprobs" read back as the floats written.
+std::vector<float> losses_of(const nlohmann::json& line) {
+  std::vector<float> out;
+  for (const auto& v : line.at("logprobs")) out.push_back(-float(v.get<double>()));
+  return out;
+}
+
+TEST(ScoreCli, PerTokenLogprobsMatchHuggingFaceLogits) {
+  if (!have("build/score")) GTEST_SKIP() << "build/score missing";
+  const std::string fx = test::fixtures_dir() + "/hf/llama";
+  std::ifstream bf(fx + "/batch.json");
+  auto docs = nlohmann::json::parse(bf)["documents"];
+  std::string input;
+  for (const auto& d : docs) input += nlohmann::json{{"ids", d["ids"]}}.dump() + "\n";
+  const std::string in = write_temp("score_pt.jsonl", input);
+  const std::string cmd = "build/score --device cpu --model " + fx + "/model --adapter " + fx + "/adapter";
+  Outcome plain = run(cmd + " < " + in), per_token = run(cmd + " --per-token < " + in);
+  ASSERT_EQ(per_token.code, 0) << per_token.out;
+  Checkpoint exp = Checkpoint::open(fx + "/expected.safetensors");
+  std::istringstream plain_lines(plain.out), lines(per_token.out);
+  std::string plain_line, line;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    ASSERT_TRUE(std::getline(lines, line) && std::getline(plain_lines, plain_line)) << per_token.out;
+    const auto j = nlohmann::json::parse(line);
+    const auto ids = docs[i]["ids"].get<std::vector<int>>();
+    // The {"ids"} form's nll and tokens are what they are without --per-token, to the digit.
+    EXPECT_EQ(line.substr(0, plain_line.size() - 1) + "}", plain_line) << "line " << i + 1;
+    EXPECT_FALSE(j.contains("ids") || j.contains("targets"));  // the user gave the ids: all are targets
+    const std::vector<float> losses = losses_of(j);
+    ASSERT_EQ(losses.size(), ids.size() > 0 ? ids.size() - 1 : 0) << "line " << i + 1;
+    if (ids.size() < 2) continue;
+    const auto logits = exp.read_f32(cat("logits.", i), {int64_t(ids.size()), 64});
+    double sum = 0;
+    for (size_t t = 0; t + 1 < ids.size(); ++t) {
+      const std::vector<float> row(logits.begin() + t * 64, logits.begin() + (t + 1) * 64);
+      const double want = nll_from_logits(row, {ids[t], ids[t + 1]}, 64);
+      // fp32 reference path against HF's fp32 logits: sums of the same terms in another order,
+      // ~1e-6 relative; 1e-4 is the nll test's bound above.
+      EXPECT_NEAR(losses[t], want, 1e-4 * std::max(want, 1.0)) << "line " << i + 1 << " token " << t + 1;
+      sum += losses[t];
+    }
+    // nll is the mean of the same losses, summed in the same order in double.
+    EXPECT_EQ(j["nll"].get<double>(), sum / double(ids.size() - 1)) << "line " << i + 1;
+  }
+}
+
+// A model folder that can score text: the tiny llama fixture (V = 64) with a ChatML tokenizer of 35
+// tokens, one per character of its alphabet plus <|endoftext|>, <|im_start|> and <|im_end|>.
+std::string tiny_chat_model() {
+  const fs::path dir = fs::temp_directory_path() / "loom_cli_test_chat_model";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string fx = test::fixtures_dir() + "/hf/llama/model";
+  fs::copy_file(fx + "/config.json", dir / "config.json");
+  fs::copy_file(fx + "/model.safetensors", dir / "model.safetensors");
+  nlohmann::json vocab = nlohmann::json::object(), added = nlohmann::json::array();
+  for (char c : std::string("\n abcdefghijklmnopqrstuvwxyz.,?!")) vocab[std::string(1, c)] = vocab.size();
+  for (const char* special : {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}) {
+    added.push_back({{"id", vocab.size()}, {"content", special}, {"special", true}});
+    vocab[special] = vocab.size();
+  }
+  const nlohmann::json tokenizer = {
+      {"added_tokens", added},  {"normalizer", nullptr}, {"pre_tokenizer", nullptr}, {"post_processor", nullptr},
+      {"decoder", nullptr},     {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  std::ofstream(dir / "tokenizer.json") << tokenizer.dump();
+  const nlohmann::json config = {
+      {"eos_token", "<|im_end|>"},
+      {"pad_token", "<|endoftext|>"},
+      {"chat_template",
+       "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+       "'<|im_end|>' + '\\n'}}{% endfor %}"}};
+  std::ofstream(dir / "tokenizer_config.json") << config.dump();
+  return dir.string();
+}
+
+nlohmann::json chat(const std::string& user, const std::string& answer) {
+  return {{"messages", {{{"role", "user"}, {"content", user}}, {{"role", "assistant"}, {"content", answer}}}}};
+}
+
+std::vector<nlohmann::json> output_lines(const Outcome& r) {
+  std::vector<nlohmann::json> out;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+// Text and conversations are tokenized and masked as build/prepare does, and their log-probs are
+// the ones the same ids score as {"ids"}.
+TEST(ScoreCli, TextAndConversationsScoreTheirTargetsAsTrainingWould) {
+  if (!have("build/score")) GTEST_SKIP() << "build/score missing";
+  const std::string model = tiny_chat_model();
+  const auto tok = Tokenizer::load(model);
+  const ChatTemplate tmpl = resolve_chat_template("auto", read_chat_template_source(model), false);
+  ASSERT_EQ(tmpl.name, "chatml");
+  const Document text = tokenize_text(*tok, "hello world.");
+  const std::vector<ChatMessage> messages = {{"user", "hi there?", ""}, {"assistant", "hello, friend.", ""}};
+  const Document conversation = tokenize_segments(*tok, render_chat(tmpl, messages), false);
+  const std::vector<nlohmann::json> inputs = {
+      {{"text", "hello world."}},
+      chat("hi there?", "hello, friend."),
+      {{"conversations",
+        {{{"from", "human"}, {"value", "hi there?"}}, {{"from", "gpt"}, {"value", "hello, friend."}}}}},
+      {{"instruction", "hi there?"}, {"output", "hello, friend."}},
+      {{"ids", text.ids}},
+      {{"ids", conversation.ids}}};
+  std::string input;
+  for (const auto& j : inputs) input += j.dump() + "\n";
+  const std::string in = write_temp("score_text.jsonl", input);
+  const std::string cmd = "build/score --device cpu --per-token --model " + model;
+  const std::vector<nlohmann::json> out = output_lines(run(cmd + " < " + in));
+  ASSERT_EQ(out.size(), inputs.size()) << run(cmd + " < " + in).out;
+
+  // Text: [BOS] text [EOS] (this tokenizer has no BOS), every token after the first a target.
+  EXPECT_EQ(out[0]["ids"], text.ids);
+  EXPECT_EQ(out[0]["targets"], std::vector<int>(text.ids.size() - 1, 1));
+  EXPECT_EQ(out[0]["tokens"], text.ids.size() - 1);
+  EXPECT_EQ(out[0]["logprobs"], out[4]["logprobs"]);
+  EXPECT_EQ(out[0]["nll"], out[4]["nll"]);
+
+  // A conversation: the response and its end of turn are the targets.
+  EXPECT_EQ(out[1]["ids"], conversation.ids);
+  const std::vector<uint8_t> targets(conversation.mask.begin() + 1, conversation.mask.end());
+  EXPECT_EQ(out[1]["targets"], targets);
+  const std::vector<float> losses = losses_of(out[1]);
+  ASSERT_EQ(losses.size(), targets.size());
+  double sum = 0;
+  int n = 0;
+  for (size_t i = 0; i < targets.size(); ++i)
+    if (targets[i]) sum += losses[i], ++n;
+  EXPECT_EQ(n, 16);  // "hello, friend." one token per character, then <|im_end|> and "\n"
+  EXPECT_EQ(out[1]["tokens"], n);
+  EXPECT_EQ(out[1]["nll"].get<double>(), sum / n);
+  EXPECT_EQ(out[1]["logprobs"], out[5]["logprobs"]);
+  EXPECT_EQ(out[2], out[1]);  // ShareGPT
+  EXPECT_EQ(out[3], out[1]);  // Alpaca
+
+  // --train-on all: every token after the first, as the {"ids"} form scores them.
+  const std::vector<nlohmann::json> all = output_lines(run(cmd + " --train-on all < " + in));
+  ASSERT_EQ(all.size(), inputs.size());
+  EXPECT_EQ(all[1]["tokens"], conversation.ids.size() - 1);
+  EXPECT_EQ(all[1]["nll"], out[5]["nll"]);
+}
+
+// Every error of build/score names what the user typed: the flag, or stdin:LINE.
+TEST(ScoreCli, ErrorsNameTheFlagOrTheLine) {
+  if (!have("build/score")) GTEST_SKIP() << "build/score missing";
+  const std::string chat_model = tiny_chat_model();
+  const std::string bare_model = test::fixtures_dir() + "/hf/llama/model";  // no tokenizer files
+  const std::string qwen3 = test::shared_dir() + "/tokenizers/qwen3";
+  const std::string text = write_temp("score_err_text.jsonl", "{\"text\": \"hi\"}\n");
+  const std::string conversation = write_temp("score_err_chat.jsonl", chat("hi", "yo").dump() + "\n");
+  const std::string ids = write_temp("score_err_ids.jsonl", "{\"ids\": [1, 2]}\n");
+  struct Case {
+    std::string args, input;
+    std::vector<std::string> parts;
+  };
+  const std::vector<Case> cases = {
+      {"--model /nonexistent/model", ids, {"error: --model /nonexistent/model: no such file"}},
+      {"--model " + bare_model + "/config.json", ids, {"error: --model " + bare_model + "/config.json is a file"}},
+      {"--model " + bare_model + " --adapter /nonexistent/adapter",
+       ids,
+       {"error: --adapter /nonexistent/adapter: no such file"}},
+      {"--model " + bare_model + " --tokenizer /nonexistent/tok",
+       ids,
+       {"error: --tokenizer /nonexistent/tok: no such file"}},
+      {"--model " + bare_model + " --template nope", ids, {"error: --template must be one of auto, none, chatml"}},
+      {"--model " + bare_model + " --train-on some", ids, {"error: --train-on must be one of responses, all"}},
+      {"--model " + bare_model + " --device tpu", ids, {"error: --device must be one of auto, cpu, cuda"}},
+      {"--model " + bare_model + " --frobnicate", ids, {"error: unknown argument '--frobnicate'"}},
+      {"--model " + bare_model, text, {"error: stdin:1: ", "the model folder has none", "pass --tokenizer PATH"}},
+      {"--model " + bare_model + " --tokenizer " + qwen3,
+       text,
+       {"error: stdin:1: the tokenizer gave id ",
+        "outside the model's vocabulary [0, 64); is --tokenizer the model's "
+        "tokenizer?"}},
+      {"--model " + chat_model + " --tokenizer " + qwen3,
+       ids,
+       {"error: --tokenizer <" + qwen3 + "/tokenizer.json, fnv1a64 ", "vocab 151669",
+        "is not the tokenizer of --model " + chat_model + " <" + chat_model + "/tokenizer.json", "vocab 35",
+        "leave --tokenizer out"}},
+      {"--model " + chat_model + " --template none",
+       conversation,
+       {"error: stdin:1: a conversation needs a chat template, and --template is none", "or set --template"}},
+      {"--model " + bare_model + " --tokenizer " + test::fixtures_dir() + "/tokenizer/tiny_unk_fused.json",
+       conversation,
+       {"error: stdin:1: --template is auto but the tokenizer has no chat template", "set --template to chatml"}},
+      {"--model " + chat_model,
+       write_temp("score_err_role.jsonl", "{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}\n"),
+       {"error: stdin:1: messages[0].role is \"robot\""}},
+      {"--model " + chat_model,
+       write_temp("score_err_keys.jsonl", "{\"prompt\": \"x\"}\n"),
+       {"error: stdin:1: cannot tell what to score from the keys (prompt)"}},
+      {"--model " + chat_model,
+       write_temp("score_err_ids_type.jsonl", "{\"ids\": \"1 2\"}\n"),
+       {"error: stdin:1: \"ids\" must be a list of integers"}},
+  };
+  for (const Case& c : cases) {
+    const Outcome r = run("build/score --device cpu " + c.args + " < " + c.input);
+    EXPECT_EQ(r.code, 1) << c.args << "\n" << r.out;
+    for (const std::string& part : c.parts)
+      EXPECT_NE(r.out.find(part), std::string::npos) << "\"" << part << "\" missing for " << c.args << ":\n" << r.out;
+    for (const char* key : {"model.path", "data.tokenizer", "data.template", "data.train_on"})
+      EXPECT_EQ(r.out.find(key), std::string::npos) << "config key " << key << " in: " << r.out;
+  }
+}
+
+// FORMATS.md's test vectors through the CLI: special-token strings in the text are special, special
+// tokens added only with --special and only where the tokenizer's post-processor adds them, a bad
+// line named.
 TEST(TokenizeCli, EncodesLinesAndNamesBadOnes) {
   if (!have("build/tokenize")) GTEST_SKIP() << "build/tokenize missing";
   const std::string tok = test::shared_dir() + "/tokenizers/";
@@ -114,9 +326,16 @@ TEST(TokenizeCli, EncodesLinesAndNamesBadOnes) {
                      write_temp("tok.jsonl", "{\"text\": \"Hello world<|im_end|>\"}\n{\"text\": \"\"}\n"));
   ASSERT_EQ(qwen.code, 0) << qwen.out;
   EXPECT_EQ(qwen.out, "{\"ids\":[9707,1879,151645]}\n{\"ids\":[]}\n");
-  Outcome llama = run("build/tokenize --bos --tokenizer " + tok + "llama3 < " +
-                      write_temp("tok2.jsonl", "{\"text\": \"Hello\"}\n"));
-  EXPECT_EQ(llama.out, "{\"ids\":[128000,9906]}\n");
+  // --special (and its older name --bos) adds what HF's add_special_tokens=True adds: nothing for
+  // the shared Llama 3 file, whose post-processor is ByteLevel alone; <s> for Mistral.
+  const std::string hello = write_temp("tok2.jsonl", "{\"text\": \"Hello\"}\n");
+  EXPECT_EQ(run("build/tokenize --bos --tokenizer " + tok + "llama3 < " + hello).out, "{\"ids\":[9906]}\n");
+  EXPECT_EQ(run("build/tokenize --special --tokenizer " + tok + "llama3 < " + hello).out, "{\"ids\":[9906]}\n");
+  EXPECT_EQ(run("build/tokenize --special --tokenizer " + tok + "mistral < " + hello).out, "{\"ids\":[1,22557]}\n");
+  Outcome missing = run("build/tokenize --tokenizer /nonexistent/tok.json < " + hello);
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.out.find("error: --tokenizer /nonexistent/tok.json: no such file"), std::string::npos)
+      << missing.out;
   Outcome bad = run("build/tokenize --tokenizer " + tok + "qwen3 < " +
                     write_temp("tok3.jsonl", "{\"text\": \"a\"}\n{\"text\": 5}\n"));
   EXPECT_EQ(bad.code, 1);

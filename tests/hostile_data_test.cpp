@@ -6,8 +6,6 @@
 // outcome: a loom::Error naming the file (and line or key path), or acceptance for the valid
 // near-misses. Counts:
 //   build/loom_tests --gtest_list_tests --gtest_filter='*Hostile*Data*:*HostileToolStdin*'
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -15,7 +13,6 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 #include <stdexcept>
 
 #include "data/bpe_model.h"
@@ -51,18 +48,6 @@ std::string dump_with_raw(const json& j, const std::string& raw) {
   const size_t at = text.find(std::string("\"") + kRaw + "\"");
   if (at == std::string::npos) throw std::logic_error("no @RAW@ placeholder");
   return text.replace(at, std::strlen(kRaw) + 2, raw);
-}
-
-void make_fifo(const std::string& path) {
-  fs::create_directories(fs::path(path).parent_path());
-  if (mkfifo(path.c_str(), 0600) != 0) throw std::logic_error("mkfifo " + path + " failed");
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 std::string byte_char(int b) {
@@ -441,8 +426,17 @@ void add_pipeline_cases(std::vector<HostileCase>& out) {
   out.push_back(tokenizer_case("post_processor_sequence_not_list",
                                set("post_processor", {{"type", "Sequence"}, {"processors", "x"}}),
                                {"tokenizer.json: post_processor.processors must be a list"}));
-  out.push_back(tokenizer_case("post_processor_template_accepted",
-                               set("post_processor", {{"type", "TemplateProcessing"}, {"single", {5}}}), {}));
+  out.push_back(tokenizer_case("post_processor_template_item_number",
+                               set("post_processor", {{"type", "TemplateProcessing"}, {"single", {5}}}),
+                               {"tokenizer.json: post_processor.single[0] must be"}));
+  out.push_back(tokenizer_case("post_processor_template_special_unlisted",
+                               set("post_processor", {{"type", "TemplateProcessing"},
+                                                      {"single", json::array({{{"SpecialToken", {{"id", "<x>"}}}}})}}),
+                               {"tokenizer.json: post_processor.single[0] adds \"<x>\""}));
+  out.push_back(tokenizer_case(
+      "post_processor_template_accepted",
+      set("post_processor", {{"type", "TemplateProcessing"}, {"single", json::array({{{"Sequence", {{"id", "A"}}}}})}}),
+      {}));
 }
 
 // The file as a whole: not an object, cut short, deep where no key is read, not a file.
@@ -606,7 +600,7 @@ std::vector<HostileCase> tokenizer_config_cases() {
 
 // ---------------------------------------------------------------- sentencepiece .model
 
-std::string sp_fixture() { return slurp(fixtures_dir() + "/tokenizer/sp_bpe.model"); }
+std::string sp_fixture() { return read_bytes(fixtures_dir() + "/tokenizer/sp_bpe.model"); }
 
 HostileCase sp_case(const std::string& name, const std::function<std::string()>& bytes,
                     std::vector<std::string> expect) {
@@ -862,7 +856,7 @@ void overwrite(const std::string& path, size_t at, const std::string& bytes) {
 
 // Rewrites the header checksum to match the contents: tampering that a checksum cannot see.
 void reseal(const std::string& path) {
-  const std::string bytes = slurp(path);
+  const std::string bytes = read_bytes(path);
   const uint64_t sum = fnv1a64(bytes.data() + 48, bytes.size() - 48);
   overwrite(path, 40, std::string(reinterpret_cast<const char*>(&sum), 8));
 }
@@ -888,13 +882,13 @@ void add_shard_file_cases(std::vector<HostileCase>& out) {
     out.push_back(shard_case(
         "byte_flipped_at_" + std::to_string(at),
         [at](const std::string& f) {
-          const std::string b = slurp(shard0(f));
+          const std::string b = read_bytes(shard0(f));
           overwrite(shard0(f), at, std::string(1, char(b.at(at) ^ 0x10)));
         },
         rebuild));
   out.push_back(shard_case("last_byte_flipped",
                            [](const std::string& f) {
-                             const std::string b = slurp(shard0(f));
+                             const std::string b = read_bytes(shard0(f));
                              overwrite(shard0(f), b.size() - 1, std::string(1, char(b.back() ^ 0x01)));
                            },
                            {"shard-00000.bin: checksum mismatch", "build/prepare"}));
@@ -1101,9 +1095,31 @@ std::vector<HostileCase> score_cases() {
   add("id_string", "{\"ids\": [1, \"2\"]}", {at + "ids must be integers, found \"2\""});
   add("id_null", "{\"ids\": [1, null]}", {at + "ids must be integers, found null"});
   add("id_nested_list", "{\"ids\": [1, [2]]}", {at + "ids must be integers, found [2]"});
-  add("ids_string", "{\"ids\": \"1 2\"}", {at + "expected an object with an \"ids\" array"});
-  add("ids_missing", "{\"tokens\": [1, 2]}", {at + "expected an object with an \"ids\" array"});
-  add("ids_null", "{\"ids\": null}", {at + "expected an object with an \"ids\" array"});
+  add("ids_string", "{\"ids\": \"1 2\"}", {at + "\"ids\" must be a list of integers"});
+  add("ids_missing", "{\"tokens\": [1, 2]}", {at + "cannot tell what to score from the keys (tokens)"});
+  add("ids_null", "{\"ids\": null}", {at + "\"ids\" must be a list of integers, e.g. {\"ids\": [1, 2, 3]}, found null"});
+  // The text and conversation forms (data/score_input.h): each form's field of a wrong type is named;
+  // a well-formed one needs a tokenizer, which this model folder lacks.
+  const std::vector<std::pair<std::string, std::string>> forms = {{"text", "{\"text\": %}"},
+                                                                  {"messages", "{\"messages\": %}"},
+                                                                  {"conversations", "{\"conversations\": %}"},
+                                                                  {"alpaca", "{\"instruction\": %, \"output\": \"a\"}"}};
+  const std::vector<std::pair<std::string, std::string>> values = {
+      {"number", "5"}, {"object", "{}"}, {"list_of_numbers", "[1]"}, {"string", "\"hi\""}};
+  for (const auto& [form, pattern] : forms)
+    for (const auto& [kind, value] : values) {
+      const std::string line = pattern.substr(0, pattern.find('%')) + value + pattern.substr(pattern.find('%') + 1);
+      std::string expect;
+      if ((form == "text" || form == "alpaca") && kind == "string")
+        expect = "text and conversations are tokenized with the model's tokenizer, and the model folder has none";
+      else if (form == "text" || form == "alpaca")
+        expect = "the record." + std::string(form == "text" ? "text" : "instruction") + " must be a string";
+      else if (kind == "list_of_numbers")
+        expect = form + "[0] must be an object";
+      else
+        expect = "\"" + form + "\" must be a list";
+      add(form + "_" + kind, line, {at + expect});
+    }
   add("not_an_object", "[1, 2]", {at + "expected a JSON object per line, found array"});
   add("bad_json", "{\"ids\": [1, 2", {at + "invalid JSON"});
   add("deep", "{\"ids\": " + nested_arrays(kDeep) + "}", {at + "JSON nested deeper than 64 levels"});

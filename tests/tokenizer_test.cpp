@@ -151,8 +151,7 @@ TEST(Tokenizer, QwenTestVectors) {
   EXPECT_EQ(t.encode("<think>"), (Ids{151667}));  // special:false, still atomic
   EXPECT_EQ(t.bos_id(), -1);                      // tokenizer_config.json: bos_token null
   EXPECT_EQ(t.eos_id(), 151645);
-  EXPECT_FALSE(t.bos_by_default());
-  EXPECT_EQ(t.encode("Hi", /*add_bos=*/true), t.encode("Hi"));
+  EXPECT_EQ(t.encode("Hi", /*add_special_tokens=*/true), t.encode("Hi"));  // add_bos_token: false
   EXPECT_EQ(t.vocab_size(), 151669);
 }
 
@@ -166,7 +165,9 @@ TEST(Tokenizer, Llama3TestVectors) {
   EXPECT_EQ(t.token_to_id("<|eot_id|>"), 128009);
   EXPECT_EQ(t.bos_id(), 128000);
   EXPECT_EQ(t.eos_id(), 128001);
-  EXPECT_EQ(t.encode("Hi", /*add_bos=*/true), (Ids{128000, 13347}));
+  // Its post-processor is ByteLevel alone and its tokenizer_config.json sets no add_bos_token: HF
+  // adds no BOS, and neither does loom (build/tokenize --special).
+  EXPECT_EQ(t.encode("Hi", /*add_special_tokens=*/true), (Ids{13347}));
   EXPECT_EQ(t.vocab_size(), 128256);
 }
 
@@ -175,11 +176,12 @@ TEST(Tokenizer, MistralTestVectors) {
   EXPECT_EQ(t.token_to_id("▁Hello"), 22557);
   EXPECT_EQ(t.token_to_id("▁"), 28705);
   // Legacy Prepend("▁") applies to every segment between added tokens, so "." after <s> is "▁.".
-  EXPECT_EQ(t.encode("Hello <s>.", /*add_bos=*/true), (Ids{1, 22557, 28705, 1, 842}));
+  EXPECT_EQ(t.encode("Hello <s>.", /*add_special_tokens=*/true), (Ids{1, 22557, 28705, 1, 842}));
   EXPECT_EQ(t.encode("\xF0\x9F\xA6\x99"), (Ids{28705, 243, 162, 169, 156}));  // byte fallback <0xF0>..
   EXPECT_EQ(t.bos_id(), 1);
   EXPECT_EQ(t.eos_id(), 2);
-  EXPECT_TRUE(t.bos_by_default());                                    // add_bos_token: true
+  EXPECT_EQ(t.special_ids().before, (Ids{1}));                        // add_bos_token: true
+  EXPECT_EQ(t.special_ids().after, Ids{});
   EXPECT_EQ(t.decode({1, 22557, 28705, 1, 842}), "<s> Hello <s> .");  // special tokens are kept
   EXPECT_EQ(t.vocab_size(), 32000);
 }
@@ -255,7 +257,122 @@ TEST(Parity, SentencepieceMatchesPythonPackage) {
   EXPECT_EQ(t->token_to_id("no such piece"), -1);
   EXPECT_EQ(t->bos_id(), 1);  // spm_train defaults: <unk> 0, <s> 1, </s> 2
   EXPECT_EQ(t->eos_id(), 2);
-  EXPECT_EQ(t->encode("a", /*add_bos=*/true).front(), 1);
+  EXPECT_EQ(t->encode("a", /*add_special_tokens=*/true).front(), 1);  // LlamaTokenizer's add_bos_token default
+}
+
+// ---------------------------------------------------------------- special tokens (add_special_tokens)
+
+// The changes tools/make_special_tokens_fixture.py makes to a shared tokenizer.json, by name.
+json template_processing(const json& single, const json& special_tokens) {
+  return {{"type", "TemplateProcessing"}, {"single", single}, {"pair", single}, {"special_tokens", special_tokens}};
+}
+json special_item(const std::string& name) { return {{"SpecialToken", {{"id", name}, {"type_id", 0}}}}; }
+const json kSequenceA = {{"Sequence", {{"id", "A"}, {"type_id", 0}}}};
+json special_entry(const std::string& name, const Ids& ids, const std::vector<std::string>& tokens) {
+  return {{"id", name}, {"ids", ids}, {"tokens", tokens}};
+}
+
+void patch_special(const std::string& name, json& j) {
+  json& p = j["post_processor"];
+  if (name == "llama3_meta") {
+    json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}};
+    json bos = template_processing(
+        json::array({special_item("<|begin_of_text|>"), kSequenceA}),
+        {{"<|begin_of_text|>", special_entry("<|begin_of_text|>", {128000}, {"<|begin_of_text|>"})}});
+    p = {{"type", "Sequence"}, {"processors", json::array({byte_level, bos})}};
+  } else if (name == "mistral_bos_eos") {
+    p = template_processing(
+        json::array({special_item("<s>"), kSequenceA, special_item("</s>")}),
+        {{"<s>", special_entry("<s>", {1}, {"<s>"})}, {"</s>", special_entry("</s>", {2}, {"</s>"})}});
+  } else if (name == "mistral_two_ids") {
+    p = template_processing(json::array({special_item("[X]"), kSequenceA}),
+                            {{"[X]", special_entry("[X]", {1, 2}, {"<s>", "</s>"})}});
+  } else if (name == "qwen3_roberta") {
+    p = {{"type", "RobertaProcessing"}, {"sep", {"<|im_end|>", 151645}}, {"cls", {"<|im_start|>", 151644}},
+         {"trim_offsets", true}, {"add_prefix_space", false}};
+  } else if (name == "qwen3_bert") {
+    p = {{"type", "BertProcessing"}, {"sep", {"<|endoftext|>", 151643}}, {"cls", {"<|im_start|>", 151644}}};
+  } else {
+    FAIL() << "no patch named " << name << " (tools/make_special_tokens_fixture.py and this test disagree)";
+  }
+}
+
+// What a fixture case's config object says, as Tokenizer::load reads a tokenizer_config.json.
+loom::SpecialTokenConfig special_config(const json& c) {
+  loom::SpecialTokenConfig config;
+  config.path = "fixture config";
+  if (c.contains("bos_token")) config.bos_token = c["bos_token"].get<std::string>();
+  if (c.contains("eos_token")) config.eos_token = c["eos_token"].get<std::string>();
+  if (c.contains("add_bos_token")) config.add_bos_token = c["add_bos_token"].get<bool>();
+  if (c.contains("add_eos_token")) config.add_eos_token = c["add_eos_token"].get<bool>();
+  return config;
+}
+
+// encode(text, add_special_tokens=true) against HF (tokenizers, and transformers' rule for
+// tokenizer_config.json's add_*_token), for every post-processor form in the fixture.
+TEST(SpecialTokens, MatchHfForEveryPostProcessor) {
+  const json fx = read_json(fixture("special_tokens.json"));
+  const std::vector<std::string> texts = fx.at("texts").get<std::vector<std::string>>();
+  ASSERT_GE(fx.at("cases").size(), 11u);
+  for (const json& c : fx.at("cases")) {
+    const std::string name = c.at("name").get<std::string>(), folder = c.at("tokenizer").get<std::string>();
+    std::unique_ptr<Tokenizer> patched_tok;
+    const Tokenizer* t = &shared(folder);  // the folder as is, with its tokenizer_config.json
+    if (!c.at("patch").is_null() || !c.at("config").is_null()) {
+      json j = read_json(shared_tokenizer(folder) + "/tokenizer.json");
+      if (!c.at("patch").is_null()) patch_special(c.at("patch").get<std::string>(), j);
+      // A patched file without a config is the tokenizers library's case: the post-processor alone.
+      const loom::SpecialTokenConfig config =
+          c.at("config").is_null() ? loom::SpecialTokenConfig{} : special_config(c.at("config"));
+      patched_tok = std::make_unique<loom::BpeTokenizer>(j, name, config);
+      t = patched_tok.get();
+    }
+    ASSERT_EQ(c.at("ids").size(), texts.size()) << name;
+    for (size_t i = 0; i < texts.size(); ++i)
+      EXPECT_EQ(t->encode(texts[i], /*add_special_tokens=*/true), c.at("ids")[i].get<Ids>())
+          << name << ": \"" << printable(texts[i]) << "\"";
+  }
+}
+
+std::string post_processor_error(const json& post_processor) {
+  json j = read_json(fixture("tiny_unk_fused.json"));
+  j["post_processor"] = post_processor;
+  return loom::test::error_of([&] { loom::BpeTokenizer(j, "tiny.json", loom::SpecialTokenConfig{}); });
+}
+
+TEST(SpecialTokens, PostProcessorsLoomCannotFollowAreNamed) {
+  const json a = kSequenceA;
+  const json unk = {{"<unk>", special_entry("<unk>", {0}, {"<unk>"})}};
+  const json adds_unk = template_processing(json::array({special_item("<unk>"), a}), unk);
+  EXPECT_EQ(post_processor_error(adds_unk), "");  // the valid near-miss
+  EXPECT_EQ(
+      post_processor_error({{"type", "Sequence"}, {"processors", json::array({{{"type", "ByteLevel"}}, adds_unk})}}),
+      "");
+  struct Case {
+    json post_processor;
+    std::vector<std::string> parts;
+  };
+  const std::vector<Case> cases = {
+      {template_processing(json::array({special_item("<x>"), a}), unk),
+       {"tiny.json: post_processor.single[0] adds \"<x>\", which post_processor.special_tokens does not list"}},
+      {template_processing(json::array({special_item("<unk>")}), unk), {"post_processor.single has no", "\"A\""}},
+      {template_processing(json::array({a, a}), unk), {"post_processor.single[1] is $A", "holds $A once"}},
+      {template_processing(json::array({{{"Sequence", {{"id", "B"}}}}}), unk), {"post_processor.single[0] is $B"}},
+      {template_processing(json::array({5}), unk), {"post_processor.single[0] must be"}},
+      {template_processing(json::array({special_item("<unk>"), a}), {{"<unk>", special_entry("<unk>", {7000}, {})}}),
+       {"post_processor.special_tokens.<unk>.ids[0]", "7000"}},
+      {{{"type", "RobertaProcessing"}, {"cls", {"<s>", 0}}, {"sep", "x"}}, {"post_processor.sep must be a list"}},
+      {{{"type", "BertProcessing"}, {"cls", {"<s>", -1}}, {"sep", {"</s>", 0}}}, {"post_processor.cls[1]"}},
+      {{{"type", "Mystery"}}, {"post_processor.type \"Mystery\" is not a post-processor loom knows"}},
+      {{{"type", "Sequence"}, {"processors", json::array({adds_unk, adds_unk})}},
+       {"post_processor.processors[0] and post_processor.processors[1] both add special tokens"}},
+  };
+  for (const Case& c : cases) {
+    const std::string err = post_processor_error(c.post_processor);
+    for (const std::string& part : c.parts)
+      EXPECT_NE(err.find(part), std::string::npos) << "\"" << part << "\" missing from: " << err << "\n  for "
+                                                   << c.post_processor.dump();
+  }
 }
 
 // ---------------------------------------------------------------- offsets, threads
@@ -410,7 +527,14 @@ TEST(Tokenizer, SpecialTokensComeFromTokenizerConfig) {
   auto t = Tokenizer::load(dir.path.string());
   EXPECT_EQ(t->bos_id(), t->token_to_id("<ctrl>"));
   EXPECT_EQ(t->eos_id(), t->token_to_id("<sep>"));
-  EXPECT_FALSE(t->bos_by_default());
+  EXPECT_EQ(t->special_ids().before, Ids{});
+  EXPECT_EQ(t->special_ids().after, Ids{});
+  dir.write("tokenizer_config.json",
+            R"({"bos_token": "<s>", "eos_token": "<sep>", "add_eos_token": true, "pad_token": "<ctrl>"})");
+  t = Tokenizer::load(dir.path.string());
+  EXPECT_EQ(t->special_ids().before, (Ids{1}));  // add_bos_token absent: true, as transformers' LlamaTokenizer
+  EXPECT_EQ(t->special_ids().after, (Ids{t->token_to_id("<sep>")}));
+  EXPECT_EQ(t->pad_id(), t->token_to_id("<ctrl>"));
   dir.write("tokenizer_config.json", R"({"bos_token": "<nope>"})");
   std::string err = load_error(dir.path.string());
   EXPECT_NE(err.find("bos_token \"<nope>\""), std::string::npos) << err;
@@ -423,7 +547,7 @@ TEST(Tokenizer, LoadErrorsNameFileAndProblem) {
     for (const char* p : parts) EXPECT_NE(err.find(p), std::string::npos) << "\"" << p << "\" missing from: " << err;
   };
   expect_error(load_error((dir.path / "missing.json").string()), {"missing.json", "no such file"});
-  expect_error(load_error(dir.path.string()), {"no tokenizer in folder", "tokenizer.json", "tokenizer.model"});
+  expect_error(load_error(dir.path.string()), {"no tokenizer in this folder", "tokenizer.json", "tokenizer.model"});
   expect_error(load_error(dir.write("bad.json", "{not json")), {"bad.json", "invalid JSON"});
   expect_error(load_error(dir.write("tok.txt", "x")), {"tok.txt", "unrecognised tokenizer file"});
   expect_error(load_error(dir.write("bad.model", "not a model")), {"bad.model", "sentencepiece"});

@@ -18,9 +18,11 @@
 
 #include "data/chat_template.h"
 #include "data/dataset.h"
+#include "data/tokenizer.h"
 #include "engine/config.h"
 #include "ops/error.h"
 #include "ops/files.h"
+#include "tools/flag_terms.h"
 
 namespace {
 
@@ -104,7 +106,7 @@ Args parse_args(int argc, char** argv) {
   check_choice("--train-on", a.data.train_on, {"responses", "all"});
   check_choice("--overlong", a.data.overlong, {"truncate", "drop"});
   loom::require_regular_file(a.data.path, "--data");
-  loom::require_file_or_folder(a.tokenizer, "--tokenizer");
+  loom::tokenizer_file(a.tokenizer, "--tokenizer");  // a folder without one is named by its flag too
   loom::require_folder_or_creatable(a.out, "--out");
   return a;
 }
@@ -119,29 +121,22 @@ void from_config(Args& a) {
   loom::check_data_paths(cfg);
   a.tokenizer = cfg.data.tokenizer.empty() ? cfg.model.path : cfg.data.tokenizer;
   LOOM_CHECK(!a.tokenizer.empty(), a.config, ": set data.tokenizer (the model is a preset, so there is no model.path)");
-  loom::require_file_or_folder(a.tokenizer, cfg.data.tokenizer.empty() ? "model.path (the tokenizer)" : "data.tokenizer");
+  loom::tokenizer_file(a.tokenizer, cfg.data.tokenizer.empty() ? "model.path (the tokenizer)" : "data.tokenizer");
   a.out = loom::data_cache_dir(cfg);
 }
 
-// The data library names config keys (data.template); a user of the flags form typed flags, and
-// each flag sets exactly one key, so its messages are put in the flags' terms.
-std::string in_flag_terms(std::string message) {
-  static const std::pair<std::string, std::string> kFlagOfKey[] = {
-      {"data.path", "--data"},          {"data.tokenizer", "--tokenizer"},   {"data.template", "--template"},
-      {"data.format", "--format"},      {"data.train_on", "--train-on"},     {"data.max_seq_len", "--max-seq-len"},
-      {"data.overlong", "--overlong"},  {"data.on_bad_line", "--skip-bad-lines"}};
-  for (const auto& [key, flag] : kFlagOfKey)
-    for (size_t at = message.find(key); at != std::string::npos; at = message.find(key, at + flag.size()))
-      message.replace(at, key.size(), flag);
-  return message;
-}
+// Each flag of the flags form sets exactly one data key.
+const std::vector<loom::FlagOfKey> kFlagOfKey = {
+    {"data.path", "--data"},         {"data.tokenizer", "--tokenizer"},  {"data.template", "--template"},
+    {"data.format", "--format"},     {"data.train_on", "--train-on"},    {"data.max_seq_len", "--max-seq-len"},
+    {"data.overlong", "--overlong"}, {"data.on_bad_line", "--skip-bad-lines"}};
 
 loom::PrepareResult prepare(const Args& a, const loom::PrepareOptions& options) {
   if (!a.config.empty()) return loom::prepare_dataset_cached(a.data, a.tokenizer, a.out, options);
   try {
     return loom::prepare_to_dir(a.data, a.tokenizer, a.out, options);
   } catch (const loom::Error& e) {
-    throw loom::Error(in_flag_terms(e.what()));
+    throw loom::Error(loom::in_flag_terms(e.what(), kFlagOfKey));
   }
 }
 

@@ -1,37 +1,75 @@
-// build/score --model DIR [--adapter DIR] [--device auto|cpu|cuda] < in.jsonl > out.jsonl
-// Perplexity-style scoring: for each input line {"ids": [...]} writes
-// {"nll": mean negative log-likelihood of ids[1:] given the prefix, "tokens": count}
-// ("nll": null, "tokens": 0 for a line with fewer than two ids). Lines are read by data/jsonl.h
-// (at most 8 MiB, JSON nested at most 64 deep); a bad line is "error: stdin:LINE: ...", exit 1. On a GPU the model runs in bf16
-// (models/cuda_model.h); --device cpu uses the fp32 reference path.
-#include <nlohmann/json.hpp>
-
+// build/score --model DIR [--adapter DIR] [--tokenizer PATH] [--template NAME] [--train-on responses|all]
+//             [--per-token] [--device auto|cpu|cuda] < in.jsonl > out.jsonl
+// Scores each input line as training would see it (data/score_input.h): {"ids": [...]}, {"text": ...},
+// or a conversation ({"messages"}, ShareGPT, Alpaca) through the model's tokenizer and chat
+// template. Each line gives {"nll": mean negative log-likelihood of the target tokens given their
+// prefix, "tokens": target count} ("nll": null, "tokens": 0 when there is none); --per-token adds
+// "logprobs" (the log-probability of every token after the first, aligned with ids[1:]) and, for
+// text and conversations, the "ids" scored and their "targets" (1 where the token counts, aligned
+// with ids[1:]). Lines are read by data/jsonl.h (at most 8 MiB, JSON nested at most 64 deep); a bad
+// line is "error: stdin:LINE: ...", exit 1, before anything is scored. On a GPU the model runs in
+// bf16 (models/cuda_model.h); --device cpu uses the fp32 reference path.
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
-#include "data/json_fields.h"
+#include "data/chat_template.h"
 #include "data/jsonl.h"
-#include "ops/error.h"
-#include "models/lora.h"
-#include "models/model_config.h"
+#include "data/score_input.h"
+#include "data/tokenizer_record.h"
 #include "engine/device.h"
 #include "models/cuda_model.h"
+#include "models/lora.h"
+#include "models/model_config.h"
 #include "models/reference_model.h"
 #include "models/weights.h"
+#include "ops/error.h"
+#include "ops/files.h"
+#include "tools/flag_terms.h"
 
 namespace {
 
+namespace fs = std::filesystem;
+
 const char* kUsage =
-    "usage: build/score --model DIR [--adapter DIR] [--device auto|cpu|cuda] < in.jsonl > out.jsonl\n"
+    "usage: build/score --model DIR [--adapter DIR] [--tokenizer PATH] [--template NAME] [--train-on responses|all]\n"
+    "                   [--per-token] [--device auto|cpu|cuda] < in.jsonl > out.jsonl\n"
     "  DIR: an HF model folder (config.json + *.safetensors); --adapter: a PEFT LoRA adapter folder.\n"
-    "  --device: auto (default) uses the GPU when one is present; cpu forces the fp32 reference path.\n"
-    "  Each input line {\"ids\": [int, ...]} gives one output line {\"nll\": <mean NLL of ids[1:]>, \"tokens\": <n>}.\n";
+    "  Input lines: {\"ids\": [...]}, {\"text\": ...}, {\"messages\": [...]}, ShareGPT {\"conversations\": [...]} or\n"
+    "  Alpaca {\"instruction\", \"input\", \"output\"}; text and conversations go through the model's tokenizer\n"
+    "  (--tokenizer when the model folder has none) and chat template, as build/prepare prepares them.\n"
+    "  Each line gives {\"nll\": <mean NLL of the target tokens>, \"tokens\": <target count>}: every token after\n"
+    "  the first for ids and text, the responses of a conversation (--train-on all: every token after the first).\n"
+    "  --template   auto (from the tokenizer's tokenizer_config.json) | chatml | qwen3 | llama3 | llama3.1 |\n"
+    "               mistral | llama2 | none\n"
+    "  --per-token  add \"logprobs\" (one per token after the first, aligned with ids[1:]) and, for text and\n"
+    "               conversations, the \"ids\" scored and their \"targets\" mask (aligned with ids[1:])\n"
+    "  --device     auto (default) uses the GPU when one is present; cpu forces the fp32 reference path.\n";
 
 struct Args {
-  std::string model, adapter, device = "auto";
+  std::string model, adapter, tokenizer, device = "auto", template_name = "auto", train_on = "responses";
+  bool per_token = false;
 };
+
+void check_choice(const std::string& flag, const std::string& value, const std::vector<std::string>& allowed) {
+  std::string list;
+  for (const auto& a : allowed) {
+    if (a == value) return;
+    list += (list.empty() ? "" : ", ") + a;
+  }
+  loom::fail(flag, " must be one of ", list, " (found \"", value.substr(0, 80), "\")");
+}
+
+void require_folder(const std::string& path, const std::string& flag, const std::string& expected) {
+  loom::require_file_or_folder(path, flag);
+  std::error_code ec;
+  LOOM_CHECK(fs::is_directory(path, ec), flag, " ", path, " is a file; give ", expected);
+}
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -43,31 +81,160 @@ Args parse_args(int argc, char** argv) {
     };
     if (k == "--model") a.model = value();
     else if (k == "--adapter") a.adapter = value();
+    else if (k == "--tokenizer") a.tokenizer = value();
+    else if (k == "--template") a.template_name = value();
+    else if (k == "--train-on") a.train_on = value();
     else if (k == "--device") a.device = value();
-    else loom::fail("unknown argument '", k, "'\n", kUsage);
+    else if (k == "--per-token") a.per_token = true;
+    else loom::fail("unknown argument '", k.substr(0, 80), "'\n", kUsage);
   }
   LOOM_CHECK(!a.model.empty(), "--model is required\n", kUsage);
-  LOOM_CHECK(a.device == "auto" || a.device == "cpu" || a.device == "cuda", "--device must be auto, cpu or cuda");
+  check_choice("--device", a.device, {"auto", "cpu", "cuda"});
+  std::vector<std::string> templates = {"auto", "none"};
+  for (const auto& n : loom::chat_template_names()) templates.push_back(n);
+  check_choice("--template", a.template_name, templates);
+  check_choice("--train-on", a.train_on, {"responses", "all"});
+  require_folder(a.model, "--model", "the model's folder (config.json + *.safetensors)");
+  if (!a.adapter.empty())
+    require_folder(a.adapter, "--adapter", "the adapter's folder (adapter_config.json + adapter_model.safetensors)");
+  if (!a.tokenizer.empty()) loom::require_file_or_folder(a.tokenizer, "--tokenizer");
   return a;
 }
 
-// The ids of one stdin line; `where` is "stdin:LINE".
-std::vector<int32_t> parse_ids(const std::string& line, const std::string& where, int V) {
-  const nlohmann::json j = loom::parse_jsonl_object(line, where);
-  const nlohmann::json* list = loom::json_member(j, "ids");
-  LOOM_CHECK(list && list->is_array(), where, ": expected an object with an \"ids\" array, e.g. {\"ids\": [1, 2, 3]}");
-  std::vector<int32_t> ids;
-  ids.reserve(list->size());
-  for (const auto& v : *list) {
-    LOOM_CHECK(v.is_number_integer(), where, ": ids must be integers, found ", loom::json_shown(v));
-    // Unsigned first: 2^64 - 1 read as int64 would be -1.
-    const bool in_vocab =
-        v.is_number_unsigned() ? v.get<uint64_t>() < uint64_t(V) : v.get<int64_t>() >= 0 && v.get<int64_t>() < V;
-    LOOM_CHECK(in_vocab, where, ": id ", v.dump(), " is outside the model's vocabulary [0, ", V, ")");
-    ids.push_back(v.get<int32_t>());
-  }
-  return ids;
+// --tokenizer must be the model's own when the model folder has one: ids of another tokenizer
+// would be scored as if they were the model's.
+void check_tokenizer_is_the_models(const Args& a) {
+  if (a.tokenizer.empty() || !loom::holds_tokenizer(a.model)) return;
+  const loom::TokenizerRecord given =
+      loom::record_tokenizer(a.tokenizer, *loom::Tokenizer::load(a.tokenizer, "--tokenizer"));
+  const loom::TokenizerRecord own = loom::record_tokenizer(a.model, *loom::Tokenizer::load(a.model, "--model"));
+  LOOM_CHECK(loom::same_tokenizer(given, own), "--tokenizer ", loom::describe(given),
+             " is not the tokenizer of --model ", a.model, " ", loom::describe(own),
+             "; leave --tokenizer out to use the model's");
 }
+
+loom::ScoreInputOptions input_options(const Args& a, int32_t vocab) {
+  loom::ScoreInputOptions o;
+  if (!a.tokenizer.empty()) {
+    o.tokenizer_path = a.tokenizer;
+    o.tokenizer_name = "--tokenizer";
+  } else if (loom::holds_tokenizer(a.model)) {
+    o.tokenizer_path = a.model;
+    o.tokenizer_name = "the tokenizer of --model";
+  }
+  o.template_name = a.template_name;
+  o.train_on_all = a.train_on == "all";
+  o.vocab = vocab;
+  return o;
+}
+
+// The model on the GPU (bf16) or the fp32 CPU reference path: -log p of each token given its prefix.
+class Scorer {
+ public:
+  Scorer(const Args& a, const loom::ModelConfig& cfg, int64_t longest) {
+    loom::LoraSection ls;
+    if (!a.adapter.empty()) ls = loom::read_peft_lora_section(a.adapter);
+    else ls.targets.clear();
+    const loom::LoraLayout layout = loom::make_lora_layout(cfg, ls);
+    if (!a.adapter.empty()) lora_ = loom::load_peft_adapter(a.adapter, layout);
+    if (a.device == "cuda" || (a.device == "auto" && loom::cuda_available())) {
+      loom::CudaModelOptions opt;
+      opt.quant = "bf16";
+      opt.recompute = "full";
+      opt.token_budget = longest;  // the plan is sized by the longest document
+      opt.print_plan = false;
+      cuda_ = std::make_unique<loom::CudaModel>(cfg, loom::WeightSource::checkpoint(a.model, cfg), layout, lora_, opt);
+    } else {
+      ref_ = std::make_unique<loom::ReferenceModel>(cfg, loom::load_weights(a.model, cfg), layout);
+    }
+  }
+
+  // losses[i] = -log p(ids[i + 1] | ids[0..i]) for i < n - 1: one forward pass with every token
+  // after the first a target, whatever the document's own mask says.
+  std::vector<float> token_losses(const std::vector<int32_t>& ids) {
+    loom::Document all;
+    all.ids = ids;
+    all.mask.assign(ids.size(), 1);
+    all.mask[0] = 0;
+    const loom::MicroBatch mb = loom::pack_documents({&all});
+    std::vector<float> losses(mb.T());
+    if (cuda_) losses = cuda_->token_losses(mb);
+    else ref_->run(mb, lora_.data(), nullptr, 1.f, losses.data());
+    losses.resize(ids.size() - 1);  // the last position predicts nothing
+    return losses;
+  }
+
+ private:
+  std::vector<float> lora_;
+  std::unique_ptr<loom::CudaModel> cuda_;
+  std::unique_ptr<loom::ReferenceModel> ref_;
+};
+
+// A float at its shortest round-trip precision (9 significant digits).
+void append_float(std::string& out, float x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", double(x));
+  out += buf;
+}
+
+template <typename T, typename F>
+void append_list(std::string& out, const char* key, const std::vector<T>& values, size_t from, F&& append_one) {
+  out += loom::cat(",\"", key, "\":[");
+  for (size_t i = from; i < values.size(); ++i) {
+    if (i > from) out += ',';
+    append_one(values[i]);
+  }
+  out += ']';
+}
+
+// {"nll", "tokens"} and, with per_token, "ids" and "targets" (not for given ids) and "logprobs".
+std::string score_line(Scorer& scorer, const loom::ScoreLine& line, bool per_token) {
+  const loom::Document& d = line.doc;
+  std::vector<float> losses;
+  if (d.ids.size() >= 2) losses = scorer.token_losses(d.ids);
+  double sum = 0;
+  int64_t targets = 0;
+  for (size_t i = 1; i < d.ids.size(); ++i)
+    if (d.mask[i]) {
+      sum += losses[i - 1];
+      ++targets;
+    }
+  nlohmann::json nll = targets > 0 ? nlohmann::json(sum / double(targets)) : nlohmann::json(nullptr);
+  std::string out = loom::cat("{\"nll\":", nll.dump(), ",\"tokens\":", targets);
+  if (per_token) {
+    if (!line.given_ids) {
+      append_list(out, "ids", d.ids, 0, [&](int32_t id) { out += std::to_string(id); });
+      append_list(out, "targets", d.mask, 1, [&](uint8_t m) { out += m ? '1' : '0'; });
+    }
+    append_list(out, "logprobs", losses, 0, [&](float loss) { append_float(out, -loss); });
+  }
+  return out + "}\n";
+}
+
+int run(int argc, char** argv) {
+  const Args args = parse_args(argc, argv);
+  const loom::ModelConfig cfg = loom::load_model_config(args.model);
+  loom::audit_checkpoint(args.model, cfg);  // as train does: before an adapter or the data is sized by cfg
+  check_tokenizer_is_the_models(args);
+  // Every line is read first: the GPU plan is sized by the longest document, and a bad line stops
+  // the run before anything is scored.
+  loom::ScoreInput input(input_options(args, cfg.V));
+  std::vector<loom::ScoreLine> lines;
+  int64_t longest = 1;
+  loom::JsonlReader reader(std::cin, "stdin");
+  for (std::string text; reader.next(text);) {
+    lines.push_back(input.read(text, reader.where()));
+    longest = std::max<int64_t>(longest, int64_t(lines.back().doc.ids.size()));
+  }
+  Scorer scorer(args, cfg, longest);
+  for (const loom::ScoreLine& line : lines) std::cout << score_line(scorer, line, args.per_token);
+  return 0;
+}
+
+// Each flag names one key the libraries' messages use.
+const std::vector<loom::FlagOfKey> kFlagOfKey = {
+    {"model.path", "--model"}, {"data.tokenizer", "--tokenizer"}, {"data.template", "--template"},
+    {"data.train_on", "--train-on"}};
 
 }  // namespace
 
@@ -77,54 +244,10 @@ int main(int argc, char** argv) {
     return 0;
   }
   try {
-    Args args = parse_args(argc, argv);
-    loom::ModelConfig cfg = loom::load_model_config(args.model);
-    loom::LoraSection ls;
-    std::vector<float> lora;
-    if (!args.adapter.empty()) ls = loom::read_peft_lora_section(args.adapter);
-    else ls.targets.clear();
-    loom::LoraLayout layout = loom::make_lora_layout(cfg, ls);
-    if (!args.adapter.empty()) lora = loom::load_peft_adapter(args.adapter, layout);
-    // Read every line first: the GPU plan is sized by the longest sequence.
-    std::vector<loom::Document> docs;
-    int64_t longest = 1;
-    loom::JsonlReader input(std::cin, "stdin");
-    for (std::string line; input.next(line);) {
-      loom::Document doc;
-      doc.ids = parse_ids(line, input.where(), cfg.V);
-      doc.mask.assign(doc.ids.size(), 1);
-      longest = std::max<int64_t>(longest, int64_t(doc.ids.size()));
-      docs.push_back(std::move(doc));
-    }
-    const bool gpu = args.device == "cuda" || (args.device == "auto" && loom::cuda_available());
-    std::unique_ptr<loom::CudaModel> cuda;
-    std::unique_ptr<loom::ReferenceModel> ref;
-    if (gpu) {
-      loom::CudaModelOptions opt;
-      opt.quant = "bf16";
-      opt.recompute = "full";
-      opt.token_budget = longest;
-      opt.print_plan = false;
-      cuda = std::make_unique<loom::CudaModel>(cfg, loom::WeightSource::checkpoint(args.model, cfg), layout, lora, opt);
-    } else {
-      ref = std::make_unique<loom::ReferenceModel>(cfg, loom::load_weights(args.model, cfg), layout);
-    }
-    for (const loom::Document& doc : docs) {
-      nlohmann::json out = {{"nll", nullptr}, {"tokens", 0}};
-      if (doc.ids.size() >= 2) {
-        loom::MicroBatch mb = loom::pack_documents({&doc});
-        std::vector<float> losses(mb.T());
-        if (gpu) losses = cuda->token_losses(mb);
-        else ref->run(mb, lora.data(), nullptr, 1.f, losses.data());
-        double sum = 0;
-        for (float x : losses) sum += x;
-        out = {{"nll", sum / double(mb.n_targets())}, {"tokens", mb.n_targets()}};
-      }
-      std::cout << out.dump() << "\n";
-    }
-    return 0;
+    return run(argc, argv);
   } catch (...) {
-    std::fprintf(stderr, "error: %s\n", loom::describe_current_exception().c_str());
+    const std::string message = loom::in_flag_terms(loom::describe_current_exception(), kFlagOfKey);
+    std::fprintf(stderr, "error: %s\n", message.c_str());
     return 1;
   }
 }

@@ -1,6 +1,8 @@
 // build/tokenize: JSONL text -> JSONL token ids, with loom's tokenizers.
-//   build/tokenize --tokenizer PATH [--bos] < in.jsonl > out.jsonl
+//   build/tokenize --tokenizer PATH [--special] < in.jsonl > out.jsonl
 // Each input line {"text": "..."} gives one output line {"ids": [...]}; blank lines are skipped.
+// --special adds what HF's encode(text, add_special_tokens=True) adds (data/tokenizer.h
+// special_ids: the tokenizer.json post-processor, so Llama 3's BOS only where its file adds one).
 // A bad line stops the run with "error: stdin:LINE: <reason>" and exit code 1. Lines are read by
 // data/jsonl.h: at most 8 MiB, JSON nested at most 64 deep.
 #include <cstdio>
@@ -16,15 +18,16 @@
 namespace {
 
 const char* kUsage =
-    "usage: tokenize --tokenizer PATH [--bos] < in.jsonl > out.jsonl\n"
-    "  PATH   a HF tokenizer.json, a sentencepiece .model, or a folder holding one\n"
-    "  --bos  prepend the tokenizer's BOS token to every line's ids\n"
+    "usage: build/tokenize --tokenizer PATH [--special] < in.jsonl > out.jsonl\n"
+    "  PATH       a HF tokenizer.json, a sentencepiece .model, or a folder holding one\n"
+    "  --special  add the special tokens HF's add_special_tokens=True adds (the tokenizer.json\n"
+    "             post-processor's, e.g. <s> for Mistral, none for Qwen3); --bos is the older name\n"
     "Reads lines {\"text\": \"...\"} on stdin and writes {\"ids\": [...]} per line on stdout.\n"
     "Special-token strings in the text (<|im_start|>, <s>, ...) become their ids.\n";
 
 struct Args {
   std::string tokenizer;
-  bool bos = false;
+  bool special = false;
 };
 
 Args parse_args(int argc, char** argv) {
@@ -34,10 +37,11 @@ Args parse_args(int argc, char** argv) {
     if (arg == "--help" || arg == "-h") {
       std::fputs(kUsage, stdout);
       std::exit(0);
-    } else if (arg == "--tokenizer" && i + 1 < argc) {
+    } else if (arg == "--tokenizer") {
+      LOOM_CHECK(i + 1 < argc, "--tokenizer needs a value\n", kUsage);
       a.tokenizer = argv[++i];
-    } else if (arg == "--bos") {
-      a.bos = true;
+    } else if (arg == "--special" || arg == "--bos") {
+      a.special = true;
     } else {
       loom::fail("unexpected argument \"", arg, "\"\n", kUsage);
     }
@@ -70,12 +74,12 @@ int main(int argc, char** argv) {
   std::string out;  // ids of the lines done, written in blocks
   try {
     Args args = parse_args(argc, argv);
-    auto tokenizer = loom::Tokenizer::load(args.tokenizer);
+    auto tokenizer = loom::Tokenizer::load(args.tokenizer, "--tokenizer");
     loom::JsonlReader input(std::cin, "stdin");
     for (std::string line; input.next(line);) {
       const std::string text = text_of(line, input.where());
       try {
-        append_ids(out, tokenizer->encode(text, args.bos));
+        append_ids(out, tokenizer->encode(text, args.special));
       } catch (const loom::Error& e) {
         loom::fail(input.where(), ": ", e.what());
       }

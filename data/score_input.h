@@ -1,0 +1,52 @@
+// The input lines of build/score, each made into the document it scores and that document's
+// targets (the tokens whose log-likelihood counts), as training would make them:
+//   {"ids": [...]}        the ids as given; every id after the first is a target
+//   {"text": "..."}       [BOS] text [EOS] through the tokenizer, every token after the first a
+//                         target (a data.format text record)
+//   {"messages": [...]}, {"conversations": [...]} (ShareGPT), {"instruction", "input", "output"}
+//   (Alpaca)              rendered by the chat template and masked by train_on, as build/prepare
+//                         does (data/dataset.h)
+// The form is told from each line's keys, so one input may mix them. The tokenizer is loaded at the
+// first line that needs it and the template at the first conversation: ids alone need neither.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "data/batch.h"
+#include "data/chat_template.h"
+#include "data/tokenizer.h"
+
+namespace loom {
+
+struct ScoreInputOptions {
+  std::string tokenizer_path;          // "" when there is none: text and conversations are errors
+  std::string tokenizer_name;          // how messages name it ("--tokenizer")
+  std::string template_name = "auto";  // auto | none | a chat_template_names() entry
+  bool train_on_all = false;           // conversations: every token a target, not only responses
+  int32_t vocab = 0;                   // the model's vocabulary: every id must be below it
+};
+
+struct ScoreLine {
+  Document doc;            // mask[i] = 1: token i is a target (mask[0] is always 0)
+  bool given_ids = false;  // the {"ids"} form
+};
+
+class ScoreInput {
+ public:
+  explicit ScoreInput(ScoreInputOptions options);
+  ~ScoreInput();
+  // One line; errors start with `where` ("stdin:LINE").
+  ScoreLine read(const std::string& line, const std::string& where);
+
+ private:
+  const Tokenizer& tokenizer(const std::string& where);
+  const ChatTemplate& chat_template(const std::string& where);
+
+  ScoreInputOptions opt_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::optional<ChatTemplate> template_;
+};
+
+}  // namespace loom

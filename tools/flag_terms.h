@@ -1,0 +1,20 @@
+// The libraries name config keys in their messages (data.template, model.path); a user of a tool's
+// flags typed flags, and where each flag sets exactly one key, the tool puts the messages in the
+// flags' terms.
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace loom {
+
+using FlagOfKey = std::pair<std::string, std::string>;  // {"data.template", "--template"}
+
+inline std::string in_flag_terms(std::string message, const std::vector<FlagOfKey>& flag_of_key) {
+  for (const auto& [key, flag] : flag_of_key)
+    for (size_t at = message.find(key); at != std::string::npos; at = message.find(key, at + flag.size()))
+      message.replace(at, key.size(), flag);
+  return message;
+}
+
+}  // namespace loom
