@@ -15,7 +15,7 @@
 // different collectives end with a message instead of reading each other's bytes. At world = 1
 // every collective returns at once.
 //
-// Failure, with world > 1: loom::die (internal errors) and dist_abort_with (a loom::Error caught
+// Failure, with world > 1: loom::die (internal errors) and dist_abort_with (any exception caught
 // at the top of main) end every rank. Under MPI through MPI_Abort(MPI_COMM_WORLD, 1). Under the
 // tcp/file bootstrap the failing rank closes its sockets and _exits; a watcher thread on each peer
 // sees the connection close, even while that peer computes outside any collective, and ends it
@@ -24,7 +24,7 @@
 // Usage in a main():
 //   loom::DistContext& ctx = loom::dist_init(&argc, &argv);
 //   try { ...; loom::dist_finalize(); return 0; }
-//   catch (const loom::Error& e) { loom::dist_abort_with(e.what()); }
+//   catch (...) { loom::dist_abort_with(loom::describe_current_exception()); }
 // Every rank must reach dist_finalize: a rank that returns without it looks like a crash to the
 // others.
 #pragma once

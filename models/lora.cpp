@@ -56,24 +56,12 @@ std::string peft_key(int layer, LoraTarget t, char ab) {
   return cat("base_model.model.model.layers.", layer, ".", lora_module_path(t), ".lora_", ab, ".weight");
 }
 
-// A rank above min(in, out) of a projection adds parameters but no expressiveness (B·A has rank
-// <= min(in, out)), and an absurd one (lora.r: 2147483647) would be allocated before any other check.
-void check_rank(const ModelConfig& m, const LoraSection& lora, const std::array<bool, kNumTargets>& targeted) {
-  for (int t = 0; t < kNumTargets; ++t) {
-    if (!targeted[t]) continue;
-    LOOM_CHECK(lora.r > 0, "lora.r must be positive, found ", lora.r);
-    const auto [in, out] = projection_shape(m, LoraTarget(t));
-    LOOM_CHECK(lora.r <= std::min(in, out), "LoRA rank r = ", lora.r, " exceeds the smaller side of ",
-               kLoraTargetNames[t], " (", in, " -> ", out, "); choose lora.r <= ", std::min(in, out),
-               " or leave ", kLoraTargetNames[t], " out of lora.targets (for an adapter: its adapter_config.json r)");
-  }
-}
-
 }  // namespace
 
 LoraLayout make_lora_layout(const ModelConfig& m, const LoraSection& lora) {
+  // Checked here too for layouts not built from a config file: everything below is sized by r.
+  LOOM_CHECK(lora.r >= 1 && lora.r <= kMaxLoraRank, "lora.r must be in [1, ", kMaxLoraRank, "], found ", lora.r);
   LoraLayout lay;
-  check_rank(m, lora, targeted_set(lora.targets));
   lay.R = lora.r;
   lay.alpha = lora.alpha;
   lay.rslora = lora.rslora;
@@ -254,7 +242,7 @@ LoraSection read_peft_lora_section(const std::string& dir) {
   LoraSection s;
   // PEFT LoraConfig defaults: r 8, lora_alpha 8, lora_dropout 0, use_rslora false.
   s.r = c.get_int("r", 8);
-  LOOM_CHECK(s.r > 0, c.where("r"), " must be positive, found ", s.r);
+  LOOM_CHECK(s.r >= 1 && s.r <= kMaxLoraRank, c.where("r"), " must be in [1, ", kMaxLoraRank, "], found ", s.r);
   const double alpha = c.get_number("lora_alpha", 8);
   LOOM_CHECK(alpha > 0 && std::isfinite(float(alpha)), c.where("lora_alpha"), " must be a positive number, found ",
              alpha);

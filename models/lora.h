@@ -39,9 +39,15 @@ struct LoraLayout {
   const LoraSlot& slot(int layer, LoraTarget t) const { return layers[layer][t]; }
 };
 
+// The largest LoRA rank loom takes (config lora.r, adapter_config.json r): wider than the hidden
+// size of every supported model, so no longer low-rank, while the adapter and its optimizer state
+// grow with r. A rank above min(in, out) of a projection is legal (PEFT accepts it: B·A is merely
+// rank-deficient), as with r = 256 on Qwen2.5-0.5B's 128-wide k/v projections.
+constexpr int kMaxLoraRank = 4096;
+
 // (in, out) of a projection in a model: q (C → H·D), k/v (C → KVH·D), o (H·D → C), gate/up (C → F), down (F → C).
 std::pair<int, int> projection_shape(const ModelConfig& m, LoraTarget t);
-// Refuses a rank r above min(in, out) of a targeted projection, before anything is sized by it.
+// Refuses a rank outside [1, kMaxLoraRank] before anything is sized by it.
 LoraLayout make_lora_layout(const ModelConfig& m, const LoraSection& lora);
 // Layer l's adapters occupy [bounds[l], bounds[l+1]) of the flat vector (layer-major), L + 1 values.
 std::vector<size_t> lora_layer_bounds(const LoraLayout& layout);

@@ -19,6 +19,7 @@
 // `type`), else `rope_parameters`; `rope_theta` inside the dict wins over the top-level one.
 #include "models/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -205,22 +206,10 @@ std::vector<int> token_ids(const Keys& k, const char* key, const std::vector<int
   return ids;
 }
 
-// Window per layer (0 = full causal attention). In transformers a null sliding_window means full
-// causal attention, while 0 or a negative W builds the mask kv_idx > q_idx - W
-// (masking_utils.sliding_window_overlay), which with causality leaves no key visible to any query:
-// refused here, also where use_sliding_window turns the window off (a non-positive window is never
-// meant). LlamaConfig has no sliding_window: llama ignores the key, as transformers does.
-std::vector<int> resolve_windows(const Keys& k, const Family& fam, int L) {
-  std::vector<int> window(size_t(L), 0);
-  if (std::string(fam.arch) == "llama") return window;
-  const int W = k.get_int("sliding_window", kDefaultSlidingWindow);
-  LOOM_CHECK(W > 0, k.where("sliding_window"), " must be a positive number of tokens or null (no window), found ",
-             W);
-  const bool qwen = std::string(fam.arch) != "mistral";
-  const int first = qwen ? k.get_int("max_window_layers", kDefaultMaxWindowLayers) : 0;
-  if (qwen && !k.get_bool("use_sliding_window", false)) return window;
-  if (k.has("sliding_window") && !k.set("sliding_window")) return window;  // explicit null: no window
-  if (!qwen) return std::vector<int>(size_t(L), W);
+// Which layers of a Qwen2/3 model slide (use_sliding_window is true): those whose layer_types entry
+// is "sliding_attention", or (no layer_types) those with index >= max_window_layers.
+std::vector<bool> qwen_sliding_layers(const Keys& k, int L) {
+  std::vector<bool> slides(size_t(L), false);
   if (k.set("layer_types")) {
     const json& types = k.at("layer_types");
     LOOM_CHECK(types.is_array() && int(types.size()) == L, k.where("layer_types"), ": expected a list of ", L,
@@ -229,11 +218,36 @@ std::vector<int> resolve_windows(const Keys& k, const Family& fam, int L) {
       const json& t = types[size_t(i)];
       LOOM_CHECK(t == "sliding_attention" || t == "full_attention", k.where("layer_types"), "[", i,
                  "]: expected \"sliding_attention\" or \"full_attention\", found ", t.dump());
-      if (t == "sliding_attention") window[size_t(i)] = W;
+      slides[size_t(i)] = t == "sliding_attention";
     }
-    return window;
+    return slides;
   }
-  for (int i = std::max(first, 0); i < L; ++i) window[size_t(i)] = W;
+  const int first = k.get_int("max_window_layers", kDefaultMaxWindowLayers);
+  for (int i = std::max(first, 0); i < L; ++i) slides[size_t(i)] = true;
+  return slides;
+}
+
+// Window per layer (0 = full causal attention). Keys are read only where transformers uses them:
+// Qwen2Config/Qwen3Config set sliding_window to None when use_sliding_window is false, so any value
+// there (0 included) loads, and max_window_layers matters only when the window is on. A null
+// sliding_window means full causal attention; 0 or a negative W on a layer that slides would build
+// the mask kv_idx > q_idx - W (masking_utils.sliding_window_overlay), which with causality leaves
+// no key visible to any query: refused. LlamaConfig has no sliding_window: llama ignores the key,
+// as transformers does.
+std::vector<int> resolve_windows(const Keys& k, const Family& fam, int L) {
+  std::vector<int> window(size_t(L), 0);
+  const std::string arch = fam.arch;
+  if (arch == "llama") return window;
+  const bool qwen = arch != "mistral";
+  if (qwen && !k.get_bool("use_sliding_window", false)) return window;
+  if (k.has("sliding_window") && !k.set("sliding_window")) return window;  // explicit null: no window
+  const std::vector<bool> slides = qwen ? qwen_sliding_layers(k, L) : std::vector<bool>(size_t(L), true);
+  if (std::find(slides.begin(), slides.end(), true) == slides.end()) return window;
+  const int W = k.get_int("sliding_window", kDefaultSlidingWindow);
+  LOOM_CHECK(W > 0, k.where("sliding_window"), " must be a positive number of tokens or null (no window), found ",
+             W);
+  for (int i = 0; i < L; ++i)
+    if (slides[size_t(i)]) window[size_t(i)] = W;
   return window;
 }
 

@@ -2,20 +2,18 @@
 
 #include <filesystem>
 
-#include "models/safetensors.h"
 #include "ops/error.h"
+#include "ops/files.h"
 
 namespace loom {
 
 ModelConfig resolve_model_config(const ModelSection& m) {
   if (!m.preset.empty()) return preset_model_config(m.preset);
   std::error_code ec;
-  LOOM_CHECK(std::filesystem::is_directory(m.path, ec), "model.path: '", m.path.substr(0, 200),
+  LOOM_CHECK(std::filesystem::is_directory(m.path, ec), "model.path: '", shown(m.path),
              "' is not a folder (expected an HF model folder with config.json and *.safetensors)");
   const ModelConfig cfg = load_model_config(m.path);
-  // Now, before a run sizes anything by the config (LoRA, data, weights): the same check that
-  // loading the weights makes, from the checkpoint's headers alone.
-  check_checkpoint_tensors(Checkpoint::open(m.path), cfg);
+  audit_checkpoint(m.path, cfg);  // kept for weight_source / resolve_host_weights
   return cfg;
 }
 

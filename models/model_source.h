@@ -10,8 +10,8 @@
 namespace loom {
 
 // config.json of model.path, or the preset. Errors name the config key ("model.path: ..."). A
-// checkpoint's tensors are checked against its config.json here (check_checkpoint_tensors), before
-// a run allocates anything sized by it.
+// checkpoint's tensors are checked against its config.json here (audit_checkpoint), before a run
+// allocates anything sized by it; weight_source / resolve_host_weights then reuse that checkpoint.
 ModelConfig resolve_model_config(const ModelSection& m);
 // Host fp32 weights for the reference path. model.quant = nf4 applies the NF4 round trip
 // (bitsandbytes blocksize 64, double quantization per model.double_quant), unless the checkpoint

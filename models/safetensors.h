@@ -31,8 +31,9 @@ class SafetensorsFile;
 class Checkpoint {
  public:
   // DIR containing model.safetensors or model.safetensors.index.json (+ shards), or a .safetensors path.
-  // Only regular files are opened (a FIFO would block); an index must list exactly the shards'
-  // tensors, each once, with shard names that are plain file names beside it.
+  // Only regular files are opened (a FIFO would block). Each tensor an index lists must be stored
+  // in the shard it names; shard names are plain file names beside the index. A tensor a shard
+  // holds but the index does not list is part of the checkpoint like any other.
   static Checkpoint open(const std::string& path);
   bool has(const std::string& name) const;
   const TensorView& get(const std::string& name) const;  // error naming the tensor and the folder

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 #include <iomanip>
+#include <mutex>
+#include <optional>
 #include <set>
 
 #include "ops/error.h"
@@ -21,10 +23,16 @@
 
 namespace loom {
 
-std::vector<float>* projection(LayerWeights& lw, int t) {
-  std::vector<float>* p[kNumTargets] = {&lw.q, &lw.k, &lw.v, &lw.o, &lw.gate, &lw.up, &lw.down};
-  return p[t];
-}
+namespace {
+
+// The seven projection matrices of LayerWeights in LoraTarget order.
+std::vector<float> LayerWeights::* const kProjections[kNumTargets] = {
+    &LayerWeights::q, &LayerWeights::k, &LayerWeights::v, &LayerWeights::o,
+    &LayerWeights::gate, &LayerWeights::up, &LayerWeights::down};
+
+}  // namespace
+
+std::vector<float>* projection(LayerWeights& lw, int t) { return &(lw.*kProjections[t]); }
 const std::vector<float>* projection(const LayerWeights& lw, int t) {
   return projection(const_cast<LayerWeights&>(lw), t);
 }
@@ -44,29 +52,62 @@ std::vector<float> read_matrix(const Checkpoint& ck, const std::string& name, in
   return ck.read_f32(name, {rows, cols});
 }
 
-void load_layer(const Checkpoint& ck, const ModelConfig& m, int l, LayerWeights& lw) {
+// One per-layer tensor of an HF checkpoint: its name, where it lives in LayerWeights, its shape as
+// config.json makes it (and the keys behind that shape, for messages), and what it is.
+struct LayerTensor {
+  enum Kind { kNorm, kBias, kProjection };
+  std::string name;                           // "model.layers.3.self_attn.q_proj.weight"
+  std::vector<float> LayerWeights::*field;
+  std::vector<int64_t> shape;                 // (out, in) for a projection, as torch nn.Linear
+  const char* keys;                           // "hidden_size, intermediate_size"
+  Kind kind;
+  int target = -1;                            // a projection's LoraTarget (the weight may be NF4)
+};
+
+// The one list of a layer's tensors, walked by loading, the checkpoint audit, random init and saving.
+std::vector<LayerTensor> layer_tensors(const ModelConfig& m, int l) {
+  using T = LayerTensor;
+  using W = LayerWeights;
   const std::string p = layer_prefix(l);
-  lw.ln1 = ck.read_f32(p + "input_layernorm.weight", {m.C});
-  lw.ln2 = ck.read_f32(p + "post_attention_layernorm.weight", {m.C});
-  for (int t = 0; t < kNumTargets; ++t) {
-    auto [in, out] = projection_shape(m, LoraTarget(t));
-    *projection(lw, t) = read_matrix(ck, p + lora_module_path(LoraTarget(t)) + ".weight", out, in);
+  const int64_t q = int64_t(m.H) * m.D, kv = int64_t(m.KVH) * m.D;
+  std::vector<T> t = {
+      {p + "input_layernorm.weight", &W::ln1, {m.C}, "hidden_size", T::kNorm},
+      {p + "post_attention_layernorm.weight", &W::ln2, {m.C}, "hidden_size", T::kNorm},
+  };
+  const char* keys[kNumTargets] = {"hidden_size, num_attention_heads, head_dim",
+                                   "hidden_size, num_key_value_heads, head_dim",
+                                   "hidden_size, num_key_value_heads, head_dim",
+                                   "hidden_size, num_attention_heads, head_dim",
+                                   "hidden_size, intermediate_size",
+                                   "hidden_size, intermediate_size",
+                                   "hidden_size, intermediate_size"};
+  for (int target = 0; target < kNumTargets; ++target) {
+    const auto [in, out] = projection_shape(m, LoraTarget(target));
+    t.push_back({p + lora_module_path(LoraTarget(target)) + ".weight", kProjections[target], {out, in}, keys[target],
+                 T::kProjection, target});
   }
   if (m.qkv_bias) {
-    lw.q_bias = ck.read_f32(p + "self_attn.q_proj.bias", {int64_t(m.H) * m.D});
-    lw.k_bias = ck.read_f32(p + "self_attn.k_proj.bias", {int64_t(m.KVH) * m.D});
-    lw.v_bias = ck.read_f32(p + "self_attn.v_proj.bias", {int64_t(m.KVH) * m.D});
+    t.push_back({p + "self_attn.q_proj.bias", &W::q_bias, {q}, "num_attention_heads, head_dim", T::kBias});
+    t.push_back({p + "self_attn.k_proj.bias", &W::k_bias, {kv}, "num_key_value_heads, head_dim", T::kBias});
+    t.push_back({p + "self_attn.v_proj.bias", &W::v_bias, {kv}, "num_key_value_heads, head_dim", T::kBias});
   }
-  if (m.o_bias) lw.o_bias = ck.read_f32(p + "self_attn.o_proj.bias", {m.C});
+  if (m.o_bias) t.push_back({p + "self_attn.o_proj.bias", &W::o_bias, {m.C}, "hidden_size", T::kBias});
   if (m.mlp_bias) {
-    lw.gate_bias = ck.read_f32(p + "mlp.gate_proj.bias", {m.F});
-    lw.up_bias = ck.read_f32(p + "mlp.up_proj.bias", {m.F});
-    lw.down_bias = ck.read_f32(p + "mlp.down_proj.bias", {m.C});
+    t.push_back({p + "mlp.gate_proj.bias", &W::gate_bias, {m.F}, "intermediate_size", T::kBias});
+    t.push_back({p + "mlp.up_proj.bias", &W::up_bias, {m.F}, "intermediate_size", T::kBias});
+    t.push_back({p + "mlp.down_proj.bias", &W::down_bias, {m.C}, "hidden_size", T::kBias});
   }
   if (m.qk_norm) {
-    lw.q_norm = ck.read_f32(p + "self_attn.q_norm.weight", {m.D});
-    lw.k_norm = ck.read_f32(p + "self_attn.k_norm.weight", {m.D});
+    t.push_back({p + "self_attn.q_norm.weight", &W::q_norm, {m.D}, "head_dim", T::kNorm});
+    t.push_back({p + "self_attn.k_norm.weight", &W::k_norm, {m.D}, "head_dim", T::kNorm});
   }
+  return t;
+}
+
+void load_layer(const Checkpoint& ck, const ModelConfig& m, int l, LayerWeights& lw) {
+  for (const LayerTensor& t : layer_tensors(m, l))
+    lw.*t.field = t.kind == LayerTensor::kProjection ? read_matrix(ck, t.name, t.shape[0], t.shape[1])
+                                                     : ck.read_f32(t.name, t.shape);
 }
 
 // Companions bitsandbytes stores beside an NF4 weight (bnb_nf4.h); read_bnb_nf4 validates them.
@@ -198,26 +239,13 @@ std::vector<float> random_matrix(uint64_t seed, uint64_t stream, int64_t n, doub
 
 // Norms 1, biases 0, matrices random (see random_weights).
 void random_layer(const ModelConfig& m, uint64_t seed, int l, LayerWeights& lw) {
-  lw.ln1.assign(m.C, 1.f);
-  lw.ln2.assign(m.C, 1.f);
-  for (int t = 0; t < kNumTargets; ++t) {
-    auto [in, out] = projection_shape(m, LoraTarget(t));
-    *projection(lw, t) = random_matrix(seed, 16 + uint64_t(l) * kNumTargets + t, int64_t(in) * out, m.initializer_range);
-  }
-  if (m.qkv_bias) {
-    lw.q_bias.assign(size_t(m.H) * m.D, 0.f);
-    lw.k_bias.assign(size_t(m.KVH) * m.D, 0.f);
-    lw.v_bias.assign(size_t(m.KVH) * m.D, 0.f);
-  }
-  if (m.o_bias) lw.o_bias.assign(m.C, 0.f);
-  if (m.mlp_bias) {
-    lw.gate_bias.assign(m.F, 0.f);
-    lw.up_bias.assign(m.F, 0.f);
-    lw.down_bias.assign(m.C, 0.f);
-  }
-  if (m.qk_norm) {
-    lw.q_norm.assign(m.D, 1.f);
-    lw.k_norm.assign(m.D, 1.f);
+  for (const LayerTensor& t : layer_tensors(m, l)) {
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    if (t.kind == LayerTensor::kProjection)
+      lw.*t.field = random_matrix(seed, 16 + uint64_t(l) * kNumTargets + uint64_t(t.target), n, m.initializer_range);
+    else
+      (lw.*t.field).assign(size_t(n), t.kind == LayerTensor::kNorm ? 1.f : 0.f);
   }
 }
 
@@ -253,46 +281,64 @@ void check_checkpoint_tensors(const Checkpoint& ck, const ModelConfig& m) {
     audit.tied_head();
   else
     audit.plain("lm_head.weight", {m.V, m.C}, "vocab_size, hidden_size");
-  const char* keys[kNumTargets] = {"hidden_size, num_attention_heads, head_dim",
-                                   "hidden_size, num_key_value_heads, head_dim",
-                                   "hidden_size, num_key_value_heads, head_dim",
-                                   "hidden_size, num_attention_heads, head_dim",
-                                   "hidden_size, intermediate_size",
-                                   "hidden_size, intermediate_size",
-                                   "hidden_size, intermediate_size"};
   for (int l = 0; l < m.L; ++l) {
-    const std::string p = layer_prefix(l);
-    audit.plain(p + "input_layernorm.weight", {m.C}, "hidden_size");
-    audit.plain(p + "post_attention_layernorm.weight", {m.C}, "hidden_size");
-    for (int t = 0; t < kNumTargets; ++t) {
-      auto [in, out] = projection_shape(m, LoraTarget(t));
-      audit.matrix(p + lora_module_path(LoraTarget(t)) + ".weight", out, in, keys[t]);
+    for (const LayerTensor& t : layer_tensors(m, l)) {
+      if (t.kind == LayerTensor::kProjection)
+        audit.matrix(t.name, t.shape[0], t.shape[1], t.keys);
+      else
+        audit.plain(t.name, t.shape, t.keys);
     }
-    if (m.qkv_bias) {
-      audit.plain(p + "self_attn.q_proj.bias", {int64_t(m.H) * m.D}, "num_attention_heads, head_dim");
-      audit.plain(p + "self_attn.k_proj.bias", {int64_t(m.KVH) * m.D}, "num_key_value_heads, head_dim");
-      audit.plain(p + "self_attn.v_proj.bias", {int64_t(m.KVH) * m.D}, "num_key_value_heads, head_dim");
-    }
-    if (m.o_bias) audit.plain(p + "self_attn.o_proj.bias", {m.C}, "hidden_size");
-    if (m.mlp_bias) {
-      audit.plain(p + "mlp.gate_proj.bias", {m.F}, "intermediate_size");
-      audit.plain(p + "mlp.up_proj.bias", {m.F}, "intermediate_size");
-      audit.plain(p + "mlp.down_proj.bias", {m.C}, "hidden_size");
-    }
-    if (m.qk_norm) {
-      audit.plain(p + "self_attn.q_norm.weight", {m.D}, "head_dim");
-      audit.plain(p + "self_attn.k_norm.weight", {m.D}, "head_dim");
-    }
-    audit.optional_buffer(p + "self_attn.rotary_emb.inv_freq");
+    audit.optional_buffer(layer_prefix(l) + "self_attn.rotary_emb.inv_freq");
   }
   audit.check_all_used();
+}
+
+namespace {
+
+// Whether two configs make the same tensor list (what check_checkpoint_tensors compares): the
+// layers differ only by their index, so layer 0 stands for all of them.
+bool same_tensors(const ModelConfig& a, const ModelConfig& b) {
+  auto layer = [](const ModelConfig& m) {
+    std::vector<std::pair<std::string, std::vector<int64_t>>> named;
+    for (const LayerTensor& t : layer_tensors(m, 0)) named.emplace_back(t.name, t.shape);
+    return named;
+  };
+  return a.V == b.V && a.C == b.C && a.L == b.L && a.tie_embeddings == b.tie_embeddings && layer(a) == layer(b);
+}
+
+// The checkpoint audit_checkpoint opened and audited, until the WeightSource::checkpoint that
+// follows it takes it.
+struct AuditedCheckpoint {
+  std::string dir;
+  ModelConfig cfg;
+  std::shared_ptr<const Checkpoint> ck;
+};
+std::mutex g_audited_mutex;
+std::optional<AuditedCheckpoint> g_audited;
+
+std::shared_ptr<const Checkpoint> open_and_audit(const std::string& model_dir, const ModelConfig& cfg) {
+  auto ck = std::make_shared<const Checkpoint>(Checkpoint::open(model_dir));
+  check_checkpoint_tensors(*ck, cfg);
+  return ck;
+}
+
+}  // namespace
+
+void audit_checkpoint(const std::string& model_dir, const ModelConfig& cfg) {
+  std::shared_ptr<const Checkpoint> ck = open_and_audit(model_dir, cfg);
+  const std::lock_guard<std::mutex> lock(g_audited_mutex);
+  g_audited = AuditedCheckpoint{model_dir, cfg, std::move(ck)};
 }
 
 WeightSource WeightSource::checkpoint(const std::string& model_dir, const ModelConfig& cfg) {
   WeightSource s;
   s.cfg_ = cfg;
-  s.ck_ = std::make_shared<const Checkpoint>(Checkpoint::open(model_dir));
-  check_checkpoint_tensors(*s.ck_, cfg);
+  {
+    const std::lock_guard<std::mutex> lock(g_audited_mutex);
+    if (g_audited && g_audited->dir == model_dir && same_tensors(g_audited->cfg, cfg)) s.ck_ = g_audited->ck;
+    g_audited.reset();  // taken, or stale: the mapping is not held past the load
+  }
+  if (!s.ck_) s.ck_ = open_and_audit(model_dir, cfg);
   return s;
 }
 
@@ -361,25 +407,8 @@ void save_weights(const std::string& dir, const ModelConfig& m, const ModelWeigh
   add("model.embed_tokens.weight", w.embed, {m.V, m.C});
   add("model.norm.weight", w.final_norm, {m.C});
   add("lm_head.weight", w.lm_head, {m.V, m.C});
-  for (int l = 0; l < m.L; ++l) {
-    const LayerWeights& lw = w.layers[l];
-    const std::string p = layer_prefix(l);
-    add(p + "input_layernorm.weight", lw.ln1, {m.C});
-    add(p + "post_attention_layernorm.weight", lw.ln2, {m.C});
-    for (int t = 0; t < kNumTargets; ++t) {
-      auto [in, out_dim] = projection_shape(m, LoraTarget(t));
-      add(p + lora_module_path(LoraTarget(t)) + ".weight", *projection(lw, t), {out_dim, in});
-    }
-    add(p + "self_attn.q_proj.bias", lw.q_bias, {int64_t(lw.q_bias.size())});
-    add(p + "self_attn.k_proj.bias", lw.k_bias, {int64_t(lw.k_bias.size())});
-    add(p + "self_attn.v_proj.bias", lw.v_bias, {int64_t(lw.v_bias.size())});
-    add(p + "self_attn.o_proj.bias", lw.o_bias, {int64_t(lw.o_bias.size())});
-    add(p + "mlp.gate_proj.bias", lw.gate_bias, {int64_t(lw.gate_bias.size())});
-    add(p + "mlp.up_proj.bias", lw.up_bias, {int64_t(lw.up_bias.size())});
-    add(p + "mlp.down_proj.bias", lw.down_bias, {int64_t(lw.down_bias.size())});
-    add(p + "self_attn.q_norm.weight", lw.q_norm, {m.D});
-    add(p + "self_attn.k_norm.weight", lw.k_norm, {m.D});
-  }
+  for (int l = 0; l < m.L; ++l)
+    for (const LayerTensor& t : layer_tensors(m, l)) add(t.name, w.layers[l].*t.field, t.shape);
   write_safetensors(dir + "/model.safetensors", out);
   save_model_config(m, dir + "/config.json");
 }

@@ -35,6 +35,8 @@ struct ModelWeights {
 class Checkpoint;
 class WeightSource {
  public:
+  // The checkpoint of model_dir checked against cfg (check_checkpoint_tensors): the one the last
+  // audit_checkpoint of this folder and tensor list opened, else opened and audited now.
   static WeightSource checkpoint(const std::string& model_dir, const ModelConfig& cfg);
   // See random_weights().
   static WeightSource random(const ModelConfig& cfg, uint64_t seed);
@@ -54,6 +56,11 @@ class WeightSource {
 // config.json keys behind its shape and the model sizes; a tensor the model would not use (a
 // config with fewer layers than the checkpoint) is an error too. WeightSource::checkpoint runs it.
 void check_checkpoint_tensors(const Checkpoint& ck, const ModelConfig& cfg);
+// Opens the checkpoint of model_dir and checks it against cfg, as soon as cfg is read and before
+// anything is sized by it (LoRA, data, weights). The checkpoint is kept for the next
+// WeightSource::checkpoint (load_weights) of the same folder, so that a run parses the headers and
+// audits once: the audit compares a tied lm_head byte for byte with the embedding (up to ~1 GB).
+void audit_checkpoint(const std::string& model_dir, const ModelConfig& cfg);
 // Every tensor of an HF checkpoint (bf16/fp16/fp32, or pre-quantized bitsandbytes NF4, which is
 // dequantized). Errors name the tensor and the file.
 ModelWeights load_weights(const std::string& model_dir, const ModelConfig& cfg);

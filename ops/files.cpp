@@ -2,7 +2,9 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -25,12 +27,25 @@ std::string kind_of(const struct stat& st) {
   return "not a regular file";
 }
 
-// Paths longer than PATH_MAX make stat fail with ENAMETOOLONG; show only their start.
-std::string shown(const std::string& path) {
-  return path.size() <= 200 ? path : path.substr(0, 200) + "... (" + std::to_string(path.size()) + " characters)";
-}
-
 }  // namespace
+
+std::string shown(std::string_view text, size_t max_bytes) {
+  size_t end = std::min(text.size(), max_bytes);
+  // Back up to the first byte of a character: 10xxxxxx bytes continue one.
+  while (end < text.size() && end > 0 && (static_cast<uint8_t>(text[end]) & 0xC0) == 0x80) --end;
+  std::string out;
+  for (size_t i = 0; i < end; ++i) {
+    const unsigned char ch = static_cast<unsigned char>(text[i]);
+    if (ch >= 0x20) {
+      out += char(ch);
+      continue;
+    }
+    char esc[8];
+    std::snprintf(esc, sizeof esc, "\\x%02x", ch);
+    out += esc;
+  }
+  return end == text.size() ? out : cat(out, "... (", text.size(), " characters)");
+}
 
 void require_regular_file(const std::string& path, const std::string& what) {
   LOOM_CHECK(!path.empty(), what, ": no path given");
@@ -70,12 +85,12 @@ std::string read_regular_file(const std::string& path, const std::string& what, 
   LOOM_CHECK(in, "cannot open ", what, " ", shown(path), ": ", std::strerror(errno));
   in.seekg(0, std::ios::end);
   const std::streamoff size = in.tellg();
-  LOOM_CHECK(size >= 0 && uint64_t(size) <= max_bytes, what, " ", path, " is ", size, " bytes, more than the ",
+  LOOM_CHECK(size >= 0 && uint64_t(size) <= max_bytes, what, " ", shown(path), " is ", size, " bytes, more than the ",
              max_bytes, " loom reads; is it the right file?");
   std::string text(size_t(size), '\0');
   in.seekg(0);
   in.read(text.data(), size);
-  LOOM_CHECK(in.gcount() == size, "cannot read ", what, " ", path, " (", in.gcount(), " of ", size, " bytes)");
+  LOOM_CHECK(in.gcount() == size, "cannot read ", what, " ", shown(path), " (", in.gcount(), " of ", size, " bytes)");
   return text;
 }
 

@@ -15,8 +15,18 @@ namespace loom {
 // Deepest JSON nesting any loom reader accepts. Real files nest < 10 deep (tokenizer.json's
 // pre_tokenizer Sequence ~5, chat messages 3); 64 leaves room and keeps every recursion shallow.
 constexpr int kMaxJsonDepth = 64;
-// Largest text file read whole (config.json, tokenizer.json ~ 10 MB, safetensors headers ~ 1 MB).
-constexpr size_t kMaxTextFileBytes = size_t(1) << 30;
+// Largest text file read whole. The biggest loom reads are tokenizer.json files, at most ~35 MB on
+// the Hub (Gemma's); nlohmann's DOM takes ~8x the text, so a bound of 1 GB would end in bad_alloc
+// rather than in this clean error. Safetensors headers have their own 100 MB bound.
+constexpr size_t kMaxTextFileBytes = size_t(100) << 20;
+// How much of a user's text (a path, a key, a value) a message quotes: a 5 MB path must not become
+// a 5 MB message.
+constexpr size_t kMaxShownBytes = 200;
+
+// `text` as messages quote it: whole when short, else its first max_bytes cut between UTF-8
+// characters and "... (N characters)"; control characters as \xNN (a NUL would end the message, a
+// newline would split it).
+std::string shown(std::string_view text, size_t max_bytes = kMaxShownBytes);
 
 // Throws unless `path` names an existing regular file (symlinks followed). `what` says what the
 // file is for ("config", "tokenizer file"), so the message reads "tokenizer file x is a FIFO ...".

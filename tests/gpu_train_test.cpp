@@ -14,7 +14,6 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -53,18 +52,11 @@ std::string describe(const test::ProgramResult& r) {
              "\nstdout:\n", r.out);
 }
 
-std::string read_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
 // Every regular file under dir, by path relative to dir.
 std::map<std::string, std::string> files_under(const fs::path& dir) {
   std::map<std::string, std::string> files;
   for (const auto& e : fs::recursive_directory_iterator(dir))
-    if (e.is_regular_file()) files[fs::relative(e.path(), dir).string()] = read_bytes(e.path());
+    if (e.is_regular_file()) files[fs::relative(e.path(), dir).string()] = test::read_bytes(e.path().string());
   return files;
 }
 
@@ -123,14 +115,17 @@ void expect_resume_is_bitwise(const std::string& device) {
   EXPECT_EQ(got.begin()->first, 4) << "the resumed run logged steps before its checkpoint";
 }
 
+// make test builds build/train before the tests run: a missing binary is a failure, not a skip.
+const char* const kNotBuilt = "build/train is not built (make all)";
+
 TEST(GpuTrain, ResumeFromCheckpointIsBitwiseTheStraightRun) {
   REQUIRE_GPU();
-  if (!fs::exists("build/train")) GTEST_SKIP() << "build/train not built";
+  ASSERT_TRUE(fs::exists("build/train")) << kNotBuilt;
   expect_resume_is_bitwise("cuda");
 }
 
 TEST(TrainBinary, ResumeFromCheckpointIsBitwiseTheStraightRunOnCpu) {
-  if (!fs::exists("build/train")) GTEST_SKIP() << "build/train not built";
+  ASSERT_TRUE(fs::exists("build/train")) << kNotBuilt;
   expect_resume_is_bitwise("cpu");
 }
 

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,13 +27,6 @@ std::string make_temp_dir() {
   return tmpl;
 }
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 std::string shorten(const std::string& s, size_t n = 600) { return s.size() <= n ? s : s.substr(0, n) + "..."; }
 
 }  // namespace
@@ -42,6 +36,20 @@ std::string write_file(const std::string& dir, const std::string& name, const st
   fs::create_directories(p.parent_path());
   std::ofstream(p, std::ios::binary) << text;
   return p.string();
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string make_fifo(const std::string& path) {
+  fs::create_directories(fs::path(path).parent_path());
+  fs::remove_all(path);
+  if (mkfifo(path.c_str(), 0600) != 0) throw std::runtime_error("mkfifo " + path + " failed");
+  return path;
 }
 
 std::string hostile_case_name(const testing::TestParamInfo<HostileCase>& info) { return info.param.name; }
@@ -73,18 +81,19 @@ ProgramResult run_program(const std::vector<std::string>& argv, const std::strin
   const std::string dir = make_temp_dir();
   const std::string in_path = write_file(dir, "stdin", stdin_text);
   const std::string out_path = dir + "/stdout", err_path = dir + "/stderr";
+  // Everything the child needs is made before fork: the test process runs OpenMP threads, and a
+  // child forked while one of them holds the malloc lock would deadlock on its first allocation.
+  // The child makes only async-signal-safe calls (open, dup2, execv, _exit).
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
   const pid_t pid = fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
     const int in = open(in_path.c_str(), O_RDONLY);
     const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(in, 0);
-    dup2(out, 1);
-    dup2(err, 2);
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
+    if (in < 0 || out < 0 || err < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) _exit(126);
     execv(args[0], args.data());
     _exit(127);
   }
@@ -102,8 +111,8 @@ ProgramResult run_program(const std::vector<std::string>& argv, const std::strin
   }
   if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
   if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
-  r.out = slurp(out_path);
-  r.err = slurp(err_path);
+  r.out = read_bytes(out_path);
+  r.err = read_bytes(err_path);
   fs::remove_all(dir);
   return r;
 }

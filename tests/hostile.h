@@ -42,6 +42,13 @@ ProgramResult run_cli(const std::vector<std::string>& argv, const std::string& s
 
 // Writes text to dir/name (folders created) and returns the path.
 std::string write_file(const std::string& dir, const std::string& name, const std::string& text);
+// The whole file as bytes ("" when it cannot be opened).
+std::string read_bytes(const std::string& path);
+// JSON text of `depth` nested empty arrays: "[[[]]]" for 3.
+inline std::string nested_arrays(int depth) { return std::string(size_t(depth), '[') + std::string(size_t(depth), ']'); }
+// Puts a FIFO at path in place of whatever is there (its folder created) and returns path: a reader
+// that opens it without checking blocks until a writer comes, i.e. forever.
+std::string make_fifo(const std::string& path);
 // gtest parameter names.
 std::string hostile_case_name(const testing::TestParamInfo<HostileCase>& info);
 

@@ -3,8 +3,6 @@
 // files, command-line overrides, paths that are files where folders go, and the same through
 // build/train and build/prepare. Each case asserts its exact outcome: an error naming the file and
 // line (or the override) and the key, or acceptance where the input is valid.
-#include <sys/stat.h>
-
 #include <cmath>
 #include <cstdlib>
 #include <random>
@@ -171,7 +169,8 @@ const std::vector<ChoiceKey> kChoiceKeys = {
     {"train.device", {"auto", "cpu", "cuda"}},
     {"train.schedule", {"cosine", "linear", "constant"}},
     {"train.recompute", {"none", "selective", "full"}},
-    {"output.export", {"peft", "merged", "none"}},
+    {"output.export", {"peft", "merged", "gguf", "none"}},
+    {"output.gguf_type", {"q8_0", "f16", "bf16"}},
 };
 
 std::string one_of(const ChoiceKey& k, const std::string& found, const std::string& suggestion) {
@@ -321,7 +320,7 @@ void add_override_cases(std::vector<HostileCase>& cases) {
       {"unclosed_quote", "output.dir=\"runs/x", {"command line: output.dir=\"runs/x: invalid YAML:"}},
       {"not_utf8", "output.dir=runs/\xff", {"command line: output.dir=runs/\xff: the value holds byte 0xff, which is not UTF-8"}},
       {"huge_override", "output.export=" + std::string(1 << 20, 'x'),
-       {"x.yaml: output.export must be one of peft, merged, none (found 'xxx", "... (1048576 characters)')"}},
+       {"x.yaml: output.export must be one of peft, merged, gguf, none (found 'xxx", "... (1048576 characters)')"}},
       {"list_for_string", "output.dir=[a, b]", {"command line: output.dir=[a, b]: output.dir: expected a string, found a list"}},
       {"targets_one_name", "lora.targets=q_proj", {}},
       {"switch_to_path", "model.preset=", {"set exactly one of model.path or model.preset", "found neither"}},
@@ -335,12 +334,6 @@ void add_override_cases(std::vector<HostileCase>& cases) {
 // ---------------------------------------------------------------------------------------------
 // The config file itself, and the paths a config names (check_paths, before anything loads)
 
-std::string make_fifo(const std::string& dir, const std::string& name) {
-  const std::string path = dir + "/" + name;
-  if (mkfifo(path.c_str(), 0600) != 0) throw std::runtime_error("mkfifo " + path + " failed");
-  return path;
-}
-
 // A minimal config whose output.dir is inside the case's folder, then `overrides`.
 TrainConfig run_in(const std::string& dir, std::vector<std::string> overrides) {
   overrides.insert(overrides.begin(), "output.dir=" + dir + "/run");
@@ -350,7 +343,7 @@ TrainConfig run_in(const std::string& dir, std::vector<std::string> overrides) {
 void add_file_and_path_cases(std::vector<HostileCase>& cases) {
   const std::string long_path = "/tmp/" + std::string(5 << 20, 'p');
   const std::vector<HostileCase> files = {
-      {"config_fifo", [](const std::string& dir) { load_config(make_fifo(dir, "c.yaml")); }, {"c.yaml is a FIFO (named pipe); give a regular file"}},
+      {"config_fifo", [](const std::string& dir) { load_config(make_fifo(dir + "/c.yaml")); }, {"c.yaml is a FIFO (named pipe); give a regular file"}},
       {"config_dev_zero", [](const std::string&) { load_config("/dev/zero"); }, {"config /dev/zero is a character device; give a regular file"}},
       {"config_folder", [](const std::string& dir) { load_config(dir); }, {"config ", " is a folder; give a regular file"}},
       {"config_missing", [](const std::string& dir) { load_config(dir + "/none.yaml"); }, {"none.yaml: no such file"}},
@@ -381,7 +374,7 @@ void add_file_and_path_cases(std::vector<HostileCase>& cases) {
        }, {"data.cache_dir (default <output.dir>/data) ", "/run/data: it is a file, not a folder"}},
       {"data_path_missing", [](const std::string& dir) { check_paths(run_in(dir, {"data.synthetic=", "data.path=" + dir + "/none.jsonl"})); },
        {"data.path ", "none.jsonl: no such file"}},
-      {"data_path_fifo", [](const std::string& dir) { check_paths(run_in(dir, {"data.synthetic=", "data.path=" + make_fifo(dir, "d.jsonl")})); },
+      {"data_path_fifo", [](const std::string& dir) { check_paths(run_in(dir, {"data.synthetic=", "data.path=" + make_fifo(dir + "/d.jsonl")})); },
        {"data.path ", "d.jsonl is a FIFO (named pipe); give a regular file"}},
       {"data_path_dev_zero", [](const std::string& dir) { check_paths(run_in(dir, {"data.synthetic=", "data.path=/dev/zero"})); },
        {"data.path /dev/zero is a character device; give a regular file"}},
@@ -393,7 +386,7 @@ void add_file_and_path_cases(std::vector<HostileCase>& cases) {
       {"data_path_folder", [](const std::string& dir) { check_paths(run_in(dir, {"data.synthetic=", "data.path=" + dir})); }, {}},
       {"tokenizer_fifo", [](const std::string& dir) {
          const std::string jsonl = write_file(dir, "d.jsonl", "{\"text\": \"hi\"}\n");
-         check_paths(run_in(dir, {"data.synthetic=", "data.path=" + jsonl, "data.tokenizer=" + make_fifo(dir, "tok.json")}));
+         check_paths(run_in(dir, {"data.synthetic=", "data.path=" + jsonl, "data.tokenizer=" + make_fifo(dir + "/tok.json")}));
        }, {"data.tokenizer ", "tok.json is a FIFO (named pipe); give a regular file"}},
       {"model_path_is_file", [](const std::string& dir) { check_paths(run_in(dir, {"model.preset=", "model.path=/etc/passwd"})); },
        {"model.path: '/etc/passwd' is not a folder (expected an HF model folder with config.json and *.safetensors)"}},
@@ -429,7 +422,7 @@ void add_program_cases(std::vector<HostileCase>& cases) {
   const std::string demo = "configs/demo.yaml", chats = "data/demo/chats.jsonl", tok = "data/demo/tokenizer.model";
   const std::string long_arg(100000, 'q');  // one argv string may hold 128 KiB (MAX_ARG_STRLEN)
   const std::vector<HostileCase> programs = {
-      {"train_fifo_config", [](const std::string& dir) { train({make_fifo(dir, "c.yaml")}); }, {"c.yaml is a FIFO (named pipe); give a regular file"}},
+      {"train_fifo_config", [](const std::string& dir) { train({make_fifo(dir + "/c.yaml")}); }, {"c.yaml is a FIFO (named pipe); give a regular file"}},
       {"train_dev_zero", [](const std::string&) { train({"/dev/zero"}); }, {"config /dev/zero is a character device"}},
       {"train_folder_config", [](const std::string& dir) { train({dir}); }, {" is a folder; give a regular file"}},
       {"train_missing_config", [](const std::string& dir) { train({dir + "/none.yaml"}); }, {"none.yaml: no such file"}},
@@ -446,7 +439,7 @@ void add_program_cases(std::vector<HostileCase>& cases) {
       {"train_data_path_5mb_in_config", [](const std::string& dir) {
          train({write_file(dir, "c.yaml", "data:\n  path: " + std::string(5 << 20, 'p') + "\n")});
        }, {cat("c.yaml is ", 15 + (5 << 20), " bytes, more than the 1048576")}},
-      {"train_data_path_fifo", [demo](const std::string& dir) { train({demo, "output.dir=" + dir + "/run", "data.path=" + make_fifo(dir, "d.jsonl")}); },
+      {"train_data_path_fifo", [demo](const std::string& dir) { train({demo, "output.dir=" + dir + "/run", "data.path=" + make_fifo(dir + "/d.jsonl")}); },
        {"data.path ", "d.jsonl is a FIFO (named pipe)"}},
       {"train_second_document", [](const std::string& dir) { train({write_file(dir, "c.yaml", std::string(kMinimal) + "---\nlora: {r: 8}\n")}); },
        {"c.yaml:5: a second YAML document starts here"}},
@@ -455,11 +448,11 @@ void add_program_cases(std::vector<HostileCase>& cases) {
        {"--out /etc/passwd: it is a file, not a folder"}},
       {"prepare_out_under_file", [chats, tok](const std::string&) { prepare({"--data", chats, "--tokenizer", tok, "--out", "/etc/passwd/x"}); },
        {"--out /etc/passwd/x: '/etc/passwd' is a file, not a folder"}},
-      {"prepare_data_fifo", [tok](const std::string& dir) { prepare({"--data", make_fifo(dir, "d.jsonl"), "--tokenizer", tok, "--out", dir + "/o"}); },
+      {"prepare_data_fifo", [tok](const std::string& dir) { prepare({"--data", make_fifo(dir + "/d.jsonl"), "--tokenizer", tok, "--out", dir + "/o"}); },
        {"--data ", "d.jsonl is a FIFO (named pipe)"}},
       {"prepare_data_folder", [tok](const std::string& dir) { prepare({"--data", dir, "--tokenizer", tok, "--out", dir + "/o"}); },
        {"--data ", " is a folder; give a regular file"}},
-      {"prepare_tokenizer_fifo", [chats](const std::string& dir) { prepare({"--data", chats, "--tokenizer", make_fifo(dir, "t"), "--out", dir + "/o"}); },
+      {"prepare_tokenizer_fifo", [chats](const std::string& dir) { prepare({"--data", chats, "--tokenizer", make_fifo(dir + "/t"), "--out", dir + "/o"}); },
        {"--tokenizer ", "/t is a FIFO (named pipe)"}},
       {"prepare_unknown_flag", [](const std::string&) { prepare({"--bogus", "x"}); }, {"unknown option --bogus"}},
       {"prepare_unknown_flag_last", [](const std::string&) { prepare({"--data", "x", "--bogus"}); }, {"unknown option --bogus"}},
@@ -473,9 +466,9 @@ void add_program_cases(std::vector<HostileCase>& cases) {
        {"--max-seq-len must be an integer in [1, 1048576] (found \"99999999999999999999\")"}},
       {"prepare_threads_huge", [](const std::string&) { prepare({"--threads", "100000"}); }, {"--threads must be an integer in [1, 1024] (found \"100000\")"}},
       {"prepare_no_arguments", [](const std::string&) { prepare({}); }, {"usage: build/prepare"}},
-      {"prepare_config_fifo", [](const std::string& dir) { prepare({make_fifo(dir, "c.yaml")}); }, {"c.yaml is a FIFO (named pipe)"}},
+      {"prepare_config_fifo", [](const std::string& dir) { prepare({make_fifo(dir + "/c.yaml")}); }, {"c.yaml is a FIFO (named pipe)"}},
       {"prepare_config_data_fifo", [tok](const std::string& dir) {
-         prepare({write_file(dir, "c.yaml", "model: {preset: tiny}\ndata: {path: " + make_fifo(dir, "d.jsonl") + ", tokenizer: " + tok + "}\n")});
+         prepare({write_file(dir, "c.yaml", "model: {preset: tiny}\ndata: {path: " + make_fifo(dir + "/d.jsonl") + ", tokenizer: " + tok + "}\n")});
        }, {"data.path ", "d.jsonl is a FIFO (named pipe)"}},
       {"prepare_config_cache_dir_is_file", [chats, tok](const std::string& dir) {
          prepare({write_file(dir, "c.yaml", "model: {preset: tiny}\ndata: {path: " + chats + ", tokenizer: " + tok + ", cache_dir: /etc/passwd}\n")});

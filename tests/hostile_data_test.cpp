@@ -38,7 +38,6 @@ using Mutation = std::function<void(json&)>;
 // Deeper than any loom reader accepts (kMaxJsonDepth = 64) and deep enough to overflow the stack
 // of a recursive parser that does not bound it: the issue saw a crash at a few hundred thousand.
 constexpr int kDeep = 300000;
-std::string nested_arrays(int depth) { return std::string(size_t(depth), '[') + std::string(size_t(depth), ']'); }
 
 // j as text, with the string value "@RAW@" replaced by `raw` (nlohmann cannot hold, or dump, a
 // value nested kDeep levels without recursing that deep itself).

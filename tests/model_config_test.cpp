@@ -340,17 +340,26 @@ TEST_F(ModelConfigFile, RejectsBadLayerTypesAndJson) {
                            {"model config", dir_ + "/missing", "no such file"});
 }
 
-// transformers: a null sliding_window is full causal attention; 0 or a negative window would mask
-// every key (kv_idx > q_idx - W with causality), so it is refused even where use_sliding_window is false.
-TEST_F(ModelConfigFile, SlidingWindowNullIsFullAttentionAndNonPositiveIsRefused) {
+// transformers: a null sliding_window is full causal attention; 0 or a negative window on a layer
+// that slides would mask every key (kv_idx > q_idx - W with causality): refused. Where no layer
+// slides the keys are not read, as transformers does not read them: Qwen2Config/Qwen3Config set
+// sliding_window to None when use_sliding_window is false.
+TEST_F(ModelConfigFile, SlidingWindowNullIsFullAttentionAndNonPositiveIsRefusedWhereUsed) {
   expect_no_window(load(minimal("MistralForCausalLM", R"("sliding_window": null)")));
   EXPECT_EQ(load(minimal("MistralForCausalLM")).window, std::vector<int>(4, 4096));  // class default
-  for (const char* w : {"0", "-1"}) {
-    expect_error(minimal("MistralForCausalLM", std::string(R"("sliding_window": )") + w),
-                 {"config.json: sliding_window must be a positive number of tokens or null", std::string("found ") + w});
-    expect_error(minimal("Qwen2ForCausalLM", std::string(R"("use_sliding_window": false, "sliding_window": )") + w),
-                 {"config.json: sliding_window must be a positive number"});
+  for (const std::string w : {"0", "-1"}) {
+    SCOPED_TRACE("sliding_window " + w);
+    expect_error(minimal("MistralForCausalLM", R"("sliding_window": )" + w),
+                 {"config.json: sliding_window must be a positive number of tokens or null", "found " + w});
+    expect_error(minimal("Qwen2ForCausalLM", R"("use_sliding_window": true, "max_window_layers": 2, "sliding_window": )" + w),
+                 {"config.json: sliding_window must be a positive number", "found " + w});
+    expect_no_window(load(minimal("Qwen2ForCausalLM", R"("use_sliding_window": false, "sliding_window": )" + w)));
+    // The window on, but max_window_layers (class default 28) leaves all 4 layers full.
+    expect_no_window(load(minimal("Qwen3ForCausalLM", R"("use_sliding_window": true, "sliding_window": )" + w)));
   }
+  expect_no_window(load(minimal("Qwen2ForCausalLM", R"("sliding_window": "x", "max_window_layers": "y")")));
+  expect_error(minimal("Qwen2ForCausalLM", R"("use_sliding_window": true, "max_window_layers": "y")"),
+               {"config.json: max_window_layers: expected an integer, found \"y\""});
   // LlamaConfig has no sliding_window: transformers ignores the key, so does loom.
   expect_no_window(load(minimal("LlamaForCausalLM", R"("sliding_window": 0)")));
 }
