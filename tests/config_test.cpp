@@ -233,7 +233,8 @@ TEST(Config, EveryValidationRuleNamesItsKeyAndTheValueFound) {
       {{"train.schedule=cosin"},
        "train.schedule must be one of cosine, linear, constant (found 'cosin'; did you mean 'cosine'?)"},
       {{"train.recompute=partial"}, "train.recompute must be one of none, selective, full (found 'partial')"},
-      {{"output.export=gguf"}, "output.export must be one of peft, merged, none (found 'gguf')"},
+      {{"output.export=onnx"}, "output.export must be one of peft, merged, gguf, none (found 'onnx')"},
+      {{"output.gguf_type=q4_0"}, "output.gguf_type must be one of q8_0, f16, bf16 (found 'q4_0'; did you mean 'q8_0'?)"},
       {{"output.resume="}, "output.resume must be auto, last_intact, never or a checkpoint folder (found '')"},
       {{"data.max_seq_len=4096", "train.token_budget=2048"},
        "data.max_seq_len (4096) must be <= train.token_budget (2048) so that every sequence fits in one "
