@@ -20,6 +20,8 @@ non-zero A and B, and records what loom's reference path must reproduce:
                          each tensor's scaled error), and the step losses of 20 AdamW steps at
                          GPU_LR (max rel). The test allows kRule (2) times these (the flash-attention
                          rule: a low-precision kernel may be at most 2x as wrong as plain bf16).
+                         "bf16_baseline_nf4": the same figures for the test's nf4 mode, measured
+                         on the NF4 round trip of the base weights (see nf4_model below).
 
 Documents are run one at a time through HF (no packing there), and the loss is the sum of
 target-token losses over all documents divided by the number of targets in the whole batch —
@@ -28,13 +30,16 @@ exactly the quantity loom computes on one packed buffer.
 Runs on a CPU in a few minutes (torch 2.15.0, transformers 5.23.0, peft 0.21.2 wrote the fixtures;
 pip install torch==2.15.0 transformers==5.23.0 peft==0.21.2):
   python3 tools/make_hf_fixtures.py                   every fixture from scratch
-  python3 tools/make_hf_fixtures.py --yardstick-only  only "bf16_baseline" of the existing fixtures
+  python3 tools/make_hf_fixtures.py --yardstick-only  only the two yardsticks of the existing fixtures
+The nf4 yardstick needs build/nf4_roundtrip (make build/nf4_roundtrip).
 """
 import argparse
 import copy
 import json
 import os
 import shutil
+import subprocess
+import tempfile
 import types
 
 import torch
@@ -42,7 +47,9 @@ import transformers
 import peft
 from safetensors.torch import load_file, save_file
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "hf")
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+OUT = os.path.join(REPO, "tests", "fixtures", "hf")
+NF4_ROUNDTRIP = os.path.join(REPO, "build", "nf4_roundtrip")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA_R, LORA_ALPHA = 4, 8
 ADAM = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
@@ -346,11 +353,12 @@ def load_adapter_fp32(model, d):
             p.data = saved[peft_name(n)].float().clone()
 
 
-def load_for_baseline(d, loom_bf16):
-    """The fixture as loom loads it: base and adapter from disk. fp32 everywhere (loom's reference
-    path), or loom's GPU precision (bf16 storage, patched as described above; use inside LoomPrecision)."""
+def load_for_baseline(model_dir, d, loom_bf16):
+    """The fixture as loom loads it: base from model_dir, adapter from the fixture d. fp32 everywhere
+    (loom's reference path), or loom's GPU precision (bf16 storage, so the base weights are rounded
+    to bf16 as the GPU stores them; patched as described above; use inside LoomPrecision)."""
     dtype = BF16 if loom_bf16 else torch.float32
-    base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(d, "model"), dtype=dtype,
+    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
                                                              attn_implementation="eager")
     model = peft.PeftModel.from_pretrained(base, os.path.join(d, "adapter"), is_trainable=True)
     load_adapter_fp32(model, d)
@@ -435,27 +443,27 @@ def train_with_fp32_master(model, docs, n_targets, lr, steps):
     return losses, first_grads, {n: m.detach().clone() for (n, _), m in zip(live, master)}
 
 
-def run_in(loom_bf16, d, docs, n_targets):
+def run_in(loom_bf16, model_dir, d, docs, n_targets):
     """Per-token losses at the starting weights, then the GPU test's 20 AdamW steps."""
-    model = load_for_baseline(d, loom_bf16)
+    model = load_for_baseline(model_dir, d, loom_bf16)
     with torch.no_grad():
         tokens = torch.cat([token_losses(model, doc) for doc in docs])
     return (tokens,) + train_with_fp32_master(model, docs, n_targets, GPU_LR, GPU_STEPS)
 
 
-def bf16_baseline(d, docs, n_targets):
-    """Errors of HF in loom's GPU precision against HF in fp32 on this fixture, each measured as
-    tests/gpu_step_test.cpp measures loom's GPU against loom's fp32 reference; the worst over
-    ACCUMULATIONS."""
+def bf16_baseline(model_dir, d, docs, n_targets, base_weights):
+    """Errors of HF in loom's GPU precision against HF in fp32 on this fixture with the base weights
+    of model_dir, each measured as tests/gpu_step_test.cpp measures loom's GPU against loom's fp32
+    reference; the worst over ACCUMULATIONS."""
     global accumulate_in
-    tok32, s32, g32, w32 = run_in(False, d, docs, n_targets)
-    out = {"measured_as": "HF in loom's GPU precision vs HF fp32, worst of fp32 and fp64 sums "
-                          "(tools/make_hf_fixtures.py)",
+    tok32, s32, g32, w32 = run_in(False, model_dir, d, docs, n_targets)
+    out = {"measured_as": f"HF in loom's GPU precision vs HF fp32, worst of fp32 and fp64 sums, "
+                          f"{base_weights} (tools/make_hf_fixtures.py)",
            "lr": GPU_LR, "steps": GPU_STEPS, "token_loss_abs": 0.0, "grad_scaled": 0.0,
            "step_loss_rel": 0.0, "final_weights_scaled": 0.0}
     for accumulate_in in ACCUMULATIONS:
         with LoomPrecision():
-            tok16, s16, g16, w16 = run_in(True, d, docs, n_targets)
+            tok16, s16, g16, w16 = run_in(True, model_dir, d, docs, n_targets)
         grad, grad_at = worst_tensor(g16, g32)
         weights, weights_at = worst_tensor(w16, w32)
         out["token_loss_abs"] = max(out["token_loss_abs"], (tok16 - tok32).abs().max().item())
@@ -467,6 +475,30 @@ def bf16_baseline(d, docs, n_targets):
     accumulate_in = torch.float32
     out.update(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__)
     return out
+
+
+def nf4_model(d, out_dir):
+    """The fixture's base model with every LoRA target projection replaced by its NF4 round trip
+    (bf16 -> NF4 blocksize 64, double quantization -> fp32), written by loom itself
+    (build/nf4_roundtrip, models/weights.h apply_nf4_roundtrip): the weights of loom's fp32 reference
+    in nf4 mode. Loaded in bf16 they are what the GPU multiplies by in nf4 mode (ops/nf4.h: its
+    dequantization is this fp32 value rounded to bf16). Unlike the fixture's bf16 weights they are not
+    bf16 values, so the nf4 mode carries one rounding more than the bf16 mode: the weights'."""
+    if not os.access(NF4_ROUNDTRIP, os.X_OK):
+        raise SystemExit(f"{NF4_ROUNDTRIP} is missing: run make build/nf4_roundtrip first")
+    subprocess.run([NF4_ROUNDTRIP, os.path.join(d, "model"), out_dir], check=True)
+    shutil.copy(os.path.join(d, "model", "config.json"), out_dir)  # HF's config, not loom's rewrite
+    return out_dir
+
+
+def yardsticks(d, docs, n_targets):
+    """{"bf16_baseline": on the fixture's weights (the test's bf16 mode), "bf16_baseline_nf4": on
+    their NF4 round trip (the test's nf4 mode)}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return {"bf16_baseline": bf16_baseline(os.path.join(d, "model"), d, docs, n_targets,
+                                               "base weights as stored (bf16)"),
+                "bf16_baseline_nf4": bf16_baseline(nf4_model(d, tmp), d, docs, n_targets,
+                                                   "base projections NF4 round-tripped (nf4 mode)")}
 
 
 def run_arch(arch, spec, seed):
@@ -508,7 +540,7 @@ def run_arch(arch, spec, seed):
                        lr=ADAM["lr"], beta1=ADAM["betas"][0], beta2=ADAM["betas"][1],
                        eps=ADAM["eps"], weight_decay=ADAM["weight_decay"],
                        max_grad_norm=MAX_GRAD_NORM, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
-                       bf16_baseline=bf16_baseline(d, docs, n_targets),
+                       **yardsticks(d, docs, n_targets),
                        torch=torch.__version__, transformers=transformers.__version__,
                        peft=peft.__version__), f, indent=1)
     print(f"{arch}: loss {total / n_targets:.6f}, {n_targets} targets, 5-step losses "
@@ -516,7 +548,7 @@ def run_arch(arch, spec, seed):
 
 
 def rewrite_yardstick(arch):
-    """Recomputes only "bf16_baseline" of an existing fixture; every other file and value stays
+    """Recomputes only the yardsticks of an existing fixture; every other file and value stays
     bit for bit as it was (the fp32 parts depend on the CPU's summation order at the ~1e-7 level,
     so a full regeneration on another machine would change them within parity_test's 1e-4)."""
     d = os.path.join(OUT, arch)
@@ -525,19 +557,20 @@ def rewrite_yardstick(arch):
         expected = json.load(f)
     with open(os.path.join(d, "batch.json")) as f:
         docs = json.load(f)["documents"]
-    expected["bf16_baseline"] = bf16_baseline(d, docs, expected["n_targets"])
+    expected.update(yardsticks(d, docs, expected["n_targets"]))
     with open(path, "w") as f:
         json.dump(expected, f, indent=1)
-    b = expected["bf16_baseline"]
-    print(f"{arch}: token loss {b['token_loss_abs']:.2e} abs, step-1 grads {b['grad_scaled']:.2e} "
-          f"({b['grad_worst_tensor']}), step losses {b['step_loss_rel']:.2e} rel, final weights "
-          f"{b['final_weights_scaled']:.2e} ({b['final_weights_worst_tensor']})")
+    for key in ("bf16_baseline", "bf16_baseline_nf4"):
+        b = expected[key]
+        print(f"{arch} {key}: token loss {b['token_loss_abs']:.2e} abs, step-1 grads {b['grad_scaled']:.2e} "
+              f"({b['grad_worst_tensor']}), step losses {b['step_loss_rel']:.2e} rel, final weights "
+              f"{b['final_weights_scaled']:.2e} ({b['final_weights_worst_tensor']})")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--yardstick-only", action="store_true",
-                        help='recompute "bf16_baseline" of the existing fixtures, nothing else')
+                        help='recompute "bf16_baseline" and "bf16_baseline_nf4" of the existing fixtures, nothing else')
     args = parser.parse_args()
     torch.manual_seed(0)
     for k, (arch, spec) in enumerate(ARCHS.items()):
