@@ -55,6 +55,8 @@ std::string make_fifo(const std::string& path) {
 std::string hostile_case_name(const testing::TestParamInfo<HostileCase>& info) { return info.param.name; }
 
 void check_hostile_case(const HostileCase& c) {
+  // The expected outcome, in --gtest_output=xml, so the suite's counts by outcome come from a run.
+  testing::Test::RecordProperty("expected_outcome", c.expect.empty() ? "accepted" : "clean error");
   const std::string dir = make_temp_dir();
   std::string error;
   bool threw = false;
