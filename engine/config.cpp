@@ -9,7 +9,7 @@
 //   train:  {device, token_budget, global_batch, steps, epochs, lr, schedule, warmup_steps,
 //            min_lr_ratio, weight_decay, beta1, beta2, eps, max_grad_norm, recompute, seed, log_every,
 //            divergence_check, divergence_window, divergence_factor, zero_grad_steps}
-//   output: {dir, checkpoint_every, keep_checkpoints, export, gguf_type, resume}
+//   output: {dir, checkpoint_every, keep_checkpoints, export, gguf_type, resume, on_change}
 //
 // A missing key keeps the member initialiser of config.h. Overrides "section.key=value" are applied
 // after the file, the value read as one YAML node (scalar or flow sequence). One table (fields_of)
@@ -159,8 +159,22 @@ std::vector<Field> fields_of(TrainConfig& c) {
       {"output", "export", &o.export_format},
       {"output", "gguf_type", &o.gguf_type},
       {"output", "resume", &o.resume},
+      {"output", "on_change", &o.on_change},
   };
 }
+
+// Keys a resumed run may change without output.on_change=accept, because the weights it trains do
+// not depend on them: how often it logs, saves, checks for divergence and what it exports; where
+// the data cache lives (the shards' content is checked on their own); the device and recompute
+// (the same arithmetic, in another place or order: a run moved between CPU and GPU resumes), and
+// data.on_bad_line (a run that went through under "error" read no bad line, so "skip" reads the
+// same data; the other way round errors on the line). Every other key changes what is trained.
+const std::set<std::string> kKeysThatDoNotChangeTraining = {
+    "data.cache_dir",        "data.on_bad_line",         "train.device",           "train.recompute",
+    "train.log_every",       "train.divergence_check",   "train.divergence_window", "train.divergence_factor",
+    "train.zero_grad_steps", "output.dir",               "output.checkpoint_every", "output.keep_checkpoints",
+    "output.export",         "output.gguf_type",         "output.resume",          "output.on_change",
+};
 
 // ---------------------------------------------------------------------------------------------
 // Suggestions
@@ -292,6 +306,24 @@ std::string Range::text() const {
   char bounds[64];
   std::snprintf(bounds, sizeof bounds, "%c%.10g, %.10g%c", lo_open ? '(' : '[', lo, hi, hi_open ? ')' : ']');
   return cat("in ", bounds, *note ? cat(" (", note, ")") : "");
+}
+
+// A field's value as the YAML text to_yaml writes.
+std::string yaml_value(const Field& f) {
+  return std::visit(
+      [](auto* v) -> std::string {
+        using T = std::remove_pointer_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, int>) return std::to_string(*v);
+        if constexpr (std::is_same_v<T, float>) return format_float(*v);
+        if constexpr (std::is_same_v<T, bool>) return *v ? "true" : "false";
+        if constexpr (std::is_same_v<T, std::string>) return yaml_string(*v);
+        if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+          std::vector<std::string> items;
+          for (const std::string& s : *v) items.push_back(yaml_string(s));
+          return '[' + join(items, ", ") + ']';
+        }
+      },
+      f.ref);
 }
 
 // What a node holds, for "found ..." in messages.
@@ -709,6 +741,7 @@ void check_output(Checker& c, const OutputSection& o) {
   if (o.dir.empty()) c.add("output.dir must name the run folder (found an empty string)");
   c.one_of("output.export", o.export_format, {"peft", "merged", "gguf", "none"});
   c.one_of("output.gguf_type", o.gguf_type, {"q8_0", "f16", "bf16"});
+  c.one_of("output.on_change", o.on_change, {"refuse", "accept"});
   if (o.resume.empty()) c.add("output.resume must be auto, last_intact, never or a checkpoint folder (found '')");
 }
 
@@ -801,24 +834,21 @@ std::string to_yaml(const TrainConfig& cfg) {
       out << (section.empty() ? "" : "\n") << f.section << ":\n";
       section = f.section;
     }
-    out << "  " << f.key << ": ";
-    std::visit(
-        [&](auto* v) {
-          using T = std::remove_pointer_t<decltype(v)>;
-          if constexpr (std::is_same_v<T, int>) out << *v;
-          if constexpr (std::is_same_v<T, float>) out << format_float(*v);
-          if constexpr (std::is_same_v<T, bool>) out << (*v ? "true" : "false");
-          if constexpr (std::is_same_v<T, std::string>) out << yaml_string(*v);
-          if constexpr (std::is_same_v<T, std::vector<std::string>>) {
-            std::vector<std::string> items;
-            for (const std::string& s : *v) items.push_back(yaml_string(s));
-            out << '[' << join(items, ", ") << ']';
-          }
-        },
-        f.ref);
-    out << '\n';
+    out << "  " << f.key << ": " << yaml_value(f) << '\n';
   }
   return out.str();
+}
+
+std::vector<ConfigChange> training_changes(const TrainConfig& recorded, const TrainConfig& now) {
+  TrainConfig a = recorded, b = now;
+  const std::vector<Field> before = fields_of(a), after = fields_of(b);
+  std::vector<ConfigChange> changes;
+  for (size_t i = 0; i < before.size(); ++i) {
+    if (kKeysThatDoNotChangeTraining.count(before[i].path())) continue;
+    const std::string x = yaml_value(before[i]), y = yaml_value(after[i]);
+    if (x != y) changes.push_back({before[i].path(), x, y});
+  }
+  return changes;
 }
 
 }  // namespace loom

@@ -71,6 +71,10 @@ struct OutputSection {
   // auto: the newest checkpoint in dir, which must verify | last_intact: the newest that verifies
   // (damaged newer ones are reported and skipped) | never | <checkpoint folder>
   std::string resume = "auto";
+  // What a rerun does when its config differs from the one the run folder was started with in a
+  // key that changes what is trained (training_changes): refuse (list the differences) | accept
+  // (continue with the new settings; the old record is kept as config.resolved.step-N.yaml)
+  std::string on_change = "refuse";
 };
 
 struct TrainConfig {
@@ -111,5 +115,16 @@ std::string data_cache_dir(const TrainConfig& cfg);
 // The resolved config as YAML (every key, defaults included); parse_config(to_yaml(c)) == c.
 // Depends on the values only (not on `source`), so two runs' resolved configs compare as text.
 std::string to_yaml(const TrainConfig& cfg);
+
+// One key whose value differs between two configs, values as to_yaml writes them.
+struct ConfigChange {
+  std::string key;  // "train.lr"
+  std::string before, after;
+};
+// The keys in which `now` differs from `recorded` (the config a run folder was started with) that
+// change what the run trains: model, LoRA, data, optimizer, schedule and length. Keys that only
+// change how the run is watched, saved or computed (logging, checkpoints, export, device,
+// recompute, divergence checks, the data cache's place) are left out: a resume may change them.
+std::vector<ConfigChange> training_changes(const TrainConfig& recorded, const TrainConfig& now);
 
 }  // namespace loom

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <unistd.h>  // isatty
 
 #include "ops/error.h"
 #include "ops/files.h"
@@ -93,6 +94,68 @@ std::string progress_line(const StepMetrics& m, int total_steps) {
   if (m.mfu) line += cat(" | mfu ", fixed("%.1f", *m.mfu * 100), '%');
   if (m.peak_mem_gib) line += cat(" | ", fixed("%.1f", *m.peak_mem_gib), " GiB");
   return line + " | eta " + eta(m, total_steps);
+}
+
+std::string progress_bar(const StepMetrics& m, int total_steps, int width) {
+  const double done = total_steps > 0 ? std::clamp(double(m.step) / total_steps, 0.0, 1.0) : 0.0;
+  // Eighths of a cell, as tqdm draws them: the last cell shows how far into it the run is.
+  static const char* const kEighths[] = {"", "▏", "▎", "▍", "▌", "▋", "▊", "▉"};
+  const int eighths = int(done * width * 8);
+  std::string bar;
+  for (int i = 0; i < eighths / 8; ++i) bar += "█";
+  int cells = eighths / 8;
+  if (cells < width && eighths % 8) bar += kEighths[eighths % 8], ++cells;
+  bar += std::string(size_t(width - cells), ' ');
+  char head[64];
+  std::snprintf(head, sizeof head, "%*d/%d %3d%%|", int(std::to_string(total_steps).size()), m.step, total_steps,
+                int(done * 100));
+  return cat(head, bar, "| loss ", fixed("%.4f", m.loss), " | ", with_thousands(m.tokens_per_s), " tok/s | ",
+             duration(m.elapsed_s), '<', eta(m, total_steps));
+}
+
+std::optional<double> logged_loss(const std::string& run_dir, int64_t step) {
+  std::ifstream in(run_dir + "/metrics.jsonl", std::ios::binary);
+  std::optional<double> loss;
+  for (std::string line; std::getline(in, line);) {
+    if (step_of_record(line) != step) continue;
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.contains("loss") && j["loss"].is_number()) loss = j["loss"].get<double>();
+  }
+  return loss;
+}
+
+TerminalStatus::TerminalStatus(std::FILE* out) : out_(out), active_(out && isatty(fileno(out))) {}
+
+TerminalStatus::~TerminalStatus() { done(); }
+
+void TerminalStatus::show(const std::string& status) {
+  if (!active_) return;
+  // \033[K clears what a longer previous status left on the line.
+  std::fprintf(out_, "\r%s\033[K", status.c_str());
+  std::fflush(out_);
+  status_ = status;
+}
+
+void TerminalStatus::print(const std::string& line) {
+  if (!out_) return;
+  if (!status_.empty()) std::fputs("\r\033[K", out_);
+  std::fprintf(out_, "%s\n", line.c_str());
+  if (!status_.empty()) std::fprintf(out_, "%s", status_.c_str());
+  std::fflush(out_);
+}
+
+void TerminalStatus::clear() {
+  if (status_.empty()) return;
+  std::fputs("\r\033[K", out_);
+  std::fflush(out_);
+  status_.clear();
+}
+
+void TerminalStatus::done() {
+  if (status_.empty()) return;
+  std::fputc('\n', out_);
+  std::fflush(out_);
+  status_.clear();
 }
 
 MetricsLog::MetricsLog(const std::string& run_dir) : path_(run_dir + "/metrics.jsonl") {

@@ -9,6 +9,9 @@
 // Progress line:
 //   step 12/100 | loss 2.3456 | lr 1.90e-04 | grad 0.87 | 12,345 tok/s | mfu 48.1% | 4.2 GiB | eta 1m02s
 // (mfu and GiB only when measured). eta = seconds per step so far in this process × steps left.
+//
+// Progress bar (a terminal only, redrawn in place every step, tqdm style):
+//    12/100  12%|███▏                       | loss 2.3456 | 12,345 tok/s | 15s<1m02s
 #pragma once
 #include <cstdint>
 #include <cstdio>
@@ -68,5 +71,33 @@ struct MetricsCut {
 // error naming it.
 MetricsCut truncate_metrics_after(const std::string& run_dir, int64_t step);
 std::string progress_line(const StepMetrics& m, int total_steps);
+// The progress bar of m (format above), `width` cells between the bars; no newline, no \r.
+std::string progress_bar(const StepMetrics& m, int total_steps, int width = 28);
+// The loss logged for `step` in <run_dir>/metrics.jsonl (the last line of that step), if any.
+std::optional<double> logged_loss(const std::string& run_dir, int64_t step);
+
+// One status line on a terminal, redrawn in place with \r: the progress bar, or "loading the
+// model ..." while that takes. Lines printed through it go above the status line, which is redrawn
+// below them. Inactive (prints plain lines, no status) when `out` is null or not a terminal, so logs
+// and pipes get exactly the lines they got before. Ends its line when destroyed, so an error
+// printed after it starts on a line of its own.
+class TerminalStatus {
+ public:
+  explicit TerminalStatus(std::FILE* out);
+  ~TerminalStatus();
+  TerminalStatus(const TerminalStatus&) = delete;
+  TerminalStatus& operator=(const TerminalStatus&) = delete;
+
+  bool active() const { return active_; }
+  void show(const std::string& status);     // replaces the status line (terminal only)
+  void print(const std::string& line);      // a line that stays, above the status line
+  void done();                              // keeps the status line as it is and ends it
+  void clear();                             // erases the status line (a finished "loading ...")
+
+ private:
+  std::FILE* out_;
+  bool active_;
+  std::string status_;  // drawn and not yet ended; "" when none
+};
 
 }  // namespace loom

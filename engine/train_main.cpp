@@ -34,6 +34,10 @@ int main(int argc, char** argv) {
     loom::TrainSummary s = loom::train(cfg);
     loom::dist_finalize();
     if (!loom::is_main()) return 0;
+    if (s.complete) {
+      std::fprintf(stderr, "%s\n", loom::completion_note(s).c_str());
+      return 0;
+    }
     std::fprintf(stderr, "done: steps %lld..%lld on %s in %.1f s, loss %.4f -> %.4f; run folder %s\n",
                  static_cast<long long>(s.first_step), static_cast<long long>(s.last_step), s.device.c_str(),
                  s.seconds, s.first_loss, s.last_loss, s.run_dir.c_str());

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <vector>
 
 #include "data/dataloader.h"
 #include "dist/dist.h"
@@ -33,6 +34,12 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+std::string fixed_1(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", v);
+  return buf;
+}
+
 // The LoRA dropout masks of one micro-batch: fresh for every step, rank and micro-batch (a mask
 // shared by micro-batches would drop the same packed positions in each), and the same again when a
 // run resumes at that step.
@@ -40,9 +47,13 @@ uint64_t dropout_seed(uint64_t train_seed, int64_t step, int rank, size_t micro)
   return mix64(mix64(mix64(train_seed) + uint64_t(step)) + (uint64_t(rank) << 32 | uint64_t(micro)));
 }
 
+std::string resolved_config_path(const std::string& run_dir) { return run_dir + "/config.resolved.yaml"; }
+
+// The record of the config a run was started with (every key, defaults included): written by a
+// fresh run, and by a resumed one only when output.on_change=accept took new settings.
 void write_resolved_config(const TrainConfig& cfg) {
   fs::create_directories(cfg.output.dir);
-  const std::string path = cfg.output.dir + "/config.resolved.yaml";
+  const std::string path = resolved_config_path(cfg.output.dir);
   std::ofstream f(path);
   f << "# resolved from " << (cfg.source.empty() ? "defaults" : cfg.source) << " (every key, defaults included)\n"
     << to_yaml(cfg);
@@ -123,6 +134,83 @@ std::optional<ResumePoint> resume_point(const OutputSection& out, const LoraLayo
   }
 }
 
+// The checkpoint a rerun would continue from, by name (resume_point verifies it later); none when
+// the run starts fresh.
+std::optional<std::string> checkpoint_to_continue(const OutputSection& out) {
+  if (out.resume == "never") return std::nullopt;
+  if (out.resume != "auto" && out.resume != "last_intact") return out.resume;
+  return latest_checkpoint(out.dir);
+}
+
+// What continuing a run folder changes: the config it was started with and the keys of this one
+// that differ in what they train (engine/config.h training_changes), accepted by output.on_change.
+struct Continuation {
+  std::optional<TrainConfig> recorded;  // none: a fresh run, or a folder without a readable record
+  std::vector<ConfigChange> changes;
+  bool record_anew = false;  // the record is rewritten with this config once the run continues
+};
+
+std::string listed(const std::vector<ConfigChange>& changes) {
+  std::string out;
+  for (const ConfigChange& c : changes) out += cat("\n  ", c.key, ": ", c.before, " -> ", c.after);
+  return out;
+}
+
+// Compares the config with the one the run folder was started with, before anything loads: a rerun
+// that would continue a run with settings that train something else stops here, naming each
+// difference, unless output.on_change=accept asks for it. Every rank reads the same record.
+Continuation check_against_record(const TrainConfig& cfg) {
+  const std::optional<std::string> from = checkpoint_to_continue(cfg.output);
+  const std::string path = resolved_config_path(cfg.output.dir);
+  std::error_code ec;
+  if (!from || !fs::exists(path, ec)) return {};
+  const bool accept = cfg.output.on_change == "accept";
+  const std::string ways_on =
+      cat("To start a new run with these settings, choose another output.dir; to continue this run with them, add "
+          "output.on_change=accept (", path, " is then kept as config.resolved.step-N.yaml and rewritten).");
+  Continuation c;
+  try {
+    c.recorded = load_config(path);
+  } catch (const Error& e) {
+    LOOM_CHECK(accept, "cannot continue the run in ", cfg.output.dir, " from ", *from,
+               ": the record of the config it was started with does not read: ", e.what(), "\n", ways_on);
+    c.record_anew = true;
+    return c;
+  }
+  c.changes = training_changes(*c.recorded, cfg);
+  c.record_anew = !c.changes.empty();
+  LOOM_CHECK(c.changes.empty() || accept, "output.dir ", cfg.output.dir, " holds a run started with other settings (",
+             path, "); continuing it from ", *from, " with this config would train something else:", listed(c.changes),
+             "\n", ways_on);
+  return c;
+}
+
+// Rank 0, once an accepted change continues the run: the old record is kept beside the new one.
+void record_accepted_changes(const TrainConfig& cfg, const Continuation& c, int64_t step) {
+  const std::string path = resolved_config_path(cfg.output.dir);
+  const std::string kept = cat(cfg.output.dir, "/config.resolved.step-", step, ".yaml");
+  std::error_code ec;
+  if (fs::exists(path, ec)) fs::rename(path, kept);
+  write_resolved_config(cfg);
+  note(cat("continuing from step ", step, " with changed settings (output.on_change=accept):", listed(c.changes),
+           "\nthe config it was started with is kept as ", kept));
+}
+
+// What an accepted change does to the learning rate where the run continues: the schedule is
+// recomputed for the new settings and length. A recorded length given in epochs is counted on this
+// run's data (the same, unless data keys changed too).
+std::string schedule_note(const TrainSection& recorded, int64_t recorded_total, const TrainSection& now,
+                          int64_t total, int64_t step) {
+  const float before = lr_at(recorded, int(step), int(recorded_total));
+  const float after = lr_at(now, int(step), int(total));
+  if (recorded_total == total && recorded.schedule == now.schedule)
+    return cat("the lr of step ", step + 1, before == after ? " stays " : " changes from ", before,
+               before == after ? "" : cat(" to ", after), " (", now.schedule, " schedule over ", total, " steps)");
+  return cat("the ", now.schedule, " schedule is recomputed for ", total, " steps (was ", recorded_total, "-step ",
+             recorded.schedule, "): the lr of step ", step + 1, before == after ? " stays " : " jumps from ", before,
+             before == after ? "" : cat(" to ", after));
+}
+
 // An earlier process killed mid-save left a hidden temporary folder: never a checkpoint, deleted.
 void remove_unfinished_saves(const std::string& run_dir) {
   for (const std::string& name : remove_unfinished_checkpoints(run_dir))
@@ -173,10 +261,8 @@ std::vector<Document> documents_on_every_rank(const TrainConfig& cfg, const Mode
 // the step's all-reduce (end_step) and the data barrier, nowhere else.
 TrainSummary train(const TrainConfig& cfg) {
   const DistContext& ctx = dist_context();
-  if (is_main()) {
-    write_resolved_config(cfg);
-    remove_unfinished_saves(cfg.output.dir);  // before the data barrier: no rank lists checkpoints yet
-  }
+  const Continuation continuation = check_against_record(cfg);
+  if (is_main()) remove_unfinished_saves(cfg.output.dir);  // before the data barrier: no rank lists checkpoints yet
   if (is_main() && ctx.world > 1)  // before loading, the host work that the binding slows
     if (const std::string w = cpu_binding_warning(); !w.empty()) std::fprintf(stderr, "%s\n", w.c_str());
   const ModelConfig mc = resolve_model_config(cfg.model);
@@ -184,27 +270,42 @@ TrainSummary train(const TrainConfig& cfg) {
   const std::vector<Document> docs = documents_on_every_rank(cfg, mc);
   DataLoader loader(docs, loader_options(cfg.train, ctx.rank, ctx.world));
   const int64_t total = cfg.train.steps > 0 ? cfg.train.steps : loader.total_steps(cfg.train.epochs);
-  const auto load_start = Clock::now();
-  std::unique_ptr<TrainBackend> backend = make_backend(cfg, mc, layout);
-  const double load_s = seconds_since(load_start);
+  const std::optional<ResumePoint> from = resume_point(cfg.output, layout);
 
   TrainSummary sum;
   sum.run_dir = cfg.output.dir;
+  if (from && from->ck.step >= total) {  // nothing left to train: no model loads, nothing is written
+    sum.complete = true;
+    sum.first_step = sum.last_step = from->ck.step;
+    sum.total_steps = total;
+    sum.final_loss = logged_loss(cfg.output.dir, from->ck.step);
+    return sum;
+  }
+  if (is_main() && !from) write_resolved_config(cfg);
+  if (is_main() && from && continuation.record_anew) record_accepted_changes(cfg, continuation, from->ck.step);
+  if (is_main() && from && continuation.recorded && !continuation.changes.empty()) {
+    const TrainSection& was = continuation.recorded->train;
+    note(schedule_note(was, was.steps > 0 ? was.steps : loader.total_steps(was.epochs), cfg.train, total,
+                       from->ck.step));
+  }
+  TerminalStatus status(is_main() ? stderr : nullptr);  // rank 0 alone prints
+  status.show(cat("loading ", model_name(cfg.model), " ..."));
+  const auto load_start = Clock::now();
+  std::unique_ptr<TrainBackend> backend = make_backend(cfg, mc, layout);
+  const double load_s = seconds_since(load_start);
+  status.clear();
   sum.device = backend->describe();
-  if (std::optional<ResumePoint> from = resume_point(cfg.output, layout)) {
+  if (from) {
     backend->restore(from->ck.params, from->ck.opt);
     loader.restore(from->ck.loader);
     sum.first_step = from->ck.step;
-    note(cat("resuming from ", from->dir, " (step ", from->ck.step, ")"));
+    note(cat("resuming from ", from->dir, " (step ", from->ck.step, " of ", total, ")"));
   }
   if (is_main()) restart_metrics(cfg.output.dir, sum.first_step);
   if (is_main())
-    std::fprintf(stderr,
-                 "loom: %s | %s | %d rank%s | %lld documents | %lld steps | LoRA r=%d on %lld params | loaded in "
-                 "%.1f s\n",
-                 model_name(cfg.model).c_str(), sum.device.c_str(), ctx.world, ctx.world > 1 ? "s" : "",
-                 static_cast<long long>(docs.size()), static_cast<long long>(total), layout.R,
-                 static_cast<long long>(layout.total), load_s);
+    status.print(cat("loom: ", model_name(cfg.model), " | ", sum.device, " | ", ctx.world, " rank",
+                     ctx.world > 1 ? "s" : "", " | ", docs.size(), " documents | ", total, " steps | LoRA r=", layout.R,
+                     " on ", layout.total, " params | loaded in ", fixed_1(load_s), " s"));
 
   std::optional<MetricsLog> log;
   if (is_main()) log.emplace(cfg.output.dir);
@@ -250,18 +351,17 @@ TrainSummary train(const TrainConfig& cfg) {
     if (double gib = backend->peak_memory_gib(); gib > 0) m.peak_mem_gib = gib;
     if (is_main()) {
       log->write(m);
-      if (step % cfg.train.log_every == 0 || step == total)
-        std::fprintf(stderr, "%s\n", progress_line(m, int(total)).c_str());
+      if (step % cfg.train.log_every == 0 || step == total) status.print(progress_line(m, int(total)));
     }
     if (step == sum.first_step + 1) {
       sum.first_loss = loss;
       if (is_main())
-        std::fprintf(stderr,
-                     "packing: %lld micro-batches fill %.1f%% of train.token_budget; batches of %d padded to their "
-                     "longest would have computed %.1f%% padding (0%% here)\n",
-                     static_cast<long long>(s.packing.micro_batches), 100 * s.packing.efficiency(),
-                     kPaddedBaselineGroup, 100 * s.packing.baseline_pad_share());
+        status.print(cat("packing: ", s.packing.micro_batches, " micro-batches fill ",
+                         fixed_1(100 * s.packing.efficiency()), "% of train.token_budget; batches of ",
+                         kPaddedBaselineGroup, " padded to their longest would have computed ",
+                         fixed_1(100 * s.packing.baseline_pad_share()), "% padding (0% here)"));
     }
+    status.show(progress_bar(m, int(total)));
     sum.last_loss = loss;
 
     const bool periodic = cfg.output.checkpoint_every > 0 && step % cfg.output.checkpoint_every == 0;
@@ -279,8 +379,18 @@ TrainSummary train(const TrainConfig& cfg) {
   }
   sum.last_step = step;
   sum.seconds = seconds_since(t0);
+  status.done();
   if (is_main()) export_run(cfg, mc, layout, backend->lora_params());
   return sum;
+}
+
+std::string completion_note(const TrainSummary& s) {
+  char loss[64] = "";
+  if (s.final_loss) std::snprintf(loss, sizeof loss, ", final loss %.4f at step %lld", *s.final_loss,
+                                  static_cast<long long>(s.last_step));
+  return cat("run folder ", s.run_dir, " is complete (", s.last_step, " of ", s.total_steps, " steps", loss,
+             "); nothing was trained. To train further, raise train.steps with output.on_change=accept; to start "
+             "over, choose another output.dir");
 }
 
 }  // namespace loom

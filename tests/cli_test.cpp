@@ -367,5 +367,27 @@ TEST(TrainCli, DemoConfigTrainsAndLossFalls) {
   EXPECT_TRUE(fs::exists(dir / "adapter" / "adapter_model.safetensors"));
 }
 
+// The README's quick start run twice in a row: the second run finds the run complete, says so,
+// trains nothing and exits 0, printing no loss for steps that did not run. A third with another
+// train.lr is refused, naming the change and both ways on.
+TEST(TrainCli, QuickStartRunTwiceSaysTheRunIsComplete) {
+  if (!have("build/train")) GTEST_SKIP() << "build/train missing";
+  const fs::path dir = fs::temp_directory_path() / "loom_cli_test_twice";
+  fs::remove_all(dir);
+  const std::string cmd = "build/train configs/demo.yaml train.device=cpu train.steps=3 output.dir=" + dir.string();
+  ASSERT_EQ(run(cmd).code, 0);
+  const Outcome again = run(cmd);
+  EXPECT_EQ(again.code, 0) << again.out;
+  EXPECT_NE(again.out.find("run folder " + dir.string() + " is complete (3 of 3 steps, final loss "),
+            std::string::npos) << again.out;
+  EXPECT_NE(again.out.find("output.on_change=accept"), std::string::npos) << again.out;
+  EXPECT_EQ(again.out.find("loss 0.0000"), std::string::npos) << again.out;
+  EXPECT_EQ(again.out.find("done:"), std::string::npos) << again.out;
+  const Outcome changed = run(cmd + " train.lr=0.001");
+  EXPECT_EQ(changed.code, 1) << changed.out;
+  EXPECT_NE(changed.out.find("train.lr: 0.003 -> 0.001"), std::string::npos) << changed.out;
+  EXPECT_NE(changed.out.find("choose another output.dir"), std::string::npos) << changed.out;
+}
+
 }  // namespace
 }  // namespace loom

@@ -42,7 +42,7 @@ bool same(const TrainConfig& a, const TrainConfig& b) {
                     t.log_every);
   };
   auto output = [](const OutputSection& o) {
-    return std::tie(o.dir, o.checkpoint_every, o.keep_checkpoints, o.export_format, o.resume);
+    return std::tie(o.dir, o.checkpoint_every, o.keep_checkpoints, o.export_format, o.resume, o.on_change);
   };
   return model(a.model) == model(b.model) && lora(a.lora) == lora(b.lora) && data(a.data) == data(b.data) &&
          train(a.train) == train(b.train) && output(a.output) == output(b.output) && a.source == b.source;
@@ -483,6 +483,31 @@ TEST(Config, DemoConfigHasTheEmbeddedDefaults) {
   EXPECT_EQ(c.train.token_budget, 1024);
   EXPECT_EQ(c.train.steps, 200);
   EXPECT_EQ(c.output.dir, "runs/demo");
+}
+
+// A resumed run compares its config with the run folder's record: keys that change what is trained
+// are listed (old -> new, as to_yaml writes them); those that only change logging, saving, export,
+// device or recompute are not.
+TEST(Config, TrainingChangesListTheKeysThatChangeWhatIsTrained) {
+  const TrainConfig was = parse_config(kMinimal, "x.yaml", {"train.lr=0.0002"});
+  const TrainConfig now = parse_config(kMinimal, "y.yaml",
+                                       {"train.lr=0.001", "lora.targets=[q_proj]", "train.log_every=5",
+                                        "output.checkpoint_every=7", "train.device=cpu", "train.recompute=full",
+                                        "output.export=merged", "output.dir=elsewhere", "output.on_change=accept"});
+  const std::vector<ConfigChange> changes = training_changes(was, now);
+  ASSERT_EQ(changes.size(), 2u);
+  EXPECT_EQ(cat(changes[0].key, ": ", changes[0].before, " -> ", changes[0].after),
+            "lora.targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj] -> [q_proj]");
+  EXPECT_EQ(cat(changes[1].key, ": ", changes[1].before, " -> ", changes[1].after), "train.lr: 0.0002 -> 0.001");
+  EXPECT_TRUE(training_changes(was, was).empty());
+}
+
+TEST(Config, OnChangeIsRefuseOrAccept) {
+  EXPECT_EQ(parse_config(kMinimal, "x.yaml").output.on_change, "refuse");
+  EXPECT_EQ(parse_config(kMinimal, "x.yaml", {"output.on_change=accept"}).output.on_change, "accept");
+  EXPECT_NE(parse_error(kMinimal, {"output.on_change=acept"})
+                .find("output.on_change must be one of refuse, accept (found 'acept'; did you mean 'accept'?)"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -73,8 +73,10 @@ const std::string& trained_run() {
   return base.dir;
 }
 
-// Resumes the run for one more step (5 in all), with extra overrides.
-TrainSummary resume(const Run& r, const std::vector<std::string>& extra = {}) {
+// Resumes the run for one more step (5 in all), with extra overrides: raising train.steps of a run
+// folder is an explicit choice (output.on_change=accept), else refused before any checkpoint is read.
+TrainSummary resume(const Run& r, std::vector<std::string> extra = {}) {
+  extra.insert(extra.begin(), "output.on_change=accept");
   return train(run_config(r.dir, 5, extra));
 }
 

@@ -6,8 +6,11 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "ops/error.h"
 #include "engine/metrics.h"
@@ -250,6 +253,59 @@ TEST(Metrics, EtaCountsOnlyStepsTimedInThisProcess) {
   EXPECT_EQ(eta_field(m, 800), "eta 0s");
   m.step = 50;
   EXPECT_EQ(eta_field(m, 800), "eta --");
+}
+
+// The terminal's progress bar: 12 of 100 steps fill 12% of 28 cells = 3 cells and 3.36 / 8 of the
+// fourth, drawn as tqdm does with the eighth-block of 2/8 (rounded down); the time is elapsed<eta.
+TEST(Metrics, ProgressBarShowsStepPercentBarLossSpeedAndTimes) {
+  EXPECT_EQ(progress_bar(sample(), 100),
+            " 12/100  12%|███▎                        | loss 2.3456 | 12,345 tok/s | 8s<1m02s");
+  StepMetrics last = sample();
+  last.step = 100;
+  last.elapsed_s = 75;
+  EXPECT_EQ(progress_bar(last, 100, 4), "100/100 100%|████| loss 2.3456 | 12,345 tok/s | 1m15s<0s");
+}
+
+// Off a terminal (a log file, a pipe) the status line is never drawn and printed lines are the
+// plain lines they were before the bar existed.
+TEST(Metrics, TerminalStatusOffATerminalPrintsPlainLinesOnly) {
+  std::FILE* f = std::tmpfile();
+  ASSERT_NE(f, nullptr);
+  {
+    TerminalStatus status(f);
+    EXPECT_FALSE(status.active());
+    status.show("loading ...");
+    status.print("step 1/2 | loss 1.0000");
+    status.show(progress_bar(sample(), 100));
+    status.clear();
+    status.print("step 2/2 | loss 0.5000");
+    status.done();
+  }
+  std::rewind(f);
+  std::string text(256, '\0');
+  text.resize(std::fread(text.data(), 1, text.size(), f));
+  std::fclose(f);
+  EXPECT_EQ(text, "step 1/2 | loss 1.0000\nstep 2/2 | loss 0.5000\n");
+}
+
+// On a terminal (a pseudo-terminal from script(1)), build/train draws the bar in place: the output
+// holds \r-redrawn bars ending at 100%, and the per-step lines are still there.
+TEST(TrainCli, ProgressBarOnATerminal) {
+  if (!std::filesystem::exists("build/train") || std::system("command -v script > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "build/train or script(1) missing";
+  const std::string dir = testing::TempDir() + "loom_metrics_tty_run";
+  std::filesystem::remove_all(dir);
+  const std::string log = testing::TempDir() + "loom_metrics_tty.log";
+  const std::string cmd = "script -q -e -c 'build/train configs/demo.yaml train.device=cpu train.steps=2 "
+                          "train.global_batch=4 output.dir=" + dir + "' " + log + " > /dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  std::ifstream in(log, std::ios::binary);
+  const std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(out.find("\r2/2 100%|"), std::string::npos) << out;
+  EXPECT_NE(out.find("\r1/2  50%|"), std::string::npos) << out;
+  EXPECT_NE(out.find("step 2/2 | loss"), std::string::npos) << out;
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove(log);
 }
 
 }  // namespace

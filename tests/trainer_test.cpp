@@ -11,6 +11,7 @@
 
 #include "engine/checkpoint.h"
 #include "engine/config.h"
+#include "engine/schedule.h"
 #include "ops/error.h"
 #include "engine/trainer.h"
 #include "models/lora.h"
@@ -185,6 +186,75 @@ TEST(Trainer, RefusesToOverwriteCheckpointsWhenResumeIsNever) {
     EXPECT_NE(std::string(e.what()).find("already holds checkpoints"), std::string::npos) << e.what();
   }
   EXPECT_TRUE(fs::exists(d + "/checkpoints/step-000006/adapter/adapter_model.safetensors"));
+}
+
+std::string text_of(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Rerunning a run folder with another train.lr is refused before anything loads, naming the change
+// and both ways on; the folder is left as it was.
+TEST(Trainer, ChangedLrIsRefusedListingTheChangeAndBothWaysOn) {
+  const std::string d = fresh_dir("changed_lr");
+  train(tiny_run(d, {"train.steps=3", "train.lr=0.0002"}));
+  const std::string record = text_of(d + "/config.resolved.yaml");
+  const std::string msg = error_of(tiny_run(d, {"train.steps=3", "train.lr=0.001"}));
+  EXPECT_NE(msg.find("\n  train.lr: 0.0002 -> 0.001\n"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("choose another output.dir"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("add output.on_change=accept"), std::string::npos) << msg;
+  EXPECT_EQ(text_of(d + "/config.resolved.yaml"), record);
+  EXPECT_EQ(logged_steps(d), (std::vector<int>{1, 2, 3}));
+}
+
+// A run rerun as it was, complete: nothing trains, and the summary says so with the logged loss.
+TEST(Trainer, CompleteRunTrainsNothingAndSaysItIsComplete) {
+  const std::string d = fresh_dir("complete");
+  const TrainSummary first = train(tiny_run(d, {"train.steps=3"}));
+  const TrainSummary again = train(tiny_run(d, {"train.steps=3"}));
+  EXPECT_TRUE(again.complete);
+  EXPECT_EQ(again.first_step, 3);
+  EXPECT_EQ(again.last_step, 3);
+  ASSERT_TRUE(again.final_loss.has_value());
+  EXPECT_EQ(*again.final_loss, first.last_loss) << "metrics.jsonl writes doubles that read back exactly";
+  EXPECT_EQ(completion_note(again).find(cat("run folder ", d, " is complete (3 of 3 steps, final loss ")), 0u)
+      << completion_note(again);
+  EXPECT_EQ(logged_steps(d), (std::vector<int>{1, 2, 3}));
+}
+
+// Extending train.steps with output.on_change=accept continues from the last checkpoint, says what
+// the schedule does at the step it continues with, and keeps the old record beside the new one.
+TEST(Trainer, AcceptedStepsExtensionContinuesAndSaysWhatTheScheduleDoes) {
+  const std::string d = fresh_dir("extended");
+  const TrainConfig was = tiny_run(d, {"train.steps=3"});
+  train(was);
+  const TrainConfig now = tiny_run(d, {"train.steps=6", "output.on_change=accept"});
+  testing::internal::CaptureStderr();
+  const TrainSummary s = train(now);
+  const std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(s.first_step, 3);
+  EXPECT_EQ(s.last_step, 6);
+  EXPECT_NE(err.find("\n  train.steps: 3 -> 6\n"), std::string::npos) << err;
+  EXPECT_NE(err.find(cat("the cosine schedule is recomputed for 6 steps (was 3-step cosine): the lr of step 4 jumps "
+                         "from ", lr_at(was.train, 3, 3), " to ", lr_at(now.train, 3, 6))),
+            std::string::npos)
+      << err;
+  EXPECT_EQ(load_config(d + "/config.resolved.step-3.yaml").train.steps, 3);
+  EXPECT_EQ(load_config(d + "/config.resolved.yaml").train.steps, 6);
+  EXPECT_EQ(logged_steps(d), (std::vector<int>{1, 2, 3, 4, 5, 6}));
+}
+
+// Keys that do not change what is trained (logging, checkpoints kept, device, the run folder's
+// name) may change on resume: it continues exactly, and the record stays the one it started with.
+TEST(Trainer, ResumeWithOnlyLoggingAndSavingChangedContinuesExactly) {
+  const std::string a = fresh_dir("allowed_full"), b = fresh_dir("allowed_resumed");
+  train(tiny_run(a));
+  copy_checkpoint(a, b, "step-000003");
+  fs::copy_file(a + "/config.resolved.yaml", b + "/config.resolved.yaml");
+  const TrainSummary sb = train(tiny_run(b, {"train.log_every=2", "output.keep_checkpoints=5", "train.device=cpu"}));
+  EXPECT_EQ(sb.first_step, 3);
+  EXPECT_EQ(adapter_of(b), adapter_of(a));
+  EXPECT_EQ(text_of(b + "/config.resolved.yaml"), text_of(a + "/config.resolved.yaml"));
 }
 
 }  // namespace
