@@ -1,8 +1,11 @@
-// The libraries name config keys in their messages (data.template, model.path); a user of a tool's
+// What the tools share about their flags. The libraries name config keys in their messages (data.template, model.path); a user of a tool's
 // flags typed flags, and where each flag sets exactly one key, the tool puts the messages in the
 // flags' terms.
 #pragma once
 #include <string>
+
+#include "ops/error.h"
+#include "ops/files.h"
 #include <utility>
 #include <vector>
 
@@ -15,6 +18,16 @@ inline std::string in_flag_terms(std::string message, const std::vector<FlagOfKe
     for (size_t at = message.find(key); at != std::string::npos; at = message.find(key, at + flag.size()))
       message.replace(at, key.size(), flag);
   return message;
+}
+
+// A flag whose value must be one of `allowed`: "--train-on must be one of responses, all (found ...)".
+inline void check_choice(const std::string& flag, const std::string& value, const std::vector<std::string>& allowed) {
+  std::string list;
+  for (const auto& a : allowed) {
+    if (a == value) return;
+    list += (list.empty() ? "" : ", ") + a;
+  }
+  fail(flag, " must be one of ", list, " (found \"", shown(value, 80), "\")");
 }
 
 }  // namespace loom

@@ -42,15 +42,6 @@ struct Args {
   int threads = 0;
 };
 
-void check_choice(const std::string& flag, const std::string& value, const std::vector<std::string>& allowed) {
-  std::string list;
-  for (const auto& a : allowed) {
-    if (a == value) return;
-    list += (list.empty() ? "" : ", ") + a;
-  }
-  loom::fail(flag, " must be one of ", list, " (found \"", value.substr(0, 80), "\")");
-}
-
 // Past any machine's hardware threads; creating threads fails long before 2^30.
 constexpr int kMaxThreads = 1024;
 
@@ -101,10 +92,10 @@ Args parse_args(int argc, char** argv) {
              "--data, --tokenizer and --out are required\n", kUsage);
   std::vector<std::string> templates = {"auto", "none"};
   for (const auto& n : loom::chat_template_names()) templates.push_back(n);
-  check_choice("--template", a.data.template_name, templates);
-  check_choice("--format", a.data.format, {"auto", "messages", "sharegpt", "alpaca", "text"});
-  check_choice("--train-on", a.data.train_on, {"responses", "all"});
-  check_choice("--overlong", a.data.overlong, {"truncate", "drop"});
+  loom::check_choice("--template", a.data.template_name, templates);
+  loom::check_choice("--format", a.data.format, {"auto", "messages", "sharegpt", "alpaca", "text"});
+  loom::check_choice("--train-on", a.data.train_on, {"responses", "all"});
+  loom::check_choice("--overlong", a.data.overlong, {"truncate", "drop"});
   loom::require_regular_file(a.data.path, "--data");
   loom::tokenizer_file(a.tokenizer, "--tokenizer");  // a folder without one is named by its flag too
   loom::require_folder_or_creatable(a.out, "--out");

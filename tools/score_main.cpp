@@ -56,15 +56,6 @@ struct Args {
   bool per_token = false;
 };
 
-void check_choice(const std::string& flag, const std::string& value, const std::vector<std::string>& allowed) {
-  std::string list;
-  for (const auto& a : allowed) {
-    if (a == value) return;
-    list += (list.empty() ? "" : ", ") + a;
-  }
-  loom::fail(flag, " must be one of ", list, " (found \"", value.substr(0, 80), "\")");
-}
-
 void require_folder(const std::string& path, const std::string& flag, const std::string& expected) {
   loom::require_file_or_folder(path, flag);
   std::error_code ec;
@@ -89,11 +80,11 @@ Args parse_args(int argc, char** argv) {
     else loom::fail("unknown argument '", k.substr(0, 80), "'\n", kUsage);
   }
   LOOM_CHECK(!a.model.empty(), "--model is required\n", kUsage);
-  check_choice("--device", a.device, {"auto", "cpu", "cuda"});
+  loom::check_choice("--device", a.device, {"auto", "cpu", "cuda"});
   std::vector<std::string> templates = {"auto", "none"};
   for (const auto& n : loom::chat_template_names()) templates.push_back(n);
-  check_choice("--template", a.template_name, templates);
-  check_choice("--train-on", a.train_on, {"responses", "all"});
+  loom::check_choice("--template", a.template_name, templates);
+  loom::check_choice("--train-on", a.train_on, {"responses", "all"});
   require_folder(a.model, "--model", "the model's folder (config.json + *.safetensors)");
   if (!a.adapter.empty())
     require_folder(a.adapter, "--adapter", "the adapter's folder (adapter_config.json + adapter_model.safetensors)");
