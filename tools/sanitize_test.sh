@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# make SANITIZE=... test: runs BUILD/loom_tests built with sanitizers, from BUILD/root, a stand-in
+# for the repository root whose build/ is BUILD (the tests start build/train, build/score, ...
+# by that path) and whose other entries link back to the repository; ../shared resolves beside it.
+# Every process writes its sanitizer reports to BUILD/sanitizer-reports/; the run fails when the
+# suite fails or when any report was written (UBSan reports do not stop a process).
+#   tools/sanitize_test.sh BUILD [gtest arguments...]
+set -u
+build="$1"; shift
+repo="$(pwd)"
+root="$build/root"
+reports="$(cd "$build" && pwd)/sanitizer-reports"
+mkdir -p "$root"
+rm -rf "$reports" && mkdir -p "$reports"
+for entry in *; do
+  case "$entry" in build|build-*|runs) continue ;; esac
+  ln -sfn "$repo/$entry" "$root/$entry"
+done
+ln -sfn .. "$root/build"
+ln -sfn "$(cd "$repo/.." && pwd)/shared" "$build/shared"
+
+# protect_shadow_gap=0: the CUDA driver maps memory where ASan keeps its shadow gap (GPU machines).
+# detect_leaks=0: the CUDA runtime, Open MPI and NCCL keep allocations until exit by design.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-protect_shadow_gap=0:detect_leaks=0}:log_path=$reports/asan"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}:log_path=$reports/ubsan"
+(cd "$root" && ./build/loom_tests "$@")
+status=$?
+if compgen -G "$reports/*" >/dev/null; then
+  echo "sanitizer reports ($reports):"
+  for f in "$reports"/*; do echo "== $f"; head -40 "$f"; done
+  exit 1
+fi
+exit $status
