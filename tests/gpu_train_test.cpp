@@ -30,11 +30,7 @@ const std::vector<std::string> kRun = {
     "train.token_budget=128",   "train.global_batch=4",      "train.steps=6",          "train.lr=1e-2",
     "train.warmup_steps=2",     "lora.r=4",                  "output.checkpoint_every=3"};
 
-std::string fresh_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("loom_gpu_train_test_" + name);
-  fs::remove_all(p);
-  return p.string();
-}
+std::string fresh_dir(const std::string& name) { return test::fresh_temp_dir("gpu_train_test_" + name); }
 
 // build/train on the fixture into dir; every setting comes from the overrides.
 test::ProgramResult train(const std::string& device, const std::string& dir) {

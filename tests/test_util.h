@@ -2,6 +2,7 @@
 // element, and the GPU skip.
 #pragma once
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -89,6 +90,15 @@ inline void expect_close(const std::vector<float>& a, const std::vector<float>& 
   EXPECT_LE(d.max_rel, rel_tol) << what << ": max rel err " << d.max_rel << " (max abs " << d.max_abs
                                 << ") at index " << d.worst << ": got " << a[d.worst] << ", want "
                                 << b[d.worst];
+}
+
+// An emptied folder under the temp dir named for one test; the process id keeps two suites run at
+// once on one machine (a sanitizer build beside a plain one) out of each other's folders.
+inline std::string fresh_temp_dir(const std::string& name) {
+  const std::filesystem::path p =
+      std::filesystem::temp_directory_path() / ("loom_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(p);
+  return p.string();
 }
 
 // A fresh folder for each test (dir_), removed afterwards.

@@ -17,6 +17,7 @@
 #include "models/lora.h"
 #include "models/model_config.h"
 #include "models/safetensors.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 
@@ -33,11 +34,7 @@ TrainConfig tiny_run(const std::string& dir, std::vector<std::string> extra = {}
   return parse_config("", "test", o);
 }
 
-std::string fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("loom_trainer_test_" + name);
-  fs::remove_all(p);
-  return p.string();
-}
+std::string fresh_dir(const std::string& name) { return test::fresh_temp_dir("trainer_test_" + name); }
 
 std::vector<float> adapter_of(const std::string& run) {
   TrainConfig c = tiny_run(run);

@@ -16,11 +16,7 @@ namespace fs = std::filesystem;
 namespace loom {
 namespace {
 
-std::string fresh_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("loom_weights_test_" + name);
-  fs::remove_all(p);
-  return p.string();
-}
+std::string fresh_dir(const std::string& name) { return test::fresh_temp_dir("weights_test_" + name); }
 
 void expect_same_layers(const ModelWeights& a, const ModelWeights& b) {
   ASSERT_EQ(a.layers.size(), b.layers.size());
