@@ -50,17 +50,57 @@ std::string eta(const StepMetrics& m, int total_steps) {
   return duration(m.elapsed_s / timed_steps * std::max(0, total_steps - m.step));
 }
 
-// The step of a metrics.jsonl line, if the line is a step record (a JSON object whose "step" is an
-// integer >= 1); nullopt for anything else, however malformed or deep.
-std::optional<int64_t> step_of_record(const std::string& line) {
+// A metrics.jsonl record (format in metrics.h): its step, its kind and the parsed line.
+struct Record {
+  int64_t step = 0;
+  bool eval = false;  // an eval line; else a step line
+  nlohmann::json json;
+};
+
+// The record of a metrics.jsonl line: a JSON object whose "step" is an integer >= 1; nullopt for
+// anything else, however malformed or deep.
+std::optional<Record> record_of(const std::string& line) {
   if (json_depth(line) > kMaxJsonDepth) return std::nullopt;
-  const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) return std::nullopt;
   const nlohmann::json& s = j["step"];
   if (s.is_number_unsigned() && s.get<uint64_t>() > uint64_t(INT64_MAX)) return std::nullopt;
   const int64_t step = s.get<int64_t>();
   if (step < 1) return std::nullopt;
-  return step;
+  const bool eval = j.contains("eval_loss");
+  return Record{step, eval, std::move(j)};
+}
+
+// Where a record goes in the log's order: by step, a step line before its step's eval line.
+using RecordKey = std::pair<int64_t, int>;
+RecordKey key_of(const Record& r) { return {r.step, r.eval ? 1 : 0}; }
+
+// The records of a metrics.jsonl stream that truncate_metrics_after keeps at `up_to_step`, as
+// (key, line) in strictly increasing key order, with the counts it reports.
+struct Survivors {
+  std::vector<std::pair<RecordKey, std::string>> kept;
+  int64_t later = 0;
+  std::vector<int64_t> bad_lines;
+};
+Survivors surviving_records(std::istream& in, int64_t up_to_step) {
+  Survivors out;
+  int64_t number = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++number;
+    const std::optional<Record> r = record_of(line);
+    if (!r) {
+      out.bad_lines.push_back(number);
+      continue;
+    }
+    // A record not after the last one kept is a later attempt: it supersedes them from its place on.
+    const RecordKey key = key_of(*r);
+    for (; !out.kept.empty() && out.kept.back().first >= key; out.kept.pop_back()) ++out.later;
+    if (r->step > up_to_step)
+      ++out.later;
+    else
+      out.kept.emplace_back(key, std::move(line));
+  }
+  return out;
 }
 
 std::string fixed(const char* format, double v) {
@@ -85,6 +125,39 @@ std::string metrics_json(const StepMetrics& m) {
   if (m.peak_mem_gib) j["peak_mem_gib"] = *m.peak_mem_gib;
   if (m.pad_saved) j["pad_saved"] = *m.pad_saved;
   return j.dump();
+}
+
+std::string eval_json(const EvalMetrics& m) {
+  nlohmann::ordered_json j;
+  j["step"] = m.step;
+  j["eval_loss"] = finite_or_null(m.loss);
+  j["eval_targets"] = m.targets;
+  j["eval_tokens"] = m.tokens;
+  j["eval_s"] = m.seconds;
+  return j.dump();
+}
+
+std::string eval_line(const EvalMetrics& m, int total_steps) {
+  std::string line = cat("eval step ", m.step, '/', total_steps, " | eval loss ", fixed("%.4f", m.loss), " | ",
+                         with_thousands(double(m.targets)), " targets | ", fixed("%.1f", m.seconds), " s");
+  if (m.improved) return line + " | new best";
+  if (m.best_loss && m.best_step) line += cat(" | best ", fixed("%.4f", *m.best_loss), " (step ", *m.best_step, ')');
+  return line;
+}
+
+EvalStanding eval_standing(const std::vector<EvalRecord>& evals) {
+  EvalStanding s;
+  for (const EvalRecord& e : evals) {
+    // NaN compares false: a diverged evaluation never becomes the best.
+    if (std::isfinite(e.loss) && (!s.best_loss || e.loss < *s.best_loss)) {
+      s.best_loss = e.loss;
+      s.best_step = e.step;
+      s.since_best = 0;
+    } else {
+      ++s.since_best;
+    }
+  }
+  return s;
 }
 
 std::string progress_line(const StepMetrics& m, int total_steps) {
@@ -117,11 +190,22 @@ std::optional<double> logged_loss(const std::string& run_dir, int64_t step) {
   std::ifstream in(run_dir + "/metrics.jsonl", std::ios::binary);
   std::optional<double> loss;
   for (std::string line; std::getline(in, line);) {
-    if (step_of_record(line) != step) continue;
-    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.contains("loss") && j["loss"].is_number()) loss = j["loss"].get<double>();
+    const std::optional<Record> r = record_of(line);
+    if (!r || r->eval || r->step != step) continue;
+    if (r->json.contains("loss") && r->json["loss"].is_number()) loss = r->json["loss"].get<double>();
   }
   return loss;
+}
+
+std::vector<EvalRecord> logged_evals(const std::string& run_dir, int64_t up_to_step) {
+  std::ifstream in(run_dir + "/metrics.jsonl", std::ios::binary);
+  std::vector<EvalRecord> evals;
+  for (const auto& [key, line] : surviving_records(in, up_to_step).kept) {
+    if (!key.second) continue;
+    const nlohmann::json loss = record_of(line)->json["eval_loss"];
+    evals.push_back({key.first, loss.is_number() ? loss.get<double>() : NAN});
+  }
+  return evals;
 }
 
 TerminalStatus::TerminalStatus(std::FILE* out) : out_(out), active_(out && isatty(fileno(out))) {}
@@ -170,10 +254,14 @@ MetricsLog::~MetricsLog() {
   if (file_) std::fclose(file_);
 }
 
-void MetricsLog::write(const StepMetrics& m) {
-  std::string line = metrics_json(m) + '\n';
+void MetricsLog::write(const StepMetrics& m) { append(metrics_json(m), "step", m.step); }
+
+void MetricsLog::write_eval(const EvalMetrics& m) { append(eval_json(m), "the evaluation of step", m.step); }
+
+void MetricsLog::append(const std::string& json_line, const char* what, int step) {
+  const std::string line = json_line + '\n';
   bool ok = std::fwrite(line.data(), 1, line.size(), file_) == line.size() && std::fflush(file_) == 0;
-  LOOM_CHECK(ok, "cannot write step ", m.step, " to ", path_, ": ", std::strerror(errno));
+  LOOM_CHECK(ok, "cannot write ", what, ' ', step, " to ", path_, ": ", std::strerror(errno));
 }
 
 MetricsCut truncate_metrics_after(const std::string& run_dir, int64_t step) {
@@ -183,26 +271,11 @@ MetricsCut truncate_metrics_after(const std::string& run_dir, int64_t step) {
   require_regular_file(path, "metrics log");
   std::ifstream in(path, std::ios::binary);
   LOOM_CHECK(in, "cannot open ", path, ": ", std::strerror(errno));
-  MetricsCut cut;
-  std::vector<std::pair<int64_t, std::string>> kept;  // (step, line), steps strictly increasing
-  int64_t number = 0;
-  for (std::string line; std::getline(in, line);) {
-    ++number;
-    const std::optional<int64_t> s = step_of_record(line);
-    if (!s) {
-      cut.bad_lines.push_back(number);
-      continue;
-    }
-    for (; !kept.empty() && kept.back().first >= *s; kept.pop_back()) ++cut.later;
-    if (*s > step)
-      ++cut.later;
-    else
-      kept.emplace_back(*s, std::move(line));
-  }
+  Survivors survivors = surviving_records(in, step);
   LOOM_CHECK(!in.bad(), "cannot read ", path, ": ", std::strerror(errno));
   in.close();
   std::string text;
-  for (const auto& [s, line] : kept) text += line + '\n';
+  for (const auto& [key, line] : survivors.kept) text += line + '\n';
   {
     std::ofstream out(path + ".tmp", std::ios::binary);
     out << text;
@@ -211,8 +284,7 @@ MetricsCut truncate_metrics_after(const std::string& run_dir, int64_t step) {
   }
   std::filesystem::rename(path + ".tmp", path, ec);
   LOOM_CHECK(!ec, "cannot replace ", path, ": ", ec.message());
-  cut.kept = int64_t(kept.size());
-  return cut;
+  return {int64_t(survivors.kept.size()), survivors.later, std::move(survivors.bad_lines)};
 }
 
 }  // namespace loom

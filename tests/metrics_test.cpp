@@ -191,6 +191,201 @@ TEST(Metrics, TruncateDropsLinesThatAreNotStepRecords) {
   EXPECT_EQ(steps_and_runs(dir.path + "/metrics.jsonl"), (StepRuns{{1, "a"}, {2, "a"}, {3, "a"}}));
 }
 
+// ---------------------------------------------------------------------------------------------
+// eval lines beside the step lines
+
+// A log written from tags, one line each: "3a" is the step line of step 3 written by attempt "a",
+// "e3a" that attempt's eval line of step 3.
+std::string tagged_lines(const std::vector<std::string>& tags) {
+  std::string text;
+  for (const std::string& tag : tags) {
+    const bool eval = tag[0] == 'e';
+    const size_t digits = tag.find_first_not_of("0123456789", eval ? 1 : 0);
+    const std::string step = tag.substr(eval ? 1 : 0, digits - (eval ? 1 : 0)), run = tag.substr(digits);
+    text += "{\"step\":" + step + (eval ? ",\"eval_loss\":1.25" : ",\"loss\":1.5") + ",\"run\":\"" + run + "\"}\n";
+  }
+  return text;
+}
+
+// The tags of the lines of a log written by tagged_lines.
+std::vector<std::string> tags_of(const std::string& path) {
+  std::vector<std::string> tags;
+  for (const std::string& line : lines_of(path)) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    tags.push_back((j.contains("eval_loss") ? "e" : "") + std::to_string(j.at("step").get<int>()) +
+                   j.at("run").get<std::string>());
+  }
+  return tags;
+}
+
+// The log after truncate_metrics_after(step) of the tagged lines (plus `extra` text at the end).
+struct CutResult {
+  MetricsCut cut;
+  std::vector<std::string> tags;
+};
+CutResult cut_tagged(const std::string& name, const std::vector<std::string>& tags, int64_t step,
+                     const std::string& extra = "") {
+  TempRunDir dir(name);
+  std::filesystem::create_directories(dir.path);
+  std::ofstream(dir.path + "/metrics.jsonl", std::ios::binary) << tagged_lines(tags) + extra;
+  CutResult r;
+  r.cut = truncate_metrics_after(dir.path, step);
+  r.tags = tags_of(dir.path + "/metrics.jsonl");
+  return r;
+}
+
+using Tags = std::vector<std::string>;
+
+EvalMetrics eval_sample() {
+  EvalMetrics m;
+  m.step = 40;
+  m.loss = 2.12341;
+  m.targets = 5000;
+  m.tokens = 9100;
+  m.seconds = 1.25;
+  return m;
+}
+
+TEST(MetricsEval, JsonLineHasTheEvalKeysInOrder) {
+  EXPECT_EQ(eval_json(eval_sample()),
+            "{\"step\":40,\"eval_loss\":2.12341,\"eval_targets\":5000,\"eval_tokens\":9100,\"eval_s\":1.25}");
+  EvalMetrics diverged = eval_sample();
+  diverged.loss = INFINITY;
+  EXPECT_TRUE(nlohmann::json::parse(eval_json(diverged)).at("eval_loss").is_null());
+}
+
+TEST(MetricsEval, WriteEvalAppendsAfterTheStepLine) {
+  TempRunDir dir("write_eval");
+  {
+    MetricsLog log(dir.path);
+    StepMetrics m = sample();
+    m.step = 40;
+    log.write(m);
+    log.write_eval(eval_sample());
+    EXPECT_EQ(lines_of(log.path()).size(), 2u) << "each write is flushed at once";
+  }
+  const std::vector<std::string> lines = lines_of(dir.path + "/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0], metrics_json([] { StepMetrics m = sample(); m.step = 40; return m; }()));
+  EXPECT_EQ(lines[1], eval_json(eval_sample()));
+}
+
+TEST(MetricsEval, ConsoleLineShowsNewBestOrTheBestSoFar) {
+  EvalMetrics m = eval_sample();
+  m.best_loss = m.loss;
+  m.best_step = 40;
+  m.improved = true;
+  EXPECT_EQ(eval_line(m, 100), "eval step 40/100 | eval loss 2.1234 | 5,000 targets | 1.2 s | new best");
+  m.step = 60;
+  m.loss = 2.15;
+  m.improved = false;
+  EXPECT_EQ(eval_line(m, 100),
+            "eval step 60/100 | eval loss 2.1500 | 5,000 targets | 1.2 s | best 2.1234 (step 40)");
+  EvalMetrics none = eval_sample();  // no finite evaluation yet
+  none.loss = NAN;
+  EXPECT_EQ(eval_line(none, 100), "eval step 40/100 | eval loss nan | 5,000 targets | 1.2 s");
+}
+
+// Resumed from the checkpoint of step 2, whose evaluation was logged: the eval line stays, after its
+// step line; the later steps and their evaluations go.
+TEST(MetricsEval, TruncateAtAStepKeepsItsEvalLine) {
+  const CutResult r = cut_tagged("eval_at", {"1a", "2a", "e2a", "3a", "4a", "e4a"}, 2);
+  EXPECT_EQ(r.tags, (Tags{"1a", "2a", "e2a"}));
+  EXPECT_EQ(r.cut.kept, 3);
+  EXPECT_EQ(r.cut.later, 3);
+}
+
+TEST(MetricsEval, TruncateBeforeAnEvaluatedStepDropsItsEvalLine) {
+  const CutResult r = cut_tagged("eval_before", {"1a", "2a", "3a", "e3a"}, 2);
+  EXPECT_EQ(r.tags, (Tags{"1a", "2a"}));
+  EXPECT_EQ(r.cut.later, 2);
+}
+
+// A kill mid-write of an eval line leaves it torn: reported as a bad line, the records kept.
+TEST(MetricsEval, TruncateDropsATornEvalLine) {
+  const CutResult r = cut_tagged("eval_torn", {"1a", "2a"}, 2, "{\"step\":2,\"eval_loss\":1.2");
+  EXPECT_EQ(r.tags, (Tags{"1a", "2a"}));
+  EXPECT_EQ(r.cut.bad_lines, (std::vector<int64_t>{3}));
+}
+
+// An eval line whose step line is missing (a hand edit, an evaluation before the first update of a
+// later loom) is a record of its own.
+TEST(MetricsEval, TruncateKeepsAnEvalLineWithoutItsStepLine) {
+  const CutResult r = cut_tagged("eval_alone", {"1a", "e2a", "3a"}, 3);
+  EXPECT_EQ(r.tags, (Tags{"1a", "e2a", "3a"}));
+  EXPECT_EQ(r.cut.kept, 3);
+  EXPECT_EQ(r.cut.later, 0);
+}
+
+// A later attempt's step line supersedes the earlier attempt's step and eval lines of that step on;
+// its own eval line then follows it.
+TEST(MetricsEval, TruncateLetsARepeatedStepLineSupersedeStepAndEval) {
+  const CutResult r = cut_tagged("eval_repeat", {"1a", "2a", "e2a", "3a", "2b", "e2b", "3b"}, 3);
+  EXPECT_EQ(r.tags, (Tags{"1a", "2b", "e2b", "3b"}));
+  EXPECT_EQ(r.cut.later, 3);  // 2a, e2a, 3a superseded
+  const CutResult again = cut_tagged("eval_repeat_noeval", {"1a", "2a", "e2a", "2b"}, 3);
+  EXPECT_EQ(again.tags, (Tags{"1a", "2b"}));
+}
+
+// An eval line again replaces only the eval line of its step; a step line after the eval line of
+// its step is a new attempt at that step and drops the evaluation.
+TEST(MetricsEval, TruncateOrdersAStepLineBeforeItsEvalLine) {
+  EXPECT_EQ(cut_tagged("eval_twice", {"1a", "2a", "e2a", "e2b"}, 3).tags, (Tags{"1a", "2a", "e2b"}));
+  EXPECT_EQ(cut_tagged("eval_then_step", {"1a", "e2a", "2b"}, 3).tags, (Tags{"1a", "2b"}));
+}
+
+TEST(MetricsEval, LoggedLossReadsOnlyStepLines) {
+  TempRunDir dir("logged_loss");
+  std::filesystem::create_directories(dir.path);
+  // The second eval line carries a "loss" too (a hand edit): "eval_loss" makes it an eval line.
+  std::ofstream(dir.path + "/metrics.jsonl") << "{\"step\":2,\"loss\":1.5}\n{\"step\":2,\"eval_loss\":9.0}\n"
+                                             << "{\"step\":2,\"eval_loss\":9.0,\"loss\":8.0}\n";
+  EXPECT_EQ(logged_loss(dir.path, 2), 1.5);
+  EXPECT_EQ(logged_loss(dir.path, 3), std::nullopt);
+}
+
+std::vector<std::pair<int64_t, double>> as_pairs(const std::vector<EvalRecord>& evals) {
+  std::vector<std::pair<int64_t, double>> out;
+  for (const EvalRecord& e : evals) out.emplace_back(e.step, e.loss);
+  return out;
+}
+
+// What a resumed run reads back: eval lines up to its step, the later attempt's where repeated,
+// null as NaN; nothing from a missing log.
+TEST(MetricsEval, LoggedEvalsAreTheSurvivingEvalLinesUpToTheStep) {
+  TempRunDir dir("logged_evals");
+  std::filesystem::create_directories(dir.path);
+  std::ofstream(dir.path + "/metrics.jsonl")
+      << "{\"step\":1,\"loss\":3}\n{\"step\":1,\"eval_loss\":2.5}\n"
+      << "{\"step\":2,\"loss\":3}\n{\"step\":2,\"eval_loss\":2.0}\n"  // superseded by the repeated step 2
+      << "not json\n"
+      << "{\"step\":2,\"loss\":3}\n{\"step\":2,\"eval_loss\":2.25}\n"
+      << "{\"step\":3,\"loss\":3}\n{\"step\":3,\"eval_loss\":null}\n"
+      << "{\"step\":4,\"loss\":3}\n{\"step\":4,\"eval_loss\":1.0}\n";
+  const auto upto3 = as_pairs(logged_evals(dir.path, 3));
+  ASSERT_EQ(upto3.size(), 3u);
+  EXPECT_EQ(upto3[0], std::make_pair(int64_t(1), 2.5));
+  EXPECT_EQ(upto3[1], std::make_pair(int64_t(2), 2.25));
+  EXPECT_EQ(upto3[2].first, 3);
+  EXPECT_TRUE(std::isnan(upto3[2].second));
+  EXPECT_EQ(logged_evals(dir.path, 4).size(), 4u);
+  EXPECT_TRUE(logged_evals(dir.path + "/none", 4).empty());
+}
+
+TEST(MetricsEval, StandingKeepsTheFirstLowestFiniteLossAndCountsEvalsSince) {
+  const EvalStanding s = eval_standing({{10, 2.0}, {20, 1.8}, {30, 1.8}, {40, NAN}, {50, 1.9}});
+  EXPECT_EQ(s.best_loss, 1.8);
+  EXPECT_EQ(s.best_step, 20);
+  EXPECT_EQ(s.since_best, 3);  // an equal loss is no improvement, nor is NaN
+  const EvalStanding improved = eval_standing({{10, 2.0}, {20, 1.8}, {30, 1.7}});
+  EXPECT_EQ(improved.best_step, 30);
+  EXPECT_EQ(improved.since_best, 0);
+  const EvalStanding diverged = eval_standing({{10, NAN}, {20, INFINITY}});
+  EXPECT_EQ(diverged.best_loss, std::nullopt);
+  EXPECT_EQ(diverged.since_best, 2);
+  EXPECT_EQ(eval_standing({}).since_best, 0);
+}
+
 TEST(Metrics, TruncateRefusesAFolderOrFifoInsteadOfTheLog) {
   TempRunDir dir("notfile");
   std::filesystem::create_directories(dir.path + "/metrics.jsonl");
