@@ -12,6 +12,7 @@ PACKAGES=(
   nlohmann-json3-dev       # config.json, tokenizer.json, JSONL
   libpcre2-dev             # tokenizer.json Split regexes (look-ahead, \p{L}, \p{N})
   libutf8proc-dev          # NFC normalisation (Qwen tokenizers)
+  python3-matplotlib       # tools/plot_run.py: a run's curves.png (and its test)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
