@@ -75,16 +75,6 @@ uint64_t parse_hex16(const std::string& s, const std::string& where) {
 
 }  // namespace
 
-LoaderOptions loader_options(const TrainSection& train, int rank, int world) {
-  LoaderOptions o;
-  o.token_budget = train.token_budget;
-  o.global_batch = train.global_batch;
-  o.seed = uint64_t(int64_t(train.seed));
-  o.rank = rank;
-  o.world = world;
-  return o;
-}
-
 bool LoaderState::operator==(const LoaderState& o) const {
   return epoch == o.epoch && step_in_epoch == o.step_in_epoch && seed == o.seed &&
          global_batch == o.global_batch && documents == o.documents && data_fingerprint == o.data_fingerprint;

@@ -27,7 +27,6 @@
 
 #include "data/batch.h"
 #include "data/packing.h"
-#include "engine/config.h"
 
 namespace loom {
 
@@ -42,8 +41,6 @@ struct LoaderOptions {
   // Must be the same on every rank.
   int64_t attention_span = kDefaultAttentionSpan;
 };
-
-LoaderOptions loader_options(const TrainSection& train, int rank, int world);
 
 struct LoaderState {
   int epoch = 0;

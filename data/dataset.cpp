@@ -138,13 +138,19 @@ std::vector<Line> read_lines(const std::string& path) {
 
 // The format of the file: data.format, or with "auto" the format of its first usable record
 // (records before it are bad lines: an error, or skipped under on_bad_line: skip).
-RecordFormat file_format(const DataSection& data, const std::vector<Line>& lines) {
-  if (data.format != "auto") return record_format_by_name(data.format);
+RecordFormat file_format(const DataOptions& data, const std::vector<Line>& lines) {
+  switch (data.format) {
+    case DataFormat::kMessages: return RecordFormat::messages;
+    case DataFormat::kSharegpt: return RecordFormat::sharegpt;
+    case DataFormat::kAlpaca: return RecordFormat::alpaca;
+    case DataFormat::kText: return RecordFormat::text;
+    case DataFormat::kAuto: break;
+  }
   for (const Line& l : lines) {
     try {
       return detect_record_format(l.text, cat(data.path, ":", l.number));
     } catch (const Error&) {
-      if (data.on_bad_line != "skip") throw;
+      if (data.on_bad_line == OnBadLine::kError) throw;
     }
   }
   fail(data.path, ": no record has a recognisable format (", lines.size(), " non-blank lines)");
@@ -162,7 +168,7 @@ struct LineResult {
 };
 
 struct BuildContext {
-  const DataSection& data;
+  const DataOptions& data;
   const Tokenizer& tok;
   const ChatTemplate* tmpl;
   RecordFormat format;
@@ -170,7 +176,7 @@ struct BuildContext {
 
 Document document_of(const BuildContext& ctx, const DataRecord& r) {
   if (r.is_text) return tokenize_text(ctx.tok, r.text);
-  return tokenize_segments(ctx.tok, render_chat(*ctx.tmpl, r.messages), ctx.data.train_on == "all");
+  return tokenize_segments(ctx.tok, render_chat(*ctx.tmpl, r.messages), ctx.data.train_on == TrainOn::kAll);
 }
 
 // The document of one line; every error starts with FILE:LINE.
@@ -197,7 +203,7 @@ LineResult process_line(const BuildContext& ctx, const Line& line) {
   }
   const size_t limit = size_t(ctx.data.max_seq_len);
   if (res.doc.ids.size() > limit) {
-    if (ctx.data.overlong == "drop") {
+    if (ctx.data.overlong == Overlong::kDrop) {
       res.outcome = Outcome::overlong;
       return res;
     }
@@ -214,7 +220,7 @@ LineResult process_line(const BuildContext& ctx, const Line& line) {
 // (on_bad_line: error) every line before it has been processed and it is the first one reported.
 std::vector<LineResult> process_lines(const BuildContext& ctx, const std::vector<Line>& lines, const BuildOptions& opt) {
   std::vector<LineResult> results(lines.size());
-  const bool stop_at_bad_line = ctx.data.on_bad_line != "skip";
+  const bool stop_at_bad_line = ctx.data.on_bad_line == OnBadLine::kError;
   constexpr size_t kChunk = 64;
   std::atomic<size_t> next{0}, done{0};
   std::atomic<bool> stop{false};
@@ -250,21 +256,15 @@ std::vector<LineResult> process_lines(const BuildContext& ctx, const std::vector
   return results;
 }
 
-void check_template_fits(const DataSection& data, RecordFormat format, const ChatTemplate* tmpl) {
+void check_template_fits(const DataOptions& data, RecordFormat format, const ChatTemplate* tmpl) {
   LOOM_CHECK(format == RecordFormat::text || tmpl, "data.template is none, but ", data.path, " holds ",
              record_format_name(format),
              " conversations, which need a chat template; set data.template (auto, chatml, qwen3, llama3, "
              "mistral, llama2) or give plain {\"text\": ...} records");
-  LOOM_CHECK(data.train_on == "responses" || data.train_on == "all", "data.train_on must be responses or all (found \"",
-             data.train_on, "\")");
-  LOOM_CHECK(data.overlong == "truncate" || data.overlong == "drop", "data.overlong must be truncate or drop (found \"",
-             data.overlong, "\")");
-  LOOM_CHECK(data.on_bad_line == "error" || data.on_bad_line == "skip",
-             "data.on_bad_line must be error or skip (found \"", data.on_bad_line, "\")");
   LOOM_CHECK(data.max_seq_len > 0, "data.max_seq_len must be > 0 (found ", data.max_seq_len, ")");
 }
 
-BuiltDataset build_from_lines(const DataSection& data, const Tokenizer& tok, const ChatTemplate* tmpl,
+BuiltDataset build_from_lines(const DataOptions& data, const Tokenizer& tok, const ChatTemplate* tmpl,
                               const std::vector<Line>& lines, RecordFormat format, const BuildOptions& options) {
   BuiltDataset out;
   out.format = format;
@@ -277,7 +277,7 @@ BuiltDataset build_from_lines(const DataSection& data, const Tokenizer& tok, con
     LineResult& r = results[i];
     switch (r.outcome) {
       case Outcome::bad_line:
-        if (data.on_bad_line != "skip") throw Error(r.error);
+        if (data.on_bad_line == OnBadLine::kError) throw Error(r.error);
         ++s.bad_lines;
         continue;
       case Outcome::overlong: ++s.dropped_overlong; continue;
@@ -295,23 +295,23 @@ BuiltDataset build_from_lines(const DataSection& data, const Tokenizer& tok, con
 
 // ---------------------------------------------------------------- preparation
 
-void check_source(const DataSection& data) {
+void check_source(const DataOptions& data) {
   LOOM_CHECK(!data.path.empty(), "data.path is empty; set it to a JSONL file");
   require_regular_file(data.path, "data.path");
 }
 
 // What decides a preparation's output: JSONL bytes, tokenizer bytes (with its chat template)
 // and the data settings. Paths are left out so that moving files keeps a cache valid.
-json identity_of(const DataSection& data, const std::string& tokenizer_path) {
+json identity_of(const DataOptions& data, const std::string& tokenizer_path) {
   return json{{"revision", kPrepareRevision},
               {"source_fnv1a64", hex64(fnv1a64_file(data.path, "data.path"))},
               {"tokenizer_fnv1a64", hex64(tokenizer_files_fnv1a64(tokenizer_path))},
-              {"format", data.format},
+              {"format", data_format_name(data.format)},
               {"template", data.template_name},
-              {"train_on", data.train_on},
+              {"train_on", train_on_name(data.train_on)},
               {"max_seq_len", data.max_seq_len},
-              {"overlong", data.overlong},
-              {"on_bad_line", data.on_bad_line}};
+              {"overlong", overlong_name(data.overlong)},
+              {"on_bad_line", on_bad_line_name(data.on_bad_line)}};
 }
 
 json stats_json(const DatasetStats& s) {
@@ -380,7 +380,7 @@ ProgressFn stderr_progress_bar() {
   };
 }
 
-PrepareResult prepare_with_identity(const DataSection& data, const std::string& tokenizer_path,
+PrepareResult prepare_with_identity(const DataOptions& data, const std::string& tokenizer_path,
                                     const std::string& out_dir, const PrepareOptions& options, const json& identity) {
   const std::unique_ptr<Tokenizer> tok = Tokenizer::load(tokenizer_path);
   const std::vector<Line> lines = read_lines(data.path);
@@ -421,14 +421,6 @@ std::string with_commas(int64_t v) {
 }
 
 }  // namespace
-
-RecordFormat record_format_by_name(const std::string& name) {
-  if (name == "messages") return RecordFormat::messages;
-  if (name == "sharegpt") return RecordFormat::sharegpt;
-  if (name == "alpaca") return RecordFormat::alpaca;
-  if (name == "text") return RecordFormat::text;
-  fail("unknown data format \"", name, "\"; expected auto, messages, sharegpt, alpaca or text");
-}
 
 const char* record_format_name(RecordFormat format) {
   switch (format) {
@@ -500,26 +492,26 @@ Document tokenize_text(const Tokenizer& tok, const std::string& text) {
   return d;
 }
 
-BuiltDataset build_documents(const DataSection& data, const Tokenizer& tok, const ChatTemplate* tmpl,
+BuiltDataset build_documents(const DataOptions& data, const Tokenizer& tok, const ChatTemplate* tmpl,
                              const BuildOptions& options) {
   const std::vector<Line> lines = read_lines(data.path);
   return build_from_lines(data, tok, tmpl, lines, file_format(data, lines), options);
 }
 
-std::optional<ChatTemplate> resolve_template(const DataSection& data, const std::string& tokenizer_path,
+std::optional<ChatTemplate> resolve_template(const DataOptions& data, const std::string& tokenizer_path,
                                              const Tokenizer& tok) {
   if (data.template_name == "none") return std::nullopt;
   const bool inst_tokens = tok.token_to_id("[INST]") >= 0 && tok.token_to_id("[/INST]") >= 0;
   return resolve_chat_template(data.template_name, read_chat_template_source(tokenizer_path), inst_tokens);
 }
 
-PrepareResult prepare_to_dir(const DataSection& data, const std::string& tokenizer_path, const std::string& out_dir,
+PrepareResult prepare_to_dir(const DataOptions& data, const std::string& tokenizer_path, const std::string& out_dir,
                              const PrepareOptions& options) {
   check_source(data);
   return prepare_with_identity(data, tokenizer_path, out_dir, options, identity_of(data, tokenizer_path));
 }
 
-PrepareResult prepare_dataset_cached(const DataSection& data, const std::string& tokenizer_path,
+PrepareResult prepare_dataset_cached(const DataOptions& data, const std::string& tokenizer_path,
                                      const std::string& cache_dir, const PrepareOptions& options) {
   check_source(data);
   const json identity = identity_of(data, tokenizer_path);
@@ -530,7 +522,7 @@ PrepareResult prepare_dataset_cached(const DataSection& data, const std::string&
   return prepare_with_identity(data, tokenizer_path, dir, options, identity);
 }
 
-std::string prepare_dataset(const DataSection& data, const std::string& tokenizer_path, const std::string& cache_dir) {
+std::string prepare_dataset(const DataOptions& data, const std::string& tokenizer_path, const std::string& cache_dir) {
   const PrepareResult r = prepare_dataset_cached(data, tokenizer_path, cache_dir);
   if (!r.reused) std::fprintf(stderr, "prepared %s into %s\n%s", data.path.c_str(), r.dir.c_str(), format_stats(r.stats).c_str());
   return r.dir;

@@ -33,15 +33,14 @@
 
 #include "data/batch.h"
 #include "data/chat_template.h"
+#include "data/data_options.h"
 #include "data/tokenizer.h"
-#include "engine/config.h"
 
 namespace loom {
 
 enum class RecordFormat { messages, sharegpt, alpaca, text };
 
 // "messages" | "sharegpt" | "alpaca" | "text"
-RecordFormat record_format_by_name(const std::string& name);
 const char* record_format_name(RecordFormat format);
 // The format a record's keys announce; throws naming the keys found when none fits. Errors start
 // with `where` (FILE:LINE).
@@ -93,12 +92,12 @@ struct BuildOptions {
 // Reads data.path (JSONL) and builds its documents with data.format, train_on, max_seq_len,
 // overlong and on_bad_line. `tmpl` renders conversations; nullptr (data.template: none) is only
 // valid for format text.
-BuiltDataset build_documents(const DataSection& data, const Tokenizer& tok, const ChatTemplate* tmpl,
+BuiltDataset build_documents(const DataOptions& data, const Tokenizer& tok, const ChatTemplate* tmpl,
                              const BuildOptions& options = {});
 
 // The chat template data.template names for this tokenizer (none for "none"); reads the
 // tokenizer_config.json beside tokenizer_path.
-std::optional<ChatTemplate> resolve_template(const DataSection& data, const std::string& tokenizer_path,
+std::optional<ChatTemplate> resolve_template(const DataOptions& data, const std::string& tokenizer_path,
                                              const Tokenizer& tok);
 
 struct PrepareResult {
@@ -115,13 +114,13 @@ struct PrepareOptions {
 
 // JSONL (data.path) → token shards + prepared.json in out_dir (created; an older preparation
 // there is replaced).
-PrepareResult prepare_to_dir(const DataSection& data, const std::string& tokenizer_path, const std::string& out_dir,
+PrepareResult prepare_to_dir(const DataOptions& data, const std::string& tokenizer_path, const std::string& out_dir,
                              const PrepareOptions& options = {});
 
 // What build/train calls: prepares data.path into cache_dir/<file stem>-<key> on first use and
 // returns that folder; later calls with the same JSONL bytes, tokenizer and data settings reuse it.
-std::string prepare_dataset(const DataSection& data, const std::string& tokenizer_path, const std::string& cache_dir);
-PrepareResult prepare_dataset_cached(const DataSection& data, const std::string& tokenizer_path,
+std::string prepare_dataset(const DataOptions& data, const std::string& tokenizer_path, const std::string& cache_dir);
+PrepareResult prepare_dataset_cached(const DataOptions& data, const std::string& tokenizer_path,
                                      const std::string& cache_dir, const PrepareOptions& options = {});
 
 // "documents 1,500  tokens 62,001  target share 41.2%  dropped: ..." (multi-line summary).

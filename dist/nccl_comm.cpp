@@ -5,7 +5,7 @@
 #include <utility>
 
 #include "dist/link.h"
-#include "engine/device.h"
+#include "ops/device.h"
 
 namespace loom {
 namespace {

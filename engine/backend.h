@@ -1,6 +1,7 @@
-// What the trainer needs from a device: forward + backward over packed micro-batches, the
-// optimizer update, and the LoRA parameters / optimizer state for checkpoints. The CPU reference
-// backend lives in engine/cpu_backend.cpp; the CUDA backend beside it (issue: GPU training step).
+// What the trainer needs from a device: training forwards and backwards over packed micro-batches
+// (the per-token weights of the backward come from the objective, engine/objective.h), forward-only
+// passes for evaluation, the optimizer update, and the LoRA parameters / optimizer state for
+// checkpoints. The CPU reference backend is engine/cpu_backend.cpp, the CUDA one engine/cuda_backend.cpp.
 #pragma once
 #include <memory>
 #include <string>
@@ -12,7 +13,6 @@
 #include "models/lora.h"
 #include "models/model_config.h"
 #include "models/weights.h"
-#include "ops/cross_entropy.h"
 
 namespace loom {
 
@@ -20,12 +20,19 @@ class TrainBackend {
  public:
   virtual ~TrainBackend() = default;
   virtual std::string describe() const = 0;
-  // Accumulates the LoRA gradient of grad_scale · Σ_t loss_t over mb, and Σ_t loss_t into the step's
-  // loss. Asynchronous on the GPU: nothing waits for the device.
+  // A training forward of mb (adapters on, LoRA dropout from dropout_seed) that keeps what backward
+  // needs; adds Σ target losses to the step's loss. Returns the per-token losses (T) (waits).
+  virtual std::vector<float> forward(const MicroBatch& mb, uint64_t dropout_seed) = 0;
+  // Backward of the last forward: LoRA grads += d(Σ_t w_t · loss_t), w = token_weight (T).
   // last: mb is this rank's last micro-batch of the step (gradient all-reduce may start).
-  virtual void forward_backward(const MicroBatch& mb, float grad_scale, uint64_t dropout_seed, bool last) = 0;
+  virtual void backward(const std::vector<float>& token_weight, bool last) = 0;
+  // forward + backward when the weights are known before the forward. Asynchronous on the GPU.
+  virtual void forward_backward(const MicroBatch& mb, const std::vector<float>& token_weight, uint64_t dropout_seed,
+                                bool last) = 0;
+  // Forward only (evaluation): Σ target losses over mbs on this rank, adapters on or off (waits).
+  virtual double loss_sum(const std::vector<MicroBatch>& mbs, bool adapters) = 0;
   struct StepResult {
-    double loss_sum = 0;   // Σ loss_t over the step's micro-batches
+    double loss_sum = 0;   // Σ target losses of the step's training forwards
     double grad_norm = 0;  // before clipping
   };
   // Ends the step: sums gradients and loss over the ranks (every rank calls it once per step, also
@@ -33,6 +40,7 @@ class TrainBackend {
   // and the loss. The one host sync of a step. loss_sum and grad_norm are global.
   virtual StepResult end_step(float lr) = 0;
   virtual std::vector<float> lora_params() const = 0;
+  virtual std::vector<float> lora_grads() const = 0;  // as accumulated so far in this step (tests)
   virtual OptimizerState optimizer_state() const = 0;
   virtual void restore(const std::vector<float>& params, const OptimizerState& opt) = 0;
   virtual bool on_gpu() const { return false; }

@@ -69,12 +69,14 @@ std::vector<StepFolder> step_folders(const std::string& run_dir) {
 // Keeps the newest `keep` checkpoints up to `step`. Later ones (left by a run that resumed from an
 // earlier checkpoint and is training those steps again, e.g. damaged ones that output.resume =
 // last_intact skipped) stay until this run overwrites them, so that no intact one is deleted in
-// their favour.
-void remove_old_checkpoints(const std::string& run_dir, int64_t step, int keep) {
+// their favour. The checkpoint of step `spared` (the best eval loss, output.keep_best) is never deleted,
+// also when it is older than the newest `keep`.
+void remove_old_checkpoints(const std::string& run_dir, int64_t step, int keep, std::optional<int64_t> spared) {
   std::vector<StepFolder> done;
   for (StepFolder& f : step_folders(run_dir))
     if (f.step <= step) done.push_back(std::move(f));
-  for (size_t i = 0; i + size_t(std::max(keep, 1)) < done.size(); ++i) fs::remove_all(done[i].path);
+  for (size_t i = 0; i + size_t(std::max(keep, 1)) < done.size(); ++i)
+    if (!spared || done[i].step != *spared) fs::remove_all(done[i].path);
 }
 
 void write_text_file(const fs::path& path, const std::string& text) {
@@ -215,7 +217,7 @@ void check_second_moment(const std::vector<float>& v, const std::string& path) {
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, const TrainCheckpoint& ck, const LoraLayout& layout,
-                            const std::string& base_model, int keep) {
+                            const std::string& base_model, int keep, std::optional<int64_t> spared) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
   const fs::path final_dir = root / step_name(ck.step);
   const fs::path tmp = root / ("." + step_name(ck.step) + ".tmp");
@@ -235,7 +237,7 @@ std::string save_checkpoint(const std::string& run_dir, const TrainCheckpoint& c
 
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);
-  remove_old_checkpoints(run_dir, ck.step, keep);
+  remove_old_checkpoints(run_dir, ck.step, keep, spared);
   return final_dir.string();
 }
 

@@ -36,9 +36,10 @@ struct TrainCheckpoint {
   LoaderState loader;
 };
 
-// Returns the folder written.
+// Returns the folder written. Older checkpoints beyond the newest `keep` are deleted, except the one
+// of step `spared` (output.keep_best: the lowest eval loss).
 std::string save_checkpoint(const std::string& run_dir, const TrainCheckpoint& ck, const LoraLayout& layout,
-                            const std::string& base_model, int keep);
+                            const std::string& base_model, int keep, std::optional<int64_t> spared = std::nullopt);
 // The checkpoint folders of a run (checkpoints/step-N, whole or damaged), by step, oldest first.
 std::vector<std::string> list_checkpoints(const std::string& run_dir);
 // The newest of list_checkpoints (of a step <= up_to_step), if any.

@@ -5,15 +5,18 @@
 //   model:  {path, preset, quant, double_quant, init_seed}
 //   lora:   {r, alpha, dropout, rslora, targets}
 //   data:   {path, synthetic, synthetic_docs, format, tokenizer, template, train_on, max_seq_len,
-//            overlong, on_bad_line, cache_dir}
+//            overlong, on_bad_line, cache_dir, eval_path, eval_split}
 //   train:  {device, token_budget, global_batch, steps, epochs, lr, schedule, warmup_steps,
 //            min_lr_ratio, weight_decay, beta1, beta2, eps, max_grad_norm, recompute, seed, log_every,
-//            divergence_check, divergence_window, divergence_factor, zero_grad_steps}
-//   output: {dir, checkpoint_every, keep_checkpoints, export, gguf_type, resume, on_change}
+//            divergence_check, divergence_window, divergence_factor, zero_grad_steps, eval_every,
+//            early_stopping_patience}
+//   output: {dir, checkpoint_every, keep_checkpoints, export, gguf_type, resume, on_change, keep_best}
 //
-// A missing key keeps the member initialiser of config.h. Overrides "section.key=value" are applied
-// after the file, the value read as one YAML node (scalar or flow sequence). One table (fields_of)
-// maps every YAML key to its member; reading, overriding, writing and key suggestions all use it.
+// A missing key keeps the member initialiser of its options struct (config.h names them). Overrides
+// "section.key=value" are applied after the file, the value read as one YAML node (scalar or flow
+// sequence). One table (fields_of) maps every YAML key to its member; reading, overriding, writing
+// and key suggestions all use it. A choice key (an enum member) is turned from its name into the
+// enum as it is read, and written back as that name.
 // Problems are collected, not thrown one at a time: a run fails once, listing everything to fix.
 // Every numeric key states its range in that table; a value is checked as it is read (so the
 // message has its line) and again by validate(). A config is one YAML document of UTF-8 text, at
@@ -25,6 +28,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <climits>
 #include <cmath>
@@ -35,6 +39,7 @@
 #include <set>
 #include <sstream>
 #include <type_traits>
+#include <utility>
 #include <variant>
 
 #include "data/chat_template.h"
@@ -50,7 +55,26 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // The field table
 
-using FieldRef = std::variant<int*, float*, bool*, std::string*, std::vector<std::string>*>;
+// A key whose value is one of a fixed list of names: an enum member, the names in enum order (the
+// names arrays beside each enum).
+struct Choice {
+  const char* const* names;
+  size_t count;
+  void* member;
+  size_t (*get)(const void* member);
+  void (*set)(void* member, size_t index);
+
+  std::vector<std::string> allowed() const { return {names, names + count}; }
+  const char* name() const { return names[get(member)]; }
+};
+
+template <class E, size_t N>
+Choice choice(E* member, const std::array<const char*, N>& names) {
+  return {names.data(), N, member, [](const void* m) { return size_t(*static_cast<const E*>(m)); },
+          [](void* m, size_t i) { *static_cast<E*>(m) = E(i); }};
+}
+
+using FieldRef = std::variant<int*, float*, double*, bool*, std::string*, std::vector<std::string>*, Choice>;
 
 // The values a numeric key accepts, as messages state them: "in (0, 1]", "in [1, 4096]". NaN is
 // in no range, and neither is anything that overflowed while being read.
@@ -80,6 +104,10 @@ struct Field {
   // A numeric field must say which values it accepts; the others have nothing to range over.
   Field(const char* s, const char* k, int* v, Range r) : section(s), key(k), ref(v), range(r) {}
   Field(const char* s, const char* k, float* v, Range r) : section(s), key(k), ref(v), range(r) {}
+  Field(const char* s, const char* k, double* v, Range r) : section(s), key(k), ref(v), range(r) {}
+  template <class E, size_t N>
+  Field(const char* s, const char* k, E* v, const std::array<const char*, N>& names)
+      : section(s), key(k), ref(choice(v, names)) {}
   Field(const char* s, const char* k, bool* v) : section(s), key(k), ref(v) {}
   Field(const char* s, const char* k, std::string* v) : section(s), key(k), ref(v) {}
   Field(const char* s, const char* k, std::vector<std::string>* v) : section(s), key(k), ref(v) {}
@@ -89,15 +117,15 @@ struct Field {
 const char* const kSections[] = {"model", "lora", "data", "train", "output"};
 
 std::vector<Field> fields_of(TrainConfig& c) {
-  ModelSection& m = c.model;
-  LoraSection& l = c.lora;
-  DataSection& d = c.data;
+  ModelOptions& m = c.model;
+  LoraOptions& l = c.lora;
+  DataOptions& d = c.data;
   TrainSection& t = c.train;
   OutputSection& o = c.output;
   return {
       {"model", "path", &m.path},
       {"model", "preset", &m.preset},
-      {"model", "quant", &m.quant},
+      {"model", "quant", &m.quant, kQuantNames},
       {"model", "double_quant", &m.double_quant},
       {"model", "init_seed", &m.init_seed, kSeed},
       // A rank past 4096 is wider than the hidden size of every supported model (so no longer
@@ -112,15 +140,19 @@ std::vector<Field> fields_of(TrainConfig& c) {
       {"data", "synthetic", &d.synthetic},
       // Generated and held in memory at once (median ~200 tokens each: ~1 GB at the bound).
       {"data", "synthetic_docs", &d.synthetic_docs, {1, 1e6}},
-      {"data", "format", &d.format},
+      {"data", "format", &d.format, kDataFormatNames},
       {"data", "tokenizer", &d.tokenizer},
       {"data", "template", &d.template_name},
-      {"data", "train_on", &d.train_on},
+      {"data", "train_on", &d.train_on, kTrainOnNames},
       {"data", "max_seq_len", &d.max_seq_len, {1, kMaxTokens}},
-      {"data", "overlong", &d.overlong},
-      {"data", "on_bad_line", &d.on_bad_line},
+      {"data", "overlong", &d.overlong, kOverlongNames},
+      {"data", "on_bad_line", &d.on_bad_line, kOnBadLineNames},
       {"data", "cache_dir", &d.cache_dir},
-      {"train", "device", &t.device},
+      {"data", "eval_path", &d.eval_path},
+      // Documents are held in memory: 1e9 of them is past any dataset loom could load.
+      {"data", "eval_split", &d.eval_split,
+       {0, 1e9, false, false, "0 = none; below 1 a fraction of the documents, from 1 a count of them"}},
+      {"train", "device", &t.device, kDeviceNames},
       {"train", "token_budget", &t.token_budget, {1, kMaxTokens}},
       // Documents per step: recipes use tens to thousands; 2^20 is past any, and a typo there
       // would silently turn every step into a whole epoch.
@@ -130,7 +162,7 @@ std::vector<Field> fields_of(TrainConfig& c) {
       {"train", "epochs", &t.epochs, {1, 1000}},
       // Past 1 every AdamW step moves a weight by about 1 or more: divergence, not training.
       {"train", "lr", &t.lr, {0, 1, true}},
-      {"train", "schedule", &t.schedule},
+      {"train", "schedule", &t.schedule, kScheduleNames},
       {"train", "warmup_steps", &t.warmup_steps, {0, kMaxSteps}},
       {"train", "min_lr_ratio", &t.min_lr_ratio, {0, 1}},
       // Decoupled decay multiplies weights by 1 - lr * weight_decay; with lr <= 1 this bound keeps
@@ -142,7 +174,7 @@ std::vector<Field> fields_of(TrainConfig& c) {
       {"train", "eps", &t.eps, {0, 1, true}},
       // Healthy gradient norms are < 1e3; a threshold past 1e6 never clips (0 says so plainly).
       {"train", "max_grad_norm", &t.max_grad_norm, {0, 1e6, false, false, "0 disables clipping"}},
-      {"train", "recompute", &t.recompute},
+      {"train", "recompute", &t.recompute, kRecomputeNames},
       {"train", "seed", &t.seed, kSeed},
       {"train", "log_every", &t.log_every, {1, kMaxSteps}},
       {"train", "divergence_check", &t.divergence_check},
@@ -151,15 +183,19 @@ std::vector<Field> fields_of(TrainConfig& c) {
       // At 1 or below the band would end at the median itself; 1e6 leaves only the +1 nat floor.
       {"train", "divergence_factor", &t.divergence_factor, {1, 1e6, true}},
       {"train", "zero_grad_steps", &t.zero_grad_steps, {1, kMaxSteps}},
+      {"train", "eval_every", &t.eval_every, {0, kMaxSteps, false, false, "0 = only at the end"}},
+      // Counts evaluations, of which a run has at most one per step.
+      {"train", "early_stopping_patience", &t.early_stopping_patience, {0, kMaxSteps, false, false, "0 = off"}},
       {"output", "dir", &o.dir},
       {"output", "checkpoint_every", &o.checkpoint_every,
        {0, kMaxSteps, false, false, "0 = only the final checkpoint"}},
       // Each checkpoint holds the adapter and its optimizer state (3x the adapter) on disk.
       {"output", "keep_checkpoints", &o.keep_checkpoints, {1, 1000}},
-      {"output", "export", &o.export_format},
-      {"output", "gguf_type", &o.gguf_type},
+      {"output", "export", &o.export_format, kExportFormatNames},
+      {"output", "gguf_type", &o.gguf_type, kGgufTypeNames},
       {"output", "resume", &o.resume},
-      {"output", "on_change", &o.on_change},
+      {"output", "on_change", &o.on_change, kOnChangeNames},
+      {"output", "keep_best", &o.keep_best},
   };
 }
 
@@ -168,12 +204,17 @@ std::vector<Field> fields_of(TrainConfig& c) {
 // the data cache lives (the shards' content is checked on their own); the device and recompute
 // (the same arithmetic, in another place or order: a run moved between CPU and GPU resumes), and
 // data.on_bad_line (a run that went through under "error" read no bad line, so "skip" reads the
-// same data; the other way round errors on the line). Every other key changes what is trained.
+// same data; the other way round errors on the line). Evaluation only watches: data.eval_path,
+// train.eval_every and output.keep_best change what is measured and kept, never the weights of a
+// step. data.eval_split is not among them (it takes documents out of training), nor is
+// train.early_stopping_patience (like train.steps, it decides how long the run trains). Every other
+// key changes what is trained.
 const std::set<std::string> kKeysThatDoNotChangeTraining = {
-    "data.cache_dir",        "data.on_bad_line",         "train.device",           "train.recompute",
-    "train.log_every",       "train.divergence_check",   "train.divergence_window", "train.divergence_factor",
-    "train.zero_grad_steps", "output.dir",               "output.checkpoint_every", "output.keep_checkpoints",
-    "output.export",         "output.gguf_type",         "output.resume",          "output.on_change",
+    "data.cache_dir",          "data.on_bad_line",        "data.eval_path",          "train.device",
+    "train.recompute",         "train.log_every",         "train.divergence_check",  "train.divergence_window",
+    "train.divergence_factor", "train.zero_grad_steps",   "train.eval_every",        "output.dir",
+    "output.checkpoint_every", "output.keep_checkpoints", "output.export",           "output.gguf_type",
+    "output.resume",           "output.on_change",        "output.keep_best",
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -239,6 +280,16 @@ std::string format_float(float v) {
   return buf;
 }
 
+// The same for a double.
+std::string format_double(double v) {
+  char buf[32];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+
 // An integer as written, before its range is checked. Past the long long range strtoll clamps to
 // LLONG_MIN/MAX, which no range contains, so the range check refuses it.
 bool parse_integer(const std::string& s, long long* out) {
@@ -248,10 +299,11 @@ bool parse_integer(const std::string& s, long long* out) {
   return *end == '\0';
 }
 
-// A float as written. Overflow gives +-inf (1e39) and underflow 0 or a denormal (1e-50): the range
-// check then refuses them, quoting the text. YAML's own spellings of inf and NaN are read too, so
-// that `lr: .inf` is told its range rather than that it is not a number.
-bool parse_float(const std::string& s, float* out) {
+// A float or double as written. Overflow gives +-inf (1e39 for a float) and underflow 0 or a
+// denormal (1e-50): the range check then refuses them, quoting the text. YAML's own spellings of
+// inf and NaN are read too, so that `lr: .inf` is told its range rather than that it is not a number.
+template <class Real>
+bool parse_real(const std::string& s, Real* out) {
   if (s.empty()) return false;
   static const std::vector<std::string> inf = {".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF"};
   static const std::vector<std::string> nan = {".nan", ".NaN", ".NAN"};
@@ -259,7 +311,11 @@ bool parse_float(const std::string& s, float* out) {
   if (s == "-.inf" || s == "-.Inf" || s == "-.INF") return *out = -INFINITY, true;
   if (std::find(nan.begin(), nan.end(), s) != nan.end()) return *out = NAN, true;
   char* end = nullptr;
-  *out = std::strtof(s.c_str(), &end);
+  if constexpr (std::is_same_v<Real, float>) {
+    *out = std::strtof(s.c_str(), &end);
+  } else {
+    *out = std::strtod(s.c_str(), &end);
+  }
   return *end == '\0';
 }
 
@@ -309,22 +365,21 @@ std::string Range::text() const {
 }
 
 // A field's value as the YAML text to_yaml writes.
-std::string yaml_value(const Field& f) {
-  return std::visit(
-      [](auto* v) -> std::string {
-        using T = std::remove_pointer_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, int>) return std::to_string(*v);
-        if constexpr (std::is_same_v<T, float>) return format_float(*v);
-        if constexpr (std::is_same_v<T, bool>) return *v ? "true" : "false";
-        if constexpr (std::is_same_v<T, std::string>) return yaml_string(*v);
-        if constexpr (std::is_same_v<T, std::vector<std::string>>) {
-          std::vector<std::string> items;
-          for (const std::string& s : *v) items.push_back(yaml_string(s));
-          return '[' + join(items, ", ") + ']';
-        }
-      },
-      f.ref);
-}
+struct YamlText {
+  std::string operator()(const int* v) const { return std::to_string(*v); }
+  std::string operator()(const float* v) const { return format_float(*v); }
+  std::string operator()(const double* v) const { return format_double(*v); }
+  std::string operator()(const bool* v) const { return *v ? "true" : "false"; }
+  std::string operator()(const std::string* v) const { return yaml_string(*v); }
+  std::string operator()(const std::vector<std::string>* v) const {
+    std::vector<std::string> items;
+    for (const std::string& s : *v) items.push_back(yaml_string(s));
+    return '[' + join(items, ", ") + ']';
+  }
+  std::string operator()(const Choice& c) const { return c.name(); }
+};
+
+std::string yaml_value(const Field& f) { return std::visit(YamlText{}, f.ref); }
 
 // What a node holds, for "found ..." in messages.
 std::string describe(const YAML::Node& n) {
@@ -344,6 +399,10 @@ struct Problems {
   static constexpr size_t kMaxShown = 20;
   std::vector<std::string> lines;
   size_t total = 0;
+  // A choice key's value that names no choice, by key, as written. It is reported with the rules
+  // checked once the whole config is read (a later override may still replace it), so its message
+  // names the file rather than a line, wherever the value came from.
+  std::map<std::string, std::string> unmatched_choices;
   void add_line(std::string line) {
     if (++total <= kMaxShown) lines.push_back(std::move(line));
   }
@@ -356,6 +415,7 @@ struct Problems {
 struct Assign {
   const Field& field;
   const YAML::Node& value;
+  std::map<std::string, std::string>& unmatched_choices;
 
   std::string expected(const char* what) const { return cat(field.path(), ": expected ", what, ", found ", describe(value)); }
   std::string out_of_range() const {
@@ -371,7 +431,14 @@ struct Assign {
   }
   std::string operator()(float* out) const {
     float v = 0;
-    if (!value.IsScalar() || !parse_float(value.Scalar(), &v)) return expected("a number");
+    if (!value.IsScalar() || !parse_real(value.Scalar(), &v)) return expected("a number");
+    if (!field.range.contains(v)) return out_of_range();
+    *out = v;
+    return "";
+  }
+  std::string operator()(double* out) const {
+    double v = 0;
+    if (!value.IsScalar() || !parse_real(value.Scalar(), &v)) return expected("a number");
     if (!field.range.contains(v)) return out_of_range();
     *out = v;
     return "";
@@ -401,6 +468,18 @@ struct Assign {
       items.push_back(value[i].Scalar());
     }
     *out = std::move(items);
+    return "";
+  }
+  std::string operator()(const Choice& out) const {
+    if (!value.IsNull() && !value.IsScalar()) return expected("a string");
+    const std::string text = value.IsNull() ? "" : value.Scalar();  // `key:` names no choice
+    for (size_t i = 0; i < out.count; ++i) {
+      if (text != out.names[i]) continue;
+      out.set(out.member, i);
+      unmatched_choices.erase(field.path());
+      return "";
+    }
+    unmatched_choices[field.path()] = text;
     return "";
   }
 };
@@ -475,7 +554,7 @@ void set_field(std::vector<Field>& fields, const std::string& section, const std
     if (any_quote_left_open(text, value))
       return problems.add(where, cat(f.path(), ": a quote opened in the value is never closed (the rest of the "
                                                "file would be read into it); close the quote"));
-    std::string error = std::visit(Assign{f, value}, f.ref);
+    std::string error = std::visit(Assign{f, value, problems.unmatched_choices}, f.ref);
     if (!error.empty()) problems.add(where, error);
     return;
   }
@@ -643,18 +722,24 @@ void apply_override(TrainConfig& cfg, const std::string& text, Problems& problem
 // Adds "source: what" lines; the helpers phrase each rule the same way everywhere.
 struct Checker {
   std::string source;
+  const std::map<std::string, std::string>& unmatched_choices;  // Problems::unmatched_choices
   std::vector<std::string> lines;
 
   void add(const std::string& what) { lines.push_back(cat(source, ": ", what)); }
 
   // A numeric field within its range (values read from YAML were checked as they were read; this
-  // catches configs built in code). No text holds a NUL ("\0" in YAML): a path would be cut short
-  // at it by the first system call.
+  // catches configs built in code), a choice key that was given a name it does not have. No text
+  // holds a NUL ("\0" in YAML): a path would be cut short at it by the first system call.
   void field(const Field& f) {
     if (const int* const* i = std::get_if<int*>(&f.ref); i && !f.range.contains(**i))
       add(cat(f.path(), " must be ", f.range.text(), " (found ", **i, ")"));
     if (const float* const* x = std::get_if<float*>(&f.ref); x && !f.range.contains(**x))
       add(cat(f.path(), " must be ", f.range.text(), " (found ", format_float(**x), ")"));
+    if (const double* const* x = std::get_if<double*>(&f.ref); x && !f.range.contains(**x))
+      add(cat(f.path(), " must be ", f.range.text(), " (found ", format_double(**x), ")"));
+    if (const Choice* c = std::get_if<Choice>(&f.ref))
+      if (const auto it = unmatched_choices.find(f.path()); it != unmatched_choices.end())
+        one_of(f.path(), it->second, c->allowed());
     std::vector<std::string> texts;
     if (const std::string* const* v = std::get_if<std::string*>(&f.ref)) texts = {**v};
     if (const std::vector<std::string>* const* v = std::get_if<std::vector<std::string>*>(&f.ref)) texts = **v;
@@ -662,7 +747,7 @@ struct Checker {
       if (t.find('\0') != std::string::npos) return add(cat(f.path(), " must not contain a NUL character (\\0)"));
   }
 
-  void one_of(const char* key, const std::string& value, const std::vector<std::string>& allowed) {
+  void one_of(const std::string& key, const std::string& value, const std::vector<std::string>& allowed) {
     if (std::find(allowed.begin(), allowed.end(), value) != allowed.end()) return;
     std::string near = closest(value, allowed);
     add(cat(key, " must be one of ", join(allowed, ", "), " (found '", shown(value), "'",
@@ -703,45 +788,54 @@ void check_targets(Checker& c, const std::vector<std::string>& targets) {
   }
 }
 
-void check_model(Checker& c, const ModelSection& m) {
+void check_model(Checker& c, const ModelOptions& m) {
   c.exactly_one("model.path", m.path, "model.preset", m.preset,
                 "an HF folder, or a preset with random weights such as tiny");
-  c.one_of("model.quant", m.quant, {"nf4", "bf16"});
 }
 
-void check_lora(Checker& c, const LoraSection& l) {
+void check_lora(Checker& c, const LoraOptions& l) {
   check_targets(c, l.targets);
 }
 
-void check_data(Checker& c, const DataSection& d, const TrainSection& t) {
+void check_data(Checker& c, const DataOptions& d, const TrainSection& t) {
   c.exactly_one("data.path", d.path, "data.synthetic", d.synthetic,
                 "a JSONL file or prepared folder, or the synthetic workload sft-alpaca");
   if (!d.synthetic.empty()) c.one_of("data.synthetic", d.synthetic, {"sft-alpaca"});
-  c.one_of("data.format", d.format, {"auto", "messages", "sharegpt", "alpaca", "text"});
   std::vector<std::string> templates = {"auto"};  // the same names build/prepare --template takes
   for (const std::string& name : chat_template_names()) templates.push_back(name);
   templates.push_back("none");
   c.one_of("data.template", d.template_name, templates);
-  c.one_of("data.train_on", d.train_on, {"responses", "all"});
-  c.one_of("data.overlong", d.overlong, {"truncate", "drop"});
-  c.one_of("data.on_bad_line", d.on_bad_line, {"error", "skip"});
   if (d.max_seq_len > t.token_budget && t.token_budget > 0)
     c.add(cat("data.max_seq_len (", d.max_seq_len, ") must be <= train.token_budget (", t.token_budget,
               ") so that every sequence fits in one micro-batch; lower data.max_seq_len or raise "
               "train.token_budget"));
 }
 
-void check_train(Checker& c, const TrainSection& t) {
-  c.one_of("train.device", t.device, {"auto", "cpu", "cuda"});
-  c.one_of("train.schedule", t.schedule, {"cosine", "linear", "constant"});
-  c.one_of("train.recompute", t.recompute, {"none", "selective", "full"});
+// Held-out data comes from a file or from the training data, and the keys that act on the eval
+// loss need one of them.
+void check_eval(Checker& c, const TrainConfig& cfg) {
+  const DataOptions& d = cfg.data;
+  if (!d.eval_path.empty() && d.eval_split != 0)
+    c.add(cat("set at most one of data.eval_path or data.eval_split (held-out documents come from a file or from "
+              "the training data); found both: data.eval_path = '", shown(d.eval_path), "', data.eval_split = ",
+              format_double(d.eval_split)));
+  if (d.eval_split >= 1 && d.eval_split != std::floor(d.eval_split))
+    c.add(cat("data.eval_split must be a fraction in (0, 1) or a whole count of documents (found ",
+              format_double(d.eval_split), ")"));
+  if (!d.eval_path.empty() || d.eval_split != 0) return;
+  std::vector<std::string> watching;
+  if (cfg.train.eval_every > 0) watching.push_back(cat("train.eval_every = ", cfg.train.eval_every));
+  if (cfg.train.early_stopping_patience > 0)
+    watching.push_back(cat("train.early_stopping_patience = ", cfg.train.early_stopping_patience));
+  if (cfg.output.keep_best) watching.push_back("output.keep_best = true");
+  if (!watching.empty())
+    c.add(cat(join(watching, ", "), watching.size() == 1 ? " needs" : " need",
+              " eval data: set data.eval_path (a JSONL file or a folder of prepared shards held out for evaluation) "
+              "or data.eval_split (a fraction or a count of the training documents to hold out)"));
 }
 
 void check_output(Checker& c, const OutputSection& o) {
   if (o.dir.empty()) c.add("output.dir must name the run folder (found an empty string)");
-  c.one_of("output.export", o.export_format, {"peft", "merged", "gguf", "none"});
-  c.one_of("output.gguf_type", o.gguf_type, {"q8_0", "f16", "bf16"});
-  c.one_of("output.on_change", o.on_change, {"refuse", "accept"});
   if (o.resume.empty()) c.add("output.resume must be auto, last_intact, never or a checkpoint folder (found '')");
 }
 
@@ -751,19 +845,23 @@ void require_folder(const std::string& path, const std::string& key, const char*
   LOOM_CHECK(fs::is_directory(path, ec), key, ": '", shown(path), "' is not a folder (expected ", expected, ")");
 }
 
-}  // namespace
-
-std::vector<std::string> validate(const TrainConfig& cfg) {
-  Checker c{cfg.source.empty() ? "config" : cfg.source, {}};
+// validate(), with the choice values that named no choice while the config was read.
+std::vector<std::string> problems_of(const TrainConfig& cfg,
+                                     const std::map<std::string, std::string>& unmatched_choices) {
+  Checker c{cfg.source.empty() ? "config" : cfg.source, unmatched_choices, {}};
   TrainConfig copy = cfg;
   for (const Field& f : fields_of(copy)) c.field(f);
   check_model(c, cfg.model);
   check_lora(c, cfg.lora);
   check_data(c, cfg.data, cfg.train);
-  check_train(c, cfg.train);
+  check_eval(c, cfg);
   check_output(c, cfg.output);
   return c.lines;
 }
+
+}  // namespace
+
+std::vector<std::string> validate(const TrainConfig& cfg) { return problems_of(cfg, {}); }
 
 TrainConfig parse_config(const std::string& yaml_text, const std::string& source,
                          const std::vector<std::string>& overrides) {
@@ -783,7 +881,7 @@ TrainConfig parse_config(const std::string& yaml_text, const std::string& source
   Problems problems;
   read_document(cfg, doc.root, Document{yaml_text, source}, problems);
   for (const std::string& o : overrides) apply_override(cfg, o, problems);
-  for (std::string& line : validate(cfg)) problems.add_line(std::move(line));
+  for (std::string& line : problems_of(cfg, problems.unmatched_choices)) problems.add_line(std::move(line));
 
   if (problems.total == 1) fail(problems.lines[0]);
   if (problems.total > 1)
@@ -802,11 +900,16 @@ std::string data_cache_dir(const TrainConfig& cfg) {
 }
 
 void check_data_paths(const TrainConfig& cfg) {
-  const DataSection& d = cfg.data;
-  if (d.path.empty()) return;  // synthetic data
-  require_file_or_folder(d.path, "data.path");
-  std::error_code ec;
-  if (fs::is_directory(d.path, ec)) return;  // prepared shards: no tokenizer or cache needed
+  const DataOptions& d = cfg.data;
+  bool jsonl = false;  // a JSONL file is prepared into the cache with the tokenizer
+  const std::pair<const std::string&, const char*> sources[] = {{d.path, "data.path"}, {d.eval_path, "data.eval_path"}};
+  for (const auto& [path, key] : sources) {
+    if (path.empty()) continue;  // synthetic data; no eval file
+    require_file_or_folder(path, key);
+    std::error_code ec;
+    jsonl = jsonl || !fs::is_directory(path, ec);  // prepared shards need no tokenizer or cache
+  }
+  if (!jsonl) return;
   require_folder_or_creatable(data_cache_dir(cfg),
                               d.cache_dir.empty() ? "data.cache_dir (default <output.dir>/data)" : "data.cache_dir");
   if (!d.tokenizer.empty()) require_file_or_folder(d.tokenizer, "data.tokenizer");

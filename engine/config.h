@@ -1,56 +1,62 @@
-// The experiment config: YAML -> one typed TrainConfig. Defaults live in the member initialisers
-// below and nowhere else. After load_config() returns, code reads these structs, never YAML.
+// The experiment config: YAML -> one typed TrainConfig. Each folder owns the options of its
+// section (model: models/model_source.h, lora: models/lora.h, data: data/data_options.h); train and
+// output are below. Defaults live in those member initialisers and nowhere else. After
+// load_config() returns, code reads these structs, never YAML; enum-like keys are enums.
 #pragma once
+#include <array>
 #include <cstddef>
 #include <string>
 #include <vector>
 
+#include "data/data_options.h"
+#include "models/compute_options.h"
+#include "models/lora.h"
+#include "models/model_source.h"
+
 namespace loom {
 
-struct ModelSection {
-  std::string path;          // HF folder (config.json + safetensors); empty when preset is set
-  std::string preset;        // BENCHMARK.md preset or "tiny": random-initialised weights, no checkpoint
-  std::string quant = "nf4"; // "nf4" (QLoRA) | "bf16"
-  bool double_quant = true;  // NF4 absmax double quantization (bnb_4bit_use_double_quant)
-  int init_seed = 0;         // seed of the random weights of a preset
-};
+// The choices of the train and output sections, read from their YAML names once (config.cpp);
+// each names array lists those spellings in enum order.
 
-struct LoraSection {
-  int r = 16;
-  float alpha = 16.f;
-  float dropout = 0.f;
-  bool rslora = false;  // scale alpha/sqrt(r) instead of alpha/r
-  std::vector<std::string> targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-};
+// Where a run computes: kAuto = the GPU when one is present, kCpu = the reference path, kCuda = the GPU.
+enum class Device { kAuto, kCpu, kCuda };
+inline constexpr std::array<const char*, 3> kDeviceNames = {"auto", "cpu", "cuda"};
 
-struct DataSection {
-  std::string path;                  // JSONL file, or a folder of prepared shards
-  std::string synthetic;             // "" or "sft-alpaca" (BENCHMARK.md workload; no path needed)
-  int synthetic_docs = 4096;         // documents generated for synthetic data
-  std::string format = "auto";       // auto | messages | sharegpt | alpaca | text
-  std::string tokenizer;             // tokenizer.json / .model / folder; default: model.path
-  std::string template_name = "auto";// YAML key "template": auto | chatml | qwen3 | llama3 | mistral | llama2 | none
-  std::string train_on = "responses";// responses | all
-  int max_seq_len = 2048;
-  std::string overlong = "truncate"; // truncate | drop
-  std::string on_bad_line = "error"; // error | skip
-  std::string cache_dir;             // prepared-shard cache for JSONL input; default <output.dir>/data
-};
+// The learning-rate decay after warmup (engine/schedule.h).
+enum class Schedule { kCosine, kLinear, kConstant };
+inline constexpr std::array<const char*, 3> kScheduleNames = {"cosine", "linear", "constant"};
+inline const char* schedule_name(Schedule s) { return kScheduleNames[size_t(s)]; }
+
+// What the end of a run writes besides its checkpoints (engine/export.h).
+enum class ExportFormat { kPeft, kMerged, kGguf, kNone };
+inline constexpr std::array<const char*, 4> kExportFormatNames = {"peft", "merged", "gguf", "none"};
+
+// Tensor type of export: gguf (engine/export.h): q8_0 (llama.cpp's 8-bit, about half the size of
+// 16-bit and near-lossless; every llama.cpp backend runs it), f16, bf16.
+enum class GgufType { kQ8_0, kF16, kBf16 };
+inline constexpr std::array<const char*, 3> kGgufTypeNames = {"q8_0", "f16", "bf16"};
+inline const char* gguf_type_name(GgufType t) { return kGgufTypeNames[size_t(t)]; }
+
+// What a rerun does when its config differs from the one the run folder was started with in a
+// key that changes what is trained (training_changes): kRefuse lists the differences and stops;
+// kAccept continues with the new settings (the old record is kept as config.resolved.step-N.yaml).
+enum class OnChange { kRefuse, kAccept };
+inline constexpr std::array<const char*, 2> kOnChangeNames = {"refuse", "accept"};
 
 struct TrainSection {
-  std::string device = "auto";   // auto (GPU if present) | cpu (reference path) | cuda
+  Device device = Device::kAuto;
   int token_budget = 16384;      // tokens per packed micro-batch
   int global_batch = 32;         // sequences per optimizer step, across all ranks
   int steps = 0;                 // optimizer steps; 0 = as many as `epochs` gives
   int epochs = 1;
   float lr = 2e-4f;
-  std::string schedule = "cosine";  // cosine | linear | constant
+  Schedule schedule = Schedule::kCosine;
   int warmup_steps = 0;
   float min_lr_ratio = 0.f;      // final lr = lr * min_lr_ratio (cosine/linear)
   float weight_decay = 0.f;
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   float max_grad_norm = 1.f;     // 0 disables clipping
-  std::string recompute = "selective";  // none | selective | full
+  Recompute recompute = Recompute::kSelective;
   int seed = 42;
   int log_every = 1;
   // Divergence checks (engine/divergence.h); a non-finite loss or gradient always stops a run.
@@ -58,29 +64,30 @@ struct TrainSection {
   int divergence_window = 50;    // steps of loss history behind the band's median
   float divergence_factor = 3.f; // the band: loss <= max(factor x median, median + 1)
   int zero_grad_steps = 3;       // steps in a row with grad norm exactly 0 (and targets) that stop
+  // Evaluation on held-out data (data.eval_path or data.eval_split; either is required by both keys).
+  int eval_every = 0;            // steps between evaluations; 0 = only at the end (it always runs there)
+  int early_stopping_patience = 0;  // stop after this many evaluations in a row without a lower eval loss; 0 = off
 };
 
 struct OutputSection {
   std::string dir = "runs/default";
   int checkpoint_every = 0;      // steps between checkpoints; 0 = only the final one
   int keep_checkpoints = 2;
-  std::string export_format = "peft";  // YAML key "export": peft | merged | gguf | none
-  // Tensor type of export: gguf (engine/export.h): q8_0 (llama.cpp's 8-bit, about half the size of
-  // 16-bit and near-lossless; every llama.cpp backend runs it) | f16 | bf16
-  std::string gguf_type = "q8_0";
+  ExportFormat export_format = ExportFormat::kPeft;  // YAML key "export"
+  GgufType gguf_type = GgufType::kQ8_0;
   // auto: the newest checkpoint in dir, which must verify | last_intact: the newest that verifies
   // (damaged newer ones are reported and skipped) | never | <checkpoint folder>
   std::string resume = "auto";
-  // What a rerun does when its config differs from the one the run folder was started with in a
-  // key that changes what is trained (training_changes): refuse (list the differences) | accept
-  // (continue with the new settings; the old record is kept as config.resolved.step-N.yaml)
-  std::string on_change = "refuse";
+  OnChange on_change = OnChange::kRefuse;
+  // Keep the checkpoint of the lowest eval loss too: keep_checkpoints' rotation never deletes it.
+  // Needs eval data (data.eval_path or data.eval_split).
+  bool keep_best = false;
 };
 
 struct TrainConfig {
-  ModelSection model;
-  LoraSection lora;
-  DataSection data;
+  ModelOptions model;
+  LoraOptions lora;
+  DataOptions data;
   TrainSection train;
   OutputSection output;
   std::string source;  // the YAML file it came from ("" for defaults)
@@ -104,9 +111,10 @@ TrainConfig parse_config(const std::string& yaml_text, const std::string& source
 // (found 0)"); empty when valid. Every numeric key has a stated range. Used by parse_config.
 std::vector<std::string> validate(const TrainConfig& cfg);
 // The config's paths against the filesystem, before anything is loaded: output.dir and the data
-// cache are folders or can be created, data.path is a regular file or a folder, data.tokenizer
-// exists, model.path is a folder with config.json, output.resume a folder. A wrong path fails in a
-// moment, naming its key, instead of after the model has loaded (or as a hang on a FIFO).
+// cache are folders or can be created, data.path and data.eval_path are regular files or folders,
+// data.tokenizer exists, model.path is a folder with config.json, output.resume a folder. A wrong
+// path fails in a moment, naming its key, instead of after the model has loaded (or as a hang on a
+// FIFO).
 void check_paths(const TrainConfig& cfg);
 // The data part of check_paths (what build/prepare CONFIG.yaml reads and writes).
 void check_data_paths(const TrainConfig& cfg);
@@ -122,9 +130,10 @@ struct ConfigChange {
   std::string before, after;
 };
 // The keys in which `now` differs from `recorded` (the config a run folder was started with) that
-// change what the run trains: model, LoRA, data, optimizer, schedule and length. Keys that only
-// change how the run is watched, saved or computed (logging, checkpoints, export, device,
-// recompute, divergence checks, the data cache's place) are left out: a resume may change them.
+// change what the run trains: model, LoRA, data (the eval split included), optimizer, schedule and
+// length (early stopping included). Keys that only change how the run is watched, saved or
+// computed (logging, evaluation, checkpoints, export, device, recompute, divergence checks, the
+// data cache's place) are left out: a resume may change them.
 std::vector<ConfigChange> training_changes(const TrainConfig& recorded, const TrainConfig& now);
 
 }  // namespace loom

@@ -1,5 +1,5 @@
-#include "engine/backend.h"
 #include "dist/dist.h"
+#include "engine/backend.h"
 #include "models/reference_model.h"
 
 namespace loom {
@@ -9,32 +9,51 @@ class CpuBackend : public TrainBackend {
  public:
   CpuBackend(const ModelConfig& cfg, ModelWeights w, const LoraLayout& layout, std::vector<float> lora,
              const TrainSection& train)
-      : model_(cfg, std::move(w), layout), params_(std::move(lora)), grads_(params_.size(), 0.f), train_(train) {}
+      : model_(cfg, std::move(w), layout),
+        params_(std::move(lora)),
+        grads_(params_.size(), 0.f),
+        optimizer_(train, int64_t(params_.size())) {}
 
   std::string describe() const override { return "cpu (fp32 reference path)"; }
 
-  void forward_backward(const MicroBatch& mb, float grad_scale, uint64_t dropout_seed, bool) override {
-    loss_sum_ += model_.run(mb, params_.data(), grads_.data(), grad_scale, nullptr, nullptr, dropout_seed).loss_sum;
+  std::vector<float> forward(const MicroBatch& mb, uint64_t dropout_seed) override {
+    std::vector<float> losses(mb.T());
+    loss_sum_ += model_.forward(mb, params_.data(), {true, true, dropout_seed}, losses.data(), nullptr, &kept_).loss_sum;
+    return losses;
+  }
+  void backward(const std::vector<float>& token_weight, bool) override {
+    model_.backward(kept_, token_weight.data(), grads_.data());
+  }
+  void forward_backward(const MicroBatch& mb, const std::vector<float>& token_weight, uint64_t dropout_seed,
+                        bool) override {
+    loss_sum_ += model_.forward_backward(mb, params_.data(), grads_.data(), token_weight.data(),
+                                         {true, true, dropout_seed}).loss_sum;
+  }
+  double loss_sum(const std::vector<MicroBatch>& mbs, bool adapters) override {
+    double sum = 0;
+    for (const MicroBatch& mb : mbs) sum += model_.forward(mb, params_.data(), {adapters, false, 0}).loss_sum;
+    return sum;
   }
   StepResult end_step(float lr) override {
     allreduce_sum(grads_.data(), grads_.size());  // identity in a single process
     const double loss = allreduce_sum(loss_sum_);
-    StepResult r{loss, optimizer_step(params_, grads_, opt_, train_, lr)};
+    StepResult r{loss, optimizer_.step(params_.data(), grads_.data(), lr)};
     loss_sum_ = 0;
     return r;
   }
   std::vector<float> lora_params() const override { return params_; }
-  OptimizerState optimizer_state() const override { return opt_; }
+  std::vector<float> lora_grads() const override { return grads_; }
+  OptimizerState optimizer_state() const override { return optimizer_.state(); }
   void restore(const std::vector<float>& params, const OptimizerState& opt) override {
     params_ = params;
-    opt_ = opt;
+    optimizer_.set_state(opt);
   }
 
  private:
   ReferenceModel model_;
   std::vector<float> params_, grads_;
-  OptimizerState opt_;
-  TrainSection train_;
+  AdamW optimizer_;
+  ReferencePass kept_;
   double loss_sum_ = 0;
 };
 

@@ -1,59 +1,98 @@
-#include "engine/backend.h"
+#include <algorithm>
+
 #include "dist/buckets.h"
 #include "dist/dist.h"
 #include "dist/nccl_comm.h"
+#include "engine/backend.h"
 #include "models/cuda_model.h"
+#include "ops/error.h"
 
 namespace loom {
 namespace {
 
+CudaModelOptions model_options(const TrainConfig& tc) {
+  CudaModelOptions opt;
+  opt.mode = ModelMode::kTrain;
+  opt.quant = tc.model.quant;
+  opt.double_quant = tc.model.double_quant;
+  opt.recompute = tc.train.recompute;
+  opt.token_budget = tc.train.token_budget;
+  return opt;
+}
+
 class CudaBackend : public TrainBackend {
  public:
   CudaBackend(const ModelConfig& cfg, const WeightSource& src, const LoraLayout& layout,
-              const std::vector<float>& lora, const CudaModelOptions& opt)
-      : model_(cfg, src, layout, lora, opt) {
+              const std::vector<float>& lora, const TrainConfig& tc)
+      : model_(cfg, layout, model_options(tc)), optimizer_(tc.train, layout.total, model_.plan()) {
+    model_.load(src, lora);
     const DistContext& ctx = dist_context();
     if (ctx.world == 1 || layout.total == 0) return;
     comm_ = std::make_unique<NcclComm>(ctx);
     bounds_ = lora_layer_bounds(layout);
-    reducer_ = std::make_unique<GradAllReducer>(*comm_, model_.device_grads(),
+    reducer_ = std::make_unique<GradAllReducer>(*comm_, model_.adapters().grads(),
                                                 merge_layer_buckets(bounds_, kMinBucketFloats), model_.stream());
     model_.set_layer_grads_hook([this](int l) { reducer_->mark_ready(bounds_[l], bounds_[l + 1]); });
   }
+  ~CudaBackend() override {
+    if (host_scalars_) cudaFreeHost(host_scalars_);
+  }
 
   std::string describe() const override { return model_.describe(); }
-  void forward_backward(const MicroBatch& mb, float grad_scale, uint64_t dropout_seed, bool last) override {
-    model_.forward_backward(mb, grad_scale, dropout_seed, last);
+  std::vector<float> forward(const MicroBatch& mb, uint64_t dropout_seed) override {
+    model_.forward(mb, PassOptions{true, true, dropout_seed});
+    return model_.token_losses();
+  }
+  void backward(const std::vector<float>& token_weight, bool last) override { model_.backward(token_weight, last); }
+  void forward_backward(const MicroBatch& mb, const std::vector<float>& token_weight, uint64_t dropout_seed,
+                        bool last) override {
+    model_.forward_backward(mb, token_weight, dropout_seed, last);
+  }
+  double loss_sum(const std::vector<MicroBatch>& mbs, bool adapters) override {
+    for (const MicroBatch& mb : mbs) model_.forward(mb, PassOptions{adapters, false, 0});
+    return model_.take_forward_loss_sum();
   }
   StepResult end_step(float lr) override {
+    cudaStream_t s = model_.stream();
     if (reducer_) {
-      reducer_->finish(model_.stream());
-      comm_->allreduce_sum(model_.device_loss_sum(), 1, model_.stream(), "loss sum");
+      reducer_->finish(s);
+      comm_->allreduce_sum(model_.device_loss_sum(), 1, s, "loss sum");
     }
-    CudaModel::StepResult r = model_.end_step(lr);
-    return {r.loss_sum, r.grad_norm};
+    DeviceAdapters& a = model_.adapters();
+    optimizer_.step(a.master(), a.grads(), lr, s);
+    a.refresh_bf16(s);
+    if (!host_scalars_) CUDA_CHECK(cudaMallocHost(&host_scalars_, 2 * sizeof(float)));
+    CUDA_CHECK(cudaMemcpyAsync(host_scalars_, model_.device_loss_sum(), 4, cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaMemcpyAsync(host_scalars_ + 1, optimizer_.device_norm(), 4, cudaMemcpyDeviceToHost, s));
+    model_.zero_loss_sum();
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    peak_gib_ = std::max(peak_gib_, double(total_b - free_b) / double(size_t(1) << 30));
+    return {double(host_scalars_[0]), double(host_scalars_[1])};
   }
   std::vector<float> lora_params() const override { return model_.lora_params(); }
-  OptimizerState optimizer_state() const override {
-    OptimizerState st;
-    model_.get_optimizer_state(st.m, st.v);
-    st.step = model_.optimizer_step();
-    return st;
-  }
+  std::vector<float> lora_grads() const override { return model_.lora_grads(); }
+  OptimizerState optimizer_state() const override { return optimizer_.state(model_.stream()); }
   void restore(const std::vector<float>& params, const OptimizerState& opt) override {
-    model_.set_state(params, opt.m, opt.v, opt.step);
+    model_.set_lora(params);
+    optimizer_.set_state(opt);
   }
   bool on_gpu() const override { return true; }
-  double peak_memory_gib() const override { return model_.peak_memory_gib(); }
+  // Largest device memory in use (the whole process: context, arena, workspaces) seen at step ends.
+  double peak_memory_gib() const override { return peak_gib_; }
 
  private:
   // 1M floats (4 MiB) per bucket at least: NCCL's per-call cost is amortised, and a layer of an
   // 8B model's r=16 adapters (~1.4M floats) is one bucket.
   static constexpr size_t kMinBucketFloats = size_t(1) << 20;
   CudaModel model_;  // declared first: destroyed after the reducer and the communicator
+  AdamW optimizer_;
   std::unique_ptr<NcclComm> comm_;
   std::vector<size_t> bounds_;
   std::unique_ptr<GradAllReducer> reducer_;
+  float* host_scalars_ = nullptr;  // pinned: loss sum, grad norm
+  double peak_gib_ = 0;
 };
 
 }  // namespace
@@ -61,13 +100,7 @@ class CudaBackend : public TrainBackend {
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const WeightSource& src,
                                                 const LoraLayout& layout, const std::vector<float>& lora,
                                                 const TrainConfig& tc) {
-  CudaModelOptions opt;
-  opt.quant = tc.model.quant;
-  opt.double_quant = tc.model.double_quant;
-  opt.recompute = tc.train.recompute;
-  opt.token_budget = tc.train.token_budget;
-  opt.train = tc.train;
-  return std::make_unique<CudaBackend>(cfg, src, layout, lora, opt);
+  return std::make_unique<CudaBackend>(cfg, src, layout, lora, tc);
 }
 
 }  // namespace loom

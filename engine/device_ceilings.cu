@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "engine/device.h"
+#include "ops/device.h"
 #include "engine/flops.h"
 #include "ops/cuda_common.h"
 #include "ops/gemm.h"

@@ -105,6 +105,16 @@ void print_notes(const std::vector<std::string>& notes) {
   for (const std::string& n : notes) std::fprintf(stderr, "note: %s\n", n.c_str());
 }
 
+// The tensor type of output.gguf_type.
+GgmlType ggml_type(GgufType t) {
+  switch (t) {
+    case GgufType::kQ8_0: return GgmlType::Q8_0;
+    case GgufType::kF16: return GgmlType::F16;
+    case GgufType::kBf16: return GgmlType::BF16;
+  }
+  fail("output.gguf_type holds no GGUF type (", int(t), ")");
+}
+
 }  // namespace
 
 ExportSource export_source(const TrainConfig& cfg) {
@@ -124,8 +134,8 @@ void merge_lora(ModelWeights& w, const LoraLayout& layout, const std::vector<flo
 
 ModelWeights merged_weights(const ExportSource& src, const ModelConfig& mc, const LoraLayout& layout,
                             const std::vector<float>& lora) {
-  ModelSection unquantized = src.model;
-  unquantized.quant = "bf16";  // merge into the base itself, not its NF4 round trip
+  ModelOptions unquantized = src.model;
+  unquantized.quant = Quant::kBf16;  // merge into the base itself, not its NF4 round trip
   ModelWeights w = resolve_host_weights(unquantized, mc);
   merge_lora(w, layout, lora);
   return w;
@@ -175,24 +185,24 @@ std::string gguf_file_name(const std::string& gguf_type) { return "model-" + ggu
 
 void export_run(const TrainConfig& cfg, const ModelConfig& mc, const LoraLayout& layout,
                 const std::vector<float>& lora) {
-  const std::string& fmt = cfg.output.export_format;
-  if (fmt == "none") return;
+  const ExportFormat fmt = cfg.output.export_format;
+  if (fmt == ExportFormat::kNone) return;
   // Every export keeps the adapter: it is what resumes, and what PEFT users load.
   save_peft_adapter(cfg.output.dir + "/adapter", layout, lora, model_name(cfg.model));
   std::fprintf(stderr, "adapter written to %s/adapter (PEFT format)\n", cfg.output.dir.c_str());
-  if (fmt == "peft") return;
+  if (fmt == ExportFormat::kPeft) return;
   const ExportSource src = export_source(cfg);
   const ModelWeights merged = merged_weights(src, mc, layout, lora);
-  if (fmt == "merged") {
+  if (fmt == ExportFormat::kMerged) {
     const std::string dir = cfg.output.dir + "/merged";
     print_notes(write_merged_folder(dir, src, mc, merged));
     std::fprintf(stderr, "merged model written to %s (HF folder, %s safetensors)\n", dir.c_str(),
                  torch_dtype_name(merged_dtype(src)));
-  } else if (fmt == "gguf") {
-    const std::string path = cfg.output.dir + "/" + gguf_file_name(cfg.output.gguf_type);
-    print_notes(write_merged_gguf(path, src, mc, merged, gguf_type_from_name(cfg.output.gguf_type)));
-    std::fprintf(stderr, "merged model written to %s (GGUF %s, for llama.cpp)\n", path.c_str(),
-                 cfg.output.gguf_type.c_str());
+  } else if (fmt == ExportFormat::kGguf) {
+    const char* type = gguf_type_name(cfg.output.gguf_type);
+    const std::string path = cfg.output.dir + "/" + gguf_file_name(type);
+    print_notes(write_merged_gguf(path, src, mc, merged, ggml_type(cfg.output.gguf_type)));
+    std::fprintf(stderr, "merged model written to %s (GGUF %s, for llama.cpp)\n", path.c_str(), type);
   }
 }
 

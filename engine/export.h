@@ -24,7 +24,7 @@ namespace loom {
 
 // What an export is made from.
 struct ExportSource {
-  ModelSection model;     // the base: an HF folder (model.path) or a preset (model.preset, init_seed)
+  ModelOptions model;     // the base: an HF folder (model.path) or a preset (model.preset, init_seed)
   std::string tokenizer;  // the tokenizer the adapter was trained with (file or folder), "" for none
 };
 // data.tokenizer, else model.path (as training tokenizes).

@@ -10,11 +10,13 @@ namespace loom {
 namespace {
 
 // The decay factor in [0, 1] at progress p in [0, 1] after warmup.
-double decay(const std::string& schedule, double p) {
-  if (schedule == "cosine") return 0.5 * (1.0 + std::cos(M_PI * p));
-  if (schedule == "linear") return 1.0 - p;
-  if (schedule == "constant") return 1.0;
-  fail("train.schedule must be one of cosine, linear, constant (found '", schedule, "')");
+double decay(Schedule schedule, double p) {
+  switch (schedule) {
+    case Schedule::kCosine: return 0.5 * (1.0 + std::cos(M_PI * p));
+    case Schedule::kLinear: return 1.0 - p;
+    case Schedule::kConstant: return 1.0;
+  }
+  fail("train.schedule holds no schedule (", int(schedule), ")");
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <vector>
 
@@ -13,16 +14,20 @@
 #include "dist/nccl_comm.h"
 #include "engine/backend.h"
 #include "engine/checkpoint.h"
-#include "engine/device.h"
 #include "engine/divergence.h"
-#include "ops/error.h"
+#include "engine/evaluation.h"
 #include "engine/export.h"
 #include "engine/flops.h"
 #include "engine/metrics.h"
+#include "engine/objective.h"
 #include "engine/schedule.h"
+#include "engine/step.h"
 #include "engine/training_data.h"
 #include "models/lora.h"
 #include "models/model_source.h"
+#include "ops/device.h"
+#include "ops/error.h"
+#include "ops/files.h"
 #include "ops/random.h"
 
 namespace fs = std::filesystem;
@@ -61,11 +66,11 @@ void write_resolved_config(const TrainConfig& cfg) {
 }
 
 std::unique_ptr<TrainBackend> make_backend(const TrainConfig& cfg, const ModelConfig& mc, const LoraLayout& layout) {
-  const std::string& dev = cfg.train.device;
-  LOOM_CHECK(dev != "cuda" || cuda_available(), "train.device = cuda but ", cuda_device_summary(),
+  const Device dev = cfg.train.device;
+  LOOM_CHECK(dev != Device::kCuda || cuda_available(), "train.device = cuda but ", cuda_device_summary(),
              "; use train.device=cpu for the reference path");
   std::vector<float> lora = lora_init(layout, uint64_t(cfg.train.seed));
-  if (dev == "cuda" || (dev == "auto" && cuda_available())) {
+  if (dev == Device::kCuda || (dev == Device::kAuto && cuda_available())) {
     bind_gpu(dist_context());
     return make_cuda_backend(mc, weight_source(cfg.model, mc), layout, lora, cfg);
   }
@@ -164,7 +169,7 @@ Continuation check_against_record(const TrainConfig& cfg) {
   const std::string path = resolved_config_path(cfg.output.dir);
   std::error_code ec;
   if (!from || !fs::exists(path, ec)) return {};
-  const bool accept = cfg.output.on_change == "accept";
+  const bool accept = cfg.output.on_change == OnChange::kAccept;
   const std::string ways_on =
       cat("To start a new run with these settings, choose another output.dir; to continue this run with them, add "
           "output.on_change=accept (", path, " is then kept as config.resolved.step-N.yaml and rewritten).");
@@ -205,10 +210,11 @@ std::string schedule_note(const TrainSection& recorded, int64_t recorded_total, 
   const float after = lr_at(now, int(step), int(total));
   if (recorded_total == total && recorded.schedule == now.schedule)
     return cat("the lr of step ", step + 1, before == after ? " stays " : " changes from ", before,
-               before == after ? "" : cat(" to ", after), " (", now.schedule, " schedule over ", total, " steps)");
-  return cat("the ", now.schedule, " schedule is recomputed for ", total, " steps (was ", recorded_total, "-step ",
-             recorded.schedule, "): the lr of step ", step + 1, before == after ? " stays " : " jumps from ", before,
-             before == after ? "" : cat(" to ", after));
+               before == after ? "" : cat(" to ", after), " (", schedule_name(now.schedule), " schedule over ",
+               total, " steps)");
+  return cat("the ", schedule_name(now.schedule), " schedule is recomputed for ", total, " steps (was ",
+             recorded_total, "-step ", schedule_name(recorded.schedule), "): the lr of step ", step + 1,
+             before == after ? " stays " : " jumps from ", before, before == after ? "" : cat(" to ", after));
 }
 
 // An earlier process killed mid-save left a hidden temporary folder: never a checkpoint, deleted.
@@ -248,11 +254,60 @@ void restart_metrics(const std::string& run_dir, int64_t step) {
 }
 
 // Rank 0 prepares (and caches) the data while the others wait, then every rank loads it.
-std::vector<Document> documents_on_every_rank(const TrainConfig& cfg, const ModelConfig& mc) {
+RunDocuments documents_on_every_rank(const TrainConfig& cfg, const ModelConfig& mc) {
   if (!is_main()) barrier();
-  std::vector<Document> docs = load_training_documents(cfg, mc);
+  RunDocuments docs = load_run_documents(cfg, mc);
   if (is_main()) barrier();
   return docs;
+}
+
+std::string early_stop_path(const std::string& run_dir) { return run_dir + "/early_stop.json"; }
+
+// Rank 0, when train.early_stopping_patience stops the run at `step`: the record that makes a rerun
+// with the same patience see a complete run instead of training on.
+void record_early_stop(const TrainConfig& cfg, int64_t step, const Evaluator& ev) {
+  nlohmann::json j = {{"step", step},
+                      {"patience", cfg.train.early_stopping_patience},
+                      {"best_step", ev.best_step() ? nlohmann::json(*ev.best_step()) : nlohmann::json()},
+                      {"best_eval_loss", ev.best_loss() ? nlohmann::json(*ev.best_loss()) : nlohmann::json()}};
+  std::ofstream f(early_stop_path(cfg.output.dir));
+  f << j.dump() << "\n";
+  LOOM_CHECK(f.flush(), "cannot write ", early_stop_path(cfg.output.dir));
+}
+
+// The step at which this run folder's run stopped early, when the checkpoint it would resume from is
+// that step's and the patience is the one that stopped it (a changed patience trains on).
+std::optional<int64_t> stopped_early_at(const TrainConfig& cfg, int64_t resume_step) {
+  std::error_code ec;
+  const std::string path = early_stop_path(cfg.output.dir);
+  if (!fs::is_regular_file(path, ec)) return std::nullopt;
+  try {
+    const nlohmann::json j = read_json_file(path, "early-stop record");
+    const int64_t step = j.at("step").get<int64_t>();
+    if (step == resume_step && j.at("patience").get<int>() == cfg.train.early_stopping_patience) return step;
+  } catch (const std::exception& e) {
+    note(cat("warning: ignoring ", path, ": ", e.what()));
+  }
+  return std::nullopt;
+}
+
+// output.keep_best: the adapter the run exports is the best evaluation's (its checkpoint is spared
+// by the rotation); the final weights when that checkpoint is missing (keep_best turned on later).
+std::vector<float> exported_params(const TrainConfig& cfg, const LoraLayout& layout, const Evaluator& ev,
+                                   std::vector<float> final_params) {
+  if (!cfg.output.keep_best || !ev.best_step()) return final_params;
+  const int64_t best = *ev.best_step();
+  if (const std::optional<std::string> dir = latest_checkpoint(cfg.output.dir, best)) {
+    TrainCheckpoint ck = load_checkpoint(*dir, layout);
+    if (ck.step == best) {
+      note(cat("exporting the adapter of the best evaluation (step ", best, ", eval loss ", *ev.best_loss(), ") from ",
+               *dir));
+      return std::move(ck.params);
+    }
+  }
+  note(cat("warning: output.keep_best: no checkpoint of step ", best,
+           " (the best evaluation) is left; exporting the final weights"));
+  return final_params;
 }
 
 }  // namespace
@@ -267,15 +322,17 @@ TrainSummary train(const TrainConfig& cfg) {
     if (const std::string w = cpu_binding_warning(); !w.empty()) std::fprintf(stderr, "%s\n", w.c_str());
   const ModelConfig mc = resolve_model_config(cfg.model);
   const LoraLayout layout = make_lora_layout(mc, cfg.lora);
-  const std::vector<Document> docs = documents_on_every_rank(cfg, mc);
-  DataLoader loader(docs, loader_options(cfg.train, ctx.rank, ctx.world));
+  const RunDocuments docs = documents_on_every_rank(cfg, mc);
+  DataLoader loader(docs.train, loader_options(cfg.train, ctx.rank, ctx.world));
   const int64_t total = cfg.train.steps > 0 ? cfg.train.steps : loader.total_steps(cfg.train.epochs);
   const std::optional<ResumePoint> from = resume_point(cfg.output, layout);
 
   TrainSummary sum;
   sum.run_dir = cfg.output.dir;
-  if (from && from->ck.step >= total) {  // nothing left to train: no model loads, nothing is written
+  const std::optional<int64_t> early = from ? stopped_early_at(cfg, from->ck.step) : std::nullopt;
+  if (from && (from->ck.step >= total || early)) {  // nothing left to train: no model loads, nothing is written
     sum.complete = true;
+    sum.stopped_early_at = early;
     sum.first_step = sum.last_step = from->ck.step;
     sum.total_steps = total;
     sum.final_loss = logged_loss(cfg.output.dir, from->ck.step);
@@ -302,9 +359,13 @@ TrainSummary train(const TrainConfig& cfg) {
     note(cat("resuming from ", from->dir, " (step ", from->ck.step, " of ", total, ")"));
   }
   if (is_main()) restart_metrics(cfg.output.dir, sum.first_step);
+  if (ctx.world > 1) barrier();  // every rank reads the evaluations logged so far once rank 0 has cut the log back
+  Evaluator evaluator(cfg, docs.eval, ctx.rank, ctx.world, logged_evals(cfg.output.dir, sum.first_step));
   if (is_main())
     status.print(cat("loom: ", model_name(cfg.model), " | ", sum.device, " | ", ctx.world, " rank",
-                     ctx.world > 1 ? "s" : "", " | ", docs.size(), " documents | ", total, " steps | LoRA r=", layout.R,
+                     ctx.world > 1 ? "s" : "", " | ", docs.train.size(), " documents",
+                     docs.eval.empty() ? std::string() : cat(" (+", docs.eval.size(), " held out for eval)"), " | ",
+                     total, " steps | LoRA r=", layout.R,
                      " on ", layout.total, " params | loaded in ", fixed_1(load_s), " s"));
 
   std::optional<MetricsLog> log;
@@ -313,18 +374,17 @@ TrainSummary train(const TrainConfig& cfg) {
   // tokens ran on every rank's GPU (alike, as data parallelism assumes).
   const double peak_tflops = backend->on_gpu() ? measure_matmul_tflops() * ctx.world : 0.0;
   DivergenceDetector divergence(divergence_options(cfg.train));
+  const SftObjective objective;
   const auto t0 = Clock::now();
   int64_t step = sum.first_step;
   while (step < total) {
     const auto ts = Clock::now();
     Step s = loader.next();
     const float lr = lr_at(cfg.train, int(step), int(total));
-    const float grad_scale = s.global_targets > 0 ? 1.f / float(s.global_targets) : 0.f;
-    for (size_t i = 0; i < s.micro.size(); ++i)
-      backend->forward_backward(s.micro[i], grad_scale, dropout_seed(uint64_t(cfg.train.seed), step, ctx.rank, i),
-                                i + 1 == s.micro.size());
-    const TrainBackend::StepResult r = backend->end_step(lr);
-    const double loss = s.global_targets > 0 ? r.loss_sum / double(s.global_targets) : 0.0;
+    const StepOutcome r = run_step(*backend, objective, s, lr, [&](size_t micro) {
+      return dropout_seed(uint64_t(cfg.train.seed), step, ctx.rank, micro);
+    });
+    const double loss = r.loss;
     const double norm = r.grad_norm;
     ++step;
     // Every rank got through this step alive, so its all-reduce summed real gradients: a rank that
@@ -364,8 +424,18 @@ TrainSummary train(const TrainConfig& cfg) {
     status.show(progress_bar(m, int(total)));
     sum.last_loss = loss;
 
+    std::optional<EvalMetrics> eval;
+    if (evaluator.due(step, total)) {
+      eval = evaluator.evaluate(*backend, step);
+      if (is_main()) {
+        log->write_eval(*eval);
+        status.print(eval_line(*eval, int(total)));
+      }
+    }
+    const bool stop_early = eval && evaluator.patience_exhausted();
+    const bool new_best = eval && eval->improved && cfg.output.keep_best;
     const bool periodic = cfg.output.checkpoint_every > 0 && step % cfg.output.checkpoint_every == 0;
-    if (periodic || step == total) {
+    if (periodic || step == total || new_best || stop_early) {
       // Every rank holds the same weights and judges them alike, so all stop together.
       std::vector<float> params = backend->lora_params();
       if (const std::string bad = adapter_weight_problem(params, layout); !bad.empty())
@@ -374,13 +444,22 @@ TrainSummary train(const TrainConfig& cfg) {
                       step - 1);
       if (is_main())
         save_checkpoint(cfg.output.dir, {step, std::move(params), backend->optimizer_state(), loader.state()}, layout,
-                        model_name(cfg.model), cfg.output.keep_checkpoints);
+                        model_name(cfg.model), cfg.output.keep_checkpoints,
+                        cfg.output.keep_best ? evaluator.best_step() : std::nullopt);
+    }
+    if (stop_early) {
+      if (is_main()) record_early_stop(cfg, step, evaluator);
+      status.print(cat("early stopping at step ", step, ": ", cfg.train.early_stopping_patience,
+                       " evaluations without a lower eval loss (best ", *evaluator.best_loss(), " at step ",
+                       *evaluator.best_step(), ")"));
+      sum.stopped_early_at = step;
+      break;
     }
   }
   sum.last_step = step;
   sum.seconds = seconds_since(t0);
   status.done();
-  if (is_main()) export_run(cfg, mc, layout, backend->lora_params());
+  if (is_main()) export_run(cfg, mc, layout, exported_params(cfg, layout, evaluator, backend->lora_params()));
   return sum;
 }
 
@@ -388,6 +467,10 @@ std::string completion_note(const TrainSummary& s) {
   char loss[64] = "";
   if (s.final_loss) std::snprintf(loss, sizeof loss, ", final loss %.4f at step %lld", *s.final_loss,
                                   static_cast<long long>(s.last_step));
+  if (s.stopped_early_at)
+    return cat("run folder ", s.run_dir, " stopped early at step ", *s.stopped_early_at, " of ", s.total_steps, loss,
+               " (train.early_stopping_patience); nothing was trained. To train further, change "
+               "train.early_stopping_patience with output.on_change=accept; to start over, choose another output.dir");
   return cat("run folder ", s.run_dir, " is complete (", s.last_step, " of ", s.total_steps, " steps", loss,
              "); nothing was trained. To train further, raise train.steps with output.on_change=accept; to start "
              "over, choose another output.dir");

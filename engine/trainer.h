@@ -31,6 +31,8 @@ struct TrainSummary {
   bool complete = false;
   int64_t total_steps = 0;            // when complete: the steps the config asks for
   std::optional<double> final_loss;   // when complete: the loss metrics.jsonl logged for last_step
+  // train.early_stopping_patience stopped the run at this step (now, or in the run this folder holds).
+  std::optional<int64_t> stopped_early_at;
 };
 
 TrainSummary train(const TrainConfig& cfg);

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "data/dataset.h"
+#include "data/eval_set.h"
 #include "data/shards.h"
 #include "data/synthetic.h"
 #include "data/tokenizer.h"
@@ -41,21 +42,22 @@ std::optional<ModelTokenizer> model_tokenizer(const TrainConfig& cfg) {
   return std::nullopt;
 }
 
-// Prepared shards given as data.path must come from the model's tokenizer (and template).
-void check_prepared_folder(const TrainConfig& cfg, const ModelTokenizer& model) {
-  const std::string source = prepared_source(cfg.data.path);
+// Prepared shards given as `key` (data.path or data.eval_path) must come from the model's
+// tokenizer (and template).
+void check_prepared_folder(const std::string& key, const std::string& path, const ModelTokenizer& model) {
+  const std::string source = prepared_source(path);
   const std::string fix = cat("re-run build/prepare --data ", source.empty() ? "FILE.jsonl" : source, " --tokenizer ",
-                              model.path, " --out ", cfg.data.path,
-                              ", or point data.path at the JSONL file (it is then prepared with ", model.name, ")");
-  check_prepared_tokenizer(cfg.data.path, cat("data.path ", cfg.data.path), model, fix);
+                              model.path, " --out ", path, ", or point ", key,
+                              " at the JSONL file (it is then prepared with ", model.name, ")");
+  check_prepared_tokenizer(path, cat(key, " ", path), model, fix);
 }
 
 // A JSONL file is prepared with data.tokenizer when set: it must be the model's tokenizer.
-void check_jsonl_preparation(const TrainConfig& cfg, const std::string& prepared, const ModelTokenizer& model) {
+void check_jsonl_preparation(const TrainConfig& cfg, const std::string& key, const std::string& path,
+                             const std::string& prepared, const ModelTokenizer& model) {
   if (model.path == tokenizer_path(cfg)) return;  // prepared with the model's tokenizer itself
-  check_prepared_tokenizer(prepared,
-                           cat("data.path ", cfg.data.path, " (prepared with data.tokenizer into ", prepared, ")"),
-                           model, cat("remove data.tokenizer to prepare it with ", model.name));
+  check_prepared_tokenizer(prepared, cat(key, " ", path, " (prepared with data.tokenizer into ", prepared, ")"), model,
+                           cat("remove data.tokenizer to prepare it with ", model.name));
 }
 
 void check_vocabulary(const std::vector<Document>& docs, const ModelConfig& mc, const std::string& source) {
@@ -65,26 +67,54 @@ void check_vocabulary(const std::vector<Document>& docs, const ModelConfig& mc, 
                  " outside the model's vocabulary (", mc.V, "); is data.tokenizer the model's tokenizer?");
 }
 
-}  // namespace
-
-std::vector<Document> load_training_documents(const TrainConfig& cfg, const ModelConfig& mc) {
-  if (!cfg.data.synthetic.empty()) return synthetic(cfg, mc);
-  const std::string& path = cfg.data.path;
-  check_data_paths(cfg);
+// The documents of `path`, given as `key` (data.path or data.eval_path): a folder of prepared
+// shards, or a JSONL file prepared with the run's tokenizer and data settings into cache_dir.
+std::vector<Document> load_source(const TrainConfig& cfg, const ModelConfig& mc, const std::string& key,
+                                  const std::string& path, const std::string& cache_dir) {
   std::error_code ec;
   const bool given_prepared = fs::is_directory(path, ec);
-  const std::string prepared =
-      given_prepared ? path : prepare_dataset(cfg.data, tokenizer_path(cfg), data_cache_dir(cfg));
+  DataOptions options = cfg.data;
+  options.path = path;  // what prepare_dataset reads
+  const std::string prepared = given_prepared ? path : prepare_dataset(options, tokenizer_path(cfg), cache_dir);
   if (const std::optional<ModelTokenizer> model = model_tokenizer(cfg)) {
     if (given_prepared)
-      check_prepared_folder(cfg, *model);
+      check_prepared_folder(key, path, *model);
     else
-      check_jsonl_preparation(cfg, prepared, *model);
+      check_jsonl_preparation(cfg, key, path, prepared, *model);
   }
   std::vector<Document> docs = load_prepared(prepared);
-  LOOM_CHECK(!docs.empty(), "data.path: '", path, "' gave no trainable documents");
+  LOOM_CHECK(!docs.empty(), key, ": '", path, "' gave no trainable documents");
   check_vocabulary(docs, mc, prepared);
   return docs;
+}
+
+}  // namespace
+
+RunDocuments load_run_documents(const TrainConfig& cfg, const ModelConfig& mc) {
+  check_data_paths(cfg);
+  RunDocuments run;
+  run.train = cfg.data.synthetic.empty() ? load_source(cfg, mc, "data.path", cfg.data.path, data_cache_dir(cfg))
+                                         : synthetic(cfg, mc);
+  if (cfg.data.eval_split != 0) {
+    EvalSplit split = split_eval_documents(std::move(run.train), cfg.data.eval_split);
+    run.train = std::move(split.train);
+    run.eval = std::move(split.eval);
+  } else if (!cfg.data.eval_path.empty()) {
+    // Its own cache folder: the eval file's preparations never mix with the training data's.
+    const std::string cache_dir = (fs::path(data_cache_dir(cfg)) / "eval").string();
+    run.eval = load_source(cfg, mc, "data.eval_path", cfg.data.eval_path, cache_dir);
+  }
+  return run;
+}
+
+LoaderOptions loader_options(const TrainSection& train, int rank, int world) {
+  LoaderOptions o;
+  o.token_budget = train.token_budget;
+  o.global_batch = train.global_batch;
+  o.seed = uint64_t(int64_t(train.seed));
+  o.rank = rank;
+  o.world = world;
+  return o;
 }
 
 }  // namespace loom

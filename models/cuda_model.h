@@ -1,13 +1,21 @@
 // The decoder on the GPU: the same model as models/reference_model.h, in bf16 storage with fp32
-// accumulation, on the kernels of ops/*.cu and cuBLASLt. Frozen projections are NF4 (QLoRA,
-// dequantized to a bf16 scratch per GEMM) or bf16; LoRA adapters keep fp32 master weights, fp32
-// gradients and AdamW state, and a bf16 copy for the GEMMs.
-// Every buffer is listed in one MemoryPlan (printed, checked against free memory before any
-// weight is loaded) and carved from one allocation; the step allocates nothing and syncs the host
-// once (end_step). Recompute policy (train.recompute):
-//   none       every activation of every layer is kept for backward
-//   selective  the norm outputs and the SwiGLU product are recomputed (elementwise) in backward
-//   full       only each layer's input is kept; backward reruns the layer's forward first
+// accumulation, on the kernels of ops/*.cu and cuBLASLt. Three pieces, each listing its buffers in
+// the one MemoryPlan of the run (printed, checked against free memory before any weight is loaded,
+// carved from one allocation; the step allocates nothing):
+//   DeviceWeights   (models/device_weights.h)   the frozen weights, NF4 or bf16
+//   DeviceAdapters  (models/device_adapters.h)  LoRA fp32 master + bf16 copy (+ gradients when training)
+//   this class      the layer loop and the activations and scratch of its mode
+// The optimizer (engine/optimizer.h) adds its state to plan() before load().
+// The model knows no objective: a forward writes per-token losses loss_t = -log p(target_t); the
+// backward takes per-token weights w_t from the objective and accumulates d(Σ w_t · loss_t) into the
+// LoRA gradients. Adapters can be switched off per forward (PassOptions::adapters).
+// Modes:
+//   kTrain    activations kept for backward as train.recompute says:
+//               none       every activation of every layer
+//               selective  the norm outputs and the SwiGLU product are recomputed (elementwise) in backward
+//               full       only each layer's input; backward reruns the layer's forward first
+//   kForward  scoring: one layer's activations, rewritten layer after layer; the MLP in token tiles;
+//             no gradients, no backward scratch, no optimizer state.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -18,66 +26,72 @@
 #include <vector>
 
 #include "data/batch.h"
-#include "engine/config.h"
+#include "models/compute_options.h"
+#include "models/device_adapters.h"
 #include "models/lora.h"
 #include "models/model_config.h"
 #include "models/weights.h"
 
 namespace loom {
 
+enum class ModelMode { kTrain, kForward };
+
 struct CudaModelOptions {
-  std::string quant = "nf4";   // nf4 | bf16
+  ModelMode mode = ModelMode::kTrain;
+  Quant quant = Quant::kNf4;
   bool double_quant = true;
-  std::string recompute = "selective";
-  int64_t token_budget = 16384;  // the largest micro-batch (T)
-  TrainSection train;            // optimizer settings
+  Recompute recompute = Recompute::kSelective;  // kTrain only
+  int64_t token_budget = 16384;                 // the largest micro-batch (T)
   bool print_plan = true;
 };
 
 class CudaModel {
  public:
-  // Plans and allocates every buffer, then uploads the weights from src (quantizing to NF4 when asked)
-  // and the initial LoRA weights.
-  CudaModel(const ModelConfig& cfg, const WeightSource& src, const LoraLayout& lora, const std::vector<float>& lora_init,
-            const CudaModelOptions& opt);
+  // Plans every buffer of the mode; nothing is allocated yet.
+  CudaModel(const ModelConfig& cfg, const LoraLayout& lora, const CudaModelOptions& opt);
   ~CudaModel();
   CudaModel(const CudaModel&) = delete;
   CudaModel& operator=(const CudaModel&) = delete;
 
-  // Forward + backward of one packed micro-batch (T <= token_budget): LoRA grads += d(grad_scale·Σ loss_t),
-  // and Σ loss_t added to the step's device loss. Asynchronous. In the step's last micro-batch
-  // (last = true) the layer hook runs as soon as each layer's LoRA gradients are final (last layer
-  // first), so their all-reduce can overlap the rest of the backward. dropout_seed picks the LoRA
-  // dropout masks (the reference model draws the same ones from the same seed).
-  void forward_backward(const MicroBatch& mb, float grad_scale, uint64_t dropout_seed, bool last);
-  void set_layer_grads_hook(std::function<void(int layer)> hook);
-  float* device_grads();     // (P) fp32 LoRA gradients
-  float* device_loss_sum();  // one float: Σ loss_t of the step so far
-  cudaStream_t stream() const;
-  // Forward only: per-token losses (T) copied to the host (synchronous). For scoring and tests.
-  std::vector<float> token_losses(const MicroBatch& mb);
-  struct StepResult {
-    double loss_sum, grad_norm;
-  };
-  // Clip + AdamW at lr; zero grads and the loss. One host sync.
-  StepResult end_step(float lr);
+  // The run's plan, for the optimizer to add its state before load().
+  MemoryPlan& plan();
+  // Prints the plan (print_plan), checks it against free device memory (naming `hint` and the
+  // settings that shrink it), allocates it, uploads the weights from src (quantizing to NF4 when
+  // asked) and the LoRA weights.
+  void load(const WeightSource& src, const std::vector<float>& lora, const std::string& hint = "");
 
-  std::vector<float> lora_params() const;       // fp32 master weights
-  std::vector<float> lora_grads() const;        // fp32, as accumulated so far (tests)
-  void get_optimizer_state(std::vector<float>& m, std::vector<float>& v) const;
-  void set_state(const std::vector<float>& params, const std::vector<float>& m, const std::vector<float>& v,
-                 int step);
-  int optimizer_step() const { return adam_step_; }
+  // Forward of one packed micro-batch (T <= token_budget): per-token losses on the device. A training
+  // pass (pass.train, kTrain only) keeps what backward() needs and adds Σ target losses to
+  // device_loss_sum(); any other pass adds them to the forward sum (take_forward_loss_sum()).
+  // Asynchronous.
+  void forward(const MicroBatch& mb, const PassOptions& pass);
+  // Backward of the last training forward: LoRA grads += d(Σ_t w_t · loss_t), w = token_weight (T).
+  // In the step's last micro-batch (last = true) the layer hook runs as soon as each layer's LoRA
+  // gradients are final (last layer first), so their all-reduce overlaps the rest of the backward.
+  void backward(const std::vector<float>& token_weight, bool last);
+  // forward (a training pass) + backward in one, when the weights are known before the forward
+  // (SFT): the LM head's logits are computed once. Same results as forward then backward.
+  void forward_backward(const MicroBatch& mb, const std::vector<float>& token_weight, uint64_t dropout_seed,
+                        bool last);
+  // The per-token losses (T) of the last forward (waits for the stream).
+  std::vector<float> token_losses();
+  // Σ target losses of the forward passes that were not training passes since the last call (waits).
+  double take_forward_loss_sum();
+
+  void set_layer_grads_hook(std::function<void(int layer)> hook);
+  float* device_loss_sum();  // one float: Σ target losses of the training passes since zero_loss_sum
+  void zero_loss_sum();
+  DeviceAdapters& adapters();
+  std::vector<float> lora_params() const;  // fp32 master (waits)
+  std::vector<float> lora_grads() const;   // fp32, as accumulated so far (waits)
+  void set_lora(const std::vector<float>& params);
+  cudaStream_t stream() const;
   size_t planned_bytes() const;
-  // Largest device memory in use (the whole process: context, arena, workspaces) seen at step ends.
-  double peak_memory_gib() const { return peak_gib_; }
   std::string describe() const;
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
-  int adam_step_ = 0;
-  double peak_gib_ = 0;
 };
 
 }  // namespace loom

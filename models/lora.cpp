@@ -58,7 +58,7 @@ std::string peft_key(int layer, LoraTarget t, char ab) {
 
 }  // namespace
 
-LoraLayout make_lora_layout(const ModelConfig& m, const LoraSection& lora) {
+LoraLayout make_lora_layout(const ModelConfig& m, const LoraOptions& lora) {
   // Checked here too for layouts not built from a config file: everything below is sized by r.
   LOOM_CHECK(lora.r >= 1 && lora.r <= kMaxLoraRank, "lora.r must be in [1, ", kMaxLoraRank, "], found ", lora.r);
   LoraLayout lay;
@@ -236,10 +236,10 @@ std::vector<std::string> target_modules(const AdapterConfig& c) {
 
 }  // namespace
 
-LoraSection read_peft_lora_section(const std::string& dir) {
+LoraOptions read_peft_lora_options(const std::string& dir) {
   const AdapterConfig c(dir);
   check_plain_lora(c);
-  LoraSection s;
+  LoraOptions s;
   // PEFT LoraConfig defaults: r 8, lora_alpha 8, lora_dropout 0, use_rslora false.
   s.r = c.get_int("r", 8);
   LOOM_CHECK(s.r >= 1 && s.r <= kMaxLoraRank, c.where("r"), " must be in [1, ", kMaxLoraRank, "], found ", s.r);
@@ -257,7 +257,7 @@ LoraSection read_peft_lora_section(const std::string& dir) {
 
 std::vector<float> load_peft_adapter(const std::string& dir, const LoraLayout& lay) {
   const std::string cfg_path = dir + "/adapter_config.json";
-  LoraSection s = read_peft_lora_section(dir);
+  LoraOptions s = read_peft_lora_options(dir);
   LOOM_CHECK(s.r == lay.R, cfg_path, ": r = ", s.r, " but the run uses lora.r = ", lay.R);
   LOOM_CHECK(s.alpha == lay.alpha, cfg_path, ": lora_alpha = ", s.alpha, " but the run uses lora.alpha = ", lay.alpha);
   LOOM_CHECK(s.rslora == lay.rslora, cfg_path, ": use_rslora = ", s.rslora, " but the run uses lora.rslora = ", lay.rslora);

@@ -9,10 +9,18 @@
 #include <string>
 #include <vector>
 
-#include "engine/config.h"
 #include "models/model_config.h"
 
 namespace loom {
+
+// The config's `lora:` section (engine/config.cpp reads it), or a PEFT adapter's settings.
+struct LoraOptions {
+  int r = 16;
+  float alpha = 16.f;
+  float dropout = 0.f;
+  bool rslora = false;  // scale alpha/sqrt(r) instead of alpha/r
+  std::vector<std::string> targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+};
 
 enum LoraTarget { kQ, kK, kV, kO, kGate, kUp, kDown, kNumTargets };
 // PEFT module names, in LoraTarget order.
@@ -48,7 +56,7 @@ constexpr int kMaxLoraRank = 4096;
 // (in, out) of a projection in a model: q (C → H·D), k/v (C → KVH·D), o (H·D → C), gate/up (C → F), down (F → C).
 std::pair<int, int> projection_shape(const ModelConfig& m, LoraTarget t);
 // Refuses a rank outside [1, kMaxLoraRank] before anything is sized by it.
-LoraLayout make_lora_layout(const ModelConfig& m, const LoraSection& lora);
+LoraLayout make_lora_layout(const ModelConfig& m, const LoraOptions& lora);
 // Layer l's adapters occupy [bounds[l], bounds[l+1]) of the flat vector (layer-major), L + 1 values.
 std::vector<size_t> lora_layer_bounds(const LoraLayout& layout);
 // PEFT default init, deterministic from seed.
@@ -59,6 +67,13 @@ inline uint64_t lora_dropout_stream(int layer, LoraTarget t) {
   return (uint64_t(1) << 20) | (uint64_t(layer) * kNumTargets + uint64_t(t));
 }
 
+// How one forward runs, on either model path.
+struct PassOptions {
+  bool adapters = true;       // false: the base model, LoRA switched off (the reference model of preference tuning)
+  bool train = false;         // LoRA dropout on (a training pass); off when evaluating or scoring, as PEFT in eval mode
+  uint64_t dropout_seed = 0;  // picks the dropout masks of a training pass (ops/dropout.h)
+};
+
 // PEFT adapter folder: adapter_config.json + adapter_model.safetensors (fp32).
 void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const std::vector<float>& params,
                        const std::string& base_model);
@@ -66,8 +81,8 @@ void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const s
 // r/alpha/targets that differ from the layout, unsupported variants (DoRA, rank_pattern, ...),
 // missing, mis-shaped, non-finite or unused (not in the layout) tensors.
 std::vector<float> load_peft_adapter(const std::string& dir, const LoraLayout& layout);
-// The LoRA config of a PEFT adapter folder as a LoraSection (r, alpha, dropout, rslora, targets);
+// The LoRA config of a PEFT adapter folder as LoraOptions (r, alpha, dropout, rslora, targets);
 // every key type- and range-checked, errors naming adapter_config.json and the key.
-LoraSection read_peft_lora_section(const std::string& dir);
+LoraOptions read_peft_lora_options(const std::string& dir);
 
 }  // namespace loom

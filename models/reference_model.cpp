@@ -15,27 +15,18 @@
 
 namespace loom {
 
-// Everything a layer's backward needs from its forward (kept whole: the reference path does not recompute).
-struct ReferenceModel::LayerActs {
-  std::vector<float> x;                               // (T, C) layer input
-  std::vector<float> xn1, rstd1;                      // rms1(x) (T, C), (T)
-  std::array<std::vector<float>, kNumTargets> xl;     // dropout(input) per projection, empty when dropout = 0
-  std::array<std::vector<float>, kNumTargets> u;      // x·Aᵀ (T, R) per projection
-  std::vector<float> q_pre, k_pre, rstd_q, rstd_k;    // Qwen3: q/k before their norms, rstd per head
-  std::vector<float> q, k, v;                         // after norm + RoPE: (T, H, D), (T, KVH, D) ×2
-  std::vector<float> attn, lse;                       // (T, H, D), (T, H)
-  std::vector<float> h, xn2, rstd2;                   // residual after attention, rms2(h)
-  std::vector<float> gate, up, act;                   // (T, F) ×3: gate, up, silu(gate)·up
-};
 
-// State of one run(): the micro-batch, LoRA pointers, dropout seed.
+// State of one pass: the micro-batch, LoRA pointers (lora null: adapters off), the dropout of a
+// training pass.
 struct ReferenceModel::Pass {
   const MicroBatch& mb;
   const float* lora;
   float* dlora;
+  float dropout;  // lora dropout p of this pass: 0 unless training
   uint64_t dropout_seed;
   int64_t T;
 };
+
 
 ReferenceModel::ReferenceModel(const ModelConfig& cfg, ModelWeights weights, const LoraLayout& lora)
     : cfg_(cfg), w_(std::move(weights)), lora_(lora), inv_freq_(rope_inv_freq(cfg.D, cfg.rope)) {}
@@ -62,17 +53,18 @@ void ReferenceModel::linear_forward(int l, int t, Pass& p, LayerActs& a, const f
   const LayerWeights& lw = w_.layers[l];
   LoraRef ref;
   const float* xl = x;
-  if (s.enabled) {
+  const bool adapted = s.enabled && p.lora;
+  if (adapted) {
     ref = {p.lora + s.a_offset, p.lora + s.b_offset, lora_.R, lora_.scale};
     a.u[t] = zeros(p.T * lora_.R);
-    if (lora_.dropout > 0) {  // PEFT's nn.Dropout on the LoRA input (ops/dropout.h)
+    if (p.dropout > 0) {  // PEFT's nn.Dropout on the LoRA input (ops/dropout.h)
       a.xl[t].resize(size_t(p.T) * in);
       dropout_forward_ref(a.xl[t].data(), x, p.T * in, p.dropout_seed, lora_dropout_stream(l, LoraTarget(t)),
-                          lora_.dropout);
+                          p.dropout);
       xl = a.xl[t].data();
     }
   }
-  lora_linear_forward_ref(y, s.enabled ? a.u[t].data() : nullptr, x, xl, projection(lw, t)->data(), bias_of(lw, t),
+  lora_linear_forward_ref(y, adapted ? a.u[t].data() : nullptr, x, xl, projection(lw, t)->data(), bias_of(lw, t),
                           ref, p.T, in, out);
 }
 
@@ -88,14 +80,14 @@ void ReferenceModel::linear_backward(int l, int t, Pass& p, const LayerActs& a, 
   }
   LoraRef ref{p.lora + s.a_offset, p.lora + s.b_offset, lora_.R, lora_.scale};
   std::vector<float> du = zeros(p.T * lora_.R);
-  const bool dropout = lora_.dropout > 0;
+  const bool dropout = p.dropout > 0;
   std::vector<float> dxl = dropout ? zeros(p.T * in) : std::vector<float>();
   const float* xl = dropout ? a.xl[t].data() : x;
   lora_linear_backward_ref(dx, dropout ? dxl.data() : nullptr, p.dlora + s.a_offset, p.dlora + s.b_offset,
                            du.data(), dy, xl, a.u[t].data(), W, ref, p.T, in, out);
   if (dropout)
     dropout_backward_ref(dx, dxl.data(), p.T * in, p.dropout_seed, lora_dropout_stream(l, LoraTarget(t)),
-                         lora_.dropout);
+                         p.dropout);
 }
 
 void ReferenceModel::layer_forward(int l, Pass& p, LayerActs& a, std::vector<float>& x) const {
@@ -193,36 +185,72 @@ void ReferenceModel::layer_backward(int l, Pass& p, const LayerActs& a, std::vec
   add_into(dx, tmp);
 }
 
-CrossEntropyOut ReferenceModel::run(const MicroBatch& mb, const float* lora, float* dlora, float grad_scale,
-                                    float* token_loss, std::vector<float>* logits, uint64_t dropout_seed) const {
+CrossEntropyOut ReferenceModel::forward(const MicroBatch& mb, const float* lora, const PassOptions& pass,
+                                        float* token_loss, std::vector<float>* logits, ReferencePass* keep) const {
+  ReferencePass local;
+  ReferencePass& kept = keep ? *keep : local;
+  run_layers(mb, lora, pass, kept);
+  const ModelConfig& m = cfg_;
+  const int64_t T = mb.T();
+  if (logits) {
+    logits->assign(size_t(T) * m.V, 0.f);
+    matmul_ref(logits->data(), kept.xf.data(), w_.head(), T, m.V, m.C, false, true);
+  }
+  return lm_head_cross_entropy_ref(nullptr, token_loss, kept.xf.data(), w_.head(), mb.targets.data(), nullptr, T, m.C,
+                                   m.V);
+}
+
+void ReferenceModel::run_layers(const MicroBatch& mb, const float* lora, const PassOptions& pass,
+                                ReferencePass& kept) const {
   const ModelConfig& m = cfg_;
   const int64_t T = mb.T();
   LOOM_CHECK(T > 0 && int64_t(mb.targets.size()) == T && int64_t(mb.positions.size()) == T &&
                  !mb.cu_seqlens.empty() && mb.cu_seqlens.back() == T,
              "malformed micro-batch (T = ", T, ")");
   for (int32_t id : mb.tokens) LOOM_CHECK(id >= 0 && id < m.V, "token id ", id, " is outside the vocabulary (", m.V, ")");
-  Pass p{mb, lora, dlora, dropout_seed, T};
+  LOOM_CHECK(!pass.adapters || lora || lora_.total == 0, "forward with adapters on needs the LoRA vector");
+  Pass p{mb, pass.adapters ? lora : nullptr, nullptr, pass.train ? lora_.dropout : 0.f, pass.dropout_seed, T};
+  kept.mb = mb;
+  kept.lora = p.lora;
+  kept.options = pass;
+  kept.x = zeros(T * m.C);
+  embedding_forward_ref(kept.x.data(), mb.tokens.data(), w_.embed.data(), T, m.C);
+  kept.acts.assign(m.L, LayerActs());
+  for (int l = 0; l < m.L; ++l) layer_forward(l, p, kept.acts[l], kept.x);
+  kept.xf = zeros(T * m.C);
+  kept.rstdf = zeros(T);
+  rmsnorm_forward_ref(kept.xf.data(), kept.rstdf.data(), kept.x.data(), w_.final_norm.data(), T, m.C, m.rms_eps);
+}
 
-  std::vector<float> x = zeros(T * m.C);
-  embedding_forward_ref(x.data(), mb.tokens.data(), w_.embed.data(), T, m.C);
-  std::vector<LayerActs> acts(m.L);
-  for (int l = 0; l < m.L; ++l) layer_forward(l, p, acts[l], x);
-
-  std::vector<float> xf = zeros(T * m.C), rstdf = zeros(T);
-  rmsnorm_forward_ref(xf.data(), rstdf.data(), x.data(), w_.final_norm.data(), T, m.C, m.rms_eps);
-  if (logits) {
-    logits->assign(size_t(T) * m.V, 0.f);
-    matmul_ref(logits->data(), xf.data(), w_.head(), T, m.V, m.C, false, true);
-  }
-  std::vector<float> dxf = dlora ? zeros(T * m.C) : std::vector<float>();
-  CrossEntropyOut ce = lm_head_cross_entropy_ref(dlora ? dxf.data() : nullptr, token_loss, xf.data(), w_.head(),
-                                                 mb.targets.data(), T, m.C, m.V, grad_scale);
-  if (!dlora) return ce;
-
+// The LM head + cross-entropy with its gradient: loss_t (token_loss, optional) and dxf of the
+// weights; then the layers' backward.
+CrossEntropyOut ReferenceModel::head_and_backward(const ReferencePass& kept, const float* token_weight,
+                                                  float* token_loss, float* dlora) const {
+  const ModelConfig& m = cfg_;
+  const MicroBatch& mb = kept.mb;
+  const int64_t T = mb.T();
+  LOOM_CHECK(kept.options.adapters && (kept.lora || lora_.total == 0) && int64_t(kept.acts.size()) == m.L,
+             "backward needs a kept forward with the adapters on");
+  Pass p{mb, kept.lora, dlora, kept.options.train ? lora_.dropout : 0.f, kept.options.dropout_seed, T};
+  std::vector<float> dxf = zeros(T * m.C);
+  const CrossEntropyOut ce = lm_head_cross_entropy_ref(dxf.data(), token_loss, kept.xf.data(), w_.head(),
+                                                       mb.targets.data(), token_weight, T, m.C, m.V);
   std::vector<float> dx = zeros(T * m.C);
-  rmsnorm_backward_ref(dx.data(), dxf.data(), x.data(), w_.final_norm.data(), rstdf.data(), T, m.C);
-  for (int l = m.L - 1; l >= 0; --l) layer_backward(l, p, acts[l], dx);
+  rmsnorm_backward_ref(dx.data(), dxf.data(), kept.x.data(), w_.final_norm.data(), kept.rstdf.data(), T, m.C);
+  for (int l = m.L - 1; l >= 0; --l) layer_backward(l, p, kept.acts[l], dx);
   return ce;
+}
+
+void ReferenceModel::backward(const ReferencePass& kept, const float* token_weight, float* dlora) const {
+  head_and_backward(kept, token_weight, nullptr, dlora);
+}
+
+CrossEntropyOut ReferenceModel::forward_backward(const MicroBatch& mb, const float* lora, float* dlora,
+                                                 const float* token_weight, const PassOptions& pass,
+                                                 float* token_loss) const {
+  ReferencePass kept;
+  run_layers(mb, lora, pass, kept);
+  return head_and_backward(kept, token_weight, token_loss, dlora);
 }
 
 }  // namespace loom

@@ -3,7 +3,7 @@
 //   z (rows, V) = x_chunk·Wᵀ                                   cuBLASLt, into the logits scratch
 //   per row: m = max z ; lse = m + log sum exp(z - m)          one read (online max and sum)
 //            loss_t = lse - z[y]                               (token_loss, =; 0 when y = -100)
-//            dz = (exp(z - lse) - onehot(y)) * grad_scale      second read; written over z as bf16
+//            dz = (exp(z - lse) - onehot(y)) * w_t             second read; written over z as bf16
 //   dx_chunk (rows, C) = dz·W                                  cuBLASLt (dx, =)
 // then loss_sum += sum of token_loss, by one block in a fixed order (no float atomics).
 // With fp32 logits, dz is narrowed in place: row r's bf16 dz takes the first half of the bytes of
@@ -61,9 +61,10 @@ __device__ __forceinline__ void store_dlogits(bf16* p, const float (&d)[kVec]) {
 }
 
 // One block per token of the chunk. Logit: bf16 or float; kVec logits per 16-byte load (or 1).
+// token_weight (w_t of the chunk's rows) is read only when write_grad (it may be null otherwise).
 template <class Logit, int kVec>
-__global__ void cross_entropy_rows_kernel(Logit* logits, float* token_loss, const int32_t* targets, int V,
-                                          float grad_scale, bool write_grad) {
+__global__ void cross_entropy_rows_kernel(Logit* logits, float* token_loss, const int32_t* targets,
+                                          const float* token_weight, int V, bool write_grad) {
   // Narrowing fp32 to bf16 in place needs the wave barrier (see the top of this file).
   constexpr bool kNarrowing = sizeof(Logit) == 4;
   const int64_t row = blockIdx.x;
@@ -98,6 +99,7 @@ __global__ void cross_entropy_rows_kernel(Logit* logits, float* token_loss, cons
   if (threadIdx.x == 0) token_loss[row] = lse - z_y;
   if (!write_grad) return;
 
+  const float w = token_weight[row];
   const int per_wave = blockDim.x * kVec;
   const int waves = (V + per_wave - 1) / per_wave;
   for (int wave = 0; wave < waves; ++wave) {
@@ -107,7 +109,7 @@ __global__ void cross_entropy_rows_kernel(Logit* logits, float* token_loss, cons
     if (kNarrowing) __syncthreads();
     if (i >= V) continue;
 #pragma unroll
-    for (int k = 0; k < kVec; ++k) v[k] = (expf(v[k] - lse) - (i + k == y ? 1.f : 0.f)) * grad_scale;
+    for (int k = 0; k < kVec; ++k) v[k] = (expf(v[k] - lse) - (i + k == y ? 1.f : 0.f)) * w;
     store_dlogits<kVec>(dz + i, v);
   }
 }
@@ -121,23 +123,27 @@ __global__ void add_sum_kernel(float* loss_sum, const float* token_loss, int64_t
 }
 
 template <class Logit>
-void launch_rows(void* logits, float* token_loss, const int32_t* targets, int64_t rows, int V, float grad_scale,
-                 bool write_grad, cudaStream_t stream) {
+void launch_rows(void* logits, float* token_loss, const int32_t* targets, const float* token_weight, int64_t rows,
+                 int V, bool write_grad, cudaStream_t stream) {
   constexpr int kVecWidth = 16 / sizeof(Logit);
   auto* z = static_cast<Logit*>(logits);
   if (V % kVecWidth == 0)
     cross_entropy_rows_kernel<Logit, kVecWidth>
-        <<<unsigned(rows), kRowThreads, 0, stream>>>(z, token_loss, targets, V, grad_scale, write_grad);
+        <<<unsigned(rows), kRowThreads, 0, stream>>>(z, token_loss, targets, token_weight, V, write_grad);
   else
     cross_entropy_rows_kernel<Logit, 1>
-        <<<unsigned(rows), kRowThreads, 0, stream>>>(z, token_loss, targets, V, grad_scale, write_grad);
+        <<<unsigned(rows), kRowThreads, 0, stream>>>(z, token_loss, targets, token_weight, V, write_grad);
   CUDA_CHECK(cudaGetLastError());
 }
 
-void check_args(const void* logits, const float* token_loss, int64_t T, int C, int V, int chunk) {
+void check_args(const void* logits, const float* token_loss, const bf16* dx, const float* token_weight, int64_t T,
+                int C, int V, int chunk) {
   LOOM_CHECK(T >= 0 && C > 0 && V > 0 && chunk > 0, "lm_head_cross_entropy: needs T >= 0 and C, V, chunk > 0; found T ",
              T, ", C ", C, ", V ", V, ", chunk ", chunk);
   LOOM_CHECK(token_loss != nullptr, "lm_head_cross_entropy: token_loss (T floats on the device) is required");
+  LOOM_CHECK(dx == nullptr || token_weight != nullptr,
+             "lm_head_cross_entropy: dx needs token_weight (T floats on the device: the objective's per-token "
+             "gradient weights)");
   LOOM_CHECK(is_aligned_16(logits), "lm_head_cross_entropy: the logits scratch must be 16-byte aligned");
 }
 
@@ -151,18 +157,20 @@ size_t lm_head_logits_bytes(int chunk, int V, GemmOut logits_type) {
 }
 
 void lm_head_cross_entropy(GemmContext& ctx, bf16* dx, float* token_loss, float* loss_sum, void* logits,
-                           GemmOut logits_type, const bf16* x, const bf16* W, const int32_t* targets, int64_t T,
-                           int C, int V, float grad_scale, int chunk, cudaStream_t stream) {
-  check_args(logits, token_loss, T, C, V, chunk);
+                           GemmOut logits_type, const bf16* x, const bf16* W, const int32_t* targets,
+                           const float* token_weight, int64_t T, int C, int V, int chunk, cudaStream_t stream) {
+  check_args(logits, token_loss, dx, token_weight, T, C, V, chunk);
   const bool fp32 = logits_type == GemmOut::kFp32;
   const GemmLd dz_ld{fp32 ? 2 * int64_t(V) : int64_t(V), 0, 0};  // bf16 dz rows inside the logits rows
   for (int64_t t0 = 0; t0 < T; t0 += chunk) {
     const int64_t rows = std::min<int64_t>(chunk, T - t0);
     gemm(ctx, logits, x + t0 * C, W, rows, V, C, false, true, 1.f, 0.f, logits_type, stream);
+    // Forward only: token_weight may be null, so no offset is taken from it.
+    const float* weight = dx != nullptr ? token_weight + t0 : nullptr;
     if (fp32)
-      launch_rows<float>(logits, token_loss + t0, targets + t0, rows, V, grad_scale, dx != nullptr, stream);
+      launch_rows<float>(logits, token_loss + t0, targets + t0, weight, rows, V, dx != nullptr, stream);
     else
-      launch_rows<bf16>(logits, token_loss + t0, targets + t0, rows, V, grad_scale, dx != nullptr, stream);
+      launch_rows<bf16>(logits, token_loss + t0, targets + t0, weight, rows, V, dx != nullptr, stream);
     if (dx != nullptr)
       gemm(ctx, dx + t0 * C, static_cast<const bf16*>(logits), W, rows, C, V, false, false, 1.f, 0.f,
            GemmOut::kBf16, stream, dz_ld);

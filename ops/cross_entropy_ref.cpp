@@ -2,7 +2,7 @@
 // only (chunk, V) logits exist at a time, and they are overwritten in place by dz.
 // Per row, with m = max z (subtracted so exp never overflows):
 //   lse = m + log(sum exp(z - m))     (sum in double, lse rounded to fp32 as torch's log_softmax)
-//   loss = lse - z[y] ;  dz = (exp(z - lse) - onehot(y)) * grad_scale
+//   loss = lse - z[y] ;  dz = (exp(z - lse) - onehot(y)) * w       (w = token_weight[t])
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -22,7 +22,7 @@ float row_logsumexp(const float* z, int V) {
 }
 
 // Turns the logits row into dz (or zeros for an ignored token); returns loss_t (0 when ignored).
-float row_loss_and_dlogits(float* z, int V, int32_t target, float grad_scale, bool want_grad) {
+float row_loss_and_dlogits(float* z, int V, int32_t target, float weight, bool want_grad) {
   if (target == kIgnoreIndex) {
     if (want_grad) std::fill(z, z + V, 0.f);
     return 0.f;
@@ -30,8 +30,8 @@ float row_loss_and_dlogits(float* z, int V, int32_t target, float grad_scale, bo
   const float lse = row_logsumexp(z, V);
   const float loss = lse - z[target];
   if (want_grad) {
-    for (int v = 0; v < V; ++v) z[v] = std::exp(z[v] - lse) * grad_scale;
-    z[target] -= grad_scale;
+    for (int v = 0; v < V; ++v) z[v] = std::exp(z[v] - lse) * weight;
+    z[target] -= weight;
   }
   return loss;
 }
@@ -46,9 +46,11 @@ void check_targets(const int32_t* targets, int64_t T, int V) {
 }  // namespace
 
 CrossEntropyOut lm_head_cross_entropy_ref(float* dx, float* token_loss, const float* x, const float* W,
-                                          const int32_t* targets, int64_t T, int C, int V, float grad_scale,
+                                          const int32_t* targets, const float* token_weight, int64_t T, int C, int V,
                                           int chunk) {
   LOOM_CHECK(chunk > 0, "cross-entropy: chunk must be > 0 tokens (found ", chunk, ")");
+  LOOM_CHECK(dx == nullptr || token_weight != nullptr,
+             "cross-entropy: dx needs token_weight (T floats: the objective's per-token gradient weights)");
   check_targets(targets, T, V);
   const bool want_grad = dx != nullptr;
   std::vector<float> logits(static_cast<size_t>(std::min<int64_t>(chunk, T)) * V);  // (chunk, V)
@@ -58,8 +60,10 @@ CrossEntropyOut lm_head_cross_entropy_ref(float* dx, float* token_loss, const fl
     const int64_t rows = std::min<int64_t>(chunk, T - t0);
     matmul_ref(logits.data(), x + t0 * C, W, rows, V, C, false, true);  // z = x·Wᵀ
 #pragma omp parallel for
-    for (int64_t r = 0; r < rows; ++r)
-      row_loss[r] = row_loss_and_dlogits(logits.data() + r * V, V, targets[t0 + r], grad_scale, want_grad);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float weight = want_grad ? token_weight[t0 + r] : 0.f;  // token_weight may be null without dx
+      row_loss[r] = row_loss_and_dlogits(logits.data() + r * V, V, targets[t0 + r], weight, want_grad);
+    }
     // Summed in token order, so the total does not depend on the chunk size or the thread count.
     for (int64_t r = 0; r < rows; ++r) {
       if (token_loss != nullptr) token_loss[t0 + r] = row_loss[r];

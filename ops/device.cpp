@@ -1,4 +1,4 @@
-#include "engine/device.h"
+#include "ops/device.h"
 
 #include <cuda_runtime.h>
 

@@ -1,4 +1,4 @@
-#include "engine/memory_plan.h"
+#include "ops/memory_plan.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -36,6 +36,13 @@ void MemoryPlan::add_raw(const std::string& group, const std::string& name, void
 size_t MemoryPlan::total_bytes() const {
   size_t t = 0;
   for (const auto& e : entries_) t += align_up(e.bytes);
+  return t;
+}
+
+size_t MemoryPlan::group_bytes(const std::string& group) const {
+  size_t t = 0;
+  for (const auto& e : entries_)
+    if (e.group == group) t += align_up(e.bytes);
   return t;
 }
 

@@ -28,6 +28,7 @@ class MemoryPlan {
                const char* dtype);
 
   size_t total_bytes() const;
+  size_t group_bytes(const std::string& group) const;  // 0 for a group with no buffer
   // Per-group totals then every buffer, one line each.
   std::string table(bool per_buffer) const;
   // Throws loom::Error when total + reserve > free device memory, naming the total, the largest

@@ -159,8 +159,7 @@ TEST(ScoreCli, PerTokenLogprobsMatchHuggingFaceLogits) {
 // A model folder that can score text: the tiny llama fixture (V = 64) with a ChatML tokenizer of 35
 // tokens, one per character of its alphabet plus <|endoftext|>, <|im_start|> and <|im_end|>.
 std::string tiny_chat_model() {
-  const fs::path dir = fs::temp_directory_path() / "loom_cli_test_chat_model";
-  fs::remove_all(dir);
+  const fs::path dir = test::fresh_temp_dir("cli_test_chat_model");
   fs::create_directories(dir);
   const std::string fx = test::fixtures_dir() + "/hf/llama/model";
   fs::copy_file(fx + "/config.json", dir / "config.json");
@@ -354,16 +353,22 @@ TEST(TrainCli, BadConfigIsReportedWithFileAndKey) {
 // The README's quick start, shortened: the demo config trains on the CPU and the loss falls.
 TEST(TrainCli, DemoConfigTrainsAndLossFalls) {
   if (!have("build/train")) GTEST_SKIP() << "build/train missing";
-  const fs::path dir = fs::temp_directory_path() / "loom_cli_test_demo";
-  fs::remove_all(dir);
+  const fs::path dir = test::fresh_temp_dir("cli_test_demo");
   Outcome r = run("build/train configs/demo.yaml train.device=cpu train.steps=12 output.checkpoint_every=0 output.dir=" +
               dir.string());
   ASSERT_EQ(r.code, 0) << r.out;
   std::ifstream f(dir / "metrics.jsonl");
-  std::vector<double> losses;
-  for (std::string l; std::getline(f, l);) losses.push_back(nlohmann::json::parse(l)["loss"].get<double>());
+  std::vector<double> losses, eval_losses;
+  for (std::string l; std::getline(f, l);) {
+    const nlohmann::json j = nlohmann::json::parse(l);
+    if (j.contains("eval_loss")) eval_losses.push_back(j["eval_loss"].get<double>());
+    else losses.push_back(j["loss"].get<double>());
+  }
   ASSERT_EQ(losses.size(), 12u);
   EXPECT_LT(losses.back(), 0.8 * losses.front()) << r.out;
+  // The demo holds 5% of its chats out and evaluates every 50 steps and at the end: once here.
+  ASSERT_EQ(eval_losses.size(), 1u) << r.out;
+  EXPECT_LT(eval_losses[0], losses.front()) << r.out;
   EXPECT_TRUE(fs::exists(dir / "adapter" / "adapter_model.safetensors"));
 }
 
@@ -372,8 +377,7 @@ TEST(TrainCli, DemoConfigTrainsAndLossFalls) {
 // train.lr is refused, naming the change and both ways on.
 TEST(TrainCli, QuickStartRunTwiceSaysTheRunIsComplete) {
   if (!have("build/train")) GTEST_SKIP() << "build/train missing";
-  const fs::path dir = fs::temp_directory_path() / "loom_cli_test_twice";
-  fs::remove_all(dir);
+  const fs::path dir = test::fresh_temp_dir("cli_test_twice");
   const std::string cmd = "build/train configs/demo.yaml train.device=cpu train.steps=3 output.dir=" + dir.string();
   ASSERT_EQ(run(cmd).code, 0);
   const Outcome again = run(cmd);

@@ -30,19 +30,20 @@ std::string parse_error(const std::string& yaml, const std::vector<std::string>&
 
 // Member-by-member equality, written out so that it does not depend on the field table it tests.
 bool same(const TrainConfig& a, const TrainConfig& b) {
-  auto model = [](const ModelSection& m) { return std::tie(m.path, m.preset, m.quant, m.double_quant, m.init_seed); };
-  auto lora = [](const LoraSection& l) { return std::tie(l.r, l.alpha, l.dropout, l.rslora, l.targets); };
-  auto data = [](const DataSection& d) {
+  auto model = [](const ModelOptions& m) { return std::tie(m.path, m.preset, m.quant, m.double_quant, m.init_seed); };
+  auto lora = [](const LoraOptions& l) { return std::tie(l.r, l.alpha, l.dropout, l.rslora, l.targets); };
+  auto data = [](const DataOptions& d) {
     return std::tie(d.path, d.synthetic, d.synthetic_docs, d.format, d.tokenizer, d.template_name, d.train_on,
-                    d.max_seq_len, d.overlong, d.on_bad_line, d.cache_dir);
+                    d.max_seq_len, d.overlong, d.on_bad_line, d.cache_dir, d.eval_path, d.eval_split);
   };
   auto train = [](const TrainSection& t) {
     return std::tie(t.device, t.token_budget, t.global_batch, t.steps, t.epochs, t.lr, t.schedule, t.warmup_steps,
                     t.min_lr_ratio, t.weight_decay, t.beta1, t.beta2, t.eps, t.max_grad_norm, t.recompute, t.seed,
-                    t.log_every);
+                    t.log_every, t.eval_every, t.early_stopping_patience);
   };
   auto output = [](const OutputSection& o) {
-    return std::tie(o.dir, o.checkpoint_every, o.keep_checkpoints, o.export_format, o.resume, o.on_change);
+    return std::tie(o.dir, o.checkpoint_every, o.keep_checkpoints, o.export_format, o.gguf_type, o.resume, o.on_change,
+                    o.keep_best);
   };
   return model(a.model) == model(b.model) && lora(a.lora) == lora(b.lora) && data(a.data) == data(b.data) &&
          train(a.train) == train(b.train) && output(a.output) == output(b.output) && a.source == b.source;
@@ -67,7 +68,7 @@ TEST(Config, ReadsEveryKindOfValueAndTheRenamedKeys) {
       "output: {export: merged, resume: runs/a/checkpoints/step-4}\n",
       "x.yaml");
   EXPECT_EQ(cfg.model.path, "/models/Qwen3-0.6B");
-  EXPECT_EQ(cfg.model.quant, "bf16");
+  EXPECT_EQ(cfg.model.quant, Quant::kBf16);
   EXPECT_FALSE(cfg.model.double_quant);
   EXPECT_EQ(cfg.lora.r, 32);
   EXPECT_EQ(cfg.lora.alpha, 64.f);
@@ -79,7 +80,7 @@ TEST(Config, ReadsEveryKindOfValueAndTheRenamedKeys) {
   EXPECT_EQ(cfg.train.lr, 3e-3f);
   EXPECT_EQ(cfg.train.eps, 1e-6f);
   EXPECT_EQ(cfg.train.steps, 7);
-  EXPECT_EQ(cfg.output.export_format, "merged");
+  EXPECT_EQ(cfg.output.export_format, ExportFormat::kMerged);
   EXPECT_EQ(cfg.output.resume, "runs/a/checkpoints/step-4");
 }
 
@@ -92,7 +93,7 @@ TEST(Config, OverridesApplyAfterTheFileInOrder) {
   EXPECT_EQ(cfg.train.lr, 1e-4f);
   EXPECT_TRUE(cfg.lora.rslora);
   EXPECT_EQ(cfg.data.template_name, "mistral");
-  EXPECT_EQ(cfg.output.export_format, "none");
+  EXPECT_EQ(cfg.output.export_format, ExportFormat::kNone);
 }
 
 TEST(Config, OneNameIsAOneItemList) {
@@ -276,6 +277,10 @@ TEST(Config, EveryNumericKeyStatesItsRange) {
       {"train.log_every", "in [1, 100000000]", "0", "100000001"},
       {"output.checkpoint_every", "in [0, 100000000] (0 = only the final checkpoint)", "-1", "100000001"},
       {"output.keep_checkpoints", "in [1, 1000]", "0", "1001"},
+      {"data.eval_split", "in [0, 1000000000] (0 = none; below 1 a fraction of the documents, from 1 a count of them)",
+       "-0.5", "1e10"},
+      {"train.eval_every", "in [0, 100000000] (0 = only at the end)", "-1", "100000001"},
+      {"train.early_stopping_patience", "in [0, 100000000] (0 = off)", "-1", "100000001"},
   };
   for (const Row& r : rows)
     for (const char* bad : {r.below, r.above}) {
@@ -436,7 +441,7 @@ TEST(Config, ToYamlRoundTripsExactly) {
   c.train.min_lr_ratio = 0.123456789f;
   c.train.max_grad_norm = 0.f;
   c.output.dir = "-runs/x";
-  c.output.export_format = "merged";
+  c.output.export_format = ExportFormat::kMerged;
   c.output.resume = "#not a comment";
   ASSERT_EQ(validate(c), std::vector<std::string>{});
   std::string yaml = to_yaml(c);
@@ -452,6 +457,9 @@ TEST(Config, ToYamlWritesEverySectionAndKey) {
   EXPECT_EQ(yaml.rfind("model:\n", 0), 0u) << yaml;
   for (const char* line : { "\nlora:\n", "\ndata:\n", "\ntrain:\n", "\noutput:\n", "  preset: tiny\n",
                            "  template: auto\n", "  export: peft\n", "  lr: 0.0002\n", "  cache_dir: \"\"\n",
+                           "  eval_path: \"\"\n", "  eval_split: 0\n", "  eval_every: 0\n",
+                           "  early_stopping_patience: 0\n", "  keep_best: false\n", "  quant: nf4\n",
+                           "  gguf_type: q8_0\n", "  on_change: refuse\n",
                            "  targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]\n"})
     EXPECT_NE(yaml.find(line), std::string::npos) << "missing '" << line << "' in\n" << yaml;
 }
@@ -474,7 +482,7 @@ TEST(Config, EveryShippedConfigParsesAndValidates) {
 TEST(Config, DemoConfigHasTheEmbeddedDefaults) {
   TrainConfig c = load_config("configs/demo.yaml");
   EXPECT_EQ(c.model.preset, "tiny");
-  EXPECT_EQ(c.model.quant, "nf4");
+  EXPECT_EQ(c.model.quant, Quant::kNf4);
   EXPECT_EQ(c.lora.r, 16);
   EXPECT_EQ(c.lora.alpha, 32.f);
   EXPECT_EQ(c.lora.targets.size(), 7u);
@@ -503,11 +511,146 @@ TEST(Config, TrainingChangesListTheKeysThatChangeWhatIsTrained) {
 }
 
 TEST(Config, OnChangeIsRefuseOrAccept) {
-  EXPECT_EQ(parse_config(kMinimal, "x.yaml").output.on_change, "refuse");
-  EXPECT_EQ(parse_config(kMinimal, "x.yaml", {"output.on_change=accept"}).output.on_change, "accept");
+  EXPECT_EQ(parse_config(kMinimal, "x.yaml").output.on_change, OnChange::kRefuse);
+  EXPECT_EQ(parse_config(kMinimal, "x.yaml", {"output.on_change=accept"}).output.on_change, OnChange::kAccept);
   EXPECT_NE(parse_error(kMinimal, {"output.on_change=acept"})
                 .find("output.on_change must be one of refuse, accept (found 'acept'; did you mean 'accept'?)"),
             std::string::npos);
+}
+
+// Every choice key is read into its enum once; code compares enums, and to_yaml writes the names back.
+TEST(Config, ChoicesAreReadIntoTheirEnumsAndWrittenBackAsNames) {
+  const std::vector<std::string> overrides = {
+      "model.quant=bf16",      "data.format=sharegpt",  "data.train_on=all",       "data.overlong=drop",
+      "data.on_bad_line=skip", "train.device=cpu",      "train.schedule=linear",   "train.recompute=full",
+      "output.export=gguf",    "output.gguf_type=bf16", "output.on_change=accept"};
+  const TrainConfig c = parse_config(kMinimal, "x.yaml", overrides);
+  EXPECT_EQ(c.model.quant, Quant::kBf16);
+  EXPECT_EQ(c.data.format, DataFormat::kSharegpt);
+  EXPECT_EQ(c.data.train_on, TrainOn::kAll);
+  EXPECT_EQ(c.data.overlong, Overlong::kDrop);
+  EXPECT_EQ(c.data.on_bad_line, OnBadLine::kSkip);
+  EXPECT_EQ(c.train.device, Device::kCpu);
+  EXPECT_EQ(c.train.schedule, Schedule::kLinear);
+  EXPECT_EQ(c.train.recompute, Recompute::kFull);
+  EXPECT_EQ(c.output.export_format, ExportFormat::kGguf);
+  EXPECT_EQ(c.output.gguf_type, GgufType::kBf16);
+  EXPECT_EQ(c.output.on_change, OnChange::kAccept);
+  const std::string yaml = to_yaml(c);
+  for (const std::string& o : overrides) {
+    const std::string key = o.substr(o.find('.') + 1, o.find('=') - o.find('.') - 1);
+    const std::string line = cat("  ", key, ": ", o.substr(o.find('=') + 1), "\n");
+    EXPECT_NE(yaml.find(line), std::string::npos) << "missing '" << line << "' in\n" << yaml;
+  }
+  TrainConfig back = parse_config(yaml, "x.yaml");
+  EXPECT_TRUE(same(back, c)) << yaml;
+}
+
+// A wrong choice is reported once the whole config is read: a later value for the key replaces it,
+// and a wrong value after a right one is still an error.
+TEST(Config, TheLastValueOfAChoiceKeyCounts) {
+  const std::string gpu = std::string(kMinimal) + "train:\n  device: gpu\n";
+  EXPECT_EQ(parse_config(gpu, "x.yaml", {"train.device=cpu"}).train.device, Device::kCpu);
+  EXPECT_EQ(parse_error(std::string(kMinimal) + "train:\n  device: cpu\n", {"train.device=tpu"}),
+            "x.yaml: train.device must be one of auto, cpu, cuda (found 'tpu')");
+  EXPECT_EQ(parse_error(kMinimal, {"train.device="}), "x.yaml: train.device must be one of auto, cpu, cuda (found '')");
+  EXPECT_EQ(parse_error(kMinimal, {"train.device=[cpu]"}),
+            "command line: train.device=[cpu]: train.device: expected a string, found a list");
+}
+
+// data.eval_split: 0 (none), a fraction in (0, 1), or a whole count from 1; anything else names the key.
+TEST(Config, EvalSplitIsAFractionOrAWholeCount) {
+  EXPECT_EQ(parse_config(kMinimal, "x.yaml").data.eval_split, 0.0);
+  for (const auto& [text, value] : std::vector<std::pair<std::string, double>>{
+           {"0.1", 0.1}, {"0.999", 0.999}, {"1e-3", 1e-3}, {"1", 1}, {"250", 250}, {"1e9", 1e9}})
+    EXPECT_EQ(parse_config(kMinimal, "x.yaml", {"data.eval_split=" + text}).data.eval_split, value) << text;
+  for (const std::string text : {"2.5", "1.0001", "999999999.5"})
+    EXPECT_EQ(parse_error(kMinimal, {"data.eval_split=" + text}),
+              cat("x.yaml: data.eval_split must be a fraction in (0, 1) or a whole count of documents (found ", text,
+                  ")"));
+  const std::string range =
+      "in [0, 1000000000] (0 = none; below 1 a fraction of the documents, from 1 a count of them)";
+  for (const std::string text : {"-1", "-0.001", "inf", ".nan", "1e300", "1e400"})
+    EXPECT_EQ(parse_error(kMinimal, {"data.eval_split=" + text}),
+              cat("command line: data.eval_split=", text, ": data.eval_split must be ", range, " (found ", text, ")"));
+  EXPECT_EQ(parse_error(kMinimal, {"data.eval_split=some"}),
+            "command line: data.eval_split=some: data.eval_split: expected a number, found 'some'");
+  TrainConfig built = parse_config(kMinimal, "x.yaml");
+  built.data.eval_split = -INFINITY;
+  EXPECT_EQ(validate(built), std::vector<std::string>{"x.yaml: data.eval_split must be " + range + " (found -inf)"});
+}
+
+TEST(Config, EvalPathAndEvalSplitExcludeEachOther) {
+  EXPECT_EQ(parse_error(kMinimal, {"data.eval_path=held out.jsonl", "data.eval_split=0.1"}),
+            "x.yaml: set at most one of data.eval_path or data.eval_split (held-out documents come from a file or "
+            "from the training data); found both: data.eval_path = 'held out.jsonl', data.eval_split = 0.1");
+  EXPECT_EQ(parse_config(kMinimal, "x.yaml", {"data.eval_path=held.jsonl"}).data.eval_path, "held.jsonl");
+  EXPECT_EQ(parse_error(kMinimal, {"data.eval_path=held.jsonl", "data.eval_split=0.1", "data.eval_split=0"}), "")
+      << "eval_split 0 is no split";
+}
+
+// train.eval_every, train.early_stopping_patience and output.keep_best act on the eval loss: without
+// eval data they are an error naming each key set and the two ways to give eval data.
+TEST(Config, KeysThatWatchTheEvalLossNeedEvalData) {
+  const std::string ways =
+      " eval data: set data.eval_path (a JSONL file or a folder of prepared shards held out for evaluation) or "
+      "data.eval_split (a fraction or a count of the training documents to hold out)";
+  EXPECT_EQ(parse_error(kMinimal, {"train.eval_every=50"}), "x.yaml: train.eval_every = 50 needs" + ways);
+  EXPECT_EQ(parse_error(kMinimal, {"train.early_stopping_patience=3"}),
+            "x.yaml: train.early_stopping_patience = 3 needs" + ways);
+  EXPECT_EQ(parse_error(kMinimal, {"output.keep_best=true"}), "x.yaml: output.keep_best = true needs" + ways);
+  const std::vector<std::string> all = {"train.eval_every=50", "train.early_stopping_patience=3",
+                                        "output.keep_best=yes"};
+  EXPECT_EQ(parse_error(kMinimal, all),
+            "x.yaml: train.eval_every = 50, train.early_stopping_patience = 3, output.keep_best = true need" + ways);
+  for (const std::string eval : {"data.eval_split=0.05", "data.eval_split=12", "data.eval_path=held.jsonl"}) {
+    std::vector<std::string> with = all;
+    with.push_back(eval);
+    EXPECT_EQ(parse_error(kMinimal, with), "") << eval;
+  }
+  EXPECT_EQ(parse_error(kMinimal, {"train.eval_every=0", "train.early_stopping_patience=0", "output.keep_best=false"}),
+            "")
+      << "the defaults watch nothing";
+}
+
+TEST(Config, ToYamlRoundTripsTheEvalKeys) {
+  for (const std::vector<std::string>& eval :
+       {std::vector<std::string>{"data.eval_split=0.123456789012345"}, {"data.eval_split=1000000000"},
+        {"data.eval_path=held out/\"eval\".jsonl"}}) {
+    std::vector<std::string> overrides = eval;
+    for (const char* o : {"train.eval_every=25", "train.early_stopping_patience=4", "output.keep_best=true"})
+      overrides.push_back(o);
+    const TrainConfig c = parse_config(kMinimal, "x.yaml", overrides);
+    const std::string yaml = to_yaml(c);
+    const TrainConfig back = parse_config(yaml, "x.yaml");
+    EXPECT_TRUE(same(back, c)) << yaml << "\nreads back as\n" << to_yaml(back);
+    EXPECT_EQ(to_yaml(back), yaml);
+  }
+  TrainConfig third;
+  third.model.preset = "tiny";
+  third.data.synthetic = "sft-alpaca";
+  third.data.eval_split = 1.0 / 3.0;
+  third.source = "x.yaml";
+  EXPECT_EQ(parse_config(to_yaml(third), "x.yaml").data.eval_split, 1.0 / 3.0) << "every bit of a double";
+}
+
+// data.eval_split takes documents out of training and early stopping decides how long it trains:
+// both are listed. Where eval documents come from, how often they are evaluated and whether the best
+// checkpoint is kept only watch the run: a resume may change them.
+TEST(Config, TrainingChangesListTheEvalSplitAndPatienceOnly) {
+  const TrainConfig was = parse_config(kMinimal, "x.yaml", {"data.eval_split=0.1"});
+  const TrainConfig now = parse_config(kMinimal, "y.yaml",
+                                       {"data.eval_split=0.2", "train.early_stopping_patience=3",
+                                        "train.eval_every=10", "output.keep_best=true"});
+  const std::vector<ConfigChange> changes = training_changes(was, now);
+  ASSERT_EQ(changes.size(), 2u);
+  EXPECT_EQ(cat(changes[0].key, ": ", changes[0].before, " -> ", changes[0].after), "data.eval_split: 0.1 -> 0.2");
+  EXPECT_EQ(cat(changes[1].key, ": ", changes[1].before, " -> ", changes[1].after),
+            "train.early_stopping_patience: 0 -> 3");
+  EXPECT_TRUE(training_changes(parse_config(kMinimal, "x.yaml", {"data.eval_path=a.jsonl", "train.eval_every=5"}),
+                               parse_config(kMinimal, "x.yaml",
+                                            {"data.eval_path=b.jsonl", "train.eval_every=50", "output.keep_best=true"}))
+                  .empty());
 }
 
 }  // namespace

@@ -333,19 +333,6 @@ TEST(DataLoader, ReportsPackingEfficiencyAndPaddingSaved) {
   EXPECT_EQ(total.micro_batches, 16);
 }
 
-TEST(DataLoader, OptionsComeFromTheTrainSection) {
-  TrainSection train;
-  train.token_budget = 8192;
-  train.global_batch = 64;
-  train.seed = 7;
-  const LoaderOptions o = loader_options(train, 2, 4);
-  EXPECT_EQ(o.token_budget, 8192);
-  EXPECT_EQ(o.global_batch, 64);
-  EXPECT_EQ(o.seed, 7u);
-  EXPECT_EQ(o.rank, 2);
-  EXPECT_EQ(o.world, 4);
-}
-
 TEST(Synthetic, LengthStatisticsMatchTheBenchmark) {
   SyntheticSpec spec;
   spec.documents = 100000;

@@ -20,7 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 using loom::ChatMessage;
 using loom::ChatSegment;
-using loom::DataSection;
+using loom::DataOptions;
 using loom::Document;
 using nlohmann::json;
 
@@ -108,15 +108,15 @@ class Dataset : public testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  DataSection jsonl(const std::vector<std::string>& lines, const std::string& name = "data.jsonl") {
-    DataSection d;
+  DataOptions jsonl(const std::vector<std::string>& lines, const std::string& name = "data.jsonl") {
+    DataOptions d;
     d.path = (dir_ / name).string();
     std::ofstream out(d.path);
     for (const auto& l : lines) out << l << "\n";
     d.template_name = "chatml";
     return d;
   }
-  std::string build_error(const DataSection& d, const loom::ChatTemplate* t) {
+  std::string build_error(const DataOptions& d, const loom::ChatTemplate* t) {
     try {
       loom::build_documents(d, tok_, t);
     } catch (const loom::Error& e) {
@@ -281,11 +281,11 @@ TEST_F(Dataset, RecordErrorsSayWhatIsWrong) {
 }
 
 TEST_F(Dataset, BadLineErrorNamesFileAndLine) {
-  DataSection d = jsonl({chat_line("a", "b"), "", "{oops", chat_line("c", "d")});
+  DataOptions d = jsonl({chat_line("a", "b"), "", "{oops", chat_line("c", "d")});
   const std::string err = build_error(d, &chatml_);
   EXPECT_EQ(err.rfind(d.path + ":3: invalid JSON", 0), 0u) << err;
   // Role order is checked per line too.
-  DataSection m = jsonl({chat_line("a", "b"),
+  DataOptions m = jsonl({chat_line("a", "b"),
                          json{{"messages", {{{"role", "user"}, {"content", "x"}}, {{"role", "user"}, {"content", "y"}}}}}
                              .dump()});
   const loom::ChatTemplate mistral = loom::chat_template_by_name("mistral");
@@ -294,8 +294,8 @@ TEST_F(Dataset, BadLineErrorNamesFileAndLine) {
 }
 
 TEST_F(Dataset, SkipsAndCountsBadLinesWhenAsked) {
-  DataSection d = jsonl({"not json", chat_line("a", "b"), R"({"messages": 3})", chat_line("c", "d")});
-  d.on_bad_line = "skip";
+  DataOptions d = jsonl({"not json", chat_line("a", "b"), R"({"messages": 3})", chat_line("c", "d")});
+  d.on_bad_line = loom::OnBadLine::kSkip;
   const auto built = loom::build_documents(d, tok_, &chatml_);
   EXPECT_EQ(built.stats.records, 4);
   EXPECT_EQ(built.stats.bad_lines, 2);
@@ -307,7 +307,7 @@ TEST_F(Dataset, SkipsAndCountsBadLinesWhenAsked) {
 TEST_F(Dataset, OverlongDocumentsAreTruncatedOrDroppedAndCounted) {
   std::string long_answer;
   for (int i = 0; i < 300; ++i) long_answer += "x ";
-  DataSection d = jsonl({chat_line("short", "ok"), chat_line("q", long_answer), chat_line("q", "fine")});
+  DataOptions d = jsonl({chat_line("short", "ok"), chat_line("q", long_answer), chat_line("q", "fine")});
   const Document probe = loom::tokenize_segments(
       tok_, loom::render_chat(chatml_, {{"user", "short", ""}, {"assistant", "ok", ""}}), false);
   d.max_seq_len = int(probe.ids.size()) + 2;
@@ -317,7 +317,7 @@ TEST_F(Dataset, OverlongDocumentsAreTruncatedOrDroppedAndCounted) {
   EXPECT_EQ(truncated.stats.documents, 3);
   for (const auto& doc : truncated.docs) EXPECT_LE(doc.ids.size(), size_t(d.max_seq_len));
 
-  d.overlong = "drop";
+  d.overlong = loom::Overlong::kDrop;
   const auto dropped = loom::build_documents(d, tok_, &chatml_);
   EXPECT_EQ(dropped.stats.dropped_overlong, 1);
   EXPECT_EQ(dropped.stats.documents, 2);
@@ -328,7 +328,7 @@ TEST_F(Dataset, DocumentsWithoutTargetsAreDropped) {
   const std::string no_answer = json{{"messages", {{{"role", "user"}, {"content", "hello?"}}}}}.dump();
   std::string long_question;
   for (int i = 0; i < 200; ++i) long_question += "q ";
-  DataSection d = jsonl({no_answer, chat_line("a", "b"), chat_line(long_question, "late answer")});
+  DataOptions d = jsonl({no_answer, chat_line("a", "b"), chat_line(long_question, "late answer")});
   d.max_seq_len = 64;  // truncation cuts the third record's answer off entirely
   const auto built = loom::build_documents(d, tok_, &chatml_);
   EXPECT_EQ(built.stats.dropped_no_target, 2);
@@ -339,7 +339,7 @@ TEST_F(Dataset, DocumentsWithoutTargetsAreDropped) {
 TEST_F(Dataset, OutputOrderDoesNotDependOnThreads) {
   std::vector<std::string> lines;
   for (int i = 0; i < 700; ++i) lines.push_back(chat_line("n" + std::to_string(i), std::to_string(i * 7)));
-  DataSection d = jsonl(lines);
+  DataOptions d = jsonl(lines);
   loom::BuildOptions one, many;
   one.threads = 1;
   many.threads = 4;
@@ -355,9 +355,9 @@ TEST_F(Dataset, OutputOrderDoesNotDependOnThreads) {
 }
 
 TEST_F(Dataset, ConversationsNeedATemplate) {
-  DataSection d = jsonl({chat_line("a", "b")});
+  DataOptions d = jsonl({chat_line("a", "b")});
   EXPECT_NE(build_error(d, nullptr).find("data.template is none"), std::string::npos);
-  DataSection t = jsonl({R"({"text":"just text"})"}, "plain.jsonl");
+  DataOptions t = jsonl({R"({"text":"just text"})"}, "plain.jsonl");
   const auto built = loom::build_documents(t, tok_, nullptr);
   EXPECT_EQ(built.stats.documents, 1);
   EXPECT_EQ(built.format, loom::RecordFormat::text);
@@ -387,7 +387,7 @@ TEST_F(Dataset, IdsAndMasksMatchHuggingFace) {
 
 TEST_F(Dataset, PreparedCacheIsReusedUntilSomethingChanges) {
   const std::string tokenizer = loom::test::shared_dir() + "/tokenizers/qwen3";
-  DataSection d = jsonl({chat_line("What is 2 plus 2?", "4."), chat_line("Hi", "Hello!")});
+  DataOptions d = jsonl({chat_line("What is 2 plus 2?", "4."), chat_line("Hi", "Hello!")});
   d.template_name = "auto";
   loom::PrepareOptions quiet;
   quiet.progress = false;
@@ -409,7 +409,7 @@ TEST_F(Dataset, PreparedCacheIsReusedUntilSomethingChanges) {
   EXPECT_EQ(manifest["resolved"]["template"], "qwen3");
   EXPECT_EQ(manifest["counts"]["documents"], 2);
 
-  d.train_on = "all";
+  d.train_on = loom::TrainOn::kAll;
   EXPECT_NE(loom::prepare_dataset_cached(d, tokenizer, cache, quiet).dir, first.dir);
   std::ofstream(d.path, std::ios::app) << chat_line("One more", "Sure.") << "\n";
   EXPECT_FALSE(loom::prepare_dataset_cached(d, tokenizer, cache, quiet).reused);
@@ -419,7 +419,7 @@ TEST_F(Dataset, PreparedCacheIsReusedUntilSomethingChanges) {
 // past the limit) is prepared again, not an error the user must clean up by hand.
 TEST_F(Dataset, DamagedCacheManifestIsPreparedAgain) {
   const std::string tokenizer = loom::test::shared_dir() + "/tokenizers/qwen3";
-  DataSection d = jsonl({chat_line("Hi", "Hello!")});
+  DataOptions d = jsonl({chat_line("Hi", "Hello!")});
   d.template_name = "auto";
   loom::PrepareOptions quiet;
   quiet.progress = false;
@@ -438,10 +438,10 @@ TEST_F(Dataset, DamagedCacheManifestIsPreparedAgain) {
 }
 
 TEST_F(Dataset, DemoDataFitsTheDemoTokenizer) {
-  DataSection d;
+  DataOptions d;
   d.path = "data/demo/chats.jsonl";
   d.max_seq_len = 64;
-  d.overlong = "drop";
+  d.overlong = loom::Overlong::kDrop;
   const auto tok = loom::Tokenizer::load("data/demo/tokenizer.model");
   EXPECT_EQ(tok->vocab_size(), 512);
   const auto tmpl = loom::resolve_template(d, "data/demo/tokenizer.model", *tok);

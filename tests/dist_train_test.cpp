@@ -1,6 +1,6 @@
 // One run, many ranks: `mpirun -np N build/train` trains what one process trains — the same loss and
-// the same gradient norm at every step and the same LoRA weights at the end, up to the summation
-// order of the gradient all-reduce. The gradient norm is what catches a wrong reduction: averaging
+// the same gradient norm at every step, the same eval losses and the same LoRA weights at the end, up
+// to the summation order of the all-reduces. The gradient norm is what catches a wrong reduction: averaging
 // instead of summing the ranks' gradients scales every gradient alike, which AdamW's update (and so
 // the loss and the weights) barely feels, but the norm moves by the factor of the number of ranks.
 // CPU reference path (always; CI) and CUDA path (skips below 2 GPUs).
@@ -28,6 +28,8 @@ struct Result {
   int code = -1;
   std::string output;
   std::vector<double> losses, grad_norms;  // per step, from metrics.jsonl (NaN where not a number)
+  std::vector<double> eval_losses;         // per evaluation
+  std::vector<int64_t> eval_targets;
   std::vector<float> adapter;
 };
 
@@ -46,8 +48,8 @@ const std::vector<std::string> kRun = {"model.preset=tiny",       "model.quant=n
                                        "train.global_batch=10",   "train.steps=20",          "train.lr=1e-2",
                                        "train.warmup_steps=2",    "lora.r=4",                "output.export=peft"};
 
-// The loss and grad norm of every step line; a null or missing value becomes NaN, so that every
-// comparison of it fails.
+// The loss and grad norm of every step line, the eval loss and targets of every eval line; a null
+// or missing value becomes NaN, so that every comparison of it fails.
 void read_metrics(const std::string& path, Result& r) {
   auto number = [](const nlohmann::json& j, const char* key) {
     return j.contains(key) && j[key].is_number() ? j[key].get<double>() : double(NAN);
@@ -55,6 +57,11 @@ void read_metrics(const std::string& path, Result& r) {
   std::ifstream f(path);
   for (std::string l; std::getline(f, l);) {
     const nlohmann::json j = nlohmann::json::parse(l);
+    if (j.contains("eval_loss")) {
+      r.eval_losses.push_back(number(j, "eval_loss"));
+      r.eval_targets.push_back(j.value("eval_targets", int64_t(-1)));
+      continue;
+    }
     r.losses.push_back(number(j, "loss"));
     r.grad_norms.push_back(number(j, "grad_norm"));
   }
@@ -119,6 +126,13 @@ void expect_same_training(const Result& one, const Result& many, int ranks, cons
   EXPECT_LE(d.weights, tol.weights);
 }
 
+// A fresh folder of this process for a test's runs; the runs are <folder>/run<ranks>.
+std::string runs_base(const std::string& name) {
+  const std::string dir = test::fresh_temp_dir(name);
+  fs::create_directories(dir);
+  return dir + "/run";
+}
+
 bool mpirun_available() {
   int code = 0;
   shell("command -v mpirun", &code);
@@ -133,12 +147,31 @@ bool mpirun_available() {
 // (measured 9.0e-5 for 2 ranks, 3.5e-5 for 3). Grad norms: summation order again, through weights
 // that differ that little: 1e-5 (measured 2.1e-7 for 2 and 3 ranks); a reduction off by any factor
 // fails it by far (averaging 2 ranks halves the norm: 0.5).
-TEST(DistTrain, TwoAndThreeCpuRanksTrainWhatOneTrains) {
+// The runs evaluate too (data.eval_split, train.eval_every): the held-out documents are the same on
+// any number of ranks (a function of their content), each rank evaluates its share of the same eval
+// micro-batches and the sums meet in one all-reduce, so N ranks give the eval loss of 1 up to the
+// weights' own difference: the step losses' tolerance, 1e-6 (measured 1.2e-8 for 2 ranks, 2.0e-8
+// for 3); a rank that skipped its share, or counted another's, moves it by that share (> 10%).
+TEST(DistTrain, TwoAndThreeCpuRanksTrainAndEvaluateWhatOneDoes) {
   if (!mpirun_available()) GTEST_SKIP() << "mpirun or build/train missing";
-  const std::string base = (fs::temp_directory_path() / "loom_dist_train_").string();
-  Result one = train_with(1, "cpu", base + "1");
-  const Distance tol{1e-6, 1e-5, 1e-3};
-  for (int ranks : {2, 3}) expect_same_training(one, train_with(ranks, "cpu", cat(base, ranks)), ranks, tol);
+  const std::string base = runs_base("dist_train");
+  const std::vector<std::string> eval = {"data.eval_split=6", "train.eval_every=5"};
+  Result one = train_with(1, "cpu", base + "1", eval);
+  ASSERT_EQ(one.eval_losses.size(), 4u) << one.output;  // steps 5, 10, 15, 20
+  for (int ranks : {2, 3}) {
+    Result many = train_with(ranks, "cpu", cat(base, ranks), eval);
+    expect_same_training(one, many, ranks, {1e-6, 1e-5, 1e-3});
+    ASSERT_EQ(many.eval_losses.size(), one.eval_losses.size()) << many.output;
+    double worst = 0;
+    for (size_t i = 0; i < one.eval_losses.size(); ++i) {
+      EXPECT_EQ(many.eval_targets[i], one.eval_targets[i]) << "evaluation " << i + 1 << " with " << ranks << " ranks";
+      const double d = test::relative_error(many.eval_losses[i], one.eval_losses[i]);
+      EXPECT_LE(d, 1e-6) << "evaluation " << i + 1 << ": " << many.eval_losses[i] << " with " << ranks
+                         << " ranks, 1 rank " << one.eval_losses[i];
+      worst = test::max_keeping_nan(worst, d);
+    }
+    std::printf("%d ranks vs 1: eval losses worst rel difference %.2e (tolerance 1e-6)\n", ranks, worst);
+  }
 }
 
 // CUDA: each rank packs its share of the documents into different micro-batches, so cuBLASLt may
@@ -152,7 +185,7 @@ TEST(DistTrain, TwoAndFourGpuRanksTrainWhatOneTrains) {
   const int gpus = cuda_device_count();
   if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs, found " << gpus;
   if (!mpirun_available()) GTEST_SKIP() << "mpirun or build/train missing";
-  const std::string base = (fs::temp_directory_path() / "loom_dist_train_gpu_").string();
+  const std::string base = runs_base("dist_train_gpu");
   Result one = train_with(1, "cuda", base + "1");
   ASSERT_EQ(one.code, 0) << one.output;
   Distance yardstick;

@@ -145,7 +145,7 @@ TEST(Divergence, StepsWithoutTargetsAreNotRemembered) {
 }
 
 LoraLayout tiny_layout() {
-  LoraSection l;
+  LoraOptions l;
   l.r = 4;
   return make_lora_layout(preset_model_config("tiny"), l);
 }

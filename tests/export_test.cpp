@@ -93,7 +93,7 @@ struct Adapter {
 };
 Adapter make_adapter(const std::string& dir, const Family& f, const ModelConfig& mc) {
   Adapter a;
-  a.layout = make_lora_layout(mc, read_peft_lora_section(fixture_adapter(f.arch)));
+  a.layout = make_lora_layout(mc, read_peft_lora_options(fixture_adapter(f.arch)));
   a.lora = load_peft_adapter(fixture_adapter(f.arch), a.layout);
   const std::vector<float> b = test::random_floats(a.lora.size(), 3, -0.05f, 0.05f);
   for (const auto& layer : a.layout.layers)
@@ -105,7 +105,7 @@ Adapter make_adapter(const std::string& dir, const Family& f, const ModelConfig&
 }
 
 LoraLayout no_adapter(const ModelConfig& mc) {
-  LoraSection none;
+  LoraOptions none;
   none.targets.clear();
   return make_lora_layout(mc, none);
 }
@@ -124,7 +124,7 @@ MicroBatch prompt_batch(const std::string& tokenizer_dir, int window) {
 // Mean NLL of a batch's targets.
 double mean_nll(const ReferenceModel& m, const MicroBatch& mb, const float* lora) {
   std::vector<float> loss(mb.T());
-  m.run(mb, lora, nullptr, 1.f, loss.data());
+  m.forward(mb, lora, {}, loss.data());
   double sum = 0;
   for (float x : loss) sum += x;
   return sum / double(mb.n_targets());
@@ -219,11 +219,11 @@ TEST_F(MergedExport, BitsandbytesBaseLosesItsQuantizationConfigAndKeepsItsSideFi
   write_text(base + "/chat_template.jinja", "{{ messages }}");
   const ModelConfig mc = load_model_config(base);
   ASSERT_TRUE(mc.bnb_4bit);
-  LoraSection ls;
+  LoraOptions ls;
   ls.r = 2;
   const LoraLayout layout = make_lora_layout(mc, ls);
   const std::vector<float> lora = test::random_floats(layout.total, 4, -0.1f, 0.1f);
-  ExportSource src{ModelSection{}, base};
+  ExportSource src{ModelOptions{}, base};
   src.model.path = base;
   const ModelWeights merged = merged_weights(src, mc, layout, lora);
   write_merged_folder(dir_ + "/merged", src, mc, merged);
@@ -250,7 +250,7 @@ TEST_F(MergedExport, PresetWritesWhatItCanAndSaysWhatIsMissing) {
   ExportSource src;
   src.model.preset = "tiny";
   const ModelConfig mc = preset_model_config("tiny");
-  LoraSection ls;
+  LoraOptions ls;
   ls.r = 4;
   const LoraLayout layout = make_lora_layout(mc, ls);
   const std::vector<float> lora = test::random_floats(layout.total, 9, -0.1f, 0.1f);
@@ -476,7 +476,7 @@ TEST_F(GgufExport, MetadataTensorsAndValuesAreWhatLlamaCppReads) {
     const std::string base = make_base(cat(dir_, "/", f.arch, "/base"), f);
     const ModelConfig mc = load_model_config(base);
     const Adapter a = make_adapter(cat(dir_, "/", f.arch, "/adapter"), f, mc);
-    ExportSource src{ModelSection{}, base};
+    ExportSource src{ModelOptions{}, base};
     src.model.path = base;
     const ModelWeights merged = merged_weights(src, mc, a.layout, a.lora);
     // Worst error of a type's rounding (relative to the tensor's largest value): bf16 keeps 8
@@ -586,7 +586,7 @@ TEST_F(GgufExport, TokenizersLlamaCppCannotReproduceAreRefused) {
   const Family f = kFamilies[1];
   const std::string base = make_base(dir_ + "/base", f);
   const ModelConfig mc = load_model_config(base);
-  ExportSource src{ModelSection{}, base};
+  ExportSource src{ModelOptions{}, base};
   src.model.path = base;
   const ModelWeights w = load_weights(base, mc);
   std::string tok = read_text(base + "/tokenizer.json");
@@ -720,17 +720,17 @@ TEST_F(ExportProgram, TransformersAndLlamaCppReproduceLoom) {
     const std::string base = make_base(d + "/base", f, base_dtype);
     const ModelConfig mc = load_model_config(base);
     const Adapter a = make_adapter(d + "/adapter", f, mc);
-    ExportSource src{ModelSection{}, base};
+    ExportSource src{ModelOptions{}, base};
     src.model.path = base;
     const ModelWeights merged = merged_weights(src, mc, a.layout, a.lora);
     write_merged_folder(d + "/merged", src, mc, merged);
     const MicroBatch mb = prompt_batch(base, 0);
     // The trained model itself (fp32 merge), and as the merged folder holds it (rounded to bf16).
     std::vector<float> logits, folder_logits;
-    ReferenceModel(mc, merged, no_adapter(mc)).run(mb, nullptr, nullptr, 1.f, nullptr, &logits);
+    ReferenceModel(mc, merged, no_adapter(mc)).forward(mb, nullptr, {}, nullptr, &logits);
     const ModelConfig back_cfg = load_model_config(d + "/merged");
     ReferenceModel(back_cfg, load_weights(d + "/merged", back_cfg), no_adapter(back_cfg))
-        .run(mb, nullptr, nullptr, 1.f, nullptr, &folder_logits);
+        .forward(mb, nullptr, {}, nullptr, &folder_logits);
     int window = 0;
     for (int w : mc.window) window = std::max(window, w);
     json c = {{"arch", f.arch},
@@ -751,7 +751,7 @@ TEST_F(ExportProgram, TransformersAndLlamaCppReproduceLoom) {
       // own effect, independent of the file's layout (which llama.cpp alone judges).
       std::vector<float> own;
       ReferenceModel(mc, rounded_like_gguf(merged, gguf_type_from_name(type)), no_adapter(mc))
-          .run(mb, nullptr, nullptr, 1.f, nullptr, &own);
+          .forward(mb, nullptr, {}, nullptr, &own);
       c["gguf"][type] = {{"path", path}, {"logits", logits_json(own, mc.V, mb.T())}};
     }
     manifest["cases"].push_back(c);

@@ -29,6 +29,8 @@
 
 #include "data/batch.h"
 #include "ops/error.h"
+#include "engine/backend.h"
+#include "engine/objective.h"
 #include "engine/optimizer.h"
 #include "models/cuda_model.h"
 #include "models/lora.h"
@@ -84,17 +86,31 @@ LoraLayout with_dropout(const StepFixture& s, float p) {
 // The dropout masks of a step's micro-batch: any pure function of (step, micro-batch) that both paths share.
 uint64_t dropout_seed(int step, size_t micro) { return uint64_t(step) * 7919 + micro; }
 
-std::unique_ptr<CudaModel> make_gpu(const StepFixture& s, const std::string& quant, const std::string& recompute,
-                                    float dropout = 0) {
+Quant quant_of(const std::string& quant) { return quant == "nf4" ? Quant::kNf4 : Quant::kBf16; }
+
+// The training backend the trainer builds (engine/cuda_backend.cpp), on the fixture.
+std::unique_ptr<TrainBackend> make_gpu(const StepFixture& s, const std::string& quant, Recompute recompute,
+                                       float dropout = 0) {
+  TrainConfig tc;
+  tc.model.quant = quant_of(quant);
+  tc.model.double_quant = true;
+  tc.train = s.train;
+  tc.train.recompute = recompute;
+  tc.train.token_budget = 64;
+  return make_cuda_backend(s.cfg, WeightSource::checkpoint(s.dir + "/model", s.cfg), with_dropout(s, dropout), s.lora,
+                           tc);
+}
+
+// The forward-only model build/score runs (ModelMode::kForward: no gradients, one layer of activations).
+std::unique_ptr<CudaModel> make_scorer(const StepFixture& s, const std::string& quant) {
   CudaModelOptions opt;
-  opt.quant = quant;
-  opt.double_quant = true;
-  opt.recompute = recompute;
+  opt.mode = ModelMode::kForward;
+  opt.quant = quant_of(quant);
   opt.token_budget = 64;
-  opt.train = s.train;
   opt.print_plan = false;
-  return std::make_unique<CudaModel>(s.cfg, WeightSource::checkpoint(s.dir + "/model", s.cfg), with_dropout(s, dropout),
-                                     s.lora, opt);
+  auto m = std::make_unique<CudaModel>(s.cfg, s.layout, opt);
+  m->load(WeightSource::checkpoint(s.dir + "/model", s.cfg), s.lora);
+  return m;
 }
 
 ReferenceModel make_cpu(const StepFixture& s, const std::string& quant, float dropout = 0) {
@@ -108,18 +124,21 @@ ReferenceModel make_cpu(const StepFixture& s, const std::string& quant, float dr
 void expect_gpu_follows_reference(const std::string& arch, const std::string& quant, float dropout) {
   StepFixture s = load_setup(arch, quant);
   ReferenceModel cpu = make_cpu(s, quant, dropout);
-  auto gpu = make_gpu(s, quant, "selective", dropout);
+  auto gpu = make_gpu(s, quant, Recompute::kSelective, dropout);
   const std::string label = cat(arch, "/", quant, ", dropout ", dropout);
   const float scale = 1.f / float(s.n_targets);
   std::vector<float> params = s.lora, grads(s.layout.total, 0.f);
-  OptimizerState st;
+  AdamW cpu_optimizer(s.train, s.layout.total);
   double worst_loss = 0;
   for (int step = 1; step <= s.steps; ++step) {
     double cpu_loss = 0;
     for (size_t i = 0; i < s.micro.size(); ++i) {
       const MicroBatch& mb = s.micro[i];
-      cpu_loss += cpu.run(mb, params.data(), grads.data(), scale, nullptr, nullptr, dropout_seed(step, i)).loss_sum * scale;
-      gpu->forward_backward(mb, scale, dropout_seed(step, i), i + 1 == s.micro.size());
+      const std::vector<float> w = sft_token_weights(mb, s.n_targets);
+      cpu_loss += cpu.forward_backward(mb, params.data(), grads.data(), w.data(), {true, true, dropout_seed(step, i)})
+                      .loss_sum *
+                  scale;
+      gpu->forward_backward(mb, w, dropout_seed(step, i), i + 1 == s.micro.size());
     }
     if (step == 1) {
       const test::TensorError eg = test::expect_lora_tensors_close(s.layout, gpu->lora_grads(), grads,
@@ -127,7 +146,7 @@ void expect_gpu_follows_reference(const std::string& arch, const std::string& qu
       std::printf("[%s] step-1 LoRA gradients: worst tensor %s, scaled error %.4f (yardstick %.4f, tolerance %.4f)\n",
                   label.c_str(), eg.name.c_str(), eg.error, s.base_grads, kRule * s.base_grads);
     }
-    optimizer_step(params, grads, st, s.train, s.lr);
+    cpu_optimizer.step(params.data(), grads.data(), s.lr);
     const double gpu_loss = gpu->end_step(s.lr).loss_sum * scale;
     const double rel = test::relative_error(gpu_loss, cpu_loss);
     EXPECT_LE(rel, kRule * s.base_step_loss) << label << ", step " << step << ": GPU loss " << gpu_loss
@@ -168,14 +187,14 @@ INSTANTIATE_TEST_SUITE_P(ArchAndQuant, GpuStep,
 TEST(GpuStepRecompute, PoliciesGiveIdenticalResults) {
   REQUIRE_GPU();
   StepFixture s = load_setup("qwen3", "nf4");
-  const float scale = 1.f / float(s.n_targets);
   for (float dropout : {0.f, 0.1f}) {  // recomputing a projection regenerates its dropout mask
     std::vector<std::vector<float>> grads;
     std::vector<double> losses;
-    for (const char* policy : {"none", "selective", "full"}) {
+    for (Recompute policy : {Recompute::kNone, Recompute::kSelective, Recompute::kFull}) {
       auto gpu = make_gpu(s, "nf4", policy, dropout);
       for (size_t i = 0; i < s.micro.size(); ++i)
-        gpu->forward_backward(s.micro[i], scale, dropout_seed(1, i), i + 1 == s.micro.size());
+        gpu->forward_backward(s.micro[i], sft_token_weights(s.micro[i], s.n_targets), dropout_seed(1, i),
+                              i + 1 == s.micro.size());
       grads.push_back(gpu->lora_grads());
       losses.push_back(gpu->end_step(s.lr).loss_sum);
     }
@@ -187,21 +206,22 @@ TEST(GpuStepRecompute, PoliciesGiveIdenticalResults) {
   }
 }
 
-// The forward-only path (scoring): every token's loss as the reference's, within kRule times the
+// The forward-only model (scoring): every token's loss as the reference's, within kRule times the
 // yardstick's largest per-token error (a sum over tokens would let errors of opposite sign cancel).
 TEST(GpuStepScore, TokenLossesMatchTheReferencePerToken) {
   REQUIRE_GPU();
   for (const char* arch : {"llama", "mistral", "qwen2", "qwen3"}) {
     StepFixture s = load_setup(arch, "bf16");
     ReferenceModel cpu = make_cpu(s, "bf16");
-    auto gpu = make_gpu(s, "bf16", "none");
+    auto gpu = make_scorer(s, "bf16");
     const double tol = kRule * s.base_token_loss;
     double worst = 0;
     for (size_t i = 0; i < s.micro.size(); ++i) {
       const MicroBatch& mb = s.micro[i];
       std::vector<float> want(mb.T());
-      cpu.run(mb, s.lora.data(), nullptr, 1.f, want.data());
-      const std::vector<float> got = gpu->token_losses(mb);
+      cpu.forward(mb, s.lora.data(), {}, want.data());
+      gpu->forward(mb, {});
+      const std::vector<float> got = gpu->token_losses();
       ASSERT_EQ(got.size(), want.size()) << arch << " micro-batch " << i;
       for (size_t t = 0; t < got.size(); ++t) {
         const double err = test::absolute_error(got[t], want[t]);
@@ -213,6 +233,45 @@ TEST(GpuStepScore, TokenLossesMatchTheReferencePerToken) {
     std::printf("[%s/bf16] per-token losses: max abs error %.5f (yardstick %.5f, tolerance %.5f)\n", arch, worst,
                 s.base_token_loss, tol);
   }
+}
+
+// An objective whose weights depend on the forward runs forward, then backward (the LM head's
+// logits computed again): the same gradients and loss, bit for bit, as the fused pass SFT uses.
+TEST(GpuStepObjective, ForwardThenBackwardIsTheFusedPassBitForBit) {
+  REQUIRE_GPU();
+  StepFixture s = load_setup("qwen3", "nf4");
+  auto fused = make_gpu(s, "nf4", Recompute::kSelective, 0.1f);
+  auto split = make_gpu(s, "nf4", Recompute::kSelective, 0.1f);
+  for (size_t i = 0; i < s.micro.size(); ++i) {
+    const MicroBatch& mb = s.micro[i];
+    const std::vector<float> w = sft_token_weights(mb, s.n_targets);
+    const bool last = i + 1 == s.micro.size();
+    fused->forward_backward(mb, w, dropout_seed(1, i), last);
+    split->forward(mb, dropout_seed(1, i));
+    split->backward(w, last);
+  }
+  EXPECT_EQ(fused->lora_grads(), split->lora_grads());
+  EXPECT_EQ(fused->end_step(s.lr).loss_sum, split->end_step(s.lr).loss_sum);
+}
+
+// Adapters switched off for a pass compute the base model: the same losses, bit for bit, as the
+// adapters with B = 0 (their product adds an exact zero), and not those of the trained adapters.
+TEST(GpuStepObjective, AdaptersOffIsTheBaseModel) {
+  REQUIRE_GPU();
+  StepFixture s = load_setup("llama", "bf16");
+  auto gpu = make_gpu(s, "bf16", Recompute::kSelective);
+  std::vector<float> trained = s.lora, zero_b = s.lora;
+  for (float& x : trained) x += 0.01f;  // B != 0: the adapters change the output
+  for (int l = 0; l < s.cfg.L; ++l)
+    for (int t = 0; t < kNumTargets; ++t) {
+      const LoraSlot& slot = s.layout.slot(l, LoraTarget(t));
+      if (slot.enabled) std::fill_n(zero_b.begin() + slot.b_offset, size_t(slot.out) * s.layout.R, 0.f);
+    }
+  gpu->restore(trained, gpu->optimizer_state());
+  const double on = gpu->loss_sum(s.micro, true), off = gpu->loss_sum(s.micro, false);
+  gpu->restore(zero_b, gpu->optimizer_state());
+  EXPECT_EQ(off, gpu->loss_sum(s.micro, true));
+  EXPECT_NE(on, off);
 }
 
 }  // namespace

@@ -35,7 +35,7 @@ inline HfFixture load_hf_fixture(const std::string& arch) {
   HfFixture f;
   f.dir = fixtures_dir() + "/hf/" + arch;
   f.cfg = load_model_config(f.dir + "/model");
-  f.layout = make_lora_layout(f.cfg, read_peft_lora_section(f.dir + "/adapter"));
+  f.layout = make_lora_layout(f.cfg, read_peft_lora_options(f.dir + "/adapter"));
   f.lora = load_peft_adapter(f.dir + "/adapter", f.layout);
   const nlohmann::json batch = read_json(f.dir + "/batch.json");
   for (const auto& d : batch["documents"])

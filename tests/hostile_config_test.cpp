@@ -72,6 +72,11 @@ const std::vector<NumericKey> kNumericKeys = {
     {"train.zero_grad_steps", true, "in [1, 100000000]", "1"},
     {"output.checkpoint_every", true, "in [0, 100000000] (0 = only the final checkpoint)", "0"},
     {"output.keep_checkpoints", true, "in [1, 1000]", "1000"},
+    {"data.eval_split", false, "in [0, 1000000000] (0 = none; below 1 a fraction of the documents, from 1 a count of them)",
+     "1000000000"},
+    // Alone (without eval data) only 0 is valid: the keys that watch the eval loss need some.
+    {"train.eval_every", true, "in [0, 100000000] (0 = only at the end)", "0"},
+    {"train.early_stopping_patience", true, "in [0, 100000000] (0 = off)", "0"},
 };
 
 struct Bounds {
@@ -384,6 +389,16 @@ void add_file_and_path_cases(std::vector<HostileCase>& cases) {
          check_paths(c);
        }, {"data.path /tmp/ppp", "... (5242885 characters): File name too long"}},
       {"data_path_folder", [](const std::string& dir) { check_paths(run_in(dir, {"data.synthetic=", "data.path=" + dir})); }, {}},
+      {"eval_path_missing", [](const std::string& dir) { check_paths(run_in(dir, {"data.eval_path=" + dir + "/none.jsonl"})); },
+       {"data.eval_path ", "none.jsonl: no such file"}},
+      {"eval_path_fifo", [](const std::string& dir) { check_paths(run_in(dir, {"data.eval_path=" + make_fifo(dir + "/e.jsonl")})); },
+       {"data.eval_path ", "e.jsonl is a FIFO (named pipe); give a regular file"}},
+      {"eval_path_folder", [](const std::string& dir) { check_paths(run_in(dir, {"data.eval_path=" + dir})); }, {}},
+      // An eval JSONL is prepared into the cache like data.path, even when the training data is synthetic.
+      {"eval_path_jsonl_cache_dir_is_file", [](const std::string& dir) {
+         const std::string jsonl = write_file(dir, "e.jsonl", "{\"text\": \"hi\"}\n");
+         check_paths(run_in(dir, {"data.eval_path=" + jsonl, "data.cache_dir=/etc/passwd"}));
+       }, {"data.cache_dir /etc/passwd: it is a file, not a folder"}},
       {"tokenizer_fifo", [](const std::string& dir) {
          const std::string jsonl = write_file(dir, "d.jsonl", "{\"text\": \"hi\"}\n");
          check_paths(run_in(dir, {"data.synthetic=", "data.path=" + jsonl, "data.tokenizer=" + make_fifo(dir + "/tok.json")}));

@@ -679,9 +679,9 @@ std::vector<RecordSpec> record_specs() {
 // Builds the documents of data.jsonl (`line2` after one valid record) with the tiny tokenizer and
 // the mistral template, whose role rules are the strictest.
 void build_jsonl(const std::string& dir, const RecordSpec& spec, const std::string& line2) {
-  DataSection d;
+  DataOptions d;
   d.path = write_file(dir, "data.jsonl", spec.record.dump() + "\n" + line2 + "\n");
-  d.format = spec.format;
+  d.format = DataFormat(std::find(kDataFormatNames.begin(), kDataFormatNames.end(), spec.format) - kDataFormatNames.begin());
   const auto tok = Tokenizer::load(write_tiny_tokenizer(dir + "/tok"));
   const ChatTemplate mistral = chat_template_by_name("mistral");
   BuildOptions options;
@@ -781,7 +781,7 @@ std::vector<HostileCase> jsonl_cases() {
                            {}));
   out.push_back({"jsonl_blank_lines_only",
                  [](const std::string& dir) {
-                   DataSection d;
+                   DataOptions d;
                    d.path = write_file(dir, "data.jsonl", "\n  \n\r\n");
                    build_documents(d, *Tokenizer::load(write_tiny_tokenizer(dir + "/tok")), nullptr);
                  },
@@ -790,7 +790,7 @@ std::vector<HostileCase> jsonl_cases() {
                            std::vector<std::string> expect) {
     return HostileCase{"jsonl_data_path_" + name,
                        [path](const std::string& dir) {
-                         DataSection d;
+                         DataOptions d;
                          d.path = path(dir);
                          d.template_name = "chatml";
                          prepare_to_dir(d, write_tiny_tokenizer(dir + "/tok"), dir + "/out");

@@ -141,7 +141,7 @@ StoredCopy& find_tensor(std::vector<StoredCopy>& tensors, const std::string& nam
 // What build/score and build/train do with a model folder before computing: the config, the
 // checkpoint checked against it, every weight converted (and checked finite).
 void load_model(const std::string& model_dir) {
-  ModelSection section;
+  ModelOptions section;
   section.path = model_dir;
   const ModelConfig cfg = resolve_model_config(section);
   load_weights(model_dir, cfg);
@@ -1107,7 +1107,7 @@ std::function<void(const std::string&)> with_adapter(std::function<void(const st
     const std::string adapter = copy_fixture("llama", "adapter", dir);
     damage(adapter);
     const ModelConfig cfg = load_model_config(hf_fixture("llama") + "/model");
-    load_peft_adapter(adapter, make_lora_layout(cfg, read_peft_lora_section(adapter)));
+    load_peft_adapter(adapter, make_lora_layout(cfg, read_peft_lora_options(adapter)));
   };
 }
 
@@ -1269,12 +1269,12 @@ std::vector<HostileCase> adapter_cases() {
   cases.push_back({"rank_past_projection_side",
                    [](const std::string& dir) {
                      const ModelConfig cfg = load_model_config(hf_fixture("llama") + "/model");
-                     LoraSection wide;
+                     LoraOptions wide;
                      wide.r = 65;
                      wide.targets = {"all-linear"};
                      const LoraLayout layout = make_lora_layout(cfg, wide);
                      save_peft_adapter(dir + "/adapter", layout, lora_init(layout, 1), "llama");
-                     load_peft_adapter(dir + "/adapter", make_lora_layout(cfg, read_peft_lora_section(dir + "/adapter")));
+                     load_peft_adapter(dir + "/adapter", make_lora_layout(cfg, read_peft_lora_options(dir + "/adapter")));
                    },
                    kAccepted});
   cases.push_back({"weights_missing",

@@ -27,8 +27,8 @@ std::string temp_dir(const std::string& name) {
   return p.string();
 }
 
-LoraSection section(int r, float alpha, std::vector<std::string> targets = {"q_proj", "v_proj", "down_proj"}) {
-  LoraSection s;
+LoraOptions section(int r, float alpha, std::vector<std::string> targets = {"q_proj", "v_proj", "down_proj"}) {
+  LoraOptions s;
   s.r = r;
   s.alpha = alpha;
   s.targets = std::move(targets);
@@ -71,7 +71,7 @@ TEST(Lora, PeftAdapterRoundTrips) {
   const std::string dir = temp_dir("roundtrip");
   save_peft_adapter(dir, lay, p, "preset:tiny");
   EXPECT_EQ(load_peft_adapter(dir, lay), p);
-  LoraSection back = read_peft_lora_section(dir);
+  LoraOptions back = read_peft_lora_options(dir);
   EXPECT_EQ(back.r, 4);
   EXPECT_EQ(back.alpha, 8.f);
   EXPECT_EQ(back.targets, (std::vector<std::string>{"q_proj", "v_proj", "down_proj"}));
@@ -102,7 +102,7 @@ TEST(Lora, RankAboveAProjectionSideIsLegalAndTheRankIsBounded) {
   const std::string dir = temp_dir("wide");
   const std::vector<float> params = lora_init(wide, 1);
   save_peft_adapter(dir, wide, params, "x");
-  EXPECT_EQ(load_peft_adapter(dir, make_lora_layout(m, read_peft_lora_section(dir))), params);
+  EXPECT_EQ(load_peft_adapter(dir, make_lora_layout(m, read_peft_lora_options(dir))), params);
   EXPECT_EQ(make_lora_layout(m, section(4096, 8, {})).R, 4096);
   for (int r : {0, -1, 4097, 2147483647}) {
     test::expect_error([&] { make_lora_layout(m, section(r, 8)); }, {cat("lora.r must be in [1, 4096], found ", r)});
@@ -172,10 +172,10 @@ TEST(Lora, MergedWeightsMatchTheAdapter) {
   for (int i = 0; i < 20; ++i) d.ids.push_back((i * 37) % m.V), d.mask.push_back(1);
   MicroBatch mb = pack_documents({&d});
   std::vector<float> with_adapter, merged_logits;
-  ReferenceModel(m, w, lay).run(mb, p.data(), nullptr, 1.f, nullptr, &with_adapter);
+  ReferenceModel(m, w, lay).forward(mb, p.data(), {}, nullptr, &with_adapter);
   merge_lora(w, lay, p);
   LoraLayout none = make_lora_layout(m, section(4, 8, {}));
-  ReferenceModel(m, w, none).run(mb, nullptr, nullptr, 1.f, nullptr, &merged_logits);
+  ReferenceModel(m, w, none).forward(mb, nullptr, {}, nullptr, &merged_logits);
   // Logits are O(1): the floor of 1 measures error against that scale (fp32 summation order, ~1e-6).
   test::expect_close(merged_logits, with_adapter, 1e-4, "merged vs adapter logits", 1.0);
 }

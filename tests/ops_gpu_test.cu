@@ -26,6 +26,7 @@
 #include "ops/embedding.h"
 #include "ops/gemm.h"
 #include "ops/grad_norm.h"
+#include "ops/lora_linear.h"
 #include "ops/matmul.h"
 #include "ops/nf4.h"
 #include "ops/rmsnorm.h"
@@ -671,6 +672,244 @@ TEST(Gemm, LeadingDimensionsAddressColumnSlices) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Linear + LoRA
+
+struct LoraShape {
+  int64_t T;
+  int in, out, R;
+};
+// T = 1, 13, 37, 1003: no multiple of 8 or 16. in, out: odd multiples of 8 (model widths are
+// multiples of 8) and 37, 19 (multiples of nothing). R = 1, 3, 16.
+const LoraShape kLoraShapes[] = {{1, 40, 24, 1}, {37, 24, 40, 3}, {13, 37, 19, 3}, {1003, 136, 72, 16}};
+
+std::string lora_trace(const LoraShape& c, float dropout) {
+  return "T " + std::to_string(c.T) + ", in " + std::to_string(c.in) + ", out " + std::to_string(c.out) + ", R " +
+         std::to_string(c.R) + ", dropout " + std::to_string(dropout);
+}
+
+std::vector<float> abs_of(std::vector<float> v) {
+  for (float& x : v) x = std::fabs(x);
+  return v;
+}
+
+// op(a)·op(b) (M, N) through the fp32 reference, times alpha.
+std::vector<float> product(const std::vector<float>& a, const std::vector<float>& b, int64_t M, int64_t N, int64_t K,
+                           bool ta, bool tb, float alpha = 1.f) {
+  std::vector<float> c(elems(M, N));
+  matmul_ref(c.data(), a.data(), b.data(), M, N, K, ta, tb, alpha, 0.f);
+  return c;
+}
+
+std::vector<float> sum_of(std::vector<float> a, const std::vector<float>& b) {
+  for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
+  return a;
+}
+
+// One term of a rounding bound: times · |v[i]|, v a value that the GPU rounds to bf16 once.
+struct Rounding {
+  double times;
+  const std::vector<float>* v;
+};
+
+// bound[i] = kBf16Eps · sum of the terms at i (first order in u: one rounding of each listed value
+// moves the result by at most u of it) + the fp32 part of gemm_error_bound (summation order).
+std::vector<double> rounding_bound(const std::vector<float>& want, std::initializer_list<Rounding> terms) {
+  const double scale = rms(want);
+  std::vector<double> bound(want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    double sum = 0;
+    for (const Rounding& r : terms) sum += r.times * std::fabs((*r.v)[i]);
+    bound[i] = kBf16Eps * sum + 1e-4 * std::max<double>(std::fabs(want[i]), scale);
+  }
+  return bound;
+}
+
+// A linear with an adapter: the bf16 values the GPU reads, xl the dropped input as the GPU makes it.
+struct LoraProblem {
+  LoraShape c;
+  float dropout;
+  float scale = 2.f;  // alpha / r of a typical run (alpha 16, r 8)
+  uint64_t dropout_seed = 4242, dropout_stream = 17;
+  std::vector<float> x, xl, W, bias, A, B;
+
+  LoraProblem(const LoraShape& shape, float p, uint64_t seed)
+      : c(shape),
+        dropout(p),
+        x(random_bf16(elems(c.T, c.in), seed)),
+        W(random_bf16(elems(c.out, c.in), seed + 1, -0.5f, 0.5f)),
+        bias(random_bf16(c.out, seed + 2)),
+        A(random_bf16(elems(c.R, c.in), seed + 3, -0.5f, 0.5f)),
+        B(random_bf16(elems(c.out, c.R), seed + 4, -0.5f, 0.5f)) {
+    xl = x;
+    // dropout_forward computes x·f in fp32 and rounds once to bf16: the same values as the reference's, rounded.
+    if (dropout > 0) {
+      dropout_forward_ref(xl.data(), x.data(), int64_t(x.size()), dropout_seed, dropout_stream, dropout);
+      xl = round_bf16(xl);
+    }
+  }
+  LoraRef ref() const { return {A.data(), B.data(), c.R, scale}; }
+  LoraDevice device(const bf16* d_A, const bf16* d_B, float* d_dA, float* d_dB) const {
+    return {d_A, d_B, d_dA, d_dB, c.R, scale, dropout, dropout_seed, dropout_stream};
+  }
+  double max_factor() const { return 1.0 / (1.0 - dropout); }  // a kept element's dropout factor f
+};
+
+// Against lora_linear_forward_ref on the same bf16 inputs. Error bound, one term per rounding
+// (Y0 = x·Wᵀ, Y1 = Y0 + b, U = xl·Aᵀ, L = s·U·Bᵀ, y = Y1 + L):
+//   y0 = bf16(x·Wᵀ)            u|Y0|
+//   y1 = bf16(y0 + b)          u|Y1|                    (bias only; counted always, a spare without)
+//   u  = bf16(xl·Aᵀ)           u|U|, and u·s·(|U|·|B|ᵀ) once multiplied by B
+//   y  = bf16(s·u·Bᵀ + y1)     u(|L| + |Y1| + |y|)       (beta = 1 may round each term: gemm_error_bound)
+// xl needs no term: the reference reads the GPU's rounded xl (LoraProblem).
+TEST(LoraLinear, ForwardMatchesReference) {
+  REQUIRE_GPU();
+  DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
+  GemmContext ctx(workspace.get(), kWorkspaceBytes);
+  for (const LoraShape& c : kLoraShapes) {
+    for (float dropout : {0.f, 0.1f}) {
+      for (bool with_bias : {false, true}) {
+        SCOPED_TRACE(lora_trace(c, dropout) + (with_bias ? ", bias" : ", no bias"));
+        const LoraProblem p(c, dropout, 181 + c.T);
+        std::vector<float> y(elems(c.T, c.out)), u(elems(c.T, c.R));
+        lora_linear_forward_ref(y.data(), u.data(), p.x.data(), p.xl.data(), p.W.data(),
+                                with_bias ? p.bias.data() : nullptr, p.ref(), c.T, c.in, c.out);
+
+        auto d_x = to_device_bf16(p.x), d_W = to_device_bf16(p.W), d_b = to_device_bf16(p.bias);
+        auto d_A = to_device_bf16(p.A), d_B = to_device_bf16(p.B);
+        DeviceBuffer<bf16> d_y(elems(c.T, c.out)), d_u(elems(c.T, c.R)), d_xl(elems(c.T, c.in));
+        poison(d_y), poison(d_u), poison(d_xl);
+        // Without dropout the scratch is not needed: null there checks that it is not touched.
+        lora_linear_forward(ctx, d_y.get(), d_u.get(), d_x.get(), d_W.get(), with_bias ? d_b.get() : nullptr,
+                            p.device(d_A.get(), d_B.get(), nullptr, nullptr), dropout > 0 ? d_xl.get() : nullptr, c.T,
+                            c.in, c.out, kStream);
+
+        std::vector<float> Y1 = product(p.x, p.W, c.T, c.out, c.in, false, true);
+        const std::vector<float> Y0 = Y1;
+        if (with_bias)
+          for (size_t i = 0; i < Y1.size(); ++i) Y1[i] += p.bias[i % c.out];
+        const std::vector<float> L = product(u, p.B, c.T, c.out, c.R, false, true, p.scale);
+        const std::vector<float> UB = product(abs_of(u), abs_of(p.B), c.T, c.out, c.R, false, true, p.scale);
+        expect_within(download(d_u), u, rounding_bound(u, {{1, &u}}), "u");
+        expect_within(download(d_y), y, rounding_bound(y, {{1, &Y0}, {2, &Y1}, {1, &UB}, {1, &L}, {1, &y}}), "y");
+      }
+    }
+  }
+}
+
+// Against lora_linear_backward_ref (+ dropout_backward_ref) on the same bf16 dy, x, u, W, A, B.
+// dB: bf16 inputs identical on both sides, fp32 out: the fp32 part alone. The GPU's du = bf16(s·dy·B)
+// is the only rounded input left (u|du|), so with DW = dy·W, D0 = dx before (0 without accumulate),
+// X0 = DW + D0, G = du·A and f the dropout factor (1 without):
+//   dA  += duᵀ·xl              u(|du|ᵀ·|xl|)
+//   dx0 = bf16(dy·W + D0)      u(|DW| + |D0| + |X0|)          (beta = 1 may round each term)
+//   du·A                       f·u(|du|·|A|) reaching dx
+//   no dropout: dx = bf16(du·A + dx0)          u(|G| + |X0| + |dx|)
+//   dropout:    x_dropped = bf16(du·A), then dx = bf16(dx0 + f·x_dropped): f·u|G| + u|dx|
+// bounded together by u(|DW| + |D0| + 2|X0| + |dx| + f|G| + f(|du|·|A|)).
+TEST(LoraLinear, BackwardMatchesReference) {
+  REQUIRE_GPU();
+  DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
+  GemmContext ctx(workspace.get(), kWorkspaceBytes);
+  for (const LoraShape& c : kLoraShapes) {
+    for (float dropout : {0.f, 0.1f}) {
+      for (bool accumulate : {false, true}) {
+        SCOPED_TRACE(lora_trace(c, dropout) + (accumulate ? ", dx accumulated" : ", dx written"));
+        const LoraProblem p(c, dropout, 191 + c.T);
+        const int64_t n = c.T * c.in;
+        // u as the forward saved it (bf16); dy, the dx to accumulate into, and dA, dB before (+=).
+        const std::vector<float> u = round_bf16(product(p.xl, p.A, c.T, c.R, c.in, false, true));
+        const std::vector<float> dy = random_bf16(elems(c.T, c.out), 192 + c.T);
+        const std::vector<float> D0 = accumulate ? random_bf16(n, 193 + c.T) : std::vector<float>(n, 0.f);
+        const std::vector<float> dA0 = random_floats(elems(c.R, c.in), 194, -0.1f, 0.1f);
+        const std::vector<float> dB0 = random_floats(elems(c.out, c.R), 195, -0.1f, 0.1f);
+
+        std::vector<float> dx(n), dxl(n), dA = dA0, dB = dB0, du(elems(c.T, c.R));
+        lora_linear_backward_ref(dx.data(), dropout > 0 ? dxl.data() : nullptr, dA.data(), dB.data(), du.data(),
+                                 dy.data(), p.xl.data(), u.data(), p.W.data(), p.ref(), c.T, c.in, c.out);
+        for (int64_t i = 0; i < n; ++i) dx[i] += D0[i];
+        if (dropout > 0) dropout_backward_ref(dx.data(), dxl.data(), n, p.dropout_seed, p.dropout_stream, dropout);
+
+        auto d_x = to_device_bf16(p.x), d_W = to_device_bf16(p.W), d_A = to_device_bf16(p.A);
+        auto d_B = to_device_bf16(p.B), d_u = to_device_bf16(u), d_dy = to_device_bf16(dy), d_dx = to_device_bf16(D0);
+        auto d_dA = to_device(dA0), d_dB = to_device(dB0);
+        DeviceBuffer<bf16> d_du(elems(c.T, c.R)), d_xl(n);
+        if (!accumulate) poison(d_dx);
+        poison(d_du), poison(d_xl);
+        lora_linear_backward(ctx, d_dx.get(), accumulate, d_dy.get(), d_x.get(), d_u.get(), d_W.get(),
+                             p.device(d_A.get(), d_B.get(), d_dA.get(), d_dB.get()), d_du.get(),
+                             dropout > 0 ? d_xl.get() : nullptr, c.T, c.in, c.out, kStream);
+
+        const std::vector<float> DW = product(dy, p.W, c.T, c.in, c.out, false, false);
+        const std::vector<float> X0 = sum_of(DW, D0), G = product(du, p.A, c.T, c.in, c.R, false, false);
+        const std::vector<float> duA = product(abs_of(du), abs_of(p.A), c.T, c.in, c.R, false, false);
+        const std::vector<float> duxl = product(abs_of(du), abs_of(p.xl), c.R, c.in, c.T, true, false);
+        const double f = p.max_factor();
+        expect_within(download(d_dB), dB, rounding_bound(dB, {}), "dB");
+        expect_within(download(d_dA), dA, rounding_bound(dA, {{1, &duxl}}), "dA");
+        expect_within(download(d_dx), dx,
+                      rounding_bound(dx, {{1, &DW}, {1, &D0}, {2, &X0}, {1, &dx}, {f, &G}, {f, &duA}}), "dx");
+      }
+    }
+  }
+}
+
+// With A = nullptr (no adapter, or adapters switched off) the op is the base linear alone: the
+// same GEMM (and bias add) bit for bit, whatever the dropout, with no u, du or scratch given.
+TEST(LoraLinear, WithoutAdapterIsTheBaseLinearBitForBit) {
+  REQUIRE_GPU();
+  DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
+  GemmContext ctx(workspace.get(), kWorkspaceBytes);
+  for (const LoraShape& c : kLoraShapes) {
+    SCOPED_TRACE(lora_trace(c, 0.1f));
+    const LoraProblem p(c, 0.1f, 201 + c.T);
+    LoraDevice off;
+    off.dropout = 0.1f, off.R = c.R, off.scale = p.scale;
+    const std::vector<float> dy = random_bf16(elems(c.T, c.out), 202), dx0 = random_bf16(elems(c.T, c.in), 203);
+    auto d_x = to_device_bf16(p.x), d_W = to_device_bf16(p.W), d_b = to_device_bf16(p.bias), d_dy = to_device_bf16(dy);
+    for (bool with_bias : {false, true}) {
+      DeviceBuffer<bf16> d_y(elems(c.T, c.out)), d_want(elems(c.T, c.out));
+      poison(d_y);
+      const bf16* bias = with_bias ? d_b.get() : nullptr;
+      lora_linear_forward(ctx, d_y.get(), nullptr, d_x.get(), d_W.get(), bias, off, nullptr, c.T, c.in, c.out,
+                          kStream);
+      gemm(ctx, d_want.get(), d_x.get(), d_W.get(), c.T, c.out, c.in, false, true, 1.f, 0.f, GemmOut::kBf16, kStream);
+      if (with_bias) bias_add(d_want.get(), bias, c.T, c.out, kStream);
+      expect_bitwise_equal(download(d_y), download(d_want), with_bias ? "y = x·Wᵀ + b" : "y = x·Wᵀ");
+    }
+    for (bool accumulate : {false, true}) {
+      auto d_dx = to_device_bf16(dx0), d_want = to_device_bf16(dx0);
+      if (!accumulate) poison(d_dx);
+      lora_linear_backward(ctx, d_dx.get(), accumulate, d_dy.get(), d_x.get(), nullptr, d_W.get(), off, nullptr,
+                           nullptr, c.T, c.in, c.out, kStream);
+      gemm(ctx, d_want.get(), d_dy.get(), d_W.get(), c.T, c.in, c.out, false, false, 1.f, accumulate ? 1.f : 0.f,
+           GemmOut::kBf16, kStream);
+      expect_bitwise_equal(download(d_dx), download(d_want), accumulate ? "dx += dy·W" : "dx = dy·W");
+    }
+  }
+}
+
+// Missing buffers are refused before any launch, naming the buffer.
+TEST(LoraLinear, RejectsMissingBuffers) {
+  REQUIRE_GPU();
+  GemmContext ctx(nullptr, 0);
+  bf16* some = reinterpret_cast<bf16*>(16);  // never dereferenced: the checks come first
+  LoraDevice lora;
+  lora.A = some, lora.R = 4, lora.scale = 1.f;
+  auto forward = [&](bf16* u) {
+    lora_linear_forward(ctx, some, u, some, some, nullptr, lora, nullptr, 4, 8, 8, kStream);
+  };
+  expect_error([&] { forward(some); }, "B and rank");
+  lora.B = some;
+  expect_error([&] { forward(nullptr); }, "u, the (T, R) buffer");
+  lora.dropout = 0.1f;
+  expect_error([&] { forward(some); }, "x_dropped");
+  lora.dropout = 0.f;
+  expect_error([&] { lora_linear_backward(ctx, some, false, some, some, some, some, lora, some, nullptr, 4, 8, 8,
+                                          kStream); },
+               "dA, dB");
+}
+
+// ---------------------------------------------------------------------------------------------
 // LM head + cross-entropy
 
 struct CeProblem {
@@ -678,11 +917,11 @@ struct CeProblem {
   int C, V;
   std::vector<float> x, W;  // bf16 values
   std::vector<int32_t> targets;
-  float grad_scale;
+  std::vector<float> token_weight;  // w_t: SFT's 1 / (target tokens) unless a test sets others
 };
 
 CeProblem make_ce_problem(int64_t T, int C, int V, uint64_t seed) {
-  CeProblem p{T, C, V, random_bf16(elems(T, C), seed), random_bf16(elems(V, C), seed + 1, -0.25f, 0.25f), {}, 0.f};
+  CeProblem p{T, C, V, random_bf16(elems(T, C), seed), random_bf16(elems(V, C), seed + 1, -0.25f, 0.25f), {}, {}};
   p.targets.resize(T);
   int64_t n_targets = 0;
   for (int64_t t = 0; t < T; ++t) {
@@ -690,7 +929,7 @@ CeProblem make_ce_problem(int64_t T, int C, int V, uint64_t seed) {
     n_targets += p.targets[t] != kIgnoreIndex;
   }
   p.targets.back() = V - 1;  // the last vocabulary row
-  p.grad_scale = 1.f / float(std::max<int64_t>(n_targets, 1));
+  p.token_weight.assign(T, 1.f / float(std::max<int64_t>(n_targets, 1)));
   return p;
 }
 
@@ -702,15 +941,17 @@ struct CeResult {
 CeResult run_ce(GemmContext& ctx, const CeProblem& p, GemmOut logits_type, int chunk, bool with_grad) {
   auto d_x = to_device_bf16(p.x), d_W = to_device_bf16(p.W);
   auto d_targets = to_device(p.targets);
+  auto d_weight = to_device(p.token_weight);
   DeviceBuffer<bf16> d_dx(elems(p.T, p.C));
   DeviceBuffer<float> d_loss(p.T), d_loss_sum(1);
   DeviceBuffer<uint8_t> d_logits(lm_head_logits_bytes(chunk, p.V, logits_type));
   poison(d_dx), poison(d_loss);
   const float start = 0.5f;  // loss_sum accumulates (+=)
   upload(d_loss_sum.get(), std::vector<float>{start});
+  // The loss alone needs no weights: null there checks that they are not read.
   lm_head_cross_entropy(ctx, with_grad ? d_dx.get() : nullptr, d_loss.get(), d_loss_sum.get(), d_logits.get(),
-                        logits_type, d_x.get(), d_W.get(), d_targets.get(), p.T, p.C, p.V, p.grad_scale, chunk,
-                        kStream);
+                        logits_type, d_x.get(), d_W.get(), d_targets.get(), with_grad ? d_weight.get() : nullptr, p.T,
+                        p.C, p.V, chunk, kStream);
   CeResult r;
   if (with_grad) r.dx = download(d_dx);
   r.token_loss = download(d_loss);
@@ -721,8 +962,9 @@ CeResult run_ce(GemmContext& ctx, const CeProblem& p, GemmOut logits_type, int c
 // Error bounds from bf16 logits: |dz| of a logit z is at most u|z| <= u * B_t, B_t = |x_t| * max_v |W_v|
 // (Cauchy-Schwarz), so lse and z[y] each move by at most u * B_t and the loss by 2 u B_t. Softmax
 // probabilities then move by a factor exp(+-2 u B_t), dz is rounded to bf16 (u), and
-// dx_t = sum_v dz_v W_v moves by at most (2 u B_t + u) * grad_scale * 2 max|W| (sum_v |dz_v| <= 2 grad_scale),
+// dx_t = sum_v dz_v W_v moves by at most (2 u B_t + u) * |w_t| * 2 max|W| (sum_v |dz_v| <= 2 |w_t|),
 // plus one rounding of dx itself. fp32 logits take B_t = 0 (the GEMM's fp32 sums are ~1e-6 exact).
+// A token of weight 0 gets dz = 0 exactly, so its dx must be exactly 0.
 void expect_ce_close(const CeResult& got, const CeResult& want, const CeProblem& p, bool bf16_logits) {
   const double u = kBf16Eps;
   double max_w_norm = 0, max_w = 0;
@@ -745,10 +987,11 @@ void expect_ce_close(const CeResult& got, const CeResult& want, const CeProblem&
     ASSERT_LE(std::fabs(got.token_loss[t] - want.token_loss[t]), loss_tol)
         << "token_loss of token " << t << ": got " << got.token_loss[t] << ", want " << want.token_loss[t];
     if (got.dx.empty()) continue;
-    const double dz_err = (std::expm1(2 * u * B) + u) * p.grad_scale * 2 * max_w;
+    const double w = std::fabs(p.token_weight[t]);
+    const double dz_err = (std::expm1(2 * u * B) + u) * w * 2 * max_w;
     for (int c = 0; c < p.C; ++c) {
       const size_t i = size_t(t) * p.C + c;
-      const double tol = dz_err + u * std::fabs(want.dx[i]) + 1e-6 * p.grad_scale;
+      const double tol = dz_err + u * std::fabs(want.dx[i]) + 1e-6 * w;
       ASSERT_LE(std::fabs(got.dx[i] - want.dx[i]), tol)
           << "dx of token " << t << ", channel " << c << ": got " << got.dx[i] << ", want " << want.dx[i];
     }
@@ -762,8 +1005,8 @@ CeResult reference_ce(const CeProblem& p, bool with_grad) {
   r.dx.assign(with_grad ? elems(p.T, p.C) : 0, 0.f);
   r.token_loss.assign(p.T, 0.f);
   const CrossEntropyOut out = lm_head_cross_entropy_ref(with_grad ? r.dx.data() : nullptr, r.token_loss.data(),
-                                                        p.x.data(), p.W.data(), p.targets.data(), p.T, p.C, p.V,
-                                                        p.grad_scale);
+                                                        p.x.data(), p.W.data(), p.targets.data(),
+                                                        p.token_weight.data(), p.T, p.C, p.V);
   r.loss_sum = float(out.loss_sum);
   return r;
 }
@@ -793,6 +1036,43 @@ TEST(LmHeadCrossEntropy, MatchesReferenceOnQwenAndLlamaVocabularies) {
   }
 }
 
+TEST(LmHeadCrossEntropy, GradientNeedsTokenWeights) {
+  REQUIRE_GPU();
+  GemmContext ctx(nullptr, 0);
+  bf16* dx = reinterpret_cast<bf16*>(16);  // never dereferenced: the checks come first
+  float* loss = reinterpret_cast<float*>(16);
+  expect_error([&] {
+    lm_head_cross_entropy(ctx, dx, loss, nullptr, loss, GemmOut::kFp32, nullptr, nullptr, nullptr, nullptr, 4, 8, 16, 4,
+                          kStream);
+  }, "token_weight");
+}
+
+// Per-token weights as a preference objective gives them: random signs and sizes, every fifth
+// exactly 0 (its dx must be exactly 0), weights on ignored tokens too (dx 0 all the same). Each row
+// must use its own weight, also across chunk boundaries (chunks of 16 and 128 over 37 and 300 tokens).
+TEST(LmHeadCrossEntropy, PerTokenWeightsMatchReference) {
+  REQUIRE_GPU();
+  DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
+  GemmContext ctx(workspace.get(), kWorkspaceBytes);
+  struct Case {
+    int64_t T;
+    int C, V, chunk;
+  };
+  const Case cases[] = {{37, 24, 4099, 16}, {300, 64, 32000, 128}, {5, 8, 151936, 2}};
+  for (const Case& c : cases) {
+    CeProblem p = make_ce_problem(c.T, c.C, c.V, 171 + c.V);
+    p.token_weight = random_floats(c.T, 172 + c.T, -2.f, 2.f);
+    for (int64_t t = 2; t < c.T; t += 5) p.token_weight[t] = 0.f;  // w_0 != 0: every row differs from row 0
+    const CeResult want = reference_ce(p, true);
+    for (GemmOut logits : {GemmOut::kBf16, GemmOut::kFp32}) {
+      const bool bf16_logits = logits == GemmOut::kBf16;
+      SCOPED_TRACE("T " + std::to_string(c.T) + ", C " + std::to_string(c.C) + ", V " + std::to_string(c.V) +
+                   ", chunk " + std::to_string(c.chunk) + (bf16_logits ? ", bf16 logits" : ", fp32 logits"));
+      expect_ce_close(run_ce(ctx, p, logits, c.chunk, true), want, p, bf16_logits);
+    }
+  }
+}
+
 // One chunk of 16500 tokens x 131072 logits = 2.16e9 elements: row offsets pass 2^31. Only a few
 // tokens have targets (checked against a direct double-precision computation); every other row
 // must give loss 0 and dx exactly 0.
@@ -804,17 +1084,18 @@ TEST(LmHeadCrossEntropy, LargeChunkRowOffsetsPast2To31) {
   std::fill(p.targets.begin(), p.targets.end(), kIgnoreIndex);
   const int64_t checked[] = {0, 16383, 16384, T - 1};
   for (int64_t t : checked) p.targets[t] = int32_t((t * 31) % V);
-  p.grad_scale = 0.25f;
+  std::fill(p.token_weight.begin(), p.token_weight.end(), 0.25f);
   DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
   GemmContext ctx(workspace.get(), kWorkspaceBytes);
   const CeResult got = run_ce(ctx, p, GemmOut::kBf16, int(T), true);
 
   CeProblem small = p;  // the checked rows alone, through the reference
   small.T = std::size(checked);
-  small.x.clear(), small.targets.clear();
+  small.x.clear(), small.targets.clear(), small.token_weight.clear();
   for (int64_t t : checked) {
     small.x.insert(small.x.end(), p.x.begin() + t * C, p.x.begin() + (t + 1) * C);
     small.targets.push_back(p.targets[t]);
+    small.token_weight.push_back(p.token_weight[t]);
   }
   const CeResult want = reference_ce(small, true);
   CeResult got_small;

@@ -627,20 +627,30 @@ struct CeCase {
   static constexpr int T = 37, C = 24, V = 50;
   Vec x = random_floats(T * C, 120), W = random_floats(V * C, 121);
   std::vector<int32_t> targets;
-  float grad_scale;
+  float grad_scale;  // SFT's weight of every token: 1 / target tokens
+  Vec weight;        // token_weight: grad_scale for every token
   CeCase() {
     std::mt19937 rng(122);
     for (int t = 0; t < T; ++t) targets.push_back(t % 4 == 3 ? kIgnoreIndex : int32_t(rng() % V));
     grad_scale = 1.0f / std::count_if(targets.begin(), targets.end(), [](int32_t y) { return y != kIgnoreIndex; });
+    weight.assign(T, grad_scale);
   }
 };
+
+// Per-token weights as a preference objective gives them: random signs and sizes, some exactly 0,
+// and weights on ignored tokens too (they must still give dx = 0).
+Vec mixed_weights(int T, uint64_t seed) {
+  Vec w = random_floats(T, seed, -2.f, 2.f);
+  for (int t = 2; t < T; t += 5) w[t] = 0.f;  // w[0] != 0: a bug applying w[0] to every token must fail
+  return w;
+}
 
 TEST(CrossEntropy, MatchesFullLogitsComputation) {
   const CeCase c;
   Vec dx(c.T * c.C), token_loss(c.T), want_loss(c.T, 0.f);
   std::vector<double> want_dx(c.T * c.C, 0.0);
   const CrossEntropyOut got = lm_head_cross_entropy_ref(dx.data(), token_loss.data(), c.x.data(), c.W.data(),
-                                                        c.targets.data(), c.T, c.C, c.V, c.grad_scale, 8);
+                                                        c.targets.data(), c.weight.data(), c.T, c.C, c.V, 8);
   double want_sum = 0;
   int64_t want_n = 0;
   for (int t = 0; t < c.T; ++t) {
@@ -655,7 +665,7 @@ TEST(CrossEntropy, MatchesFullLogitsComputation) {
     want_sum += lse - z[c.targets[t]];
     ++want_n;
     for (int v = 0; v < c.V; ++v) {
-      const double dz = (std::exp(z[v] - lse) - (v == c.targets[t])) * c.grad_scale;
+      const double dz = (std::exp(z[v] - lse) - (v == c.targets[t])) * c.weight[t];
       for (int i = 0; i < c.C; ++i) want_dx[t * c.C + i] += dz * c.W[v * c.C + i];
     }
   }
@@ -670,12 +680,12 @@ TEST(CrossEntropy, ChunkSizeDoesNotChangeResults) {
   const CeCase c;
   Vec dx_whole(c.T * c.C), loss_whole(c.T);
   const CrossEntropyOut whole = lm_head_cross_entropy_ref(dx_whole.data(), loss_whole.data(), c.x.data(), c.W.data(),
-                                                          c.targets.data(), c.T, c.C, c.V, c.grad_scale, 256);
+                                                          c.targets.data(), c.weight.data(), c.T, c.C, c.V, 256);
   for (int chunk : {1, 5, 36}) {
     SCOPED_TRACE(testing::Message() << "chunk " << chunk);
     Vec dx(c.T * c.C), loss(c.T);
     const CrossEntropyOut got = lm_head_cross_entropy_ref(dx.data(), loss.data(), c.x.data(), c.W.data(),
-                                                          c.targets.data(), c.T, c.C, c.V, c.grad_scale, chunk);
+                                                          c.targets.data(), c.weight.data(), c.T, c.C, c.V, chunk);
     EXPECT_EQ(got.loss_sum, whole.loss_sum);
     EXPECT_EQ(got.n_targets, whole.n_targets);
     expect_bitwise_equal(loss, loss_whole, "token_loss");
@@ -687,14 +697,51 @@ TEST(CrossEntropy, BackwardMatchesFiniteDifferences) {
   CeCase c;
   auto objective = [&] {
     const CrossEntropyOut o = lm_head_cross_entropy_ref(nullptr, nullptr, c.x.data(), c.W.data(), c.targets.data(),
-                                                        c.T, c.C, c.V, c.grad_scale, 16);
+                                                        nullptr, c.T, c.C, c.V, 16);
     return o.loss_sum * c.grad_scale;
   };
   Vec dx(c.T * c.C);
-  lm_head_cross_entropy_ref(dx.data(), nullptr, c.x.data(), c.W.data(), c.targets.data(), c.T, c.C, c.V, c.grad_scale,
-                            16);
+  lm_head_cross_entropy_ref(dx.data(), nullptr, c.x.data(), c.W.data(), c.targets.data(), c.weight.data(), c.T, c.C,
+                            c.V, 16);
   // The objective is a mean over 28 targets, so gradients are ~0.03: the floor is lowered to match.
   expect_close(dx, numeric_grad(c.x, objective), kGradTol, "dx", 1e-3);
+}
+
+// dx is the gradient of sum_t w_t · loss_t for any weights: negative, zero, differing per token.
+TEST(CrossEntropy, WeightedBackwardMatchesFiniteDifferences) {
+  CeCase c;
+  const Vec w = mixed_weights(c.T, 123);
+  Vec loss(c.T);
+  auto objective = [&] {
+    lm_head_cross_entropy_ref(nullptr, loss.data(), c.x.data(), c.W.data(), c.targets.data(), nullptr, c.T, c.C, c.V,
+                              16);
+    return weighted_sum(loss, w);
+  };
+  Vec dx(c.T * c.C);
+  lm_head_cross_entropy_ref(dx.data(), nullptr, c.x.data(), c.W.data(), c.targets.data(), w.data(), c.T, c.C, c.V, 16);
+  // Weights of O(1) give gradients of O(0.1..1), so the default floor applies (see the header).
+  expect_gradient(dx, numeric_grad(c.x, objective), "dx");
+}
+
+// Token t's gradient depends on w_t alone: with only w_t set (every other weight 0) the other rows of
+// dx are exactly 0 and row t is the weighted run's row t, so the single-token gradients add up to
+// the weighted gradient bit for bit (rows of the reference matmul are computed independently).
+TEST(CrossEntropy, WeightIsAppliedPerToken) {
+  const CeCase c;
+  const Vec w = mixed_weights(c.T, 124);
+  Vec dx(c.T * c.C), sum(c.T * c.C, 0.f);
+  lm_head_cross_entropy_ref(dx.data(), nullptr, c.x.data(), c.W.data(), c.targets.data(), w.data(), c.T, c.C, c.V, 8);
+  for (int t = 0; t < c.T; ++t) {
+    Vec single_w(c.T, 0.f), single(c.T * c.C);
+    single_w[t] = w[t];
+    lm_head_cross_entropy_ref(single.data(), nullptr, c.x.data(), c.W.data(), c.targets.data(), single_w.data(), c.T,
+                              c.C, c.V, 8);
+    for (int i = 0; i < c.T * c.C; ++i) {
+      ASSERT_TRUE(i / c.C == t || single[i] == 0.f) << "weight of token " << t << " reached dx of token " << i / c.C;
+      sum[i] += single[i];
+    }
+  }
+  expect_bitwise_equal(sum, dx, "sum of single-token gradients");
 }
 
 TEST(CrossEntropy, AllIgnoredGivesNoLossAndNoGradient) {
@@ -702,7 +749,7 @@ TEST(CrossEntropy, AllIgnoredGivesNoLossAndNoGradient) {
   c.targets.assign(c.T, kIgnoreIndex);
   Vec dx(c.T * c.C, 1.f), loss(c.T, 1.f);
   const CrossEntropyOut got = lm_head_cross_entropy_ref(dx.data(), loss.data(), c.x.data(), c.W.data(),
-                                                        c.targets.data(), c.T, c.C, c.V, 1.f, 8);
+                                                        c.targets.data(), c.weight.data(), c.T, c.C, c.V, 8);
   EXPECT_EQ(got.loss_sum, 0.0);
   EXPECT_EQ(got.n_targets, 0);
   EXPECT_EQ(*std::max_element(dx.begin(), dx.end()), 0.f);
@@ -713,9 +760,17 @@ TEST(CrossEntropy, AllIgnoredGivesNoLossAndNoGradient) {
 TEST(CrossEntropy, RejectsTargetOutsideTheVocabulary) {
   CeCase c;
   c.targets[5] = c.V;
-  EXPECT_THROW(lm_head_cross_entropy_ref(nullptr, nullptr, c.x.data(), c.W.data(), c.targets.data(), c.T, c.C, c.V,
-                                         1.f, 8),
+  EXPECT_THROW(lm_head_cross_entropy_ref(nullptr, nullptr, c.x.data(), c.W.data(), c.targets.data(), nullptr, c.T, c.C,
+                                         c.V, 8),
                Error);
+}
+
+TEST(CrossEntropy, GradientWithoutWeightsIsRefused) {
+  const CeCase c;
+  Vec dx(c.T * c.C);
+  test::expect_error([&] {
+    lm_head_cross_entropy_ref(dx.data(), nullptr, c.x.data(), c.W.data(), c.targets.data(), nullptr, c.T, c.C, c.V, 8);
+  }, {"token_weight"});
 }
 
 // ---------------------------------------------------------------------------------------------

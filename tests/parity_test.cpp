@@ -10,6 +10,7 @@
 
 #include "data/batch.h"
 #include "ops/error.h"
+#include "engine/objective.h"
 #include "engine/optimizer.h"
 #include "models/lora.h"
 #include "models/model_config.h"
@@ -57,7 +58,7 @@ TEST_P(HfParity, LogitsMatchPerDocument) {
   for (size_t i = 0; i < f.docs.size(); ++i) {
     MicroBatch mb = pack(f, {int(i)});
     std::vector<float> logits;
-    f.model->run(mb, f.lora.data(), nullptr, 1.f, nullptr, &logits);
+    f.model->forward(mb, f.lora.data(), {}, nullptr, &logits);
     auto want = exp.read_f32(cat("logits.", i), {mb.T(), f.cfg.V});
     worst = test::max_keeping_nan(worst, test::scaled_error(logits, want));
   }
@@ -71,7 +72,7 @@ TEST_P(HfParity, PackedLossAndLoraGradientsMatch) {
   const int64_t n = f.expected["n_targets"];
   ASSERT_EQ(mb.n_targets(), n);
   std::vector<float> grads(f.layout.total, 0.f);
-  CrossEntropyOut ce = f.model->run(mb, f.lora.data(), grads.data(), 1.f / float(n));
+  CrossEntropyOut ce = f.model->forward_backward(mb, f.lora.data(), grads.data(), sft_token_weights(mb, n).data());
   const double loss = ce.loss_sum / double(n), want = f.expected["loss"];
   std::printf("[%s] loss %.7f vs HF %.7f (rel %.2e)\n", GetParam().c_str(), loss, want, std::fabs(loss - want) / want);
   EXPECT_LE(std::fabs(loss - want) / want, kTol);
@@ -98,11 +99,11 @@ TEST_P(HfParity, PackedBufferEqualsDocumentsOneByOne) {
   ParityFixture f = load_fixture(GetParam());
   MicroBatch packed = pack(f, all_docs(f));
   std::vector<float> packed_loss(packed.T());
-  f.model->run(packed, f.lora.data(), nullptr, 1.f, packed_loss.data());
+  f.model->forward(packed, f.lora.data(), {}, packed_loss.data());
   for (size_t i = 0; i < f.docs.size(); ++i) {
     MicroBatch one = pack(f, {int(i)});
     std::vector<float> loss(one.T());
-    f.model->run(one, f.lora.data(), nullptr, 1.f, loss.data());
+    f.model->forward(one, f.lora.data(), {}, loss.data());
     for (int64_t t = 0; t < one.T(); ++t)
       EXPECT_EQ(loss[t], packed_loss[packed.cu_seqlens[i] + t]) << "document " << i << " token " << t;
   }
@@ -115,13 +116,16 @@ TEST_P(HfParity, FiveAdamWStepsFollowHfLosses) {
   const float lr = e["lr"];
   const int64_t n = e["n_targets"];
   std::vector<float> params = f.lora, grads(f.layout.total, 0.f);
-  OptimizerState st;
+  AdamW optimizer(t, f.layout.total);
   auto want = e["step_losses"].get<std::vector<double>>();
   for (size_t step = 0; step < want.size(); ++step) {
     double loss = 0;
-    for (const auto& which : f.micro_batches)
-      loss += f.model->run(pack(f, which), params.data(), grads.data(), 1.f / float(n)).loss_sum / double(n);
-    optimizer_step(params, grads, st, t, lr);
+    for (const auto& which : f.micro_batches) {
+      const MicroBatch mb = pack(f, which);
+      loss += f.model->forward_backward(mb, params.data(), grads.data(), sft_token_weights(mb, n).data()).loss_sum /
+              double(n);
+    }
+    optimizer.step(params.data(), grads.data(), lr);
     std::printf("[%s] step %zu loss %.7f vs HF %.7f\n", GetParam().c_str(), step + 1, loss, want[step]);
     EXPECT_LE(std::fabs(loss - want[step]) / want[step], kTol) << "step " << step + 1;
   }

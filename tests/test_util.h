@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/device.h"
+#include "ops/device.h"
 #include "ops/error.h"
 
 namespace loom::test {

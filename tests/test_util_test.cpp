@@ -95,7 +95,7 @@ TEST(ExpectClose, FailsOnNanInfAndSizeMismatch) {
 class LoraCompare : public testing::Test {
  protected:
   LoraCompare() {
-    LoraSection s;
+    LoraOptions s;
     s.r = 2;
     s.alpha = 4;
     layout_ = make_lora_layout(preset_model_config("tiny"), s);

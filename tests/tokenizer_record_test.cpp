@@ -41,8 +41,8 @@ class PreparedData : public testing::Test {
   std::string path(const std::string& name) const { return (dir_ / name).string(); }
 
   // data.jsonl with two conversations (or two text records).
-  DataSection chats(bool text = false) const {
-    DataSection d;
+  DataOptions chats(bool text = false) const {
+    DataOptions d;
     d.path = path("data.jsonl");
     std::ofstream out(d.path);
     if (text)
@@ -55,7 +55,7 @@ class PreparedData : public testing::Test {
   // The data prepared into `name` with a shared tokenizer and data.template.
   std::string prepare(const std::string& tokenizer, const std::string& name, const std::string& tmpl = "auto",
                       bool text = false) const {
-    DataSection d = chats(text);
+    DataOptions d = chats(text);
     d.template_name = tmpl;
     PrepareOptions quiet;
     quiet.progress = false;
@@ -200,7 +200,7 @@ TEST_F(PreparedData, TrainingOnLlama3ShardsWithAQwen3ModelIsAnError) {
   const std::string qwen3 = model_folder("qwen3");
   // Every Llama 3 id is below Qwen3's 151936 embedding rows: the vocabulary check alone passes.
   const std::string err = test::error_of(
-      [&] { load_training_documents(run_config(qwen3, shards, path("run")), vocab_of(151936)); });
+      [&] { load_run_documents(run_config(qwen3, shards, path("run")), vocab_of(151936)); });
   for (const std::string& part :
        {"data.path " + shards + " was tokenized with <" + shared_tokenizer("llama3") + "/tokenizer.json",
         std::string("vocab 128256"), "but model.path's tokenizer is <" + qwen3 + "/tokenizer.json",
@@ -209,20 +209,20 @@ TEST_F(PreparedData, TrainingOnLlama3ShardsWithAQwen3ModelIsAnError) {
         std::string("or point data.path at the JSONL file")})
     EXPECT_NE(err.find(part), std::string::npos) << "\"" << part << "\" missing from: " << err;
   // The model the shards were made for trains on them.
-  EXPECT_EQ(load_training_documents(run_config(model_folder("llama3"), shards, path("run")), vocab_of(128256)).size(),
+  EXPECT_EQ(load_run_documents(run_config(model_folder("llama3"), shards, path("run")), vocab_of(128256)).train.size(),
             2u);
 }
 
 TEST_F(PreparedData, JsonlPreparedWithAnotherDataTokenizerIsAnError) {
   TrainConfig cfg = run_config(model_folder("qwen3"), chats().path, path("run"));
   cfg.data.tokenizer = shared_tokenizer("llama3");
-  const std::string err = test::error_of([&] { load_training_documents(cfg, vocab_of(151936)); });
+  const std::string err = test::error_of([&] { load_run_documents(cfg, vocab_of(151936)); });
   for (const std::string& part : {"data.path " + cfg.data.path + " (prepared with data.tokenizer into ",
                                   std::string("vocab 128256"), std::string("but model.path's tokenizer is <"),
                                   std::string("; remove data.tokenizer to prepare it with model.path's tokenizer")})
     EXPECT_NE(err.find(part), std::string::npos) << "\"" << part << "\" missing from: " << err;
   cfg.data.tokenizer = shared_tokenizer("qwen3");  // a copy of the model's own: the same tokenizer
-  EXPECT_EQ(load_training_documents(cfg, vocab_of(151936)).size(), 2u);
+  EXPECT_EQ(load_run_documents(cfg, vocab_of(151936)).train.size(), 2u);
 }
 
 }  // namespace

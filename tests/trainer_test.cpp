@@ -14,6 +14,7 @@
 #include "engine/schedule.h"
 #include "ops/error.h"
 #include "engine/trainer.h"
+#include "engine/training_data.h"
 #include "models/lora.h"
 #include "models/model_config.h"
 #include "models/safetensors.h"
@@ -252,6 +253,19 @@ TEST(Trainer, ResumeWithOnlyLoggingAndSavingChangedContinuesExactly) {
   EXPECT_EQ(sb.first_step, 3);
   EXPECT_EQ(adapter_of(b), adapter_of(a));
   EXPECT_EQ(text_of(b + "/config.resolved.yaml"), text_of(a + "/config.resolved.yaml"));
+}
+
+TEST(TrainingData, LoaderOptionsComeFromTheTrainSection) {
+  TrainSection train;
+  train.token_budget = 8192;
+  train.global_batch = 64;
+  train.seed = 7;
+  const LoaderOptions o = loader_options(train, 2, 4);
+  EXPECT_EQ(o.token_budget, 8192);
+  EXPECT_EQ(o.global_batch, 64);
+  EXPECT_EQ(o.seed, 7u);
+  EXPECT_EQ(o.rank, 2);
+  EXPECT_EQ(o.world, 4);
 }
 
 }  // namespace

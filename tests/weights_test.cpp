@@ -69,7 +69,7 @@ TEST(Weights, EveryOptionalTensorSavesAndLoadsBack) {
 TEST(Weights, CheckpointAuditedOnceIsReusedByTheLoader) {
   const std::string dir = fresh_dir("audit_once");
   fs::copy(test::fixtures_dir() + "/hf/llama/model", dir, fs::copy_options::recursive);
-  ModelSection section;
+  ModelOptions section;
   section.path = dir;
   const ModelConfig cfg = resolve_model_config(section);
   // A new file in its place (rename: the audited mapping keeps the old one).

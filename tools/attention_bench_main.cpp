@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/device.h"
+#include "ops/device.h"
 #include "ops/attention.h"
 #include "ops/cuda_common.h"
 

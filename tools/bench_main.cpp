@@ -3,6 +3,12 @@
 //               [--token-budget N] [--steps 5] [--warmup 2] [--json out.json]
 //   build/bench --preset qwen3-0.6b --print-data     the documents of each step, no GPU needed
 //                                                    (tools/hf_baseline.py checks its copy against it)
+//   build/bench --preset llama-3.1-8b --forward-only --token-budget 16384
+//                                                    build/score's model (ModelMode::kForward): its
+//                                                    memory plan, peak memory and tokens/s
+// Training runs go through engine/step.h's run_step, the step build/train runs. After the timed
+// steps the same micro-batches are evaluated (forward only, as train.eval_every does):
+//   eval_time_ratio = eval seconds / training seconds of the same tokens
 // The model is the preset with random weights (seed 0), LoRA r=16 alpha=16 dropout 0 on the seven
 // projections, AdamW lr 2e-4 (constant) wd 0, clip 1.0, 32 sequences per step from the packed
 // dataloader (seed 42) over 4096 synthetic documents. The device ceilings are measured first (while
@@ -31,14 +37,20 @@
 #include "data/dataloader.h"
 #include "data/synthetic.h"
 #include "engine/config.h"
-#include "engine/device.h"
+#include "ops/device.h"
 #include "engine/divergence.h"
 #include "ops/error.h"
 #include "engine/flops.h"
+#include "engine/backend.h"
+#include "engine/objective.h"
+#include "engine/step.h"
+#include "engine/training_data.h"
+#include "models/compute_options.h"
 #include "models/cuda_model.h"
 #include "models/lora.h"
 #include "models/model_config.h"
 #include "models/weights.h"
+#include "tools/flag_terms.h"
 
 namespace loom {
 namespace {
@@ -56,19 +68,21 @@ constexpr int64_t kFullRecomputeBudget = 4096;  // twice the workload's longest 
 
 const char* kUsage =
     "usage: build/bench --preset NAME [--quant nf4|bf16] [--recompute none|selective|full]\n"
-    "                   [--token-budget N] [--steps N] [--warmup N] [--json FILE] [--print-data]\n"
+    "                   [--token-budget N] [--steps N] [--warmup N] [--json FILE] [--print-data] [--forward-only]\n"
     "  Times BENCHMARK.md's sft-alpaca workload on GPU 0 and prints one JSON object.\n"
     "  Presets: qwen3-0.6b, llama-3.2-1b, mistral-7b, llama-3.1-8b, qwen3-8b.\n"
-    "  --print-data prints each step's documents (lengths, id sums) without touching the GPU.\n";
+    "  --print-data prints each step's documents (lengths, id sums) without touching the GPU.\n"
+    "  --forward-only times the scoring model (no gradients, no optimizer) and prints its plan.\n";
 
 struct BenchOptions {
   std::string preset;
-  std::string quant = "nf4";
-  std::string recompute = CudaModelOptions{}.recompute;  // the engine's default
-  int64_t token_budget = 0;                               // 0: one micro-batch per step
+  Quant quant = Quant::kNf4;
+  Recompute recompute = TrainSection{}.recompute;  // the engine's default
+  int64_t token_budget = 0;                        // 0: one micro-batch per step
   int steps = 5, warmup = 2;
   std::string json_path;
   bool print_data = false;
+  bool forward_only = false;
 };
 
 int parse_count(const std::string& flag, const std::string& value, int min) {
@@ -88,15 +102,15 @@ BenchOptions parse_args(int argc, char** argv) {
   BenchOptions o;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (flag == "--print-data") {
-      o.print_data = true;
+    if (flag == "--print-data" || flag == "--forward-only") {
+      (flag == "--print-data" ? o.print_data : o.forward_only) = true;
       continue;
     }
     LOOM_CHECK(i + 1 < argc, flag, " needs a value\n", kUsage);
     const std::string value = argv[++i];
     if (flag == "--preset") o.preset = value;
-    else if (flag == "--quant") o.quant = value;
-    else if (flag == "--recompute") o.recompute = value;
+    else if (flag == "--quant") o.quant = parse_choice<Quant>(flag, value, kQuantNames);
+    else if (flag == "--recompute") o.recompute = parse_choice<Recompute>(flag, value, kRecomputeNames);
     else if (flag == "--token-budget") o.token_budget = parse_count(flag, value, 1);
     else if (flag == "--steps") o.steps = parse_count(flag, value, 1);
     else if (flag == "--warmup") o.warmup = parse_count(flag, value, 0);
@@ -104,20 +118,17 @@ BenchOptions parse_args(int argc, char** argv) {
     else fail("unknown option ", flag, "\n", kUsage);
   }
   LOOM_CHECK(!o.preset.empty(), "--preset is required\n", kUsage);
-  LOOM_CHECK(o.quant == "nf4" || o.quant == "bf16", "--quant must be nf4 or bf16, got '", o.quant, "'");
-  LOOM_CHECK(o.recompute == "none" || o.recompute == "selective" || o.recompute == "full",
-             "--recompute must be none, selective or full, got '", o.recompute, "'");
   return o;
 }
 
 // train: the optimizer and batch settings of BENCHMARK.md (everything else at its default).
 TrainSection bench_train_section(const BenchOptions& o, int64_t token_budget) {
   TrainSection t;
-  t.device = "cuda";
+  t.device = Device::kCuda;
   t.token_budget = int(token_budget);
   t.global_batch = kSequencesPerStep;
   t.lr = 2e-4f;
-  t.schedule = "constant";
+  t.schedule = Schedule::kConstant;
   t.weight_decay = 0.f;
   t.max_grad_norm = 1.f;
   t.recompute = o.recompute;
@@ -125,8 +136,8 @@ TrainSection bench_train_section(const BenchOptions& o, int64_t token_budget) {
   return t;
 }
 
-LoraSection bench_lora_section() {
-  LoraSection l;
+LoraOptions bench_lora_options() {
+  LoraOptions l;
   l.r = 16;
   l.alpha = 16.f;
   l.dropout = 0.f;
@@ -145,8 +156,8 @@ std::vector<Step> plan_steps(const std::vector<Document>& docs, int n_steps) {
   return steps;
 }
 
-int64_t default_token_budget(const std::vector<Document>& docs, int n_steps, const std::string& recompute) {
-  if (recompute == "full") return kFullRecomputeBudget;
+int64_t default_token_budget(const std::vector<Document>& docs, int n_steps, Recompute recompute) {
+  if (recompute == Recompute::kFull) return kFullRecomputeBudget;
   int64_t largest = 0;
   for (const Step& s : plan_steps(docs, n_steps)) largest = std::max(largest, s.global_tokens);
   return (largest + kBudgetQuantum - 1) / kBudgetQuantum * kBudgetQuantum;
@@ -223,20 +234,19 @@ Ceilings measure_ceilings() {
   return c;
 }
 
-// The engine under test; a plan that does not fit names the bench's own flags.
-std::unique_ptr<CudaModel> build_model(const BenchOptions& o, const ModelConfig& cfg, int64_t token_budget) {
-  const LoraLayout layout = make_lora_layout(cfg, bench_lora_section());
-  CudaModelOptions mo;
-  mo.quant = o.quant;
-  mo.double_quant = true;
-  mo.recompute = o.recompute;
-  mo.token_budget = token_budget;
-  mo.train = bench_train_section(o, token_budget);
+// The training backend build/train runs; a plan that does not fit names the bench's own flags.
+std::unique_ptr<TrainBackend> build_backend(const BenchOptions& o, const ModelConfig& cfg, int64_t token_budget) {
+  const LoraLayout layout = make_lora_layout(cfg, bench_lora_options());
+  TrainConfig tc;
+  tc.model.quant = o.quant;
+  tc.model.double_quant = true;
+  tc.lora = bench_lora_options();
+  tc.train = bench_train_section(o, token_budget);
   std::fprintf(stderr, "bench: building %s (%s, random weights) with token budget %lld\n", o.preset.c_str(),
-               o.quant.c_str(), static_cast<long long>(token_budget));
+               quant_name(o.quant), static_cast<long long>(token_budget));
   try {
-    return std::make_unique<CudaModel>(cfg, WeightSource::random(cfg, kWeightSeed), layout,
-                                       lora_init(layout, uint64_t(kLoaderSeed)), mo);
+    return make_cuda_backend(cfg, WeightSource::random(cfg, kWeightSeed), layout,
+                             lora_init(layout, uint64_t(kLoaderSeed)), tc);
   } catch (const Error& e) {
     fail(e.what(), "\n(when the plan does not fit: build/bench --token-budget N with N >= 2048, the longest ",
          "document, or --recompute full)");
@@ -246,41 +256,33 @@ std::unique_ptr<CudaModel> build_model(const BenchOptions& o, const ModelConfig&
 struct TimedRun {
   std::vector<double> step_seconds;
   double seconds = 0;
+  double eval_seconds = 0;  // forward-only passes over the same micro-batches
   int64_t tokens = 0, padded_tokens = 0, micro_batches = 0;
   double last_loss = 0;
   std::vector<MicroBatch> micro;  // every timed micro-batch, for ℓ̄
 };
 
-struct StepFigures {
-  double loss = 0;       // mean over the step's targets, as the trainer divides it
-  double grad_norm = 0;  // before clipping
-};
-
-// One optimizer step.
-StepFigures run_step(CudaModel& model, const Step& step, float lr) {
-  const float grad_scale = step.global_targets > 0 ? 1.f / float(step.global_targets) : 0.f;
-  const size_t n = step.micro.size();
-  for (size_t m = 0; m < n; ++m) model.forward_backward(step.micro[m], grad_scale, /*dropout_seed=*/0, m + 1 == n);
-  const CudaModel::StepResult r = model.end_step(lr);
-  return {step.global_targets > 0 ? r.loss_sum / double(step.global_targets) : 0.0, r.grad_norm};
-}
-
 // Every step goes through the trainer's divergence checks (engine/divergence.h): a step that
 // computes garbage is not benchmarked.
-void check_step(DivergenceDetector& divergence, const StepFigures& f, const Step& step, const char* phase, int s) {
+void check_step(DivergenceDetector& divergence, const StepOutcome& f, const Step& step, const char* phase, int s) {
   if (std::optional<Divergence> d = divergence.check(f.loss, f.grad_norm, step.global_targets))
     fail("bench: ", phase, " step ", s, ": ", d->what,
          "; a step that computes garbage is not benchmarked (run the GPU tests)");
 }
 
-TimedRun run_benchmark(CudaModel& model, const BenchOptions& o, const std::vector<Document>& docs,
+// One optimizer step through the trainer's step function; LoRA dropout is 0, so the masks' seed is moot.
+StepOutcome bench_step(TrainBackend& backend, const Step& step, float lr) {
+  return run_step(backend, SftObjective(), step, lr, [](size_t) { return uint64_t(0); });
+}
+
+TimedRun run_benchmark(TrainBackend& backend, const BenchOptions& o, const std::vector<Document>& docs,
                        int64_t token_budget) {
   const TrainSection t = bench_train_section(o, token_budget);
   DataLoader loader(docs, loader_options(t, 0, 1));
   DivergenceDetector divergence(divergence_options(t));
   for (int s = 0; s < o.warmup; ++s) {
     Step step = loader.next();
-    const StepFigures f = run_step(model, step, t.lr);
+    const StepOutcome f = bench_step(backend, step, t.lr);
     std::fprintf(stderr, "bench: warm-up step %d/%d, loss %.4f, grad norm %.4f\n", s + 1, o.warmup, f.loss,
                  f.grad_norm);
     check_step(divergence, f, step, "warm-up", s + 1);
@@ -290,7 +292,7 @@ TimedRun run_benchmark(CudaModel& model, const BenchOptions& o, const std::vecto
   for (int s = 0; s < o.steps; ++s) {
     const auto ts = Clock::now();
     Step step = loader.next();
-    const StepFigures f = run_step(model, step, t.lr);
+    const StepOutcome f = bench_step(backend, step, t.lr);
     run.step_seconds.push_back(std::chrono::duration<double>(Clock::now() - ts).count());
     check_step(divergence, f, step, "timed", s + 1);
     run.last_loss = f.loss;
@@ -300,21 +302,24 @@ TimedRun run_benchmark(CudaModel& model, const BenchOptions& o, const std::vecto
     for (MicroBatch& mb : step.micro) run.micro.push_back(std::move(mb));
   }
   run.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  const auto e0 = Clock::now();
+  backend.loss_sum(run.micro, true);  // waits for the device
+  run.eval_seconds = std::chrono::duration<double>(Clock::now() - e0).count();
   return run;
 }
 
 Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& c, int64_t token_budget,
-                 const TimedRun& run, const CudaModel& model) {
+                 const TimedRun& run, const TrainBackend& backend) {
   const double tokens_per_s = double(run.tokens) / run.seconds;
   const double keys = mean_attended_keys(cfg, run.micro);
   const double fpt = flops_per_token(cfg, keys);
   Json j = {{"engine", "loom"},
             {"preset", o.preset},
-            {"mode", o.quant},
+            {"mode", quant_name(o.quant)},
             {"gpus", 1},
             {"tokens_per_s", tokens_per_s},
             {"mfu", mfu(tokens_per_s, fpt, c.matmul_tflops)},
-            {"peak_mem_gib", model.peak_memory_gib()},
+            {"peak_mem_gib", backend.peak_memory_gib()},
             {"pad_share", 0.0},
             {"baseline_pad_share", 1.0 - double(run.tokens) / double(run.padded_tokens)}};
   j.update(device_json());
@@ -322,7 +327,7 @@ Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& 
   j["matmul_tflops"] = c.matmul_tflops;
   j["copy_tbps"] = c.copy_tbps;
   j["token_budget"] = token_budget;
-  j["recompute"] = o.recompute;
+  j["recompute"] = recompute_name(o.recompute);
   j["sequences_per_step"] = kSequencesPerStep;
   j["warmup_steps"] = o.warmup;
   j["timed_steps"] = o.steps;
@@ -333,15 +338,77 @@ Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& 
   j["flops_per_token"] = fpt;
   j["mean_attended_keys"] = keys;
   j["loss_last"] = run.last_loss;
+  j["eval_seconds"] = run.eval_seconds;
+  j["eval_time_ratio"] = run.eval_seconds / run.seconds;
+  return j;
+}
+
+double gib(size_t bytes) { return double(bytes) / double(size_t(1) << 30); }
+
+double device_memory_in_use_gib() {
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return gib(total_b - free_b);
+}
+
+// build/score's model on this preset: the forward-only plan (weights, and everything else) and the
+// process's device memory, measured while scoring the timed steps' micro-batches.
+Json forward_only_json(const BenchOptions& o, const ModelConfig& cfg, const std::vector<Document>& docs,
+                       int64_t token_budget) {
+  const LoraLayout layout = make_lora_layout(cfg, bench_lora_options());
+  CudaModelOptions mo;
+  mo.mode = ModelMode::kForward;
+  mo.quant = o.quant;
+  mo.token_budget = token_budget;
+  CudaModel model(cfg, layout, mo);
+  const double before = device_memory_in_use_gib();
+  model.load(WeightSource::random(cfg, kWeightSeed), lora_init(layout, uint64_t(kLoaderSeed)));
+  std::vector<MicroBatch> micro;
+  LoaderOptions lo = loader_options(bench_train_section(o, token_budget), 0, 1);
+  DataLoader loader(docs, lo);
+  for (int s = 0; s < o.warmup + o.steps; ++s)
+    for (MicroBatch& mb : loader.next().micro) micro.push_back(std::move(mb));
+  int64_t tokens = 0;
+  double peak = 0, seconds = 0;
+  for (size_t i = 0; i < micro.size(); ++i) {
+    const auto t0 = Clock::now();
+    model.forward(micro[i], PassOptions{});
+    model.take_forward_loss_sum();  // waits
+    if (i >= size_t(o.warmup)) {  // the first micro-batches warm cuBLASLt up
+      seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+      tokens += micro[i].T();
+    }
+    peak = std::max(peak, device_memory_in_use_gib());
+  }
+  const double weights = gib(model.plan().group_bytes("weights"));
+  Json j = {{"engine", "loom"},
+            {"preset", o.preset},
+            {"mode", std::string(quant_name(o.quant)) + " forward-only"},
+            {"token_budget", token_budget},
+            {"plan_weights_gib", weights},
+            {"plan_lora_gib", gib(model.plan().group_bytes("lora"))},
+            {"plan_activations_gib", gib(model.plan().group_bytes("activations"))},
+            {"plan_scratch_gib", gib(model.plan().group_bytes("scratch"))},
+            {"plan_total_gib", gib(model.planned_bytes())},
+            {"memory_before_load_gib", before},
+            {"peak_mem_gib", peak},
+            {"peak_beyond_weights_gib", peak - weights},
+            {"tokens_per_s", tokens > 0 ? double(tokens) / seconds : 0.0}};
+  j.update(device_json());
+  j["commit"] = git_commit();
+  std::fprintf(stderr, "%s forward-only budget %lld | plan: weights %.2f GiB, the rest %.2f GiB | peak %.2f GiB "
+                       "(%.2f GiB beyond the weights) | %.0f tok/s\n",
+               o.preset.c_str(), static_cast<long long>(token_budget), weights, gib(model.planned_bytes()) - weights,
+               peak, peak - weights, j["tokens_per_s"].get<double>());
   return j;
 }
 
 void print_row(const Json& j) {
-  std::fprintf(stderr, "%-14s %-5s %-10s budget %6lld | %9.0f tok/s | MFU %5.1f%% | %6.2f GiB | %s\n",
+  std::fprintf(stderr, "%-14s %-5s %-10s budget %6lld | %9.0f tok/s | MFU %5.1f%% | %6.2f GiB | eval %.2fx | %s\n",
                j["preset"].get<std::string>().c_str(), j["mode"].get<std::string>().c_str(),
                j["recompute"].get<std::string>().c_str(), j["token_budget"].get<long long>(),
                j["tokens_per_s"].get<double>(), 100.0 * j["mfu"].get<double>(), j["peak_mem_gib"].get<double>(),
-               j["device"].get<std::string>().c_str());
+               j["eval_time_ratio"].get<double>(), j["device"].get<std::string>().c_str());
 }
 
 void emit(const Json& j, const std::string& json_path) {
@@ -367,9 +434,13 @@ int run(int argc, char** argv) {
   const Ceilings c = measure_ceilings();
   const int64_t budget =
       o.token_budget > 0 ? o.token_budget : default_token_budget(docs, o.warmup + o.steps, o.recompute);
-  std::unique_ptr<CudaModel> model = build_model(o, cfg, budget);
-  const TimedRun timed = run_benchmark(*model, o, docs, budget);
-  const Json j = result_json(o, cfg, c, budget, timed, *model);
+  if (o.forward_only) {
+    emit(forward_only_json(o, cfg, docs, budget), o.json_path);
+    return 0;
+  }
+  std::unique_ptr<TrainBackend> backend = build_backend(o, cfg, budget);
+  const TimedRun timed = run_benchmark(*backend, o, docs, budget);
+  const Json j = result_json(o, cfg, c, budget, timed, *backend);
   print_row(j);
   emit(j, o.json_path);
   return 0;

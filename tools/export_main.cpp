@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
     src.model.path = args.model;
     src.tokenizer = args.tokenizer.empty() ? args.model : args.tokenizer;
     const loom::ModelConfig mc = loom::resolve_model_config(src.model);
-    const loom::LoraLayout layout = loom::make_lora_layout(mc, loom::read_peft_lora_section(args.adapter));
+    const loom::LoraLayout layout = loom::make_lora_layout(mc, loom::read_peft_lora_options(args.adapter));
     const std::vector<float> lora = loom::load_peft_adapter(args.adapter, layout);
     const loom::ModelWeights merged = loom::merged_weights(src, mc, layout, lora);
     std::vector<std::string> notes;

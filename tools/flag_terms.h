@@ -2,6 +2,8 @@
 // flags typed flags, and where each flag sets exactly one key, the tool puts the messages in the
 // flags' terms.
 #pragma once
+#include <algorithm>
+#include <array>
 #include <string>
 
 #include "ops/error.h"
@@ -28,6 +30,14 @@ inline void check_choice(const std::string& flag, const std::string& value, cons
     list += (list.empty() ? "" : ", ") + a;
   }
   fail(flag, " must be one of ", list, " (found \"", shown(value, 80), "\")");
+}
+
+// The enum value whose YAML spelling (names, in enum order) is `value`; else check_choice's error.
+template <class E, size_t N>
+E parse_choice(const std::string& flag, const std::string& value, const std::array<const char*, N>& names) {
+  const std::vector<std::string> allowed(names.begin(), names.end());
+  check_choice(flag, value, allowed);
+  return E(std::find(allowed.begin(), allowed.end(), value) - allowed.begin());
 }
 
 }  // namespace loom

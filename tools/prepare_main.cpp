@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "data/chat_template.h"
+#include "data/data_options.h"
 #include "data/dataset.h"
 #include "data/tokenizer.h"
 #include "engine/config.h"
@@ -36,7 +37,7 @@ constexpr const char* kUsage =
     "  --format    auto (from the first record) | messages | sharegpt | alpaca | text\n";
 
 struct Args {
-  loom::DataSection data;
+  loom::DataOptions data;
   std::string tokenizer, out, config;
   std::vector<std::string> overrides;
   int threads = 0;
@@ -65,7 +66,7 @@ Args parse_args(int argc, char** argv) {
   for (size_t i = 0; i < rest.size(); ++i) {
     const std::string& flag = rest[i];
     if (flag == "--skip-bad-lines") {
-      a.data.on_bad_line = "skip";
+      a.data.on_bad_line = loom::OnBadLine::kSkip;
       continue;
     }
     if (flag == "--help" || flag == "-h") {
@@ -82,10 +83,10 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--tokenizer") a.tokenizer = v;
     else if (flag == "--out") a.out = v;
     else if (flag == "--template") a.data.template_name = v;
-    else if (flag == "--format") a.data.format = v;
-    else if (flag == "--train-on") a.data.train_on = v;
+    else if (flag == "--format") a.data.format = loom::parse_choice<loom::DataFormat>(flag, v, loom::kDataFormatNames);
+    else if (flag == "--train-on") a.data.train_on = loom::parse_choice<loom::TrainOn>(flag, v, loom::kTrainOnNames);
     else if (flag == "--max-seq-len") a.data.max_seq_len = parse_int(flag, v, loom::kMaxTokens);
-    else if (flag == "--overlong") a.data.overlong = v;
+    else if (flag == "--overlong") a.data.overlong = loom::parse_choice<loom::Overlong>(flag, v, loom::kOverlongNames);
     else if (flag == "--threads") a.threads = parse_int(flag, v, kMaxThreads);
   }
   LOOM_CHECK(!a.data.path.empty() && !a.tokenizer.empty() && !a.out.empty(),
@@ -93,9 +94,6 @@ Args parse_args(int argc, char** argv) {
   std::vector<std::string> templates = {"auto", "none"};
   for (const auto& n : loom::chat_template_names()) templates.push_back(n);
   loom::check_choice("--template", a.data.template_name, templates);
-  loom::check_choice("--format", a.data.format, {"auto", "messages", "sharegpt", "alpaca", "text"});
-  loom::check_choice("--train-on", a.data.train_on, {"responses", "all"});
-  loom::check_choice("--overlong", a.data.overlong, {"truncate", "drop"});
   loom::require_regular_file(a.data.path, "--data");
   loom::tokenizer_file(a.tokenizer, "--tokenizer");  // a folder without one is named by its flag too
   loom::require_folder_or_creatable(a.out, "--out");

@@ -7,8 +7,11 @@
 // "logprobs" (the log-probability of every token after the first, aligned with ids[1:]) and, for
 // text and conversations, the "ids" scored and their "targets" (1 where the token counts, aligned
 // with ids[1:]). Lines are read by data/jsonl.h (at most 8 MiB, JSON nested at most 64 deep); a bad
-// line is "error: stdin:LINE: ...", exit 1, before anything is scored. On a GPU the model runs in
-// bf16 (models/cuda_model.h); --device cpu uses the fp32 reference path.
+// line is "error: stdin:LINE: ...", exit 1, before anything is scored. On a GPU the model runs
+// forward-only (models/cuda_model.h ModelMode::kForward: no gradients, no optimizer state, one layer
+// of activations; the plan is sized by the longest document) with bf16 base weights, or NF4 with
+// --quant nf4 (the QLoRA base the adapter was trained on); --print-plan shows the memory plan.
+// --device cpu uses the fp32 reference path.
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -22,7 +25,7 @@
 #include "data/jsonl.h"
 #include "data/score_input.h"
 #include "data/tokenizer_record.h"
-#include "engine/device.h"
+#include "ops/device.h"
 #include "models/cuda_model.h"
 #include "models/lora.h"
 #include "models/model_config.h"
@@ -38,7 +41,8 @@ namespace fs = std::filesystem;
 
 const char* kUsage =
     "usage: build/score --model DIR [--adapter DIR] [--tokenizer PATH] [--template NAME] [--train-on responses|all]\n"
-    "                   [--per-token] [--device auto|cpu|cuda] < in.jsonl > out.jsonl\n"
+    "                   [--per-token] [--device auto|cpu|cuda] [--quant bf16|nf4] [--print-plan]\n"
+    "                   < in.jsonl > out.jsonl\n"
     "  DIR: an HF model folder (config.json + *.safetensors); --adapter: a PEFT LoRA adapter folder.\n"
     "  Input lines: {\"ids\": [...]}, {\"text\": ...}, {\"messages\": [...]}, ShareGPT {\"conversations\": [...]} or\n"
     "  Alpaca {\"instruction\", \"input\", \"output\"}; text and conversations go through the model's tokenizer\n"
@@ -49,11 +53,14 @@ const char* kUsage =
     "               mistral | llama2 | none\n"
     "  --per-token  add \"logprobs\" (one per token after the first, aligned with ids[1:]) and, for text and\n"
     "               conversations, the \"ids\" scored and their \"targets\" mask (aligned with ids[1:])\n"
-    "  --device     auto (default) uses the GPU when one is present; cpu forces the fp32 reference path.\n";
+    "  --device     auto (default) uses the GPU when one is present; cpu forces the fp32 reference path.\n"
+    "  --quant      base weights on the GPU: bf16 (default) or nf4 (QLoRA's 4-bit base)\n"
+    "  --print-plan print the GPU memory plan (stderr)\n";
 
 struct Args {
   std::string model, adapter, tokenizer, device = "auto", template_name = "auto", train_on = "responses";
-  bool per_token = false;
+  loom::Quant quant = loom::Quant::kBf16;
+  bool per_token = false, print_plan = false;
 };
 
 void require_folder(const std::string& path, const std::string& flag, const std::string& expected) {
@@ -76,7 +83,9 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--template") a.template_name = value();
     else if (k == "--train-on") a.train_on = value();
     else if (k == "--device") a.device = value();
+    else if (k == "--quant") a.quant = loom::parse_choice<loom::Quant>(k, value(), loom::kQuantNames);
     else if (k == "--per-token") a.per_token = true;
+    else if (k == "--print-plan") a.print_plan = true;
     else loom::fail("unknown argument '", k.substr(0, 80), "'\n", kUsage);
   }
   LOOM_CHECK(!a.model.empty(), "--model is required\n", kUsage);
@@ -123,18 +132,19 @@ loom::ScoreInputOptions input_options(const Args& a, int32_t vocab) {
 class Scorer {
  public:
   Scorer(const Args& a, const loom::ModelConfig& cfg, int64_t longest) {
-    loom::LoraSection ls;
-    if (!a.adapter.empty()) ls = loom::read_peft_lora_section(a.adapter);
+    loom::LoraOptions ls;
+    if (!a.adapter.empty()) ls = loom::read_peft_lora_options(a.adapter);
     else ls.targets.clear();
     const loom::LoraLayout layout = loom::make_lora_layout(cfg, ls);
     if (!a.adapter.empty()) lora_ = loom::load_peft_adapter(a.adapter, layout);
     if (a.device == "cuda" || (a.device == "auto" && loom::cuda_available())) {
       loom::CudaModelOptions opt;
-      opt.quant = "bf16";
-      opt.recompute = "full";
+      opt.mode = loom::ModelMode::kForward;
+      opt.quant = a.quant;
       opt.token_budget = longest;  // the plan is sized by the longest document
-      opt.print_plan = false;
-      cuda_ = std::make_unique<loom::CudaModel>(cfg, loom::WeightSource::checkpoint(a.model, cfg), layout, lora_, opt);
+      opt.print_plan = a.print_plan;
+      cuda_ = std::make_unique<loom::CudaModel>(cfg, layout, opt);
+      cuda_->load(loom::WeightSource::checkpoint(a.model, cfg), lora_);
     } else {
       ref_ = std::make_unique<loom::ReferenceModel>(cfg, loom::load_weights(a.model, cfg), layout);
     }
@@ -149,8 +159,12 @@ class Scorer {
     all.mask[0] = 0;
     const loom::MicroBatch mb = loom::pack_documents({&all});
     std::vector<float> losses(mb.T());
-    if (cuda_) losses = cuda_->token_losses(mb);
-    else ref_->run(mb, lora_.data(), nullptr, 1.f, losses.data());
+    if (cuda_) {
+      cuda_->forward(mb, loom::PassOptions{});
+      losses = cuda_->token_losses();
+    } else {
+      ref_->forward(mb, lora_.data(), loom::PassOptions{}, losses.data());
+    }
     losses.resize(ids.size() - 1);  // the last position predicts nothing
     return losses;
   }

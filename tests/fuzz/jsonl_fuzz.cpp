@@ -47,14 +47,13 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzedDataProvider in(data, size);
-  static const char* const formats[] = {"auto", "messages", "sharegpt", "alpaca", "text"};
   static const char* const templates[] = {"chatml", "qwen3", "llama3", "llama3.1", "mistral", "llama2", "none"};
-  loom::DataSection section;
-  section.format = pick(in, formats);
+  loom::DataOptions section;
+  section.format = loom::DataFormat(in.ConsumeIntegralInRange<size_t>(0, loom::kDataFormatNames.size() - 1));
   section.template_name = pick(in, templates);
-  section.train_on = in.ConsumeBool() ? "responses" : "all";
-  section.overlong = in.ConsumeBool() ? "truncate" : "drop";
-  section.on_bad_line = in.ConsumeBool() ? "error" : "skip";
+  section.train_on = in.ConsumeBool() ? loom::TrainOn::kResponses : loom::TrainOn::kAll;
+  section.overlong = in.ConsumeBool() ? loom::Overlong::kTruncate : loom::Overlong::kDrop;
+  section.on_bad_line = in.ConsumeBool() ? loom::OnBadLine::kError : loom::OnBadLine::kSkip;
   section.max_seq_len = in.ConsumeIntegralInRange<int>(1, 4096);
   const std::vector<uint8_t> file = in.ConsumeRemainingBytes<uint8_t>();
   section.path = loom::fuzz::write_scratch("data.jsonl", file.data(), file.size());

@@ -1,0 +1,23 @@
+// How a model is computed, as the config's model.quant and train.recompute choose. engine/config.cpp
+// reads the YAML names into these once; the model paths switch on the values. Each names array
+// lists the YAML spellings in enum order.
+#pragma once
+#include <array>
+#include <cstddef>
+
+namespace loom {
+
+// How the frozen projection weights are held: kNf4 = 4-bit NormalFloat (QLoRA; bitsandbytes
+// blocksize 64, dequantized per GEMM), kBf16 = bf16 as loaded.
+enum class Quant { kNf4, kBf16 };
+inline constexpr std::array<const char*, 2> kQuantNames = {"nf4", "bf16"};
+inline const char* quant_name(Quant q) { return kQuantNames[size_t(q)]; }
+
+// What the GPU backward recomputes instead of keeping (models/cuda_model.h): kNone keeps every
+// activation, kSelective recomputes the norm outputs and the SwiGLU product, kFull keeps only each
+// layer's input and reruns the layer's forward.
+enum class Recompute { kNone, kSelective, kFull };
+inline constexpr std::array<const char*, 3> kRecomputeNames = {"none", "selective", "full"};
+inline const char* recompute_name(Recompute r) { return kRecomputeNames[size_t(r)]; }
+
+}  // namespace loom

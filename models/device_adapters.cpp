@@ -1,0 +1,63 @@
+#include "models/device_adapters.h"
+
+#include "ops/cast.h"
+#include "ops/error.h"
+
+namespace loom {
+
+void DeviceAdapters::plan(MemoryPlan& p) {
+  const size_t n = size_t(layout_.total);
+  plan_buffer(p, "lora", "LoRA params (fp32 master)", &master_, n, "(P)");
+  plan_buffer(p, "lora", "LoRA params (bf16 copy)", &bf16_, n, "(P)");
+  if (with_grads_) plan_buffer(p, "lora", "LoRA grads", &grads_, n, "(P)");
+}
+
+void DeviceAdapters::set(const std::vector<float>& params, cudaStream_t stream) {
+  LOOM_CHECK(int64_t(params.size()) == layout_.total, "LoRA vector has ", params.size(), " floats, expected ",
+             layout_.total);
+  if (params.empty()) return;
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  upload(master_, params);
+  refresh_bf16(stream);
+  if (with_grads_) zero_grads(stream);
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+std::vector<float> DeviceAdapters::params(cudaStream_t stream) const {
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  return download(master_, size_t(layout_.total));
+}
+
+std::vector<float> DeviceAdapters::grads(cudaStream_t stream) const {
+  LOOM_CHECK(with_grads_, "a forward-only model keeps no LoRA gradients");
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  return download(grads_, size_t(layout_.total));
+}
+
+void DeviceAdapters::refresh_bf16(cudaStream_t stream) {
+  if (layout_.total > 0) cast_fp32_to_bf16(bf16_, master_, layout_.total, stream);
+}
+
+void DeviceAdapters::zero_grads(cudaStream_t stream) {
+  if (layout_.total > 0) CUDA_CHECK(cudaMemsetAsync(grads_, 0, size_t(layout_.total) * 4, stream));
+}
+
+LoraDevice DeviceAdapters::slot(int l, LoraTarget t, bool on, bool grads, float dropout, uint64_t dropout_seed) const {
+  const LoraSlot& s = layout_.slot(l, t);
+  LoraDevice d;
+  if (!on || !s.enabled) return d;
+  d.A = bf16_ + s.a_offset;
+  d.B = bf16_ + s.b_offset;
+  if (grads) {
+    d.dA = grads_ + s.a_offset;
+    d.dB = grads_ + s.b_offset;
+  }
+  d.R = layout_.R;
+  d.scale = layout_.scale;
+  d.dropout = dropout;
+  d.dropout_seed = dropout_seed;
+  d.dropout_stream = lora_dropout_stream(l, t);
+  return d;
+}
+
+}  // namespace loom

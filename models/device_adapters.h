@@ -1,0 +1,43 @@
+// The LoRA adapters on the GPU: fp32 master weights (the flat vector of models/lora.h), a bf16 copy
+// the GEMMs read, and, when training, fp32 gradients in the same layout (one contiguous buffer, so
+// the grad norm, the optimizer and the all-reduce each see one vector). The optimizer state is not
+// here: it belongs to the optimizer (engine/optimizer.h).
+#pragma once
+#include <vector>
+
+#include "models/device_buffers.h"
+#include "models/lora.h"
+#include "ops/lora_linear.h"
+
+namespace loom {
+
+class DeviceAdapters {
+ public:
+  // with_grads: a training model (forward-only models keep no gradients).
+  DeviceAdapters(const LoraLayout& layout, bool with_grads) : layout_(layout), with_grads_(with_grads) {}
+  // Group "lora".
+  void plan(MemoryPlan& plan);
+  // Uploads params (layout.total floats) and refreshes the bf16 copy; zeroes the gradients.
+  void set(const std::vector<float>& params, cudaStream_t stream);
+  std::vector<float> params(cudaStream_t stream) const;  // fp32 master (waits for stream)
+  std::vector<float> grads(cudaStream_t stream) const;   // as accumulated so far (waits for stream)
+  void refresh_bf16(cudaStream_t stream);                // after the optimizer changed the master
+  void zero_grads(cudaStream_t stream);
+
+  float* master() { return master_; }
+  float* grads() { return grads_; }
+  int64_t size() const { return layout_.total; }
+  const LoraLayout& layout() const { return layout_; }
+
+  // The adapter of projection t in layer l for ops/lora_linear.h: no adapter when the layout has none
+  // there or `on` is false (adapters switched off for a pass); gradients only with `grads`.
+  LoraDevice slot(int l, LoraTarget t, bool on, bool grads, float dropout, uint64_t dropout_seed) const;
+
+ private:
+  LoraLayout layout_;
+  bool with_grads_;
+  float *master_ = nullptr, *grads_ = nullptr;
+  bf16* bf16_ = nullptr;
+};
+
+}  // namespace loom
