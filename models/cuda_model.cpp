@@ -119,8 +119,7 @@ struct CudaModel::Impl {
     add_layers("rstd1", rstd1, T, train_mode, "(T)");
     add_layers("rstd2", rstd2, T, train_mode, "(T)");
     add_layers("rms1 out", xn1, T * C, keep_cheap, "(T, C)");
-    if (train_mode) add_layers("rms2 out", xn2, T * C, keep_cheap, "(T, C)");
-    else xn2 = xn1;  // scoring: rms1's output is dead once q, k, v are computed
+    if (train_mode) add_layers("rms2 out", xn2, T * C, keep_cheap, "(T, C)");  // scoring: alias_dead_buffers
     add_layers("q (roped)", q, T * HD, keep, "(T, H·D)");
     add_layers("k (roped)", k, T * KD, keep, "(T, KVH·D)");
     add_layers("v", v, T * KD, keep, "(T, KVH·D)");
@@ -136,8 +135,7 @@ struct CudaModel::Impl {
     const std::string mlp_shape = train_mode ? "(T, F)" : "(tile, F)";
     add_layers("gate", gate, mlp_rows * F, keep, mlp_shape);
     add_layers("up", up, mlp_rows * F, keep, mlp_shape);
-    if (train_mode) add_layers("silu(gate)·up", act, T * F, keep_cheap, "(T, F)");
-    else act = gate;  // scoring: the SwiGLU product overwrites gate in place (elementwise)
+    if (train_mode) add_layers("silu(gate)·up", act, T * F, keep_cheap, "(T, F)");  // scoring: alias_dead_buffers
     for (int t = 0; t < kNumTargets; ++t)
       if (lora.targeted[t])
         add_layers(std::string("LoRA x·Aᵀ ") + kLoraTargetNames[t], u[t], T * lora.R, keep, "(T, R)");
@@ -174,6 +172,15 @@ struct CudaModel::Impl {
     add("scratch", "loss sums", &loss_sum, 2, "(2)");
     add("scratch", "inputs", &inputs, 4 * T + 1, "(4T+1)");
     plan.add_raw("scratch", "cuBLASLt workspace", &workspace, kGemmWorkspace, "(32 MiB)", "u8");
+  }
+
+  // Scoring reuses buffers whose contents are dead by the time they are written again: rms2's
+  // output goes where rms1's was (dead once q, k, v are computed), and the SwiGLU product
+  // overwrites gate in place (elementwise). Set once the plan has given the buffers their addresses.
+  void alias_dead_buffers() {
+    if (train_mode) return;
+    xn2 = xn1;
+    act = gate;
   }
 
   // --- one micro-batch ---------------------------------------------------------------------------
@@ -371,6 +378,7 @@ void CudaModel::load(const WeightSource& src, const std::vector<float>& lora, co
                 d.weights.nf4() ? "" : " or use nf4 weights");
   d.plan.check_fits(free_b, kContextReserve, hint.empty() ? shrink : hint);
   d.plan.allocate();
+  d.alias_dead_buffers();
   CUDA_CHECK(cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking));
   d.gemm_ctx = std::make_unique<GemmContext>(d.workspace, kGemmWorkspace);
   for (int i = 0; i < 2; ++i) {
