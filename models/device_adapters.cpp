@@ -7,9 +7,10 @@ namespace loom {
 
 void DeviceAdapters::plan(MemoryPlan& p) {
   const size_t n = size_t(layout_.total);
-  plan_buffer(p, "lora", "LoRA params (fp32 master)", &master_, n, "(P)");
   plan_buffer(p, "lora", "LoRA params (bf16 copy)", &bf16_, n, "(P)");
-  if (with_grads_) plan_buffer(p, "lora", "LoRA grads", &grads_, n, "(P)");
+  if (!training_) return;
+  plan_buffer(p, "lora", "LoRA params (fp32 master)", &master_, n, "(P)");
+  plan_buffer(p, "lora", "LoRA grads", &grads_, n, "(P)");
 }
 
 void DeviceAdapters::set(const std::vector<float>& params, cudaStream_t stream) {
@@ -17,19 +18,21 @@ void DeviceAdapters::set(const std::vector<float>& params, cudaStream_t stream) 
              layout_.total);
   if (params.empty()) return;
   CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (!training_) return upload_bf16(bf16_, params);
   upload(master_, params);
   refresh_bf16(stream);
-  if (with_grads_) zero_grads(stream);
+  zero_grads(stream);
   CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 std::vector<float> DeviceAdapters::params(cudaStream_t stream) const {
+  LOOM_CHECK(training_, "a forward-only model keeps no fp32 LoRA weights");
   CUDA_CHECK(cudaStreamSynchronize(stream));
   return download(master_, size_t(layout_.total));
 }
 
 std::vector<float> DeviceAdapters::grads(cudaStream_t stream) const {
-  LOOM_CHECK(with_grads_, "a forward-only model keeps no LoRA gradients");
+  LOOM_CHECK(training_, "a forward-only model keeps no LoRA gradients");
   CUDA_CHECK(cudaStreamSynchronize(stream));
   return download(grads_, size_t(layout_.total));
 }

@@ -1,6 +1,7 @@
-// The LoRA adapters on the GPU: fp32 master weights (the flat vector of models/lora.h), a bf16 copy
-// the GEMMs read, and, when training, fp32 gradients in the same layout (one contiguous buffer, so
-// the grad norm, the optimizer and the all-reduce each see one vector). The optimizer state is not
+// The LoRA adapters on the GPU: the bf16 copy the GEMMs read (the flat vector of models/lora.h) and,
+// when training, fp32 master weights and fp32 gradients in the same layout (one contiguous buffer,
+// so the grad norm, the optimizer and the all-reduce each see one vector). A forward-only model
+// keeps the bf16 copy alone, rounded on the host as the device rounds it. The optimizer state is not
 // here: it belongs to the optimizer (engine/optimizer.h).
 #pragma once
 #include <vector>
@@ -13,13 +14,13 @@ namespace loom {
 
 class DeviceAdapters {
  public:
-  // with_grads: a training model (forward-only models keep no gradients).
-  DeviceAdapters(const LoraLayout& layout, bool with_grads) : layout_(layout), with_grads_(with_grads) {}
+  // training: fp32 master and gradients too (a forward-only model keeps neither).
+  DeviceAdapters(const LoraLayout& layout, bool training) : layout_(layout), training_(training) {}
   // Group "lora".
   void plan(MemoryPlan& plan);
   // Uploads params (layout.total floats) and refreshes the bf16 copy; zeroes the gradients.
   void set(const std::vector<float>& params, cudaStream_t stream);
-  std::vector<float> params(cudaStream_t stream) const;  // fp32 master (waits for stream)
+  std::vector<float> params(cudaStream_t stream) const;  // fp32 master (waits for stream); training only
   std::vector<float> grads(cudaStream_t stream) const;   // as accumulated so far (waits for stream)
   void refresh_bf16(cudaStream_t stream);                // after the optimizer changed the master
   void zero_grads(cudaStream_t stream);
@@ -35,7 +36,7 @@ class DeviceAdapters {
 
  private:
   LoraLayout layout_;
-  bool with_grads_;
+  bool training_;
   float *master_ = nullptr, *grads_ = nullptr;
   bf16* bf16_ = nullptr;
 };

@@ -208,31 +208,33 @@ TEST(GpuStepRecompute, PoliciesGiveIdenticalResults) {
 
 // The forward-only model (scoring): every token's loss as the reference's, within kRule times the
 // yardstick's largest per-token error (a sum over tokens would let errors of opposite sign cancel).
+// With NF4 weights the adapter is folded into the dequantized weight (W + s·B·A) for the GEMM.
 TEST(GpuStepScore, TokenLossesMatchTheReferencePerToken) {
   REQUIRE_GPU();
-  for (const char* arch : {"llama", "mistral", "qwen2", "qwen3"}) {
-    StepFixture s = load_setup(arch, "bf16");
-    ReferenceModel cpu = make_cpu(s, "bf16");
-    auto gpu = make_scorer(s, "bf16");
-    const double tol = kRule * s.base_token_loss;
-    double worst = 0;
-    for (size_t i = 0; i < s.micro.size(); ++i) {
-      const MicroBatch& mb = s.micro[i];
-      std::vector<float> want(mb.T());
-      cpu.forward(mb, s.lora.data(), {}, want.data());
-      gpu->forward(mb, {});
-      const std::vector<float> got = gpu->token_losses();
-      ASSERT_EQ(got.size(), want.size()) << arch << " micro-batch " << i;
-      for (size_t t = 0; t < got.size(); ++t) {
-        const double err = test::absolute_error(got[t], want[t]);
-        EXPECT_LE(err, tol) << arch << ", micro-batch " << i << ", token " << t << ": GPU loss " << got[t]
-                            << ", reference " << want[t];
-        worst = test::max_keeping_nan(worst, err);
+  for (const char* arch : {"llama", "mistral", "qwen2", "qwen3"})
+    for (const char* quant : {"bf16", "nf4"}) {
+      StepFixture s = load_setup(arch, quant);
+      ReferenceModel cpu = make_cpu(s, quant);
+      auto gpu = make_scorer(s, quant);
+      const double tol = kRule * s.base_token_loss;
+      double worst = 0;
+      for (size_t i = 0; i < s.micro.size(); ++i) {
+        const MicroBatch& mb = s.micro[i];
+        std::vector<float> want(mb.T());
+        cpu.forward(mb, s.lora.data(), {}, want.data());
+        gpu->forward(mb, {});
+        const std::vector<float> got = gpu->token_losses();
+        ASSERT_EQ(got.size(), want.size()) << arch << " micro-batch " << i;
+        for (size_t t = 0; t < got.size(); ++t) {
+          const double err = test::absolute_error(got[t], want[t]);
+          EXPECT_LE(err, tol) << arch << "/" << quant << ", micro-batch " << i << ", token " << t << ": GPU loss "
+                              << got[t] << ", reference " << want[t];
+          worst = test::max_keeping_nan(worst, err);
+        }
       }
+      std::printf("[%s/%s] per-token losses: max abs error %.5f (yardstick %.5f, tolerance %.5f)\n", arch, quant,
+                  worst, s.base_token_loss, tol);
     }
-    std::printf("[%s/bf16] per-token losses: max abs error %.5f (yardstick %.5f, tolerance %.5f)\n", arch, worst,
-                s.base_token_loss, tol);
-  }
 }
 
 // An objective whose weights depend on the forward runs forward, then backward (the LM head's
@@ -255,23 +257,27 @@ TEST(GpuStepObjective, ForwardThenBackwardIsTheFusedPassBitForBit) {
 }
 
 // Adapters switched off for a pass compute the base model: the same losses, bit for bit, as the
-// adapters with B = 0 (their product adds an exact zero), and not those of the trained adapters.
+// adapters with B = 0 (their product adds an exact zero, unmerged in bf16, folded into the weight
+// in nf4), and not those of the trained adapters.
 TEST(GpuStepObjective, AdaptersOffIsTheBaseModel) {
   REQUIRE_GPU();
-  StepFixture s = load_setup("llama", "bf16");
-  auto gpu = make_gpu(s, "bf16", Recompute::kSelective);
-  std::vector<float> trained = s.lora, zero_b = s.lora;
-  for (float& x : trained) x += 0.01f;  // B != 0: the adapters change the output
-  for (int l = 0; l < s.cfg.L; ++l)
-    for (int t = 0; t < kNumTargets; ++t) {
-      const LoraSlot& slot = s.layout.slot(l, LoraTarget(t));
-      if (slot.enabled) std::fill_n(zero_b.begin() + slot.b_offset, size_t(slot.out) * s.layout.R, 0.f);
-    }
-  gpu->restore(trained, gpu->optimizer_state());
-  const double on = gpu->loss_sum(s.micro, true), off = gpu->loss_sum(s.micro, false);
-  gpu->restore(zero_b, gpu->optimizer_state());
-  EXPECT_EQ(off, gpu->loss_sum(s.micro, true));
-  EXPECT_NE(on, off);
+  for (const char* quant : {"bf16", "nf4"}) {
+    SCOPED_TRACE(quant);
+    StepFixture s = load_setup("llama", quant);
+    auto gpu = make_gpu(s, quant, Recompute::kSelective);
+    std::vector<float> trained = s.lora, zero_b = s.lora;
+    for (float& x : trained) x += 0.01f;  // B != 0: the adapters change the output
+    for (int l = 0; l < s.cfg.L; ++l)
+      for (int t = 0; t < kNumTargets; ++t) {
+        const LoraSlot& slot = s.layout.slot(l, LoraTarget(t));
+        if (slot.enabled) std::fill_n(zero_b.begin() + slot.b_offset, size_t(slot.out) * s.layout.R, 0.f);
+      }
+    gpu->restore(trained, gpu->optimizer_state());
+    const double on = gpu->loss_sum(s.micro, true), off = gpu->loss_sum(s.micro, false);
+    gpu->restore(zero_b, gpu->optimizer_state());
+    EXPECT_EQ(off, gpu->loss_sum(s.micro, true));
+    EXPECT_NE(on, off);
+  }
 }
 
 }  // namespace
