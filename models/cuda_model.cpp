@@ -221,26 +221,16 @@ struct CudaModel::Impl {
     return adapters.slot(l, t, pass.adapters, grads, pass.train ? lora.dropout : 0.f, pass.dropout_seed);
   }
 
-  // rows (from row r0) of projection t: y = x·Wᵀ + b + LoRA; u[t] of those rows (training passes).
-  // Outside training, a projection computed for every row at once reads the adapter folded into its
-  // dequantized weight, W' = W + s·B·A (PEFT's merge, in the scratch the NF4 weight is dequantized
-  // into anyway): one GEMM over the rows instead of three. The fold rewrites the (out, in) scratch
-  // once; the unmerged adapter reads x and rewrites y, T·(in + 2·out) elements — 3.9 GB per layer of
-  // an 8B model at 16K tokens against its 0.7 GB of weights (tools/perf_notes.md). MLP tiles of the
-  // forward-only model stay unmerged: they would fold once per tile.
+  // rows (from row r0) of projection t: y = x·Wᵀ + b + LoRA; u[t] of those rows. The adapter stays
+  // unmerged also outside training: folded into the bf16 weight (W + s·B·A) evaluation ran 5% faster
+  // on an 8B model but the rounding of the folded weight put the llama fixture's per-token losses
+  // 2.4x beyond their tolerance (tools/perf_notes.md).
   void linear_forward(int l, LoraTarget t, const bf16* x, bf16* y, int64_t rows = -1, int64_t r0 = 0) {
     auto [in, out] = projection_shape(cfg, t);
     if (rows < 0) rows = T;
-    const LoraDevice a = adapter(l, t, false);
-    if (a.A && !pass.train && weights.nf4() && rows == T) {
-      weights.projection(l, t, w_scratch, stream);  // NF4: dequantized into w_scratch
-      gemm(*gemm_ctx, w_scratch, a.B, a.A, out, in, lora.R, false, false, lora.scale, 1.f, GemmOut::kBf16, stream);
-      lora_linear_forward(*gemm_ctx, y, nullptr, x, w_scratch, weights.bias(l, t), LoraDevice{}, nullptr, rows, in,
-                          out, stream);
-      return;
-    }
     bf16* ul = u[t].base ? u[t].at(l) + r0 * lora.R : nullptr;
-    lora_linear_forward(*gemm_ctx, y, ul, x, weight(l, t), weights.bias(l, t), a, x_dropped, rows, in, out, stream);
+    lora_linear_forward(*gemm_ctx, y, ul, x, weight(l, t), weights.bias(l, t), adapter(l, t, false), x_dropped, rows,
+                        in, out, stream);
   }
 
   void linear_backward(int l, LoraTarget t, const bf16* dy, const bf16* x, bf16* dx, bool accumulate) {

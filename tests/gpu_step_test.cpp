@@ -208,7 +208,6 @@ TEST(GpuStepRecompute, PoliciesGiveIdenticalResults) {
 
 // The forward-only model (scoring): every token's loss as the reference's, within kRule times the
 // yardstick's largest per-token error (a sum over tokens would let errors of opposite sign cancel).
-// With NF4 weights the adapter is folded into the dequantized weight (W + s·B·A) for the GEMM.
 TEST(GpuStepScore, TokenLossesMatchTheReferencePerToken) {
   REQUIRE_GPU();
   for (const char* arch : {"llama", "mistral", "qwen2", "qwen3"})
@@ -257,8 +256,7 @@ TEST(GpuStepObjective, ForwardThenBackwardIsTheFusedPassBitForBit) {
 }
 
 // Adapters switched off for a pass compute the base model: the same losses, bit for bit, as the
-// adapters with B = 0 (their product adds an exact zero, unmerged in bf16, folded into the weight
-// in nf4), and not those of the trained adapters.
+// adapters with B = 0 (their product adds an exact zero), and not those of the trained adapters.
 TEST(GpuStepObjective, AdaptersOffIsTheBaseModel) {
   REQUIRE_GPU();
   for (const char* quant : {"bf16", "nf4"}) {
