@@ -1,6 +1,7 @@
 // What the dataloader hands the model: one packed micro-batch of documents (no padding).
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace loom {
@@ -25,5 +26,8 @@ struct Document {
 
 // Packs documents back to back: targets[t] = ids[t+1] if mask[t+1] else -100, per document.
 MicroBatch pack_documents(const std::vector<const Document*>& docs);
+// A document that packing can take: not empty, one mask entry per id, at most token_budget tokens
+// (a micro-batch holds whole documents). The error names it ("document 12") and what to change.
+void check_packable(const Document& d, const std::string& name, int64_t token_budget);
 
 }  // namespace loom

@@ -23,15 +23,6 @@ void check_options(const LoaderOptions& o) {
   LOOM_CHECK(o.padded_group >= 1, "dataloader: padded baseline group must be >= 1, got ", o.padded_group);
 }
 
-void check_document(const Document& d, size_t index, int64_t token_budget) {
-  LOOM_CHECK(!d.ids.empty(), "document ", index, " is empty; data preparation should drop empty documents");
-  LOOM_CHECK(d.mask.size() == d.ids.size(), "document ", index, " has ", d.ids.size(), " ids but ",
-             d.mask.size(), " mask entries; they must have the same length (re-run data preparation)");
-  LOOM_CHECK(int64_t(d.ids.size()) <= token_budget, "document ", index, " has ", d.ids.size(),
-             " tokens, more than train.token_budget = ", token_budget,
-             " (a micro-batch holds whole documents); raise train.token_budget to at least ", d.ids.size(),
-             " or lower data.max_seq_len to at most ", token_budget, " and prepare the data again");
-}
 
 // Targets a document contributes once packed: token i predicts token i+1 when mask[i+1] is set.
 int64_t count_targets(const Document& d) {
@@ -112,7 +103,7 @@ DataLoader::DataLoader(const std::vector<Document>& docs, const LoaderOptions& o
   targets_.reserve(docs.size());
   fingerprint_ = mix64(uint64_t(docs.size()));
   for (size_t i = 0; i < docs.size(); ++i) {
-    check_document(docs[i], i, options_.token_budget);
+    check_packable(docs[i], cat("document ", i), options_.token_budget);
     lengths_.push_back(int64_t(docs[i].ids.size()));
     targets_.push_back(count_targets(docs[i]));
     fingerprint_ = hash_document(fingerprint_, docs[i]);

@@ -46,15 +46,6 @@ std::vector<size_t> hash_order(const std::vector<Document>& docs) {
   return order;
 }
 
-void check_eval_document(const Document& d, size_t index, int64_t token_budget) {
-  LOOM_CHECK(!d.ids.empty(), "eval document ", index, " is empty; data preparation should drop empty documents");
-  LOOM_CHECK(d.mask.size() == d.ids.size(), "eval document ", index, " has ", d.ids.size(), " ids but ",
-             d.mask.size(), " mask entries; they must have the same length (re-run data preparation)");
-  LOOM_CHECK(int64_t(d.ids.size()) <= token_budget, "eval document ", index, " has ", d.ids.size(),
-             " tokens, more than train.token_budget = ", token_budget,
-             " (a micro-batch holds whole documents); raise train.token_budget to at least ", d.ids.size(),
-             " or lower data.max_seq_len to at most ", token_budget, " and prepare the eval data again");
-}
 
 // Owner rank of each micro-batch (tokens per micro-batch given): largest first to the rank with
 // the fewest tokens, ties to the lower rank.
@@ -110,7 +101,7 @@ std::vector<MicroBatch> eval_micro_batches(const std::vector<Document>& eval, in
   std::vector<int64_t> lengths;
   lengths.reserve(eval.size());
   for (size_t i = 0; i < eval.size(); ++i) {
-    check_eval_document(eval[i], i, token_budget);
+    check_packable(eval[i], cat("eval document ", i), token_budget);
     lengths.push_back(int64_t(eval[i].ids.size()));
   }
   const auto bins = pack_first_fit_decreasing(lengths, token_budget);

@@ -7,7 +7,6 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <array>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -33,15 +32,6 @@ struct Result {
   std::vector<float> adapter;
 };
 
-std::string shell(const std::string& cmd, int* code) {
-  std::string out;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  std::array<char, 4096> buf;
-  for (size_t n; p && (n = fread(buf.data(), 1, buf.size(), p)) > 0;) out.append(buf.data(), n);
-  const int status = p ? pclose(p) : -1;
-  *code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
 
 const std::vector<std::string> kRun = {"model.preset=tiny",       "model.quant=nf4",         "data.synthetic=sft-alpaca",
                                        "data.synthetic_docs=40",  "data.max_seq_len=48",     "train.token_budget=96",
@@ -82,7 +72,7 @@ Result train_with(int ranks, const std::string& device, const std::string& dir,
   for (const auto& o : extra) cmd += " " + o;
   cmd += " train.device=" + device + " output.dir=" + dir;
   Result r;
-  r.output = shell(cmd, &r.code);
+  r.output = test::shell(cmd, &r.code);
   read_metrics(dir + "/metrics.jsonl", r);
   if (r.code == 0) {
     TrainConfig c = parse_config("", "test", kRun);
@@ -135,7 +125,7 @@ std::string runs_base(const std::string& name) {
 
 bool mpirun_available() {
   int code = 0;
-  shell("command -v mpirun", &code);
+  test::shell("command -v mpirun", &code);
   return code == 0 && fs::exists("build/train");
 }
 

@@ -6,8 +6,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -44,15 +42,6 @@ TEST(Evaluation, EvalLossIsHfLossOnTheFixtures) {
   }
 }
 
-std::string shell(const std::string& cmd, int* code) {
-  std::string out;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  std::array<char, 4096> buf;
-  for (size_t n; p && (n = fread(buf.data(), 1, buf.size(), p)) > 0;) out.append(buf.data(), n);
-  const int status = p ? pclose(p) : -1;
-  *code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
 
 // A run on the llama fixture's model with a held-out split of synthetic documents.
 TrainConfig fixture_run(const std::string& dir, std::vector<std::string> extra = {}) {
@@ -91,9 +80,8 @@ double score_nll(const std::string& model, const std::string& adapter, const std
     for (const Document& d : docs) f << nlohmann::json{{"ids", d.ids}}.dump() << "\n";
   }
   int code = 0;
-  const std::string log =
-      shell("build/score --device cpu --per-token --model " + model + " --adapter " + adapter + " < " + in + " > " + out,
-            &code);
+  const std::string log = test::shell(
+      "build/score --device cpu --per-token --model " + model + " --adapter " + adapter + " < " + in + " > " + out, &code);
   EXPECT_EQ(code, 0) << log;
   std::ifstream f(out);
   double sum = 0;

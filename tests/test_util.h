@@ -2,10 +2,12 @@
 // element, and the GPU skip.
 #pragma once
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -90,6 +92,18 @@ inline void expect_close(const std::vector<float>& a, const std::vector<float>& 
   EXPECT_LE(d.max_rel, rel_tol) << what << ": max rel err " << d.max_rel << " (max abs " << d.max_abs
                                 << ") at index " << d.worst << ": got " << a[d.worst] << ", want "
                                 << b[d.worst];
+}
+
+// Runs a shell command; returns its stdout and stderr together and sets *code to its exit status
+// (-1 when it did not exit normally).
+inline std::string shell(const std::string& cmd, int* code) {
+  std::string out;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  char buf[4096];
+  for (size_t n; p && (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  const int status = p ? pclose(p) : -1;
+  *code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
 }
 
 // An emptied folder under the temp dir named for one test; the process id keeps two suites run at
