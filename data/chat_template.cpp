@@ -359,6 +359,24 @@ std::string segments_text(const std::vector<ChatSegment>& segments) {
   return s;
 }
 
+const char* generation_prompt_text(const ChatTemplate& tmpl) {
+  switch (tmpl.family) {
+    case TemplateFamily::chatml:
+    case TemplateFamily::qwen3:
+      return "<|im_start|>assistant\n";
+    case TemplateFamily::llama3:
+      return "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    case TemplateFamily::mistral:
+    case TemplateFamily::llama2:
+      return "";
+  }
+  fail("internal: unhandled chat template family");
+}
+
+std::string render_generation_prompt(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages) {
+  return segments_text(render_chat(tmpl, messages)) + generation_prompt_text(tmpl);
+}
+
 const char* end_of_turn_text(const ChatTemplate& tmpl) {
   switch (tmpl.family) {
     case TemplateFamily::chatml:

@@ -1,6 +1,6 @@
 // Chat templates in C++: what the Hugging Face Jinja chat_template of each family renders for an
-// ordinary conversation (system/user/assistant messages, no tools), without a generation prompt,
-// as a list of segments that say which text the model is trained to emit.
+// ordinary conversation (system/user/assistant messages, no tools), as a list of segments that say
+// which text the model is trained to emit; and, for preference prompts, the generation prompt.
 //
 // Rendered text per family (FORMATS.md §6; "sys", "u", "a" are message contents):
 //   chatml   (Qwen2/2.5) [<|im_start|>system\n{sys or default}<|im_end|>\n]
@@ -79,6 +79,17 @@ std::vector<ChatSegment> render_chat(const ChatTemplate& tmpl, const std::vector
 
 // The concatenated text of the segments.
 std::string segments_text(const std::vector<ChatSegment>& segments);
+
+// What the template appends with add_generation_prompt=True: the header of the assistant turn to
+// come. chatml and qwen3 "<|im_start|>assistant\n" (qwen3's default enable_thinking adds no think
+// block), llama3 "<|start_header_id|>assistant<|end_header_id|>\n\n", mistral and llama2 "" (their
+// Jinja has no generation prompt: the user turn's " [/INST]" already ends the prompt).
+const char* generation_prompt_text(const ChatTemplate& tmpl);
+// The conversation rendered as apply_chat_template(messages, add_generation_prompt=True) renders
+// it: segments_text(render_chat(...)) followed by generation_prompt_text. Rendering the same
+// messages plus an assistant reply starts with this text, and what follows it is that reply's
+// target text (its body and end-of-turn), for every family.
+std::string render_generation_prompt(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages);
 
 // The special token that ends an assistant turn: <|im_end|> (chatml, qwen3), <|eot_id|> (llama3),
 // </s> (mistral, llama2).

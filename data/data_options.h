@@ -10,9 +10,10 @@
 namespace loom {
 
 // The record format of a JSONL file (data/dataset.h); kAuto: the keys of its first usable record
-// decide.
-enum class DataFormat { kAuto, kMessages, kSharegpt, kAlpaca, kText };
-inline constexpr std::array<const char*, 5> kDataFormatNames = {"auto", "messages", "sharegpt", "alpaca", "text"};
+// decide. kPairs: preference pairs (data/preference_data.h), what train.objective dpo and orpo need.
+enum class DataFormat { kAuto, kMessages, kSharegpt, kAlpaca, kText, kPairs };
+inline constexpr std::array<const char*, 6> kDataFormatNames = {"auto",   "messages", "sharegpt",
+                                                                "alpaca", "text",     "pairs"};
 inline const char* data_format_name(DataFormat f) { return kDataFormatNames[size_t(f)]; }
 
 // Which tokens of a conversation are targets: kResponses = the assistant turns, kAll = every token
@@ -42,6 +43,9 @@ struct DataOptions {
   std::string template_name = "auto";
   TrainOn train_on = TrainOn::kResponses;
   int max_seq_len = 2048;
+  // Preference pairs: prompt tokens kept (its last ones, TRL's keep_end); 0 = no limit but
+  // max_seq_len (data/preference_data.h says how a pair is cut).
+  int max_prompt_len = 0;
   Overlong overlong = Overlong::kTruncate;
   OnBadLine on_bad_line = OnBadLine::kError;
   std::string cache_dir;                   // prepared-shard cache for JSONL input; default <output.dir>/data

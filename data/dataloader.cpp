@@ -24,17 +24,14 @@ void check_options(const LoaderOptions& o) {
 }
 
 
-// Targets a document contributes once packed: token i predicts token i+1 when mask[i+1] is set.
-int64_t count_targets(const Document& d) {
-  int64_t n = 0;
-  for (size_t i = 1; i < d.mask.size(); ++i) n += (d.mask[i] != 0);
-  return n;
-}
-
+// Segments are mixed in only when a document has them, so the fingerprints of single-sequence
+// documents (and the checkpoints that recorded them) are those of before segments existed.
 uint64_t hash_document(uint64_t h, const Document& d) {
   h = mix64(h ^ uint64_t(d.ids.size()));
   for (size_t i = 0; i < d.ids.size(); ++i)
     h = mix64(h ^ (uint64_t(uint32_t(d.ids[i])) | (uint64_t(d.mask[i]) << 32)));
+  if (!d.segments.empty()) h = mix64(h ^ (uint64_t(d.segments.size()) << 40));
+  for (int32_t len : d.segments) h = mix64(h ^ uint64_t(uint32_t(len)));
   return h;
 }
 
@@ -105,7 +102,7 @@ DataLoader::DataLoader(const std::vector<Document>& docs, const LoaderOptions& o
   for (size_t i = 0; i < docs.size(); ++i) {
     check_packable(docs[i], cat("document ", i), options_.token_budget);
     lengths_.push_back(int64_t(docs[i].ids.size()));
-    targets_.push_back(count_targets(docs[i]));
+    targets_.push_back(document_targets(docs[i]));
     fingerprint_ = hash_document(fingerprint_, docs[i]);
   }
   shuffle_epoch();

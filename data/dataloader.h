@@ -14,7 +14,9 @@
 // micro-batches. No communication: each rank knows global_targets, the loss divisor. World=N
 // trains on exactly the documents world=1 would, step by step. Ranks may get different numbers of
 // micro-batches (a rank may get none when a step has fewer documents than ranks); each rank still
-// joins the step's gradient all-reduce once.
+// joins the step's gradient all-reduce once. A document moves whole: the sequences of a
+// multi-segment document (a preference pair, data/batch.h) share one micro-batch of one rank, and
+// global_docs counts documents (pairs), not sequences.
 //
 // Resume. state() is the position before the next step; a loader given restore(state) returns
 // exactly the steps the original loader would have returned next, for any world size or token
@@ -48,7 +50,7 @@ struct LoaderState {
   uint64_t seed = 0;               // shuffle seed of the run (wins over train.seed on resume)
   int64_t global_batch = 0;        // the step boundaries depend on these three:
   int64_t documents = 0;
-  uint64_t data_fingerprint = 0;   // hash of every document's ids and mask
+  uint64_t data_fingerprint = 0;   // hash of every document's ids, mask and segments
   bool operator==(const LoaderState& o) const;
 };
 

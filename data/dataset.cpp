@@ -15,6 +15,7 @@
 
 #include "data/json_fields.h"
 #include "data/jsonl.h"
+#include "data/preference_data.h"
 #include "data/shards.h"
 #include "data/tokenizer_record.h"
 #include "ops/error.h"
@@ -27,9 +28,9 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 // Bumped whenever rendering or masking changes what a preparation produces, or what prepared.json
-// records (2: the tokenizer and template records of data/tokenizer_record.h), so old caches are
-// not reused.
-constexpr int kPrepareRevision = 2;
+// records (2: the tokenizer and template records of data/tokenizer_record.h; 3: preference pairs,
+// max_prompt_len, dropped_long_prompt and version-2 shards), so old caches are not reused.
+constexpr int kPrepareRevision = 3;
 
 // ---------------------------------------------------------------- records
 
@@ -112,6 +113,9 @@ DataRecord record_of(const json& record, RecordFormat format) {
       r.text = string_field(record, "text", "the record");
       r.is_text = true;
       break;
+    case RecordFormat::pairs:
+      fail("this record is a preference pair (prompt, chosen, rejected), not a conversation; pairs are read with "
+           "data.format: pairs");
   }
   LOOM_CHECK(r.is_text || !r.messages.empty(), "the conversation has no messages");
   return r;
@@ -144,6 +148,7 @@ RecordFormat file_format(const DataOptions& data, const std::vector<Line>& lines
     case DataFormat::kSharegpt: return RecordFormat::sharegpt;
     case DataFormat::kAlpaca: return RecordFormat::alpaca;
     case DataFormat::kText: return RecordFormat::text;
+    case DataFormat::kPairs: return RecordFormat::pairs;
     case DataFormat::kAuto: break;
   }
   for (const Line& l : lines) {
@@ -158,7 +163,7 @@ RecordFormat file_format(const DataOptions& data, const std::vector<Line>& lines
 
 // ---------------------------------------------------------------- documents
 
-enum class Outcome { kept, bad_line, overlong, no_target };
+enum class Outcome { kept, bad_line, overlong, no_target, long_prompt };
 
 struct LineResult {
   Outcome outcome = Outcome::kept;
@@ -172,6 +177,7 @@ struct BuildContext {
   const Tokenizer& tok;
   const ChatTemplate* tmpl;
   RecordFormat format;
+  std::string no_template;  // why tmpl is null, for a conversational pair's error
 };
 
 Document document_of(const BuildContext& ctx, const DataRecord& r) {
@@ -192,7 +198,43 @@ Document document_of_line(const BuildContext& ctx, const Line& line) {
 
 bool has_target(const Document& d) { return std::find(d.mask.begin(), d.mask.end(), 1) != d.mask.end(); }
 
+// The tokens of one pair line; every error starts with FILE:LINE.
+PairTokens pair_tokens_of_line(const BuildContext& ctx, const Line& line) {
+  const std::string where = cat(ctx.data.path, ":", line.number);
+  const PreferenceRecord record = parse_preference_record(parse_jsonl_object(line.text, where), where);
+  LOOM_CHECK(!record.conversational || ctx.tmpl, where, ": a conversational pair needs a chat template: ",
+             ctx.no_template);
+  try {
+    return tokenize_pair(ctx.tok, ctx.tmpl, record);
+  } catch (const Error& e) {
+    fail(where, ": ", e.what());  // the template's rules (role order), the tokenizer
+  }
+}
+
+LineResult process_pair_line(const BuildContext& ctx, const Line& line) {
+  LineResult res;
+  PairTokens tokens;
+  try {
+    tokens = pair_tokens_of_line(ctx, line);
+  } catch (const Error& e) {
+    res.outcome = Outcome::bad_line;
+    res.error = e.what();
+    return res;
+  }
+  PairDocument pair = pair_document(std::move(tokens), ctx.data);
+  switch (pair.fate) {
+    case PairFate::kKept: break;
+    case PairFate::kOverlong: res.outcome = Outcome::overlong; break;
+    case PairFate::kLongPrompt: res.outcome = Outcome::long_prompt; break;
+    case PairFate::kNoTarget: res.outcome = Outcome::no_target; break;
+  }
+  res.truncated = pair.truncated;
+  res.doc = std::move(pair.doc);
+  return res;
+}
+
 LineResult process_line(const BuildContext& ctx, const Line& line) {
+  if (ctx.format == RecordFormat::pairs) return process_pair_line(ctx, line);
   LineResult res;
   try {
     res.doc = document_of_line(ctx, line);
@@ -256,8 +298,10 @@ std::vector<LineResult> process_lines(const BuildContext& ctx, const std::vector
   return results;
 }
 
+// Pairs are checked line by line: a file of string pairs needs no template.
 void check_template_fits(const DataOptions& data, RecordFormat format, const ChatTemplate* tmpl) {
-  LOOM_CHECK(format == RecordFormat::text || tmpl, "data.template is none, but ", data.path, " holds ",
+  LOOM_CHECK(format == RecordFormat::text || format == RecordFormat::pairs || tmpl, "data.template is none, but ",
+             data.path, " holds ",
              record_format_name(format),
              " conversations, which need a chat template; set data.template (auto, chatml, qwen3, llama3, "
              "mistral, llama2) or give plain {\"text\": ...} records");
@@ -265,11 +309,13 @@ void check_template_fits(const DataOptions& data, RecordFormat format, const Cha
 }
 
 BuiltDataset build_from_lines(const DataOptions& data, const Tokenizer& tok, const ChatTemplate* tmpl,
-                              const std::vector<Line>& lines, RecordFormat format, const BuildOptions& options) {
+                              const std::string& no_template, const std::vector<Line>& lines, RecordFormat format,
+                              const BuildOptions& options) {
   BuiltDataset out;
   out.format = format;
   check_template_fits(data, out.format, tmpl);
-  std::vector<LineResult> results = process_lines(BuildContext{data, tok, tmpl, out.format}, lines, options);
+  std::vector<LineResult> results =
+      process_lines(BuildContext{data, tok, tmpl, out.format, no_template}, lines, options);
 
   DatasetStats& s = out.stats;
   s.records = int64_t(lines.size());
@@ -282,6 +328,7 @@ BuiltDataset build_from_lines(const DataOptions& data, const Tokenizer& tok, con
         continue;
       case Outcome::overlong: ++s.dropped_overlong; continue;
       case Outcome::no_target: ++s.dropped_no_target; continue;
+      case Outcome::long_prompt: ++s.dropped_long_prompt; continue;
       case Outcome::kept: break;
     }
     s.truncated += r.truncated;
@@ -310,6 +357,7 @@ json identity_of(const DataOptions& data, const std::string& tokenizer_path) {
               {"template", data.template_name},
               {"train_on", train_on_name(data.train_on)},
               {"max_seq_len", data.max_seq_len},
+              {"max_prompt_len", data.max_prompt_len},
               {"overlong", overlong_name(data.overlong)},
               {"on_bad_line", on_bad_line_name(data.on_bad_line)}};
 }
@@ -322,6 +370,7 @@ json stats_json(const DatasetStats& s) {
               {"bad_lines", s.bad_lines},
               {"dropped_overlong", s.dropped_overlong},
               {"dropped_no_target", s.dropped_no_target},
+              {"dropped_long_prompt", s.dropped_long_prompt},
               {"truncated", s.truncated}};
 }
 
@@ -341,6 +390,7 @@ DatasetStats stats_from_json(const json& j, const std::string& where) {
   s.bad_lines = count("bad_lines");
   s.dropped_overlong = count("dropped_overlong");
   s.dropped_no_target = count("dropped_no_target");
+  s.dropped_long_prompt = count("dropped_long_prompt");
   s.truncated = count("truncated");
   return s;
 }
@@ -386,14 +436,23 @@ PrepareResult prepare_with_identity(const DataOptions& data, const std::string& 
   const std::vector<Line> lines = read_lines(data.path);
   const RecordFormat format = file_format(data, lines);
   std::optional<ChatTemplate> tmpl;
-  if (format != RecordFormat::text) tmpl = resolve_template(data, tokenizer_path, *tok);
+  std::string no_template = "data.template is none";
+  if (format == RecordFormat::pairs) {
+    try {  // only conversational pairs need it: string pairs prepare with a base model's tokenizer
+      tmpl = resolve_template(data, tokenizer_path, *tok);
+    } catch (const Error& e) {
+      no_template = e.what();
+    }
+  } else if (format != RecordFormat::text) {
+    tmpl = resolve_template(data, tokenizer_path, *tok);
+  }
 
   BuildOptions build;
   build.threads = options.threads;
   if (options.progress) build.progress = stderr_progress_bar();
   BuiltDataset built;
   try {
-    built = build_from_lines(data, *tok, tmpl ? &*tmpl : nullptr, lines, format, build);
+    built = build_from_lines(data, *tok, tmpl ? &*tmpl : nullptr, no_template, lines, format, build);
   } catch (...) {
     if (build.progress) std::fputc('\n', stderr);  // end the unfinished bar line before the error
     throw;
@@ -428,11 +487,13 @@ const char* record_format_name(RecordFormat format) {
     case RecordFormat::sharegpt: return "sharegpt";
     case RecordFormat::alpaca: return "alpaca";
     case RecordFormat::text: return "text";
+    case RecordFormat::pairs: return "pairs";
   }
   return "?";
 }
 
 std::optional<RecordFormat> record_format_of(const json& record) {
+  if (is_preference_record(record)) return RecordFormat::pairs;
   if (record.contains("messages")) return RecordFormat::messages;
   if (record.contains("conversations")) return RecordFormat::sharegpt;
   if (record.contains("instruction") && record.contains("output")) return RecordFormat::alpaca;
@@ -446,8 +507,8 @@ RecordFormat detect_record_format(const std::string& json_line, const std::strin
   std::string keys;
   for (const auto& item : record.items()) keys += (keys.empty() ? "" : ", ") + item.key();
   fail(where, ": cannot tell the record format from its keys (", keys.empty() ? "none" : keys,
-       "); expected \"messages\" (OpenAI), \"conversations\" (ShareGPT), \"instruction\"+\"output\" (Alpaca) or "
-       "\"text\", or set data.format");
+       "); expected \"messages\" (OpenAI), \"conversations\" (ShareGPT), \"instruction\"+\"output\" (Alpaca), "
+       "\"text\", or \"prompt\"+\"chosen\"+\"rejected\" (preference pairs), or set data.format");
 }
 
 DataRecord parse_record(const std::string& json_line, RecordFormat format, const std::string& where) {
@@ -495,7 +556,7 @@ Document tokenize_text(const Tokenizer& tok, const std::string& text) {
 BuiltDataset build_documents(const DataOptions& data, const Tokenizer& tok, const ChatTemplate* tmpl,
                              const BuildOptions& options) {
   const std::vector<Line> lines = read_lines(data.path);
-  return build_from_lines(data, tok, tmpl, lines, file_format(data, lines), options);
+  return build_from_lines(data, tok, tmpl, "data.template is none", lines, file_format(data, lines), options);
 }
 
 std::optional<ChatTemplate> resolve_template(const DataOptions& data, const std::string& tokenizer_path,
@@ -535,7 +596,10 @@ std::string format_stats(const DatasetStats& s) {
   return cat("  documents  ", with_commas(s.documents), " (of ", with_commas(s.records), " records)\n",
              "  tokens     ", with_commas(s.tokens), " (targets ", with_commas(s.target_tokens), ", ", pct, ")\n",
              "  dropped    ", with_commas(s.dropped_overlong), " overlong, ", with_commas(s.dropped_no_target),
-             " without targets, ", with_commas(s.bad_lines), " bad lines\n",
+             " without targets, ", with_commas(s.bad_lines), " bad lines",
+             s.dropped_long_prompt ? cat(", ", with_commas(s.dropped_long_prompt), " pairs whose prompt fills max_seq_len")
+                                   : std::string(),
+             "\n",
              "  truncated  ", with_commas(s.truncated), "\n");
 }
 

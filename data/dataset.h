@@ -9,6 +9,9 @@
 //   alpaca    {"instruction": "...", "input": "..." (optional), "output": "..."}
 //             → user "{instruction}\n\n{input}" (or "{instruction}" when input is empty), assistant "{output}"
 //   text      {"text": "..."} → [BOS] text [EOS] (each when the tokenizer has one), all tokens trained
+//   pairs     {"prompt", "chosen", "rejected"} preference pairs (or conversations sharing a prompt):
+//             one document per pair, two sequences (data/preference_data.h: tokens, masks and
+//             truncation, data.max_prompt_len); detected by "chosen" and "rejected"
 //
 // Masks (Document::mask[i] = 1: token i is a target). A conversation is rendered by its chat
 // template into segments (chat_template.h) and the whole text is tokenized once with
@@ -22,7 +25,8 @@
 // roles out of the template's order) throws loom::Error "FILE:LINE: reason", or with
 // on_bad_line: skip is counted and left out; a document longer than max_seq_len is truncated to it
 // (overlong: truncate, counted) or dropped (overlong: drop, counted); a document with no target
-// token left is dropped and counted. Output order is the file's order whatever the thread count.
+// token left is dropped and counted (a pair: preference_data.h's order, and its prompt-too-long
+// drop). Output order is the file's order whatever the thread count.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -38,9 +42,9 @@
 
 namespace loom {
 
-enum class RecordFormat { messages, sharegpt, alpaca, text };
+enum class RecordFormat { messages, sharegpt, alpaca, text, pairs };
 
-// "messages" | "sharegpt" | "alpaca" | "text"
+// "messages" | "sharegpt" | "alpaca" | "text" | "pairs"
 const char* record_format_name(RecordFormat format);
 // The format a record's keys announce; throws naming the keys found when none fits. Errors start
 // with `where` (FILE:LINE).
@@ -54,7 +58,8 @@ struct DataRecord {
   std::string text;
   bool is_text = false;
 };
-// Throws loom::Error starting with `where` (FILE:LINE), then the reason.
+// Throws loom::Error starting with `where` (FILE:LINE), then the reason (a pair is not a
+// conversation: data/preference_data.h reads it).
 DataRecord parse_record(const std::string& json_line, RecordFormat format, const std::string& where);
 // The same for a line already parsed.
 DataRecord parse_record_object(const nlohmann::json& record, RecordFormat format, const std::string& where);
@@ -66,12 +71,13 @@ Document tokenize_text(const Tokenizer& tok, const std::string& text);
 
 struct DatasetStats {
   int64_t records = 0;            // non-blank lines read
-  int64_t documents = 0;          // documents kept
+  int64_t documents = 0;          // documents kept (pairs, for format pairs)
   int64_t tokens = 0;             // tokens in kept documents
   int64_t target_tokens = 0;      // mask = 1 in kept documents
   int64_t bad_lines = 0;          // skipped (on_bad_line: skip)
   int64_t dropped_overlong = 0;   // overlong: drop
   int64_t dropped_no_target = 0;  // no target token (after truncation)
+  int64_t dropped_long_prompt = 0;  // pairs whose prompt alone fills max_seq_len (overlong: truncate)
   int64_t truncated = 0;          // overlong: truncate (kept)
 };
 
@@ -90,8 +96,8 @@ struct BuildOptions {
 };
 
 // Reads data.path (JSONL) and builds its documents with data.format, train_on, max_seq_len,
-// overlong and on_bad_line. `tmpl` renders conversations; nullptr (data.template: none) is only
-// valid for format text.
+// max_prompt_len, overlong and on_bad_line. `tmpl` renders conversations; nullptr (data.template:
+// none) is only valid for format text, and for pairs of strings.
 BuiltDataset build_documents(const DataOptions& data, const Tokenizer& tok, const ChatTemplate* tmpl,
                              const BuildOptions& options = {});
 

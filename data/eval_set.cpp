@@ -11,14 +11,20 @@
 namespace loom {
 namespace {
 
+// Segments count only when a document has them: single-sequence data keeps the split it had
+// before segments existed.
 uint64_t content_hash(const Document& d) {
   uint64_t h = mix64(uint64_t(d.ids.size()));
   for (size_t i = 0; i < d.ids.size(); ++i)
     h = mix64(h ^ (uint64_t(uint32_t(d.ids[i])) | (uint64_t(d.mask[i]) << 32)));
+  if (!d.segments.empty()) h = mix64(h ^ (uint64_t(d.segments.size()) << 40));
+  for (int32_t len : d.segments) h = mix64(h ^ uint64_t(uint32_t(len)));
   return h;
 }
 
-bool same_content(const Document& a, const Document& b) { return a.ids == b.ids && a.mask == b.mask; }
+bool same_content(const Document& a, const Document& b) {
+  return a.ids == b.ids && a.mask == b.mask && a.segments == b.segments;
+}
 
 // Documents to hold out for data.eval_split = value out of n.
 int64_t eval_count(double value, int64_t n) {
@@ -41,7 +47,8 @@ std::vector<size_t> hash_order(const std::vector<Document>& docs) {
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     if (hash[a] != hash[b]) return hash[a] < hash[b];
     if (docs[a].ids != docs[b].ids) return docs[a].ids < docs[b].ids;
-    return docs[a].mask < docs[b].mask;
+    if (docs[a].mask != docs[b].mask) return docs[a].mask < docs[b].mask;
+    return docs[a].segments < docs[b].segments;
   });
   return order;
 }

@@ -1,12 +1,12 @@
 // The held-out documents a run evaluates on, and how the ranks share them.
 //
 // Hold-out (data.eval_split). Which documents are held out is a function of their content alone:
-// documents are ranked by a 64-bit hash of (ids, mask) (ties between different contents broken by
-// the content itself) and the smallest are taken, so the split is the same whatever the order of
-// the data, the rank or the number of ranks. Identical documents have the same rank and are taken
-// or left together, so a duplicate in the data never puts a training document into eval; when the
-// cut falls inside a group of copies the whole group goes to eval (the eval set then exceeds the
-// requested size by fewer documents than the group has).
+// documents are ranked by a 64-bit hash of (ids, mask, segments) (ties between different contents
+// broken by the content itself) and the smallest are taken, so the split is the same whatever the
+// order of the data, the rank or the number of ranks. Identical documents (identical pairs too)
+// have the same rank and are taken or left together, so a duplicate in the data never puts a
+// training document into eval; when the cut falls inside a group of copies the whole group goes
+// to eval (the eval set then exceeds the requested size by fewer documents than the group has).
 //
 // Eval micro-batches. The eval documents are packed first-fit-decreasing (data/packing.h) into
 // micro-batches of at most token_budget tokens, the same micro-batches for any world size, and the

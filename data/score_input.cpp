@@ -1,10 +1,12 @@
 #include "data/score_input.h"
 
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "data/dataset.h"
 #include "data/json_fields.h"
 #include "data/jsonl.h"
+#include "data/preference_data.h"
 #include "ops/error.h"
 
 namespace loom {
@@ -63,6 +65,40 @@ const ChatTemplate& ScoreInput::chat_template(const std::string& where) {
     fail(where, ": ", e.what());
   }
   return *template_;
+}
+
+Document ScoreInput::read_pair(const std::string& line, const std::string& where) {
+  const json record = parse_jsonl_object(line, where);
+  PairTokens tokens;
+  if (record.contains("prompt_ids")) {
+    for (const char* key : {"prompt_ids", "chosen_ids", "rejected_ids"})
+      LOOM_CHECK(record.contains(key), where, ": a pair given as ids needs \"prompt_ids\", \"chosen_ids\" and "
+                                              "\"rejected_ids\"; \"", key, "\" is missing");
+    tokens.prompt = given_ids(record["prompt_ids"], where, opt_.vocab).ids;
+    tokens.chosen = given_ids(record["chosen_ids"], where, opt_.vocab).ids;
+    tokens.rejected = given_ids(record["rejected_ids"], where, opt_.vocab).ids;
+  } else {
+    LOOM_CHECK(is_preference_record(record), where, ": not a preference pair (keys ", keys_of(record),
+               "); expected \"prompt\" + \"chosen\" + \"rejected\" (TRL's forms) or \"prompt_ids\" + "
+               "\"chosen_ids\" + \"rejected_ids\"");
+    const PreferenceRecord r = parse_preference_record(record, where);
+    try {
+      tokens = tokenize_pair(tokenizer(where), r.conversational ? &chat_template(where) : nullptr, r);
+    } catch (const Error& e) {
+      const std::string message = e.what();
+      if (message.rfind(where + ":", 0) == 0) throw;
+      fail(where, ": ", message);
+    }
+  }
+  DataOptions whole;  // scoring cuts nothing
+  whole.max_seq_len = std::numeric_limits<int>::max();
+  const PairDocument pair = pair_document(std::move(tokens), whole);
+  LOOM_CHECK(pair.fate == PairFate::kKept, where, ": the pair has a completion without a token to score");
+  for (int32_t id : pair.doc.ids)
+    LOOM_CHECK(id >= 0 && id < opt_.vocab, where, ": the tokenizer gave id ", id,
+               ", outside the model's vocabulary [0, ", opt_.vocab, "); is ", opt_.tokenizer_name,
+               " the model's tokenizer?");
+  return pair.doc;
 }
 
 ScoreLine ScoreInput::read(const std::string& line, const std::string& where) {

@@ -39,6 +39,10 @@ class ScoreInput {
   ~ScoreInput();
   // One line; errors start with `where` ("stdin:LINE").
   ScoreLine read(const std::string& line, const std::string& where);
+  // One preference pair (build/score --pairs): {"prompt_ids", "chosen_ids", "rejected_ids"}, or a
+  // record of TRL's forms (data/preference_data.h) through the tokenizer and chat template, never
+  // truncated. The pair's document: two sequences, chosen then rejected, completions the targets.
+  Document read_pair(const std::string& line, const std::string& where);
 
  private:
   const Tokenizer& tokenizer(const std::string& where);

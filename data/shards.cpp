@@ -83,11 +83,15 @@ void write_atomically(const std::string& path, const std::vector<std::pair<const
   }
 }
 
+// Bitmaps after the ids: the mask, and from version 2 the sequence starts.
+uint64_t bitmaps(const ShardHeader& h) { return h.version >= 2 ? 2 : 1; }
+
 // Bytes the header's counts describe, or 0 when they cannot fit in `limit` bytes (corrupt counts
 // would overflow the products below).
 uint64_t described_size(const ShardHeader& h, uint64_t limit) {
   if (h.n_docs >= limit / 8 || h.n_tokens > limit / 4 || h.summary_bytes > limit) return 0;
-  return sizeof(ShardHeader) + 8 * (h.n_docs + 1) + 4 * h.n_tokens + mask_bytes(h.n_tokens) + h.summary_bytes;
+  return sizeof(ShardHeader) + 8 * (h.n_docs + 1) + 4 * h.n_tokens + bitmaps(h) * mask_bytes(h.n_tokens) +
+         h.summary_bytes;
 }
 
 // The header of the shard at `path`, checked against the file's size before anything larger is
@@ -108,8 +112,8 @@ ShardHeader checked_header(const std::string& path) {
   LOOM_CHECK(in.read(reinterpret_cast<char*>(&h), sizeof h), "cannot read shard ", path, ": ", std::strerror(errno));
   LOOM_CHECK(std::memcmp(h.magic, kMagic, 8) == 0, path, ": not a loom shard (the first 8 bytes are not \"LOOMSHRD\")",
              kRerun);
-  LOOM_CHECK(h.version == kShardVersion, path, ": shard format version ", h.version, ", this build reads version ",
-             kShardVersion, kRerun);
+  LOOM_CHECK(h.version >= kOldestShardVersion && h.version <= kShardVersion, path, ": shard format version ",
+             h.version, ", this build reads versions ", kOldestShardVersion, " to ", kShardVersion, kRerun);
   const uint64_t want = described_size(h, size);
   LOOM_CHECK(want == size, path, ": the header describes ", h.n_docs, " documents and ", h.n_tokens, " tokens (",
              want ? cat(want, " bytes") : std::string("more bytes than the file"), ") but the file has ", size,
@@ -129,6 +133,25 @@ std::string checked_bytes(const std::string& path, const ShardHeader& h) {
   return bytes;
 }
 
+bool bit(const uint8_t* bits, uint64_t t) { return (bits[t / 8] >> (t % 8)) & 1; }
+
+// The segments of the document at tokens [begin, end) from the sequence bits (version 2): empty
+// when no sequence starts inside it.
+std::vector<int32_t> decode_segments(const std::string& path, const uint8_t* starts, uint64_t begin, uint64_t end,
+                                     uint64_t d) {
+  std::vector<int32_t> segments;
+  LOOM_CHECK(begin == end || !bit(starts, begin), path, ": document ", d,
+             " has a sequence start on its first token (damaged sequence bits)", kRerun);
+  uint64_t from = begin;
+  for (uint64_t t = begin + 1; t < end; ++t)
+    if (bit(starts, t)) {
+      segments.push_back(int32_t(t - from));
+      from = t;
+    }
+  if (!segments.empty()) segments.push_back(int32_t(end - from));
+  return segments;
+}
+
 std::vector<Document> decode_shard(const std::string& path, const std::string& bytes, const ShardHeader& h) {
   const char* p = bytes.data() + sizeof h;
   std::vector<uint64_t> offsets(h.n_docs + 1);
@@ -136,6 +159,7 @@ std::vector<Document> decode_shard(const std::string& path, const std::string& b
   p += 8 * offsets.size();
   const char* ids = p;
   const uint8_t* bits = reinterpret_cast<const uint8_t*>(p + 4 * h.n_tokens);
+  const uint8_t* starts = h.version >= 2 ? bits + mask_bytes(h.n_tokens) : nullptr;
   // All offsets before any copy: each document's range must lie inside the ids block.
   LOOM_CHECK(offsets.front() == 0 && offsets.back() == h.n_tokens, path, ": document offsets run from ",
              offsets.front(), " to ", offsets.back(), ", expected 0 to ", h.n_tokens, kRerun);
@@ -147,7 +171,8 @@ std::vector<Document> decode_shard(const std::string& path, const std::string& b
     doc.ids.resize(offsets[d + 1] - offsets[d]);
     std::memcpy(doc.ids.data(), ids + 4 * offsets[d], 4 * doc.ids.size());
     doc.mask.resize(doc.ids.size());
-    for (uint64_t t = offsets[d]; t < offsets[d + 1]; ++t) doc.mask[t - offsets[d]] = (bits[t / 8] >> (t % 8)) & 1;
+    for (uint64_t t = offsets[d]; t < offsets[d + 1]; ++t) doc.mask[t - offsets[d]] = bit(bits, t);
+    if (starts) doc.segments = decode_segments(path, starts, offsets[d], offsets[d + 1], d);
   }
   return docs;
 }
@@ -212,17 +237,24 @@ ShardInfo write_shard(const std::string& path, const std::vector<Document>& docs
   for (size_t d = begin; d < end; ++d) {
     LOOM_CHECK(docs[d].ids.size() == docs[d].mask.size(), "document ", d, " has ", docs[d].ids.size(), " ids but ",
                docs[d].mask.size(), " mask entries");
+    check_segments(docs[d], cat("document ", d));
     ids.insert(ids.end(), docs[d].ids.begin(), docs[d].ids.end());
     offsets.push_back(ids.size());
   }
-  std::vector<uint8_t> bits(mask_bytes(ids.size()), 0);
+  std::vector<uint8_t> bits(mask_bytes(ids.size()), 0), starts(mask_bytes(ids.size()), 0);
   int64_t targets = 0;
-  for (size_t d = begin, t = 0; d < end; ++d)
+  for (size_t d = begin, t = 0; d < end; ++d) {
+    size_t seq_start = t;
+    for (size_t s = 0; s + 1 < docs[d].segments.size(); ++s) {
+      seq_start += size_t(docs[d].segments[s]);
+      starts[seq_start / 8] |= uint8_t(1u << (seq_start % 8));
+    }
     for (uint8_t m : docs[d].mask) {
       if (m) bits[t / 8] |= uint8_t(1u << (t % 8));
       targets += m != 0;
       ++t;
     }
+  }
   const std::string summary =
       json{{"documents", end - begin}, {"tokens", ids.size()}, {"target_tokens", targets}}.dump();
 
@@ -235,6 +267,7 @@ ShardInfo write_shard(const std::string& path, const std::vector<Document>& docs
   const std::vector<std::pair<const void*, size_t>> payload = {{offsets.data(), 8 * offsets.size()},
                                                                {ids.data(), 4 * ids.size()},
                                                                {bits.data(), bits.size()},
+                                                               {starts.data(), starts.size()},
                                                                {summary.data(), summary.size()}};
   h.checksum = 14695981039346656037ull;
   for (const auto& [data, n] : payload) h.checksum = fnv1a64(data, n, h.checksum);
@@ -328,8 +361,9 @@ std::vector<ShardInfo> manifest_shards(const json& m, const std::string& where) 
   LOOM_CHECK(format && *format == "loom-prepared", where,
              ": not a loom prepared.json (expected \"format\": \"loom-prepared\")");
   const json* version = json_member(m, "version");
-  LOOM_CHECK(version && version->is_number_integer() && *version == kShardVersion, where, ": version ",
-             version ? json_shown(*version) : "missing", ", this build reads version ", kShardVersion);
+  LOOM_CHECK(version && version->is_number_integer() && *version >= kOldestShardVersion && *version <= kShardVersion,
+             where, ": version ", version ? json_shown(*version) : "missing", ", this build reads versions ",
+             kOldestShardVersion, " to ", kShardVersion);
   const json& list = json_array_at(m, "shards", where, "");
   std::vector<ShardInfo> shards;
   for (size_t i = 0; i < list.size(); ++i)

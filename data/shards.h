@@ -1,9 +1,9 @@
 // Prepared datasets on disk: a folder of token shards plus a manifest, prepared.json.
 //
-// Shard file (shard-NNNNN.bin), version 1, every integer little-endian:
+// Shard file (shard-NNNNN.bin), version 2, every integer little-endian:
 //   offset  bytes        field
 //   0       8            magic "LOOMSHRD"
-//   8       8   u64      version = 1
+//   8       8   u64      version = 2
 //   16      8   u64      n_docs
 //   24      8   u64      n_tokens
 //   32      8   u64      summary_bytes
@@ -11,14 +11,19 @@
 //   48      8·(n_docs+1) u64 doc_offsets: token index where document d starts; [0] = 0, [n_docs] = n_tokens
 //   …       4·n_tokens   i32 ids, documents back to back (4-aligned: the header and offsets are 8·k bytes)
 //   …       ⌈n_tokens/8⌉ mask bits: token t's mask is bit (t mod 8) of byte ⌊t/8⌋ (LSB first); pad bits 0
+//   …       ⌈n_tokens/8⌉ sequence bits, same layout: set where a document's next sequence starts
+//                        (Document::segments: a pair's rejected sequence); never on a document's
+//                        first token; a document without any has no segments
 //   …       summary_bytes UTF-8 JSON {"documents", "tokens", "target_tokens"}
-// File size is therefore exactly 48 + 8·(n_docs+1) + 4·n_tokens + ⌈n_tokens/8⌉ + summary_bytes;
+// File size is therefore exactly 48 + 8·(n_docs+1) + 4·n_tokens + 2·⌈n_tokens/8⌉ + summary_bytes;
 // a reader checks magic, version, that size, the checksum and the offsets before using anything.
+// Version 1 (before segments) is the same without the sequence bits; it is still read, every
+// document as one sequence.
 //
 // A shard is written as "<name>.tmp.<pid>" and renamed to its name only once complete and
 // flushed, so an interrupted run leaves a .tmp file, never a shard that looks complete.
 // prepared.json (same tmp + rename, written last; removed first when a folder is re-prepared) is
-// {"format": "loom-prepared", "version": 1, "shards": [{"file", "documents", "tokens", "bytes",
+// {"format": "loom-prepared", "version": 2, "shards": [{"file", "documents", "tokens", "bytes",
 // "checksum"}], ...caller's fields: identity, source, tokenizer and template (data/tokenizer_record.h),
 // counts}. Readers load only the shards it
 // lists and check each against its entry, so leftovers of other runs are never picked up.
@@ -31,7 +36,8 @@
 
 namespace loom {
 
-constexpr uint64_t kShardVersion = 1;
+constexpr uint64_t kShardVersion = 2;        // what this build writes (shards and prepared.json)
+constexpr uint64_t kOldestShardVersion = 1;  // the oldest it reads
 constexpr const char* kManifestName = "prepared.json";
 // 64 Mi tokens: a 256 MiB ids block per shard.
 constexpr int64_t kDefaultShardTokens = int64_t(1) << 26;
@@ -51,7 +57,8 @@ struct ShardInfo {
   uint64_t checksum = 0;
 };
 
-// Writes docs[begin, end) as one shard at `path` (tmp + rename).
+// Writes docs[begin, end) as one shard at `path` (tmp + rename). A document's segments must be
+// empty or two or more lengths >= 1 summing to its length (the error names the document).
 ShardInfo write_shard(const std::string& path, const std::vector<Document>& docs, size_t begin, size_t end);
 // Reads and verifies a shard; errors name the file, what is wrong and to re-run build/prepare.
 std::vector<Document> read_shard(const std::string& path, uint64_t* checksum = nullptr);

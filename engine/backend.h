@@ -31,6 +31,15 @@ class TrainBackend {
                                 bool last) = 0;
   // Forward only (evaluation): Σ target losses over mbs on this rank, adapters on or off (waits).
   virtual double loss_sum(const std::vector<MicroBatch>& mbs, bool adapters) = 0;
+  // Forward only: the per-token losses (T) of mb under the trained adapters (waits). Overwrites what
+  // a training forward kept: call it before the step's training forward of mb, never between it
+  // and its backward. The same holds for reference_losses.
+  virtual std::vector<float> token_losses(const MicroBatch& mb) = 0;
+  // Forward only, the reference model of preference tuning: the base with the adapters off, or the
+  // frozen adapter of set_reference_adapter (a run started from an adapter, as TRL takes a frozen
+  // copy of it for reference).
+  virtual std::vector<float> reference_losses(const MicroBatch& mb) = 0;
+  virtual void set_reference_adapter(const std::vector<float>& params) = 0;
   struct StepResult {
     double loss_sum = 0;   // Σ target losses of the step's training forwards
     double grad_norm = 0;  // before clipping

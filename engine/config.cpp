@@ -1,15 +1,17 @@
 // YAML experiment config -> TrainConfig.
 //
-// Format: five optional top-level mappings, each key a field of the matching struct in config.h:
+// Format: seven optional top-level mappings, each key a field of the matching struct in config.h:
 //
 //   model:  {path, preset, quant, double_quant, init_seed}
-//   lora:   {r, alpha, dropout, rslora, targets}
+//   lora:   {r, alpha, dropout, rslora, targets, init_from}
 //   data:   {path, synthetic, synthetic_docs, format, tokenizer, template, train_on, max_seq_len,
-//            overlong, on_bad_line, cache_dir, eval_path, eval_split}
-//   train:  {device, token_budget, global_batch, steps, epochs, lr, schedule, warmup_steps,
+//            max_prompt_len, overlong, on_bad_line, cache_dir, eval_path, eval_split}
+//   train:  {device, objective, token_budget, global_batch, steps, epochs, lr, schedule, warmup_steps,
 //            min_lr_ratio, weight_decay, beta1, beta2, eps, max_grad_norm, recompute, seed, log_every,
 //            divergence_check, divergence_window, divergence_factor, zero_grad_steps, eval_every,
 //            early_stopping_patience}
+//   dpo:    {beta, loss_type, label_smoothing}
+//   orpo:   {lambda}
 //   output: {dir, checkpoint_every, keep_checkpoints, export, gguf_type, resume, on_change, keep_best}
 //
 // A missing key keeps the member initialiser of its options struct (config.h names them). Overrides
@@ -114,13 +116,15 @@ struct Field {
   std::string path() const { return cat(section, '.', key); }
 };
 
-const char* const kSections[] = {"model", "lora", "data", "train", "output"};
+const char* const kSections[] = {"model", "lora", "data", "train", "dpo", "orpo", "output"};
 
 std::vector<Field> fields_of(TrainConfig& c) {
   ModelOptions& m = c.model;
   LoraOptions& l = c.lora;
   DataOptions& d = c.data;
   TrainSection& t = c.train;
+  DpoSection& dpo = c.dpo;
+  OrpoSection& orpo = c.orpo;
   OutputSection& o = c.output;
   return {
       {"model", "path", &m.path},
@@ -136,6 +140,7 @@ std::vector<Field> fields_of(TrainConfig& c) {
       {"lora", "dropout", &l.dropout, kUnitOpen},
       {"lora", "rslora", &l.rslora},
       {"lora", "targets", &l.targets},
+      {"lora", "init_from", &l.init_from},
       {"data", "path", &d.path},
       {"data", "synthetic", &d.synthetic},
       // Generated and held in memory at once (median ~200 tokens each: ~1 GB at the bound).
@@ -145,6 +150,7 @@ std::vector<Field> fields_of(TrainConfig& c) {
       {"data", "template", &d.template_name},
       {"data", "train_on", &d.train_on, kTrainOnNames},
       {"data", "max_seq_len", &d.max_seq_len, {1, kMaxTokens}},
+      {"data", "max_prompt_len", &d.max_prompt_len, {0, kMaxTokens, false, false, "0 = only data.max_seq_len limits it"}},
       {"data", "overlong", &d.overlong, kOverlongNames},
       {"data", "on_bad_line", &d.on_bad_line, kOnBadLineNames},
       {"data", "cache_dir", &d.cache_dir},
@@ -153,6 +159,7 @@ std::vector<Field> fields_of(TrainConfig& c) {
       {"data", "eval_split", &d.eval_split,
        {0, 1e9, false, false, "0 = none; below 1 a fraction of the documents, from 1 a count of them"}},
       {"train", "device", &t.device, kDeviceNames},
+      {"train", "objective", &t.objective, kObjectiveNames},
       {"train", "token_budget", &t.token_budget, {1, kMaxTokens}},
       // Documents per step: recipes use tens to thousands; 2^20 is past any, and a typo there
       // would silently turn every step into a whole epoch.
@@ -186,6 +193,14 @@ std::vector<Field> fields_of(TrainConfig& c) {
       {"train", "eval_every", &t.eval_every, {0, kMaxSteps, false, false, "0 = only at the end"}},
       // Counts evaluations, of which a run has at most one per step.
       {"train", "early_stopping_patience", &t.early_stopping_patience, {0, kMaxSteps, false, false, "0 = off"}},
+      // β scales the log-ratio inside a sigmoid: recipes use 0.01 to 0.5; past 100 one token's
+      // log-prob difference saturates the loss.
+      {"dpo", "beta", &dpo.beta, {0, 100, true}},
+      {"dpo", "loss_type", &dpo.loss_type, kDpoLossTypeNames},
+      // At 0.5 the label is a coin flip and the loss no longer prefers either answer.
+      {"dpo", "label_smoothing", &dpo.label_smoothing, {0, 0.5, false, true}},
+      // λ weighs the odds-ratio term against the NLL: the ORPO paper uses 0.1 to 1; 100 leaves no NLL.
+      {"orpo", "lambda", &orpo.lambda, {0, 100, true}},
       {"output", "dir", &o.dir},
       {"output", "checkpoint_every", &o.checkpoint_every,
        {0, kMaxSteps, false, false, "0 = only the final checkpoint"}},
@@ -834,6 +849,26 @@ void check_eval(Checker& c, const TrainConfig& cfg) {
               "or data.eval_split (a fraction or a count of the training documents to hold out)"));
 }
 
+// A preference objective trains on pairs: the data must be (or may be detected as) pairs, a
+// micro-batch must hold a whole pair, and label smoothing exists only for the losses that take it.
+void check_objective(Checker& c, const TrainConfig& cfg) {
+  const ObjectiveKind objective = cfg.train.objective;
+  const DpoSection& dpo = cfg.dpo;
+  if ((dpo.loss_type == DpoLossType::kIpo || dpo.loss_type == DpoLossType::kHinge) && dpo.label_smoothing != 0)
+    c.add(cat("dpo.label_smoothing (", format_double(dpo.label_smoothing), ") applies to dpo.loss_type sigmoid and ",
+              "robust only, not ", dpo_loss_type_name(dpo.loss_type), "; set it to 0 or change dpo.loss_type"));
+  if (objective == ObjectiveKind::kSft) return;
+  const DataFormat format = cfg.data.format;
+  if (format != DataFormat::kPairs && format != DataFormat::kAuto)
+    c.add(cat("train.objective ", objective_name(objective), " trains on preference pairs: data.format must be pairs ",
+              "(or auto), found ", data_format_name(format)));
+  const int64_t pair = 2 * int64_t(cfg.data.max_seq_len);
+  if (pair > cfg.train.token_budget && cfg.train.token_budget > 0)
+    c.add(cat("train.objective ", objective_name(objective), ": a pair holds two sequences of up to data.max_seq_len (",
+              cfg.data.max_seq_len, ") tokens in one micro-batch, so train.token_budget (", cfg.train.token_budget,
+              ") must be >= ", pair, "; raise train.token_budget or lower data.max_seq_len"));
+}
+
 void check_output(Checker& c, const OutputSection& o) {
   if (o.dir.empty()) c.add("output.dir must name the run folder (found an empty string)");
   if (o.resume.empty()) c.add("output.resume must be auto, last_intact, never or a checkpoint folder (found '')");
@@ -855,6 +890,7 @@ std::vector<std::string> problems_of(const TrainConfig& cfg,
   check_lora(c, cfg.lora);
   check_data(c, cfg.data, cfg.train);
   check_eval(c, cfg);
+  check_objective(c, cfg);
   check_output(c, cfg.output);
   return c.lines;
 }
@@ -874,7 +910,7 @@ TrainConfig parse_config(const std::string& yaml_text, const std::string& source
   if (!doc.problem.empty())
     fail(source, ':', doc.line, doc.column ? cat(':', doc.column) : "", ": ", doc.problem);
   if (!doc.root.IsNull() && !doc.root.IsMap())
-    fail(line_of(source, doc.root), ": expected a mapping of sections (model, lora, data, train, output), found ",
+    fail(line_of(source, doc.root), ": expected a mapping of sections (model, lora, data, train, dpo, orpo, output), found ",
          describe(doc.root));
   TrainConfig cfg;
   cfg.source = source;
@@ -921,6 +957,11 @@ void check_paths(const TrainConfig& cfg) {
   if (!cfg.model.path.empty()) {
     require_folder(cfg.model.path, "model.path", "an HF model folder with config.json and *.safetensors");
     require_regular_file(cfg.model.path + "/config.json", "model.path: config");
+  }
+  if (!cfg.lora.init_from.empty()) {
+    require_folder(cfg.lora.init_from, "lora.init_from",
+                   "a PEFT adapter folder with adapter_config.json and adapter_model.safetensors");
+    require_regular_file(cfg.lora.init_from + "/adapter_config.json", "lora.init_from: adapter config");
   }
   const std::string& resume = cfg.output.resume;
   if (resume != "auto" && resume != "never" && resume != "last_intact")

@@ -43,8 +43,20 @@ inline const char* gguf_type_name(GgufType t) { return kGgufTypeNames[size_t(t)]
 enum class OnChange { kRefuse, kAccept };
 inline constexpr std::array<const char*, 2> kOnChangeNames = {"refuse", "accept"};
 
+// What a step minimises: kSft the token-mean cross-entropy of the targets; kDpo and kOrpo the
+// preference losses of engine/preference.h over pairs (data.format pairs).
+enum class ObjectiveKind { kSft, kDpo, kOrpo };
+inline constexpr std::array<const char*, 3> kObjectiveNames = {"sft", "dpo", "orpo"};
+inline const char* objective_name(ObjectiveKind o) { return kObjectiveNames[size_t(o)]; }
+
+// dpo.loss_type (engine/preference.h gives each loss).
+enum class DpoLossType { kSigmoid, kIpo, kRobust, kHinge };
+inline constexpr std::array<const char*, 4> kDpoLossTypeNames = {"sigmoid", "ipo", "robust", "hinge"};
+inline const char* dpo_loss_type_name(DpoLossType t) { return kDpoLossTypeNames[size_t(t)]; }
+
 struct TrainSection {
   Device device = Device::kAuto;
+  ObjectiveKind objective = ObjectiveKind::kSft;
   int token_budget = 16384;      // tokens per packed micro-batch
   int global_batch = 32;         // sequences per optimizer step, across all ranks
   int steps = 0;                 // optimizer steps; 0 = as many as `epochs` gives
@@ -69,6 +81,18 @@ struct TrainSection {
   int early_stopping_patience = 0;  // stop after this many evaluations in a row without a lower eval loss; 0 = off
 };
 
+// The `dpo:` section (train.objective dpo), TRL's DPOConfig names and defaults.
+struct DpoSection {
+  double beta = 0.1;                 // β: the reward scale, how far the policy may move from the reference
+  DpoLossType loss_type = DpoLossType::kSigmoid;
+  double label_smoothing = 0;        // ε: the assumed share of flipped labels (sigmoid, robust)
+};
+
+// The `orpo:` section (train.objective orpo).
+struct OrpoSection {
+  double lambda = 0.1;  // λ: weight of the odds-ratio term beside the chosen completion's NLL
+};
+
 struct OutputSection {
   std::string dir = "runs/default";
   int checkpoint_every = 0;      // steps between checkpoints; 0 = only the final one
@@ -89,6 +113,8 @@ struct TrainConfig {
   LoraOptions lora;
   DataOptions data;
   TrainSection train;
+  DpoSection dpo;
+  OrpoSection orpo;
   OutputSection output;
   std::string source;  // the YAML file it came from ("" for defaults)
 };
@@ -112,7 +138,8 @@ TrainConfig parse_config(const std::string& yaml_text, const std::string& source
 std::vector<std::string> validate(const TrainConfig& cfg);
 // The config's paths against the filesystem, before anything is loaded: output.dir and the data
 // cache are folders or can be created, data.path and data.eval_path are regular files or folders,
-// data.tokenizer exists, model.path is a folder with config.json, output.resume a folder. A wrong
+// data.tokenizer exists, model.path is a folder with config.json, lora.init_from a folder with
+// adapter_config.json, output.resume a folder. A wrong
 // path fails in a moment, naming its key, instead of after the model has loaded (or as a hang on a
 // FIFO).
 void check_paths(const TrainConfig& cfg);

@@ -34,6 +34,17 @@ class CpuBackend : public TrainBackend {
     for (const MicroBatch& mb : mbs) sum += model_.forward(mb, params_.data(), {adapters, false, 0}).loss_sum;
     return sum;
   }
+  std::vector<float> token_losses(const MicroBatch& mb) override {
+    std::vector<float> losses(mb.T());
+    model_.forward(mb, params_.data(), {true, false, 0}, losses.data());
+    return losses;
+  }
+  std::vector<float> reference_losses(const MicroBatch& mb) override {
+    std::vector<float> losses(mb.T());
+    model_.forward(mb, reference_.data(), {!reference_.empty(), false, 0}, losses.data());
+    return losses;
+  }
+  void set_reference_adapter(const std::vector<float>& params) override { reference_ = params; }
   StepResult end_step(float lr) override {
     allreduce_sum(grads_.data(), grads_.size());  // identity in a single process
     const double loss = allreduce_sum(loss_sum_);
@@ -54,6 +65,7 @@ class CpuBackend : public TrainBackend {
   std::vector<float> params_, grads_;
   AdamW optimizer_;
   ReferencePass kept_;
+  std::vector<float> reference_;  // the frozen reference adapter; empty: the base
   double loss_sum_ = 0;
 };
 

@@ -17,6 +17,8 @@ CudaModelOptions model_options(const TrainConfig& tc) {
   opt.double_quant = tc.model.double_quant;
   opt.recompute = tc.train.recompute;
   opt.token_budget = tc.train.token_budget;
+  // Preference tuning from an adapter keeps a frozen copy of it as the reference (TRL's choice).
+  opt.reference_adapter = tc.train.objective != ObjectiveKind::kSft && !tc.lora.init_from.empty();
   return opt;
 }
 
@@ -51,6 +53,14 @@ class CudaBackend : public TrainBackend {
   double loss_sum(const std::vector<MicroBatch>& mbs, bool adapters) override {
     for (const MicroBatch& mb : mbs) model_.forward(mb, PassOptions{adapters, false, 0});
     return model_.take_forward_loss_sum();
+  }
+  std::vector<float> token_losses(const MicroBatch& mb) override { return forward_only(mb, {true, false, 0}); }
+  std::vector<float> reference_losses(const MicroBatch& mb) override {
+    return forward_only(mb, {has_reference_, false, 0, has_reference_});
+  }
+  void set_reference_adapter(const std::vector<float>& params) override {
+    model_.adapters().set_reference(params);
+    has_reference_ = true;
   }
   StepResult end_step(float lr) override {
     cudaStream_t s = model_.stream();
@@ -92,6 +102,13 @@ class CudaBackend : public TrainBackend {
   std::vector<size_t> bounds_;
   std::unique_ptr<GradAllReducer> reducer_;
   float* host_scalars_ = nullptr;  // pinned: loss sum, grad norm
+  bool has_reference_ = false;     // a frozen reference adapter is set (else the reference is the base)
+
+  std::vector<float> forward_only(const MicroBatch& mb, const PassOptions& pass) {
+    model_.forward(mb, pass);
+    model_.take_forward_loss_sum();  // this pass's sum is not an evaluation's
+    return model_.token_losses();
+  }
   double peak_gib_ = 0;
 };
 

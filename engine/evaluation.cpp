@@ -27,12 +27,13 @@ bool Evaluator::due(int64_t step, int64_t total) const {
   return enabled() && (step == total || (eval_every_ > 0 && step % eval_every_ == 0));
 }
 
-EvalMetrics Evaluator::evaluate(TrainBackend& backend, int64_t step) {
+EvalMetrics Evaluator::evaluate(TrainBackend& backend, Objective& objective, int64_t step) {
   const auto t0 = std::chrono::steady_clock::now();
-  const double sum = allreduce_sum(backend.loss_sum(micro_, true));
+  ObjectiveFigures f = objective.evaluate(backend, micro_);
   EvalMetrics m;
   m.step = int(step);
-  m.loss = targets_ > 0 ? sum / double(targets_) : 0.0;
+  m.loss = f.loss;
+  m.objective = std::move(f.metrics);
   m.targets = targets_;
   m.tokens = tokens_;
   m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

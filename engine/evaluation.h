@@ -15,6 +15,7 @@
 #include "engine/backend.h"
 #include "engine/config.h"
 #include "engine/metrics.h"
+#include "engine/objective.h"
 
 namespace loom {
 
@@ -27,8 +28,10 @@ class Evaluator {
   bool enabled() const { return tokens_ > 0; }  // the same on every rank
   // Whether the evaluation runs after `step` of `total`: every train.eval_every steps, and at the end.
   bool due(int64_t step, int64_t total) const;
-  // Collective: evaluates with the backend's current adapters; the figures (and standing) of step.
-  EvalMetrics evaluate(TrainBackend& backend, int64_t step);
+  // Collective: evaluates with the backend's current adapters, in the objective's terms (SFT: the
+  // token mean above; preference: the mean pair loss and TRL's metrics); the figures (and standing)
+  // of step.
+  EvalMetrics evaluate(TrainBackend& backend, Objective& objective, int64_t step);
   // train.early_stopping_patience evaluations in a row without a lower eval loss.
   bool patience_exhausted() const;
   std::optional<int64_t> best_step() const { return standing_.best_step; }

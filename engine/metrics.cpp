@@ -124,6 +124,7 @@ std::string metrics_json(const StepMetrics& m) {
   if (m.mfu) j["mfu"] = *m.mfu;
   if (m.peak_mem_gib) j["peak_mem_gib"] = *m.peak_mem_gib;
   if (m.pad_saved) j["pad_saved"] = *m.pad_saved;
+  for (const auto& [name, value] : m.objective) j[name] = finite_or_null(value);
   return j.dump();
 }
 
@@ -134,6 +135,7 @@ std::string eval_json(const EvalMetrics& m) {
   j["eval_targets"] = m.targets;
   j["eval_tokens"] = m.tokens;
   j["eval_s"] = m.seconds;
+  for (const auto& [name, value] : m.objective) j["eval_" + name] = finite_or_null(value);
   return j.dump();
 }
 
@@ -166,6 +168,9 @@ std::string progress_line(const StepMetrics& m, int total_steps) {
                          with_thousands(m.tokens_per_s), " tok/s");
   if (m.mfu) line += cat(" | mfu ", fixed("%.1f", *m.mfu * 100), '%');
   if (m.peak_mem_gib) line += cat(" | ", fixed("%.1f", *m.peak_mem_gib), " GiB");
+  for (const auto& [name, value] : m.objective)
+    if (name == "rewards/margins") line += cat(" | margin ", fixed("%.3f", value));
+    else if (name == "rewards/accuracies") line += cat(" | acc ", fixed("%.2f", value));
   return line + " | eta " + eta(m, total_steps);
 }
 

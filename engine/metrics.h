@@ -40,6 +40,9 @@ struct StepMetrics {
   std::optional<double> mfu;           // model FLOPs utilisation in [0, 1] of all ranks' GPUs (BENCHMARK.md)
   std::optional<double> peak_mem_gib;  // peak device memory in use on rank 0's GPU, GiB
   std::optional<double> pad_saved;     // share of a padded batch's tokens that packing avoided
+  // The objective's metrics (engine/objective.h; TRL's names for preference runs, e.g.
+  // "rewards/accuracies"), written after the keys above, and margins and accuracy on the console.
+  std::vector<std::pair<std::string, double>> objective;
 };
 
 // One evaluation on the held-out set, after the update of `step`.
@@ -54,6 +57,8 @@ struct EvalMetrics {
   std::optional<double> best_loss;
   std::optional<int> best_step;
   bool improved = false;     // this evaluation set the best (printed as "new best")
+  // The objective's metrics on the eval set, written as "eval_<name>" after the keys above.
+  std::vector<std::pair<std::string, double>> objective;
 };
 
 // An eval line as read back from metrics.jsonl.

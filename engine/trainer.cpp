@@ -20,6 +20,7 @@
 #include "engine/flops.h"
 #include "engine/metrics.h"
 #include "engine/objective.h"
+#include "engine/preference.h"
 #include "engine/schedule.h"
 #include "engine/step.h"
 #include "engine/training_data.h"
@@ -69,12 +70,20 @@ std::unique_ptr<TrainBackend> make_backend(const TrainConfig& cfg, const ModelCo
   const Device dev = cfg.train.device;
   LOOM_CHECK(dev != Device::kCuda || cuda_available(), "train.device = cuda but ", cuda_device_summary(),
              "; use train.device=cpu for the reference path");
-  std::vector<float> lora = lora_init(layout, uint64_t(cfg.train.seed));
+  // lora.init_from: start from an adapter (a DPO run after its SFT adapter), else PEFT's init.
+  std::vector<float> lora = cfg.lora.init_from.empty() ? lora_init(layout, uint64_t(cfg.train.seed))
+                                                       : load_peft_adapter(cfg.lora.init_from, layout);
+  std::unique_ptr<TrainBackend> backend;
   if (dev == Device::kCuda || (dev == Device::kAuto && cuda_available())) {
     bind_gpu(dist_context());
-    return make_cuda_backend(mc, weight_source(cfg.model, mc), layout, lora, cfg);
+    backend = make_cuda_backend(mc, weight_source(cfg.model, mc), layout, lora, cfg);
+  } else {
+    backend = make_cpu_backend(mc, resolve_host_weights(cfg.model, mc), layout, lora, cfg.train);
   }
-  return make_cpu_backend(mc, resolve_host_weights(cfg.model, mc), layout, std::move(lora), cfg.train);
+  // Preference tuning from an adapter: its reference is that adapter, frozen (as TRL takes it), so
+  // the rewards measure what this run changed; from PEFT's init the reference is the base.
+  if (cfg.train.objective != ObjectiveKind::kSft && !cfg.lora.init_from.empty()) backend->set_reference_adapter(lora);
+  return backend;
 }
 
 void note(const std::string& line) {
@@ -254,6 +263,23 @@ void restart_metrics(const std::string& run_dir, int64_t step) {
 }
 
 // Rank 0 prepares (and caches) the data while the others wait, then every rank loads it.
+// The objective of train.objective.
+std::unique_ptr<Objective> make_objective(const TrainConfig& cfg) {
+  if (cfg.train.objective == ObjectiveKind::kSft) return std::make_unique<SftObjective>();
+  PreferenceOptions o;
+  o.beta = cfg.dpo.beta;
+  o.label_smoothing = cfg.dpo.label_smoothing;
+  o.orpo_lambda = cfg.orpo.lambda;
+  if (cfg.train.objective == ObjectiveKind::kOrpo) {
+    o.loss = PreferenceLoss::kOrpo;
+  } else {
+    const PreferenceLoss by_type[] = {PreferenceLoss::kSigmoid, PreferenceLoss::kIpo, PreferenceLoss::kRobust,
+                                      PreferenceLoss::kHinge};  // DpoLossType order
+    o.loss = by_type[size_t(cfg.dpo.loss_type)];
+  }
+  return std::make_unique<PreferenceObjective>(o);
+}
+
 RunDocuments documents_on_every_rank(const TrainConfig& cfg, const ModelConfig& mc) {
   if (!is_main()) barrier();
   RunDocuments docs = load_run_documents(cfg, mc);
@@ -374,14 +400,14 @@ TrainSummary train(const TrainConfig& cfg) {
   // tokens ran on every rank's GPU (alike, as data parallelism assumes).
   const double peak_tflops = backend->on_gpu() ? measure_matmul_tflops() * ctx.world : 0.0;
   DivergenceDetector divergence(divergence_options(cfg.train));
-  const SftObjective objective;
+  const std::unique_ptr<Objective> objective = make_objective(cfg);
   const auto t0 = Clock::now();
   int64_t step = sum.first_step;
   while (step < total) {
     const auto ts = Clock::now();
     Step s = loader.next();
     const float lr = lr_at(cfg.train, int(step), int(total));
-    const StepOutcome r = run_step(*backend, objective, s, lr, [&](size_t micro) {
+    const StepOutcome r = run_step(*backend, *objective, s, lr, [&](size_t micro) {
       return dropout_seed(uint64_t(cfg.train.seed), step, ctx.rank, micro);
     });
     const double loss = r.loss;
@@ -407,6 +433,7 @@ TrainSummary train(const TrainConfig& cfg) {
     m.elapsed_s = seconds_since(t0);
     m.start_step = int(sum.first_step);
     m.pad_saved = s.packing.baseline_pad_share();
+    m.objective = r.metrics;
     if (peak_tflops > 0) m.mfu = mfu(m.tokens_per_s, flops_per_token(mc, mean_attended_keys(mc, s.micro)), peak_tflops);
     if (double gib = backend->peak_memory_gib(); gib > 0) m.peak_mem_gib = gib;
     if (is_main()) {
@@ -426,7 +453,7 @@ TrainSummary train(const TrainConfig& cfg) {
 
     std::optional<EvalMetrics> eval;
     if (evaluator.due(step, total)) {
-      eval = evaluator.evaluate(*backend, step);
+      eval = evaluator.evaluate(*backend, *objective, step);
       if (is_main()) {
         log->write_eval(*eval);
         status.print(eval_line(*eval, int(total)));

@@ -67,6 +67,25 @@ void check_vocabulary(const std::vector<Document>& docs, const ModelConfig& mc, 
                  " outside the model's vocabulary (", mc.V, "); is data.tokenizer the model's tokenizer?");
 }
 
+// A preference objective trains on pairs (two segments each, data/preference_data.h) and SFT on
+// single sequences; anything else is refused naming the source and the first document that is not.
+void check_objective_documents(const std::vector<Document>& docs, const TrainConfig& cfg, const std::string& source) {
+  const bool preference = cfg.train.objective != ObjectiveKind::kSft;
+  const char* objective = objective_name(cfg.train.objective);
+  for (size_t i = 0; i < docs.size(); ++i) {
+    const size_t sequences = docs[i].segments.empty() ? 1 : docs[i].segments.size();
+    if (preference)
+      LOOM_CHECK(sequences == 2, source, ": document ", i, " holds ", sequences,
+                 " sequence(s), but train.objective ", objective,
+                 " trains on preference pairs; give {\"prompt\", \"chosen\", \"rejected\"} records (data.format: "
+                 "pairs)");
+    else
+      LOOM_CHECK(sequences == 1, source, ": document ", i,
+                 " is a preference pair (prompt, chosen, rejected), which train.objective sft does not train on; set "
+                 "train.objective to dpo or orpo, or give conversations");
+  }
+}
+
 // The documents of `path`, given as `key` (data.path or data.eval_path): a folder of prepared
 // shards, or a JSONL file prepared with the run's tokenizer and data settings into cache_dir.
 std::vector<Document> load_source(const TrainConfig& cfg, const ModelConfig& mc, const std::string& key,
@@ -85,6 +104,7 @@ std::vector<Document> load_source(const TrainConfig& cfg, const ModelConfig& mc,
   std::vector<Document> docs = load_prepared(prepared);
   LOOM_CHECK(!docs.empty(), key, ": '", path, "' gave no trainable documents");
   check_vocabulary(docs, mc, prepared);
+  check_objective_documents(docs, cfg, cat(key, " ", path));
   return docs;
 }
 
@@ -95,6 +115,7 @@ RunDocuments load_run_documents(const TrainConfig& cfg, const ModelConfig& mc) {
   RunDocuments run;
   run.train = cfg.data.synthetic.empty() ? load_source(cfg, mc, "data.path", cfg.data.path, data_cache_dir(cfg))
                                          : synthetic(cfg, mc);
+  if (!cfg.data.synthetic.empty()) check_objective_documents(run.train, cfg, cat("data.synthetic ", cfg.data.synthetic));
   if (cfg.data.eval_split != 0) {
     EvalSplit split = split_eval_documents(std::move(run.train), cfg.data.eval_split);
     run.train = std::move(split.train);

@@ -20,7 +20,9 @@ struct RunDocuments {
 // data.eval_split holds documents out of the training data (data/eval_set.h: by content, the same
 // on every rank); data.eval_path is read like data.path: a folder of prepared shards, or a JSONL
 // file prepared with the same tokenizer, template and data settings into <data cache>/eval. Every
-// token id is checked against the model's vocabulary (error names the source and the setting).
+// token id is checked against the model's vocabulary (error names the source and the setting), and
+// every document against train.objective: pairs (two segments) for dpo and orpo, single sequences
+// for sft.
 RunDocuments load_run_documents(const TrainConfig& cfg, const ModelConfig& mc);
 
 // The dataloader's options of this rank: train.token_budget, global_batch and seed.

@@ -88,7 +88,7 @@ struct CudaModel::Impl {
         lora(l),
         opt(o),
         weights(c, o.quant, o.double_quant),
-        adapters(l, o.mode == ModelMode::kTrain),
+        adapters(l, o.mode == ModelMode::kTrain, o.reference_adapter),
         train_mode(o.mode == ModelMode::kTrain),
         Tmax(o.token_budget) {
     mlp_tile = train_mode ? Tmax : std::min(Tmax, kForwardMlpTile);
@@ -218,7 +218,8 @@ struct CudaModel::Impl {
   const bf16* weight(int l, LoraTarget t) { return weights.projection(l, t, w_scratch, stream); }
 
   LoraDevice adapter(int l, LoraTarget t, bool grads) const {
-    return adapters.slot(l, t, pass.adapters, grads, pass.train ? lora.dropout : 0.f, pass.dropout_seed);
+    return adapters.slot(l, t, pass.adapters, grads, pass.train ? lora.dropout : 0.f, pass.dropout_seed,
+                         pass.reference_adapter);
   }
 
   // rows (from row r0) of projection t: y = x·Wᵀ + b + LoRA; u[t] of those rows. The adapter stays
@@ -351,7 +352,7 @@ struct CudaModel::Impl {
 
   void begin_pass(const MicroBatch& mb, const PassOptions& p) {
     LOOM_CHECK(!p.train || train_mode, "a training pass needs a model planned for training (ModelMode::kTrain)");
-    LOOM_CHECK(!p.train || p.adapters, "a training pass needs the adapters on");
+    LOOM_CHECK(!p.train || (p.adapters && !p.reference_adapter), "a training pass needs the trained adapters on");
     pass = p;
     upload_inputs(mb);
   }

@@ -43,6 +43,7 @@ struct CudaModelOptions {
   Recompute recompute = Recompute::kSelective;  // kTrain only
   int64_t token_budget = 16384;                 // the largest micro-batch (T)
   bool print_plan = true;
+  bool reference_adapter = false;  // plan a frozen reference adapter (DeviceAdapters::set_reference)
 };
 
 class CudaModel {

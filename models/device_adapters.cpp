@@ -8,6 +8,7 @@ namespace loom {
 void DeviceAdapters::plan(MemoryPlan& p) {
   const size_t n = size_t(layout_.total);
   plan_buffer(p, "lora", "LoRA params (bf16 copy)", &bf16_, n, "(P)");
+  if (reference_) plan_buffer(p, "lora", "reference adapter (bf16, frozen)", &reference_bf16_, n, "(P)");
   if (!training_) return;
   plan_buffer(p, "lora", "LoRA params (fp32 master)", &master_, n, "(P)");
   plan_buffer(p, "lora", "LoRA grads", &grads_, n, "(P)");
@@ -41,16 +42,26 @@ void DeviceAdapters::refresh_bf16(cudaStream_t stream) {
   if (layout_.total > 0) cast_fp32_to_bf16(bf16_, master_, layout_.total, stream);
 }
 
+void DeviceAdapters::set_reference(const std::vector<float>& params) {
+  LOOM_CHECK(reference_, "this model was planned without a reference adapter");
+  LOOM_CHECK(int64_t(params.size()) == layout_.total, "reference adapter has ", params.size(), " floats, expected ",
+             layout_.total);
+  if (!params.empty()) upload_bf16(reference_bf16_, params);
+}
+
 void DeviceAdapters::zero_grads(cudaStream_t stream) {
   if (layout_.total > 0) CUDA_CHECK(cudaMemsetAsync(grads_, 0, size_t(layout_.total) * 4, stream));
 }
 
-LoraDevice DeviceAdapters::slot(int l, LoraTarget t, bool on, bool grads, float dropout, uint64_t dropout_seed) const {
+LoraDevice DeviceAdapters::slot(int l, LoraTarget t, bool on, bool grads, float dropout, uint64_t dropout_seed,
+                                bool reference) const {
   const LoraSlot& s = layout_.slot(l, t);
   LoraDevice d;
   if (!on || !s.enabled) return d;
-  d.A = bf16_ + s.a_offset;
-  d.B = bf16_ + s.b_offset;
+  LOOM_CHECK(!reference || (reference_ && !grads), "reference adapter: not planned, or asked for gradients");
+  const bf16* copy = reference ? reference_bf16_ : bf16_;
+  d.A = copy + s.a_offset;
+  d.B = copy + s.b_offset;
   if (grads) {
     d.dA = grads_ + s.a_offset;
     d.dB = grads_ + s.b_offset;

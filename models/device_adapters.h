@@ -14,8 +14,10 @@ namespace loom {
 
 class DeviceAdapters {
  public:
-  // training: fp32 master and gradients too (a forward-only model keeps neither).
-  DeviceAdapters(const LoraLayout& layout, bool training) : layout_(layout), training_(training) {}
+  // training: fp32 master and gradients too (a forward-only model keeps neither). reference: a
+  // second, frozen bf16 copy (set_reference) for the reference passes of preference tuning.
+  DeviceAdapters(const LoraLayout& layout, bool training, bool reference = false)
+      : layout_(layout), training_(training), reference_(reference) {}
   // Group "lora".
   void plan(MemoryPlan& plan);
   // Uploads params (layout.total floats) and refreshes the bf16 copy; zeroes the gradients.
@@ -23,6 +25,7 @@ class DeviceAdapters {
   std::vector<float> params(cudaStream_t stream) const;  // fp32 master (waits for stream); training only
   std::vector<float> grads(cudaStream_t stream) const;   // as accumulated so far (waits for stream)
   void refresh_bf16(cudaStream_t stream);                // after the optimizer changed the master
+  void set_reference(const std::vector<float>& params);  // the frozen reference copy (bf16)
   void zero_grads(cudaStream_t stream);
 
   float* master() { return master_; }
@@ -32,13 +35,16 @@ class DeviceAdapters {
 
   // The adapter of projection t in layer l for ops/lora_linear.h: no adapter when the layout has none
   // there or `on` is false (adapters switched off for a pass); gradients only with `grads`.
-  LoraDevice slot(int l, LoraTarget t, bool on, bool grads, float dropout, uint64_t dropout_seed) const;
+  // reference: read the frozen reference copy (no gradients).
+  LoraDevice slot(int l, LoraTarget t, bool on, bool grads, float dropout, uint64_t dropout_seed,
+                  bool reference = false) const;
 
  private:
   LoraLayout layout_;
-  bool training_;
+  bool training_, reference_;
   float *master_ = nullptr, *grads_ = nullptr;
   bf16* bf16_ = nullptr;
+  bf16* reference_bf16_ = nullptr;
 };
 
 }  // namespace loom

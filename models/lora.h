@@ -20,6 +20,9 @@ struct LoraOptions {
   float dropout = 0.f;
   bool rslora = false;  // scale alpha/sqrt(r) instead of alpha/r
   std::vector<std::string> targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  // Config only: "" (PEFT's initialisation) or a PEFT adapter folder whose weights the LoRA
+  // weights start from (e.g. the SFT adapter a DPO run continues).
+  std::string init_from;
 };
 
 enum LoraTarget { kQ, kK, kV, kO, kGate, kUp, kDown, kNumTargets };
@@ -72,6 +75,9 @@ struct PassOptions {
   bool adapters = true;       // false: the base model, LoRA switched off (the reference model of preference tuning)
   bool train = false;         // LoRA dropout on (a training pass); off when evaluating or scoring, as PEFT in eval mode
   uint64_t dropout_seed = 0;  // picks the dropout masks of a training pass (ops/dropout.h)
+  // With adapters on: the frozen reference adapter (GPU: DeviceAdapters::set_reference) instead of
+  // the trained one — the reference model of preference tuning started from an adapter.
+  bool reference_adapter = false;
 };
 
 // PEFT adapter folder: adapter_config.json + adapter_model.safetensors (fp32).

@@ -60,6 +60,48 @@ TEST(ChatTemplate, RendersLikeHuggingFace) {
   EXPECT_GE(cases, 50);
 }
 
+// add_generation_prompt's text per family, as the Jinja of tools/make_template_fixture.py (and the
+// shipped qwen3 and llama3 templates) append it; mistral v0.1 and llama2 append nothing.
+TEST(ChatTemplate, GenerationPromptIsTheNextAssistantHeader) {
+  const std::vector<ChatMessage> q = {{"user", "Hi", ""}};
+  const std::vector<std::pair<const char*, std::string>> want = {
+      {"chatml", "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+                 "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"},
+      {"qwen3", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"},
+      {"llama3", "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                 "<|start_header_id|>assistant<|end_header_id|>\n\n"},
+      {"mistral", "<s>[INST] Hi [/INST]"},
+      {"llama2", "<s>[INST] Hi [/INST]"},
+  };
+  for (const auto& [name, text] : want)
+    EXPECT_EQ(loom::render_generation_prompt(loom::chat_template_by_name(name), q), text) << name;
+}
+
+// On every Hugging Face fixture conversation that ends with a user question and its answer: the
+// prompt rendered with the generation prompt is the start of HF's rendering, and what follows is
+// exactly the answer's target text (what DPO's completion and SFT's last turn train).
+TEST(ChatTemplate, GenerationPromptThenTheAnswerIsTheWholeConversation) {
+  int cases = 0;
+  for (const char* name : kFixtureTemplates) {
+    const json fx = load_fixture(name);
+    const loom::ChatTemplate t = loom::chat_template_by_name(name);
+    for (const auto& c : fx["cases"]) {
+      const std::vector<ChatMessage> msgs = messages_of(c);
+      if (msgs.size() < 2 || msgs.back().role != "assistant" || msgs[msgs.size() - 2].role != "user") continue;
+      SCOPED_TRACE(std::string(name) + " / " + c["name"].get<std::string>());
+      const std::string hf = c["text"].get<std::string>();
+      const std::string prompt =
+          loom::render_generation_prompt(t, std::vector<ChatMessage>(msgs.begin(), msgs.end() - 1));
+      ASSERT_EQ(hf.compare(0, prompt.size(), prompt), 0) << prompt;
+      const std::vector<ChatSegment> segs = loom::render_chat(t, msgs);
+      ASSERT_TRUE(segs.back().is_target);
+      EXPECT_EQ(hf.substr(prompt.size()), segs.back().text);
+      ++cases;
+    }
+  }
+  EXPECT_GE(cases, 30);
+}
+
 TEST(ChatTemplate, ChatmlTargetsContentImEndAndNewline) {
   const auto segs = loom::render_chat(loom::chat_template_by_name("chatml"),
                                       {{"user", "Hi", ""}, {"assistant", "Hello", ""}, {"user", "Bye", ""},

@@ -59,6 +59,47 @@ double nll_from_logits(const std::vector<float>& logits, const std::vector<int>&
   return sum / double(ids.size() - 1);
 }
 
+// build/score --pairs on the DPO fixture's pairs (ids form): the policy (adapter) and reference
+// (base) log-probs of each completion, the rewards and the sigmoid DPO loss are TRL's (fp32 torch,
+// tools/make_dpo_fixtures.py) within 1e-5 relative (the logps sum fp32 token log-probs: ~1e-7 of
+// |logp| each on both sides; the losses are printed from doubles).
+TEST(ScoreCli, PairsGiveTrlsLogpsRewardsAndLoss) {
+  if (!have("build/score")) GTEST_SKIP() << "build/score missing";
+  const std::string fx = test::fixtures_dir() + "/dpo/llama";
+  std::ifstream ef(fx + "/expected.json");
+  const nlohmann::json e = nlohmann::json::parse(ef);
+  std::string input;
+  for (const auto& p : e["pairs"])
+    input += nlohmann::json{{"prompt_ids", p["prompt_ids"]}, {"chosen_ids", p["chosen_ids"]},
+                            {"rejected_ids", p["rejected_ids"]}}
+                 .dump() +
+             "\n";
+  const std::string in = write_temp("score_pairs.jsonl", input);
+  const std::string hf = test::fixtures_dir() + "/hf/llama";
+  Outcome r = run("build/score --device cpu --pairs --beta 0.1 --model " + hf + "/model --adapter " + hf +
+                  "/adapter < " + in);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto& want = e["per_pair_logps"];
+  std::istringstream lines(r.out);
+  std::string line;
+  for (size_t i = 0; i < e["pairs"].size(); ++i) {
+    ASSERT_TRUE(std::getline(lines, line)) << r.out;
+    const nlohmann::json j = nlohmann::json::parse(line);
+    auto close = [&](const char* got, double expected) {
+      EXPECT_LE(test::relative_error(j[got].get<double>(), expected), 1e-5) << "pair " << i << " " << got;
+    };
+    close("logps/chosen", want["policy_chosen"][i]);
+    close("logps/rejected", want["policy_rejected"][i]);
+    close("ref_logps/chosen", want["reference_chosen"][i]);
+    close("ref_logps/rejected", want["reference_rejected"][i]);
+    close("loss", want["sigmoid_loss_beta01"][i]);
+    EXPECT_EQ(j["chosen_tokens"], want["chosen_tokens"][i]);
+    EXPECT_EQ(j["rejected_tokens"], want["rejected_tokens"][i]);
+    EXPECT_NEAR(j["rewards/margins"].get<double>(),
+                j["rewards/chosen"].get<double>() - j["rewards/rejected"].get<double>(), 1e-12);
+  }
+}
+
 TEST(ScoreCli, NllMatchesHuggingFaceLogits) {
   if (!have("build/score")) GTEST_SKIP() << "build/score missing";
   const std::string fx = test::fixtures_dir() + "/hf/llama";

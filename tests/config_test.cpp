@@ -31,22 +31,29 @@ std::string parse_error(const std::string& yaml, const std::vector<std::string>&
 // Member-by-member equality, written out so that it does not depend on the field table it tests.
 bool same(const TrainConfig& a, const TrainConfig& b) {
   auto model = [](const ModelOptions& m) { return std::tie(m.path, m.preset, m.quant, m.double_quant, m.init_seed); };
-  auto lora = [](const LoraOptions& l) { return std::tie(l.r, l.alpha, l.dropout, l.rslora, l.targets); };
+  auto lora = [](const LoraOptions& l) {
+    return std::tie(l.r, l.alpha, l.dropout, l.rslora, l.targets, l.init_from);
+  };
   auto data = [](const DataOptions& d) {
     return std::tie(d.path, d.synthetic, d.synthetic_docs, d.format, d.tokenizer, d.template_name, d.train_on,
-                    d.max_seq_len, d.overlong, d.on_bad_line, d.cache_dir, d.eval_path, d.eval_split);
+                    d.max_seq_len, d.max_prompt_len, d.overlong, d.on_bad_line, d.cache_dir, d.eval_path,
+                    d.eval_split);
   };
   auto train = [](const TrainSection& t) {
-    return std::tie(t.device, t.token_budget, t.global_batch, t.steps, t.epochs, t.lr, t.schedule, t.warmup_steps,
-                    t.min_lr_ratio, t.weight_decay, t.beta1, t.beta2, t.eps, t.max_grad_norm, t.recompute, t.seed,
-                    t.log_every, t.eval_every, t.early_stopping_patience);
+    return std::tie(t.device, t.objective, t.token_budget, t.global_batch, t.steps, t.epochs, t.lr, t.schedule,
+                    t.warmup_steps, t.min_lr_ratio, t.weight_decay, t.beta1, t.beta2, t.eps, t.max_grad_norm,
+                    t.recompute, t.seed, t.log_every, t.eval_every, t.early_stopping_patience);
+  };
+  auto dpo = [](const DpoSection& d) {
+    return std::tie(d.beta, d.loss_type, d.label_smoothing);
   };
   auto output = [](const OutputSection& o) {
     return std::tie(o.dir, o.checkpoint_every, o.keep_checkpoints, o.export_format, o.gguf_type, o.resume, o.on_change,
                     o.keep_best);
   };
   return model(a.model) == model(b.model) && lora(a.lora) == lora(b.lora) && data(a.data) == data(b.data) &&
-         train(a.train) == train(b.train) && output(a.output) == output(b.output) && a.source == b.source;
+         train(a.train) == train(b.train) && dpo(a.dpo) == dpo(b.dpo) && a.orpo.lambda == b.orpo.lambda &&
+         output(a.output) == output(b.output) && a.source == b.source;
 }
 
 TEST(Config, UnsetKeysKeepTheStructDefaults) {
@@ -140,14 +147,14 @@ TEST(Config, KeyInTheWrongSectionSuggestsItsSection) {
 
 TEST(Config, UnknownKeyWithNothingCloseListsTheSectionKeys) {
   EXPECT_EQ(parse_error(std::string(kMinimal) + "lora:\n  foo: 1\n"),
-            "x.yaml:6: unknown key 'lora.foo'; lora has: r, alpha, dropout, rslora, targets");
+            "x.yaml:6: unknown key 'lora.foo'; lora has: r, alpha, dropout, rslora, targets, init_from");
 }
 
 TEST(Config, UnknownSectionSuggestsTheNearest) {
   EXPECT_EQ(parse_error(std::string(kMinimal) + "trian:\n  lr: 1e-4\n"),
             "x.yaml:5: unknown section 'trian'; did you mean 'train'?");
   EXPECT_EQ(parse_error(std::string(kMinimal) + "optimizer:\n  lr: 1e-4\n"),
-            "x.yaml:5: unknown section 'optimizer'; sections are: model, lora, data, train, output");
+            "x.yaml:5: unknown section 'optimizer'; sections are: model, lora, data, train, dpo, orpo, output");
 }
 
 TEST(Config, TypeErrorsNameLineKeyExpectedTypeAndFoundValue) {
@@ -168,7 +175,7 @@ TEST(Config, TypeErrorsNameLineKeyExpectedTypeAndFoundValue) {
 TEST(Config, SectionThatIsNotAMappingIsAnError) {
   EXPECT_EQ(parse_error(std::string(kMinimal) + "lora: 8\n"), "x.yaml:5: lora: expected a mapping of keys, found '8'");
   EXPECT_EQ(parse_error("- model\n"),
-            "x.yaml:1: expected a mapping of sections (model, lora, data, train, output), found a list");
+            "x.yaml:1: expected a mapping of sections (model, lora, data, train, dpo, orpo, output), found a list");
 }
 
 TEST(Config, DuplicateKeyIsAnError) {
@@ -224,7 +231,7 @@ TEST(Config, EveryValidationRuleNamesItsKeyAndTheValueFound) {
        "lora.targets: all-linear means every projection; use it alone, as [all-linear]"},
       {{"lora.targets=[q_proj,q_proj]"}, "lora.targets lists 'q_proj' twice; keep one"},
       {{"train.device=gpu"}, "train.device must be one of auto, cpu, cuda (found 'gpu')"},
-      {{"data.format=csv"}, "data.format must be one of auto, messages, sharegpt, alpaca, text (found 'csv')"},
+      {{"data.format=csv"}, "data.format must be one of auto, messages, sharegpt, alpaca, text, pairs (found 'csv')"},
       {{"data.template=chatlm"},
        "data.template must be one of auto, chatml, qwen3, llama3, llama3.1, mistral, llama2, none (found 'chatlm'; "
        "did you mean 'chatml'?)"},
@@ -281,6 +288,10 @@ TEST(Config, EveryNumericKeyStatesItsRange) {
        "-0.5", "1e10"},
       {"train.eval_every", "in [0, 100000000] (0 = only at the end)", "-1", "100000001"},
       {"train.early_stopping_patience", "in [0, 100000000] (0 = off)", "-1", "100000001"},
+      {"data.max_prompt_len", "in [0, 1048576] (0 = only data.max_seq_len limits it)", "-1", "1048577"},
+      {"dpo.beta", "in (0, 100]", "0", "100.5"},
+      {"dpo.label_smoothing", "in [0, 0.5)", "-0.1", "0.5"},
+      {"orpo.lambda", "in (0, 100]", "0", "101"},
   };
   for (const Row& r : rows)
     for (const char* bad : {r.below, r.above}) {
@@ -455,7 +466,10 @@ TEST(Config, ToYamlRoundTripsExactly) {
 TEST(Config, ToYamlWritesEverySectionAndKey) {
   std::string yaml = to_yaml(parse_config(kMinimal, "x.yaml"));
   EXPECT_EQ(yaml.rfind("model:\n", 0), 0u) << yaml;
-  for (const char* line : { "\nlora:\n", "\ndata:\n", "\ntrain:\n", "\noutput:\n", "  preset: tiny\n",
+  for (const char* line : { "\nlora:\n", "\ndata:\n", "\ntrain:\n", "\ndpo:\n", "\norpo:\n", "\noutput:\n",
+                           "  preset: tiny\n", "  objective: sft\n", "  beta: 0.1\n", "  loss_type: sigmoid\n",
+                           "  label_smoothing: 0\n", "  lambda: 0.1\n",
+                           "  init_from: \"\"\n", "  max_prompt_len: 0\n",
                            "  template: auto\n", "  export: peft\n", "  lr: 0.0002\n", "  cache_dir: \"\"\n",
                            "  eval_path: \"\"\n", "  eval_split: 0\n", "  eval_every: 0\n",
                            "  early_stopping_patience: 0\n", "  keep_best: false\n", "  quant: nf4\n",
@@ -651,6 +665,105 @@ TEST(Config, TrainingChangesListTheEvalSplitAndPatienceOnly) {
                                parse_config(kMinimal, "x.yaml",
                                             {"data.eval_path=b.jsonl", "train.eval_every=50", "output.keep_best=true"}))
                   .empty());
+}
+
+}  // namespace
+}  // namespace loom
+
+namespace loom {
+namespace {
+
+// The preference keys: read, written back, and round-tripped; TRL's DPOConfig defaults.
+TEST(Config, ReadsTheObjectiveAndItsSections) {
+  const TrainConfig d = parse_config(kMinimal, "x.yaml");
+  EXPECT_EQ(d.train.objective, ObjectiveKind::kSft);
+  EXPECT_EQ(d.dpo.beta, 0.1);
+  EXPECT_EQ(d.dpo.loss_type, DpoLossType::kSigmoid);
+  EXPECT_EQ(d.dpo.label_smoothing, 0.0);
+  EXPECT_EQ(d.orpo.lambda, 0.1);
+  EXPECT_EQ(d.lora.init_from, "");
+  EXPECT_EQ(d.data.max_prompt_len, 0);
+  const TrainConfig c = parse_config(std::string(kMinimal) +
+                                         "train: {objective: dpo}\n"
+                                         "dpo: {beta: 0.25, loss_type: robust, label_smoothing: 0.1}\n"
+                                         "orpo: {lambda: 0.5}\n"
+                                         "lora: {init_from: runs/demo/final}\n",
+                                     "x.yaml", {"data.max_prompt_len=384"});
+  EXPECT_EQ(c.train.objective, ObjectiveKind::kDpo);
+  EXPECT_EQ(c.dpo.beta, 0.25);
+  EXPECT_EQ(c.dpo.loss_type, DpoLossType::kRobust);
+  EXPECT_EQ(c.dpo.label_smoothing, 0.1);
+  EXPECT_EQ(c.orpo.lambda, 0.5);
+  EXPECT_EQ(c.lora.init_from, "runs/demo/final");
+  EXPECT_EQ(c.data.max_prompt_len, 384);
+  const std::string yaml = to_yaml(c);
+  for (const char* line : {"  objective: dpo\n", "  loss_type: robust\n",
+                           "  lambda: 0.5\n", "  init_from: runs/demo/final\n", "  max_prompt_len: 384\n"})
+    EXPECT_NE(yaml.find(line), std::string::npos) << "missing '" << line << "' in\n" << yaml;
+  const TrainConfig back = parse_config(yaml, "x.yaml");
+  EXPECT_TRUE(same(back, c)) << yaml << "\nreads back as\n" << to_yaml(back);
+  EXPECT_EQ(parse_config(kMinimal, "x.yaml", {"train.objective=orpo"}).train.objective, ObjectiveKind::kOrpo);
+  EXPECT_EQ(parse_error(kMinimal, {"train.objective=ppo"}), "x.yaml: train.objective must be one of sft, dpo, orpo (found 'ppo')");
+  EXPECT_EQ(parse_error(kMinimal, {"dpo.loss_type=sigmod"}),
+            "x.yaml: dpo.loss_type must be one of sigmoid, ipo, robust, hinge (found 'sigmod'; did you mean 'sigmoid'?)");
+}
+
+// One broken combination per row, with the exact line validate() gives.
+TEST(Config, PreferenceRulesNameTheirKeys) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"train.objective=dpo", "data.format=messages"},
+       "train.objective dpo trains on preference pairs: data.format must be pairs (or auto), found messages"},
+      {{"train.objective=orpo", "data.format=text"},
+       "train.objective orpo trains on preference pairs: data.format must be pairs (or auto), found text"},
+      {{"train.objective=dpo", "data.max_seq_len=1024", "train.token_budget=2047"},
+       "train.objective dpo: a pair holds two sequences of up to data.max_seq_len (1024) tokens in one "
+       "micro-batch, so train.token_budget (2047) must be >= 2048; raise train.token_budget or lower "
+       "data.max_seq_len"},
+      {{"dpo.loss_type=ipo", "dpo.label_smoothing=0.1"},
+       "dpo.label_smoothing (0.1) applies to dpo.loss_type sigmoid and robust only, not ipo; set it to 0 or "
+       "change dpo.loss_type"},
+      {{"dpo.loss_type=hinge", "dpo.label_smoothing=0.2"},
+       "dpo.label_smoothing (0.2) applies to dpo.loss_type sigmoid and robust only, not hinge; set it to 0 or "
+       "change dpo.loss_type"},
+  };
+  for (const auto& [overrides, want] : cases) EXPECT_EQ(parse_error(kMinimal, overrides), "x.yaml: " + want);
+  for (const std::vector<std::string>& fine :
+       {std::vector<std::string>{"train.objective=dpo", "data.format=pairs", "data.max_seq_len=1024",
+                                 "train.token_budget=2048"},
+        {"train.objective=orpo"}, {"dpo.loss_type=robust", "dpo.label_smoothing=0.3"},
+        {"dpo.label_smoothing=0.49"}, {"data.format=messages", "dpo.loss_type=hinge"}})
+    EXPECT_EQ(parse_error(kMinimal, fine), "") << fine[0];
+}
+
+// Every new key changes what is trained: a resume that changes one is refused without on_change.
+TEST(Config, TrainingChangesListThePreferenceKeys) {
+  const TrainConfig was = parse_config(kMinimal, "x.yaml");
+  const TrainConfig now = parse_config(
+      kMinimal, "y.yaml",
+      {"train.objective=dpo", "dpo.beta=0.2", "dpo.loss_type=robust", "dpo.label_smoothing=0.1",
+       "orpo.lambda=0.3", "lora.init_from=a", "data.max_prompt_len=64"});
+  std::vector<std::string> keys;
+  for (const ConfigChange& c : training_changes(was, now)) keys.push_back(c.key);
+  EXPECT_EQ(keys, (std::vector<std::string>{"lora.init_from", "data.max_prompt_len", "train.objective", "dpo.beta",
+                                            "dpo.loss_type", "dpo.label_smoothing",
+                                            "orpo.lambda"}));
+}
+
+// lora.init_from is checked before anything loads, like model.path.
+TEST(Config, InitFromMustBeAnAdapterFolder) {
+  const std::string dir = test::fresh_temp_dir("config_init_from");
+  const std::string out = "output.dir=" + dir + "/run";
+  EXPECT_NE(error_of([&] { check_paths(parse_config(kMinimal, "x.yaml", {out, "lora.init_from=" + dir + "/none"})); })
+                .find("lora.init_from: '" + dir + "/none' is not a folder (expected a PEFT adapter folder"),
+            std::string::npos);
+  std::filesystem::create_directories(dir + "/adapter");
+  EXPECT_NE(error_of([&] { check_paths(parse_config(kMinimal, "x.yaml", {out, "lora.init_from=" + dir + "/adapter"})); })
+                .find("lora.init_from: adapter config"),
+            std::string::npos);
+  std::ofstream(dir + "/adapter/adapter_config.json") << "{}";
+  EXPECT_EQ(error_of([&] { check_paths(parse_config(kMinimal, "x.yaml", {out, "lora.init_from=" + dir + "/adapter"})); }),
+            "");
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -333,6 +333,89 @@ TEST(DataLoader, ReportsPackingEfficiencyAndPaddingSaved) {
   EXPECT_EQ(total.micro_batches, 16);
 }
 
+// n pair documents (data/batch.h segments): chosen and rejected of 1..max_length tokens each,
+// ids traceable (doc · kStride + position in the document), random masks.
+std::vector<Document> traceable_pairs(int n, int max_length, uint64_t seed) {
+  SplitMix64 rng(seed);
+  std::vector<Document> docs(static_cast<size_t>(n));
+  for (int d = 0; d < n; ++d) {
+    for (int s = 0; s < 2; ++s) docs[d].segments.push_back(1 + int32_t(rng.below(uint64_t(max_length))));
+    for (int i = 0; i < docs[d].segments[0] + docs[d].segments[1]; ++i) {
+      docs[d].ids.push_back(d * kStride + i);
+      docs[d].mask.push_back(rng.below(3) != 0);
+    }
+  }
+  return docs;
+}
+
+// A pair moves whole, for any token budget and world size: a rank's micro-batch holds each of its
+// pairs as two adjacent sequences (2i chosen, 2i+1 rejected) that restart their positions and
+// never predict across their boundary; every pair of a step is on exactly one rank, and
+// global_docs counts pairs.
+TEST(DataLoader, PairsAreNeverSplit) {
+  const auto docs = traceable_pairs(61, 30, 11);
+  for (int64_t budget : {60, 61, 97, 250, 4096})
+    for (int world : {1, 2, 3, 5}) {
+      const LoaderOptions o = options(budget, 9, world);
+      const int64_t steps = DataLoader(docs, o).steps_per_epoch();
+      std::vector<int> seen(docs.size(), 0);
+      for (const auto& step : run_all_ranks(docs, o, steps)) {
+        int64_t pairs = 0, targets = 0;
+        for (const Step& s : step)
+          for (const MicroBatch& mb : s.micro) {
+            targets += mb.n_targets();
+            ASSERT_EQ(mb.ndoc() % 2, 0) << "budget " << budget << ", world " << world;
+            for (int i = 0; i < mb.ndoc(); i += 2, ++pairs) {
+              const int32_t d = mb.tokens[mb.cu_seqlens[i]] / kStride;
+              const Document& doc = docs[size_t(d)];
+              ++seen[size_t(d)];
+              for (int k = 0; k < 2; ++k) {
+                const int32_t begin = mb.cu_seqlens[i + k], end = mb.cu_seqlens[i + k + 1];
+                ASSERT_EQ(end - begin, doc.segments[k]) << "pair " << d << " sequence " << k;
+                const int32_t first = k == 0 ? 0 : doc.segments[0];
+                for (int32_t t = begin; t < end; ++t) {
+                  EXPECT_EQ(mb.tokens[t], d * kStride + first + (t - begin));
+                  EXPECT_EQ(mb.positions[t], t - begin);
+                }
+                EXPECT_EQ(mb.targets[end - 1], -100) << "the last token of a sequence predicts nothing";
+              }
+            }
+          }
+        EXPECT_EQ(pairs, step[0].global_docs);
+        EXPECT_EQ(targets, step[0].global_targets) << "budget " << budget << ", world " << world;
+      }
+      EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), int64_t(docs.size())) << "each pair once per epoch";
+    }
+}
+
+// The fingerprint (resume's check that the data is the same) sees segments: the same tokens cut
+// into other sequences are other data.
+TEST(DataLoader, FingerprintCoversSegments) {
+  auto docs = traceable_pairs(5, 10, 12);
+  docs[3].ids.resize(10);
+  docs[3].mask.resize(10);
+  docs[3].segments = {4, 6};
+  const uint64_t before = DataLoader(docs, options(64, 2)).state().data_fingerprint;
+  docs[3].segments = {6, 4};
+  EXPECT_NE(DataLoader(docs, options(64, 2)).state().data_fingerprint, before);
+  docs[3].segments.clear();
+  EXPECT_NE(DataLoader(docs, options(64, 2)).state().data_fingerprint, before);
+}
+
+// Segments that do not cover their document are refused before anything is packed.
+TEST(DataLoader, BadSegmentsAreAnErrorNamingTheDocument) {
+  auto docs = traceable_pairs(4, 10, 13);
+  docs[2].segments[1] += 1;
+  EXPECT_NE(test::error_of([&] { DataLoader loader(docs, options(64, 2)); }).find("document 2 has "), std::string::npos);
+  docs[2].segments = {int32_t(docs[2].ids.size())};
+  EXPECT_NE(test::error_of([&] { DataLoader loader(docs, options(64, 2)); })
+                .find("document 2 has a single segment; a document of one sequence has none"),
+            std::string::npos);
+  docs[2].segments = {0, int32_t(docs[2].ids.size())};
+  EXPECT_NE(test::error_of([&] { DataLoader loader(docs, options(64, 2)); }).find("document 2: segment 0 has 0 tokens"),
+            std::string::npos);
+}
+
 TEST(Synthetic, LengthStatisticsMatchTheBenchmark) {
   SyntheticSpec spec;
   spec.documents = 100000;

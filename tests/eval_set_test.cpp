@@ -76,6 +76,34 @@ TEST(EvalSet, DuplicatesOfAHeldOutDocumentAllGoToEval) {
   }
 }
 
+// Pairs (two segments): copies of a pair go together; the same tokens cut into other sequences
+// are another document, so they may land on either side, and a held-out pair keeps its segments.
+TEST(EvalSet, IdenticalPairsStayTogetherAndSegmentsAreContent) {
+  std::vector<Document> docs = random_documents(60, 20, 7);
+  for (Document& d : docs)
+    if (d.ids.size() >= 2) d.segments = {1, int32_t(d.ids.size()) - 1};
+  Document pair;
+  pair.ids = {3, 4, 5, 6, 7, 8};
+  pair.mask = {0, 1, 1, 0, 1, 1};
+  pair.segments = {3, 3};
+  Document recut = pair;
+  recut.segments = {2, 4};
+  for (int i = 0; i < 5; ++i) docs.push_back(pair);
+  docs.push_back(recut);
+  bool recut_apart = false;
+  for (int64_t k = 1; k < 40; ++k) {
+    const EvalSplit s = split_eval_documents(docs, double(k));
+    int pairs_in_eval = 0, recut_in_eval = 0;
+    for (const Document& d : s.eval) {
+      pairs_in_eval += d.ids == pair.ids && d.segments == pair.segments;
+      recut_in_eval += d.ids == recut.ids && d.segments == recut.segments;
+    }
+    EXPECT_TRUE(pairs_in_eval == 0 || pairs_in_eval == 5) << "count " << k << ": " << pairs_in_eval << " of 5 copies";
+    recut_apart = recut_apart || (pairs_in_eval == 5) != (recut_in_eval == 1);
+  }
+  EXPECT_TRUE(recut_apart) << "the recut pair was always taken with the copies: segments are not part of the content";
+}
+
 TEST(EvalSet, SplitDependsOnContentNotOrder) {
   const std::vector<Document> docs = random_documents(200, 30, 3);
   std::vector<Document> shuffled = docs;

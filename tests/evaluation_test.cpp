@@ -33,7 +33,8 @@ TEST(Evaluation, EvalLossIsHfLossOnTheFixtures) {
     cfg.train.token_budget = 4096;  // every fixture document fits
     auto backend = make_cpu_backend(f.cfg, load_weights(f.dir + "/model", f.cfg), f.layout, f.lora, f.train);
     Evaluator evaluator(cfg, f.docs, 0, 1, {});
-    const EvalMetrics m = evaluator.evaluate(*backend, 1);
+    SftObjective sft;
+    const EvalMetrics m = evaluator.evaluate(*backend, sft, 1);
     const double want = f.expected["loss"];
     const double rel = test::relative_error(m.loss, want);
     std::printf("[%s] eval loss %.9f vs HF %.9f (rel %.2e)\n", arch, m.loss, want, rel);

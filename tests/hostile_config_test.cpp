@@ -44,6 +44,7 @@ struct NumericKey {
   bool integer;
   const char* rule;   // as the message states it: "in (0, 1]" plus an optional note
   const char* valid;  // a value at the edge of the range that must be accepted
+  bool is_double = false;  // a double member: 1e-50 stays above 0 (a float's underflows to 0)
 };
 
 const std::vector<NumericKey> kNumericKeys = {
@@ -73,10 +74,14 @@ const std::vector<NumericKey> kNumericKeys = {
     {"output.checkpoint_every", true, "in [0, 100000000] (0 = only the final checkpoint)", "0"},
     {"output.keep_checkpoints", true, "in [1, 1000]", "1000"},
     {"data.eval_split", false, "in [0, 1000000000] (0 = none; below 1 a fraction of the documents, from 1 a count of them)",
-     "1000000000"},
+     "1000000000", true},
     // Alone (without eval data) only 0 is valid: the keys that watch the eval loss need some.
     {"train.eval_every", true, "in [0, 100000000] (0 = only at the end)", "0"},
     {"train.early_stopping_patience", true, "in [0, 100000000] (0 = off)", "0"},
+    {"data.max_prompt_len", true, "in [0, 1048576] (0 = only data.max_seq_len limits it)", "1048576"},
+    {"dpo.beta", false, "in (0, 100]", "100", true},
+    {"dpo.label_smoothing", false, "in [0, 0.5)", "0.49", true},
+    {"orpo.lambda", false, "in (0, 100]", "100", true},
 };
 
 struct Bounds {
@@ -94,7 +99,7 @@ Bounds bounds_of(const std::string& rule) {
 
 // What a numeric key does with a value: "" when accepted, else the problem after "<where>: ".
 // Integers are read as whole decimals (no exponent, no inf/nan); numbers as floats, so 1e39 is
-// +inf and 1e-50 is 0, both out of every range.
+// +inf and 1e-50 is 0, both out of every range, or as doubles for double members (1e-50 > 0).
 std::string numeric_outcome(const NumericKey& k, const std::string& value) {
   const std::string key = k.key;
   if (value.empty()) return key + (k.integer ? ": expected an integer" : ": expected a number") + ", found nothing";
@@ -107,7 +112,7 @@ std::string numeric_outcome(const NumericKey& k, const std::string& value) {
   } else if (value == ".nan") {
     v = NAN, end = const_cast<char*>("");
   } else {
-    v = double(std::strtof(value.c_str(), &end));
+    v = k.is_double ? std::strtod(value.c_str(), &end) : double(std::strtof(value.c_str(), &end));
   }
   if (*end != '\0') return key + (k.integer ? ": expected an integer" : ": expected a number") + ", found '" + value + "'";
   if (bounds_of(k.rule).contains(v)) return "";
@@ -166,12 +171,14 @@ struct ChoiceKey {
 const std::vector<ChoiceKey> kChoiceKeys = {
     {"model.quant", {"nf4", "bf16"}},
     {"data.synthetic", {"sft-alpaca"}},
-    {"data.format", {"auto", "messages", "sharegpt", "alpaca", "text"}},
+    {"data.format", {"auto", "messages", "sharegpt", "alpaca", "text", "pairs"}},
     {"data.template", {"auto", "chatml", "qwen3", "llama3", "llama3.1", "mistral", "llama2", "none"}},
     {"data.train_on", {"responses", "all"}},
     {"data.overlong", {"truncate", "drop"}},
     {"data.on_bad_line", {"error", "skip"}},
     {"train.device", {"auto", "cpu", "cuda"}},
+    {"train.objective", {"sft", "dpo", "orpo"}},
+    {"dpo.loss_type", {"sigmoid", "ipo", "robust", "hinge"}},
     {"train.schedule", {"cosine", "linear", "constant"}},
     {"train.recompute", {"none", "selective", "full"}},
     {"output.export", {"peft", "merged", "gguf", "none"}},

@@ -767,9 +767,49 @@ void add_format_cases(std::vector<HostileCase>& out, const RecordSpec& spec) {
                             "message 1 is 'assistant', expected 'user'"}));
 }
 
+// Preference pairs (data/preference_data.h): both forms accepted; a wrong type or a missing key
+// names data.jsonl:2 and the key path; malformed bytes are refused as for every format.
+void add_pair_cases(std::vector<HostileCase>& out) {
+  const std::string at = "data.jsonl:2: ";
+  const json message = {{"role", "assistant"}, {"content", "hello"}};
+  const RecordSpec standard{"pairs", {{"prompt", "hi"}, {"chosen", "hello"}, {"rejected", "bye"}}, "/chosen", "", ""};
+  const RecordSpec conversational{"pairs",
+                                  {{"prompt", {{{"role", "user"}, {"content", "hi"}}}},
+                                   {"chosen", {message}},
+                                   {"rejected", {message}}},
+                                  "/chosen/0/content", "", ""};
+  auto standard_case = [&](const std::string& name, const std::function<std::string()>& line2,
+                           std::vector<std::string> expect) {
+    out.push_back(jsonl_case(standard, "standard_" + name, line2, std::move(expect)));
+  };
+  auto conversational_case = [&](const std::string& name, const std::function<std::string()>& line2,
+                                 std::vector<std::string> expect) {
+    out.push_back(jsonl_case(conversational, "conversational_" + name, line2, std::move(expect)));
+  };
+  standard_case("valid_accepted", [standard] { return standard.record.dump(); }, {});
+  standard_case("chosen_number", mutated(standard, "/chosen", 5),
+                {at + "chosen must be a string (standard form) or a list of messages (conversational form), found 5"});
+  standard_case("rejected_list", mutated(standard, "/rejected", {"bye"}), {at + "rejected must be a string, found"});
+  standard_case("prompt_null", mutated(standard, "/prompt", nullptr), {at + "prompt is missing"});
+  standard_case("deep", with_raw_content(standard, nested_arrays(kDeep)), {at + "JSON nested deeper than 64 levels"});
+  standard_case("invalid_utf8", with_raw_content(standard, "\"ok \xC3\x28 bad\""), {at + "invalid JSON"});
+  conversational_case("valid_accepted", [conversational] { return conversational.record.dump(); }, {});
+  conversational_case("content_number", mutated(conversational, "/chosen/0/content", 5),
+                      {at + "chosen[0].content must be a string, found 5"});
+  conversational_case("role_user", mutated(conversational, "/rejected/0/role", "user"),
+                      {at + "rejected[0].role is \"user\"; rejected holds the assistant's answer"});
+  conversational_case("message_string", mutated(conversational, "/prompt/0", "hi"),
+                      {at + "prompt[0] must be an object {role, content}, found \"hi\""});
+  conversational_case("rejected_empty", mutated(conversational, "/rejected", json::array()),
+                      {at + "rejected has no message"});
+  conversational_case("prompt_of_an_assistant", mutated(conversational, "/prompt/0/role", "assistant"),
+                      {at + "prompt must end with a user message"});
+}
+
 std::vector<HostileCase> jsonl_cases() {
   std::vector<HostileCase> out;
   for (const RecordSpec& spec : record_specs()) add_format_cases(out, spec);
+  add_pair_cases(out);
   const RecordSpec text = record_specs().back();
   // The longest line that is read: 8 MiB less the record's own bytes.
   out.push_back(jsonl_case(text, "line_of_8_MiB_accepted",
@@ -940,7 +980,9 @@ void add_manifest_cases(std::vector<HostileCase>& out) {
   out.push_back(manifest_case("format_missing", drop("/format"), {file + "not a loom prepared.json", rebuild}));
   out.push_back(manifest_case("version_string", set("/version", "1"), {file + "version \"1\"", rebuild}));
   out.push_back(manifest_case("version_fraction", set("/version", 1.5), {file + "version 1.5", rebuild}));
-  out.push_back(manifest_case("version_2", set("/version", 2), {file + "version 2, this build reads version 1"}));
+  out.push_back(manifest_case("version_3", set("/version", 3), {file + "version 3, this build reads versions 1 to 2"}));
+  out.push_back(manifest_case("version_0", set("/version", 0), {file + "version 0, this build reads versions 1 to 2"}));
+  out.push_back(manifest_case("version_1_accepted", set("/version", 1), {}));
   out.push_back(
       manifest_case("shards_object", set("/shards", json::object()), {file + "shards must be a list", rebuild}));
   out.push_back(manifest_case("shards_missing", drop("/shards"), {file + "shards is missing", rebuild}));

@@ -116,13 +116,15 @@ TEST(Objective, StepThroughForwardAndBackwardEqualsTheFusedStep) {
     steps[0].micro.push_back(test::pack(f, which));
     steps[0].global_targets += steps[0].micro.back().n_targets();
   }
-  auto run = [&](const Objective& objective) {
+  auto run = [&](Objective& objective) {
     auto backend = make_cpu_backend(f.cfg, load_weights(f.dir + "/model", f.cfg), f.layout, f.lora, f.train);
     double loss = 0;
     for (int s = 0; s < 3; ++s) loss = run_step(*backend, objective, steps[0], 1e-2f, [](size_t i) { return i; }).loss;
     return std::make_pair(loss, backend->lora_params());
   };
-  const auto fused = run(SftObjective()), split = run(ForwardFirstSft());
+  SftObjective sft;
+  ForwardFirstSft forward_first;
+  const auto fused = run(sft), split = run(forward_first);
   EXPECT_EQ(fused.first, split.first);
   EXPECT_EQ(fused.second, split.second);
 }

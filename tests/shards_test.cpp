@@ -1,8 +1,10 @@
 // Prepared-dataset shards: round trip, sharding, and rejection of damaged, foreign or unfinished files.
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -120,8 +122,9 @@ TEST_F(Shards, TruncatedShardIsRejected) {
 
 TEST_F(Shards, WrongMagicOrVersionIsRejected) {
   loom::write_prepared(dir(), random_docs(5, 4), "{}");
-  flip_byte(shard(0), 8);  // version
-  EXPECT_NE(error_of_load(dir()).find("shard format version 17"), std::string::npos) << error_of_load(dir());
+  flip_byte(shard(0), 8);  // version 2 ^ 0x10
+  EXPECT_NE(error_of_load(dir()).find("shard format version 18, this build reads versions 1 to 2"), std::string::npos)
+      << error_of_load(dir());
   flip_byte(shard(0), 8);
   flip_byte(shard(0), 0);
   EXPECT_NE(error_of_load(dir()).find("not a loom shard"), std::string::npos);
@@ -167,4 +170,112 @@ TEST_F(Shards, ShardFromAnotherPreparationIsRejected) {
   fs::remove_all(other);
   const std::string err = error_of_load(dir());
   EXPECT_NE(err.find("mixes two preparations"), std::string::npos) << err;
+}
+
+namespace {
+
+// Pair documents (two segments) among single-sequence ones, including empty documents.
+std::vector<loom::Document> docs_with_pairs(int n, uint64_t seed) {
+  std::vector<loom::Document> docs = random_docs(n, seed);
+  std::mt19937_64 rng(seed + 1);
+  for (auto& d : docs)
+    if (d.ids.size() >= 2 && rng() % 2) {
+      const int32_t first = 1 + int32_t(rng() % (d.ids.size() - 1));
+      d.segments = {first, int32_t(d.ids.size()) - first};
+    }
+  return docs;
+}
+
+// A version-1 shard (before segments) as build/prepare wrote it: the layout of shards.h without
+// the sequence bits, every document one sequence.
+std::string write_version1(const std::string& dir, const std::vector<loom::Document>& docs) {
+  std::vector<uint64_t> offsets{0};
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> bits;
+  for (const auto& d : docs) {
+    for (size_t t = 0; t < d.ids.size(); ++t) {
+      if (ids.size() % 8 == 0) bits.push_back(0);
+      bits.back() |= uint8_t(d.mask[t] << (ids.size() % 8));
+      ids.push_back(d.ids[t]);
+    }
+    offsets.push_back(ids.size());
+  }
+  const std::string summary = "{}";
+  std::string body(reinterpret_cast<const char*>(offsets.data()), 8 * offsets.size());
+  body.append(reinterpret_cast<const char*>(ids.data()), 4 * ids.size());
+  body.append(reinterpret_cast<const char*>(bits.data()), bits.size());
+  body += summary;
+  const uint64_t header[5] = {1, docs.size(), ids.size(), summary.size(), loom::fnv1a64(body.data(), body.size())};
+  fs::create_directories(dir);
+  std::ofstream(dir + "/shard-00000.bin", std::ios::binary)
+      << "LOOMSHRD" << std::string(reinterpret_cast<const char*>(header), sizeof header) << body;
+  const nlohmann::json manifest = {
+      {"format", "loom-prepared"},
+      {"version", 1},
+      {"shards",
+       {{{"file", "shard-00000.bin"}, {"documents", docs.size()}, {"tokens", ids.size()},
+         {"bytes", 48 + body.size()}, {"checksum", loom::hex64(header[4])}}}}};
+  std::ofstream(dir + "/prepared.json") << manifest.dump();
+  return dir;
+}
+
+}  // namespace
+
+TEST_F(Shards, RoundTripKeepsSegments) {
+  const auto docs = docs_with_pairs(300, 11);
+  loom::write_prepared(dir(), docs, "{}", 700);
+  const auto back = loom::load_prepared(dir());
+  expect_same_docs(back, docs);
+  size_t pairs = 0;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    EXPECT_EQ(back[i].segments, docs[i].segments) << "document " << i;
+    pairs += !docs[i].segments.empty();
+  }
+  EXPECT_GT(pairs, 100u);
+}
+
+// Shards written before segments existed still load, every document one sequence.
+TEST_F(Shards, VersionOneShardsStillRead) {
+  const auto docs = random_docs(40, 12);
+  write_version1(dir(), docs);
+  const auto back = loom::load_prepared(dir());
+  expect_same_docs(back, docs);
+  for (const auto& d : back) EXPECT_TRUE(d.segments.empty());
+}
+
+// A sequence start on a document's first token cannot come from the writer: the shard is damaged.
+TEST_F(Shards, SequenceBitOnADocumentStartIsRejected) {
+  std::vector<loom::Document> docs(2);
+  docs[0] = {{1, 2, 3}, {0, 1, 1}, {1, 2}};
+  docs[1] = {{4, 5}, {0, 1}, {}};
+  loom::write_prepared(dir(), docs, "{}");
+  // Tokens 0..4: the sequence bits follow the 4-byte ids block and the 1-byte mask bits; bit 1
+  // (token 1, pair 0's second sequence) is set; set bit 3 too (document 1's first token).
+  const std::streamoff bits = 48 + 8 * 3 + 4 * 5 + 1;
+  std::string bytes;
+  {
+    std::ifstream in(shard(0), std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  ASSERT_EQ(uint8_t(bytes[size_t(bits)]), 0x02);
+  bytes[size_t(bits)] = char(0x0A);
+  const uint64_t sum = loom::fnv1a64(bytes.data() + 48, bytes.size() - 48);
+  std::memcpy(&bytes[40], &sum, 8);
+  std::ofstream(shard(0), std::ios::binary) << bytes;
+  nlohmann::json m = nlohmann::json::parse(loom::read_manifest(dir()));
+  m["shards"][0]["checksum"] = loom::hex64(sum);
+  std::ofstream(fs::path(dir()) / loom::kManifestName) << m.dump();
+  const std::string err = error_of_load(dir());
+  EXPECT_NE(err.find("document 1 has a sequence start on its first token"), std::string::npos) << err;
+}
+
+TEST_F(Shards, SegmentsThatDoNotCoverTheDocumentAreNotWritten) {
+  std::vector<loom::Document> docs(1);
+  docs[0] = {{1, 2, 3}, {0, 1, 1}, {1, 1}};
+  EXPECT_NE(loom::test::error_of([&] { loom::write_prepared(dir(), docs, "{}"); })
+                .find("document 0 has 3 tokens but its segments sum to 2"),
+            std::string::npos);
+  docs[0].segments = {3};
+  EXPECT_NE(loom::test::error_of([&] { loom::write_prepared(dir(), docs, "{}"); }).find("document 0 has a single segment"),
+            std::string::npos);
 }

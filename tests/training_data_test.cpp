@@ -120,5 +120,48 @@ TEST_F(RunData, NoEvalDataWithoutEvalKeys) {
   EXPECT_TRUE(docs.eval.empty());
 }
 
+// Lines [begin, end) of the demo preference pairs (tools/make_preference_demo.py) as DIR/name.
+std::string demo_pairs(const std::string& dir, int begin, int end) {
+  std::ifstream in("data/demo/pairs.jsonl");
+  const std::string path = dir + "/pairs.jsonl";
+  std::ofstream out(path);
+  std::string line;
+  for (int i = 0; i < end && std::getline(in, line); ++i)
+    if (i >= begin) out << line << "\n";
+  return path;
+}
+
+// A DPO or ORPO run loads pair documents (held out by eval_split like any others); each objective
+// refuses the other's data, naming the source and the document.
+TEST_F(RunData, PreferenceObjectivesTrainOnPairs) {
+  const std::string pairs = demo_pairs(dir_, 0, 40);
+  const RunDocuments docs =
+      load_run_documents(run({"data.path=" + pairs, "train.objective=dpo", "data.eval_split=4"}), demo_vocab());
+  ASSERT_EQ(docs.train.size(), 36u);
+  ASSERT_EQ(docs.eval.size(), 4u);
+  for (const std::vector<Document>* set : {&docs.train, &docs.eval})
+    for (const Document& d : *set) EXPECT_EQ(d.segments.size(), 2u);
+  EXPECT_EQ(load_run_documents(run({"data.path=" + pairs, "train.objective=orpo", "data.format=pairs"}), demo_vocab())
+                .train.size(),
+            40u);
+  test::expect_error([&] { load_run_documents(run({"data.path=" + pairs}), demo_vocab()); },
+                     {"data.path " + pairs + ": document 0 is a preference pair", "train.objective sft"});
+  const std::string chats = demo_lines("chats.jsonl", 0, 5);
+  test::expect_error([&] { load_run_documents(run({"data.path=" + chats, "train.objective=dpo"}), demo_vocab()); },
+                     {"data.path " + chats + ": document 0 holds 1 sequence(s), but train.objective dpo trains on "
+                      "preference pairs"});
+  test::expect_error(
+      [&] {
+        load_run_documents(run({"data.path=" + pairs, "train.objective=dpo", "data.eval_path=" + chats}), demo_vocab());
+      },
+      {"data.eval_path " + chats + ": document 0 holds 1 sequence(s)"});
+  test::expect_error(
+      [&] {
+        load_run_documents(run({"data.synthetic=sft-alpaca", "data.synthetic_docs=8", "train.objective=orpo"}),
+                           demo_vocab());
+      },
+      {"data.synthetic sft-alpaca: document 0 holds 1 sequence(s), but train.objective orpo"});
+}
+
 }  // namespace
 }  // namespace loom

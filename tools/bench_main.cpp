@@ -272,7 +272,8 @@ void check_step(DivergenceDetector& divergence, const StepOutcome& f, const Step
 
 // One optimizer step through the trainer's step function; LoRA dropout is 0, so the masks' seed is moot.
 StepOutcome bench_step(TrainBackend& backend, const Step& step, float lr) {
-  return run_step(backend, SftObjective(), step, lr, [](size_t) { return uint64_t(0); });
+  SftObjective sft;
+  return run_step(backend, sft, step, lr, [](size_t) { return uint64_t(0); });
 }
 
 TimedRun run_benchmark(TrainBackend& backend, const BenchOptions& o, const std::vector<Document>& docs,

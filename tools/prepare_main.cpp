@@ -2,8 +2,8 @@
 // data/shards.h), ready for build/train's data.path.
 //
 //   build/prepare --data FILE.jsonl --tokenizer PATH --out DIR [--template NAME] [--format NAME]
-//                 [--train-on responses|all] [--max-seq-len N] [--overlong truncate|drop]
-//                 [--skip-bad-lines] [--threads N]
+//                 [--train-on responses|all] [--max-seq-len N] [--max-prompt-len N]
+//                 [--overlong truncate|drop] [--skip-bad-lines] [--threads N]
 //   build/prepare CONFIG.yaml [section.key=value ...]
 //
 // The second form reads the config's data section and prepares into the cache build/train uses
@@ -29,12 +29,14 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: build/prepare --data FILE.jsonl --tokenizer PATH --out DIR [--template NAME] [--format NAME]\n"
-    "                     [--train-on responses|all] [--max-seq-len N] [--overlong truncate|drop]\n"
-    "                     [--skip-bad-lines] [--threads N]\n"
+    "                     [--train-on responses|all] [--max-seq-len N] [--max-prompt-len N]\n"
+    "                     [--overlong truncate|drop] [--skip-bad-lines] [--threads N]\n"
     "       build/prepare CONFIG.yaml [section.key=value ...]\n"
     "  --template  auto (from the tokenizer's tokenizer_config.json) | chatml | qwen3 | llama3 | llama3.1 |\n"
     "              mistral | llama2 | none (text records only)\n"
-    "  --format    auto (from the first record) | messages | sharegpt | alpaca | text\n";
+    "  --format    auto (from the first record) | messages | sharegpt | alpaca | text | pairs\n"
+    "  --max-prompt-len  preference pairs: prompt tokens kept (its last ones); default: no limit but\n"
+    "              --max-seq-len\n";
 
 struct Args {
   loom::DataOptions data;
@@ -74,7 +76,8 @@ Args parse_args(int argc, char** argv) {
       std::exit(0);
     }
     static const std::vector<std::string> with_value = {"--data", "--tokenizer", "--out", "--template", "--format",
-                                                        "--train-on", "--max-seq-len", "--overlong", "--threads"};
+                                                        "--train-on", "--max-seq-len", "--max-prompt-len",
+                                                        "--overlong", "--threads"};
     if (std::find(with_value.begin(), with_value.end(), flag) == with_value.end())
       loom::fail("unknown option ", flag.substr(0, 80), "\n", kUsage);
     LOOM_CHECK(i + 1 < rest.size(), flag, " needs a value\n", kUsage);
@@ -86,6 +89,7 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--format") a.data.format = loom::parse_choice<loom::DataFormat>(flag, v, loom::kDataFormatNames);
     else if (flag == "--train-on") a.data.train_on = loom::parse_choice<loom::TrainOn>(flag, v, loom::kTrainOnNames);
     else if (flag == "--max-seq-len") a.data.max_seq_len = parse_int(flag, v, loom::kMaxTokens);
+    else if (flag == "--max-prompt-len") a.data.max_prompt_len = parse_int(flag, v, loom::kMaxTokens);
     else if (flag == "--overlong") a.data.overlong = loom::parse_choice<loom::Overlong>(flag, v, loom::kOverlongNames);
     else if (flag == "--threads") a.threads = parse_int(flag, v, kMaxThreads);
   }
@@ -118,7 +122,8 @@ void from_config(Args& a) {
 const std::vector<loom::FlagOfKey> kFlagOfKey = {
     {"data.path", "--data"},         {"data.tokenizer", "--tokenizer"},  {"data.template", "--template"},
     {"data.format", "--format"},     {"data.train_on", "--train-on"},    {"data.max_seq_len", "--max-seq-len"},
-    {"data.overlong", "--overlong"}, {"data.on_bad_line", "--skip-bad-lines"}};
+    {"data.max_prompt_len", "--max-prompt-len"}, {"data.overlong", "--overlong"},
+    {"data.on_bad_line", "--skip-bad-lines"}};
 
 loom::PrepareResult prepare(const Args& a, const loom::PrepareOptions& options) {
   if (!a.config.empty()) return loom::prepare_dataset_cached(a.data, a.tokenizer, a.out, options);

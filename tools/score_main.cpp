@@ -12,19 +12,27 @@
 // of activations; the plan is sized by the longest document) with bf16 base weights, or NF4 with
 // --quant nf4 (the QLoRA base the adapter was trained on); --print-plan shows the memory plan.
 // --device cpu uses the fp32 reference path.
+// --pairs: each line a preference pair ({"prompt_ids", "chosen_ids", "rejected_ids"}, or TRL's
+// standard / conversational records through the tokenizer and chat template); per pair the summed
+// log-probs of the completions with the adapter (the policy) and without it (the reference), the
+// rewards β·(policy − reference), their margin and the sigmoid DPO loss (engine/preference.h):
+// how an adapter's preference accuracy on held-out pairs is measured.
 #include <cstdio>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "data/chat_template.h"
 #include "data/jsonl.h"
 #include "data/score_input.h"
 #include "data/tokenizer_record.h"
+#include "engine/preference.h"
 #include "ops/device.h"
 #include "models/cuda_model.h"
 #include "models/lora.h"
@@ -42,6 +50,7 @@ namespace fs = std::filesystem;
 const char* kUsage =
     "usage: build/score --model DIR [--adapter DIR] [--tokenizer PATH] [--template NAME] [--train-on responses|all]\n"
     "                   [--per-token] [--device auto|cpu|cuda] [--quant bf16|nf4] [--print-plan]\n"
+    "                   [--pairs [--beta B]]\n"
     "                   < in.jsonl > out.jsonl\n"
     "  DIR: an HF model folder (config.json + *.safetensors); --adapter: a PEFT LoRA adapter folder.\n"
     "  Input lines: {\"ids\": [...]}, {\"text\": ...}, {\"messages\": [...]}, ShareGPT {\"conversations\": [...]} or\n"
@@ -55,18 +64,36 @@ const char* kUsage =
     "               conversations, the \"ids\" scored and their \"targets\" mask (aligned with ids[1:])\n"
     "  --device     auto (default) uses the GPU when one is present; cpu forces the fp32 reference path.\n"
     "  --quant      base weights on the GPU: bf16 (default) or nf4 (QLoRA's 4-bit base)\n"
-    "  --print-plan print the GPU memory plan (stderr)\n";
+    "  --print-plan print the GPU memory plan (stderr)\n"
+    "  --pairs      lines are preference pairs: {\"prompt_ids\", \"chosen_ids\", \"rejected_ids\"} or TRL's\n"
+    "               {\"prompt\", \"chosen\", \"rejected\"} (strings or messages); each gives the policy (with\n"
+    "               --adapter) and reference (without) log-probs of both completions, the rewards and the\n"
+    "               sigmoid DPO loss at --beta (default 0.1)\n";
 
 struct Args {
   std::string model, adapter, tokenizer, device = "auto", template_name = "auto", train_on = "responses";
   loom::Quant quant = loom::Quant::kBf16;
-  bool per_token = false, print_plan = false;
+  bool per_token = false, print_plan = false, pairs = false;
+  double beta = 0.1;
 };
 
 void require_folder(const std::string& path, const std::string& flag, const std::string& expected) {
   loom::require_file_or_folder(path, flag);
   std::error_code ec;
   LOOM_CHECK(fs::is_directory(path, ec), flag, " ", path, " is a file; give ", expected);
+}
+
+double parse_beta(const std::string& v) {
+  size_t used = 0;
+  double b = 0;
+  try {
+    b = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  LOOM_CHECK(used == v.size() && std::isfinite(b) && b > 0 && b <= 100, "--beta expects a number in (0, 100], got '",
+             v.substr(0, 40), "'");
+  return b;
 }
 
 Args parse_args(int argc, char** argv) {
@@ -86,6 +113,8 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--quant") a.quant = loom::parse_choice<loom::Quant>(k, value(), loom::kQuantNames);
     else if (k == "--per-token") a.per_token = true;
     else if (k == "--print-plan") a.print_plan = true;
+    else if (k == "--pairs") a.pairs = true;
+    else if (k == "--beta") a.beta = parse_beta(value());
     else loom::fail("unknown argument '", k.substr(0, 80), "'\n", kUsage);
   }
   LOOM_CHECK(!a.model.empty(), "--model is required\n", kUsage);
@@ -148,6 +177,17 @@ class Scorer {
     } else {
       ref_ = std::make_unique<loom::ReferenceModel>(cfg, loom::load_weights(a.model, cfg), layout);
     }
+  }
+
+  // Per-token losses of a packed micro-batch, the adapter on or off.
+  std::vector<float> losses(const loom::MicroBatch& mb, bool adapters) {
+    if (cuda_) {
+      cuda_->forward(mb, loom::PassOptions{adapters, false, 0});
+      return cuda_->token_losses();
+    }
+    std::vector<float> out(mb.T());
+    ref_->forward(mb, lora_.data(), loom::PassOptions{adapters, false, 0}, out.data());
+    return out;
   }
 
   // losses[i] = -log p(ids[i + 1] | ids[0..i]) for i < n - 1: one forward pass with every token
@@ -216,6 +256,42 @@ std::string score_line(Scorer& scorer, const loom::ScoreLine& line, bool per_tok
   return out + "}\n";
 }
 
+// Σ log p of the targets of sequence s of mb, and their count.
+std::pair<double, int64_t> sequence_logp(const loom::MicroBatch& mb, const std::vector<float>& losses, int s) {
+  double sum = 0;
+  int64_t n = 0;
+  for (int32_t t = mb.cu_seqlens[s]; t < mb.cu_seqlens[s + 1]; ++t)
+    if (mb.targets[t] != loom::kIgnoreIndex) {
+      sum -= double(losses[t]);
+      ++n;
+    }
+  return {sum, n};
+}
+
+std::string score_pair(Scorer& scorer, const loom::Document& pair, double beta) {
+  const loom::MicroBatch mb = loom::pack_documents({&pair});
+  const std::vector<float> policy = scorer.losses(mb, true), reference = scorer.losses(mb, false);
+  loom::PairLogps p;
+  std::tie(p.policy_chosen, p.chosen_tokens) = sequence_logp(mb, policy, 0);
+  std::tie(p.policy_rejected, p.rejected_tokens) = sequence_logp(mb, policy, 1);
+  p.reference_chosen = sequence_logp(mb, reference, 0).first;
+  p.reference_rejected = sequence_logp(mb, reference, 1).first;
+  loom::PreferenceOptions o;
+  o.beta = beta;
+  const loom::PairFigures f = loom::pair_figures(p, o);
+  nlohmann::ordered_json j = {{"logps/chosen", p.policy_chosen},
+                              {"logps/rejected", p.policy_rejected},
+                              {"ref_logps/chosen", p.reference_chosen},
+                              {"ref_logps/rejected", p.reference_rejected},
+                              {"rewards/chosen", f.reward_chosen},
+                              {"rewards/rejected", f.reward_rejected},
+                              {"rewards/margins", f.reward_chosen - f.reward_rejected},
+                              {"loss", f.loss},
+                              {"chosen_tokens", p.chosen_tokens},
+                              {"rejected_tokens", p.rejected_tokens}};
+  return j.dump() + "\n";
+}
+
 int run(int argc, char** argv) {
   const Args args = parse_args(argc, argv);
   const loom::ModelConfig cfg = loom::load_model_config(args.model);
@@ -227,11 +303,18 @@ int run(int argc, char** argv) {
   std::vector<loom::ScoreLine> lines;
   int64_t longest = 1;
   loom::JsonlReader reader(std::cin, "stdin");
+  std::vector<loom::Document> pairs;
   for (std::string text; reader.next(text);) {
+    if (args.pairs) {
+      pairs.push_back(input.read_pair(text, reader.where()));
+      longest = std::max<int64_t>(longest, int64_t(pairs.back().ids.size()));
+      continue;
+    }
     lines.push_back(input.read(text, reader.where()));
     longest = std::max<int64_t>(longest, int64_t(lines.back().doc.ids.size()));
   }
   Scorer scorer(args, cfg, longest);
+  for (const loom::Document& pair : pairs) std::cout << score_pair(scorer, pair, args.beta);
   for (const loom::ScoreLine& line : lines) std::cout << score_line(scorer, line, args.per_token);
   return 0;
 }

@@ -1,6 +1,7 @@
 // libFuzzer target: the input is a JSONL dataset (data.path). Builds its documents as
 // build/prepare does, with a real tokenizer and the data settings drawn from the input's last
-// bytes (format, template, train_on, overlong, on_bad_line, max_seq_len), so one corpus covers them.
+// bytes (format, template, train_on, overlong, on_bad_line, max_seq_len, max_prompt_len), so one
+// corpus covers them.
 //
 // The tokenizer is the file LOOM_FUZZ_TOKENIZER names; tests/fuzz/run.sh gives it the seed
 // corpus's shrunk Qwen3 tokenizer (its merges, pre-tokenizer and special tokens, a 1,000-token
@@ -55,6 +56,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   section.overlong = in.ConsumeBool() ? loom::Overlong::kTruncate : loom::Overlong::kDrop;
   section.on_bad_line = in.ConsumeBool() ? loom::OnBadLine::kError : loom::OnBadLine::kSkip;
   section.max_seq_len = in.ConsumeIntegralInRange<int>(1, 4096);
+  section.max_prompt_len = in.ConsumeIntegralInRange<int>(0, 4096);
   const std::vector<uint8_t> file = in.ConsumeRemainingBytes<uint8_t>();
   section.path = loom::fuzz::write_scratch("data.jsonl", file.data(), file.size());
 
@@ -64,12 +66,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     loom::BuildOptions options;
     options.threads = 1;
     const loom::BuiltDataset built = loom::build_documents(section, *g_tokenizer, tmpl ? &*tmpl : nullptr, options);
-    // dataset.h's promises about every kept document.
-    for (const loom::Document& d : built.docs)
-      if (d.mask.size() != d.ids.size() || d.ids.size() > size_t(section.max_seq_len) ||
-          std::find(d.mask.begin(), d.mask.end(), 1) == d.mask.end())
-        loom::fuzz::finding("a kept document has a mask not as long as its ids, more than max_seq_len "
-                            "tokens, or no target");
+    // dataset.h's promises about every kept document: each of its sequences (a pair has two)
+    // within max_seq_len with a target.
+    for (const loom::Document& d : built.docs) {
+      bool ok = d.mask.size() == d.ids.size() && (d.segments.empty() || d.segments.size() == 2);
+      int64_t start = 0;
+      for (int32_t len : ok ? loom::sequence_lengths(d) : std::vector<int32_t>{}) {
+        ok = ok && len >= 1 && len <= section.max_seq_len && start + len <= int64_t(d.ids.size()) &&
+             std::find(d.mask.begin() + start + 1, d.mask.begin() + start + len, 1) != d.mask.begin() + start + len;
+        start += len;
+      }
+      if (!ok || start != int64_t(d.ids.size()))
+        loom::fuzz::finding("a kept document has a mask not as long as its ids, a sequence of more than "
+                            "max_seq_len tokens, or one without a target");
+    }
     (void)loom::format_stats(built.stats);
   });
   return 0;
