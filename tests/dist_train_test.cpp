@@ -27,6 +27,7 @@ struct Result {
   int code = -1;
   std::string output;
   std::vector<double> losses, grad_norms;  // per step, from metrics.jsonl (NaN where not a number)
+  std::vector<double> margins, logps;      // per step: rewards/margins, logps/chosen (preference runs)
   std::vector<double> eval_losses;         // per evaluation
   std::vector<int64_t> eval_targets;
   std::vector<float> adapter;
@@ -53,6 +54,8 @@ void read_metrics(const std::string& path, Result& r) {
       continue;
     }
     r.losses.push_back(number(j, "loss"));
+    if (j.contains("rewards/margins")) r.margins.push_back(number(j, "rewards/margins"));
+    if (j.contains("logps/chosen")) r.logps.push_back(number(j, "logps/chosen"));
     r.grad_norms.push_back(number(j, "grad_norm"));
   }
 }
@@ -161,6 +164,37 @@ TEST(DistTrain, TwoAndThreeCpuRanksTrainAndEvaluateWhatOneDoes) {
       worst = test::max_keeping_nan(worst, d);
     }
     std::printf("%d ranks vs 1: eval losses worst rel difference %.2e (tolerance 1e-6)\n", ranks, worst);
+  }
+}
+
+// DPO on N ranks is DPO on 1: a pair is one document, so it never straddles ranks; the pair losses,
+// their gradients' weights and TRL's metrics are sums over the pairs of the global batch, gathered
+// in the all-reduces. Only summation order differs, as for SFT above: the same tolerances. A margin
+// is β times a difference of differences of summed log-probs (|logp| ~ 10–40 here), so the weights'
+// drift reaches it amplified: compared against the scale of what it is made of, β·|logps/chosen|,
+// within the step losses' 1e-6 (measured below).
+TEST(DistTrain, TwoAndThreeCpuRanksTrainDpoAsOneDoes) {
+  if (!mpirun_available()) GTEST_SKIP() << "mpirun or build/train missing";
+  const std::string base = runs_base("dist_dpo");
+  const std::vector<std::string> dpo = {
+      "data.synthetic=",          "data.path=data/demo/pairs.jsonl", "data.format=pairs",
+      "data.tokenizer=data/demo/tokenizer.model", "data.template=mistral", "data.max_seq_len=64",
+      "train.token_budget=128",   "train.objective=dpo",             "train.steps=10",
+      "train.global_batch=8"};
+  Result one = train_with(1, "cpu", base + "1", dpo);
+  ASSERT_EQ(one.code, 0) << one.output;
+  ASSERT_EQ(one.margins.size(), 10u) << one.output;
+  for (int ranks : {2, 3}) {
+    Result many = train_with(ranks, "cpu", cat(base, ranks), dpo);
+    expect_same_training(one, many, ranks, {1e-6, 1e-5, 1e-3});
+    ASSERT_EQ(many.margins.size(), one.margins.size()) << many.output;
+    double worst = 0;
+    for (size_t i = 0; i < one.margins.size(); ++i) {
+      const double d = std::fabs(many.margins[i] - one.margins[i]) / (0.1 * std::fabs(one.logps[i]));  // dpo.beta 0.1
+      EXPECT_LE(d, 1e-6) << "step " << i + 1 << " rewards/margins with " << ranks << " ranks";
+      worst = test::max_keeping_nan(worst, d);
+    }
+    std::printf("%d ranks vs 1 (DPO): rewards/margins worst difference %.2e of beta·|logps/chosen|\n", ranks, worst);
   }
 }
 
