@@ -97,18 +97,6 @@ PairFigures pair_figures(const PairLogps& p, const PreferenceOptions& o) {
 namespace loom {
 namespace {
 
-// Σ log p and the target count of sequence s of mb (targets only).
-std::pair<double, int64_t> sequence_logp(const MicroBatch& mb, const std::vector<float>& loss, int s) {
-  double sum = 0;
-  int64_t n = 0;
-  for (int32_t t = mb.cu_seqlens[s]; t < mb.cu_seqlens[s + 1]; ++t)
-    if (mb.targets[t] != kIgnoreIndex) {
-      sum -= double(loss[t]);
-      ++n;
-    }
-  return {sum, n};
-}
-
 int pairs_in(const MicroBatch& mb) {
   LOOM_CHECK(mb.ndoc() % 2 == 0, "preference objective: a micro-batch of ", mb.ndoc(),
              " sequences; every document of a preference run must be a pair (chosen, rejected)");
@@ -132,6 +120,17 @@ PreferenceObjective::Sums all_ranks(PreferenceObjective::Sums s) {
 }
 
 }  // namespace
+
+std::pair<double, int64_t> sequence_logp(const MicroBatch& mb, const std::vector<float>& losses, int s) {
+  double sum = 0;
+  int64_t n = 0;
+  for (int32_t t = mb.cu_seqlens[s]; t < mb.cu_seqlens[s + 1]; ++t)
+    if (mb.targets[t] != kIgnoreIndex) {
+      sum -= double(losses[t]);
+      ++n;
+    }
+  return {sum, n};
+}
 
 std::vector<PairFigures> PreferenceObjective::add_pairs(const MicroBatch& mb, const std::vector<float>& policy_loss,
                                                         const std::vector<float>& reference_loss) {

@@ -25,6 +25,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/objective.h"
@@ -58,6 +59,9 @@ struct PairFigures {
 };
 
 PairFigures pair_figures(const PairLogps& p, const PreferenceOptions& o);
+
+// Σ log p over the target tokens of sequence s of mb (losses: its per-token losses), and their count.
+std::pair<double, int64_t> sequence_logp(const MicroBatch& mb, const std::vector<float>& losses, int s);
 
 // The objective of train.objective = dpo | orpo (engine/objective.h): every document a pair.
 class PreferenceObjective : public Objective {

@@ -256,26 +256,14 @@ std::string score_line(Scorer& scorer, const loom::ScoreLine& line, bool per_tok
   return out + "}\n";
 }
 
-// Σ log p of the targets of sequence s of mb, and their count.
-std::pair<double, int64_t> sequence_logp(const loom::MicroBatch& mb, const std::vector<float>& losses, int s) {
-  double sum = 0;
-  int64_t n = 0;
-  for (int32_t t = mb.cu_seqlens[s]; t < mb.cu_seqlens[s + 1]; ++t)
-    if (mb.targets[t] != loom::kIgnoreIndex) {
-      sum -= double(losses[t]);
-      ++n;
-    }
-  return {sum, n};
-}
-
 std::string score_pair(Scorer& scorer, const loom::Document& pair, double beta) {
   const loom::MicroBatch mb = loom::pack_documents({&pair});
   const std::vector<float> policy = scorer.losses(mb, true), reference = scorer.losses(mb, false);
   loom::PairLogps p;
-  std::tie(p.policy_chosen, p.chosen_tokens) = sequence_logp(mb, policy, 0);
-  std::tie(p.policy_rejected, p.rejected_tokens) = sequence_logp(mb, policy, 1);
-  p.reference_chosen = sequence_logp(mb, reference, 0).first;
-  p.reference_rejected = sequence_logp(mb, reference, 1).first;
+  std::tie(p.policy_chosen, p.chosen_tokens) = loom::sequence_logp(mb, policy, 0);
+  std::tie(p.policy_rejected, p.rejected_tokens) = loom::sequence_logp(mb, policy, 1);
+  p.reference_chosen = loom::sequence_logp(mb, reference, 0).first;
+  p.reference_rejected = loom::sequence_logp(mb, reference, 1).first;
   loom::PreferenceOptions o;
   o.beta = beta;
   const loom::PairFigures f = loom::pair_figures(p, o);
