@@ -32,6 +32,8 @@
 #include "engine/backend.h"
 #include "engine/objective.h"
 #include "engine/optimizer.h"
+#include "engine/preference.h"
+#include "engine/step.h"
 #include "models/cuda_model.h"
 #include "models/lora.h"
 #include "models/model_config.h"
@@ -90,13 +92,13 @@ Quant quant_of(const std::string& quant) { return quant == "nf4" ? Quant::kNf4 :
 
 // The training backend the trainer builds (engine/cuda_backend.cpp), on the fixture.
 std::unique_ptr<TrainBackend> make_gpu(const StepFixture& s, const std::string& quant, Recompute recompute,
-                                       float dropout = 0) {
+                                       float dropout = 0, int token_budget = 64) {
   TrainConfig tc;
   tc.model.quant = quant_of(quant);
   tc.model.double_quant = true;
   tc.train = s.train;
   tc.train.recompute = recompute;
-  tc.train.token_budget = 64;
+  tc.train.token_budget = token_budget;
   return make_cuda_backend(s.cfg, WeightSource::checkpoint(s.dir + "/model", s.cfg), with_dropout(s, dropout), s.lora,
                            tc);
 }
@@ -276,6 +278,76 @@ TEST(GpuStepObjective, AdaptersOffIsTheBaseModel) {
     EXPECT_EQ(off, gpu->loss_sum(s.micro, true));
     EXPECT_NE(on, off);
   }
+}
+
+// Sigmoid DPO (β 0.1) on the DPO fixture's six pairs (tests/fixtures/dpo/<arch>), 20 AdamW steps on
+// both paths through the trainer's step function: step-1 LoRA gradients, every step's loss and the
+// final LoRA weights within kRule times the DPO yardstick ("dpo_bf16_baseline[_nf4]": TRL's DPO
+// loss in loom's GPU precision against fp32, tools/make_dpo_fixtures.py --yardstick-only). DPO
+// losses fall toward 0, so the step losses compare absolutely ("step_loss_abs").
+void expect_gpu_dpo_follows_reference(const std::string& arch, const std::string& quant) {
+  StepFixture s = load_setup(arch, quant);
+  const std::string dir = test::fixtures_dir() + "/dpo/" + arch;
+  const nlohmann::json e = test::read_json(dir + "/expected.json");
+  const nlohmann::json& b = e.at(quant == "nf4" ? "dpo_bf16_baseline_nf4" : "dpo_bf16_baseline");
+  std::vector<Document> docs;
+  for (const auto& p : e["pairs"])
+    for (const char* side : {"chosen", "rejected"})
+      docs.push_back({p[side]["ids"].get<std::vector<int32_t>>(), p[side]["mask"].get<std::vector<uint8_t>>(), {}});
+  std::vector<const Document*> ptrs;
+  for (const Document& d : docs) ptrs.push_back(&d);
+  Step step;
+  step.micro.push_back(pack_documents(ptrs));
+  step.global_docs = int64_t(docs.size() / 2);
+  step.global_targets = step.micro[0].n_targets();
+  ModelWeights w = load_weights(s.dir + "/model", s.cfg);
+  if (quant == "nf4") apply_nf4_roundtrip(w, 64, true);
+  auto cpu = make_cpu_backend(s.cfg, std::move(w), s.layout, s.lora, s.train);
+  auto gpu = make_gpu(s, quant, Recompute::kSelective, 0.f, 256);  // the six pairs: 143–161 tokens
+  const PreferenceOptions o{PreferenceLoss::kSigmoid, 0.1, 0.0, 0.1};
+  PreferenceObjective cpu_dpo(o), gpu_dpo(o);
+  const std::string label = cat(arch, "/", quant, " DPO");
+  const float lr = float(b["lr"]);
+  const int steps = b["steps"];
+  double worst_loss = 0;
+  for (int k = 1; k <= steps; ++k) {
+    if (k == 1) {  // the step by hand, to read the gradients before the update
+      for (auto* side : {&cpu_dpo, &gpu_dpo}) side->begin_step(step);
+      const MicroBatch& mb = step.micro[0];
+      const std::vector<float> cr = cpu->reference_losses(mb), gr = gpu->reference_losses(mb);
+      cpu->backward(cpu_dpo.token_weights(mb, step, cpu->forward(mb, 0), cr), true);
+      gpu->backward(gpu_dpo.token_weights(mb, step, gpu->forward(mb, 0), gr), true);
+      const test::TensorError eg = test::expect_lora_tensors_close(
+          s.layout, gpu->lora_grads(), cpu->lora_grads(), kRule * double(b["grad_scaled"]), label + " step-1 grads");
+      std::printf("[%s] step-1 LoRA gradients: worst tensor %s, scaled error %.4f (yardstick %.4f)\n", label.c_str(),
+                  eg.name.c_str(), eg.error, double(b["grad_scaled"]));
+      cpu->end_step(lr);
+      gpu->end_step(lr);
+      const double cl = cpu_dpo.end_step(step, 0).loss, gl = gpu_dpo.end_step(step, 0).loss;
+      EXPECT_LE(std::fabs(gl - cl), kRule * double(b["step_loss_abs"])) << label << " step 1: GPU " << gl
+                                                                        << ", reference " << cl;
+      worst_loss = test::max_keeping_nan(worst_loss, std::fabs(gl - cl));
+      continue;
+    }
+    const double cl = run_step(*cpu, cpu_dpo, step, lr, [](size_t) { return uint64_t(0); }).loss;
+    const double gl = run_step(*gpu, gpu_dpo, step, lr, [](size_t) { return uint64_t(0); }).loss;
+    EXPECT_LE(std::fabs(gl - cl), kRule * double(b["step_loss_abs"])) << label << " step " << k << ": GPU " << gl
+                                                                      << ", reference " << cl;
+    worst_loss = test::max_keeping_nan(worst_loss, std::fabs(gl - cl));
+  }
+  const test::TensorError ew = test::expect_lora_tensors_close(s.layout, gpu->lora_params(), cpu->lora_params(),
+                                                               kRule * double(b["final_weights_scaled"]),
+                                                               label + " final LoRA weights");
+  std::printf("[%s] %d steps: worst |step loss - reference| %.5f (yardstick %.5f); final weights: worst tensor %s, "
+              "scaled error %.4f (yardstick %.4f)\n",
+              label.c_str(), steps, worst_loss, double(b["step_loss_abs"]), ew.name.c_str(), ew.error,
+              double(b["final_weights_scaled"]));
+}
+
+TEST(GpuStepDpo, TwentyStepsFollowTheReference) {
+  REQUIRE_GPU();
+  for (const char* arch : {"llama", "mistral", "qwen2", "qwen3"})
+    for (const char* quant : {"bf16", "nf4"}) expect_gpu_dpo_follows_reference(arch, quant);
 }
 
 }  // namespace

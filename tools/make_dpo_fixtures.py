@@ -30,15 +30,33 @@ Every TRL number is checked against an independent torch computation (one docume
 loom packs them), and the B = 0 case (every lora_B zeroed) is asserted: each pair's sigmoid loss is
 exactly ln 2 and each reward exactly 0.
 
-Runs on a CPU in a minute or two (torch 2.15.0, transformers 5.23.0, peft 0.21.2, trl 1.16.0 wrote
-the fixtures, recorded in each expected.json):
+expected.json also holds the yardstick of the GPU test's DPO case (tests/gpu_step_test.cpp), as
+tools/make_hf_fixtures.py measures it for SFT: YARDSTICK_STEPS AdamW steps of sigmoid DPO (beta 0.1,
+the 6 pairs as one batch, the optimizer settings of "steps" but lr YARDSTICK_LR), run in loom's GPU precision (that
+script's emulation: bf16 storage, fp32 accumulation, fp32 logits/loss/LoRA gradients/master
+weights; the reference pass, adapters off, in the same precision) and in fp32, the worse of its two
+accumulation orders:
+  "dpo_bf16_baseline"      the base weights as stored (bf16): the test's bf16 mode
+  "dpo_bf16_baseline_nf4"  the base projections NF4 round-tripped (build/nf4_roundtrip): nf4 mode
+each {step_loss_abs: max over the steps of |loss - loss(fp32)| (absolute: the DPO loss falls towards
+0 within the 20 steps, where a relative error measures nothing but the size of the loss),
+grad_scaled: step-1 LoRA gradients, max over LoRA tensors of each tensor's scaled error
+(tests/lora_compare.h), final_weights_scaled: the LoRA weights after the last step, the same way}.
+
+Runs on a CPU in a minute or two, the yardsticks a few minutes more (torch 2.15.0, transformers
+5.23.0, peft 0.21.2, trl 1.16.0 wrote the fixtures, recorded in each expected.json):
   pip install torch==2.15.0 transformers==5.23.0 peft==0.21.2 trl==1.16.0
-  python3 tools/make_dpo_fixtures.py
+  python3 tools/make_dpo_fixtures.py                   every fixture from scratch
+  python3 tools/make_dpo_fixtures.py --yardstick-only  only the two DPO yardsticks of the existing fixtures
+The yardsticks need build/nf4_roundtrip (make build/nf4_roundtrip).
 """
+import argparse
 import json
 import math
 import os
+import sys
 import tempfile
+import types
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -53,6 +71,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from trl import DPOConfig, DPOTrainer
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_hf_fixtures as hf_tools  # noqa: E402  (the GPU-precision emulation of the SFT yardstick)
+
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 HF = os.path.join(REPO, "tests", "fixtures", "hf")
 OUT = os.path.join(REPO, "tests", "fixtures", "dpo")
@@ -61,6 +82,8 @@ N_PAIRS = 6
 PROMPT_LEN = (3, 9)       # inclusive ranges
 COMPLETION_LEN = (2, 11)
 STEPS = 5
+YARDSTICK_STEPS = 20  # the GPU test's run (tests/gpu_step_test.cpp)
+YARDSTICK_LR = hf_tools.GPU_LR  # the SFT GPU test's rate: at the fixture's 0.01 the final weights drift 0.08-0.40
 # name -> settings; "grads": whether the LoRA gradients are stored (one set per loss type keeps a
 # fixture under 300 KB; the other cases differ from theirs only in the per-pair weights).
 CASES = {
@@ -324,6 +347,124 @@ def adamw_steps(arch, pairs, adam, tmp):
     return losses
 
 
+# --- The yardstick of the GPU test's DPO case ------------------------------------------------------
+def loom_lora_forward_switchable(self, x, *args, **kwargs):
+    """make_hf_fixtures' loom projection, honouring peft's adapter switch: with the adapters off (the
+    reference pass) loom's lora_linear_forward (ops/lora_linear.cu) is the base alone, bf16(x·Wᵀ),
+    then bf16(+ b)."""
+    if not self.disable_adapters:
+        return hf_tools.loom_lora_forward(self, x)
+    base = self.base_layer
+    y = hf_tools.to_bf16_values(hf_tools.mm(x.reshape(-1, x.shape[-1]).float(), base.weight.float().T))
+    if base.bias is not None:
+        y = hf_tools.to_bf16_values(y + base.bias.float())
+    return y.to(hf_tools.BF16).reshape(*x.shape[:-1], -1)
+
+
+def load_yardstick_model(model_dir, arch, loom_bf16):
+    """The base of model_dir + the HF fixture's adapter, in fp32 or in loom's GPU precision (use
+    inside hf_tools.LoomPrecision), with a working adapter switch in both."""
+    model = hf_tools.load_for_baseline(model_dir, os.path.join(HF, arch), loom_bf16)
+    if loom_bf16:
+        for m in model.modules():
+            if isinstance(m, peft.tuners.lora.Linear):
+                m.forward = types.MethodType(loom_lora_forward_switchable, m)
+    return model
+
+
+def dpo_train_with_fp32_master(model, docs, adam, steps):
+    """Sigmoid DPO (beta 0.1) on the pairs as one batch, AdamW on fp32 master copies of the LoRA
+    weights (as make_hf_fixtures.train_with_fp32_master: loom's GPU scheme): the loss before each
+    step, the step-1 LoRA gradients (before clipping, as the GPU test reads them) and the final
+    LoRA weights, by tests/lora_compare.h tensor name."""
+    live = hf_tools.lora_params(model)
+    master = [p.detach().float().clone().requires_grad_(True) for _, p in live]
+    opt = torch.optim.AdamW(master, lr=adam["lr"], betas=(adam["beta1"], adam["beta2"]), eps=adam["eps"],
+                            weight_decay=adam["weight_decay"])
+    losses, first_grads = [], None
+    for _ in range(steps):
+        with torch.no_grad():
+            for (_, p), m in zip(live, master):
+                p.copy_(m)
+                p.grad = None
+        pol, ref, n = pair_logps(model, docs)
+        # The pair arithmetic in double, as engine/preference.cpp (PairLogps): only the log-probs are fp32.
+        per_pair, _ = dpo_losses(CASES["sigmoid"], {s: v.double() for s, v in pol.items()},
+                                 {s: v.double() for s, v in ref.items()}, n)
+        loss = per_pair.mean()
+        loss.backward()
+        for (_, p), m in zip(live, master):
+            m.grad = p.grad.float()
+        if first_grads is None:
+            first_grads = {nm: m.grad.clone() for (nm, _), m in zip(live, master)}
+        torch.nn.utils.clip_grad_norm_(master, adam["max_grad_norm"])
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses, first_grads, {nm: m.detach().clone() for (nm, _), m in zip(live, master)}
+
+
+def dpo_bf16_baseline(model_dir, arch, docs, adam, base_weights, trl_losses=None):
+    """HF in loom's GPU precision against HF in fp32, YARDSTICK_STEPS steps of sigmoid DPO on the
+    base weights of model_dir, the worse of hf_tools.ACCUMULATIONS, at lr YARDSTICK_LR. trl_losses: the
+    fixture's TRL step losses, which the fp32 training reproduces at the fixture's lr (adam["lr"]) first."""
+    if trl_losses is not None:
+        mine, _, _ = dpo_train_with_fp32_master(load_yardstick_model(model_dir, arch, False), docs, adam,
+                                                len(trl_losses))
+        for k, (a, b) in enumerate(zip(mine, trl_losses)):  # measured <= 1e-6 apart; lr 10% off moves them 4e-3+
+            assert abs(a - b) <= 1e-4, f"{arch} step {k + 1}: yardstick fp32 loss {a} vs TRL {b}"
+    adam = dict(adam, lr=YARDSTICK_LR)
+    l32, g32, w32 = dpo_train_with_fp32_master(load_yardstick_model(model_dir, arch, False), docs, adam,
+                                               YARDSTICK_STEPS)
+    out = {"measured_as": f"HF in loom's GPU precision vs HF fp32, sigmoid DPO beta 0.1 on the 6 pairs as one "
+                          f"batch, worst of fp32 and fp64 sums, {base_weights} (tools/make_dpo_fixtures.py)",
+           "lr": adam["lr"], "steps": YARDSTICK_STEPS, "step_loss_abs": 0.0, "grad_scaled": 0.0,
+           "final_weights_scaled": 0.0,
+           "step_loss_note": "absolute, not relative: the DPO loss falls towards 0 within the steps"}
+    try:
+        for accumulation in hf_tools.ACCUMULATIONS:
+            hf_tools.accumulate_in = accumulation  # the dtype hf_tools.mm sums in
+            with hf_tools.LoomPrecision():
+                l16, g16, w16 = dpo_train_with_fp32_master(load_yardstick_model(model_dir, arch, True), docs,
+                                                           adam, YARDSTICK_STEPS)
+            grad, grad_at = hf_tools.worst_tensor(g16, g32)
+            weights, weights_at = hf_tools.worst_tensor(w16, w32)
+            out["step_loss_abs"] = max(out["step_loss_abs"], max(abs(a - b) for a, b in zip(l16, l32)))
+            if grad >= out["grad_scaled"]:
+                out["grad_scaled"], out["grad_worst_tensor"] = grad, grad_at
+            if weights >= out["final_weights_scaled"]:
+                out["final_weights_scaled"], out["final_weights_worst_tensor"] = weights, weights_at
+    finally:
+        hf_tools.accumulate_in = torch.float32
+    out.update(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__)
+    print(f"{arch} {base_weights}: fp32 losses {l32[0]:.4f} .. {l32[-1]:.4f}; step losses "
+          f"{out['step_loss_abs']:.2e} abs, step-1 grads {out['grad_scaled']:.2e} ({out['grad_worst_tensor']}), "
+          f"final weights {out['final_weights_scaled']:.2e} ({out['final_weights_worst_tensor']})")
+    return out
+
+
+def dpo_yardsticks(arch, docs, adam, trl_losses):
+    """{"dpo_bf16_baseline": the test's bf16 mode, "dpo_bf16_baseline_nf4": its nf4 mode (the NF4
+    round trip of the base projections, make_hf_fixtures.nf4_model)}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return {"dpo_bf16_baseline": dpo_bf16_baseline(os.path.join(HF, arch, "model"), arch, docs, adam,
+                                                       "base weights as stored (bf16)", trl_losses),
+                "dpo_bf16_baseline_nf4": dpo_bf16_baseline(hf_tools.nf4_model(os.path.join(HF, arch), tmp), arch,
+                                                           docs, adam, "base projections NF4 round-tripped (nf4 mode)")}
+
+
+def rewrite_yardstick(arch):
+    """Recomputes only the DPO yardsticks of an existing fixture; every other value stays as it was."""
+    path = os.path.join(OUT, arch, "expected.json")
+    with open(path) as f:
+        expected = json.load(f)
+    docs = [documents(p) for p in expected["pairs"]]
+    adam = {k: expected[k] for k in ("lr", "beta1", "beta2", "eps", "weight_decay", "max_grad_norm")}
+    expected.update(dpo_yardsticks(arch, docs, adam, expected["steps"]["losses"]))
+    with open(path, "w") as f:
+        json.dump(expected, f, indent=1)
+
+
 # --- One fixture ----------------------------------------------------------------------------------
 def run_arch(arch, seed):
     torch.manual_seed(0)
@@ -395,16 +536,25 @@ def run_arch(arch, seed):
         b_zero=b_zero,
         torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
         trl=trl.__version__)
+    expected.update(dpo_yardsticks(arch, docs, adam, steps))
     with open(os.path.join(d, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--yardstick-only", action="store_true",
+                        help='recompute "dpo_bf16_baseline" and "dpo_bf16_baseline_nf4" of the existing fixtures, '
+                             'nothing else')
+    args = parser.parse_args()
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     for k, arch in enumerate(ARCHS):
-        run_arch(arch, seed=200 + k)
+        if args.yardstick_only:
+            rewrite_yardstick(arch)
+        else:
+            run_arch(arch, seed=200 + k)
 
 
 if __name__ == "__main__":
