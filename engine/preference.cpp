@@ -92,9 +92,6 @@ PairFigures pair_figures(const PairLogps& p, const PreferenceOptions& o) {
   }
 }
 
-}  // namespace loom
-
-namespace loom {
 namespace {
 
 int pairs_in(const MicroBatch& mb) {
