@@ -169,7 +169,7 @@ std::vector<Document> decode_shard(const std::string& path, const std::string& b
   for (uint64_t d = 0; d < h.n_docs; ++d) {
     Document& doc = docs[d];
     doc.ids.resize(offsets[d + 1] - offsets[d]);
-    std::memcpy(doc.ids.data(), ids + 4 * offsets[d], 4 * doc.ids.size());
+    if (!doc.ids.empty()) std::memcpy(doc.ids.data(), ids + 4 * offsets[d], 4 * doc.ids.size());  // null data() when empty
     doc.mask.resize(doc.ids.size());
     for (uint64_t t = offsets[d]; t < offsets[d + 1]; ++t) doc.mask[t - offsets[d]] = bit(bits, t);
     if (starts) doc.segments = decode_segments(path, starts, offsets[d], offsets[d + 1], d);

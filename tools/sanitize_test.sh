@@ -23,8 +23,16 @@ ln -sfn "$(cd "$repo/.." && pwd)/shared" "$build/shared"
 # detect_leaks=0: the CUDA runtime, Open MPI and NCCL keep allocations until exit by design.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-protect_shadow_gap=0:detect_leaks=0}:log_path=$reports/asan"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}:log_path=$reports/ubsan"
-(cd "$root" && ./build/loom_tests "$@")
-status=$?
+# The suite's own output is searched too: a report that reached stderr instead of log_path (seen
+# once: UBSan's null memcpy in data/shards.cpp, 2026-12-06) must fail the run as well.
+output="$build/sanitize_test.log"
+(cd "$root" && ./build/loom_tests "$@") 2>&1 | tee "$output"
+status=${PIPESTATUS[0]}
+if grep -qE "runtime error:|ERROR: (Address|Leak|Undefined)Sanitizer" "$output"; then
+  echo "sanitizer reports in the suite's output ($output):"
+  grep -nE -A12 "runtime error:|ERROR: (Address|Leak|Undefined)Sanitizer" "$output" | head -60
+  exit 1
+fi
 if compgen -G "$reports/*" >/dev/null; then
   echo "sanitizer reports ($reports):"
   for f in "$reports"/*; do echo "== $f"; head -40 "$f"; done
