@@ -28,6 +28,7 @@ class CudaBackend : public TrainBackend {
               const std::vector<float>& lora, const TrainConfig& tc)
       : model_(cfg, layout, model_options(tc)), optimizer_(tc.train, layout.total, model_.plan()) {
     model_.load(src, lora);
+    CUDA_CHECK(cudaMallocHost(&host_scalars_, 2 * sizeof(float)));  // before the step loop, once
     const DistContext& ctx = dist_context();
     if (ctx.world == 1 || layout.total == 0) return;
     comm_ = std::make_unique<NcclComm>(ctx);
@@ -71,7 +72,6 @@ class CudaBackend : public TrainBackend {
     DeviceAdapters& a = model_.adapters();
     optimizer_.step(a.master(), a.grads(), lr, s);
     a.refresh_bf16(s);
-    if (!host_scalars_) CUDA_CHECK(cudaMallocHost(&host_scalars_, 2 * sizeof(float)));
     CUDA_CHECK(cudaMemcpyAsync(host_scalars_, model_.device_loss_sum(), 4, cudaMemcpyDeviceToHost, s));
     CUDA_CHECK(cudaMemcpyAsync(host_scalars_ + 1, optimizer_.device_norm(), 4, cudaMemcpyDeviceToHost, s));
     model_.zero_loss_sum();

@@ -197,16 +197,9 @@ class Scorer {
     all.ids = ids;
     all.mask.assign(ids.size(), 1);
     all.mask[0] = 0;
-    const loom::MicroBatch mb = loom::pack_documents({&all});
-    std::vector<float> losses(mb.T());
-    if (cuda_) {
-      cuda_->forward(mb, loom::PassOptions{});
-      losses = cuda_->token_losses();
-    } else {
-      ref_->forward(mb, lora_.data(), loom::PassOptions{}, losses.data());
-    }
-    losses.resize(ids.size() - 1);  // the last position predicts nothing
-    return losses;
+    std::vector<float> out = losses(loom::pack_documents({&all}), true);
+    out.resize(ids.size() - 1);  // the last position predicts nothing
+    return out;
   }
 
  private:
