@@ -13,6 +13,8 @@ struct MicroBatch {
   std::vector<int32_t> positions;   // (T) restart at 0 for every sequence
   std::vector<int32_t> cu_seqlens;  // (ndoc + 1) sequence starts, cu_seqlens.back() == T; one entry
                                     //     per sequence: a document of k segments gives k
+  std::vector<int64_t> documents;   // (documents packed here) each one's index in the loader's data set,
+                                    //     in packing order; empty when packed outside a loader
   int64_t n_targets() const;        // targets != -100
   int ndoc() const { return int(cu_seqlens.size()) - 1; }
   int64_t T() const { return int64_t(tokens.size()); }

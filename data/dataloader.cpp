@@ -179,6 +179,7 @@ void DataLoader::plan_rank(Step& step, const std::vector<int64_t>& docs, bool ow
     std::vector<const Document*> micro_docs;
     for (int64_t i : bin) micro_docs.push_back(&(*docs_)[docs[i]]);
     step.micro.push_back(pack_documents(micro_docs));
+    for (int64_t i : bin) step.micro.back().documents.push_back(docs[i]);
   }
 }
 

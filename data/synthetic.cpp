@@ -61,4 +61,23 @@ std::vector<Document> synthetic_documents(const SyntheticSpec& spec) {
   return docs;
 }
 
+std::vector<Document> synthetic_pairs(const SyntheticSpec& spec) {
+  const std::vector<Document> docs = synthetic_documents(spec);
+  std::vector<Document> pairs(docs.size() / 2);
+  for (size_t k = 0; k < pairs.size(); ++k) {
+    const std::vector<int32_t>& a = docs[2 * k].ids;
+    const std::vector<int32_t>& b = docs[2 * k + 1].ids;
+    const size_t p = std::min(a.size(), b.size()) / 2;
+    Document& d = pairs[k];
+    d.ids = a;
+    d.ids.insert(d.ids.end(), a.begin(), a.begin() + std::ptrdiff_t(p));
+    d.ids.insert(d.ids.end(), b.begin() + std::ptrdiff_t(p), b.end());
+    d.mask.assign(d.ids.size(), 1);
+    std::fill_n(d.mask.begin(), p, 0);
+    std::fill_n(d.mask.begin() + std::ptrdiff_t(a.size()), p, 0);
+    d.segments = {int32_t(a.size()), int32_t(b.size())};
+  }
+  return pairs;
+}
+
 }  // namespace loom

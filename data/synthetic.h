@@ -35,4 +35,14 @@ SyntheticSpec synthetic_workload(const std::string& name, int64_t documents, int
 std::vector<int64_t> synthetic_lengths(const SyntheticSpec& spec);
 std::vector<Document> synthetic_documents(const SyntheticSpec& spec);
 
+// BENCHMARK.md's DPO workload, "pairs of the sft-alpaca length mix": documents 2k and 2k+1 of
+// synthetic_documents(spec) (lengths a and b) make pair k, whose two sequences have exactly those
+// lengths and share a prompt of p = min(a, b) / 2 tokens (integer division):
+//   prompt   = the first p ids of document 2k
+//   chosen   = ids [p, a) of document 2k
+//   rejected = ids [p, b) of document 2k+1
+// As a pair Document (data/preference_data.h): ids = prompt+chosen ++ prompt+rejected, mask 1 on the
+// completions only, segments = {a, b}. spec.documents / 2 pairs (an odd last document is unused).
+std::vector<Document> synthetic_pairs(const SyntheticSpec& spec);
+
 }  // namespace loom

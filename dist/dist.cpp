@@ -93,7 +93,7 @@ const char* op_name(uint32_t op) {
     case Op::barrier: return "barrier";
     case Op::broadcast: return "broadcast";
     case Op::allreduce_f32: return "allreduce_sum(float*)";
-    case Op::allreduce_f64: return "allreduce_sum(double)";
+    case Op::allreduce_f64: return "allreduce_sum(double*)";
   }
   return "an unknown message";
 }
@@ -243,8 +243,12 @@ void allreduce_sum(float* buf, size_t n) {
   if (Link* link = link_for("allreduce_sum")) star_sum(*link, Op::allreduce_f32, buf, n);
 }
 
+void allreduce_sum(double* buf, size_t n) {
+  if (Link* link = link_for("allreduce_sum")) star_sum(*link, Op::allreduce_f64, buf, n);
+}
+
 double allreduce_sum(double x) {
-  if (Link* link = link_for("allreduce_sum")) star_sum(*link, Op::allreduce_f64, &x, 1);
+  allreduce_sum(&x, 1);
   return x;
 }
 

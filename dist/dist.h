@@ -69,6 +69,7 @@ int host_threads_per_rank(int usable, int online, int local_world);
 [[noreturn]] void dist_abort_with(const std::string& msg);
 
 void allreduce_sum(float* buf, size_t n);
+void allreduce_sum(double* buf, size_t n);
 double allreduce_sum(double x);
 void barrier();
 void broadcast(void* data, size_t bytes, int root);

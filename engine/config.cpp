@@ -10,7 +10,7 @@
 //            min_lr_ratio, weight_decay, beta1, beta2, eps, max_grad_norm, recompute, seed, log_every,
 //            divergence_check, divergence_window, divergence_factor, zero_grad_steps, eval_every,
 //            early_stopping_patience}
-//   dpo:    {beta, loss_type, label_smoothing}
+//   dpo:    {beta, loss_type, label_smoothing, precompute_reference}
 //   orpo:   {lambda}
 //   output: {dir, checkpoint_every, keep_checkpoints, export, gguf_type, resume, on_change, keep_best}
 //
@@ -199,6 +199,7 @@ std::vector<Field> fields_of(TrainConfig& c) {
       {"dpo", "loss_type", &dpo.loss_type, kDpoLossTypeNames},
       // At 0.5 the label is a coin flip and the loss no longer prefers either answer.
       {"dpo", "label_smoothing", &dpo.label_smoothing, {0, 0.5, false, true}},
+      {"dpo", "precompute_reference", &dpo.precompute_reference, kPrecomputeReferenceNames},
       // λ weighs the odds-ratio term against the NLL: the ORPO paper uses 0.1 to 1; 100 leaves no NLL.
       {"orpo", "lambda", &orpo.lambda, {0, 100, true}},
       {"output", "dir", &o.dir},
@@ -229,7 +230,7 @@ const std::set<std::string> kKeysThatDoNotChangeTraining = {
     "train.recompute",         "train.log_every",         "train.divergence_check",  "train.divergence_window",
     "train.divergence_factor", "train.zero_grad_steps",   "train.eval_every",        "output.dir",
     "output.checkpoint_every", "output.keep_checkpoints", "output.export",           "output.gguf_type",
-    "output.resume",           "output.on_change",        "output.keep_best",
+    "output.resume",           "output.on_change",        "output.keep_best",        "dpo.precompute_reference",
 };
 
 // ---------------------------------------------------------------------------------------------

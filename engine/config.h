@@ -53,6 +53,9 @@ inline const char* objective_name(ObjectiveKind o) { return kObjectiveNames[size
 enum class DpoLossType { kSigmoid, kIpo, kRobust, kHinge };
 inline constexpr std::array<const char*, 4> kDpoLossTypeNames = {"sigmoid", "ipo", "robust", "hinge"};
 inline const char* dpo_loss_type_name(DpoLossType t) { return kDpoLossTypeNames[size_t(t)]; }
+// dpo.precompute_reference: auto precomputes when the run sees its pairs at least twice (below).
+enum class PrecomputeReference { kAuto, kTrue, kFalse };
+inline constexpr std::array<const char*, 3> kPrecomputeReferenceNames = {"auto", "true", "false"};
 
 struct TrainSection {
   Device device = Device::kAuto;
@@ -86,6 +89,11 @@ struct DpoSection {
   double beta = 0.1;                 // β: the reward scale, how far the policy may move from the reference
   DpoLossType loss_type = DpoLossType::kSigmoid;
   double label_smoothing = 0;        // ε: the assumed share of flipped labels (sigmoid, robust)
+  // The reference log-probs: true computes them once for every pair before the first step (one
+  // forward per pair, repeated on resume), false in every step (one forward per pair seen). auto:
+  // true when the steps left visit at least as many pairs as the data set holds (an epoch or more),
+  // where precomputing was measured faster (README, DPO benchmark).
+  PrecomputeReference precompute_reference = PrecomputeReference::kAuto;
 };
 
 // The `orpo:` section (train.objective orpo).

@@ -44,6 +44,10 @@ double flops_per_token(const ModelConfig& cfg, double mean_attended_keys) {
   return 4.0 * cfg.matmul_params() + attention_per_key * mean_attended_keys;
 }
 
+double forward_flops_per_token(const ModelConfig& cfg, double mean_attended_keys) {
+  return 2.0 * cfg.matmul_params() + 4.0 * cfg.L * cfg.H * cfg.D * mean_attended_keys;
+}
+
 double mean_attended_keys(const std::vector<MicroBatch>& micro, int window) {
   const KeyCount c = count_keys(micro, window);
   return c.tokens > 0 ? c.keys / c.tokens : 0.0;

@@ -29,6 +29,8 @@ namespace loom {
 
 // 4·P + 12·L·H·D·ℓ̄ (above).
 double flops_per_token(const ModelConfig& cfg, double mean_attended_keys);
+// 2·P + 4·L·H·D·ℓ̄: a forward alone (DPO's reference pass, evaluation), the forward terms above.
+double forward_flops_per_token(const ModelConfig& cfg, double mean_attended_keys);
 
 // ℓ̄ over every token of the micro-batches (each document from its cu_seqlens); window 0 = full
 // causal attention. 0 when there are no tokens.

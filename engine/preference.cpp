@@ -116,7 +116,48 @@ PreferenceObjective::Sums all_ranks(PreferenceObjective::Sums s) {
   return s;
 }
 
+// The document index of pair k of mb in a reference table of `size` pairs.
+int64_t table_index(const MicroBatch& mb, int k, size_t size) {
+  LOOM_CHECK(size_t(k) < mb.documents.size() && mb.documents[size_t(k)] >= 0 && size_t(mb.documents[size_t(k)]) < size,
+             "dpo.precompute_reference: pair ", k, " of a micro-batch has no entry in the reference table (",
+             size, " pairs); the table is made from the training data the loader steps through");
+  return mb.documents[size_t(k)];
+}
+
 }  // namespace
+
+ReferenceTable precompute_reference(TrainBackend& backend, const std::vector<Document>& pairs, int64_t token_budget,
+                                    int rank, int world) {
+  ReferenceTable t;
+  t.chosen.assign(pairs.size(), 0.0);
+  t.rejected.assign(pairs.size(), 0.0);
+  std::vector<const Document*> batch;
+  std::vector<int64_t> index;
+  int64_t tokens = 0;
+  auto score = [&] {
+    if (batch.empty()) return;
+    const MicroBatch mb = pack_documents(batch);
+    const std::vector<float> losses = backend.reference_losses(mb);
+    for (size_t k = 0; k < index.size(); ++k) {
+      t.chosen[size_t(index[k])] = sequence_logp(mb, losses, int(2 * k)).first;
+      t.rejected[size_t(index[k])] = sequence_logp(mb, losses, int(2 * k + 1)).first;
+    }
+    batch.clear();
+    index.clear();
+    tokens = 0;
+  };
+  for (size_t i = size_t(rank); i < pairs.size(); i += size_t(world)) {
+    const int64_t n = int64_t(pairs[i].ids.size());
+    if (tokens + n > token_budget) score();
+    batch.push_back(&pairs[i]);
+    index.push_back(int64_t(i));
+    tokens += n;
+  }
+  score();
+  allreduce_sum(t.chosen.data(), t.chosen.size());  // each entry is non-zero on one rank only: the sum is exact
+  allreduce_sum(t.rejected.data(), t.rejected.size());
+  return t;
+}
 
 std::pair<double, int64_t> sequence_logp(const MicroBatch& mb, const std::vector<float>& losses, int s) {
   double sum = 0;
@@ -138,9 +179,13 @@ std::vector<PairFigures> PreferenceObjective::add_pairs(const MicroBatch& mb, co
     std::tie(p.policy_rejected, p.rejected_tokens) = sequence_logp(mb, policy_loss, 2 * k + 1);
     LOOM_CHECK(p.chosen_tokens > 0 && p.rejected_tokens > 0, "preference pair ", k,
                " of a micro-batch has a completion without a target token (data preparation drops such pairs)");
-    if (needs_reference()) {
+    if (uses_reference() && !reference_loss.empty()) {
       p.reference_chosen = sequence_logp(mb, reference_loss, 2 * k).first;
       p.reference_rejected = sequence_logp(mb, reference_loss, 2 * k + 1).first;
+    } else if (uses_reference()) {
+      const int64_t doc = table_index(mb, k, table_.chosen.size());
+      p.reference_chosen = table_.chosen[size_t(doc)];
+      p.reference_rejected = table_.rejected[size_t(doc)];
     }
     const PairFigures f = pair_figures(p, o_);
     const bool mean_logps = o_.loss == PreferenceLoss::kOrpo;  // TRL's logps/*: ORPO's are per-token means
@@ -210,7 +255,7 @@ ObjectiveFigures PreferenceObjective::evaluate(TrainBackend& backend, const std:
   const Sums kept = sums_;
   sums_ = {};
   for (const MicroBatch& mb : micro) {
-    const std::vector<float> ref = needs_reference() ? backend.reference_losses(mb) : std::vector<float>();
+    const std::vector<float> ref = uses_reference() ? backend.reference_losses(mb) : std::vector<float>();
     add_pairs(mb, backend.token_losses(mb), ref);
   }
   const ObjectiveFigures f = figures(all_ranks(sums_));

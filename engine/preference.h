@@ -63,13 +63,30 @@ PairFigures pair_figures(const PairLogps& p, const PreferenceOptions& o);
 // Σ log p over the target tokens of sequence s of mb (losses: its per-token losses), and their count.
 std::pair<double, int64_t> sequence_logp(const MicroBatch& mb, const std::vector<float>& losses, int s);
 
+// dpo.precompute_reference: the reference model's summed log-probs of both sequences of every pair of
+// a data set, computed once before training and looked up by MicroBatch::documents in each step
+// (TRL's precompute_ref_log_probs). The same per-token losses and sums as the step's reference
+// pass, so training is the same with and without it.
+struct ReferenceTable {
+  std::vector<double> chosen, rejected;  // by document index
+};
+
+// Rank r scores the pairs i with i % world == r (packed in order, at most token_budget tokens per
+// micro-batch, a pair never split); the table is then summed over the ranks, so every rank holds all
+// of it. Collective: every rank calls it.
+ReferenceTable precompute_reference(TrainBackend& backend, const std::vector<Document>& pairs, int64_t token_budget,
+                                    int rank, int world);
+
 // The objective of train.objective = dpo | orpo (engine/objective.h): every document a pair.
 class PreferenceObjective : public Objective {
  public:
   explicit PreferenceObjective(const PreferenceOptions& o) : o_(o) {}
   std::string name() const override { return o_.loss == PreferenceLoss::kOrpo ? "orpo" : "dpo"; }
   bool needs_forward_losses() const override { return true; }
-  bool needs_reference() const override { return o_.loss != PreferenceLoss::kOrpo; }
+  bool needs_reference() const override { return uses_reference() && table_.chosen.empty(); }
+  // From now on the steps read the reference log-probs from `table` (indexed as the loader's data
+  // set) instead of a reference pass; evaluation still runs the reference model on its own data.
+  void use_reference_table(ReferenceTable table) { table_ = std::move(table); }
   void begin_step(const Step& step) override;
   std::vector<float> token_weights(const MicroBatch& mb, const Step& step, const std::vector<float>& policy_loss,
                                    const std::vector<float>& reference_loss) override;
@@ -83,12 +100,15 @@ class PreferenceObjective : public Objective {
   };
 
  private:
-  // The pairs of mb (sequences 2k, 2k+1) with their figures, added to sums_.
+  bool uses_reference() const { return o_.loss != PreferenceLoss::kOrpo; }
+  // The pairs of mb (sequences 2k, 2k+1) with their figures, added to sums_. The reference log-probs
+  // come from reference_loss, or from table_ when it is empty and the loss uses a reference.
   std::vector<PairFigures> add_pairs(const MicroBatch& mb, const std::vector<float>& policy_loss,
                                      const std::vector<float>& reference_loss);
   ObjectiveFigures figures(Sums all) const;  // after the all-reduce
 
   PreferenceOptions o_;
+  ReferenceTable table_;
   Sums sums_;
   double step_chosen_targets_ = 0;  // ORPO: chosen targets of the global batch, the NLL's divisor
 };

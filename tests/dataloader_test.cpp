@@ -102,6 +102,20 @@ TEST(DataLoader, EveryTargetOncePerEpochOnEveryWorldSize) {
   }
 }
 
+// MicroBatch::documents names each packed document by its index in the data set (what
+// dpo.precompute_reference looks its reference log-probs up by).
+TEST(DataLoader, MicroBatchesNameTheirDocuments) {
+  const auto docs = traceable_documents(97, 400, 5);
+  for (int world : {1, 3})
+    for (const auto& step : run_all_ranks(docs, options(900, 16, world), 8))
+      for (const Step& s : step)
+        for (const MicroBatch& mb : s.micro) {
+          ASSERT_EQ(int(mb.documents.size()), mb.ndoc()) << "one index per document (these have one sequence)";
+          for (int i = 0; i < mb.ndoc(); ++i)
+            EXPECT_EQ(mb.documents[size_t(i)], mb.tokens[mb.cu_seqlens[i]] / kStride) << "world " << world;
+        }
+}
+
 TEST(DataLoader, MicroBatchesHoldWholeDocumentsWithinBudget) {
   const auto docs = traceable_documents(200, 500, 2);
   for (int world : {1, 3}) {

@@ -173,14 +173,22 @@ TEST(DistTrain, TwoAndThreeCpuRanksTrainAndEvaluateWhatOneDoes) {
 // is β times a difference of differences of summed log-probs (|logp| ~ 10–40 here), so the weights'
 // drift reaches it amplified: compared against the scale of what it is made of, β·|logps/chosen|,
 // within the step losses' 1e-6 (measured below).
+// The demo's preference pairs, 10 DPO steps of 8 pairs (the reference computed in each step).
+const std::vector<std::string> kDpoRun = {
+    "data.synthetic=",          "data.path=data/demo/pairs.jsonl", "data.format=pairs",
+    "data.tokenizer=data/demo/tokenizer.model", "data.template=mistral", "data.max_seq_len=64",
+    "train.token_budget=128",   "train.objective=dpo",             "train.steps=10",
+    "train.global_batch=8",     "dpo.precompute_reference=false"};
+
+std::vector<std::string> with(std::vector<std::string> run, const std::string& override) {
+  run.push_back(override);
+  return run;
+}
+
 TEST(DistTrain, TwoAndThreeCpuRanksTrainDpoAsOneDoes) {
   if (!mpirun_available()) GTEST_SKIP() << "mpirun or build/train missing";
   const std::string base = runs_base("dist_dpo");
-  const std::vector<std::string> dpo = {
-      "data.synthetic=",          "data.path=data/demo/pairs.jsonl", "data.format=pairs",
-      "data.tokenizer=data/demo/tokenizer.model", "data.template=mistral", "data.max_seq_len=64",
-      "train.token_budget=128",   "train.objective=dpo",             "train.steps=10",
-      "train.global_batch=8"};
+  const std::vector<std::string>& dpo = kDpoRun;
   Result one = train_with(1, "cpu", base + "1", dpo);
   ASSERT_EQ(one.code, 0) << one.output;
   ASSERT_EQ(one.margins.size(), 10u) << one.output;
@@ -195,6 +203,35 @@ TEST(DistTrain, TwoAndThreeCpuRanksTrainDpoAsOneDoes) {
       worst = test::max_keeping_nan(worst, d);
     }
     std::printf("%d ranks vs 1 (DPO): rewards/margins worst difference %.2e of beta·|logps/chosen|\n", ranks, worst);
+  }
+}
+
+// dpo.precompute_reference=true computes, before the first step, the reference log-probs each step's
+// reference pass computes: the same per-token losses (a CPU token's loss does not depend on what is
+// packed beside it) summed in the same order, so one rank trains bit for bit the same run. With 3
+// ranks each scores a third of the table and the sum fills it (one non-zero term per entry: exact),
+// and the run is the 3-rank run with the reference computed in the step, bit for bit.
+TEST(DistTrain, PrecomputedReferenceTrainsWhatTheStepsReferenceTrains) {
+  if (!mpirun_available()) GTEST_SKIP() << "mpirun or build/train missing";
+  const std::string base = runs_base("dist_dpo_precompute");
+  // The table covers the whole data set: 40 of the demo's 600 pairs keep the test short.
+  const std::string pairs = base + "pairs.jsonl";
+  int code = 0;
+  test::shell(cat("head -n 40 data/demo/pairs.jsonl > ", pairs), &code);
+  ASSERT_EQ(code, 0);
+  const std::vector<std::string> run = with(kDpoRun, "data.path=" + pairs);
+  for (int ranks : {1, 3}) {
+    Result in_step = train_with(ranks, "cpu", cat(base, ranks, "step"), run);
+    Result before = train_with(ranks, "cpu", cat(base, ranks, "before"), with(run, "dpo.precompute_reference=true"));
+    ASSERT_EQ(in_step.code, 0) << in_step.output;
+    ASSERT_EQ(before.code, 0) << before.output;
+    EXPECT_NE(before.output.find("dpo.precompute_reference: reference log-probs of "), std::string::npos)
+        << before.output;
+    ASSERT_EQ(in_step.losses.size(), 10u) << in_step.output;
+    EXPECT_EQ(before.losses, in_step.losses) << ranks << " rank(s)";
+    EXPECT_EQ(before.margins, in_step.margins) << ranks << " rank(s)";
+    EXPECT_EQ(before.grad_norms, in_step.grad_norms) << ranks << " rank(s)";
+    EXPECT_EQ(before.adapter, in_step.adapter) << ranks << " rank(s)";
   }
 }
 

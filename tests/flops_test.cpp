@@ -35,6 +35,9 @@ TEST(Flops, Llama31_8bMatchesHandCount) {
   const ModelConfig cfg = preset_model_config("llama-3.1-8b");
   EXPECT_EQ(flops_per_token(cfg, 0.0), 30018633728.0);
   EXPECT_EQ(flops_per_token(cfg, 120.0), 30207377408.0);
+  // A forward alone: 2·P = 15,009,316,864; 4·32·32·128 = 524,288 per key, ×120 = 62,914,560.
+  EXPECT_EQ(forward_flops_per_token(cfg, 0.0), 15009316864.0);
+  EXPECT_EQ(forward_flops_per_token(cfg, 120.0), 15072231424.0);
 }
 
 TEST(Flops, TiedLmHeadStillCountsAsMatmul) {

@@ -6,6 +6,7 @@
 //   build/bench --preset llama-3.1-8b --forward-only --token-budget 16384
 //                                                    build/score's model (ModelMode::kForward): its
 //                                                    memory plan, peak memory and tokens/s
+//   build/bench --preset llama-3.1-8b --dpo          BENCHMARK.md's DPO workload (below)
 // Training runs go through engine/step.h's run_step, the step build/train runs. After the timed
 // steps the same micro-batches are evaluated (forward only, as train.eval_every does):
 //   eval_time_ratio = eval seconds / training seconds of the same tokens
@@ -16,6 +17,15 @@
 // device, so the timed window starts and ends with the device idle.
 //   tokens_per_s = real tokens of the timed steps / their wall seconds
 //   mfu          = tokens_per_s · flops_per_token(ℓ̄ of the timed steps) / matmul ceiling
+// DPO (--dpo): pairs of the sft-alpaca length mix (data/synthetic.h synthetic_pairs: 2048 pairs from
+// the 4096 documents), 16 pairs (32 sequences) per step, sigmoid loss, β 0.1, the reference = the
+// adapters off. The warm-up and timed steps run the reference in each step (dpo.precompute_reference
+// false, TRL's default); then the pairs of `steps` more steps get their reference log-probs first
+// (timed on their own) and those steps run from the table:
+//   pairs_per_s                 pairs of the timed steps / their seconds, reference in the step
+//   precomputed_pairs_per_s     the same with the reference from the table (the step alone)
+//   reference_pass_pairs_per_s  pairs / seconds of precompute_reference
+//   mfu counts the reference forward too: flops_per_token + forward_flops_per_token (engine/flops.h)
 // stdout: one JSON object (also written to --json); stderr: progress, the memory plan, a table row.
 // Default token budget: the largest step of the run rounded up to 1024 tokens, so every step is one
 // micro-batch (the fastest choice when it fits; the memory plan says when it does not). Under
@@ -30,6 +40,8 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -43,6 +55,7 @@
 #include "engine/flops.h"
 #include "engine/backend.h"
 #include "engine/objective.h"
+#include "engine/preference.h"
 #include "engine/step.h"
 #include "engine/training_data.h"
 #include "models/compute_options.h"
@@ -60,6 +73,7 @@ using Clock = std::chrono::steady_clock;
 
 // BENCHMARK.md's workload constants.
 constexpr int kSequencesPerStep = 32;
+constexpr int kPairsPerStep = 16;  // DPO: 32 sequences per step too
 constexpr int kDocuments = 4096;   // data.synthetic_docs default: the pool the loader shuffles
 constexpr int kLoaderSeed = 42;    // train.seed default: the shuffle and the LoRA init
 constexpr uint64_t kWeightSeed = 0;
@@ -69,10 +83,12 @@ constexpr int64_t kFullRecomputeBudget = 4096;  // twice the workload's longest 
 const char* kUsage =
     "usage: build/bench --preset NAME [--quant nf4|bf16] [--recompute none|selective|full]\n"
     "                   [--token-budget N] [--steps N] [--warmup N] [--json FILE] [--print-data] [--forward-only]\n"
+    "                   [--dpo]\n"
     "  Times BENCHMARK.md's sft-alpaca workload on GPU 0 and prints one JSON object.\n"
     "  Presets: qwen3-0.6b, llama-3.2-1b, mistral-7b, llama-3.1-8b, qwen3-8b.\n"
     "  --print-data prints each step's documents (lengths, id sums) without touching the GPU.\n"
-    "  --forward-only times the scoring model (no gradients, no optimizer) and prints its plan.\n";
+    "  --forward-only times the scoring model (no gradients, no optimizer) and prints its plan.\n"
+    "  --dpo times DPO on pairs of the sft-alpaca length mix (16 pairs per step).\n";
 
 struct BenchOptions {
   std::string preset;
@@ -83,6 +99,7 @@ struct BenchOptions {
   std::string json_path;
   bool print_data = false;
   bool forward_only = false;
+  bool dpo = false;
 };
 
 int parse_count(const std::string& flag, const std::string& value, int min) {
@@ -102,8 +119,8 @@ BenchOptions parse_args(int argc, char** argv) {
   BenchOptions o;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (flag == "--print-data" || flag == "--forward-only") {
-      (flag == "--print-data" ? o.print_data : o.forward_only) = true;
+    if (flag == "--print-data" || flag == "--forward-only" || flag == "--dpo") {
+      (flag == "--print-data" ? o.print_data : flag == "--dpo" ? o.dpo : o.forward_only) = true;
       continue;
     }
     LOOM_CHECK(i + 1 < argc, flag, " needs a value\n", kUsage);
@@ -118,6 +135,7 @@ BenchOptions parse_args(int argc, char** argv) {
     else fail("unknown option ", flag, "\n", kUsage);
   }
   LOOM_CHECK(!o.preset.empty(), "--preset is required\n", kUsage);
+  LOOM_CHECK(!(o.dpo && o.forward_only), "--dpo and --forward-only are two different benchmarks; pick one");
   return o;
 }
 
@@ -126,7 +144,8 @@ TrainSection bench_train_section(const BenchOptions& o, int64_t token_budget) {
   TrainSection t;
   t.device = Device::kCuda;
   t.token_budget = int(token_budget);
-  t.global_batch = kSequencesPerStep;
+  t.global_batch = o.dpo ? kPairsPerStep : kSequencesPerStep;
+  t.objective = o.dpo ? ObjectiveKind::kDpo : ObjectiveKind::kSft;
   t.lr = 2e-4f;
   t.schedule = Schedule::kConstant;
   t.weight_decay = 0.f;
@@ -146,8 +165,8 @@ LoraOptions bench_lora_options() {
 }
 
 // The steps of the run as the loader plans them with one micro-batch per step.
-std::vector<Step> plan_steps(const std::vector<Document>& docs, int n_steps) {
-  LoaderOptions lo = loader_options(bench_train_section(BenchOptions{}, 1), 0, 1);
+std::vector<Step> plan_steps(const BenchOptions& o, const std::vector<Document>& docs, int n_steps) {
+  LoaderOptions lo = loader_options(bench_train_section(o, 1), 0, 1);
   lo.token_budget = 0;
   for (const Document& d : docs) lo.token_budget += int64_t(d.ids.size());  // any step fits in one
   DataLoader loader(docs, lo);
@@ -156,20 +175,27 @@ std::vector<Step> plan_steps(const std::vector<Document>& docs, int n_steps) {
   return steps;
 }
 
-int64_t default_token_budget(const std::vector<Document>& docs, int n_steps, Recompute recompute) {
-  if (recompute == Recompute::kFull) return kFullRecomputeBudget;
+int64_t default_token_budget(const BenchOptions& o, const std::vector<Document>& docs, int n_steps) {
+  if (o.recompute == Recompute::kFull) return kFullRecomputeBudget;
   int64_t largest = 0;
-  for (const Step& s : plan_steps(docs, n_steps)) largest = std::max(largest, s.global_tokens);
+  for (const Step& s : plan_steps(o, docs, n_steps)) largest = std::max(largest, s.global_tokens);
   return (largest + kBudgetQuantum - 1) / kBudgetQuantum * kBudgetQuantum;
 }
 
 // {"preset", "vocab", "documents", "first_lengths", "steps": [{"tokens", "lengths" (longest first),
-// "id_sum"}]}: what tools/hf_baseline.py must reproduce, step by step.
+// "id_sum"}]}: what tools/hf_baseline.py must reproduce, step by step. Under --dpo
+// (tools/trl_dpo_baseline.py): "pairs" for "documents", first_lengths the two sequence lengths of
+// each of the first 8 pairs, and each step's "pairs".
 Json data_json(const BenchOptions& o, const ModelConfig& cfg, const std::vector<Document>& docs) {
   Json first = Json::array();
-  for (size_t i = 0; i < 16 && i < docs.size(); ++i) first.push_back(docs[i].ids.size());
+  if (o.dpo) {
+    for (size_t i = 0; i < 8 && i < docs.size(); ++i)
+      for (int32_t n : docs[i].segments) first.push_back(n);
+  } else {
+    for (size_t i = 0; i < 16 && i < docs.size(); ++i) first.push_back(docs[i].ids.size());
+  }
   Json steps = Json::array();
-  for (const Step& s : plan_steps(docs, o.warmup + o.steps)) {
+  for (const Step& s : plan_steps(o, docs, o.warmup + o.steps)) {
     std::vector<int64_t> lengths;
     int64_t id_sum = 0;
     for (const MicroBatch& mb : s.micro) {
@@ -177,9 +203,11 @@ Json data_json(const BenchOptions& o, const ModelConfig& cfg, const std::vector<
       for (int32_t id : mb.tokens) id_sum += id;
     }
     std::sort(lengths.rbegin(), lengths.rend());
-    steps.push_back(Json{{"tokens", s.global_tokens}, {"lengths", lengths}, {"id_sum", id_sum}});
+    Json step{{"tokens", s.global_tokens}, {"lengths", lengths}, {"id_sum", id_sum}};
+    if (o.dpo) step["pairs"] = s.global_docs;
+    steps.push_back(step);
   }
-  return Json{{"preset", o.preset}, {"vocab", cfg.V},           {"documents", docs.size()},
+  return Json{{"preset", o.preset}, {"vocab", cfg.V},           {o.dpo ? "pairs" : "documents", docs.size()},
               {"seed", kLoaderSeed}, {"first_lengths", first}, {"steps", steps}};
 }
 
@@ -257,7 +285,7 @@ struct TimedRun {
   std::vector<double> step_seconds;
   double seconds = 0;
   double eval_seconds = 0;  // forward-only passes over the same micro-batches
-  int64_t tokens = 0, padded_tokens = 0, micro_batches = 0;
+  int64_t tokens = 0, padded_tokens = 0, micro_batches = 0, pairs = 0;
   double last_loss = 0;
   std::vector<MicroBatch> micro;  // every timed micro-batch, for ℓ̄
 };
@@ -270,50 +298,108 @@ void check_step(DivergenceDetector& divergence, const StepOutcome& f, const Step
          "; a step that computes garbage is not benchmarked (run the GPU tests)");
 }
 
-// One optimizer step through the trainer's step function; LoRA dropout is 0, so the masks' seed is moot.
-StepOutcome bench_step(TrainBackend& backend, const Step& step, float lr) {
-  SftObjective sft;
-  return run_step(backend, sft, step, lr, [](size_t) { return uint64_t(0); });
+// The objective of the workload: SFT, or DPO's sigmoid loss at TRL's defaults (β 0.1).
+std::unique_ptr<Objective> bench_objective(const BenchOptions& o) {
+  if (o.dpo) return std::make_unique<PreferenceObjective>(PreferenceOptions{});
+  return std::make_unique<SftObjective>();
 }
 
-TimedRun run_benchmark(TrainBackend& backend, const BenchOptions& o, const std::vector<Document>& docs,
-                       int64_t token_budget) {
-  const TrainSection t = bench_train_section(o, token_budget);
-  DataLoader loader(docs, loader_options(t, 0, 1));
-  DivergenceDetector divergence(divergence_options(t));
-  for (int s = 0; s < o.warmup; ++s) {
-    Step step = loader.next();
-    const StepOutcome f = bench_step(backend, step, t.lr);
-    std::fprintf(stderr, "bench: warm-up step %d/%d, loss %.4f, grad norm %.4f\n", s + 1, o.warmup, f.loss,
-                 f.grad_norm);
-    check_step(divergence, f, step, "warm-up", s + 1);
-  }
+// `count` optimizer steps through the trainer's step function (LoRA dropout is 0, so the masks'
+// seed is moot), each from next(), timed from the step's data to its end_step (which waits for the
+// device). Warm-up steps are `timed` false: run and checked, not kept.
+TimedRun time_steps(TrainBackend& backend, Objective& objective, const std::function<Step()>& next, float lr,
+                    DivergenceDetector& divergence, int count, const char* phase) {
   TimedRun run;
-  const auto t0 = Clock::now();
-  for (int s = 0; s < o.steps; ++s) {
+  for (int s = 0; s < count; ++s) {
     const auto ts = Clock::now();
-    Step step = loader.next();
-    const StepOutcome f = bench_step(backend, step, t.lr);
+    Step step = next();
+    const StepOutcome f = run_step(backend, objective, step, lr, [](size_t) { return uint64_t(0); });
     run.step_seconds.push_back(std::chrono::duration<double>(Clock::now() - ts).count());
-    check_step(divergence, f, step, "timed", s + 1);
+    std::fprintf(stderr, "bench: %s step %d/%d, loss %.4f, grad norm %.4f\n", phase, s + 1, count, f.loss, f.grad_norm);
+    check_step(divergence, f, step, phase, s + 1);
+    run.seconds += run.step_seconds.back();
     run.last_loss = f.loss;
     run.tokens += step.global_tokens;
+    run.pairs += step.global_docs;
     run.padded_tokens += step.packing.padded_tokens;
     run.micro_batches += int64_t(step.micro.size());
     for (MicroBatch& mb : step.micro) run.micro.push_back(std::move(mb));
   }
-  run.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return run;
+}
+
+// DPO with dpo.precompute_reference: the pairs of the next `count` steps get their reference
+// log-probs first (timed: reference_seconds), then those steps run from the table.
+struct PrecomputedRun {
+  double reference_seconds = 0;
+  int64_t reference_pairs = 0;
+  TimedRun steps;
+};
+
+PrecomputedRun run_precomputed(TrainBackend& backend, PreferenceObjective& objective, DataLoader& loader,
+                               const std::vector<Document>& pairs, int64_t token_budget, float lr,
+                               DivergenceDetector& divergence, int count) {
+  std::vector<Step> planned;
+  std::vector<Document> subset;  // the pairs of the planned steps, in order
+  std::vector<int64_t> index;    // their indices in `pairs`
+  for (int s = 0; s < count; ++s) {
+    planned.push_back(loader.next());
+    for (const MicroBatch& mb : planned.back().micro)
+      for (int64_t d : mb.documents) {
+        subset.push_back(pairs[size_t(d)]);
+        index.push_back(d);
+      }
+  }
+  PrecomputedRun run;
+  const auto t0 = Clock::now();
+  const ReferenceTable part = precompute_reference(backend, subset, token_budget, 0, 1);  // waits
+  run.reference_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  run.reference_pairs = int64_t(subset.size());
+  ReferenceTable table;
+  table.chosen.assign(pairs.size(), 0.0);
+  table.rejected.assign(pairs.size(), 0.0);
+  for (size_t i = 0; i < index.size(); ++i) {
+    table.chosen[size_t(index[i])] = part.chosen[i];
+    table.rejected[size_t(index[i])] = part.rejected[i];
+  }
+  objective.use_reference_table(std::move(table));
+  size_t next = 0;
+  run.steps = time_steps(backend, objective, [&] { return std::move(planned[next++]); }, lr, divergence, count,
+                         "precomputed-reference");
+  return run;
+}
+
+struct BenchRun {
+  TimedRun timed;
+  std::optional<PrecomputedRun> precomputed;  // --dpo
+};
+
+BenchRun run_benchmark(TrainBackend& backend, const BenchOptions& o, const std::vector<Document>& docs,
+                       int64_t token_budget) {
+  const TrainSection t = bench_train_section(o, token_budget);
+  DataLoader loader(docs, loader_options(t, 0, 1));
+  DivergenceDetector divergence(divergence_options(t));
+  std::unique_ptr<Objective> objective = bench_objective(o);
+  auto next = [&] { return loader.next(); };
+  time_steps(backend, *objective, next, t.lr, divergence, o.warmup, "warm-up");
+  BenchRun run;
+  run.timed = time_steps(backend, *objective, next, t.lr, divergence, o.steps, "timed");
   const auto e0 = Clock::now();
-  backend.loss_sum(run.micro, true);  // waits for the device
-  run.eval_seconds = std::chrono::duration<double>(Clock::now() - e0).count();
+  backend.loss_sum(run.timed.micro, true);  // waits for the device
+  run.timed.eval_seconds = std::chrono::duration<double>(Clock::now() - e0).count();
+  if (o.dpo)
+    run.precomputed = run_precomputed(backend, static_cast<PreferenceObjective&>(*objective), loader, docs,
+                                      token_budget, t.lr, divergence, o.steps);
   return run;
 }
 
 Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& c, int64_t token_budget,
-                 const TimedRun& run, const TrainBackend& backend) {
+                 const BenchRun& bench, const TrainBackend& backend) {
+  const TimedRun& run = bench.timed;
   const double tokens_per_s = double(run.tokens) / run.seconds;
   const double keys = mean_attended_keys(cfg, run.micro);
-  const double fpt = flops_per_token(cfg, keys);
+  // DPO runs the reference forward besides the policy's forward and backward.
+  const double fpt = flops_per_token(cfg, keys) + (o.dpo ? forward_flops_per_token(cfg, keys) : 0.0);
   Json j = {{"engine", "loom"},
             {"preset", o.preset},
             {"mode", quant_name(o.quant)},
@@ -341,6 +427,15 @@ Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& 
   j["loss_last"] = run.last_loss;
   j["eval_seconds"] = run.eval_seconds;
   j["eval_time_ratio"] = run.eval_seconds / run.seconds;
+  if (bench.precomputed) {
+    const PrecomputedRun& p = *bench.precomputed;
+    j["objective"] = "dpo";
+    j["pairs"] = run.pairs;
+    j["pairs_per_s"] = double(run.pairs) / run.seconds;
+    j["precomputed_pairs_per_s"] = double(p.steps.pairs) / p.steps.seconds;
+    j["precomputed_step_times_s"] = p.steps.step_seconds;
+    j["reference_pass_pairs_per_s"] = double(p.reference_pairs) / p.reference_seconds;
+  }
   return j;
 }
 
@@ -404,7 +499,18 @@ Json forward_only_json(const BenchOptions& o, const ModelConfig& cfg, const std:
   return j;
 }
 
+void print_dpo_row(const Json& j) {
+  std::fprintf(stderr,
+               "%-14s %-5s dpo budget %6lld | %7.2f pairs/s (reference in the step) | %7.2f pairs/s from a "
+               "precomputed table, %7.2f pairs/s to precompute it | MFU %5.1f%% | %6.2f GiB | %s\n",
+               j["preset"].get<std::string>().c_str(), j["mode"].get<std::string>().c_str(),
+               j["token_budget"].get<long long>(), j["pairs_per_s"].get<double>(),
+               j["precomputed_pairs_per_s"].get<double>(), j["reference_pass_pairs_per_s"].get<double>(),
+               100.0 * j["mfu"].get<double>(), j["peak_mem_gib"].get<double>(), j["device"].get<std::string>().c_str());
+}
+
 void print_row(const Json& j) {
+  if (j.contains("pairs_per_s")) return print_dpo_row(j);
   std::fprintf(stderr, "%-14s %-5s %-10s budget %6lld | %9.0f tok/s | MFU %5.1f%% | %6.2f GiB | eval %.2fx | %s\n",
                j["preset"].get<std::string>().c_str(), j["mode"].get<std::string>().c_str(),
                j["recompute"].get<std::string>().c_str(), j["token_budget"].get<long long>(),
@@ -425,8 +531,8 @@ void emit(const Json& j, const std::string& json_path) {
 int run(int argc, char** argv) {
   const BenchOptions o = parse_args(argc, argv);
   const ModelConfig cfg = preset_model_config(o.preset);
-  const std::vector<Document> docs =
-      synthetic_documents(synthetic_workload("sft-alpaca", kDocuments, cfg.V, "build/bench"));
+  const SyntheticSpec spec = synthetic_workload("sft-alpaca", kDocuments, cfg.V, "build/bench");
+  const std::vector<Document> docs = o.dpo ? synthetic_pairs(spec) : synthetic_documents(spec);
   if (o.print_data) {
     emit(data_json(o, cfg, docs), o.json_path);
     return 0;
@@ -434,13 +540,13 @@ int run(int argc, char** argv) {
   LOOM_CHECK(cuda_available(), "build/bench needs a GPU: ", cuda_device_summary());
   const Ceilings c = measure_ceilings();
   const int64_t budget =
-      o.token_budget > 0 ? o.token_budget : default_token_budget(docs, o.warmup + o.steps, o.recompute);
+      o.token_budget > 0 ? o.token_budget : default_token_budget(o, docs, o.warmup + (o.dpo ? 2 : 1) * o.steps);
   if (o.forward_only) {
     emit(forward_only_json(o, cfg, docs, budget), o.json_path);
     return 0;
   }
   std::unique_ptr<TrainBackend> backend = build_backend(o, cfg, budget);
-  const TimedRun timed = run_benchmark(*backend, o, docs, budget);
+  const BenchRun timed = run_benchmark(*backend, o, docs, budget);
   const Json j = result_json(o, cfg, c, budget, timed, *backend);
   print_row(j);
   emit(j, o.json_path);

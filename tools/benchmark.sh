@@ -5,17 +5,21 @@
 # For each preset: build/bench in nf4 and bf16 at the engine's default settings, plus nf4 with
 # --recompute full for the 7-8B presets; then, when python3 imports torch, transformers and peft,
 # tools/hf_baseline.py on the same documents (checked against build/bench --print-data first).
-# Prints a table with the ratios engine / baseline (tokens/s and peak memory) and the targets of
-# BENCHMARK.md, the device, the date and the commit. Every JSON line goes to BENCH_OUT.
+# Then the DPO workload (build/bench --dpo, nf4) beside TRL's DPOTrainer + peft
+# (tools/trl_dpo_baseline.py, when python3 also imports trl; checked against --dpo --print-data).
+# Prints a table with the ratios engine / baseline (tokens/s or pairs/s, and peak memory) and the
+# targets of BENCHMARK.md, the device, the date and the commit. Every JSON line goes to BENCH_OUT.
 # Environment: BENCH_OUT (default build/bench.jsonl, rewritten), BENCH_PRESETS (default
-# "qwen3-0.6b llama-3.1-8b"), BENCH_STEPS (timed steps, default 5), BENCH_BASELINE=0 skips the baseline.
+# "qwen3-0.6b llama-3.1-8b"; set but empty: none), BENCH_DPO_PRESETS (default "llama-3.1-8b"; set
+# but empty: none), BENCH_STEPS (timed steps, default 5), BENCH_BASELINE=0 skips the baselines.
 # Exit status: 0 when every run gave its figures (targets missed are reported, not failures), 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 BUILD=${BUILD:-build}
 OUT=${BENCH_OUT:-$BUILD/bench.jsonl}
-PRESETS=${BENCH_PRESETS:-"qwen3-0.6b llama-3.1-8b"}
+PRESETS=${BENCH_PRESETS-"qwen3-0.6b llama-3.1-8b"}
+DPO_PRESETS=${BENCH_DPO_PRESETS-"llama-3.1-8b"}
 STEPS=${BENCH_STEPS:-5}
 WARMUP=2
 BENCH="$BUILD/bench"
@@ -31,6 +35,10 @@ fi
 
 baseline_available() {
   [[ "${BENCH_BASELINE:-1}" != 0 ]] && python3 -c "import torch, transformers, peft" >/dev/null 2>&1
+}
+
+trl_available() {
+  [[ "${BENCH_BASELINE:-1}" != 0 ]] && python3 -c "import torch, transformers, peft, trl" >/dev/null 2>&1
 }
 
 # Modes of a preset: "quant recompute" pairs; "default" leaves the choice to the engine.
@@ -82,6 +90,26 @@ for preset in $PRESETS; do
   fi
 done
 
+# DPO: the engine's default (fastest: one micro-batch per step) and --recompute full (least memory:
+# 4096-token micro-batches), the mode to set beside TRL's gradient checkpointing.
+for preset in $DPO_PRESETS; do
+  for recompute in default full; do
+    args=(--preset "$preset" --dpo --quant nf4 --steps "$STEPS" --warmup "$WARMUP")
+    [[ "$recompute" != default ]] && args+=(--recompute "$recompute")
+    run "loom-dpo-$preset-nf4-$recompute" "$BENCH" "${args[@]}"
+  done
+  if trl_available; then
+    if python3 tools/trl_dpo_baseline.py --preset "$preset" --steps "$STEPS" --warmup "$WARMUP" --check-bench "$BENCH"; then
+      run "trl-dpo-$preset" python3 tools/trl_dpo_baseline.py --preset "$preset" --steps "$STEPS" --warmup "$WARMUP"
+    else
+      echo "== trl-dpo-$preset skipped: its pairs differ from build/bench --dpo's" >&2
+      failures=$((failures + 1))
+    fi
+  else
+    echo "== trl-dpo-$preset skipped: python3 cannot import torch, transformers, peft and trl (or BENCH_BASELINE=0)" >&2
+  fi
+done
+
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]] && commit="$commit-dirty"
 echo
@@ -92,7 +120,10 @@ if command -v python3 >/dev/null; then
 # The table: one row per JSON line, ratios against the baseline of the same preset, BENCHMARK.md's targets.
 import json, sys
 
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+every = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+is_dpo = lambda r: r.get("objective") == "dpo" or r["engine"] == "trl-dpo"
+rows = [r for r in every if not is_dpo(r)]
+dpo_rows = [r for r in every if is_dpo(r)]
 base = {r["preset"]: r for r in rows if r["engine"] == "hf-peft"}
 nf4_speed = {r["preset"]: r["tokens_per_s"] for r in rows
              if r["engine"] == "loom" and r["mode"] == "nf4" and r["recompute"] != "full"}
@@ -117,8 +148,9 @@ def bf16_target(r):
     return ("met" if r["tokens_per_s"] >= nf4_speed[r["preset"]] else "MISSED") + " (bf16 >= nf4 tok/s)"
 
 fmt = "{:<14} {:<8} {:<5} {:<10} {:>10} {:>7} {:>9} {:>7} {:>6} {:>6}  {}"
-print(fmt.format("preset", "engine", "mode", "recompute", "tok/s", "x base", "peak GiB", "x base", "MFU",
-                 "pad", "target"))
+if rows:
+    print(fmt.format("preset", "engine", "mode", "recompute", "tok/s", "x base", "peak GiB", "x base", "MFU",
+                     "pad", "target"))
 for r in rows:
     b = base.get(r["preset"])
     speed = r["tokens_per_s"] / b["tokens_per_s"] if b and r is not b else None
@@ -127,12 +159,35 @@ for r in rows:
     print(fmt.format(r["preset"], r["engine"], r["mode"], r["recompute"], f"{r['tokens_per_s']:,.0f}",
                      f"{speed:.2f}" if speed else "-", f"{r['peak_mem_gib']:.2f}", f"{mem:.2f}" if mem else "-",
                      f"{100 * r['mfu']:.1f}%", f"{100 * r['pad_share']:.0f}%", goal))
-flops = [r["matmul_tflops"] for r in rows if r.get("matmul_tflops")]
-copy = [r["copy_tbps"] for r in rows if r.get("copy_tbps")]
+if dpo_rows:
+    # DPO: pairs/s with the reference in the step (TRL's default; precompute_ref_log_probs off), and
+    # loom's figures with a precomputed reference; target >= 5x TRL's pairs/s at <= its memory.
+    trl = {r["preset"]: r for r in dpo_rows if r["engine"] == "trl-dpo"}
+    print()
+    dfmt = "{:<14} {:<8} {:<5} {:<10} {:>9} {:>7} {:>9} {:>7} {:>6} {:>24}  {}"
+    print(dfmt.format("DPO preset", "engine", "mode", "recompute", "pairs/s", "x TRL", "peak GiB", "x TRL", "MFU",
+                      "precomputed ref pairs/s", "target"))
+    for r in dpo_rows:
+        b = trl.get(r["preset"])
+        speed = r["pairs_per_s"] / b["pairs_per_s"] if b and r is not b else None
+        mem = r["peak_mem_gib"] / b["peak_mem_gib"] if b and r is not b and b.get("peak_mem_gib") else None
+        goal = ""
+        if r["engine"] == "loom" and speed is not None:
+            ok = speed >= 5 and mem is not None and mem <= 1
+            goal = ("met" if ok else "MISSED") + " (>=5x pairs/s, <=1x mem)"
+        pre = (f"{r['precomputed_pairs_per_s']:.2f} (+{r['reference_pass_pairs_per_s']:.1f}/s once)"
+               if "precomputed_pairs_per_s" in r else "-")
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+        print(dfmt.format(r["preset"], r["engine"], r["mode"], r.get("recompute", "-"), f"{r['pairs_per_s']:.2f}",
+                          f"{speed:.2f}" if speed else "-",
+                          f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") else "-",
+                          f"{mem:.2f}" if mem else "-", mfu, pre, goal))
+flops = [r["matmul_tflops"] for r in every if r.get("matmul_tflops")]
+copy = [r["copy_tbps"] for r in every if r.get("copy_tbps")]
 if flops and copy:
     print(f"ceilings measured in each run: {min(flops):.0f}-{max(flops):.0f} TFLOP/s dense bf16, "
-          f"{min(copy):.2f}-{max(copy):.2f} TB/s copy; CUDA {rows[0].get('driver_cuda', '?')} (driver), "
-          f"{rows[0].get('runtime_cuda', '?')} (runtime)")
+          f"{min(copy):.2f}-{max(copy):.2f} TB/s copy; CUDA {every[0].get('driver_cuda', '?')} (driver), "
+          f"{every[0].get('runtime_cuda', '?')} (runtime)")
 EOF
 else
   cat "$OUT"

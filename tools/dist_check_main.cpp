@@ -80,6 +80,11 @@ void check_collectives(const DistContext& ctx) {
   for (int r = 0; r < ctx.world; ++r) want += 0.1 * (r + 1);
   const double got = loom::allreduce_sum(0.1 * (ctx.rank + 1));
   LOOM_CHECK(got == want, "allreduce_sum(double): ", got, ", expected ", want);
+  std::vector<double> several(5);
+  for (size_t i = 0; i < several.size(); ++i) several[i] = ctx.rank == int(i) % ctx.world ? 0.25 * double(i) : 0.0;
+  loom::allreduce_sum(several.data(), several.size());  // one rank holds each entry, as a reference table
+  for (size_t i = 0; i < several.size(); ++i)
+    LOOM_CHECK(several[i] == 0.25 * double(i), "allreduce_sum(double*): entry ", i, " is ", several[i]);
   say(ctx, "allreduce_sum(double) ok");
 
   for (int root = 0; root < ctx.world; ++root) {

@@ -142,17 +142,22 @@ def epoch_order(n, seed=LOADER_SEED, epoch=0):
     return order
 
 
+def synthetic_documents(vocab):
+    """build/bench's pool of DOCUMENTS documents: their lengths and their ids (one array each)."""
+    lengths = synthetic_lengths(DOCUMENTS)
+    assert lengths[:len(CPP_FIRST_LENGTHS)] == CPP_FIRST_LENGTHS, (
+        f"synthetic lengths {lengths[:16]} differ from build/bench's {CPP_FIRST_LENGTHS}: "
+        "this copy of data/synthetic.cpp is out of date")
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    ids = synthetic_ids(int(starts[-1]), vocab)
+    return lengths, [ids[starts[d]:starts[d + 1]] for d in range(DOCUMENTS)]
+
+
 class Workload:
     """The documents of every step, as build/bench's loader hands them out."""
 
     def __init__(self, vocab, n_steps):
-        self.lengths = synthetic_lengths(DOCUMENTS)
-        assert self.lengths[:len(CPP_FIRST_LENGTHS)] == CPP_FIRST_LENGTHS, (
-            f"synthetic lengths {self.lengths[:16]} differ from build/bench's {CPP_FIRST_LENGTHS}: "
-            "this copy of data/synthetic.cpp is out of date")
-        starts = np.concatenate([[0], np.cumsum(self.lengths)])
-        ids = synthetic_ids(int(starts[-1]), vocab)
-        self.ids = [ids[starts[d]:starts[d + 1]] for d in range(DOCUMENTS)]
+        self.lengths, self.ids = synthetic_documents(vocab)
         order = epoch_order(DOCUMENTS)
         assert n_steps * SEQUENCES_PER_STEP <= DOCUMENTS, "more steps than one epoch holds"
         self.steps = [order[k * SEQUENCES_PER_STEP:(k + 1) * SEQUENCES_PER_STEP] for k in range(n_steps)]
@@ -293,21 +298,30 @@ def hf_config(transformers, preset):
     return cls(**kw)
 
 
-def build_model(torch, preset, device):
-    import peft
+def base_model(torch, preset, device):
+    """The preset's model with random weights (torch seed 0), bf16, sdpa attention."""
     import transformers
     torch.manual_seed(0)
     with torch.device(device):
-        model = transformers.AutoModelForCausalLM.from_config(
+        return transformers.AutoModelForCausalLM.from_config(
             hf_config(transformers, preset), dtype=torch.bfloat16, attn_implementation="sdpa")
+
+
+def lora_config():
+    import peft
+    return peft.LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, bias="none",
+                           task_type="CAUSAL_LM")
+
+
+def build_model(torch, preset, device):
+    import peft
+    model = base_model(torch, preset, device)
     non_reentrant = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
-    lora = peft.LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, bias="none",
-                           task_type="CAUSAL_LM")
-    model = peft.get_peft_model(model, lora)
+    model = peft.get_peft_model(model, lora_config())
     model.train()
     return model
 
