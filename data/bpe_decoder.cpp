@@ -205,6 +205,7 @@ void add_step(const json& j, const std::string& path, const std::string& where, 
         std::make_unique<ReplaceDecoder>(literal, std::move(regex), json_string_at(j, "content", where, path)));
   } else if (type == "ByteFallback") {
     chain.steps.push_back(std::make_unique<ByteFallbackDecoder>());
+    chain.byte_fallback = true;
   } else if (type == "Fuse") {
     chain.steps.push_back(std::make_unique<FuseDecoder>());
   } else if (type == "Strip") {
@@ -234,6 +235,8 @@ std::string DecoderChain::decode(std::vector<std::string> tokens) const {
   for (const std::string& t : tokens) out += t;
   return out;
 }
+
+bool is_byte_fallback_token(const std::string& token) { return fallback_byte(token) >= 0; }
 
 DecoderChain make_decoder_chain(const json& decoder, const std::string& where) {
   DecoderChain chain;

@@ -26,9 +26,13 @@ class DecoderStep {
 struct DecoderChain {
   std::vector<std::unique_ptr<DecoderStep>> steps;  // Sequence flattened
   bool present = false;                             // false: "decoder": null
+  bool byte_fallback = false;                       // a ByteFallback step joins <0xNN> tokens
 
   std::string decode(std::vector<std::string> tokens) const;
 };
+
+// Whether ByteFallback reads `token` as one byte: "<0xNN>", hex digits in either case.
+bool is_byte_fallback_token(const std::string& token);
 
 DecoderChain make_decoder_chain(const nlohmann::json& decoder, const std::string& where);
 

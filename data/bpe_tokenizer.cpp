@@ -225,6 +225,7 @@ BpeTokenizer::BpeTokenizer(const json& j, const std::string& where, const Specia
       text = std::string(a.view(pipeline_.normalize(a, a.append_input(t.content, 0, t.content.size()))));
     }
     added_text_[t.id] = text;
+    if (t.special) special_added_.insert(t.id);
     if (t.normalized) {
       normalized_patterns.push_back(text);
       normalized.push_back(std::move(t));
@@ -357,6 +358,18 @@ std::string BpeTokenizer::decode(const std::vector<int32_t>& ids) const {
     }  // an id inside the range that names no token is skipped, as HF does
   }
   return decoder_.decode(std::move(tokens));
+}
+
+bool BpeTokenizer::decode_skips(int32_t id, bool skip_special_tokens) const {
+  if (Tokenizer::decode_skips(id, skip_special_tokens)) return true;
+  if (added_text_.count(id)) return skip_special_tokens && special_added_.count(id);
+  return !model_.id_to_token(id);
+}
+
+bool BpeTokenizer::is_byte_piece(int32_t id) const {
+  if (!decoder_.byte_fallback || id < 0 || added_text_.count(id)) return false;
+  const std::string* t = model_.id_to_token(id);
+  return t && is_byte_fallback_token(*t);
 }
 
 }  // namespace loom

@@ -1,5 +1,6 @@
 #include "data/sp_tokenizer.h"
 
+#include <nlohmann/json.hpp>
 #include <sentencepiece_processor.h>
 
 #include "data/utf8.h"
@@ -45,10 +46,24 @@ bool has_normalizer_spec(std::string_view bytes) {
   return false;
 }
 
+// The decoder transformers' LlamaTokenizer gives a .model (add_prefix_space defaults to true).
+DecoderChain llama_tokenizer_decoder() {
+  const nlohmann::json chain = {
+      {"type", "Sequence"},
+      {"decoders",
+       {{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
+        {{"type", "ByteFallback"}},
+        {{"type", "Fuse"}},
+        {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+  return make_decoder_chain(chain, "LlamaTokenizer's decoder");
+}
+
 }  // namespace
 
 SpTokenizer::SpTokenizer(const std::string& path, const SpecialTokenConfig& config)
-    : path_(path), sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
+    : path_(path),
+      sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()),
+      hf_decoder_(llama_tokenizer_decoder()) {
   // Read through ops/files.h (a FIFO or a device is refused) and handed over as bytes.
   const std::string bytes = read_regular_file(path, "sentencepiece model");
   const auto status = sp_->LoadFromSerializedProto(bytes);
@@ -137,6 +152,19 @@ std::string SpTokenizer::decode(const std::vector<int32_t>& ids) const {
   }
   flush();
   return out;
+}
+
+bool SpTokenizer::decode_skips(int32_t id, bool skip_special_tokens) const {
+  return Tokenizer::decode_skips(id, skip_special_tokens) || (skip_special_tokens && is_special_[size_t(id)]);
+}
+
+bool SpTokenizer::is_byte_piece(int32_t id) const { return id >= 0 && id < vocab_size() && sp_->IsByte(id); }
+
+std::string SpTokenizer::decode_kept(const std::vector<int32_t>& ids) const {
+  std::vector<std::string> pieces;
+  pieces.reserve(ids.size());
+  for (int32_t id : ids) pieces.push_back(sp_->IdToPiece(id));
+  return hf_decoder_.decode(std::move(pieces));
 }
 
 int32_t SpTokenizer::vocab_size() const { return sp_->GetPieceSize(); }

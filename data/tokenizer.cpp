@@ -82,6 +82,19 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
   return ids;
 }
 
+std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  std::vector<int32_t> kept;
+  kept.reserve(ids.size());
+  for (int32_t id : ids)
+    if (!decode_skips(id, skip_special_tokens)) kept.push_back(id);
+  return decode_kept(kept);
+}
+
+bool Tokenizer::decode_skips(int32_t id, bool skip_special_tokens) const {
+  LOOM_CHECK(id >= 0, "cannot decode token id ", id, ": token ids are never negative");
+  return id >= vocab_size();
+}
+
 SpecialIds Tokenizer::bos_eos_ids(bool add_bos, bool add_eos) const {
   SpecialIds s;
   if (add_bos && bos_id_ >= 0) s.before.push_back(bos_id_);

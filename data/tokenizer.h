@@ -38,7 +38,25 @@ class Tokenizer {
   // the leading "▁", at the character it was inserted before). starts never decrease.
   // Used to mask tokens by character spans (response-only training).
   std::vector<int32_t> encode_with_offsets(std::string_view text, std::vector<size_t>* starts) const;
+  // The text of ids, special tokens as their text: the inverse of encode. An id outside
+  // 0..vocab_size()-1 is an error.
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
+  // What transformers' tokenizer.decode(ids, skip_special_tokens=...) prints (transformers 5 leaves
+  // clean_up_tokenization_spaces off for BPE). Ids decode_skips() names are left out first, then
+  // the rest is decoded as one text: a leading "▁" of its first token (Metaspace, sentencepiece)
+  // is dropped, so the decode of a continuation alone starts without that space, as HF's does.
+  // A tokenizer.json gives the same as decode() apart from skipped ids; a sentencepiece .model
+  // follows transformers' LlamaTokenizer, which differs from libsentencepiece around special
+  // pieces and on broken byte-fallback runs.
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const;
+  // Whether decode(ids, skip_special_tokens) leaves id out: a special token when skipping them, an
+  // id of vocab_size() or above, an id inside the range that names no token (HF leaves those out
+  // too). A negative id is an error.
+  virtual bool decode_skips(int32_t id, bool skip_special_tokens) const;
+  // Whether id is a byte-fallback piece ("<0xE2>") that decode joins with the byte pieces beside
+  // it: a run of them is its bytes when they are valid UTF-8, else one U+FFFD per byte, so the
+  // text of such a piece is not known before the run ends.
+  virtual bool is_byte_piece(int32_t id) const { return false; }
   virtual int32_t vocab_size() const = 0;
   // Id of a token string (added tokens included), or -1.
   virtual int32_t token_to_id(std::string_view token) const = 0;
@@ -56,6 +74,8 @@ class Tokenizer {
  protected:
   // Appends the ids of `text` (nothing added) to ids, and each token's start offset to starts when non-null.
   virtual void encode_into(std::string_view text, std::vector<int32_t>& ids, std::vector<size_t>* starts) const = 0;
+  // decode(ids, skip_special_tokens) of ids decode_skips() keeps. The default: decode(ids).
+  virtual std::string decode_kept(const std::vector<int32_t>& ids) const { return decode(ids); }
   // BOS … EOS as add_bos / add_eos say, for those the tokenizer has.
   SpecialIds bos_eos_ids(bool add_bos, bool add_eos) const;
 
