@@ -1,6 +1,6 @@
-// Counter-based random numbers (weight initialisation, dropout masks): value i of stream s under
-// seed is a pure function of (seed, s, i), so the CPU reference and the GPU draw identical numbers,
-// in any order and in parallel. splitmix64 finaliser (Steele et al., "Fast splittable PRNGs", 2014).
+// Counter-based random numbers (weight initialisation, dropout masks, token sampling): value i of
+// stream s under seed is a pure function of (seed, s, i), so the CPU reference and the GPU draw
+// identical numbers, in any order and in parallel. splitmix64 finaliser (Steele et al., "Fast splittable PRNGs", 2014).
 #pragma once
 #include <cstdint>
 
@@ -18,9 +18,14 @@ LOOM_HD inline uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
+// 64 random bits: the value every draw below is made from.
+LOOM_HD inline uint64_t random_bits(uint64_t seed, uint64_t stream, uint64_t i) {
+  return mix64(seed * 0x9e3779b97f4a7c15ull + mix64(stream + 0x632be59bd9b4e019ull) + i);
+}
+
 // Uniform in [-1, 1) with 24 random bits (exact in fp32).
 LOOM_HD inline float random_symmetric(uint64_t seed, uint64_t stream, uint64_t i) {
-  uint64_t h = mix64(seed * 0x9e3779b97f4a7c15ull + mix64(stream + 0x632be59bd9b4e019ull) + i);
+  uint64_t h = random_bits(seed, stream, i);
   return float(int64_t(h >> 40) - (int64_t(1) << 23)) * (1.0f / float(1 << 23));
 }
 
