@@ -10,6 +10,7 @@
 #include "ops/error.h"
 #include "ops/cross_entropy.h"
 #include "ops/matmul.h"
+#include "ops/parallel.h"
 
 namespace loom {
 namespace {
@@ -59,7 +60,7 @@ CrossEntropyOut lm_head_cross_entropy_ref(float* dx, float* token_loss, const fl
   for (int64_t t0 = 0; t0 < T; t0 += chunk) {
     const int64_t rows = std::min<int64_t>(chunk, T - t0);
     matmul_ref(logits.data(), x + t0 * C, W, rows, V, C, false, true);  // z = x·Wᵀ
-#pragma omp parallel for
+#pragma omp parallel for if (worth_threads(rows * V))
     for (int64_t r = 0; r < rows; ++r) {
       const float weight = want_grad ? token_weight[t0 + r] : 0.f;  // token_weight may be null without dx
       row_loss[r] = row_loss_and_dlogits(logits.data() + r * V, V, targets[t0 + r], weight, want_grad);

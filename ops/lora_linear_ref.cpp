@@ -3,6 +3,7 @@
 #include "ops/error.h"
 #include "ops/lora_linear.h"
 #include "ops/matmul.h"
+#include "ops/parallel.h"
 
 namespace loom {
 namespace {
@@ -18,7 +19,7 @@ void lora_linear_forward_ref(float* y, float* u, const float* x, const float* xl
   check_lora(lora);
   matmul_ref(y, x, W, N, out, in, false, true);
   if (bias != nullptr) {
-#pragma omp parallel for
+#pragma omp parallel for if (worth_threads(N * out))
     for (int64_t n = 0; n < N; ++n)
       for (int o = 0; o < out; ++o) y[n * out + o] += bias[o];
   }

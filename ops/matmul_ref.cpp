@@ -11,6 +11,7 @@
 
 #include "ops/error.h"
 #include "ops/matmul.h"
+#include "ops/parallel.h"
 
 namespace loom {
 namespace {
@@ -65,7 +66,7 @@ void matmul_ref(float* C, const float* A, const float* B, int64_t M, int64_t N, 
                 bool trans_b, float alpha, float beta) {
   LOOM_CHECK(M >= 0 && N >= 0 && K >= 0, "matmul_ref: sizes must be >= 0 (found M ", M, ", N ", N, ", K ", K, ")");
   const GemmArgs g{A, B, M, N, K, trans_a, trans_b};
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(M * N * K))
   {
     std::vector<float> a_scratch(trans_a ? K : 0), acc(N);
 #pragma omp for schedule(static)

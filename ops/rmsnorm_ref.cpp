@@ -6,11 +6,12 @@
 #include <cmath>
 
 #include "ops/rmsnorm.h"
+#include "ops/parallel.h"
 
 namespace loom {
 
 void rmsnorm_forward_ref(float* out, float* rstd, const float* inp, const float* w, int64_t N, int C, float eps) {
-#pragma omp parallel for
+#pragma omp parallel for if (worth_threads(N * C))
   for (int64_t n = 0; n < N; ++n) {
     const float* x = inp + n * C;
     float* y = out + n * C;
@@ -25,7 +26,7 @@ void rmsnorm_forward_ref(float* out, float* rstd, const float* inp, const float*
 
 void rmsnorm_backward_ref(float* dinp, const float* dout, const float* inp, const float* w, const float* rstd,
                           int64_t N, int C) {
-#pragma omp parallel for
+#pragma omp parallel for if (worth_threads(N * C))
   for (int64_t n = 0; n < N; ++n) {
     const float* x = inp + n * C;
     const float* dy = dout + n * C;

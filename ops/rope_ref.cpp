@@ -18,6 +18,7 @@
 
 #include "ops/error.h"
 #include "ops/rope.h"
+#include "ops/parallel.h"
 
 namespace loom {
 namespace {
@@ -72,7 +73,7 @@ void check_params(int D, const RopeParams& p) {
 // Rotates each (i, i + D/2) pair of every head by angle pos * inv_freq[i]; sign = -1 rotates back.
 void rotate(float* x, const int32_t* pos, const float* inv_freq, int64_t T, int NH, int D, float sign) {
   const int half = D / 2;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(T * NH * D))
   {
     std::vector<float> cos_t(half), sin_t(half);
 #pragma omp for
