@@ -101,6 +101,36 @@ Document ScoreInput::read_pair(const std::string& line, const std::string& where
   return pair.doc;
 }
 
+std::vector<int32_t> ScoreInput::read_prompt(const std::string& line, const std::string& where, bool* conversation) {
+  const json record = parse_jsonl_object(line, where);
+  if (conversation) *conversation = !record.contains("ids") && !record.contains("prompt");
+  if (record.contains("ids")) return given_ids(record["ids"], where, opt_.vocab).ids;
+  std::vector<int32_t> ids;
+  try {
+    if (record.contains("prompt")) {
+      LOOM_CHECK(record["prompt"].is_string(), where, ": \"prompt\" must be a string, found ",
+                 json_shown(record["prompt"]));
+      const Tokenizer& tok = tokenizer(where);
+      ids = tok.special_ids().before;
+      const std::vector<int32_t> body = tok.encode(record["prompt"].get<std::string>());
+      ids.insert(ids.end(), body.begin(), body.end());
+    } else {
+      LOOM_CHECK(record.contains("messages"), where, ": cannot tell the prompt from the keys (", keys_of(record),
+                 "); expected \"prompt\" (text), \"messages\" (a conversation) or \"ids\"");
+      const DataRecord r = parse_record_object(record, RecordFormat::messages, where);
+      ids = tokenizer(where).encode(render_generation_prompt(chat_template(where), r.messages));
+    }
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    if (message.rfind(where + ":", 0) == 0) throw;
+    fail(where, ": ", message);
+  }
+  for (int32_t id : ids)
+    LOOM_CHECK(id >= 0 && id < opt_.vocab, where, ": the tokenizer gave id ", id, ", outside the model's vocabulary [0, ",
+               opt_.vocab, "); is ", opt_.tokenizer_name, " the model's tokenizer?");
+  return ids;
+}
+
 ScoreLine ScoreInput::read(const std::string& line, const std::string& where) {
   const json record = parse_jsonl_object(line, where);
   if (record.contains("ids")) return ScoreLine{given_ids(record["ids"], where, opt_.vocab), true};

@@ -1,5 +1,5 @@
-// The input lines of build/score, each made into the document it scores and that document's
-// targets (the tokens whose log-likelihood counts), as training would make them:
+// The input lines of build/score (and build/generate's prompts), each made into the document it
+// scores and that document's targets (the tokens whose log-likelihood counts), as training would make them:
 //   {"ids": [...]}        the ids as given; every id after the first is a target
 //   {"text": "..."}       [BOS] text [EOS] through the tokenizer, every token after the first a
 //                         target (a data.format text record)
@@ -39,14 +39,24 @@ class ScoreInput {
   ~ScoreInput();
   // One line; errors start with `where` ("stdin:LINE").
   ScoreLine read(const std::string& line, const std::string& where);
+  // One prompt (build/generate): {"ids": [...]} as given; {"prompt": "..."} as HF's tokenizer(prompt)
+  // encodes it (what the tokenizer adds before a text, e.g. BOS, then the text; nothing after);
+  // {"messages": [...]} (OpenAI, ending with a user turn) rendered by the chat template with its
+  // generation prompt, as apply_chat_template(add_generation_prompt=True). *conversation (optional)
+  // tells whether it was the messages form.
+  std::vector<int32_t> read_prompt(const std::string& line, const std::string& where, bool* conversation = nullptr);
   // One preference pair (build/score --pairs): {"prompt_ids", "chosen_ids", "rejected_ids"}, or a
   // record of TRL's forms (data/preference_data.h) through the tokenizer and chat template, never
   // truncated. The pair's document: two sequences, chosen then rejected, completions the targets.
   Document read_pair(const std::string& line, const std::string& where);
 
- private:
+  // The tokenizer file or folder ("" when there is none: ids only).
+  const std::string& tokenizer_path() const { return opt_.tokenizer_path; }
+  // Loaded at first use; errors start with `where`.
   const Tokenizer& tokenizer(const std::string& where);
   const ChatTemplate& chat_template(const std::string& where);
+
+ private:
 
   ScoreInputOptions opt_;
   std::unique_ptr<Tokenizer> tokenizer_;

@@ -9,6 +9,7 @@
 
 #include "data/batch.h"
 #include "engine/config.h"
+#include "engine/generation.h"
 #include "engine/optimizer.h"
 #include "models/lora.h"
 #include "models/model_config.h"
@@ -52,6 +53,9 @@ class TrainBackend {
   virtual std::vector<float> lora_grads() const = 0;  // as accumulated so far in this step (tests)
   virtual OptimizerState optimizer_state() const = 0;
   virtual void restore(const std::vector<float>& params, const OptimizerState& opt) = 0;
+  // Generation with the adapters as they stand (train.sample_every), valid until the next step;
+  // null where the device cannot decode yet (the GPU).
+  virtual std::unique_ptr<DecodeModel> decode_model() { return nullptr; }
   virtual bool on_gpu() const { return false; }
   // Peak device memory in use so far, GiB (0 on the CPU).
   virtual double peak_memory_gib() const { return 0; }

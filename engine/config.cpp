@@ -9,6 +9,7 @@
 //   train:  {device, objective, token_budget, global_batch, steps, epochs, lr, schedule, warmup_steps,
 //            min_lr_ratio, weight_decay, beta1, beta2, eps, max_grad_norm, recompute, seed, log_every,
 //            divergence_check, divergence_window, divergence_factor, zero_grad_steps, eval_every,
+//            sample_every, sample_prompts, sample_max_new_tokens,
 //            early_stopping_patience}
 //   dpo:    {beta, loss_type, label_smoothing, precompute_reference}
 //   orpo:   {lambda}
@@ -191,6 +192,9 @@ std::vector<Field> fields_of(TrainConfig& c) {
       {"train", "divergence_factor", &t.divergence_factor, {1, 1e6, true}},
       {"train", "zero_grad_steps", &t.zero_grad_steps, {1, kMaxSteps}},
       {"train", "eval_every", &t.eval_every, {0, kMaxSteps, false, false, "0 = only at the end"}},
+      {"train", "sample_every", &t.sample_every, {0, kMaxSteps, false, false, "0 = off"}},
+      {"train", "sample_prompts", &t.sample_prompts},
+      {"train", "sample_max_new_tokens", &t.sample_max_new_tokens, {1, 1 << 20}},
       // Counts evaluations, of which a run has at most one per step.
       {"train", "early_stopping_patience", &t.early_stopping_patience, {0, kMaxSteps, false, false, "0 = off"}},
       // β scales the log-ratio inside a sigmoid: recipes use 0.01 to 0.5; past 100 one token's
@@ -229,6 +233,7 @@ const std::set<std::string> kKeysThatDoNotChangeTraining = {
     "data.cache_dir",          "data.on_bad_line",        "data.eval_path",          "train.device",
     "train.recompute",         "train.log_every",         "train.divergence_check",  "train.divergence_window",
     "train.divergence_factor", "train.zero_grad_steps",   "train.eval_every",        "output.dir",
+    "train.sample_every",      "train.sample_prompts",    "train.sample_max_new_tokens",
     "output.checkpoint_every", "output.keep_checkpoints", "output.export",           "output.gguf_type",
     "output.resume",           "output.on_change",        "output.keep_best",        "dpo.precompute_reference",
 };
@@ -850,6 +855,17 @@ void check_eval(Checker& c, const TrainConfig& cfg) {
               "or data.eval_split (a fraction or a count of the training documents to hold out)"));
 }
 
+// Samples need prompts, and a device that can generate: the CPU reference path for now.
+void check_samples(Checker& c, const TrainConfig& cfg) {
+  const TrainSection& t = cfg.train;
+  if (t.sample_every > 0 && t.sample_prompts.empty())
+    c.add(cat("train.sample_every = ", t.sample_every, " needs train.sample_prompts: a list of prompt texts, or a "
+              ".jsonl file of build/generate's input lines"));
+  if (t.sample_every > 0 && t.device == Device::kCuda)
+    c.add(cat("train.sample_every: generation runs on the CPU reference path only for now (GPU decoding is not built "
+              "yet); set train.sample_every=0 for a GPU run, and sample its adapter with build/generate"));
+}
+
 // A preference objective trains on pairs: the data must be (or may be detected as) pairs, a
 // micro-batch must hold a whole pair, and label smoothing exists only for the losses that take it.
 void check_objective(Checker& c, const TrainConfig& cfg) {
@@ -891,6 +907,7 @@ std::vector<std::string> problems_of(const TrainConfig& cfg,
   check_lora(c, cfg.lora);
   check_data(c, cfg.data, cfg.train);
   check_eval(c, cfg);
+  check_samples(c, cfg);
   check_objective(c, cfg);
   check_output(c, cfg.output);
   return c.lines;

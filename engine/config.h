@@ -82,6 +82,12 @@ struct TrainSection {
   // Evaluation on held-out data (data.eval_path or data.eval_split; either is required by both keys).
   int eval_every = 0;            // steps between evaluations; 0 = only at the end (it always runs there)
   int early_stopping_patience = 0;  // stop after this many evaluations in a row without a lower eval loss; 0 = off
+  // What the model says while it trains (engine/run_samples.h): every sample_every steps (and before
+  // the first and after the last), greedy continuations of sample_prompts into samples.jsonl.
+  int sample_every = 0;                     // 0 = off
+  std::vector<std::string> sample_prompts;  // prompt texts, or one entry naming a .jsonl file of
+                                            // build/generate's input lines
+  int sample_max_new_tokens = 64;
 };
 
 // The `dpo:` section (train.objective dpo), TRL's DPOConfig names and defaults.
@@ -91,8 +97,8 @@ struct DpoSection {
   double label_smoothing = 0;        // ε: the assumed share of flipped labels (sigmoid, robust)
   // The reference log-probs: true computes them once for every pair before the first step (one
   // forward per pair, repeated on resume), false in every step (one forward per pair seen). auto:
-  // true when the steps left visit at least as many pairs as the data set holds (an epoch or more),
-  // where precomputing was measured faster (README, DPO benchmark).
+  // true when the steps left visit every pair at least twice on average (README, DPO benchmark:
+  // at one epoch the two cost the same).
   PrecomputeReference precompute_reference = PrecomputeReference::kAuto;
 };
 

@@ -45,6 +45,9 @@ class CpuBackend : public TrainBackend {
     return losses;
   }
   void set_reference_adapter(const std::vector<float>& params) override { reference_ = params; }
+  std::unique_ptr<DecodeModel> decode_model() override {
+    return std::make_unique<ReferenceDecoder>(model_, params_.data(), true);
+  }
   StepResult end_step(float lr) override {
     allreduce_sum(grads_.data(), grads_.size());  // identity in a single process
     const double loss = allreduce_sum(loss_sum_);

@@ -519,6 +519,25 @@ double ModelConfig::total_params() const {
   return matmul_params() + L * per_layer + (tie_embeddings ? 0 : double(V) * C) + C;  // + embedding, final norm
 }
 
+GenerationDefaults load_generation_defaults(const std::string& dir, const ModelConfig& cfg) {
+  GenerationDefaults g;
+  g.eos_ids = cfg.eos_ids;
+  const std::string file = (fs::path(dir) / "generation_config.json").string();
+  std::error_code ec;
+  if (!fs::is_regular_file(file, ec)) return g;
+  const json j = read_json_file(file, "generation config");
+  LOOM_CHECK(j.is_object(), file, ": expected a JSON object, found ", j.type_name());
+  const Keys k(j, file);
+  if (k.has("eos_token_id")) g.eos_ids = token_ids(k, "eos_token_id", {});
+  g.do_sample = k.get_bool("do_sample", g.do_sample);
+  g.temperature = k.opt_double("temperature").value_or(g.temperature);
+  g.top_p = k.opt_double("top_p").value_or(g.top_p);
+  g.min_p = k.opt_double("min_p").value_or(g.min_p);
+  g.repetition_penalty = k.opt_double("repetition_penalty").value_or(g.repetition_penalty);
+  g.top_k = k.get_int("top_k", g.top_k);
+  return g;
+}
+
 ModelConfig load_model_config(const std::string& path) {
   const std::string file = config_file(path);
   return parse_config(read_json_file(file, "model config"), file);

@@ -38,6 +38,17 @@ struct ModelConfig {
 
 // Reads DIR/config.json (or the file itself). Errors name the file and the key.
 ModelConfig load_model_config(const std::string& path);
+// What HF's generate takes from DIR/generation_config.json when the caller does not say otherwise
+// (GenerationConfig's defaults for keys the file lacks, and for a folder without the file).
+struct GenerationDefaults {
+  std::vector<int> eos_ids;  // eos_token_id (an id or a list: instruct models list their end-of-turn
+                             // tokens), else config.json's
+  bool do_sample = false;
+  double temperature = 1.0, top_p = 1.0, min_p = 0.0, repetition_penalty = 1.0;
+  int top_k = 50;
+};
+// Errors name the file and the key.
+GenerationDefaults load_generation_defaults(const std::string& dir, const ModelConfig& cfg);
 // BENCHMARK.md presets: qwen3-0.6b, llama-3.2-1b, mistral-7b, llama-3.1-8b, qwen3-8b; plus "tiny"
 // (the demo's model). Unknown names list the valid ones.
 ModelConfig preset_model_config(const std::string& name);

@@ -25,6 +25,7 @@ struct ReferenceModel::Pass {
   float dropout;  // lora dropout p of this pass: 0 unless training
   uint64_t dropout_seed;
   int64_t T;
+  KvCache* cache = nullptr;  // generation: earlier tokens' keys and values
 };
 
 
@@ -118,8 +119,16 @@ void ReferenceModel::layer_forward(int l, Pass& p, LayerActs& a, std::vector<flo
 
   AttentionShape s{p.mb.cu_seqlens.data(), p.mb.ndoc(), m.H, m.KVH, m.D, m.window[l], 1.f / std::sqrt(float(m.D))};
   a.attn = zeros(T * m.H * m.D);
-  a.lse = zeros(T * m.H);
-  attention_forward_ref(a.attn.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), s);
+  if (p.cache) {  // generation: the new tokens join the cache, then attend to all of it
+    std::vector<float>& k = p.cache->k[size_t(l)];
+    std::vector<float>& v = p.cache->v[size_t(l)];
+    k.insert(k.end(), a.k.begin(), a.k.end());
+    v.insert(v.end(), a.v.begin(), a.v.end());
+    attention_cached_ref(a.attn.data(), a.q.data(), k.data(), v.data(), T, p.cache->length, s);
+  } else {
+    a.lse = zeros(T * m.H);
+    attention_forward_ref(a.attn.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), s);
+  }
 
   std::vector<float> o = zeros(T * m.C);
   linear_forward(l, kO, p, a, a.attn.data(), o.data());
@@ -200,8 +209,29 @@ CrossEntropyOut ReferenceModel::forward(const MicroBatch& mb, const float* lora,
                                    m.V);
 }
 
+void ReferenceModel::extend(KvCache& cache, const std::vector<int32_t>& tokens, const float* lora, bool adapters,
+                            std::vector<float>& logits) const {
+  const ModelConfig& m = cfg_;
+  const int64_t n = int64_t(tokens.size());
+  LOOM_CHECK(n > 0, "extend: no tokens to append");
+  LOOM_CHECK(m.max_position <= 0 || cache.length + n <= m.max_position, "generation: ", cache.length + n,
+             " tokens exceed the model's max_position_embeddings (", m.max_position, ")");
+  cache.k.resize(size_t(m.L));
+  cache.v.resize(size_t(m.L));
+  MicroBatch mb;
+  mb.tokens = tokens;
+  mb.targets.assign(size_t(n), kIgnoreIndex);
+  for (int64_t i = 0; i < n; ++i) mb.positions.push_back(int32_t(cache.length + i));
+  mb.cu_seqlens = {0, int32_t(n)};
+  ReferencePass kept;
+  run_layers(mb, lora, PassOptions{adapters, false, 0}, kept, &cache);
+  cache.length += n;
+  logits.assign(size_t(n) * m.V, 0.f);
+  matmul_ref(logits.data(), kept.xf.data(), w_.head(), n, m.V, m.C, false, true);
+}
+
 void ReferenceModel::run_layers(const MicroBatch& mb, const float* lora, const PassOptions& pass,
-                                ReferencePass& kept) const {
+                                ReferencePass& kept, KvCache* cache) const {
   const ModelConfig& m = cfg_;
   const int64_t T = mb.T();
   LOOM_CHECK(T > 0 && int64_t(mb.targets.size()) == T && int64_t(mb.positions.size()) == T &&
@@ -209,7 +239,7 @@ void ReferenceModel::run_layers(const MicroBatch& mb, const float* lora, const P
              "malformed micro-batch (T = ", T, ")");
   for (int32_t id : mb.tokens) LOOM_CHECK(id >= 0 && id < m.V, "token id ", id, " is outside the vocabulary (", m.V, ")");
   LOOM_CHECK(!pass.adapters || lora || lora_.total == 0, "forward with adapters on needs the LoRA vector");
-  Pass p{mb, pass.adapters ? lora : nullptr, nullptr, pass.train ? lora_.dropout : 0.f, pass.dropout_seed, T};
+  Pass p{mb, pass.adapters ? lora : nullptr, nullptr, pass.train ? lora_.dropout : 0.f, pass.dropout_seed, T, cache};
   kept.mb = mb;
   kept.lora = p.lora;
   kept.options = pass;

@@ -23,6 +23,13 @@ namespace loom {
 
 struct ReferencePass;
 
+// Generation's memory of one sequence: every layer's keys (after RoPE and the q/k norm) and values
+// of every token so far, so a new token attends to them without recomputing the prefix.
+struct KvCache {
+  int64_t length = 0;                    // tokens held
+  std::vector<std::vector<float>> k, v;  // per layer: (length, KVH, D)
+};
+
 class ReferenceModel {
  public:
   ReferenceModel(const ModelConfig& cfg, ModelWeights weights, const LoraLayout& lora);
@@ -41,6 +48,13 @@ class ReferenceModel {
   // of the forward returned. The same bits as forward then backward.
   CrossEntropyOut forward_backward(const MicroBatch& mb, const float* lora, float* dlora, const float* token_weight,
                                    const PassOptions& pass = {true, true, 0}, float* token_loss = nullptr) const;
+
+  // Generation: appends `tokens` (one sequence, positions cache.length onwards) to the cache and
+  // writes logits (n, V) of the new tokens, under the adapters in `lora` when adapters is true. The
+  // logits are those a forward over the whole sequence gives at those positions, bit for bit (the
+  // same row-wise arithmetic; ops/attention.h attention_cached_ref).
+  void extend(KvCache& cache, const std::vector<int32_t>& tokens, const float* lora, bool adapters,
+              std::vector<float>& logits) const;
 
   const ModelConfig& config() const { return cfg_; }
   const LoraLayout& lora_layout() const { return lora_; }
@@ -62,7 +76,9 @@ class ReferenceModel {
  private:
   struct Pass;
   // Embedding, layers and final norm into kept (the residual stream in kept.x ends as the final one).
-  void run_layers(const MicroBatch& mb, const float* lora, const PassOptions& pass, ReferencePass& kept) const;
+  // With a cache, attention also sees (and appends to) the cache's earlier tokens.
+  void run_layers(const MicroBatch& mb, const float* lora, const PassOptions& pass, ReferencePass& kept,
+                  KvCache* cache = nullptr) const;
   CrossEntropyOut head_and_backward(const ReferencePass& kept, const float* token_weight, float* token_loss,
                                     float* dlora) const;
   void layer_forward(int l, Pass& p, LayerActs& a, std::vector<float>& x) const;

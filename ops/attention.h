@@ -23,6 +23,13 @@ struct AttentionShape {
 // out (T, H, D), lse (T, H) written; q (T, H, D); k, v (T, KVH, D).
 void attention_forward_ref(float* out, float* lse, const float* q, const float* k, const float* v,
                            const AttentionShape& s);
+// Generation with a KV cache (one sequence): n new queries at positions past .. past + n - 1 against
+// the cache's keys and values, which already hold the new tokens (rows 0 .. past + n - 1). Query i
+// sees keys j <= past + i (and j > past + i - window), as the packed forward would; the same
+// arithmetic, so a token's output is bit for bit the packed forward's. s.cu_seqlens and s.ndoc are
+// unused. out (n, H, D) written; q (n, H, D); k_cache, v_cache (past + n, KVH, D).
+void attention_cached_ref(float* out, const float* q, const float* k_cache, const float* v_cache, int64_t n,
+                          int64_t past, const AttentionShape& s);
 // dq (T, H, D), dk, dv (T, KVH, D) written (=).
 void attention_backward_ref(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                             const float* v, const float* out, const float* lse, const AttentionShape& s);

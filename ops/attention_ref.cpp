@@ -12,6 +12,7 @@
 
 #include "ops/error.h"
 #include "ops/attention.h"
+#include "ops/parallel.h"
 
 namespace loom {
 namespace {
@@ -46,32 +47,38 @@ void check_shape(const AttentionShape& s) {
   LOOM_CHECK(s.window >= 0, "attention: sliding window must be >= 0 (found ", s.window, "; 0 = no window)");
 }
 
-// One query row: out_i = softmax(s_i·) v, lse_i. p is scratch of at least i + 1 floats.
-void forward_query(float* out, float* lse, const float* q, const float* k, const float* v, const DocView& doc, int i,
-                   int h, float* p) {
-  const AttentionShape& s = doc.s;
-  const int kvh = h / (s.H / s.KVH);
-  const float* qi = q + doc.q_at(i, h);
-  const int j0 = doc.first_key(i);
+// One query row qi (D) against the keys j0..j_last of k, v (row j of kv head kvh at (j·KVH + kvh)·D):
+// out (D) = softmax(s) v; returns lse. p is scratch of at least j_last + 1 floats. The one place the
+// forward's arithmetic lives, so the packed forward and the cached one (generation) agree bit for bit.
+float attend_query(float* out, const float* qi, const float* k, const float* v, int KVH, int kvh, int D, float scale,
+                   int64_t j0, int64_t j_last, float* p) {
   float m = -INFINITY;
-  for (int j = j0; j <= i; ++j) {
-    p[j] = s.scale * dot(qi, k + doc.kv_at(j, kvh), s.D);
+  for (int64_t j = j0; j <= j_last; ++j) {
+    p[j] = scale * dot(qi, k + (j * KVH + kvh) * D, D);
     m = std::max(m, p[j]);
   }
   double sum = 0;
-  for (int j = j0; j <= i; ++j) {
+  for (int64_t j = j0; j <= j_last; ++j) {
     p[j] = std::exp(p[j] - m);
     sum += p[j];
   }
   const float inv_sum = static_cast<float>(1.0 / sum);
-  float* oi = out + doc.q_at(i, h);
-  std::fill(oi, oi + s.D, 0.f);
-  for (int j = j0; j <= i; ++j) {
+  std::fill(out, out + D, 0.f);
+  for (int64_t j = j0; j <= j_last; ++j) {
     const float pij = p[j] * inv_sum;
-    const float* vj = v + doc.kv_at(j, kvh);
-    for (int d = 0; d < s.D; ++d) oi[d] += pij * vj[d];
+    const float* vj = v + (j * KVH + kvh) * D;
+    for (int d = 0; d < D; ++d) out[d] += pij * vj[d];
   }
-  lse[(doc.start + i) * s.H + h] = m + static_cast<float>(std::log(sum));
+  return m + static_cast<float>(std::log(sum));
+}
+
+// One query row of a packed document: out_i = softmax(s_i·) v, lse_i.
+void forward_query(float* out, float* lse, const float* q, const float* k, const float* v, const DocView& doc, int i,
+                   int h, float* p) {
+  const AttentionShape& s = doc.s;
+  const int64_t first_row = doc.start * s.KVH * s.D;
+  lse[(doc.start + i) * s.H + h] = attend_query(out + doc.q_at(i, h), q + doc.q_at(i, h), k + first_row, v + first_row,
+                                                s.KVH, h / (s.H / s.KVH), s.D, s.scale, doc.first_key(i), i, p);
 }
 
 // Everything backward needs, bundled so that the two passes read the same names.
@@ -158,6 +165,25 @@ void attention_forward_ref(float* out, float* lse, const float* q, const float* 
       int i;
       const DocView doc = doc_of(s, th / s.H, &i);
       forward_query(out, lse, q, k, v, doc, i, int(th % s.H), p.data());
+    }
+  }
+}
+
+void attention_cached_ref(float* out, const float* q, const float* k_cache, const float* v_cache, int64_t n,
+                          int64_t past, const AttentionShape& s) {
+  LOOM_CHECK(n >= 0 && past >= 0, "attention_cached_ref: n (", n, ") and past (", past, ") must be >= 0");
+  LOOM_CHECK(s.H > 0 && s.KVH > 0 && s.H % s.KVH == 0 && s.D > 0 && s.window >= 0,
+             "attention: bad shape H ", s.H, " KVH ", s.KVH, " D ", s.D, " window ", s.window);
+#pragma omp parallel if (worth_threads(n * s.H * (past + n) * s.D))
+  {
+    std::vector<float> p(size_t(past + n));
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t ih = 0; ih < n * s.H; ++ih) {
+      const int64_t i = ih / s.H, pos = past + i;
+      const int h = int(ih % s.H);
+      const int64_t j0 = s.window > 0 ? std::max<int64_t>(0, pos - s.window + 1) : 0;
+      attend_query(out + ih * s.D, q + ih * s.D, k_cache, v_cache, s.KVH, h / (s.H / s.KVH), s.D, s.scale, j0, pos,
+                   p.data());
     }
   }
 }

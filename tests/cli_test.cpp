@@ -16,6 +16,7 @@
 #include "data/tokenizer.h"
 #include "models/safetensors.h"
 #include "ops/error.h"
+#include "tests/hf_fixture.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -404,6 +405,82 @@ TEST(TrainCli, DemoConfigTrainsAndLossFalls) {
   ASSERT_EQ(eval_losses.size(), 1u) << r.out;
   EXPECT_LT(eval_losses[0], losses.front()) << r.out;
   EXPECT_TRUE(fs::exists(dir / "adapter" / "adapter_model.safetensors"));
+  // It samples its 4 prompts before the first step and after the last (sample_every 50 > 12 steps).
+  std::ifstream samples(dir / "samples.jsonl");
+  std::vector<int> steps;
+  for (std::string l; std::getline(samples, l);) {
+    const nlohmann::json j = nlohmann::json::parse(l);
+    steps.push_back(j["step"].get<int>());
+    EXPECT_NE(j["prompt"].get<std::string>().find("[INST]"), std::string::npos) << l;  // the chat template's
+    EXPECT_TRUE(j["finish_reason"] == "eos" || j["finish_reason"] == "length") << l;
+  }
+  EXPECT_EQ(steps, (std::vector<int>{0, 0, 0, 0, 12, 12, 12, 12}));
+  // The merged export is a model folder build/generate talks to, as the README's chat command does.
+  ASSERT_TRUE(fs::exists(dir / "merged" / "config.json"));
+  Outcome talk = run("printf 'What is 2 plus 2?\\n/reset\\nCount from 3 to 6.\\n/exit\\n' | build/generate --model " +
+                     (dir / "merged").string() + " --chat --max-new-tokens 12 2>&1");
+  EXPECT_EQ(talk.code, 0) << talk.out;
+  Outcome batch = run("echo '{\"messages\": [{\"role\": \"user\", \"content\": \"What is 2 plus 2?\"}]}' | "
+                      "build/generate --model " + (dir / "merged").string() + " --max-new-tokens 12 2>&1");
+  ASSERT_EQ(batch.code, 0) << batch.out;
+  const nlohmann::json line = nlohmann::json::parse(batch.out);
+  EXPECT_LE(line["tokens"].get<int>(), 12);
+  EXPECT_EQ(line["ids"].size(), line["tokens"].get<size_t>());
+}
+
+// build/generate on the llama fixture (no tokenizer: ids in, ids out) gives HF's greedy ids
+// (tests/fixtures/generate/llama.json) with and without the adapter: the CLI runs the engine's loop.
+TEST(GenerateCli, GreedyIdsAreHuggingFacesWithAndWithoutTheAdapter) {
+  if (!have("build/generate")) GTEST_SKIP() << "build/generate missing";
+  const nlohmann::json fx = test::read_json(test::fixtures_dir() + "/generate/llama.json");
+  std::string input;
+  for (const auto& p : fx["prompts"]) input += nlohmann::json{{"ids", p}}.dump() + "\n";
+  const std::string in = write_temp("generate_ids.jsonl", input);
+  const std::string model = test::fixtures_dir() + "/hf/llama/model";
+  for (bool adapter : {false, true}) {
+    Outcome r = run("build/generate --model " + model +
+                    (adapter ? " --adapter " + test::fixtures_dir() + "/hf/llama/adapter" : std::string()) +
+                    " --ignore-eos --max-new-tokens 40 --batch-size 2 < " + in);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const std::vector<nlohmann::json> lines = output_lines(r);
+    const auto& want = fx["greedy"][adapter ? "adapter" : "base"];
+    ASSERT_EQ(lines.size(), want.size()) << r.out;
+    for (size_t i = 0; i < lines.size(); ++i) {
+      EXPECT_EQ(lines[i]["ids"], want[i]) << "prompt " << i << (adapter ? " with" : " without") << " the adapter";
+      EXPECT_EQ(lines[i]["finish_reason"], "length");
+      EXPECT_EQ(lines[i]["prompt_tokens"], fx["prompts"][i].size());
+    }
+  }
+}
+
+TEST(GenerateCli, ErrorsNameTheFlagOrTheLine) {
+  if (!have("build/generate")) GTEST_SKIP() << "build/generate missing";
+  const std::string model = test::fixtures_dir() + "/hf/llama/model";
+  const std::string ids = write_temp("generate_bad.jsonl", "{\"ids\": [5, 6]}\n{\"ids\": [5, 64]}\n");
+  const std::string garbage = write_temp("generate_garbage.jsonl", "{\"ids\": [5, 6]}\n{\"ids\": [5,\n");
+  const std::string text = write_temp("generate_text.jsonl", "{\"prompt\": \"hello\"}\n");
+  const std::string good = write_temp("generate_good.jsonl", "{\"ids\": [5, 6]}\n");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--model " + model + " < " + ids, "stdin:2: id 64 is outside the model's vocabulary [0, 64)"},
+      {"--model " + model + " < " + garbage, "stdin:2:"},
+      {"--model " + model + " < " + text, "stdin:1: text and conversations are tokenized with the model's tokenizer"},
+      {"--model " + model + " --stop x < " + good, "stop strings need a tokenizer"},
+      {"--model " + model + " --top-p 1.5 < " + good, "--top-p must be in (0, 1]"},
+      {"--model " + model + " --temperature -1 < " + good, "--temperature"},
+      {"--model " + model + " --max-new-tokens 0 < " + good, "--max-new-tokens expects an integer in [1, "},
+      {"--model " + model + " --device cuda < " + good, "--device must be one of cpu"},
+      {"--model " + model + " --greedy --temperature 0.7 < " + good, "--greedy and --temperature 0.7 contradict"},
+      {"--model " + model + " --system hi < " + good, "--system is the system message of --chat"},
+      {"--model " + model + " --chat", "the model folder has none"},
+      {"--model " + model + " --bogus < " + good, "unknown argument '--bogus'"},
+      {"< " + ids, "--model is required"},
+  };
+  for (const auto& [args, want] : cases) {
+    Outcome r = run("build/generate " + args + " 2>&1");
+    EXPECT_EQ(r.code, 1) << args << "\n" << r.out;
+    EXPECT_NE(r.out.find(want), std::string::npos) << args << "\n" << r.out;
+    EXPECT_EQ(run("build/generate " + args + " 2>/dev/null | cat").out, "") << "nothing generated: " << args;
+  }
 }
 
 // The README's quick start run twice in a row: the second run finds the run complete, says so,

@@ -673,7 +673,7 @@ TEST_F(ExportProgram, TrainingRunsExportMergedAndGgufBesideTheAdapter) {
     test::run_cli({"build/train", "configs/demo.yaml", "model.path=" + base, "model.preset=", "model.quant=bf16",
                    "data.path=" + dir_ + "/data.jsonl", "data.tokenizer=", "data.template=none", "data.max_seq_len=64",
                    "train.token_budget=64", "train.global_batch=2", "train.steps=2", "train.device=cpu",
-                   "lora.r=4", "output.dir=" + run, "output.export=" + format, "output.checkpoint_every=0"},
+                   "lora.r=4", "train.sample_every=0", "output.dir=" + run, "output.export=" + format, "output.checkpoint_every=0"},
                   "", 300);
     EXPECT_TRUE(fs::exists(run + "/adapter/adapter_model.safetensors")) << format;
     if (format == "merged") {

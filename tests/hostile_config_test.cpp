@@ -78,6 +78,9 @@ const std::vector<NumericKey> kNumericKeys = {
     // Alone (without eval data) only 0 is valid: the keys that watch the eval loss need some.
     {"train.eval_every", true, "in [0, 100000000] (0 = only at the end)", "0"},
     {"train.early_stopping_patience", true, "in [0, 100000000] (0 = off)", "0"},
+    // Alone (without sample_prompts) only 0 is valid.
+    {"train.sample_every", true, "in [0, 100000000] (0 = off)", "0"},
+    {"train.sample_max_new_tokens", true, "in [1, 1048576]", "1048576"},
     {"data.max_prompt_len", true, "in [0, 1048576] (0 = only data.max_seq_len limits it)", "1048576"},
     {"dpo.beta", false, "in (0, 100]", "100", true},
     {"dpo.label_smoothing", false, "in [0, 0.5)", "0.49", true},

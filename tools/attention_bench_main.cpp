@@ -1,6 +1,9 @@
 // Times the CUDA flash attention (ops/attention.cu) forward and backward on packed documents.
 //   build/attention_bench [N]        the first N cases (all by default); tools/gpu_attention_check.sh
 //                                    builds and runs it
+//   build/attention_bench --decode   the decode kernel (ops/attention_decode.cu): one query per
+//                                    sequence against a cache of L keys, B sequences; it reads the
+//                                    cache once, so its figure is bandwidth: 2·B·L·KVH·D·2 bytes / time
 // Target workload: T = 16384 tokens of documents averaging 240 tokens, H = 32, KVH = 8, D = 128.
 // FLOPs count only the unmasked causal pairs: forward 4 D H sum_doc L(L+1)/2 (two matmuls of
 // 2 D FLOPs per visible pair), backward 2.5 times that (five matmuls). Each time is the median of
@@ -14,10 +17,12 @@
 #include <iterator>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ops/device.h"
 #include "ops/attention.h"
+#include "ops/attention_decode.h"
 #include "ops/cuda_common.h"
 
 namespace loom {
@@ -106,6 +111,38 @@ void run(const BenchCase& c) {
     CUDA_CHECK(cudaFree(p));
 }
 
+// The decode kernel for B sequences of L cached keys each (llama-3.1-8b's heads).
+void run_decode(int B, int L) {
+  const int H = 32, KVH = 8, D = 128;
+  std::mt19937_64 rng(99);
+  const int64_t cache = int64_t(B) * L * KVH * D;
+  bf16* k = static_cast<bf16*>(device_random_bf16(size_t(cache), rng, 1.f));
+  bf16* v = static_cast<bf16*>(device_random_bf16(size_t(cache), rng, 1.f));
+  bf16* q = static_cast<bf16*>(device_random_bf16(size_t(B) * H * D, rng, 1.f));
+  const std::vector<int32_t> lengths_host(size_t(B), L);
+  int32_t* lengths;
+  bf16* out;
+  float* scratch;
+  int device = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int splits = attention_decode_splits(B, KVH, L, sms);
+  CUDA_CHECK(cudaMalloc(&lengths, size_t(B) * sizeof(int32_t)));
+  CUDA_CHECK(cudaMemcpy(lengths, lengths_host.data(), size_t(B) * sizeof(int32_t), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMalloc(&out, size_t(B) * H * D * sizeof(bf16)));
+  CUDA_CHECK(cudaMalloc(&scratch, size_t(attention_decode_scratch_floats(B, H, D, splits)) * sizeof(float)));
+  const AttentionShape s{nullptr, 0, H, KVH, D, 0, 1.f / std::sqrt(float(D))};
+  const double ms = median_ms([&] {
+    attention_decode(out, q, DecodeCache{k, v, L}, lengths, B, L, s, splits, scratch, nullptr);
+  });
+  const double bytes = 2.0 * double(cache) * sizeof(bf16);
+  std::printf("decode B=%-3d L=%-6d H32 KVH8 D128  splits %3d  %8.4f ms  %7.1f GB/s\n", B, L, splits, ms,
+              bytes / ms * 1e-6);
+  for (void* p : {static_cast<void*>(k), static_cast<void*>(v), static_cast<void*>(q), static_cast<void*>(lengths),
+                  static_cast<void*>(out), static_cast<void*>(scratch)})
+    CUDA_CHECK(cudaFree(p));
+}
+
 }  // namespace
 }  // namespace loom
 
@@ -116,6 +153,11 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::printf("%s\n", loom::cuda_device_summary().c_str());
+    if (argc > 1 && std::string(argv[1]) == "--decode") {
+      for (const auto& [B, L] : {std::pair{1, 2048}, std::pair{1, 32768}, std::pair{64, 2048}, std::pair{64, 8192}})
+        loom::run_decode(B, L);
+      return 0;
+    }
     const loom::BenchCase cases[] = {
         {"docs~240 H32 KVH8 D128", 16384, 240, 32, 8, 128, 0},
         {"docs~240 H32 KVH8 D64", 16384, 240, 32, 8, 64, 0},

@@ -4,6 +4,7 @@
 #pragma once
 #include <algorithm>
 #include <array>
+#include <cstdio>
 #include <string>
 
 #include "ops/error.h"
@@ -38,6 +39,22 @@ E parse_choice(const std::string& flag, const std::string& value, const std::arr
   const std::vector<std::string> allowed(names.begin(), names.end());
   check_choice(flag, value, allowed);
   return E(std::find(allowed.begin(), allowed.end(), value) - allowed.begin());
+}
+
+// The main() of a tool whose messages are put in its flags' terms: --help / -h print the usage;
+// an error prints "error: <message>" and exits 1.
+inline int tool_main(int argc, char** argv, const char* usage, const std::vector<FlagOfKey>& flag_of_key,
+                     int (*run)(int, char**)) {
+  if (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+    std::fputs(usage, stdout);
+    return 0;
+  }
+  try {
+    return run(argc, argv);
+  } catch (...) {
+    std::fprintf(stderr, "error: %s\n", in_flag_terms(describe_current_exception(), flag_of_key).c_str());
+    return 1;
+  }
 }
 
 }  // namespace loom

@@ -19,8 +19,6 @@
 // how an adapter's preference accuracy on held-out pairs is measured.
 #include <cstdio>
 #include <cmath>
-#include <cstring>
-#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -31,7 +29,6 @@
 #include "data/chat_template.h"
 #include "data/jsonl.h"
 #include "data/score_input.h"
-#include "data/tokenizer_record.h"
 #include "engine/preference.h"
 #include "ops/device.h"
 #include "models/cuda_model.h"
@@ -42,10 +39,10 @@
 #include "ops/error.h"
 #include "ops/files.h"
 #include "tools/flag_terms.h"
+#include "tools/model_folder.h"
 
 namespace {
 
-namespace fs = std::filesystem;
 
 const char* kUsage =
     "usage: build/score --model DIR [--adapter DIR] [--tokenizer PATH] [--template NAME] [--train-on responses|all]\n"
@@ -70,18 +67,12 @@ const char* kUsage =
     "               --adapter) and reference (without) log-probs of both completions, the rewards and the\n"
     "               sigmoid DPO loss at --beta (default 0.1)\n";
 
-struct Args {
-  std::string model, adapter, tokenizer, device = "auto", template_name = "auto", train_on = "responses";
+struct Args : loom::ModelFlags {
+  std::string device = "auto", train_on = "responses";
   loom::Quant quant = loom::Quant::kBf16;
   bool per_token = false, print_plan = false, pairs = false;
   double beta = 0.1;
 };
-
-void require_folder(const std::string& path, const std::string& flag, const std::string& expected) {
-  loom::require_file_or_folder(path, flag);
-  std::error_code ec;
-  LOOM_CHECK(fs::is_directory(path, ec), flag, " ", path, " is a file; give ", expected);
-}
 
 double parse_beta(const std::string& v) {
   size_t used = 0;
@@ -104,11 +95,8 @@ Args parse_args(int argc, char** argv) {
       LOOM_CHECK(i + 1 < argc, k, " needs a value\n", kUsage);
       return argv[++i];
     };
-    if (k == "--model") a.model = value();
-    else if (k == "--adapter") a.adapter = value();
-    else if (k == "--tokenizer") a.tokenizer = value();
-    else if (k == "--template") a.template_name = value();
-    else if (k == "--train-on") a.train_on = value();
+    if (loom::take_model_flag(k, value, a)) continue;
+    if (k == "--train-on") a.train_on = value();
     else if (k == "--device") a.device = value();
     else if (k == "--quant") a.quant = loom::parse_choice<loom::Quant>(k, value(), loom::kQuantNames);
     else if (k == "--per-token") a.per_token = true;
@@ -117,40 +105,15 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--beta") a.beta = parse_beta(value());
     else loom::fail("unknown argument '", k.substr(0, 80), "'\n", kUsage);
   }
-  LOOM_CHECK(!a.model.empty(), "--model is required\n", kUsage);
+  loom::check_model_flags(a, kUsage);
   loom::check_choice("--device", a.device, {"auto", "cpu", "cuda"});
-  std::vector<std::string> templates = {"auto", "none"};
-  for (const auto& n : loom::chat_template_names()) templates.push_back(n);
-  loom::check_choice("--template", a.template_name, templates);
   loom::check_choice("--train-on", a.train_on, {"responses", "all"});
-  require_folder(a.model, "--model", "the model's folder (config.json + *.safetensors)");
-  if (!a.adapter.empty())
-    require_folder(a.adapter, "--adapter", "the adapter's folder (adapter_config.json + adapter_model.safetensors)");
-  if (!a.tokenizer.empty()) loom::require_file_or_folder(a.tokenizer, "--tokenizer");
   return a;
-}
-
-// --tokenizer must be the model's own when the model folder has one: ids of another tokenizer
-// would be scored as if they were the model's.
-void check_tokenizer_is_the_models(const Args& a) {
-  if (a.tokenizer.empty() || !loom::holds_tokenizer(a.model)) return;
-  const loom::TokenizerRecord given =
-      loom::record_tokenizer(a.tokenizer, *loom::Tokenizer::load(a.tokenizer, "--tokenizer"));
-  const loom::TokenizerRecord own = loom::record_tokenizer(a.model, *loom::Tokenizer::load(a.model, "--model"));
-  LOOM_CHECK(loom::same_tokenizer(given, own), "--tokenizer ", loom::describe(given),
-             " is not the tokenizer of --model ", a.model, " ", loom::describe(own),
-             "; leave --tokenizer out to use the model's");
 }
 
 loom::ScoreInputOptions input_options(const Args& a, int32_t vocab) {
   loom::ScoreInputOptions o;
-  if (!a.tokenizer.empty()) {
-    o.tokenizer_path = a.tokenizer;
-    o.tokenizer_name = "--tokenizer";
-  } else if (loom::holds_tokenizer(a.model)) {
-    o.tokenizer_path = a.model;
-    o.tokenizer_name = "the tokenizer of --model";
-  }
+  std::tie(o.tokenizer_path, o.tokenizer_name) = loom::tokenizer_of(a.model, a.tokenizer);
   o.template_name = a.template_name;
   o.train_on_all = a.train_on == "all";
   o.vocab = vocab;
@@ -277,7 +240,7 @@ int run(int argc, char** argv) {
   const Args args = parse_args(argc, argv);
   const loom::ModelConfig cfg = loom::load_model_config(args.model);
   loom::audit_checkpoint(args.model, cfg);  // as train does: before an adapter or the data is sized by cfg
-  check_tokenizer_is_the_models(args);
+  loom::check_tokenizer_is_the_models(args.model, args.tokenizer);
   // Every line is read first: the GPU plan is sized by the longest document, and a bad line stops
   // the run before anything is scored.
   loom::ScoreInput input(input_options(args, cfg.V));
@@ -307,16 +270,4 @@ const std::vector<loom::FlagOfKey> kFlagOfKey = {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  if (argc > 1 && (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h"))) {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
-  try {
-    return run(argc, argv);
-  } catch (...) {
-    const std::string message = loom::in_flag_terms(loom::describe_current_exception(), kFlagOfKey);
-    std::fprintf(stderr, "error: %s\n", message.c_str());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return loom::tool_main(argc, argv, kUsage, kFlagOfKey, run); }

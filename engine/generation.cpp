@@ -1,0 +1,183 @@
+#include "engine/generation.h"
+
+#include <algorithm>
+#include <optional>
+
+#include "data/token_stream.h"
+#include "ops/error.h"
+
+namespace loom {
+
+void ReferenceDecoder::prefill(const std::vector<std::vector<int32_t>>& prompts, std::vector<float>& logits) {
+  const size_t V = size_t(vocab());
+  caches_.assign(prompts.size(), KvCache());
+  logits.assign(prompts.size() * V, 0.f);
+  std::vector<float> all;
+  for (size_t b = 0; b < prompts.size(); ++b) {
+    model_.extend(caches_[b], prompts[b], lora_, adapters_, all);
+    std::copy(all.end() - std::ptrdiff_t(V), all.end(), logits.begin() + std::ptrdiff_t(b * V));
+  }
+}
+
+void ReferenceDecoder::decode(const std::vector<int>& rows, const std::vector<int32_t>& tokens,
+                              std::vector<float>& logits) {
+  const size_t V = size_t(vocab());
+  logits.assign(rows.size() * V, 0.f);
+  std::vector<float> one;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    model_.extend(caches_[size_t(rows[i])], {tokens[i]}, lora_, adapters_, one);
+    std::copy(one.begin(), one.end(), logits.begin() + std::ptrdiff_t(i * V));
+  }
+}
+
+namespace {
+
+// The longest stop string's length - 1: text that may still become a stop string is held back from
+// streaming until the next token decides.
+size_t stop_holdback(const std::vector<std::string>& stop) {
+  size_t n = 0;
+  for (const std::string& s : stop) n = std::max(n, s.size());
+  return n > 0 ? n - 1 : 0;
+}
+
+// One request while it generates.
+class Sequence {
+ public:
+  Sequence(const Tokenizer* tok, const GenerationOptions& o, uint64_t request, std::vector<int32_t> prompt)
+      : o_(o), request_(request), context_(std::move(prompt)), holdback_(stop_holdback(o.stop)) {
+    if (tok) stream_.emplace(*tok, true);
+  }
+
+  // Chooses the next token from logits (V) and records it; true when the sequence has finished.
+  bool take(const float* logits, int32_t V, int64_t max_length) {
+    const int32_t id = sample_token_ref(logits, V, o_.sampling, context_.data(), context_.size(), request_,
+                                        uint64_t(out_.ids.size()));
+    out_.ids.push_back(id);
+    context_.push_back(id);
+    if (std::find(o_.eos_ids.begin(), o_.eos_ids.end(), id) != o_.eos_ids.end()) return finish("eos");
+    if (stream_) {
+      const size_t before = out_.text.size();
+      out_.text += stream_->push(id);
+      if (stop_found(before)) return finish("stop");
+    }
+    const bool full = max_length > 0 && int64_t(context_.size()) >= max_length;
+    if (int(out_.ids.size()) >= o_.max_new_tokens || full) return finish("length");
+    return false;
+  }
+
+  // Text not yet streamed that no stop string can still claim.
+  std::string take_stream_text(bool done) {
+    size_t end = out_.text.size();
+    if (!done) {
+      end = end > holdback_ ? end - holdback_ : 0;
+      while (end > streamed_ && end < out_.text.size() && (uint8_t(out_.text[end]) & 0xC0) == 0x80) --end;
+    }
+    if (end <= streamed_) return "";
+    std::string s = out_.text.substr(streamed_, end - streamed_);
+    streamed_ = end;
+    return s;
+  }
+
+  bool finished() const { return !out_.finish_reason.empty(); }
+  int32_t last() const { return out_.ids.back(); }
+  Generation&& result() { return std::move(out_); }
+
+ private:
+  bool finish(const char* reason) {
+    if (stream_ && std::string(reason) != "stop") {
+      const size_t before = out_.text.size();
+      out_.text += stream_->finish();
+      if (stop_found(before)) reason = "stop";
+    }
+    out_.finish_reason = reason;
+    return true;
+  }
+
+  // Whether text added after `before` completed a stop string; the text is then cut before it.
+  bool stop_found(size_t before) {
+    std::optional<size_t> first;
+    for (const std::string& s : o_.stop) {
+      const size_t from = before >= s.size() ? before - s.size() + 1 : 0;
+      const size_t at = out_.text.find(s, from);
+      if (at != std::string::npos && (!first || at < *first)) first = at;
+    }
+    if (!first) return false;
+    out_.text.resize(*first);
+    return true;
+  }
+
+  const GenerationOptions& o_;
+  uint64_t request_;
+  std::vector<int32_t> context_;  // prompt + new ids: the repetition penalty's context
+  std::optional<TokenStream> stream_;
+  size_t holdback_;
+  size_t streamed_ = 0;
+  Generation out_;
+};
+
+void check_options(const GenerationOptions& o, const Tokenizer* tok) {
+  check_sampling_params(o.sampling);
+  LOOM_CHECK(o.max_new_tokens >= 1, "--max-new-tokens must be >= 1, got ", o.max_new_tokens);
+  LOOM_CHECK(o.batch_size >= 1, "--batch-size must be >= 1, got ", o.batch_size);
+  for (const std::string& s : o.stop) LOOM_CHECK(!s.empty(), "a stop string is empty; give each --stop some text");
+  LOOM_CHECK(o.stop.empty() || tok, "stop strings need a tokenizer to decode the text (--tokenizer)");
+}
+
+void check_prompt(const std::vector<int32_t>& prompt, size_t index, int32_t V, int64_t max_length) {
+  LOOM_CHECK(!prompt.empty(), "prompt ", index + 1, " is empty: a model needs at least one token to continue");
+  for (int32_t id : prompt)
+    LOOM_CHECK(id >= 0 && id < V, "prompt ", index + 1, ": token id ", id, " is outside the vocabulary (", V, ")");
+  LOOM_CHECK(max_length <= 0 || int64_t(prompt.size()) < max_length, "prompt ", index + 1, " has ", prompt.size(),
+             " tokens, which leaves no room below the model's max_position_embeddings (", max_length, ")");
+}
+
+// One batch of requests, prefill to the last finish.
+void generate_batch(DecodeModel& model, const Tokenizer* tok, const std::vector<std::vector<int32_t>>& prompts,
+                    const GenerationOptions& o, const TextCallback& on_text, uint64_t first_request,
+                    std::vector<Generation>& out) {
+  const int32_t V = model.vocab();
+  std::vector<Sequence> seqs;
+  for (size_t b = 0; b < prompts.size(); ++b) seqs.emplace_back(tok, o, first_request + b, prompts[b]);
+  std::vector<float> logits;
+  model.prefill(prompts, logits);
+  std::vector<int> rows(prompts.size());
+  for (size_t b = 0; b < rows.size(); ++b) rows[b] = int(b);
+  while (!rows.empty()) {
+    std::vector<int> next_rows;
+    std::vector<int32_t> tokens;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      Sequence& s = seqs[size_t(rows[i])];
+      const bool done = s.take(logits.data() + i * size_t(V), V, model.max_length());
+      if (on_text) {
+        const std::string text = s.take_stream_text(done);
+        if (!text.empty()) on_text(first_request + size_t(rows[i]), text);
+      }
+      if (done) continue;
+      next_rows.push_back(rows[i]);
+      tokens.push_back(s.last());
+    }
+    rows = std::move(next_rows);
+    if (!rows.empty()) model.decode(rows, tokens, logits);
+  }
+  for (Sequence& s : seqs) out.push_back(s.result());
+}
+
+}  // namespace
+
+std::vector<Generation> generate(DecodeModel& model, const Tokenizer* tok,
+                                 const std::vector<std::vector<int32_t>>& prompts, const GenerationOptions& options,
+                                 const TextCallback& on_text, uint64_t first_request) {
+  check_options(options, tok);
+  for (size_t i = 0; i < prompts.size(); ++i) check_prompt(prompts[i], i, model.vocab(), model.max_length());
+  std::vector<Generation> out;
+  const size_t batch = size_t(options.batch_size);
+  for (size_t start = 0; start < prompts.size(); start += batch) {
+    const size_t end = std::min(prompts.size(), start + batch);
+    const std::vector<std::vector<int32_t>> slice(prompts.begin() + std::ptrdiff_t(start),
+                                                  prompts.begin() + std::ptrdiff_t(end));
+    generate_batch(model, tok, slice, options, on_text, first_request + start, out);
+  }
+  return out;
+}
+
+}  // namespace loom
