@@ -19,6 +19,7 @@
 // |analytic - numeric| <= tol · max(|numeric|, floor), with tol = 1e-3 and floor = 0.05 unless a
 // test says otherwise: 5e-5 absolute near zero.
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -829,6 +830,23 @@ TEST(GradNorm, SumOfSquaresIsExactForSmallIntegers) {
   double want = 0;
   for (float x : g) want += double(x) * x;
   EXPECT_EQ(sum_squares_ref(g.data(), g.size()), want);
+}
+
+// The sum is the same bits on any number of threads (16 threads of an OpenMP reduction moved a
+// run's grad norm in its last bit from run to run: DistTrain.PrecomputedReference... failed on the
+// 16-core GPU machine). Values spread over 16 orders of magnitude make every order of addition
+// round differently.
+TEST(GradNorm, SumOfSquaresIsTheSameOnAnyNumberOfThreads) {
+  std::vector<float> g = test::random_floats(1000003, 7, -1.f, 1.f);
+  for (size_t i = 0; i < g.size(); ++i) g[i] *= std::ldexp(1.f, int(i % 53) - 26);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const double one = sum_squares_ref(g.data(), g.size());
+  for (int n : {2, 3, 7, 16}) {
+    omp_set_num_threads(n);
+    EXPECT_EQ(sum_squares_ref(g.data(), g.size()), one) << n << " threads";
+  }
+  omp_set_num_threads(threads);
 }
 
 // torch 2.15: clip_grad_norm_'s own lines, total_norm = torch.tensor(norm, dtype=torch.float32);
