@@ -8,7 +8,7 @@
 // CUDA (ops/attention_decode.cu): the cache is read once, which is all a decode step's attention
 // costs, so the work is split over the cache length (flash-decoding): block (split, kv head, b)
 // takes keys [split·chunk, (split + 1)·chunk) for the H / KVH query heads that share the kv head,
-// each warp a key at a time (a lane holds D / 32 elements of the query, key and accumulator), with
+// each warp four keys at a time (a lane holds D / 32 elements of the query, keys and accumulator), with
 // an online softmax in fp32; the block leaves (max, Σ e^(s - max), Σ e^(s - max) v) per query head in
 // fp32 scratch, and a second kernel merges the splits:
 //   m = max_s m_s ;  l = Σ_s l_s e^(m_s - m) ;  out = Σ_s acc_s e^(m_s - m) / l   (rounded to bf16)
@@ -29,9 +29,11 @@ struct DecodeCache {
   int64_t capacity;  // rows per sequence
 };
 
-// Splits of the cache length for B sequences of at most max_len keys: enough blocks to fill the GPU
-// (about two per multiprocessor) without chunks under 64 keys.
-int attention_decode_splits(int B, int KVH, int64_t max_len, int multiprocessors);
+// Splits of the cache length for B sequences of at most max_len keys: about blocks_per_sm blocks per
+// multiprocessor (each a few warps waiting on loads, so the GPU wants many), no chunk under 64 keys.
+constexpr int kDecodeBlocksPerSm = 8;  // measured best of 2, 8, 16, 32 (tools/perf_notes.md)
+int attention_decode_splits(int B, int KVH, int64_t max_len, int multiprocessors,
+                            int blocks_per_sm = kDecodeBlocksPerSm);
 // fp32 scratch of attention_decode: (B, H, splits) × (D + 2).
 int64_t attention_decode_scratch_floats(int B, int H, int D, int splits);
 

@@ -2,8 +2,9 @@
 //   build/attention_bench [N]        the first N cases (all by default); tools/gpu_attention_check.sh
 //                                    builds and runs it
 //   build/attention_bench --decode   the decode kernel (ops/attention_decode.cu): one query per
-//                                    sequence against a cache of L keys, B sequences; it reads the
-//                                    cache once, so its figure is bandwidth: 2·B·L·KVH·D·2 bytes / time
+//                                    sequence against a cache of L keys, B sequences, at several
+//                                    splits of the cache; it reads the cache once, so its figure is
+//                                    bandwidth: 2·B·L·KVH·D·2 bytes / time
 // Target workload: T = 16384 tokens of documents averaging 240 tokens, H = 32, KVH = 8, D = 128.
 // FLOPs count only the unmasked causal pairs: forward 4 D H sum_doc L(L+1)/2 (two matmuls of
 // 2 D FLOPs per visible pair), backward 2.5 times that (five matmuls). Each time is the median of
@@ -111,8 +112,9 @@ void run(const BenchCase& c) {
     CUDA_CHECK(cudaFree(p));
 }
 
-// The decode kernel for B sequences of L cached keys each (llama-3.1-8b's heads).
-void run_decode(int B, int L) {
+// The decode kernel for B sequences of L cached keys each (llama-3.1-8b's heads), the cache split
+// for about blocks_per_sm blocks per multiprocessor.
+void run_decode(int B, int L, int blocks_per_sm) {
   const int H = 32, KVH = 8, D = 128;
   std::mt19937_64 rng(99);
   const int64_t cache = int64_t(B) * L * KVH * D;
@@ -126,7 +128,7 @@ void run_decode(int B, int L) {
   int device = 0, sms = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int splits = attention_decode_splits(B, KVH, L, sms);
+  const int splits = attention_decode_splits(B, KVH, L, sms, blocks_per_sm);
   CUDA_CHECK(cudaMalloc(&lengths, size_t(B) * sizeof(int32_t)));
   CUDA_CHECK(cudaMemcpy(lengths, lengths_host.data(), size_t(B) * sizeof(int32_t), cudaMemcpyHostToDevice));
   CUDA_CHECK(cudaMalloc(&out, size_t(B) * H * D * sizeof(bf16)));
@@ -136,8 +138,8 @@ void run_decode(int B, int L) {
     attention_decode(out, q, DecodeCache{k, v, L}, lengths, B, L, s, splits, scratch, nullptr);
   });
   const double bytes = 2.0 * double(cache) * sizeof(bf16);
-  std::printf("decode B=%-3d L=%-6d H32 KVH8 D128  splits %3d  %8.4f ms  %7.1f GB/s\n", B, L, splits, ms,
-              bytes / ms * 1e-6);
+  std::printf("decode B=%-3d L=%-6d H32 KVH8 D128  blocks/SM %2d  splits %3d  %8.4f ms  %7.1f GB/s\n", B, L,
+              blocks_per_sm, splits, ms, bytes / ms * 1e-6);
   for (void* p : {static_cast<void*>(k), static_cast<void*>(v), static_cast<void*>(q), static_cast<void*>(lengths),
                   static_cast<void*>(out), static_cast<void*>(scratch)})
     CUDA_CHECK(cudaFree(p));
@@ -155,7 +157,7 @@ int main(int argc, char** argv) {
     std::printf("%s\n", loom::cuda_device_summary().c_str());
     if (argc > 1 && std::string(argv[1]) == "--decode") {
       for (const auto& [B, L] : {std::pair{1, 2048}, std::pair{1, 32768}, std::pair{64, 2048}, std::pair{64, 8192}})
-        loom::run_decode(B, L);
+        for (int blocks_per_sm : {2, 8, 16, 32}) loom::run_decode(B, L, blocks_per_sm);
       return 0;
     }
     const loom::BenchCase cases[] = {
