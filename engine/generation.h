@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "data/tokenizer.h"
+#include "models/cuda_model.h"
 #include "models/reference_model.h"
 #include "ops/sampling.h"
 
@@ -66,6 +67,27 @@ class ReferenceDecoder : public DecodeModel {
   const float* lora_;
   bool adapters_;
   std::vector<KvCache> caches_;
+};
+
+// The GPU path: a CudaModel planned for ModelMode::kGenerate. Every decode step runs all `batch`
+// rows of the cache (a finished or unused row repeats a harmless write at its last position and its
+// logits are dropped), so the step's shapes stay fixed.
+class CudaDecoder : public DecodeModel {
+ public:
+  CudaDecoder(CudaModel& model, const ModelConfig& cfg, int batch, int64_t context, bool adapters)
+      : model_(model), V_(cfg.V), batch_(batch), context_(context), adapters_(adapters) {}
+  void prefill(const std::vector<std::vector<int32_t>>& prompts, std::vector<float>& logits) override;
+  void decode(const std::vector<int>& rows, const std::vector<int32_t>& tokens, std::vector<float>& logits) override;
+  int32_t vocab() const override { return V_; }
+  int64_t max_length() const override { return context_; }
+
+ private:
+  CudaModel& model_;
+  int32_t V_;
+  int batch_;
+  int64_t context_;
+  bool adapters_;
+  std::vector<int32_t> length_, last_;  // per cache row: tokens held, the last token fed
 };
 
 // Called with (request index, new text) as each request's text grows (streaming); may be empty.

@@ -8,11 +8,13 @@
 
 #include "models/device_weights.h"
 #include "ops/attention.h"
+#include "ops/attention_decode.h"
 #include "ops/cross_entropy.h"
 #include "ops/device.h"
 #include "ops/embedding.h"
 #include "ops/error.h"
 #include "ops/gemm.h"
+#include "ops/kv_cache.h"
 #include "ops/lora_linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
@@ -44,6 +46,7 @@ struct CudaModel::Impl {
   std::unique_ptr<GemmContext> gemm_ctx;
   cudaStream_t stream = nullptr;
   bool train_mode = true;
+  bool generate_mode = false;
   int64_t Tmax = 0;   // token budget
   int64_t T = 0;      // this micro-batch
   int64_t mlp_tile = 0;
@@ -83,6 +86,18 @@ struct CudaModel::Impl {
   PassOptions pass;          // of the forward in flight
   bool backward_ready = false;  // a training forward whose backward has not run
 
+  // kGenerate: the KV cache (L, B, context, KVH, D) ×2, each row's (slot, position) of the pass, the
+  // lengths a decode step attends to, the decode attention's scratch, the last positions' hidden
+  // states and logits.
+  int B = 0;
+  int64_t context = 0;
+  int decode_splits = 0;
+  bool decoding = false;  // the pass in flight is a decode step
+  int64_t decode_max_len = 0;
+  bf16 *cache_k = nullptr, *cache_v = nullptr, *x_last = nullptr;
+  int32_t *cache_slot = nullptr, *cache_pos = nullptr, *cache_len = nullptr;
+  float *decode_scratch = nullptr, *decode_logits = nullptr;
+
   Impl(const ModelConfig& c, const LoraLayout& l, const CudaModelOptions& o)
       : cfg(c),
         lora(l),
@@ -90,7 +105,15 @@ struct CudaModel::Impl {
         weights(c, o.quant, o.double_quant),
         adapters(l, o.mode == ModelMode::kTrain, o.reference_adapter),
         train_mode(o.mode == ModelMode::kTrain),
-        Tmax(o.token_budget) {
+        generate_mode(o.mode == ModelMode::kGenerate),
+        Tmax(o.token_budget),
+        B(o.decode_batch),
+        context(o.decode_context) {
+    if (generate_mode) {
+      LOOM_CHECK(B >= 1 && context >= 2, "generation needs a batch >= 1 and a context >= 2 (found ", B, ", ", context, ")");
+      Tmax = std::max<int64_t>(Tmax, B);  // a decode step is B rows
+      decode_splits = int(ceil_div(context, 64));  // the most attention_decode_splits gives
+    }
     mlp_tile = train_mode ? Tmax : std::min(Tmax, kForwardMlpTile);
   }
 
@@ -142,6 +165,22 @@ struct CudaModel::Impl {
         add_layers(std::string("LoRA x·Aᵀ ") + kLoraTargetNames[t], u[t], T * lora.R, keep, "(T, R)");
     add("activations", "final norm out", &xf, T * C, "(T, C)");
     add("activations", "final rstd", &rstdf, T, "(T)");
+    if (generate_mode) plan_kv_cache();
+  }
+
+  void plan_kv_cache() {
+    const ModelConfig& m = cfg;
+    const size_t cells = size_t(m.L) * B * context * m.KVH * m.D;
+    const std::string shape = cat("(L, ", B, ", ", context, ", KVH·D)");
+    add("kv cache", "keys", &cache_k, cells, shape);
+    add("kv cache", "values", &cache_v, cells, shape);
+    add("scratch", "cache slot of each row", &cache_slot, size_t(Tmax), "(T)");
+    add("scratch", "cache position of each row", &cache_pos, size_t(Tmax), "(T)");
+    add("scratch", "decode lengths", &cache_len, size_t(B), "(B)");
+    add("scratch", "decode attention", &decode_scratch,
+        size_t(attention_decode_scratch_floats(B, m.H, m.D, decode_splits)), "(B, H, splits, D+2)");
+    add("scratch", "last positions' hidden states", &x_last, size_t(B) * m.C, "(B, C)");
+    add("scratch", "decode logits", &decode_logits, size_t(B) * m.V, "(B, V)");
   }
 
   void plan_scratch() {
@@ -276,8 +315,17 @@ struct CudaModel::Impl {
     }
     rope_forward(q.at(l), positions, weights.inv_freq(), T, m.H, m.D, int64_t(m.H) * m.D, stream);
     rope_forward(k.at(l), positions, weights.inv_freq(), T, m.KVH, m.D, int64_t(m.KVH) * m.D, stream);
-    attention_forward(attn.at(l), lse.at(l), q.at(l), k.at(l), v.at(l), AttentionStrides::contiguous(m.H, m.KVH, m.D),
-                      attention_shape(l), T, stream);
+    if (generate_mode) {
+      bf16* ck = cache_k + int64_t(l) * B * context * m.KVH * m.D;
+      bf16* cv = cache_v + int64_t(l) * B * context * m.KVH * m.D;
+      kv_cache_write(ck, cv, k.at(l), v.at(l), cache_slot, cache_pos, T, m.KVH, m.D, context, stream);
+      if (decoding)
+        attention_decode(attn.at(l), q.at(l), DecodeCache{ck, cv, context}, cache_len, B, decode_max_len,
+                         attention_shape(l), decode_splits_for(decode_max_len), decode_scratch, stream);
+    }
+    if (!decoding)
+      attention_forward(attn.at(l), lse.at(l), q.at(l), k.at(l), v.at(l),
+                        AttentionStrides::contiguous(m.H, m.KVH, m.D), attention_shape(l), T, stream);
     linear_forward(l, kO, attn.at(l), tmp_c);
     residual_rmsnorm_forward(h.at(l), xn2.at(l), rstd2.at(l), resid.at(l), tmp_c, weights.ln2(l), T, m.C, m.rms_eps,
                              stream);
@@ -348,6 +396,33 @@ struct CudaModel::Impl {
     rmsnorm_backward(d_resid, dxf, nullptr, resid.at(m.L), weights.final_norm(), rstdf, T, m.C, stream);
     for (int l = m.L - 1; l >= 0; --l) layer_backward(l);
     backward_ready = false;
+  }
+
+  int decode_splits_for(int64_t max_len) const {
+    return std::min(decode_splits, attention_decode_splits(B, cfg.KVH, max_len, multiprocessors()));
+  }
+
+  static int multiprocessors() {
+    int device = 0, sms = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms;
+  }
+
+  // kGenerate: the rows' cache slots and positions (and, decoding, each sequence's length).
+  void upload_cache_rows(const std::vector<int32_t>& slot, const std::vector<int32_t>& pos) {
+    CUDA_CHECK(cudaMemcpyAsync(cache_slot, slot.data(), slot.size() * 4, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(cache_pos, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice, stream));
+  }
+
+  // The LM head on B rows of final hidden states: logits (rows, V) fp32, copied to the host (waits).
+  std::vector<float> logits_of(const bf16* x, int rows) {
+    gemm(*gemm_ctx, decode_logits, x, weights.head(), rows, cfg.V, cfg.C, false, true, 1.f, 0.f, GemmOut::kFp32,
+         stream);
+    std::vector<float> out(size_t(rows) * cfg.V);
+    CUDA_CHECK(cudaMemcpyAsync(out.data(), decode_logits, out.size() * 4, cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    return out;
   }
 
   void begin_pass(const MicroBatch& mb, const PassOptions& p) {
@@ -441,6 +516,67 @@ void CudaModel::forward_backward(const MicroBatch& mb, const std::vector<float>&
   d.backward_layers();
 }
 
+std::vector<float> CudaModel::prefill(const std::vector<std::vector<int32_t>>& prompts, bool adapters) {
+  Impl& d = *impl_;
+  LOOM_CHECK(d.generate_mode, "prefill needs a model planned for generation (ModelMode::kGenerate)");
+  LOOM_CHECK(!prompts.empty() && int(prompts.size()) <= d.B, "prefill: ", prompts.size(),
+             " prompts for a cache of ", d.B, " sequences");
+  MicroBatch mb;
+  std::vector<int32_t> slot;
+  mb.cu_seqlens.push_back(0);
+  for (size_t b = 0; b < prompts.size(); ++b) {
+    const std::vector<int32_t>& p = prompts[b];
+    LOOM_CHECK(!p.empty() && int64_t(p.size()) < d.context, "prefill: prompt ", b, " has ", p.size(),
+               " tokens; the cache holds ", d.context, " positions per sequence");
+    for (size_t i = 0; i < p.size(); ++i) {
+      LOOM_CHECK(p[i] >= 0 && p[i] < d.cfg.V, "prefill: token id ", p[i], " is outside the vocabulary (", d.cfg.V, ")");
+      mb.tokens.push_back(p[i]);
+      mb.targets.push_back(kIgnoreIndex);
+      mb.positions.push_back(int32_t(i));
+      slot.push_back(int32_t(b));
+    }
+    mb.cu_seqlens.push_back(int32_t(mb.tokens.size()));
+  }
+  d.decoding = false;
+  d.begin_pass(mb, PassOptions{adapters, false, 0});
+  d.upload_cache_rows(slot, mb.positions);
+  d.forward_layers();
+  for (size_t b = 0; b < prompts.size(); ++b)  // each prompt's last position
+    CUDA_CHECK(cudaMemcpyAsync(d.x_last + b * d.cfg.C, d.xf + int64_t(mb.cu_seqlens[b + 1] - 1) * d.cfg.C,
+                               size_t(d.cfg.C) * sizeof(bf16), cudaMemcpyDeviceToDevice, d.stream));
+  return d.logits_of(d.x_last, int(prompts.size()));
+}
+
+std::vector<float> CudaModel::decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
+                                     bool adapters) {
+  Impl& d = *impl_;
+  LOOM_CHECK(d.generate_mode, "decode needs a model planned for generation (ModelMode::kGenerate)");
+  LOOM_CHECK(int(tokens.size()) == d.B && positions.size() == tokens.size(), "decode: ", tokens.size(), " tokens and ",
+             positions.size(), " positions for a cache of ", d.B, " sequences");
+  MicroBatch mb;
+  mb.tokens = tokens;
+  mb.targets.assign(tokens.size(), kIgnoreIndex);
+  mb.positions = positions;
+  mb.cu_seqlens = {0, int32_t(tokens.size())};  // unused by the decode attention
+  std::vector<int32_t> slot(tokens.size()), length(tokens.size());
+  d.decode_max_len = 0;
+  for (size_t b = 0; b < tokens.size(); ++b) {
+    LOOM_CHECK(positions[b] >= 0 && positions[b] < d.context, "decode: position ", positions[b], " of sequence ", b,
+               " is outside the cache's ", d.context, " positions");
+    LOOM_CHECK(tokens[b] >= 0 && tokens[b] < d.cfg.V, "decode: token id ", tokens[b], " is outside the vocabulary");
+    slot[b] = int32_t(b);
+    length[b] = positions[b] + 1;
+    d.decode_max_len = std::max<int64_t>(d.decode_max_len, length[b]);
+  }
+  d.decoding = true;
+  d.begin_pass(mb, PassOptions{adapters, false, 0});
+  d.upload_cache_rows(slot, positions);
+  CUDA_CHECK(cudaMemcpyAsync(d.cache_len, length.data(), length.size() * 4, cudaMemcpyHostToDevice, d.stream));
+  d.forward_layers();
+  d.decoding = false;
+  return d.logits_of(d.xf, d.B);
+}
+
 std::vector<float> CudaModel::token_losses() {
   Impl& d = *impl_;
   std::vector<float> out(d.T);
@@ -470,7 +606,9 @@ size_t CudaModel::planned_bytes() const { return impl_->plan.total_bytes(); }
 std::string CudaModel::describe() const {
   const Impl& d = *impl_;
   return cat("cuda: ", cuda_device_summary(), " | ", quant_name(d.opt.quant),
-             d.train_mode ? cat(" | recompute ", recompute_name(d.opt.recompute)) : std::string(" | forward only"),
+             d.train_mode      ? cat(" | recompute ", recompute_name(d.opt.recompute))
+             : d.generate_mode ? cat(" | generation, KV cache ", d.B, " × ", d.context)
+                               : std::string(" | forward only"),
              " | plan ", format_bytes(planned_bytes()));
 }
 

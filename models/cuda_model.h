@@ -16,6 +16,11 @@
 //               full       only each layer's input; backward reruns the layer's forward first
 //   kForward  scoring: one layer's activations, rewritten layer after layer; the MLP in token tiles;
 //             no gradients, no backward scratch, no optimizer state.
+//   kGenerate kForward plus a bf16 KV cache of decode_batch sequences × decode_context positions per
+//             layer (keys after RoPE and the q/k norm, values): prefill() runs the prompts packed
+//             (varlen flash attention) and writes their rows into the cache; decode() runs one token
+//             per sequence, appends its key and value and attends to the cache
+//             (ops/attention_decode.h). Logits of the last position of each sequence, fp32.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -34,7 +39,7 @@
 
 namespace loom {
 
-enum class ModelMode { kTrain, kForward };
+enum class ModelMode { kTrain, kForward, kGenerate };
 
 struct CudaModelOptions {
   ModelMode mode = ModelMode::kTrain;
@@ -44,6 +49,8 @@ struct CudaModelOptions {
   int64_t token_budget = 16384;                 // the largest micro-batch (T)
   bool print_plan = true;
   bool reference_adapter = false;  // plan a frozen reference adapter (DeviceAdapters::set_reference)
+  int decode_batch = 0;            // kGenerate: sequences the KV cache holds
+  int64_t decode_context = 0;      // kGenerate: positions per sequence (prompt + new tokens)
 };
 
 class CudaModel {
@@ -74,6 +81,14 @@ class CudaModel {
   // (SFT): the LM head's logits are computed once. Same results as forward then backward.
   void forward_backward(const MicroBatch& mb, const std::vector<float>& token_weight, uint64_t dropout_seed,
                         bool last);
+  // kGenerate. Empties the cache and runs the prompts (at most decode_batch, their tokens together at
+  // most token_budget, each shorter than decode_context), sequence b = prompts[b]; returns the logits
+  // (prompts, V) of each prompt's last token (waits). adapters: the LoRA on or off.
+  std::vector<float> prefill(const std::vector<std::vector<int32_t>>& prompts, bool adapters);
+  // kGenerate. One token per sequence of the last prefill: tokens[b] at position positions[b] (its
+  // cache then holds positions[b] + 1 tokens; positions[b] < decode_context); logits (B, V) (waits).
+  std::vector<float> decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters);
+
   // The per-token losses (T) of the last forward (waits for the stream).
   std::vector<float> token_losses();
   // Σ target losses of the forward passes that were not training passes since the last call (waits).

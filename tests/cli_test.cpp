@@ -468,7 +468,7 @@ TEST(GenerateCli, ErrorsNameTheFlagOrTheLine) {
       {"--model " + model + " --top-p 1.5 < " + good, "--top-p must be in (0, 1]"},
       {"--model " + model + " --temperature -1 < " + good, "--temperature"},
       {"--model " + model + " --max-new-tokens 0 < " + good, "--max-new-tokens expects an integer in [1, "},
-      {"--model " + model + " --device cuda < " + good, "--device must be one of cpu"},
+      {"--model " + model + " --device tpu < " + good, "--device must be one of cpu, cuda"},
       {"--model " + model + " --greedy --temperature 0.7 < " + good, "--greedy and --temperature 0.7 contradict"},
       {"--model " + model + " --system hi < " + good, "--system is the system message of --chat"},
       {"--model " + model + " --chat", "the model folder has none"},

@@ -10,7 +10,8 @@
 // template's end-of-turn token for conversations (a base model's config may lack it).
 // --chat: an interactive conversation on stdin/stdout (the reply streams as it is generated);
 // /reset starts over, /exit or end of input ends.
-// Runs on the fp32 CPU reference path (--device cpu, the default).
+// Runs on the fp32 CPU reference path (--device cpu, the default) or the GPU (--device cuda:
+// models/cuda_model.h ModelMode::kGenerate, a KV cache in the memory plan).
 #include <unistd.h>
 
 #include <cmath>
@@ -29,7 +30,9 @@
 #include "engine/generation.h"
 #include "models/lora.h"
 #include "models/model_config.h"
+#include "models/cuda_model.h"
 #include "models/reference_model.h"
+#include "ops/device.h"
 #include "models/weights.h"
 #include "ops/error.h"
 #include "tools/flag_terms.h"
@@ -41,7 +44,8 @@ const char* kUsage =
     "usage: build/generate --model DIR [--adapter DIR] [--tokenizer PATH] [--template NAME]\n"
     "                      [--max-new-tokens N] [--greedy | --temperature T] [--top-k K] [--top-p P] [--min-p P]\n"
     "                      [--repetition-penalty R] [--seed S] [--stop TEXT]... [--ignore-eos] [--batch-size B]\n"
-    "                      [--device cpu] [--chat [--system TEXT]]  < prompts.jsonl > out.jsonl\n"
+    "                      [--device cpu|cuda [--quant bf16|nf4] [--print-plan]] [--chat [--system TEXT]]\n"
+    "                      < prompts.jsonl > out.jsonl\n"
     "  DIR: an HF model folder (config.json + *.safetensors); --adapter: a PEFT LoRA adapter folder.\n"
     "  Input lines: {\"prompt\": \"text\"}, {\"messages\": [...]} (OpenAI form, ending with a user turn) or\n"
     "  {\"ids\": [...]}. Output lines: {\"text\", \"ids\", \"tokens\", \"prompt_tokens\", \"finish_reason\"}.\n"
@@ -55,12 +59,16 @@ const char* kUsage =
     "  --stop TEXT        end a reply at TEXT (not included); repeatable\n"
     "  --ignore-eos       generate max-new-tokens tokens whatever they are\n"
     "  --batch-size       prompts decoded together (default 8)\n"
-    "  --device           cpu: the fp32 reference path (GPU decoding is not built yet)\n"
+    "  --device           cpu (default): the fp32 reference path; cuda: the GPU (bf16, a KV cache planned for\n"
+    "                     --batch-size sequences of the longest prompt + --max-new-tokens; not yet run on a GPU)\n"
+    "  --quant            base weights on the GPU: bf16 (default) or nf4\n"
     "  --chat             talk to the model: each line of input is your turn, the reply streams back\n"
     "  --system TEXT      the system message of --chat\n";
 
 struct Args : loom::ModelFlags {
   std::string device = "cpu", system;
+  loom::Quant quant = loom::Quant::kBf16;
+  bool print_plan = false;
   int max_new_tokens = 256, batch_size = 8;
   uint64_t seed = 0;
   std::optional<double> temperature, top_p, min_p, repetition_penalty;
@@ -117,13 +125,16 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--greedy") a.greedy = true;
     else if (k == "--ignore-eos") a.ignore_eos = true;
     else if (k == "--chat") a.chat = true;
+    else if (k == "--quant") a.quant = loom::parse_choice<loom::Quant>(k, value(), loom::kQuantNames);
+    else if (k == "--print-plan") a.print_plan = true;
     else loom::fail("unknown argument '", k.substr(0, 80), "'\n", kUsage);
   }
   loom::check_model_flags(a, kUsage);
   LOOM_CHECK(!(a.greedy && a.temperature && *a.temperature != 0), "--greedy and --temperature ", *a.temperature,
              " contradict each other; give one");
   LOOM_CHECK(a.system.empty() || a.chat, "--system is the system message of --chat; give --chat too");
-  loom::check_choice("--device", a.device, {"cpu"});
+  loom::check_choice("--device", a.device, {"cpu", "cuda"});
+  LOOM_CHECK(a.device != "cuda" || loom::cuda_available(), "--device cuda: ", loom::cuda_device_summary());
   return a;
 }
 
@@ -170,23 +181,57 @@ void add_end_of_turn(loom::GenerationOptions& o, const loom::Tokenizer& tok, con
     o.eos_ids.push_back(ids[0]);
 }
 
-struct Model {
-  loom::ModelConfig cfg;
-  std::vector<float> lora;
-  std::unique_ptr<loom::ReferenceModel> ref;
+// The model of --model (+ --adapter) on --device, loaded at the first decoder() call.
+class Model {
+ public:
+  explicit Model(const Args& a) : a_(a), cfg_(loom::load_model_config(a.model)) {
+    loom::audit_checkpoint(a.model, cfg_);
+    loom::LoraOptions ls;
+    if (!a.adapter.empty()) ls = loom::read_peft_lora_options(a.adapter);
+    else ls.targets.clear();
+    layout_ = loom::make_lora_layout(cfg_, ls);
+    if (!a.adapter.empty()) lora_ = loom::load_peft_adapter(a.adapter, layout_);
+  }
+  const loom::ModelConfig& cfg() const { return cfg_; }
+
+  // A decoder for batches of up to `batch` sequences of at most `context` tokens whose prompts
+  // together hold at most `prefill_tokens` (the GPU plans its KV cache and activations by them).
+  loom::DecodeModel& decoder(int batch, int64_t context, int64_t prefill_tokens) {
+    if (decoder_) return *decoder_;
+    const bool adapters = !lora_.empty();
+    if (a_.device == "cuda") {
+      loom::CudaModelOptions opt;
+      opt.mode = loom::ModelMode::kGenerate;
+      opt.quant = a_.quant;
+      opt.token_budget = prefill_tokens;
+      opt.decode_batch = batch;
+      opt.decode_context = context;
+      opt.print_plan = a_.print_plan;
+      cuda_ = std::make_unique<loom::CudaModel>(cfg_, layout_, opt);
+      cuda_->load(loom::WeightSource::checkpoint(a_.model, cfg_), lora_,
+                  "lower --batch-size or --max-new-tokens, or use --quant nf4");
+      decoder_ = std::make_unique<loom::CudaDecoder>(*cuda_, cfg_, batch, context, adapters);
+    } else {
+      ref_ = std::make_unique<loom::ReferenceModel>(cfg_, loom::load_weights(a_.model, cfg_), layout_);
+      decoder_ = std::make_unique<loom::ReferenceDecoder>(*ref_, lora_.data(), adapters);
+    }
+    return *decoder_;
+  }
+
+ private:
+  const Args& a_;
+  loom::ModelConfig cfg_;
+  loom::LoraLayout layout_;
+  std::vector<float> lora_;
+  std::unique_ptr<loom::ReferenceModel> ref_;
+  std::unique_ptr<loom::CudaModel> cuda_;
+  std::unique_ptr<loom::DecodeModel> decoder_;
 };
 
-Model load_model(const Args& a) {
-  Model m;
-  m.cfg = loom::load_model_config(a.model);
-  loom::audit_checkpoint(a.model, m.cfg);
-  loom::LoraOptions ls;
-  if (!a.adapter.empty()) ls = loom::read_peft_lora_options(a.adapter);
-  else ls.targets.clear();
-  const loom::LoraLayout layout = loom::make_lora_layout(m.cfg, ls);
-  if (!a.adapter.empty()) m.lora = loom::load_peft_adapter(a.adapter, layout);
-  m.ref = std::make_unique<loom::ReferenceModel>(m.cfg, loom::load_weights(a.model, m.cfg), layout);
-  return m;
+// The most tokens a sequence may hold: its prompt and new tokens, within max_position_embeddings.
+int64_t context_for(const loom::ModelConfig& cfg, int64_t prompt, int max_new_tokens) {
+  const int64_t want = prompt + max_new_tokens;
+  return cfg.max_position > 0 ? std::min<int64_t>(want, cfg.max_position) : want;
 }
 
 std::string output_line(const loom::Generation& g, size_t prompt_tokens) {
@@ -201,7 +246,7 @@ std::string output_line(const loom::Generation& g, size_t prompt_tokens) {
 int run_batch(const Args& a, Model& m, loom::ScoreInput& input, const std::string& tokenizer_path) {
   LOOM_CHECK(!isatty(STDIN_FILENO), "build/generate reads prompts as JSONL on stdin (build/generate --model DIR < "
                                     "prompts.jsonl); to talk to the model, add --chat");
-  loom::GenerationOptions o = generation_options(a, m.cfg);
+  loom::GenerationOptions o = generation_options(a, m.cfg());
   std::vector<std::vector<int32_t>> prompts;
   bool conversations = false;
   loom::JsonlReader reader(std::cin, "stdin");
@@ -212,7 +257,19 @@ int run_batch(const Args& a, Model& m, loom::ScoreInput& input, const std::strin
   }
   const loom::Tokenizer* tok = tokenizer_path.empty() ? nullptr : &input.tokenizer("--tokenizer");
   if (conversations && tok && !a.ignore_eos) add_end_of_turn(o, *tok, input.chat_template("stdin"));
-  loom::ReferenceDecoder decoder(*m.ref, m.lora.data(), !m.lora.empty());
+  // The GPU plans for the longest prompt and the fullest batch of prompts.
+  const int batch = int(std::min<size_t>(size_t(o.batch_size), std::max<size_t>(prompts.size(), 1)));
+  int64_t longest = 1, fullest = 1;
+  for (size_t start = 0; start < prompts.size(); start += size_t(batch)) {
+    int64_t tokens = 0;
+    for (size_t i = start; i < std::min(prompts.size(), start + size_t(batch)); ++i) {
+      longest = std::max<int64_t>(longest, int64_t(prompts[i].size()));
+      tokens += int64_t(prompts[i].size());
+    }
+    fullest = std::max(fullest, tokens);
+  }
+  loom::DecodeModel& decoder = m.decoder(batch, std::max<int64_t>(2, context_for(m.cfg(), longest, o.max_new_tokens)),
+                                         fullest);
   const std::vector<loom::Generation> out = loom::generate(decoder, tok, prompts, o);
   for (size_t i = 0; i < out.size(); ++i) std::cout << output_line(out[i], prompts[i].size()) << std::flush;
   return 0;
@@ -226,13 +283,17 @@ std::optional<std::string> read_turn(bool terminal) {
   return line;
 }
 
+constexpr int64_t kChatContext = 8192;  // tokens of a --chat conversation on the GPU
+
 int run_chat(const Args& a, Model& m, loom::ScoreInput& input) {
   const loom::Tokenizer& tok = input.tokenizer("--chat");
   const loom::ChatTemplate& tmpl = input.chat_template("--chat");
-  loom::GenerationOptions o = generation_options(a, m.cfg);
+  loom::GenerationOptions o = generation_options(a, m.cfg());
   if (!a.ignore_eos) add_end_of_turn(o, tok, tmpl);
   o.batch_size = 1;
-  loom::ReferenceDecoder decoder(*m.ref, m.lora.data(), !m.lora.empty());
+  // The whole conversation is prefilled each turn: the GPU plans for a conversation of kChatContext.
+  const int64_t context = context_for(m.cfg(), kChatContext, 0);
+  loom::DecodeModel& decoder = m.decoder(1, context, context);
   const bool terminal = isatty(STDIN_FILENO);
   if (terminal) std::fprintf(stderr, "chat with %s (/reset starts over, /exit ends)\n", a.model.c_str());
   std::vector<loom::ChatMessage> messages;
@@ -260,11 +321,11 @@ int run_chat(const Args& a, Model& m, loom::ScoreInput& input) {
 int run(int argc, char** argv) {
   const Args args = parse_args(argc, argv);
   loom::check_tokenizer_is_the_models(args.model, args.tokenizer);
-  Model m = load_model(args);
+  Model m(args);
   loom::ScoreInputOptions io;
   std::tie(io.tokenizer_path, io.tokenizer_name) = loom::tokenizer_of(args.model, args.tokenizer);
   io.template_name = args.template_name;
-  io.vocab = m.cfg.V;
+  io.vocab = m.cfg().V;
   loom::ScoreInput input(io);
   if (args.chat) return run_chat(args, m, input);
   return run_batch(args, m, input, io.tokenizer_path);

@@ -1,0 +1,113 @@
+// Generation on the GPU (CudaModel in ModelMode::kGenerate through engine/generation.h's
+// CudaDecoder) against Hugging Face's greedy ids and loom's fp32 reference, on the fixture models
+// of tests/fixtures/hf/<arch>/ and tests/fixtures/generate/<arch>.json, bf16 base weights.
+//  - Greedy ids equal HF's fp32 greedy ids until the first step where HF's own bf16 top-2 logits
+//    are within bf16 rounding of each other (the fixture's tie_step: the gap is at most
+//    max(2 bf16 ulps of the top logit, the error bf16 measurably brings to that step's logits);
+//    tools/make_generate_fixtures.py), all 40 when there is none.
+//  - Per-step logits, teacher-forced on the fp32 greedy ids through the KV cache, within the bf16
+//    rule: at most 2× the fixture's yardstick of that step (logit_err.loom_precision: HF computing
+//    in loom's GPU precision against HF in fp32, on the same ids), against the fp32 reference path.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "engine/generation.h"
+#include "models/cuda_model.h"
+#include "models/reference_model.h"
+#include "models/weights.h"
+#include "tests/hf_fixture.h"
+#include "tests/test_util.h"
+
+namespace loom {
+namespace {
+
+constexpr double kRule = 2;  // the flash-attention rule, as tests/gpu_step_test.cpp
+
+std::unique_ptr<CudaModel> generation_model(const test::HfFixture& f, int batch, int64_t context, int64_t prefill) {
+  CudaModelOptions opt;
+  opt.mode = ModelMode::kGenerate;
+  opt.quant = Quant::kBf16;
+  opt.token_budget = prefill;
+  opt.decode_batch = batch;
+  opt.decode_context = context;
+  opt.print_plan = false;
+  auto m = std::make_unique<CudaModel>(f.cfg, f.layout, opt);
+  m->load(WeightSource::checkpoint(f.dir + "/model", f.cfg), f.lora);
+  return m;
+}
+
+class GpuGenerate : public testing::TestWithParam<std::string> {};
+
+TEST_P(GpuGenerate, GreedyIdsFollowHuggingFaceUntilItsBf16Tie) {
+  REQUIRE_GPU();
+  const test::HfFixture f = test::load_hf_fixture(GetParam());
+  const nlohmann::json fx = test::read_json(test::fixtures_dir() + "/generate/" + GetParam() + ".json");
+  const auto prompts = fx["prompts"].get<std::vector<std::vector<int32_t>>>();
+  int64_t prefill = 0, longest = 0;
+  for (const auto& p : prompts) prefill += int64_t(p.size()), longest = std::max<int64_t>(longest, int64_t(p.size()));
+  GenerationOptions o;
+  o.sampling.temperature = 0;
+  o.max_new_tokens = fx["max_new_tokens"];
+  o.batch_size = int(prompts.size());
+  const std::unique_ptr<CudaModel> m = generation_model(f, int(prompts.size()), longest + o.max_new_tokens, prefill);
+  for (bool adapters : {false, true}) {
+    const char* variant = adapters ? "adapter" : "base";
+    CudaDecoder decoder(*m, f.cfg, int(prompts.size()), longest + o.max_new_tokens, adapters);
+    const std::vector<Generation> out = generate(decoder, nullptr, prompts, o);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const auto want = fx["greedy"][variant][i].get<std::vector<int32_t>>();
+      const nlohmann::json& tie = fx["bf16"][variant][i]["tie_step"];
+      const size_t until = tie.is_null() ? want.size() : tie.get<size_t>();
+      ASSERT_EQ(out[i].ids.size(), want.size()) << variant << " prompt " << i;
+      for (size_t k = 0; k < until; ++k)
+        ASSERT_EQ(out[i].ids[k], want[k]) << GetParam() << " " << variant << " prompt " << i << ", step " << k
+                                          << " (HF's bf16 tie at step " << until << ")";
+      std::printf("[%s %s prompt %zu] greedy ids equal HF's for the %zu steps before its bf16 tie\n",
+                  GetParam().c_str(), variant, i, until);
+    }
+  }
+}
+
+TEST_P(GpuGenerate, DecodeLogitsFollowTheReferenceWithinTheBf16Rule) {
+  REQUIRE_GPU();
+  const test::HfFixture f = test::load_hf_fixture(GetParam());
+  const nlohmann::json fx = test::read_json(test::fixtures_dir() + "/generate/" + GetParam() + ".json");
+  const ReferenceModel ref(f.cfg, load_weights(f.dir + "/model", f.cfg), f.layout);
+  const int64_t context = f.cfg.max_position;
+  const std::unique_ptr<CudaModel> m = generation_model(f, 1, context, context);
+  double worst = 0;
+  for (const char* variant : {"base", "adapter"}) {
+    const bool adapters = std::string(variant) == "adapter";
+    for (size_t i = 0; i < fx["prompts"].size(); ++i) {
+      const auto prompt = fx["prompts"][i].get<std::vector<int32_t>>();
+      const auto ids = fx["greedy"][variant][i].get<std::vector<int32_t>>();
+      const auto yardstick = fx["bf16"][variant][i]["logit_err"]["loom_precision"].get<std::vector<double>>();
+      KvCache cache;
+      std::vector<float> want;
+      ref.extend(cache, prompt, f.lora.data(), adapters, want);
+      std::vector<float> got = m->prefill({prompt}, adapters);
+      for (size_t k = 0; k < ids.size(); ++k) {
+        const std::vector<float> last(want.end() - f.cfg.V, want.end());
+        ASSERT_EQ(got.size(), last.size());
+        double err = 0;
+        for (size_t v = 0; v < last.size(); ++v) err = test::max_keeping_nan(err, std::fabs(double(got[v]) - last[v]));
+        EXPECT_LE(err, kRule * yardstick[k]) << GetParam() << " " << variant << " prompt " << i << " step " << k;
+        worst = test::max_keeping_nan(worst, err / yardstick[k]);
+        ref.extend(cache, {ids[k]}, f.lora.data(), adapters, want);
+        got = m->decode({ids[k]}, {int32_t(prompt.size() + k)}, adapters);
+      }
+    }
+  }
+  std::printf("[%s] decode logits vs the fp32 reference: worst error %.2f× the bf16 yardstick (allowed %.0f×)\n",
+              GetParam().c_str(), worst, kRule);
+}
+
+INSTANTIATE_TEST_SUITE_P(Archs, GpuGenerate, testing::Values("llama", "mistral", "qwen2", "qwen3"));
+
+}  // namespace
+}  // namespace loom

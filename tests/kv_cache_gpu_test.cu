@@ -1,0 +1,62 @@
+// The KV cache write on the GPU (ops/kv_cache.cu) against its reference: a copy, so bit for bit.
+// The cache starts from random values on both sides, so a row written to the wrong place, or a row
+// not written, shows; rows go to scattered slots and positions, as a prefill and a decode step do.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "ops/kv_cache.h"
+#include "tests/device_array.h"
+#include "tests/test_util.h"
+
+namespace loom {
+namespace {
+
+using test::DeviceArray;
+
+std::vector<uint16_t> to_bits(const std::vector<float>& x) {
+  std::vector<uint16_t> b(x.size());
+  for (size_t i = 0; i < x.size(); ++i) b[i] = float_to_bf16_bits(x[i]);
+  return b;
+}
+
+void check_write(int B, int64_t capacity, int KVH, int D, const std::vector<int32_t>& slot,
+                 const std::vector<int32_t>& pos, uint64_t seed) {
+  const int64_t T = int64_t(slot.size()), row = int64_t(KVH) * D, cells = B * capacity * row;
+  std::vector<float> ck = test::random_bf16_values(size_t(cells), seed, 1.f);
+  std::vector<float> cv = test::random_bf16_values(size_t(cells), seed + 1, 1.f);
+  const std::vector<float> k = test::random_bf16_values(size_t(T * row), seed + 2, 1.f);
+  const std::vector<float> v = test::random_bf16_values(size_t(T * row), seed + 3, 1.f);
+  const size_t n_cache = static_cast<size_t>(cells), n_rows = static_cast<size_t>(T * row);
+  DeviceArray<bf16> dck(n_cache), dcv(n_cache), dk(n_rows), dv(n_rows);
+  DeviceArray<int32_t> dslot(slot.size()), dpos(pos.size());
+  dck.upload(to_bits(ck));
+  dcv.upload(to_bits(cv));
+  dk.upload(to_bits(k));
+  dv.upload(to_bits(v));
+  dslot.upload(slot);
+  dpos.upload(pos);
+  kv_cache_write(dck.get(), dcv.get(), dk.get(), dv.get(), dslot.get(), dpos.get(), T, KVH, D, capacity, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  kv_cache_write_ref(ck.data(), cv.data(), k.data(), v.data(), slot.data(), pos.data(), T, KVH, D, B, capacity);
+  const std::vector<uint16_t> got_k = dck.download<uint16_t>(), got_v = dcv.download<uint16_t>();
+  EXPECT_EQ(got_k, to_bits(ck)) << "keys, T " << T << " D " << D;
+  EXPECT_EQ(got_v, to_bits(cv)) << "values, T " << T << " D " << D;
+}
+
+TEST(KvCacheGpu, WritesEveryRowToItsSlotAndPosition) {
+  REQUIRE_GPU();
+  // A prefill of 3 prompts (5, 1 and 9 tokens) into a cache of 4 sequences of 12 positions.
+  std::vector<int32_t> slot, pos;
+  const int lens[] = {5, 1, 9};
+  for (int b = 0; b < 3; ++b)
+    for (int p = 0; p < lens[b]; ++p) slot.push_back(b == 2 ? 3 : b), pos.push_back(p);
+  check_write(4, 12, 8, 128, slot, pos, 1);
+  // A decode step: one row per sequence at its length, D 64, one kv head.
+  check_write(5, 300, 1, 64, {0, 1, 2, 3, 4}, {0, 299, 17, 128, 1}, 2);
+}
+
+}  // namespace
+}  // namespace loom
