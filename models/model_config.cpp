@@ -1,20 +1,41 @@
-// HF config.json -> ModelConfig for LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and
-// Qwen3ForCausalLM (FORMATS.md §2; transformers models/*/configuration_*.py, modeling_rope_utils.py).
-// Values come from the file; a missing key takes the transformers class default of its family:
+// HF config.json -> ModelConfig for LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
+// Qwen3ForCausalLM and the mixture-of-experts Qwen3MoeForCausalLM and MixtralForCausalLM (FORMATS.md
+// §2; transformers models/*/configuration_*.py, modeling_rope_utils.py). Values come from the file; a
+// missing key takes the transformers class default of its family:
 //
-//   key (missing)            llama   mistral  qwen2   qwen3     (null)
-//   head_dim                 C/H     C/H      C/H     128       same as missing
-//   num_key_value_heads      H       8        32      32        H
-//   max_position_embeddings  2048    131072   32768   32768
-//   bos / eos                1 / 2   1 / 2    none    none      none
-//   sliding_window           -       4096     4096    4096      no window
-//   rms_norm_eps 1e-6, rope_theta 10000, tie_word_embeddings false, hidden_act silu: all four.
+//   key (missing)            llama   mistral  qwen2   qwen3   qwen3_moe  mixtral   (null)
+//   head_dim                 C/H     C/H      C/H     128     C/H        C/H       as missing; qwen3_moe: refused
+//   num_key_value_heads      H       8        32      32      4          8         H; MoE: refused
+//   max_position_embeddings  2048    131072   32768   32768   32768      131072
+//   bos / eos                1 / 2   1 / 2    none    none    none       1 / 2     none
+//   sliding_window           -       4096     4096    4096    4096       none      no window
+//   rms_norm_eps             1e-6    1e-6     1e-6    1e-6    1e-6       1e-5
+//   rope_theta               10000   10000    10000   10000   10000      1e6
+//   tie_word_embeddings false, hidden_act silu: all six.
+// The MoE nulls: transformers 5's strict config classes refuse a null num_key_value_heads, and
+// Qwen3MoeAttention takes a null head_dim as it is (getattr(config, "head_dim", C/H)) and fails.
 //
-// Biases: Qwen2 always has q/k/v biases; Llama and Qwen3 `attention_bias` adds q/k/v/o biases;
-// Llama `mlp_bias` adds gate/up/down biases. Qwen3 always has q_norm/k_norm.
-// Sliding window per layer: Mistral uses `sliding_window` on every layer when it is non-null;
-// Qwen2/3 only when `use_sliding_window`, on layers whose `layer_types` entry is
-// "sliding_attention", or (no layer_types) on layers with index >= max_window_layers (default 28).
+// Biases: Qwen2 always has q/k/v biases; Llama, Qwen3 and Qwen3-MoE `attention_bias` adds q/k/v/o
+// biases; Llama `mlp_bias` adds gate/up/down biases. Qwen3 and Qwen3-MoE always have q_norm/k_norm.
+// Sliding window per layer: Mistral and Mixtral use `sliding_window` on every layer when it is
+// non-null; Qwen2/3 only when `use_sliding_window`, on layers whose `layer_types` entry is
+// "sliding_attention", or (no layer_types) on layers with index >= max_window_layers (default 28);
+// Qwen3-MoE on every layer when `use_sliding_window` (Qwen3MoeConfig has neither layer_types nor
+// max_window_layers: Qwen3MoeAttention passes config.sliding_window to every layer).
+//
+// Experts (Qwen3MoeConfig / MixtralConfig; modeling_qwen3_moe.py / modeling_mixtral.py):
+//   key (missing)            qwen3_moe  mixtral
+//   num_experts              128        8        both classes read num_experts and num_local_experts
+//                                                (attribute_map; num_local_experts wins), and transformers 5
+//                                                writes num_local_experts; Mixtral's published key
+//   num_experts_per_tok      8          2
+//   moe_intermediate_size    768        -        Mixtral's experts are intermediate_size wide
+//   norm_topk_prob           false      -        MixtralTopKRouter renormalises the top K always
+//   decoder_sparse_step      1          -        layer l is sparse when (l + 1) % step == 0 ...
+//   mlp_only_layers          []         -        ... and l is not listed; Mixtral: every layer
+//   router_aux_loss_coef     0.001      0.001
+//   output_router_logits     false      false
+//   router_jitter_noise      -          0        > 0 refused (random noise on the router input in training)
 // RoPE: transformers v5 resolves `rope_scaling` when present (legacy form; type key `rope_type` or
 // `type`), else `rope_parameters`; `rope_theta` inside the dict wins over the top-level one.
 #include "models/model_config.h"
@@ -37,29 +58,39 @@ using nlohmann::json;
 
 namespace {
 
+constexpr double kDefaultRopeTheta = 10000.0;  // RotaryEmbeddingConfigMixin.default_theta
+
 struct Family {
   const char* arch;        // ModelConfig::arch
   const char* class_name;  // architectures[0]
   int V, C, F, L, H;
-  int KVH;  // when the key is missing; 0 = H (null always means H)
+  int KVH;  // when the key is missing; 0 = H (null means H too, except in the MoE families: refused)
   int D;    // when head_dim is missing or null; 0 = C / H
   int max_position;
   int bos;               // -1 = none
   std::vector<int> eos;  // empty = none
+  double rms_eps = 1e-6;
+  double rope_theta = kDefaultRopeTheta;
+  bool moe = false;  // a mixture of experts (read_experts)
 };
 
-// Class defaults of transformers' configuration_{llama,mistral,qwen2,qwen3}.py.
+// Class defaults of transformers' configuration_{llama,mistral,qwen2,qwen3,qwen3_moe,mixtral}.py.
 const Family kFamilies[] = {
     {"llama", "LlamaForCausalLM", 32000, 4096, 11008, 32, 32, 0, 0, 2048, 1, {2}},
     {"mistral", "MistralForCausalLM", 32000, 4096, 14336, 32, 32, 8, 0, 4096 * 32, 1, {2}},
     {"qwen2", "Qwen2ForCausalLM", 151936, 4096, 22016, 32, 32, 32, 0, 32768, -1, {}},
     {"qwen3", "Qwen3ForCausalLM", 151936, 4096, 22016, 32, 32, 32, 128, 32768, -1, {}},
+    {"qwen3_moe", "Qwen3MoeForCausalLM", 151936, 2048, 6144, 24, 32, 4, 0, 32768, -1, {}, 1e-6, kDefaultRopeTheta,
+     true},
+    {"mixtral", "MixtralForCausalLM", 32000, 4096, 14336, 32, 32, 8, 0, 4096 * 32, 1, {2}, 1e-5, 1e6, true},
 };
-constexpr int kDefaultSlidingWindow = 4096;   // MistralConfig / Qwen2Config / Qwen3Config
+constexpr int kDefaultSlidingWindow = 4096;   // MistralConfig / Qwen2Config / Qwen3Config / Qwen3MoeConfig
 constexpr int kDefaultMaxWindowLayers = 28;   // Qwen2Config / Qwen3Config
-constexpr double kDefaultRopeTheta = 10000.0;  // RotaryEmbeddingConfigMixin.default_theta
 
-const char* kSupported = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM";
+const char* kSupported =
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, "
+    "MixtralForCausalLM";
+const char* kModelTypes = "llama, mistral, qwen2, qwen3, qwen3_moe or mixtral";
 
 // Typed access to one JSON object, with errors naming the file and the key.
 class Keys {
@@ -139,7 +170,7 @@ const Family& find_family(const Keys& k) {
   LOOM_CHECK(type, k.file(), ": neither architectures nor model_type is set; expected one of ", kSupported);
   for (const Family& f : kFamilies)
     if (*type == f.arch) return f;
-  fail(k.where("model_type"), ": \"", *type, "\" is not supported; expected llama, mistral, qwen2 or qwen3");
+  fail(k.where("model_type"), ": \"", *type, "\" is not supported; expected ", kModelTypes);
 }
 
 // The RoPE dict transformers would resolve, or nullptr for plain default RoPE.
@@ -155,12 +186,12 @@ const json* rope_dict(const Keys& k, std::string* name) {
   return nullptr;
 }
 
-RopeParams resolve_rope(const Keys& k, int max_position) {
+RopeParams resolve_rope(const Keys& k, int max_position, double default_theta) {
   RopeParams r;
   std::string name;
   const json* dict = rope_dict(k, &name);
   if (!dict || !Keys(*dict, k.file()).set("rope_theta"))
-    r.theta = k.positive("rope_theta", k.get_double("rope_theta", kDefaultRopeTheta));
+    r.theta = k.positive("rope_theta", k.get_double("rope_theta", default_theta));
   if (!dict) return r;
   Keys d(*dict, k.file(), name + ".");
   for (const char* layer_type : {"full_attention", "sliding_attention"})
@@ -228,20 +259,22 @@ std::vector<bool> qwen_sliding_layers(const Keys& k, int L) {
 }
 
 // Window per layer (0 = full causal attention). Keys are read only where transformers uses them:
-// Qwen2Config/Qwen3Config set sliding_window to None when use_sliding_window is false, so any value
-// there (0 included) loads, and max_window_layers matters only when the window is on. A null
-// sliding_window means full causal attention; 0 or a negative W on a layer that slides would build
-// the mask kv_idx > q_idx - W (masking_utils.sliding_window_overlay), which with causality leaves
-// no key visible to any query: refused. LlamaConfig has no sliding_window: llama ignores the key,
-// as transformers does.
+// Qwen2Config/Qwen3Config/Qwen3MoeConfig set sliding_window to None when use_sliding_window is
+// false, so any value there (0 included) loads, and max_window_layers matters only when the window
+// is on. A null sliding_window means full causal attention; 0 or a negative W on a layer that slides
+// would build the mask kv_idx > q_idx - W (masking_utils.sliding_window_overlay), which with
+// causality leaves no key visible to any query: refused. LlamaConfig has no sliding_window: llama
+// ignores the key, as transformers does. MixtralConfig's sliding_window defaults to None.
 std::vector<int> resolve_windows(const Keys& k, const Family& fam, int L) {
   std::vector<int> window(size_t(L), 0);
   const std::string arch = fam.arch;
   if (arch == "llama") return window;
-  const bool qwen = arch != "mistral";
-  if (qwen && !k.get_bool("use_sliding_window", false)) return window;
+  if (arch == "mixtral" && !k.has("sliding_window")) return window;
+  const bool use_flag = arch == "qwen2" || arch == "qwen3" || arch == "qwen3_moe";
+  if (use_flag && !k.get_bool("use_sliding_window", false)) return window;
   if (k.has("sliding_window") && !k.set("sliding_window")) return window;  // explicit null: no window
-  const std::vector<bool> slides = qwen ? qwen_sliding_layers(k, L) : std::vector<bool>(size_t(L), true);
+  const bool per_layer = arch == "qwen2" || arch == "qwen3";
+  const std::vector<bool> slides = per_layer ? qwen_sliding_layers(k, L) : std::vector<bool>(size_t(L), true);
   if (std::find(slides.begin(), slides.end(), true) == slides.end()) return window;
   const int W = k.get_int("sliding_window", kDefaultSlidingWindow);
   LOOM_CHECK(W > 0, k.where("sliding_window"), " must be a positive number of tokens or null (no window), found ",
@@ -293,6 +326,66 @@ void check_sizes(const ModelConfig& c, const Keys& k) {
              ") overflows 32 bits; is it the model's own config.json?");
 }
 
+// An integer key of an MoE config class: transformers 5's strict dataclasses refuse a null there.
+int moe_int(const Keys& k, const char* key, int fallback) {
+  LOOM_CHECK(!k.has(key) || k.set(key), k.where(key), ": expected an integer, found null");
+  return k.get_int(key, fallback);
+}
+
+// Which layers of a Qwen3-MoE model are sparse (Qwen3MoeDecoderLayer): those with (l + 1) a
+// multiple of decoder_sparse_step that mlp_only_layers does not list. transformers divides by the
+// step (0 raises ZeroDivisionError) and ignores list entries that name no layer: so does loom.
+std::vector<bool> qwen_moe_layers(const Keys& k, int L) {
+  const int step = moe_int(k, "decoder_sparse_step", 1);
+  LOOM_CHECK(step >= 1, k.where("decoder_sparse_step"),
+             " must be >= 1 (layer l is sparse when l + 1 is a multiple of it), found ", step);
+  std::vector<bool> sparse(static_cast<size_t>(L));
+  for (int l = 0; l < L; ++l) sparse[size_t(l)] = (l + 1) % step == 0;
+  if (!k.set("mlp_only_layers")) return sparse;
+  const json& dense = k.at("mlp_only_layers");
+  LOOM_CHECK(dense.is_array(), k.where("mlp_only_layers"), ": expected a list of layer indices, found ", dense.dump());
+  for (size_t i = 0; i < dense.size(); ++i) {
+    LOOM_CHECK(dense[i].is_number_integer(), k.where("mlp_only_layers"), "[", i, "]: expected a layer index, found ",
+               dense[i].dump());
+    const double l = dense[i].get<double>();
+    if (l >= 0 && l < L) sparse[size_t(l)] = false;
+  }
+  return sparse;
+}
+
+// Experts one model may have: bookkeeping (router widths, per-expert LoRA slots) is sized by it before
+// a checkpoint is compared with the config; published MoE decoders have up to 512.
+constexpr int kMaxExperts = 1 << 16;
+
+// The expert keys of Qwen3MoeConfig / MixtralConfig (the table above).
+void read_experts(const Keys& k, const Family& fam, ModelConfig& c) {
+  const bool qwen = std::string(fam.arch) == "qwen3_moe";
+  const char* experts_key = k.has("num_local_experts") ? "num_local_experts" : "num_experts";
+  c.num_experts = moe_int(k, experts_key, qwen ? 128 : 8);
+  c.experts_per_token = moe_int(k, "num_experts_per_tok", qwen ? 8 : 2);
+  c.expert_F = qwen ? moe_int(k, "moe_intermediate_size", 768) : c.F;
+  LOOM_CHECK(c.num_experts > 0, k.where(experts_key), " must be positive, found ", c.num_experts,
+             qwen ? " (a Qwen3-MoE model without experts is a dense Qwen3: use Qwen3ForCausalLM)" : "");
+  LOOM_CHECK(c.num_experts <= kMaxExperts, k.where(experts_key), " = ", c.num_experts, " is more than the ", kMaxExperts,
+             " experts loom supports; is it the model's own config.json?");
+  LOOM_CHECK(c.experts_per_token >= 1 && c.experts_per_token <= c.num_experts, k.where("num_experts_per_tok"), " (",
+             c.experts_per_token, ") must be between 1 and the number of experts (", c.num_experts, ")");
+  LOOM_CHECK(c.expert_F > 0, k.where("moe_intermediate_size"), " must be positive, found ", c.expert_F);
+  c.norm_topk_prob = !qwen || k.get_bool("norm_topk_prob", false);
+  c.router_aux_loss_coef = k.get_double("router_aux_loss_coef", 0.001);
+  LOOM_CHECK(std::isfinite(c.router_aux_loss_coef) && c.router_aux_loss_coef >= 0, k.where("router_aux_loss_coef"),
+             " must be a finite number >= 0, found ", c.router_aux_loss_coef);
+  c.output_router_logits = k.get_bool("output_router_logits", false);
+  c.moe_layers = qwen ? qwen_moe_layers(k, c.L) : std::vector<bool>(size_t(c.L), true);
+  // MixtralSparseMoeBlock multiplies the router's input by uniform noise in [1 - j, 1 + j] in
+  // training mode when j > 0; a run would then depend on random numbers loom does not draw.
+  if (qwen) return;
+  const double jitter = k.get_double("router_jitter_noise", 0.0);
+  LOOM_CHECK(!(jitter > 0), k.where("router_jitter_noise"), " = ", jitter,
+             ": transformers multiplies the router's input by random noise in training when it is > 0, which loom "
+             "does not implement; set it to 0 (the published Mixtral models do not set it)");
+}
+
 ModelConfig parse_config(const json& j, const std::string& file) {
   LOOM_CHECK(j.is_object(), file, ": expected a JSON object, found ", j.type_name());
   Keys k(j, file);
@@ -304,6 +397,11 @@ ModelConfig parse_config(const json& j, const std::string& file) {
   c.F = k.get_int("intermediate_size", fam.F);
   c.L = k.get_int("num_hidden_layers", fam.L);
   c.H = k.get_int("num_attention_heads", fam.H);
+  LOOM_CHECK(!fam.moe || !k.has("num_key_value_heads") || k.set("num_key_value_heads"), k.where("num_key_value_heads"),
+             ": expected an integer, found null (transformers 5 refuses a null here for ", fam.class_name, ")");
+  LOOM_CHECK(std::string(fam.arch) != "qwen3_moe" || !k.has("head_dim") || k.set("head_dim"), k.where("head_dim"),
+             ": expected an integer, found null (Qwen3MoeAttention takes it as it is and fails; remove the key for "
+             "hidden_size / num_attention_heads)");
   c.KVH = k.has("num_key_value_heads") ? k.get_int("num_key_value_heads", c.H) : (fam.KVH ? fam.KVH : c.H);
   if (k.set("head_dim")) {
     c.D = k.get_int("head_dim", 0);
@@ -318,20 +416,22 @@ ModelConfig parse_config(const json& j, const std::string& file) {
   check_sizes(c, k);
   c.initializer_range = k.get_double("initializer_range", 0.02);
   LOOM_CHECK(c.initializer_range >= 0, k.where("initializer_range"), " must be >= 0, found ", c.initializer_range);
-  c.rms_eps = float(k.positive("rms_norm_eps", k.get_double("rms_norm_eps", 1e-6)));
+  c.rms_eps = float(k.positive("rms_norm_eps", k.get_double("rms_norm_eps", fam.rms_eps)));
   c.tie_embeddings = k.get_bool("tie_word_embeddings", false);
   const std::string act = k.opt_string("hidden_act").value_or("silu");
   LOOM_CHECK(act == "silu", k.where("hidden_act"), ": \"", act, "\" is not supported; loom's MLP is SwiGLU (silu)");
 
   const std::string arch = fam.arch;
-  const bool attention_bias = (arch == "llama" || arch == "qwen3") && k.get_bool("attention_bias", false);
+  const bool attention_bias =
+      (arch == "llama" || arch == "qwen3" || arch == "qwen3_moe") && k.get_bool("attention_bias", false);
   c.qkv_bias = arch == "qwen2" || attention_bias;
   c.o_bias = attention_bias;
   c.mlp_bias = arch == "llama" && k.get_bool("mlp_bias", false);
-  c.qk_norm = arch == "qwen3";
+  c.qk_norm = arch == "qwen3" || arch == "qwen3_moe";
+  if (fam.moe) read_experts(k, fam, c);
 
   c.window = resolve_windows(k, fam, c.L);
-  c.rope = resolve_rope(k, c.max_position);
+  c.rope = resolve_rope(k, c.max_position, fam.rope_theta);
   c.torch_dtype = k.opt_string("dtype").value_or(k.opt_string("torch_dtype").value_or(""));
   c.eos_ids = token_ids(k, "eos_token_id", fam.eos);
   std::vector<int> bos = token_ids(k, "bos_token_id", fam.bos >= 0 ? std::vector<int>{fam.bos} : std::vector<int>{});
@@ -344,7 +444,7 @@ ModelConfig parse_config(const json& j, const std::string& file) {
 const Family& family_of(const std::string& arch) {
   for (const Family& f : kFamilies)
     if (arch == f.arch) return f;
-  fail("unknown architecture \"", arch, "\"; expected llama, mistral, qwen2 or qwen3");
+  fail("unknown architecture \"", arch, "\"; expected ", kModelTypes);
 }
 
 // The shortest decimal that reads back as the same float, so 1e-5f is written as 1e-05 and not
@@ -387,9 +487,10 @@ void window_json(const ModelConfig& c, json& j) {
     LOOM_CHECK(W == 0, "save_model_config: llama has no sliding window attention (window ", W, ")");
     return;
   }
-  if (c.arch == "mistral") {
+  if (c.arch == "mistral" || c.arch == "mixtral" || c.arch == "qwen3_moe") {
     for (int w : c.window)
-      LOOM_CHECK(w == W, "save_model_config: mistral applies its sliding window to every layer or to none");
+      LOOM_CHECK(w == W, "save_model_config: ", c.arch, " applies its sliding window to every layer or to none");
+    if (c.arch == "qwen3_moe") j["use_sliding_window"] = W != 0;
     j["sliding_window"] = W ? json(W) : json(nullptr);
     return;
   }
@@ -410,8 +511,8 @@ void bias_json(const ModelConfig& c, json& j) {
                "others (qkv_bias ", c.qkv_bias, ", o_bias ", c.o_bias, ", mlp_bias ", c.mlp_bias, ")");
     return;
   }
-  if (c.arch == "mistral") {
-    LOOM_CHECK(!c.qkv_bias && !c.o_bias && !c.mlp_bias, "save_model_config: mistral has no biases");
+  if (c.arch == "mistral" || c.arch == "mixtral") {
+    LOOM_CHECK(!c.qkv_bias && !c.o_bias && !c.mlp_bias, "save_model_config: ", c.arch, " has no biases");
     return;
   }
   LOOM_CHECK(c.qkv_bias == c.o_bias, "save_model_config: ", c.arch,
@@ -420,13 +521,43 @@ void bias_json(const ModelConfig& c, json& j) {
   if (c.arch == "llama")
     j["mlp_bias"] = c.mlp_bias;
   else
-    LOOM_CHECK(!c.mlp_bias, "save_model_config: qwen3 has no MLP biases");
+    LOOM_CHECK(!c.mlp_bias, "save_model_config: ", c.arch, " has no MLP biases");
+}
+
+// The expert keys in the family's own vocabulary: any pattern of sparse layers is
+// decoder_sparse_step 1 with the dense ones in mlp_only_layers.
+void experts_json(const ModelConfig& c, const Family& fam, json& j) {
+  LOOM_CHECK(c.is_moe() == fam.moe, "save_model_config: ", c.arch, fam.moe ? " needs" : " has no", " experts (",
+             c.num_experts, ")");
+  if (!fam.moe) return;
+  LOOM_CHECK(int(c.moe_layers.size()) == c.L, "save_model_config: moe_layers has ", c.moe_layers.size(),
+             " entries for ", c.L, " layers");
+  j["num_experts_per_tok"] = c.experts_per_token;
+  j["router_aux_loss_coef"] = c.router_aux_loss_coef;
+  j["output_router_logits"] = c.output_router_logits;
+  if (c.arch == "mixtral") {
+    LOOM_CHECK(c.expert_F == c.F && c.norm_topk_prob &&
+                   std::find(c.moe_layers.begin(), c.moe_layers.end(), false) == c.moe_layers.end(),
+               "save_model_config: Mixtral's experts are intermediate_size wide, every layer is sparse and the "
+               "router renormalises its top K");
+    j["num_local_experts"] = c.num_experts;
+    return;
+  }
+  j["num_experts"] = c.num_experts;
+  j["moe_intermediate_size"] = c.expert_F;
+  j["norm_topk_prob"] = c.norm_topk_prob;
+  j["decoder_sparse_step"] = 1;
+  json dense = json::array();
+  for (int l = 0; l < c.L; ++l)
+    if (!c.is_moe_layer(l)) dense.push_back(l);
+  j["mlp_only_layers"] = dense;
 }
 
 json config_json(const ModelConfig& c) {
   const Family& fam = family_of(c.arch);
-  LOOM_CHECK(c.qk_norm == (c.arch == "qwen3"), "save_model_config: q/k norms exist in qwen3 and only there (arch ",
-             c.arch, ", qk_norm ", c.qk_norm, ")");
+  LOOM_CHECK(c.qk_norm == (c.arch == "qwen3" || c.arch == "qwen3_moe"),
+             "save_model_config: q/k norms exist in qwen3 and qwen3_moe and only there (arch ", c.arch, ", qk_norm ",
+             c.qk_norm, ")");
   LOOM_CHECK(int(c.window.size()) == c.L, "save_model_config: window has ", c.window.size(), " entries for ", c.L,
              " layers");
   json j = {{"architectures", json::array({fam.class_name})},
@@ -450,6 +581,7 @@ json config_json(const ModelConfig& c) {
   if (!c.torch_dtype.empty()) j["torch_dtype"] = c.torch_dtype;
   bias_json(c, j);
   window_json(c, j);
+  experts_json(c, fam, j);
   if (c.bnb_4bit)
     j["quantization_config"] = {{"quant_method", "bitsandbytes"},
                                 {"load_in_4bit", true},
@@ -474,7 +606,7 @@ ModelConfig make_preset(const std::string& arch, int V, int C, int F, int L, int
   c.tie_embeddings = tied;
   c.rms_eps = rms_eps;
   c.qkv_bias = arch == "qwen2";
-  c.qk_norm = arch == "qwen3";
+  c.qk_norm = arch == "qwen3" || arch == "qwen3_moe";
   c.window.assign(size_t(L), 0);
   c.rope = rope;
   c.max_position = max_position;
@@ -502,14 +634,43 @@ RopeParams llama3_rope(double factor) {
   return r;
 }
 
+// c with the experts of its published config.json, every layer sparse.
+ModelConfig make_moe_preset(ModelConfig c, int E, int K, int FE, bool norm_topk_prob, double aux_loss_coef) {
+  c.num_experts = E;
+  c.experts_per_token = K;
+  c.expert_F = FE;
+  c.norm_topk_prob = norm_topk_prob;
+  c.moe_layers.assign(size_t(c.L), true);
+  c.router_aux_loss_coef = aux_loss_coef;
+  return c;
+}
+
+// Matmul parameters of the layers, with `experts` of each sparse layer's experts counted.
+double layer_matmul_params(const ModelConfig& m, double experts) {
+  const double attention = double(m.C) * m.H * m.D      // q_proj
+                           + 2.0 * m.C * m.KVH * m.D    // k_proj, v_proj
+                           + double(m.H) * m.D * m.C;   // o_proj
+  const double dense_mlp = 3.0 * m.C * m.F;             // gate, up, down
+  const double sparse_mlp = experts * 3.0 * m.C * m.expert_F + double(m.num_experts) * m.C;  // + router
+  double sum = 0;
+  for (int l = 0; l < m.L; ++l) sum += attention + (m.is_moe_layer(l) ? sparse_mlp : dense_mlp);
+  return sum;
+}
+
 }  // namespace
 
+void require_dense(const ModelConfig& cfg, const std::string& what) {
+  if (!cfg.is_moe()) return;
+  fail(what, ": ", family_of(cfg.arch).class_name, " is a mixture of experts (", cfg.num_experts, " experts, ",
+       cfg.experts_per_token, " per token); MoE architectures are read but not trained yet (issue 16)");
+}
+
 double ModelConfig::matmul_params() const {
-  const double per_layer = double(C) * H * D      // q_proj
-                           + 2.0 * C * KVH * D    // k_proj, v_proj
-                           + double(H) * D * C    // o_proj
-                           + 3.0 * C * F;         // gate, up, down
-  return L * per_layer + double(V) * C;           // + lm_head (a matmul even when tied)
+  return layer_matmul_params(*this, num_experts) + double(V) * C;  // + lm_head (a matmul even when tied)
+}
+
+double ModelConfig::active_matmul_params() const {
+  return layer_matmul_params(*this, experts_per_token) + double(V) * C;
 }
 
 double ModelConfig::total_params() const {
@@ -544,7 +705,8 @@ ModelConfig load_model_config(const std::string& path) {
 }
 
 std::vector<std::string> preset_names() {
-  return {"qwen3-0.6b", "llama-3.2-1b", "mistral-7b", "llama-3.1-8b", "qwen3-8b", "tiny"};
+  return {"qwen3-0.6b", "llama-3.2-1b", "mistral-7b", "llama-3.1-8b", "qwen3-8b", "qwen3-30b-a3b", "mixtral-8x7b",
+          "tiny"};
 }
 
 // BENCHMARK.md's preset table; the token ids and context lengths are those of the published models.
@@ -563,6 +725,24 @@ ModelConfig preset_model_config(const std::string& name) {
   if (name == "qwen3-8b")
     return make_preset("qwen3", 151936, 4096, 12288, 36, 32, 8, 128, false, 1e-6f, plain_rope(1e6), 40960, 151643,
                        {151645});
+  // Qwen/Qwen3-30B-A3B config.json: hidden 2048, intermediate 6144 (no dense layer uses it),
+  // moe_intermediate 768, 48 layers, 32 heads, 4 kv heads, head_dim 128, 128 experts, 8 per token,
+  // norm_topk_prob true, decoder_sparse_step 1, mlp_only_layers [], router_aux_loss_coef 0.001,
+  // rope_theta 1e6, rms_norm_eps 1e-6, 40960 positions, bos 151643, eos 151645, untied; copied in
+  // tests/model_config_moe_test.cpp. 30,532,122,624 parameters, 3,353,032,704 active per token.
+  if (name == "qwen3-30b-a3b")
+    return make_moe_preset(make_preset("qwen3_moe", 151936, 2048, 6144, 48, 32, 4, 128, false, 1e-6f, plain_rope(1e6),
+                                       40960, 151643, {151645}),
+                           128, 8, 768, true, 0.001);
+  // mistralai/Mixtral-8x7B-v0.1 config.json: hidden 4096, intermediate 14336 (each expert), 32 layers,
+  // 32 heads, 8 kv heads (head_dim 128 = 4096 / 32), 8 local experts, 2 per token,
+  // router_aux_loss_coef 0.02, rope_theta 1e6, rms_norm_eps 1e-5, 32768 positions, sliding_window
+  // null, bos 1, eos 2, untied; copied in tests/model_config_moe_test.cpp. 46,702,792,704
+  // parameters (Mistral AI's "46.7B"), 12,879,925,248 active per token ("12.9B").
+  if (name == "mixtral-8x7b")
+    return make_moe_preset(make_preset("mixtral", 32000, 4096, 14336, 32, 32, 8, 128, false, 1e-5f, plain_rope(1e6),
+                                       32768, 1, {2}),
+                           8, 2, 14336, true, 0.02);
   // The demo model: vocabulary of data/demo/tokenizer.model (<s> 1, </s> 2); head_dim 64, the
   // smallest the GPU attention kernels take.
   // initializer_range 0.1 (≈ 1/√C) instead of HF's 0.02: with 0.02 the tied LM head of so small a

@@ -274,6 +274,7 @@ ModelWeights collect(const WeightSource& src, const ModelConfig& m) {
 }  // namespace
 
 void check_checkpoint_tensors(const Checkpoint& ck, const ModelConfig& m) {
+  require_dense(m, ck.path());  // every checkpoint load passes here (audit_checkpoint, WeightSource::checkpoint)
   TensorAudit audit(ck, m);
   audit.plain("model.embed_tokens.weight", {m.V, m.C}, "vocab_size, hidden_size");
   audit.plain("model.norm.weight", {m.C}, "hidden_size");
@@ -343,6 +344,7 @@ WeightSource WeightSource::checkpoint(const std::string& model_dir, const ModelC
 }
 
 WeightSource WeightSource::random(const ModelConfig& cfg, uint64_t seed) {
+  require_dense(cfg, "random weights");  // presets: random_weights and the GPU loader pass here
   WeightSource s;
   s.cfg_ = cfg;
   s.seed_ = seed;

@@ -303,8 +303,8 @@ TEST_F(ModelConfigFile, RejectsUnsupportedRope) {
 }
 
 TEST_F(ModelConfigFile, RejectsUnknownArchitecture) {
-  expect_error(minimal("Qwen3MoeForCausalLM"), {"config.json: architectures", "\"Qwen3MoeForCausalLM\" is not supported",
-                                               "LlamaForCausalLM"});
+  expect_error(minimal("DeepseekV3ForCausalLM"), {"config.json: architectures", "\"DeepseekV3ForCausalLM\" is not supported",
+                                                 "LlamaForCausalLM"});
   expect_error(R"({"model_type": "gemma"})", {"model_type", "\"gemma\""});
   expect_error(R"({"hidden_size": 4})", {"neither architectures nor model_type"});
 }
@@ -424,6 +424,8 @@ TEST(ModelConfig, PresetsMatchBenchmarkTable) {
                       {"mistral-7b", "mistral", 4096, 14336, 32, 32, 8, 128, 32768, false},
                       {"llama-3.1-8b", "llama", 4096, 14336, 32, 32, 8, 128, 128256, false},
                       {"qwen3-8b", "qwen3", 4096, 12288, 36, 32, 8, 128, 151936, false},
+                      {"qwen3-30b-a3b", "qwen3_moe", 2048, 6144, 48, 32, 4, 128, 151936, false},
+                      {"mixtral-8x7b", "mixtral", 4096, 14336, 32, 32, 8, 128, 32000, false},
                       {"tiny", "llama", 128, 352, 4, 2, 1, 64, 512, true}};
   for (const Row& r : rows) {
     ModelConfig c = loom::preset_model_config(r.name);
@@ -437,7 +439,7 @@ TEST(ModelConfig, PresetsMatchBenchmarkTable) {
     EXPECT_EQ(c.D, r.D);
     EXPECT_EQ(c.V, r.V);
     EXPECT_EQ(c.tie_embeddings, r.tied);
-    EXPECT_EQ(c.qk_norm, c.arch == "qwen3");
+    EXPECT_EQ(c.qk_norm, c.arch == "qwen3" || c.arch == "qwen3_moe");
     EXPECT_FALSE(c.qkv_bias || c.o_bias || c.mlp_bias);
     expect_no_window(c);
   }

@@ -12,7 +12,9 @@ namespace {
 bool same_shape(const loom::ModelConfig& a, const loom::ModelConfig& b) {
   return a.arch == b.arch && a.V == b.V && a.C == b.C && a.F == b.F && a.L == b.L && a.H == b.H &&
          a.KVH == b.KVH && a.D == b.D && a.tie_embeddings == b.tie_embeddings && a.qkv_bias == b.qkv_bias &&
-         a.o_bias == b.o_bias && a.mlp_bias == b.mlp_bias && a.qk_norm == b.qk_norm && a.window == b.window;
+         a.o_bias == b.o_bias && a.mlp_bias == b.mlp_bias && a.qk_norm == b.qk_norm && a.window == b.window &&
+         a.num_experts == b.num_experts && a.experts_per_token == b.experts_per_token && a.expert_F == b.expert_F &&
+         a.moe_layers == b.moe_layers;
 }
 
 }  // namespace
@@ -26,6 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   (void)cfg.matmul_params();
+  (void)cfg.active_matmul_params();
   const std::string saved = loom::fuzz::scratch_dir() + "/saved";
   std::filesystem::create_directories(saved);
   try {

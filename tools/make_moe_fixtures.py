@@ -1,0 +1,506 @@
+#!/usr/bin/env python3
+"""Writes the mixture-of-experts parity fixtures under tests/fixtures/moe/<arch>/ (issue 16).
+
+For qwen3_moe (Qwen3MoeForCausalLM: top-2 of 4 experts, norm_topk_prob false, layer 1 dense through
+mlp_only_layers, q/k norms) and mixtral (MixtralForCausalLM: top-2 of 4, sliding window 8) it makes a
+tiny random model with transformers, a PEFT LoRA on the attention projections and the experts, and
+records what loom's reference path must reproduce. Both configs turn output_router_logits on with
+router_aux_loss_coef AUX_COEF, so the load-balancing loss is part of HF's training loss.
+
+  model/                 config.json + model.safetensors as save_pretrained writes them (bf16 values):
+                         the per-expert layout of the published checkpoints
+  model_fused/           (mixtral) the same weights saved with save_original_format=False: the fused
+                         layout transformers 5 holds in memory (mlp.experts.gate_up_proj (E, 2·FE, C),
+                         mlp.experts.down_proj (E, C, FE), mlp.gate.weight)
+  adapter/               the PEFT adapter as get_peft_model + save_pretrained write it for
+                         target_modules = the attention and expert projections (PEFT 0.21.2 turns the
+                         expert names into target_parameters gate_up_proj / down_proj, rank and alpha
+                         doubled on gate_up_proj); the starting LoRA weights of the checks below
+  adapter_per_expert/    the transformers-4 form: one LoRA per expert and projection
+                         (...experts.<e>.<proj>.lora_A.weight), which PeftModel.from_pretrained converts
+                         to the fused form on load
+  batch.json             documents (ids + per-token target mask), their micro-batches, and each
+                         micro-batch's kind: "mixed", "hot" (every token routes to HOT_EXPERT in every
+                         sparse layer) or "cold" (no token routes to COLD_EXPERT)
+  expected.safetensors   logits.<doc> (fp32), router_logits.<doc>.<layer> (tokens, E) of each sparse layer,
+                         grad.<PEFT key> of the cross-entropy loss, aux_grad.<PEFT key> of the sum of the
+                         micro-batches' aux losses (unscaled), logits_per_expert.<doc> and
+                         grad_per_expert.<key> with adapter_per_expert
+  expected.json          loss, aux losses, expert loads, the objectives of 5 AdamW steps with and
+                         without the aux loss, settings and versions
+
+The loss is HF's: per micro-batch, one padded forward (attention_mask, right padding), the target
+cross-entropy summed over the micro-batch and divided by the targets of the whole batch, plus
+router_aux_loss_coef times load_balancing_loss_func of the micro-batch's real tokens (all sparse
+layers together). Summed over micro-batches this is what transformers' Trainer minimises with
+gradient accumulation (num_items_in_batch normalises the cross-entropy; the aux loss is added per
+micro-batch and not divided).
+
+Every property the fixture promises is asserted while it is made: the crafted routing holds at
+every forward of every run, PeftModel.from_pretrained reproduces the live model, both checkpoint
+layouts load to the same logits, the adapter_per_expert conversion equals merging each expert's
+LoRA, and the expert-LoRA layout written in tests/fixtures/moe/README.md reproduces PEFT's logits
+and gradients when computed independently.
+
+Runs on a CPU in seconds (torch 2.15.0, transformers 5.23.0, peft 0.21.2):
+  python3 tools/make_moe_fixtures.py
+"""
+import copy
+import json
+import os
+import shutil
+import sys
+import warnings
+
+import torch
+import transformers
+import peft
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_hf_fixtures as hf  # noqa: E402  (bf16_exact, randomize, peft_name, load_for_baseline, settings)
+
+OUT = os.path.join(hf.REPO, "tests", "fixtures", "moe")
+E, TOP_K, FE = 4, 2, 48
+AUX_COEF = 0.05  # large enough that the aux loss moves the gradients well above parity_test's 1e-4
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+# The crafted routing. Hot tokens carry ROUTE_VALUE in hidden channel 0 of their embedding, cold
+# tokens in channel 1; every router gives HOT_EXPERT +ROUTER_GAIN on channel 0 and COLD_EXPERT
+# -ROUTER_GAIN on channel 1. ROUTE_VALUE is ~10x what a layer adds to a channel of the residual stream
+# (the random LoRA included), so the channel stays large through the layers and a hot
+# token's top-1 expert is HOT_EXPERT and a cold token never reaches COLD_EXPERT (asserted).
+HOT_EXPERT, COLD_EXPERT = 0, E - 1
+HOT_IDS, COLD_IDS = list(range(0, 16)), list(range(16, 32))
+ROUTE_VALUE, ROUTER_GAIN = 64.0, 3.0
+PAD_ID = 63
+
+# (kind, length) per document; micro-batch 0 mixes every id, 1 is hot, 2 is cold.
+DOCS = [("mixed", 9), ("mixed", 1), ("hot", 14), ("hot", 6), ("cold", 7)]
+MICRO_BATCHES = [[0, 1], [2, 3], [4]]
+MICRO_BATCH_KINDS = ["mixed", "hot", "cold"]
+
+ARCHS = {
+    "qwen3_moe": dict(
+        cls="Qwen3MoeForCausalLM", cfg_cls="Qwen3MoeConfig", block="mlp",
+        experts=("gate_proj", "up_proj", "down_proj"),  # checkpoint names of gate, up, down
+        cfg=dict(vocab_size=64, hidden_size=64, intermediate_size=96, moe_intermediate_size=FE,
+                 num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+                 rms_norm_eps=1e-6, max_position_embeddings=64, tie_word_embeddings=False,
+                 rope_theta=1000000.0, num_experts=E, num_experts_per_tok=TOP_K, norm_topk_prob=False,
+                 decoder_sparse_step=1, mlp_only_layers=[1], output_router_logits=True,
+                 router_aux_loss_coef=AUX_COEF)),
+    "mixtral": dict(
+        cls="MixtralForCausalLM", cfg_cls="MixtralConfig", block="block_sparse_moe", fused_copy=True,
+        experts=("w1", "w3", "w2"),
+        cfg=dict(vocab_size=64, hidden_size=64, intermediate_size=FE, num_hidden_layers=2,
+                 num_attention_heads=2, num_key_value_heads=1, head_dim=64, rms_norm_eps=1e-5,
+                 max_position_embeddings=64, sliding_window=8, tie_word_embeddings=False,
+                 rope_theta=1000000.0, num_local_experts=E, num_experts_per_tok=TOP_K,
+                 output_router_logits=True, router_aux_loss_coef=AUX_COEF)),
+}
+
+
+def sparse_layers(model):
+    return [l for l, layer in enumerate(model.model.layers) if hasattr(layer.mlp, "experts")]
+
+
+def craft_routing(model):
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        emb[HOT_IDS, 0] = ROUTE_VALUE
+        emb[COLD_IDS, 1] = ROUTE_VALUE
+        for l in sparse_layers(model):
+            router = model.model.layers[l].mlp.gate.weight
+            router[HOT_EXPERT, 0] = ROUTER_GAIN
+            router[COLD_EXPERT, 1] = -ROUTER_GAIN
+
+
+def make_docs(gen):
+    pools = {"mixed": list(range(64)), "hot": HOT_IDS, "cold": COLD_IDS}
+    docs = []
+    for kind, n in DOCS:
+        pool = pools[kind]
+        ids = [pool[i] for i in torch.randint(0, len(pool), (n,), generator=gen).tolist()]
+        docs.append(dict(ids=ids, mask=[0 if i < n // 3 else 1 for i in range(n)]))
+    return docs
+
+
+def n_targets_of(docs):
+    return sum(sum(d["mask"][1:]) for d in docs)
+
+
+def lora_named(model):
+    return [(hf.peft_name(n), p) for n, p in model.named_parameters() if "lora_" in n]
+
+
+def forward(model, docs, mb, with_aux):
+    """One padded forward of micro-batch mb: (cross-entropy sum over its targets, aux loss, per-doc
+    logits, per-doc router logits {layer: (n, E)}, real-token mask)."""
+    n = [len(docs[i]["ids"]) for i in mb]
+    T = max(n)
+    ids = torch.full((len(mb), T), PAD_ID)
+    mask = torch.zeros((len(mb), T), dtype=torch.long)
+    labels = torch.full((len(mb), T), -100)
+    for b, i in enumerate(mb):
+        ids[b, :n[b]] = torch.tensor(docs[i]["ids"])
+        mask[b, :n[b]] = 1
+        labels[b, :n[b]] = torch.tensor([t if m else -100 for t, m in zip(docs[i]["ids"], docs[i]["mask"])])
+    out = model(input_ids=ids, attention_mask=mask, output_router_logits=True)
+    logits = out.logits.float()
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                           ignore_index=-100, reduction="sum")
+    base = model.get_base_model() if isinstance(model, peft.PeftModel) else model
+    layers = sparse_layers(base)
+    router = {l: rl.float().reshape(len(mb), T, -1) for l, rl in zip(layers, out.router_logits)}
+    per_doc_logits = [logits[b, :n[b]] for b in range(len(mb))]
+    per_doc_router = [{l: router[l][b, :n[b]] for l in layers} for b in range(len(mb))]
+    return ce, (out.aux_loss if with_aux else None), per_doc_logits, per_doc_router
+
+
+def expert_load(per_doc_router):
+    """Tokens per expert in each sparse layer, over the micro-batch's real tokens, and the smallest
+    gap between a token's K-th and (K+1)-th router logit (how far routing is from a tie)."""
+    loads, gap = {}, float("inf")
+    for l in per_doc_router[0]:
+        logits = torch.cat([r[l] for r in per_doc_router])
+        top = torch.topk(torch.softmax(logits, -1), TOP_K, -1).indices
+        loads[l] = torch.bincount(top.reshape(-1), minlength=E).tolist()
+        s = torch.sort(logits, -1, descending=True).values
+        gap = min(gap, (s[:, TOP_K - 1] - s[:, TOP_K]).min().item())
+    return loads, gap
+
+
+def check_routing(kind, loads, n_tokens):
+    for l, load in loads.items():
+        if kind == "hot":
+            assert load[HOT_EXPERT] == n_tokens, f"hot micro-batch: layer {l} loads {load}"
+        if kind == "cold":
+            assert load[COLD_EXPERT] == 0, f"cold micro-batch: layer {l} loads {load}"
+
+
+def run_all(model, docs, with_aux):
+    """Forward + backward of every micro-batch: (ce loss, aux losses, ce grads, aux grads, logits,
+    router logits, loads, gap). Grads are of the CE normalised by the batch's targets, and of the sum
+    of the micro-batches' aux losses."""
+    params = lora_named(model)
+    n_targets = n_targets_of(docs)
+    ce_grads = {n: torch.zeros_like(p) for n, p in params}
+    aux_grads = {n: torch.zeros_like(p) for n, p in params}
+    loss, aux_losses, logits, routers, loads, gap = 0.0, [], {}, {}, [], float("inf")
+    for k, mb in enumerate(MICRO_BATCHES):
+        ce, aux, lg, rl = forward(model, docs, mb, with_aux)
+        grads = torch.autograd.grad(ce / n_targets, [p for _, p in params], retain_graph=with_aux, allow_unused=True)
+        for (n, _), g in zip(params, grads):
+            if g is not None:
+                ce_grads[n] += g
+        if with_aux:
+            grads = torch.autograd.grad(aux, [p for _, p in params], allow_unused=True)
+            for (n, _), g in zip(params, grads):
+                if g is not None:
+                    aux_grads[n] += g
+            aux_losses.append(aux.item())
+        loss += ce.item() / n_targets
+        load, g = expert_load(rl)
+        check_routing(MICRO_BATCH_KINDS[k], load, sum(len(docs[i]["ids"]) for i in mb))
+        loads.append({str(l): v for l, v in load.items()})
+        gap = min(gap, g)
+        for b, i in enumerate(mb):
+            logits[i] = lg[b].detach().contiguous()
+            routers[i] = {l: r.detach().contiguous() for l, r in rl[b].items()}
+    return loss, aux_losses, ce_grads, aux_grads, logits, routers, loads, gap
+
+
+def train(model, docs, with_aux):
+    """5 AdamW steps over the micro-batches, global normalisation and clipping as loom's step; returns
+    each step's objective (cross-entropy + AUX_COEF · Σ aux when with_aux)."""
+    params = [p for _, p in lora_named(model)]
+    opt = torch.optim.AdamW(params, **hf.ADAM)
+    n_targets = n_targets_of(docs)
+    objectives = []
+    for _ in range(hf.STEPS):
+        opt.zero_grad()
+        total = 0.0
+        for k, mb in enumerate(MICRO_BATCHES):
+            ce, aux, _, rl = forward(model, docs, mb, with_aux)
+            check_routing(MICRO_BATCH_KINDS[k], expert_load(rl)[0], sum(len(docs[i]["ids"]) for i in mb))
+            objective = ce / n_targets + (AUX_COEF * aux if with_aux else 0)
+            objective.backward()
+            total += objective.item()
+        torch.nn.utils.clip_grad_norm_(params, hf.MAX_GRAD_NORM)
+        opt.step()
+        objectives.append(total)
+    return objectives
+
+
+# --- The expert-LoRA layout, computed without PEFT ---------------------------------------------
+# A PEFT ParamWrapper on an expert stack W (E, out, in) holds lora_A (E·r, in) expert-major (expert
+# e's A is rows e·r .. e·r + r - 1) and lora_B (out, r·E) rank-major (expert e's B is columns
+# j·E + e, j = 0 .. r - 1); W_e += scaling · B_e A_e. merged_weights rebuilds the model's weights
+# from the LoRA tensors by that rule (and W += scaling · B A for the attention projections), so a
+# plain forward with them must give PEFT's logits and, through autograd, PEFT's gradients.
+def expert_delta(a, b, scaling):
+    r = a.shape[0] // E
+    a_e = a.reshape(E, r, a.shape[1])                       # (E, r, in)
+    b_e = b.reshape(b.shape[0], r, E).permute(2, 0, 1)      # (E, out, r)
+    return scaling * b_e @ a_e
+
+
+def merged_weights(base, lora, scalings, per_expert):
+    """Weights of base with the LoRA tensors lora {PEFT or per-expert key: tensor} merged in."""
+    weights = {}
+    state = dict(base.named_parameters())
+    for name, w in state.items():
+        module = name.rsplit(".", 1)[0]
+        key = f"base_model.model.{module}"
+        if name.endswith("_proj.weight") and f"{key}.lora_A.weight" in lora:
+            weights[name] = w + scalings["attention"] * lora[f"{key}.lora_B.weight"] @ lora[f"{key}.lora_A.weight"]
+        elif name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+            weights[name] = w + (per_expert(module, name) if per_expert else fused_delta(key, name, lora, scalings))
+    return weights
+
+
+def fused_delta(key, name, lora, scalings):
+    # gate_up_proj is wrapped first (its parameter comes first in the module), so it is the inner
+    # ParamWrapper: experts.base_layer.lora_*; down_proj is the outer one: experts.lora_*.
+    prefix = f"{key}.base_layer" if name.endswith("gate_up_proj") else key
+    which = "gate_up" if name.endswith("gate_up_proj") else "down"
+    return expert_delta(lora[f"{prefix}.lora_A.weight"], lora[f"{prefix}.lora_B.weight"], scalings[which])
+
+
+def independent_check(base, docs, lora, scalings, want_logits, want_grads, per_expert=None):
+    """Logits and CE gradients from merged_weights (no PEFT) against PEFT's; leaves are lora's tensors."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in lora.items()}
+    n_targets = n_targets_of(docs)
+    grads = {k: torch.zeros_like(v) for k, v in leaves.items()}
+    for mb in MICRO_BATCHES:
+        weights = merged_weights(base, leaves, scalings, per_expert and (lambda m, n: per_expert(leaves, m, n)))
+        wrapped = _Functional(base, weights)
+        ce, _, lg, _ = forward(wrapped, docs, mb, False)
+        for b, i in enumerate(mb):
+            # fp32 rounding of two summation orders (merged weights vs W·x + B·A·x): ~1e-6 of the logits
+            err = ((lg[b] - want_logits[i]).abs().max() / want_logits[i].abs().max()).item()
+            assert err < 1e-5, f"merged-weights logits differ from PEFT's by {err} of their scale (doc {i})"
+        for k, g in zip(leaves, torch.autograd.grad(ce / n_targets, list(leaves.values()), allow_unused=True)):
+            if g is not None:
+                grads[k] += g
+    for k, g in grads.items():
+        err = ((g - want_grads[k]).abs().max() / want_grads[k].abs().max().clamp_min(1e-12)).item()
+        assert err < 1e-4, f"merged-weights gradient of {k} differs from PEFT's by {err} (scaled)"
+
+
+class _Functional(torch.nn.Module):
+    """base called with some parameters replaced (torch.func.functional_call), keeping its attributes."""
+    def __init__(self, base, weights):
+        super().__init__()
+        self.base, self.weights = base, weights
+        self.model = base.model
+
+    def forward(self, **kwargs):
+        return torch.func.functional_call(self.base, self.weights, (), kwargs)
+
+
+def peft_scalings(model):
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, peft.tuners.lora.ParamWrapper):
+            out["gate_up" if module.parameter_name == "gate_up_proj" else "down"] = module.scaling["default"]
+        elif isinstance(module, peft.tuners.lora.Linear):
+            out["attention"] = module.scaling["default"]
+    return out
+
+
+def check_delta_layout(model):
+    """expert_delta reproduces every ParamWrapper's get_delta_weight."""
+    for name, module in model.named_modules():
+        if isinstance(module, peft.tuners.lora.ParamWrapper):
+            want = module.get_delta_weight("default")
+            got = expert_delta(module.lora_A["default"].weight, module.lora_B["default"].weight,
+                               module.scaling["default"])
+            assert torch.allclose(got, want, atol=1e-6), f"{name}: the expert-LoRA layout is not PEFT's"
+
+
+# --- The per-expert (transformers 4) adapter ---------------------------------------------------
+def per_expert_adapter(d, spec, base, attention_lora, gen):
+    """adapter_per_expert/: the attention LoRA of adapter/ and one rank-r LoRA per expert projection."""
+    sd = {k: v for k, v in attention_lora.items()}
+    C, gate, up, down = base.config.hidden_size, *spec["experts"]
+    for l in sparse_layers(base):
+        for e in range(E):
+            for proj, (out, inp) in ((gate, (FE, C)), (up, (FE, C)), (down, (C, FE))):
+                key = f"base_model.model.model.layers.{l}.{spec['block']}.experts.{e}.{proj}"
+                sd[f"{key}.lora_A.weight"] = 0.2 * torch.randn(hf.LORA_R, inp, generator=gen)
+                sd[f"{key}.lora_B.weight"] = 0.2 * torch.randn(out, hf.LORA_R, generator=gen)
+    path = os.path.join(d, "adapter_per_expert")
+    os.makedirs(path)
+    save_file(sd, os.path.join(path, "adapter_model.safetensors"))
+    peft.LoraConfig(r=hf.LORA_R, lora_alpha=hf.LORA_ALPHA, lora_dropout=0.0, task_type="CAUSAL_LM",
+                    target_modules=ATTENTION + list(spec["experts"])).save_pretrained(path)
+    sort_target_lists(path)
+    return sd
+
+
+def per_expert_delta(spec, scaling):
+    gate, up, down = spec["experts"]
+
+    def delta(lora, module, name):
+        l = module.split(".")[2]
+        key = f"base_model.model.model.layers.{l}.{spec['block']}.experts"
+
+        def one(e, proj):
+            return scaling * lora[f"{key}.{e}.{proj}.lora_B.weight"] @ lora[f"{key}.{e}.{proj}.lora_A.weight"]
+        if name.endswith("gate_up_proj"):
+            return torch.stack([torch.cat([one(e, gate), one(e, up)]) for e in range(E)])
+        return torch.stack([one(e, down) for e in range(E)])
+    return delta
+
+
+def per_expert_grads(spec, model, fused_grads):
+    """The gradients of adapter_per_expert's tensors from PEFT's gradients of the fused form it
+    converted them to: gate_up's A is [A_gate; A_up] per expert (rank 2r), its B block-diagonal."""
+    out = {}
+    gate, up, down = spec["experts"]
+    r = hf.LORA_R
+    for name, g in fused_grads.items():
+        if ".experts." not in name:
+            out[name] = g
+            continue
+        layer = name.split(".experts.")[0].rsplit(".", 1)[0]  # PEFT's live name says mlp; Mixtral's file block_sparse_moe
+        key = f"{layer}.{spec['block']}.experts"
+        ab = "lora_A" if ".lora_A." in name else "lora_B"
+        inner = ".experts.base_layer." in name
+        for e in range(E):
+            if inner and ab == "lora_A":
+                out[f"{key}.{e}.{gate}.lora_A.weight"] = g[e * 2 * r: e * 2 * r + r]
+                out[f"{key}.{e}.{up}.lora_A.weight"] = g[e * 2 * r + r: (e + 1) * 2 * r]
+            elif inner:
+                out[f"{key}.{e}.{gate}.lora_B.weight"] = g[:FE, [j * E + e for j in range(r)]]
+                out[f"{key}.{e}.{up}.lora_B.weight"] = g[FE:, [(r + j) * E + e for j in range(r)]]
+            elif ab == "lora_A":
+                out[f"{key}.{e}.{down}.lora_A.weight"] = g[e * r: (e + 1) * r]
+            else:
+                out[f"{key}.{e}.{down}.lora_B.weight"] = g[:, [j * E + e for j in range(r)]]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def sort_target_lists(adapter_dir):
+    """PEFT writes target_modules / target_parameters from Python sets, in an order that changes from
+    run to run; sorted, a regenerated fixture is byte for byte the same."""
+    path = os.path.join(adapter_dir, "adapter_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    for key in ("target_modules", "target_parameters"):
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def load_fp32(model_dir):
+    return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                             attn_implementation="eager")
+
+
+def build(arch, spec, seed):
+    gen = torch.Generator().manual_seed(seed)
+    cfg = getattr(transformers, spec["cfg_cls"])(**spec["cfg"], attn_implementation="eager")
+    cfg.dtype = torch.float32
+    base = getattr(transformers, spec["cls"])(cfg).float()
+    hf.randomize(base, gen)
+    craft_routing(base)
+    d = os.path.join(OUT, arch)
+    shutil.rmtree(d, ignore_errors=True)
+    bf16 = copy.deepcopy(base).to(torch.bfloat16)
+    bf16.save_pretrained(os.path.join(d, "model"))
+    os.remove(os.path.join(d, "model", "generation_config.json"))
+    if spec.get("fused_copy"):
+        bf16.save_pretrained(os.path.join(d, "model_fused"), save_original_format=False)
+        os.remove(os.path.join(d, "model_fused", "generation_config.json"))
+    lcfg = peft.LoraConfig(r=hf.LORA_R, lora_alpha=hf.LORA_ALPHA, lora_dropout=0.0, task_type="CAUSAL_LM",
+                           target_modules=ATTENTION + list(spec["experts"]))
+    model = peft.get_peft_model(base, lcfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    check_delta_layout(model)
+    model.save_pretrained(os.path.join(d, "adapter"))
+    os.remove(os.path.join(d, "adapter", "README.md"))  # peft's model card: not a fixture
+    sort_target_lists(os.path.join(d, "adapter"))
+    return gen, d
+
+
+def run_arch(arch, spec, seed):
+    gen, d = build(arch, spec, seed)
+    docs = make_docs(gen)
+    model_dir = os.path.join(d, "model")
+
+    # 1. The fixture as loom loads it: base from model/, adapter from adapter/ (fp32).
+    model = hf.load_for_baseline(model_dir, d, False)
+    loss, aux_losses, ce_grads, aux_grads, logits, routers, loads, gap = run_all(model, docs, True)
+    assert gap > 1e-2, f"a token's K-th and (K+1)-th router logits are {gap} apart: routing is near a tie"
+    if spec.get("fused_copy"):
+        fused = hf.load_for_baseline(os.path.join(d, "model_fused"), d, False)
+        for k, mb in enumerate(MICRO_BATCHES):
+            _, _, lg, _ = forward(fused, docs, mb, False)
+            assert all(torch.equal(lg[b], logits[i]) for b, i in enumerate(mb)), "model_fused/ differs from model/"
+    saved = load_file(os.path.join(d, "adapter", "adapter_model.safetensors"))
+    assert set(saved) == set(ce_grads), "the adapter's keys are not the live LoRA parameters"
+    base = load_fp32(model_dir)
+    independent_check(base, docs, saved, peft_scalings(model), logits, ce_grads)
+
+    # 2. The per-expert adapter, converted by PeftModel.from_pretrained.
+    attention_lora = {k: v for k, v in saved.items() if ".experts." not in k}
+    per_expert = per_expert_adapter(d, spec, base, attention_lora, gen)
+    pe_model = peft.PeftModel.from_pretrained(load_fp32(model_dir), os.path.join(d, "adapter_per_expert"),
+                                              is_trainable=True)
+    _, _, pe_fused_grads, _, pe_logits, _, _, _ = run_all(pe_model, docs, False)
+    pe_grads = per_expert_grads(spec, pe_model, pe_fused_grads)
+    assert set(pe_grads) == set(per_expert), "per-expert gradient names are not the adapter's keys"
+    scaling = hf.LORA_ALPHA / hf.LORA_R
+    independent_check(base, docs, per_expert, {"attention": scaling}, pe_logits, pe_grads,
+                      per_expert_delta(spec, scaling))
+
+    # 3. Five AdamW steps from the same start, with the aux loss (the config's) and without.
+    step_objectives = train(hf.load_for_baseline(model_dir, d, False), docs, True)
+    step_ce_only = train(hf.load_for_baseline(model_dir, d, False), docs, False)
+
+    tensors = {f"logits.{i}": t for i, t in logits.items()}
+    tensors.update({f"router_logits.{i}.{l}": t for i, r in routers.items() for l, t in r.items()})
+    tensors.update({f"grad.{n}": g for n, g in ce_grads.items()})
+    tensors.update({f"aux_grad.{n}": g for n, g in aux_grads.items()})
+    tensors.update({f"logits_per_expert.{i}": t for i, t in pe_logits.items()})
+    tensors.update({f"grad_per_expert.{n}": g for n, g in pe_grads.items()})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(d, "expected.safetensors"))
+    with open(os.path.join(d, "batch.json"), "w") as f:
+        json.dump(dict(documents=docs, micro_batches=MICRO_BATCHES, micro_batch_kinds=MICRO_BATCH_KINDS), f)
+    n_targets = n_targets_of(docs)
+    with open(os.path.join(d, "expected.json"), "w") as f:
+        json.dump(dict(loss=loss, n_targets=n_targets, aux_losses=aux_losses, aux_coef=AUX_COEF,
+                       objective=loss + AUX_COEF * sum(aux_losses),
+                       objective_is="cross-entropy sum / n_targets + aux_coef * sum of the micro-batches' "
+                                    "load_balancing_loss_func over their real tokens (transformers' Trainer)",
+                       step_objectives=step_objectives, step_losses_ce_only=step_ce_only,
+                       expert_load=loads, expert_load_is="per micro-batch, per sparse layer: tokens routed to "
+                                                         "each expert (top-k), at the starting weights",
+                       min_topk_gap=gap, hot_expert=HOT_EXPERT, cold_expert=COLD_EXPERT, pad_id=PAD_ID,
+                       lr=hf.ADAM["lr"], beta1=hf.ADAM["betas"][0], beta2=hf.ADAM["betas"][1], eps=hf.ADAM["eps"],
+                       weight_decay=hf.ADAM["weight_decay"], max_grad_norm=hf.MAX_GRAD_NORM, lora_r=hf.LORA_R,
+                       lora_alpha=hf.LORA_ALPHA, torch=torch.__version__, transformers=transformers.__version__,
+                       peft=peft.__version__), f, indent=1)
+    print(f"{arch}: loss {loss:.6f}, aux {' '.join(f'{a:.4f}' for a in aux_losses)}, {n_targets} targets, "
+          f"loads {loads}, min top-k gap {gap:.3f}\n  5-step objectives "
+          + " ".join(f"{x:.5f}" for x in step_objectives) + "\n  CE only " + " ".join(f"{x:.5f}" for x in step_ce_only))
+
+
+def main():
+    warnings.filterwarnings("ignore")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    for k, (arch, spec) in enumerate(ARCHS.items()):
+        run_arch(arch, spec, seed=230 + k)
+
+
+if __name__ == "__main__":
+    main()
