@@ -20,8 +20,8 @@
 #include "engine/flops.h"
 #include "engine/metrics.h"
 #include "engine/objective.h"
-#include "engine/run_samples.h"
 #include "engine/preference.h"
+#include "engine/run_samples.h"
 #include "engine/schedule.h"
 #include "engine/step.h"
 #include "engine/training_data.h"
@@ -263,7 +263,6 @@ void restart_metrics(const std::string& run_dir, int64_t step) {
        advice);
 }
 
-// Rank 0 prepares (and caches) the data while the others wait, then every rank loads it.
 // dpo.precompute_reference, with auto resolved for a run that has `steps` steps left over `pairs` pairs:
 // precomputing costs one reference forward per pair (again on every resume), the step's pass one per
 // pair visited, and the two passes cost the same per pair (llama-3.1-8b nf4 on an H100: 12.0-12.6 ms;
@@ -307,6 +306,7 @@ std::unique_ptr<Objective> make_objective(const TrainConfig& cfg, TrainBackend& 
   return objective;
 }
 
+// Rank 0 prepares (and caches) the data while the others wait, then every rank loads it.
 RunDocuments documents_on_every_rank(const TrainConfig& cfg, const ModelConfig& mc) {
   if (!is_main()) barrier();
   RunDocuments docs = load_run_documents(cfg, mc);
