@@ -9,6 +9,7 @@
 #include "models/model_config.h"
 #include "models/weights.h"
 #include "ops/error.h"
+#include "tests/model_config_expect.h"
 #include "tests/test_util.h"
 
 using loom::ModelConfig;
@@ -159,34 +160,6 @@ void expect_no_window(const ModelConfig& c) {
   for (int w : c.window) EXPECT_EQ(w, 0);
 }
 
-void expect_same(const ModelConfig& a, const ModelConfig& b) {
-  EXPECT_EQ(a.arch, b.arch);
-  EXPECT_EQ(a.V, b.V);
-  EXPECT_EQ(a.C, b.C);
-  EXPECT_EQ(a.F, b.F);
-  EXPECT_EQ(a.L, b.L);
-  EXPECT_EQ(a.H, b.H);
-  EXPECT_EQ(a.KVH, b.KVH);
-  EXPECT_EQ(a.D, b.D);
-  EXPECT_EQ(a.rms_eps, b.rms_eps);
-  EXPECT_EQ(a.tie_embeddings, b.tie_embeddings);
-  EXPECT_EQ(a.qkv_bias, b.qkv_bias);
-  EXPECT_EQ(a.o_bias, b.o_bias);
-  EXPECT_EQ(a.qk_norm, b.qk_norm);
-  EXPECT_EQ(a.window, b.window);
-  EXPECT_EQ(a.rope.type, b.rope.type);
-  EXPECT_EQ(a.rope.theta, b.rope.theta);
-  EXPECT_EQ(a.max_position, b.max_position);
-  EXPECT_EQ(a.eos_ids, b.eos_ids);
-  EXPECT_EQ(a.bos_id, b.bos_id);
-  EXPECT_EQ(a.num_experts, b.num_experts);
-  EXPECT_EQ(a.experts_per_token, b.experts_per_token);
-  EXPECT_EQ(a.expert_F, b.expert_F);
-  EXPECT_EQ(a.norm_topk_prob, b.norm_topk_prob);
-  EXPECT_EQ(a.moe_layers, b.moe_layers);
-  EXPECT_EQ(a.router_aux_loss_coef, b.router_aux_loss_coef);
-  EXPECT_EQ(a.output_router_logits, b.output_router_logits);
-}
 
 }  // namespace
 
@@ -473,8 +446,8 @@ TEST_F(MoeConfigFile, ParamsOfMixedLayersCountEachKind) {
 }
 
 TEST_F(MoeConfigFile, PresetsAreThePublishedConfigs) {
-  expect_same(loom::preset_model_config("qwen3-30b-a3b"), load(kQwen3_30B_A3B));
-  expect_same(loom::preset_model_config("mixtral-8x7b"), load(kMixtral_8x7B));
+  loom::test::expect_same_config(loom::preset_model_config("qwen3-30b-a3b"), load(kQwen3_30B_A3B));
+  loom::test::expect_same_config(loom::preset_model_config("mixtral-8x7b"), load(kMixtral_8x7B));
 }
 
 TEST_F(MoeConfigFile, SaveThenLoadGivesTheSameConfig) {
@@ -490,7 +463,7 @@ TEST_F(MoeConfigFile, SaveThenLoadGivesTheSameConfig) {
   for (size_t i = 0; i < configs.size(); ++i) {
     SCOPED_TRACE("config " + std::to_string(i) + " (" + configs[i].arch + ")");
     loom::save_model_config(configs[i], dir_);
-    expect_same(loom::load_model_config(dir_), configs[i]);
+    loom::test::expect_same_config(loom::load_model_config(dir_), configs[i]);
   }
 }
 

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ops/error.h"
+#include "tests/model_config_expect.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -484,39 +485,6 @@ TEST(ModelConfig, UnknownPresetListsValidNames) {
   }
 }
 
-namespace {
-void expect_same(const ModelConfig& a, const ModelConfig& b) {
-  EXPECT_EQ(a.arch, b.arch);
-  EXPECT_EQ(a.V, b.V);
-  EXPECT_EQ(a.C, b.C);
-  EXPECT_EQ(a.F, b.F);
-  EXPECT_EQ(a.L, b.L);
-  EXPECT_EQ(a.H, b.H);
-  EXPECT_EQ(a.KVH, b.KVH);
-  EXPECT_EQ(a.D, b.D);
-  EXPECT_EQ(a.rms_eps, b.rms_eps);
-  EXPECT_EQ(a.tie_embeddings, b.tie_embeddings);
-  EXPECT_EQ(a.qkv_bias, b.qkv_bias);
-  EXPECT_EQ(a.o_bias, b.o_bias);
-  EXPECT_EQ(a.mlp_bias, b.mlp_bias);
-  EXPECT_EQ(a.qk_norm, b.qk_norm);
-  EXPECT_EQ(a.window, b.window);
-  EXPECT_EQ(a.rope.type, b.rope.type);
-  EXPECT_EQ(a.rope.theta, b.rope.theta);
-  EXPECT_EQ(a.rope.factor, b.rope.factor);
-  EXPECT_EQ(a.rope.low_freq_factor, b.rope.low_freq_factor);
-  EXPECT_EQ(a.rope.high_freq_factor, b.rope.high_freq_factor);
-  EXPECT_EQ(a.rope.original_max_position, b.rope.original_max_position);
-  EXPECT_EQ(a.max_position, b.max_position);
-  EXPECT_EQ(a.torch_dtype, b.torch_dtype);
-  EXPECT_EQ(a.eos_ids, b.eos_ids);
-  EXPECT_EQ(a.bos_id, b.bos_id);
-  EXPECT_EQ(a.bnb_4bit, b.bnb_4bit);
-  EXPECT_EQ(a.bnb_double_quant, b.bnb_double_quant);
-  EXPECT_EQ(a.bnb_quant_type, b.bnb_quant_type);
-}
-}  // namespace
-
 TEST_F(ModelConfigFile, SaveThenLoadGivesTheSameConfig) {
   std::vector<ModelConfig> configs;
   for (const std::string& n : loom::preset_names()) configs.push_back(loom::preset_model_config(n));
@@ -537,7 +505,7 @@ TEST_F(ModelConfigFile, SaveThenLoadGivesTheSameConfig) {
   for (size_t i = 0; i < configs.size(); ++i) {
     SCOPED_TRACE("config " + std::to_string(i) + " (" + configs[i].arch + ")");
     loom::save_model_config(configs[i], dir_);
-    expect_same(loom::load_model_config(dir_ + "/config.json"), configs[i]);
+    loom::test::expect_same_config(loom::load_model_config(dir_ + "/config.json"), configs[i]);
   }
   EXPECT_FALSE(fs::exists(dir_ + "/config.json.tmp"));
 }
