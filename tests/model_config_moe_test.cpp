@@ -9,7 +9,7 @@
 #include "models/model_config.h"
 #include "models/weights.h"
 #include "ops/error.h"
-#include "tests/model_config_expect.h"
+#include "tests/model_config_util.h"
 #include "tests/test_util.h"
 
 using loom::ModelConfig;
@@ -122,17 +122,7 @@ const char* kMixtral_8x7B = R"({
   "vocab_size": 32000
 })";
 
-class MoeConfigFile : public loom::test::TempDirTest {
- protected:
-  ModelConfig load(const std::string& text) {
-    std::ofstream(dir_ + "/config.json") << text;
-    return loom::load_model_config(dir_);
-  }
-  void expect_error(const std::string& text, const std::vector<std::string>& parts) {
-    SCOPED_TRACE(text);
-    loom::test::expect_error([&] { load(text); }, parts);
-  }
-};
+class MoeConfigFile : public loom::test::ConfigFileTest {};
 
 // A small config of the given class; `extra` ("key": value, ...) adds or replaces keys.
 std::string minimal(const std::string& cls, const std::string& extra = "") {

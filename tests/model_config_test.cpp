@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ops/error.h"
-#include "tests/model_config_expect.h"
+#include "tests/model_config_util.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -22,18 +22,7 @@ namespace {
 
 std::string fixture(const std::string& name) { return loom::test::fixtures_dir() + "/configs/" + name; }
 
-class ModelConfigFile : public loom::test::TempDirTest {
- protected:
-  // Writes text as DIR/config.json and loads it.
-  ModelConfig load(const std::string& text) {
-    std::ofstream(dir_ + "/config.json") << text;
-    return loom::load_model_config(dir_);
-  }
-  void expect_error(const std::string& text, const std::vector<std::string>& parts) {
-    SCOPED_TRACE(text);
-    loom::test::expect_error([&] { load(text); }, parts);
-  }
-};
+class ModelConfigFile : public loom::test::ConfigFileTest {};
 
 // A minimal config of the given class; `extra` ("key": value, ...) adds or replaces keys.
 std::string minimal(const std::string& cls, const std::string& extra = "") {

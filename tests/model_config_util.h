@@ -1,11 +1,29 @@
-// Field-by-field equality of two ModelConfigs (every field a config.json sets), for the tests that
-// read, write and preset configs.
+// What the config.json tests share: a fixture that writes text as config.json and loads it, and
+// field-by-field equality of two ModelConfigs (every field a config.json sets).
 #pragma once
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <string>
+#include <vector>
+
 #include "models/model_config.h"
+#include "tests/test_util.h"
 
 namespace loom::test {
+
+class ConfigFileTest : public TempDirTest {
+ protected:
+  // Writes text as DIR/config.json and loads it.
+  ModelConfig load(const std::string& text) {
+    std::ofstream(dir_ + "/config.json") << text;
+    return load_model_config(dir_);
+  }
+  void expect_error(const std::string& text, const std::vector<std::string>& parts) {
+    SCOPED_TRACE(text);
+    test::expect_error([&] { load(text); }, parts);
+  }
+};
 
 inline void expect_same_config(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(a.arch, b.arch);
