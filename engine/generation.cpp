@@ -38,22 +38,23 @@ void CudaDecoder::prefill(const std::vector<std::vector<int32_t>>& prompts, std:
     length_[b] = int32_t(prompts[b].size());
     last_[b] = prompts[b].back();
   }
-  logits = model_.prefill(prompts, adapters_);
+  model_.prefill(prompts, adapters_, logits);
 }
 
 void CudaDecoder::decode(const std::vector<int>& rows, const std::vector<int32_t>& tokens, std::vector<float>& logits) {
-  std::vector<int32_t> position(static_cast<size_t>(batch_));
-  for (int b = 0; b < batch_; ++b) position[size_t(b)] = int32_t(std::min<int64_t>(length_[size_t(b)], context_ - 1));
+  position_.resize(size_t(batch_));
+  for (int b = 0; b < batch_; ++b) position_[size_t(b)] = int32_t(std::min<int64_t>(length_[size_t(b)], context_ - 1));
   for (size_t i = 0; i < rows.size(); ++i) {
     const size_t b = size_t(rows[i]);
     LOOM_CHECK(length_[b] < context_, "generation: sequence ", b, " is full (", context_, " positions)");
     last_[b] = tokens[i];
-    position[b] = length_[b]++;
+    position_[b] = length_[b]++;
   }
-  const std::vector<float> all = model_.decode(last_, position, adapters_);
+  model_.decode(last_, position_, adapters_, all_logits_);
   logits.resize(rows.size() * size_t(V_));
   for (size_t i = 0; i < rows.size(); ++i)
-    std::copy_n(all.begin() + std::ptrdiff_t(size_t(rows[i]) * size_t(V_)), V_, logits.begin() + std::ptrdiff_t(i * V_));
+    std::copy_n(all_logits_.begin() + std::ptrdiff_t(size_t(rows[i]) * size_t(V_)), V_,
+                logits.begin() + std::ptrdiff_t(i * V_));
 }
 
 namespace {

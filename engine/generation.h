@@ -87,7 +87,8 @@ class CudaDecoder : public DecodeModel {
   int batch_;
   int64_t context_;
   bool adapters_;
-  std::vector<int32_t> length_, last_;  // per cache row: tokens held, the last token fed
+  std::vector<int32_t> length_, last_, position_;  // per cache row: tokens held, the last token fed, its position
+  std::vector<float> all_logits_;                   // (batch, V), reused step after step
 };
 
 // Called with (request index, new text) as each request's text grows (streaming); may be empty.

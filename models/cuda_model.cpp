@@ -415,14 +415,13 @@ struct CudaModel::Impl {
     CUDA_CHECK(cudaMemcpyAsync(cache_pos, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice, stream));
   }
 
-  // The LM head on B rows of final hidden states: logits (rows, V) fp32, copied to the host (waits).
-  std::vector<float> logits_of(const bf16* x, int rows) {
+  // The LM head on B rows of final hidden states: logits (rows, V) fp32, copied into out (waits).
+  void logits_of(const bf16* x, int rows, std::vector<float>& out) {
     gemm(*gemm_ctx, decode_logits, x, weights.head(), rows, cfg.V, cfg.C, false, true, 1.f, 0.f, GemmOut::kFp32,
          stream);
-    std::vector<float> out(size_t(rows) * cfg.V);
+    out.resize(size_t(rows) * cfg.V);
     CUDA_CHECK(cudaMemcpyAsync(out.data(), decode_logits, out.size() * 4, cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
-    return out;
   }
 
   void begin_pass(const MicroBatch& mb, const PassOptions& p) {
@@ -516,7 +515,7 @@ void CudaModel::forward_backward(const MicroBatch& mb, const std::vector<float>&
   d.backward_layers();
 }
 
-std::vector<float> CudaModel::prefill(const std::vector<std::vector<int32_t>>& prompts, bool adapters) {
+void CudaModel::prefill(const std::vector<std::vector<int32_t>>& prompts, bool adapters, std::vector<float>& logits) {
   Impl& d = *impl_;
   LOOM_CHECK(d.generate_mode, "prefill needs a model planned for generation (ModelMode::kGenerate)");
   LOOM_CHECK(!prompts.empty() && int(prompts.size()) <= d.B, "prefill: ", prompts.size(),
@@ -544,11 +543,11 @@ std::vector<float> CudaModel::prefill(const std::vector<std::vector<int32_t>>& p
   for (size_t b = 0; b < prompts.size(); ++b)  // each prompt's last position
     CUDA_CHECK(cudaMemcpyAsync(d.x_last + b * d.cfg.C, d.xf + int64_t(mb.cu_seqlens[b + 1] - 1) * d.cfg.C,
                                size_t(d.cfg.C) * sizeof(bf16), cudaMemcpyDeviceToDevice, d.stream));
-  return d.logits_of(d.x_last, int(prompts.size()));
+  d.logits_of(d.x_last, int(prompts.size()), logits);
 }
 
-std::vector<float> CudaModel::decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
-                                     bool adapters) {
+void CudaModel::decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
+                       std::vector<float>& logits) {
   Impl& d = *impl_;
   LOOM_CHECK(d.generate_mode, "decode needs a model planned for generation (ModelMode::kGenerate)");
   LOOM_CHECK(int(tokens.size()) == d.B && positions.size() == tokens.size(), "decode: ", tokens.size(), " tokens and ",
@@ -574,7 +573,7 @@ std::vector<float> CudaModel::decode(const std::vector<int32_t>& tokens, const s
   CUDA_CHECK(cudaMemcpyAsync(d.cache_len, length.data(), length.size() * 4, cudaMemcpyHostToDevice, d.stream));
   d.forward_layers();
   d.decoding = false;
-  return d.logits_of(d.xf, d.B);
+  d.logits_of(d.xf, d.B, logits);
 }
 
 std::vector<float> CudaModel::token_losses() {

@@ -83,11 +83,13 @@ class CudaModel {
                         bool last);
   // kGenerate. Empties the cache and runs the prompts (at most decode_batch, their tokens together at
   // most token_budget, each shorter than decode_context), sequence b = prompts[b]; returns the logits
-  // (prompts, V) of each prompt's last token (waits). adapters: the LoRA on or off.
-  std::vector<float> prefill(const std::vector<std::vector<int32_t>>& prompts, bool adapters);
+  // (prompts, V) of each prompt's last token into `logits` (waits). adapters: the LoRA on or off.
+  void prefill(const std::vector<std::vector<int32_t>>& prompts, bool adapters, std::vector<float>& logits);
   // kGenerate. One token per sequence of the last prefill: tokens[b] at position positions[b] (its
-  // cache then holds positions[b] + 1 tokens; positions[b] < decode_context); logits (B, V) (waits).
-  std::vector<float> decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters);
+  // cache then holds positions[b] + 1 tokens; positions[b] < decode_context); logits (B, V) into
+  // `logits`, whose storage a caller reuses step after step (waits).
+  void decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
+              std::vector<float>& logits);
 
   // The per-token losses (T) of the last forward (waits for the stream).
   std::vector<float> token_losses();

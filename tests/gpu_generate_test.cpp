@@ -90,7 +90,8 @@ TEST_P(GpuGenerate, DecodeLogitsFollowTheReferenceWithinTheBf16Rule) {
       KvCache cache;
       std::vector<float> want;
       ref.extend(cache, prompt, f.lora.data(), adapters, want);
-      std::vector<float> got = m->prefill({prompt}, adapters);
+      std::vector<float> got;
+      m->prefill({prompt}, adapters, got);
       for (size_t k = 0; k < ids.size(); ++k) {
         const std::vector<float> last(want.end() - f.cfg.V, want.end());
         ASSERT_EQ(got.size(), last.size());
@@ -99,7 +100,7 @@ TEST_P(GpuGenerate, DecodeLogitsFollowTheReferenceWithinTheBf16Rule) {
         EXPECT_LE(err, kRule * yardstick[k]) << GetParam() << " " << variant << " prompt " << i << " step " << k;
         worst = test::max_keeping_nan(worst, err / yardstick[k]);
         ref.extend(cache, {ids[k]}, f.lora.data(), adapters, want);
-        got = m->decode({ids[k]}, {int32_t(prompt.size() + k)}, adapters);
+        m->decode({ids[k]}, {int32_t(prompt.size() + k)}, adapters, got);
       }
     }
   }

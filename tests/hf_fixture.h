@@ -39,7 +39,7 @@ inline HfFixture load_hf_fixture(const std::string& arch) {
   f.lora = load_peft_adapter(f.dir + "/adapter", f.layout);
   const nlohmann::json batch = read_json(f.dir + "/batch.json");
   for (const auto& d : batch["documents"])
-    f.docs.push_back({d["ids"].get<std::vector<int32_t>>(), d["mask"].get<std::vector<uint8_t>>()});
+    f.docs.push_back({d["ids"].get<std::vector<int32_t>>(), d["mask"].get<std::vector<uint8_t>>(), {}});
   f.micro_batches = batch["micro_batches"].get<std::vector<std::vector<int>>>();
   f.expected = read_json(f.dir + "/expected.json");
   f.train.beta1 = f.expected["beta1"];

@@ -84,8 +84,11 @@ TEST(Preference, ZeroAdapterGivesLn2AndZeroRewards) {
     PreferenceObjective dpo({PreferenceLoss::kSigmoid, 0.1, 0.0, 0.1});
     const StepOutcome r = run_step(*backend, dpo, f.step, 0.f, [](size_t) { return uint64_t(0); });
     EXPECT_EQ(r.loss, std::log(2.0)) << arch;
-    for (const auto& [name, value] : r.metrics)
-      if (name.rfind("rewards/", 0) == 0 && name != "rewards/accuracies") EXPECT_EQ(value, 0.0) << arch << " " << name;
+    for (const auto& [name, value] : r.metrics) {
+      if (name.rfind("rewards/", 0) == 0 && name != "rewards/accuracies") {
+        EXPECT_EQ(value, 0.0) << arch << " " << name;
+      }
+    }
   }
 }
 

@@ -70,6 +70,18 @@ run() {
   fi
 }
 
+# run_baseline NAME SCRIPT PRESET: the Python baseline on the same data as build/bench (its --check-bench
+# compares them first; a difference skips the row and counts as a failure).
+run_baseline() {
+  local name=$1 script=$2 preset=$3
+  if python3 "$script" --preset "$preset" --steps "$STEPS" --warmup "$WARMUP" --check-bench "$BENCH"; then
+    run "$name" python3 "$script" --preset "$preset" --steps "$STEPS" --warmup "$WARMUP"
+  else
+    echo "== $name skipped: its data differ from build/bench's" >&2
+    failures=$((failures + 1))
+  fi
+}
+
 for preset in $PRESETS; do
   for mode in $(modes_of "$preset"); do
     quant=${mode%%:*}
@@ -79,12 +91,7 @@ for preset in $PRESETS; do
     run "loom-$preset-$quant-$recompute" "$BENCH" "${args[@]}"
   done
   if baseline_available; then
-    if python3 tools/hf_baseline.py --preset "$preset" --steps "$STEPS" --warmup "$WARMUP" --check-bench "$BENCH"; then
-      run "hf-$preset" python3 tools/hf_baseline.py --preset "$preset" --steps "$STEPS" --warmup "$WARMUP"
-    else
-      echo "== hf-$preset skipped: its documents differ from build/bench's" >&2
-      failures=$((failures + 1))
-    fi
+    run_baseline "hf-$preset" tools/hf_baseline.py "$preset"
   else
     echo "== hf-$preset skipped: python3 cannot import torch, transformers and peft (or BENCH_BASELINE=0)" >&2
   fi
@@ -99,12 +106,7 @@ for preset in $DPO_PRESETS; do
     run "loom-dpo-$preset-nf4-$recompute" "$BENCH" "${args[@]}"
   done
   if trl_available; then
-    if python3 tools/trl_dpo_baseline.py --preset "$preset" --steps "$STEPS" --warmup "$WARMUP" --check-bench "$BENCH"; then
-      run "trl-dpo-$preset" python3 tools/trl_dpo_baseline.py --preset "$preset" --steps "$STEPS" --warmup "$WARMUP"
-    else
-      echo "== trl-dpo-$preset skipped: its pairs differ from build/bench --dpo's" >&2
-      failures=$((failures + 1))
-    fi
+    run_baseline "trl-dpo-$preset" tools/trl_dpo_baseline.py "$preset"
   else
     echo "== trl-dpo-$preset skipped: python3 cannot import torch, transformers, peft and trl (or BENCH_BASELINE=0)" >&2
   fi
