@@ -10,13 +10,9 @@
 #pragma once
 #include <cstdint>
 
-namespace loom {
+#include "ops/random.h"  // mix64, shared with the counter-based draws
 
-constexpr uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+namespace loom {
 
 class SplitMix64 {
  public:

@@ -30,7 +30,26 @@ void ReferenceDecoder::decode(const std::vector<int>& rows, const std::vector<in
   }
 }
 
-void CudaDecoder::prefill(const std::vector<std::vector<int32_t>>& prompts, std::vector<float>& logits) {
+void DecodeModel::pick_greedy(size_t rows, std::vector<int32_t>& ids) const {
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  const size_t V = size_t(vocab());
+  ids.resize(rows);
+  for (size_t i = 0; i < rows; ++i) ids[i] = sample_token_ref(greedy_logits_.data() + i * V, int(V), greedy, nullptr, 0, 0, 0);
+}
+
+void DecodeModel::prefill_greedy(const std::vector<std::vector<int32_t>>& prompts, std::vector<int32_t>& ids) {
+  prefill(prompts, greedy_logits_);
+  pick_greedy(prompts.size(), ids);
+}
+
+void DecodeModel::decode_greedy(const std::vector<int>& rows, const std::vector<int32_t>& tokens,
+                                std::vector<int32_t>& ids) {
+  decode(rows, tokens, greedy_logits_);
+  pick_greedy(rows.size(), ids);
+}
+
+void CudaDecoder::start(const std::vector<std::vector<int32_t>>& prompts) {
   LOOM_CHECK(int(prompts.size()) <= batch_, "generation: ", prompts.size(), " prompts for a batch of ", batch_);
   length_.assign(size_t(batch_), 0);
   last_.assign(size_t(batch_), 0);
@@ -38,10 +57,10 @@ void CudaDecoder::prefill(const std::vector<std::vector<int32_t>>& prompts, std:
     length_[b] = int32_t(prompts[b].size());
     last_[b] = prompts[b].back();
   }
-  model_.prefill(prompts, adapters_, logits);
 }
 
-void CudaDecoder::decode(const std::vector<int>& rows, const std::vector<int32_t>& tokens, std::vector<float>& logits) {
+// The next token of each listed row; every other row repeats its last token at its last position.
+void CudaDecoder::feed(const std::vector<int>& rows, const std::vector<int32_t>& tokens) {
   position_.resize(size_t(batch_));
   for (int b = 0; b < batch_; ++b) position_[size_t(b)] = int32_t(std::min<int64_t>(length_[size_t(b)], context_ - 1));
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -50,11 +69,33 @@ void CudaDecoder::decode(const std::vector<int>& rows, const std::vector<int32_t
     last_[b] = tokens[i];
     position_[b] = length_[b]++;
   }
+}
+
+void CudaDecoder::prefill(const std::vector<std::vector<int32_t>>& prompts, std::vector<float>& logits) {
+  start(prompts);
+  model_.prefill(prompts, adapters_, logits);
+}
+
+void CudaDecoder::prefill_greedy(const std::vector<std::vector<int32_t>>& prompts, std::vector<int32_t>& ids) {
+  start(prompts);
+  model_.prefill_greedy(prompts, adapters_, ids);
+}
+
+void CudaDecoder::decode(const std::vector<int>& rows, const std::vector<int32_t>& tokens, std::vector<float>& logits) {
+  feed(rows, tokens);
   model_.decode(last_, position_, adapters_, all_logits_);
   logits.resize(rows.size() * size_t(V_));
   for (size_t i = 0; i < rows.size(); ++i)
     std::copy_n(all_logits_.begin() + std::ptrdiff_t(size_t(rows[i]) * size_t(V_)), V_,
                 logits.begin() + std::ptrdiff_t(i * V_));
+}
+
+void CudaDecoder::decode_greedy(const std::vector<int>& rows, const std::vector<int32_t>& tokens,
+                                std::vector<int32_t>& ids) {
+  feed(rows, tokens);
+  model_.decode_greedy(last_, position_, adapters_, all_ids_);
+  ids.resize(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) ids[i] = all_ids_[size_t(rows[i])];
 }
 
 namespace {
@@ -75,10 +116,14 @@ class Sequence {
     if (tok) stream_.emplace(*tok, true);
   }
 
-  // Chooses the next token from logits (V) and records it; true when the sequence has finished.
-  bool take(const float* logits, int32_t V, int64_t max_length) {
-    const int32_t id = sample_token_ref(logits, V, o_.sampling, context_.data(), context_.size(), request_,
-                                        uint64_t(out_.ids.size()));
+  // The next token from logits (V).
+  int32_t choose(const float* logits, int32_t V) const {
+    return sample_token_ref(logits, V, o_.sampling, context_.data(), context_.size(), request_,
+                            uint64_t(out_.ids.size()));
+  }
+
+  // Records the next token; true when the sequence has finished.
+  bool take(int32_t id, int64_t max_length) {
     out_.ids.push_back(id);
     context_.push_back(id);
     if (std::find(o_.eos_ids.begin(), o_.eos_ids.end(), id) != o_.eos_ids.end()) return finish("eos");
@@ -165,8 +210,12 @@ void generate_batch(DecodeModel& model, const Tokenizer* tok, const std::vector<
   const int32_t V = model.vocab();
   std::vector<Sequence> seqs;
   for (size_t b = 0; b < prompts.size(); ++b) seqs.emplace_back(tok, o, first_request + b, prompts[b]);
+  // Greedy without a penalty needs no logits on the host: the model picks the tokens.
+  const bool model_picks = o.sampling.temperature == 0.f && o.sampling.repetition_penalty == 1.f;
   std::vector<float> logits;
-  model.prefill(prompts, logits);
+  std::vector<int32_t> picked;
+  if (model_picks) model.prefill_greedy(prompts, picked);
+  else model.prefill(prompts, logits);
   std::vector<int> rows(prompts.size());
   for (size_t b = 0; b < rows.size(); ++b) rows[b] = int(b);
   while (!rows.empty()) {
@@ -174,7 +223,8 @@ void generate_batch(DecodeModel& model, const Tokenizer* tok, const std::vector<
     std::vector<int32_t> tokens;
     for (size_t i = 0; i < rows.size(); ++i) {
       Sequence& s = seqs[size_t(rows[i])];
-      const bool done = s.take(logits.data() + i * size_t(V), V, model.max_length());
+      const int32_t id = model_picks ? picked[i] : s.choose(logits.data() + i * size_t(V), V);
+      const bool done = s.take(id, model.max_length());
       if (on_text) {
         const std::string text = s.take_stream_text(done);
         if (!text.empty()) on_text(first_request + size_t(rows[i]), text);
@@ -184,7 +234,9 @@ void generate_batch(DecodeModel& model, const Tokenizer* tok, const std::vector<
       tokens.push_back(s.last());
     }
     rows = std::move(next_rows);
-    if (!rows.empty()) model.decode(rows, tokens, logits);
+    if (rows.empty()) break;
+    if (model_picks) model.decode_greedy(rows, tokens, picked);
+    else model.decode(rows, tokens, logits);
   }
   for (Sequence& s : seqs) out.push_back(s.result());
 }

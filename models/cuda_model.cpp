@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <utility>
 
 #include "models/device_weights.h"
 #include "ops/attention.h"
@@ -18,6 +20,7 @@
 #include "ops/lora_linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "ops/sampling.h"
 #include "ops/swiglu.h"
 
 namespace loom {
@@ -95,8 +98,16 @@ struct CudaModel::Impl {
   bool decoding = false;  // the pass in flight is a decode step
   int64_t decode_max_len = 0;
   bf16 *cache_k = nullptr, *cache_v = nullptr, *x_last = nullptr;
-  int32_t *cache_slot = nullptr, *cache_pos = nullptr, *cache_len = nullptr;
+  int32_t *cache_slot = nullptr, *cache_pos = nullptr, *cache_len = nullptr, *greedy_codes = nullptr;
   float *decode_scratch = nullptr, *decode_logits = nullptr;
+  // A decode step (embedding, layers, final norm, LM head) is ~20 small kernels per layer, whose
+  // launches rather than the GPU bound a step at small batches; it runs as a CUDA graph per
+  // (adapters on, length bucket), captured at first use and replayed after. The bucket, a power of
+  // two at least the longest sequence (≥ kMinDecodeBucket, ≤ context), is the max_len that sizes the
+  // decode attention's splits, so one graph serves every step up to it; every pointer a step reads is
+  // fixed and its per-step inputs (tokens, positions, lengths) are uploaded before the launch.
+  static constexpr int64_t kMinDecodeBucket = 256;
+  std::map<std::pair<bool, int64_t>, cudaGraphExec_t> decode_graphs;
 
   Impl(const ModelConfig& c, const LoraLayout& l, const CudaModelOptions& o)
       : cfg(c),
@@ -181,6 +192,7 @@ struct CudaModel::Impl {
         size_t(attention_decode_scratch_floats(B, m.H, m.D, decode_splits)), "(B, H, splits, D+2)");
     add("scratch", "last positions' hidden states", &x_last, size_t(B) * m.C, "(B, C)");
     add("scratch", "decode logits", &decode_logits, size_t(B) * m.V, "(B, V)");
+    add("scratch", "greedy tokens", &greedy_codes, size_t(B), "(B)");
   }
 
   void plan_scratch() {
@@ -415,13 +427,67 @@ struct CudaModel::Impl {
     CUDA_CHECK(cudaMemcpyAsync(cache_pos, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice, stream));
   }
 
-  // The LM head on B rows of final hidden states: logits (rows, V) fp32, copied into out (waits).
-  void logits_of(const bf16* x, int rows, std::vector<float>& out) {
+  // The LM head on `rows` final hidden states: logits (rows, V) fp32 into decode_logits.
+  void head_logits(const bf16* x, int rows) {
     gemm(*gemm_ctx, decode_logits, x, weights.head(), rows, cfg.V, cfg.C, false, true, 1.f, 0.f, GemmOut::kFp32,
          stream);
+  }
+
+  // The first `rows` rows of decode_logits, copied into out (waits).
+  void take_logits(int rows, std::vector<float>& out) {
     out.resize(size_t(rows) * cfg.V);
     CUDA_CHECK(cudaMemcpyAsync(out.data(), decode_logits, out.size() * 4, cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  // The greedy token of each of the first `rows` rows of decode_logits (waits).
+  void take_greedy(int rows, std::vector<int32_t>& ids) {
+    greedy_tokens(greedy_codes, decode_logits, rows, cfg.V, stream);
+    ids.resize(size_t(rows));
+    CUDA_CHECK(cudaMemcpyAsync(ids.data(), greedy_codes, ids.size() * 4, cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    for (int32_t& id : ids) id = greedy_token_of_code(id, cfg.V);
+  }
+
+  // kGenerate: the forwards of prefill() and decode(); the logits are left in decode_logits.
+  void prefill_forward(const std::vector<std::vector<int32_t>>& prompts, bool adapters);
+  void decode_forward(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters);
+
+  int64_t decode_bucket(int64_t max_len) const {
+    int64_t bucket = kMinDecodeBucket;
+    while (bucket < max_len) bucket *= 2;
+    return std::min(bucket, context);
+  }
+
+  // The decode step's GPU work after its inputs are uploaded: the graph of (pass.adapters, the bucket
+  // of max_len), captured now if it is the first step of that bucket. Logits in decode_logits.
+  void run_decode_step(int64_t max_len) {
+    decode_max_len = decode_bucket(max_len);
+    const std::pair<bool, int64_t> key(pass.adapters, decode_max_len);
+    auto it = decode_graphs.find(key);
+    if (it == decode_graphs.end()) it = decode_graphs.emplace(key, capture_decode_step()).first;
+    CUDA_CHECK(cudaGraphLaunch(it->second, stream));
+  }
+
+  cudaGraphExec_t capture_decode_step() {
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      decoding = true;
+      forward_layers();
+      head_logits(xf, B);
+      decoding = false;
+    } catch (...) {  // leave the stream out of capture mode, so the error can be reported and the model freed
+      decoding = false;
+      if (cudaStreamEndCapture(stream, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    CUDA_CHECK(made);
+    return exec;
   }
 
   void begin_pass(const MicroBatch& mb, const PassOptions& p) {
@@ -483,6 +549,7 @@ CudaModel::~CudaModel() {
     if (d.weights_uploaded[i]) cudaEventDestroy(d.weights_uploaded[i]);
   }
   if (d.host_sum) cudaFreeHost(d.host_sum);
+  for (auto& [key, exec] : d.decode_graphs) cudaGraphExecDestroy(exec);
   d.gemm_ctx.reset();
   if (d.stream) cudaStreamDestroy(d.stream);
 }
@@ -516,7 +583,30 @@ void CudaModel::forward_backward(const MicroBatch& mb, const std::vector<float>&
 }
 
 void CudaModel::prefill(const std::vector<std::vector<int32_t>>& prompts, bool adapters, std::vector<float>& logits) {
-  Impl& d = *impl_;
+  impl_->prefill_forward(prompts, adapters);
+  impl_->take_logits(int(prompts.size()), logits);
+}
+
+void CudaModel::prefill_greedy(const std::vector<std::vector<int32_t>>& prompts, bool adapters,
+                               std::vector<int32_t>& ids) {
+  impl_->prefill_forward(prompts, adapters);
+  impl_->take_greedy(int(prompts.size()), ids);
+}
+
+void CudaModel::decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
+                       std::vector<float>& logits) {
+  impl_->decode_forward(tokens, positions, adapters);
+  impl_->take_logits(impl_->B, logits);
+}
+
+void CudaModel::decode_greedy(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
+                              std::vector<int32_t>& ids) {
+  impl_->decode_forward(tokens, positions, adapters);
+  impl_->take_greedy(impl_->B, ids);
+}
+
+void CudaModel::Impl::prefill_forward(const std::vector<std::vector<int32_t>>& prompts, bool adapters) {
+  Impl& d = *this;
   LOOM_CHECK(d.generate_mode, "prefill needs a model planned for generation (ModelMode::kGenerate)");
   LOOM_CHECK(!prompts.empty() && int(prompts.size()) <= d.B, "prefill: ", prompts.size(),
              " prompts for a cache of ", d.B, " sequences");
@@ -543,12 +633,12 @@ void CudaModel::prefill(const std::vector<std::vector<int32_t>>& prompts, bool a
   for (size_t b = 0; b < prompts.size(); ++b)  // each prompt's last position
     CUDA_CHECK(cudaMemcpyAsync(d.x_last + b * d.cfg.C, d.xf + int64_t(mb.cu_seqlens[b + 1] - 1) * d.cfg.C,
                                size_t(d.cfg.C) * sizeof(bf16), cudaMemcpyDeviceToDevice, d.stream));
-  d.logits_of(d.x_last, int(prompts.size()), logits);
+  d.head_logits(d.x_last, int(prompts.size()));
 }
 
-void CudaModel::decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
-                       std::vector<float>& logits) {
-  Impl& d = *impl_;
+void CudaModel::Impl::decode_forward(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
+                                     bool adapters) {
+  Impl& d = *this;
   LOOM_CHECK(d.generate_mode, "decode needs a model planned for generation (ModelMode::kGenerate)");
   LOOM_CHECK(int(tokens.size()) == d.B && positions.size() == tokens.size(), "decode: ", tokens.size(), " tokens and ",
              positions.size(), " positions for a cache of ", d.B, " sequences");
@@ -558,22 +648,19 @@ void CudaModel::decode(const std::vector<int32_t>& tokens, const std::vector<int
   mb.positions = positions;
   mb.cu_seqlens = {0, int32_t(tokens.size())};  // unused by the decode attention
   std::vector<int32_t> slot(tokens.size()), length(tokens.size());
-  d.decode_max_len = 0;
+  int64_t max_len = 0;
   for (size_t b = 0; b < tokens.size(); ++b) {
     LOOM_CHECK(positions[b] >= 0 && positions[b] < d.context, "decode: position ", positions[b], " of sequence ", b,
                " is outside the cache's ", d.context, " positions");
     LOOM_CHECK(tokens[b] >= 0 && tokens[b] < d.cfg.V, "decode: token id ", tokens[b], " is outside the vocabulary");
     slot[b] = int32_t(b);
     length[b] = positions[b] + 1;
-    d.decode_max_len = std::max<int64_t>(d.decode_max_len, length[b]);
+    max_len = std::max<int64_t>(max_len, length[b]);
   }
-  d.decoding = true;
   d.begin_pass(mb, PassOptions{adapters, false, 0});
   d.upload_cache_rows(slot, positions);
   CUDA_CHECK(cudaMemcpyAsync(d.cache_len, length.data(), length.size() * 4, cudaMemcpyHostToDevice, d.stream));
-  d.forward_layers();
-  d.decoding = false;
-  d.logits_of(d.xf, d.B, logits);
+  d.run_decode_step(max_len);
 }
 
 std::vector<float> CudaModel::token_losses() {

@@ -20,7 +20,9 @@
 //             layer (keys after RoPE and the q/k norm, values): prefill() runs the prompts packed
 //             (varlen flash attention) and writes their rows into the cache; decode() runs one token
 //             per sequence, appends its key and value and attends to the cache
-//             (ops/attention_decode.h). Logits of the last position of each sequence, fp32.
+//             (ops/attention_decode.h). Logits of the last position of each sequence, fp32, or
+//             only their greedy tokens (ops/sampling.h greedy_tokens: B ids cross to the host, not
+//             B · V logits). A decode step runs as a CUDA graph (see Impl::decode_graphs).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -90,6 +92,11 @@ class CudaModel {
   // `logits`, whose storage a caller reuses step after step (waits).
   void decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
               std::vector<float>& logits);
+  // prefill and decode returning each row's greedy token (argmax, lowest index on ties) instead of its
+  // logits; a non-finite logit is an error, as in ops/sampling.h sample_token_ref.
+  void prefill_greedy(const std::vector<std::vector<int32_t>>& prompts, bool adapters, std::vector<int32_t>& ids);
+  void decode_greedy(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
+                     std::vector<int32_t>& ids);
 
   // The per-token losses (T) of the last forward (waits for the stream).
   std::vector<float> token_losses();

@@ -41,6 +41,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops/cuda_common.h"
 #include "ops/random.h"
 
 namespace loom {
@@ -68,6 +69,15 @@ std::vector<double> sampling_distribution_ref(const float* logits, int V, const 
 // the same text at any batch size; step: the index of the token among the generated ones.
 int32_t sample_token_ref(const float* logits, int V, const SamplingParams& p, const int32_t* context,
                          size_t n_context, uint64_t sequence, uint64_t step);
+
+// ---- greedy on the GPU (ops/sampling.cu) ----
+// Greedy without a repetition penalty, for rows of logits already on the device, so that a decode
+// step sends B ids to the host instead of B · V logits. codes[b] for row b (V fp32 values):
+//   the argmax, lowest index on ties (sample_token_ref with temperature 0, penalty 1);
+//   -1 when every logit is -inf; -2 - i when logit i is NaN or +inf (the lowest such i).
+void greedy_tokens(int32_t* codes, const float* logits, int rows, int V, cudaStream_t stream);
+// The token of a greedy_tokens code, or the loom::Error sample_token_ref throws for that row.
+int32_t greedy_token_of_code(int32_t code, int V);
 
 // ---- the per-element math, shared with a GPU kernel ----
 

@@ -145,4 +145,12 @@ int32_t sample_token_ref(const float* logits, int V, const SamplingParams& p, co
   return int32_t(std::upper_bound(cdf.begin(), cdf.end(), r) - cdf.begin());
 }
 
+int32_t greedy_token_of_code(int32_t code, int V) {
+  LOOM_CHECK(code > -2 - V && code < V, "greedy_tokens: code ", code, " for a vocabulary of ", V);
+  LOOM_CHECK(code >= -1, "sampling: logit ", -2 - code, " of ", V,
+             " is NaN or +inf; the model's forward produced a non-finite value (check the weights and the adapter)");
+  LOOM_CHECK(code >= 0, "sampling: every one of the ", V, " logits is -inf; no token can be picked");
+  return code;
+}
+
 }  // namespace loom

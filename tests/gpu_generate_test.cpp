@@ -6,8 +6,13 @@
 //    max(2 bf16 ulps of the top logit, the error bf16 measurably brings to that step's logits);
 //    tools/make_generate_fixtures.py), all 40 when there is none.
 //  - Per-step logits, teacher-forced on the fp32 greedy ids through the KV cache, within the bf16
-//    rule: at most 2× the fixture's yardstick of that step (logit_err.loom_precision: HF computing
-//    in loom's GPU precision against HF in fp32, on the same ids), against the fp32 reference path.
+//    rule against the fp32 reference path: over each prompt's 40 steps, the largest and the mean
+//    error at most 2× the largest and the mean of the fixture's yardstick (logit_err.loom_precision:
+//    HF computing in loom's GPU precision against HF in fp32, on the same ids). Not step by step:
+//    the largest of V rounding errors at one step is noisy, and two computations of the same
+//    accuracy cross 2× of each other at single steps — on the H100 (2026-12-06) the GPU's full
+//    forward of the same sequences (the training path) did so at 2–5 of 240 steps per architecture,
+//    the decode at 1–4, with mean errors within 3% of each other and of the yardstick.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -27,6 +32,18 @@ namespace loom {
 namespace {
 
 constexpr double kRule = 2;  // the flash-attention rule, as tests/gpu_step_test.cpp
+
+// The largest and the mean of a prompt's per-step errors (NaN kept: it fails both comparisons).
+struct ErrorSummary {
+  double largest = 0, sum = 0;
+  int n = 0;
+  void add(double e) {
+    largest = test::max_keeping_nan(largest, e);
+    sum += e;
+    ++n;
+  }
+  double mean() const { return sum / n; }
+};
 
 std::unique_ptr<CudaModel> generation_model(const test::HfFixture& f, int batch, int64_t context, int64_t prefill) {
   CudaModelOptions opt;
@@ -92,19 +109,25 @@ TEST_P(GpuGenerate, DecodeLogitsFollowTheReferenceWithinTheBf16Rule) {
       ref.extend(cache, prompt, f.lora.data(), adapters, want);
       std::vector<float> got;
       m->prefill({prompt}, adapters, got);
+      ASSERT_EQ(yardstick.size(), ids.size());
+      ErrorSummary err, yard;
       for (size_t k = 0; k < ids.size(); ++k) {
         const std::vector<float> last(want.end() - f.cfg.V, want.end());
         ASSERT_EQ(got.size(), last.size());
-        double err = 0;
-        for (size_t v = 0; v < last.size(); ++v) err = test::max_keeping_nan(err, std::fabs(double(got[v]) - last[v]));
-        EXPECT_LE(err, kRule * yardstick[k]) << GetParam() << " " << variant << " prompt " << i << " step " << k;
-        worst = test::max_keeping_nan(worst, err / yardstick[k]);
+        double e = 0;
+        for (size_t v = 0; v < last.size(); ++v) e = test::max_keeping_nan(e, std::fabs(double(got[v]) - last[v]));
+        err.add(e);
+        yard.add(yardstick[k]);
         ref.extend(cache, {ids[k]}, f.lora.data(), adapters, want);
         m->decode({ids[k]}, {int32_t(prompt.size() + k)}, adapters, got);
       }
+      const std::string where = GetParam() + " " + variant + " prompt " + std::to_string(i);
+      EXPECT_LE(err.largest, kRule * yard.largest) << where;
+      EXPECT_LE(err.mean(), kRule * yard.mean()) << where;
+      worst = test::max_keeping_nan(worst, std::max(err.largest / yard.largest, err.mean() / yard.mean()));
     }
   }
-  std::printf("[%s] decode logits vs the fp32 reference: worst error %.2f× the bf16 yardstick (allowed %.0f×)\n",
+  std::printf("[%s] decode logits vs the fp32 reference: worst ratio of largest or mean error to the bf16 yardstick %.2f (allowed %.0f)\n",
               GetParam().c_str(), worst, kRule);
 }
 

@@ -335,5 +335,16 @@ TEST(Sampling, TheSeedDecidesTheDraws) {
   EXPECT_NE(tokens(0), first) << "another seed draws other numbers";
 }
 
+// greedy_tokens' codes (ops/sampling.cu; the kernel itself: tests/sampling_gpu_test.cu): a token
+// passes through, the two refusals give sample_token_ref's errors, a code outside the row is a bug.
+TEST(Sampling, GreedyCodesBecomeTokensOrTheReferenceErrors) {
+  EXPECT_EQ(greedy_token_of_code(0, 5), 0);
+  EXPECT_EQ(greedy_token_of_code(4, 5), 4);
+  test::expect_error([] { greedy_token_of_code(-2 - 3, 5); }, {"logit 3 of 5 is NaN or +inf"});
+  test::expect_error([] { greedy_token_of_code(-1, 5); }, {"every one of the 5 logits is -inf"});
+  test::expect_error([] { greedy_token_of_code(5, 5); }, {"code 5 for a vocabulary of 5"});
+  test::expect_error([] { greedy_token_of_code(-7, 5); }, {"code -7 for a vocabulary of 5"});
+}
+
 }  // namespace
 }  // namespace loom

@@ -63,6 +63,7 @@
 #include "models/lora.h"
 #include "models/model_config.h"
 #include "models/weights.h"
+#include "tools/bench_common.h"
 #include "tools/flag_terms.h"
 
 namespace loom {
@@ -101,19 +102,6 @@ struct BenchOptions {
   bool forward_only = false;
   bool dpo = false;
 };
-
-int parse_count(const std::string& flag, const std::string& value, int min) {
-  size_t used = 0;
-  long long v = 0;
-  try {
-    v = std::stoll(value, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  LOOM_CHECK(used == value.size() && v >= min && v <= (1 << 30), flag, " expects an integer >= ", min, ", got '",
-             value, "'");
-  return int(v);
-}
 
 BenchOptions parse_args(int argc, char** argv) {
   BenchOptions o;
@@ -209,44 +197,6 @@ Json data_json(const BenchOptions& o, const ModelConfig& cfg, const std::vector<
   }
   return Json{{"preset", o.preset}, {"vocab", cfg.V},           {o.dpo ? "pairs" : "documents", docs.size()},
               {"seed", kLoaderSeed}, {"first_lengths", first}, {"steps", steps}};
-}
-
-// First line of a shell command's output ("" when it fails).
-std::string command_output(const char* command) {
-  std::FILE* p = popen(command, "r");
-  if (!p) return "";
-  char buf[256] = {0};
-  const bool got = std::fgets(buf, sizeof buf, p) != nullptr;
-  const int status = pclose(p);
-  if (!got || status != 0) return "";
-  std::string s = buf;
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
-  return s;
-}
-
-// The checkout's commit, "-dirty" when tracked files differ from it (the figure is then not that
-// commit's); "unknown" outside a git checkout.
-std::string git_commit() {
-  const std::string head = command_output("git rev-parse --short HEAD 2>/dev/null");
-  if (head.empty()) return "unknown";
-  const bool dirty = !command_output("git status --porcelain --untracked-files=no 2>/dev/null").empty();
-  return dirty ? head + "-dirty" : head;
-}
-
-std::string version_string(int v) { return cat(v / 1000, ".", (v % 1000) / 10); }
-
-// GPU 0's name, the driver's version and the CUDA versions of the driver and of the runtime.
-Json device_json() {
-  cudaDeviceProp p{};
-  CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
-  int driver = 0, runtime = 0;
-  CUDA_CHECK(cudaDriverGetVersion(&driver));
-  CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
-  const char* driver_query = "nvidia-smi --query-gpu=driver_version --format=csv,noheader -i 0 2>/dev/null";
-  return Json{{"device", p.name},
-              {"driver", command_output(driver_query)},
-              {"driver_cuda", version_string(driver)},
-              {"runtime_cuda", version_string(runtime)}};
 }
 
 struct Ceilings {
@@ -439,14 +389,6 @@ Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& 
   return j;
 }
 
-double gib(size_t bytes) { return double(bytes) / double(size_t(1) << 30); }
-
-double device_memory_in_use_gib() {
-  size_t free_b = 0, total_b = 0;
-  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-  return gib(total_b - free_b);
-}
-
 // build/score's model on this preset: the forward-only plan (weights, and everything else) and the
 // process's device memory, measured while scoring the timed steps' micro-batches.
 Json forward_only_json(const BenchOptions& o, const ModelConfig& cfg, const std::vector<Document>& docs,
@@ -518,23 +460,13 @@ void print_row(const Json& j) {
                j["eval_time_ratio"].get<double>(), j["device"].get<std::string>().c_str());
 }
 
-void emit(const Json& j, const std::string& json_path) {
-  const std::string line = j.dump();
-  std::printf("%s\n", line.c_str());
-  std::fflush(stdout);
-  if (json_path.empty()) return;
-  std::ofstream f(json_path);
-  f << line << "\n";
-  LOOM_CHECK(f.flush(), "cannot write --json ", json_path, " (is the folder writable?)");
-}
-
 int run(int argc, char** argv) {
   const BenchOptions o = parse_args(argc, argv);
   const ModelConfig cfg = preset_model_config(o.preset);
   const SyntheticSpec spec = synthetic_workload("sft-alpaca", kDocuments, cfg.V, "build/bench");
   const std::vector<Document> docs = o.dpo ? synthetic_pairs(spec) : synthetic_documents(spec);
   if (o.print_data) {
-    emit(data_json(o, cfg, docs), o.json_path);
+    emit_json(data_json(o, cfg, docs), o.json_path);
     return 0;
   }
   LOOM_CHECK(cuda_available(), "build/bench needs a GPU: ", cuda_device_summary());
@@ -542,14 +474,14 @@ int run(int argc, char** argv) {
   const int64_t budget =
       o.token_budget > 0 ? o.token_budget : default_token_budget(o, docs, o.warmup + (o.dpo ? 2 : 1) * o.steps);
   if (o.forward_only) {
-    emit(forward_only_json(o, cfg, docs, budget), o.json_path);
+    emit_json(forward_only_json(o, cfg, docs, budget), o.json_path);
     return 0;
   }
   std::unique_ptr<TrainBackend> backend = build_backend(o, cfg, budget);
   const BenchRun timed = run_benchmark(*backend, o, docs, budget);
   const Json j = result_json(o, cfg, c, budget, timed, *backend);
   print_row(j);
-  emit(j, o.json_path);
+  emit_json(j, o.json_path);
   return 0;
 }
 

@@ -1,0 +1,90 @@
+// What the benchmark programs (build/bench, build/decode_bench) share: who measured a figure — the
+// commit of the checkout and the device (GPU 0, its driver, the CUDA versions), written into every
+// benchmark's JSON so that a figure names its own origin — and their count flags.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <exception>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "ops/device.h"
+#include "ops/error.h"
+
+namespace loom {
+
+// First line of a shell command's output ("" when it fails).
+inline std::string command_output(const char* command) {
+  std::FILE* p = popen(command, "r");
+  if (!p) return "";
+  char buf[256] = {0};
+  const bool got = std::fgets(buf, sizeof buf, p) != nullptr;
+  const int status = pclose(p);
+  if (!got || status != 0) return "";
+  std::string s = buf;
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+
+// The checkout's commit, "-dirty" when tracked files differ from it (the figure is then not that
+// commit's); "unknown" outside a git checkout.
+inline std::string git_commit() {
+  const std::string head = command_output("git rev-parse --short HEAD 2>/dev/null");
+  if (head.empty()) return "unknown";
+  const bool dirty = !command_output("git status --porcelain --untracked-files=no 2>/dev/null").empty();
+  return dirty ? head + "-dirty" : head;
+}
+
+inline std::string version_string(int v) { return cat(v / 1000, ".", (v % 1000) / 10); }
+
+// GPU 0's name, the driver's version and the CUDA versions of the driver and of the runtime.
+inline nlohmann::ordered_json device_json() {
+  cudaDeviceProp p{};
+  CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+  int driver = 0, runtime = 0;
+  CUDA_CHECK(cudaDriverGetVersion(&driver));
+  CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
+  const char* driver_query = "nvidia-smi --query-gpu=driver_version --format=csv,noheader -i 0 2>/dev/null";
+  return nlohmann::ordered_json{{"device", p.name},
+                                {"driver", command_output(driver_query)},
+                                {"driver_cuda", version_string(driver)},
+                                {"runtime_cuda", version_string(runtime)}};
+}
+
+// A count flag's value: an integer in [min, 2^30], else an error naming the flag.
+inline int parse_count(const std::string& flag, const std::string& value, int min) {
+  size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  LOOM_CHECK(used == value.size() && v >= min && v <= (1 << 30), flag, " expects an integer >= ", min, ", got '",
+             value, "'");
+  return int(v);
+}
+
+inline double gib(size_t bytes) { return double(bytes) / double(size_t(1) << 30); }
+
+// Device memory in use on GPU 0 (by every process), GiB.
+inline double device_memory_in_use_gib() {
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return gib(total_b - free_b);
+}
+
+// A benchmark's result: one JSON line on stdout, and in json_path too unless it is empty.
+inline void emit_json(const nlohmann::ordered_json& j, const std::string& json_path) {
+  const std::string line = j.dump();
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+  if (json_path.empty()) return;
+  std::ofstream f(json_path);
+  f << line << "\n";
+  LOOM_CHECK(f.flush(), "cannot write --json ", json_path, " (is the folder writable?)");
+}
+
+}  // namespace loom
