@@ -62,22 +62,42 @@ std::optional<Divergence> DivergenceDetector::outside_band(double loss) const {
                     "train.divergence_window (train.divergence_check=false turns the check off)."};
 }
 
+namespace {
+
+// The first weight of slot s (named `module`) that is not finite or beyond ±kMaxAdapterWeight, or "".
+std::string slot_problem(const std::vector<float>& params, const LoraSlot& s, const std::string& module) {
+  struct Factor { const char* name; int64_t offset, count; };
+  const Factor factors[] = {{"lora_A", s.a_offset, int64_t(s.r) * s.in},   // A (r, in)
+                            {"lora_B", s.b_offset, int64_t(s.out) * s.r}};  // B (out, r)
+  for (const Factor& f : factors)
+    for (int64_t i = 0; i < f.count; ++i) {
+      const float w = params[size_t(f.offset + i)];
+      if (std::isfinite(w) && std::fabs(w) <= kMaxAdapterWeight) continue;
+      return cat(module, ' ', f.name, '[', i, "] is ", figure(w),
+                 std::isfinite(w) ? cat(" (beyond ±", figure(kMaxAdapterWeight), ")") : "");
+    }
+  return "";
+}
+
+}  // namespace
+
 std::string adapter_weight_problem(const std::vector<float>& params, const LoraLayout& layout) {
-  for (size_t l = 0; l < layout.layers.size(); ++l)
+  for (size_t l = 0; l < layout.layers.size(); ++l) {
     for (int t = 0; t < kNumTargets; ++t) {
       const LoraSlot& s = layout.layers[l][t];
       if (!s.enabled) continue;
-      struct Factor { const char* name; int64_t offset, count; };
-      const Factor factors[] = {{"lora_A", s.a_offset, int64_t(layout.R) * s.in},   // A (R, in)
-                                {"lora_B", s.b_offset, int64_t(s.out) * layout.R}};  // B (out, R)
-      for (const Factor& f : factors)
-        for (int64_t i = 0; i < f.count; ++i) {
-          const float w = params[size_t(f.offset + i)];
-          if (std::isfinite(w) && std::fabs(w) <= kMaxAdapterWeight) continue;
-          return cat("model.layers.", l, '.', lora_module_path(LoraTarget(t)), ' ', f.name, '[', i, "] is ",
-                     figure(w), std::isfinite(w) ? cat(" (beyond ±", figure(kMaxAdapterWeight), ")") : "");
-        }
+      const std::string p = slot_problem(params, s, cat("model.layers.", l, '.', lora_module_path(LoraTarget(t))));
+      if (!p.empty()) return p;
     }
+    for (size_t e = 0; e < layout.experts[l].size(); ++e)
+      for (int t = 0; t < kNumExpertTargets; ++t) {
+        const LoraSlot& s = layout.experts[l][e][t];
+        if (!s.enabled) continue;
+        const std::string p =
+            slot_problem(params, s, cat("model.layers.", l, ".mlp.experts.", e, '.', kExpertTargetNames[t]));
+        if (!p.empty()) return p;
+      }
+  }
   return "";
 }
 

@@ -17,7 +17,9 @@ void upload_bf16(bf16* dst, const std::vector<float>& v) {
 }
 
 DeviceWeights::DeviceWeights(const ModelConfig& cfg, Quant quant, bool double_quant)
-    : cfg_(cfg), quant_(quant), double_quant_(double_quant) {}
+    : cfg_(cfg), quant_(quant), double_quant_(double_quant) {
+  require_dense(cfg, "the GPU path");  // every GPU model (train, score, generate, bench) holds its weights here
+}
 
 void DeviceWeights::plan(MemoryPlan& p) {
   const ModelConfig& m = cfg_;

@@ -63,9 +63,9 @@ struct ModelConfig {
   double total_params() const;
 };
 
-// Throws "<what>: ... MoE architectures are read but not trained yet (issue 16)" for an MoE config:
-// the one check between an MoE config.json (or preset) and the dense model code, made where weights
-// are loaded or initialised (models/weights.cpp), before anything is sized by the config.
+// Throws "<what>: ... MoE models run on the CPU reference path only, ..." for an MoE config: the one
+// check between an MoE config.json (or preset) and the GPU path, made where the GPU path takes its
+// config (models/device_weights.cpp), before anything is sized by it.
 void require_dense(const ModelConfig& cfg, const std::string& what);
 
 // Reads DIR/config.json (or the file itself). Errors name the file and the key.

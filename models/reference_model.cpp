@@ -1,5 +1,6 @@
 #include "models/reference_model.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 
@@ -9,6 +10,7 @@
 #include "ops/embedding.h"
 #include "ops/lora_linear.h"
 #include "ops/matmul.h"
+#include "ops/moe_router.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/swiglu.h"
@@ -26,6 +28,8 @@ struct ReferenceModel::Pass {
   uint64_t dropout_seed;
   int64_t T;
   KvCache* cache = nullptr;  // generation: earlier tokens' keys and values
+  MoeAuxSums* aux = nullptr;         // forward of an MoE model: the load-balancing loss's sums
+  const float* aux_dprob = nullptr;  // backward: aux_coef() · d aux / d p_e (E), null when off
 };
 
 
@@ -91,6 +95,142 @@ void ReferenceModel::linear_backward(int l, int t, Pass& p, const LayerActs& a, 
                          p.dropout);
 }
 
+namespace {
+
+// Expert e's slot of target t in layer l; a disabled one where the layout has no experts there.
+const LoraSlot& expert_slot(const LoraLayout& lay, int l, int e, ExpertTarget t) {
+  static const LoraSlot kNone;
+  return size_t(l) < lay.experts.size() && !lay.experts[size_t(l)].empty() ? lay.expert_slot(l, e, t) : kNone;
+}
+
+}  // namespace
+
+void ReferenceModel::expert_forward(int l, int e, ExpertTarget t, Pass& p, const float* x, float* y,
+                                    std::vector<float>& u, int64_t n) const {
+  const LoraSlot& s = expert_slot(lora_, l, e, t);
+  const ModelConfig& m = cfg_;
+  const LayerWeights& lw = w_.layers[l];
+  const int in = t == kExpertGateUp ? m.C : m.expert_F, out = t == kExpertGateUp ? 2 * m.expert_F : m.C;
+  const float* W = (t == kExpertGateUp ? lw.experts_gate_up.data() : lw.experts_down.data()) + int64_t(e) * in * out;
+  const bool adapted = s.enabled && p.lora;
+  LoraRef ref;
+  if (adapted) {
+    ref = {p.lora + s.a_offset, p.lora + s.b_offset, s.r, s.scale};
+    u = zeros(n * s.r);
+  }
+  lora_linear_forward_ref(y, adapted ? u.data() : nullptr, x, x, W, nullptr, ref, n, in, out);
+}
+
+void ReferenceModel::expert_backward(int l, int e, ExpertTarget t, Pass& p, const float* x,
+                                     const std::vector<float>& u, const float* dy, float* dx, int64_t n) const {
+  const LoraSlot& s = expert_slot(lora_, l, e, t);
+  const ModelConfig& m = cfg_;
+  const LayerWeights& lw = w_.layers[l];
+  const int in = t == kExpertGateUp ? m.C : m.expert_F, out = t == kExpertGateUp ? 2 * m.expert_F : m.C;
+  const float* W = (t == kExpertGateUp ? lw.experts_gate_up.data() : lw.experts_down.data()) + int64_t(e) * in * out;
+  if (!s.enabled) {
+    lora_linear_backward_ref(dx, nullptr, nullptr, nullptr, nullptr, dy, nullptr, nullptr, W, LoraRef{}, n, in, out);
+    return;
+  }
+  std::vector<float> du = zeros(n * s.r);
+  lora_linear_backward_ref(dx, nullptr, p.dlora + s.a_offset, p.dlora + s.b_offset, du.data(), dy, x, u.data(), W,
+                           LoraRef{p.lora + s.a_offset, p.lora + s.b_offset, s.r, s.scale}, n, in, out);
+}
+
+void ReferenceModel::moe_forward(int l, Pass& p, LayerActs& a, float* out) const {
+  const ModelConfig& m = cfg_;
+  const int64_t T = p.T, C = m.C, FE = m.expert_F;
+  const int E = m.num_experts, K = m.experts_per_token;
+  a.router_logits = zeros(T * E);
+  matmul_ref(a.router_logits.data(), a.xn2.data(), w_.layers[l].router.data(), T, E, C, false, true);
+  a.probs = zeros(T * E);
+  a.route_weights = zeros(T * K);
+  a.route_experts.assign(size_t(T * K), 0);
+  moe_route_ref(a.route_experts.data(), a.route_weights.data(), a.probs.data(), a.router_logits.data(), T, E, K,
+                m.norm_topk_prob);
+  if (p.aux) moe_aux_accumulate_ref(*p.aux, a.route_experts.data(), a.probs.data(), T, K);
+  a.experts.assign(size_t(E), LayerActs::Expert());
+  for (int64_t t = 0; t < T; ++t)
+    for (int k = 0; k < K; ++k) {
+      LayerActs::Expert& ex = a.experts[size_t(a.route_experts[size_t(t * K + k)])];
+      ex.tokens.push_back(int32_t(t));
+      ex.picks.push_back(k);
+    }
+  // Expert by expert in increasing order, each adding w · its output to its tokens' rows (the order
+  // transformers sums them in).
+  for (int e = 0; e < E; ++e) {
+    LayerActs::Expert& ex = a.experts[size_t(e)];
+    const int64_t n = int64_t(ex.tokens.size());
+    if (n == 0) continue;
+    ex.x = zeros(n * C);
+    for (int64_t i = 0; i < n; ++i)
+      std::copy_n(&a.xn2[size_t(ex.tokens[size_t(i)] * C)], C, &ex.x[size_t(i * C)]);
+    std::vector<float> gate_up = zeros(n * 2 * FE);
+    expert_forward(l, e, kExpertGateUp, p, ex.x.data(), gate_up.data(), ex.u_gate_up, n);
+    ex.gate = zeros(n * FE);
+    ex.up = zeros(n * FE);
+    for (int64_t i = 0; i < n; ++i) {  // each row: its FE gate values, then its FE up values
+      std::copy_n(&gate_up[size_t(i * 2 * FE)], FE, &ex.gate[size_t(i * FE)]);
+      std::copy_n(&gate_up[size_t(i * 2 * FE + FE)], FE, &ex.up[size_t(i * FE)]);
+    }
+    ex.act = zeros(n * FE);
+    swiglu_forward_ref(ex.act.data(), ex.gate.data(), ex.up.data(), n * FE);
+    ex.y = zeros(n * C);
+    expert_forward(l, e, kExpertDown, p, ex.act.data(), ex.y.data(), ex.u_down, n);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t t = ex.tokens[size_t(i)];
+      const float w = a.route_weights[size_t(t * K + ex.picks[size_t(i)])];
+      for (int64_t c = 0; c < C; ++c) out[t * C + c] += w * ex.y[size_t(i * C + c)];
+    }
+  }
+}
+
+void ReferenceModel::moe_backward(int l, Pass& p, const LayerActs& a, const float* dout, float* dxn2) const {
+  const ModelConfig& m = cfg_;
+  const int64_t T = p.T, C = m.C, FE = m.expert_F;
+  const int E = m.num_experts, K = m.experts_per_token;
+  std::vector<float> dweights = zeros(T * K);
+  for (int e = 0; e < E; ++e) {
+    const LayerActs::Expert& ex = a.experts[size_t(e)];
+    const int64_t n = int64_t(ex.tokens.size());
+    if (n == 0) continue;
+    // out_t += w · y: dy = w · dout_t, dw = dout_t · y.
+    std::vector<float> dy = zeros(n * C);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t t = ex.tokens[size_t(i)], wk = t * K + ex.picks[size_t(i)];
+      const float w = a.route_weights[size_t(wk)];
+      double dw = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        dy[size_t(i * C + c)] = w * dout[t * C + c];
+        dw += double(dout[t * C + c]) * ex.y[size_t(i * C + c)];
+      }
+      dweights[size_t(wk)] = float(dw);
+    }
+    std::vector<float> dact = zeros(n * FE), dgate = zeros(n * FE), dup = zeros(n * FE);
+    expert_backward(l, e, kExpertDown, p, ex.act.data(), ex.u_down, dy.data(), dact.data(), n);
+    swiglu_backward_ref(dgate.data(), dup.data(), dact.data(), ex.gate.data(), ex.up.data(), n * FE);
+    std::vector<float> dgate_up = zeros(n * 2 * FE), dx = zeros(n * C);
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy_n(&dgate[size_t(i * FE)], FE, &dgate_up[size_t(i * 2 * FE)]);
+      std::copy_n(&dup[size_t(i * FE)], FE, &dgate_up[size_t(i * 2 * FE + FE)]);
+    }
+    expert_backward(l, e, kExpertGateUp, p, ex.x.data(), ex.u_gate_up, dgate_up.data(), dx.data(), n);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < C; ++c) dxn2[ex.tokens[size_t(i)] * C + c] += dx[size_t(i * C + c)];
+  }
+  // Through the routing weights (and the load-balancing loss's d aux / d p) into the router logits,
+  // then through the frozen router: dxn2 += dz · Wr.
+  std::vector<float> dprobs;
+  if (p.aux_dprob) {
+    dprobs = zeros(T * E);
+    for (int64_t t = 0; t < T; ++t) std::copy_n(p.aux_dprob, E, &dprobs[size_t(t * E)]);
+  }
+  std::vector<float> dlogits = zeros(T * E);
+  moe_route_backward_ref(dlogits.data(), dweights.data(), p.aux_dprob ? dprobs.data() : nullptr, a.probs.data(),
+                         a.route_experts.data(), a.route_weights.data(), T, E, K, m.norm_topk_prob);
+  matmul_ref(dxn2, dlogits.data(), w_.layers[l].router.data(), T, C, E, false, false, 1.f, 1.f);
+}
+
 void ReferenceModel::layer_forward(int l, Pass& p, LayerActs& a, std::vector<float>& x) const {
   const ModelConfig& m = cfg_;
   const LayerWeights& lw = w_.layers[l];
@@ -138,6 +278,13 @@ void ReferenceModel::layer_forward(int l, Pass& p, LayerActs& a, std::vector<flo
   a.xn2 = zeros(T * m.C);
   a.rstd2 = zeros(T);
   rmsnorm_forward_ref(a.xn2.data(), a.rstd2.data(), a.h.data(), lw.ln2.data(), T, m.C, m.rms_eps);
+  if (m.is_moe_layer(l)) {
+    std::vector<float> mlp = zeros(T * m.C);
+    moe_forward(l, p, a, mlp.data());
+    x = a.h;
+    add_into(x, mlp);
+    return;
+  }
   a.gate = zeros(T * m.F);
   a.up = zeros(T * m.F);
   a.act = zeros(T * m.F);
@@ -156,14 +303,18 @@ void ReferenceModel::layer_backward(int l, Pass& p, const LayerActs& a, std::vec
   const LayerWeights& lw = w_.layers[l];
   const int64_t T = p.T;
 
-  // MLP: x_out = h + down(act); dh starts as the residual gradient.
-  std::vector<float> dact = zeros(T * m.F), dgate = zeros(T * m.F), dup = zeros(T * m.F);
-  linear_backward(l, kDown, p, a, a.act.data(), dx.data(), dact.data());
-  swiglu_backward_ref(dgate.data(), dup.data(), dact.data(), a.gate.data(), a.up.data(), T * m.F);
+  // MLP: x_out = h + mlp(rms2(h)); dh starts as the residual gradient.
   std::vector<float> dxn2 = zeros(T * m.C), tmp = zeros(T * m.C);
-  linear_backward(l, kGate, p, a, a.xn2.data(), dgate.data(), dxn2.data());
-  linear_backward(l, kUp, p, a, a.xn2.data(), dup.data(), tmp.data());
-  add_into(dxn2, tmp);
+  if (m.is_moe_layer(l)) {
+    moe_backward(l, p, a, dx.data(), dxn2.data());
+  } else {
+    std::vector<float> dact = zeros(T * m.F), dgate = zeros(T * m.F), dup = zeros(T * m.F);
+    linear_backward(l, kDown, p, a, a.act.data(), dx.data(), dact.data());
+    swiglu_backward_ref(dgate.data(), dup.data(), dact.data(), a.gate.data(), a.up.data(), T * m.F);
+    linear_backward(l, kGate, p, a, a.xn2.data(), dgate.data(), dxn2.data());
+    linear_backward(l, kUp, p, a, a.xn2.data(), dup.data(), tmp.data());
+    add_into(dxn2, tmp);
+  }
   std::vector<float>& dh = dx;
   rmsnorm_backward_ref(tmp.data(), dxn2.data(), a.h.data(), lw.ln2.data(), a.rstd2.data(), T, m.C);
   add_into(dh, tmp);
@@ -246,7 +397,16 @@ void ReferenceModel::run_layers(const MicroBatch& mb, const float* lora, const P
   kept.x = zeros(T * m.C);
   embedding_forward_ref(kept.x.data(), mb.tokens.data(), w_.embed.data(), T, m.C);
   kept.acts.assign(m.L, LayerActs());
+  MoeAuxSums aux(m.num_experts);
+  if (m.is_moe()) p.aux = &aux;
   for (int l = 0; l < m.L; ++l) layer_forward(l, p, kept.acts[l], kept.x);
+  kept.aux_loss = moe_aux_loss_ref(aux);
+  kept.aux_dprob.clear();
+  if (m.is_moe() && aux_coef() != 0) {
+    kept.aux_dprob = zeros(m.num_experts);
+    moe_aux_dprob_ref(kept.aux_dprob.data(), aux);
+    for (float& d : kept.aux_dprob) d *= aux_coef();
+  }
   kept.xf = zeros(T * m.C);
   kept.rstdf = zeros(T);
   rmsnorm_forward_ref(kept.xf.data(), kept.rstdf.data(), kept.x.data(), w_.final_norm.data(), T, m.C, m.rms_eps);
@@ -262,6 +422,7 @@ CrossEntropyOut ReferenceModel::head_and_backward(const ReferencePass& kept, con
   LOOM_CHECK(kept.options.adapters && (kept.lora || lora_.total == 0) && int64_t(kept.acts.size()) == m.L,
              "backward needs a kept forward with the adapters on");
   Pass p{mb, kept.lora, dlora, kept.options.train ? lora_.dropout : 0.f, kept.options.dropout_seed, T};
+  p.aux_dprob = kept.aux_dprob.empty() ? nullptr : kept.aux_dprob.data();
   std::vector<float> dxf = zeros(T * m.C);
   const CrossEntropyOut ce = lm_head_cross_entropy_ref(dxf.data(), token_loss, kept.xf.data(), w_.head(),
                                                        mb.targets.data(), token_weight, T, m.C, m.V);

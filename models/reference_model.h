@@ -5,6 +5,16 @@
 //   loss_t = CE(lm_head(rms_final(x))_t, target_t)
 // Every projection is a LoRA linear (ops/lora_linear.h); base weights are frozen, so backward
 // produces LoRA gradients only (and the activation gradients that carry them).
+// Mixture of experts (Qwen3-MoE, Mixtral): the MLP of a sparse layer is
+//   z = rms2(h)·Wrᵀ (the router, frozen), top-K softmax routing w, e_1..e_K (ops/moe_router.h)
+//   x = h + Σ_k w_k · down_{e_k}(silu(gate_{e_k}(rms2(h))) ⊙ up_{e_k}(rms2(h)))
+// each expert's gate and up one LoRA linear over its fused (2·FE, C) weight (models/lora.h); the
+// gradient reaches rms2(h) through the experts and through w into the router logits. With
+// output_router_logits on in config.json the backward also takes the gradient of
+// router_aux_loss_coef · aux, aux the load-balancing loss over the sparse layers of the kept forward's
+// micro-batch: transformers adds it to the loss of every forward with labels, so with gradient
+// accumulation each micro-batch of a step adds its own coef·aux, divided by nothing (the Trainer
+// normalises only the cross-entropy), whatever the token weights of the objective.
 // The model knows no objective: a forward gives per-token losses loss_t = -log p(target_t), and the
 // backward takes per-token weights w_t from outside (SFT: 1 / target tokens of the global batch;
 // preference objectives: per-sequence weights) and produces the gradient of Σ_t w_t · loss_t.
@@ -41,7 +51,8 @@ class ReferenceModel {
   CrossEntropyOut forward(const MicroBatch& mb, const float* lora, const PassOptions& pass = {},
                           float* token_loss = nullptr, std::vector<float>* logits = nullptr,
                           ReferencePass* keep = nullptr) const;
-  // Backward of a kept forward: dlora (the layout of `lora`) += d(Σ_t token_weight[t] · loss_t)/d lora.
+  // Backward of a kept forward: dlora (the layout of `lora`) += d(Σ_t token_weight[t] · loss_t)/d lora
+  // (+ aux_coef() · d aux / d lora for an MoE model, see above).
   // token_weight (T) comes from the objective (engine/objective.h); the logits are recomputed.
   void backward(const ReferencePass& kept, const float* token_weight, float* dlora) const;
   // forward (adapters on, pass.train) then backward in one call, the logits computed once; Σ loss_t
@@ -56,6 +67,9 @@ class ReferenceModel {
   void extend(KvCache& cache, const std::vector<int32_t>& tokens, const float* lora, bool adapters,
               std::vector<float>& logits) const;
 
+  // The weight of the load-balancing loss in the backward: router_aux_loss_coef when config.json
+  // turns output_router_logits on, else 0 (and 0 for a dense model).
+  float aux_coef() const { return cfg_.output_router_logits ? float(cfg_.router_aux_loss_coef) : 0.f; }
   const ModelConfig& config() const { return cfg_; }
   const LoraLayout& lora_layout() const { return lora_; }
   const ModelWeights& weights() const { return w_; }
@@ -70,7 +84,19 @@ class ReferenceModel {
     std::vector<float> q, k, v;                         // after norm + RoPE: (T, H, D), (T, KVH, D) ×2
     std::vector<float> attn, lse;                       // (T, H, D), (T, H)
     std::vector<float> h, xn2, rstd2;                   // residual after attention, rms2(h)
-    std::vector<float> gate, up, act;                   // (T, F) ×3: gate, up, silu(gate)·up
+    std::vector<float> gate, up, act;                   // (T, F) ×3: gate, up, silu(gate)·up (a dense MLP)
+    // A sparse layer's MLP: the routing, and each expert's activations over the tokens routed to it.
+    std::vector<float> router_logits, probs;            // (T, E) z and softmax(z)
+    std::vector<int32_t> route_experts;                 // (T, K) e_k
+    std::vector<float> route_weights;                   // (T, K) w_k
+    struct Expert {
+      std::vector<int32_t> tokens, picks;               // (n) the tokens routed here, in order, and which k picked it
+      std::vector<float> x;                             // (n, C) their rms2(h)
+      std::vector<float> u_gate_up, u_down;             // x·Aᵀ (n, 2R), act·Aᵀ (n, R); empty without adapters
+      std::vector<float> gate, up, act;                 // (n, FE) ×3
+      std::vector<float> y;                             // (n, C) the expert's output, before w
+    };
+    std::vector<Expert> experts;                        // (E)
   };
 
  private:
@@ -86,6 +112,14 @@ class ReferenceModel {
   void linear_forward(int l, int target, Pass& p, LayerActs& a, const float* x, float* y) const;
   void linear_backward(int l, int target, Pass& p, const LayerActs& a, const float* x, const float* dy,
                        float* dx) const;
+  // A sparse layer's MLP: out (T, C) = Σ_k w_k · expert_{e_k}(xn2); backward: dxn2 (T, C) written from dout.
+  void moe_forward(int l, Pass& p, LayerActs& a, float* out) const;
+  void moe_backward(int l, Pass& p, const LayerActs& a, const float* dout, float* dxn2) const;
+  // Expert e's gate_up or down LoRA linear over n tokens (u: x·Aᵀ, written / read when adapted).
+  void expert_forward(int l, int e, ExpertTarget t, Pass& p, const float* x, float* y, std::vector<float>& u,
+                      int64_t n) const;
+  void expert_backward(int l, int e, ExpertTarget t, Pass& p, const float* x, const std::vector<float>& u,
+                       const float* dy, float* dx, int64_t n) const;
 
   ModelConfig cfg_;
   ModelWeights w_;
@@ -101,6 +135,10 @@ struct ReferencePass {
   PassOptions options;
   std::vector<ReferenceModel::LayerActs> acts;  // (L)
   std::vector<float> x, xf, rstdf;  // final residual (T, C), its norm (T, C), rstd (T)
+  // An MoE model: the load-balancing loss of the micro-batch's sparse layers (ops/moe_router.h), and
+  // aux_coef() · d aux / d p_e, the same for every row of every sparse layer (E); empty when aux_coef() is 0.
+  double aux_loss = 0;
+  std::vector<float> aux_dprob;
 };
 
 }  // namespace loom

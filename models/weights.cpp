@@ -52,20 +52,57 @@ std::vector<float> read_matrix(const Checkpoint& ck, const std::string& name, in
   return ck.read_f32(name, {rows, cols});
 }
 
-// One per-layer tensor of an HF checkpoint: its name, where it lives in LayerWeights, its shape as
+// How a checkpoint stores the experts of its sparse layers (weights.h).
+enum class ExpertForm { kPerExpert, kFused };
+
+// One per-layer tensor of an HF checkpoint: its name, where it lives in LayerWeights (from element
+// `offset` of the field: an expert's matrix is a slice of the layer's expert stack), its shape as
 // config.json makes it (and the keys behind that shape, for messages), and what it is.
 struct LayerTensor {
-  enum Kind { kNorm, kBias, kProjection };
+  enum Kind { kNorm, kBias, kProjection, kRouter, kExpert };
   std::string name;                           // "model.layers.3.self_attn.q_proj.weight"
   std::vector<float> LayerWeights::*field;
-  std::vector<int64_t> shape;                 // (out, in) for a projection, as torch nn.Linear
+  std::vector<int64_t> shape;                 // (out, in) for a matrix, as torch nn.Linear
   const char* keys;                           // "hidden_size, intermediate_size"
   Kind kind;
-  int target = -1;                            // a projection's LoraTarget (the weight may be NF4)
+  int target = -1;                            // a projection's LoraTarget; an expert matrix: 3·expert + (0 gate, 1 up, 2 down)
+  int64_t offset = 0;                         // first element in the field
 };
 
+// The MoE config.json keys behind the expert shapes, named as each family's config.json writes them.
+const char* expert_keys(const ModelConfig& m) {
+  return m.arch == "mixtral" ? "num_local_experts, intermediate_size, hidden_size"
+                             : "num_experts, moe_intermediate_size, hidden_size";
+}
+
+// The router and experts of sparse layer l (weights.h names both forms).
+void add_sparse_mlp(std::vector<LayerTensor>& t, const ModelConfig& m, int l, ExpertForm form) {
+  using T = LayerTensor;
+  using W = LayerWeights;
+  const std::string p = layer_prefix(l);
+  const bool mixtral = m.arch == "mixtral";
+  const std::string block = p + (mixtral && form == ExpertForm::kPerExpert ? "block_sparse_moe." : "mlp.");
+  const int64_t E = m.num_experts, C = m.C, FE = m.expert_F;
+  const char* keys = expert_keys(m);
+  t.push_back({block + "gate.weight", &W::router, {E, C}, mixtral ? "num_local_experts, hidden_size"
+                                                                   : "num_experts, hidden_size", T::kRouter});
+  if (form == ExpertForm::kFused) {
+    t.push_back({block + "experts.gate_up_proj", &W::experts_gate_up, {E, 2 * FE, C}, keys, T::kExpert});
+    t.push_back({block + "experts.down_proj", &W::experts_down, {E, C, FE}, keys, T::kExpert});
+    return;
+  }
+  const char* const names[3] = {mixtral ? "w1" : "gate_proj", mixtral ? "w3" : "up_proj", mixtral ? "w2" : "down_proj"};
+  for (int64_t e = 0; e < E; ++e) {
+    const std::string x = cat(block, "experts.", e, ".");
+    t.push_back({x + names[0] + ".weight", &W::experts_gate_up, {FE, C}, keys, T::kExpert, int(3 * e), e * 2 * FE * C});
+    t.push_back({x + names[1] + ".weight", &W::experts_gate_up, {FE, C}, keys, T::kExpert, int(3 * e + 1),
+                 (e * 2 + 1) * FE * C});
+    t.push_back({x + names[2] + ".weight", &W::experts_down, {C, FE}, keys, T::kExpert, int(3 * e + 2), e * C * FE});
+  }
+}
+
 // The one list of a layer's tensors, walked by loading, the checkpoint audit, random init and saving.
-std::vector<LayerTensor> layer_tensors(const ModelConfig& m, int l) {
+std::vector<LayerTensor> layer_tensors(const ModelConfig& m, int l, ExpertForm form = ExpertForm::kPerExpert) {
   using T = LayerTensor;
   using W = LayerWeights;
   const std::string p = layer_prefix(l);
@@ -81,11 +118,14 @@ std::vector<LayerTensor> layer_tensors(const ModelConfig& m, int l) {
                                    "hidden_size, intermediate_size",
                                    "hidden_size, intermediate_size",
                                    "hidden_size, intermediate_size"};
+  const bool sparse = m.is_moe_layer(l);
   for (int target = 0; target < kNumTargets; ++target) {
+    if (sparse && target >= kGate) break;  // the sparse block replaces the dense MLP
     const auto [in, out] = projection_shape(m, LoraTarget(target));
     t.push_back({p + lora_module_path(LoraTarget(target)) + ".weight", kProjections[target], {out, in}, keys[target],
                  T::kProjection, target});
   }
+  if (sparse) add_sparse_mlp(t, m, l, form);
   if (m.qkv_bias) {
     t.push_back({p + "self_attn.q_proj.bias", &W::q_bias, {q}, "num_attention_heads, head_dim", T::kBias});
     t.push_back({p + "self_attn.k_proj.bias", &W::k_bias, {kv}, "num_key_value_heads, head_dim", T::kBias});
@@ -104,10 +144,45 @@ std::vector<LayerTensor> layer_tensors(const ModelConfig& m, int l) {
   return t;
 }
 
-void load_layer(const Checkpoint& ck, const ModelConfig& m, int l, LayerWeights& lw) {
-  for (const LayerTensor& t : layer_tensors(m, l))
-    lw.*t.field = t.kind == LayerTensor::kProjection ? read_matrix(ck, t.name, t.shape[0], t.shape[1])
-                                                     : ck.read_f32(t.name, t.shape);
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// The expert stacks of a sparse layer, zero-sized to be filled slice by slice.
+void size_expert_stacks(const ModelConfig& m, int l, LayerWeights& lw) {
+  if (!m.is_moe_layer(l)) return;
+  const size_t per_expert = size_t(m.C) * size_t(m.expert_F);
+  lw.experts_gate_up.assign(size_t(m.num_experts) * 2 * per_expert, 0.f);
+  lw.experts_down.assign(size_t(m.num_experts) * per_expert, 0.f);
+}
+
+// v into t's place in lw: the whole field, or its slice at t.offset.
+void place(LayerWeights& lw, const LayerTensor& t, std::vector<float> v) {
+  std::vector<float>& dst = lw.*t.field;
+  if (dst.empty())
+    dst = std::move(v);
+  else
+    std::copy(v.begin(), v.end(), dst.begin() + t.offset);
+}
+
+bool is_matrix(const LayerTensor& t) { return t.kind != LayerTensor::kNorm && t.kind != LayerTensor::kBias && t.shape.size() == 2; }
+
+// The form of ck's experts: fused as soon as one fused expert tensor is there.
+ExpertForm expert_form(const Checkpoint& ck) {
+  const auto ends_with = [](const std::string& s, const std::string& tail) {
+    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  for (const std::string& name : ck.names())
+    if (ends_with(name, ".experts.gate_up_proj") || ends_with(name, ".experts.down_proj")) return ExpertForm::kFused;
+  return ExpertForm::kPerExpert;
+}
+
+void load_layer(const Checkpoint& ck, const ModelConfig& m, int l, ExpertForm form, LayerWeights& lw) {
+  size_expert_stacks(m, l, lw);
+  for (const LayerTensor& t : layer_tensors(m, l, form))
+    place(lw, t, is_matrix(t) ? read_matrix(ck, t.name, t.shape[0], t.shape[1]) : ck.read_f32(t.name, t.shape));
 }
 
 // Companions bitsandbytes stores beside an NF4 weight (bnb_nf4.h); read_bnb_nf4 validates them.
@@ -181,20 +256,24 @@ class TensorAudit {
     fail(ck_.path(), " holds ", unused.size(), " tensor", unused.size() > 1 ? "s" : "", " the model does not use: ",
          list, "; ",
          layers > m_.L ? cat("config.json's num_hidden_layers is ", m_.L, " but the checkpoint has ", layers, " layers")
-                       : std::string("config.json (architectures, attention_bias, mlp_bias, tie_word_embeddings) does "
-                                     "not describe them"),
+                       : cat("config.json (", layout_keys(), ") does not describe them"),
          ": is it the checkpoint's own config.json?");
   }
 
  private:
+  // The config.json keys that decide which tensors a layer has.
+  std::string layout_keys() const {
+    return cat("architectures, attention_bias, mlp_bias, tie_word_embeddings",
+               m_.is_moe() ? ", mlp_only_layers, decoder_sparse_step" : "");
+  }
+
   const TensorView& need(const std::string& name) {
     if (!ck_.has(name)) {
       const int layers = checkpoint_layers();
       fail("tensor '", name, "' not found in ", ck_.path(), " (", ck_.names().size(), " tensors); ",
            layers < m_.L ? cat("config.json's num_hidden_layers is ", m_.L, " but the checkpoint has ", layers,
                                " layers")
-                         : std::string("config.json (architectures, attention_bias, mlp_bias, tie_word_embeddings) "
-                                       "expects it"),
+                         : cat("config.json (", layout_keys(), ") expects it"),
            ": is it the checkpoint's own config.json?");
     }
     used_.insert(name);
@@ -237,13 +316,21 @@ std::vector<float> random_matrix(uint64_t seed, uint64_t stream, int64_t n, doub
   return v;
 }
 
+// The random stream (ops/random.h) of a matrix: the dense streams 16 + 7·l + target as before MoE,
+// the router and experts of sparse layers in streams of their own above 2^32.
+uint64_t random_stream(const ModelConfig& m, int l, const LayerTensor& t) {
+  if (t.kind == LayerTensor::kProjection) return 16 + uint64_t(l) * kNumTargets + uint64_t(t.target);
+  const uint64_t sparse = (uint64_t(1) << 32) + uint64_t(l) * (1 + 3 * uint64_t(m.num_experts));
+  return t.kind == LayerTensor::kRouter ? sparse : sparse + 1 + uint64_t(t.target);
+}
+
 // Norms 1, biases 0, matrices random (see random_weights).
 void random_layer(const ModelConfig& m, uint64_t seed, int l, LayerWeights& lw) {
+  size_expert_stacks(m, l, lw);
   for (const LayerTensor& t : layer_tensors(m, l)) {
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    if (t.kind == LayerTensor::kProjection)
-      lw.*t.field = random_matrix(seed, 16 + uint64_t(l) * kNumTargets + uint64_t(t.target), n, m.initializer_range);
+    const int64_t n = numel(t.shape);
+    if (is_matrix(t))
+      place(lw, t, random_matrix(seed, random_stream(m, l, t), n, m.initializer_range));
     else
       (lw.*t.field).assign(size_t(n), t.kind == LayerTensor::kNorm ? 1.f : 0.f);
   }
@@ -274,7 +361,6 @@ ModelWeights collect(const WeightSource& src, const ModelConfig& m) {
 }  // namespace
 
 void check_checkpoint_tensors(const Checkpoint& ck, const ModelConfig& m) {
-  require_dense(m, ck.path());  // every checkpoint load passes here (audit_checkpoint, WeightSource::checkpoint)
   TensorAudit audit(ck, m);
   audit.plain("model.embed_tokens.weight", {m.V, m.C}, "vocab_size, hidden_size");
   audit.plain("model.norm.weight", {m.C}, "hidden_size");
@@ -282,9 +368,10 @@ void check_checkpoint_tensors(const Checkpoint& ck, const ModelConfig& m) {
     audit.tied_head();
   else
     audit.plain("lm_head.weight", {m.V, m.C}, "vocab_size, hidden_size");
+  const ExpertForm form = expert_form(ck);
   for (int l = 0; l < m.L; ++l) {
-    for (const LayerTensor& t : layer_tensors(m, l)) {
-      if (t.kind == LayerTensor::kProjection)
+    for (const LayerTensor& t : layer_tensors(m, l, form)) {
+      if (is_matrix(t))
         audit.matrix(t.name, t.shape[0], t.shape[1], t.keys);
       else
         audit.plain(t.name, t.shape, t.keys);
@@ -296,15 +383,15 @@ void check_checkpoint_tensors(const Checkpoint& ck, const ModelConfig& m) {
 
 namespace {
 
-// Whether two configs make the same tensor list (what check_checkpoint_tensors compares): the
-// layers differ only by their index, so layer 0 stands for all of them.
+// Whether two configs make the same tensor list (what check_checkpoint_tensors compares).
 bool same_tensors(const ModelConfig& a, const ModelConfig& b) {
-  auto layer = [](const ModelConfig& m) {
+  auto layers = [](const ModelConfig& m) {
     std::vector<std::pair<std::string, std::vector<int64_t>>> named;
-    for (const LayerTensor& t : layer_tensors(m, 0)) named.emplace_back(t.name, t.shape);
+    for (int l = 0; l < m.L; ++l)
+      for (const LayerTensor& t : layer_tensors(m, l)) named.emplace_back(t.name, t.shape);
     return named;
   };
-  return a.V == b.V && a.C == b.C && a.L == b.L && a.tie_embeddings == b.tie_embeddings && layer(a) == layer(b);
+  return a.V == b.V && a.C == b.C && a.L == b.L && a.tie_embeddings == b.tie_embeddings && layers(a) == layers(b);
 }
 
 // The checkpoint audit_checkpoint opened and audited, until the WeightSource::checkpoint that
@@ -340,11 +427,11 @@ WeightSource WeightSource::checkpoint(const std::string& model_dir, const ModelC
     g_audited.reset();  // taken, or stale: the mapping is not held past the load
   }
   if (!s.ck_) s.ck_ = open_and_audit(model_dir, cfg);
+  s.fused_experts_ = expert_form(*s.ck_) == ExpertForm::kFused;
   return s;
 }
 
 WeightSource WeightSource::random(const ModelConfig& cfg, uint64_t seed) {
-  require_dense(cfg, "random weights");  // presets: random_weights and the GPU loader pass here
   WeightSource s;
   s.cfg_ = cfg;
   s.seed_ = seed;
@@ -369,7 +456,7 @@ std::vector<float> WeightSource::lm_head() const {
 LayerWeights WeightSource::layer(int l) const {
   LayerWeights lw;
   if (ck_)
-    load_layer(*ck_, cfg_, l, lw);
+    load_layer(*ck_, cfg_, l, fused_experts_ ? ExpertForm::kFused : ExpertForm::kPerExpert, lw);
   else
     random_layer(cfg_, seed_, l, lw);
   return lw;
@@ -381,14 +468,30 @@ ModelWeights load_weights(const std::string& model_dir, const ModelConfig& m) {
 
 ModelWeights random_weights(const ModelConfig& m, uint64_t seed) { return collect(WeightSource::random(m, seed), m); }
 
+namespace {
+
+// W (rows·cols at w) replaced by dequantize(quantize_nf4(bf16(W))): bitsandbytes quantizes the bf16 weight.
+void nf4_roundtrip(float* w, int64_t n, int blocksize, bool double_quant) {
+  for (int64_t i = 0; i < n; ++i) w[i] = bf16_round(w[i]);
+  Nf4Host q = nf4_quantize_ref(w, 1, n, blocksize, double_quant);
+  nf4_dequantize_ref(w, q);
+}
+
+}  // namespace
+
 void apply_nf4_roundtrip(ModelWeights& w, int blocksize, bool double_quant) {
-  for (LayerWeights& lw : w.layers)
+  for (LayerWeights& lw : w.layers) {
     for (int t = 0; t < kNumTargets; ++t) {
       std::vector<float>& m = *projection(lw, t);
-      for (float& x : m) x = bf16_round(x);  // bitsandbytes quantizes the bf16 weight
-      Nf4Host q = nf4_quantize_ref(m.data(), 1, int64_t(m.size()), blocksize, double_quant);
-      nf4_dequantize_ref(m.data(), q);
+      if (!m.empty()) nf4_roundtrip(m.data(), int64_t(m.size()), blocksize, double_quant);
     }
+    if (lw.router.empty()) continue;
+    // Each expert's gate, up (the two halves of its gate_up rows) and down: E·FE·C values apiece,
+    // E from the router (E, C).
+    const size_t E = lw.router.size() / lw.ln1.size(), n = lw.experts_down.size() / E;
+    for (size_t i = 0; i < 2 * E; ++i) nf4_roundtrip(&lw.experts_gate_up[i * n], int64_t(n), blocksize, double_quant);
+    for (size_t e = 0; e < E; ++e) nf4_roundtrip(&lw.experts_down[e * n], int64_t(n), blocksize, double_quant);
+  }
 }
 
 void save_weights(const std::string& dir, const ModelConfig& m, const ModelWeights& w, DType dtype) {
@@ -397,20 +500,26 @@ void save_weights(const std::string& dir, const ModelConfig& m, const ModelWeigh
   std::filesystem::create_directories(dir);
   std::vector<std::vector<uint16_t>> store;  // keeps the 16-bit copies alive until written
   std::vector<TensorToWrite> out;
-  auto add = [&](const std::string& name, const std::vector<float>& v, std::vector<int64_t> shape) {
-    if (v.empty()) return;
-    if (dtype == DType::F32) return out.push_back({name, dtype, std::move(shape), v.data()});
-    std::vector<uint16_t> b(v.size());
-    for (size_t i = 0; i < v.size(); ++i) b[i] = dtype == DType::BF16 ? float_to_bf16_bits(v[i]) : float_to_f16_bits(v[i]);
-    store.push_back(std::move(b));
+  // The numel(shape) values at v (an expert's matrix: a slice of its stack).
+  auto add = [&](const std::string& name, const float* v, std::vector<int64_t> shape) {
+    const size_t n = size_t(numel(shape));
+    if (dtype == DType::F32) return out.push_back({name, dtype, std::move(shape), v});
+    std::vector<uint16_t> b(n);
+    for (size_t i = 0; i < n; ++i) b[i] = dtype == DType::BF16 ? float_to_bf16_bits(v[i]) : float_to_f16_bits(v[i]);
+    store.push_back(std::move(b));  // moving a vector keeps its buffer: earlier pointers stay valid
     out.push_back({name, dtype, std::move(shape), store.back().data()});
   };
-  store.reserve(8 + w.layers.size() * 20);
-  add("model.embed_tokens.weight", w.embed, {m.V, m.C});
-  add("model.norm.weight", w.final_norm, {m.C});
-  add("lm_head.weight", w.lm_head, {m.V, m.C});
+  add("model.embed_tokens.weight", w.embed.data(), {m.V, m.C});
+  add("model.norm.weight", w.final_norm.data(), {m.C});
+  if (!w.lm_head.empty()) add("lm_head.weight", w.lm_head.data(), {m.V, m.C});
   for (int l = 0; l < m.L; ++l)
-    for (const LayerTensor& t : layer_tensors(m, l)) add(t.name, w.layers[l].*t.field, t.shape);
+    for (const LayerTensor& t : layer_tensors(m, l)) {
+      const std::vector<float>& v = w.layers[l].*t.field;
+      if (v.empty()) continue;
+      LOOM_CHECK(int64_t(v.size()) >= t.offset + numel(t.shape), "save_weights: ", t.name, " holds ", v.size(),
+                 " values, fewer than the config's shape ", shape_str(t.shape), " needs");
+      add(t.name, v.data() + t.offset, t.shape);
+    }
   write_safetensors(dir + "/model.safetensors", out);
   save_model_config(m, dir + "/config.json");
 }

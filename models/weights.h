@@ -15,11 +15,16 @@ namespace loom {
 struct LayerWeights {
   std::vector<float> ln1, ln2;                 // (C) input_layernorm, post_attention_layernorm
   std::vector<float> q, k, v, o;               // (H·D, C), (KVH·D, C) ×2, (C, H·D)
-  std::vector<float> gate, up, down;           // (F, C) ×2, (C, F)
+  std::vector<float> gate, up, down;           // (F, C) ×2, (C, F); empty in a sparse (MoE) layer
   std::vector<float> q_bias, k_bias, v_bias;   // (H·D), (KVH·D) — empty when absent
   std::vector<float> o_bias;                   // (C) — Llama attention_bias only
   std::vector<float> gate_bias, up_bias, down_bias;  // Llama mlp_bias only
   std::vector<float> q_norm, k_norm;           // (D) — Qwen3 only
+  // A sparse layer of an MoE model (cfg.is_moe_layer(l)), in transformers 5's in-memory layout
+  // whatever the checkpoint's: empty in a dense layer.
+  std::vector<float> router;           // (E, C) mlp.gate.weight (frozen)
+  std::vector<float> experts_gate_up;  // (E, 2·FE, C): expert e's gate rows (FE), then its up rows (FE)
+  std::vector<float> experts_down;     // (E, C, FE)
 };
 
 struct ModelWeights {
@@ -48,9 +53,18 @@ class WeightSource {
  private:
   ModelConfig cfg_;
   std::shared_ptr<const Checkpoint> ck_;  // null for random weights
+  bool fused_experts_ = false;             // ck_ holds an MoE's experts in the fused form
   uint64_t seed_ = 0;
 };
 
+// The expert tensors of an MoE checkpoint, both of which transformers 5.23 loads:
+//   per-expert (the published checkpoints, save_pretrained's default): model.layers.L.mlp.experts.N.
+//     {gate_proj,up_proj,down_proj}.weight (Qwen3-MoE) / model.layers.L.block_sparse_moe.experts.N.{w1,w3,w2}.weight
+//     (Mixtral), router mlp.gate.weight / block_sparse_moe.gate.weight; each may be bitsandbytes NF4;
+//   fused (save_original_format=False): model.layers.L.mlp.experts.gate_up_proj (E, 2·FE, C) and
+//     .down_proj (E, C, FE), no ".weight", router mlp.gate.weight, for both families; plain dtypes only.
+// A checkpoint is one or the other (the first fused tensor found decides, then every sparse layer must
+// follow it). Weights are saved in the per-expert form.
 // Throws unless ck holds exactly the tensors cfg describes, with cfg's shapes, from the headers alone
 // (nothing is allocated by the config's sizes): a missing or mis-shaped tensor names itself, the
 // config.json keys behind its shape and the model sizes; a tensor the model would not use (a
@@ -69,13 +83,16 @@ ModelWeights load_weights(const std::string& model_dir, const ModelConfig& cfg);
 // same numbers. Deterministic from seed (ops/random.h), identical to the GPU initialiser.
 ModelWeights random_weights(const ModelConfig& cfg, uint64_t seed);
 // QLoRA on the reference path: every projection matrix replaced by dequantize(quantize_nf4(W)),
-// exactly what the GPU computes with (embedding, norms, biases and LM head stay as they are).
+// exactly what the GPU computes with (embedding, norms, biases and LM head stay as they are). Each
+// expert's gate, up and down are quantized as three matrices of their own, as the Linear4bit modules of
+// a per-expert checkpoint; the router stays unquantized (transformers 5 holds it as a plain parameter).
 void apply_nf4_roundtrip(ModelWeights& w, int blocksize, bool double_quant);
 // Writes the weights as an HF checkpoint (config.json + model.safetensors with every tensor in `dtype`:
 // BF16, F16 or F32; no lm_head.weight when the embeddings are tied), e.g. a merged export.
 void save_weights(const std::string& dir, const ModelConfig& cfg, const ModelWeights& w, DType dtype = DType::BF16);
 
-// Pointers to the seven projection matrices of a layer in LoraTarget order (q k v o gate up down).
+// Pointers to the seven projection matrices of a layer in LoraTarget order (q k v o gate up down);
+// gate, up and down are empty in a sparse layer.
 std::vector<float>* projection(LayerWeights& lw, int target);
 const std::vector<float>* projection(const LayerWeights& lw, int target);
 
