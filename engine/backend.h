@@ -53,18 +53,28 @@ class TrainBackend {
   virtual std::vector<float> lora_grads() const = 0;  // as accumulated so far in this step (tests)
   virtual OptimizerState optimizer_state() const = 0;
   virtual void restore(const std::vector<float>& params, const OptimizerState& opt) = 0;
-  // Generation with the adapters as they stand (train.sample_every), valid until the next step;
-  // null where the device cannot decode yet (the GPU).
-  virtual std::unique_ptr<DecodeModel> decode_model() { return nullptr; }
+  // Generation with the adapters as they stand (train.sample_every), valid until the next step. The
+  // GPU decodes within its training plan, sized by the DecodeShape it was built with (none: null).
+  virtual std::unique_ptr<DecodeModel> decode_model() = 0;
   virtual bool on_gpu() const { return false; }
   // Peak device memory in use so far, GiB (0 on the CPU).
   virtual double peak_memory_gib() const { return 0; }
 };
 
-// The GPU path (models/cuda_model.h): weights streamed from src, quantized per model.quant.
+// The generation a training run does besides training (train.sample_every): batches of at most
+// `batch` sequences of at most `context` tokens, whose prompts hold at most `prefill_tokens`
+// together. batch 0: none.
+struct DecodeShape {
+  int batch = 0;
+  int64_t context = 0;
+  int64_t prefill_tokens = 0;
+};
+
+// The GPU path (models/cuda_model.h): weights streamed from src, quantized per model.quant; with a
+// decode shape, the memory plan holds its KV cache too.
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const WeightSource& src,
                                                 const LoraLayout& layout, const std::vector<float>& lora,
-                                                const TrainConfig& tc);
+                                                const TrainConfig& tc, const DecodeShape& decode = {});
 std::unique_ptr<TrainBackend> make_cpu_backend(const ModelConfig& cfg, ModelWeights weights, const LoraLayout& layout,
                                                std::vector<float> lora, const TrainSection& train);
 

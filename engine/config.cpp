@@ -855,15 +855,12 @@ void check_eval(Checker& c, const TrainConfig& cfg) {
               "or data.eval_split (a fraction or a count of the training documents to hold out)"));
 }
 
-// Samples need prompts, and a device that can generate: the CPU reference path for now.
+// Samples need prompts.
 void check_samples(Checker& c, const TrainConfig& cfg) {
   const TrainSection& t = cfg.train;
   if (t.sample_every > 0 && t.sample_prompts.empty())
     c.add(cat("train.sample_every = ", t.sample_every, " needs train.sample_prompts: a list of prompt texts, or a "
               ".jsonl file of build/generate's input lines"));
-  if (t.sample_every > 0 && t.device == Device::kCuda)
-    c.add(cat("train.sample_every: generation runs on the CPU reference path only for now (GPU decoding is not built "
-              "yet); set train.sample_every=0 for a GPU run, and sample its adapter with build/generate"));
 }
 
 // A preference objective trains on pairs: the data must be (or may be detected as) pairs, a

@@ -4,15 +4,18 @@
 #include "dist/dist.h"
 #include "dist/nccl_comm.h"
 #include "engine/backend.h"
+#include "engine/generation.h"
 #include "models/cuda_model.h"
 #include "ops/error.h"
 
 namespace loom {
 namespace {
 
-CudaModelOptions model_options(const TrainConfig& tc) {
+CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode) {
   CudaModelOptions opt;
   opt.mode = ModelMode::kTrain;
+  opt.decode_batch = decode.batch;
+  opt.decode_context = decode.context;
   opt.quant = tc.model.quant;
   opt.double_quant = tc.model.double_quant;
   opt.recompute = tc.train.recompute;
@@ -25,8 +28,11 @@ CudaModelOptions model_options(const TrainConfig& tc) {
 class CudaBackend : public TrainBackend {
  public:
   CudaBackend(const ModelConfig& cfg, const WeightSource& src, const LoraLayout& layout,
-              const std::vector<float>& lora, const TrainConfig& tc)
-      : model_(cfg, layout, model_options(tc)), optimizer_(tc.train, layout.total, model_.plan()) {
+              const std::vector<float>& lora, const TrainConfig& tc, const DecodeShape& decode)
+      : model_(cfg, layout, model_options(tc, decode)),
+        optimizer_(tc.train, layout.total, model_.plan()),
+        cfg_(cfg),
+        decode_(decode) {
     model_.load(src, lora);
     CUDA_CHECK(cudaMallocHost(&host_scalars_, 2 * sizeof(float)));  // before the step loop, once
     const DistContext& ctx = dist_context();
@@ -42,6 +48,10 @@ class CudaBackend : public TrainBackend {
   }
 
   std::string describe() const override { return model_.describe(); }
+  std::unique_ptr<DecodeModel> decode_model() override {
+    if (decode_.batch == 0) return nullptr;
+    return std::make_unique<CudaDecoder>(model_, cfg_, decode_.batch, decode_.context, true);
+  }
   std::vector<float> forward(const MicroBatch& mb, uint64_t dropout_seed) override {
     model_.forward(mb, PassOptions{true, true, dropout_seed});
     return model_.token_losses();
@@ -98,6 +108,8 @@ class CudaBackend : public TrainBackend {
   static constexpr size_t kMinBucketFloats = size_t(1) << 20;
   CudaModel model_;  // declared first: destroyed after the reducer and the communicator
   AdamW optimizer_;
+  ModelConfig cfg_;
+  DecodeShape decode_;  // train.sample_every's generation (batch 0: none)
   std::unique_ptr<NcclComm> comm_;
   std::vector<size_t> bounds_;
   std::unique_ptr<GradAllReducer> reducer_;
@@ -116,8 +128,8 @@ class CudaBackend : public TrainBackend {
 
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const WeightSource& src,
                                                 const LoraLayout& layout, const std::vector<float>& lora,
-                                                const TrainConfig& tc) {
-  return std::make_unique<CudaBackend>(cfg, src, layout, lora, tc);
+                                                const TrainConfig& tc, const DecodeShape& decode) {
+  return std::make_unique<CudaBackend>(cfg, src, layout, lora, tc, decode);
 }
 
 }  // namespace loom

@@ -1,6 +1,6 @@
 #include "engine/run_samples.h"
 
-#include <cstdio>
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -64,12 +64,20 @@ RunSamples::RunSamples(const TrainConfig& cfg, int32_t vocab, const std::vector<
   }
 }
 
-void RunSamples::skip_on(const TrainBackend& backend) {
-  if (every_ <= 0) return;
-  every_ = 0;
-  if (is_main())
-    std::fprintf(stderr, "note: train.sample_every: no samples on %s (GPU decoding is not built yet); sample the "
-                         "adapter with build/generate --device cpu\n", backend.describe().c_str());
+DecodeShape RunSamples::decode_shape() const {
+  DecodeShape s;
+  if (every_ <= 0) return s;
+  const size_t batch = std::min(prompts_.size(), size_t(options_.batch_size));
+  s.batch = int(batch);
+  for (size_t first = 0; first < prompts_.size(); first += batch) {  // generate()'s batches
+    int64_t tokens = 0;
+    for (size_t i = first; i < std::min(prompts_.size(), first + batch); ++i) {
+      tokens += int64_t(prompts_[i].size());
+      s.context = std::max<int64_t>(s.context, int64_t(prompts_[i].size()) + options_.max_new_tokens);
+    }
+    s.prefill_tokens = std::max(s.prefill_tokens, tokens);
+  }
+  return s;
 }
 
 bool RunSamples::due(int64_t step, int64_t total) const {

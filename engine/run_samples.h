@@ -26,9 +26,8 @@ class RunSamples {
   // end-of-sequence ids.
   RunSamples(const TrainConfig& cfg, int32_t vocab, const std::vector<int>& eos);
   bool enabled() const { return every_ > 0; }
-  // A backend that cannot decode (the GPU, until its decode path exists) under train.device auto:
-  // the run trains without samples, and says so once (an explicit cuda is a config error).
-  void skip_on(const TrainBackend& backend);
+  // What the samples need of a backend's generation (its KV cache on the GPU); batch 0 when disabled.
+  DecodeShape decode_shape() const;
   // Whether to sample after `step` steps (0: before the first) of a run of `total`.
   bool due(int64_t step, int64_t total) const;
   // Generates with the backend's adapters as they stand and appends to samples.jsonl.

@@ -67,7 +67,9 @@ void write_resolved_config(const TrainConfig& cfg) {
   LOOM_CHECK(f, "cannot write ", path);
 }
 
-std::unique_ptr<TrainBackend> make_backend(const TrainConfig& cfg, const ModelConfig& mc, const LoraLayout& layout) {
+// decode: the generation of train.sample_every, which the GPU plans beside training.
+std::unique_ptr<TrainBackend> make_backend(const TrainConfig& cfg, const ModelConfig& mc, const LoraLayout& layout,
+                                           const DecodeShape& decode) {
   const Device dev = cfg.train.device;
   LOOM_CHECK(dev != Device::kCuda || cuda_available(), "train.device = cuda but ", cuda_device_summary(),
              "; use train.device=cpu for the reference path");
@@ -77,7 +79,11 @@ std::unique_ptr<TrainBackend> make_backend(const TrainConfig& cfg, const ModelCo
   std::unique_ptr<TrainBackend> backend;
   if (dev == Device::kCuda || (dev == Device::kAuto && cuda_available())) {
     bind_gpu(dist_context());
-    backend = make_cuda_backend(mc, weight_source(cfg.model, mc), layout, lora, cfg);
+    LOOM_CHECK(decode.prefill_tokens <= cfg.train.token_budget, "train.sample_prompts: a batch of ", decode.batch,
+               " prompts holds ", decode.prefill_tokens, " tokens, more than train.token_budget (",
+               cfg.train.token_budget, ") allows the GPU to run at once; shorten or remove prompts, or raise "
+               "train.token_budget");
+    backend = make_cuda_backend(mc, weight_source(cfg.model, mc), layout, lora, cfg, decode);
   } else {
     backend = make_cpu_backend(mc, resolve_host_weights(cfg.model, mc), layout, lora, cfg.train);
   }
@@ -401,7 +407,9 @@ TrainSummary train(const TrainConfig& cfg) {
   TerminalStatus status(is_main() ? stderr : nullptr);  // rank 0 alone prints
   status.show(cat("loading ", model_name(cfg.model), " ..."));
   const auto load_start = Clock::now();
-  std::unique_ptr<TrainBackend> backend = make_backend(cfg, mc, layout);
+  const RunSamples samples(cfg, mc.V,
+                           cfg.model.path.empty() ? mc.eos_ids : load_generation_defaults(cfg.model.path, mc).eos_ids);
+  std::unique_ptr<TrainBackend> backend = make_backend(cfg, mc, layout, samples.decode_shape());
   const double load_s = seconds_since(load_start);
   status.clear();
   sum.device = backend->describe();
@@ -414,8 +422,6 @@ TrainSummary train(const TrainConfig& cfg) {
   if (is_main()) restart_metrics(cfg.output.dir, sum.first_step);
   if (ctx.world > 1) barrier();  // every rank reads the evaluations logged so far once rank 0 has cut the log back
   Evaluator evaluator(cfg, docs.eval, ctx.rank, ctx.world, logged_evals(cfg.output.dir, sum.first_step));
-  RunSamples samples(cfg, mc.V, cfg.model.path.empty() ? mc.eos_ids : load_generation_defaults(cfg.model.path, mc).eos_ids);
-  if (!backend->decode_model()) samples.skip_on(*backend);
   if (is_main())
     status.print(cat("loom: ", model_name(cfg.model), " | ", sum.device, " | ", ctx.world, " rank",
                      ctx.world > 1 ? "s" : "", " | ", docs.train.size(), " documents",

@@ -18,6 +18,7 @@
 #include "ops/gemm.h"
 #include "ops/kv_cache.h"
 #include "ops/lora_linear.h"
+#include "ops/nf4_gemv.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/sampling.h"
@@ -95,6 +96,7 @@ struct CudaModel::Impl {
   int B = 0;
   int64_t context = 0;
   int decode_splits = 0;
+  bool caching = false;   // the pass in flight is a prefill or a decode step: its K and V rows go to the cache
   bool decoding = false;  // the pass in flight is a decode step
   int64_t decode_max_len = 0;
   bf16 *cache_k = nullptr, *cache_v = nullptr, *x_last = nullptr;
@@ -120,8 +122,9 @@ struct CudaModel::Impl {
         Tmax(o.token_budget),
         B(o.decode_batch),
         context(o.decode_context) {
-    if (generate_mode) {
-      LOOM_CHECK(B >= 1 && context >= 2, "generation needs a batch >= 1 and a context >= 2 (found ", B, ", ", context, ")");
+    LOOM_CHECK(!generate_mode || B >= 1, "generation needs a batch >= 1 (found ", B, ")");
+    if (B > 0) {
+      LOOM_CHECK(context >= 2, "generation needs a context >= 2 (found ", context, ")");
       Tmax = std::max<int64_t>(Tmax, B);  // a decode step is B rows
       decode_splits = int(ceil_div(context, 64));  // the most attention_decode_splits gives
     }
@@ -176,7 +179,7 @@ struct CudaModel::Impl {
         add_layers(std::string("LoRA x·Aᵀ ") + kLoraTargetNames[t], u[t], T * lora.R, keep, "(T, R)");
     add("activations", "final norm out", &xf, T * C, "(T, C)");
     add("activations", "final rstd", &rstdf, T, "(T)");
-    if (generate_mode) plan_kv_cache();
+    if (B > 0) plan_kv_cache();
   }
 
   void plan_kv_cache() {
@@ -281,8 +284,19 @@ struct CudaModel::Impl {
     auto [in, out] = projection_shape(cfg, t);
     if (rows < 0) rows = T;
     bf16* ul = u[t].base ? u[t].at(l) + r0 * lora.R : nullptr;
+    if (nf4_gemv_fits(l, t, rows, in)) {  // a decode step of a few sequences: W read once, from its codes
+      nf4_gemv(y, x, weights.nf4_projection(l, t), rows, out, in, stream);
+      lora_linear_forward_after_base(*gemm_ctx, y, ul, x, weights.bias(l, t), adapter(l, t, false), x_dropped, rows,
+                                     in, out, stream);
+      return;
+    }
     lora_linear_forward(*gemm_ctx, y, ul, x, weight(l, t), weights.bias(l, t), adapter(l, t, false), x_dropped, rows,
                         in, out, stream);
+  }
+
+  bool nf4_gemv_fits(int l, LoraTarget t, int64_t rows, int in) const {
+    return decoding && weights.nf4() && rows <= kNf4GemvMaxRows && in % 8 == 0 &&
+           weights.nf4_projection(l, t).blocksize % 8 == 0;
   }
 
   void linear_backward(int l, LoraTarget t, const bf16* dy, const bf16* x, bf16* dx, bool accumulate) {
@@ -327,7 +341,7 @@ struct CudaModel::Impl {
     }
     rope_forward(q.at(l), positions, weights.inv_freq(), T, m.H, m.D, int64_t(m.H) * m.D, stream);
     rope_forward(k.at(l), positions, weights.inv_freq(), T, m.KVH, m.D, int64_t(m.KVH) * m.D, stream);
-    if (generate_mode) {
+    if (caching) {
       bf16* ck = cache_k + int64_t(l) * B * context * m.KVH * m.D;
       bf16* cv = cache_v + int64_t(l) * B * context * m.KVH * m.D;
       kv_cache_write(ck, cv, k.at(l), v.at(l), cache_slot, cache_pos, T, m.KVH, m.D, context, stream);
@@ -448,6 +462,19 @@ struct CudaModel::Impl {
     CUDA_CHECK(cudaStreamSynchronize(stream));
     for (int32_t& id : ids) id = greedy_token_of_code(id, cfg.V);
   }
+
+  void check_can_generate(const char* what) const {
+    LOOM_CHECK(B > 0, what, " needs a model planned with a KV cache (ModelMode::kGenerate, or a decode batch)");
+    LOOM_CHECK(!backward_ready, what, " between a training forward and its backward would overwrite what the "
+                                      "backward needs");
+  }
+
+  // Marks the passes of one prefill() or decode() call as writing the KV cache.
+  struct CachingScope {
+    Impl& d;
+    explicit CachingScope(Impl& impl) : d(impl) { d.caching = true; }
+    ~CachingScope() { d.caching = false; }
+  };
 
   // kGenerate: the forwards of prefill() and decode(); the logits are left in decode_logits.
   void prefill_forward(const std::vector<std::vector<int32_t>>& prompts, bool adapters);
@@ -607,7 +634,7 @@ void CudaModel::decode_greedy(const std::vector<int32_t>& tokens, const std::vec
 
 void CudaModel::Impl::prefill_forward(const std::vector<std::vector<int32_t>>& prompts, bool adapters) {
   Impl& d = *this;
-  LOOM_CHECK(d.generate_mode, "prefill needs a model planned for generation (ModelMode::kGenerate)");
+  d.check_can_generate("prefill");
   LOOM_CHECK(!prompts.empty() && int(prompts.size()) <= d.B, "prefill: ", prompts.size(),
              " prompts for a cache of ", d.B, " sequences");
   MicroBatch mb;
@@ -626,7 +653,7 @@ void CudaModel::Impl::prefill_forward(const std::vector<std::vector<int32_t>>& p
     }
     mb.cu_seqlens.push_back(int32_t(mb.tokens.size()));
   }
-  d.decoding = false;
+  const CachingScope caching(d);
   d.begin_pass(mb, PassOptions{adapters, false, 0});
   d.upload_cache_rows(slot, mb.positions);
   d.forward_layers();
@@ -639,7 +666,7 @@ void CudaModel::Impl::prefill_forward(const std::vector<std::vector<int32_t>>& p
 void CudaModel::Impl::decode_forward(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions,
                                      bool adapters) {
   Impl& d = *this;
-  LOOM_CHECK(d.generate_mode, "decode needs a model planned for generation (ModelMode::kGenerate)");
+  d.check_can_generate("decode");
   LOOM_CHECK(int(tokens.size()) == d.B && positions.size() == tokens.size(), "decode: ", tokens.size(), " tokens and ",
              positions.size(), " positions for a cache of ", d.B, " sequences");
   MicroBatch mb;
@@ -657,6 +684,7 @@ void CudaModel::Impl::decode_forward(const std::vector<int32_t>& tokens, const s
     length[b] = positions[b] + 1;
     max_len = std::max<int64_t>(max_len, length[b]);
   }
+  const CachingScope caching(d);
   d.begin_pass(mb, PassOptions{adapters, false, 0});
   d.upload_cache_rows(slot, positions);
   CUDA_CHECK(cudaMemcpyAsync(d.cache_len, length.data(), length.size() * 4, cudaMemcpyHostToDevice, d.stream));
@@ -695,6 +723,7 @@ std::string CudaModel::describe() const {
              d.train_mode      ? cat(" | recompute ", recompute_name(d.opt.recompute))
              : d.generate_mode ? cat(" | generation, KV cache ", d.B, " × ", d.context)
                                : std::string(" | forward only"),
+             d.train_mode && d.B > 0 ? cat(" | samples' KV cache ", d.B, " × ", d.context) : std::string(),
              " | plan ", format_bytes(planned_bytes()));
 }
 

@@ -51,8 +51,10 @@ struct CudaModelOptions {
   int64_t token_budget = 16384;                 // the largest micro-batch (T)
   bool print_plan = true;
   bool reference_adapter = false;  // plan a frozen reference adapter (DeviceAdapters::set_reference)
-  int decode_batch = 0;            // kGenerate: sequences the KV cache holds
-  int64_t decode_context = 0;      // kGenerate: positions per sequence (prompt + new tokens)
+  // Sequences the KV cache holds and positions per sequence (prompt + new tokens): kGenerate; in
+  // kTrain the generation of train.sample_every, planned beside training (0: no cache).
+  int decode_batch = 0;
+  int64_t decode_context = 0;
 };
 
 class CudaModel {
@@ -83,11 +85,11 @@ class CudaModel {
   // (SFT): the LM head's logits are computed once. Same results as forward then backward.
   void forward_backward(const MicroBatch& mb, const std::vector<float>& token_weight, uint64_t dropout_seed,
                         bool last);
-  // kGenerate. Empties the cache and runs the prompts (at most decode_batch, their tokens together at
+  // kGenerate, or kTrain planned with a decode batch (between steps). Empties the cache and runs the prompts (at most decode_batch, their tokens together at
   // most token_budget, each shorter than decode_context), sequence b = prompts[b]; returns the logits
   // (prompts, V) of each prompt's last token into `logits` (waits). adapters: the LoRA on or off.
   void prefill(const std::vector<std::vector<int32_t>>& prompts, bool adapters, std::vector<float>& logits);
-  // kGenerate. One token per sequence of the last prefill: tokens[b] at position positions[b] (its
+  // kGenerate (or kTrain with a decode batch). One token per sequence of the last prefill: tokens[b] at position positions[b] (its
   // cache then holds positions[b] + 1 tokens; positions[b] < decode_context); logits (B, V) into
   // `logits`, whose storage a caller reuses step after step (waits).
   void decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,

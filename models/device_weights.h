@@ -27,6 +27,8 @@ class DeviceWeights {
   // Projection t of layer l as a bf16 (out, in) matrix: the weight, or NF4 dequantized into scratch
   // (largest_projection() elements) on stream.
   const bf16* projection(int l, LoraTarget t, bf16* scratch, cudaStream_t stream) const;
+  // Projection t of layer l as stored when nf4() (codes and scales on the device).
+  const Nf4Device& nf4_projection(int l, LoraTarget t) const { return nf4_[l][t]; }
   const bf16* bias(int l, LoraTarget t) const { return bias_[t].base ? bias_[t].at(l) : nullptr; }
   size_t largest_projection() const;
   bool nf4() const { return quant_ == Quant::kNf4; }

@@ -26,12 +26,6 @@ constexpr int kWarpSpan = kSteps * kStepSpan;  // 1024
 // ---------------------------------------------------------------------------------------------
 // CUDA kernels
 
-__device__ __forceinline__ float block_scale(const Nf4Device& w, int64_t block) {
-  if (!w.nested()) return w.absmax[block];
-  const float q = w.nested_map[w.absmax_q[block]];
-  return __fadd_rn(__fmul_rn(q, w.nested_absmax[block / w.nested_blocksize]), w.nested_offset);
-}
-
 __global__ void nf4_dequantize_kernel(bf16* out, const Nf4Device w) {
   __shared__ float table[16];
   if (threadIdx.x < 16) table[threadIdx.x] = w.quant_map[threadIdx.x];
@@ -44,7 +38,7 @@ __global__ void nf4_dequantize_kernel(bf16* out, const Nf4Device w) {
   for (int s = 0; s < kSteps; ++s) {
     const int64_t e = first + s * kStepSpan;
     codes[s] = e + kElemsPerVec <= w.numel ? *reinterpret_cast<const uint32_t*>(w.codes + e / 2) : 0u;
-    scale[s] = e < w.numel ? block_scale(w, e / w.blocksize) : 0.f;
+    scale[s] = e < w.numel ? nf4_block_scale(w, e / w.blocksize) : 0.f;
   }
 #pragma unroll
   for (int s = 0; s < kSteps; ++s) {

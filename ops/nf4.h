@@ -66,6 +66,15 @@ struct Nf4Device {
   __host__ __device__ bool nested() const { return absmax_q != nullptr; }
 };
 
+#ifdef __CUDACC__
+// A[block] on the device, each product and sum rounded on its own as bitsandbytes evaluates them.
+__device__ __forceinline__ float nf4_block_scale(const Nf4Device& w, int64_t block) {
+  if (!w.nested()) return w.absmax[block];
+  const float q = w.nested_map[w.absmax_q[block]];
+  return __fadd_rn(__fmul_rn(q, w.nested_absmax[block / w.nested_blocksize]), w.nested_offset);
+}
+#endif
+
 // out (numel) bf16 written (=), in the weight's row-major order.
 void nf4_dequantize(bf16* out, const Nf4Device& w, cudaStream_t stream);
 

@@ -735,14 +735,12 @@ TEST(Config, PreferenceRulesNameTheirKeys) {
     EXPECT_EQ(parse_error(kMinimal, fine), "") << fine[0];
 }
 
-// Samples need prompts, and (for now) the CPU; the sampling keys change nothing that is trained.
-TEST(Config, SamplesNeedPromptsAndTheCpu) {
+// Samples need prompts, on either device; the sampling keys change nothing that is trained.
+TEST(Config, SamplesNeedPrompts) {
   EXPECT_NE(parse_error(kMinimal, {"train.sample_every=10"})
                 .find("train.sample_every = 10 needs train.sample_prompts: a list of prompt texts, or a .jsonl file"),
             std::string::npos);
-  EXPECT_NE(parse_error(kMinimal, {"train.sample_every=10", "train.sample_prompts=[hi]", "train.device=cuda"})
-                .find("train.sample_every: generation runs on the CPU reference path only for now"),
-            std::string::npos);
+  EXPECT_EQ(parse_error(kMinimal, {"train.sample_every=10", "train.sample_prompts=[hi]", "train.device=cuda"}), "");
   const TrainConfig c = parse_config(kMinimal, "x.yaml", {"train.sample_every=10", "train.sample_prompts=[a, b c]"});
   EXPECT_EQ(c.train.sample_prompts, (std::vector<std::string>{"a", "b c"}));
   EXPECT_TRUE(training_changes(parse_config(kMinimal, "x.yaml"), c).empty());

@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/backend.h"
+#include "engine/config.h"
 #include "engine/generation.h"
 #include "models/cuda_model.h"
 #include "models/reference_model.h"
@@ -60,34 +62,70 @@ std::unique_ptr<CudaModel> generation_model(const test::HfFixture& f, int batch,
 
 class GpuGenerate : public testing::TestWithParam<std::string> {};
 
+struct FixturePrompts {
+  std::vector<std::vector<int32_t>> prompts;
+  int64_t prefill = 0, longest = 0;  // their tokens together, the longest one's
+  explicit FixturePrompts(const nlohmann::json& fx) : prompts(fx["prompts"].get<std::vector<std::vector<int32_t>>>()) {
+    for (const auto& p : prompts) prefill += int64_t(p.size()), longest = std::max<int64_t>(longest, int64_t(p.size()));
+  }
+};
+
+GenerationOptions greedy_options(const nlohmann::json& fx, int batch) {
+  GenerationOptions o;
+  o.sampling.temperature = 0;
+  o.max_new_tokens = fx["max_new_tokens"];
+  o.batch_size = batch;
+  return o;
+}
+
+// The model's greedy ids for the fixture's prompts equal HF's fp32 greedy ids (variant "base" or
+// "adapter") up to HF's bf16 tie step.
+void expect_hf_greedy_ids(DecodeModel& model, const std::string& arch, const nlohmann::json& fx, const char* variant) {
+  const FixturePrompts p(fx);
+  const std::vector<Generation> out = generate(model, nullptr, p.prompts, greedy_options(fx, int(p.prompts.size())));
+  for (size_t i = 0; i < p.prompts.size(); ++i) {
+    const auto want = fx["greedy"][variant][i].get<std::vector<int32_t>>();
+    const nlohmann::json& tie = fx["bf16"][variant][i]["tie_step"];
+    const size_t until = tie.is_null() ? want.size() : tie.get<size_t>();
+    ASSERT_EQ(out[i].ids.size(), want.size()) << variant << " prompt " << i;
+    for (size_t k = 0; k < until; ++k)
+      ASSERT_EQ(out[i].ids[k], want[k]) << arch << " " << variant << " prompt " << i << ", step " << k
+                                        << " (HF's bf16 tie at step " << until << ")";
+    std::printf("[%s %s prompt %zu] greedy ids equal HF's for the %zu steps before its bf16 tie\n", arch.c_str(),
+                variant, i, until);
+  }
+}
+
 TEST_P(GpuGenerate, GreedyIdsFollowHuggingFaceUntilItsBf16Tie) {
   REQUIRE_GPU();
   const test::HfFixture f = test::load_hf_fixture(GetParam());
   const nlohmann::json fx = test::read_json(test::fixtures_dir() + "/generate/" + GetParam() + ".json");
-  const auto prompts = fx["prompts"].get<std::vector<std::vector<int32_t>>>();
-  int64_t prefill = 0, longest = 0;
-  for (const auto& p : prompts) prefill += int64_t(p.size()), longest = std::max<int64_t>(longest, int64_t(p.size()));
-  GenerationOptions o;
-  o.sampling.temperature = 0;
-  o.max_new_tokens = fx["max_new_tokens"];
-  o.batch_size = int(prompts.size());
-  const std::unique_ptr<CudaModel> m = generation_model(f, int(prompts.size()), longest + o.max_new_tokens, prefill);
+  const FixturePrompts p(fx);
+  const int batch = int(p.prompts.size());
+  const int64_t context = p.longest + fx["max_new_tokens"].get<int64_t>();
+  const std::unique_ptr<CudaModel> m = generation_model(f, batch, context, p.prefill);
   for (bool adapters : {false, true}) {
-    const char* variant = adapters ? "adapter" : "base";
-    CudaDecoder decoder(*m, f.cfg, int(prompts.size()), longest + o.max_new_tokens, adapters);
-    const std::vector<Generation> out = generate(decoder, nullptr, prompts, o);
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      const auto want = fx["greedy"][variant][i].get<std::vector<int32_t>>();
-      const nlohmann::json& tie = fx["bf16"][variant][i]["tie_step"];
-      const size_t until = tie.is_null() ? want.size() : tie.get<size_t>();
-      ASSERT_EQ(out[i].ids.size(), want.size()) << variant << " prompt " << i;
-      for (size_t k = 0; k < until; ++k)
-        ASSERT_EQ(out[i].ids[k], want[k]) << GetParam() << " " << variant << " prompt " << i << ", step " << k
-                                          << " (HF's bf16 tie at step " << until << ")";
-      std::printf("[%s %s prompt %zu] greedy ids equal HF's for the %zu steps before its bf16 tie\n",
-                  GetParam().c_str(), variant, i, until);
-    }
+    CudaDecoder decoder(*m, f.cfg, batch, context, adapters);
+    expect_hf_greedy_ids(decoder, GetParam(), fx, adapters ? "adapter" : "base");
   }
+}
+
+// train.sample_every on the GPU: the training model, planned with the samples' KV cache, decodes
+// as the generation model does (the adapter on, as samples see the adapter being trained).
+TEST_P(GpuGenerate, TheTrainingModelSamplesHuggingFacesGreedyIds) {
+  REQUIRE_GPU();
+  const test::HfFixture f = test::load_hf_fixture(GetParam());
+  const nlohmann::json fx = test::read_json(test::fixtures_dir() + "/generate/" + GetParam() + ".json");
+  const FixturePrompts p(fx);
+  TrainConfig tc;
+  tc.model.quant = Quant::kBf16;
+  tc.train.token_budget = int(std::max<int64_t>(64, p.prefill));
+  const DecodeShape shape{int(p.prompts.size()), p.longest + fx["max_new_tokens"].get<int64_t>(), p.prefill};
+  const std::unique_ptr<TrainBackend> backend =
+      make_cuda_backend(f.cfg, WeightSource::checkpoint(f.dir + "/model", f.cfg), f.layout, f.lora, tc, shape);
+  const std::unique_ptr<DecodeModel> decoder = backend->decode_model();
+  ASSERT_TRUE(decoder);
+  expect_hf_greedy_ids(*decoder, GetParam(), fx, "adapter");
 }
 
 TEST_P(GpuGenerate, DecodeLogitsFollowTheReferenceWithinTheBf16Rule) {

@@ -29,6 +29,7 @@
 #include "ops/lora_linear.h"
 #include "ops/matmul.h"
 #include "ops/nf4.h"
+#include "ops/nf4_gemv.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/swiglu.h"
@@ -569,6 +570,58 @@ TEST(Nf4, DequantizeIsBitExactWithReferenceRoundedToBf16) {
     nf4_dequantize(d_out.get(), up.view, kStream);
     expect_bitwise_equal(download(d_out), round_bf16(want), "dequantized weight");
   }
+}
+
+// The GEMV straight from NF4 codes (ops/nf4_gemv.h) against its reference (the weights dequantized
+// and rounded to bf16, sums in double). Allowed per output: 2^-8 of |y| (the bf16 rounding of the
+// output, 2^-9 relative, taken twice for a value that already carries the sum's error) plus
+// K · 2^-24 · Σ_k |x_k w_k| (the worst-case error of an fp32 sum of K products in any order,
+// Higham's γ_K bound). Shapes: a single row and column block, blocks that straddle rows (K = 96,
+// blocksize 64), every row count 1..8, a K of 14336 (llama-3.1-8b's down projection), nested scales.
+TEST(Nf4, GemvMatchesTheDequantizedReference) {
+  REQUIRE_GPU();
+  struct Case {
+    int N, K, blocksize;
+    bool nested;
+    int T;
+  };
+  const Case cases[] = {{1, 64, 64, false, 1},    {37, 96, 64, false, 3},     {1000, 896, 64, true, 8},
+                        {7, 4096, 32, true, 5},   {130, 14336, 64, true, 1},  {4099, 128, 128, false, 2},
+                        {64, 256, 64, true, 4},   {33, 512, 64, false, 6},    {9, 1024, 256, true, 7}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE("N " + std::to_string(c.N) + ", K " + std::to_string(c.K) + ", blocksize " +
+                 std::to_string(c.blocksize) + (c.nested ? ", nested" : "") + ", T " + std::to_string(c.T));
+    const std::vector<float> w = random_bf16(size_t(c.N) * c.K, 91 + c.N, -0.2f, 0.2f);
+    const std::vector<float> x = random_bf16(size_t(c.T) * c.K, 17 + c.K, -2.f, 2.f);
+    const Nf4Host q = nf4_quantize_ref(w.data(), c.N, c.K, c.blocksize, c.nested);
+    std::vector<float> want(size_t(c.T) * c.N), magnitude(size_t(c.T) * c.N);
+    nf4_gemv_ref(want.data(), x.data(), q, c.T);
+    std::vector<float> dequantized(w.size());  // Σ_k |x_k w_k| of each output
+    nf4_dequantize_ref(dequantized.data(), q);
+    for (int t = 0; t < c.T; ++t)
+      for (int n = 0; n < c.N; ++n) {
+        double m = 0;
+        for (int k = 0; k < c.K; ++k)
+          m += std::fabs(x[size_t(t) * c.K + k]) * std::fabs(dequantized[size_t(n) * c.K + k]);
+        magnitude[size_t(t) * c.N + n] = float(m);
+      }
+    Nf4Upload up(q);
+    DeviceBuffer<bf16> d_x(x.size()), d_y(want.size());
+    upload(d_x.get(), x);
+    poison(d_y);
+    nf4_gemv(d_y.get(), d_x.get(), up.view, c.T, c.N, c.K, kStream);
+    const std::vector<float> got = download(d_y);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      const double bound = std::ldexp(std::fabs(want[i]), -8) + double(c.K) * std::ldexp(magnitude[i], -24);
+      ASSERT_LE(std::fabs(double(got[i]) - want[i]), bound) << "y[" << i / c.N << "][" << i % c.N << "] = " << got[i]
+                                                            << ", want " << want[i];
+    }
+  }
+  Nf4Upload up(nf4_quantize_ref(random_bf16(64 * 64, 1).data(), 64, 64, 64, false));
+  DeviceBuffer<bf16> d(64 * 9);
+  expect_error([&] { nf4_gemv(d.get(), d.get(), up.view, 9, 64, 64, kStream); }, "rows (1 to 8)");
+  expect_error([&] { nf4_gemv(d.get(), d.get(), up.view, 1, 32, 64, kStream); }, "elements");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,11 +7,15 @@
 # tools/hf_baseline.py on the same documents (checked against build/bench --print-data first).
 # Then the DPO workload (build/bench --dpo, nf4) beside TRL's DPOTrainer + peft
 # (tools/trl_dpo_baseline.py, when python3 also imports trl; checked against --dpo --print-data).
+# Then generation (build/decode_bench: prompt 128, 256 new tokens, greedy; nf4 and bf16 at batch 1 and
+# 64 with the LoRA unmerged, bf16 at batch 1 without it) beside Hugging Face generate
+# (tools/hf_generate_baseline.py, bf16, sdpa, the faster of its dynamic and compiled static caches).
 # Prints a table with the ratios engine / baseline (tokens/s or pairs/s, and peak memory) and the
-# targets of BENCHMARK.md, the device, the date and the commit. Every JSON line goes to BENCH_OUT.
+# targets of BENCHMARK.md and the issues, the device, the date and the commit. Every JSON line goes to BENCH_OUT.
 # Environment: BENCH_OUT (default build/bench.jsonl, rewritten), BENCH_PRESETS (default
 # "qwen3-0.6b llama-3.1-8b"; set but empty: none), BENCH_DPO_PRESETS (default "llama-3.1-8b"; set
-# but empty: none), BENCH_STEPS (timed steps, default 5), BENCH_BASELINE=0 skips the baselines.
+# but empty: none), BENCH_DECODE_PRESETS (default "qwen3-0.6b llama-3.1-8b"; set but empty: none),
+# BENCH_STEPS (timed steps, default 5), BENCH_BASELINE=0 skips the baselines.
 # Exit status: 0 when every run gave its figures (targets missed are reported, not failures), 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +24,8 @@ BUILD=${BUILD:-build}
 OUT=${BENCH_OUT:-$BUILD/bench.jsonl}
 PRESETS=${BENCH_PRESETS-"qwen3-0.6b llama-3.1-8b"}
 DPO_PRESETS=${BENCH_DPO_PRESETS-"llama-3.1-8b"}
+DECODE_PRESETS=${BENCH_DECODE_PRESETS-"qwen3-0.6b llama-3.1-8b"}
+DECODE_BENCH="$BUILD/decode_bench"
 STEPS=${BENCH_STEPS:-5}
 WARMUP=2
 BENCH="$BUILD/bench"
@@ -28,10 +34,12 @@ if ! nvidia-smi -L >/dev/null 2>&1; then
   echo "no CUDA device: benchmark skipped"
   exit 0
 fi
-if [[ ! -x "$BENCH" ]]; then
-  echo "error: $BENCH is missing; run 'make benchmark' (it builds build/bench first)" >&2
-  exit 1
-fi
+for program in "$BENCH" "$DECODE_BENCH"; do
+  if [[ ! -x "$program" ]]; then
+    echo "error: $program is missing; run 'make benchmark' (it builds the benchmark programs first)" >&2
+    exit 1
+  fi
+done
 
 baseline_available() {
   [[ "${BENCH_BASELINE:-1}" != 0 ]] && python3 -c "import torch, transformers, peft" >/dev/null 2>&1
@@ -112,6 +120,23 @@ for preset in $DPO_PRESETS; do
   fi
 done
 
+# Generation: the engine's rows, then HF generate's at both batch sizes.
+for preset in $DECODE_PRESETS; do
+  for batch in 1 64; do
+    for quant in nf4 bf16; do
+      run "loom-decode-$preset-$quant-$batch" "$DECODE_BENCH" --preset "$preset" --quant "$quant" --batch "$batch"
+    done
+  done
+  run "loom-decode-$preset-bf16-1-off" "$DECODE_BENCH" --preset "$preset" --quant bf16 --batch 1 --adapters off
+  for batch in 1 64; do
+    if baseline_available; then
+      run "hf-decode-$preset-$batch" python3 tools/hf_generate_baseline.py --preset "$preset" --batch "$batch"
+    else
+      echo "== hf-decode-$preset-$batch skipped: python3 cannot import torch, transformers and peft (or BENCH_BASELINE=0)" >&2
+    fi
+  done
+done
+
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]] && commit="$commit-dirty"
 echo
@@ -124,8 +149,11 @@ import json, sys
 
 every = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 is_dpo = lambda r: r.get("objective") == "dpo" or r["engine"] == "trl-dpo"
-rows = [r for r in every if not is_dpo(r)]
-dpo_rows = [r for r in every if is_dpo(r)]
+is_decode = lambda r: "decode_tokens_per_s" in r
+decode_rows = [r for r in every if is_decode(r)]
+every_training = [r for r in every if not is_decode(r)]
+rows = [r for r in every_training if not is_dpo(r)]
+dpo_rows = [r for r in every_training if is_dpo(r)]
 base = {r["preset"]: r for r in rows if r["engine"] == "hf-peft"}
 nf4_speed = {r["preset"]: r["tokens_per_s"] for r in rows
              if r["engine"] == "loom" and r["mode"] == "nf4" and r["recompute"] != "full"}
@@ -184,6 +212,30 @@ if dpo_rows:
                           f"{speed:.2f}" if speed else "-",
                           f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") else "-",
                           f"{mem:.2f}" if mem else "-", mfu, pre, goal))
+if decode_rows:
+    # Generation (issue 12): decode tok/s against HF generate at the same batch, and against the
+    # roofline of the row's own weight bytes. Targets: batch 1 >= 50% of the roofline and >= 10x HF,
+    # batch 64 >= 40% of the roofline.
+    hf = {(r["preset"], r["batch"]): r for r in decode_rows if r["engine"] == "hf-generate"}
+    print()
+    gfmt = "{:<14} {:<12} {:<5} {:<9} {:>5} {:>11} {:>7} {:>9} {:>11} {:>9}  {}"
+    print(gfmt.format("decode preset", "engine", "mode", "adapters", "batch", "decode tok/s", "x HF", "roofline",
+                      "prefill t/s", "peak GiB", "target"))
+    for r in decode_rows:
+        b = hf.get((r["preset"], r["batch"]))
+        speed = r["decode_tokens_per_s"] / b["decode_tokens_per_s"] if b and r is not b else None
+        share = r.get("fraction_of_roofline", r.get("roofline_share"))
+        goal = ""
+        if r["engine"] == "loom" and share is not None:
+            if r["batch"] == 1:
+                ok = share >= 0.5 and speed is not None and speed >= 10
+                goal = ("met" if ok else "MISSED") + " (>=50% roofline, >=10x HF)"
+            elif r["batch"] >= 64:
+                goal = ("met" if share >= 0.4 else "MISSED") + " (>=40% roofline)"
+        print(gfmt.format(r["preset"], r["engine"], r.get("quant", r.get("mode", "")), r.get("adapters", "-"),
+                          r["batch"], f"{r['decode_tokens_per_s']:,.1f}", f"{speed:.2f}" if speed else "-",
+                          f"{100 * share:.1f}%" if share is not None else "-",
+                          f"{r['prefill_tokens_per_s']:,.0f}", f"{r['peak_mem_gib']:.2f}", goal))
 flops = [r["matmul_tflops"] for r in every if r.get("matmul_tflops")]
 copy = [r["copy_tbps"] for r in every if r.get("copy_tbps")]
 if flops and copy:
