@@ -41,11 +41,11 @@ KeyCount count_keys(const std::vector<MicroBatch>& micro, int window) {
 
 double flops_per_token(const ModelConfig& cfg, double mean_attended_keys) {
   const double attention_per_key = 12.0 * cfg.L * cfg.H * cfg.D;
-  return 4.0 * cfg.matmul_params() + attention_per_key * mean_attended_keys;
+  return 4.0 * cfg.active_matmul_params() + attention_per_key * mean_attended_keys;
 }
 
 double forward_flops_per_token(const ModelConfig& cfg, double mean_attended_keys) {
-  return 2.0 * cfg.matmul_params() + 4.0 * cfg.L * cfg.H * cfg.D * mean_attended_keys;
+  return 2.0 * cfg.active_matmul_params() + 4.0 * cfg.L * cfg.H * cfg.D * mean_attended_keys;
 }
 
 double mean_attended_keys(const std::vector<MicroBatch>& micro, int window) {

@@ -2,8 +2,10 @@
 //
 // FLOPs per trained token:
 //   flops_per_token = 4·P + 12·L·H·D·ℓ̄
-//   P   every matmul weight of the model, LM head included, embedding lookup excluded
-//       (ModelConfig::matmul_params()). The weights cost 2·P per token forward and 2·P for the
+//   P   every matmul weight a token goes through, LM head included, embedding lookup excluded
+//       (ModelConfig::active_matmul_params(): all of them in a dense model; in a mixture of
+//       experts the router and the K experts a token is sent to, issue 16's "MFU on active
+//       parameters"). The weights cost 2·P per token forward and 2·P for the
 //       activation gradient in backward; the base weights are frozen, so there is no weight
 //       gradient. The rank-16 LoRA matmuls are left out, as BENCHMARK.md's formula does.
 //   ℓ̄   mean number of keys a query attends to: causal within its document, so the i-th token

@@ -26,6 +26,17 @@ MicroBatch packed(const std::vector<int>& lengths) {
   return pack_documents(ptrs);
 }
 
+TEST(Flops, MixtureOfExpertsCountsTheActiveParameters) {
+  // qwen3-30b-a3b: C 2048, L 48, H 32, KVH 4, D 128, 128 experts of width 768, 8 per token, V 151936.
+  // Per layer: q 2048·4096 = 8,388,608; k + v 2·2048·512 = 2,097,152; o 8,388,608; router
+  //   128·2048 = 262,144; 8 experts · 3·2048·768 = 37,748,736; sum 56,885,248.
+  // P = 48 · 56,885,248 + 151936·2048 (LM head) = 2,730,491,904 + 311,164,928 = 3,041,656,832.
+  const ModelConfig cfg = preset_model_config("qwen3-30b-a3b");
+  EXPECT_EQ(flops_per_token(cfg, 0.0), 4.0 * 3041656832.0);
+  EXPECT_EQ(forward_flops_per_token(cfg, 0.0), 2.0 * 3041656832.0);
+  EXPECT_GT(cfg.matmul_params(), 9.0 * 3041656832.0);  // every expert: what MFU must not count
+}
+
 TEST(Flops, Llama31_8bMatchesHandCount) {
   // llama-3.1-8b: C 4096, F 14336, L 32, H 32, KVH 8, D 128, V 128256.
   // Per layer: q 4096·4096 = 16,777,216; k + v 2·4096·1024 = 8,388,608; o 16,777,216;

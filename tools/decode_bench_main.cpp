@@ -20,7 +20,7 @@
 //     W: the weights a step reads as this run stores them — the memory plan's weight group (bf16, or
 //        NF4 codes + scales with bf16 norms, embedding and head) less the embedding table when it is
 //        not the head (a step looks up B rows of it: the 2·B·C term); K and V bf16 of B·ℓ̄ positions.
-//   flops = B·(2·P + 4·L·H·D·ℓ̄), P the matmul parameters (head included)
+//   flops = B·(2·P + 4·L·H·D·ℓ̄), P the matmul parameters (head included): engine/flops.h
 //   roofline_tokens_per_s = B / max(bytes / copy bandwidth, flops / matmul ceiling)
 // The ceilings are measured first (a 2 GiB copy, an 8192³ bf16 matmul), as build/bench does.
 // stdout: one JSON object (also written to --json); stderr: the plan, a table row.
@@ -123,7 +123,7 @@ Roofline decode_roofline(const DecodeBenchOptions& o, const ModelConfig& cfg, si
   Roofline r;
   r.step_bytes = double(planned_weight_bytes) - embedding + 2.0 * B * cfg.C +
                  4.0 * cfg.L * cfg.KVH * cfg.D * B * mean_keys;
-  r.step_flops = B * (2.0 * cfg.matmul_params() + 4.0 * cfg.L * cfg.H * cfg.D * mean_keys);
+  r.step_flops = B * forward_flops_per_token(cfg, mean_keys);
   const double seconds = std::max(r.step_bytes / (copy_tbps * 1e12), r.step_flops / (matmul_tflops * 1e12));
   r.tokens_per_s = B / seconds;
   return r;
