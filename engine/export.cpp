@@ -10,7 +10,6 @@
 #include "models/safetensors.h"
 #include "ops/error.h"
 #include "ops/files.h"
-#include "ops/matmul.h"
 
 namespace loom {
 
@@ -122,24 +121,7 @@ ExportSource export_source(const TrainConfig& cfg) {
 }
 
 void merge_lora(ModelWeights& w, const LoraLayout& layout, const std::vector<float>& lora) {
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    for (int t = 0; t < kNumTargets; ++t) {
-      const LoraSlot& s = layout.slot(int(l), LoraTarget(t));
-      if (!s.enabled) continue;
-      // W (out, in) += scale · B (out, R) · A (R, in)
-      matmul_ref(projection(w.layers[l], t)->data(), &lora[s.b_offset], &lora[s.a_offset], s.out, s.in, layout.R,
-                 false, false, layout.scale, 1.f);
-    }
-    // An MoE model's experts: expert e's (out, in) slice of its stack, each slot at its own rank and scale.
-    for (size_t e = 0; e < layout.experts[l].size(); ++e)
-      for (int t = 0; t < kNumExpertTargets; ++t) {
-        const LoraSlot& s = layout.experts[l][e][t];
-        if (!s.enabled) continue;
-        std::vector<float>& stack = t == kExpertGateUp ? w.layers[l].experts_gate_up : w.layers[l].experts_down;
-        matmul_ref(&stack[e * size_t(s.out) * size_t(s.in)], &lora[s.b_offset], &lora[s.a_offset], s.out, s.in, s.r,
-                   false, false, s.scale, 1.f);
-      }
-  }
+  for (size_t l = 0; l < w.layers.size(); ++l) merge_lora_layer(w.layers[l], int(l), layout, lora.data());
 }
 
 ModelWeights merged_weights(const ExportSource& src, const ModelConfig& mc, const LoraLayout& layout,

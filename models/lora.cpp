@@ -9,8 +9,10 @@
 #include <fstream>
 #include <set>
 
+#include "models/weights.h"
 #include "ops/error.h"
 #include "ops/files.h"
+#include "ops/matmul.h"
 #include "ops/random.h"
 #include "models/safetensors.h"
 
@@ -540,6 +542,25 @@ std::vector<float> load_peft_adapter(const std::string& dir, const LoraLayout& l
                " targets ", lay.layers.size(), " layers × its target_modules", moe ? " and target_parameters" : "",
                "); is the adapter for another model?");
   return p;
+}
+
+void merge_lora_layer(LayerWeights& w, int l, const LoraLayout& layout, const float* lora) {
+  for (int t = 0; t < kNumTargets; ++t) {
+    const LoraSlot& s = layout.slot(l, LoraTarget(t));
+    if (!s.enabled) continue;
+    // W (out, in) += scale · B (out, R) · A (R, in)
+    matmul_ref(projection(w, t)->data(), lora + s.b_offset, lora + s.a_offset, s.out, s.in, layout.R, false, false,
+               layout.scale, 1.f);
+  }
+  if (layout.experts.empty()) return;
+  for (size_t e = 0; e < layout.experts[size_t(l)].size(); ++e)
+    for (int t = 0; t < kNumExpertTargets; ++t) {
+      const LoraSlot& s = layout.experts[size_t(l)][e][t];
+      if (!s.enabled) continue;
+      std::vector<float>& stack = t == kExpertGateUp ? w.experts_gate_up : w.experts_down;
+      matmul_ref(&stack[e * size_t(s.out) * size_t(s.in)], lora + s.b_offset, lora + s.a_offset, s.out, s.in, s.r,
+                 false, false, s.scale, 1.f);
+    }
 }
 
 }  // namespace loom

@@ -25,6 +25,8 @@
 
 namespace loom {
 
+struct LayerWeights;  // models/weights.h
+
 // The config's `lora:` section (engine/config.cpp reads it), or a PEFT adapter's settings.
 struct LoraOptions {
   int r = 16;
@@ -87,6 +89,10 @@ std::pair<int, int> projection_shape(const ModelConfig& m, LoraTarget t);
 LoraLayout make_lora_layout(const ModelConfig& m, const LoraOptions& lora);
 // Layer l's adapters occupy [bounds[l], bounds[l+1]) of the flat vector (layer-major), L + 1 values.
 std::vector<size_t> lora_layer_bounds(const LoraLayout& layout);
+// Layer l's adapters merged into its weights, as PEFT's merge_and_unload: W (out, in) += scale · B · A
+// for every adapted projection, and every adapted expert's slice of its stack (at its own rank and
+// scale). lora: the layout's flat vector.
+void merge_lora_layer(LayerWeights& w, int l, const LoraLayout& layout, const float* lora);
 // PEFT default init, deterministic from seed.
 std::vector<float> lora_init(const LoraLayout& layout, uint64_t seed);
 // The random stream (ops/random.h) of the dropout mask on projection t's LoRA input in layer l: PEFT

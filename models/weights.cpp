@@ -453,12 +453,26 @@ std::vector<float> WeightSource::lm_head() const {
   return ck_ ? ck_->read_f32("lm_head.weight", {m.V, m.C}) : random_matrix(seed_, 1, int64_t(m.V) * m.C, m.initializer_range);
 }
 
+struct WeightSource::MergedAdapter {
+  LoraLayout layout;
+  std::vector<float> lora;
+};
+
+WeightSource WeightSource::with_merged_adapter(const LoraLayout& layout, std::vector<float> lora) const {
+  LOOM_CHECK(int64_t(lora.size()) == layout.total, "an adapter of ", lora.size(), " floats for a layout of ",
+             layout.total);
+  WeightSource s = *this;
+  s.merged_ = std::make_shared<const MergedAdapter>(MergedAdapter{layout, std::move(lora)});
+  return s;
+}
+
 LayerWeights WeightSource::layer(int l) const {
   LayerWeights lw;
   if (ck_)
     load_layer(*ck_, cfg_, l, fused_experts_ ? ExpertForm::kFused : ExpertForm::kPerExpert, lw);
   else
     random_layer(cfg_, seed_, l, lw);
+  if (merged_) merge_lora_layer(lw, l, merged_->layout, merged_->lora.data());
   return lw;
 }
 

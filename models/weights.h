@@ -38,6 +38,7 @@ struct ModelWeights {
 // A model's weights one group at a time (embedding, final norm, head, one layer), so that the GPU
 // loader can upload layer by layer without holding the whole fp32 model in host memory.
 class Checkpoint;
+struct LoraLayout;  // models/lora.h
 class WeightSource {
  public:
   // The checkpoint of model_dir checked against cfg (check_checkpoint_tensors): the one the last
@@ -45,6 +46,9 @@ class WeightSource {
   static WeightSource checkpoint(const std::string& model_dir, const ModelConfig& cfg);
   // See random_weights().
   static WeightSource random(const ModelConfig& cfg, uint64_t seed);
+  // The same weights with a LoRA adapter merged into every layer as it is read (merge_lora_layer):
+  // the base a GPU decodes with the adapter off, one GEMM per projection instead of three.
+  WeightSource with_merged_adapter(const LoraLayout& layout, std::vector<float> lora) const;
   std::vector<float> embed() const;       // (V, C)
   std::vector<float> final_norm() const;  // (C)
   std::vector<float> lm_head() const;     // (V, C); empty when the embeddings are tied
@@ -55,6 +59,8 @@ class WeightSource {
   std::shared_ptr<const Checkpoint> ck_;  // null for random weights
   bool fused_experts_ = false;             // ck_ holds an MoE's experts in the fused form
   uint64_t seed_ = 0;
+  struct MergedAdapter;
+  std::shared_ptr<const MergedAdapter> merged_;  // null: the weights as stored
 };
 
 // The expert tensors of an MoE checkpoint, both of which transformers 5.23 loads:

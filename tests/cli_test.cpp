@@ -429,7 +429,8 @@ TEST(TrainCli, DemoConfigTrainsAndLossFalls) {
 }
 
 // build/generate on the llama fixture (no tokenizer: ids in, ids out) gives HF's greedy ids
-// (tests/fixtures/generate/llama.json) with and without the adapter: the CLI runs the engine's loop.
+// (tests/fixtures/generate/llama.json) with and without the adapter, applied unmerged (the CPU's
+// default) and merged into the base weights: the CLI runs the engine's loop.
 TEST(GenerateCli, GreedyIdsAreHuggingFacesWithAndWithoutTheAdapter) {
   if (!have("build/generate")) GTEST_SKIP() << "build/generate missing";
   const nlohmann::json fx = test::read_json(test::fixtures_dir() + "/generate/llama.json");
@@ -437,16 +438,16 @@ TEST(GenerateCli, GreedyIdsAreHuggingFacesWithAndWithoutTheAdapter) {
   for (const auto& p : fx["prompts"]) input += nlohmann::json{{"ids", p}}.dump() + "\n";
   const std::string in = write_temp("generate_ids.jsonl", input);
   const std::string model = test::fixtures_dir() + "/hf/llama/model";
-  for (bool adapter : {false, true}) {
-    Outcome r = run("build/generate --model " + model +
-                    (adapter ? " --adapter " + test::fixtures_dir() + "/hf/llama/adapter" : std::string()) +
-                    " --ignore-eos --max-new-tokens 40 --batch-size 2 < " + in);
+  const std::string adapter_flag = " --adapter " + test::fixtures_dir() + "/hf/llama/adapter";
+  for (const std::string& how : {std::string(), adapter_flag, adapter_flag + " --lora merged"}) {
+    const bool adapter = !how.empty();
+    Outcome r = run("build/generate --model " + model + how + " --ignore-eos --max-new-tokens 40 --batch-size 2 < " + in);
     ASSERT_EQ(r.code, 0) << r.out;
     const std::vector<nlohmann::json> lines = output_lines(r);
     const auto& want = fx["greedy"][adapter ? "adapter" : "base"];
     ASSERT_EQ(lines.size(), want.size()) << r.out;
     for (size_t i = 0; i < lines.size(); ++i) {
-      EXPECT_EQ(lines[i]["ids"], want[i]) << "prompt " << i << (adapter ? " with" : " without") << " the adapter";
+      EXPECT_EQ(lines[i]["ids"], want[i]) << "prompt " << i << " with '" << how << "'";
       EXPECT_EQ(lines[i]["finish_reason"], "length");
       EXPECT_EQ(lines[i]["prompt_tokens"], fx["prompts"][i].size());
     }

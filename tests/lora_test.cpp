@@ -180,6 +180,23 @@ TEST(Lora, MergedWeightsMatchTheAdapter) {
   test::expect_close(merged_logits, with_adapter, 1e-4, "merged vs adapter logits", 1.0);
 }
 
+// A weight source with the adapter merged as it reads each layer (what build/generate --lora merged
+// loads) gives merge_lora's weights bit for bit: the same products, in the same order.
+TEST(Lora, MergedWeightSourceIsMergeLora) {
+  ModelConfig m = preset_model_config("tiny");
+  LoraLayout lay = make_lora_layout(m, section(4, 8, {"all-linear"}));
+  const std::vector<float> p = test::random_floats(lay.total, 5, -0.2f, 0.2f);
+  ModelWeights want = random_weights(m, 11);
+  merge_lora(want, lay, p);
+  const WeightSource merged = WeightSource::random(m, 11).with_merged_adapter(lay, p);
+  for (int l = 0; l < m.L; ++l) {
+    const LayerWeights got = merged.layer(l);
+    for (int t = 0; t < kNumTargets; ++t)
+      EXPECT_EQ(*projection(got, t), *projection(want.layers[size_t(l)], t)) << "layer " << l << " " << kLoraTargetNames[t];
+  }
+  EXPECT_NE(*projection(WeightSource::random(m, 11).layer(0), kQ), *projection(want.layers[0], kQ));  // it merged
+}
+
 TEST(Checkpoint, SavesAtomicallyKeepsTheNewestAndRestores) {
   ModelConfig m = preset_model_config("tiny");
   LoraLayout lay = make_lora_layout(m, section(4, 8));

@@ -44,7 +44,8 @@ const char* kUsage =
     "usage: build/generate --model DIR [--adapter DIR] [--tokenizer PATH] [--template NAME]\n"
     "                      [--max-new-tokens N] [--greedy | --temperature T] [--top-k K] [--top-p P] [--min-p P]\n"
     "                      [--repetition-penalty R] [--seed S] [--stop TEXT]... [--ignore-eos] [--batch-size B]\n"
-    "                      [--device cpu|cuda [--quant bf16|nf4] [--print-plan]] [--chat [--system TEXT]]\n"
+    "                      [--device cpu|cuda [--quant bf16|nf4] [--print-plan]] [--lora merged|unmerged]\n"
+    "                      [--chat [--system TEXT]]\n"
     "                      < prompts.jsonl > out.jsonl\n"
     "  DIR: an HF model folder (config.json + *.safetensors); --adapter: a PEFT LoRA adapter folder.\n"
     "  Input lines: {\"prompt\": \"text\"}, {\"messages\": [...]} (OpenAI form, ending with a user turn) or\n"
@@ -60,14 +61,18 @@ const char* kUsage =
     "  --ignore-eos       generate max-new-tokens tokens whatever they are\n"
     "  --batch-size       prompts decoded together (default 8)\n"
     "  --device           cpu (default): the fp32 reference path; cuda: the GPU (bf16, a KV cache planned for\n"
-    "                     --batch-size sequences of the longest prompt + --max-new-tokens; not yet run on a GPU)\n"
+    "                     --batch-size sequences of the longest prompt + --max-new-tokens)\n"
     "  --quant            base weights on the GPU: bf16 (default) or nf4\n"
+    "  --lora             how --adapter is applied: merged into the base weights as they load (one GEMM per\n"
+    "                     projection: the default on the GPU in bf16, where it decodes faster) or unmerged\n"
+    "                     (the default elsewhere; NF4 bases always: their codes are the model it trained with)\n"
     "  --chat             talk to the model: each line of input is your turn, the reply streams back\n"
     "  --system TEXT      the system message of --chat\n";
 
 struct Args : loom::ModelFlags {
   std::string device = "cpu", system;
   loom::Quant quant = loom::Quant::kBf16;
+  std::string lora;  // "merged" | "unmerged"; "" until parse_args picks the default
   bool print_plan = false;
   int max_new_tokens = 256, batch_size = 8;
   uint64_t seed = 0;
@@ -127,6 +132,7 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--chat") a.chat = true;
     else if (k == "--quant") a.quant = loom::parse_choice<loom::Quant>(k, value(), loom::kQuantNames);
     else if (k == "--print-plan") a.print_plan = true;
+    else if (k == "--lora") a.lora = value();
     else loom::fail("unknown argument '", k.substr(0, 80), "'\n", kUsage);
   }
   loom::check_model_flags(a, kUsage);
@@ -134,6 +140,12 @@ Args parse_args(int argc, char** argv) {
              " contradict each other; give one");
   LOOM_CHECK(a.system.empty() || a.chat, "--system is the system message of --chat; give --chat too");
   loom::check_choice("--device", a.device, {"cpu", "cuda"});
+  const bool gpu_bf16 = a.device == "cuda" && a.quant == loom::Quant::kBf16;
+  if (a.lora.empty()) a.lora = gpu_bf16 ? "merged" : "unmerged";
+  loom::check_choice("--lora", a.lora, {"merged", "unmerged"});
+  LOOM_CHECK(a.lora == "unmerged" || a.device == "cpu" || a.quant == loom::Quant::kBf16,
+             "--lora merged with --quant nf4 would quantize W + s·B·A, not the NF4 base the adapter was trained "
+             "on; use --lora unmerged (the default with nf4) or --quant bf16");
   LOOM_CHECK(a.device != "cuda" || loom::cuda_available(), "--device cuda: ", loom::cuda_device_summary());
   return a;
 }
@@ -198,7 +210,8 @@ class Model {
   // together hold at most `prefill_tokens` (the GPU plans its KV cache and activations by them).
   loom::DecodeModel& decoder(int batch, int64_t context, int64_t prefill_tokens) {
     if (decoder_) return *decoder_;
-    const bool adapters = !lora_.empty();
+    const bool merged = !lora_.empty() && a_.lora == "merged";
+    const bool adapters = !lora_.empty() && !merged;  // a merged adapter is part of the base weights
     if (a_.device == "cuda") {
       loom::CudaModelOptions opt;
       opt.mode = loom::ModelMode::kGenerate;
@@ -208,11 +221,15 @@ class Model {
       opt.decode_context = context;
       opt.print_plan = a_.print_plan;
       cuda_ = std::make_unique<loom::CudaModel>(cfg_, layout_, opt);
-      cuda_->load(loom::WeightSource::checkpoint(a_.model, cfg_), lora_,
+      const loom::WeightSource base = loom::WeightSource::checkpoint(a_.model, cfg_);
+      cuda_->load(merged ? base.with_merged_adapter(layout_, lora_) : base, lora_,
                   "lower --batch-size or --max-new-tokens, or use --quant nf4");
       decoder_ = std::make_unique<loom::CudaDecoder>(*cuda_, cfg_, batch, context, adapters);
     } else {
-      ref_ = std::make_unique<loom::ReferenceModel>(cfg_, loom::load_weights(a_.model, cfg_), layout_);
+      loom::ModelWeights w = loom::load_weights(a_.model, cfg_);
+      if (merged)
+        for (int l = 0; l < cfg_.L; ++l) loom::merge_lora_layer(w.layers[size_t(l)], l, layout_, lora_.data());
+      ref_ = std::make_unique<loom::ReferenceModel>(cfg_, std::move(w), layout_);
       decoder_ = std::make_unique<loom::ReferenceDecoder>(*ref_, lora_.data(), adapters);
     }
     return *decoder_;
