@@ -717,6 +717,12 @@ std::vector<float> CudaModel::lora_grads() const { return impl_->adapters.grads(
 void CudaModel::set_lora(const std::vector<float>& params) { impl_->adapters.set(params, impl_->stream); }
 size_t CudaModel::planned_bytes() const { return impl_->plan.total_bytes(); }
 
+bool CudaModel::plan_fits_device() const {
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return planned_bytes() + kContextReserve <= free_b;
+}
+
 std::string CudaModel::describe() const {
   const Impl& d = *impl_;
   return cat("cuda: ", cuda_device_summary(), " | ", quant_name(d.opt.quant),

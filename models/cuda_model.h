@@ -114,6 +114,9 @@ class CudaModel {
   void set_lora(const std::vector<float>& params);
   cudaStream_t stream() const;
   size_t planned_bytes() const;
+  // Whether the plan (with what was added to it, e.g. the optimizer's state) fits the device's free
+  // memory now, as load() checks it; nothing is allocated.
+  bool plan_fits_device() const;
   std::string describe() const;
 
  private:

@@ -7,6 +7,8 @@
 //                                                    build/score's model (ModelMode::kForward): its
 //                                                    memory plan, peak memory and tokens/s
 //   build/bench --preset llama-3.1-8b --dpo          BENCHMARK.md's DPO workload (below)
+//   build/bench --preset llama-3.1-8b --long 32768   one document of L tokens per step (issue 14)
+//   build/bench --preset llama-3.1-8b --long-search  the largest L whose plan fits, then --long L
 // Training runs go through engine/step.h's run_step, the step build/train runs. After the timed
 // steps the same micro-batches are evaluated (forward only, as train.eval_every does):
 //   eval_time_ratio = eval seconds / training seconds of the same tokens
@@ -26,6 +28,12 @@
 //   precomputed_pairs_per_s     the same with the reference from the table (the step alone)
 //   reference_pass_pairs_per_s  pairs / seconds of precompute_reference
 //   mfu counts the reference forward too: flops_per_token + forward_flops_per_token (engine/flops.h)
+// Long context (--long L): each step one synthetic document of exactly L tokens (ids as the
+// workload's), token budget L, recompute full unless --recompute is given; MFU counts attention
+// (ℓ̄ = (L + 1) / 2 keys per query); also the process's peak host memory (VmHWM). --long-search:
+// powers of two from 8192 tokens while the training plan (with AdamW's state) fits the free device
+// memory, then bisection to 1024 tokens; the largest is then trained as --long L, which shows
+// whether what the plan admits also runs.
 // stdout: one JSON object (also written to --json); stderr: progress, the memory plan, a table row.
 // Default token budget: the largest step of the run rounded up to 1024 tokens, so every step is one
 // micro-batch (the fastest choice when it fits; the memory plan says when it does not). Under
@@ -55,6 +63,7 @@
 #include "engine/flops.h"
 #include "engine/backend.h"
 #include "engine/objective.h"
+#include "engine/optimizer.h"
 #include "engine/preference.h"
 #include "engine/step.h"
 #include "engine/training_data.h"
@@ -84,12 +93,14 @@ constexpr int64_t kFullRecomputeBudget = 4096;  // twice the workload's longest 
 const char* kUsage =
     "usage: build/bench --preset NAME [--quant nf4|bf16] [--recompute none|selective|full]\n"
     "                   [--token-budget N] [--steps N] [--warmup N] [--json FILE] [--print-data] [--forward-only]\n"
-    "                   [--dpo]\n"
+    "                   [--dpo] [--long L | --long-search]\n"
     "  Times BENCHMARK.md's sft-alpaca workload on GPU 0 and prints one JSON object.\n"
     "  Presets: qwen3-0.6b, llama-3.2-1b, mistral-7b, llama-3.1-8b, qwen3-8b.\n"
     "  --print-data prints each step's documents (lengths, id sums) without touching the GPU.\n"
     "  --forward-only times the scoring model (no gradients, no optimizer) and prints its plan.\n"
-    "  --dpo times DPO on pairs of the sft-alpaca length mix (16 pairs per step).\n";
+    "  --dpo times DPO on pairs of the sft-alpaca length mix (16 pairs per step).\n"
+    "  --long L times one document of L tokens per step (recompute full unless given);\n"
+    "  --long-search finds the largest L whose plan fits this GPU, then times it.\n";
 
 struct BenchOptions {
   std::string preset;
@@ -101,21 +112,29 @@ struct BenchOptions {
   bool print_data = false;
   bool forward_only = false;
   bool dpo = false;
+  int64_t long_tokens = 0;  // --long L: one document of L tokens per step
+  bool long_search = false;
+  bool recompute_given = false;
 };
 
 BenchOptions parse_args(int argc, char** argv) {
   BenchOptions o;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (flag == "--print-data" || flag == "--forward-only" || flag == "--dpo") {
-      (flag == "--print-data" ? o.print_data : flag == "--dpo" ? o.dpo : o.forward_only) = true;
+    if (flag == "--print-data" || flag == "--forward-only" || flag == "--dpo" || flag == "--long-search") {
+      (flag == "--print-data" ? o.print_data
+       : flag == "--dpo"      ? o.dpo
+       : flag == "--long-search" ? o.long_search
+                                 : o.forward_only) = true;
       continue;
     }
     LOOM_CHECK(i + 1 < argc, flag, " needs a value\n", kUsage);
     const std::string value = argv[++i];
     if (flag == "--preset") o.preset = value;
     else if (flag == "--quant") o.quant = parse_choice<Quant>(flag, value, kQuantNames);
-    else if (flag == "--recompute") o.recompute = parse_choice<Recompute>(flag, value, kRecomputeNames);
+    else if (flag == "--recompute") o.recompute = parse_choice<Recompute>(flag, value, kRecomputeNames),
+                                    o.recompute_given = true;
+    else if (flag == "--long") o.long_tokens = parse_count(flag, value, 2);
     else if (flag == "--token-budget") o.token_budget = parse_count(flag, value, 1);
     else if (flag == "--steps") o.steps = parse_count(flag, value, 1);
     else if (flag == "--warmup") o.warmup = parse_count(flag, value, 0);
@@ -124,6 +143,12 @@ BenchOptions parse_args(int argc, char** argv) {
   }
   LOOM_CHECK(!o.preset.empty(), "--preset is required\n", kUsage);
   LOOM_CHECK(!(o.dpo && o.forward_only), "--dpo and --forward-only are two different benchmarks; pick one");
+  const bool long_context = o.long_tokens > 0 || o.long_search;
+  LOOM_CHECK(!(o.long_tokens > 0 && o.long_search), "--long L times one length, --long-search finds one; pick one");
+  LOOM_CHECK(!long_context || !(o.dpo || o.forward_only || o.print_data || o.token_budget > 0),
+             "--long and --long-search set their own workload and token budget (one document of L tokens); drop "
+             "--dpo, --forward-only, --print-data and --token-budget");
+  if (long_context && !o.recompute_given) o.recompute = Recompute::kFull;  // the least memory: the point of L
   return o;
 }
 
@@ -132,7 +157,7 @@ TrainSection bench_train_section(const BenchOptions& o, int64_t token_budget) {
   TrainSection t;
   t.device = Device::kCuda;
   t.token_budget = int(token_budget);
-  t.global_batch = o.dpo ? kPairsPerStep : kSequencesPerStep;
+  t.global_batch = o.dpo ? kPairsPerStep : o.long_tokens > 0 ? 1 : kSequencesPerStep;
   t.objective = o.dpo ? ObjectiveKind::kDpo : ObjectiveKind::kSft;
   t.lr = 2e-4f;
   t.schedule = Schedule::kConstant;
@@ -343,6 +368,14 @@ BenchRun run_benchmark(TrainBackend& backend, const BenchOptions& o, const std::
   return run;
 }
 
+// Peak resident host memory of this process (VmHWM), GiB; 0 where /proc does not say.
+double peak_host_gib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return double(std::stoll(line.substr(6))) / double(1 << 20);  // kB
+  return 0;
+}
+
 Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& c, int64_t token_budget,
                  const BenchRun& bench, const TrainBackend& backend) {
   const TimedRun& run = bench.timed;
@@ -365,7 +398,11 @@ Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& 
   j["copy_tbps"] = c.copy_tbps;
   j["token_budget"] = token_budget;
   j["recompute"] = recompute_name(o.recompute);
-  j["sequences_per_step"] = kSequencesPerStep;
+  j["sequences_per_step"] = o.long_tokens > 0 ? 1 : kSequencesPerStep;
+  if (o.long_tokens > 0) {
+    j["long_tokens"] = o.long_tokens;
+    j["peak_host_gib"] = peak_host_gib();
+  }
   j["warmup_steps"] = o.warmup;
   j["timed_steps"] = o.steps;
   j["micro_batches"] = run.micro_batches;
@@ -451,8 +488,18 @@ void print_dpo_row(const Json& j) {
                100.0 * j["mfu"].get<double>(), j["peak_mem_gib"].get<double>(), j["device"].get<std::string>().c_str());
 }
 
+void print_long_row(const Json& j) {
+  std::fprintf(stderr, "%-14s %-5s %-10s long %8lld | %9.0f tok/s | MFU %5.1f%% (attention counted) | %6.2f GiB GPU | "
+                       "%6.2f GiB host | %s\n",
+               j["preset"].get<std::string>().c_str(), j["mode"].get<std::string>().c_str(),
+               j["recompute"].get<std::string>().c_str(), j["long_tokens"].get<long long>(),
+               j["tokens_per_s"].get<double>(), 100.0 * j["mfu"].get<double>(), j["peak_mem_gib"].get<double>(),
+               j["peak_host_gib"].get<double>(), j["device"].get<std::string>().c_str());
+}
+
 void print_row(const Json& j) {
   if (j.contains("pairs_per_s")) return print_dpo_row(j);
+  if (j.contains("long_tokens")) return print_long_row(j);
   std::fprintf(stderr, "%-14s %-5s %-10s budget %6lld | %9.0f tok/s | MFU %5.1f%% | %6.2f GiB | eval %.2fx | %s\n",
                j["preset"].get<std::string>().c_str(), j["mode"].get<std::string>().c_str(),
                j["recompute"].get<std::string>().c_str(), j["token_budget"].get<long long>(),
@@ -460,19 +507,67 @@ void print_row(const Json& j) {
                j["eval_time_ratio"].get<double>(), j["device"].get<std::string>().c_str());
 }
 
+// One synthetic document of exactly L tokens per step of the run (the workload's ids).
+std::vector<Document> long_documents(const BenchOptions& o, int32_t vocab) {
+  SyntheticSpec s = synthetic_workload("sft-alpaca", o.warmup + o.steps, vocab, "build/bench");
+  s.median_length = double(o.long_tokens);
+  s.sigma = 0;
+  s.min_length = s.max_length = o.long_tokens;
+  return synthetic_documents(s);
+}
+
+// Whether a training run of one L-token document per step fits this GPU, by its memory plan.
+bool long_plan_fits(const BenchOptions& o, const ModelConfig& cfg, int64_t L) {
+  const LoraLayout layout = make_lora_layout(cfg, bench_lora_options());
+  CudaModelOptions mo;
+  mo.mode = ModelMode::kTrain;
+  mo.quant = o.quant;
+  mo.recompute = o.recompute;
+  mo.token_budget = L;
+  mo.print_plan = false;
+  CudaModel model(cfg, layout, mo);
+  AdamW optimizer(bench_train_section(o, L), layout.total, model.plan());
+  const bool fits = model.plan_fits_device();
+  std::fprintf(stderr, "bench: L = %lld: plan %.2f GiB, %s\n", static_cast<long long>(L), gib(model.planned_bytes()),
+               fits ? "fits" : "does not fit");
+  return fits;
+}
+
+// The largest L, a multiple of 1024, whose plan fits (powers of two from 8192, then bisection).
+int64_t largest_long_that_fits(const BenchOptions& o, const ModelConfig& cfg) {
+  constexpr int64_t kStart = 8192, kStep = 1024, kLimit = int64_t(1) << 30;
+  int64_t fits = 0, fails = kStart;
+  while (fails <= kLimit && long_plan_fits(o, cfg, fails)) fits = fails, fails *= 2;
+  LOOM_CHECK(fits > 0, "--long-search: not even ", kStart, " tokens fit this GPU's free memory");
+  while (fails - fits > kStep) {
+    const int64_t mid = (fits + fails) / 2 / kStep * kStep;
+    (long_plan_fits(o, cfg, mid) ? fits : fails) = mid;
+  }
+  return fits;
+}
+
 int run(int argc, char** argv) {
-  const BenchOptions o = parse_args(argc, argv);
+  BenchOptions o = parse_args(argc, argv);
   const ModelConfig cfg = preset_model_config(o.preset);
+  if (o.long_search) {
+    LOOM_CHECK(cuda_available(), "build/bench needs a GPU: ", cuda_device_summary());
+    o.long_tokens = largest_long_that_fits(o, cfg);
+    std::fprintf(stderr, "bench: the largest L whose plan fits: %lld tokens; training it\n",
+                 static_cast<long long>(o.long_tokens));
+  }
   const SyntheticSpec spec = synthetic_workload("sft-alpaca", kDocuments, cfg.V, "build/bench");
-  const std::vector<Document> docs = o.dpo ? synthetic_pairs(spec) : synthetic_documents(spec);
+  const std::vector<Document> docs = o.long_tokens > 0 ? long_documents(o, cfg.V)
+                                     : o.dpo            ? synthetic_pairs(spec)
+                                                        : synthetic_documents(spec);
   if (o.print_data) {
     emit_json(data_json(o, cfg, docs), o.json_path);
     return 0;
   }
   LOOM_CHECK(cuda_available(), "build/bench needs a GPU: ", cuda_device_summary());
   const Ceilings c = measure_ceilings();
-  const int64_t budget =
-      o.token_budget > 0 ? o.token_budget : default_token_budget(o, docs, o.warmup + (o.dpo ? 2 : 1) * o.steps);
+  const int64_t budget = o.long_tokens > 0  ? o.long_tokens
+                         : o.token_budget > 0 ? o.token_budget
+                                              : default_token_budget(o, docs, o.warmup + (o.dpo ? 2 : 1) * o.steps);
   if (o.forward_only) {
     emit_json(forward_only_json(o, cfg, docs, budget), o.json_path);
     return 0;
