@@ -8,8 +8,8 @@
 // seven projections is applied unmerged, as after training; off is the base model, which is also
 // the speed of an adapter merged into bf16 weights.
 // Timing (steady clock around calls that wait for the device; median of --runs after --warmup):
-//   prefill_s   CudaModel::prefill of the B prompts (packed, varlen flash attention, cache written),
-//               the last position's logits copied to the host
+//   prefill_s   CudaModel::prefill_greedy of the B prompts (packed, varlen flash attention, cache
+//               written, each prompt's greedy token picked on the GPU), as generate() prefills
 //   generate_s  the whole engine/generation.h generate() call: prefill, new-tokens − 1 decode steps,
 //               greedy picks on the host
 //   decode_tokens_per_s   B·new_tokens / (generate_s − prefill_s)  (as the HF baseline: the first
@@ -158,10 +158,10 @@ int run(int argc, char** argv) {
   g.sampling.temperature = 0;  // greedy; no eos ids: every sequence runs to new_tokens
   g.batch_size = o.batch;
   std::vector<double> prefill_s, generate_s;
-  std::vector<float> logits;
+  std::vector<int32_t> first_tokens;
   double peak = 0;
   for (int r = 0; r < o.warmup + o.runs; ++r) {
-    const double p = seconds_of([&] { model.prefill(prompts, o.adapters, logits); });
+    const double p = seconds_of([&] { model.prefill_greedy(prompts, o.adapters, first_tokens); });
     std::vector<Generation> out;
     const double t = seconds_of([&] { out = generate(decoder, nullptr, prompts, g); });
     for (const Generation& gen : out)
