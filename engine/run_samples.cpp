@@ -87,7 +87,7 @@ bool RunSamples::due(int64_t step, int64_t total) const {
 void RunSamples::write(int64_t step, TrainBackend& backend) const {
   if (!is_main()) return;
   std::unique_ptr<DecodeModel> model = backend.decode_model();
-  LOOM_CHECK(model, "train.sample_every: ", backend.describe(), " cannot generate (skip_on was not asked)");
+  LOOM_CHECK(model, "train.sample_every: ", backend.describe(), " was built without the samples' decode shape");
   const bool text = !input_->tokenizer_path().empty();
   const Tokenizer* tok = text ? &input_->tokenizer("train.sample_prompts") : nullptr;
   const std::vector<Generation> out = generate(*model, tok, prompts_, options_);
