@@ -1,0 +1,48 @@
+// Grouped GEMMs over the experts of a mixture-of-experts layer: the rows of a sorted buffer
+// (ops/moe_permute.h) are cut into E groups by device offsets (group e: rows offsets[e] ..
+// offsets[e + 1]), and each group is multiplied by its expert's matrix. Three products cover the
+// expert MLP and its LoRA adapters (ops/lora_linear.h's list, per expert):
+//   nt  Y_e (M_e, N)  = alpha · X_e (M_e, K) · W_eᵀ  (+ Y_e)    W_e (N, K)   y = x·Wᵀ, u = x·Aᵀ, y += s·u·Bᵀ
+//   nn  Y_e (M_e, N)  = alpha · X_e (M_e, K) · W_e   (+ Y_e)    W_e (K, N)   dx = dy·W, du = s·dy·B, dx += du·A
+//   tn  D_e (N, K)   += alpha · Y_eᵀ (N, M_e) · X_e (M_e, K)                 dB += s·dyᵀ·u, dA += duᵀ·x
+// X, Y bf16 row-major with packed rows; W_e bf16 at W + e·w_stride (elements; the experts' matrices,
+// or their adapters inside a flat per-expert layout); D_e fp32 at D + e·d_stride. Products and sums
+// in fp32 (bf16 tensor-core MMA), alpha applied in fp32 to the sum, then (+ the old Y_e in fp32)
+// rounded once to bf16; D accumulated in fp32. Each output element is owned by one block: the result
+// is deterministic (no atomics), and the groups' results do not depend on each other's sizes.
+//
+// CUDA (ops/grouped_gemm.cu): one kernel of 64×64 output tiles, 4 warps of 32×32, mma.sync m16n8k16
+// bf16 → fp32, k steps of 32 through shared memory (staged through registers, the next step's loads
+// in flight during this step's MMAs). nt / nn: the grid is sized for the worst case on the host,
+// ceil(rows / 64) + E row tiles × ceil(N / 64) column tiles (group e needs ceil(M_e / 64) row tiles);
+// each block finds its group and first row from the device offsets (a warp scan of the groups' tile
+// counts) and exits when the tile index is past the last group's. tn: one z-slice of blocks per
+// expert, each block looping over its group's rows; an empty group does nothing.
+#pragma once
+#include <cstdint>
+
+#include "ops/cuda_common.h"
+
+namespace loom {
+
+constexpr int kGroupedGemmTile = 64;  // output tile (both dimensions), the unit of the worst-case grid
+
+// ---- references (host fp32 values; sums in double): the same layouts and semantics
+void grouped_gemm_nt_ref(float* Y, const float* X, const float* W, int64_t w_stride, const int32_t* offsets, int E,
+                         int N, int K, float alpha, bool accumulate);
+void grouped_gemm_nn_ref(float* Y, const float* X, const float* W, int64_t w_stride, const int32_t* offsets, int E,
+                         int N, int K, float alpha, bool accumulate);
+void grouped_gemm_tn_ref(float* D, int64_t d_stride, const float* Y, const float* X, const int32_t* offsets, int E,
+                         int N, int K, float alpha);
+
+// ---- device. offsets (E + 1) on the device, offsets[0] = 0, non-decreasing, offsets[E] <= rows;
+// rows: the row capacity the grid is sized for (T·K of the layer: every sorted row belongs to a
+// group). N, K, w_stride, d_stride multiples of 8; every pointer 16-byte aligned (checked).
+void grouped_gemm_nt(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
+                     int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream);
+void grouped_gemm_nn(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
+                     int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream);
+void grouped_gemm_tn(float* D, int64_t d_stride, const bf16* Y, const bf16* X, const int32_t* offsets, int E, int N,
+                     int K, float alpha, cudaStream_t stream);
+
+}  // namespace loom
