@@ -36,6 +36,7 @@
 //   prefix sum of q exceeds r: an integer prefix scan on a GPU, no sort.
 // The probabilities this op reports (sampling_distribution_ref) are q_i / Z, in double.
 #pragma once
+#include <climits>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -78,6 +79,39 @@ int32_t sample_token_ref(const float* logits, int V, const SamplingParams& p, co
 void greedy_tokens(int32_t* codes, const float* logits, int rows, int V, cudaStream_t stream);
 // The token of a greedy_tokens code, or the loom::Error sample_token_ref throws for that row.
 int32_t greedy_token_of_code(int32_t code, int V);
+
+// ---- sampling on the GPU (ops/sampling.cu) ----
+// sample_token_ref for every row of logits already on the device, exactly (the same token, the same
+// refusals): one block per row; the penalty through a per-row bitmask of the context ids seen; top-k
+// and the top-p cut by radix selects (fp32 keys; 41-bit fixed-point weights, summed as integers);
+// the draw by an integer prefix scan in vocabulary order. Row b:
+//   logits + b·V: V fp32 values; the penalised context ids are rewritten in place.
+//   context + b·context_stride: the row's context_len[b] ids (prompt + generated so far),
+//     0 <= context_len[b] <= context_stride.
+//   sequence[b], step[b]: sample_token_ref's sequence and step (the draw's random bits).
+//   scratch: at least sample_tokens_scratch_bytes(rows, V) bytes of device memory, 4-byte aligned,
+//     no contents expected (each call clears what it uses).
+// codes[b]: greedy_tokens' codes (token, -1, -2 - i), and beyond them the codes below;
+// sampled_token_of_code turns one into the token or sample_token_ref's error.
+// Params are the same for every row; invalid ones throw here, as check_sampling_params.
+void sample_tokens(int32_t* codes, float* logits, int rows, int V, const SamplingParams& p, const int32_t* context,
+                   const int32_t* context_len, int64_t context_stride, const uint64_t* sequence,
+                   const uint64_t* step, void* scratch, int64_t scratch_bytes, cudaStream_t stream);
+int64_t sample_tokens_scratch_bytes(int rows, int V);
+// The token of a sample_tokens code, or the loom::Error sample_token_ref throws for that row.
+int32_t sampled_token_of_code(int32_t code, int V, const SamplingParams& p);
+
+// sample_tokens' refusals beyond greedy_tokens', below its codes (-1 - V is the lowest of those):
+// the repetition penalty overflows the logit of `token`: in [-1 - 2V, -2 - V]
+LOOM_HD constexpr int32_t sampling_code_penalty_overflow(int token, int V) { return -2 - V - token; }
+// largest logit / temperature is not finite
+LOOM_HD constexpr int32_t sampling_code_temperature_overflow(int V) { return -2 - 2 * V; }
+// the context id at `position` is negative; needs position < sampling_max_context(V)
+LOOM_HD constexpr int32_t sampling_code_negative_context(int64_t position, int V) {
+  return int32_t(-3 - 2 * int64_t(V) - position);
+}
+// The longest context whose every position has a code in int32 (context_stride's limit).
+constexpr int64_t sampling_max_context(int V) { return int64_t(INT32_MAX) - 1 - 2 * int64_t(V); }
 
 // ---- the per-element math, shared with a GPU kernel ----
 
@@ -128,6 +162,33 @@ LOOM_HD inline bool sampling_top_p_keeps(uint64_t mass_before, uint64_t Z, float
 // does not reuse the (stream, index) bits of its dropout masks.
 LOOM_HD inline uint64_t sampling_random_bits(uint64_t seed, uint64_t sequence, uint64_t step) {
   return random_bits(seed ^ 0x73616d706c696e67ull, sequence, step);  // "sampling" in ASCII
+}
+
+// fp32 values as uint32 keys in the same order (-inf lowest; NaN excluded), so a radix select over
+// keys picks fp32 values: -0 becomes +0 first, as the reference's float comparisons hold -0 == +0.
+LOOM_HD inline uint32_t sampling_order_key(float x) {
+  const float v = x == 0.f ? 0.f : x;
+  uint32_t u;
+#ifdef __CUDA_ARCH__
+  u = __float_as_uint(v);
+#else
+  __builtin_memcpy(&u, &v, 4);
+#endif
+  return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+
+// Top-p within the tie group straddling the cut: the group's `ties` tokens of weight v follow tokens of
+// total weight `above` (every heavier one), so its m-th token in index order has mass before it
+// above + m · v, and is kept iff that is below top_p · Z (sampling_top_p_keeps). The number kept, in
+// [1, ties] when the first one is kept: a binary search, as the mass grows with m.
+LOOM_HD inline uint64_t sampling_top_p_kept_ties(uint64_t above, uint64_t v, uint64_t ties, uint64_t Z, float top_p) {
+  uint64_t lo = 1, hi = ties;  // tokens before lo are kept; the count is in [lo, hi]
+  while (lo < hi) {
+    const uint64_t mid = lo + (hi - lo) / 2;
+    if (sampling_top_p_keeps(above + mid * v, Z, top_p)) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 // r = ⌊h · Z / 2^64⌋ in [0, Z): the draw's position on the integer CDF.

@@ -153,4 +153,15 @@ int32_t greedy_token_of_code(int32_t code, int V) {
   return code;
 }
 
+int32_t sampled_token_of_code(int32_t code, int V, const SamplingParams& p) {
+  if (code >= -1 - V) return greedy_token_of_code(code, V);
+  LOOM_CHECK(code < sampling_code_penalty_overflow(V - 1, V), "--repetition-penalty ", p.repetition_penalty,
+             " overflows the logit of token ", -2 - V - code, " (it becomes infinite); use a penalty closer to 1");
+  LOOM_CHECK(code != sampling_code_temperature_overflow(V), "--temperature ", p.temperature,
+             " overflows the logits (largest logit / temperature is infinite); use a larger temperature, or 0 for",
+             " greedy");
+  fail("sampling: the context id at position ", -3 - 2 * int64_t(V) - code,
+       " is negative; context ids must be token ids in [0, vocabulary size)");
+}
+
 }  // namespace loom

@@ -15,6 +15,8 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <random>
+#include <string>
 #include <vector>
 
 #include "ops/sampling.h"
@@ -344,6 +346,71 @@ TEST(Sampling, GreedyCodesBecomeTokensOrTheReferenceErrors) {
   test::expect_error([] { greedy_token_of_code(-1, 5); }, {"every one of the 5 logits is -inf"});
   test::expect_error([] { greedy_token_of_code(5, 5); }, {"code 5 for a vocabulary of 5"});
   test::expect_error([] { greedy_token_of_code(-7, 5); }, {"code -7 for a vocabulary of 5"});
+}
+
+// The keys sample_tokens' top-k selects on: the fp32 order, with -0 and +0 one value (as the
+// reference's float comparisons see them); a key that kept the sign of 0 would drop -0 ties.
+TEST(Sampling, OrderKeysSortAsTheFloats) {
+  const float inf = std::numeric_limits<float>::infinity(), tiny = std::numeric_limits<float>::denorm_min();
+  const std::vector<float> ascending = {-inf, -3.4e38f, -2.f, -1.f, -tiny, 0.f, tiny, 1e-30f, 1.f, 1.5f, 3.4e38f, inf};
+  for (size_t a = 0; a < ascending.size(); ++a)
+    for (size_t b = 0; b < ascending.size(); ++b)
+      EXPECT_EQ(sampling_order_key(ascending[a]) < sampling_order_key(ascending[b]), a < b)
+          << ascending[a] << " vs " << ascending[b];
+  EXPECT_EQ(sampling_order_key(-0.f), sampling_order_key(0.f));
+  const std::vector<float> x = test::random_floats(2000, 7, -50.f, 50.f);
+  for (size_t i = 1; i < x.size(); ++i) {
+    EXPECT_EQ(sampling_order_key(x[i - 1]) < sampling_order_key(x[i]), x[i - 1] < x[i]);
+    EXPECT_EQ(sampling_order_key(x[i - 1]) == sampling_order_key(x[i]), x[i - 1] == x[i]);
+  }
+}
+
+// The kept part of the tie group at the top-p cut: the binary search against counting one by one,
+// for groups from 1 to many tokens, cuts at every position and top_p near the rounding of the test.
+TEST(Sampling, TopPKeptTiesCountsTheTiesBelowTheCut) {
+  std::mt19937_64 rng(12);
+  for (int trial = 0; trial < 20000; ++trial) {
+    const uint64_t v = 1 + rng() % (uint64_t(1) << 40), ties = 1 + rng() % (trial % 2 ? 5 : 3000);
+    const uint64_t rest = rng() % (uint64_t(1) << 50), Z_guess = rest + ties * v;
+    const float top_p = std::max(1e-6f, float(rng() % 1000001) / 1e6f);
+    // above: the mass before the group, chosen so that the group's first token is kept
+    uint64_t above = rng() % std::max<uint64_t>(1, uint64_t(double(top_p) * double(Z_guess)));
+    const uint64_t Z = above + Z_guess;
+    if (!sampling_top_p_keeps(above, Z, top_p)) continue;
+    uint64_t want = 0;
+    while (want < ties && sampling_top_p_keeps(above + want * v, Z, top_p)) ++want;
+    ASSERT_EQ(sampling_top_p_kept_ties(above, v, ties, Z, top_p), want)
+        << "above " << above << " v " << v << " ties " << ties << " Z " << Z << " top_p " << top_p;
+  }
+}
+
+// sample_tokens' codes (ops/sampling.cu; the kernel itself: tests/sampling_gpu_test.cu): greedy's pass
+// through, the three further refusals name the option (or the position) as sample_token_ref does,
+// and their ranges do not overlap greedy's or each other's.
+TEST(Sampling, SampledCodesBecomeTokensOrTheReferenceErrors) {
+  const int V = 5;
+  SamplingParams p;
+  p.temperature = 0.25f;
+  p.repetition_penalty = 1.5f;
+  EXPECT_EQ(sampled_token_of_code(3, V, p), 3);
+  test::expect_error([&] { sampled_token_of_code(-1, V, p); }, {"every one of the 5 logits is -inf"});
+  test::expect_error([&] { sampled_token_of_code(-2 - 4, V, p); }, {"logit 4 of 5 is NaN or +inf"});
+  test::expect_error([&] { sampled_token_of_code(sampling_code_penalty_overflow(0, V), V, p); },
+                     {"--repetition-penalty 1.5 overflows the logit of token 0 "});
+  test::expect_error([&] { sampled_token_of_code(sampling_code_penalty_overflow(4, V), V, p); },
+                     {"--repetition-penalty 1.5 overflows the logit of token 4 "});
+  test::expect_error([&] { sampled_token_of_code(sampling_code_temperature_overflow(V), V, p); },
+                     {"--temperature 0.25 overflows the logits"});
+  test::expect_error([&] { sampled_token_of_code(sampling_code_negative_context(0, V), V, p); },
+                     {"context id at position 0 is negative"});
+  test::expect_error([&] { sampled_token_of_code(sampling_code_negative_context(123456, V), V, p); },
+                     {"context id at position 123456 is negative"});
+  test::expect_error([&] { sampled_token_of_code(V, V, p); }, {"code 5 for a vocabulary of 5"});
+  // the last position of the longest context still has a code
+  const int big = kSamplingMaxVocab;
+  EXPECT_EQ(sampling_code_negative_context(sampling_max_context(big) - 1, big), INT32_MIN);
+  test::expect_error([&] { sampled_token_of_code(INT32_MIN, big, p); },
+                     {"position " + std::to_string(sampling_max_context(big) - 1) + " is negative"});
 }
 
 }  // namespace
