@@ -38,13 +38,16 @@ void DecodeModel::pick_greedy(size_t rows, std::vector<int32_t>& ids) const {
   for (size_t i = 0; i < rows; ++i) ids[i] = sample_token_ref(greedy_logits_.data() + i * V, int(V), greedy, nullptr, 0, 0, 0);
 }
 
-void DecodeModel::prefill_greedy(const std::vector<std::vector<int32_t>>& prompts, std::vector<int32_t>& ids) {
+void DecodeModel::prefill_choose(const std::vector<std::vector<int32_t>>& prompts, const TokenChoice& choice,
+                                 std::vector<int32_t>& ids) {
+  LOOM_CHECK(DecodeModel::chooses(choice.sampling), "generation: this model chooses plain greedy tokens only");
   prefill(prompts, greedy_logits_);
   pick_greedy(prompts.size(), ids);
 }
 
-void DecodeModel::decode_greedy(const std::vector<int>& rows, const std::vector<int32_t>& tokens,
-                                std::vector<int32_t>& ids) {
+void DecodeModel::decode_choose(const std::vector<int>& rows, const std::vector<int32_t>& tokens,
+                                const TokenChoice& choice, std::vector<int32_t>& ids) {
+  LOOM_CHECK(DecodeModel::chooses(choice.sampling), "generation: this model chooses plain greedy tokens only");
   decode(rows, tokens, greedy_logits_);
   pick_greedy(rows.size(), ids);
 }
@@ -76,9 +79,10 @@ void CudaDecoder::prefill(const std::vector<std::vector<int32_t>>& prompts, std:
   model_.prefill(prompts, adapters_, logits);
 }
 
-void CudaDecoder::prefill_greedy(const std::vector<std::vector<int32_t>>& prompts, std::vector<int32_t>& ids) {
+void CudaDecoder::prefill_choose(const std::vector<std::vector<int32_t>>& prompts, const TokenChoice& choice,
+                                 std::vector<int32_t>& ids) {
   start(prompts);
-  model_.prefill_greedy(prompts, adapters_, ids);
+  model_.prefill_tokens(prompts, adapters_, choice, ids);
 }
 
 void CudaDecoder::decode(const std::vector<int>& rows, const std::vector<int32_t>& tokens, std::vector<float>& logits) {
@@ -90,10 +94,18 @@ void CudaDecoder::decode(const std::vector<int>& rows, const std::vector<int32_t
                 logits.begin() + std::ptrdiff_t(i * V_));
 }
 
-void CudaDecoder::decode_greedy(const std::vector<int>& rows, const std::vector<int32_t>& tokens,
-                                std::vector<int32_t>& ids) {
+void CudaDecoder::decode_choose(const std::vector<int>& rows, const std::vector<int32_t>& tokens,
+                                const TokenChoice& choice, std::vector<int32_t>& ids) {
   feed(rows, tokens);
-  model_.decode_greedy(last_, position_, adapters_, all_ids_);
+  all_rows_.sampling = choice.sampling;  // rows not listed draw too (their results are dropped)
+  all_rows_.sequence.assign(size_t(batch_), 0);
+  all_rows_.step.assign(size_t(batch_), 0);
+  if (!choice.sampling.plain_greedy())
+    for (size_t i = 0; i < rows.size(); ++i) {
+      all_rows_.sequence[size_t(rows[i])] = choice.sequence[i];
+      all_rows_.step[size_t(rows[i])] = choice.step[i];
+    }
+  model_.decode_tokens(last_, position_, adapters_, all_rows_, all_ids_);
   ids.resize(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) ids[i] = all_ids_[size_t(rows[i])];
 }
@@ -151,6 +163,8 @@ class Sequence {
   }
 
   bool finished() const { return !out_.finish_reason.empty(); }
+  uint64_t request() const { return request_; }                 // sample_token_ref's sequence
+  uint64_t generated() const { return uint64_t(out_.ids.size()); }  // and its step
   int32_t last() const { return out_.ids.back(); }
   Generation&& result() { return std::move(out_); }
 
@@ -210,14 +224,24 @@ void generate_batch(DecodeModel& model, const Tokenizer* tok, const std::vector<
   const int32_t V = model.vocab();
   std::vector<Sequence> seqs;
   for (size_t b = 0; b < prompts.size(); ++b) seqs.emplace_back(tok, o, first_request + b, prompts[b]);
-  // Greedy without a penalty needs no logits on the host: the model picks the tokens.
-  const bool model_picks = o.sampling.temperature == 0.f && o.sampling.repetition_penalty == 1.f;
+  // Where the model chooses the tokens, no logits come to the host.
+  const bool model_picks = model.chooses(o.sampling);
+  TokenChoice choice{o.sampling, {}, {}};
   std::vector<float> logits;
   std::vector<int32_t> picked;
-  if (model_picks) model.prefill_greedy(prompts, picked);
-  else model.prefill(prompts, logits);
   std::vector<int> rows(prompts.size());
   for (size_t b = 0; b < rows.size(); ++b) rows[b] = int(b);
+  auto choice_for = [&](const std::vector<int>& listed) -> const TokenChoice& {
+    choice.sequence.clear();
+    choice.step.clear();
+    for (int r : listed) {
+      choice.sequence.push_back(seqs[size_t(r)].request());
+      choice.step.push_back(seqs[size_t(r)].generated());
+    }
+    return choice;
+  };
+  if (model_picks) model.prefill_choose(prompts, choice_for(rows), picked);
+  else model.prefill(prompts, logits);
   while (!rows.empty()) {
     std::vector<int> next_rows;
     std::vector<int32_t> tokens;
@@ -235,7 +259,7 @@ void generate_batch(DecodeModel& model, const Tokenizer* tok, const std::vector<
     }
     rows = std::move(next_rows);
     if (rows.empty()) break;
-    if (model_picks) model.decode_greedy(rows, tokens, picked);
+    if (model_picks) model.decode_choose(rows, tokens, choice_for(rows), picked);
     else model.decode(rows, tokens, logits);
   }
   for (Sequence& s : seqs) out.push_back(s.result());

@@ -2,10 +2,10 @@
 // (build/generate, samples during training).
 //   prefill   every prompt of a batch once, its last position's logits
 //   decode    one token per unfinished sequence per step, against the sequence's KV cache
-//   choose    ops/sampling.h on the host: greedy (temperature 0) or sampled, the random numbers
-//             a function of (seed, request index, step), so a request's text does not depend on
-//             the batch it ran in or on the batch size; greedy without a repetition penalty is
-//             picked by the model (prefill_greedy / decode_greedy: on the GPU, where the logits are)
+//   choose    ops/sampling.h: greedy (temperature 0) or sampled, the random numbers a function of
+//             (seed, request index, step), so a request's text does not depend on the batch it ran
+//             in or on the batch size; by the model where it can (prefill_choose / decode_choose:
+//             the GPU, where the logits are), else on the host from the logits
 //   finish    "eos" on an end-of-sequence id (kept in ids, not in text), "stop" when the text
 //             contains a stop string (text cut before it; ids up to the token that completed it),
 //             "length" at max_new_tokens or at the model's max_position_embeddings
@@ -50,16 +50,20 @@ class DecodeModel {
   virtual int32_t vocab() const = 0;
   // Most tokens a sequence may hold (prompt + new); 0: no limit.
   virtual int64_t max_length() const = 0;
-  // prefill and decode giving each row's greedy token (argmax, lowest index on ties; a non-finite
-  // logit is an error) instead of its logits, for greedy decoding without a repetition penalty.
-  // Here picked on the host from the logits; a model whose logits live elsewhere picks it there.
-  virtual void prefill_greedy(const std::vector<std::vector<int32_t>>& prompts, std::vector<int32_t>& ids);
-  virtual void decode_greedy(const std::vector<int>& rows, const std::vector<int32_t>& tokens,
-                             std::vector<int32_t>& ids);
+  // Whether prefill_choose / decode_choose pick tokens under these parameters, so that generate()
+  // needs no logits. Here: plain greedy (no penalty, so no context), picked on the host from the
+  // logits; a model whose logits live elsewhere chooses there.
+  virtual bool chooses(const SamplingParams& p) const { return p.plain_greedy(); }
+  // prefill and decode giving each row's next token (sample_token_ref's) instead of its logits;
+  // choice.sequence / choice.step per prompt / per listed row.
+  virtual void prefill_choose(const std::vector<std::vector<int32_t>>& prompts, const TokenChoice& choice,
+                              std::vector<int32_t>& ids);
+  virtual void decode_choose(const std::vector<int>& rows, const std::vector<int32_t>& tokens,
+                             const TokenChoice& choice, std::vector<int32_t>& ids);
 
  private:
   void pick_greedy(size_t rows, std::vector<int32_t>& ids) const;
-  std::vector<float> greedy_logits_;  // the default prefill_greedy / decode_greedy's logits
+  std::vector<float> greedy_logits_;  // the default prefill_choose / decode_choose's logits
 };
 
 // The fp32 CPU reference path: ReferenceModel::extend on one KvCache per sequence.
@@ -91,9 +95,11 @@ class CudaDecoder : public DecodeModel {
   void decode(const std::vector<int>& rows, const std::vector<int32_t>& tokens, std::vector<float>& logits) override;
   int32_t vocab() const override { return V_; }
   int64_t max_length() const override { return context_; }
-  // On the GPU: B ids cross to the host instead of B · V logits.
-  void prefill_greedy(const std::vector<std::vector<int32_t>>& prompts, std::vector<int32_t>& ids) override;
-  void decode_greedy(const std::vector<int>& rows, const std::vector<int32_t>& tokens,
+  // On the GPU, greedy or sampled: B ids cross to the host instead of B · V logits.
+  bool chooses(const SamplingParams&) const override { return true; }
+  void prefill_choose(const std::vector<std::vector<int32_t>>& prompts, const TokenChoice& choice,
+                      std::vector<int32_t>& ids) override;
+  void decode_choose(const std::vector<int>& rows, const std::vector<int32_t>& tokens, const TokenChoice& choice,
                      std::vector<int32_t>& ids) override;
 
  private:
@@ -106,7 +112,8 @@ class CudaDecoder : public DecodeModel {
   bool adapters_;
   std::vector<int32_t> length_, last_, position_;  // per cache row: tokens held, the last token fed, its position
   std::vector<float> all_logits_;                   // (batch, V), reused step after step
-  std::vector<int32_t> all_ids_;                    // (batch) greedy tokens
+  std::vector<int32_t> all_ids_;                    // (batch) chosen tokens
+  TokenChoice all_rows_;                            // a choice spread over every cache row
 };
 
 // Called with (request index, new text) as each request's text grows (streaming); may be empty.

@@ -100,7 +100,10 @@ struct CudaModel::Impl {
   bool decoding = false;  // the pass in flight is a decode step
   int64_t decode_max_len = 0;
   bf16 *cache_k = nullptr, *cache_v = nullptr, *x_last = nullptr;
-  int32_t *cache_slot = nullptr, *cache_pos = nullptr, *cache_len = nullptr, *greedy_codes = nullptr;
+  int32_t *cache_slot = nullptr, *cache_pos = nullptr, *cache_len = nullptr, *token_codes = nullptr;
+  int32_t* context_ids = nullptr;  // (B, context): each sequence's token ids, for the repetition penalty
+  uint64_t *draw_sequence = nullptr, *draw_step = nullptr;  // (B): sample_token_ref's sequence and step per row
+  uint8_t* sample_scratch = nullptr;
   float *decode_scratch = nullptr, *decode_logits = nullptr;
   // A decode step (embedding, layers, final norm, LM head) is ~20 small kernels per layer, whose
   // launches rather than the GPU bound a step at small batches; it runs as a CUDA graph per
@@ -195,7 +198,11 @@ struct CudaModel::Impl {
         size_t(attention_decode_scratch_floats(B, m.H, m.D, decode_splits)), "(B, H, splits, D+2)");
     add("scratch", "last positions' hidden states", &x_last, size_t(B) * m.C, "(B, C)");
     add("scratch", "decode logits", &decode_logits, size_t(B) * m.V, "(B, V)");
-    add("scratch", "greedy tokens", &greedy_codes, size_t(B), "(B)");
+    add("scratch", "next-token codes", &token_codes, size_t(B), "(B)");
+    add("kv cache", "token ids", &context_ids, size_t(B) * context, cat("(", B, ", ", context, ")"));
+    add("scratch", "draw sequence", &draw_sequence, size_t(B), "(B)");
+    add("scratch", "draw step", &draw_step, size_t(B), "(B)");
+    add("scratch", "sampling", &sample_scratch, size_t(sample_tokens_scratch_bytes(B, m.V)), "bytes");
   }
 
   void plan_scratch() {
@@ -435,12 +442,6 @@ struct CudaModel::Impl {
     return sms;
   }
 
-  // kGenerate: the rows' cache slots and positions (and, decoding, each sequence's length).
-  void upload_cache_rows(const std::vector<int32_t>& slot, const std::vector<int32_t>& pos) {
-    CUDA_CHECK(cudaMemcpyAsync(cache_slot, slot.data(), slot.size() * 4, cudaMemcpyHostToDevice, stream));
-    CUDA_CHECK(cudaMemcpyAsync(cache_pos, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice, stream));
-  }
-
   // The LM head on `rows` final hidden states: logits (rows, V) fp32 into decode_logits.
   void head_logits(const bf16* x, int rows) {
     gemm(*gemm_ctx, decode_logits, x, weights.head(), rows, cfg.V, cfg.C, false, true, 1.f, 0.f, GemmOut::kFp32,
@@ -454,13 +455,34 @@ struct CudaModel::Impl {
     CUDA_CHECK(cudaStreamSynchronize(stream));
   }
 
-  // The greedy token of each of the first `rows` rows of decode_logits (waits).
-  void take_greedy(int rows, std::vector<int32_t>& ids) {
-    greedy_tokens(greedy_codes, decode_logits, rows, cfg.V, stream);
+  // The next token of each of the first `rows` rows of decode_logits (waits): plain greedy without
+  // any context; otherwise over each row's ids so far (context_ids, cache_len of them).
+  void take_tokens(int rows, const TokenChoice& c, std::vector<int32_t>& ids) {
+    const SamplingParams& p = c.sampling;
+    if (p.plain_greedy()) {
+      greedy_tokens(token_codes, decode_logits, rows, cfg.V, stream);
+    } else {
+      LOOM_CHECK(c.sequence.size() >= size_t(rows) && c.step.size() >= size_t(rows), "next tokens: sequence and step "
+                 "for ", rows, " rows, got ", c.sequence.size(), " and ", c.step.size());
+      CUDA_CHECK(cudaMemcpyAsync(draw_sequence, c.sequence.data(), size_t(rows) * 8, cudaMemcpyHostToDevice, stream));
+      CUDA_CHECK(cudaMemcpyAsync(draw_step, c.step.data(), size_t(rows) * 8, cudaMemcpyHostToDevice, stream));
+      sample_tokens(token_codes, decode_logits, rows, cfg.V, p, context_ids, cache_len, context, draw_sequence,
+                    draw_step, sample_scratch, sample_tokens_scratch_bytes(B, cfg.V), stream);
+    }
     ids.resize(size_t(rows));
-    CUDA_CHECK(cudaMemcpyAsync(ids.data(), greedy_codes, ids.size() * 4, cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaMemcpyAsync(ids.data(), token_codes, ids.size() * 4, cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
-    for (int32_t& id : ids) id = greedy_token_of_code(id, cfg.V);
+    for (int32_t& id : ids) id = p.plain_greedy() ? greedy_token_of_code(id, cfg.V) : sampled_token_of_code(id, cfg.V, p);
+  }
+
+  // The rows of a prefill or decode step into the KV cache's slots and positions, and their token ids
+  // into context_ids; lengths (one per cache row) into cache_len.
+  void upload_cache_rows(const std::vector<int32_t>& slot, const std::vector<int32_t>& pos,
+                         const std::vector<int32_t>& lengths) {
+    CUDA_CHECK(cudaMemcpyAsync(cache_slot, slot.data(), slot.size() * 4, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(cache_pos, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(cache_len, lengths.data(), lengths.size() * 4, cudaMemcpyHostToDevice, stream));
+    token_cache_write(context_ids, tokens, cache_slot, cache_pos, T, context, stream);
   }
 
   void check_can_generate(const char* what) const {
@@ -614,10 +636,10 @@ void CudaModel::prefill(const std::vector<std::vector<int32_t>>& prompts, bool a
   impl_->take_logits(int(prompts.size()), logits);
 }
 
-void CudaModel::prefill_greedy(const std::vector<std::vector<int32_t>>& prompts, bool adapters,
-                               std::vector<int32_t>& ids) {
+void CudaModel::prefill_tokens(const std::vector<std::vector<int32_t>>& prompts, bool adapters,
+                               const TokenChoice& choice, std::vector<int32_t>& ids) {
   impl_->prefill_forward(prompts, adapters);
-  impl_->take_greedy(int(prompts.size()), ids);
+  impl_->take_tokens(int(prompts.size()), choice, ids);
 }
 
 void CudaModel::decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
@@ -626,10 +648,10 @@ void CudaModel::decode(const std::vector<int32_t>& tokens, const std::vector<int
   impl_->take_logits(impl_->B, logits);
 }
 
-void CudaModel::decode_greedy(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
-                              std::vector<int32_t>& ids) {
+void CudaModel::decode_tokens(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
+                              const TokenChoice& choice, std::vector<int32_t>& ids) {
   impl_->decode_forward(tokens, positions, adapters);
-  impl_->take_greedy(impl_->B, ids);
+  impl_->take_tokens(impl_->B, choice, ids);
 }
 
 void CudaModel::Impl::prefill_forward(const std::vector<std::vector<int32_t>>& prompts, bool adapters) {
@@ -638,7 +660,7 @@ void CudaModel::Impl::prefill_forward(const std::vector<std::vector<int32_t>>& p
   LOOM_CHECK(!prompts.empty() && int(prompts.size()) <= d.B, "prefill: ", prompts.size(),
              " prompts for a cache of ", d.B, " sequences");
   MicroBatch mb;
-  std::vector<int32_t> slot;
+  std::vector<int32_t> slot, lengths;
   mb.cu_seqlens.push_back(0);
   for (size_t b = 0; b < prompts.size(); ++b) {
     const std::vector<int32_t>& p = prompts[b];
@@ -652,10 +674,11 @@ void CudaModel::Impl::prefill_forward(const std::vector<std::vector<int32_t>>& p
       slot.push_back(int32_t(b));
     }
     mb.cu_seqlens.push_back(int32_t(mb.tokens.size()));
+    lengths.push_back(int32_t(p.size()));
   }
   const CachingScope caching(d);
   d.begin_pass(mb, PassOptions{adapters, false, 0});
-  d.upload_cache_rows(slot, mb.positions);
+  d.upload_cache_rows(slot, mb.positions, lengths);
   d.forward_layers();
   for (size_t b = 0; b < prompts.size(); ++b)  // each prompt's last position
     CUDA_CHECK(cudaMemcpyAsync(d.x_last + b * d.cfg.C, d.xf + int64_t(mb.cu_seqlens[b + 1] - 1) * d.cfg.C,
@@ -686,8 +709,7 @@ void CudaModel::Impl::decode_forward(const std::vector<int32_t>& tokens, const s
   }
   const CachingScope caching(d);
   d.begin_pass(mb, PassOptions{adapters, false, 0});
-  d.upload_cache_rows(slot, positions);
-  CUDA_CHECK(cudaMemcpyAsync(d.cache_len, length.data(), length.size() * 4, cudaMemcpyHostToDevice, d.stream));
+  d.upload_cache_rows(slot, positions, length);
   d.run_decode_step(max_len);
 }
 

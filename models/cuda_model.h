@@ -21,8 +21,9 @@
 //             (varlen flash attention) and writes their rows into the cache; decode() runs one token
 //             per sequence, appends its key and value and attends to the cache
 //             (ops/attention_decode.h). Logits of the last position of each sequence, fp32, or
-//             only their greedy tokens (ops/sampling.h greedy_tokens: B ids cross to the host, not
-//             B · V logits). A decode step runs as a CUDA graph (see Impl::decode_graphs).
+//             only their next tokens (ops/sampling.h greedy_tokens / sample_tokens: B ids cross to the
+//             host, not B · V logits; the sequences' token ids are kept beside the KV cache for the
+//             repetition penalty). A decode step runs as a CUDA graph (see Impl::decode_graphs).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -38,6 +39,7 @@
 #include "models/lora.h"
 #include "models/model_config.h"
 #include "models/weights.h"
+#include "ops/sampling.h"
 
 namespace loom {
 
@@ -94,11 +96,14 @@ class CudaModel {
   // `logits`, whose storage a caller reuses step after step (waits).
   void decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
               std::vector<float>& logits);
-  // prefill and decode returning each row's greedy token (argmax, lowest index on ties) instead of its
-  // logits; a non-finite logit is an error, as in ops/sampling.h sample_token_ref.
-  void prefill_greedy(const std::vector<std::vector<int32_t>>& prompts, bool adapters, std::vector<int32_t>& ids);
-  void decode_greedy(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
-                     std::vector<int32_t>& ids);
+  // prefill and decode returning each row's next token instead of its logits, chosen on the GPU as
+  // ops/sampling.h sample_token_ref chooses it (plain greedy: greedy_tokens; else sample_tokens over
+  // the row's ids so far); choice.sequence and choice.step per row (prompt / cache row order; unused
+  // for plain greedy). A row the reference refuses (a non-finite logit, ...) is its error.
+  void prefill_tokens(const std::vector<std::vector<int32_t>>& prompts, bool adapters, const TokenChoice& choice,
+                      std::vector<int32_t>& ids);
+  void decode_tokens(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, bool adapters,
+                     const TokenChoice& choice, std::vector<int32_t>& ids);
 
   // The per-token losses (T) of the last forward (waits for the stream).
   std::vector<float> token_losses();

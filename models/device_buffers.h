@@ -37,6 +37,8 @@ template <>
 inline const char* dtype_of<uint8_t>() { return "u8"; }
 template <>
 inline const char* dtype_of<int32_t>() { return "i32"; }
+template <>
+inline const char* dtype_of<uint64_t>() { return "u64"; }
 
 // Registers `count` elements of T under group/name.
 template <class T>

@@ -19,7 +19,24 @@ __global__ void kv_cache_write_kernel(bf16* cache_k, bf16* cache_v, const bf16* 
   }
 }
 
+// Thread t writes token t.
+__global__ void token_cache_write_kernel(int32_t* ids, const int32_t* tokens, const int32_t* slot, const int32_t* pos,
+                                         int64_t T, int64_t capacity) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t < T) ids[int64_t(slot[t]) * capacity + pos[t]] = tokens[t];
+}
+
 }  // namespace
+
+void token_cache_write(int32_t* ids, const int32_t* tokens, const int32_t* slot, const int32_t* pos, int64_t T,
+                       int64_t capacity, cudaStream_t stream) {
+  LOOM_CHECK(capacity > 0 && T >= 0, "token cache: capacity ", capacity, ", T ", T);
+  if (T == 0) return;
+  constexpr int kThreads = 256;
+  token_cache_write_kernel<<<unsigned((T + kThreads - 1) / kThreads), kThreads, 0, stream>>>(ids, tokens, slot, pos, T,
+                                                                                              capacity);
+  CUDA_CHECK(cudaGetLastError());
+}
 
 void kv_cache_write(bf16* cache_k, bf16* cache_v, const bf16* k, const bf16* v, const int32_t* slot,
                     const int32_t* pos, int64_t T, int KVH, int D, int64_t capacity, cudaStream_t stream) {

@@ -18,4 +18,13 @@ void kv_cache_write_ref(float* cache_k, float* cache_v, const float* k, const fl
   }
 }
 
+void token_cache_write_ref(int32_t* ids, const int32_t* tokens, const int32_t* slot, const int32_t* pos, int64_t T,
+                           int B, int64_t capacity) {
+  for (int64_t t = 0; t < T; ++t) {
+    LOOM_CHECK(slot[t] >= 0 && slot[t] < B && pos[t] >= 0 && pos[t] < capacity, "token cache: token ", t,
+               " goes to slot ", slot[t], " position ", pos[t], ", outside ", B, " sequences of ", capacity, " positions");
+    ids[int64_t(slot[t]) * capacity + pos[t]] = tokens[t];
+  }
+}
+
 }  // namespace loom

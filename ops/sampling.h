@@ -54,6 +54,15 @@ struct SamplingParams {
   float min_p = 0.f;               // 0: off
   float repetition_penalty = 1.f;  // 1: off (HF RepetitionPenaltyLogitsProcessor: every context id, prompt included)
   uint64_t seed = 0;
+  // Greedy without a penalty: the argmax of the raw logits, which needs no context.
+  bool plain_greedy() const { return temperature == 0.f && repetition_penalty == 1.f; }
+};
+
+// The next token of each row of a batch, as sample_token_ref chooses it: the parameters, and per row
+// sample_token_ref's sequence (the request's index) and step (tokens it has generated so far).
+struct TokenChoice {
+  SamplingParams sampling;
+  std::vector<uint64_t> sequence, step;
 };
 
 // Throws loom::Error naming the command-line option, e.g. "--top-p must be in (0, 1], got 1.5".

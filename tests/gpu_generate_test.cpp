@@ -128,6 +128,56 @@ TEST_P(GpuGenerate, TheTrainingModelSamplesHuggingFacesGreedyIds) {
   expect_hf_greedy_ids(*decoder, GetParam(), fx, "adapter");
 }
 
+// Tokens chosen on the GPU (CudaModel::prefill_tokens / decode_tokens: ops/sampling.cu) are
+// sample_token_ref's draws from the GPU's own logits: a second model with the same weights, fed the
+// same tokens, returns its logits, and the host draws from them with each sequence's context. The
+// same kernels on the same inputs give the same logits, so the tokens must be equal, step by step
+// (sampling with every filter and a repetition penalty; plain greedy).
+TEST_P(GpuGenerate, TokensChosenOnTheGpuAreTheReferenceDraws) {
+  REQUIRE_GPU();
+  const test::HfFixture f = test::load_hf_fixture(GetParam());
+  const nlohmann::json fx = test::read_json(test::fixtures_dir() + "/generate/" + GetParam() + ".json");
+  const FixturePrompts p(fx);
+  const int batch = int(p.prompts.size()), steps = 12;
+  const int64_t context = p.longest + steps + 1;
+  SamplingParams sampled;
+  sampled.temperature = 0.8f;
+  sampled.top_k = 20;
+  sampled.top_p = 0.9f;
+  sampled.min_p = 0.02f;
+  sampled.repetition_penalty = 1.2f;
+  sampled.seed = 7;
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  for (const SamplingParams& params : {sampled, greedy}) {
+    const std::unique_ptr<CudaModel> with_logits = generation_model(f, batch, context, p.prefill);
+    const std::unique_ptr<CudaModel> choosing = generation_model(f, batch, context, p.prefill);
+    std::vector<std::vector<int32_t>> contexts = p.prompts;
+    TokenChoice choice{params, std::vector<uint64_t>(size_t(batch)), std::vector<uint64_t>(size_t(batch), 0)};
+    for (int b = 0; b < batch; ++b) choice.sequence[size_t(b)] = uint64_t(b);
+    std::vector<float> logits;
+    std::vector<int32_t> ids, positions(static_cast<size_t>(batch));
+    with_logits->prefill(p.prompts, true, logits);
+    choosing->prefill_tokens(p.prompts, true, choice, ids);
+    for (int k = 0; k < steps; ++k) {
+      ASSERT_EQ(ids.size(), size_t(batch));
+      for (int b = 0; b < batch; ++b) {
+        const std::vector<int32_t>& c = contexts[size_t(b)];
+        const int32_t want = sample_token_ref(logits.data() + size_t(b) * f.cfg.V, f.cfg.V, params, c.data(), c.size(),
+                                              uint64_t(b), uint64_t(k));
+        ASSERT_EQ(ids[size_t(b)], want) << GetParam() << " T " << params.temperature << " sequence " << b << " step " << k;
+        contexts[size_t(b)].push_back(ids[size_t(b)]);
+        positions[size_t(b)] = int32_t(c.size()) - 1;
+      }
+      for (uint64_t& s : choice.step) ++s;
+      with_logits->decode(ids, positions, true, logits);
+      std::vector<int32_t> next;
+      choosing->decode_tokens(ids, positions, true, choice, next);
+      ids = next;
+    }
+  }
+}
+
 TEST_P(GpuGenerate, DecodeLogitsFollowTheReferenceWithinTheBf16Rule) {
   REQUIRE_GPU();
   const test::HfFixture f = test::load_hf_fixture(GetParam());

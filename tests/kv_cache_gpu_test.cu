@@ -44,6 +44,17 @@ void check_write(int B, int64_t capacity, int KVH, int D, const std::vector<int3
   const std::vector<uint16_t> got_k = dck.download<uint16_t>(), got_v = dcv.download<uint16_t>();
   EXPECT_EQ(got_k, to_bits(ck)) << "keys, T " << T << " D " << D;
   EXPECT_EQ(got_v, to_bits(cv)) << "values, T " << T << " D " << D;
+  // The same rows' token ids into the id cache (random beforehand, as the caches).
+  std::vector<int32_t> ids(static_cast<size_t>(B * capacity)), tokens(static_cast<size_t>(T));
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 2654435761u) % 100000);
+  for (size_t t = 0; t < tokens.size(); ++t) tokens[t] = int32_t(7 + 13 * t);
+  DeviceArray<int32_t> dids(ids.size()), dtokens(tokens.size());
+  dids.upload(ids);
+  dtokens.upload(tokens);
+  token_cache_write(dids.get(), dtokens.get(), dslot.get(), dpos.get(), T, capacity, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  token_cache_write_ref(ids.data(), tokens.data(), slot.data(), pos.data(), T, B, capacity);
+  EXPECT_EQ(dids.download<int32_t>(), ids) << "token ids, T " << T;
 }
 
 TEST(KvCacheGpu, WritesEveryRowToItsSlotAndPosition) {

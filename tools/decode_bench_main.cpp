@@ -1,14 +1,16 @@
 // build/decode_bench: generation speed on one GPU (issue 12), the figures tools/hf_generate_baseline.py
 // gives for Hugging Face `generate`, on the same workload and with the same definitions.
 //   build/decode_bench --preset llama-3.1-8b [--quant bf16|nf4] [--batch 1] [--prompt-len 128]
-//                      [--new-tokens 256] [--adapters on|off] [--warmup 1] [--runs 3] [--json FILE]
+//                      [--new-tokens 256] [--adapters on|off] [--temperature T [--top-p P]] [--warmup 1]
+//                      [--runs 3] [--json FILE]
 // The model is the preset with random weights (seed 0), B prompts of prompt-len ids drawn uniformly
-// from [3, V) (seed 1234; ids 0–2 are the presets' special tokens), greedy, every sequence
-// generating exactly new-tokens tokens (no eos). With --adapters on (the default) a LoRA r=16 on the
+// from [3, V) (seed 1234; ids 0–2 are the presets' special tokens), greedy unless --temperature
+// (then sampled on the GPU, ops/sampling.h sample_tokens, seed 0), every sequence generating exactly
+// new-tokens tokens (no eos). With --adapters on (the default) a LoRA r=16 on the
 // seven projections is applied unmerged, as after training; off is the base model, which is also
 // the speed of an adapter merged into bf16 weights.
 // Timing (steady clock around calls that wait for the device; median of --runs after --warmup):
-//   prefill_s   CudaModel::prefill_greedy of the B prompts (packed, varlen flash attention, cache
+//   prefill_s   CudaModel::prefill_tokens of the B prompts (packed, varlen flash attention, cache
 //               written, each prompt's greedy token picked on the GPU), as generate() prefills
 //   generate_s  the whole engine/generation.h generate() call: prefill, new-tokens − 1 decode steps,
 //               greedy picks on the host
@@ -57,16 +59,36 @@ constexpr int32_t kFirstId = 3;        // ids 0, 1, 2: pad / bos / eos of the pr
 
 const char* kUsage =
     "usage: build/decode_bench --preset NAME [--quant bf16|nf4] [--batch B] [--prompt-len N] [--new-tokens N]\n"
-    "                          [--adapters on|off] [--warmup N] [--runs N] [--json FILE]\n"
+    "                          [--adapters on|off] [--temperature T [--top-p P]] [--warmup N] [--runs N]\n"
+    "                          [--json FILE]\n"
     "  Times greedy generation on GPU 0 (prefill and decode tokens/s, beside the decode roofline) and\n"
     "  prints one JSON object. Presets: qwen3-0.6b, llama-3.2-1b, mistral-7b, llama-3.1-8b, qwen3-8b.\n"
     "  Defaults: bf16, batch 1, prompt 128, 256 new tokens, adapters on (LoRA r16 unmerged), 1 warm-up, 3 runs.\n";
+
+SamplingParams greedy_params() {
+  SamplingParams p;
+  p.temperature = 0;
+  return p;
+}
+
+double parse_float(const std::string& flag, const std::string& value) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  LOOM_CHECK(used == value.size(), flag, " expects a number, got '", value, "'");
+  return v;
+}
 
 struct DecodeBenchOptions {
   std::string preset;
   Quant quant = Quant::kBf16;
   int batch = 1, prompt_len = 128, new_tokens = 256;
   bool adapters = true;
+  SamplingParams sampling = greedy_params();
   int warmup = 1, runs = 3;
   std::string json_path;
 };
@@ -83,12 +105,15 @@ DecodeBenchOptions parse_args(int argc, char** argv) {
     else if (flag == "--prompt-len") o.prompt_len = parse_count(flag, value, 1);
     else if (flag == "--new-tokens") o.new_tokens = parse_count(flag, value, 2);
     else if (flag == "--adapters") o.adapters = (check_choice(flag, value, {"on", "off"}), value == "on");
+    else if (flag == "--temperature") o.sampling.temperature = float(parse_float(flag, value));
+    else if (flag == "--top-p") o.sampling.top_p = float(parse_float(flag, value));
     else if (flag == "--warmup") o.warmup = parse_count(flag, value, 0);
     else if (flag == "--runs") o.runs = parse_count(flag, value, 1);
     else if (flag == "--json") o.json_path = value;
     else fail("unknown option ", flag, "\n", kUsage);
   }
   LOOM_CHECK(!o.preset.empty(), "--preset is required\n", kUsage);
+  check_sampling_params(o.sampling);
   return o;
 }
 
@@ -155,13 +180,14 @@ int run(int argc, char** argv) {
   const std::vector<std::vector<int32_t>> prompts = random_prompts(o, cfg.V);
   GenerationOptions g;
   g.max_new_tokens = o.new_tokens;
-  g.sampling.temperature = 0;  // greedy; no eos ids: every sequence runs to new_tokens
+  g.sampling = o.sampling;  // no eos ids: every sequence runs to new_tokens
   g.batch_size = o.batch;
   std::vector<double> prefill_s, generate_s;
   std::vector<int32_t> first_tokens;
+  const TokenChoice first{g.sampling, std::vector<uint64_t>(size_t(o.batch)), std::vector<uint64_t>(size_t(o.batch))};
   double peak = 0;
   for (int r = 0; r < o.warmup + o.runs; ++r) {
-    const double p = seconds_of([&] { model.prefill_greedy(prompts, o.adapters, first_tokens); });
+    const double p = seconds_of([&] { model.prefill_tokens(prompts, o.adapters, first, first_tokens); });
     std::vector<Generation> out;
     const double t = seconds_of([&] { out = generate(decoder, nullptr, prompts, g); });
     for (const Generation& gen : out)
@@ -179,6 +205,8 @@ int run(int argc, char** argv) {
             {"preset", o.preset},
             {"quant", quant_name(o.quant)},
             {"adapters", o.adapters ? "unmerged" : "off"},
+            {"temperature", o.sampling.temperature},
+            {"top_p", o.sampling.top_p},
             {"batch", o.batch},
             {"prompt_len", o.prompt_len},
             {"new_tokens", o.new_tokens},
@@ -197,9 +225,10 @@ int run(int argc, char** argv) {
   j.update(device_json());
   j["commit"] = git_commit();
   std::fprintf(stderr,
-               "%-14s %-4s adapters %-8s batch %3d | decode %9.1f tok/s (%5.1f%% of roofline %9.1f) | prefill %9.0f "
+               "%-14s %-4s %-7s adapters %-8s batch %3d | decode %9.1f tok/s (%5.1f%% of roofline %9.1f) | prefill %9.0f "
                "tok/s | %6.2f GiB | %s\n",
-               o.preset.c_str(), quant_name(o.quant), o.adapters ? "unmerged" : "off", o.batch, decode_tps,
+               o.preset.c_str(), quant_name(o.quant), o.sampling.temperature > 0 ? "sampled" : "greedy",
+               o.adapters ? "unmerged" : "off", o.batch, decode_tps,
                100.0 * decode_tps / roof.tokens_per_s, roof.tokens_per_s, j["prefill_tokens_per_s"].get<double>(), peak,
                j["device"].get<std::string>().c_str());
   emit_json(j, o.json_path);
