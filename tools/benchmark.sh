@@ -4,7 +4,11 @@
 #   BENCH_PRESETS="qwen3-0.6b llama-3.2-1b llama-3.1-8b qwen3-8b" make benchmark
 # For each preset: build/bench in nf4 and bf16 at the engine's default settings, plus nf4 with
 # --recompute full for the 7-8B presets; then, when python3 imports torch, transformers and peft,
-# tools/hf_baseline.py on the same documents (checked against build/bench --print-data first).
+# tools/hf_baseline.py on the same documents (checked against build/bench --print-data first), then
+# the stronger anchors of issue 15 on the same documents: tools/hf_baseline.py --tuned (no checkpointing,
+# packed micro-batches of the largest size that fits, Liger when liger_kernel imports; retried without
+# Liger if it fails with it) and tools/unsloth_baseline.py (Unsloth's QLoRA, packing on), each when its
+# imports work (on the GPU machine: bash .whl15/install.sh and PYTHONPATH=/tmp/site15 first).
 # Then the DPO workload (build/bench --dpo, nf4) beside TRL's DPOTrainer + peft
 # (tools/trl_dpo_baseline.py, when python3 also imports trl; checked against --dpo --print-data).
 # Then generation (build/decode_bench: prompt 128, 256 new tokens, greedy; nf4 and bf16 at batch 1 and
@@ -15,7 +19,8 @@
 # Environment: BENCH_OUT (default build/bench.jsonl, rewritten), BENCH_PRESETS (default
 # "qwen3-0.6b llama-3.1-8b"; set but empty: none), BENCH_DPO_PRESETS (default "llama-3.1-8b"; set
 # but empty: none), BENCH_DECODE_PRESETS (default "qwen3-0.6b llama-3.1-8b"; set but empty: none),
-# BENCH_STEPS (timed steps, default 5), BENCH_BASELINE=0 skips the baselines.
+# BENCH_STEPS (timed steps, default 5), BENCH_BASELINE=0 skips the baselines, BENCH_TUNED=0 the tuned HF
+# baseline, BENCH_UNSLOTH=0 the Unsloth one.
 # Exit status: 0 when every run gave its figures (targets missed are reported, not failures), 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +50,11 @@ baseline_available() {
   [[ "${BENCH_BASELINE:-1}" != 0 ]] && python3 -c "import torch, transformers, peft" >/dev/null 2>&1
 }
 
+# python3 imports the module (quietly); $1 the modules, as an import statement lists them.
+imports() {
+  python3 -c "import $1" >/dev/null 2>&1
+}
+
 trl_available() {
   [[ "${BENCH_BASELINE:-1}" != 0 ]] && python3 -c "import torch, transformers, peft, trl" >/dev/null 2>&1
 }
@@ -72,23 +82,48 @@ run() {
   local status=$?
   if [[ $status -eq 0 && -s "$scratch/$name.json" ]]; then
     cat "$scratch/$name.json" >>"$OUT"
-  else
-    echo "== $name FAILED (exit $status); its row is missing from the table" >&2
-    failures=$((failures + 1))
+    return 0
   fi
+  echo "== $name FAILED (exit $status); its row is missing from the table" >&2
+  failures=$((failures + 1))
+  return 1
 }
 
-# run_baseline NAME SCRIPT PRESET: the Python baseline on the same data as build/bench (its --check-bench
-# compares them first; a difference skips the row and counts as a failure).
+# run_baseline NAME SCRIPT PRESET [ARGS...]: the Python baseline on the same data as build/bench (its
+# --check-bench compares them first; a difference skips the row and counts as a failure).
 run_baseline() {
   local name=$1 script=$2 preset=$3
-  if python3 "$script" --preset "$preset" --steps "$STEPS" --warmup "$WARMUP" --check-bench "$BENCH"; then
-    run "$name" python3 "$script" --preset "$preset" --steps "$STEPS" --warmup "$WARMUP"
+  shift 3
+  if python3 "$script" --preset "$preset" --steps "$STEPS" --warmup "$WARMUP" "$@" --check-bench "$BENCH"; then
+    run "$name" python3 "$script" --preset "$preset" --steps "$STEPS" --warmup "$WARMUP" "$@"
   else
     echo "== $name skipped: its data differ from build/bench's" >&2
     failures=$((failures + 1))
+    return 1
   fi
 }
+
+# The tuned HF baseline; when it fails with Liger's kernels, once more without them (the failure with
+# Liger is reported, and counted only if the run without Liger fails too).
+run_tuned() {
+  local preset=$1
+  if ! run_baseline "hf-tuned-$preset" tools/hf_baseline.py "$preset" --tuned && imports liger_kernel; then
+    echo "== hf-tuned-$preset: again without Liger's kernels" >&2
+    failures=$((failures - 1))
+    run_baseline "hf-tuned-$preset" tools/hf_baseline.py "$preset" --tuned --no-liger
+  fi
+}
+
+# Once: the import checks of the stronger baselines (importing unsloth takes seconds).
+tuned_ok=0
+unsloth_ok=0
+if baseline_available && [[ "${BENCH_TUNED:-1}" != 0 ]]; then
+  tuned_ok=1
+  imports liger_kernel.transformers || echo "== the tuned HF baseline runs without Liger: python3 cannot import liger_kernel" >&2
+fi
+if baseline_available && [[ "${BENCH_UNSLOTH:-1}" != 0 && -n "$PRESETS" ]]; then
+  HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 imports "unsloth, bitsandbytes" && unsloth_ok=1
+fi
 
 for preset in $PRESETS; do
   for mode in $(modes_of "$preset"); do
@@ -102,6 +137,16 @@ for preset in $PRESETS; do
     run_baseline "hf-$preset" tools/hf_baseline.py "$preset"
   else
     echo "== hf-$preset skipped: python3 cannot import torch, transformers and peft (or BENCH_BASELINE=0)" >&2
+  fi
+  if [[ $tuned_ok == 1 ]]; then
+    run_tuned "$preset"
+  else
+    echo "== hf-tuned-$preset skipped: python3 cannot import torch, transformers and peft (or BENCH_BASELINE=0, BENCH_TUNED=0)" >&2
+  fi
+  if [[ $unsloth_ok == 1 ]]; then
+    run_baseline "unsloth-$preset" tools/unsloth_baseline.py "$preset"
+  else
+    echo "== unsloth-$preset skipped: python3 cannot import unsloth and bitsandbytes (bash .whl15/install.sh, PYTHONPATH=/tmp/site15), or BENCH_BASELINE=0, BENCH_UNSLOTH=0" >&2
   fi
 done
 
@@ -155,6 +200,8 @@ every_training = [r for r in every if not is_decode(r)]
 rows = [r for r in every_training if not is_dpo(r)]
 dpo_rows = [r for r in every_training if is_dpo(r)]
 base = {r["preset"]: r for r in rows if r["engine"] == "hf-peft"}
+# The stronger anchors of issue 15: each row's tokens/s against them too.
+anchors = {e: {r["preset"]: r for r in rows if r["engine"] == e} for e in ("hf-peft-tuned", "unsloth")}
 nf4_speed = {r["preset"]: r["tokens_per_s"] for r in rows
              if r["engine"] == "loom" and r["mode"] == "nf4" and r["recompute"] != "full"}
 
@@ -177,10 +224,15 @@ def bf16_target(r):
         return ""
     return ("met" if r["tokens_per_s"] >= nf4_speed[r["preset"]] else "MISSED") + " (bf16 >= nf4 tok/s)"
 
-fmt = "{:<14} {:<8} {:<5} {:<10} {:>10} {:>7} {:>9} {:>7} {:>6} {:>6}  {}"
+fmt = "{:<14} {:<13} {:<5} {:<10} {:>10} {:>7} {:>9} {:>7} {:>6} {:>6} {:>7} {:>7}  {}"
 if rows:
     print(fmt.format("preset", "engine", "mode", "recompute", "tok/s", "x base", "peak GiB", "x base", "MFU",
-                     "pad", "target"))
+                     "pad", "x tuned", "x unsl", "target"))
+
+def against(r, engine):
+    a = anchors[engine].get(r["preset"])
+    return f"{r['tokens_per_s'] / a['tokens_per_s']:.2f}" if a and r is not a else "-"
+
 for r in rows:
     b = base.get(r["preset"])
     speed = r["tokens_per_s"] / b["tokens_per_s"] if b and r is not b else None
@@ -188,7 +240,16 @@ for r in rows:
     goal = " ".join(t for t in (target(r, speed, mem), bf16_target(r)) if t)
     print(fmt.format(r["preset"], r["engine"], r["mode"], r["recompute"], f"{r['tokens_per_s']:,.0f}",
                      f"{speed:.2f}" if speed else "-", f"{r['peak_mem_gib']:.2f}", f"{mem:.2f}" if mem else "-",
-                     f"{100 * r['mfu']:.1f}%", f"{100 * r['pad_share']:.0f}%", goal))
+                     f"{100 * r['mfu']:.1f}%", f"{100 * r['pad_share']:.0f}%", against(r, "hf-peft-tuned"),
+                     against(r, "unsloth"), goal))
+for r in rows:
+    if "micro_batch_search" in r:  # how the anchor was tuned: the search's trials, attention, Liger
+        tried = ", ".join(f"{t['micro_batch']}{'' if t['fits'] else ' OOM'}" for t in r["micro_batch_search"])
+        how = [f"micro-batch {r['micro_batch']} documents packed" + (f" (tried {tried})" if tried else " (given)")]
+        how += [f"attention {r['attn_implementation']}"] if "attn_implementation" in r else []
+        how += [f"Liger {r['liger']}"] if "liger" in r else []
+        how += [f"unsloth {r['unsloth']}, bitsandbytes {r['bitsandbytes']}"] if "unsloth" in r else []
+        print(f"  {r['engine']} {r['preset']}: " + "; ".join(how))
 if dpo_rows:
     # DPO: pairs/s with the reference in the step (TRL's default; precompute_ref_log_probs off), and
     # loom's figures with a precomputed reference; target >= 5x TRL's pairs/s at <= its memory.

@@ -4,12 +4,25 @@
     python3 tools/hf_baseline.py --preset llama-3.1-8b [--steps 5] [--warmup 2] [--json FILE]
     python3 tools/hf_baseline.py --preset qwen3-0.6b --check-bench build/bench   (CPU only)
     python3 tools/hf_baseline.py --preset qwen3-0.6b --print-data                (CPU only)
+    python3 tools/hf_baseline.py --preset llama-3.1-8b --tuned [--micro-batch N] [--attn A] [--no-liger]
+    python3 tools/hf_baseline.py --preset tiny --tuned --device cpu --cpu-oom-tokens 1200 --steps 1 --warmup 1
+                                                      (CPU smoke of the tuned path; figures meaningless)
 
 The baseline, exactly as BENCHMARK.md words it: transformers AutoModelForCausalLM.from_config in
 bf16 with attn_implementation="sdpa" (random weights, torch seed 0), peft LoRA r=16 alpha=16
 dropout 0 on q,k,v,o,gate,up,down, gradient checkpointing (non-reentrant), micro-batches of 4
 sequences right-padded to the longest of the 4, 8 accumulation steps (32 sequences per step),
 torch AdamW lr 2e-4 weight decay 0, grad-norm clip 1.0.
+
+--tuned (issue 15, "hf-peft-tuned"): the same model, LoRA, optimizer, documents and steps, as a user with
+an 80 GB GPU would run them: no gradient checkpointing; each micro-batch's documents flattened into one
+row without padding (transformers' DataCollatorWithFlattening: position_ids restart per document, the
+first label of each is -100, so nothing crosses a document boundary); attention flash_attention_2 if
+the flash-attn package imports, else sdpa (block-diagonal causal mask from the position_ids, see
+attention_choice); Liger's kernels when liger_kernel imports; PYTORCH_CUDA_ALLOC_CONF
+expandable_segments; the micro-batch (documents, 1..32) the largest whose biggest row of the run fits,
+found by powers of two then bisection, each try two forward+backward passes with AdamW's state held
+aside, out-of-memory caught and freed (the trials are in the JSON: micro_batch_search).
 
 The data are build/bench's, document for document (data/synthetic.h, data/dataloader.h, data/rng.h):
     SplitMix64(seed): state += 0x9E3779B97F4A7C15; out = mix64(state)
@@ -31,6 +44,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -298,13 +312,13 @@ def hf_config(transformers, preset):
     return cls(**kw)
 
 
-def base_model(torch, preset, device):
-    """The preset's model with random weights (torch seed 0), bf16, sdpa attention."""
+def base_model(torch, preset, device, attn="sdpa"):
+    """The preset's model with random weights (torch seed 0), bf16, sdpa attention unless told otherwise."""
     import transformers
     torch.manual_seed(0)
     with torch.device(device):
         return transformers.AutoModelForCausalLM.from_config(
-            hf_config(transformers, preset), dtype=torch.bfloat16, attn_implementation="sdpa")
+            hf_config(transformers, preset), dtype=torch.bfloat16, attn_implementation=attn)
 
 
 def lora_config():
@@ -339,15 +353,15 @@ def micro_batches(torch, workload, docs, device):
             ids[row, :n] = torch.from_numpy(workload.ids[d])
             mask[row, :n] = 1
         labels = ids.masked_fill(mask == 0, -100)
-        out.append((ids.to(device), mask.to(device), labels.to(device)))
+        out.append({"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)})
     return out
 
 
 def train_step(torch, model, optimizer, batches, n_targets):
     """One optimizer step over the accumulated micro-batches; returns the step's mean loss."""
     loss_sum = 0.0
-    for ids, mask, labels in batches:
-        out = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_targets)
+    for batch in batches:
+        out = model(**batch, num_items_in_batch=n_targets)
         out.loss.backward()
         loss_sum += out.loss.detach()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -361,16 +375,14 @@ def synchronize(torch, device):
         torch.cuda.synchronize()
 
 
-def run_baseline(args, workload):
-    import torch
+def trainable_parameters(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def timed_training(torch, args, model, batches, targets):
+    """2 (--warmup) untimed steps, then the timed ones: the figures every mode reports."""
     device = args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: the baseline needs a CUDA device (--device cpu runs it on the CPU, figures meaningless)")
-    tflops, tbps = measure_ceilings(torch) if device == "cuda" else (None, None)
-    model = build_model(torch, args.preset, device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.0)
-    batches = [micro_batches(torch, workload, docs, device) for docs in workload.steps]
-    targets = [sum(workload.lengths[d] - 1 for d in docs) for docs in workload.steps]
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=2e-4, weight_decay=0.0)
     for k in range(args.warmup):
         loss = train_step(torch, model, optimizer, batches[k], targets[k])
         print(f"hf_baseline: warm-up step {k + 1}/{args.warmup}, loss {loss:.4f}", file=sys.stderr)
@@ -384,31 +396,203 @@ def run_baseline(args, workload):
         loss = train_step(torch, model, optimizer, batches[k], targets[k])  # float(): synchronises
         times.append(time.perf_counter() - ts)
     synchronize(torch, device)
-    seconds = time.perf_counter() - t0
+    return {"seconds": time.perf_counter() - t0, "step_times_s": times, "loss_last": loss,
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else None}
+
+
+def figures_of(args, workload, batches, timing, ceilings):
+    """tokens/s, MFU and pad share of the timed steps, the same formula for every mode."""
+    tflops, tbps = ceilings
     timed = workload.steps[args.warmup:]
     real = sum(workload.lengths[d] for docs in timed for d in docs)
-    padded = sum(ids.numel() for k in range(args.warmup, len(batches)) for ids, _, _ in batches[k])
+    computed = sum(b["input_ids"].numel() for k in range(args.warmup, len(batches)) for b in batches[k])
     keys = mean_attended_keys([workload.lengths[d] for docs in timed for d in docs])
     fpt = flops_per_token(args.preset, keys)
-    tokens_per_s = real / seconds
+    tokens_per_s = real / timing["seconds"]
+    return dict(tokens_per_s=tokens_per_s, mfu=tokens_per_s * fpt / (tflops * 1e12) if tflops else None,
+                peak_mem_gib=timing.pop("peak_mem_gib"), pad_share=1.0 - real / computed, matmul_tflops=tflops,
+                copy_tbps=tbps, micro_batches=sum(len(batches[k]) for k in range(args.warmup, len(batches))),
+                tokens=real, padded_tokens=computed, flops_per_token=fpt, mean_attended_keys=keys, **timing)
+
+
+def step_targets(workload):
+    """Each step's target count (every token after its document's first): the loss divides by it."""
+    return [sum(workload.lengths[d] - 1 for d in docs) for docs in workload.steps]
+
+
+def start_device(torch, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: the baseline needs a CUDA device (--device cpu runs it on the CPU, figures meaningless)")
+    return measure_ceilings(torch) if device == "cuda" else (None, None)
+
+
+def run_baseline(args, workload):
+    import torch
+    ceilings = start_device(torch, args.device)
+    model = build_model(torch, args.preset, args.device)
+    batches = [micro_batches(torch, workload, docs, args.device) for docs in workload.steps]
+    timing = timed_training(torch, args, model, batches, step_targets(workload))
+    return result_json(args, torch, args.device, figures_of(args, workload, batches, timing, ceilings),
+                       engine="hf-peft", recompute="full")
+
+
+# ---------------------------------------------------------------------------------------------
+# The tuned baseline (issue 15): transformers + peft as a user with an 80 GB GPU runs them. No
+# gradient checkpointing; each micro-batch's documents packed into one row without padding
+# (DataCollatorWithFlattening: position_ids restart at every document, the first label of each is
+# -100); the largest micro-batch (documents) that fits, searched; Liger's kernels when they import.
+
+def attention_choice(requested):
+    """The attention that keeps packed documents apart. auto: flash_attention_2 when the flash-attn
+    package imports (varlen kernels: each document attends only to itself, nothing computed across);
+    else sdpa, which transformers (masking_utils.find_packed_sequence_indices, 4.5x through 5.23)
+    gives a block-diagonal causal mask built from the position_ids: exact, but the kernel computes
+    the whole row's T x T scores. flex_attention also honours the packing, but transformers compiles
+    it with dynamic=False, so every new row length recompiles: a choice to try by hand, not a default."""
+    if requested != "auto":
+        return requested
+    try:
+        import flash_attn  # noqa: F401
+        return "flash_attention_2"
+    except ImportError:
+        return "sdpa"
+
+
+def apply_liger(arch, device, wanted):
+    """Liger's RoPE, RMSNorm, SwiGLU and fused linear cross-entropy patched into transformers' classes
+    of `arch` (before the model is built). Returns what was done, for the JSON."""
+    if not wanted:
+        return "off (--no-liger)"
+    if device != "cuda":
+        return "off (its Triton kernels need a GPU)"
+    try:
+        import importlib.metadata
+        import liger_kernel.transformers as liger
+        version = importlib.metadata.version("liger-kernel")
+    except ImportError as e:
+        return f"off (liger_kernel does not import: {e})"
+    getattr(liger, f"apply_liger_kernel_to_{arch}")()
+    return f"liger-kernel {version}: rope, rms_norm, swiglu, fused_linear_cross_entropy"
+
+
+def packed_micro_batches(torch, workload, docs, size, device, flash_kwargs):
+    """Groups of `size` documents in batch order, each flattened into one row by transformers'
+    DataCollatorWithFlattening (with cu_seq_lens for flash_attention_2, which then skips deriving them)."""
+    import transformers
+    collate = transformers.DataCollatorWithFlattening(return_flash_attn_kwargs=flash_kwargs)
+    out = []
+    for g in range(0, len(docs), size):
+        batch = collate([{"input_ids": workload.ids[d].tolist()} for d in docs[g:g + size]])
+        out.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+    return out
+
+
+def release(torch, device):
+    import gc
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def try_micro_batch(torch, args, model, batch, n_targets, reserve_bytes):
+    """Two forward+backward passes of `batch` with `reserve_bytes` held aside (AdamW's two moments, not
+    yet allocated): (fits, seconds of the second pass, peak GiB). Out-of-memory is caught and freed."""
+    device, tokens = args.device, batch["input_ids"].numel()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    fits, seconds, reserve, out = True, None, None, None
+    try:
+        if device == "cpu" and args.cpu_oom_tokens and tokens > args.cpu_oom_tokens:
+            raise torch.cuda.OutOfMemoryError(f"--cpu-oom-tokens {args.cpu_oom_tokens} < {tokens} tokens")
+        reserve = torch.empty(reserve_bytes, dtype=torch.uint8, device=device)
+        for _ in range(2):  # the second pass meets the allocator as the training loop leaves it
+            synchronize(torch, device)
+            t0 = time.perf_counter()
+            out = model(**batch, num_items_in_batch=n_targets)
+            out.loss.backward()
+            out = None
+            synchronize(torch, device)
+            seconds = time.perf_counter() - t0
+    except torch.cuda.OutOfMemoryError:
+        fits = False
+    except RuntimeError as e:  # cuBLAS reports its own failed allocations at the edge of memory this way
+        if "ALLOC_FAILED" not in str(e) and "out of memory" not in str(e):
+            raise
+        fits = False
+    # Outside the except clause: the traceback (and the activations its frames hold) is gone by now.
+    out = reserve = None
+    model.zero_grad(set_to_none=True)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else None
-    return result_json(args, torch, device, dict(
-        tokens_per_s=tokens_per_s, mfu=tokens_per_s * fpt / (tflops * 1e12) if tflops else None,
-        peak_mem_gib=peak, pad_share=1.0 - real / padded, matmul_tflops=tflops, copy_tbps=tbps,
-        micro_batches=sum(len(batches[k]) for k in range(args.warmup, len(batches))), tokens=real,
-        padded_tokens=padded, seconds=seconds, step_times_s=times, flops_per_token=fpt,
-        mean_attended_keys=keys, loss_last=loss))
+    release(torch, device)
+    return fits, seconds, peak
 
 
-def result_json(args, torch, device, figures):
+def search_micro_batch(torch, args, model, workload):
+    """The largest micro-batch (documents per packed row, 1..32) whose biggest row over the run's steps
+    fits: powers of two until one fails, then bisection between the last that fit and the first that
+    did not. Returns (size, the trials in order)."""
+    reserve = 2 * sum(p.numel() * p.element_size() for p in trainable_parameters(model))
+    targets = step_targets(workload)
+    trials = {}
+
+    def fits(size):
+        biggest = max(((docs, g) for docs in workload.steps for g in range(0, len(docs), size)),
+                      key=lambda dg: sum(workload.lengths[d] for d in dg[0][dg[1]:dg[1] + size]))
+        docs, g = biggest
+        batch = packed_micro_batches(torch, workload, docs[g:g + size], size, args.device,
+                                     args.attn == "flash_attention_2")[0]
+        ok, seconds, peak = try_micro_batch(torch, args, model, batch, targets[0], reserve)
+        trials[size] = {"micro_batch": size, "tokens": batch["input_ids"].numel(), "fits": ok,
+                        "seconds": seconds, "peak_gib": peak}
+        print(f"hf_baseline: micro-batch {size:2d} ({trials[size]['tokens']} tokens): "
+              f"{'fits' if ok else 'out of memory'}", file=sys.stderr)
+        return ok
+
+    fit, fail, size = 0, None, 1
+    while size <= SEQUENCES_PER_STEP:
+        if not fits(size):
+            fail = size
+            break
+        fit, size = size, size * 2
+    if fit == 0:
+        sys.exit(f"error: one document of up to {MAX_LEN} tokens does not fit on the device without "
+                 "gradient checkpointing; the tuned baseline cannot run here")
+    while fail is not None and fail - fit > 1:
+        mid = (fit + fail) // 2
+        fit, fail = (mid, fail) if fits(mid) else (fit, mid)
+    return fit, list(trials.values())
+
+
+def run_tuned(args, workload):
+    import torch
+    ceilings = start_device(torch, args.device)
+    args.attn = attention_choice(args.attn)
+    liger = apply_liger(PRESETS[args.preset][0], args.device, not args.no_liger)
+    import peft
+    model = peft.get_peft_model(base_model(torch, args.preset, args.device, args.attn), lora_config())
+    model.train()
+    size, searched = (args.micro_batch, []) if args.micro_batch else search_micro_batch(torch, args, model, workload)
+    print(f"hf_baseline: micro-batch {size} documents, attention {args.attn}, {liger}", file=sys.stderr)
+    batches = [packed_micro_batches(torch, workload, docs, size, args.device, args.attn == "flash_attention_2")
+               for docs in workload.steps]
+    timing = timed_training(torch, args, model, batches, step_targets(workload))
+    extra = {"micro_batch": size, "micro_batch_search": searched, "attn_implementation": args.attn,
+             "packing": "DataCollatorWithFlattening (position_ids)", "liger": liger,
+             "gradient_checkpointing": False, "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")}
+    return result_json(args, torch, args.device,
+                       {**figures_of(args, workload, batches, timing, ceilings), **extra},
+                       engine="hf-peft-tuned", recompute="none")
+
+
+def result_json(args, torch, device, figures, engine, recompute):
     import peft
     import transformers
-    head = {"engine": "hf-peft", "preset": args.preset, "mode": "bf16", "gpus": 1}
+    head = {"engine": engine, "preset": args.preset, "mode": "bf16", "gpus": 1}
     for key in ("tokens_per_s", "mfu", "peak_mem_gib", "pad_share"):
         head[key] = figures.pop(key)
     ident = device_json(torch) if device == "cuda" else {"device": "cpu"}
     run = {"commit": git_commit(), "matmul_tflops": figures.pop("matmul_tflops"),
-           "copy_tbps": figures.pop("copy_tbps"), "token_budget": None, "recompute": "full",
+           "copy_tbps": figures.pop("copy_tbps"), "token_budget": None, "recompute": recompute,
            "sequences_per_step": SEQUENCES_PER_STEP, "warmup_steps": args.warmup, "timed_steps": args.steps}
     versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                 "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
@@ -418,7 +602,7 @@ def result_json(args, torch, device, figures):
 def print_row(j):
     mfu = f"{100 * j['mfu']:5.1f}%" if j["mfu"] is not None else "  n/a"
     peak = f"{j['peak_mem_gib']:6.2f} GiB" if j["peak_mem_gib"] is not None else "   n/a"
-    print(f"{j['preset']:<14} hf-peft bf16 | {j['tokens_per_s']:9.0f} tok/s | MFU {mfu} | {peak} | "
+    print(f"{j['preset']:<14} {j['engine']} {j['mode']} | {j['tokens_per_s']:9.0f} tok/s | MFU {mfu} | {peak} | "
           f"pad {100 * j['pad_share']:.1f}% | {j['device']}", file=sys.stderr)
 
 
@@ -440,9 +624,22 @@ def parse_args():
                    help="cpu exercises the script without a GPU (its figures mean nothing)")
     p.add_argument("--print-data", action="store_true", help="print each step's documents, as build/bench does")
     p.add_argument("--check-bench", metavar="BENCH", help="compare the documents with BENCH --print-data")
+    tuned = p.add_argument_group("the tuned baseline (issue 15)")
+    tuned.add_argument("--tuned", action="store_true",
+                       help="no gradient checkpointing, packed micro-batches, the largest that fits, Liger")
+    tuned.add_argument("--micro-batch", type=int, default=0, help="documents per micro-batch (default: searched)")
+    tuned.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flash_attention_2", "flex_attention"],
+                       help="attention for the packed rows (auto: flash_attention_2 if flash_attn imports, else sdpa)")
+    tuned.add_argument("--no-liger", action="store_true", help="leave Liger's kernels out even where they import")
+    tuned.add_argument("--cpu-oom-tokens", type=int, default=0,
+                       help="--device cpu: a micro-batch of more tokens counts as out of memory (exercises the search)")
     args = p.parse_args()
     if args.steps < 1 or args.warmup < 0:
         p.error(f"--steps must be >= 1 and --warmup >= 0 (got {args.steps}, {args.warmup})")
+    if not 0 <= args.micro_batch <= SEQUENCES_PER_STEP:
+        p.error(f"--micro-batch must be 1..{SEQUENCES_PER_STEP} documents (got {args.micro_batch})")
+    if not args.tuned and (args.micro_batch or args.attn != "auto" or args.no_liger or args.cpu_oom_tokens):
+        p.error("--micro-batch, --attn, --no-liger and --cpu-oom-tokens belong to --tuned")
     return args
 
 
@@ -455,7 +652,11 @@ def main():
     elif args.check_bench:
         check_against_bench(args.check_bench, args, workload, vocab)
     else:
-        result = run_baseline(args, workload)
+        if args.tuned:
+            # What a tuned user sets: segments that grow in place, so rows of changing length do not
+            # fragment the cache into out-of-memory (read when torch initialises CUDA, hence here).
+            os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        result = (run_tuned if args.tuned else run_baseline)(args, workload)
         print_row(result)
         emit(result, args.json)
 
