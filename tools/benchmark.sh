@@ -19,6 +19,8 @@
 # Environment: BENCH_OUT (default build/bench.jsonl, rewritten), BENCH_PRESETS (default
 # "qwen3-0.6b llama-3.1-8b"; set but empty: none), BENCH_DPO_PRESETS (default "llama-3.1-8b"; set
 # but empty: none), BENCH_DECODE_PRESETS (default "qwen3-0.6b llama-3.1-8b"; set but empty: none),
+# BENCH_LONG_PRESETS (default "llama-3.1-8b") and BENCH_LONG_LENGTHS (default "32768 131072"): one
+# document of L tokens per step (build/bench --long L, nf4, recompute full; issue 14),
 # BENCH_STEPS (timed steps, default 5), BENCH_BASELINE=0 skips the baselines, BENCH_TUNED=0 the tuned HF
 # baseline, BENCH_UNSLOTH=0 the Unsloth one.
 # Exit status: 0 when every run gave its figures (targets missed are reported, not failures), 1 otherwise.
@@ -30,6 +32,8 @@ OUT=${BENCH_OUT:-$BUILD/bench.jsonl}
 PRESETS=${BENCH_PRESETS-"qwen3-0.6b llama-3.1-8b"}
 DPO_PRESETS=${BENCH_DPO_PRESETS-"llama-3.1-8b"}
 DECODE_PRESETS=${BENCH_DECODE_PRESETS-"qwen3-0.6b llama-3.1-8b"}
+LONG_PRESETS=${BENCH_LONG_PRESETS-"llama-3.1-8b"}
+LONG_LENGTHS=${BENCH_LONG_LENGTHS-"32768 131072"}
 DECODE_BENCH="$BUILD/decode_bench"
 STEPS=${BENCH_STEPS:-5}
 WARMUP=2
@@ -182,6 +186,13 @@ for preset in $DECODE_PRESETS; do
   done
 done
 
+# Long context: one L-token document per step, nf4, full recompute (issue 14's MFU target counts attention).
+for preset in $LONG_PRESETS; do
+  for length in $LONG_LENGTHS; do
+    run "loom-long-$preset-$length" "$BENCH" --preset "$preset" --quant nf4 --long "$length" --steps 2 --warmup 1
+  done
+done
+
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]] && commit="$commit-dirty"
 echo
@@ -195,8 +206,10 @@ import json, sys
 every = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 is_dpo = lambda r: r.get("objective") == "dpo" or r["engine"] == "trl-dpo"
 is_decode = lambda r: "decode_tokens_per_s" in r
+is_long = lambda r: "long_tokens" in r
 decode_rows = [r for r in every if is_decode(r)]
-every_training = [r for r in every if not is_decode(r)]
+long_rows = [r for r in every if is_long(r)]
+every_training = [r for r in every if not is_decode(r) and not is_long(r)]
 rows = [r for r in every_training if not is_dpo(r)]
 dpo_rows = [r for r in every_training if is_dpo(r)]
 base = {r["preset"]: r for r in rows if r["engine"] == "hf-peft"}
@@ -273,6 +286,15 @@ if dpo_rows:
                           f"{speed:.2f}" if speed else "-",
                           f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") else "-",
                           f"{mem:.2f}" if mem else "-", mfu, pre, goal))
+if long_rows:
+    # Long context (issue 14): target MFU (attention counted) >= 50% at 32K and 128K.
+    print()
+    lfmt = "{:<14} {:<5} {:<10} {:>9} {:>10} {:>7} {:>9} {:>9}  {}"
+    print(lfmt.format("long preset", "mode", "recompute", "tokens", "tok/s", "MFU", "GPU GiB", "host GiB", "target"))
+    for r in long_rows:
+        goal = ("met" if r["mfu"] >= 0.5 else "MISSED") + " (MFU >= 50%)"
+        print(lfmt.format(r["preset"], r["mode"], r["recompute"], f"{r['long_tokens']:,}", f"{r['tokens_per_s']:,.0f}",
+                          f"{100 * r['mfu']:.1f}%", f"{r['peak_mem_gib']:.2f}", f"{r['peak_host_gib']:.2f}", goal))
 if decode_rows:
     # Generation (issue 12): decode tok/s against HF generate at the same batch, and against the
     # roofline of the row's own weight bytes. Targets: batch 1 >= 50% of the roofline and >= 10x HF,
