@@ -71,18 +71,6 @@ SamplingParams greedy_params() {
   return p;
 }
 
-double parse_float(const std::string& flag, const std::string& value) {
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(value, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  LOOM_CHECK(used == value.size(), flag, " expects a number, got '", value, "'");
-  return v;
-}
-
 struct DecodeBenchOptions {
   std::string preset;
   Quant quant = Quant::kBf16;
@@ -105,8 +93,8 @@ DecodeBenchOptions parse_args(int argc, char** argv) {
     else if (flag == "--prompt-len") o.prompt_len = parse_count(flag, value, 1);
     else if (flag == "--new-tokens") o.new_tokens = parse_count(flag, value, 2);
     else if (flag == "--adapters") o.adapters = (check_choice(flag, value, {"on", "off"}), value == "on");
-    else if (flag == "--temperature") o.sampling.temperature = float(parse_float(flag, value));
-    else if (flag == "--top-p") o.sampling.top_p = float(parse_float(flag, value));
+    else if (flag == "--temperature") o.sampling.temperature = float(parse_number(flag, value));
+    else if (flag == "--top-p") o.sampling.top_p = float(parse_number(flag, value));
     else if (flag == "--warmup") o.warmup = parse_count(flag, value, 0);
     else if (flag == "--runs") o.runs = parse_count(flag, value, 1);
     else if (flag == "--json") o.json_path = value;

@@ -4,6 +4,7 @@
 #pragma once
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <string>
 
@@ -39,6 +40,19 @@ E parse_choice(const std::string& flag, const std::string& value, const std::arr
   const std::vector<std::string> allowed(names.begin(), names.end());
   check_choice(flag, value, allowed);
   return E(std::find(allowed.begin(), allowed.end(), value) - allowed.begin());
+}
+
+// A number flag's value: finite, the whole string, else an error naming the flag.
+inline double parse_number(const std::string& flag, const std::string& v) {
+  size_t used = 0;
+  double x = 0;
+  try {
+    x = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  LOOM_CHECK(used == v.size() && std::isfinite(x), flag, " expects a number, got '", v.substr(0, 40), "'");
+  return x;
 }
 
 // The main() of a tool whose messages are put in its flags' terms: --help / -h print the usage;

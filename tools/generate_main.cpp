@@ -82,18 +82,6 @@ struct Args : loom::ModelFlags {
   std::vector<std::string> stop;
 };
 
-double parse_number(const std::string& flag, const std::string& v) {
-  size_t used = 0;
-  double x = 0;
-  try {
-    x = std::stod(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  LOOM_CHECK(used == v.size() && std::isfinite(x), flag, " expects a number, got '", v.substr(0, 40), "'");
-  return x;
-}
-
 long long parse_integer(const std::string& flag, const std::string& v, long long lo, long long hi) {
   size_t used = 0;
   long long x = 0;
@@ -121,10 +109,10 @@ Args parse_args(int argc, char** argv) {
     else if (k == "--max-new-tokens") a.max_new_tokens = int(parse_integer(k, value(), 1, 1 << 24));
     else if (k == "--batch-size") a.batch_size = int(parse_integer(k, value(), 1, 4096));
     else if (k == "--seed") a.seed = uint64_t(parse_integer(k, value(), 0, INT64_MAX));
-    else if (k == "--temperature") a.temperature = parse_number(k, value());
-    else if (k == "--top-p") a.top_p = parse_number(k, value());
-    else if (k == "--min-p") a.min_p = parse_number(k, value());
-    else if (k == "--repetition-penalty") a.repetition_penalty = parse_number(k, value());
+    else if (k == "--temperature") a.temperature = loom::parse_number(k, value());
+    else if (k == "--top-p") a.top_p = loom::parse_number(k, value());
+    else if (k == "--min-p") a.min_p = loom::parse_number(k, value());
+    else if (k == "--repetition-penalty") a.repetition_penalty = loom::parse_number(k, value());
     else if (k == "--top-k") a.top_k = int(parse_integer(k, value(), 0, INT32_MAX));
     else if (k == "--stop") a.stop.push_back(value());
     else if (k == "--greedy") a.greedy = true;
