@@ -8,7 +8,7 @@
 # the stronger anchors of issue 15 on the same documents: tools/hf_baseline.py --tuned (no checkpointing,
 # packed micro-batches of the largest size that fits, Liger when liger_kernel imports; retried without
 # Liger if it fails with it) and tools/unsloth_baseline.py (Unsloth's QLoRA, packing on), each when its
-# imports work (on the GPU machine: bash .whl15/install.sh and PYTHONPATH=/tmp/site15 first).
+# imports work (on the GPU machine: bash tools/baseline_wheels.sh install and PYTHONPATH=/tmp/site15 first).
 # Then the DPO workload (build/bench --dpo, nf4) beside TRL's DPOTrainer + peft
 # (tools/trl_dpo_baseline.py, when python3 also imports trl; checked against --dpo --print-data).
 # Then generation (build/decode_bench: prompt 128, 256 new tokens, greedy; nf4 and bf16 at batch 1 and
@@ -150,7 +150,7 @@ for preset in $PRESETS; do
   if [[ $unsloth_ok == 1 ]]; then
     run_baseline "unsloth-$preset" tools/unsloth_baseline.py "$preset"
   else
-    echo "== unsloth-$preset skipped: python3 cannot import unsloth and bitsandbytes (bash .whl15/install.sh, PYTHONPATH=/tmp/site15), or BENCH_BASELINE=0, BENCH_UNSLOTH=0" >&2
+    echo "== unsloth-$preset skipped: python3 cannot import unsloth and bitsandbytes (bash tools/baseline_wheels.sh install, PYTHONPATH=/tmp/site15), or BENCH_BASELINE=0, BENCH_UNSLOTH=0" >&2
   fi
 done
 

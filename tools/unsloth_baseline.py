@@ -22,7 +22,7 @@ peak_mem_gib = torch.cuda.max_memory_allocated over the timed steps, pad_share 0
 mode "nf4".
 
 Needs (beside torch with triton, transformers <= 5.17 and peft): unsloth, unsloth_zoo, bitsandbytes,
-trl <= 1.15, datasets < 5, tyro, cut_cross_entropy, msgspec and what they import (.whl15/install.sh
+trl <= 1.15, datasets < 5, tyro, cut_cross_entropy, msgspec and what they import (bash tools/baseline_wheels.sh install
 installs them from wheels). The device has no network: HF_HUB_OFFLINE=1 and Unsloth's statistics off.
 """
 import argparse
