@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "models/device_weights.h"
+#include "models/moe_layer.h"
 #include "ops/attention.h"
 #include "ops/attention_decode.h"
 #include "ops/cross_entropy.h"
@@ -47,6 +48,7 @@ struct CudaModel::Impl {
   MemoryPlan plan;
   DeviceWeights weights;
   DeviceAdapters adapters;
+  std::unique_ptr<MoeLayers> moe;  // the sparse MLPs of a mixture-of-experts model, null for a dense one
   std::unique_ptr<GemmContext> gemm_ctx;
   cudaStream_t stream = nullptr;
   bool train_mode = true;
@@ -89,6 +91,7 @@ struct CudaModel::Impl {
   bool last_micro = true;
   PassOptions pass;          // of the forward in flight
   bool backward_ready = false;  // a training forward whose backward has not run
+  bool recomputing = false;     // the backward reruns a layer's forward (the MoE load-balancing sums count once)
 
   // kGenerate: the KV cache (L, B, context, KVH, D) ×2, each row's (slot, position) of the pass, the
   // lengths a decode step attends to, the decode attention's scratch, the last positions' hidden
@@ -132,6 +135,9 @@ struct CudaModel::Impl {
       decode_splits = int(ceil_div(context, 64));  // the most attention_decode_splits gives
     }
     mlp_tile = train_mode ? Tmax : std::min(Tmax, kForwardMlpTile);
+    if (cfg.is_moe())
+      moe = std::make_unique<MoeLayers>(c, l,
+                                        MoeOptions{o.quant, o.double_quant, train_mode, o.recompute, B > 0, Tmax});
   }
 
   // --- planning --------------------------------------------------------------------------------
@@ -278,6 +284,11 @@ struct CudaModel::Impl {
 
   const bf16* weight(int l, LoraTarget t) { return weights.projection(l, t, w_scratch, stream); }
 
+  // Every expert's adapter of t in sparse layer l (models/moe_layer.h); no dropout (the layout refuses it there).
+  ExpertLoraDevice expert_adapters(int l, ExpertTarget t, bool grads) const {
+    return adapters.expert_slots(l, t, pass.adapters, grads, pass.reference_adapter);
+  }
+
   LoraDevice adapter(int l, LoraTarget t, bool grads) const {
     return adapters.slot(l, t, pass.adapters, grads, pass.train ? lora.dropout : 0.f, pass.dropout_seed,
                          pass.reference_adapter);
@@ -362,7 +373,11 @@ struct CudaModel::Impl {
     linear_forward(l, kO, attn.at(l), tmp_c);
     residual_rmsnorm_forward(h.at(l), xn2.at(l), rstd2.at(l), resid.at(l), tmp_c, weights.ln2(l), T, m.C, m.rms_eps,
                              stream);
-    for (int64_t r0 = 0; r0 < T; r0 += mlp_tile) mlp_forward(l, r0, std::min(mlp_tile, T - r0));
+    if (cfg.is_moe_layer(l))
+      moe->forward(*gemm_ctx, l, xn2.at(l), tmp_c, T, expert_adapters(l, kExpertGateUp, false),
+                   expert_adapters(l, kExpertDown, false), pass.train && !recomputing, stream);
+    else
+      for (int64_t r0 = 0; r0 < T; r0 += mlp_tile) mlp_forward(l, r0, std::min(mlp_tile, T - r0));
     // the layer's output is h + tmp_c (added by the next norm)
   }
 
@@ -370,7 +385,9 @@ struct CudaModel::Impl {
   void recompute(int l) {
     const ModelConfig& m = cfg;
     if (opt.recompute == Recompute::kFull) {
+      recomputing = true;
       layer_forward(l, nullptr, nullptr);
+      recomputing = false;
       return;
     }
     if (opt.recompute == Recompute::kSelective) {
@@ -384,10 +401,15 @@ struct CudaModel::Impl {
   void layer_backward(int l) {
     const ModelConfig& m = cfg;
     recompute(l);
-    linear_backward(l, kDown, d_resid, act.at(l), dact, false);
-    swiglu_backward(gate.at(l), up.at(l), dact, gate.at(l), up.at(l), T * m.F, stream);  // dgate, dup in place
-    linear_backward(l, kGate, gate.at(l), xn2.at(l), dxn, false);
-    linear_backward(l, kUp, up.at(l), xn2.at(l), dxn, true);
+    if (m.is_moe_layer(l)) {
+      moe->backward(*gemm_ctx, l, d_resid, dxn, T, expert_adapters(l, kExpertGateUp, true),
+                    expert_adapters(l, kExpertDown, true), stream);
+    } else {
+      linear_backward(l, kDown, d_resid, act.at(l), dact, false);
+      swiglu_backward(gate.at(l), up.at(l), dact, gate.at(l), up.at(l), T * m.F, stream);  // dgate, dup in place
+      linear_backward(l, kGate, gate.at(l), xn2.at(l), dxn, false);
+      linear_backward(l, kUp, up.at(l), xn2.at(l), dxn, true);
+    }
     rmsnorm_backward(d_resid, dxn, d_resid, h.at(l), weights.ln2(l), rstd2.at(l), T, m.C, stream);
 
     linear_backward(l, kO, d_resid, attn.at(l), dattn, false);
@@ -410,7 +432,9 @@ struct CudaModel::Impl {
   void forward_layers() {
     const ModelConfig& m = cfg;
     embedding_forward(resid.at(0), tokens, weights.embed(), T, m.C, stream);
+    if (moe && pass.train) moe->begin_forward(stream);
     for (int l = 0; l < m.L; ++l) layer_forward(l, l ? h.at(l - 1) : nullptr, tmp_c);
+    if (moe && pass.train) moe->end_forward(stream);
     const int L = m.L;
     residual_rmsnorm_forward(resid.at(L), xf, rstdf, h.at(L - 1), tmp_c, weights.final_norm(), T, m.C, m.rms_eps,
                              stream);
@@ -551,6 +575,7 @@ CudaModel::CudaModel(const ModelConfig& cfg, const LoraLayout& lora, const CudaM
     : impl_(std::make_unique<Impl>(cfg, lora, opt)) {
   Impl& d = *impl_;
   d.weights.plan(d.plan);
+  if (d.moe) d.moe->plan(d.plan);
   d.adapters.plan(d.plan);
   d.plan_activations();
   d.plan_scratch();
@@ -583,7 +608,9 @@ void CudaModel::load(const WeightSource& src, const std::vector<float>& lora, co
   }
   CUDA_CHECK(cudaMallocHost(&d.host_sum, sizeof(float)));
   d.forward_sum = d.loss_sum + 1;
-  d.weights.load(src);
+  DeviceWeights::LayerHook sparse_layers;
+  if (d.moe) sparse_layers = [&d](int l, const LayerWeights& lw) { d.moe->load_layer(l, lw); };
+  d.weights.load(src, sparse_layers);
   d.adapters.set(lora, d.stream);
   CUDA_CHECK(cudaMemset(d.loss_sum, 0, 2 * sizeof(float)));
 }

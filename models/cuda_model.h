@@ -5,6 +5,8 @@
 //   DeviceWeights   (models/device_weights.h)   the frozen weights, NF4 or bf16
 //   DeviceAdapters  (models/device_adapters.h)  LoRA fp32 master + bf16 copy (+ gradients when training)
 //   this class      the layer loop and the activations and scratch of its mode
+//   MoeLayers       (models/moe_layer.h)        a mixture-of-experts model's sparse MLPs: routers, experts,
+//                   the token permutation (training needs recompute full; no generation)
 // The optimizer (engine/optimizer.h) adds its state to plan() before load().
 // The model knows no objective: a forward writes per-token losses loss_t = -log p(target_t); the
 // backward takes per-token weights w_t from the objective and accumulates d(Σ w_t · loss_t) into the

@@ -74,4 +74,29 @@ LoraDevice DeviceAdapters::slot(int l, LoraTarget t, bool on, bool grads, float 
   return d;
 }
 
+ExpertLoraDevice DeviceAdapters::expert_slots(int l, ExpertTarget t, bool on, bool grads, bool reference) const {
+  ExpertLoraDevice d;
+  if (!on || size_t(l) >= layout_.experts.size() || layout_.experts[size_t(l)].empty()) return d;
+  const auto& experts = layout_.experts[size_t(l)];
+  const LoraSlot& first = experts[0][t];
+  if (!first.enabled) return d;
+  LOOM_CHECK(!reference || (reference_ && !grads), "reference adapter: not planned, or asked for gradients");
+  const int64_t stride = experts.size() > 1 ? experts[1][t].a_offset - first.a_offset : 0;
+  for (size_t e = 0; e < experts.size(); ++e)  // the grouped GEMMs address expert e at + e·stride
+    LOOM_CHECK(experts[e][t].enabled && experts[e][t].a_offset == first.a_offset + int64_t(e) * stride &&
+                   experts[e][t].b_offset == first.b_offset + int64_t(e) * stride,
+               "LoRA layout: the ", kExpertTargetNames[t], " adapters of layer ", l, " are not evenly spaced");
+  const bf16* copy = reference ? reference_bf16_ : bf16_;
+  d.A = copy + first.a_offset;
+  d.B = copy + first.b_offset;
+  if (grads) {
+    d.dA = grads_ + first.a_offset;
+    d.dB = grads_ + first.b_offset;
+  }
+  d.stride = stride;
+  d.r = first.r;
+  d.scale = first.scale;
+  return d;
+}
+
 }  // namespace loom

@@ -12,6 +12,19 @@
 
 namespace loom {
 
+// Every expert's adapter of one target in a sparse layer, for the grouped GEMMs (ops/grouped_gemm.h):
+// expert e's A (r, in), B (out, r) and their gradients at these pointers + e·stride (the layout keeps
+// a layer's experts evenly spaced). A null: no adapter there, or adapters off for the pass.
+struct ExpertLoraDevice {
+  const bf16* A = nullptr;
+  const bf16* B = nullptr;
+  float* dA = nullptr;  // fp32 gradients (+=); backward only
+  float* dB = nullptr;
+  int64_t stride = 0;  // elements between consecutive experts' slots
+  int r = 0;           // the slot's rank (2R for gate_up)
+  float scale = 0.f;
+};
+
 class DeviceAdapters {
  public:
   // training: fp32 master and gradients too (a forward-only model keeps neither). reference: a
@@ -38,6 +51,8 @@ class DeviceAdapters {
   // reference: read the frozen reference copy (no gradients).
   LoraDevice slot(int l, LoraTarget t, bool on, bool grads, float dropout, uint64_t dropout_seed,
                   bool reference = false) const;
+  // The adapters of target t of every expert of sparse layer l, as slot() gives one projection's.
+  ExpertLoraDevice expert_slots(int l, ExpertTarget t, bool on, bool grads, bool reference = false) const;
 
  private:
   LoraLayout layout_;

@@ -1,6 +1,7 @@
 #include "models/device_weights.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "ops/rope.h"
 
@@ -17,8 +18,15 @@ void upload_bf16(bf16* dst, const std::vector<float>& v) {
 }
 
 DeviceWeights::DeviceWeights(const ModelConfig& cfg, Quant quant, bool double_quant)
-    : cfg_(cfg), quant_(quant), double_quant_(double_quant) {
-  require_dense(cfg, "the GPU path");  // every GPU model (train, score, generate, bench) holds its weights here
+    : cfg_(cfg), quant_(quant), double_quant_(double_quant) {}
+
+// An MoE model plans the dense MLP's buffers for every layer when any layer is dense (a Qwen3-MoE's
+// mlp_only_layers: the sparse layers' slices go unused), and not at all when every layer is sparse.
+bool DeviceWeights::planned(LoraTarget t) const {
+  if (t < kGate || !cfg_.is_moe()) return true;
+  for (int l = 0; l < cfg_.L; ++l)
+    if (!cfg_.is_moe_layer(l)) return true;
+  return false;
 }
 
 void DeviceWeights::plan(MemoryPlan& p) {
@@ -35,7 +43,8 @@ void DeviceWeights::plan(MemoryPlan& p) {
   plan_buffer(p, "weights", "nf4 code table", &nf4_table_, 16, "(16)");
   plan_buffer(p, "weights", "nf4 nested map", &nested_map_, 256, "(256)");
   plan_buffer(p, "weights", "rope inv_freq", &inv_freq_, m.D / 2, "(D/2)");
-  for (int t = 0; t < kNumTargets; ++t) plan_projection(p, LoraTarget(t));
+  for (int t = 0; t < kNumTargets; ++t)
+    if (planned(LoraTarget(t))) plan_projection(p, LoraTarget(t));
 }
 
 void DeviceWeights::plan_projection(MemoryPlan& p, LoraTarget t) {
@@ -109,12 +118,13 @@ void DeviceWeights::upload_layer(int l, LayerWeights lw) {
   const std::vector<float>* biases[kNumTargets] = {&lw.q_bias,    &lw.k_bias,  &lw.v_bias,   &lw.o_bias,
                                                    &lw.gate_bias, &lw.up_bias, &lw.down_bias};
   for (int t = 0; t < kNumTargets; ++t) {
+    if (t >= kGate && cfg_.is_moe_layer(l)) continue;  // a sparse layer's MLP: models/moe_layer.h
     if (bias_[t].base) upload_bf16(bias_[t].at(l), *biases[t]);
     upload_projection(l, LoraTarget(t), *loom::projection(lw, t));
   }
 }
 
-void DeviceWeights::load(const WeightSource& src) {
+void DeviceWeights::load(const WeightSource& src, const LayerHook& also) {
   upload_bf16(embed_, src.embed());
   if (lm_head_) upload_bf16(lm_head_, src.lm_head());
   upload_bf16(final_norm_, src.final_norm());
@@ -122,7 +132,11 @@ void DeviceWeights::load(const WeightSource& src) {
   upload(nested_map_, dynamic_map_signed());
   upload(inv_freq_, rope_inv_freq(cfg_.D, cfg_.rope));
   nf4_.resize(cfg_.L);
-  for (int l = 0; l < cfg_.L; ++l) upload_layer(l, src.layer(l));
+  for (int l = 0; l < cfg_.L; ++l) {
+    LayerWeights lw = src.layer(l);
+    if (also) also(l, lw);
+    upload_layer(l, std::move(lw));
+  }
 }
 
 const bf16* DeviceWeights::projection(int l, LoraTarget t, bf16* scratch, cudaStream_t stream) const {

@@ -1,10 +1,12 @@
 // The frozen weights of a model on the GPU: embeddings, norms, the LM head, and every projection in
-// bf16 or NF4 (QLoRA: codes + absmax, double-quantized or not, as bitsandbytes stores them). Listed
-// in the run's MemoryPlan by plan(), filled by load() after the plan is allocated; nothing here
-// changes during training. A projection is read through projection(): the bf16 weight itself, or the
-// NF4 weight dequantized into the caller's scratch just before its GEMM.
+// bf16 or NF4 (QLoRA: codes + absmax, double-quantized or not, as bitsandbytes stores them); of a
+// mixture-of-experts model the attention and its dense layers' MLPs (the routers and experts are
+// models/moe_layer.h's). Listed in the run's MemoryPlan by plan(), filled by load() after the plan
+// is allocated; nothing here changes during training. A projection is read through projection():
+// the bf16 weight itself, or the NF4 weight dequantized into the caller's scratch just before its GEMM.
 #pragma once
 #include <array>
+#include <functional>
 #include <vector>
 
 #include "models/compute_options.h"
@@ -22,7 +24,9 @@ class DeviceWeights {
   // Every buffer, in group "weights".
   void plan(MemoryPlan& plan);
   // Uploads from src (quantizing to NF4 as bitsandbytes does, from the bf16 weight); after allocation.
-  void load(const WeightSource& src);
+  // also: given every layer's weights as they are read (an MoE model's sparse layers, models/moe_layer.h).
+  using LayerHook = std::function<void(int layer, const LayerWeights& weights)>;
+  void load(const WeightSource& src, const LayerHook& also = nullptr);
 
   // Projection t of layer l as a bf16 (out, in) matrix: the weight, or NF4 dequantized into scratch
   // (largest_projection() elements) on stream.
@@ -46,6 +50,8 @@ class DeviceWeights {
   void plan_projection(MemoryPlan& plan, LoraTarget t);
   void upload_projection(int l, LoraTarget t, std::vector<float>& w);
   void upload_layer(int l, LayerWeights lw);
+  // Whether projection t exists in some layer: the MLP's only where a layer is dense.
+  bool planned(LoraTarget t) const;
 
   ModelConfig cfg_;
   Quant quant_;

@@ -659,13 +659,6 @@ double layer_matmul_params(const ModelConfig& m, double experts) {
 
 }  // namespace
 
-void require_dense(const ModelConfig& cfg, const std::string& what) {
-  if (!cfg.is_moe()) return;
-  fail(what, ": ", family_of(cfg.arch).class_name, " is a mixture of experts (", cfg.num_experts, " experts, ",
-       cfg.experts_per_token, " per token); MoE models run on the CPU reference path only, the GPU path does "
-       "not implement them yet (issue 16)");
-}
-
 double ModelConfig::matmul_params() const {
   return layer_matmul_params(*this, num_experts) + double(V) * C;  // + lm_head (a matmul even when tied)
 }

@@ -63,11 +63,6 @@ struct ModelConfig {
   double total_params() const;
 };
 
-// Throws "<what>: ... MoE models run on the CPU reference path only, ..." for an MoE config: the one
-// check between an MoE config.json (or preset) and the GPU path, made where the GPU path takes its
-// config (models/device_weights.cpp), before anything is sized by it.
-void require_dense(const ModelConfig& cfg, const std::string& what);
-
 // Reads DIR/config.json (or the file itself). Errors name the file and the key.
 ModelConfig load_model_config(const std::string& path);
 // What HF's generate takes from DIR/generation_config.json when the caller does not say otherwise

@@ -1,12 +1,11 @@
 // config.json -> ModelConfig for the mixture-of-experts families (Qwen3MoeForCausalLM,
 // MixtralForCausalLM): the published configs, class defaults for missing keys, which layers are
 // sparse, each rejection, parameter counts (total and active) against hand counts, the presets, the
-// save/load round trip, and the refusal of every weight path until the MoE model exists (issue 16).
+// save/load round trip (the GPU path's limits: tests/gpu_moe_step_test.cpp).
 #include <cstdint>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "models/device_weights.h"
 #include "models/model_config.h"
 #include "models/weights.h"
 #include "ops/error.h"
@@ -502,19 +501,3 @@ TEST(MoeFixtures, ConfigsAsTransformers5WritesThem) {
   }
 }
 
-// The GPU path does not run MoE models yet: it refuses them with one message where it takes the
-// config (DeviceWeights, before anything is sized or uploaded); the CPU weight paths load them
-// (tests/moe_weights_test.cpp).
-TEST(MoeRefusal, GpuPathRefusesWithOneMessage) {
-  const std::string message = "MoE models run on the CPU reference path only, the GPU path does not implement them "
-                              "yet (issue 16)";
-  loom::test::expect_error([] { loom::require_dense(loom::preset_model_config("qwen3-30b-a3b"), "model.preset"); },
-                           {"model.preset: Qwen3MoeForCausalLM is a mixture of experts (128 experts, 8 per token)",
-                            message});
-  EXPECT_NO_THROW(loom::require_dense(loom::preset_model_config("qwen3-8b"), "model.preset"));
-  for (const char* preset : {"qwen3-30b-a3b", "mixtral-8x7b"}) {
-    SCOPED_TRACE(preset);
-    const ModelConfig c = loom::preset_model_config(preset);
-    loom::test::expect_error([&] { loom::DeviceWeights(c, loom::Quant::kNf4, true); }, {"the GPU path: ", message});
-  }
-}
