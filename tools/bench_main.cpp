@@ -40,6 +40,9 @@
 // --recompute full, whose point is the least memory, 4096 tokens: activations and scratch then take
 // ≈ 2.6 GiB on the 8B presets instead of ≈ 5 GiB (tools/perf_notes.md), at two or three
 // micro-batches per step.
+// Mixture-of-experts presets (qwen3-30b-a3b, mixtral-8x7b; issue 16): recompute full unless --recompute
+// is given, since the sparse layers keep no activations and the engine trains them only that way
+// (models/moe_layer.cpp); MFU counts the active parameters (the router and the K chosen experts).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -95,7 +98,8 @@ const char* kUsage =
     "                   [--token-budget N] [--steps N] [--warmup N] [--json FILE] [--print-data] [--forward-only]\n"
     "                   [--dpo] [--long L | --long-search]\n"
     "  Times BENCHMARK.md's sft-alpaca workload on GPU 0 and prints one JSON object.\n"
-    "  Presets: qwen3-0.6b, llama-3.2-1b, mistral-7b, llama-3.1-8b, qwen3-8b.\n"
+    "  Presets: qwen3-0.6b, llama-3.2-1b, mistral-7b, llama-3.1-8b, qwen3-8b; mixture of experts (recompute\n"
+    "  full unless given): qwen3-30b-a3b, mixtral-8x7b.\n"
     "  --print-data prints each step's documents (lengths, id sums) without touching the GPU.\n"
     "  --forward-only times the scoring model (no gradients, no optimizer) and prints its plan.\n"
     "  --dpo times DPO on pairs of the sft-alpaca length mix (16 pairs per step).\n"
@@ -549,6 +553,7 @@ int64_t largest_long_that_fits(const BenchOptions& o, const ModelConfig& cfg) {
 int run(int argc, char** argv) {
   BenchOptions o = parse_args(argc, argv);
   const ModelConfig cfg = preset_model_config(o.preset);
+  if (cfg.is_moe() && !o.recompute_given) o.recompute = Recompute::kFull;  // the only way its experts train
   if (o.long_search) {
     LOOM_CHECK(cuda_available(), "build/bench needs a GPU: ", cuda_device_summary());
     o.long_tokens = largest_long_that_fits(o, cfg);

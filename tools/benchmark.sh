@@ -9,6 +9,10 @@
 # packed micro-batches of the largest size that fits, Liger when liger_kernel imports; retried without
 # Liger if it fails with it) and tools/unsloth_baseline.py (Unsloth's QLoRA, packing on), each when its
 # imports work (on the GPU machine: bash tools/baseline_wheels.sh install and PYTHONPATH=/tmp/site15 first).
+# Then the mixture-of-experts presets (issue 16): build/bench nf4 with --recompute full (the only mode
+# the engine trains experts in) beside tools/hf_baseline.py (bf16, LoRA on the attention and every
+# expert, checked against build/bench --print-data first; its micro-batch falls back to 2 or 1 sequences
+# where 4 do not fit, see its docstring's "Memory"); MFU on active parameters in both.
 # Then the DPO workload (build/bench --dpo, nf4) beside TRL's DPOTrainer + peft
 # (tools/trl_dpo_baseline.py, when python3 also imports trl; checked against --dpo --print-data).
 # Then generation (build/decode_bench: prompt 128, 256 new tokens, greedy; nf4 and bf16 at batch 1 and
@@ -17,7 +21,8 @@
 # Prints a table with the ratios engine / baseline (tokens/s or pairs/s, and peak memory) and the
 # targets of BENCHMARK.md and the issues, the device, the date and the commit. Every JSON line goes to BENCH_OUT.
 # Environment: BENCH_OUT (default build/bench.jsonl, rewritten), BENCH_PRESETS (default
-# "qwen3-0.6b llama-3.1-8b"; set but empty: none), BENCH_DPO_PRESETS (default "llama-3.1-8b"; set
+# "qwen3-0.6b llama-3.1-8b"; set but empty: none), BENCH_MOE_PRESETS (default "qwen3-30b-a3b"; set but
+# empty: none; mixtral-8x7b's bf16 baseline needs an H200), BENCH_DPO_PRESETS (default "llama-3.1-8b"; set
 # but empty: none), BENCH_DECODE_PRESETS (default "qwen3-0.6b llama-3.1-8b"; set but empty: none),
 # BENCH_LONG_PRESETS (default "llama-3.1-8b") and BENCH_LONG_LENGTHS (default "32768 131072"): one
 # document of L tokens per step (build/bench --long L, nf4, recompute full; issue 14),
@@ -30,6 +35,7 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 OUT=${BENCH_OUT:-$BUILD/bench.jsonl}
 PRESETS=${BENCH_PRESETS-"qwen3-0.6b llama-3.1-8b"}
+MOE_PRESETS=${BENCH_MOE_PRESETS-"qwen3-30b-a3b"}
 DPO_PRESETS=${BENCH_DPO_PRESETS-"llama-3.1-8b"}
 DECODE_PRESETS=${BENCH_DECODE_PRESETS-"qwen3-0.6b llama-3.1-8b"}
 LONG_PRESETS=${BENCH_LONG_PRESETS-"llama-3.1-8b"}
@@ -154,6 +160,17 @@ for preset in $PRESETS; do
   fi
 done
 
+# Mixture of experts: loom nf4 recompute full beside the HF baseline of the same preset.
+for preset in $MOE_PRESETS; do
+  run "loom-$preset-nf4-full" "$BENCH" --preset "$preset" --quant nf4 --recompute full --steps "$STEPS" \
+    --warmup "$WARMUP"
+  if baseline_available; then
+    run_baseline "hf-$preset" tools/hf_baseline.py "$preset"
+  else
+    echo "== hf-$preset skipped: python3 cannot import torch, transformers and peft (or BENCH_BASELINE=0)" >&2
+  fi
+done
+
 # DPO: the engine's default (fastest: one micro-batch per step) and --recompute full (least memory:
 # 4096-token micro-batches), the mode to set beside TRL's gradient checkpointing.
 for preset in $DPO_PRESETS; do
@@ -209,8 +226,11 @@ is_decode = lambda r: "decode_tokens_per_s" in r
 is_long = lambda r: "long_tokens" in r
 decode_rows = [r for r in every if is_decode(r)]
 long_rows = [r for r in every if is_long(r)]
+# build/bench's mixture-of-experts presets (models/model_config.cpp): a table of their own (issue 16).
+is_moe = lambda r: r["preset"] in ("qwen3-30b-a3b", "mixtral-8x7b")
 every_training = [r for r in every if not is_decode(r) and not is_long(r)]
-rows = [r for r in every_training if not is_dpo(r)]
+moe_rows = [r for r in every_training if is_moe(r) and not is_dpo(r)]
+rows = [r for r in every_training if not is_dpo(r) and not is_moe(r)]
 dpo_rows = [r for r in every_training if is_dpo(r)]
 base = {r["preset"]: r for r in rows if r["engine"] == "hf-peft"}
 # The stronger anchors of issue 15: each row's tokens/s against them too.
@@ -263,6 +283,32 @@ for r in rows:
         how += [f"Liger {r['liger']}"] if "liger" in r else []
         how += [f"unsloth {r['unsloth']}, bitsandbytes {r['bitsandbytes']}"] if "unsloth" in r else []
         print(f"  {r['engine']} {r['preset']}: " + "; ".join(how))
+if moe_rows:
+    # Mixture of experts (issue 16): loom nf4 against transformers + peft of the same preset; MFU on
+    # active parameters (the router and the K chosen experts, engine/flops.h) in both. Target: >= 10x
+    # HF's tok/s and >= 35% MFU, in at most the 79 GiB an 80 GB H100 shows (peak of this run's device).
+    hf_moe = {r["preset"]: r for r in moe_rows if r["engine"] == "hf-peft"}
+    print()
+    mfmt = "{:<14} {:<8} {:<5} {:<10} {:>10} {:>7} {:>9} {:>7} {:>6} {:>6}  {}"
+    print(mfmt.format("MoE preset", "engine", "mode", "recompute", "tok/s", "x HF", "peak GiB", "x HF", "MFU",
+                      "micro", "target"))
+    for r in moe_rows:
+        b = hf_moe.get(r["preset"])
+        speed = r["tokens_per_s"] / b["tokens_per_s"] if b and r is not b else None
+        mem = r["peak_mem_gib"] / b["peak_mem_gib"] if b and r is not b and b.get("peak_mem_gib") else None
+        goal = ""
+        if r["engine"] == "loom" and r["mode"] == "nf4":
+            checks = [("MFU", r["mfu"] >= 0.35), ("fits 80 GB", r["peak_mem_gib"] <= 79.0)]
+            checks.append(("x HF", speed is not None and speed >= 10))
+            missed = [name for name, ok in checks if not ok]
+            goal = ("met" if not missed else "MISSED " + ", ".join(missed)) + " (>=10x HF tok/s, >=35% MFU, <=79 GiB)"
+            if speed is None:
+                goal += "; no hf-peft row to compare"
+        # loom: sequences per micro-batch vary (token budget); HF: the padded micro-batch it could fit.
+        micro = str(r["micro_batch"]) if "micro_batch" in r else f"{r.get('token_budget') or '-'}t"
+        print(mfmt.format(r["preset"], r["engine"], r["mode"], r.get("recompute", "-"), f"{r['tokens_per_s']:,.0f}",
+                          f"{speed:.2f}" if speed else "-", f"{r['peak_mem_gib']:.2f}", f"{mem:.2f}" if mem else "-",
+                          f"{100 * r['mfu']:.1f}%", micro, goal))
 if dpo_rows:
     # DPO: pairs/s with the reference in the step (TRL's default; precompute_ref_log_probs off), and
     # loom's figures with a precomputed reference; target >= 5x TRL's pairs/s at <= its memory.

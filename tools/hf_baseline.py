@@ -7,6 +7,9 @@
     python3 tools/hf_baseline.py --preset llama-3.1-8b --tuned [--micro-batch N] [--attn A] [--no-liger]
     python3 tools/hf_baseline.py --preset tiny --tuned --device cpu --cpu-oom-tokens 1200 --steps 1 --warmup 1
                                                       (CPU smoke of the tuned path; figures meaningless)
+    python3 tools/hf_baseline.py --preset qwen3-30b-a3b [--steps 5] [--warmup 2]   (mixture of experts)
+    python3 tools/hf_baseline.py --preset tiny-moe --device cpu --cpu-oom-tokens 2500 --steps 1 --warmup 1
+                                                      (CPU smoke of the MoE path; figures meaningless)
 
 The baseline, exactly as BENCHMARK.md words it: transformers AutoModelForCausalLM.from_config in
 bf16 with attn_implementation="sdpa" (random weights, torch seed 0), peft LoRA r=16 alpha=16
@@ -34,11 +37,36 @@ The data are build/bench's, document for document (data/synthetic.h, data/datalo
 Every token after a document's first is a target; the loss is the sum over the step's targets
 divided by their count (num_items_in_batch), the quantity the engine computes.
 
+Mixture of experts (issue 16: qwen3-30b-a3b, mixtral-8x7b; tiny-moe, the CPU smoke's, exists only
+here): Qwen3MoeForCausalLM / MixtralForCausalLM from_config as above, every layer sparse, the router's
+top-k as the preset sets it, output_router_logits off and router_aux_loss_coef at the published value
+(both as HF's configs and build/bench's presets have them; tiny-moe turns the load-balancing loss on
+to exercise it). The same LoRA as build/bench's: the four attention projections and every expert's
+gate/up/down. PEFT 0.21.2 cannot reach the fused expert stacks by target_modules and rewrites the
+expert names (Qwen3-MoE gate_proj/up_proj/down_proj, Mixtral w1/w3/w2, the names passed here) into
+target_parameters [gate_up_proj, down_proj], gate and up one adapter of rank 2r
+(tests/fixtures/moe/README.md). That is 994,836,480 trainable parameters on qwen3-30b-a3b (a rank-16
+adapter per expert), 357,564,416 on mixtral-8x7b. Gradient checkpointing as above.
+Memory: qwen3-30b-a3b's bf16 weights are 56.9 GiB; PEFT keeps the adapters in fp32, so they, their
+gradients and AdamW's two moments add 14.8 GiB: 71.7 GiB before activations, of the 79 GiB an 80 GB
+H100 shows. The rest (checkpointed activations, the fp32 logits of a micro-batch over 151,936 words,
+the W + BA PEFT materialises for each layer's expert stacks) may not fit 4 sequences of the longest
+step, so for the MoE presets the micro-batch is the largest of 4, 2, 1 sequences whose biggest padded
+micro-batch of the run fits (two forward+backward passes with AdamW's state held aside, out-of-memory
+caught), the accumulation growing to keep 32 sequences per step: what a transformers user does when
+per_device_train_batch_size 4 runs out of memory. Not a QLoRA baseline: bitsandbytes' load_in_4bit
+(transformers 5.23 integrations/bitsandbytes.py replace_with_bnb_linear) swaps nn.Linear modules only,
+and the experts are 3-D nn.Parameters, so 4-bit loading leaves ~29B of the 30.5B parameters in bf16;
+it would change the baseline without making it fit. If not even one sequence fits, the script stops
+and says so (the row is then missing: run it on an H200). mixtral-8x7b's bf16 weights are 87 GiB:
+it does not fit an 80 GB GPU at all; on an H200 (141 GB) they and the adapters' 5.3 GiB do.
+
 Figures (one JSON object on stdout, the fields of build/bench):
     tokens_per_s  real (non-pad) tokens of the timed steps / their wall seconds (synchronised)
     peak_mem_gib  torch.cuda.max_memory_allocated() over the timed steps
     pad_share     pad tokens / all tokens the padded micro-batches compute
-    mfu           tokens_per_s · (4·P + 12·L·H·D·ℓ̄) / the matmul ceiling measured here (torch)
+    mfu           tokens_per_s · (4·P + 12·L·H·D·ℓ̄) / the matmul ceiling measured here (torch);
+                  P of an MoE preset counts the active parameters, as build/bench does (matmul_params)
 """
 import argparse
 import datetime
@@ -70,11 +98,27 @@ CPP_FIRST_LENGTHS = [135, 154, 138, 547, 168, 128, 221, 404, 263, 89, 151, 694, 
 PRESETS = {
     "qwen3-0.6b": ("qwen3", 151936, 1024, 3072, 28, 16, 8, 128, True, 1e-6, (1e6, None), 40960),
     "llama-3.2-1b": ("llama", 128256, 2048, 8192, 16, 32, 8, 64, True, 1e-5, (500000.0, 32.0), 131072),
-    "mistral-7b": ("mistral", 32768, 4096, 14336, 32, 32, 8, 128, False, 1e-5, (1e4, None), 32768),
+    "mistral-7b": ("mistral", 32768, 4096, 14336, 32, 32, 8, 128, False, 1e-5, (1e6, None), 32768),  # v0.3
     "llama-3.1-8b": ("llama", 128256, 4096, 14336, 32, 32, 8, 128, False, 1e-5, (500000.0, 8.0), 131072),
     "qwen3-8b": ("qwen3", 151936, 4096, 12288, 36, 32, 8, 128, False, 1e-6, (1e6, None), 40960),
     "tiny": ("llama", 512, 128, 352, 4, 4, 2, 32, True, 1e-5, (1e4, None), 2048),
+    # Mixture of experts: F is the (unused) dense width; the experts are in MOE.
+    "qwen3-30b-a3b": ("qwen3_moe", 151936, 2048, 6144, 48, 32, 4, 128, False, 1e-6, (1e6, None), 40960),
+    "mixtral-8x7b": ("mixtral", 32000, 4096, 14336, 32, 32, 8, 128, False, 1e-5, (1e6, None), 32768),
+    "tiny-moe": ("qwen3_moe", 512, 128, 352, 2, 4, 2, 32, False, 1e-6, (1e6, None), 2048),
 }
+# make_moe_preset() of the same file: E experts, K per token, FE expert width, norm_topk_prob (Mixtral's
+# router always normalises), output_router_logits, router_aux_loss_coef; every layer sparse.
+MOE = {
+    "qwen3-30b-a3b": (128, 8, 768, True, False, 0.001),
+    "mixtral-8x7b": (8, 2, 14336, True, False, 0.02),
+    "tiny-moe": (4, 2, 32, True, True, 0.02),
+}
+# tests/flops_test.cpp's hand count of qwen3-30b-a3b's active matmul parameters (engine/flops.h's P).
+QWEN3_30B_A3B_ACTIVE = 3_041_656_832
+ATTENTION_TARGETS = TARGETS[:4]
+# PEFT's names of the expert projections (gate, up, down) it rewrites into target_parameters.
+EXPERT_TARGETS = {"qwen3_moe": ["gate_proj", "up_proj", "down_proj"], "mixtral": ["w1", "w3", "w2"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,8 +249,20 @@ def check_against_bench(bench, args, workload, vocab):
 # FLOPs (engine/flops.h)
 
 def matmul_params(preset):
+    """P of engine/flops.h: the matmul weights a token goes through, LM head included; in a mixture of
+    experts the router and the K experts it is sent to (ModelConfig::active_matmul_params)."""
     _, V, C, F, L, H, KVH, D = PRESETS[preset][:8]
-    return L * (C * H * D + 2 * C * KVH * D + H * D * C + 3 * C * F) + V * C
+    mlp = 3 * C * F
+    if preset in MOE:
+        E, K, FE = MOE[preset][:3]
+        mlp = K * 3 * C * FE + E * C
+    return L * (C * H * D + 2 * C * KVH * D + H * D * C + mlp) + V * C
+
+
+def check_active_count():
+    if matmul_params("qwen3-30b-a3b") != QWEN3_30B_A3B_ACTIVE:
+        sys.exit(f"error: matmul_params('qwen3-30b-a3b') = {matmul_params('qwen3-30b-a3b'):,} differs from "
+                 f"tests/flops_test.cpp's {QWEN3_30B_A3B_ACTIVE:,}: this copy of engine/flops.h's P is out of date")
 
 
 def flops_per_token(preset, mean_keys):
@@ -294,7 +350,8 @@ def hf_config(transformers, preset):
     import inspect
     arch, V, C, F, L, H, KVH, D, tied, eps, (theta, llama3_factor), max_pos = PRESETS[preset]
     cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
-           "qwen3": transformers.Qwen3Config}[arch]
+           "qwen3": transformers.Qwen3Config, "qwen3_moe": transformers.Qwen3MoeConfig,
+           "mixtral": transformers.MixtralConfig}[arch]
     rope = {"rope_type": "default", "rope_theta": theta}
     if llama3_factor:
         rope = {"rope_type": "llama3", "rope_theta": theta, "factor": llama3_factor, "low_freq_factor": 1.0,
@@ -307,9 +364,23 @@ def hf_config(transformers, preset):
     else:
         kw["rope_theta"] = theta
         kw["rope_scaling"] = rope if llama3_factor else None
-    if arch == "mistral":
+    if arch in ("mistral", "mixtral"):
         kw["sliding_window"] = None  # the preset attends to the whole document (window 0)
+    if preset in MOE:
+        kw.update(moe_kwargs(preset))
     return cls(**kw)
+
+
+def moe_kwargs(preset):
+    """The experts of an MoE preset as its config class names them."""
+    arch, F = PRESETS[preset][0], PRESETS[preset][3]
+    E, K, FE, norm_topk, router_logits, aux_coef = MOE[preset]
+    kw = dict(num_experts_per_tok=K, output_router_logits=router_logits, router_aux_loss_coef=aux_coef)
+    if arch == "mixtral":
+        assert FE == F, f"{preset}: Mixtral's experts are intermediate_size wide"
+        return {**kw, "num_local_experts": E}
+    return {**kw, "num_experts": E, "moe_intermediate_size": FE, "norm_topk_prob": norm_topk,
+            "decoder_sparse_step": 1, "mlp_only_layers": []}
 
 
 def base_model(torch, preset, device, attn="sdpa"):
@@ -321,9 +392,13 @@ def base_model(torch, preset, device, attn="sdpa"):
             hf_config(transformers, preset), dtype=torch.bfloat16, attn_implementation=attn)
 
 
-def lora_config():
+def lora_config(preset=None):
+    """r 16, alpha 16 on the seven projections; an MoE preset's MLP targets are its experts, by the names
+    PEFT rewrites into target_parameters (module docstring)."""
     import peft
-    return peft.LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, bias="none",
+    arch = PRESETS[preset][0] if preset else None
+    targets = ATTENTION_TARGETS + EXPERT_TARGETS[arch] if preset in MOE else TARGETS
+    return peft.LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=targets, bias="none",
                            task_type="CAUSAL_LM")
 
 
@@ -335,16 +410,22 @@ def build_model(torch, preset, device):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
-    model = peft.get_peft_model(model, lora_config())
+    model = peft.get_peft_model(model, lora_config(preset))
+    # A target naming PEFT stops rewriting would leave the experts frozen: not build/bench's LoRA. (Either
+    # form adapts them: PEFT 0.21's target_parameters on transformers 5's fused stacks, or transformers 4's
+    # per-expert nn.Linear modules by target_modules.)
+    if preset in MOE and not any(".experts." in n for n, p in model.named_parameters() if p.requires_grad):
+        sys.exit(f"error: PEFT {peft.__version__} put no LoRA on {preset}'s experts from target_modules "
+                 f"{sorted(model.peft_config['default'].target_modules)}; see tests/fixtures/moe/README.md")
     model.train()
     return model
 
 
-def micro_batches(torch, workload, docs, device):
-    """Groups of MICRO_BATCH documents in batch order, right-padded to the group's longest."""
+def micro_batches(torch, workload, docs, device, size=MICRO_BATCH):
+    """Groups of `size` documents in batch order, right-padded to the group's longest."""
     out = []
-    for g in range(0, len(docs), MICRO_BATCH):
-        group = docs[g:g + MICRO_BATCH]
+    for g in range(0, len(docs), size):
+        group = docs[g:g + size]
         width = max(workload.lengths[d] for d in group)
         ids = torch.zeros(len(group), width, dtype=torch.long)
         mask = torch.zeros(len(group), width, dtype=torch.long)
@@ -430,10 +511,34 @@ def run_baseline(args, workload):
     import torch
     ceilings = start_device(torch, args.device)
     model = build_model(torch, args.preset, args.device)
-    batches = [micro_batches(torch, workload, docs, args.device) for docs in workload.steps]
+    size = fitting_micro_batch(torch, args, model, workload) if args.preset in MOE else MICRO_BATCH
+    batches = [micro_batches(torch, workload, docs, args.device, size) for docs in workload.steps]
     timing = timed_training(torch, args, model, batches, step_targets(workload))
-    return result_json(args, torch, args.device, figures_of(args, workload, batches, timing, ceilings),
+    extra = {}
+    if args.preset in MOE:
+        extra = {"micro_batch": size, "lora_params": sum(p.numel() for p in trainable_parameters(model)),
+                 "experts_implementation": model.config._experts_implementation}
+    return result_json(args, torch, args.device,
+                       {**figures_of(args, workload, batches, timing, ceilings), **extra},
                        engine="hf-peft", recompute="full")
+
+
+def fitting_micro_batch(torch, args, model, workload):
+    """MoE presets: the largest padded micro-batch of 4, 2 or 1 sequences whose biggest of the run (most
+    padded tokens) fits, by try_micro_batch (module docstring, "Memory")."""
+    reserve = 2 * sum(p.numel() * p.element_size() for p in trainable_parameters(model))  # AdamW's moments
+    n_targets = step_targets(workload)[0]
+    for size in (MICRO_BATCH, 2, 1):
+        groups = [docs[g:g + size] for docs in workload.steps for g in range(0, len(docs), size)]
+        biggest = max(groups, key=lambda group: len(group) * max(workload.lengths[d] for d in group))
+        batch = micro_batches(torch, workload, biggest, args.device, size)[0]
+        fits, _, peak = try_micro_batch(torch, args, model, batch, n_targets, reserve)
+        print(f"hf_baseline: micro-batch of {size} sequences ({batch['input_ids'].numel()} padded tokens): "
+              f"{'fits' if fits else 'out of memory'}" + (f", peak {peak:.2f} GiB" if peak else ""), file=sys.stderr)
+        if fits:
+            return size
+    sys.exit(f"error: {args.preset}: not even one sequence of the run fits this device in bf16 with LoRA "
+             "(weights, adapters and AdamW's state: see the docstring's Memory); run it on a larger GPU")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,7 +674,7 @@ def run_tuned(args, workload):
     args.attn = attention_choice(args.attn)
     liger = apply_liger(PRESETS[args.preset][0], args.device, not args.no_liger)
     import peft
-    model = peft.get_peft_model(base_model(torch, args.preset, args.device, args.attn), lora_config())
+    model = peft.get_peft_model(base_model(torch, args.preset, args.device, args.attn), lora_config(args.preset))
     model.train()
     size, searched = (args.micro_batch, []) if args.micro_batch else search_micro_batch(torch, args, model, workload)
     print(f"hf_baseline: micro-batch {size} documents, attention {args.attn}, {liger}", file=sys.stderr)
@@ -632,18 +737,22 @@ def parse_args():
                        help="attention for the packed rows (auto: flash_attention_2 if flash_attn imports, else sdpa)")
     tuned.add_argument("--no-liger", action="store_true", help="leave Liger's kernels out even where they import")
     tuned.add_argument("--cpu-oom-tokens", type=int, default=0,
-                       help="--device cpu: a micro-batch of more tokens counts as out of memory (exercises the search)")
+                       help="--device cpu: a micro-batch of more tokens counts as out of memory (exercises the "
+                            "search; also the MoE presets' micro-batch choice)")
     args = p.parse_args()
     if args.steps < 1 or args.warmup < 0:
         p.error(f"--steps must be >= 1 and --warmup >= 0 (got {args.steps}, {args.warmup})")
     if not 0 <= args.micro_batch <= SEQUENCES_PER_STEP:
         p.error(f"--micro-batch must be 1..{SEQUENCES_PER_STEP} documents (got {args.micro_batch})")
-    if not args.tuned and (args.micro_batch or args.attn != "auto" or args.no_liger or args.cpu_oom_tokens):
-        p.error("--micro-batch, --attn, --no-liger and --cpu-oom-tokens belong to --tuned")
+    if not args.tuned and (args.micro_batch or args.attn != "auto" or args.no_liger):
+        p.error("--micro-batch, --attn and --no-liger belong to --tuned")
+    if args.cpu_oom_tokens and not (args.tuned or args.preset in MOE):
+        p.error("--cpu-oom-tokens belongs to --tuned and the MoE presets (" + ", ".join(sorted(MOE)) + ")")
     return args
 
 
 def main():
+    check_active_count()
     args = parse_args()
     vocab = PRESETS[args.preset][1]
     workload = Workload(vocab, args.warmup + args.steps)
