@@ -27,7 +27,10 @@ router_aux_loss_coef AUX_COEF, so the load-balancing loss is part of HF's traini
                          micro-batches' aux losses (unscaled), logits_per_expert.<doc> and
                          grad_per_expert.<key> with adapter_per_expert
   expected.json          loss, aux losses, expert loads, the objectives of 5 AdamW steps with and
-                         without the aux loss, settings and versions
+                         without the aux loss, settings and versions; "bf16_baseline" and
+                         "bf16_baseline_nf4" (--yardstick-only): the yardsticks of
+                         tests/gpu_moe_step_test.cpp, measured as tools/make_hf_fixtures.py measures
+                         the dense ones (see "The yardstick of tests/gpu_moe_step_test.cpp" below)
 
 The loss is HF's: per micro-batch, one padded forward (attention_mask, right padding), the target
 cross-entropy summed over the micro-batch and divided by the targets of the whole batch, plus
@@ -43,13 +46,18 @@ LoRA, and the expert-LoRA layout written in tests/fixtures/moe/README.md reprodu
 and gradients when computed independently.
 
 Runs on a CPU in seconds (torch 2.15.0, transformers 5.23.0, peft 0.21.2):
-  python3 tools/make_moe_fixtures.py
+  python3 tools/make_moe_fixtures.py                   every fixture from scratch, without yardsticks
+  python3 tools/make_moe_fixtures.py --yardstick-only  adds the two yardsticks to the existing fixtures
+The nf4 yardstick needs build/nf4_roundtrip (make build/nf4_roundtrip).
 """
+import argparse
 import copy
 import json
 import os
 import shutil
 import sys
+import tempfile
+import types
 import warnings
 
 import torch
@@ -494,12 +502,364 @@ def run_arch(arch, spec, seed):
           + " ".join(f"{x:.5f}" for x in step_objectives) + "\n  CE only " + " ".join(f"{x:.5f}" for x in step_ce_only))
 
 
+# --- The yardstick of tests/gpu_moe_step_test.cpp ------------------------------------------------
+# As tools/make_hf_fixtures.py's "bf16_baseline[_nf4]" (read its "The yardstick" comment first): HF
+# computing in loom's GPU precision against HF in fp32, on this fixture, for the run the GPU test
+# performs (the fixture's micro-batches, the aux loss on, GPU_STEPS AdamW steps at GPU_LR from fp32
+# master weights), each figure measured as the test measures loom's GPU against its fp32 reference.
+# The dense patches (attention, RoPE, RMSNorm, LM head, the attention LoRA, layer 1's dense SwiGLU)
+# are make_hf_fixtures.py's; the sparse MLP is replaced by models/moe_layer.cpp's arithmetic:
+#   router: fp32 logits from bf16 x and Wr; softmax, top-K and routing weights in fp32; backward
+#     dx += bf16(dlogits)·Wr, added to the experts' bf16(Σ_k dxs) and rounded once.
+#   each expert, on its rows (ops/grouped_gemm.h: fp32 sums, one rounding per output):
+#     gate/up = bf16(s·u·B_{gate/up}ᵀ + bf16(x·W_{gate/up}ᵀ)), u = bf16(x·A16ᵀ) (rank 2r, shared);
+#     act = bf16(silu(gate)·up); y = bf16(s·u_d·B_dᵀ + bf16(act·W_dᵀ)), u_d = bf16(act·A_dᵀ); the
+#     backward in moe_layer.cpp's order (fp32 dA, dB; bf16 du, dact, dgate, dup, dxs).
+#   combine: out = bf16(Σ_k w_k·y_k); backward dy_k = bf16(w_k·dout), dw_k = dout·y_k in fp32.
+# The hand-written backward is checked: with these roundings off, the patched fp32 model gives HF
+# fp32's gradients (check_moe_backward).
+# Rank: the GPU test runs the adapter zero-padded from r = 4 to r = 8 (its grouped GEMMs take steps of
+# 8). Its padded rows and columns add exact zeros to every sum and stay zero, so that run is this
+# r = 4 run up to the order of the fp32 sums, which ACCUMULATIONS covers.
+# Padding: HF runs each micro-batch padded (loom packs it); no real token sees a padding one, so
+# only the padding rows differ, and loom_attention_padded keeps them finite.
+MOE_MODELING = [transformers.models.qwen3_moe.modeling_qwen3_moe, transformers.models.mixtral.modeling_mixtral]
+
+
+def loom_attention_padded(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """hf.loom_attention for a right-padded micro-batch: a padding query that sees no key (the sliding
+    window past a short document's end) attends to itself instead of giving NaN. Only padding rows
+    change (no real token sees padding); loom packs documents and has no such row."""
+    mask = attention_mask[:, :, :, : key.shape[-2]]
+    visible = mask if mask.dtype == torch.bool else mask == 0
+    diagonal = torch.eye(visible.shape[-2], visible.shape[-1], dtype=torch.bool)
+    visible = visible | (diagonal & ~visible.any(-1, keepdim=True))
+    return hf.LoomAttention.apply(query, key, value, visible, scaling).transpose(1, 2).contiguous(), None
+
+
+class MoeLoomPrecision:
+    """hf.LoomPrecision for the MoE modeling files: loom's attention and RoPE (module globals)."""
+    def __enter__(self):
+        self.saved = [(m, m.eager_attention_forward, m.apply_rotary_pos_emb) for m in MOE_MODELING]
+        for m in MOE_MODELING:
+            m.eager_attention_forward, m.apply_rotary_pos_emb = loom_attention_padded, hf.loom_rope
+        return self
+
+    def __exit__(self, *exc):
+        for m, attention, rope in self.saved:
+            m.eager_attention_forward, m.apply_rotary_pos_emb = attention, rope
+
+
+rounding = True  # off only inside check_moe_backward
+
+
+def r16(t):
+    return hf.to_bf16_values(t) if rounding else t
+
+
+class GradToBf16(torch.autograd.Function):
+    """Identity whose gradient is rounded to bf16 (moe_gather_backward's Σ_k dxs, one bf16 buffer)."""
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return r16(g)
+
+
+class LoomRouter(torch.autograd.Function):
+    """fp32 router logits from bf16-valued x (T, C) and Wr (E, C); dx = bf16(dlogits)·Wr, not rounded."""
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(w)
+        return hf.mm(x, w.float().T)
+
+    @staticmethod
+    def backward(ctx, dz):
+        (w,) = ctx.saved_tensors
+        return hf.mm(r16(dz), w.float()), None
+
+
+def expert_slices(a, b, e):
+    """Expert e's A (r, in) and B (out, r) of a PEFT expert adapter (A expert-major, B rank-major)."""
+    r = a.shape[0] // E
+    return a[e * r:(e + 1) * r], b[:, e::E]
+
+
+class LoomExpert(torch.autograd.Function):
+    """Expert e's SwiGLU MLP with its gate_up and down adapters on its rows x (n, C), fp32 holding
+    bf16 values, as MoeLayers::experts_forward / backward compute it."""
+    @staticmethod
+    def forward(ctx, x, w_gu, w_d, a_gu, b_gu, a_d, b_d, e, s_gu, s_d):
+        wg, wu, wd = w_gu[e, :FE].float(), w_gu[e, FE:].float(), w_d[e].float()
+        a, b = (r16(t) for t in expert_slices(a_gu, b_gu, e))
+        ad, bd = (r16(t) for t in expert_slices(a_d, b_d, e))
+        u = r16(hf.mm(x, a.T))
+        gate = r16(s_gu * hf.mm(u, b[:FE].T) + r16(hf.mm(x, wg.T)))
+        up = r16(s_gu * hf.mm(u, b[FE:].T) + r16(hf.mm(x, wu.T)))
+        act = r16(torch.nn.functional.silu(gate) * up)
+        ud = r16(hf.mm(act, ad.T))
+        y = r16(s_d * hf.mm(ud, bd.T) + r16(hf.mm(act, wd.T)))
+        ctx.save_for_backward(x, wg, wu, wd, a, b, ad, bd, u, gate, up, act, ud, a_gu, b_gu, a_d, b_d)
+        ctx.e, ctx.s_gu, ctx.s_d = e, s_gu, s_d
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, wg, wu, wd, a, b, ad, bd, u, gate, up, act, ud, a_gu, b_gu, a_d, b_d = ctx.saved_tensors
+        e, s_gu, s_d = ctx.e, ctx.s_gu, ctx.s_d
+        dud = r16(s_d * hf.mm(dy, bd))
+        db_d, da_d = s_d * hf.mm(dy.T, ud), hf.mm(dud.T, act)
+        dact = r16(hf.mm(dud, ad) + r16(hf.mm(dy, wd)))
+        sig = torch.sigmoid(gate)
+        dgate = r16(dact * up * sig * (1 + gate * (1 - sig)))   # ops/swiglu.cu, one rounding each
+        dup = r16(dact * gate * sig)
+        dx = r16(hf.mm(dup, wu) + r16(hf.mm(dgate, wg)))
+        du = r16(s_gu * hf.mm(dup, b[FE:]) + r16(s_gu * hf.mm(dgate, b[:FE])))
+        db = torch.cat([s_gu * hf.mm(dgate.T, u), s_gu * hf.mm(dup.T, u)])
+        da = hf.mm(du.T, x)
+        dx = r16(dx + hf.mm(du, a))
+        grads = []
+        for full, (ga, gb) in ((a_gu, (da, db)), (a_d, (da_d, db_d))):
+            r = full.shape[0] // E
+            ga_full = torch.zeros_like(full)
+            ga_full[e * r:(e + 1) * r] = ga
+            grads.append(ga_full)
+            gb_full = torch.zeros(gb.shape[0], r * E)
+            gb_full[:, e::E] = gb
+            grads.append(gb_full)
+        return dx, None, None, grads[0], grads[1], grads[2], grads[3], None, None, None
+
+
+class LoomCombine(torch.autograd.Function):
+    """out (T, C) = bf16(Σ_k w_k·y_k) from ys (T, K, C) and fp32 weights w (T, K) (moe_combine)."""
+    @staticmethod
+    def forward(ctx, ys, w):
+        ctx.save_for_backward(ys, w)
+        acc = hf.accumulate_in
+        return (ys.to(acc) * w.to(acc)[..., None]).sum(1).to(hf.BF16 if rounding else torch.float32)
+
+    @staticmethod
+    def backward(ctx, dout):
+        ys, w = ctx.saved_tensors
+        d = dout.float()[:, None, :]
+        return r16(w[..., None] * d), (ys.to(hf.accumulate_in) * d.to(hf.accumulate_in)).sum(-1).float()
+
+
+def expert_adapters(block):
+    """(the experts module, {"gate_up_proj"|"down_proj": (A, B, scaling)}) under PEFT's ParamWrappers."""
+    m, lora = block.experts, {}
+    while isinstance(m, peft.tuners.lora.ParamWrapper):
+        lora[m.parameter_name] = (m.lora_A["default"].weight, m.lora_B["default"].weight, m.scaling["default"])
+        m = m.base_layer
+    assert set(lora) == {"gate_up_proj", "down_proj"}, f"expert adapters {sorted(lora)}: the yardstick wants both"
+    return m, lora
+
+
+def loom_router_forward(self, x):
+    logits = LoomRouter.apply(x.reshape(-1, self.hidden_dim), self.weight)
+    top, index = torch.topk(torch.softmax(logits, -1), self.top_k, -1)
+    if getattr(self, "norm_topk_prob", True):  # Mixtral's router always renormalises
+        top = top / top.sum(-1, keepdim=True)
+    return logits, top, index
+
+
+def loom_moe_block_forward(self, hidden_states):
+    shape = hidden_states.shape
+    x = hidden_states.reshape(-1, shape[-1]).float()  # its gradient (experts' + router's) rounded once
+    _, weights, index = self.gate(x)
+    experts, lora = expert_adapters(self)
+    xe = GradToBf16.apply(x)
+    slots, ys = [], []
+    for e in range(E):
+        slot = (index.reshape(-1) == e).nonzero().squeeze(1)
+        if len(slot):
+            slots.append(slot)
+            ys.append(LoomExpert.apply(xe[slot // TOP_K], experts.gate_up_proj, experts.down_proj,
+                                       *lora["gate_up_proj"][:2], *lora["down_proj"][:2], e,
+                                       lora["gate_up_proj"][2], lora["down_proj"][2]))
+    y = torch.zeros(index.numel(), shape[-1]).index_copy(0, torch.cat(slots), torch.cat(ys))
+    return LoomCombine.apply(y.reshape(*index.shape, -1), weights).reshape(shape)
+
+
+def patch_sparse_mlp(model):
+    for module in model.modules():
+        kind = type(module).__name__
+        if kind.endswith("SparseMoeBlock"):
+            module.forward = types.MethodType(loom_moe_block_forward, module)
+        elif kind.endswith("TopKRouter"):
+            module.forward = types.MethodType(loom_router_forward, module)
+    return model
+
+
+def load_in(loom_bf16, model_dir, d):
+    """hf.load_for_baseline, with the sparse blocks and routers in loom's GPU precision when loom_bf16."""
+    model = hf.load_for_baseline(model_dir, d, loom_bf16)
+    return patch_sparse_mlp(model) if loom_bf16 else model
+
+
+def step_one_grads(model, docs):
+    return train_fp32_master(model, docs, steps=1)[1]
+
+
+def check_moe_backward(d, docs):
+    """LoomRouter, LoomExpert and LoomCombine with their bf16 roundings off, in the fp32 model: the
+    step-1 gradients (cross-entropy and aux loss) are HF fp32's up to fp32 summation order."""
+    global rounding
+    model_dir = os.path.join(d, "model")
+    want = step_one_grads(hf.load_for_baseline(model_dir, d, False), docs)
+    rounding = False
+    try:
+        got = step_one_grads(patch_sparse_mlp(hf.load_for_baseline(model_dir, d, False)), docs)
+    finally:
+        rounding = True
+    err, at = worst_tensor(got, want)
+    assert err < 1e-4, f"the loom-precision sparse MLP without its roundings is off HF fp32 by {err} at {at}"
+
+
+def token_losses(model, docs):
+    """Every document's per-position CE (0 where not a target) at the starting weights, by micro-batch."""
+    out = []
+    with torch.no_grad():
+        for mb in MICRO_BATCHES:
+            _, _, logits, _ = forward(model, docs, mb, False)
+            for b, i in enumerate(mb):
+                labels = torch.tensor([t if m else -100 for t, m in zip(docs[i]["ids"], docs[i]["mask"])])
+                out.append(torch.nn.functional.cross_entropy(logits[b][:-1], labels[1:], ignore_index=-100,
+                                                             reduction="none"))
+    return torch.cat(out)
+
+
+def train_fp32_master(model, docs, steps=hf.GPU_STEPS):
+    """The GPU test's run: GPU_STEPS AdamW steps at GPU_LR on fp32 master copies of the LoRA weights,
+    each over the micro-batches (CE / n_targets + AUX_COEF · aux each, clipped globally). Returns each
+    step's cross-entropy (what the test compares: the aux loss's value is not reported), the step-1
+    gradients (CE and aux) and the final weights, by live parameter name."""
+    live = lora_named(model)
+    master = [p.detach().float().clone().requires_grad_(True) for _, p in live]
+    opt = torch.optim.AdamW(master, lr=hf.GPU_LR, betas=hf.ADAM["betas"], eps=hf.ADAM["eps"],
+                            weight_decay=hf.ADAM["weight_decay"])
+    n_targets = n_targets_of(docs)
+    losses, first_grads = [], None
+    for _ in range(steps):
+        with torch.no_grad():
+            for (_, p), m in zip(live, master):
+                p.copy_(m)
+                p.grad = None
+        step_loss = 0.0
+        for k, mb in enumerate(MICRO_BATCHES):
+            ce, aux, _, rl = forward(model, docs, mb, True)
+            check_routing(MICRO_BATCH_KINDS[k], expert_load(rl)[0], sum(len(docs[i]["ids"]) for i in mb))
+            (ce / n_targets + AUX_COEF * aux).backward()
+            step_loss += ce.item() / n_targets
+        for (_, p), m in zip(live, master):
+            m.grad = p.grad.float()
+        if first_grads is None:
+            first_grads = {n: m.grad.clone() for (n, _), m in zip(live, master)}
+        torch.nn.utils.clip_grad_norm_(master, hf.MAX_GRAD_NORM)
+        opt.step()
+        opt.zero_grad()
+        losses.append(step_loss)
+    return losses, first_grads, {n: m.detach().clone() for (n, _), m in zip(live, master)}
+
+
+def test_tensors(named):
+    """{live LoRA name: tensor} -> {the GPU test's tensor name: tensor}: the attention's as
+    tests/lora_compare.h names them, each expert's A and B on their own (layers.L.experts.e.<target>.lora_A)."""
+    out = {}
+    for n, t in named.items():
+        if ".experts." not in n:
+            out[hf.tensor_name(n)] = t
+            continue
+        layer = n.split(".layers.")[1].split(".")[0]
+        target = "gate_up_proj" if ".experts.base_layer." in n else "down_proj"
+        ab = "lora_A" if ".lora_A." in n else "lora_B"
+        for e in range(E):
+            a, b = expert_slices(t, t, e)
+            out[f"layers.{layer}.experts.{e}.{target}.{ab}"] = a if ab == "lora_A" else b
+    return out
+
+
+def scaled_error(got, want):
+    """tests/test_util.h scaled_error, its zero cases included (an expert no token reached)."""
+    num, den = (got - want).abs().max().item(), want.abs().max().item()
+    return 0.0 if num == 0 else (float("inf") if den == 0 else num / den)
+
+
+def worst_tensor(got, want):
+    got, want = test_tensors(got), test_tensors(want)
+    errors = {n: scaled_error(got[n], want[n]) for n in want}
+    name = max(errors, key=errors.get)
+    return errors[name], name
+
+
+def moe_baseline(model_dir, d, docs, base_weights):
+    """hf.bf16_baseline for this fixture and the GPU MoE test's run; the worst over hf.ACCUMULATIONS."""
+    def run(loom_bf16):
+        model = load_in(loom_bf16, model_dir, d)
+        return (token_losses(model, docs),) + train_fp32_master(model, docs)
+    tok32, s32, g32, w32 = run(False)
+    out = {"measured_as": f"HF in loom's GPU precision vs HF fp32, worst of fp32 and fp64 sums, {base_weights}, "
+                          f"aux loss on, r {hf.LORA_R} (tools/make_moe_fixtures.py --yardstick-only)",
+           "lr": hf.GPU_LR, "steps": hf.GPU_STEPS, "token_loss_abs": 0.0, "grad_scaled": 0.0,
+           "step_loss_rel": 0.0, "final_weights_scaled": 0.0}
+    for hf.accumulate_in in hf.ACCUMULATIONS:
+        with MoeLoomPrecision():
+            tok16, s16, g16, w16 = run(True)
+        grad, grad_at = worst_tensor(g16, g32)
+        weights, weights_at = worst_tensor(w16, w32)
+        out["token_loss_abs"] = max(out["token_loss_abs"], (tok16 - tok32).abs().max().item())
+        if grad >= out["grad_scaled"]:
+            out["grad_scaled"], out["grad_worst_tensor"] = grad, grad_at
+        out["step_loss_rel"] = max(out["step_loss_rel"], max(abs(a - b) / b for a, b in zip(s16, s32)))
+        if weights >= out["final_weights_scaled"]:
+            out["final_weights_scaled"], out["final_weights_worst_tensor"] = weights, weights_at
+    hf.accumulate_in = torch.float32
+    out.update(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__)
+    return out
+
+
+def rewrite_yardstick(arch):
+    """Adds "bf16_baseline" and "bf16_baseline_nf4" to an existing fixture's expected.json; every other
+    file and value stays bit for bit as it was. nf4: the base weights' NF4 round trip by loom itself
+    (hf.nf4_model: apply_nf4_roundtrip quantizes each expert's gate, up and down on its own, as the GPU)."""
+    d = os.path.join(OUT, arch)
+    path = os.path.join(d, "expected.json")
+    with open(path) as f:
+        expected = json.load(f)
+    with open(os.path.join(d, "batch.json")) as f:
+        batch = json.load(f)
+    assert batch["micro_batches"] == MICRO_BATCHES and batch["micro_batch_kinds"] == MICRO_BATCH_KINDS
+    docs = batch["documents"]
+    assert expected["n_targets"] == n_targets_of(docs)
+    check_moe_backward(d, docs)
+    with tempfile.TemporaryDirectory() as tmp:
+        expected["bf16_baseline"] = moe_baseline(os.path.join(d, "model"), d, docs, "base weights as stored (bf16)")
+        expected["bf16_baseline_nf4"] = moe_baseline(hf.nf4_model(d, tmp), d, docs,
+                                                     "base projections and experts NF4 round-tripped (nf4 mode)")
+    with open(path, "w") as f:
+        json.dump(expected, f, indent=1)
+    for key in ("bf16_baseline", "bf16_baseline_nf4"):
+        b = expected[key]
+        print(f"{arch} {key}: token loss {b['token_loss_abs']:.2e} abs, step-1 grads {b['grad_scaled']:.2e} "
+              f"({b['grad_worst_tensor']}), step losses {b['step_loss_rel']:.2e} rel, final weights "
+              f"{b['final_weights_scaled']:.2e} ({b['final_weights_worst_tensor']})")
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--yardstick-only", action="store_true",
+                        help='add "bf16_baseline" and "bf16_baseline_nf4" to the existing fixtures, nothing else')
+    args = parser.parse_args()
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     for k, (arch, spec) in enumerate(ARCHS.items()):
-        run_arch(arch, spec, seed=230 + k)
+        if args.yardstick_only:
+            rewrite_yardstick(arch)
+        else:
+            run_arch(arch, spec, seed=230 + k)
 
 
 if __name__ == "__main__":
