@@ -52,13 +52,10 @@ namespace {
 constexpr double kRule = 2.0;  // tests/gpu_step_test.cpp: at most twice the error of bf16 in loom's precision
 constexpr int kGpuRank = 8;    // the fixtures' r = 4 padded to the grouped GEMMs' step (header comment)
 
-struct MoeStepFixture : test::HfFixture {
+struct MoeStepFixture : test::HfFixture, test::Yardstick {
   std::vector<MicroBatch> micro;
   int64_t n_targets = 0;
-  float lr = 0;
-  int steps = 0;
-  double base_token_loss = 0, base_grads = 0, base_step_loss = 0, base_weights = 0;
-  std::string yardstick;  // which fixture and versions measured the yardstick
+  std::string yardstick;  // which fixture, mode and versions measured the yardstick
 };
 
 // The LoRA options of the fixture's adapter at rank r, alpha scaled along (the same alpha/r).
@@ -115,15 +112,8 @@ MoeStepFixture load_setup(const std::string& arch, const std::string& quant) {
     s.micro.push_back(test::pack(s, which));
     s.n_targets += s.micro.back().n_targets();
   }
-  const auto& b = s.expected.at(quant == "nf4" ? "bf16_baseline_nf4" : "bf16_baseline");
-  s.lr = b["lr"];
-  s.steps = b["steps"];
-  s.base_token_loss = b["token_loss_abs"];
-  s.base_grads = b["grad_scaled"];
-  s.base_step_loss = b["step_loss_rel"];
-  s.base_weights = b["final_weights_scaled"];
-  s.yardstick = cat("moe/", arch, " ", quant, " (torch ", b["torch"].get<std::string>(), ", transformers ",
-                    b["transformers"].get<std::string>(), ", peft ", b["peft"].get<std::string>(), ")");
+  test::read_yardstick(s.expected, quant, s);
+  s.yardstick = cat("moe/", arch, " ", quant, " (", s.measured_by, ")");
   return s;
 }
 

@@ -48,14 +48,10 @@ namespace {
 
 constexpr double kRule = 2.0;  // at most twice the error of bf16 in loom's precision (header comment)
 
-struct StepFixture : test::HfFixture {
+// The fixture and its yardstick (see the header comment).
+struct StepFixture : test::HfFixture, test::Yardstick {
   std::vector<MicroBatch> micro;
   int64_t n_targets = 0;
-  float lr = 0;
-  int steps = 0;
-  // The yardstick of this fixture (see the header comment) and the versions that measured it.
-  double base_token_loss = 0, base_grads = 0, base_step_loss = 0, base_weights = 0;
-  std::string measured_by;
 };
 
 // quant: "bf16" or "nf4", the yardstick measured for that mode.
@@ -66,15 +62,7 @@ StepFixture load_setup(const std::string& arch, const std::string& quant) {
     s.micro.push_back(test::pack(s, which));
     s.n_targets += s.micro.back().n_targets();
   }
-  const auto& b = s.expected.at(quant == "nf4" ? "bf16_baseline_nf4" : "bf16_baseline");
-  s.lr = b["lr"];
-  s.steps = b["steps"];
-  s.base_token_loss = b["token_loss_abs"];
-  s.base_grads = b["grad_scaled"];
-  s.base_step_loss = b["step_loss_rel"];
-  s.base_weights = b["final_weights_scaled"];
-  s.measured_by = cat("torch ", b["torch"].get<std::string>(), ", transformers ", b["transformers"].get<std::string>(),
-                      ", peft ", b["peft"].get<std::string>());
+  test::read_yardstick(s.expected, quant, s);
   return s;
 }
 

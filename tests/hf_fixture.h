@@ -31,6 +31,29 @@ inline nlohmann::json read_json(const std::string& path) {
   return nlohmann::json::parse(f);
 }
 
+// A fixture's bf16 yardstick for its GPU run (expected.json "bf16_baseline" / "bf16_baseline_nf4"):
+// HF computing in loom's GPU precision against HF fp32 over the same lr and steps
+// (tools/make_hf_fixtures.py; tools/make_moe_fixtures.py --yardstick-only), and who measured it.
+struct Yardstick {
+  float lr = 0;
+  int steps = 0;
+  double base_token_loss = 0, base_grads = 0, base_step_loss = 0, base_weights = 0;
+  std::string measured_by;  // "torch X, transformers Y, peft Z"
+};
+
+// quant: "bf16" or "nf4", the yardstick measured for that mode.
+inline void read_yardstick(const nlohmann::json& expected, const std::string& quant, Yardstick& y) {
+  const auto& b = expected.at(quant == "nf4" ? "bf16_baseline_nf4" : "bf16_baseline");
+  y.lr = b["lr"];
+  y.steps = b["steps"];
+  y.base_token_loss = b["token_loss_abs"];
+  y.base_grads = b["grad_scaled"];
+  y.base_step_loss = b["step_loss_rel"];
+  y.base_weights = b["final_weights_scaled"];
+  y.measured_by = "torch " + b["torch"].get<std::string>() + ", transformers " + b["transformers"].get<std::string>() +
+                  ", peft " + b["peft"].get<std::string>();
+}
+
 inline HfFixture load_hf_fixture(const std::string& arch) {
   HfFixture f;
   f.dir = fixtures_dir() + "/hf/" + arch;
