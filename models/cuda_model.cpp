@@ -150,10 +150,18 @@ struct CudaModel::Impl {
     plan_layers(plan, cfg.L, "activations", name, b, n, per_layer, shape);
   }
 
+  // The width of the dense MLP's buffers: F, or 0 for a mixture of experts whose every layer is
+  // sparse (its MLPs keep their buffers in models/moe_layer.h).
+  size_t dense_mlp_width() const {
+    for (int l = 0; l < cfg.L; ++l)
+      if (!cfg.is_moe_layer(l)) return size_t(cfg.F);
+    return 0;
+  }
+
   // Training keeps per layer what the recompute policy does not rebuild; scoring keeps nothing.
   void plan_activations() {
     const ModelConfig& m = cfg;
-    const size_t T = size_t(Tmax), C = m.C, F = m.F, HD = size_t(m.H) * m.D, KD = size_t(m.KVH) * m.D;
+    const size_t T = size_t(Tmax), C = m.C, F = dense_mlp_width(), HD = size_t(m.H) * m.D, KD = size_t(m.KVH) * m.D;
     const size_t mlp_rows = size_t(mlp_tile);
     const bool keep = train_mode && opt.recompute != Recompute::kFull;
     const bool keep_cheap = train_mode && opt.recompute == Recompute::kNone;  // norm outputs, SwiGLU product
@@ -213,7 +221,7 @@ struct CudaModel::Impl {
 
   void plan_scratch() {
     const ModelConfig& m = cfg;
-    const size_t T = size_t(Tmax), C = m.C, F = m.F, HD = size_t(m.H) * m.D, KD = size_t(m.KVH) * m.D;
+    const size_t T = size_t(Tmax), C = m.C, F = dense_mlp_width(), HD = size_t(m.H) * m.D, KD = size_t(m.KVH) * m.D;
     if (weights.nf4()) add("scratch", "dequantized projection", &w_scratch, weights.largest_projection(), "(out, in) max");
     if (train_mode && lora.dropout > 0)
       add("scratch", "LoRA input after dropout", &x_dropped, T * std::max({C, F, HD}), "(T, in) max");
