@@ -53,19 +53,25 @@ void DeviceAdapters::zero_grads(cudaStream_t stream) {
   if (layout_.total > 0) CUDA_CHECK(cudaMemsetAsync(grads_, 0, size_t(layout_.total) * 4, stream));
 }
 
+// Points an adapter view (LoraDevice, ExpertLoraDevice) at slot s's A and B in the bf16 copy (or the
+// frozen reference copy), and at their gradients when asked.
+template <class View>
+void DeviceAdapters::point_at(View& d, const LoraSlot& s, bool grads, bool reference) const {
+  LOOM_CHECK(!reference || (reference_ && !grads), "reference adapter: not planned, or asked for gradients");
+  const bf16* copy = reference ? reference_bf16_ : bf16_;
+  d.A = copy + s.a_offset;
+  d.B = copy + s.b_offset;
+  if (!grads) return;
+  d.dA = grads_ + s.a_offset;
+  d.dB = grads_ + s.b_offset;
+}
+
 LoraDevice DeviceAdapters::slot(int l, LoraTarget t, bool on, bool grads, float dropout, uint64_t dropout_seed,
                                 bool reference) const {
   const LoraSlot& s = layout_.slot(l, t);
   LoraDevice d;
   if (!on || !s.enabled) return d;
-  LOOM_CHECK(!reference || (reference_ && !grads), "reference adapter: not planned, or asked for gradients");
-  const bf16* copy = reference ? reference_bf16_ : bf16_;
-  d.A = copy + s.a_offset;
-  d.B = copy + s.b_offset;
-  if (grads) {
-    d.dA = grads_ + s.a_offset;
-    d.dB = grads_ + s.b_offset;
-  }
+  point_at(d, s, grads, reference);
   d.R = layout_.R;
   d.scale = layout_.scale;
   d.dropout = dropout;
@@ -80,19 +86,12 @@ ExpertLoraDevice DeviceAdapters::expert_slots(int l, ExpertTarget t, bool on, bo
   const auto& experts = layout_.experts[size_t(l)];
   const LoraSlot& first = experts[0][t];
   if (!first.enabled) return d;
-  LOOM_CHECK(!reference || (reference_ && !grads), "reference adapter: not planned, or asked for gradients");
   const int64_t stride = experts.size() > 1 ? experts[1][t].a_offset - first.a_offset : 0;
   for (size_t e = 0; e < experts.size(); ++e)  // the grouped GEMMs address expert e at + e·stride
     LOOM_CHECK(experts[e][t].enabled && experts[e][t].a_offset == first.a_offset + int64_t(e) * stride &&
                    experts[e][t].b_offset == first.b_offset + int64_t(e) * stride,
                "LoRA layout: the ", kExpertTargetNames[t], " adapters of layer ", l, " are not evenly spaced");
-  const bf16* copy = reference ? reference_bf16_ : bf16_;
-  d.A = copy + first.a_offset;
-  d.B = copy + first.b_offset;
-  if (grads) {
-    d.dA = grads_ + first.a_offset;
-    d.dB = grads_ + first.b_offset;
-  }
+  point_at(d, first, grads, reference);
   d.stride = stride;
   d.r = first.r;
   d.scale = first.scale;

@@ -55,6 +55,9 @@ class DeviceAdapters {
   ExpertLoraDevice expert_slots(int l, ExpertTarget t, bool on, bool grads, bool reference = false) const;
 
  private:
+  template <class View>
+  void point_at(View& d, const LoraSlot& s, bool grads, bool reference) const;
+
   LoraLayout layout_;
   bool training_, reference_;
   float *master_ = nullptr, *grads_ = nullptr;

@@ -238,6 +238,10 @@ anchors = {e: {r["preset"]: r for r in rows if r["engine"] == e} for e in ("hf-p
 nf4_speed = {r["preset"]: r["tokens_per_s"] for r in rows
              if r["engine"] == "loom" and r["mode"] == "nf4" and r["recompute"] != "full"}
 
+def ratio(r, b, key):
+    """r[key] / b[key] against another row of the table (None without one, or for the row itself)."""
+    return r[key] / b[key] if b and r is not b and b.get(key) else None
+
 def target(r, speed, mem):
     """BENCHMARK.md's target for this row and whether it is met ('' when none applies)."""
     if r["engine"] != "loom" or speed is None:
@@ -263,13 +267,12 @@ if rows:
                      "pad", "x tuned", "x unsl", "target"))
 
 def against(r, engine):
-    a = anchors[engine].get(r["preset"])
-    return f"{r['tokens_per_s'] / a['tokens_per_s']:.2f}" if a and r is not a else "-"
+    x = ratio(r, anchors[engine].get(r["preset"]), "tokens_per_s")
+    return f"{x:.2f}" if x else "-"
 
 for r in rows:
     b = base.get(r["preset"])
-    speed = r["tokens_per_s"] / b["tokens_per_s"] if b and r is not b else None
-    mem = r["peak_mem_gib"] / b["peak_mem_gib"] if b and r is not b and b["peak_mem_gib"] else None
+    speed, mem = ratio(r, b, "tokens_per_s"), ratio(r, b, "peak_mem_gib")
     goal = " ".join(t for t in (target(r, speed, mem), bf16_target(r)) if t)
     print(fmt.format(r["preset"], r["engine"], r["mode"], r["recompute"], f"{r['tokens_per_s']:,.0f}",
                      f"{speed:.2f}" if speed else "-", f"{r['peak_mem_gib']:.2f}", f"{mem:.2f}" if mem else "-",
@@ -294,8 +297,7 @@ if moe_rows:
                       "micro", "target"))
     for r in moe_rows:
         b = hf_moe.get(r["preset"])
-        speed = r["tokens_per_s"] / b["tokens_per_s"] if b and r is not b else None
-        mem = r["peak_mem_gib"] / b["peak_mem_gib"] if b and r is not b and b.get("peak_mem_gib") else None
+        speed, mem = ratio(r, b, "tokens_per_s"), ratio(r, b, "peak_mem_gib")
         goal = ""
         if r["engine"] == "loom" and r["mode"] == "nf4":
             checks = [("MFU", r["mfu"] >= 0.35), ("fits 80 GB", r["peak_mem_gib"] <= 79.0)]
@@ -319,8 +321,7 @@ if dpo_rows:
                       "precomputed ref pairs/s", "target"))
     for r in dpo_rows:
         b = trl.get(r["preset"])
-        speed = r["pairs_per_s"] / b["pairs_per_s"] if b and r is not b else None
-        mem = r["peak_mem_gib"] / b["peak_mem_gib"] if b and r is not b and b.get("peak_mem_gib") else None
+        speed, mem = ratio(r, b, "pairs_per_s"), ratio(r, b, "peak_mem_gib")
         goal = ""
         if r["engine"] == "loom" and speed is not None:
             ok = speed >= 5 and mem is not None and mem <= 1
@@ -352,7 +353,7 @@ if decode_rows:
                       "prefill t/s", "peak GiB", "target"))
     for r in decode_rows:
         b = hf.get((r["preset"], r["batch"]))
-        speed = r["decode_tokens_per_s"] / b["decode_tokens_per_s"] if b and r is not b else None
+        speed = ratio(r, b, "decode_tokens_per_s")
         share = r.get("fraction_of_roofline", r.get("roofline_share"))
         goal = ""
         if r["engine"] == "loom" and share is not None:

@@ -451,21 +451,20 @@ def run_in(loom_bf16, model_dir, d, docs, n_targets):
     return (tokens,) + train_with_fp32_master(model, docs, n_targets, GPU_LR, GPU_STEPS)
 
 
-def bf16_baseline(model_dir, d, docs, n_targets, base_weights):
-    """Errors of HF in loom's GPU precision against HF in fp32 on this fixture with the base weights
-    of model_dir, each measured as tests/gpu_step_test.cpp measures loom's GPU against loom's fp32
-    reference; the worst over ACCUMULATIONS."""
+def worst_against_fp32(run, precision, measured_as, worst=None):
+    """A yardstick: run(False) in fp32, then run(True) inside precision() for each of ACCUMULATIONS;
+    run gives (token losses, step losses, step-1 grads, final weights). The worst token-loss, grad,
+    step-loss and final-weight errors (worst(got, want) -> (error, tensor name), default worst_tensor)."""
     global accumulate_in
-    tok32, s32, g32, w32 = run_in(False, model_dir, d, docs, n_targets)
-    out = {"measured_as": f"HF in loom's GPU precision vs HF fp32, worst of fp32 and fp64 sums, "
-                          f"{base_weights} (tools/make_hf_fixtures.py)",
-           "lr": GPU_LR, "steps": GPU_STEPS, "token_loss_abs": 0.0, "grad_scaled": 0.0,
+    worst = worst or worst_tensor
+    tok32, s32, g32, w32 = run(False)
+    out = {"measured_as": measured_as, "lr": GPU_LR, "steps": GPU_STEPS, "token_loss_abs": 0.0, "grad_scaled": 0.0,
            "step_loss_rel": 0.0, "final_weights_scaled": 0.0}
     for accumulate_in in ACCUMULATIONS:
-        with LoomPrecision():
-            tok16, s16, g16, w16 = run_in(True, model_dir, d, docs, n_targets)
-        grad, grad_at = worst_tensor(g16, g32)
-        weights, weights_at = worst_tensor(w16, w32)
+        with precision():
+            tok16, s16, g16, w16 = run(True)
+        grad, grad_at = worst(g16, g32)
+        weights, weights_at = worst(w16, w32)
         out["token_loss_abs"] = max(out["token_loss_abs"], (tok16 - tok32).abs().max().item())
         if grad >= out["grad_scaled"]:
             out["grad_scaled"], out["grad_worst_tensor"] = grad, grad_at
@@ -475,6 +474,15 @@ def bf16_baseline(model_dir, d, docs, n_targets, base_weights):
     accumulate_in = torch.float32
     out.update(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__)
     return out
+
+
+def bf16_baseline(model_dir, d, docs, n_targets, base_weights):
+    """Errors of HF in loom's GPU precision against HF in fp32 on this fixture with the base weights
+    of model_dir, each measured as tests/gpu_step_test.cpp measures loom's GPU against loom's fp32
+    reference; the worst over ACCUMULATIONS."""
+    return worst_against_fp32(lambda loom_bf16: run_in(loom_bf16, model_dir, d, docs, n_targets), LoomPrecision,
+                              f"HF in loom's GPU precision vs HF fp32, worst of fp32 and fp64 sums, "
+                              f"{base_weights} (tools/make_hf_fixtures.py)")
 
 
 def nf4_model(d, out_dir):
@@ -560,12 +568,17 @@ def rewrite_yardstick(arch):
     expected.update(yardsticks(d, docs, expected["n_targets"]))
     with open(path, "w") as f:
         json.dump(expected, f, indent=1)
+    print_yardsticks(arch, expected)
+
+
+
+def print_yardsticks(arch, expected):
+    """One line per yardstick of a fixture's expected.json (bf16 and nf4)."""
     for key in ("bf16_baseline", "bf16_baseline_nf4"):
         b = expected[key]
         print(f"{arch} {key}: token loss {b['token_loss_abs']:.2e} abs, step-1 grads {b['grad_scaled']:.2e} "
               f"({b['grad_worst_tensor']}), step losses {b['step_loss_rel']:.2e} rel, final weights "
               f"{b['final_weights_scaled']:.2e} ({b['final_weights_worst_tensor']})")
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

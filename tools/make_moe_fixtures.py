@@ -799,25 +799,10 @@ def moe_baseline(model_dir, d, docs, base_weights):
     def run(loom_bf16):
         model = load_in(loom_bf16, model_dir, d)
         return (token_losses(model, docs),) + train_fp32_master(model, docs)
-    tok32, s32, g32, w32 = run(False)
-    out = {"measured_as": f"HF in loom's GPU precision vs HF fp32, worst of fp32 and fp64 sums, {base_weights}, "
-                          f"aux loss on, r {hf.LORA_R} (tools/make_moe_fixtures.py --yardstick-only)",
-           "lr": hf.GPU_LR, "steps": hf.GPU_STEPS, "token_loss_abs": 0.0, "grad_scaled": 0.0,
-           "step_loss_rel": 0.0, "final_weights_scaled": 0.0}
-    for hf.accumulate_in in hf.ACCUMULATIONS:
-        with MoeLoomPrecision():
-            tok16, s16, g16, w16 = run(True)
-        grad, grad_at = worst_tensor(g16, g32)
-        weights, weights_at = worst_tensor(w16, w32)
-        out["token_loss_abs"] = max(out["token_loss_abs"], (tok16 - tok32).abs().max().item())
-        if grad >= out["grad_scaled"]:
-            out["grad_scaled"], out["grad_worst_tensor"] = grad, grad_at
-        out["step_loss_rel"] = max(out["step_loss_rel"], max(abs(a - b) / b for a, b in zip(s16, s32)))
-        if weights >= out["final_weights_scaled"]:
-            out["final_weights_scaled"], out["final_weights_worst_tensor"] = weights, weights_at
-    hf.accumulate_in = torch.float32
-    out.update(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__)
-    return out
+    return hf.worst_against_fp32(run, MoeLoomPrecision,
+                                 f"HF in loom's GPU precision vs HF fp32, worst of fp32 and fp64 sums, {base_weights}, "
+                                 f"aux loss on, r {hf.LORA_R} (tools/make_moe_fixtures.py --yardstick-only)",
+                                 worst_tensor)
 
 
 def rewrite_yardstick(arch):
@@ -840,11 +825,7 @@ def rewrite_yardstick(arch):
                                                      "base projections and experts NF4 round-tripped (nf4 mode)")
     with open(path, "w") as f:
         json.dump(expected, f, indent=1)
-    for key in ("bf16_baseline", "bf16_baseline_nf4"):
-        b = expected[key]
-        print(f"{arch} {key}: token loss {b['token_loss_abs']:.2e} abs, step-1 grads {b['grad_scaled']:.2e} "
-              f"({b['grad_worst_tensor']}), step losses {b['step_loss_rel']:.2e} rel, final weights "
-              f"{b['final_weights_scaled']:.2e} ({b['final_weights_worst_tensor']})")
+    hf.print_yardsticks(arch, expected)
 
 
 def main():
