@@ -103,7 +103,8 @@ struct CudaModel::Impl {
   bool decoding = false;  // the pass in flight is a decode step
   int64_t decode_max_len = 0;
   bf16 *cache_k = nullptr, *cache_v = nullptr, *x_last = nullptr;
-  int32_t *cache_slot = nullptr, *cache_pos = nullptr, *cache_len = nullptr, *token_codes = nullptr;
+  // A row's cache position is its token position (the pass's `positions`); its slot is cache_slot.
+  int32_t *cache_slot = nullptr, *cache_len = nullptr, *token_codes = nullptr;
   int32_t* context_ids = nullptr;  // (B, context): each sequence's token ids, for the repetition penalty
   uint64_t *draw_sequence = nullptr, *draw_step = nullptr;  // (B): sample_token_ref's sequence and step per row
   uint8_t* sample_scratch = nullptr;
@@ -206,7 +207,6 @@ struct CudaModel::Impl {
     add("kv cache", "keys", &cache_k, cells, shape);
     add("kv cache", "values", &cache_v, cells, shape);
     add("scratch", "cache slot of each row", &cache_slot, size_t(Tmax), "(T)");
-    add("scratch", "cache position of each row", &cache_pos, size_t(Tmax), "(T)");
     add("scratch", "decode lengths", &cache_len, size_t(B), "(B)");
     add("scratch", "decode attention", &decode_scratch,
         size_t(attention_decode_scratch_floats(B, m.H, m.D, decode_splits)), "(B, H, splits, D+2)");
@@ -370,7 +370,7 @@ struct CudaModel::Impl {
     if (caching) {
       bf16* ck = cache_k + int64_t(l) * B * context * m.KVH * m.D;
       bf16* cv = cache_v + int64_t(l) * B * context * m.KVH * m.D;
-      kv_cache_write(ck, cv, k.at(l), v.at(l), cache_slot, cache_pos, T, m.KVH, m.D, context, stream);
+      kv_cache_write(ck, cv, k.at(l), v.at(l), cache_slot, positions, T, m.KVH, m.D, context, stream);
       if (decoding)
         attention_decode(attn.at(l), q.at(l), DecodeCache{ck, cv, context}, cache_len, B, decode_max_len,
                          attention_shape(l), decode_splits_for(decode_max_len), decode_scratch, stream);
@@ -507,14 +507,12 @@ struct CudaModel::Impl {
     for (int32_t& id : ids) id = p.plain_greedy() ? greedy_token_of_code(id, cfg.V) : sampled_token_of_code(id, cfg.V, p);
   }
 
-  // The rows of a prefill or decode step into the KV cache's slots and positions, and their token ids
-  // into context_ids; lengths (one per cache row) into cache_len.
-  void upload_cache_rows(const std::vector<int32_t>& slot, const std::vector<int32_t>& pos,
-                         const std::vector<int32_t>& lengths) {
+  // The rows of a prefill or decode step (after begin_pass uploaded their tokens and positions): their
+  // cache slots, their token ids into context_ids at their positions, lengths (per cache row) into cache_len.
+  void upload_cache_rows(const std::vector<int32_t>& slot, const std::vector<int32_t>& lengths) {
     CUDA_CHECK(cudaMemcpyAsync(cache_slot, slot.data(), slot.size() * 4, cudaMemcpyHostToDevice, stream));
-    CUDA_CHECK(cudaMemcpyAsync(cache_pos, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice, stream));
     CUDA_CHECK(cudaMemcpyAsync(cache_len, lengths.data(), lengths.size() * 4, cudaMemcpyHostToDevice, stream));
-    token_cache_write(context_ids, tokens, cache_slot, cache_pos, T, context, stream);
+    token_cache_write(context_ids, tokens, cache_slot, positions, T, context, stream);
   }
 
   void check_can_generate(const char* what) const {
@@ -713,7 +711,7 @@ void CudaModel::Impl::prefill_forward(const std::vector<std::vector<int32_t>>& p
   }
   const CachingScope caching(d);
   d.begin_pass(mb, PassOptions{adapters, false, 0});
-  d.upload_cache_rows(slot, mb.positions, lengths);
+  d.upload_cache_rows(slot, lengths);
   d.forward_layers();
   for (size_t b = 0; b < prompts.size(); ++b)  // each prompt's last position
     CUDA_CHECK(cudaMemcpyAsync(d.x_last + b * d.cfg.C, d.xf + int64_t(mb.cu_seqlens[b + 1] - 1) * d.cfg.C,
@@ -744,7 +742,7 @@ void CudaModel::Impl::decode_forward(const std::vector<int32_t>& tokens, const s
   }
   const CachingScope caching(d);
   d.begin_pass(mb, PassOptions{adapters, false, 0});
-  d.upload_cache_rows(slot, positions, length);
+  d.upload_cache_rows(slot, length);
   d.run_decode_step(max_len);
 }
 
