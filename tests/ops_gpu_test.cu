@@ -960,6 +960,8 @@ TEST(LoraLinear, RejectsMissingBuffers) {
   expect_error([&] { lora_linear_backward(ctx, some, false, some, some, some, some, lora, some, nullptr, 4, 8, 8,
                                           kStream); },
                "dA, dB");
+  // Nothing was launched: a kernel given the fake pointers would fault here, not in a later test.
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 // ---------------------------------------------------------------------------------------------
