@@ -27,8 +27,8 @@ router_aux_loss_coef AUX_COEF, so the load-balancing loss is part of HF's traini
                          micro-batches' aux losses (unscaled), logits_per_expert.<doc> and
                          grad_per_expert.<key> with adapter_per_expert
   expected.json          loss, aux losses, expert loads, the objectives of 5 AdamW steps with and
-                         without the aux loss, settings and versions; "bf16_baseline" and
-                         "bf16_baseline_nf4" (--yardstick-only): the yardsticks of
+                         without the aux loss, the seed, settings and versions; "bf16_baseline" and
+                         "bf16_baseline_nf4": the yardsticks of
                          tests/gpu_moe_step_test.cpp, measured as tools/make_hf_fixtures.py measures
                          the dense ones (see "The yardstick of tests/gpu_moe_step_test.cpp" below)
 
@@ -46,8 +46,8 @@ LoRA, and the expert-LoRA layout written in tests/fixtures/moe/README.md reprodu
 and gradients when computed independently.
 
 Runs on a CPU in seconds (torch 2.15.0, transformers 5.23.0, peft 0.21.2):
-  python3 tools/make_moe_fixtures.py                   every fixture from scratch, without yardsticks
-  python3 tools/make_moe_fixtures.py --yardstick-only  adds the two yardsticks to the existing fixtures
+  python3 tools/make_moe_fixtures.py                   every fixture from scratch, with its yardsticks
+  python3 tools/make_moe_fixtures.py --yardstick-only  rewrites the two yardsticks of the existing fixtures
 The nf4 yardstick needs build/nf4_roundtrip (make build/nf4_roundtrip).
 """
 import argparse
@@ -82,6 +82,32 @@ HOT_EXPERT, COLD_EXPERT = 0, E - 1
 HOT_IDS, COLD_IDS = list(range(0, 16)), list(range(16, 32))
 ROUTE_VALUE, ROUTER_GAIN = 64.0, 3.0
 PAD_ID = 63
+
+# Routing margin. A token whose K-th and (K+1)-th router logits nearly tie may take the other expert
+# on the GPU, whose activations are bf16. The first mixtral fixture had such a token (gap 0.030, layer
+# 1, the last token of micro-batch 0's first document; HF in loom's precision moved that gap by 0.017):
+# the GPU chose the other expert, which changed the aux loss's expert counts and so, by 21%, the
+# gradient of an expert only the aux loss trains there, while a fixture without the tie agreed to 1.7%.
+# So every token's gap is at least MIN_TOPK_GAP (~9x that shift) at the starting weights, in every run
+# that measures step-1 gradients (fp32 and loom's precision, bf16 and NF4 base weights), and the
+# fixture's seed is the first from the architecture's start seed where that holds (SEED_TRIES at most).
+# Later steps are not held to it: training moves the router logits by more than any gap a seed keeps
+# (every seed of 230..429 had a gap below 0.013 somewhere in the 20 steps), so their routing may cross
+# a tie at a step where the GPU and the reference choose differently; the step losses and final weights
+# the test compares after that carry one step's update of the tokens concerned, and the yardstick's
+# runs cross the same ties.
+MIN_TOPK_GAP = 0.15
+SEED_TRIES = 200
+
+
+class NearTie(Exception):
+    """Some token's routing is within MIN_TOPK_GAP of a tie: the candidate seed is skipped."""
+
+
+def check_gap(gap, where):
+    if gap < MIN_TOPK_GAP:
+        raise NearTie(f"a token's K-th and (K+1)-th router logits are {gap:.4f} apart {where} "
+                      f"(MIN_TOPK_GAP {MIN_TOPK_GAP})")
 
 # (kind, length) per document; micro-batch 0 mixes every id, 1 is hot, 2 is cold.
 DOCS = [("mixed", 9), ("mixed", 1), ("hot", 14), ("hot", 6), ("cold", 7)]
@@ -447,7 +473,7 @@ def run_arch(arch, spec, seed):
     # 1. The fixture as loom loads it: base from model/, adapter from adapter/ (fp32).
     model = hf.load_for_baseline(model_dir, d, False)
     loss, aux_losses, ce_grads, aux_grads, logits, routers, loads, gap = run_all(model, docs, True)
-    assert gap > 1e-2, f"a token's K-th and (K+1)-th router logits are {gap} apart: routing is near a tie"
+    check_gap(gap, "at the starting weights")
     if spec.get("fused_copy"):
         fused = hf.load_for_baseline(os.path.join(d, "model_fused"), d, False)
         for k, mb in enumerate(MICRO_BATCHES):
@@ -492,7 +518,7 @@ def run_arch(arch, spec, seed):
                        step_objectives=step_objectives, step_losses_ce_only=step_ce_only,
                        expert_load=loads, expert_load_is="per micro-batch, per sparse layer: tokens routed to "
                                                          "each expert (top-k), at the starting weights",
-                       min_topk_gap=gap, hot_expert=HOT_EXPERT, cold_expert=COLD_EXPERT, pad_id=PAD_ID,
+                       seed=seed, min_topk_gap=gap, hot_expert=HOT_EXPERT, cold_expert=COLD_EXPERT, pad_id=PAD_ID,
                        lr=hf.ADAM["lr"], beta1=hf.ADAM["betas"][0], beta2=hf.ADAM["betas"][1], eps=hf.ADAM["eps"],
                        weight_decay=hf.ADAM["weight_decay"], max_grad_norm=hf.MAX_GRAD_NORM, lora_r=hf.LORA_R,
                        lora_alpha=hf.LORA_ALPHA, torch=torch.__version__, transformers=transformers.__version__,
@@ -741,8 +767,8 @@ def train_fp32_master(model, docs, steps=hf.GPU_STEPS):
     opt = torch.optim.AdamW(master, lr=hf.GPU_LR, betas=hf.ADAM["betas"], eps=hf.ADAM["eps"],
                             weight_decay=hf.ADAM["weight_decay"])
     n_targets = n_targets_of(docs)
-    losses, first_grads = [], None
-    for _ in range(steps):
+    losses, first_grads, gap = [], None, float("inf")
+    for step in range(steps):
         with torch.no_grad():
             for (_, p), m in zip(live, master):
                 p.copy_(m)
@@ -750,7 +776,10 @@ def train_fp32_master(model, docs, steps=hf.GPU_STEPS):
         step_loss = 0.0
         for k, mb in enumerate(MICRO_BATCHES):
             ce, aux, _, rl = forward(model, docs, mb, True)
-            check_routing(MICRO_BATCH_KINDS[k], expert_load(rl)[0], sum(len(docs[i]["ids"]) for i in mb))
+            load, mb_gap = expert_load(rl)
+            check_routing(MICRO_BATCH_KINDS[k], load, sum(len(docs[i]["ids"]) for i in mb))
+            if step == 0:
+                gap = min(gap, mb_gap)
             (ce / n_targets + AUX_COEF * aux).backward()
             step_loss += ce.item() / n_targets
         for (_, p), m in zip(live, master):
@@ -761,6 +790,7 @@ def train_fp32_master(model, docs, steps=hf.GPU_STEPS):
         opt.step()
         opt.zero_grad()
         losses.append(step_loss)
+    check_gap(gap, "at step 1 of the GPU test's run")
     return losses, first_grads, {n: m.detach().clone() for (n, _), m in zip(live, master)}
 
 
@@ -828,6 +858,18 @@ def rewrite_yardstick(arch):
     hf.print_yardsticks(arch, expected)
 
 
+def generate(arch, spec, first_seed):
+    """The fixture of the first seed from first_seed whose routing keeps MIN_TOPK_GAP everywhere."""
+    for seed in range(first_seed, first_seed + SEED_TRIES):
+        try:
+            run_arch(arch, spec, seed)
+            rewrite_yardstick(arch)
+            return
+        except NearTie as e:
+            print(f"{arch}: seed {seed} skipped: {e}")
+    raise SystemExit(f"{arch}: no seed of {first_seed}..{first_seed + SEED_TRIES - 1} keeps MIN_TOPK_GAP")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--yardstick-only", action="store_true",
@@ -840,7 +882,7 @@ def main():
         if args.yardstick_only:
             rewrite_yardstick(arch)
         else:
-            run_arch(arch, spec, seed=230 + k)
+            generate(arch, spec, first_seed=230 + k)
 
 
 if __name__ == "__main__":
