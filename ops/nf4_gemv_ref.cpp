@@ -1,7 +1,6 @@
-// Reference of ops/nf4_gemv.h: dequantize, round to bf16 (the GPU's weights), multiply in double.
+// Reference of ops/nf4_gemv.h: dequantize in fp32 (the NF4 values), multiply and add in double.
 #include <vector>
 
-#include "ops/cuda_common.h"
 #include "ops/error.h"
 #include "ops/nf4_gemv.h"
 
@@ -12,7 +11,6 @@ void nf4_gemv_ref(float* y, const float* x, const Nf4Host& q, int64_t T) {
   const int64_t N = q.rows, K = q.cols;
   std::vector<float> w(size_t(q.numel()));
   nf4_dequantize_ref(w.data(), q);
-  for (float& v : w) v = bf16_bits_to_float(float_to_bf16_bits(v));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t n = 0; n < N; ++n) {
       double sum = 0;
