@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <initializer_list>
 #include <map>
 #include <utility>
 
@@ -19,7 +20,7 @@
 #include "ops/gemm.h"
 #include "ops/kv_cache.h"
 #include "ops/lora_linear.h"
-#include "ops/nf4_gemv.h"
+#include "ops/lora_gemv.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/sampling.h"
@@ -307,22 +308,43 @@ struct CudaModel::Impl {
   // on an 8B model but the rounding of the folded weight put the llama fixture's per-token losses
   // 2.4x beyond their tolerance (tools/perf_notes.md).
   void linear_forward(int l, LoraTarget t, const bf16* x, bf16* y, int64_t rows = -1, int64_t r0 = 0) {
-    auto [in, out] = projection_shape(cfg, t);
-    if (rows < 0) rows = T;
-    bf16* ul = u[t].base ? u[t].at(l) + r0 * lora.R : nullptr;
-    if (nf4_gemv_fits(l, t, rows, in)) {  // a decode step of a few sequences: W read once, from its codes
-      nf4_gemv(y, x, weights.nf4_projection(l, t), rows, out, in, stream);
-      lora_linear_forward_after_base(*gemm_ctx, y, ul, x, weights.bias(l, t), adapter(l, t, false), x_dropped, rows,
-                                     in, out, stream);
-      return;
-    }
-    lora_linear_forward(*gemm_ctx, y, ul, x, weight(l, t), weights.bias(l, t), adapter(l, t, false), x_dropped, rows,
-                        in, out, stream);
+    linear_forward_shared(l, {{t, y}}, x, rows, r0);
   }
 
-  bool nf4_gemv_fits(int l, LoraTarget t, int64_t rows, int in) const {
-    return decoding && weights.nf4() && rows <= kNf4GemvMaxRows && in % 8 == 0 &&
-           weights.nf4_projection(l, t).blocksize % 8 == 0;
+  // Projections of layer l that share their input x (q, k, v; gate, up), each as linear_forward. A
+  // decode step of a few sequences takes them as GEMVs (ops/lora_gemv.h: every weight read once, NF4
+  // from its codes, the bias and adapter in the same pass; two launches for all of them).
+  void linear_forward_shared(int l, std::initializer_list<std::pair<LoraTarget, bf16*>> outputs, const bf16* x,
+                             int64_t rows = -1, int64_t r0 = 0) {
+    if (rows < 0) rows = T;
+    bool gemv = outputs.size() <= size_t(kLoraGemvMaxProjections);
+    for (const auto& [t, y] : outputs) gemv = gemv && gemv_fits(l, t, rows);
+    GemvProjection p[kLoraGemvMaxProjections];
+    int count = 0;
+    for (const auto& [t, y] : outputs) {
+      auto [in, out] = projection_shape(cfg, t);
+      bf16* ul = u[t].base ? u[t].at(l) + r0 * lora.R : nullptr;
+      const LoraDevice a = adapter(l, t, false);
+      if (!gemv) {
+        lora_linear_forward(*gemm_ctx, y, ul, x, weight(l, t), weights.bias(l, t), a, x_dropped, rows, in, out, stream);
+        continue;
+      }
+      GemvProjection& g = p[count++];
+      if (weights.nf4())
+        g.nf4 = weights.nf4_projection(l, t);
+      else
+        g.W = weight(l, t);
+      g.bias = weights.bias(l, t);
+      g.A = a.A, g.B = a.B, g.R = a.R, g.scale = a.scale, g.u = ul;
+      g.y = y, g.N = out;
+    }
+    if (gemv) lora_gemv(p, count, x, rows, projection_shape(cfg, outputs.begin()->first).first, stream);
+  }
+
+  bool gemv_fits(int l, LoraTarget t, int64_t rows) const {
+    const int in = projection_shape(cfg, t).first;
+    return decoding && rows <= kLoraGemvMaxRows && in % 8 == 0 && adapter(l, t, false).dropout == 0.f &&
+           (!weights.nf4() || weights.nf4_projection(l, t).blocksize % 8 == 0);
   }
 
   void linear_backward(int l, LoraTarget t, const bf16* dy, const bf16* x, bf16* dx, bool accumulate) {
@@ -342,8 +364,7 @@ struct CudaModel::Impl {
     bf16* g = gate.at(l) + g0 * m.F;
     bf16* up_rows = up.at(l) + g0 * m.F;
     bf16* a = act.at(l) + g0 * m.F;
-    linear_forward(l, kGate, xn2.at(l) + r0 * m.C, g, rows, r0);
-    linear_forward(l, kUp, xn2.at(l) + r0 * m.C, up_rows, rows, r0);
+    linear_forward_shared(l, {{kGate, g}, {kUp, up_rows}}, xn2.at(l) + r0 * m.C, rows, r0);
     swiglu_forward(a, g, up_rows, rows * m.F, stream);
     linear_forward(l, kDown, a, tmp_c + r0 * m.C, rows, r0);
   }
@@ -358,9 +379,7 @@ struct CudaModel::Impl {
       rmsnorm_forward(xn1.at(l), rstd1.at(l), resid.at(l), weights.ln1(l), T, m.C, m.rms_eps, stream);
     bf16* qo = m.qk_norm ? q_pre.at(l) : q.at(l);
     bf16* ko = m.qk_norm ? k_pre.at(l) : k.at(l);
-    linear_forward(l, kQ, xn1.at(l), qo);
-    linear_forward(l, kK, xn1.at(l), ko);
-    linear_forward(l, kV, xn1.at(l), v.at(l));
+    linear_forward_shared(l, {{kQ, qo}, {kK, ko}, {kV, v.at(l)}}, xn1.at(l));
     if (m.qk_norm) {
       rmsnorm_forward(q.at(l), rstd_q.at(l), qo, weights.q_norm(l), T * m.H, m.D, m.rms_eps, stream);
       rmsnorm_forward(k.at(l), rstd_k.at(l), ko, weights.k_norm(l), T * m.KVH, m.D, m.rms_eps, stream);

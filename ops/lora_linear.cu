@@ -40,14 +40,6 @@ void lora_linear_forward(GemmContext& ctx, bf16* y, bf16* u, const bf16* x, cons
   check_shape("lora_linear_forward", T, in, out);
   check_lora("lora_linear_forward", lora, u, x_dropped);  // before any launch: bad buffers never reach a kernel
   gemm(ctx, y, x, W, T, out, in, false, true, 1.f, 0.f, GemmOut::kBf16, stream);  // y = x·Wᵀ
-  lora_linear_forward_after_base(ctx, y, u, x, bias, lora, x_dropped, T, in, out, stream);
-}
-
-void lora_linear_forward_after_base(GemmContext& ctx, bf16* y, bf16* u, const bf16* x, const bf16* bias,
-                                    const LoraDevice& lora, bf16* x_dropped, int64_t T, int in, int out,
-                                    cudaStream_t stream) {
-  check_shape("lora_linear_forward", T, in, out);
-  check_lora("lora_linear_forward", lora, u, x_dropped);
   if (bias != nullptr) bias_add(y, bias, T, out, stream);
   if (lora.A == nullptr) return;
   const bf16* xl = lora_input(lora, x, x_dropped, T * in, stream);

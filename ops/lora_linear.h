@@ -53,11 +53,6 @@ struct LoraDevice {
 // first). bias (out) or nullptr. Without A (lora.A == nullptr) only y = x·Wᵀ + bias is computed.
 void lora_linear_forward(GemmContext& ctx, bf16* y, bf16* u, const bf16* x, const bf16* W, const bf16* bias,
                          const LoraDevice& lora, bf16* x_dropped, int64_t T, int in, int out, cudaStream_t stream);
-// The same after the base product: y (T, out) already holds x·Wᵀ (e.g. from ops/nf4_gemv.h); adds
-// the bias and the adapter as lora_linear_forward does.
-void lora_linear_forward_after_base(GemmContext& ctx, bf16* y, bf16* u, const bf16* x, const bf16* bias,
-                                    const LoraDevice& lora, bf16* x_dropped, int64_t T, int in, int out,
-                                    cudaStream_t stream);
 
 // dx (T, in) = dy·W (+ dx when accumulate) + mask·(du·A); dB += scale·dyᵀ·u; dA += duᵀ·xl; du = scale·dy·B.
 // x and u are the forward's input and saved u. du: (T, R) scratch; x_dropped: (T, in) scratch when

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -26,10 +27,10 @@
 #include "ops/embedding.h"
 #include "ops/gemm.h"
 #include "ops/grad_norm.h"
+#include "ops/lora_gemv.h"
 #include "ops/lora_linear.h"
 #include "ops/matmul.h"
 #include "ops/nf4.h"
-#include "ops/nf4_gemv.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/swiglu.h"
@@ -572,59 +573,176 @@ TEST(Nf4, DequantizeIsBitExactWithReferenceRoundedToBf16) {
   }
 }
 
-// The GEMV straight from NF4 codes (ops/nf4_gemv.h) against its reference (the weights dequantized
-// in fp32, sums in double). Allowed per output: 2^-8 of |y| (the bf16 rounding of the output, 2^-9
-// relative, taken twice for a value that already carries the sum's error) plus
-// (K + 3) · 2^-24 · Σ_k |x_k w_k| (Higham's γ bound for an fp32 sum of K products in any order, with
-// two roundings more on the GPU's side, the chunk sum times its scale, and one on the reference's,
-// its weight c·A). Shapes: a single row and column block, blocks that straddle rows (K = 96,
-// blocksize 64), every row count 1..8, a K of 14336 (llama-3.1-8b's down projection), nested scales,
-// and K not a multiple of 32 (200, 1000: the kernel's 8-weight chunks instead of 32).
-TEST(Nf4, GemvMatchesTheDequantizedReference) {
-  REQUIRE_GPU();
-  struct Case {
-    int N, K, blocksize;
-    bool nested;
-    int T;
-  };
-  const Case cases[] = {{1, 64, 64, false, 1},    {37, 96, 64, false, 3},     {1000, 896, 64, true, 8},
-                        {7, 4096, 32, true, 5},   {130, 14336, 64, true, 1},  {4099, 128, 128, false, 2},
-                        {64, 256, 64, true, 4},   {33, 512, 64, false, 6},    {9, 1024, 256, true, 7},
-                        {29, 200, 64, false, 2},  {5, 1000, 64, true, 1}};
-  for (const Case& c : cases) {
-    SCOPED_TRACE("N " + std::to_string(c.N) + ", K " + std::to_string(c.K) + ", blocksize " +
-                 std::to_string(c.blocksize) + (c.nested ? ", nested" : "") + ", T " + std::to_string(c.T));
-    const std::vector<float> w = random_bf16(size_t(c.N) * c.K, 91 + c.N, -0.2f, 0.2f);
-    const std::vector<float> x = random_bf16(size_t(c.T) * c.K, 17 + c.K, -2.f, 2.f);
-    const Nf4Host q = nf4_quantize_ref(w.data(), c.N, c.K, c.blocksize, c.nested);
-    std::vector<float> want(size_t(c.T) * c.N), magnitude(size_t(c.T) * c.N);
-    nf4_gemv_ref(want.data(), x.data(), q, c.T);
-    std::vector<float> dequantized(w.size());  // Σ_k |x_k w_k| of each output
-    nf4_dequantize_ref(dequantized.data(), q);
-    for (int t = 0; t < c.T; ++t)
-      for (int n = 0; n < c.N; ++n) {
-        double m = 0;
-        for (int k = 0; k < c.K; ++k)
-          m += std::fabs(x[size_t(t) * c.K + k]) * std::fabs(dequantized[size_t(n) * c.K + k]);
-        magnitude[size_t(t) * c.N + n] = float(m);
-      }
-    Nf4Upload up(q);
-    DeviceBuffer<bf16> d_x(x.size()), d_y(want.size());
-    upload(d_x.get(), x);
+// ---------------------------------------------------------------------------------------------
+// LoRA linear as GEMVs (ops/lora_gemv.h), against lora_gemv_ref on the same fp32 values (a bf16 W's,
+// or the NF4 weight dequantized in fp32), sums in double. Allowed per y: 2^-8 of |y| (its bf16
+// rounding, 2^-9 relative, taken twice for a value that already carries the sum's error), plus
+// (K + R + 3) · 2^-24 · (|b| + Σ_k |x_k w_k| + s·Σ_j |u_j B_j|) (Higham's γ bound for an fp32 sum of
+// those terms in any order, with two roundings more on the GPU's side for NF4, a chunk's sum times its
+// scale, and one on the reference's, its weight c·A), plus s·Σ_j 2^-8·|u_j B_j| (u is stored in bf16
+// on both sides, and a sum landing near a rounding boundary may round to the neighbouring value).
+// Per u: 2^-8 of |u| plus (K + 1) · 2^-24 · Σ_k |x_k A_jk|.
+namespace gemv_test {
+
+struct Projection {
+  int N;
+  bool adapter, bias;
+  int R = 16;
+};
+
+struct Case {
+  std::vector<Projection> projections;
+  int K, T;
+  bool nf4;
+  int blocksize = 64;
+  bool nested = true;
+};
+
+// One projection's host values and device buffers.
+struct Side {
+  std::vector<float> w, bias, A, B, y_want, u_want;
+  std::unique_ptr<Nf4Upload> nf4;
+  DeviceBuffer<bf16> d_w, d_bias, d_A, d_B, d_y, d_u;
+  GemvProjection view;
+  Side(const Projection& p, const Case& c, const std::vector<float>& x, uint64_t seed)
+      : d_w(c.nf4 ? 0 : size_t(p.N) * c.K),
+        d_bias(p.bias ? p.N : 0),
+        d_A(p.adapter ? size_t(p.R) * c.K : 0),
+        d_B(p.adapter ? size_t(p.N) * p.R : 0),
+        d_y(size_t(c.T) * p.N),
+        d_u(p.adapter ? size_t(c.T) * p.R : 0) {
+    w = random_bf16(size_t(p.N) * c.K, seed, -0.2f, 0.2f);
+    view.N = p.N;
+    if (c.nf4) {
+      const Nf4Host q = nf4_quantize_ref(w.data(), p.N, c.K, c.blocksize, c.nested);
+      nf4_dequantize_ref(w.data(), q);
+      nf4 = std::make_unique<Nf4Upload>(q);
+      view.nf4 = nf4->view;
+    } else {
+      upload(d_w.get(), w);
+      view.W = d_w.get();
+    }
+    if (p.bias) {
+      bias = random_bf16(size_t(p.N), seed + 1, -0.5f, 0.5f);
+      upload(d_bias.get(), bias);
+      view.bias = d_bias.get();
+    }
+    if (p.adapter) {
+      A = random_bf16(size_t(p.R) * c.K, seed + 2, -0.1f, 0.1f);
+      B = random_bf16(size_t(p.N) * p.R, seed + 3, -0.1f, 0.1f);
+      upload(d_A.get(), A);
+      upload(d_B.get(), B);
+      view.A = d_A.get(), view.B = d_B.get(), view.R = p.R, view.scale = 2.f, view.u = d_u.get();
+      poison(d_u);
+    }
     poison(d_y);
-    nf4_gemv(d_y.get(), d_x.get(), up.view, c.T, c.N, c.K, kStream);
-    const std::vector<float> got = download(d_y);
-    ASSERT_EQ(got.size(), want.size());
-    for (size_t i = 0; i < want.size(); ++i) {
-      const double bound = std::ldexp(std::fabs(want[i]), -8) + double(c.K + 3) * std::ldexp(magnitude[i], -24);
-      ASSERT_LE(std::fabs(double(got[i]) - want[i]), bound) << "y[" << i / c.N << "][" << i % c.N << "] = " << got[i]
-                                                            << ", want " << want[i];
+    view.y = d_y.get();
+    y_want.resize(size_t(c.T) * p.N);
+    u_want.resize(p.adapter ? size_t(c.T) * p.R : 0);
+    lora_gemv_ref(y_want.data(), p.adapter ? u_want.data() : nullptr, x.data(), w.data(), p.bias ? bias.data() : nullptr,
+                  p.adapter ? A.data() : nullptr, p.adapter ? B.data() : nullptr, p.R, view.scale, c.T, p.N, c.K);
+  }
+
+  void expect_close(const Case& c, const std::vector<float>& x) const {
+    const int N = view.N, K = c.K, R = view.A ? view.R : 0;
+    const std::vector<float> y = download(d_y), u = R ? download(d_u) : std::vector<float>();
+    ASSERT_EQ(y.size(), y_want.size());
+    ASSERT_EQ(u.size(), u_want.size());
+    for (int t = 0; t < c.T; ++t) {
+      const float* xt = &x[size_t(t) * K];
+      for (int j = 0; j < R; ++j) {
+        double m = 0;
+        for (int k = 0; k < K; ++k) m += std::fabs(xt[k] * A[size_t(j) * K + k]);
+        const double want = u_want[size_t(t) * R + j], got = u[size_t(t) * R + j];
+        ASSERT_LE(std::fabs(got - want), std::ldexp(std::fabs(want), -8) + (K + 1) * std::ldexp(m, -24))
+            << "u[" << t << "][" << j << "] = " << got << ", want " << want;
+      }
+      for (int n = 0; n < N; ++n) {
+        double m = bias.empty() ? 0 : std::fabs(bias[size_t(n)]), lora = 0;
+        for (int k = 0; k < K; ++k) m += std::fabs(xt[k] * w[size_t(n) * K + k]);
+        for (int j = 0; j < R; ++j) lora += view.scale * std::fabs(u_want[size_t(t) * R + j] * B[size_t(n) * R + j]);
+        const double want = y_want[size_t(t) * N + n], got = y[size_t(t) * N + n];
+        const double bound = std::ldexp(std::fabs(want), -8) + (K + R + 3) * std::ldexp(m + lora, -24) +
+                             std::ldexp(lora, -8);
+        ASSERT_LE(std::fabs(got - want), bound) << "y[" << t << "][" << n << "] = " << got << ", want " << want;
+      }
     }
   }
+};
+
+void run(const Case& c, uint64_t seed) {
+  std::string what = std::string(c.nf4 ? "nf4" : "bf16") + ", K " + std::to_string(c.K) + ", T " +
+                     std::to_string(c.T) + ", blocksize " + std::to_string(c.blocksize);
+  for (const Projection& p : c.projections)
+    what += ", (N " + std::to_string(p.N) + (p.adapter ? ", R " + std::to_string(p.R) : "") +
+            (p.bias ? ", bias)" : ")");
+  SCOPED_TRACE(what);
+  const std::vector<float> x = random_bf16(size_t(c.T) * c.K, seed, -2.f, 2.f);
+  DeviceBuffer<bf16> d_x(x.size());
+  upload(d_x.get(), x);
+  std::vector<std::unique_ptr<Side>> sides;
+  std::vector<GemvProjection> views;
+  for (size_t i = 0; i < c.projections.size(); ++i) {
+    sides.push_back(std::make_unique<Side>(c.projections[i], c, x, seed + 10 * (i + 1)));
+    views.push_back(sides.back()->view);
+  }
+  lora_gemv(views.data(), int(views.size()), d_x.get(), c.T, c.K, kStream);
+  for (const auto& side : sides) side->expect_close(c, x);
+}
+
+}  // namespace gemv_test
+
+// Shapes: every row count 1..8; one projection and q/k/v-like triples of unequal N (a block of 8
+// warps straddles two projections); N of 1, 7, 37, 130, 4099; K of 64, 96 (blocks straddling rows
+// with blocksize 64), 200 and 1000 (not multiples of 32: 8-weight NF4 chunks), 896, 4096, 14336
+// (llama-3.1-8b's down projection); blocksizes 32, 64, 128, 256, nested and plain scales; ranks 8,
+// 16 and 40 (more than a warp's lanes); with and without bias and adapter.
+TEST(LoraGemv, MatchesTheReferenceOnBf16AndNf4Weights) {
+  REQUIRE_GPU();
+  using gemv_test::Case;
+  const std::vector<Case> cases = {
+      {{{1, false, false}}, 64, 1, true, 64, false},
+      {{{37, true, false}}, 96, 3, true, 64, false},
+      {{{1000, true, true}}, 896, 8, true},
+      {{{7, false, true}}, 4096, 5, true, 32},
+      {{{130, true, false, 8}}, 14336, 1, true},
+      {{{4099, false, false}}, 128, 2, true, 128, false},
+      {{{33, true, true, 40}}, 512, 6, true},
+      {{{9, true, false}}, 1024, 7, true, 256},
+      {{{29, true, true}}, 200, 2, true, 64, false},
+      {{{5, false, false}}, 1000, 4, true},
+      {{{300, true, true}, {100, true, true}, {100, true, true}}, 256, 1, true},
+      {{{64, true, false}, {37, false, false}, {19, true, false, 8}}, 1000, 3, true},
+      {{{1, false, false}}, 64, 1, false},
+      {{{37, true, true}}, 96, 8, false},
+      {{{1000, true, false}}, 896, 2, false},
+      {{{130, true, false, 40}}, 14336, 1, false},
+      {{{4099, false, true}}, 128, 4, false},
+      {{{29, true, true}}, 200, 5, false},
+      {{{300, true, true}, {100, true, true}, {100, true, true}}, 4096, 1, false},
+      {{{64, false, false}, {37, true, false}}, 1024, 6, false},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) gemv_test::run(cases[i], 100 + i);
+}
+
+TEST(LoraGemv, RefusesWhatItCannotCompute) {
+  REQUIRE_GPU();
   Nf4Upload up(nf4_quantize_ref(random_bf16(64 * 64, 1).data(), 64, 64, 64, false));
-  DeviceBuffer<bf16> d(64 * 9);
-  expect_error([&] { nf4_gemv(d.get(), d.get(), up.view, 9, 64, 64, kStream); }, "rows (1 to 8)");
-  expect_error([&] { nf4_gemv(d.get(), d.get(), up.view, 1, 32, 64, kStream); }, "elements");
+  DeviceBuffer<bf16> d(64 * 64);
+  GemvProjection nf4;
+  nf4.nf4 = up.view, nf4.N = 64, nf4.y = d.get();
+  GemvProjection bf16_weight;
+  bf16_weight.W = d.get(), bf16_weight.N = 64, bf16_weight.y = d.get();
+  expect_error([&] { lora_gemv(&nf4, 1, d.get(), 9, 64, kStream); }, "rows (1 to 8)");
+  expect_error([&] { lora_gemv(&nf4, 1, d.get(), 1, 32, kStream); }, "elements");
+  expect_error([&] { lora_gemv(&nf4, 1, d.get(), 1, 60, kStream); }, "a multiple of 8");
+  GemvProjection both[2] = {nf4, bf16_weight};
+  expect_error([&] { lora_gemv(both, 2, d.get(), 1, 64, kStream); }, "weight as projection 0's");
+  GemvProjection adapter = bf16_weight;
+  adapter.A = d.get(), adapter.B = d.get(), adapter.R = 8;
+  expect_error([&] { lora_gemv(&adapter, 1, d.get(), 1, 64, kStream); }, "u (the (T, R) buffer)");
+  // Nothing was launched: a kernel given these would have written y.
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 // ---------------------------------------------------------------------------------------------

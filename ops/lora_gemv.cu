@@ -1,0 +1,227 @@
+// LoRA linear as GEMVs on the GPU (math in ops/lora_gemv.h).
+#include "ops/error.h"
+#include "ops/lora_gemv.h"
+
+namespace loom {
+namespace {
+
+constexpr int kWarpsPerBlock = 8;  // 256 threads: one builds each entry of a byte table
+
+struct GemvBatch {
+  GemvProjection p[kLoraGemvMaxProjections];
+  int count = 0;
+};
+
+// The projection of warp-row `row` (rows of the projections end to end, `rows_of` giving each one's
+// count) and the row inside it; false past the last.
+template <typename RowsOf>
+__device__ __forceinline__ bool locate(const GemvBatch& b, int row, RowsOf rows_of, int& p, int& n) {
+  for (p = 0; p < b.count; ++p) {
+    if (row < rows_of(b.p[p])) return n = row, true;
+    row -= rows_of(b.p[p]);
+  }
+  return false;
+}
+
+// This lane's share of Σ_k x[t][k]·w[k] over a bf16 row w, for t < kRows: 8 weights (16 bytes) at
+// a time, the next chunk loaded before the current one is multiplied.
+template <int kRows>
+__device__ __forceinline__ void dot_bf16(float (&acc)[kRows], const bf16* w, const bf16* x, int K, int lane) {
+  int k = lane * 8;
+  uint4 cur = k < K ? __ldg(reinterpret_cast<const uint4*>(w + k)) : uint4{};
+  for (; k < K; k += 32 * 8) {
+    const uint4 next = k + 256 < K ? __ldg(reinterpret_cast<const uint4*>(w + k + 256)) : cur;
+    const __nv_bfloat162* wv = reinterpret_cast<const __nv_bfloat162*>(&cur);
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) {
+      const uint4 packed = __ldg(reinterpret_cast<const uint4*>(x + int64_t(t) * K + k));
+      const __nv_bfloat162* xv = reinterpret_cast<const __nv_bfloat162*>(&packed);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 wf = __bfloat1622float2(wv[i]), xf = __bfloat1622float2(xv[i]);
+        acc[t] = fmaf(wf.x, xf.x, acc[t]);
+        acc[t] = fmaf(wf.y, xf.y, acc[t]);
+      }
+    }
+    cur = next;
+  }
+}
+
+// kWords 32-bit words of NF4 codes: 8·kWords weights of one quantization block.
+template <int kWords>
+struct Codes {
+  uint32_t word[kWords];
+  __device__ __forceinline__ void load(const uint8_t* p) {
+    if constexpr (kWords == 4) {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+      word[0] = v.x, word[1] = v.y, word[2] = v.z, word[3] = v.w;
+    } else {
+      word[0] = __ldg(reinterpret_cast<const uint32_t*>(p));
+    }
+  }
+};
+
+// This lane's share of Σ_k x[t][k]·w[n][k] over NF4 row n (byte_values: a byte's two code values):
+// chunks of 8·kWords weights, each chunk's partial sum times its block's scale.
+template <int kRows, int kWords>
+__device__ __forceinline__ void dot_nf4(float (&acc)[kRows], const Nf4Device& w, const float2* byte_values, int n,
+                                        const bf16* x, int K, int lane) {
+  constexpr int kChunk = 8 * kWords, kStep = 32 * kChunk;
+  const int64_t row = int64_t(n) * K;
+  int k = lane * kChunk;
+  Codes<kWords> codes{};
+  float scale = 0.f;
+  if (k < K) codes.load(w.codes + (row + k) / 2), scale = nf4_block_scale(w, (row + k) / w.blocksize);
+  for (; k < K; k += kStep) {
+    Codes<kWords> next = codes;
+    float next_scale = scale;
+    if (k + kStep < K) {
+      next.load(w.codes + (row + k + kStep) / 2);
+      next_scale = nf4_block_scale(w, (row + k + kStep) / w.blocksize);
+    }
+    float part[kRows] = {};
+#pragma unroll
+    for (int j = 0; j < kWords; ++j) {  // word j: weights k + 8j .. k + 8j + 7; byte i holds 2i (high) and 2i + 1
+      float2 v[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) v[i] = byte_values[(codes.word[j] >> (8 * i)) & 0xFFu];
+#pragma unroll
+      for (int t = 0; t < kRows; ++t) {
+        const uint4 packed = __ldg(reinterpret_cast<const uint4*>(x + int64_t(t) * K + k + 8 * j));
+        const __nv_bfloat162* xv = reinterpret_cast<const __nv_bfloat162*>(&packed);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 xf = __bfloat1622float2(xv[i]);
+          part[t] = fmaf(v[i].x, xf.x, part[t]);
+          part[t] = fmaf(v[i].y, xf.y, part[t]);
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) acc[t] = fmaf(scale, part[t], acc[t]);
+    codes = next;
+    scale = next_scale;
+  }
+}
+
+template <int kRows>
+__device__ __forceinline__ void warp_sum(float (&acc)[kRows]) {
+#pragma unroll
+  for (int t = 0; t < kRows; ++t)
+    for (int offset = 16; offset > 0; offset /= 2) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], offset);
+}
+
+// u_p = bf16(x·A_pᵀ): one warp per row of the adapters' A, end to end.
+template <int kRows>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_u_kernel(const GemvBatch b, const bf16* x, int K) {
+  const int lane = threadIdx.x % 32;
+  int p, j;
+  if (!locate(b, blockIdx.x * kWarpsPerBlock + threadIdx.x / 32, [](const GemvProjection& q) { return q.A ? q.R : 0; },
+              p, j))
+    return;
+  const GemvProjection& q = b.p[p];
+  float acc[kRows] = {};
+  dot_bf16<kRows>(acc, q.A + int64_t(j) * K, x, K, lane);
+  warp_sum(acc);
+  if (lane == 0)
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) q.u[int64_t(t) * q.R + j] = __float2bfloat16_rn(acc[t]);
+}
+
+// y_p: one warp per output row of the projections, end to end; kWords 0 for bf16 weights, else the
+// NF4 chunk's words.
+template <int kRows, int kWords>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_gemv_kernel(const GemvBatch b, const bf16* x, int K) {
+  __shared__ float2 byte_values[kWords ? kLoraGemvMaxProjections : 1][256];  // (high nibble, low nibble)
+  if constexpr (kWords > 0) {
+    for (int p = 0; p < b.count; ++p)
+      byte_values[p][threadIdx.x] =
+          make_float2(b.p[p].nf4.quant_map[threadIdx.x >> 4], b.p[p].nf4.quant_map[threadIdx.x & 15]);
+    __syncthreads();
+  }
+  const int lane = threadIdx.x % 32;
+  int p, n;
+  if (!locate(b, blockIdx.x * kWarpsPerBlock + threadIdx.x / 32, [](const GemvProjection& q) { return q.N; }, p, n))
+    return;
+  const GemvProjection& q = b.p[p];
+  float acc[kRows] = {};
+  if constexpr (kWords > 0)
+    dot_nf4<kRows, kWords>(acc, q.nf4, byte_values[p], n, x, K, lane);
+  else
+    dot_bf16<kRows>(acc, q.W + int64_t(n) * K, x, K, lane);
+  if (q.A)  // lane j: s·u[t][j]·B[n][j]
+    for (int j = lane; j < q.R; j += 32) {
+      const float bj = q.scale * __bfloat162float(q.B[int64_t(n) * q.R + j]);
+#pragma unroll
+      for (int t = 0; t < kRows; ++t) acc[t] = fmaf(__bfloat162float(q.u[int64_t(t) * q.R + j]), bj, acc[t]);
+    }
+  if (q.bias && lane == 0) {
+    const float bias = __bfloat162float(q.bias[n]);
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) acc[t] += bias;
+  }
+  warp_sum(acc);
+  if (lane == 0)
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) q.y[int64_t(t) * q.N + n] = __float2bfloat16_rn(acc[t]);
+}
+
+unsigned blocks_for(int rows) { return unsigned((rows + kWarpsPerBlock - 1) / kWarpsPerBlock); }
+
+template <int kRows>
+void launch(const GemvBatch& b, const bf16* x, int K, bool nf4, bool wide, cudaStream_t stream) {
+  int adapter_rows = 0, rows = 0;
+  for (int p = 0; p < b.count; ++p) adapter_rows += b.p[p].A ? b.p[p].R : 0, rows += b.p[p].N;
+  if (adapter_rows > 0) lora_u_kernel<kRows><<<blocks_for(adapter_rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
+  if (!nf4)
+    lora_gemv_kernel<kRows, 0><<<blocks_for(rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
+  else if (wide)
+    lora_gemv_kernel<kRows, 4><<<blocks_for(rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
+  else
+    lora_gemv_kernel<kRows, 1><<<blocks_for(rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+void lora_gemv(const GemvProjection* p, int count, const bf16* x, int64_t T, int K, cudaStream_t stream) {
+  LOOM_CHECK(T >= 1 && T <= kLoraGemvMaxRows, "lora_gemv: T = ", T, " rows (1 to ", kLoraGemvMaxRows, ")");
+  LOOM_CHECK(count >= 1 && count <= kLoraGemvMaxProjections, "lora_gemv: ", count, " projections (1 to ",
+             kLoraGemvMaxProjections, ")");
+  LOOM_CHECK(K >= 8 && K % 8 == 0 && x && aligned16(x), "lora_gemv: K = ", K,
+             " (a multiple of 8) and a 16-byte aligned x are needed");
+  GemvBatch b;
+  b.count = count;
+  const bool nf4 = p[0].W == nullptr;
+  bool wide = K % 32 == 0;
+  for (int i = 0; i < count; ++i) {
+    const GemvProjection& q = p[i];
+    LOOM_CHECK(q.N >= 1 && q.y && (q.W == nullptr) == nf4, "lora_gemv: projection ", i, " needs N >= 1, y, and ",
+               nf4 ? "an NF4" : "a bf16", " weight as projection 0's");
+    if (nf4) {
+      LOOM_CHECK(q.nf4.codes && q.nf4.numel == int64_t(q.N) * K && q.nf4.blocksize % 8 == 0, "lora_gemv: projection ",
+                 i, ": an NF4 weight of ", q.nf4.numel, " elements, blocksize ", q.nf4.blocksize, " for (", q.N, ", ",
+                 K, ") (blocksize a multiple of 8)");
+      wide = wide && q.nf4.blocksize % 32 == 0;
+    } else {
+      LOOM_CHECK(aligned16(q.W), "lora_gemv: projection ", i, ": W must be 16-byte aligned");
+    }
+    LOOM_CHECK(!q.A || (q.B && q.u && q.R >= 1 && aligned16(q.A)), "lora_gemv: projection ", i,
+               ": an adapter needs B, u (the (T, R) buffer), a rank >= 1 and a 16-byte aligned A");
+    b.p[i] = q;
+  }
+  switch (T) {
+    case 1: launch<1>(b, x, K, nf4, wide, stream); break;
+    case 2: launch<2>(b, x, K, nf4, wide, stream); break;
+    case 3: launch<3>(b, x, K, nf4, wide, stream); break;
+    case 4: launch<4>(b, x, K, nf4, wide, stream); break;
+    case 5: launch<5>(b, x, K, nf4, wide, stream); break;
+    case 6: launch<6>(b, x, K, nf4, wide, stream); break;
+    case 7: launch<7>(b, x, K, nf4, wide, stream); break;
+    default: launch<8>(b, x, K, nf4, wide, stream); break;
+  }
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace loom
