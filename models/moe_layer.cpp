@@ -89,6 +89,8 @@ void MoeLayers::plan_weights(MemoryPlan& p) {
     per_layer("experts absmax", absmax_, 3 * E * blocks_per_piece_, "(3·E, FE·C/64)");
   }
   plan_buffer(p, "weights", "experts nf4 code table", &nf4_table_, 16, "(16)");
+  p.add_raw("weights", "experts nf4 descriptors", reinterpret_cast<void**>(&device_nf4_), S * 3 * E * sizeof(Nf4Device),
+            cat("(", S, " sparse layers, 3·E)"), "u8");
   plan_buffer(p, "weights", "experts nf4 nested map", &nested_map_, 256, "(256)");
   plan_buffer(p, "moe", "dequantized experts", &dequantized_, 3 * E * n, "(E, 3·FE, C)");
 }
@@ -150,6 +152,8 @@ void MoeLayers::load_layer(int l, const LayerWeights& lw) {
   for (size_t e = 0; e < E; ++e)
     upload_nf4(s, int(2 * E + e), std::vector<float>(lw.experts_down.begin() + int64_t(e * n),
                                                      lw.experts_down.begin() + int64_t((e + 1) * n)));
+  const size_t first = size_t(s) * 3 * E;  // the layer's descriptors, for nf4_dequantize_pieces
+  CUDA_CHECK(cudaMemcpy(device_nf4_ + first, &nf4_[first], 3 * E * sizeof(Nf4Device), cudaMemcpyHostToDevice));
   dequantized_layer_ = -1;
 }
 
@@ -184,13 +188,13 @@ void MoeLayers::upload_nf4(int s, int piece, std::vector<float> w) {
 }
 
 // Sparse layer s's expert stacks in bf16: stored, or its 3·E NF4 tensors dequantized into one
-// scratch (skipped when the scratch holds them already: the weights are frozen).
+// scratch in one launch (skipped when the scratch holds them already: the weights are frozen).
 MoeLayers::Stack MoeLayers::experts(int s, cudaStream_t stream) {
   if (!nf4()) return {gate_up_.at(s), down_.at(s)};
   const int64_t n = int64_t(FE_) * C_;
   if (dequantized_layer_ != s) {
-    for (int piece = 0; piece < 3 * E_; ++piece)
-      nf4_dequantize(dequantized_ + piece * n, nf4_[size_t(s) * 3 * E_ + size_t(piece)], stream);
+    const size_t first = size_t(s) * 3 * E_;
+    nf4_dequantize_pieces(dequantized_, n, &nf4_[first], device_nf4_ + first, 3 * E_, stream);
     dequantized_layer_ = s;
   }
   return {dequantized_, dequantized_ + 2 * E_ * n};

@@ -98,6 +98,7 @@ class MoeLayers {
   LayerBuf<float> absmax_, nested_absmax_;
   size_t codes_per_piece_ = 0, blocks_per_piece_ = 0, nested_per_piece_ = 0;
   std::vector<Nf4Device> nf4_;  // (sparse layers · 3·E)
+  Nf4Device* device_nf4_ = nullptr;  // nf4_ on the device
   float *nf4_table_ = nullptr, *nested_map_ = nullptr;
   bf16* dequantized_ = nullptr;  // (E·3·FE·C): gate_up stack, then down stack
   int dequantized_layer_ = -1;   // the sparse layer dequantized_ holds

@@ -10,7 +10,10 @@
 // into the 8 outputs at 8l, so the warp's 16-byte stores are contiguous (on an H200 this ran 1.6x
 // faster than one thread storing 32 consecutive outputs: 3.0 vs 1.9 TB/s). Every load is issued
 // before the first store. blocksize % 8 == 0 keeps each 8-element vector inside one block; a ragged
-// tail (numel % 8) is done element by element.
+// tail (numel % 8) is done element by element. The pieces variant runs one such grid per piece
+// (blockIdx.y), each block reading its piece's descriptor from device memory.
+#include <algorithm>
+
 #include "ops/kernel_util.cuh"
 #include "ops/nf4.h"
 
@@ -26,11 +29,9 @@ constexpr int kWarpSpan = kSteps * kStepSpan;  // 1024
 // ---------------------------------------------------------------------------------------------
 // CUDA kernels
 
-__global__ void nf4_dequantize_kernel(bf16* out, const Nf4Device w) {
-  __shared__ float table[16];
-  if (threadIdx.x < 16) table[threadIdx.x] = w.quant_map[threadIdx.x];
-  __syncthreads();
-  const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+// The 1024 elements of warp `warp` of the weight w into out (table: w's code table in shared memory).
+__device__ __forceinline__ void dequantize_warp_span(bf16* out, const Nf4Device& w, const float* table,
+                                                     int64_t warp) {
   const int64_t first = warp * kWarpSpan + (threadIdx.x % 32) * kElemsPerVec;
   uint32_t codes[kSteps];
   float scale[kSteps];
@@ -61,12 +62,23 @@ __global__ void nf4_dequantize_kernel(bf16* out, const Nf4Device w) {
   }
 }
 
-}  // namespace
+__global__ void nf4_dequantize_kernel(bf16* out, const Nf4Device w) {
+  __shared__ float table[16];
+  if (threadIdx.x < 16) table[threadIdx.x] = w.quant_map[threadIdx.x];
+  __syncthreads();
+  dequantize_warp_span(out, w, table, (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32);
+}
 
-// ---------------------------------------------------------------------------------------------
-// kernel launchers
+// Piece blockIdx.y of `pieces` into out + blockIdx.y · stride.
+__global__ void nf4_dequantize_pieces_kernel(bf16* out, int64_t stride, const Nf4Device* pieces) {
+  __shared__ float table[16];
+  const Nf4Device w = pieces[blockIdx.y];
+  if (threadIdx.x < 16) table[threadIdx.x] = w.quant_map[threadIdx.x];
+  __syncthreads();
+  dequantize_warp_span(out + blockIdx.y * stride, w, table, (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32);
+}
 
-void nf4_dequantize(bf16* out, const Nf4Device& w, cudaStream_t stream) {
+void check_weight(const Nf4Device& w) {
   LOOM_CHECK(w.numel >= 0 && w.blocksize > 0 && w.blocksize % kElemsPerVec == 0,
              "nf4_dequantize: blocksize must be a positive multiple of 8 (found ", w.blocksize, ", numel ", w.numel,
              "); check quant_state blocksize in the checkpoint");
@@ -75,10 +87,39 @@ void nf4_dequantize(bf16* out, const Nf4Device& w, cudaStream_t stream) {
              "nf4_dequantize: missing buffer (codes, quant_map, and absmax or absmax_q + nested_absmax + nested_map)");
   LOOM_CHECK(!w.nested() || w.nested_blocksize > 0, "nf4_dequantize: nested_blocksize must be > 0 (found ",
              w.nested_blocksize, ")");
-  LOOM_CHECK(is_aligned_16(out) && is_aligned_16(w.codes), "nf4_dequantize: out and codes must be 16-byte aligned");
+  LOOM_CHECK(is_aligned_16(w.codes), "nf4_dequantize: codes must be 16-byte aligned");
+}
+
+unsigned blocks_for(int64_t numel) { return unsigned(ceil_div(ceil_div(numel, kWarpSpan) * 32, int64_t(kThreads))); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// kernel launchers
+
+void nf4_dequantize(bf16* out, const Nf4Device& w, cudaStream_t stream) {
+  check_weight(w);
+  LOOM_CHECK(is_aligned_16(out), "nf4_dequantize: out must be 16-byte aligned");
   if (w.numel == 0) return;
-  const int64_t threads = ceil_div(w.numel, kWarpSpan) * 32;
-  nf4_dequantize_kernel<<<ceil_div(threads, kThreads), kThreads, 0, stream>>>(out, w);
+  nf4_dequantize_kernel<<<blocks_for(w.numel), kThreads, 0, stream>>>(out, w);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void nf4_dequantize_pieces(bf16* out, int64_t stride, const Nf4Device* pieces, const Nf4Device* device_pieces,
+                           int count, cudaStream_t stream) {
+  LOOM_CHECK(count >= 0 && count <= 65535 && stride % kElemsPerVec == 0 && is_aligned_16(out) && device_pieces,
+             "nf4_dequantize_pieces: ", count, " pieces (at most 65535) every ", stride,
+             " elements (a multiple of 8) into a 16-byte aligned out, with their descriptors on the device");
+  int64_t longest = 0;
+  for (int i = 0; i < count; ++i) {
+    check_weight(pieces[i]);
+    LOOM_CHECK(pieces[i].numel <= stride, "nf4_dequantize_pieces: piece ", i, " has ", pieces[i].numel,
+               " elements, more than the stride ", stride);
+    longest = std::max(longest, pieces[i].numel);
+  }
+  if (longest == 0) return;
+  nf4_dequantize_pieces_kernel<<<dim3(blocks_for(longest), unsigned(count)), kThreads, 0, stream>>>(out, stride,
+                                                                                                   device_pieces);
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -77,5 +77,11 @@ __device__ __forceinline__ float nf4_block_scale(const Nf4Device& w, int64_t blo
 
 // out (numel) bf16 written (=), in the weight's row-major order.
 void nf4_dequantize(bf16* out, const Nf4Device& w, cudaStream_t stream);
+// Piece i of the count weights `pieces` into out + i·stride (numel_i ≤ stride, stride a multiple of 8),
+// each as nf4_dequantize writes it, in one launch: a mixture-of-experts layer's 3·E expert matrices.
+// device_pieces: the same count descriptors in device memory (each block reads its piece's there);
+// pieces: their host copies, checked here.
+void nf4_dequantize_pieces(bf16* out, int64_t stride, const Nf4Device* pieces, const Nf4Device* device_pieces,
+                           int count, cudaStream_t stream);
 
 }  // namespace loom

@@ -573,6 +573,48 @@ TEST(Nf4, DequantizeIsBitExactWithReferenceRoundedToBf16) {
   }
 }
 
+// Pieces dequantized in one launch (a mixture-of-experts layer's experts) equal each piece dequantized
+// alone, bit for bit; what lies between a piece's end and the next stride is not written.
+TEST(Nf4, PiecesInOneLaunchEqualEachPieceAlone) {
+  REQUIRE_GPU();
+  struct Piece {
+    int64_t rows, cols;
+    int blocksize;
+    bool nested;
+  };
+  const Piece shapes[] = {{48, 64, 64, true}, {37, 97, 64, false}, {1, 8, 32, true}, {300, 128, 128, true},
+                          {64, 48, 64, false}};
+  const int64_t stride = 300 * 128 + 8;  // the longest piece and a gap
+  std::vector<std::unique_ptr<Nf4Upload>> uploads;
+  std::vector<Nf4Device> pieces;
+  for (size_t i = 0; i < std::size(shapes); ++i) {
+    const Piece& p = shapes[i];
+    const std::vector<float> w = random_bf16(size_t(p.rows * p.cols), 61 + i, -0.2f, 0.2f);
+    uploads.push_back(std::make_unique<Nf4Upload>(nf4_quantize_ref(w.data(), p.rows, p.cols, p.blocksize, p.nested)));
+    pieces.push_back(uploads.back()->view);
+  }
+  DeviceBuffer<Nf4Device> device_pieces(pieces.size());
+  upload(device_pieces.get(), pieces);
+  DeviceBuffer<bf16> together(stride * pieces.size());
+  poison(together);
+  const std::vector<float> poisoned = download(together);
+  nf4_dequantize_pieces(together.get(), stride, pieces.data(), device_pieces.get(), int(pieces.size()), kStream);
+  const std::vector<float> got = download(together);
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    DeviceBuffer<bf16> alone(pieces[i].numel);
+    nf4_dequantize(alone.get(), pieces[i], kStream);
+    const auto begin = got.begin() + int64_t(i) * stride;
+    expect_bitwise_equal(std::vector<float>(begin, begin + pieces[i].numel), download(alone),
+                         "piece " + std::to_string(i));
+    expect_bitwise_equal(std::vector<float>(begin + pieces[i].numel, begin + stride),
+                         std::vector<float>(poisoned.begin() + int64_t(i) * stride + pieces[i].numel,
+                                            poisoned.begin() + int64_t(i + 1) * stride),
+                         "the gap after piece " + std::to_string(i));
+  }
+  expect_error([&] { nf4_dequantize_pieces(together.get(), 100, pieces.data(), device_pieces.get(), 1, kStream); },
+               "more than the stride");
+}
+
 // ---------------------------------------------------------------------------------------------
 // LoRA linear as GEMVs (ops/lora_gemv.h), against lora_gemv_ref on the same fp32 values (a bf16 W's,
 // or the NF4 weight dequantized in fp32), sums in double. Allowed per y: 2^-8 of |y| (its bf16
