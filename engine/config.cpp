@@ -7,7 +7,7 @@
 //   data:   {path, synthetic, synthetic_docs, format, tokenizer, template, train_on, max_seq_len,
 //            max_prompt_len, overlong, on_bad_line, cache_dir, eval_path, eval_split}
 //   train:  {device, objective, token_budget, global_batch, steps, epochs, lr, schedule, warmup_steps,
-//            min_lr_ratio, weight_decay, beta1, beta2, eps, max_grad_norm, recompute, seed, log_every,
+//            min_lr_ratio, weight_decay, beta1, beta2, eps, max_grad_norm, recompute, offload, seed, log_every,
 //            divergence_check, divergence_window, divergence_factor, zero_grad_steps, eval_every,
 //            sample_every, sample_prompts, sample_max_new_tokens,
 //            early_stopping_patience}
@@ -183,6 +183,7 @@ std::vector<Field> fields_of(TrainConfig& c) {
       // Healthy gradient norms are < 1e3; a threshold past 1e6 never clips (0 says so plainly).
       {"train", "max_grad_norm", &t.max_grad_norm, {0, 1e6, false, false, "0 disables clipping"}},
       {"train", "recompute", &t.recompute, kRecomputeNames},
+      {"train", "offload", &t.offload, kOffloadNames},
       {"train", "seed", &t.seed, kSeed},
       {"train", "log_every", &t.log_every, {1, kMaxSteps}},
       {"train", "divergence_check", &t.divergence_check},
@@ -231,8 +232,9 @@ std::vector<Field> fields_of(TrainConfig& c) {
 // key changes what is trained.
 const std::set<std::string> kKeysThatDoNotChangeTraining = {
     "data.cache_dir",          "data.on_bad_line",        "data.eval_path",          "train.device",
-    "train.recompute",         "train.log_every",         "train.divergence_check",  "train.divergence_window",
-    "train.divergence_factor", "train.zero_grad_steps",   "train.eval_every",        "output.dir",
+    "train.recompute",         "train.offload",           "train.log_every",         "train.divergence_check",
+    "train.divergence_window", "train.divergence_factor", "train.zero_grad_steps",   "train.eval_every",
+    "output.dir",
     "train.sample_every",      "train.sample_prompts",    "train.sample_max_new_tokens",
     "output.checkpoint_every", "output.keep_checkpoints", "output.export",           "output.gguf_type",
     "output.resume",           "output.on_change",        "output.keep_best",        "dpo.precompute_reference",
@@ -855,6 +857,14 @@ void check_eval(Checker& c, const TrainConfig& cfg) {
               "or data.eval_split (a fraction or a count of the training documents to hold out)"));
 }
 
+// Offloading keeps what recompute full keeps (each layer's input) in host memory; the other policies
+// keep more than that, on the device.
+void check_offload(Checker& c, const TrainSection& t) {
+  if (t.offload == Offload::kActivations && t.recompute != Recompute::kFull)
+    c.add(cat("train.offload: activations moves each layer's input to host memory, which is what recompute full "
+              "keeps; set train.recompute: full (found ", recompute_name(t.recompute), ") or train.offload: none"));
+}
+
 // Samples need prompts.
 void check_samples(Checker& c, const TrainConfig& cfg) {
   const TrainSection& t = cfg.train;
@@ -905,6 +915,7 @@ std::vector<std::string> problems_of(const TrainConfig& cfg,
   check_data(c, cfg.data, cfg.train);
   check_eval(c, cfg);
   check_samples(c, cfg);
+  check_offload(c, cfg.train);
   check_objective(c, cfg);
   check_output(c, cfg.output);
   return c.lines;

@@ -19,6 +19,7 @@ CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode)
   opt.quant = tc.model.quant;
   opt.double_quant = tc.model.double_quant;
   opt.recompute = tc.train.recompute;
+  opt.offload = tc.train.offload;
   opt.token_budget = tc.train.token_budget;
   // Preference tuning from an adapter keeps a frozen copy of it as the reference (TRL's choice).
   opt.reference_adapter = tc.train.objective != ObjectiveKind::kSft && !tc.lora.init_from.empty();

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <initializer_list>
 #include <map>
 #include <utility>
@@ -39,6 +40,22 @@ constexpr size_t kForwardLogitsBudget = size_t(128) << 20;
 // Rows of one MLP tile when scoring: gate and up of an 8B model (F = 14336) take 56 MiB each per
 // 2048 rows instead of 448 MiB at 16K tokens, at no measurable cost (the GEMMs stay 2048 rows tall).
 constexpr int64_t kForwardMlpTile = 2048;
+// Host memory train.offload leaves to the rest of the process (the data, pinned staging, the runtime).
+constexpr size_t kHostReserve = size_t(4) << 30;
+
+// GiB to two decimals, for messages.
+double gib(size_t bytes) { return std::round(double(bytes) / double(size_t(1) << 30) * 100) / 100; }
+
+// MemAvailable of /proc/meminfo: what the host can give without swapping.
+size_t host_available_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  size_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  fail("cannot read MemAvailable from /proc/meminfo, which train.offload: activations checks host memory against");
+}
 
 }  // namespace
 
@@ -71,7 +88,7 @@ struct CudaModel::Impl {
   int ndoc = 0;
 
   // Activations (stride 0 = one shared slice, rewritten per layer).
-  LayerBuf<bf16> resid;  // (L + 1, T, C): input of every layer, then the final residual
+  LayerBuf<bf16> resid;  // (L + 1, T, C): input of every layer, then the final residual (see resid_at)
   LayerBuf<float> rstd1, rstd2, rstd_q, rstd_k, lse;
   LayerBuf<bf16> xn1, xn2, q, k, v, q_pre, k_pre, attn, h, gate, up, act;
   LayerBuf<bf16> u[kNumTargets];  // x·Aᵀ (T, R) per projection
@@ -119,6 +136,18 @@ struct CudaModel::Impl {
   static constexpr int64_t kMinDecodeBucket = 256;
   std::map<std::pair<bool, int64_t>, cudaGraphExec_t> decode_graphs;
 
+  // train.offload: activations. resid holds kInputSlots layer inputs (layer l in slot l % kInputSlots)
+  // and the final residual; every layer input of a training forward is copied to host_inputs_of_layers
+  // on copy_stream as soon as the layer has run, and copied back into its slot while the backward of
+  // the layer above it runs. slot_done[s]: the compute stream is done with slot s's layer;
+  // slot_copied[s]: the copy stream is done with slot s (its layer stored, or the next one loaded).
+  static constexpr int kInputSlots = 2;
+  bool offload = false;
+  bool offloading = false;  // the pass in flight is a training forward that stores its layer inputs
+  bf16* host_inputs_of_layers = nullptr;  // (L, Tmax, C) pinned
+  cudaStream_t copy_stream = nullptr;
+  cudaEvent_t slot_done[kInputSlots] = {}, slot_copied[kInputSlots] = {};
+
   Impl(const ModelConfig& c, const LoraLayout& l, const CudaModelOptions& o)
       : cfg(c),
         lora(l),
@@ -129,8 +158,11 @@ struct CudaModel::Impl {
         generate_mode(o.mode == ModelMode::kGenerate),
         Tmax(o.token_budget),
         B(o.decode_batch),
-        context(o.decode_context) {
+        context(o.decode_context),
+        offload(o.mode == ModelMode::kTrain && o.offload == Offload::kActivations) {
     LOOM_CHECK(!generate_mode || B >= 1, "generation needs a batch >= 1 (found ", B, ")");
+    LOOM_CHECK(!offload || o.recompute == Recompute::kFull, "train.offload: activations needs train.recompute: full "
+               "(found ", recompute_name(o.recompute), ")");
     if (B > 0) {
       LOOM_CHECK(context >= 2, "generation needs a context >= 2 (found ", context, ")");
       Tmax = std::max<int64_t>(Tmax, B);  // a decode step is B rows
@@ -167,7 +199,11 @@ struct CudaModel::Impl {
     const size_t mlp_rows = size_t(mlp_tile);
     const bool keep = train_mode && opt.recompute != Recompute::kFull;
     const bool keep_cheap = train_mode && opt.recompute == Recompute::kNone;  // norm outputs, SwiGLU product
-    if (train_mode) {
+    if (offload) {
+      resid.stride = padded<bf16>(T * C);
+      add("activations", "residual stream: 2 layer inputs, the final residual", &resid.base,
+          resid.stride * (kInputSlots + 1), "(3, T, C)");
+    } else if (train_mode) {
       resid.stride = padded<bf16>(T * C);
       add("activations", "residual stream", &resid.base, resid.stride * (m.L + 1), "(L+1, T, C)");
     } else {
@@ -343,7 +379,7 @@ struct CudaModel::Impl {
 
   bool gemv_fits(int l, LoraTarget t, int64_t rows) const {
     const int in = projection_shape(cfg, t).first;
-    return decoding && rows <= kLoraGemvMaxRows && in % 8 == 0 && adapter(l, t, false).dropout == 0.f &&
+    return decoding && rows >= 1 && rows <= kLoraGemvMaxRows && in % 8 == 0 && adapter(l, t, false).dropout == 0.f &&
            (!weights.nf4() || weights.nf4_projection(l, t).blocksize % 8 == 0);
   }
 
@@ -373,10 +409,10 @@ struct CudaModel::Impl {
   void layer_forward(int l, const bf16* prev_h, const bf16* prev_out) {
     const ModelConfig& m = cfg;
     if (prev_h)
-      residual_rmsnorm_forward(resid.at(l), xn1.at(l), rstd1.at(l), prev_h, prev_out, weights.ln1(l), T, m.C,
+      residual_rmsnorm_forward(resid_at(l), xn1.at(l), rstd1.at(l), prev_h, prev_out, weights.ln1(l), T, m.C,
                                m.rms_eps, stream);
     else
-      rmsnorm_forward(xn1.at(l), rstd1.at(l), resid.at(l), weights.ln1(l), T, m.C, m.rms_eps, stream);
+      rmsnorm_forward(xn1.at(l), rstd1.at(l), resid_at(l), weights.ln1(l), T, m.C, m.rms_eps, stream);
     bf16* qo = m.qk_norm ? q_pre.at(l) : q.at(l);
     bf16* ko = m.qk_norm ? k_pre.at(l) : k.at(l);
     linear_forward_shared(l, {{kQ, qo}, {kK, ko}, {kV, v.at(l)}}, xn1.at(l));
@@ -398,7 +434,7 @@ struct CudaModel::Impl {
       attention_forward(attn.at(l), lse.at(l), q.at(l), k.at(l), v.at(l),
                         AttentionStrides::contiguous(m.H, m.KVH, m.D), attention_shape(l), T, stream);
     linear_forward(l, kO, attn.at(l), tmp_c);
-    residual_rmsnorm_forward(h.at(l), xn2.at(l), rstd2.at(l), resid.at(l), tmp_c, weights.ln2(l), T, m.C, m.rms_eps,
+    residual_rmsnorm_forward(h.at(l), xn2.at(l), rstd2.at(l), resid_at(l), tmp_c, weights.ln2(l), T, m.C, m.rms_eps,
                              stream);
     if (cfg.is_moe_layer(l))
       moe->forward(*gemm_ctx, l, xn2.at(l), tmp_c, T, expert_adapters(l, kExpertGateUp, false),
@@ -418,7 +454,7 @@ struct CudaModel::Impl {
       return;
     }
     if (opt.recompute == Recompute::kSelective) {
-      rmsnorm_forward(xn1.at(l), rstd1.at(l), resid.at(l), weights.ln1(l), T, m.C, m.rms_eps, stream);
+      rmsnorm_forward(xn1.at(l), rstd1.at(l), resid_at(l), weights.ln1(l), T, m.C, m.rms_eps, stream);
       rmsnorm_forward(xn2.at(l), rstd2.at(l), h.at(l), weights.ln2(l), T, m.C, m.rms_eps, stream);
       swiglu_forward(act.at(l), gate.at(l), up.at(l), T * m.F, stream);
     }
@@ -452,19 +488,64 @@ struct CudaModel::Impl {
     linear_backward(l, kK, dk, xn1.at(l), dxn, true);
     linear_backward(l, kV, dv, xn1.at(l), dxn, true);
     if (last_micro && layer_grads_hook) layer_grads_hook(l);
-    rmsnorm_backward(d_resid, dxn, d_resid, resid.at(l), weights.ln1(l), rstd1.at(l), T, m.C, stream);
+    rmsnorm_backward(d_resid, dxn, d_resid, resid_at(l), weights.ln1(l), rstd1.at(l), T, m.C, stream);
   }
 
   // Embedding, the layers and the final norm; the LM head + cross-entropy follows.
   void forward_layers() {
     const ModelConfig& m = cfg;
-    embedding_forward(resid.at(0), tokens, weights.embed(), T, m.C, stream);
+    offloading = offload && pass.train;
+    if (offloading) wait_for_copies();
+    embedding_forward(resid_at(0), tokens, weights.embed(), T, m.C, stream);
     if (moe && pass.train) moe->begin_forward(stream);
-    for (int l = 0; l < m.L; ++l) layer_forward(l, l ? h.at(l - 1) : nullptr, tmp_c);
+    for (int l = 0; l < m.L; ++l) {
+      if (offloading) wait_slot_stored(l);
+      layer_forward(l, l ? h.at(l - 1) : nullptr, tmp_c);
+      if (offloading) store_layer_input(l);
+    }
     if (moe && pass.train) moe->end_forward(stream);
     const int L = m.L;
-    residual_rmsnorm_forward(resid.at(L), xf, rstdf, h.at(L - 1), tmp_c, weights.final_norm(), T, m.C, m.rms_eps,
+    residual_rmsnorm_forward(resid_at(L), xf, rstdf, h.at(L - 1), tmp_c, weights.final_norm(), T, m.C, m.rms_eps,
                              stream);
+  }
+
+  // Layer l's input (l < L), or the final residual (l == L).
+  bf16* resid_at(int l) const {
+    if (!offload) return resid.at(l);
+    return resid.base + size_t(l == cfg.L ? kInputSlots : l % kInputSlots) * resid.stride;
+  }
+
+  // Offload: once layer l has run, its input goes to the host on copy_stream. Layer l + 1 writes the
+  // other slot; layer l + kInputSlots, which overwrites this one, first waits for the copy.
+  void store_layer_input(int l) {
+    const int s = l % kInputSlots;
+    CUDA_CHECK(cudaEventRecord(slot_done[s], stream));
+    CUDA_CHECK(cudaStreamWaitEvent(copy_stream, slot_done[s], 0));
+    CUDA_CHECK(cudaMemcpyAsync(host_inputs_of_layers + size_t(l) * Tmax * cfg.C, resid_at(l),
+                               size_t(T) * cfg.C * sizeof(bf16), cudaMemcpyDeviceToHost, copy_stream));
+    CUDA_CHECK(cudaEventRecord(slot_copied[s], copy_stream));
+  }
+
+  // Before layer l writes its slot in a storing forward: the slot's previous layer has reached the host.
+  void wait_slot_stored(int l) {
+    if (l >= kInputSlots) CUDA_CHECK(cudaStreamWaitEvent(stream, slot_copied[l % kInputSlots], 0));
+  }
+
+  // Offload, backward: once layer l's backward has run, layer l - kInputSlots's input comes back into
+  // the same slot; the backward of layer l - kInputSlots waits for it (wait_slot_loaded).
+  void load_layer_input_below(int l) {
+    const int below = l - kInputSlots, s = l % kInputSlots;
+    if (below < 0) return;
+    CUDA_CHECK(cudaEventRecord(slot_done[s], stream));
+    CUDA_CHECK(cudaStreamWaitEvent(copy_stream, slot_done[s], 0));
+    CUDA_CHECK(cudaMemcpyAsync(resid_at(below), host_inputs_of_layers + size_t(below) * Tmax * cfg.C,
+                               size_t(T) * cfg.C * sizeof(bf16), cudaMemcpyHostToDevice, copy_stream));
+    CUDA_CHECK(cudaEventRecord(slot_copied[s], copy_stream));
+  }
+
+  // The last kInputSlots layers' inputs are still in their slots after the forward; the others were loaded.
+  void wait_slot_loaded(int l) {
+    if (l < cfg.L - kInputSlots) CUDA_CHECK(cudaStreamWaitEvent(stream, slot_copied[l % kInputSlots], 0));
   }
 
   // LM head + cross-entropy: token losses always; with `backward`, dxf from the uploaded token
@@ -477,9 +558,20 @@ struct CudaModel::Impl {
 
   void backward_layers() {
     const ModelConfig& m = cfg;
-    rmsnorm_backward(d_resid, dxf, nullptr, resid.at(m.L), weights.final_norm(), rstdf, T, m.C, stream);
-    for (int l = m.L - 1; l >= 0; --l) layer_backward(l);
+    rmsnorm_backward(d_resid, dxf, nullptr, resid_at(m.L), weights.final_norm(), rstdf, T, m.C, stream);
+    for (int l = m.L - 1; l >= 0; --l) {
+      if (offload) wait_slot_loaded(l);
+      layer_backward(l);
+      if (offload) load_layer_input_below(l);
+    }
+    if (offload) wait_for_copies();  // a later pass (an eval, a sampling graph) writes the slots freely
     backward_ready = false;
+  }
+
+  // The compute stream waits for every copy enqueued so far (never inside a graph capture: the events
+  // belong to copy_stream).
+  void wait_for_copies() {
+    for (cudaEvent_t copied : slot_copied) CUDA_CHECK(cudaStreamWaitEvent(stream, copied, 0));
   }
 
   int decode_splits_for(int64_t max_len) const {
@@ -588,6 +680,26 @@ struct CudaModel::Impl {
     return exec;
   }
 
+  // Bytes of pinned host memory the offloaded layer inputs take.
+  size_t offload_host_bytes() const { return size_t(cfg.L) * size_t(Tmax) * size_t(cfg.C) * sizeof(bf16); }
+
+  // The host side of train.offload: activations, checked against the host's available memory first.
+  void start_offload() {
+    const size_t bytes = offload_host_bytes(), available = host_available_bytes();
+    if (opt.print_plan)
+      std::fprintf(stderr, "host (pinned): offloaded layer inputs (L, T, C) bf16 %.2f GiB\n", gib(bytes));
+    LOOM_CHECK(bytes + kHostReserve <= available, "train.offload: activations needs ", gib(bytes),
+               " GiB of pinned host memory for the layer inputs (", cfg.L, " layers x ", Tmax, " tokens x ", cfg.C,
+               " x 2 bytes) plus ", gib(kHostReserve), " GiB for the rest of the process, and the host has ",
+               gib(available), " GiB available; lower train.token_budget (now ", Tmax, ")");
+    CUDA_CHECK(cudaMallocHost(&host_inputs_of_layers, bytes));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream, cudaStreamNonBlocking));
+    for (int s = 0; s < kInputSlots; ++s) {
+      CUDA_CHECK(cudaEventCreateWithFlags(&slot_done[s], cudaEventDisableTiming));
+      CUDA_CHECK(cudaEventCreateWithFlags(&slot_copied[s], cudaEventDisableTiming));
+    }
+  }
+
   void begin_pass(const MicroBatch& mb, const PassOptions& p) {
     LOOM_CHECK(!p.train || train_mode, "a training pass needs a model planned for training (ModelMode::kTrain)");
     LOOM_CHECK(!p.train || (p.adapters && !p.reference_adapter), "a training pass needs the trained adapters on");
@@ -632,6 +744,7 @@ void CudaModel::load(const WeightSource& src, const std::vector<float>& lora, co
     CUDA_CHECK(cudaEventCreateWithFlags(&d.weights_uploaded[i], cudaEventDisableTiming));
   }
   CUDA_CHECK(cudaMallocHost(&d.host_sum, sizeof(float)));
+  if (d.offload) d.start_offload();
   d.forward_sum = d.loss_sum + 1;
   DeviceWeights::LayerHook sparse_layers;
   if (d.moe) sparse_layers = [&d](int l, const LayerWeights& lw) { d.moe->load_layer(l, lw); };
@@ -650,6 +763,13 @@ CudaModel::~CudaModel() {
     if (d.weights_uploaded[i]) cudaEventDestroy(d.weights_uploaded[i]);
   }
   if (d.host_sum) cudaFreeHost(d.host_sum);
+  if (d.copy_stream) cudaStreamSynchronize(d.copy_stream);
+  for (int s = 0; s < Impl::kInputSlots; ++s) {
+    if (d.slot_done[s]) cudaEventDestroy(d.slot_done[s]);
+    if (d.slot_copied[s]) cudaEventDestroy(d.slot_copied[s]);
+  }
+  if (d.copy_stream) cudaStreamDestroy(d.copy_stream);
+  if (d.host_inputs_of_layers) cudaFreeHost(d.host_inputs_of_layers);
   for (auto& [key, exec] : d.decode_graphs) cudaGraphExecDestroy(exec);
   d.gemm_ctx.reset();
   if (d.stream) cudaStreamDestroy(d.stream);
@@ -797,10 +917,18 @@ bool CudaModel::plan_fits_device() const {
   return planned_bytes() + kContextReserve <= free_b;
 }
 
+size_t CudaModel::planned_host_bytes() const { return impl_->offload ? impl_->offload_host_bytes() : 0; }
+bool CudaModel::plan_fits_host() const {
+  return !impl_->offload || planned_host_bytes() + kHostReserve <= host_available_bytes();
+}
+
 std::string CudaModel::describe() const {
   const Impl& d = *impl_;
   return cat("cuda: ", cuda_device_summary(), " | ", quant_name(d.opt.quant),
-             d.train_mode      ? cat(" | recompute ", recompute_name(d.opt.recompute))
+             d.train_mode      ? cat(" | recompute ", recompute_name(d.opt.recompute),
+                                     d.offload ? cat(", layer inputs offloaded (", format_bytes(d.offload_host_bytes()),
+                                                     " pinned)")
+                                               : std::string())
              : d.generate_mode ? cat(" | generation, KV cache ", d.B, " × ", d.context)
                                : std::string(" | forward only"),
              d.train_mode && d.B > 0 ? cat(" | samples' KV cache ", d.B, " × ", d.context) : std::string(),

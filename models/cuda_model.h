@@ -16,6 +16,9 @@
 //               none       every activation of every layer
 //               selective  the norm outputs and the SwiGLU product are recomputed (elementwise) in backward
 //               full       only each layer's input; backward reruns the layer's forward first
+//                          (train.offload: activations keeps those inputs in pinned host memory: a
+//                          copy stream takes each out as the forward leaves the layer and brings it
+//                          back one layer ahead of its backward; the device holds two slots of them)
 //   kForward  scoring: one layer's activations, rewritten layer after layer; the MLP in token tiles;
 //             no gradients, no backward scratch, no optimizer state.
 //   kGenerate kForward plus a bf16 KV cache of decode_batch sequences × decode_context positions per
@@ -52,6 +55,7 @@ struct CudaModelOptions {
   Quant quant = Quant::kNf4;
   bool double_quant = true;
   Recompute recompute = Recompute::kSelective;  // kTrain only
+  Offload offload = Offload::kNone;             // kTrain with recompute full only
   int64_t token_budget = 16384;                 // the largest micro-batch (T)
   bool print_plan = true;
   bool reference_adapter = false;  // plan a frozen reference adapter (DeviceAdapters::set_reference)
@@ -124,6 +128,10 @@ class CudaModel {
   // Whether the plan (with what was added to it, e.g. the optimizer's state) fits the device's free
   // memory now, as load() checks it; nothing is allocated.
   bool plan_fits_device() const;
+  // Pinned host memory the plan takes (train.offload: the layer inputs; 0 without offload), and
+  // whether it fits the host's available memory now, as load() checks it.
+  size_t planned_host_bytes() const;
+  bool plan_fits_host() const;
   std::string describe() const;
 
  private:

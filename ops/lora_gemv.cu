@@ -200,9 +200,12 @@ void lora_gemv(const GemvProjection* p, int count, const bf16* x, int64_t T, int
     LOOM_CHECK(q.N >= 1 && q.y && (q.W == nullptr) == nf4, "lora_gemv: projection ", i, " needs N >= 1, y, and ",
                nf4 ? "an NF4" : "a bf16", " weight as projection 0's");
     if (nf4) {
-      LOOM_CHECK(q.nf4.codes && q.nf4.numel == int64_t(q.N) * K && q.nf4.blocksize % 8 == 0, "lora_gemv: projection ",
-                 i, ": an NF4 weight of ", q.nf4.numel, " elements, blocksize ", q.nf4.blocksize, " for (", q.N, ", ",
-                 K, ") (blocksize a multiple of 8)");
+      const Nf4Device& w = q.nf4;
+      LOOM_CHECK(w.numel == int64_t(q.N) * K && w.blocksize % 8 == 0, "lora_gemv: projection ", i, ": an NF4 weight of ",
+                 w.numel, " elements, blocksize ", w.blocksize, " for (", q.N, ", ", K, ") (blocksize a multiple of 8)");
+      const bool scales = w.nested() ? w.nested_absmax && w.nested_map : w.absmax != nullptr;
+      LOOM_CHECK(w.codes && aligned16(w.codes) && w.quant_map && scales, "lora_gemv: projection ", i,
+                 ": an NF4 weight needs 16-byte aligned codes, its code table and its scales");
       wide = wide && q.nf4.blocksize % 32 == 0;
     } else {
       LOOM_CHECK(aligned16(q.W), "lora_gemv: projection ", i, ": W must be 16-byte aligned");

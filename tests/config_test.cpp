@@ -735,6 +735,19 @@ TEST(Config, PreferenceRulesNameTheirKeys) {
     EXPECT_EQ(parse_error(kMinimal, fine), "") << fine[0];
 }
 
+// train.offload: activations holds what recompute full keeps, in host memory: other policies are
+// refused with the key to change; moving the inputs changes nothing that is trained.
+TEST(Config, OffloadNeedsRecomputeFull) {
+  EXPECT_NE(parse_error(kMinimal, {"train.offload=activations", "train.recompute=selective"})
+                .find("train.offload: activations moves each layer's input to host memory, which is what recompute "
+                      "full keeps; set train.recompute: full (found selective) or train.offload: none"),
+            std::string::npos);
+  EXPECT_NE(parse_error(kMinimal, {"train.offload=layers"}).find("train.offload"), std::string::npos);
+  const TrainConfig c = parse_config(kMinimal, "x.yaml", {"train.offload=activations", "train.recompute=full"});
+  EXPECT_EQ(c.train.offload, Offload::kActivations);
+  EXPECT_TRUE(training_changes(parse_config(kMinimal, "x.yaml", {"train.recompute=full"}), c).empty());
+}
+
 // Samples need prompts, on either device; the sampling keys change nothing that is trained.
 TEST(Config, SamplesNeedPrompts) {
   EXPECT_NE(parse_error(kMinimal, {"train.sample_every=10"})

@@ -96,7 +96,7 @@ constexpr int64_t kFullRecomputeBudget = 4096;  // twice the workload's longest 
 const char* kUsage =
     "usage: build/bench --preset NAME [--quant nf4|bf16] [--recompute none|selective|full]\n"
     "                   [--token-budget N] [--steps N] [--warmup N] [--json FILE] [--print-data] [--forward-only]\n"
-    "                   [--dpo] [--long L | --long-search]\n"
+    "                   [--dpo] [--long L | --long-search] [--offload none|activations]\n"
     "  Times BENCHMARK.md's sft-alpaca workload on GPU 0 and prints one JSON object.\n"
     "  Presets: qwen3-0.6b, llama-3.2-1b, mistral-7b, llama-3.1-8b, qwen3-8b; mixture of experts (recompute\n"
     "  full unless given): qwen3-30b-a3b, mixtral-8x7b.\n"
@@ -104,12 +104,14 @@ const char* kUsage =
     "  --forward-only times the scoring model (no gradients, no optimizer) and prints its plan.\n"
     "  --dpo times DPO on pairs of the sft-alpaca length mix (16 pairs per step).\n"
     "  --long L times one document of L tokens per step (recompute full unless given);\n"
-    "  --long-search finds the largest L whose plan fits this GPU, then times it.\n";
+    "  --long-search finds the largest L whose plan fits this GPU, then times it.\n"
+    "  --offload activations keeps the layer inputs in pinned host memory (train.offload; recompute full).\n";
 
 struct BenchOptions {
   std::string preset;
   Quant quant = Quant::kNf4;
   Recompute recompute = TrainSection{}.recompute;  // the engine's default
+  Offload offload = Offload::kNone;
   int64_t token_budget = 0;                        // 0: one micro-batch per step
   int steps = 5, warmup = 2;
   std::string json_path;
@@ -139,6 +141,7 @@ BenchOptions parse_args(int argc, char** argv) {
     else if (flag == "--recompute") o.recompute = parse_choice<Recompute>(flag, value, kRecomputeNames),
                                     o.recompute_given = true;
     else if (flag == "--long") o.long_tokens = parse_count(flag, value, 2);
+    else if (flag == "--offload") o.offload = parse_choice<Offload>(flag, value, kOffloadNames);
     else if (flag == "--token-budget") o.token_budget = parse_count(flag, value, 1);
     else if (flag == "--steps") o.steps = parse_count(flag, value, 1);
     else if (flag == "--warmup") o.warmup = parse_count(flag, value, 0);
@@ -168,6 +171,7 @@ TrainSection bench_train_section(const BenchOptions& o, int64_t token_budget) {
   t.weight_decay = 0.f;
   t.max_grad_norm = 1.f;
   t.recompute = o.recompute;
+  t.offload = o.offload;
   t.seed = kLoaderSeed;
   return t;
 }
@@ -402,6 +406,7 @@ Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& 
   j["copy_tbps"] = c.copy_tbps;
   j["token_budget"] = token_budget;
   j["recompute"] = recompute_name(o.recompute);
+  j["offload"] = offload_name(o.offload);
   j["sequences_per_step"] = o.long_tokens > 0 ? 1 : kSequencesPerStep;
   if (o.long_tokens > 0) {
     j["long_tokens"] = o.long_tokens;
@@ -527,13 +532,14 @@ bool long_plan_fits(const BenchOptions& o, const ModelConfig& cfg, int64_t L) {
   mo.mode = ModelMode::kTrain;
   mo.quant = o.quant;
   mo.recompute = o.recompute;
+  mo.offload = o.offload;
   mo.token_budget = L;
   mo.print_plan = false;
   CudaModel model(cfg, layout, mo);
   AdamW optimizer(bench_train_section(o, L), layout.total, model.plan());
-  const bool fits = model.plan_fits_device();
-  std::fprintf(stderr, "bench: L = %lld: plan %.2f GiB, %s\n", static_cast<long long>(L), gib(model.planned_bytes()),
-               fits ? "fits" : "does not fit");
+  const bool fits = model.plan_fits_device() && model.plan_fits_host();
+  std::fprintf(stderr, "bench: L = %lld: plan %.2f GiB, host %.2f GiB, %s\n", static_cast<long long>(L),
+               gib(model.planned_bytes()), gib(model.planned_host_bytes()), fits ? "fits" : "does not fit");
   return fits;
 }
 
