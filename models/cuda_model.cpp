@@ -420,15 +420,17 @@ struct CudaModel::Impl {
       rmsnorm_forward(q.at(l), rstd_q.at(l), qo, weights.q_norm(l), T * m.H, m.D, m.rms_eps, stream);
       rmsnorm_forward(k.at(l), rstd_k.at(l), ko, weights.k_norm(l), T * m.KVH, m.D, m.rms_eps, stream);
     }
-    rope_forward(q.at(l), positions, weights.inv_freq(), T, m.H, m.D, int64_t(m.H) * m.D, stream);
-    rope_forward(k.at(l), positions, weights.inv_freq(), T, m.KVH, m.D, int64_t(m.KVH) * m.D, stream);
-    if (caching) {
-      bf16* ck = cache_k + int64_t(l) * B * context * m.KVH * m.D;
-      bf16* cv = cache_v + int64_t(l) * B * context * m.KVH * m.D;
-      kv_cache_write(ck, cv, k.at(l), v.at(l), cache_slot, positions, T, m.KVH, m.D, context, stream);
-      if (decoding)
-        attention_decode(attn.at(l), q.at(l), DecodeCache{ck, cv, context}, cache_len, B, decode_max_len,
-                         attention_shape(l), decode_splits_for(decode_max_len), decode_scratch, stream);
+    bf16* ck = caching ? cache_k + int64_t(l) * B * context * m.KVH * m.D : nullptr;
+    bf16* cv = caching ? cache_v + int64_t(l) * B * context * m.KVH * m.D : nullptr;
+    if (decoding) {  // q roped in place, k roped into the cache, v copied there: one launch
+      rope_forward_into_cache(q.at(l), k.at(l), v.at(l), ck, cv, cache_slot, positions, weights.inv_freq(), T, m.H,
+                              m.KVH, m.D, context, stream);
+      attention_decode(attn.at(l), q.at(l), DecodeCache{ck, cv, context}, cache_len, B, decode_max_len,
+                       attention_shape(l), decode_splits_for(decode_max_len), decode_scratch, stream);
+    } else {
+      rope_forward(q.at(l), positions, weights.inv_freq(), T, m.H, m.D, int64_t(m.H) * m.D, stream);
+      rope_forward(k.at(l), positions, weights.inv_freq(), T, m.KVH, m.D, int64_t(m.KVH) * m.D, stream);
+      if (caching) kv_cache_write(ck, cv, k.at(l), v.at(l), cache_slot, positions, T, m.KVH, m.D, context, stream);
     }
     if (!decoding)
       attention_forward(attn.at(l), lse.at(l), q.at(l), k.at(l), v.at(l),

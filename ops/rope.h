@@ -44,4 +44,12 @@ void rope_forward(bf16* x, const int32_t* pos, const float* inv_freq, int64_t T,
 // dx, laid out as x, rotated back in place (the inverse rotation: sin negated).
 void rope_backward(bf16* dx, const int32_t* pos, const float* inv_freq, int64_t T, int NH, int D, int64_t stride,
                    cudaStream_t stream);
+
+// A decode step's rotary embedding and cache write in one launch: q (T, H·D) rotated in place as
+// rope_forward does; k (T, KVH·D) rotated into cache_k and v copied into cache_v at each row's
+// (slot, pos) as ops/kv_cache.h kv_cache_write lays them out (k itself is left as it was). The same
+// bits as rope_forward(q), rope_forward(k), kv_cache_write(k, v); one launch instead of three.
+void rope_forward_into_cache(bf16* q, const bf16* k, const bf16* v, bf16* cache_k, bf16* cache_v, const int32_t* slot,
+                             const int32_t* pos, const float* inv_freq, int64_t T, int H, int KVH, int D,
+                             int64_t capacity, cudaStream_t stream);
 }  // namespace loom
