@@ -75,6 +75,7 @@
 #include "models/lora.h"
 #include "models/model_config.h"
 #include "models/weights.h"
+#include "tools/kernel_profile.h"
 #include "tools/bench_common.h"
 #include "tools/flag_terms.h"
 
@@ -96,7 +97,7 @@ constexpr int64_t kFullRecomputeBudget = 4096;  // twice the workload's longest 
 const char* kUsage =
     "usage: build/bench --preset NAME [--quant nf4|bf16] [--recompute none|selective|full]\n"
     "                   [--token-budget N] [--steps N] [--warmup N] [--json FILE] [--print-data] [--forward-only]\n"
-    "                   [--dpo] [--long L | --long-search] [--offload none|activations]\n"
+    "                   [--dpo] [--long L | --long-search] [--offload none|activations] [--profile]\n"
     "  Times BENCHMARK.md's sft-alpaca workload on GPU 0 and prints one JSON object.\n"
     "  Presets: qwen3-0.6b, llama-3.2-1b, mistral-7b, llama-3.1-8b, qwen3-8b; mixture of experts (recompute\n"
     "  full unless given): qwen3-30b-a3b, mixtral-8x7b.\n"
@@ -105,7 +106,8 @@ const char* kUsage =
     "  --dpo times DPO on pairs of the sft-alpaca length mix (16 pairs per step).\n"
     "  --long L times one document of L tokens per step (recompute full unless given);\n"
     "  --long-search finds the largest L whose plan fits this GPU, then times it.\n"
-    "  --offload activations keeps the layer inputs in pinned host memory (train.offload; recompute full).\n";
+    "  --offload activations keeps the layer inputs in pinned host memory (train.offload; recompute full).\n"
+    "  --profile runs --steps more steps under CUPTI: time per kernel family, GPU-busy fraction, launches.\n";
 
 struct BenchOptions {
   std::string preset;
@@ -118,6 +120,7 @@ struct BenchOptions {
   bool print_data = false;
   bool forward_only = false;
   bool dpo = false;
+  bool profile = false;     // --profile: kernel families (CUPTI) of `steps` more steps
   int64_t long_tokens = 0;  // --long L: one document of L tokens per step
   bool long_search = false;
   bool recompute_given = false;
@@ -127,10 +130,12 @@ BenchOptions parse_args(int argc, char** argv) {
   BenchOptions o;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (flag == "--print-data" || flag == "--forward-only" || flag == "--dpo" || flag == "--long-search") {
-      (flag == "--print-data" ? o.print_data
-       : flag == "--dpo"      ? o.dpo
+    if (flag == "--print-data" || flag == "--forward-only" || flag == "--dpo" || flag == "--long-search" ||
+        flag == "--profile") {
+      (flag == "--print-data"    ? o.print_data
+       : flag == "--dpo"         ? o.dpo
        : flag == "--long-search" ? o.long_search
+       : flag == "--profile"     ? o.profile
                                  : o.forward_only) = true;
       continue;
     }
@@ -355,7 +360,27 @@ PrecomputedRun run_precomputed(TrainBackend& backend, PreferenceObjective& objec
 struct BenchRun {
   TimedRun timed;
   std::optional<PrecomputedRun> precomputed;  // --dpo
+  std::optional<Json> profile;                // --profile: kernel families of `steps` more steps
 };
+
+// --profile: `steps` more steps under CUPTI (tools/kernel_profile.h), after the timed ones so its
+// overhead stays out of their figures; printed and returned per step.
+Json profile_steps(TrainBackend& backend, Objective& objective, const std::function<Step()>& next, float lr,
+                   DivergenceDetector& divergence, int steps) {
+  KernelProfile profile;
+  profile.start();
+  time_steps(backend, objective, next, lr, divergence, steps, "profiled");
+  CUDA_CHECK(cudaDeviceSynchronize());
+  profile.stop();
+  Json j = profile.summary(steps);
+  std::fprintf(stderr, "bench: profile per step: %.0f kernels, %.2f ms of kernels, GPU busy %.1f%%, %.2f ms of memcpy\n",
+               j["kernels_per_step"].get<double>(), j["kernel_ms_per_step"].get<double>(),
+               100 * j["busy_fraction"].get<double>(), j["memcpy_ms_per_step"].get<double>());
+  for (const Json& f : j["families"])
+    std::fprintf(stderr, "bench:   %-30s %9.3f ms %5.1f%% %7.0f launches\n", f["family"].get<std::string>().c_str(),
+                 f["ms_per_step"].get<double>(), 100 * f["share"].get<double>(), f["launches_per_step"].get<double>());
+  return j;
+}
 
 BenchRun run_benchmark(TrainBackend& backend, const BenchOptions& o, const std::vector<Document>& docs,
                        int64_t token_budget) {
@@ -373,6 +398,7 @@ BenchRun run_benchmark(TrainBackend& backend, const BenchOptions& o, const std::
   if (o.dpo)
     run.precomputed = run_precomputed(backend, static_cast<PreferenceObjective&>(*objective), loader, docs,
                                       token_budget, t.lr, divergence, o.steps);
+  if (o.profile) run.profile = profile_steps(backend, *objective, next, t.lr, divergence, o.steps);
   return run;
 }
 
@@ -414,6 +440,7 @@ Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& 
   }
   j["warmup_steps"] = o.warmup;
   j["timed_steps"] = o.steps;
+  if (bench.profile) j["profile"] = *bench.profile;
   j["micro_batches"] = run.micro_batches;
   j["tokens"] = run.tokens;
   j["seconds"] = run.seconds;
