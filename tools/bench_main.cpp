@@ -373,12 +373,7 @@ Json profile_steps(TrainBackend& backend, Objective& objective, const std::funct
   CUDA_CHECK(cudaDeviceSynchronize());
   profile.stop();
   Json j = profile.summary(steps);
-  std::fprintf(stderr, "bench: profile per step: %.0f kernels, %.2f ms of kernels, GPU busy %.1f%%, %.2f ms of memcpy\n",
-               j["kernels_per_step"].get<double>(), j["kernel_ms_per_step"].get<double>(),
-               100 * j["busy_fraction"].get<double>(), j["memcpy_ms_per_step"].get<double>());
-  for (const Json& f : j["families"])
-    std::fprintf(stderr, "bench:   %-30s %9.3f ms %5.1f%% %7.0f launches\n", f["family"].get<std::string>().c_str(),
-                 f["ms_per_step"].get<double>(), 100 * f["share"].get<double>(), f["launches_per_step"].get<double>());
+  KernelProfile::print(j, "bench:", "step");
   return j;
 }
 

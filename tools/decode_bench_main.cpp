@@ -46,6 +46,7 @@
 #include "ops/error.h"
 #include "tools/bench_common.h"
 #include "tools/flag_terms.h"
+#include "tools/kernel_profile.h"
 
 namespace loom {
 namespace {
@@ -60,10 +61,11 @@ constexpr int32_t kFirstId = 3;        // ids 0, 1, 2: pad / bos / eos of the pr
 const char* kUsage =
     "usage: build/decode_bench --preset NAME [--quant bf16|nf4] [--batch B] [--prompt-len N] [--new-tokens N]\n"
     "                          [--adapters on|off] [--temperature T [--top-p P]] [--warmup N] [--runs N]\n"
-    "                          [--json FILE]\n"
+    "                          [--json FILE] [--profile]\n"
     "  Times greedy generation on GPU 0 (prefill and decode tokens/s, beside the decode roofline) and\n"
     "  prints one JSON object. Presets: qwen3-0.6b, llama-3.2-1b, mistral-7b, llama-3.1-8b, qwen3-8b.\n"
-    "  Defaults: bf16, batch 1, prompt 128, 256 new tokens, adapters on (LoRA r16 unmerged), 1 warm-up, 3 runs.\n";
+    "  Defaults: bf16, batch 1, prompt 128, 256 new tokens, adapters on (LoRA r16 unmerged), 1 warm-up, 3 runs.\n"
+    "  --profile: one more generation under CUPTI: GPU time per kernel family and busy fraction per decode step.\n";
 
 SamplingParams greedy_params() {
   SamplingParams p;
@@ -79,12 +81,17 @@ struct DecodeBenchOptions {
   SamplingParams sampling = greedy_params();
   int warmup = 1, runs = 3;
   std::string json_path;
+  bool profile = false;  // --profile: one more generation under CUPTI (tools/kernel_profile.h)
 };
 
 DecodeBenchOptions parse_args(int argc, char** argv) {
   DecodeBenchOptions o;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
+    if (flag == "--profile") {
+      o.profile = true;
+      continue;
+    }
     LOOM_CHECK(i + 1 < argc, flag, " needs a value\n", kUsage);
     const std::string value = argv[++i];
     if (flag == "--preset") o.preset = value;
@@ -219,6 +226,15 @@ int run(int argc, char** argv) {
                o.adapters ? "unmerged" : "off", o.batch, decode_tps,
                100.0 * decode_tps / roof.tokens_per_s, roof.tokens_per_s, j["prefill_tokens_per_s"].get<double>(), peak,
                j["device"].get<std::string>().c_str());
+  if (o.profile) {  // one more generation under CUPTI, after the timed ones: per generated token
+    KernelProfile profile;
+    profile.start();
+    generate(decoder, nullptr, prompts, g);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    profile.stop();
+    j["profile"] = profile.summary(o.new_tokens);
+    KernelProfile::print(j["profile"], "decode_bench:", "decode step (prefill included, 1/new-tokens of it)");
+  }
   emit_json(j, o.json_path);
   return 0;
 }

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <string>
@@ -87,6 +88,17 @@ class KernelProfile {
     check(flush_(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED), "cuptiActivityFlushAll");
     check(disable_(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL), "cuptiActivityDisable(kernels)");
     check(disable_(CUPTI_ACTIVITY_KIND_MEMCPY), "cuptiActivityDisable(memcpy)");
+  }
+
+  // A summary on stderr, each line led by `tag` ("bench:"), figures per `unit` ("step").
+  static void print(const nlohmann::json& j, const char* tag, const char* unit) {
+    std::fprintf(stderr, "%s profile per %s: %.0f kernels, %.3f ms of kernels, GPU busy %.1f%%, %.3f ms of memcpy\n",
+                 tag, unit, j["kernels_per_step"].get<double>(), j["kernel_ms_per_step"].get<double>(),
+                 100 * j["busy_fraction"].get<double>(), j["memcpy_ms_per_step"].get<double>());
+    for (const nlohmann::json& f : j["families"])
+      std::fprintf(stderr, "%s   %-30s %9.4f ms %5.1f%% %8.1f launches\n", tag, f["family"].get<std::string>().c_str(),
+                   f["ms_per_step"].get<double>(), 100 * f["share"].get<double>(),
+                   f["launches_per_step"].get<double>());
   }
 
   // The profile per step of `steps` recorded steps.
