@@ -3,6 +3,7 @@
 // passes for evaluation, the optimizer update, and the LoRA parameters / optimizer state for
 // checkpoints. The CPU reference backend is engine/cpu_backend.cpp, the CUDA one engine/cuda_backend.cpp.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -75,6 +76,10 @@ struct DecodeShape {
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const WeightSource& src,
                                                 const LoraLayout& layout, const std::vector<float>& lora,
                                                 const TrainConfig& tc, const DecodeShape& decode = {});
+// train.offload as the GPU path applies it: auto keeps the layer inputs on the device when the plan
+// fits there (and always without recompute full), else moves them to host memory when that fits
+// (plan_fits(offload) measures a plan; nothing is allocated); none and activations stay as asked.
+Offload choose_offload(Offload requested, Recompute recompute, const std::function<bool(Offload)>& plan_fits);
 std::unique_ptr<TrainBackend> make_cpu_backend(const ModelConfig& cfg, ModelWeights weights, const LoraLayout& layout,
                                                std::vector<float> lora, const TrainSection& train);
 

@@ -72,7 +72,7 @@ struct TrainSection {
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   float max_grad_norm = 1.f;     // 0 disables clipping
   Recompute recompute = Recompute::kSelective;
-  Offload offload = Offload::kNone;  // activations: layer inputs in host memory (recompute full, GPU)
+  Offload offload = Offload::kAuto;  // where recompute full keeps layer inputs on the GPU path (device/host)
   int seed = 42;
   int log_every = 1;
   // Divergence checks (engine/divergence.h); a non-finite loss or gradient always stops a run.

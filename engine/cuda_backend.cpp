@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <cstdio>
+#include <functional>
 
 #include "dist/buckets.h"
 #include "dist/dist.h"
@@ -6,6 +8,7 @@
 #include "engine/backend.h"
 #include "engine/generation.h"
 #include "models/cuda_model.h"
+#include "ops/device.h"
 #include "ops/error.h"
 
 namespace loom {
@@ -19,7 +22,7 @@ CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode)
   opt.quant = tc.model.quant;
   opt.double_quant = tc.model.double_quant;
   opt.recompute = tc.train.recompute;
-  opt.offload = tc.train.offload;
+  opt.offload = tc.train.offload == Offload::kAuto ? Offload::kNone : tc.train.offload;  // resolved below
   opt.token_budget = tc.train.token_budget;
   // Preference tuning from an adapter keeps a frozen copy of it as the reference (TRL's choice).
   opt.reference_adapter = tc.train.objective != ObjectiveKind::kSft && !tc.lora.init_from.empty();
@@ -127,10 +130,38 @@ class CudaBackend : public TrainBackend {
 
 }  // namespace
 
+Offload choose_offload(Offload requested, Recompute recompute, const std::function<bool(Offload)>& plan_fits) {
+  if (requested != Offload::kAuto) return requested;
+  if (recompute != Recompute::kFull || plan_fits(Offload::kNone)) return Offload::kNone;
+  return plan_fits(Offload::kActivations) ? Offload::kActivations : Offload::kNone;
+}
+
+namespace {
+
+// Whether the run's memory plan (model and optimizer) fits the device and host now, with `offload`.
+bool run_plan_fits(const ModelConfig& cfg, const LoraLayout& layout, const TrainConfig& tc, const DecodeShape& decode,
+                   Offload offload) {
+  CudaModelOptions opt = model_options(tc, decode);
+  opt.offload = offload;
+  opt.print_plan = false;
+  CudaModel model(cfg, layout, opt);
+  AdamW optimizer(tc.train, layout.total, model.plan());
+  return model.plan_fits_device() && model.plan_fits_host();
+}
+
+}  // namespace
+
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const WeightSource& src,
                                                 const LoraLayout& layout, const std::vector<float>& lora,
                                                 const TrainConfig& tc, const DecodeShape& decode) {
-  return std::make_unique<CudaBackend>(cfg, src, layout, lora, tc, decode);
+  TrainConfig resolved = tc;
+  resolved.train.offload = choose_offload(tc.train.offload, tc.train.recompute, [&](Offload o) {
+    return cuda_available() && run_plan_fits(cfg, layout, tc, decode, o);
+  });
+  if (tc.train.offload == Offload::kAuto && resolved.train.offload == Offload::kActivations)
+    std::fprintf(stderr, "train.offload auto: the layer inputs go to pinned host memory (the plan with them on the "
+                         "GPU does not fit its free memory)\n");
+  return std::make_unique<CudaBackend>(cfg, src, layout, lora, resolved, decode);
 }
 
 }  // namespace loom

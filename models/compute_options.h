@@ -23,9 +23,10 @@ inline const char* recompute_name(Recompute r) { return kRecomputeNames[size_t(r
 // Where the GPU keeps each layer's input between the forward and the backward of recompute full:
 // kNone on the device; kActivations in pinned host memory, copied out as the forward leaves a layer
 // and back ahead of its backward (models/cuda_model.h), so device memory no longer grows with
-// layers × tokens.
-enum class Offload { kNone, kActivations };
-inline constexpr std::array<const char*, 2> kOffloadNames = {"none", "activations"};
+// layers × tokens; kAuto (a config's choice, resolved before the model is built: engine/backend.h)
+// on the device when the memory plan fits there, else in host memory when that fits.
+enum class Offload { kAuto, kNone, kActivations };
+inline constexpr std::array<const char*, 3> kOffloadNames = {"auto", "none", "activations"};
 inline const char* offload_name(Offload o) { return kOffloadNames[size_t(o)]; }
 
 }  // namespace loom

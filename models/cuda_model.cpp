@@ -163,6 +163,8 @@ struct CudaModel::Impl {
     LOOM_CHECK(!generate_mode || B >= 1, "generation needs a batch >= 1 (found ", B, ")");
     LOOM_CHECK(!offload || o.recompute == Recompute::kFull, "train.offload: activations needs train.recompute: full "
                "(found ", recompute_name(o.recompute), ")");
+    LOOM_CHECK(o.offload != Offload::kAuto, "CudaModel: train.offload auto must be resolved before the model is built "
+               "(engine/cuda_backend.cpp resolve_offload)");
     if (B > 0) {
       LOOM_CHECK(context >= 2, "generation needs a context >= 2 (found ", context, ")");
       Tmax = std::max<int64_t>(Tmax, B);  // a decode step is B rows
@@ -730,8 +732,11 @@ void CudaModel::load(const WeightSource& src, const std::vector<float>& lora, co
   CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   const std::string shrink =
       d.train_mode
-          ? cat("lower train.token_budget (now ", d.opt.token_budget, ") or set train.recompute=full (now ",
-                recompute_name(d.opt.recompute), ")", d.weights.nf4() ? "" : ", or use model.quant=nf4")
+          ? cat("lower train.token_budget (now ", d.opt.token_budget, ")",
+                d.opt.recompute == Recompute::kFull
+                    ? (d.offload ? "" : ", or set train.offload: activations")
+                    : cat(", or set train.recompute=full (now ", recompute_name(d.opt.recompute), ")"),
+                d.weights.nf4() ? "" : ", or use model.quant=nf4")
           : cat("score fewer tokens per document (now ", d.opt.token_budget, ")",
                 d.weights.nf4() ? "" : " or use nf4 weights");
   d.plan.check_fits(free_b, kContextReserve, hint.empty() ? shrink : hint);

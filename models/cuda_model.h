@@ -55,7 +55,7 @@ struct CudaModelOptions {
   Quant quant = Quant::kNf4;
   bool double_quant = true;
   Recompute recompute = Recompute::kSelective;  // kTrain only
-  Offload offload = Offload::kNone;             // kTrain with recompute full only
+  Offload offload = Offload::kNone;             // kTrain with recompute full only; never kAuto (resolved)
   int64_t token_budget = 16384;                 // the largest micro-batch (T)
   bool print_plan = true;
   bool reference_adapter = false;  // plan a frozen reference adapter (DeviceAdapters::set_reference)

@@ -745,6 +745,8 @@ TEST(Config, OffloadNeedsRecomputeFull) {
   EXPECT_NE(parse_error(kMinimal, {"train.offload=layers"}).find("train.offload"), std::string::npos);
   const TrainConfig c = parse_config(kMinimal, "x.yaml", {"train.offload=activations", "train.recompute=full"});
   EXPECT_EQ(c.train.offload, Offload::kActivations);
+  EXPECT_EQ(parse_config(kMinimal, "x.yaml").train.offload, Offload::kAuto);  // the default: auto, any recompute
+  EXPECT_EQ(parse_error(kMinimal, {"train.offload=auto", "train.recompute=selective"}), "");
   EXPECT_TRUE(training_changes(parse_config(kMinimal, "x.yaml", {"train.recompute=full"}), c).empty());
 }
 

@@ -3,7 +3,8 @@
 // changes, so three AdamW steps must give the same losses, gradients and weights bit for bit as the
 // same run with the inputs on the device. The `tiny` preset has 4 layers and the device keeps 2
 // slots of inputs, so the backward of layers 0 and 1 reads inputs copied back from the host (a wrong
-// layer, slot or missing wait changes the bits), over micro-batches of different lengths.
+// layer, slot or missing wait changes the bits), over micro-batches of different lengths. Also how
+// train.offload auto decides (no GPU needed).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -93,6 +94,21 @@ TEST(GpuOffload, NeedsRecomputeFull) {
   tc.train.offload = Offload::kActivations;
   test::expect_error([&] { make_cuda_backend(cfg, WeightSource::random(cfg, 7), layout, lora_init(layout, 1), tc); },
                      {"train.offload: activations needs train.recompute: full (found selective)"});
+}
+
+// train.offload auto: the inputs stay on the device when that plan fits (and always without recompute
+// full), move to the host only when that alone fits, and none / activations are never second-guessed.
+// The plans are stand-ins here: which of them fits is what the test varies.
+TEST(Offload, AutoMovesTheInputsOnlyWhenThatAloneFits) {
+  const auto fits_when = [](bool device, bool host) {
+    return [=](Offload o) { return o == Offload::kNone ? device : host; };
+  };
+  EXPECT_EQ(choose_offload(Offload::kAuto, Recompute::kFull, fits_when(true, true)), Offload::kNone);
+  EXPECT_EQ(choose_offload(Offload::kAuto, Recompute::kFull, fits_when(false, true)), Offload::kActivations);
+  EXPECT_EQ(choose_offload(Offload::kAuto, Recompute::kFull, fits_when(false, false)), Offload::kNone);
+  EXPECT_EQ(choose_offload(Offload::kAuto, Recompute::kSelective, fits_when(false, true)), Offload::kNone);
+  EXPECT_EQ(choose_offload(Offload::kNone, Recompute::kFull, fits_when(false, true)), Offload::kNone);
+  EXPECT_EQ(choose_offload(Offload::kActivations, Recompute::kFull, fits_when(true, true)), Offload::kActivations);
 }
 
 }  // namespace

@@ -154,6 +154,7 @@ BenchOptions parse_args(int argc, char** argv) {
     else fail("unknown option ", flag, "\n", kUsage);
   }
   LOOM_CHECK(!o.preset.empty(), "--preset is required\n", kUsage);
+  LOOM_CHECK(o.offload != Offload::kAuto, "--offload takes none or activations: the bench times what it is told");
   LOOM_CHECK(!(o.dpo && o.forward_only), "--dpo and --forward-only are two different benchmarks; pick one");
   const bool long_context = o.long_tokens > 0 || o.long_search;
   LOOM_CHECK(!(o.long_tokens > 0 && o.long_search), "--long L times one length, --long-search finds one; pick one");
