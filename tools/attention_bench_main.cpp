@@ -25,6 +25,7 @@
 #include "ops/attention.h"
 #include "ops/attention_decode.h"
 #include "ops/cuda_common.h"
+#include "tools/bench_common.h"
 
 namespace loom {
 namespace {
@@ -57,26 +58,6 @@ void* device_random_bf16(size_t n, std::mt19937_64& rng, float amplitude) {
   CUDA_CHECK(cudaMalloc(&dev, n * sizeof(uint16_t)));
   CUDA_CHECK(cudaMemcpy(dev, host.data(), n * sizeof(uint16_t), cudaMemcpyHostToDevice));
   return dev;
-}
-
-template <class F>
-double median_ms(F&& run) {
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < 3; ++i) run();
-  std::vector<float> ms(20);
-  for (float& t : ms) {
-    CUDA_CHECK(cudaEventRecord(start));
-    run();
-    CUDA_CHECK(cudaEventRecord(stop));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
 }
 
 void run(const BenchCase& c) {

@@ -4,16 +4,40 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
+#include "ops/cuda_common.h"
 #include "ops/device.h"
 #include "ops/error.h"
 
 namespace loom {
+
+// The median of 20 timed calls of `run` on the default stream, after 3 untimed ones, in ms (CUDA events).
+template <class F>
+double median_ms(F&& run) {
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  for (int i = 0; i < 3; ++i) run();
+  std::vector<float> ms(20);
+  for (float& t : ms) {
+    CUDA_CHECK(cudaEventRecord(start));
+    run();
+    CUDA_CHECK(cudaEventRecord(stop));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+  }
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
 
 // First line of a shell command's output ("" when it fails).
 inline std::string command_output(const char* command) {
