@@ -69,13 +69,11 @@ class KernelProfile {
     flush_ = symbol<decltype(&cuptiActivityFlushAll)>("cuptiActivityFlushAll");
     next_ = symbol<decltype(&cuptiActivityGetNextRecord)>("cuptiActivityGetNextRecord");
     LOOM_CHECK(!active_, "one KernelProfile at a time");
-    active_ = this;
     check(register_(&buffer_requested, &buffer_completed), "cuptiActivityRegisterCallbacks");
+    active_ = this;
   }
-  ~KernelProfile() {
-    active_ = nullptr;
-    if (lib_) dlclose(lib_);
-  }
+  // libcupti stays loaded: it has hooked itself into the CUDA driver, which may call it until exit.
+  ~KernelProfile() { active_ = nullptr; }
   KernelProfile(const KernelProfile&) = delete;
   KernelProfile& operator=(const KernelProfile&) = delete;
 
