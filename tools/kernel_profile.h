@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -102,6 +103,7 @@ class KernelProfile {
   // The profile per step of `steps` recorded steps.
   nlohmann::json summary(int steps) const {
     LOOM_CHECK(steps >= 1, "profile summary: steps = ", steps);
+    std::lock_guard<std::mutex> lock(records_lock_);
     std::map<std::string, std::pair<double, int64_t>> families;  // ns, launches
     double kernel_ns = 0;
     for (const Interval& k : kernels_) {
@@ -172,8 +174,10 @@ class KernelProfile {
     *buffer = static_cast<uint8_t*>(std::aligned_alloc(8, kBufferBytes));
     *max_records = 0;  // as many as fit
   }
+  // CUPTI may call this from its own thread while the steps run: the records are appended under a lock.
   static void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t valid) {
     KernelProfile* self = active_;
+    std::lock_guard<std::mutex> lock(records_lock_);
     CUpti_Activity* record = nullptr;
     while (self && self->next_(buffer, valid, &record) == CUPTI_SUCCESS) {
       if (record->kind == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) {
@@ -188,6 +192,7 @@ class KernelProfile {
   }
 
   inline static KernelProfile* active_ = nullptr;  // CUPTI's callbacks carry no user pointer
+  inline static std::mutex records_lock_;
   void* lib_ = nullptr;
   decltype(&cuptiActivityRegisterCallbacks) register_ = nullptr;
   decltype(&cuptiActivityEnable) enable_ = nullptr;
