@@ -143,7 +143,6 @@ struct CudaModel::Impl {
   // slot_copied[s]: the copy stream is done with slot s (its layer stored, or the next one loaded).
   static constexpr int kInputSlots = 2;
   bool offload = false;
-  bool offloading = false;  // the pass in flight is a training forward that stores its layer inputs
   bf16* host_inputs_of_layers = nullptr;  // (L, Tmax, C) pinned
   cudaStream_t copy_stream = nullptr;
   cudaEvent_t slot_done[kInputSlots] = {}, slot_copied[kInputSlots] = {};
@@ -498,7 +497,7 @@ struct CudaModel::Impl {
   // Embedding, the layers and the final norm; the LM head + cross-entropy follows.
   void forward_layers() {
     const ModelConfig& m = cfg;
-    offloading = offload && pass.train;
+    const bool offloading = offload && pass.train;  // a training forward stores its layer inputs
     if (offloading) wait_for_copies();
     embedding_forward(resid_at(0), tokens, weights.embed(), T, m.C, stream);
     if (moe && pass.train) moe->begin_forward(stream);

@@ -71,6 +71,21 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
 // g + 8·(f / 2), column 2q + f % 2 of its 16×8 tile (g = lane / 4, q = lane % 4).
 using Acc = float[2][4][4];
 
+// f(r, c, v0, v1) for each pair of adjacent accumulator values this thread holds: row r, columns c and
+// c + 1 (c even) of the block's 64×64 tile, warps 2×2 of 32×32 quarters.
+template <class F>
+__device__ __forceinline__ void for_each_pair(const Acc& acc, F&& f) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+        f(wm + mi * 16 + lane / 4 + 8 * half, wn + ni * 8 + 2 * (lane % 4), acc[mi][ni][2 * half],
+          acc[mi][ni][2 * half + 1]);
+}
+
 // The warp's MMAs over one shared slice: fragments from s[m][k] pairs (two adjacent k per register).
 __device__ __forceinline__ void mma_slice(Acc& acc, const SharedTile& As, const SharedTile& Bs, int wm, int wn) {
   const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
@@ -181,24 +196,18 @@ __global__ void __launch_bounds__(kThreads)
   const Operand b = kWKMajor ? Operand{w + int64_t(n0) * K, K, N - n0, K} : Operand{w + n0, N, N - n0, K};
   Acc acc;
   tile_product<true, kWKMajor>(acc, a, b, As, Bs);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = wm + mi * 16 + lane / 4 + 8 * half, c = n0 + wn + ni * 8 + 2 * (lane % 4);
-        if (r >= tile.rows || c >= N) continue;  // c even and N a multiple of 8: c + 1 < N too
-        __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(Y + int64_t(tile.row0 + r) * N + c);
-        float v0 = alpha * acc[mi][ni][2 * half], v1 = alpha * acc[mi][ni][2 * half + 1];
-        if (accumulate) {
-          const float2 old = __bfloat1622float2(*out);
-          v0 += old.x;
-          v1 += old.y;
-        }
-        *out = __floats2bfloat162_rn(v0, v1);
-      }
+  for_each_pair(acc, [&](int r, int c, float a0, float a1) {
+    c += n0;
+    if (r >= tile.rows || c >= N) return;  // c even and N a multiple of 8: c + 1 < N too
+    __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(Y + int64_t(tile.row0 + r) * N + c);
+    float v0 = alpha * a0, v1 = alpha * a1;
+    if (accumulate) {
+      const float2 old = __bfloat1622float2(*out);
+      v0 += old.x;
+      v1 += old.y;
+    }
+    *out = __floats2bfloat162_rn(v0, v1);
+  });
 }
 
 // tn: block (x, y, e) computes D_e's tile rows y·kTile (n of Y) × columns x·kTile (k of X), summing
@@ -216,21 +225,15 @@ __global__ void __launch_bounds__(kThreads)
   Acc acc;
   tile_product<false, false>(acc, a, b, As, Bs);
   float* d = D + e * d_stride;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = n0 + wm + mi * 16 + lane / 4 + 8 * half, c = k0 + wn + ni * 8 + 2 * (lane % 4);
-        if (r >= N || c >= K) continue;
-        float2* out = reinterpret_cast<float2*>(d + int64_t(r) * K + c);
-        float2 v = *out;
-        v.x += alpha * acc[mi][ni][2 * half];
-        v.y += alpha * acc[mi][ni][2 * half + 1];
-        *out = v;
-      }
+  for_each_pair(acc, [&](int r, int c, float a0, float a1) {
+    r += n0, c += k0;
+    if (r >= N || c >= K) return;
+    float2* out = reinterpret_cast<float2*>(d + int64_t(r) * K + c);
+    float2 v = *out;
+    v.x += alpha * a0;
+    v.y += alpha * a1;
+    *out = v;
+  });
 }
 
 void check_shape(const char* what, int E, int N, int K, int64_t stride, std::initializer_list<const void*> pointers) {

@@ -46,6 +46,7 @@
 #include "models/reference_model.h"
 #include "models/weights.h"
 #include "ops/error.h"
+#include "tests/gpu_scoring.h"
 #include "tests/hf_fixture.h"
 #include "tests/lora_compare.h"
 #include "tests/test_util.h"
@@ -140,29 +141,6 @@ ReferenceModel make_cpu(const MoeStepFixture& s, const std::string& quant) {
   return ReferenceModel(s.cfg, std::move(w), s.layout);
 }
 
-// Every LoRA tensor's scaled error: the attention's (tests/lora_compare.h) and each expert's A and B
-// on their own (an expert's tensors are as small as its token count; one max over a layer's
-// experts would let a wrong expert hide behind a busier one).
-test::TensorError expect_all_tensors_close(const LoraLayout& layout, const std::vector<float>& got,
-                                           const std::vector<float>& want, double tol, const std::string& what) {
-  std::vector<test::TensorError> errors = test::lora_tensor_errors(layout, got, want);
-  if (got.size() == want.size() && int64_t(got.size()) == layout.total)
-    for (size_t l = 0; l < layout.experts.size(); ++l)
-      for (size_t e = 0; e < layout.experts[l].size(); ++e)
-        for (int t = 0; t < kNumExpertTargets; ++t) {
-          const LoraSlot& s = layout.experts[l][e][t];
-          if (!s.enabled) continue;
-          const std::string name = cat("layers.", l, ".experts.", e, ".", kExpertTargetNames[t], ".lora_");
-          errors.push_back({name + "A", test::scaled_error(&got[size_t(s.a_offset)], &want[size_t(s.a_offset)],
-                                                           size_t(s.r) * s.in)});
-          errors.push_back({name + "B", test::scaled_error(&got[size_t(s.b_offset)], &want[size_t(s.b_offset)],
-                                                           size_t(s.out) * s.r)});
-        }
-  for (const test::TensorError& e : errors)
-    EXPECT_LE(e.error, tol) << what << ": " << e.name << " scaled error " << e.error << " > " << tol;
-  return test::worst_tensor(errors);
-}
-
 void expect_gpu_follows_reference(const std::string& arch, const std::string& quant) {
   MoeStepFixture s = load_setup(arch, quant);
   ReferenceModel cpu = make_cpu(s, quant);
@@ -182,8 +160,8 @@ void expect_gpu_follows_reference(const std::string& arch, const std::string& qu
       gpu->forward_backward(mb, w, 0, i + 1 == s.micro.size());
     }
     if (step == 1) {
-      const test::TensorError eg = expect_all_tensors_close(s.layout, gpu->lora_grads(), grads, kRule * s.base_grads,
-                                                            label + ", step-1 LoRA gradients");
+      const test::TensorError eg = test::expect_lora_tensors_close(s.layout, gpu->lora_grads(), grads,
+                                                                   kRule * s.base_grads, label + ", step-1 LoRA gradients");
       std::printf("[%s] step-1 LoRA gradients: worst tensor %s, scaled error %.4f (tolerance %.4f)\n", label.c_str(),
                   eg.name.c_str(), eg.error, kRule * s.base_grads);
     }
@@ -194,8 +172,8 @@ void expect_gpu_follows_reference(const std::string& arch, const std::string& qu
                                              << ", reference " << cpu_loss;
     worst_loss = test::max_keeping_nan(worst_loss, rel);
   }
-  const test::TensorError ew = expect_all_tensors_close(s.layout, gpu->lora_params(), params, kRule * s.base_weights,
-                                                        label + ", final LoRA weights");
+  const test::TensorError ew = test::expect_lora_tensors_close(s.layout, gpu->lora_params(), params,
+                                                               kRule * s.base_weights, label + ", final LoRA weights");
   std::printf("[%s] %d steps: worst step-loss rel error %.5f (tolerance %.5f); final LoRA weights: worst tensor %s, "
               "scaled error %.4f (tolerance %.4f); yardstick of %s\n",
               label.c_str(), s.steps, worst_loss, kRule * s.base_step_loss, ew.name.c_str(), ew.error,
@@ -223,29 +201,9 @@ TEST(GpuMoeScore, TokenLossesMatchTheReferencePerToken) {
     for (const char* quant : {"bf16", "nf4"}) {
       MoeStepFixture s = load_setup(arch, quant);
       ReferenceModel cpu = make_cpu(s, quant);
-      CudaModelOptions opt;
-      opt.mode = ModelMode::kForward;
-      opt.quant = quant_of(quant);
-      opt.token_budget = 64;
-      opt.print_plan = false;
-      CudaModel gpu(s.cfg, s.layout, opt);
-      gpu.load(WeightSource::checkpoint(s.dir + "/model", s.cfg), s.lora);
+      auto gpu = test::make_fixture_scorer(s, quant_of(quant));
       const double tol = kRule * s.base_token_loss;
-      double worst = 0;
-      for (size_t i = 0; i < s.micro.size(); ++i) {
-        const MicroBatch& mb = s.micro[i];
-        std::vector<float> want(size_t(mb.T()));
-        cpu.forward(mb, s.lora.data(), {}, want.data());
-        gpu.forward(mb, {});
-        const std::vector<float> got = gpu.token_losses();
-        ASSERT_EQ(got.size(), want.size()) << arch << " micro-batch " << i;
-        for (size_t t = 0; t < got.size(); ++t) {
-          const double err = test::absolute_error(got[t], want[t]);
-          EXPECT_LE(err, tol) << arch << "/" << quant << ", micro-batch " << i << ", token " << t << ": GPU loss "
-                              << got[t] << ", reference " << want[t];
-          worst = test::max_keeping_nan(worst, err);
-        }
-      }
+      const double worst = test::expect_token_losses_close(cpu, *gpu, s.micro, s.lora, tol, cat(arch, "/", quant));
       std::printf("[%s/%s] per-token losses: max abs error %.5f (tolerance %.5f, yardstick of %s)\n", arch, quant,
                   worst, tol, s.yardstick.c_str());
     }

@@ -39,6 +39,7 @@
 #include "models/model_config.h"
 #include "models/reference_model.h"
 #include "models/weights.h"
+#include "tests/gpu_scoring.h"
 #include "tests/hf_fixture.h"
 #include "tests/lora_compare.h"
 #include "tests/test_util.h"
@@ -89,18 +90,6 @@ std::unique_ptr<TrainBackend> make_gpu(const StepFixture& s, const std::string& 
   tc.train.token_budget = token_budget;
   return make_cuda_backend(s.cfg, WeightSource::checkpoint(s.dir + "/model", s.cfg), with_dropout(s, dropout), s.lora,
                            tc);
-}
-
-// The forward-only model build/score runs (ModelMode::kForward: no gradients, one layer of activations).
-std::unique_ptr<CudaModel> make_scorer(const StepFixture& s, const std::string& quant) {
-  CudaModelOptions opt;
-  opt.mode = ModelMode::kForward;
-  opt.quant = quant_of(quant);
-  opt.token_budget = 64;
-  opt.print_plan = false;
-  auto m = std::make_unique<CudaModel>(s.cfg, s.layout, opt);
-  m->load(WeightSource::checkpoint(s.dir + "/model", s.cfg), s.lora);
-  return m;
 }
 
 ReferenceModel make_cpu(const StepFixture& s, const std::string& quant, float dropout = 0) {
@@ -204,23 +193,9 @@ TEST(GpuStepScore, TokenLossesMatchTheReferencePerToken) {
     for (const char* quant : {"bf16", "nf4"}) {
       StepFixture s = load_setup(arch, quant);
       ReferenceModel cpu = make_cpu(s, quant);
-      auto gpu = make_scorer(s, quant);
+      auto gpu = test::make_fixture_scorer(s, quant_of(quant));
       const double tol = kRule * s.base_token_loss;
-      double worst = 0;
-      for (size_t i = 0; i < s.micro.size(); ++i) {
-        const MicroBatch& mb = s.micro[i];
-        std::vector<float> want(mb.T());
-        cpu.forward(mb, s.lora.data(), {}, want.data());
-        gpu->forward(mb, {});
-        const std::vector<float> got = gpu->token_losses();
-        ASSERT_EQ(got.size(), want.size()) << arch << " micro-batch " << i;
-        for (size_t t = 0; t < got.size(); ++t) {
-          const double err = test::absolute_error(got[t], want[t]);
-          EXPECT_LE(err, tol) << arch << "/" << quant << ", micro-batch " << i << ", token " << t << ": GPU loss "
-                              << got[t] << ", reference " << want[t];
-          worst = test::max_keeping_nan(worst, err);
-        }
-      }
+      const double worst = test::expect_token_losses_close(cpu, *gpu, s.micro, s.lora, tol, cat(arch, "/", quant));
       std::printf("[%s/%s] per-token losses: max abs error %.5f (yardstick %.5f, tolerance %.5f)\n", arch, quant,
                   worst, s.base_token_loss, tol);
     }

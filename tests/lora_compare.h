@@ -1,4 +1,5 @@
-// LoRA vectors compared tensor by tensor: every A and every B of every layer against its own scale.
+// LoRA vectors compared tensor by tensor: every A and every B of every layer, and of every expert of
+// a mixture-of-experts layer (an expert's tensors are as small as its token count), against its own scale.
 // One max over the whole flat vector lets a wrong tensor hide behind a larger one (a 0.5x gradient
 // on one o_proj stays under a tolerance set by the largest gradient anywhere).
 #pragma once
@@ -18,7 +19,8 @@ struct TensorError {
   double error;      // scaled_error of this tensor alone (+inf on NaN/Inf)
 };
 
-// scaled_error of every enabled LoRA tensor, in layout order. Sizes must match the layout.
+// scaled_error of every enabled LoRA tensor, in layout order (the layers' projections, then the
+// experts'). Sizes must match the layout.
 inline std::vector<TensorError> lora_tensor_errors(const LoraLayout& layout, const std::vector<float>& got,
                                                    const std::vector<float>& want) {
   std::vector<TensorError> out;
@@ -35,6 +37,15 @@ inline std::vector<TensorError> lora_tensor_errors(const LoraLayout& layout, con
       out.push_back({name + "A", scaled_error(&got[s.a_offset], &want[s.a_offset], na)});
       out.push_back({name + "B", scaled_error(&got[s.b_offset], &want[s.b_offset], nb)});
     }
+  for (size_t l = 0; l < layout.experts.size(); ++l)
+    for (size_t e = 0; e < layout.experts[l].size(); ++e)
+      for (int t = 0; t < kNumExpertTargets; ++t) {
+        const LoraSlot& s = layout.experts[l][e][t];
+        if (!s.enabled) continue;
+        const std::string name = cat("layers.", l, ".experts.", e, ".", kExpertTargetNames[t], ".lora_");
+        out.push_back({name + "A", scaled_error(&got[size_t(s.a_offset)], &want[size_t(s.a_offset)], size_t(s.r) * s.in)});
+        out.push_back({name + "B", scaled_error(&got[size_t(s.b_offset)], &want[size_t(s.b_offset)], size_t(s.out) * s.r)});
+      }
   return out;
 }
 

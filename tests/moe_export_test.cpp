@@ -39,6 +39,15 @@ const Case kCases[] = {
     {"mixtral", {"q_proj", "down_proj"}, "q_and_down"},
 };
 
+// The layout of case c's adapter: r 4, alpha 8, its targets.
+LoraLayout layout_of(const ModelConfig& cfg, const Case& c) {
+  LoraOptions o;
+  o.r = 4;
+  o.alpha = 8;
+  o.targets = c.targets;
+  return make_lora_layout(cfg, o);
+}
+
 // Every LoRA weight random and non-zero (B too), distinct per expert: a layout mistake shows.
 std::vector<float> random_adapter(const LoraLayout& lay, uint64_t seed) {
   std::vector<float> p(size_t(lay.total));
@@ -55,11 +64,7 @@ TEST(MoeExport, AdaptersReadBackBitForBit) {
   for (const Case& c : kCases) {
     SCOPED_TRACE(cat(c.arch, " ", c.name));
     const ModelConfig cfg = load_model_config(test::fixtures_dir() + "/moe/" + c.arch + "/model");
-    LoraOptions o;
-    o.r = 4;
-    o.alpha = 8;
-    o.targets = c.targets;
-    const LoraLayout lay = make_lora_layout(cfg, o);
+    const LoraLayout lay = layout_of(cfg, c);
     const std::vector<float> p = random_adapter(lay, 3);
     const std::string dir = test::fresh_temp_dir(cat("moe_export_", c.arch, "_", c.name));
     save_peft_adapter(dir, lay, p, "base");
@@ -132,11 +137,7 @@ TEST(MoeExport, PeftLoadsLoomsAdapters) {
   for (const Case& c : kCases) {
     const std::string fixture = test::fixtures_dir() + "/moe/" + c.arch;
     const ModelConfig cfg = load_model_config(fixture + "/model");
-    LoraOptions o;
-    o.r = 4;
-    o.alpha = 8;
-    o.targets = c.targets;
-    const LoraLayout lay = make_lora_layout(cfg, o);
+    const LoraLayout lay = layout_of(cfg, c);
     const std::vector<float> p = random_adapter(lay, 5);
     const std::string adapter = cat(dir, "/", c.arch, "_", c.name);
     save_peft_adapter(adapter, lay, p, "");

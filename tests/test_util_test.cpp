@@ -118,6 +118,24 @@ TEST_F(LoraCompare, HalfOfOneSmallTensorFailsAndNamesIt) {
   EXPECT_NONFATAL_FAILURE(test::expect_lora_tensors_close(layout_, got, want_, 0.1, "grads"), "layers.1.o_proj.lora_B");
 }
 
+// A mixture-of-experts layout: each expert's A and B are tensors of their own, named by layer and expert.
+TEST(LoraCompareMoe, OneExpertsTensorIsComparedAlone) {
+  LoraOptions o;
+  o.r = 4;
+  o.alpha = 8;
+  o.targets = {"q_proj", "gate_proj", "up_proj", "down_proj"};
+  const LoraLayout layout =
+      make_lora_layout(load_model_config(test::fixtures_dir() + "/moe/qwen3_moe/model"), o);
+  const Vec want = test::random_floats(size_t(layout.total), 9);
+  Vec got = want;
+  const LoraSlot& down = layout.experts[2][1][1];  // layer 2 (sparse), expert 1, down_proj
+  ASSERT_TRUE(down.enabled);
+  got[size_t(down.b_offset)] += 1.f;
+  const test::TensorError worst = test::worst_tensor(test::lora_tensor_errors(layout, got, want));
+  EXPECT_EQ(worst.name, "layers.2.experts.1.down_proj.lora_B");
+  EXPECT_GT(worst.error, 0.5);
+}
+
 TEST_F(LoraCompare, EqualVectorsPassAndNanOrSizeMismatchFail) {
   EXPECT_EQ(test::worst_tensor(test::lora_tensor_errors(layout_, want_, want_)).error, 0.0);
   test::expect_lora_tensors_close(layout_, want_, want_, 0.0, "equal");

@@ -719,16 +719,21 @@ def emit(obj, path):
             f.write(line + "\n")
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def training_baseline_parser(doc, cpu_help):
+    """The flags every training baseline takes (this one and tools/unsloth_baseline.py)."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
     p.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", default="", help="also write the JSON object to this file")
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
-                   help="cpu exercises the script without a GPU (its figures mean nothing)")
-    p.add_argument("--print-data", action="store_true", help="print each step's documents, as build/bench does")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help=cpu_help)
     p.add_argument("--check-bench", metavar="BENCH", help="compare the documents with BENCH --print-data")
+    return p
+
+
+def parse_args():
+    p = training_baseline_parser(__doc__, "cpu exercises the script without a GPU (its figures mean nothing)")
+    p.add_argument("--print-data", action="store_true", help="print each step's documents, as build/bench does")
     tuned = p.add_argument_group("the tuned baseline (issue 15)")
     tuned.add_argument("--tuned", action="store_true",
                        help="no gradient checkpointing, packed micro-batches, the largest that fits, Liger")

@@ -25,7 +25,6 @@ Needs (beside torch with triton, transformers <= 5.17 and peft): unsloth, unslot
 trl <= 1.15, datasets < 5, tyro, cut_cross_entropy, msgspec and what they import (bash tools/baseline_wheels.sh install
 installs them from wheels). The device has no network: HF_HUB_OFFLINE=1 and Unsloth's statistics off.
 """
-import argparse
 import os
 import shutil
 import sys
@@ -114,14 +113,7 @@ def version_of(package):
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", required=True, choices=sorted(hb.PRESETS))
-    p.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--json", default="", help="also write the JSON object to this file")
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
-                   help="cpu runs Unsloth's CPU fallback (its figures mean nothing)")
-    p.add_argument("--check-bench", metavar="BENCH", help="compare the documents with BENCH --print-data")
+    p = hb.training_baseline_parser(__doc__, "cpu runs Unsloth's CPU fallback (its figures mean nothing)")
     p.add_argument("--model-dir", default="",
                    help="keep the random-weight model in this folder (reused when there; default: a temporary one)")
     p.add_argument("--micro-batch", type=int, default=0, help="documents per micro-batch (default: searched)")
