@@ -109,7 +109,8 @@ struct CudaModel::Impl {
   bool last_micro = true;
   PassOptions pass;          // of the forward in flight
   bool backward_ready = false;  // a training forward whose backward has not run
-  bool recomputing = false;     // the backward reruns a layer's forward (the MoE load-balancing sums count once)
+  bool recomputing = false;     // the backward reruns a layer's forward (the MoE load-balancing sums count once,
+                                // the dense MLP's down projection computes only its u)
 
   // kGenerate: the KV cache (L, B, context, KVH, D) ×2, each row's (slot, position) of the pass, the
   // lengths a decode step attends to, the decode attention's scratch, the last positions' hidden
@@ -403,7 +404,11 @@ struct CudaModel::Impl {
     bf16* a = act.at(l) + g0 * m.F;
     linear_forward_shared(l, {{kGate, g}, {kUp, up_rows}}, xn2.at(l) + r0 * m.C, rows, r0);
     swiglu_forward(a, g, up_rows, rows * m.F, stream);
-    linear_forward(l, kDown, a, tmp_c + r0 * m.C, rows, r0);
+    if (recomputing && u[kDown].base)  // the backward reads the down projection's u, never its output
+      lora_linear_input_product(*gemm_ctx, u[kDown].at(l) + r0 * lora.R, a, adapter(l, kDown, false), x_dropped,
+                                rows, m.F, stream);
+    else if (!recomputing)
+      linear_forward(l, kDown, a, tmp_c + r0 * m.C, rows, r0);
   }
 
   // Layer l from its input resid[l] (already written, or written here as prev_h + prev_out).

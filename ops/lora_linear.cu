@@ -33,6 +33,13 @@ const bf16* lora_input(const LoraDevice& lora, const bf16* x, bf16* x_dropped, i
   return x_dropped;
 }
 
+// u = xl·Aᵀ (the adapter is set and checked).
+void input_product(GemmContext& ctx, bf16* u, const bf16* x, const LoraDevice& lora, bf16* x_dropped, int64_t T,
+                   int in, cudaStream_t stream) {
+  const bf16* xl = lora_input(lora, x, x_dropped, T * in, stream);
+  gemm(ctx, u, xl, lora.A, T, lora.R, in, false, true, 1.f, 0.f, GemmOut::kBf16, stream);
+}
+
 }  // namespace
 
 void lora_linear_forward(GemmContext& ctx, bf16* y, bf16* u, const bf16* x, const bf16* W, const bf16* bias,
@@ -42,9 +49,15 @@ void lora_linear_forward(GemmContext& ctx, bf16* y, bf16* u, const bf16* x, cons
   gemm(ctx, y, x, W, T, out, in, false, true, 1.f, 0.f, GemmOut::kBf16, stream);  // y = x·Wᵀ
   if (bias != nullptr) bias_add(y, bias, T, out, stream);
   if (lora.A == nullptr) return;
-  const bf16* xl = lora_input(lora, x, x_dropped, T * in, stream);
-  gemm(ctx, u, xl, lora.A, T, lora.R, in, false, true, 1.f, 0.f, GemmOut::kBf16, stream);            // u = xl·Aᵀ
+  input_product(ctx, u, x, lora, x_dropped, T, in, stream);                                         // u = xl·Aᵀ
   gemm(ctx, y, u, lora.B, T, out, lora.R, false, true, lora.scale, 1.f, GemmOut::kBf16, stream);  // y += s·u·Bᵀ
+}
+
+void lora_linear_input_product(GemmContext& ctx, bf16* u, const bf16* x, const LoraDevice& lora, bf16* x_dropped,
+                               int64_t T, int in, cudaStream_t stream) {
+  check_shape("lora_linear_input_product", T, in, 1);
+  check_lora("lora_linear_input_product", lora, u, x_dropped);
+  if (lora.A != nullptr) input_product(ctx, u, x, lora, x_dropped, T, in, stream);
 }
 
 void lora_linear_backward(GemmContext& ctx, bf16* dx, bool accumulate, const bf16* dy, const bf16* x, const bf16* u,

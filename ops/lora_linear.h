@@ -54,6 +54,12 @@ struct LoraDevice {
 void lora_linear_forward(GemmContext& ctx, bf16* y, bf16* u, const bf16* x, const bf16* W, const bf16* bias,
                          const LoraDevice& lora, bf16* x_dropped, int64_t T, int in, int out, cudaStream_t stream);
 
+// u (T, R) = xl·Aᵀ alone, the bits lora_linear_forward writes: what a backward needs of a linear whose
+// output nothing reads (the MLP's down projection when recompute: full rebuilds a layer, whose output
+// the backward never uses). Without A nothing is done.
+void lora_linear_input_product(GemmContext& ctx, bf16* u, const bf16* x, const LoraDevice& lora, bf16* x_dropped,
+                               int64_t T, int in, cudaStream_t stream);
+
 // dx (T, in) = dy·W (+ dx when accumulate) + mask·(du·A); dB += scale·dyᵀ·u; dA += duᵀ·xl; du = scale·dy·B.
 // x and u are the forward's input and saved u. du: (T, R) scratch; x_dropped: (T, in) scratch when
 // dropout > 0 (holds xl, then du·A). Without A only dx is computed.

@@ -1108,6 +1108,27 @@ TEST(LoraLinear, WithoutAdapterIsTheBaseLinearBitForBit) {
   }
 }
 
+// The input product alone (recompute: full's down projection) writes the u of the whole forward, bit for
+// bit, dropout included (its mask is drawn again from the same seed and stream).
+TEST(LoraLinear, InputProductIsTheForwardsU) {
+  REQUIRE_GPU();
+  DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
+  GemmContext ctx(workspace.get(), kWorkspaceBytes);
+  for (const LoraShape& c : kLoraShapes)
+    for (float dropout : {0.f, 0.1f}) {
+      SCOPED_TRACE(lora_trace(c, dropout));
+      const LoraProblem p(c, dropout, 205 + c.T);
+      auto d_x = to_device_bf16(p.x), d_W = to_device_bf16(p.W), d_A = to_device_bf16(p.A), d_B = to_device_bf16(p.B);
+      DeviceBuffer<bf16> d_y(elems(c.T, c.out)), d_u(elems(c.T, c.R)), d_alone(elems(c.T, c.R)), d_xl(elems(c.T, c.in));
+      poison(d_alone);
+      const LoraDevice lora = p.device(d_A.get(), d_B.get(), nullptr, nullptr);
+      lora_linear_forward(ctx, d_y.get(), d_u.get(), d_x.get(), d_W.get(), nullptr, lora, d_xl.get(), c.T, c.in, c.out,
+                          kStream);
+      lora_linear_input_product(ctx, d_alone.get(), d_x.get(), lora, d_xl.get(), c.T, c.in, kStream);
+      expect_bitwise_equal(download(d_alone), download(d_u), "u = xl·Aᵀ");
+    }
+}
+
 // Missing buffers are refused before any launch, naming the buffer.
 TEST(LoraLinear, RejectsMissingBuffers) {
   REQUIRE_GPU();
