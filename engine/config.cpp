@@ -7,7 +7,8 @@
 //   data:   {path, synthetic, synthetic_docs, format, tokenizer, template, train_on, max_seq_len,
 //            max_prompt_len, overlong, on_bad_line, cache_dir, eval_path, eval_split}
 //   train:  {device, objective, token_budget, global_batch, steps, epochs, lr, schedule, warmup_steps,
-//            min_lr_ratio, weight_decay, beta1, beta2, eps, max_grad_norm, recompute, offload, seed, log_every,
+//            min_lr_ratio, weight_decay, beta1, beta2, eps, max_grad_norm, recompute, offload, mlp_tile, seed,
+//            log_every,
 //            divergence_check, divergence_window, divergence_factor, zero_grad_steps, eval_every,
 //            sample_every, sample_prompts, sample_max_new_tokens,
 //            early_stopping_patience}
@@ -184,6 +185,9 @@ std::vector<Field> fields_of(TrainConfig& c) {
       {"train", "max_grad_norm", &t.max_grad_norm, {0, 1e6, false, false, "0 disables clipping"}},
       {"train", "recompute", &t.recompute, kRecomputeNames},
       {"train", "offload", &t.offload, kOffloadNames},
+      {"train", "mlp_tile", &t.mlp_tile,
+       {0, kMaxTokens, false, false, "0 = auto: tiles of 16384 rows under recompute full when train.token_budget is "
+                                     "larger, else none"}},
       {"train", "seed", &t.seed, kSeed},
       {"train", "log_every", &t.log_every, {1, kMaxSteps}},
       {"train", "divergence_check", &t.divergence_check},
@@ -222,8 +226,8 @@ std::vector<Field> fields_of(TrainConfig& c) {
 
 // Keys a resumed run may change without output.on_change=accept, because the weights it trains do
 // not depend on them: how often it logs, saves, checks for divergence and what it exports; where
-// the data cache lives (the shards' content is checked on their own); the device and recompute
-// (the same arithmetic, in another place or order: a run moved between CPU and GPU resumes), and
+// the data cache lives (the shards' content is checked on their own); the device, recompute, offload and
+// mlp_tile (the same arithmetic, in another place or order: a run moved between CPU and GPU resumes), and
 // data.on_bad_line (a run that went through under "error" read no bad line, so "skip" reads the
 // same data; the other way round errors on the line). Evaluation only watches: data.eval_path,
 // train.eval_every and output.keep_best change what is measured and kept, never the weights of a
@@ -232,9 +236,9 @@ std::vector<Field> fields_of(TrainConfig& c) {
 // key changes what is trained.
 const std::set<std::string> kKeysThatDoNotChangeTraining = {
     "data.cache_dir",          "data.on_bad_line",        "data.eval_path",          "train.device",
-    "train.recompute",         "train.offload",           "train.log_every",         "train.divergence_check",
-    "train.divergence_window", "train.divergence_factor", "train.zero_grad_steps",   "train.eval_every",
-    "output.dir",
+    "train.recompute",         "train.offload",           "train.mlp_tile",          "train.log_every",
+    "train.divergence_check",  "train.divergence_window", "train.divergence_factor", "train.zero_grad_steps",
+    "train.eval_every",        "output.dir",
     "train.sample_every",      "train.sample_prompts",    "train.sample_max_new_tokens",
     "output.checkpoint_every", "output.keep_checkpoints", "output.export",           "output.gguf_type",
     "output.resume",           "output.on_change",        "output.keep_best",        "dpo.precompute_reference",
@@ -865,6 +869,18 @@ void check_offload(Checker& c, const TrainSection& t) {
               "keeps; set train.recompute: full (found ", recompute_name(t.recompute), ") or train.offload: none"));
 }
 
+// The MLP's tiles are whole pieces of its row-invariant sums (models/cuda_model.h kMlpRowChunk) and
+// exist only where recompute full rebuilds the MLP in backward.
+void check_mlp_tile(Checker& c, const TrainSection& t) {
+  if (t.mlp_tile == 0) return;
+  if (t.mlp_tile % 1024 != 0)
+    c.add(cat("train.mlp_tile (", t.mlp_tile, ") must be a multiple of ", kMlpRowChunk, " rows, or 0 (auto); try ",
+              std::max(kMlpRowChunk, t.mlp_tile / kMlpRowChunk * kMlpRowChunk)));
+  if (t.recompute != Recompute::kFull)
+    c.add(cat("train.mlp_tile ", t.mlp_tile, " needs train.recompute: full (found ", recompute_name(t.recompute),
+              "): the other policies keep every layer's MLP activations whole; set it to 0 or recompute to full"));
+}
+
 // Samples need prompts.
 void check_samples(Checker& c, const TrainConfig& cfg) {
   const TrainSection& t = cfg.train;
@@ -916,6 +932,7 @@ std::vector<std::string> problems_of(const TrainConfig& cfg,
   check_eval(c, cfg);
   check_samples(c, cfg);
   check_offload(c, cfg.train);
+  check_mlp_tile(c, cfg.train);
   check_objective(c, cfg);
   check_output(c, cfg.output);
   return c.lines;

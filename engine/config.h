@@ -73,6 +73,7 @@ struct TrainSection {
   float max_grad_norm = 1.f;     // 0 disables clipping
   Recompute recompute = Recompute::kSelective;
   Offload offload = Offload::kAuto;  // where recompute full keeps layer inputs on the GPU path (device/host)
+  int mlp_tile = 0;  // GPU, recompute full: rows of the MLP's sequence tiles (a multiple of 1024); 0 = auto
   int seed = 42;
   int log_every = 1;
   // Divergence checks (engine/divergence.h); a non-finite loss or gradient always stops a run.

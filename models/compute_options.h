@@ -29,4 +29,9 @@ enum class Offload { kAuto, kNone, kActivations };
 inline constexpr std::array<const char*, 3> kOffloadNames = {"auto", "none", "activations"};
 inline const char* offload_name(Offload o) { return kOffloadNames[size_t(o)]; }
 
+// Under recompute full the GPU may run the MLP in sequence tiles of train.mlp_tile rows (models/
+// cuda_model.h), a multiple of this many: the pieces in which the MLP's LoRA gradients sum over the
+// rows, so that every tile size gives the same bits (ops/gemm.h row invariance).
+inline constexpr int kMlpRowChunk = 1024;
+
 }  // namespace loom

@@ -68,6 +68,7 @@ struct CudaModel::Impl {
   DeviceAdapters adapters;
   std::unique_ptr<MoeLayers> moe;  // the sparse MLPs of a mixture-of-experts model, null for a dense one
   std::unique_ptr<GemmContext> gemm_ctx;
+  std::unique_ptr<GemmContext> tile_gemm;  // row-invariant, for the MLP in sequence tiles (opt.mlp_tile)
   cudaStream_t stream = nullptr;
   bool train_mode = true;
   bool generate_mode = false;
@@ -170,7 +171,15 @@ struct CudaModel::Impl {
       Tmax = std::max<int64_t>(Tmax, B);  // a decode step is B rows
       decode_splits = int(ceil_div(context, 64));  // the most attention_decode_splits gives
     }
-    mlp_tile = train_mode ? Tmax : std::min(Tmax, kForwardMlpTile);
+    LOOM_CHECK(o.mlp_tile >= 0 && o.mlp_tile % kMlpRowChunk == 0, "CudaModel: the MLP's tile (", o.mlp_tile,
+               " rows) must be a multiple of ", kMlpRowChunk);
+    LOOM_CHECK(o.mlp_tile == 0 || !train_mode || o.recompute == Recompute::kFull, "train.mlp_tile needs "
+               "train.recompute: full (found ", recompute_name(o.recompute), "): the other policies keep every "
+               "layer's MLP activations whole");
+    if (!train_mode)
+      mlp_tile = std::min(Tmax, kForwardMlpTile);
+    else
+      mlp_tile = o.mlp_tile > 0 ? std::min(Tmax, o.mlp_tile) : Tmax;
     if (cfg.is_moe())
       moe = std::make_unique<MoeLayers>(c, l,
                                         MoeOptions{o.quant, o.double_quant, train_mode, o.recompute, B > 0, Tmax});
@@ -227,10 +236,10 @@ struct CudaModel::Impl {
     add_layers("attention out", attn, T * HD, keep, "(T, H·D)");
     add_layers("attention lse", lse, T * m.H, keep, "(T, H)");
     add_layers("h (residual after attention)", h, T * C, keep, "(T, C)");
-    const std::string mlp_shape = train_mode ? "(T, F)" : "(tile, F)";
+    const std::string mlp_shape = mlp_rows < T ? "(tile, F)" : "(T, F)";
     add_layers("gate", gate, mlp_rows * F, keep, mlp_shape);
     add_layers("up", up, mlp_rows * F, keep, mlp_shape);
-    if (train_mode) add_layers("silu(gate)·up", act, T * F, keep_cheap, "(T, F)");  // scoring: alias_dead_buffers
+    if (train_mode) add_layers("silu(gate)·up", act, mlp_rows * F, keep_cheap, mlp_shape);  // scoring: aliased
     for (int t = 0; t < kNumTargets; ++t)
       if (lora.targeted[t])
         add_layers(std::string("LoRA x·Aᵀ ") + kLoraTargetNames[t], u[t], T * lora.R, keep, "(T, R)");
@@ -262,8 +271,10 @@ struct CudaModel::Impl {
     const ModelConfig& m = cfg;
     const size_t T = size_t(Tmax), C = m.C, F = dense_mlp_width(), HD = size_t(m.H) * m.D, KD = size_t(m.KVH) * m.D;
     if (weights.nf4()) add("scratch", "dequantized projection", &w_scratch, weights.largest_projection(), "(out, in) max");
+    const size_t mlp_rows = size_t(mlp_tile);
     if (train_mode && lora.dropout > 0)
-      add("scratch", "LoRA input after dropout", &x_dropped, T * std::max({C, F, HD}), "(T, in) max");
+      add("scratch", "LoRA input after dropout", &x_dropped, std::max(T * std::max(C, HD), mlp_rows * F),
+          "(T, in) max");
     add("scratch", "sublayer out", &tmp_c, T * C, "(T, C)");
     if (train_mode) {
       add("scratch", "d residual", &d_resid, T * C, "(T, C)");
@@ -273,7 +284,7 @@ struct CudaModel::Impl {
       add("scratch", "dk", &dk, T * KD, "(T, KVH·D)");
       add("scratch", "dv", &dv, T * KD, "(T, KVH·D)");
       add("scratch", "d attention out", &dattn, T * HD, "(T, H·D)");
-      add("scratch", "d silu(gate)·up", &dact, T * F, "(T, F)");
+      add("scratch", "d silu(gate)·up", &dact, mlp_rows * F, mlp_rows < T ? "(tile, F)" : "(T, F)");
       add("scratch", "LoRA du", &du, T * std::max(lora.R, 1), "(T, R)");
       add("scratch", "attention backward", &attn_scratch, size_t(attention_backward_scratch_floats(Tmax, m.H, m.D)),
           "(T, H, D+1)");
@@ -362,9 +373,10 @@ struct CudaModel::Impl {
     for (const auto& [t, y] : outputs) {
       auto [in, out] = projection_shape(cfg, t);
       bf16* ul = u[t].base ? u[t].at(l) + r0 * lora.R : nullptr;
-      const LoraDevice a = adapter(l, t, false);
+      const LoraDevice a = adapter_of_rows(l, t, false, r0);
       if (!gemv) {
-        lora_linear_forward(*gemm_ctx, y, ul, x, weight(l, t), weights.bias(l, t), a, x_dropped, rows, in, out, stream);
+        lora_linear_forward(gemm_for(t), y, ul, x, weight(l, t), weights.bias(l, t), a, x_dropped, rows, in, out,
+                            stream);
         continue;
       }
       GemvProjection& g = p[count++];
@@ -385,30 +397,69 @@ struct CudaModel::Impl {
            (!weights.nf4() || weights.nf4_projection(l, t).blocksize % 8 == 0);
   }
 
-  void linear_backward(int l, LoraTarget t, const bf16* dy, const bf16* x, bf16* dx, bool accumulate) {
+  // The backward of rows [r0, r0 + rows) of projection t (all T by default): dy, x and dx those rows'.
+  void linear_backward(int l, LoraTarget t, const bf16* dy, const bf16* x, bf16* dx, bool accumulate,
+                       int64_t rows = -1, int64_t r0 = 0) {
+    if (rows < 0) rows = T;
     auto [in, out] = projection_shape(cfg, t);
-    lora_linear_backward(*gemm_ctx, dx, accumulate, dy, x, u[t].base ? u[t].at(l) : nullptr, weight(l, t),
-                         adapter(l, t, true), du, x_dropped, T, in, out, stream);
+    lora_linear_backward(gemm_for(t), dx, accumulate, dy, x, u[t].base ? u[t].at(l) + r0 * lora.R : nullptr,
+                         weight(l, t), adapter_of_rows(l, t, true, r0), du, x_dropped, rows, in, out, stream);
+  }
+
+  // The adapter of rows r0.. of projection t: its dropout mask starts at their first element.
+  LoraDevice adapter_of_rows(int l, LoraTarget t, bool grads, int64_t r0) const {
+    LoraDevice a = adapter(l, t, grads);
+    a.dropout_first = uint64_t(r0) * uint64_t(projection_shape(cfg, t).first);
+    return a;
+  }
+
+  // The MLP's projections in sequence tiles run in the row-invariant context: any tile size, the same bits.
+  GemmContext& gemm_for(LoraTarget t) {
+    return tile_gemm && (t == kGate || t == kUp || t == kDown) ? *tile_gemm : *gemm_ctx;
   }
 
   AttentionShape attention_shape(int l) const {
     return {cu_seqlens, ndoc, cfg.H, cfg.KVH, cfg.D, cfg.window[l], 1.f / std::sqrt(float(cfg.D))};
   }
 
-  // gate, up, SwiGLU and down over rows [r0, r0 + rows): the down projection into tmp_c.
+  // gate, up, SwiGLU and down over rows [r0, r0 + rows) (a tile: gate, up and act hold mlp_tile rows
+  // from their start); the down projection into tmp_c, or, recomputing for a backward, only its u: the
+  // backward never reads the layer's output.
   void mlp_forward(int l, int64_t r0, int64_t rows) {
+    mlp_activation(l, r0, rows);
+    if (recomputing)
+      down_input_product(l, r0, rows);
+    else
+      linear_forward(l, kDown, act.at(l), tmp_c + r0 * cfg.C, rows, r0);
+  }
+
+  // gate, up and silu(gate)·up of rows [r0, r0 + rows), with the u of gate and up.
+  void mlp_activation(int l, int64_t r0, int64_t rows) {
     const ModelConfig& m = cfg;
-    const int64_t g0 = train_mode ? r0 : 0;  // scoring: gate/up/act hold one tile
-    bf16* g = gate.at(l) + g0 * m.F;
-    bf16* up_rows = up.at(l) + g0 * m.F;
-    bf16* a = act.at(l) + g0 * m.F;
-    linear_forward_shared(l, {{kGate, g}, {kUp, up_rows}}, xn2.at(l) + r0 * m.C, rows, r0);
-    swiglu_forward(a, g, up_rows, rows * m.F, stream);
-    if (recomputing && u[kDown].base)  // the backward reads the down projection's u, never its output
-      lora_linear_input_product(*gemm_ctx, u[kDown].at(l) + r0 * lora.R, a, adapter(l, kDown, false), x_dropped,
-                                rows, m.F, stream);
-    else if (!recomputing)
-      linear_forward(l, kDown, a, tmp_c + r0 * m.C, rows, r0);
+    linear_forward_shared(l, {{kGate, gate.at(l)}, {kUp, up.at(l)}}, xn2.at(l) + r0 * m.C, rows, r0);
+    swiglu_forward(act.at(l), gate.at(l), up.at(l), rows * m.F, stream);
+  }
+
+  // The down projection's u of rows [r0, r0 + rows) alone (its input in act).
+  void down_input_product(int l, int64_t r0, int64_t rows) {
+    if (!u[kDown].base) return;
+    lora_linear_input_product(gemm_for(kDown), u[kDown].at(l) + r0 * lora.R, act.at(l),
+                              adapter_of_rows(l, kDown, false, r0), x_dropped, rows, cfg.F, stream);
+  }
+
+  // The MLP's backward, a tile at a time (opt.mlp_tile): each tile's gate, up and act rebuilt from xn2,
+  // then its down, SwiGLU, gate and up backward; dxn's rows written, the LoRA gradients summed.
+  void mlp_backward_in_tiles(int l) {
+    const ModelConfig& m = cfg;
+    for (int64_t r0 = 0; r0 < T; r0 += mlp_tile) {
+      const int64_t rows = std::min(mlp_tile, T - r0);
+      mlp_activation(l, r0, rows);
+      down_input_product(l, r0, rows);
+      linear_backward(l, kDown, d_resid + r0 * m.C, act.at(l), dact, false, rows, r0);
+      swiglu_backward(gate.at(l), up.at(l), dact, gate.at(l), up.at(l), rows * m.F, stream);  // dgate, dup in place
+      linear_backward(l, kGate, gate.at(l), xn2.at(l) + r0 * m.C, dxn + r0 * m.C, false, rows, r0);
+      linear_backward(l, kUp, up.at(l), xn2.at(l) + r0 * m.C, dxn + r0 * m.C, true, rows, r0);
+    }
   }
 
   // Layer l from its input resid[l] (already written, or written here as prev_h + prev_out).
@@ -447,7 +498,7 @@ struct CudaModel::Impl {
     if (cfg.is_moe_layer(l))
       moe->forward(*gemm_ctx, l, xn2.at(l), tmp_c, T, expert_adapters(l, kExpertGateUp, false),
                    expert_adapters(l, kExpertDown, false), pass.train && !recomputing, stream);
-    else
+    else if (!(recomputing && tile_gemm))  // a tiled backward rebuilds each tile's MLP itself
       for (int64_t r0 = 0; r0 < T; r0 += mlp_tile) mlp_forward(l, r0, std::min(mlp_tile, T - r0));
     // the layer's output is h + tmp_c (added by the next norm)
   }
@@ -475,6 +526,8 @@ struct CudaModel::Impl {
     if (m.is_moe_layer(l)) {
       moe->backward(*gemm_ctx, l, d_resid, dxn, T, expert_adapters(l, kExpertGateUp, true),
                     expert_adapters(l, kExpertDown, true), stream);
+    } else if (tile_gemm) {
+      mlp_backward_in_tiles(l);
     } else {
       linear_backward(l, kDown, d_resid, act.at(l), dact, false);
       swiglu_backward(gate.at(l), up.at(l), dact, gate.at(l), up.at(l), T * m.F, stream);  // dgate, dup in place
@@ -748,6 +801,8 @@ void CudaModel::load(const WeightSource& src, const std::vector<float>& lora, co
   d.alias_dead_buffers();
   CUDA_CHECK(cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking));
   d.gemm_ctx = std::make_unique<GemmContext>(d.workspace, kGemmWorkspace);
+  if (d.opt.mlp_tile > 0 && d.train_mode)  // the same workspace: both run on the one stream
+    d.tile_gemm = std::make_unique<GemmContext>(d.workspace, kGemmWorkspace, kMlpRowChunk);
   for (int i = 0; i < 2; ++i) {
     CUDA_CHECK(cudaMallocHost(&d.host_inputs[i], size_t(4 * d.Tmax + 1) * 4));
     CUDA_CHECK(cudaMallocHost(&d.host_weights[i], size_t(d.Tmax) * 4));

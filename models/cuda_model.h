@@ -56,6 +56,11 @@ struct CudaModelOptions {
   bool double_quant = true;
   Recompute recompute = Recompute::kSelective;  // kTrain only
   Offload offload = Offload::kNone;             // kTrain with recompute full only; never kAuto (resolved)
+  // kTrain with recompute full: the MLP in sequence tiles of this many rows (a multiple of
+  // kMlpRowChunk) in forward and backward, so its (rows, F) buffers hold a tile, not the micro-batch;
+  // 0: the whole micro-batch at once. Any tile size gives the same bits (the MLP's GEMMs then run in a
+  // row-invariant GemmContext, ops/gemm.h); those bits differ from the untiled path's by rounding.
+  int64_t mlp_tile = 0;
   int64_t token_budget = 16384;                 // the largest micro-batch (T)
   bool print_plan = true;
   bool reference_adapter = false;  // plan a frozen reference adapter (DeviceAdapters::set_reference)

@@ -13,19 +13,20 @@ namespace {
 constexpr int kThreads = 256;
 
 template <bool kVec>
-__global__ void dropout_forward_kernel(bf16* y, const bf16* x, int64_t n, uint64_t seed, uint64_t stream, float p) {
+__global__ void dropout_forward_kernel(bf16* y, const bf16* x, int64_t n, uint64_t seed, uint64_t stream, float p,
+                                       uint64_t first) {
   const int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 8;
   if (i >= n) return;
   float v[8];
   load_bf16x8_upto<kVec>(v, x, i, n);
 #pragma unroll
-  for (int k = 0; k < 8; ++k) v[k] *= dropout_factor(seed, stream, uint64_t(i + k), p);
+  for (int k = 0; k < 8; ++k) v[k] *= dropout_factor(seed, stream, first + uint64_t(i + k), p);
   store_bf16x8_upto<kVec>(y, v, i, n);
 }
 
 template <bool kVec>
 __global__ void dropout_backward_kernel(bf16* dx, const bf16* dy, int64_t n, uint64_t seed, uint64_t stream,
-                                        float p) {
+                                        float p, uint64_t first) {
   const int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 8;
   if (i >= n) return;
   float acc[8], d[8];
@@ -33,7 +34,7 @@ __global__ void dropout_backward_kernel(bf16* dx, const bf16* dy, int64_t n, uin
   load_bf16x8_upto<kVec>(d, dy, i, n);
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
-    const float f = dropout_factor(seed, stream, uint64_t(i + k), p);
+    const float f = dropout_factor(seed, stream, first + uint64_t(i + k), p);
     acc[k] = __fadd_rn(acc[k], __fmul_rn(d[k], f));
   }
   store_bf16x8_upto<kVec>(dx, acc, i, n);
@@ -51,24 +52,25 @@ void check_args(const char* op, int64_t n, float p) {
 // ---------------------------------------------------------------------------------------------
 // kernel launchers
 
-void dropout_forward(bf16* y, const bf16* x, int64_t n, uint64_t seed, uint64_t stream, float p, cudaStream_t cs) {
+void dropout_forward(bf16* y, const bf16* x, int64_t n, uint64_t seed, uint64_t stream, float p, cudaStream_t cs,
+                     uint64_t first) {
   check_args("dropout_forward", n, p);
   if (n == 0) return;
   if (all_aligned_16({y, x}))
-    dropout_forward_kernel<true><<<blocks_for(n), kThreads, 0, cs>>>(y, x, n, seed, stream, p);
+    dropout_forward_kernel<true><<<blocks_for(n), kThreads, 0, cs>>>(y, x, n, seed, stream, p, first);
   else
-    dropout_forward_kernel<false><<<blocks_for(n), kThreads, 0, cs>>>(y, x, n, seed, stream, p);
+    dropout_forward_kernel<false><<<blocks_for(n), kThreads, 0, cs>>>(y, x, n, seed, stream, p, first);
   CUDA_CHECK(cudaGetLastError());
 }
 
 void dropout_backward(bf16* dx, const bf16* dy, int64_t n, uint64_t seed, uint64_t stream, float p,
-                      cudaStream_t cs) {
+                      cudaStream_t cs, uint64_t first) {
   check_args("dropout_backward", n, p);
   if (n == 0) return;
   if (all_aligned_16({dx, dy}))
-    dropout_backward_kernel<true><<<blocks_for(n), kThreads, 0, cs>>>(dx, dy, n, seed, stream, p);
+    dropout_backward_kernel<true><<<blocks_for(n), kThreads, 0, cs>>>(dx, dy, n, seed, stream, p, first);
   else
-    dropout_backward_kernel<false><<<blocks_for(n), kThreads, 0, cs>>>(dx, dy, n, seed, stream, p);
+    dropout_backward_kernel<false><<<blocks_for(n), kThreads, 0, cs>>>(dx, dy, n, seed, stream, p, first);
   CUDA_CHECK(cudaGetLastError());
 }
 

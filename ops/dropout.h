@@ -22,13 +22,16 @@ void dropout_forward_ref(float* y, const float* x, int64_t n, uint64_t seed, uin
 void dropout_backward_ref(float* dx, const float* dy, int64_t n, uint64_t seed, uint64_t stream, float p);
 }  // namespace loom
 
-// CUDA path (ops/dropout.cu): bf16 in and out, fp32 math, one rounding per output.
+// CUDA path (ops/dropout.cu): bf16 in and out, fp32 math, one rounding per output. Element i of the
+// arrays is element first + i of the mask: a piece of a longer array (the MLP's sequence tiles) draws
+// the mask the whole array would.
 #include "ops/cuda_common.h"
 
 namespace loom {
 // y (n) written; may alias x.
-void dropout_forward(bf16* y, const bf16* x, int64_t n, uint64_t seed, uint64_t stream, float p, cudaStream_t cs);
+void dropout_forward(bf16* y, const bf16* x, int64_t n, uint64_t seed, uint64_t stream, float p, cudaStream_t cs,
+                     uint64_t first = 0);
 // dx (n) accumulated: bf16(dx + dy · f), fp32 sum, one rounding.
 void dropout_backward(bf16* dx, const bf16* dy, int64_t n, uint64_t seed, uint64_t stream, float p,
-                      cudaStream_t cs);
+                      cudaStream_t cs, uint64_t first = 0);
 }  // namespace loom

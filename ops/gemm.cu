@@ -4,6 +4,8 @@
 // first operand and A as its second, each with its own transpose flag, and m = N, n = M.
 #include "ops/gemm.h"
 
+#include <algorithm>
+
 namespace loom {
 
 struct GemmContext::Plan {
@@ -44,7 +46,25 @@ void set_min_alignment(cublasLtMatmulPreference_t pref, cublasLtMatmulPreference
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value)));
 }
 
+// Row invariance (ops/gemm.h): one split-K-free algorithm for every M of an (N, K), the heuristic's
+// for M = row_chunk.
+bool row_invariant(const GemmContext& ctx, const GemmContext::Key& key) {
+  return ctx.row_chunk() > 0 && key[kTransA] == 0;
+}
+
+void set_algo_config(cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr, uint32_t value) {
+  CUBLAS_CHECK(cublasLtMatmulAlgoConfigSetAttribute(&algo, attr, &value, sizeof(value)));
+}
+
 void choose_algorithm(GemmContext& ctx, GemmContext::Plan& plan, const GemmContext::Key& key) {
+  const bool invariant = row_invariant(ctx, key);
+  // The heuristic sees the layouts of M = row_chunk rows; the plan keeps its own M's.
+  cublasLtMatrixLayout_t second = plan.second, out = plan.out;
+  if (invariant) {
+    const cudaDataType_t out_type = key[kOutType] == int64_t(GemmOut::kFp32) ? CUDA_R_32F : CUDA_R_16BF;
+    second = row_major_layout(CUDA_R_16BF, ctx.row_chunk(), key[kK], key[kLda]);
+    out = row_major_layout(out_type, ctx.row_chunk(), key[kN], key[kLdd]);
+  }
   cublasLtMatmulPreference_t pref = nullptr;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t workspace = ctx.workspace_bytes();
@@ -56,14 +76,27 @@ void choose_algorithm(GemmContext& ctx, GemmContext::Plan& plan, const GemmConte
   set_min_alignment(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key[kAlignD]);
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.handle(), plan.desc, plan.first, plan.second, plan.out, plan.out,
-                                              pref, 1, &result, &found));
+  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.handle(), plan.desc, plan.first, second, out, out, pref, 1,
+                                              &result, &found));
   cublasLtMatmulPreferenceDestroy(pref);
-  if (found == 0)
-    die(cat("gemm: cuBLASLt has no algorithm for M ", key[kM], ", N ", key[kN], ", K ", key[kK], ", ld ", key[kLda],
-            "/", key[kLdb], "/", key[kLdd], ", alignment ", key[kAlignA], "/", key[kAlignB], "/", key[kAlignD],
-            " bytes, workspace ", workspace, " bytes"));
+  if (invariant) cublasLtMatrixLayoutDestroy(second), cublasLtMatrixLayoutDestroy(out);
+  const auto shape = [&] {
+    return cat("M ", key[kM], ", N ", key[kN], ", K ", key[kK], ", ld ", key[kLda], "/", key[kLdb], "/", key[kLdd],
+               ", alignment ", key[kAlignA], "/", key[kAlignB], "/", key[kAlignD], " bytes, workspace ", workspace,
+               " bytes");
+  };
+  if (found == 0) die(cat("gemm: cuBLASLt has no algorithm for ", shape()));
   plan.algo = result.algo;
+  if (!invariant) return;
+  // Each output element summed by one CTA over all of K, in its own order: no split-K.
+  set_algo_config(plan.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 1);
+  set_algo_config(plan.algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, CUBLASLT_REDUCTION_SCHEME_NONE);
+  cublasLtMatmulHeuristicResult_t checked{};
+  if (cublasLtMatmulAlgoCheck(ctx.handle(), plan.desc, plan.first, plan.second, plan.out, plan.out, &plan.algo,
+                              &checked) != CUBLAS_STATUS_SUCCESS ||
+      checked.workspaceSize > workspace)
+    die(cat("gemm: the row-invariant algorithm (chosen for ", ctx.row_chunk(), " rows, without split-K) does not run ",
+            shape()));
 }
 
 std::unique_ptr<GemmContext::Plan> make_plan(GemmContext& ctx, const GemmContext::Key& key) {
@@ -89,8 +122,9 @@ std::unique_ptr<GemmContext::Plan> make_plan(GemmContext& ctx, const GemmContext
 
 }  // namespace
 
-GemmContext::GemmContext(void* workspace, size_t workspace_bytes)
-    : workspace_(workspace), workspace_bytes_(workspace_bytes) {
+GemmContext::GemmContext(void* workspace, size_t workspace_bytes, int64_t row_chunk)
+    : workspace_(workspace), workspace_bytes_(workspace_bytes), row_chunk_(row_chunk) {
+  LOOM_CHECK(row_chunk >= 0, "GemmContext: row_chunk must be >= 0 (found ", row_chunk, ")");
   CUBLAS_CHECK(cublasLtCreate(&handle_));
 }
 
@@ -115,8 +149,23 @@ void gemm(GemmContext& ctx, void* D, const bf16* A, const bf16* B, int64_t M, in
   LOOM_CHECK(lda >= (trans_a ? M : K) && ldb >= (trans_b ? K : N) && ldd >= N, "gemm: leading dimensions ", lda, "/",
              ldb, "/", ldd, " are shorter than the rows of A/B/D (", (trans_a ? M : K), "/", (trans_b ? K : N), "/", N,
              ")");
-  const GemmContext::Key key = {M, N, K, lda, ldb, ldd, trans_a, trans_b, int64_t(d_type),
-                                alignment_of(A), alignment_of(B), alignment_of(D)};
+  const int64_t chunk = ctx.row_chunk();
+  if (chunk > 0 && trans_a && K > chunk) {  // a sum over rows, in row_chunk pieces (ops/gemm.h)
+    LOOM_CHECK(d_type == GemmOut::kFp32, "gemm: a row-invariant sum over ", K, " rows in pieces of ", chunk,
+               " needs an fp32 D (a bf16 D would round each piece)");
+    for (int64_t k0 = 0; k0 < K; k0 += chunk)
+      gemm(ctx, D, A + k0 * lda, B + (trans_b ? k0 : k0 * ldb), M, N, std::min(chunk, K - k0), trans_a, trans_b, alpha,
+           k0 == 0 ? beta : 1.f, d_type, stream, {lda, ldb, ldd});
+    return;
+  }
+  GemmContext::Key key = {M, N, K, lda, ldb, ldd, trans_a, trans_b, int64_t(d_type),
+                          alignment_of(A), alignment_of(B), alignment_of(D)};
+  if (chunk > 0) {  // one algorithm wherever the rows (and the pieces of a sum over rows) start
+    LOOM_CHECK(key[kAlignA] >= 16 && key[kAlignB] >= 16 && key[kAlignD] >= 16,
+               "gemm: a row-invariant product needs 16-byte aligned A, B and D (found ", key[kAlignA], "/",
+               key[kAlignB], "/", key[kAlignD], " bytes)");
+    key[kAlignA] = key[kAlignB] = key[kAlignD] = 16;
+  }
   const GemmContext::Plan& plan = ctx.plan(key);
   CUBLAS_CHECK(cublasLtMatmul(ctx.handle(), plan.desc, &alpha, B, plan.first, A, plan.second, &beta, D, plan.out, D,
                               plan.out, &plan.algo, ctx.workspace(), ctx.workspace_bytes(), stream));

@@ -11,6 +11,18 @@
 //   dA += duᵀ·x        gemm(ctx, dA, du, x, R, in, N, true, false, 1, 1, GemmOut::kFp32, stream)
 // GemmContext owns the cuBLASLt handle and caches, per shape, the matmul descriptor, the matrix
 // layouts and the algorithm the heuristic chose, so a call in the step does no setup and no allocation.
+//
+// Row invariance (a context made with row_chunk > 0): for products over token rows that a caller
+// splits into pieces (the MLP's sequence tiles), so that the bits do not depend on the split:
+// - A untransposed (D's rows are A's rows: y = x·Wᵀ, dx = dy·W, u, du): every shape of one (N, K)
+//   runs the algorithm the heuristic picks for M = row_chunk, without split-K, for 16-byte aligned
+//   operands, so a row of D is the same whatever M and wherever the rows start;
+// - A transposed with K the rows (dB += s·dyᵀ·u, dA += duᵀ·x): the sum over rows is taken in pieces of
+//   row_chunk rows from the call's first, in order, each accumulated into D, so calls whose
+//   boundaries are multiples of row_chunk sum the same pieces in the same order as one call.
+// Its plans assume 16-byte alignment, whatever the pointers' (checked), so where a piece starts does
+// not change its algorithm.
+// The default context (row_chunk 0) lets the heuristic pick the fastest algorithm for each M.
 #pragma once
 #include <array>
 #include <cstddef>
@@ -34,7 +46,7 @@ class GemmContext {
  public:
   // workspace: a device buffer from the memory plan, kept for the context's life. cuBLASLt's
   // fastest Hopper kernels want 32 MiB (cuBLAS docs, cublasSetWorkspace); 0 bytes also works.
-  GemmContext(void* workspace, size_t workspace_bytes);
+  GemmContext(void* workspace, size_t workspace_bytes, int64_t row_chunk = 0);
   ~GemmContext();
   GemmContext(const GemmContext&) = delete;
   GemmContext& operator=(const GemmContext&) = delete;
@@ -47,11 +59,13 @@ class GemmContext {
   cublasLtHandle_t handle() const { return handle_; }
   void* workspace() const { return workspace_; }
   size_t workspace_bytes() const { return workspace_bytes_; }
+  int64_t row_chunk() const { return row_chunk_; }
 
  private:
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  int64_t row_chunk_ = 0;
   std::map<Key, std::unique_ptr<Plan>> plans_;
 };
 

@@ -29,7 +29,7 @@ void check_lora(const char* op, const LoraDevice& lora, const bf16* u, const bf1
 // The LoRA branch's input: x, or x after the dropout mask, written into x_dropped.
 const bf16* lora_input(const LoraDevice& lora, const bf16* x, bf16* x_dropped, int64_t n, cudaStream_t stream) {
   if (lora.dropout == 0.f) return x;
-  dropout_forward(x_dropped, x, n, lora.dropout_seed, lora.dropout_stream, lora.dropout, stream);
+  dropout_forward(x_dropped, x, n, lora.dropout_seed, lora.dropout_stream, lora.dropout, stream, lora.dropout_first);
   return x_dropped;
 }
 
@@ -80,7 +80,8 @@ void lora_linear_backward(GemmContext& ctx, bf16* dx, bool accumulate, const bf1
     return gemm(ctx, dx, du, lora.A, T, in, R, false, false, 1.f, 1.f, GemmOut::kBf16, stream);  // dx += du·A
   // dx += mask·(du·A): du·A into x_dropped (xl is no longer needed), then through dropout's backward.
   gemm(ctx, x_dropped, du, lora.A, T, in, R, false, false, 1.f, 0.f, GemmOut::kBf16, stream);
-  dropout_backward(dx, x_dropped, T * in, lora.dropout_seed, lora.dropout_stream, lora.dropout, stream);
+  dropout_backward(dx, x_dropped, T * in, lora.dropout_seed, lora.dropout_stream, lora.dropout, stream,
+                   lora.dropout_first);
 }
 
 }  // namespace loom

@@ -46,6 +46,7 @@ struct LoraDevice {
   float scale = 0.f;
   float dropout = 0.f;  // p of the LoRA input's dropout (ops/dropout.h); 0 = off (and always 0 when scoring)
   uint64_t dropout_seed = 0, dropout_stream = 0;  // the mask: ops/dropout.h dropout_forward(seed, stream, ...)
+  uint64_t dropout_first = 0;  // the mask's element of x's first: rows r0.. of a longer x start at r0·in
 };
 
 // y (T, out) = x·Wᵀ + bias + scale·(xl·Aᵀ)·Bᵀ, xl = dropout(x); u (T, R) = xl·Aᵀ written when A is set.

@@ -750,6 +750,24 @@ TEST(Config, OffloadNeedsRecomputeFull) {
   EXPECT_TRUE(training_changes(parse_config(kMinimal, "x.yaml", {"train.recompute=full"}), c).empty());
 }
 
+// train.mlp_tile: whole pieces of 1024 rows, and only where recompute full rebuilds the MLP; the tile
+// changes the order of sums, not what is trained (a resume may change it).
+TEST(Config, MlpTileIsAMultipleOf1024UnderRecomputeFull) {
+  EXPECT_NE(parse_error(kMinimal, {"train.mlp_tile=3000", "train.recompute=full"})
+                .find("train.mlp_tile (3000) must be a multiple of 1024 rows, or 0 (auto); try 2048"),
+            std::string::npos);
+  EXPECT_NE(parse_error(kMinimal, {"train.mlp_tile=512", "train.recompute=full"}).find("; try 1024"),
+            std::string::npos);
+  EXPECT_NE(parse_error(kMinimal, {"train.mlp_tile=4096"})
+                .find("train.mlp_tile 4096 needs train.recompute: full (found selective)"),
+            std::string::npos);
+  EXPECT_NE(parse_error(kMinimal, {"train.mlp_tile=-1024"}).find("train.mlp_tile"), std::string::npos);
+  const TrainConfig c = parse_config(kMinimal, "x.yaml", {"train.mlp_tile=8192", "train.recompute=full"});
+  EXPECT_EQ(c.train.mlp_tile, 8192);
+  EXPECT_EQ(parse_config(kMinimal, "x.yaml").train.mlp_tile, 0);  // auto
+  EXPECT_TRUE(training_changes(parse_config(kMinimal, "x.yaml", {"train.recompute=full"}), c).empty());
+}
+
 // Samples need prompts, on either device; the sampling keys change nothing that is trained.
 TEST(Config, SamplesNeedPrompts) {
   EXPECT_NE(parse_error(kMinimal, {"train.sample_every=10"})

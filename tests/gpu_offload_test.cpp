@@ -1,13 +1,19 @@
-// train.offload: activations (models/cuda_model.h) keeps each layer's input in pinned host memory
-// between the forward and the backward instead of on the device. Only where those inputs live
-// changes, so three AdamW steps must give the same losses, gradients and weights bit for bit as the
-// same run with the inputs on the device. The `tiny` preset has 4 layers and the device keeps 2
-// slots of inputs, so the backward of layers 0 and 1 reads inputs copied back from the host (a wrong
-// layer, slot or missing wait changes the bits), over micro-batches of different lengths. Also how
-// train.offload auto decides (no GPU needed).
+// The memory savers of recompute full (issue 14), each of which must change where or in what pieces
+// the work is done, not its result:
+// - train.offload: activations (models/cuda_model.h) keeps each layer's input in pinned host memory
+//   between the forward and the backward instead of on the device, so three AdamW steps must give the
+//   same losses, gradients and weights bit for bit as the same run with the inputs on the device. The
+//   `tiny` preset has 4 layers and the device keeps 2 slots of inputs, so the backward of layers 0 and
+//   1 reads inputs copied back from the host (a wrong layer, slot or missing wait changes the bits),
+//   over micro-batches of different lengths. Also how train.offload auto decides (no GPU needed).
+// - train.mlp_tile runs the MLP in sequence tiles: every tile size gives the same bits (row-invariant
+//   GEMMs, ops/gemm.h), with LoRA dropout on (its mask drawn at each tile's offset), and the tiled run
+//   follows the untiled one within rounding.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <vector>
 
@@ -44,28 +50,43 @@ struct ThreeSteps {
   std::vector<float> last_grads, weights;  // step 3's gradients, the weights after it
 };
 
-ThreeSteps train_three_steps(Offload offload) {
+// Micro-batches of documents of these lengths, packed in groups of `per_micro` documents.
+std::vector<MicroBatch> micro_batches(const std::vector<Document>& docs, const std::vector<size_t>& per_micro) {
+  std::vector<MicroBatch> micro;
+  size_t next = 0;
+  for (size_t n : per_micro) {
+    std::vector<const Document*> group;
+    for (size_t i = 0; i < n; ++i) group.push_back(&docs[next++]);
+    micro.push_back(pack_documents(group));
+  }
+  return micro;
+}
+
+// Three AdamW steps of the tiny preset (nf4, LoRA r8 on the seven projections, recompute full) over
+// `micro`, with the memory savers and dropout of `train`.
+ThreeSteps train_three_steps(const std::vector<MicroBatch>& micro, Offload offload, int mlp_tile = 0,
+                             float dropout = 0.f) {
   const ModelConfig cfg = preset_model_config("tiny");
   LoraOptions lo;
   lo.r = 8;
   lo.alpha = 16.f;
+  lo.dropout = dropout;
   lo.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
   const LoraLayout layout = make_lora_layout(cfg, lo);
   TrainConfig tc;
   tc.model.quant = Quant::kNf4;
   tc.train.recompute = Recompute::kFull;
   tc.train.offload = offload;
-  tc.train.token_budget = 256;
+  tc.train.mlp_tile = mlp_tile;
+  int64_t budget = 0, targets = 0;
+  for (const MicroBatch& mb : micro) budget = std::max(budget, mb.T()), targets += mb.n_targets();
+  tc.train.token_budget = int(budget);
   auto gpu = make_cuda_backend(cfg, WeightSource::random(cfg, 7), layout, lora_init(layout, 11), tc);
-  const std::vector<Document> docs = random_documents({200, 31, 17, 256, 5, 90}, cfg.V, 3);
-  const std::vector<MicroBatch> micro = {pack_documents({&docs[0], &docs[1], &docs[2]}),
-                                         pack_documents({&docs[3]}), pack_documents({&docs[4], &docs[5]})};
-  int64_t targets = 0;
-  for (const MicroBatch& mb : micro) targets += mb.n_targets();
   ThreeSteps run;
   for (int step = 1; step <= 3; ++step) {
     for (size_t i = 0; i < micro.size(); ++i)
-      gpu->forward_backward(micro[i], sft_token_weights(micro[i], targets), 0, i + 1 == micro.size());
+      gpu->forward_backward(micro[i], sft_token_weights(micro[i], targets), mix64(uint64_t(step) << 8 | i),
+                            i + 1 == micro.size());
     if (step == 3) run.last_grads = gpu->lora_grads();
     run.losses.push_back(gpu->end_step(1e-3f).loss_sum);
   }
@@ -73,15 +94,85 @@ ThreeSteps train_three_steps(Offload offload) {
   return run;
 }
 
+// Three micro-batches of 248, 256 and 95 tokens (the tiny preset's vocabulary).
+std::vector<MicroBatch> short_micro_batches() {
+  const std::vector<Document> docs = random_documents({200, 31, 17, 256, 5, 90}, preset_model_config("tiny").V, 3);
+  return micro_batches(docs, {3, 1, 2});
+}
+
+// Micro-batches of 3,000, 1,500 and 1,100 tokens: three, two and two tiles of 1,024 rows, the last ones
+// partial; documents across tile boundaries.
+std::vector<MicroBatch> long_micro_batches() {
+  const std::vector<Document> docs =
+      random_documents({1800, 700, 500, 1500, 1000, 100}, preset_model_config("tiny").V, 5);
+  return micro_batches(docs, {3, 1, 2});
+}
+
 TEST(GpuOffload, LayerInputsInHostMemoryGiveIdenticalSteps) {
   REQUIRE_GPU();
-  const ThreeSteps device = train_three_steps(Offload::kNone), host = train_three_steps(Offload::kActivations);
+  const std::vector<MicroBatch> micro = short_micro_batches();
+  const ThreeSteps device = train_three_steps(micro, Offload::kNone),
+                   host = train_three_steps(micro, Offload::kActivations);
   ASSERT_EQ(device.losses.size(), 3u);
   for (double loss : device.losses) ASSERT_TRUE(std::isfinite(loss));
   EXPECT_EQ(host.losses, device.losses);
   ASSERT_FALSE(device.last_grads.empty());
   EXPECT_EQ(host.last_grads, device.last_grads);
   EXPECT_EQ(host.weights, device.weights);
+}
+
+// Tiles of 1,024, 2,048 and 3,072 rows (one tile: the whole micro-batch) give the same steps bit for bit,
+// LoRA dropout on; tiles and offload together too.
+TEST(GpuMlpTile, EveryTileSizeGivesIdenticalSteps) {
+  REQUIRE_GPU();
+  const std::vector<MicroBatch> micro = long_micro_batches();
+  const ThreeSteps whole = train_three_steps(micro, Offload::kNone, 3072, 0.1f);
+  ASSERT_EQ(whole.losses.size(), 3u);
+  for (double loss : whole.losses) ASSERT_TRUE(std::isfinite(loss));
+  ASSERT_FALSE(whole.last_grads.empty());
+  for (int tile : {1024, 2048}) {
+    SCOPED_TRACE(cat("tile ", tile));
+    const ThreeSteps tiled = train_three_steps(micro, Offload::kNone, tile, 0.1f);
+    EXPECT_EQ(tiled.losses, whole.losses);
+    EXPECT_EQ(tiled.last_grads, whole.last_grads);
+    EXPECT_EQ(tiled.weights, whole.weights);
+  }
+  SCOPED_TRACE("tile 1024, inputs in host memory");
+  const ThreeSteps both = train_three_steps(micro, Offload::kActivations, 1024, 0.1f);
+  EXPECT_EQ(both.losses, whole.losses);
+  EXPECT_EQ(both.last_grads, whole.last_grads);
+}
+
+// ‖a − b‖ / ‖b‖ over the gradients.
+double relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    norm += double(b[i]) * b[i];
+  }
+  return std::sqrt(diff / norm);  // NaN when either holds a NaN: the EXPECT_LE below fails on it
+}
+
+// The tiled MLP computes what the untiled one does, up to rounding: the two differ only in the order
+// of bf16-rounded sums (the GEMMs' algorithms, the LoRA gradients summed in 1,024-row pieces), a few
+// roundings of u = 2^-8 each. Bound: 2% of the gradient's norm, losses 1e-3 relative. A wrong tile
+// offset, a missing term or a stale rebuilt activation moves whole rows and gives O(1) differences.
+TEST(GpuMlpTile, TiledStepsFollowTheUntiled) {
+  REQUIRE_GPU();
+  const std::vector<MicroBatch> micro = long_micro_batches();
+  for (float dropout : {0.f, 0.1f}) {
+    SCOPED_TRACE(cat("dropout ", dropout));
+    const ThreeSteps untiled = train_three_steps(micro, Offload::kNone, 0, dropout);
+    const ThreeSteps tiled = train_three_steps(micro, Offload::kNone, 1024, dropout);
+    ASSERT_EQ(tiled.losses.size(), untiled.losses.size());
+    for (size_t i = 0; i < untiled.losses.size(); ++i)
+      EXPECT_LE(std::fabs(tiled.losses[i] - untiled.losses[i]), 1e-3 * std::fabs(untiled.losses[i])) << "step " << i + 1;
+    const double rel = relative_difference(tiled.last_grads, untiled.last_grads);
+    std::printf("[dropout %.1f] tiled vs untiled, step 3 gradients: relative difference %.2e (bound 2e-2)\n",
+                dropout, rel);
+    EXPECT_LE(rel, 2e-2);
+  }
 }
 
 // The setting is refused where it cannot apply, naming the key to change.

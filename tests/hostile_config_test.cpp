@@ -66,6 +66,10 @@ const std::vector<NumericKey> kNumericKeys = {
     {"train.beta2", false, "in [0, 1)", "0.9999"},
     {"train.eps", false, "in (0, 1]", "1e-8"},
     {"train.max_grad_norm", false, "in [0, 1000000] (0 disables clipping)", "1000000"},
+    {"train.mlp_tile", true,
+     "in [0, 1048576] (0 = auto: tiles of 16384 rows under recompute full when train.token_budget is larger, else "
+     "none)",
+     "0"},
     {"train.seed", true, "in [0, 2147483647]", "0"},
     {"train.log_every", true, "in [1, 100000000]", "100000000"},
     {"train.divergence_window", true, "in [1, 100000]", "100000"},

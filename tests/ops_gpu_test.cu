@@ -509,6 +509,27 @@ TEST(Dropout, ForwardAndBackwardMatchReference) {
   }
 }
 
+// A piece of an array given its first element draws the whole array's mask there, bit for bit (the
+// MLP's sequence tiles), forward and backward; a piece without it draws the mask of element 0.
+TEST(Dropout, APieceDrawsTheWholeArraysMask) {
+  REQUIRE_GPU();
+  const int64_t n = 5000, first = 1737, piece = 2011;  // odd sizes: the unaligned path too
+  const float p = 0.2f;
+  const uint64_t seed = 99, stream = 7;
+  const std::vector<float> x = random_bf16(n, 84), dy = random_bf16(n, 85), dx0 = random_bf16(n, 86);
+  DeviceBuffer<bf16> d_x(n), d_y(n), d_piece(piece), d_dy(n), d_dx(n), d_dx_piece(piece);
+  upload(d_x.get(), x), upload(d_dy.get(), dy), upload(d_dx.get(), dx0);
+  upload(d_dx_piece.get(), std::vector<float>(dx0.begin() + first, dx0.begin() + first + piece));
+  dropout_forward(d_y.get(), d_x.get(), n, seed, stream, p, kStream);
+  dropout_forward(d_piece.get(), d_x.get() + first, piece, seed, stream, p, kStream, first);
+  dropout_backward(d_dx.get(), d_dy.get(), n, seed, stream, p, kStream);
+  dropout_backward(d_dx_piece.get(), d_dy.get() + first, piece, seed, stream, p, kStream, first);
+  expect_bitwise_equal(download(d_piece), download(d_y.get() + first, piece), "y of the piece");
+  expect_bitwise_equal(download(d_dx_piece), download(d_dx.get() + first, piece), "dx of the piece");
+  dropout_forward(d_piece.get(), d_x.get() + first, piece, seed, stream, p, kStream);
+  EXPECT_NE(download(d_piece), download(d_y.get() + first, piece)) << "first = 0 should draw another mask";
+}
+
 // ---------------------------------------------------------------------------------------------
 // NF4
 
@@ -820,10 +841,9 @@ std::vector<double> gemm_error_bound(const std::vector<float>& ab, const std::ve
   return bound;
 }
 
-TEST(Gemm, MatchesReferenceForEveryLayoutAndOutputType) {
-  REQUIRE_GPU();
-  DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
-  GemmContext ctx(workspace.get(), kWorkspaceBytes);
+// Every layout, output type and beta of ctx against matmul_ref. A row-invariant context sums over rows
+// in pieces only into an fp32 D (a bf16 D would round each piece: refused, RowInvariant tests it).
+void expect_gemm_matches_reference(GemmContext& ctx) {
   const GemmCase cases[] = {{1, 37, 24}, {37, 1000, 896}, {4099, 64, 24}, {129, 896, 4096}};
   const float alpha = 0.75f;
   for (const GemmCase& c : cases) {
@@ -835,6 +855,7 @@ TEST(Gemm, MatchesReferenceForEveryLayoutAndOutputType) {
         std::vector<float> ab(elems(c.M, c.N));
         matmul_ref(ab.data(), A.data(), B.data(), c.M, c.N, c.K, trans_a, trans_b, alpha, 0.f);
         for (GemmOut out : {GemmOut::kBf16, GemmOut::kFp32}) {
+          if (ctx.row_chunk() > 0 && trans_a && c.K > ctx.row_chunk() && out == GemmOut::kBf16) continue;
           for (float beta : {0.f, 1.f}) {
             const bool fp32 = out == GemmOut::kFp32;
             SCOPED_TRACE("M " + std::to_string(c.M) + ", N " + std::to_string(c.N) + ", K " + std::to_string(c.K) +
@@ -860,6 +881,76 @@ TEST(Gemm, MatchesReferenceForEveryLayoutAndOutputType) {
       }
     }
   }
+}
+
+TEST(Gemm, MatchesReferenceForEveryLayoutAndOutputType) {
+  REQUIRE_GPU();
+  DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
+  GemmContext ctx(workspace.get(), kWorkspaceBytes);
+  expect_gemm_matches_reference(ctx);
+  SCOPED_TRACE("row-invariant context, row_chunk 64");
+  GemmContext invariant(workspace.get(), kWorkspaceBytes, 64);
+  expect_gemm_matches_reference(invariant);
+}
+
+// A row-invariant context (ops/gemm.h): rows computed in pieces are the rows of one call, bit for bit,
+// wherever a piece starts; a sum over rows in pieces whose boundaries are multiples of row_chunk is the
+// one call's sum, bit for bit.
+TEST(Gemm, RowInvariantContextGivesTheSameBitsForAnySplitOfTheRows) {
+  REQUIRE_GPU();
+  DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
+  const int64_t chunk = 64, M = 300, N = 136, K = 200;
+  GemmContext ctx(workspace.get(), kWorkspaceBytes, chunk);
+  const std::vector<float> A = random_bf16(elems(M, K), 111), W = random_bf16(elems(N, K), 112);
+  auto d_A = to_device_bf16(A), d_W = to_device_bf16(W);
+  // D's rows in pieces against one call: y = x·Wᵀ (x (M, K), W (N, K)) and dx = y'·W (y' (M, N)).
+  const std::vector<float> Y = random_bf16(elems(M, N), 115);
+  auto d_Y = to_device_bf16(Y);
+  struct Product {
+    const char* what;
+    const bf16* rows;  // A, (M, inner)
+    int64_t inner, cols;
+    bool trans_b;
+  };
+  for (const Product& p : {Product{"x·Wᵀ", d_A.get(), K, N, true}, Product{"dy·W", d_Y.get(), N, K, false}}) {
+    for (GemmOut out : {GemmOut::kFp32, GemmOut::kBf16}) {
+      SCOPED_TRACE(std::string(p.what) + (out == GemmOut::kFp32 ? ", fp32 D" : ", bf16 D"));
+      const size_t bytes = out == GemmOut::kFp32 ? 4 : 2;
+      DeviceBuffer<uint8_t> whole(elems(M, p.cols) * bytes), pieces(elems(M, p.cols) * bytes);
+      gemm(ctx, whole.get(), p.rows, d_W.get(), M, p.cols, p.inner, false, p.trans_b, 1.f, 0.f, out, kStream);
+      CUDA_CHECK(cudaMemset(pieces.get(), 0xff, pieces.size()));
+      for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, 37}, {37, 64}, {64, 192}, {192, 300}})
+        gemm(ctx, pieces.get() + r0 * p.cols * bytes, p.rows + r0 * p.inner, d_W.get(), r1 - r0, p.cols, p.inner,
+             false, p.trans_b, 1.f, 0.f, out, kStream);
+      CUDA_CHECK(cudaStreamSynchronize(kStream));
+      std::vector<uint8_t> a(whole.size()), b(pieces.size());
+      CUDA_CHECK(cudaMemcpy(a.data(), whole.get(), a.size(), cudaMemcpyDeviceToHost));
+      CUDA_CHECK(cudaMemcpy(b.data(), pieces.get(), b.size(), cudaMemcpyDeviceToHost));
+      EXPECT_TRUE(a == b) << "rows in pieces differ from one call's";
+    }
+  }
+  // dA (R, K) += duᵀ·x over the M rows: one call, or pieces at multiples of the chunk, accumulated.
+  const int64_t R = 24;
+  const std::vector<float> du = random_bf16(elems(M, R), 113), D0 = random_floats(elems(R, K), 114, -1.f, 1.f);
+  auto d_du = to_device_bf16(du);
+  auto d_one = to_device(D0), d_split = to_device(D0), d_other = to_device(D0);
+  gemm(ctx, d_one.get(), d_du.get(), d_A.get(), R, K, M, true, false, 0.5f, 1.f, GemmOut::kFp32, kStream);
+  for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, 128}, {128, 300}})
+    gemm(ctx, d_split.get(), d_du.get() + r0 * R, d_A.get() + r0 * K, R, K, r1 - r0, true, false, 0.5f, 1.f,
+         GemmOut::kFp32, kStream);
+  for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, 64}, {64, 256}, {256, 300}})
+    gemm(ctx, d_other.get(), d_du.get() + r0 * R, d_A.get() + r0 * K, R, K, r1 - r0, true, false, 0.5f, 1.f,
+         GemmOut::kFp32, kStream);
+  expect_bitwise_equal(download(d_split), download(d_one), "sum over rows, pieces 128 + 172");
+  expect_bitwise_equal(download(d_other), download(d_one), "sum over rows, pieces 64 + 192 + 44");
+  // Refused: a sum in pieces into a bf16 D, and pointers the plans' 16-byte alignment does not hold for.
+  DeviceBuffer<bf16> d_bf16(elems(R, K));
+  expect_error([&] { gemm(ctx, d_bf16.get(), d_du.get(), d_A.get(), R, K, M, true, false, 1.f, 0.f, GemmOut::kBf16,
+                          kStream); },
+               "fp32 D");
+  expect_error([&] { gemm(ctx, d_bf16.get(), d_A.get() + 1, d_W.get(), 3, N, K - 8, false, true, 1.f, 0.f,
+                          GemmOut::kBf16, kStream, GemmLd{K, K, N}); },
+               "16-byte aligned");
 }
 
 TEST(Gemm, LeadingDimensionsAddressColumnSlices) {
