@@ -80,6 +80,9 @@ std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const We
 // fits there (and always without recompute full), else moves them to host memory when that fits
 // (plan_fits(offload) measures a plan; nothing is allocated); none and activations stay as asked.
 Offload choose_offload(Offload requested, Recompute recompute, const std::function<bool(Offload)>& plan_fits);
+// The MLP's sequence tile of a GPU run (CudaModelOptions::mlp_tile): train.mlp_tile, or for 0 (auto)
+// tiles of 16,384 rows under recompute full when the token budget is larger, else none (0).
+int64_t mlp_tile_of(const TrainSection& t);
 std::unique_ptr<TrainBackend> make_cpu_backend(const ModelConfig& cfg, ModelWeights weights, const LoraLayout& layout,
                                                std::vector<float> lora, const TrainSection& train);
 

@@ -20,10 +20,14 @@ namespace {
 // (F 14,336) whatever the document's length (issue 14).
 constexpr int64_t kAutoMlpTile = 16384;
 
+}  // namespace
+
 int64_t mlp_tile_of(const TrainSection& t) {
   if (t.mlp_tile > 0) return t.mlp_tile;
   return t.recompute == Recompute::kFull && t.token_budget > kAutoMlpTile ? kAutoMlpTile : 0;
 }
+
+namespace {
 
 CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode) {
   CudaModelOptions opt;

@@ -429,6 +429,7 @@ Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& 
   j["token_budget"] = token_budget;
   j["recompute"] = recompute_name(o.recompute);
   j["offload"] = offload_name(o.offload);
+  j["mlp_tile"] = mlp_tile_of(bench_train_section(o, token_budget));  // 0: the MLP untiled
   j["sequences_per_step"] = o.long_tokens > 0 ? 1 : kSequencesPerStep;
   if (o.long_tokens > 0) {
     j["long_tokens"] = o.long_tokens;
@@ -557,6 +558,7 @@ bool long_plan_fits(const BenchOptions& o, const ModelConfig& cfg, int64_t L) {
   mo.recompute = o.recompute;
   mo.offload = o.offload;
   mo.token_budget = L;
+  mo.mlp_tile = mlp_tile_of(bench_train_section(o, L));  // as the backend that trains it will
   mo.print_plan = false;
   CudaModel model(cfg, layout, mo);
   AdamW optimizer(bench_train_section(o, L), layout.total, model.plan());
