@@ -14,8 +14,9 @@
 namespace loom {
 namespace {
 
-// train.mlp_tile 0 (auto): under recompute full, micro-batches above this many tokens run the MLP in
-// tiles of it. At and below it the path of short documents is untouched; at 16,384 rows the MLP's GEMMs
+// train.mlp_tile 0 (auto): under recompute full, a token budget above this many tokens runs the MLP in
+// tiles of it (every micro-batch of the run, a shorter one as one tile, through the row-invariant GEMMs).
+// At and below it the path of short documents is untouched; at 16,384 rows the MLP's GEMMs
 // are as large as the sft-alpaca workload's, and its four (rows, F) buffers hold 1.75 GiB on llama-3.1-8b
 // (F 14,336) whatever the document's length (issue 14).
 constexpr int64_t kAutoMlpTile = 16384;

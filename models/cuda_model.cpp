@@ -414,8 +414,9 @@ struct CudaModel::Impl {
   }
 
   // The MLP's projections in sequence tiles run in the row-invariant context: any tile size, the same bits.
+  // Decode steps (sampling during training) need no such invariance: the fastest algorithm for their rows.
   GemmContext& gemm_for(LoraTarget t) {
-    return tile_gemm && (t == kGate || t == kUp || t == kDown) ? *tile_gemm : *gemm_ctx;
+    return tile_gemm && !decoding && (t == kGate || t == kUp || t == kDown) ? *tile_gemm : *gemm_ctx;
   }
 
   AttentionShape attention_shape(int l) const {

@@ -47,7 +47,7 @@ std::vector<Document> random_documents(const std::vector<int>& lengths, int voca
 
 struct ThreeSteps {
   std::vector<double> losses;             // per step
-  std::vector<float> last_grads, weights;  // step 3's gradients, the weights after it
+  std::vector<float> first_grads, last_grads, weights;  // steps 1's and 3's gradients, the weights after 3
 };
 
 // Micro-batches of documents of these lengths, packed in groups of `per_micro` documents.
@@ -87,6 +87,7 @@ ThreeSteps train_three_steps(const std::vector<MicroBatch>& micro, Offload offlo
     for (size_t i = 0; i < micro.size(); ++i)
       gpu->forward_backward(micro[i], sft_token_weights(micro[i], targets), mix64(uint64_t(step) << 8 | i),
                             i + 1 == micro.size());
+    if (step == 1) run.first_grads = gpu->lora_grads();
     if (step == 3) run.last_grads = gpu->lora_grads();
     run.losses.push_back(gpu->end_step(1e-3f).loss_sum);
   }
@@ -156,8 +157,11 @@ double relative_difference(const std::vector<float>& a, const std::vector<float>
 
 // The tiled MLP computes what the untiled one does, up to rounding: the two differ only in the order
 // of bf16-rounded sums (the GEMMs' algorithms, the LoRA gradients summed in 1,024-row pieces), a few
-// roundings of u = 2^-8 each. Bound: 2% of the gradient's norm, losses 1e-3 relative. A wrong tile
-// offset, a missing term or a stale rebuilt activation moves whole rows and gives O(1) differences.
+// roundings of u = 2^-8 each. Bound: 2% of step 1's gradient norm (measured on an H100, commit
+// 8ce01c8: 0.86% and 0.95% at step 3, dropout 0 and 0.1), losses 1e-3 relative. Step 1, not a later
+// step: AdamW's first update moves every element by about lr·sign(g), so a near-zero element whose
+// sign rounding flips moves B by a whole lr, which is not an error of the MLP. A wrong tile offset, a
+// missing term or a stale rebuilt activation moves whole rows and gives O(1) differences.
 TEST(GpuMlpTile, TiledStepsFollowTheUntiled) {
   REQUIRE_GPU();
   const std::vector<MicroBatch> micro = long_micro_batches();
@@ -168,8 +172,8 @@ TEST(GpuMlpTile, TiledStepsFollowTheUntiled) {
     ASSERT_EQ(tiled.losses.size(), untiled.losses.size());
     for (size_t i = 0; i < untiled.losses.size(); ++i)
       EXPECT_LE(std::fabs(tiled.losses[i] - untiled.losses[i]), 1e-3 * std::fabs(untiled.losses[i])) << "step " << i + 1;
-    const double rel = relative_difference(tiled.last_grads, untiled.last_grads);
-    std::printf("[dropout %.1f] tiled vs untiled, step 3 gradients: relative difference %.2e (bound 2e-2)\n",
+    const double rel = relative_difference(tiled.first_grads, untiled.first_grads);
+    std::printf("[dropout %.1f] tiled vs untiled, step 1 gradients: relative difference %.2e (bound 2e-2)\n",
                 dropout, rel);
     EXPECT_LE(rel, 2e-2);
   }

@@ -896,39 +896,47 @@ TEST(Gemm, MatchesReferenceForEveryLayoutAndOutputType) {
 // A row-invariant context (ops/gemm.h): rows computed in pieces are the rows of one call, bit for bit,
 // wherever a piece starts; a sum over rows in pieces whose boundaries are multiples of row_chunk is the
 // one call's sum, bit for bit.
+// The rows [r0, r1) of each piece computed by its own call into D, against one call over all M rows:
+// the same bytes. x (M, inner) · W, W (cols, inner) read transposed or (inner, cols) as stored.
+void expect_pieces_equal_one_call(GemmContext& ctx, int64_t M, int64_t inner, int64_t cols, bool trans_b,
+                                  const std::vector<std::pair<int64_t, int64_t>>& pieces, uint64_t seed) {
+  auto d_x = to_device_bf16(random_bf16(elems(M, inner), seed));
+  auto d_W = to_device_bf16(random_bf16(elems(cols, inner), seed + 1, -0.05f, 0.05f));
+  for (GemmOut out : {GemmOut::kFp32, GemmOut::kBf16}) {
+    SCOPED_TRACE(cat("M ", M, ", inner ", inner, ", cols ", cols, trans_b ? ", x·Wᵀ" : ", x·W",
+                     out == GemmOut::kFp32 ? ", fp32 D" : ", bf16 D"));
+    const size_t bytes = out == GemmOut::kFp32 ? 4 : 2;
+    DeviceBuffer<uint8_t> whole(elems(M, cols) * bytes), split(elems(M, cols) * bytes);
+    gemm(ctx, whole.get(), d_x.get(), d_W.get(), M, cols, inner, false, trans_b, 1.f, 0.f, out, kStream);
+    CUDA_CHECK(cudaMemset(split.get(), 0xff, split.size()));
+    for (auto [r0, r1] : pieces)
+      gemm(ctx, split.get() + r0 * cols * bytes, d_x.get() + r0 * inner, d_W.get(), r1 - r0, cols, inner, false,
+           trans_b, 1.f, 0.f, out, kStream);
+    CUDA_CHECK(cudaStreamSynchronize(kStream));
+    std::vector<uint8_t> a(whole.size()), b(split.size());
+    CUDA_CHECK(cudaMemcpy(a.data(), whole.get(), a.size(), cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(b.data(), split.get(), b.size(), cudaMemcpyDeviceToHost));
+    EXPECT_TRUE(a == b) << "rows in pieces differ from one call's";
+  }
+}
+
 TEST(Gemm, RowInvariantContextGivesTheSameBitsForAnySplitOfTheRows) {
   REQUIRE_GPU();
   DeviceBuffer<uint8_t> workspace(kWorkspaceBytes);
   const int64_t chunk = 64, M = 300, N = 136, K = 200;
   GemmContext ctx(workspace.get(), kWorkspaceBytes, chunk);
-  const std::vector<float> A = random_bf16(elems(M, K), 111), W = random_bf16(elems(N, K), 112);
-  auto d_A = to_device_bf16(A), d_W = to_device_bf16(W);
-  // D's rows in pieces against one call: y = x·Wᵀ (x (M, K), W (N, K)) and dx = y'·W (y' (M, N)).
-  const std::vector<float> Y = random_bf16(elems(M, N), 115);
-  auto d_Y = to_device_bf16(Y);
-  struct Product {
-    const char* what;
-    const bf16* rows;  // A, (M, inner)
-    int64_t inner, cols;
-    bool trans_b;
-  };
-  for (const Product& p : {Product{"x·Wᵀ", d_A.get(), K, N, true}, Product{"dy·W", d_Y.get(), N, K, false}}) {
-    for (GemmOut out : {GemmOut::kFp32, GemmOut::kBf16}) {
-      SCOPED_TRACE(std::string(p.what) + (out == GemmOut::kFp32 ? ", fp32 D" : ", bf16 D"));
-      const size_t bytes = out == GemmOut::kFp32 ? 4 : 2;
-      DeviceBuffer<uint8_t> whole(elems(M, p.cols) * bytes), pieces(elems(M, p.cols) * bytes);
-      gemm(ctx, whole.get(), p.rows, d_W.get(), M, p.cols, p.inner, false, p.trans_b, 1.f, 0.f, out, kStream);
-      CUDA_CHECK(cudaMemset(pieces.get(), 0xff, pieces.size()));
-      for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, 37}, {37, 64}, {64, 192}, {192, 300}})
-        gemm(ctx, pieces.get() + r0 * p.cols * bytes, p.rows + r0 * p.inner, d_W.get(), r1 - r0, p.cols, p.inner,
-             false, p.trans_b, 1.f, 0.f, out, kStream);
-      CUDA_CHECK(cudaStreamSynchronize(kStream));
-      std::vector<uint8_t> a(whole.size()), b(pieces.size());
-      CUDA_CHECK(cudaMemcpy(a.data(), whole.get(), a.size(), cudaMemcpyDeviceToHost));
-      CUDA_CHECK(cudaMemcpy(b.data(), pieces.get(), b.size(), cudaMemcpyDeviceToHost));
-      EXPECT_TRUE(a == b) << "rows in pieces differ from one call's";
-    }
-  }
+  // Awkward sizes, and a piece starting at row 37 (not a multiple of anything): y = x·Wᵀ and dx = dy·W.
+  const std::vector<std::pair<int64_t, int64_t>> awkward = {{0, 37}, {37, 64}, {64, 192}, {192, 300}};
+  expect_pieces_equal_one_call(ctx, M, K, N, true, awkward, 111);
+  expect_pieces_equal_one_call(ctx, M, N, K, false, awkward, 113);
+  // Model sizes, where a heuristic left to itself picks split-K or other algorithms for small M: a
+  // LoRA u (x·Aᵀ, R 16, in 4096), llama-3.1-8b's down projection (in 14336) and its dx (dy·W).
+  const std::vector<std::pair<int64_t, int64_t>> tiles = {{0, 1024}, {1024, 2048}, {2048, 2100}};
+  expect_pieces_equal_one_call(ctx, 2100, 4096, 16, true, tiles, 117);
+  expect_pieces_equal_one_call(ctx, 2100, 14336, 4096, true, tiles, 119);
+  expect_pieces_equal_one_call(ctx, 2100, 4096, 14336, false, tiles, 121);
+  const std::vector<float> A = random_bf16(elems(M, K), 111);
+  auto d_A = to_device_bf16(A);
   // dA (R, K) += duᵀ·x over the M rows: one call, or pieces at multiples of the chunk, accumulated.
   const int64_t R = 24;
   const std::vector<float> du = random_bf16(elems(M, R), 113), D0 = random_floats(elems(R, K), 114, -1.f, 1.f);
@@ -948,7 +956,7 @@ TEST(Gemm, RowInvariantContextGivesTheSameBitsForAnySplitOfTheRows) {
   expect_error([&] { gemm(ctx, d_bf16.get(), d_du.get(), d_A.get(), R, K, M, true, false, 1.f, 0.f, GemmOut::kBf16,
                           kStream); },
                "fp32 D");
-  expect_error([&] { gemm(ctx, d_bf16.get(), d_A.get() + 1, d_W.get(), 3, N, K - 8, false, true, 1.f, 0.f,
+  expect_error([&] { gemm(ctx, d_bf16.get(), d_A.get() + 1, d_A.get(), 3, N, K - 8, false, true, 1.f, 0.f,
                           GemmOut::kBf16, kStream, GemmLd{K, K, N}); },
                "16-byte aligned");
 }
