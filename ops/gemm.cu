@@ -5,8 +5,6 @@
 #include "ops/gemm.h"
 
 #include <algorithm>
-#include <string>
-#include <vector>
 
 namespace loom {
 
@@ -16,7 +14,6 @@ struct GemmContext::Plan {
   cublasLtMatrixLayout_t second = nullptr;  // cuBLASLt's B = our A
   cublasLtMatrixLayout_t out = nullptr;     // C = D
   cublasLtMatmulAlgo_t algo{};
-  size_t workspace = 0;  // bytes of the context's workspace the algorithm may use (0: row-invariant plans)
   ~Plan() {
     if (out) cublasLtMatrixLayoutDestroy(out);
     if (second) cublasLtMatrixLayoutDestroy(second);
@@ -49,12 +46,8 @@ void set_min_alignment(cublasLtMatmulPreference_t pref, cublasLtMatmulPreference
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value)));
 }
 
-// Row invariance (ops/gemm.h): one algorithm for every M of an (N, K), chosen by the heuristic for
-// M = kInvariantRows (a size of the long-context tiles it serves), forced to one CTA per output tile
-// over all of K (no split-K) and to no workspace (no kernel that fixes partial sums up in a buffer:
-// vLLM's batch-invariant cuBLASLt mode does the same), then checked for each M it runs.
-constexpr int64_t kInvariantRows = 16384;
-
+// Row invariance (ops/gemm.h): one split-K-free algorithm for every M of an (N, K), the heuristic's
+// for M = row_chunk.
 bool row_invariant(const GemmContext& ctx, const GemmContext::Key& key) {
   return ctx.row_chunk() > 0 && key[kTransA] == 0;
 }
@@ -63,80 +56,47 @@ void set_algo_config(cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttribu
   CUBLAS_CHECK(cublasLtMatmulAlgoConfigSetAttribute(&algo, attr, &value, sizeof(value)));
 }
 
-std::string shape_of(const GemmContext::Key& key, size_t workspace) {
-  return cat("M ", key[kM], ", N ", key[kN], ", K ", key[kK], ", ld ", key[kLda], "/", key[kLdb], "/", key[kLdd],
-             ", alignment ", key[kAlignA], "/", key[kAlignB], "/", key[kAlignD], " bytes, workspace ", workspace,
-             " bytes");
-}
-
-// Whether algo runs the plan's product with `second` and `out` as its M-dependent layouts, with no
-// more than `workspace` bytes.
-bool algo_runs(GemmContext& ctx, const GemmContext::Plan& plan, cublasLtMatrixLayout_t second,
-               cublasLtMatrixLayout_t out, const cublasLtMatmulAlgo_t& algo, size_t workspace) {
-  cublasLtMatmulHeuristicResult_t checked{};
-  return cublasLtMatmulAlgoCheck(ctx.handle(), plan.desc, plan.first, second, out, out, &algo, &checked) ==
-             CUBLAS_STATUS_SUCCESS &&
-         checked.workspaceSize <= workspace;
-}
-
-// A matrix layout destroyed with its scope.
-struct ScopedLayout {
-  cublasLtMatrixLayout_t layout;
-  ~ScopedLayout() { cublasLtMatrixLayoutDestroy(layout); }
-};
-
-// Up to `count` heuristic results for the plan's operands with `second`/`out` as the M-dependent layouts.
-std::vector<cublasLtMatmulHeuristicResult_t> heuristic(GemmContext& ctx, const GemmContext::Plan& plan,
-                                                       cublasLtMatrixLayout_t second, cublasLtMatrixLayout_t out,
-                                                       const GemmContext::Key& key, uint64_t workspace, int count) {
+void choose_algorithm(GemmContext& ctx, GemmContext::Plan& plan, const GemmContext::Key& key) {
+  const bool invariant = row_invariant(ctx, key);
+  // The heuristic sees the layouts of M = row_chunk rows; the plan keeps its own M's.
+  cublasLtMatrixLayout_t second = plan.second, out = plan.out;
+  if (invariant) {
+    const cudaDataType_t out_type = key[kOutType] == int64_t(GemmOut::kFp32) ? CUDA_R_32F : CUDA_R_16BF;
+    second = row_major_layout(CUDA_R_16BF, ctx.row_chunk(), key[kK], key[kLda]);
+    out = row_major_layout(out_type, ctx.row_chunk(), key[kN], key[kLdd]);
+  }
   cublasLtMatmulPreference_t pref = nullptr;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t workspace = ctx.workspace_bytes();
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
                                                     sizeof(workspace)));
   set_min_alignment(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key[kAlignB]);
   set_min_alignment(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key[kAlignA]);
   set_min_alignment(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key[kAlignD]);
   set_min_alignment(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key[kAlignD]);
-  std::vector<cublasLtMatmulHeuristicResult_t> results(count);
+  cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.handle(), plan.desc, plan.first, second, out, out, pref, count,
-                                              results.data(), &found));
+  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.handle(), plan.desc, plan.first, second, out, out, pref, 1,
+                                              &result, &found));
   cublasLtMatmulPreferenceDestroy(pref);
-  results.resize(found);
-  return results;
-}
-
-// The row-invariant algorithm of the key's (N, K, ...): the first of the heuristic's results for
-// kInvariantRows rows that still runs there without split-K and workspace.
-cublasLtMatmulAlgo_t invariant_algorithm(GemmContext& ctx, const GemmContext::Plan& plan, const GemmContext::Key& key) {
-  const cudaDataType_t out_type = key[kOutType] == int64_t(GemmOut::kFp32) ? CUDA_R_32F : CUDA_R_16BF;
-  const ScopedLayout second{row_major_layout(CUDA_R_16BF, kInvariantRows, key[kK], key[kLda])};
-  const ScopedLayout out{row_major_layout(out_type, kInvariantRows, key[kN], key[kLdd])};
-  for (const cublasLtMatmulHeuristicResult_t& r : heuristic(ctx, plan, second.layout, out.layout, key, 0, 8)) {
-    cublasLtMatmulAlgo_t algo = r.algo;
-    set_algo_config(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 1);
-    set_algo_config(algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, CUBLASLT_REDUCTION_SCHEME_NONE);
-    if (algo_runs(ctx, plan, second.layout, out.layout, algo, 0)) return algo;
-  }
-  die(cat("gemm: no row-invariant algorithm (no split-K, no workspace) for ", shape_of(key, 0)));
-}
-
-void choose_algorithm(GemmContext& ctx, GemmContext::Plan& plan, const GemmContext::Key& key) {
-  if (row_invariant(ctx, key)) {
-    GemmContext::Key any_m = key;
-    any_m[kM] = 0;
-    plan.algo = ctx.invariant_algorithm(any_m, [&] { return invariant_algorithm(ctx, plan, key); });
-    plan.workspace = 0;
-    if (!algo_runs(ctx, plan, plan.second, plan.out, plan.algo, 0))
-      die(cat("gemm: the row-invariant algorithm (chosen for ", kInvariantRows, " rows) does not run ",
-              shape_of(key, 0)));
-    return;
-  }
-  const std::vector<cublasLtMatmulHeuristicResult_t> results =
-      heuristic(ctx, plan, plan.second, plan.out, key, ctx.workspace_bytes(), 1);
-  if (results.empty()) die(cat("gemm: cuBLASLt has no algorithm for ", shape_of(key, ctx.workspace_bytes())));
-  plan.algo = results[0].algo;
-  plan.workspace = ctx.workspace_bytes();
+  if (invariant) cublasLtMatrixLayoutDestroy(second), cublasLtMatrixLayoutDestroy(out);
+  const auto shape = [&] {
+    return cat("M ", key[kM], ", N ", key[kN], ", K ", key[kK], ", ld ", key[kLda], "/", key[kLdb], "/", key[kLdd],
+               ", alignment ", key[kAlignA], "/", key[kAlignB], "/", key[kAlignD], " bytes, workspace ", workspace,
+               " bytes");
+  };
+  if (found == 0) die(cat("gemm: cuBLASLt has no algorithm for ", shape()));
+  plan.algo = result.algo;
+  if (!invariant) return;
+  // Each output element summed by one CTA over all of K, in its own order: no split-K.
+  set_algo_config(plan.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 1);
+  set_algo_config(plan.algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, CUBLASLT_REDUCTION_SCHEME_NONE);
+  cublasLtMatmulHeuristicResult_t checked{};
+  if (cublasLtMatmulAlgoCheck(ctx.handle(), plan.desc, plan.first, plan.second, plan.out, plan.out, &plan.algo,
+                              &checked) != CUBLAS_STATUS_SUCCESS ||
+      checked.workspaceSize > workspace)
+    die(cat("gemm: the row-invariant algorithm (chosen for ", ctx.row_chunk(), " rows, without split-K) does not run ",
+            shape()));
 }
 
 std::unique_ptr<GemmContext::Plan> make_plan(GemmContext& ctx, const GemmContext::Key& key) {
@@ -171,13 +131,6 @@ GemmContext::GemmContext(void* workspace, size_t workspace_bytes, int64_t row_ch
 GemmContext::~GemmContext() {
   plans_.clear();
   if (handle_) cublasLtDestroy(handle_);
-}
-
-const cublasLtMatmulAlgo_t& GemmContext::invariant_algorithm(const Key& any_m,
-                                                             const std::function<cublasLtMatmulAlgo_t()>& choose) {
-  auto it = invariant_algos_.find(any_m);
-  if (it == invariant_algos_.end()) it = invariant_algos_.emplace(any_m, choose()).first;
-  return it->second;
 }
 
 const GemmContext::Plan& GemmContext::plan(const Key& key) {
@@ -215,8 +168,7 @@ void gemm(GemmContext& ctx, void* D, const bf16* A, const bf16* B, int64_t M, in
   }
   const GemmContext::Plan& plan = ctx.plan(key);
   CUBLAS_CHECK(cublasLtMatmul(ctx.handle(), plan.desc, &alpha, B, plan.first, A, plan.second, &beta, D, plan.out, D,
-                              plan.out, &plan.algo, plan.workspace ? ctx.workspace() : nullptr, plan.workspace,
-                              stream));
+                              plan.out, &plan.algo, ctx.workspace(), ctx.workspace_bytes(), stream));
 }
 
 }  // namespace loom

@@ -15,8 +15,8 @@
 // Row invariance (a context made with row_chunk > 0): for products over token rows that a caller
 // splits into pieces (the MLP's sequence tiles), so that the bits do not depend on the split:
 // - A untransposed (D's rows are A's rows: y = x·Wᵀ, dx = dy·W, u, du): every shape of one (N, K)
-//   runs one algorithm, the heuristic's for 16,384 rows, without split-K or workspace, for 16-byte
-//   aligned operands, so a row of D is the same whatever M and wherever the rows start;
+//   runs the algorithm the heuristic picks for M = row_chunk, without split-K, for 16-byte aligned
+//   operands, so a row of D is the same whatever M and wherever the rows start;
 // - A transposed with K the rows (dB += s·dyᵀ·u, dA += duᵀ·x): the sum over rows is taken in pieces of
 //   row_chunk rows from the call's first, in order, each accumulated into D, so calls whose
 //   boundaries are multiples of row_chunk sum the same pieces in the same order as one call.
@@ -27,7 +27,6 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <memory>
 
@@ -57,8 +56,6 @@ class GemmContext {
   using Key = std::array<int64_t, 12>;
   // The cached plan for key, made (descriptor, layouts, heuristic) on first use.
   const Plan& plan(const Key& key);
-  // A row-invariant context's algorithm for every M of a key (any_m: the key with M = 0), chosen once.
-  const cublasLtMatmulAlgo_t& invariant_algorithm(const Key& any_m, const std::function<cublasLtMatmulAlgo_t()>& choose);
   cublasLtHandle_t handle() const { return handle_; }
   void* workspace() const { return workspace_; }
   size_t workspace_bytes() const { return workspace_bytes_; }
@@ -70,7 +67,6 @@ class GemmContext {
   size_t workspace_bytes_ = 0;
   int64_t row_chunk_ = 0;
   std::map<Key, std::unique_ptr<Plan>> plans_;
-  std::map<Key, cublasLtMatmulAlgo_t> invariant_algos_;
 };
 
 // D (M, N) written (beta = 0) or accumulated into (beta != 0). Every pointer on the device; the
