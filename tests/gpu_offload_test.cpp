@@ -157,8 +157,10 @@ double relative_difference(const std::vector<float>& a, const std::vector<float>
 
 // The tiled MLP computes what the untiled one does, up to rounding: the two differ only in the order
 // of bf16-rounded sums (the GEMMs' algorithms, the LoRA gradients summed in 1,024-row pieces), a few
-// roundings of u = 2^-8 each. Bound: 2% of step 1's gradient norm (measured on an H100, commit
-// 8ce01c8: 0.86% and 0.95% at step 3, dropout 0 and 0.1), losses 1e-3 relative. Step 1, not a later
+// roundings of u = 2^-8 each. Bound: 2% of step 1's gradient norm (measured on an H100: 0.86% and
+// 0.95% at step 3, dropout 0 and 0.1, commit 8ce01c8; 0.21% and 5e-7 at step 1 under commit e8e58b4's
+// GEMM variant), losses 1e-3 relative. Dropping the tiles' dropout offsets made the tile sizes
+// disagree (EveryTileSizeGivesIdenticalSteps failed on losses, gradients and weights). Step 1, not a later
 // step: AdamW's first update moves every element by about lr·sign(g), so a near-zero element whose
 // sign rounding flips moves B by a whole lr, which is not an error of the MLP. A wrong tile offset, a
 // missing term or a stale rebuilt activation moves whole rows and gives O(1) differences.
