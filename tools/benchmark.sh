@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make benchmark: BENCHMARK.md's sft-alpaca workload on GPU 0, engine beside the Hugging Face baseline.
 #   make benchmark                                   (make builds build/bench first; this script builds nothing)
-#   BENCH_PRESETS="qwen3-0.6b llama-3.2-1b llama-3.1-8b qwen3-8b" make benchmark
+#   BENCH_PRESETS="qwen3-0.6b llama-3.1-8b" make benchmark
 # For each preset: build/bench in nf4 and bf16 at the engine's default settings, plus nf4 with
 # --recompute full for the 7-8B presets; then, when python3 imports torch, transformers and peft,
 # tools/hf_baseline.py on the same documents (checked against build/bench --print-data first), then
@@ -20,10 +20,10 @@
 # (tools/hf_generate_baseline.py, bf16, sdpa, the faster of its dynamic and compiled static caches).
 # Prints a table with the ratios engine / baseline (tokens/s or pairs/s, and peak memory) and the
 # targets of BENCHMARK.md and the issues, the device, the date and the commit. Every JSON line goes to BENCH_OUT.
-# Environment: BENCH_OUT (default build/bench.jsonl, rewritten), BENCH_PRESETS (default
-# "qwen3-0.6b llama-3.1-8b"; set but empty: none), BENCH_MOE_PRESETS (default "qwen3-30b-a3b"; set but
-# empty: none; mixtral-8x7b's bf16 baseline needs an H200), BENCH_DPO_PRESETS (default "llama-3.1-8b"; set
-# but empty: none), BENCH_DECODE_PRESETS (default "qwen3-0.6b llama-3.1-8b"; set but empty: none),
+# Environment: BENCH_OUT (default build/bench.jsonl, rewritten), BENCH_PRESETS (default issue 15's five:
+# "qwen3-0.6b llama-3.2-1b mistral-7b llama-3.1-8b qwen3-8b"; set but empty: none), BENCH_MOE_PRESETS
+# (default "qwen3-30b-a3b"; set but empty: none; mixtral-8x7b's bf16 baseline needs an H200),
+# BENCH_DPO_PRESETS (default "llama-3.1-8b"; set but empty: none), BENCH_DECODE_PRESETS (default "qwen3-0.6b llama-3.1-8b"; set but empty: none),
 # BENCH_LONG_PRESETS (default "llama-3.1-8b") and BENCH_LONG_LENGTHS (default "32768 131072"): one
 # document of L tokens per step (build/bench --long L, nf4, recompute full; issue 14),
 # BENCH_STEPS (timed steps, default 5), BENCH_BASELINE=0 skips the baselines, BENCH_TUNED=0 the tuned HF
@@ -34,7 +34,7 @@ cd "$(dirname "$0")/.."
 
 BUILD=${BUILD:-build}
 OUT=${BENCH_OUT:-$BUILD/bench.jsonl}
-PRESETS=${BENCH_PRESETS-"qwen3-0.6b llama-3.1-8b"}
+PRESETS=${BENCH_PRESETS-"qwen3-0.6b llama-3.2-1b mistral-7b llama-3.1-8b qwen3-8b"}
 MOE_PRESETS=${BENCH_MOE_PRESETS-"qwen3-30b-a3b"}
 DPO_PRESETS=${BENCH_DPO_PRESETS-"llama-3.1-8b"}
 DECODE_PRESETS=${BENCH_DECODE_PRESETS-"qwen3-0.6b llama-3.1-8b"}
