@@ -5,7 +5,7 @@
 namespace loom {
 namespace {
 
-constexpr int kWarpsPerBlock = 8;  // 256 threads: one builds each entry of a byte table
+constexpr int kWarpsPerBlock = 8;  // 256 threads
 
 struct GemvBatch {
   GemvProjection p[kLoraGemvMaxProjections];
@@ -61,10 +61,10 @@ struct Codes {
   }
 };
 
-// This lane's share of Σ_k x[t][k]·w[n][k] over NF4 row n (byte_values: a byte's two code values):
-// chunks of 8·kWords weights, each chunk's partial sum times its block's scale.
+// This lane's share of Σ_k x[t][k]·w[n][k] over NF4 row n (code_values: the 16 code values in shared
+// memory): chunks of 8·kWords weights, each chunk's partial sum times its block's scale.
 template <int kRows, int kWords>
-__device__ __forceinline__ void dot_nf4(float (&acc)[kRows], const Nf4Device& w, const float2* byte_values, int n,
+__device__ __forceinline__ void dot_nf4(float (&acc)[kRows], const Nf4Device& w, const float* code_values, int n,
                                         const bf16* x, int K, int lane) {
   constexpr int kChunk = 8 * kWords, kStep = 32 * kChunk;
   const int64_t row = int64_t(n) * K;
@@ -84,7 +84,8 @@ __device__ __forceinline__ void dot_nf4(float (&acc)[kRows], const Nf4Device& w,
     for (int j = 0; j < kWords; ++j) {  // word j: weights k + 8j .. k + 8j + 7; byte i holds 2i (high) and 2i + 1
       float2 v[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) v[i] = byte_values[(codes.word[j] >> (8 * i)) & 0xFFu];
+      for (int i = 0; i < 4; ++i)
+        v[i] = make_float2(code_values[(codes.word[j] >> (8 * i + 4)) & 0xFu], code_values[(codes.word[j] >> (8 * i)) & 0xFu]);
 #pragma unroll
       for (int t = 0; t < kRows; ++t) {
         const uint4 packed = __ldg(reinterpret_cast<const uint4*>(x + int64_t(t) * K + k + 8 * j));
@@ -132,11 +133,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_u_kernel(const GemvB
 // NF4 chunk's words.
 template <int kRows, int kWords>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_gemv_kernel(const GemvBatch b, const bf16* x, int K) {
-  __shared__ float2 byte_values[kWords ? kLoraGemvMaxProjections : 1][256];  // (high nibble, low nibble)
+  // 16 floats a projection, in 16 banks: a warp's lookups never conflict (a 256-entry table of a byte's two
+  // values, one lookup per two weights, conflicted ~3.5-way and bound the kernel: tools/perf_notes.md).
+  __shared__ float code_values[kWords ? kLoraGemvMaxProjections : 1][16];
   if constexpr (kWords > 0) {
-    for (int p = 0; p < b.count; ++p)
-      byte_values[p][threadIdx.x] =
-          make_float2(b.p[p].nf4.quant_map[threadIdx.x >> 4], b.p[p].nf4.quant_map[threadIdx.x & 15]);
+    const int p = threadIdx.x / 16, code = threadIdx.x % 16;
+    if (p < b.count) code_values[p][code] = b.p[p].nf4.quant_map[code];
     __syncthreads();
   }
   const int lane = threadIdx.x % 32;
@@ -146,7 +148,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_gemv_kernel(const Ge
   const GemvProjection& q = b.p[p];
   float acc[kRows] = {};
   if constexpr (kWords > 0)
-    dot_nf4<kRows, kWords>(acc, q.nf4, byte_values[p], n, x, K, lane);
+    dot_nf4<kRows, kWords>(acc, q.nf4, code_values[p], n, x, K, lane);
   else
     dot_bf16<kRows>(acc, q.W + int64_t(n) * K, x, K, lane);
   if (q.A)  // lane j: s·u[t][j]·B[n][j]

@@ -14,16 +14,16 @@
 // applied once per chunk of 8 or 32 weights of one block: rounding each weight to bf16 as the GEMM
 // path does would cost ~3 instructions a weight, and at the copy bandwidth (~6e12 weights/s from
 // 0.5-byte codes on an H100) ~4.5 instructions per weight need about the GPU's whole issue rate
-// (132 SMs × 4 schedulers × 32 lanes × 1.75 GHz ≈ 3e13/s); this leaves ~1.5 (a table load per two
-// weights, an FMA each).
+// (132 SMs × 4 schedulers × 32 lanes × 1.75 GHz ≈ 3e13/s); this leaves ~3 (a nibble's extraction,
+// its table load and an FMA).
 // What differs from lora_linear_forward (the GEMM path): one rounding of y instead of three (x·Wᵀ,
 // + b, + s·u·Bᵀ each rounded to bf16), and NF4 weights unrounded.
 //
 // CUDA (ops/lora_gemv.cu): one warp per output row (of A_p for u, of w_p for y) over the projections'
 // rows end to end; a lane takes 8 bf16 weights (16 bytes) or 32 NF4 weights (16 bytes of codes; 8
 // weights and 4 bytes when K or a blocksize is not a multiple of 32) at a time and loads the next
-// chunk before multiplying the current one; NF4 bytes are looked up in a 256-entry shared table of
-// their two code values; lane j adds the adapter term of rank j and lane 0 the bias before the warp
+// chunk before multiplying the current one; each NF4 code is looked up in a 16-entry shared table (16
+// banks: a warp's lookups never conflict); lane j adds the adapter term of rank j and lane 0 the bias before the warp
 // sums its lanes. x, u and B are read through the read-only cache (a few KB, shared by every warp).
 #pragma once
 #include <cstdint>
