@@ -14,8 +14,9 @@
 // applied once per chunk of 8 or 32 weights of one block: rounding each weight to bf16 as the GEMM
 // path does would cost ~3 instructions a weight, and at the copy bandwidth (~6e12 weights/s from
 // 0.5-byte codes on an H100) ~4.5 instructions per weight need about the GPU's whole issue rate
-// (132 SMs × 4 schedulers × 32 lanes × 1.75 GHz ≈ 3e13/s); this leaves ~3 (a nibble's extraction,
-// its table load and an FMA).
+// (132 SMs × 4 schedulers × 32 lanes × 1.75 GHz ≈ 3e13/s); this leaves ~5 (a nibble's extraction,
+// ~2 on Hopper, its table load, an FMA, x's conversion), at the edge of that budget: the table load
+// conflict-free is worth it (tools/perf_notes.md).
 // What differs from lora_linear_forward (the GEMM path): one rounding of y instead of three (x·Wᵀ,
 // + b, + s·u·Bᵀ each rounded to bf16), and NF4 weights unrounded.
 //
