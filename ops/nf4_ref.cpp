@@ -135,11 +135,16 @@ std::array<float, 15> nf4_midpoints() {
   return mid;
 }
 
+const std::array<float, 15> kNf4Midpoints = nf4_midpoints();
+
+// The number of midpoints below `scaled` (they ascend): the code torch.bucketize finds, by a
+// branchless binary search over the 15 midpoints (a NaN compares false everywhere: code 0). A linear
+// search loop made quantizing ~15 ns a weight (its exit mispredicted on random weights), the bulk of
+// loading a bf16 checkpoint as NF4.
 uint8_t nf4_code(float scaled) {
-  static const std::array<float, 15> mid = nf4_midpoints();
-  uint8_t code = 0;
-  while (code < 15 && mid[code] < scaled) ++code;
-  return code;
+  int code = 0;
+  for (int step = 8; step > 0; step /= 2) code += kNf4Midpoints[size_t(code + step - 1)] < scaled ? step : 0;
+  return uint8_t(code);
 }
 
 float clamp_unit(float s) { return std::min(1.0f, std::max(-1.0f, s)); }
