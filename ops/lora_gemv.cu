@@ -84,8 +84,9 @@ __device__ __forceinline__ void dot_nf4(float (&acc)[kRows], const Nf4Device& w,
     for (int j = 0; j < kWords; ++j) {  // word j: weights k + 8j .. k + 8j + 7; byte i holds 2i (high) and 2i + 1
       float2 v[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-        v[i] = make_float2(code_values[(codes.word[j] >> (8 * i + 4)) & 0xFu], code_values[(codes.word[j] >> (8 * i)) & 0xFu]);
+      for (int i = 0; i < 4; ++i)  // byte i: its high nibble is weight 2i, its low nibble 2i + 1
+        v[i] = make_float2(code_values[(codes.word[j] >> (8 * i + 4)) & 0xFu],
+                           code_values[(codes.word[j] >> (8 * i)) & 0xFu]);
 #pragma unroll
       for (int t = 0; t < kRows; ++t) {
         const uint4 packed = __ldg(reinterpret_cast<const uint4*>(x + int64_t(t) * K + k + 8 * j));

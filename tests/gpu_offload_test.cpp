@@ -173,7 +173,8 @@ TEST(GpuMlpTile, TiledStepsFollowTheUntiled) {
     const ThreeSteps tiled = train_three_steps(micro, Offload::kNone, 1024, dropout);
     ASSERT_EQ(tiled.losses.size(), untiled.losses.size());
     for (size_t i = 0; i < untiled.losses.size(); ++i)
-      EXPECT_LE(std::fabs(tiled.losses[i] - untiled.losses[i]), 1e-3 * std::fabs(untiled.losses[i])) << "step " << i + 1;
+      EXPECT_LE(std::fabs(tiled.losses[i] - untiled.losses[i]), 1e-3 * std::fabs(untiled.losses[i]))
+          << "step " << i + 1;
     const double rel = relative_difference(tiled.first_grads, untiled.first_grads);
     std::printf("[dropout %.1f] tiled vs untiled, step 1 gradients: relative difference %.2e (bound 2e-2)\n",
                 dropout, rel);
