@@ -43,9 +43,6 @@ constexpr int64_t kForwardMlpTile = 2048;
 // Host memory train.offload leaves to the rest of the process (the data, pinned staging, the runtime).
 constexpr size_t kHostReserve = size_t(4) << 30;
 
-// GiB to two decimals, for messages.
-double gib(size_t bytes) { return std::round(double(bytes) / double(size_t(1) << 30) * 100) / 100; }
-
 // MemAvailable of /proc/meminfo: what the host can give without swapping.
 size_t host_available_bytes() {
   std::ifstream meminfo("/proc/meminfo");
@@ -139,13 +136,14 @@ struct CudaModel::Impl {
   std::map<std::pair<bool, int64_t>, cudaGraphExec_t> decode_graphs;
 
   // train.offload: activations. resid holds kInputSlots layer inputs (layer l in slot l % kInputSlots)
-  // and the final residual; every layer input of a training forward is copied to host_inputs_of_layers
+  // and the final residual; every layer input of a training forward but the last kInputSlots (still in
+  // their slots when the backward starts) is copied to host_inputs_of_layers
   // on copy_stream as soon as the layer has run, and copied back into its slot while the backward of
   // the layer above it runs. slot_done[s]: the compute stream is done with slot s's layer;
   // slot_copied[s]: the copy stream is done with slot s (its layer stored, or the next one loaded).
   static constexpr int kInputSlots = 2;
   bool offload = false;
-  bf16* host_inputs_of_layers = nullptr;  // (L, Tmax, C) pinned
+  bf16* host_inputs_of_layers = nullptr;  // (L - kInputSlots, Tmax, C) pinned
   cudaStream_t copy_stream = nullptr;
   cudaEvent_t slot_done[kInputSlots] = {}, slot_copied[kInputSlots] = {};
 
@@ -578,13 +576,20 @@ struct CudaModel::Impl {
   }
 
   // Offload: once layer l has run, its input goes to the host on copy_stream. Layer l + 1 writes the
-  // other slot; layer l + kInputSlots, which overwrites this one, first waits for the copy.
+  // other slot; layer l + kInputSlots, which overwrites this one, first waits for the copy. The last
+  // kInputSlots layers' inputs stay in their slots for the backward.
   void store_layer_input(int l) {
-    const int s = l % kInputSlots;
+    if (l < cfg.L - kInputSlots) copy_slot(l % kInputSlots, host_input(l), resid_at(l), cudaMemcpyDeviceToHost);
+  }
+
+  bf16* host_input(int l) const { return host_inputs_of_layers + size_t(l) * Tmax * cfg.C; }
+
+  // T rows of a layer input between slot s and the host on copy_stream, once the compute stream is done
+  // with the slot; slot_copied[s] marks the copy's end.
+  void copy_slot(int s, bf16* dst, const bf16* src, cudaMemcpyKind kind) {
     CUDA_CHECK(cudaEventRecord(slot_done[s], stream));
     CUDA_CHECK(cudaStreamWaitEvent(copy_stream, slot_done[s], 0));
-    CUDA_CHECK(cudaMemcpyAsync(host_inputs_of_layers + size_t(l) * Tmax * cfg.C, resid_at(l),
-                               size_t(T) * cfg.C * sizeof(bf16), cudaMemcpyDeviceToHost, copy_stream));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(T) * cfg.C * sizeof(bf16), kind, copy_stream));
     CUDA_CHECK(cudaEventRecord(slot_copied[s], copy_stream));
   }
 
@@ -596,13 +601,8 @@ struct CudaModel::Impl {
   // Offload, backward: once layer l's backward has run, layer l - kInputSlots's input comes back into
   // the same slot; the backward of layer l - kInputSlots waits for it (wait_slot_loaded).
   void load_layer_input_below(int l) {
-    const int below = l - kInputSlots, s = l % kInputSlots;
-    if (below < 0) return;
-    CUDA_CHECK(cudaEventRecord(slot_done[s], stream));
-    CUDA_CHECK(cudaStreamWaitEvent(copy_stream, slot_done[s], 0));
-    CUDA_CHECK(cudaMemcpyAsync(resid_at(below), host_inputs_of_layers + size_t(below) * Tmax * cfg.C,
-                               size_t(T) * cfg.C * sizeof(bf16), cudaMemcpyHostToDevice, copy_stream));
-    CUDA_CHECK(cudaEventRecord(slot_copied[s], copy_stream));
+    const int below = l - kInputSlots;
+    if (below >= 0) copy_slot(l % kInputSlots, resid_at(below), host_input(below), cudaMemcpyHostToDevice);
   }
 
   // The last kInputSlots layers' inputs are still in their slots after the forward; the others were loaded.
@@ -742,19 +742,23 @@ struct CudaModel::Impl {
     return exec;
   }
 
-  // Bytes of pinned host memory the offloaded layer inputs take.
-  size_t offload_host_bytes() const { return size_t(cfg.L) * size_t(Tmax) * size_t(cfg.C) * sizeof(bf16); }
+  // Bytes of pinned host memory the offloaded layer inputs take (all but the last kInputSlots).
+  size_t offload_host_bytes() const {
+    return size_t(std::max(cfg.L - kInputSlots, 0)) * size_t(Tmax) * size_t(cfg.C) * sizeof(bf16);
+  }
 
   // The host side of train.offload: activations, checked against the host's available memory first.
   void start_offload() {
     const size_t bytes = offload_host_bytes(), available = host_available_bytes();
     if (opt.print_plan)
-      std::fprintf(stderr, "host (pinned): offloaded layer inputs (L, T, C) bf16 %.2f GiB\n", gib(bytes));
-    LOOM_CHECK(bytes + kHostReserve <= available, "train.offload: activations needs ", gib(bytes),
-               " GiB of pinned host memory for the layer inputs (", cfg.L, " layers x ", Tmax, " tokens x ", cfg.C,
-               " x 2 bytes) plus ", gib(kHostReserve), " GiB for the rest of the process, and the host has ",
-               gib(available), " GiB available; lower train.token_budget (now ", Tmax, ")");
-    CUDA_CHECK(cudaMallocHost(&host_inputs_of_layers, bytes));
+      std::fprintf(stderr, "host (pinned): offloaded layer inputs (L - %d, T, C) bf16 %s\n", kInputSlots,
+                   format_bytes(bytes).c_str());
+    LOOM_CHECK(bytes + kHostReserve <= available, "train.offload: activations needs ", format_bytes(bytes),
+               " of pinned host memory for the layer inputs (", std::max(cfg.L - kInputSlots, 0), " layers x ", Tmax,
+               " tokens x ", cfg.C, " x 2 bytes) plus ", format_bytes(kHostReserve),
+               " for the rest of the process, and the host has ", format_bytes(available),
+               " available; lower train.token_budget (now ", Tmax, ")");
+    if (bytes > 0) CUDA_CHECK(cudaMallocHost(&host_inputs_of_layers, bytes));
     CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream, cudaStreamNonBlocking));
     for (int s = 0; s < kInputSlots; ++s) {
       CUDA_CHECK(cudaEventCreateWithFlags(&slot_done[s], cudaEventDisableTiming));
