@@ -873,7 +873,7 @@ void check_offload(Checker& c, const TrainSection& t) {
 // exist only where recompute full rebuilds the MLP in backward.
 void check_mlp_tile(Checker& c, const TrainSection& t) {
   if (t.mlp_tile == 0) return;
-  if (t.mlp_tile % 1024 != 0)
+  if (t.mlp_tile % kMlpRowChunk != 0)
     c.add(cat("train.mlp_tile (", t.mlp_tile, ") must be a multiple of ", kMlpRowChunk, " rows, or 0 (auto); try ",
               std::max(kMlpRowChunk, t.mlp_tile / kMlpRowChunk * kMlpRowChunk)));
   if (t.recompute != Recompute::kFull)

@@ -21,15 +21,6 @@ namespace {
 // (F 14,336) whatever the document's length (issue 14).
 constexpr int64_t kAutoMlpTile = 16384;
 
-}  // namespace
-
-int64_t mlp_tile_of(const TrainSection& t) {
-  if (t.mlp_tile > 0) return t.mlp_tile;
-  return t.recompute == Recompute::kFull && t.token_budget > kAutoMlpTile ? kAutoMlpTile : 0;
-}
-
-namespace {
-
 CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode) {
   CudaModelOptions opt;
   opt.mode = ModelMode::kTrain;
@@ -38,7 +29,7 @@ CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode)
   opt.quant = tc.model.quant;
   opt.double_quant = tc.model.double_quant;
   opt.recompute = tc.train.recompute;
-  opt.offload = tc.train.offload == Offload::kAuto ? Offload::kNone : tc.train.offload;  // resolved below
+  opt.offload = tc.train.offload;  // never kAuto here: make_cuda_backend resolves it, run_plan_fits sets it
   opt.token_budget = tc.train.token_budget;
   opt.mlp_tile = mlp_tile_of(tc.train);
   // Preference tuning from an adapter keeps a frozen copy of it as the reference (TRL's choice).
@@ -145,16 +136,6 @@ class CudaBackend : public TrainBackend {
   double peak_gib_ = 0;
 };
 
-}  // namespace
-
-Offload choose_offload(Offload requested, Recompute recompute, const std::function<bool(Offload)>& plan_fits) {
-  if (requested != Offload::kAuto) return requested;
-  if (recompute != Recompute::kFull || plan_fits(Offload::kNone)) return Offload::kNone;
-  return plan_fits(Offload::kActivations) ? Offload::kActivations : Offload::kNone;
-}
-
-namespace {
-
 // Whether the run's memory plan (model and optimizer) fits the device and host now, with `offload`.
 bool run_plan_fits(const ModelConfig& cfg, const LoraLayout& layout, const TrainConfig& tc, const DecodeShape& decode,
                    Offload offload) {
@@ -167,6 +148,17 @@ bool run_plan_fits(const ModelConfig& cfg, const LoraLayout& layout, const Train
 }
 
 }  // namespace
+
+int64_t mlp_tile_of(const TrainSection& t) {
+  if (t.mlp_tile > 0) return t.mlp_tile;
+  return t.recompute == Recompute::kFull && t.token_budget > kAutoMlpTile ? kAutoMlpTile : 0;
+}
+
+Offload choose_offload(Offload requested, Recompute recompute, const std::function<bool(Offload)>& plan_fits) {
+  if (requested != Offload::kAuto) return requested;
+  if (recompute != Recompute::kFull || plan_fits(Offload::kNone)) return Offload::kNone;
+  return plan_fits(Offload::kActivations) ? Offload::kActivations : Offload::kNone;
+}
 
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const WeightSource& src,
                                                 const LoraLayout& layout, const std::vector<float>& lora,

@@ -56,6 +56,11 @@ size_t host_available_bytes() {
 
 }  // namespace
 
+int lm_head_chunk_rows(int V, int64_t token_budget, bool training) {
+  const size_t logits_budget = training ? kTrainLogitsBudget : kForwardLogitsBudget;
+  return int(std::clamp<int64_t>(int64_t(logits_budget / (size_t(V) * 4)), 16, token_budget));
+}
+
 struct CudaModel::Impl {
   ModelConfig cfg;
   LoraLayout lora;
@@ -163,7 +168,7 @@ struct CudaModel::Impl {
     LOOM_CHECK(!offload || o.recompute == Recompute::kFull, "train.offload: activations needs train.recompute: full "
                "(found ", recompute_name(o.recompute), ")");
     LOOM_CHECK(o.offload != Offload::kAuto, "CudaModel: train.offload auto must be resolved before the model is built "
-               "(engine/cuda_backend.cpp resolve_offload)");
+               "(engine/backend.h choose_offload)");
     if (B > 0) {
       LOOM_CHECK(context >= 2, "generation needs a context >= 2 (found ", context, ")");
       Tmax = std::max<int64_t>(Tmax, B);  // a decode step is B rows
@@ -288,8 +293,7 @@ struct CudaModel::Impl {
           "(T, H, D+1)");
       add("scratch", "token weights", &token_weight, T, "(T)");
     }
-    const size_t logits_budget = train_mode ? kTrainLogitsBudget : kForwardLogitsBudget;
-    ce_chunk = int(std::clamp<int64_t>(int64_t(logits_budget / (size_t(m.V) * 4)), 16, Tmax));
+    ce_chunk = lm_head_chunk_rows(m.V, Tmax, train_mode);
     plan.add_raw("scratch", "LM head logits chunk", &logits, lm_head_logits_bytes(ce_chunk, m.V, GemmOut::kFp32),
                  cat("(", ce_chunk, ", V)"), "f32");
     add("scratch", "token losses", &token_loss, T, "(T)");
@@ -449,16 +453,22 @@ struct CudaModel::Impl {
   // The MLP's backward, a tile at a time (opt.mlp_tile): each tile's gate, up and act rebuilt from xn2,
   // then its down, SwiGLU, gate and up backward; dxn's rows written, the LoRA gradients summed.
   void mlp_backward_in_tiles(int l) {
-    const ModelConfig& m = cfg;
     for (int64_t r0 = 0; r0 < T; r0 += mlp_tile) {
       const int64_t rows = std::min(mlp_tile, T - r0);
       mlp_activation(l, r0, rows);
       down_input_product(l, r0, rows);
-      linear_backward(l, kDown, d_resid + r0 * m.C, act.at(l), dact, false, rows, r0);
-      swiglu_backward(gate.at(l), up.at(l), dact, gate.at(l), up.at(l), rows * m.F, stream);  // dgate, dup in place
-      linear_backward(l, kGate, gate.at(l), xn2.at(l) + r0 * m.C, dxn + r0 * m.C, false, rows, r0);
-      linear_backward(l, kUp, up.at(l), xn2.at(l) + r0 * m.C, dxn + r0 * m.C, true, rows, r0);
+      mlp_backward_rows(l, r0, rows);
     }
+  }
+
+  // The MLP's backward of rows [r0, r0 + rows) from their gate, up and act (held from the buffers'
+  // start) and the down projection's u: dxn's rows written, the LoRA gradients summed.
+  void mlp_backward_rows(int l, int64_t r0, int64_t rows) {
+    const ModelConfig& m = cfg;
+    linear_backward(l, kDown, d_resid + r0 * m.C, act.at(l), dact, false, rows, r0);
+    swiglu_backward(gate.at(l), up.at(l), dact, gate.at(l), up.at(l), rows * m.F, stream);  // dgate, dup in place
+    linear_backward(l, kGate, gate.at(l), xn2.at(l) + r0 * m.C, dxn + r0 * m.C, false, rows, r0);
+    linear_backward(l, kUp, up.at(l), xn2.at(l) + r0 * m.C, dxn + r0 * m.C, true, rows, r0);
   }
 
   // Layer l from its input resid[l] (already written, or written here as prev_h + prev_out).
@@ -528,10 +538,7 @@ struct CudaModel::Impl {
     } else if (tile_gemm) {
       mlp_backward_in_tiles(l);
     } else {
-      linear_backward(l, kDown, d_resid, act.at(l), dact, false);
-      swiglu_backward(gate.at(l), up.at(l), dact, gate.at(l), up.at(l), T * m.F, stream);  // dgate, dup in place
-      linear_backward(l, kGate, gate.at(l), xn2.at(l), dxn, false);
-      linear_backward(l, kUp, up.at(l), xn2.at(l), dxn, true);
+      mlp_backward_rows(l, 0, T);
     }
     rmsnorm_backward(d_resid, dxn, d_resid, h.at(l), weights.ln2(l), rstd2.at(l), T, m.C, stream);
 

@@ -50,6 +50,10 @@ namespace loom {
 
 enum class ModelMode { kTrain, kForward, kGenerate };
 
+// Rows of the LM head's logits chunk (fp32, (rows, V)) a model plans for a token budget: a fixed
+// budget of logits memory (512 MiB training, 128 MiB forward-only), at least 16 rows, at most the budget.
+int lm_head_chunk_rows(int V, int64_t token_budget, bool training);
+
 struct CudaModelOptions {
   ModelMode mode = ModelMode::kTrain;
   Quant quant = Quant::kNf4;

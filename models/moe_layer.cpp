@@ -146,25 +146,25 @@ void MoeLayers::load_layer(int l, const LayerWeights& lw) {
     upload(nf4_table_, std::vector<float>(kNf4Table, kNf4Table + 16));
     upload(nested_map_, dynamic_map_signed());
   }
+  std::vector<float> rounded(n);  // one expert matrix in bf16, reused by the layer's 3·E pieces
   for (size_t i = 0; i < 2 * E; ++i)  // gate_e, up_e: the halves of expert e's gate_up rows
-    upload_nf4(s, int(i), lw.experts_gate_up.data() + i * n);
-  for (size_t e = 0; e < E; ++e) upload_nf4(s, int(2 * E + e), lw.experts_down.data() + e * n);
+    upload_nf4(s, int(i), lw.experts_gate_up.data() + i * n, rounded);
+  for (size_t e = 0; e < E; ++e) upload_nf4(s, int(2 * E + e), lw.experts_down.data() + e * n, rounded);
   const size_t first = size_t(s) * 3 * E;  // the layer's descriptors, for nf4_dequantize_pieces
   CUDA_CHECK(cudaMemcpy(device_nf4_ + first, &nf4_[first], 3 * E * sizeof(Nf4Device), cudaMemcpyHostToDevice));
   dequantized_layer_ = -1;
 }
 
 // One expert matrix of n = FE·C values at w quantized as DeviceWeights::upload_projection quantizes a
-// dense one: bitsandbytes sees the bf16 weight. Rounded on every thread into a reused buffer: a serial
+// dense one: bitsandbytes sees the bf16 weight. Rounded on every thread into `rounded` (n values): a serial
 // copy and rounding per matrix (≈ 0.9 ns a weight) cost as much as quantizing it on 16 threads, for
 // each of qwen3-30b-a3b's 18,432 expert matrices (tools/perf_notes.md).
-void MoeLayers::upload_nf4(int s, int piece, const float* w) {
-  const int64_t n = int64_t(FE_) * C_;
-  rounded_.resize(size_t(n));
+void MoeLayers::upload_nf4(int s, int piece, const float* w, std::vector<float>& rounded) {
+  const int64_t n = int64_t(rounded.size());
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) rounded_[size_t(i)] = bf16_bits_to_float(float_to_bf16_bits(w[i]));
+  for (int64_t i = 0; i < n; ++i) rounded[size_t(i)] = bf16_bits_to_float(float_to_bf16_bits(w[i]));
   const bool down = piece >= 2 * E_;
-  const Nf4Host qh = nf4_quantize_ref(rounded_.data(), down ? C_ : FE_, down ? FE_ : C_, kNf4Blocksize,
+  const Nf4Host qh = nf4_quantize_ref(rounded.data(), down ? C_ : FE_, down ? FE_ : C_, kNf4Blocksize,
                                       opt_.double_quant);
   uint8_t* codes = codes_.at(s) + size_t(piece) * codes_per_piece_;
   upload(codes, qh.codes);

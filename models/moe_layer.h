@@ -77,7 +77,7 @@ class MoeLayers {
   Stack experts(int l, cudaStream_t stream);
   void plan_weights(MemoryPlan& plan);
   void plan_scratch(MemoryPlan& plan);
-  void upload_nf4(int s, int piece, const float* w);
+  void upload_nf4(int s, int piece, const float* w, std::vector<float>& rounded);
   void experts_forward(const Stack& w, int64_t rows, const ExpertLoraDevice& gate_up,
                        const ExpertLoraDevice& down, cudaStream_t stream);
   bool nf4() const { return opt_.quant == Quant::kNf4; }
@@ -98,7 +98,6 @@ class MoeLayers {
   LayerBuf<float> absmax_, nested_absmax_;
   size_t codes_per_piece_ = 0, blocks_per_piece_ = 0, nested_per_piece_ = 0;
   std::vector<Nf4Device> nf4_;  // (sparse layers · 3·E)
-  std::vector<float> rounded_;  // upload_nf4's bf16-rounded copy of one expert matrix, reused across pieces
   Nf4Device* device_nf4_ = nullptr;  // nf4_ on the device
   float *nf4_table_ = nullptr, *nested_map_ = nullptr;
   bf16* dequantized_ = nullptr;  // (E·3·FE·C): gate_up stack, then down stack

@@ -1,5 +1,6 @@
 // LoRA linear as GEMVs on the GPU (math in ops/lora_gemv.h).
 #include "ops/error.h"
+#include "ops/kernel_util.cuh"
 #include "ops/lora_gemv.h"
 
 namespace loom {
@@ -109,8 +110,7 @@ __device__ __forceinline__ void dot_nf4(float (&acc)[kRows], const Nf4Device& w,
 template <int kRows>
 __device__ __forceinline__ void warp_sum(float (&acc)[kRows]) {
 #pragma unroll
-  for (int t = 0; t < kRows; ++t)
-    for (int offset = 16; offset > 0; offset /= 2) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], offset);
+  for (int t = 0; t < kRows; ++t) acc[t] = group_sum(acc[t]);
 }
 
 // u_p = bf16(x·A_pᵀ): one warp per row of the adapters' A, end to end.
@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_gemv_kernel(const Ge
     for (int t = 0; t < kRows; ++t) q.y[int64_t(t) * q.N + n] = __float2bfloat16_rn(acc[t]);
 }
 
-unsigned blocks_for(int rows) { return unsigned((rows + kWarpsPerBlock - 1) / kWarpsPerBlock); }
+unsigned blocks_for(int rows) { return unsigned(ceil_div(rows, kWarpsPerBlock)); }
 
 template <int kRows>
 void launch(const GemvBatch& b, const bf16* x, int K, bool nf4, bool wide, cudaStream_t stream) {
@@ -184,15 +184,13 @@ void launch(const GemvBatch& b, const bf16* x, int K, bool nf4, bool wide, cudaS
     lora_gemv_kernel<kRows, 1><<<blocks_for(rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 void lora_gemv(const GemvProjection* p, int count, const bf16* x, int64_t T, int K, cudaStream_t stream) {
   LOOM_CHECK(T >= 1 && T <= kLoraGemvMaxRows, "lora_gemv: T = ", T, " rows (1 to ", kLoraGemvMaxRows, ")");
   LOOM_CHECK(count >= 1 && count <= kLoraGemvMaxProjections, "lora_gemv: ", count, " projections (1 to ",
              kLoraGemvMaxProjections, ")");
-  LOOM_CHECK(K >= 8 && K % 8 == 0 && x && aligned16(x), "lora_gemv: K = ", K,
+  LOOM_CHECK(K >= 8 && K % 8 == 0 && x && is_aligned_16(x), "lora_gemv: K = ", K,
              " (a multiple of 8) and a 16-byte aligned x are needed");
   GemvBatch b;
   b.count = count;
@@ -207,13 +205,13 @@ void lora_gemv(const GemvProjection* p, int count, const bf16* x, int64_t T, int
       LOOM_CHECK(w.numel == int64_t(q.N) * K && w.blocksize % 8 == 0, "lora_gemv: projection ", i, ": an NF4 weight of ",
                  w.numel, " elements, blocksize ", w.blocksize, " for (", q.N, ", ", K, ") (blocksize a multiple of 8)");
       const bool scales = w.nested() ? w.nested_absmax && w.nested_map : w.absmax != nullptr;
-      LOOM_CHECK(w.codes && aligned16(w.codes) && w.quant_map && scales, "lora_gemv: projection ", i,
+      LOOM_CHECK(w.codes && is_aligned_16(w.codes) && w.quant_map && scales, "lora_gemv: projection ", i,
                  ": an NF4 weight needs 16-byte aligned codes, its code table and its scales");
       wide = wide && q.nf4.blocksize % 32 == 0;
     } else {
-      LOOM_CHECK(aligned16(q.W), "lora_gemv: projection ", i, ": W must be 16-byte aligned");
+      LOOM_CHECK(is_aligned_16(q.W), "lora_gemv: projection ", i, ": W must be 16-byte aligned");
     }
-    LOOM_CHECK(!q.A || (q.B && q.u && q.R >= 1 && aligned16(q.A)), "lora_gemv: projection ", i,
+    LOOM_CHECK(!q.A || (q.B && q.u && q.R >= 1 && is_aligned_16(q.A)), "lora_gemv: projection ", i,
                ": an adapter needs B, u (the (T, R) buffer), a rank >= 1 and a 16-byte aligned A");
     b.p[i] = q;
   }

@@ -50,22 +50,12 @@ double causal_pairs(const std::vector<int32_t>& cu, int window) {
   return pairs;
 }
 
-void* device_random_bf16(size_t n, std::mt19937_64& rng, float amplitude) {
-  std::uniform_real_distribution<float> u(-amplitude, amplitude);
-  std::vector<uint16_t> host(n);
-  for (auto& x : host) x = float_to_bf16_bits(u(rng));
-  void* dev = nullptr;
-  CUDA_CHECK(cudaMalloc(&dev, n * sizeof(uint16_t)));
-  CUDA_CHECK(cudaMemcpy(dev, host.data(), n * sizeof(uint16_t), cudaMemcpyHostToDevice));
-  return dev;
-}
-
 void run(const BenchCase& c) {
   std::mt19937_64 rng(1234);
   const std::vector<int32_t> cu_host = make_cu_seqlens(c.T, c.mean_doc, rng);
   const int64_t T = c.T, W = int64_t{c.H + 2 * c.KVH} * c.D, HD = int64_t{c.H} * c.D;
-  bf16* qkv = static_cast<bf16*>(device_random_bf16(T * W, rng, 1.f));
-  bf16* dout = static_cast<bf16*>(device_random_bf16(T * HD, rng, 1.f));
+  bf16* qkv = device_random_bf16(T * W, rng, 1.f);
+  bf16* dout = device_random_bf16(T * HD, rng, 1.f);
   bf16 *out, *dqkv;
   float *lse, *scratch;
   int32_t* cu;

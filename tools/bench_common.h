@@ -9,6 +9,7 @@
 #include <exception>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,18 @@
 #include "ops/error.h"
 
 namespace loom {
+
+// n bf16 values uniform in [-amplitude, amplitude) from rng, on the device (cudaMalloc; kept for the
+// program's life).
+inline bf16* device_random_bf16(size_t n, std::mt19937_64& rng, float amplitude) {
+  std::uniform_real_distribution<float> u(-amplitude, amplitude);
+  std::vector<uint16_t> host(n);
+  for (auto& x : host) x = float_to_bf16_bits(u(rng));
+  bf16* dev = nullptr;
+  CUDA_CHECK(cudaMalloc(&dev, std::max<size_t>(n, 1) * sizeof(bf16)));
+  CUDA_CHECK(cudaMemcpy(dev, host.data(), n * sizeof(uint16_t), cudaMemcpyHostToDevice));
+  return dev;
+}
 
 // The median of 20 timed calls of `run` on the default stream, after 3 untimed ones, in ms (CUDA events).
 template <class F>

@@ -371,7 +371,6 @@ Json profile_steps(TrainBackend& backend, Objective& objective, const std::funct
   KernelProfile profile;
   profile.start();
   time_steps(backend, objective, next, lr, divergence, steps, "profiled");
-  CUDA_CHECK(cudaDeviceSynchronize());
   profile.stop();
   Json j = profile.summary(steps);
   KernelProfile::print(j, "bench:", "step");

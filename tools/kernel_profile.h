@@ -25,6 +25,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ops/cuda_common.h"
 #include "ops/error.h"
 
 namespace loom {
@@ -78,12 +79,13 @@ class KernelProfile {
   KernelProfile(const KernelProfile&) = delete;
   KernelProfile& operator=(const KernelProfile&) = delete;
 
-  // Records from here to stop() (the caller synchronises the device before stop()).
+  // Records from here to stop(), which waits for the device first.
   void start() {
     check(enable_(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL), "cuptiActivityEnable(kernels)");
     check(enable_(CUPTI_ACTIVITY_KIND_MEMCPY), "cuptiActivityEnable(memcpy)");
   }
   void stop() {
+    CUDA_CHECK(cudaDeviceSynchronize());  // the work profiled has finished
     check(flush_(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED), "cuptiActivityFlushAll");
     check(disable_(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL), "cuptiActivityDisable(kernels)");
     check(disable_(CUPTI_ACTIVITY_KIND_MEMCPY), "cuptiActivityDisable(memcpy)");

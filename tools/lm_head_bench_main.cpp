@@ -4,8 +4,8 @@
 // bf16 buffer, dx = logits·W), issue 15's "LM head + cross-entropy" target (≥ 600 TFLOP/s on an H100).
 //   build/lm_head_bench [--json FILE]
 // Shapes: T = 16384 tokens (the sft-alpaca token budget) with qwen3-0.6b's head (C 1024, V 151,936)
-// and llama-3.1-8b's (C 4096, V 128,256), the chunk the training plan uses (models/cuda_model.cpp: a
-// 512 MiB fp32 logits budget). FLOPs: 4·T·C·V for both (two GEMMs of 2·T·C·V); the cross-entropy's
+// and llama-3.1-8b's (C 4096, V 128,256), the chunk the training plan uses (models/cuda_model.h
+// lm_head_chunk_rows: a 512 MiB fp32 logits budget). FLOPs: 4·T·C·V for both (two GEMMs of 2·T·C·V); the cross-entropy's
 // elementwise work is not counted. Each time is the median of 20 runs after 3 warm-ups (CUDA events).
 #include <cuda_runtime.h>
 
@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "models/cuda_model.h"
 #include "ops/cross_entropy.h"
 #include "ops/cuda_common.h"
 #include "ops/device.h"
@@ -26,7 +27,6 @@
 namespace loom {
 namespace {
 
-constexpr size_t kLogitsBudget = size_t(512) << 20;  // models/cuda_model.cpp kTrainLogitsBudget
 constexpr size_t kWorkspace = size_t(32) << 20;
 
 struct HeadShape {
@@ -42,20 +42,11 @@ T* device_alloc(size_t n) {
   return p;
 }
 
-bf16* device_random_bf16(size_t n, uint64_t seed, float amplitude) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> u(-amplitude, amplitude);
-  std::vector<uint16_t> host(n);
-  for (auto& x : host) x = float_to_bf16_bits(u(rng));
-  bf16* dev = device_alloc<bf16>(n);
-  CUDA_CHECK(cudaMemcpy(dev, host.data(), n * sizeof(uint16_t), cudaMemcpyHostToDevice));
-  return dev;
-}
-
 nlohmann::ordered_json run(const HeadShape& s, GemmContext& ctx) {
   const size_t T = size_t(s.T), C = size_t(s.C), V = size_t(s.V);
-  bf16* x = device_random_bf16(T * C, 1, 1.f);
-  bf16* W = device_random_bf16(V * C, 2, 0.05f);
+  std::mt19937_64 x_rng(1), w_rng(2);
+  bf16* x = device_random_bf16(T * C, x_rng, 1.f);
+  bf16* W = device_random_bf16(V * C, w_rng, 0.05f);
   std::vector<int32_t> targets_host(T);
   std::mt19937_64 rng(3);
   for (auto& t : targets_host) t = int32_t(rng() % V);
@@ -66,7 +57,7 @@ nlohmann::ordered_json run(const HeadShape& s, GemmContext& ctx) {
   CUDA_CHECK(cudaMemcpy(token_weight, weights_host.data(), T * 4, cudaMemcpyHostToDevice));
   float *token_loss = device_alloc<float>(T), *loss_sum = device_alloc<float>(1);
   bf16* dx = device_alloc<bf16>(T * C);
-  const int chunk = int(std::clamp<int64_t>(int64_t(kLogitsBudget / (V * 4)), 16, s.T));
+  const int chunk = lm_head_chunk_rows(s.V, s.T, true);
   void* logits = device_alloc<uint8_t>(lm_head_logits_bytes(chunk, s.V, GemmOut::kFp32));
   const double fused_ms = median_ms([&] {
     lm_head_cross_entropy(ctx, dx, token_loss, loss_sum, logits, GemmOut::kFp32, x, W, targets, token_weight, s.T,
