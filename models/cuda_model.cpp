@@ -246,7 +246,7 @@ struct CudaModel::Impl {
     for (int t = 0; t < kNumTargets; ++t)
       if (lora.targeted[t])
         add_layers(std::string("LoRA x·Aᵀ ") + kLoraTargetNames[t], u[t], T * lora.R, keep, "(T, R)");
-    add("activations", "final norm out", &xf, T * C, "(T, C)");
+    if (keep_cheap) add("activations", "final norm out", &xf, T * C, "(T, C)");  // else rms1 out's (alias_dead_buffers)
     add("activations", "final rstd", &rstdf, T, "(T)");
     if (B > 0) plan_kv_cache();
   }
@@ -282,7 +282,6 @@ struct CudaModel::Impl {
     if (train_mode) {
       add("scratch", "d residual", &d_resid, T * C, "(T, C)");
       add("scratch", "d norm out", &dxn, T * C, "(T, C)");
-      add("scratch", "d final norm out", &dxf, T * C, "(T, C)");
       add("scratch", "dq", &dq, T * HD, "(T, H·D)");
       add("scratch", "dk", &dk, T * KD, "(T, KVH·D)");
       add("scratch", "dv", &dv, T * KD, "(T, KVH·D)");
@@ -302,11 +301,21 @@ struct CudaModel::Impl {
     plan.add_raw("scratch", "cuBLASLt workspace", &workspace, kGemmWorkspace, "(32 MiB)", "u8");
   }
 
-  // Scoring reuses buffers whose contents are dead by the time they are written again: rms2's
-  // output goes where rms1's was (dead once q, k, v are computed), and the SwiGLU product
-  // overwrites gate in place (elementwise). Set once the plan has given the buffers their addresses.
+  // Buffers whose contents are dead by the time they are written again share memory. Set once the
+  // plan has given the buffers their addresses.
+  //   The final norm's output goes where rms1's was, unless rms1's outputs are kept per layer
+  //   (recompute none): the last layer's q, k, v are computed before it is written, and the backward
+  //   rebuilds rms1's output only after the LM head has read it (llama-3.1-8b: 8 KB a token).
+  //   Training: d final norm out goes where d norm out is (dxn): the final norm's backward reads it
+  //   before the last layer's backward writes dxn (another 8 KB a token).
+  //   Scoring: rms2's output goes where rms1's was (dead once q, k, v are computed), and the SwiGLU
+  //   product overwrites gate in place (elementwise).
   void alias_dead_buffers() {
-    if (train_mode) return;
+    if (xn1.stride == 0) xf = xn1.base;
+    if (train_mode) {
+      dxf = dxn;
+      return;
+    }
     xn2 = xn1;
     act = gate;
   }
