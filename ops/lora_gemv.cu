@@ -24,28 +24,55 @@ __device__ __forceinline__ bool locate(const GemvBatch& b, int row, RowsOf rows_
   return false;
 }
 
+// Chunks of a row a lane has loaded ahead of the one it multiplies. One chunk ahead (16 bytes a lane,
+// 512 bytes a warp) kept too few bytes in flight: the bf16 GEMV read at ~1.8 TB/s of ~3.3 and the NF4 one
+// at ~0.45 TB/s (tools/perf_notes.md); kPrefetch chunks in registers cover the memory latency with
+// fewer resident warps. An NF4 chunk's scale is loaded with it and finished when it is multiplied
+// (nf4_scale_load): the nested map's lookup depends on absmax_q's load and would stall the loads behind
+// it. The chunks are still multiplied in order k = lane·chunk, + 32·chunk, ..., so the sums and their
+// bits do not change.
+constexpr int kPrefetch = 4;
+
+// Calls chunk(slot, k) for this lane's chunks k = first, first + step, ... < K in order, after
+// load(slot, k) has filled slot k's registers kPrefetch chunks earlier (slot = the chunk's index mod
+// kPrefetch, a compile-time constant after unrolling, so the slots stay in registers).
+template <typename Load, typename Chunk>
+__device__ __forceinline__ void pipelined_chunks(int first, int step, int K, Load load, Chunk chunk) {
+#pragma unroll
+  for (int s = 0; s < kPrefetch; ++s)
+    if (first + s * step < K) load(s, first + s * step);
+  for (int k0 = first; k0 < K; k0 += kPrefetch * step) {
+#pragma unroll
+    for (int s = 0; s < kPrefetch; ++s) {
+      const int k = k0 + s * step;
+      if (k >= K) break;
+      chunk(s, k);
+      if (k + kPrefetch * step < K) load(s, k + kPrefetch * step);
+    }
+  }
+}
+
 // This lane's share of Σ_k x[t][k]·w[k] over a bf16 row w, for t < kRows: 8 weights (16 bytes) at
-// a time, the next chunk loaded before the current one is multiplied.
+// a time, kPrefetch chunks loaded ahead.
 template <int kRows>
 __device__ __forceinline__ void dot_bf16(float (&acc)[kRows], const bf16* w, const bf16* x, int K, int lane) {
-  int k = lane * 8;
-  uint4 cur = k < K ? __ldg(reinterpret_cast<const uint4*>(w + k)) : uint4{};
-  for (; k < K; k += 32 * 8) {
-    const uint4 next = k + 256 < K ? __ldg(reinterpret_cast<const uint4*>(w + k + 256)) : cur;
-    const __nv_bfloat162* wv = reinterpret_cast<const __nv_bfloat162*>(&cur);
+  uint4 slot[kPrefetch];
+  pipelined_chunks(
+      lane * 8, 32 * 8, K, [&](int s, int k) { slot[s] = __ldg(reinterpret_cast<const uint4*>(w + k)); },
+      [&](int s, int k) {
+        const __nv_bfloat162* wv = reinterpret_cast<const __nv_bfloat162*>(&slot[s]);
 #pragma unroll
-    for (int t = 0; t < kRows; ++t) {
-      const uint4 packed = __ldg(reinterpret_cast<const uint4*>(x + int64_t(t) * K + k));
-      const __nv_bfloat162* xv = reinterpret_cast<const __nv_bfloat162*>(&packed);
+        for (int t = 0; t < kRows; ++t) {
+          const uint4 packed = __ldg(reinterpret_cast<const uint4*>(x + int64_t(t) * K + k));
+          const __nv_bfloat162* xv = reinterpret_cast<const __nv_bfloat162*>(&packed);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 wf = __bfloat1622float2(wv[i]), xf = __bfloat1622float2(xv[i]);
-        acc[t] = fmaf(wf.x, xf.x, acc[t]);
-        acc[t] = fmaf(wf.y, xf.y, acc[t]);
-      }
-    }
-    cur = next;
-  }
+          for (int i = 0; i < 4; ++i) {
+            const float2 wf = __bfloat1622float2(wv[i]), xf = __bfloat1622float2(xv[i]);
+            acc[t] = fmaf(wf.x, xf.x, acc[t]);
+            acc[t] = fmaf(wf.y, xf.y, acc[t]);
+          }
+        }
+      });
 }
 
 // kWords 32-bit words of NF4 codes: 8·kWords weights of one quantization block.
@@ -63,48 +90,46 @@ struct Codes {
 };
 
 // This lane's share of Σ_k x[t][k]·w[n][k] over NF4 row n (code_values: the 16 code values in shared
-// memory): chunks of 8·kWords weights, each chunk's partial sum times its block's scale.
+// memory): chunks of 8·kWords weights, kPrefetch loaded ahead, each chunk's partial sum times its
+// block's scale.
 template <int kRows, int kWords>
 __device__ __forceinline__ void dot_nf4(float (&acc)[kRows], const Nf4Device& w, const float* code_values, int n,
                                         const bf16* x, int K, int lane) {
-  constexpr int kChunk = 8 * kWords, kStep = 32 * kChunk;
+  constexpr int kChunk = 8 * kWords;
   const int64_t row = int64_t(n) * K;
-  int k = lane * kChunk;
-  Codes<kWords> codes{};
-  float scale = 0.f;
-  if (k < K) codes.load(w.codes + (row + k) / 2), scale = nf4_block_scale(w, (row + k) / w.blocksize);
-  for (; k < K; k += kStep) {
-    Codes<kWords> next = codes;
-    float next_scale = scale;
-    if (k + kStep < K) {
-      next.load(w.codes + (row + k + kStep) / 2);
-      next_scale = nf4_block_scale(w, (row + k + kStep) / w.blocksize);
-    }
-    float part[kRows] = {};
+  Codes<kWords> codes[kPrefetch];
+  Nf4ScaleParts scale[kPrefetch];  // finished when the chunk is multiplied (nf4_scale_load)
+  pipelined_chunks(
+      lane * kChunk, 32 * kChunk, K,
+      [&](int s, int k) {
+        codes[s].load(w.codes + (row + k) / 2);
+        scale[s] = nf4_scale_load(w, (row + k) / w.blocksize);
+      },
+      [&](int s, int k) {
+        const float chunk_scale = nf4_scale_finish(w, scale[s]);
+        float part[kRows] = {};
 #pragma unroll
-    for (int j = 0; j < kWords; ++j) {  // word j: weights k + 8j .. k + 8j + 7; byte i holds 2i (high) and 2i + 1
-      float2 v[4];
+        for (int j = 0; j < kWords; ++j) {  // word j: weights k + 8j .. k + 8j + 7; byte i holds 2i (high) and 2i + 1
+          float2 v[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i)  // byte i: its high nibble is weight 2i, its low nibble 2i + 1
-        v[i] = make_float2(code_values[(codes.word[j] >> (8 * i + 4)) & 0xFu],
-                           code_values[(codes.word[j] >> (8 * i)) & 0xFu]);
+          for (int i = 0; i < 4; ++i)  // byte i: its high nibble is weight 2i, its low nibble 2i + 1
+            v[i] = make_float2(code_values[(codes[s].word[j] >> (8 * i + 4)) & 0xFu],
+                               code_values[(codes[s].word[j] >> (8 * i)) & 0xFu]);
 #pragma unroll
-      for (int t = 0; t < kRows; ++t) {
-        const uint4 packed = __ldg(reinterpret_cast<const uint4*>(x + int64_t(t) * K + k + 8 * j));
-        const __nv_bfloat162* xv = reinterpret_cast<const __nv_bfloat162*>(&packed);
+          for (int t = 0; t < kRows; ++t) {
+            const uint4 packed = __ldg(reinterpret_cast<const uint4*>(x + int64_t(t) * K + k + 8 * j));
+            const __nv_bfloat162* xv = reinterpret_cast<const __nv_bfloat162*>(&packed);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float2 xf = __bfloat1622float2(xv[i]);
-          part[t] = fmaf(v[i].x, xf.x, part[t]);
-          part[t] = fmaf(v[i].y, xf.y, part[t]);
+            for (int i = 0; i < 4; ++i) {
+              const float2 xf = __bfloat1622float2(xv[i]);
+              part[t] = fmaf(v[i].x, xf.x, part[t]);
+              part[t] = fmaf(v[i].y, xf.y, part[t]);
+            }
+          }
         }
-      }
-    }
 #pragma unroll
-    for (int t = 0; t < kRows; ++t) acc[t] = fmaf(scale, part[t], acc[t]);
-    codes = next;
-    scale = next_scale;
-  }
+        for (int t = 0; t < kRows; ++t) acc[t] = fmaf(chunk_scale, part[t], acc[t]);
+      });
 }
 
 template <int kRows>

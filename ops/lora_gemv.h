@@ -23,7 +23,7 @@
 // CUDA (ops/lora_gemv.cu): one warp per output row (of A_p for u, of w_p for y) over the projections'
 // rows end to end; a lane takes 8 bf16 weights (16 bytes) or 32 NF4 weights (16 bytes of codes; 8
 // weights and 4 bytes when K or a blocksize is not a multiple of 32) at a time and loads the next
-// chunk before multiplying the current one; each NF4 code is looked up in a 16-entry shared table (16
+// chunks (kPrefetch) before multiplying the current one; each NF4 code is looked up in a 16-entry shared table (16
 // banks: a warp's lookups never conflict); lane j adds the adapter term of rank j and lane 0 the bias before the warp
 // sums its lanes. x, u and B are read through the read-only cache (a few KB, shared by every warp).
 #pragma once

@@ -73,6 +73,22 @@ __device__ __forceinline__ float nf4_block_scale(const Nf4Device& w, int64_t blo
   const float q = w.nested_map[w.absmax_q[block]];
   return __fadd_rn(__fmul_rn(q, w.nested_absmax[block / w.nested_blocksize]), w.nested_offset);
 }
+
+// nf4_block_scale in two halves, for a kernel that loads a block's scale well before it needs it: the
+// half that reads global memory (independent loads) and the half that finishes the value. In one
+// piece, the nested map's load waits for absmax_q's, so the loading warp stalls a memory latency there.
+struct Nf4ScaleParts {
+  float absmax;  // absmax[block], or nested_absmax[block / nested_blocksize] when nested
+  uint32_t q;    // absmax_q[block] when nested
+};
+__device__ __forceinline__ Nf4ScaleParts nf4_scale_load(const Nf4Device& w, int64_t block) {
+  if (!w.nested()) return {w.absmax[block], 0u};
+  return {w.nested_absmax[block / w.nested_blocksize], w.absmax_q[block]};
+}
+__device__ __forceinline__ float nf4_scale_finish(const Nf4Device& w, Nf4ScaleParts s) {
+  if (!w.nested()) return s.absmax;
+  return __fadd_rn(__fmul_rn(w.nested_map[s.q], s.absmax), w.nested_offset);
+}
 #endif
 
 // out (numel) bf16 written (=), in the weight's row-major order.
