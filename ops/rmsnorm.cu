@@ -5,7 +5,8 @@
 //             dinp = rstd * (dxhat - xhat * mean(dxhat * xhat)) + dresidual (=)
 // One group of `kLanes` threads per row (4..32 lanes, so that a D = 128 head row does not leave half
 // a warp idle), each lane striding over the row in 16-byte vectors. Two passes over the row: a
-// reduction, then the elementwise pass, whose re-read of the row mostly hits L1/L2.
+// reduction, then the elementwise pass, whose re-read of the row mostly hits L1/L2; each pass loads
+// kVecsInFlight vectors a lane before it uses them (forward).
 #include <initializer_list>
 #include <type_traits>
 
@@ -16,6 +17,10 @@ namespace loom {
 namespace {
 
 constexpr int kThreads = 128;
+// 16-byte vectors a lane loads before it uses the first. One at a time, a decode step's single row
+// (4096 wide: 16 vectors a lane) waited 16 memory latencies in each pass, ≈ 14 µs a call on an H100
+// (tools/perf_notes.md); the vectors are still summed in the same order, so the bits do not change.
+constexpr int kVecsInFlight = 4;
 
 // ---------------------------------------------------------------------------------------------
 // CUDA kernels
@@ -28,19 +33,27 @@ __global__ void rmsnorm_forward_kernel(bf16* residual, bf16* out, float* rstd, c
   // Rows past N stay alive until the shuffle: the lanes of a warp all take part in it.
   const bool valid = row < N;
   const int64_t base = row * C;
+  constexpr int kStride = kLanes * kBf16PerVec;  // elements between a lane's vectors
   float sum_sq = 0.f;
-  for (int c = lane * kBf16PerVec; valid && c < C; c += kLanes * kBf16PerVec) {
-    float x[8];
-    load_bf16x8(x, a + base + c);
-    if (b != nullptr) {
-      float y[8];
-      load_bf16x8(y, b + base + c);
+  for (int c0 = lane * kBf16PerVec; valid && c0 < C; c0 += kVecsInFlight * kStride) {
+    float x[kVecsInFlight][8], y[kVecsInFlight][8];
 #pragma unroll
-      for (int k = 0; k < 8; ++k) x[k] = round_to_bf16(x[k] + y[k]);
-      store_bf16x8(residual + base + c, x);
+    for (int v = 0; v < kVecsInFlight; ++v)
+      if (c0 + v * kStride < C) {
+        load_bf16x8(x[v], a + base + c0 + v * kStride);
+        if (b != nullptr) load_bf16x8(y[v], b + base + c0 + v * kStride);
+      }
+#pragma unroll
+    for (int v = 0; v < kVecsInFlight; ++v) {
+      if (c0 + v * kStride >= C) break;
+      if (b != nullptr) {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) x[v][k] = round_to_bf16(x[v][k] + y[v][k]);
+        store_bf16x8(residual + base + c0 + v * kStride, x[v]);
+      }
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sum_sq += x[v][k] * x[v][k];
     }
-#pragma unroll
-    for (int k = 0; k < 8; ++k) sum_sq += x[k] * x[k];
   }
   sum_sq = group_sum<kLanes>(sum_sq);
   if (!valid) return;
@@ -48,13 +61,21 @@ __global__ void rmsnorm_forward_kernel(bf16* residual, bf16* out, float* rstd, c
   if (lane == 0) rstd[row] = r;
   // The residual this lane just wrote (its own elements, so visible to it) is the bf16 value HF normalises.
   const bf16* normed = b != nullptr ? residual : a;
-  for (int c = lane * kBf16PerVec; c < C; c += kLanes * kBf16PerVec) {
-    float x[8], wc[8];
-    load_bf16x8(x, normed + base + c);
-    load_bf16x8(wc, w + c);
+  for (int c0 = lane * kBf16PerVec; c0 < C; c0 += kVecsInFlight * kStride) {
+    float x[kVecsInFlight][8], wc[kVecsInFlight][8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) x[k] = round_to_bf16(x[k] * r) * wc[k];
-    store_bf16x8(out + base + c, x);
+    for (int v = 0; v < kVecsInFlight; ++v)
+      if (c0 + v * kStride < C) {
+        load_bf16x8(x[v], normed + base + c0 + v * kStride);
+        load_bf16x8(wc[v], w + c0 + v * kStride);
+      }
+#pragma unroll
+    for (int v = 0; v < kVecsInFlight; ++v) {
+      if (c0 + v * kStride >= C) break;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) x[v][k] = round_to_bf16(x[v][k] * r) * wc[v][k];
+      store_bf16x8(out + base + c0 + v * kStride, x[v]);
+    }
   }
 }
 
