@@ -8,6 +8,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <map>
+#include <sstream>
 #include <utility>
 
 #include "models/device_weights.h"
@@ -43,16 +44,32 @@ constexpr int64_t kForwardMlpTile = 2048;
 // Host memory train.offload leaves to the rest of the process (the data, pinned staging, the runtime).
 constexpr size_t kHostReserve = size_t(4) << 30;
 
-// MemAvailable of /proc/meminfo: what the host can give without swapping.
-size_t host_available_bytes() {
-  std::ifstream meminfo("/proc/meminfo");
-  std::string key;
+// The value of `key` (in kB) in a /proc file, in bytes.
+size_t proc_kib_field(const char* path, const std::string& key) {
+  std::ifstream file(path);
+  std::string k, unit;
   size_t kib = 0;
-  std::string unit;
-  while (meminfo >> key >> kib >> unit)
-    if (key == "MemAvailable:") return kib * 1024;
-  fail("cannot read MemAvailable from /proc/meminfo, which train.offload: activations checks host memory against");
+  for (std::string line; std::getline(file, line);) {
+    std::istringstream fields(line);
+    if (fields >> k >> kib >> unit && k == key) return kib * 1024;
+  }
+  fail("cannot read ", key, " from ", path, ", which train.offload: activations checks host memory against");
 }
+
+// Host memory for train.offload: MemAvailable (what the host can still give without swapping) and this
+// process's resident memory (VmRSS), which it holds already.
+struct HostMemory {
+  size_t available = 0, resident = 0;
+  static HostMemory now() {
+    return {proc_kib_field("/proc/meminfo", "MemAvailable:"), proc_kib_field("/proc/self/status", "VmRSS:")};
+  }
+  // Whether `offloaded` pinned bytes fit beside the rest of the process (kHostReserve, or what it holds
+  // now when that is more). Counting what the process holds on both sides gives the same answer
+  // before the weights are loaded (the plan, build/bench --long-search) as after (start_offload); with
+  // MemAvailable alone, the weights loaded in between were counted twice and a length the search had
+  // admitted was refused at the start (527,360 tokens, llama-3.1-8b, H100 machine, 2026-12-06).
+  bool fits(size_t offloaded) const { return offloaded + std::max(kHostReserve, resident) <= available + resident; }
+};
 
 }  // namespace
 
@@ -765,15 +782,16 @@ struct CudaModel::Impl {
 
   // The host side of train.offload: activations, checked against the host's available memory first.
   void start_offload() {
-    const size_t bytes = offload_host_bytes(), available = host_available_bytes();
+    const size_t bytes = offload_host_bytes();
+    const HostMemory host = HostMemory::now();
     if (opt.print_plan)
       std::fprintf(stderr, "host (pinned): offloaded layer inputs (L - %d, T, C) bf16 %s\n", kInputSlots,
                    format_bytes(bytes).c_str());
-    LOOM_CHECK(bytes + kHostReserve <= available, "train.offload: activations needs ", format_bytes(bytes),
+    LOOM_CHECK(host.fits(bytes), "train.offload: activations needs ", format_bytes(bytes),
                " of pinned host memory for the layer inputs (", std::max(cfg.L - kInputSlots, 0), " layers x ", Tmax,
-               " tokens x ", cfg.C, " x 2 bytes) plus ", format_bytes(kHostReserve),
-               " for the rest of the process, and the host has ", format_bytes(available),
-               " available; lower train.token_budget (now ", Tmax, ")");
+               " tokens x ", cfg.C, " x 2 bytes) plus ", format_bytes(std::max(kHostReserve, host.resident)),
+               " for the rest of the process, which holds ", format_bytes(host.resident), " now, and the host has ",
+               format_bytes(host.available), " more available; lower train.token_budget (now ", Tmax, ")");
     if (bytes > 0) CUDA_CHECK(cudaMallocHost(&host_inputs_of_layers, bytes));
     CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream, cudaStreamNonBlocking));
     for (int s = 0; s < kInputSlots; ++s) {
@@ -1006,7 +1024,7 @@ bool CudaModel::plan_fits_device() const {
 
 size_t CudaModel::planned_host_bytes() const { return impl_->offload ? impl_->offload_host_bytes() : 0; }
 bool CudaModel::plan_fits_host() const {
-  return !impl_->offload || planned_host_bytes() + kHostReserve <= host_available_bytes();
+  return !impl_->offload || HostMemory::now().fits(planned_host_bytes());
 }
 
 std::string CudaModel::describe() const {
