@@ -60,6 +60,8 @@ class TrainBackend {
   virtual bool on_gpu() const { return false; }
   // Peak device memory in use so far, GiB (0 on the CPU).
   virtual double peak_memory_gib() const { return 0; }
+  // Seconds the GPU's compute has waited for train.offload's copies so far (waits; 0 without offload).
+  virtual double offload_wait_seconds() { return 0; }
 };
 
 // The generation a training run does besides training (train.sample_every): batches of at most

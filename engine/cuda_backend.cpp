@@ -113,6 +113,7 @@ class CudaBackend : public TrainBackend {
   bool on_gpu() const override { return true; }
   // Largest device memory in use (the whole process: context, arena, workspaces) seen at step ends.
   double peak_memory_gib() const override { return peak_gib_; }
+  double offload_wait_seconds() override { return model_.offload_wait_seconds(); }
 
  private:
   // 1M floats (4 MiB) per bucket at least: NCCL's per-call cost is amortised, and a layer of an

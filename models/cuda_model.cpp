@@ -168,6 +168,16 @@ struct CudaModel::Impl {
   bf16* host_inputs_of_layers = nullptr;  // (L - kInputSlots, Tmax, C) pinned
   cudaStream_t copy_stream = nullptr;
   cudaEvent_t slot_done[kInputSlots] = {}, slot_copied[kInputSlots] = {};
+  // How long the compute stream stood still waiting for copies (offload_wait_seconds): each wait is
+  // bracketed by two timing events. A ring of kWaitBrackets; a bracket about to be reused is summed
+  // first (it belongs to a pass at least a step old, so it has finished).
+  static constexpr int kWaitBrackets = 1024;
+  struct WaitBracket {
+    cudaEvent_t before = nullptr, after = nullptr;
+  };
+  std::vector<WaitBracket> wait_brackets;
+  size_t next_bracket = 0, pending_brackets = 0;
+  double waited_seconds = 0;
 
   Impl(const ModelConfig& c, const LoraLayout& l, const CudaModelOptions& o)
       : cfg(c),
@@ -628,7 +638,7 @@ struct CudaModel::Impl {
 
   // Before layer l writes its slot in a storing forward: the slot's previous layer has reached the host.
   void wait_slot_stored(int l) {
-    if (l >= kInputSlots) CUDA_CHECK(cudaStreamWaitEvent(stream, slot_copied[l % kInputSlots], 0));
+    if (l >= kInputSlots) wait_for_copy(slot_copied[l % kInputSlots]);
   }
 
   // Offload, backward: once layer l's backward has run, layer l - kInputSlots's input comes back into
@@ -640,7 +650,7 @@ struct CudaModel::Impl {
 
   // The last kInputSlots layers' inputs are still in their slots after the forward; the others were loaded.
   void wait_slot_loaded(int l) {
-    if (l < cfg.L - kInputSlots) CUDA_CHECK(cudaStreamWaitEvent(stream, slot_copied[l % kInputSlots], 0));
+    if (l < cfg.L - kInputSlots) wait_for_copy(slot_copied[l % kInputSlots]);
   }
 
   // LM head + cross-entropy: token losses always; with `backward`, dxf from the uploaded token
@@ -666,7 +676,28 @@ struct CudaModel::Impl {
   // The compute stream waits for every copy enqueued so far (never inside a graph capture: the events
   // belong to copy_stream).
   void wait_for_copies() {
-    for (cudaEvent_t copied : slot_copied) CUDA_CHECK(cudaStreamWaitEvent(stream, copied, 0));
+    for (cudaEvent_t copied : slot_copied) wait_for_copy(copied);
+  }
+
+  // The compute stream waits for a copy, the wait bracketed by timing events.
+  void wait_for_copy(cudaEvent_t copied) {
+    if (pending_brackets == wait_brackets.size()) sum_oldest_bracket();
+    const WaitBracket& b = wait_brackets[next_bracket];
+    next_bracket = (next_bracket + 1) % wait_brackets.size();
+    ++pending_brackets;
+    CUDA_CHECK(cudaEventRecord(b.before, stream));
+    CUDA_CHECK(cudaStreamWaitEvent(stream, copied, 0));
+    CUDA_CHECK(cudaEventRecord(b.after, stream));
+  }
+
+  void sum_oldest_bracket() {
+    const size_t n = wait_brackets.size();
+    const WaitBracket& b = wait_brackets[(next_bracket + n - pending_brackets) % n];
+    CUDA_CHECK(cudaEventSynchronize(b.after));
+    float ms = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, b.before, b.after));
+    waited_seconds += double(ms) / 1e3;
+    --pending_brackets;
   }
 
   int decode_splits_for(int64_t max_len) const {
@@ -798,6 +829,11 @@ struct CudaModel::Impl {
       CUDA_CHECK(cudaEventCreateWithFlags(&slot_done[s], cudaEventDisableTiming));
       CUDA_CHECK(cudaEventCreateWithFlags(&slot_copied[s], cudaEventDisableTiming));
     }
+    wait_brackets.resize(kWaitBrackets);
+    for (WaitBracket& b : wait_brackets) {
+      CUDA_CHECK(cudaEventCreate(&b.before));
+      CUDA_CHECK(cudaEventCreate(&b.after));
+    }
   }
 
   void begin_pass(const MicroBatch& mb, const PassOptions& p) {
@@ -872,6 +908,10 @@ CudaModel::~CudaModel() {
   for (int s = 0; s < Impl::kInputSlots; ++s) {
     if (d.slot_done[s]) cudaEventDestroy(d.slot_done[s]);
     if (d.slot_copied[s]) cudaEventDestroy(d.slot_copied[s]);
+  }
+  for (Impl::WaitBracket& b : d.wait_brackets) {
+    if (b.before) cudaEventDestroy(b.before);
+    if (b.after) cudaEventDestroy(b.after);
   }
   if (d.copy_stream) cudaStreamDestroy(d.copy_stream);
   if (d.host_inputs_of_layers) cudaFreeHost(d.host_inputs_of_layers);
@@ -1020,6 +1060,12 @@ bool CudaModel::plan_fits_device() const {
   size_t free_b = 0, total_b = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   return planned_bytes() + kContextReserve <= free_b;
+}
+
+double CudaModel::offload_wait_seconds() {
+  Impl& d = *impl_;
+  while (d.pending_brackets > 0) d.sum_oldest_bracket();
+  return d.waited_seconds;
 }
 
 size_t CudaModel::planned_host_bytes() const { return impl_->offload ? impl_->offload_host_bytes() : 0; }

@@ -141,6 +141,10 @@ class CudaModel {
   // whether it fits the host's available memory now, as load() checks it.
   size_t planned_host_bytes() const;
   bool plan_fits_host() const;
+  // train.offload: seconds the compute stream has stood still waiting for the layer inputs' copies
+  // since the model was built (waits for the device; 0 without offload): the copies' share the
+  // compute did not hide.
+  double offload_wait_seconds();
   std::string describe() const;
 
  private:

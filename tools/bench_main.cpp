@@ -30,7 +30,9 @@
 //   mfu counts the reference forward too: flops_per_token + forward_flops_per_token (engine/flops.h)
 // Long context (--long L): each step one synthetic document of exactly L tokens (ids as the
 // workload's), token budget L, recompute full unless --recompute is given; MFU counts attention
-// (ℓ̄ = (L + 1) / 2 keys per query); also the process's peak host memory (VmHWM). --long-search:
+// (ℓ̄ = (L + 1) / 2 keys per query); also the process's peak host memory (VmHWM) and, with
+// --offload activations, offload_unhidden_share: the seconds the compute stream stood waiting for the
+// layer inputs' copies (timing events around each wait) over the timed steps' seconds. --long-search:
 // powers of two from 8192 tokens while the training plan (with AdamW's state) fits the free device
 // memory, then bisection to 1024 tokens; the largest is then trained as --long L, which shows
 // whether what the plan admits also runs.
@@ -276,7 +278,8 @@ struct TimedRun {
   double eval_seconds = 0;  // forward-only passes over the same micro-batches
   int64_t tokens = 0, padded_tokens = 0, micro_batches = 0, pairs = 0;
   double last_loss = 0;
-  std::vector<MicroBatch> micro;  // every timed micro-batch, for ℓ̄
+  double offload_wait_seconds = 0;  // of the compute stream for train.offload's copies (0 without offload)
+  std::vector<MicroBatch> micro;    // every timed micro-batch, for ℓ̄
 };
 
 // Every step goes through the trainer's divergence checks (engine/divergence.h): a step that
@@ -299,6 +302,7 @@ std::unique_ptr<Objective> bench_objective(const BenchOptions& o) {
 TimedRun time_steps(TrainBackend& backend, Objective& objective, const std::function<Step()>& next, float lr,
                     DivergenceDetector& divergence, int count, const char* phase) {
   TimedRun run;
+  const double waited_before = backend.offload_wait_seconds();  // between the timed windows
   for (int s = 0; s < count; ++s) {
     const auto ts = Clock::now();
     Step step = next();
@@ -314,6 +318,7 @@ TimedRun time_steps(TrainBackend& backend, Objective& objective, const std::func
     run.micro_batches += int64_t(step.micro.size());
     for (MicroBatch& mb : step.micro) run.micro.push_back(std::move(mb));
   }
+  run.offload_wait_seconds = backend.offload_wait_seconds() - waited_before;
   return run;
 }
 
@@ -434,6 +439,10 @@ Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& 
     j["long_tokens"] = o.long_tokens;
     j["peak_host_gib"] = peak_host_gib();
   }
+  // train.offload: the share of the timed steps' wall time the compute stream stood waiting for the
+  // layer inputs' copies (the copies the compute did not hide; 0 without offload).
+  j["offload_wait_s"] = run.offload_wait_seconds;
+  j["offload_unhidden_share"] = run.offload_wait_seconds / run.seconds;
   j["warmup_steps"] = o.warmup;
   j["timed_steps"] = o.steps;
   if (bench.profile) j["profile"] = *bench.profile;
@@ -522,11 +531,12 @@ void print_dpo_row(const Json& j) {
 
 void print_long_row(const Json& j) {
   std::fprintf(stderr, "%-14s %-5s %-10s long %8lld | %9.0f tok/s | MFU %5.1f%% (attention counted) | %6.2f GiB GPU | "
-                       "%6.2f GiB host | %s\n",
+                       "%6.2f GiB host | copies not hidden %4.1f%% | %s\n",
                j["preset"].get<std::string>().c_str(), j["mode"].get<std::string>().c_str(),
                j["recompute"].get<std::string>().c_str(), j["long_tokens"].get<long long>(),
                j["tokens_per_s"].get<double>(), 100.0 * j["mfu"].get<double>(), j["peak_mem_gib"].get<double>(),
-               j["peak_host_gib"].get<double>(), j["device"].get<std::string>().c_str());
+               j["peak_host_gib"].get<double>(), 100.0 * j["offload_unhidden_share"].get<double>(),
+               j["device"].get<std::string>().c_str());
 }
 
 void print_row(const Json& j) {
