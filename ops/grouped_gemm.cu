@@ -1,5 +1,8 @@
 // Grouped GEMMs over the experts on the GPU (math and tiling in ops/grouped_gemm.h).
 #include "ops/grouped_gemm.h"
+
+#include <type_traits>
+
 #include "ops/kernel_util.cuh"
 
 namespace loom {
@@ -58,15 +61,6 @@ __device__ __forceinline__ void store_slice(SharedTile& s, const uint4 (&v)[kVec
 
 __device__ __forceinline__ uint32_t pair_at(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-// d += a·b for one m16n8k16 tile (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type").
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 // Accumulator of a warp's 32×32 quarter: [m16 tile][n8 tile][fragment]; fragment f holds row
 // g + 8·(f / 2), column 2q + f % 2 of its 16×8 tile (g = lane / 4, q = lane % 4).
 using Acc = float[2][4][4];
@@ -109,7 +103,7 @@ __device__ __forceinline__ void mma_slice(Acc& acc, const SharedTile& As, const 
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-      for (int ni = 0; ni < 4; ++ni) mma_bf16(acc[mi][ni], a[mi], b[ni]);
+      for (int ni = 0; ni < 4; ++ni) mma_16816(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
   }
 }
 
@@ -144,19 +138,20 @@ __device__ __forceinline__ void tile_product(Acc& acc, const Operand& a, const O
 struct RowTile {
   int group;     // -1: past the last group's tiles
   int row0;      // first row of the tile
-  int rows;      // rows of the tile in its group (1 .. kTile)
+  int rows;      // rows of the tile in its group (1 .. the tile's rows)
 };
 
 // Warp-wide (every lane gets the answer): which group's tile the block's `tile` is. Group e owns
-// ceil(M_e / kTile) consecutive tiles, groups in order; lanes take 32 groups at a time and scan their
-// tile counts.
+// ceil(M_e / kRows) consecutive tiles of kRows rows, groups in order; lanes take 32 groups at a time
+// and scan their tile counts.
+template <int kRows>
 __device__ RowTile find_row_tile(const int32_t* offsets, int E, int64_t tile) {
   const int lane = threadIdx.x % 32;
   int64_t before = 0;  // tiles of the groups before this batch of 32
   for (int e0 = 0; e0 < E; e0 += 32) {
     const int e = e0 + lane;
     const int begin = e < E ? offsets[e] : 0, count = e < E ? offsets[e + 1] - begin : 0;
-    const int tiles = (count + kTile - 1) / kTile;
+    const int tiles = (count + kRows - 1) / kRows;
     int inclusive = tiles;
     for (int offset = 1; offset < 32; offset *= 2) {
       const int below = __shfl_up_sync(0xffffffffu, inclusive, offset);
@@ -169,7 +164,7 @@ __device__ RowTile find_row_tile(const int32_t* offsets, int E, int64_t tile) {
       const int64_t j = tile - __shfl_sync(0xffffffffu, first, src);
       const int group_begin = __shfl_sync(0xffffffffu, begin, src);
       const int group_count = __shfl_sync(0xffffffffu, count, src);
-      return {e0 + src, group_begin + int(j) * kTile, min(kTile, group_count - int(j) * kTile)};
+      return {e0 + src, group_begin + int(j) * kRows, min(kRows, group_count - int(j) * kRows)};
     }
     before += __shfl_sync(0xffffffffu, inclusive, 31);
   }
@@ -184,7 +179,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ RowTile tile;
   __shared__ __align__(16) SharedTile As, Bs;
   if (threadIdx.x < 32) {
-    const RowTile found = find_row_tile(offsets, E, blockIdx.x);
+    const RowTile found = find_row_tile<kTile>(offsets, E, blockIdx.x);
     if (threadIdx.x == 0) tile = found;
   }
   __syncthreads();
@@ -208,6 +203,134 @@ __global__ void __launch_bounds__(kThreads)
     }
     *out = __floats2bfloat162_rn(v0, v1);
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The wide kernel (nt / nn with N >= kWideMinN): 128×128 output tiles, 8 warps in 2 (m) × 4 (n), each a
+// 64×32 piece (4 m16 × 4 n8 MMA tiles); k steps of kStepK through two shared-memory stages that
+// cp.async fills (the next step's copies in flight during this step's MMAs; out-of-range vectors
+// zero-filled); fragments by ldmatrix, .trans for nn's W (stored (K, N), n contiguous). Per warp and
+// k16: 6 ldmatrix.x4 for 16 MMAs, where the 64×64 kernel issues 16 32-bit shared loads for 8. The
+// MMAs run over k in the same order of 16-wide chunks as the 64×64 kernel's, so an output's bits are
+// the same whichever kernel computes it.
+
+constexpr int kWide = 128;                   // output tile rows and columns
+constexpr int kWideThreads = 256;            // 8 warps
+constexpr int kWideMinN = kWide;             // narrower outputs (LoRA ranks) keep the 64×64 kernel
+constexpr int kPitchN = kWide + 8;           // nn's W rows (k) in shared memory: 272 bytes, ldmatrix conflict-free
+constexpr int kWideVecs = kWide * kStepK / kBf16PerVec / kWideThreads;  // 16-byte copies per operand and step
+static_assert(kWideVecs == 2, "two vectors per thread and operand");
+
+// One k step of both operands: A (rows m, k contiguous); B as W_e lies: nt (n, k contiguous), nn (k, n
+// contiguous).
+template <bool kWKMajor>
+struct WideStage {
+  bf16 a[kWide][kPitch];
+  std::conditional_t<kWKMajor, bf16[kWide][kPitch], bf16[kStepK][kPitchN]> b;
+};
+
+// This thread's copies of one k step (k0) into `st`: A's rows below a_rows; nt: W's rows n below
+// n_lim; nn: W's rows k below K, columns n below n_lim (multiples of 8, so a vector is wholly in or out).
+template <bool kWKMajor>
+__device__ __forceinline__ void copy_wide_step(WideStage<kWKMajor>& st, const bf16* x, const bf16* w, int a_rows,
+                                               int n_lim, int N, int K, int k0) {
+#pragma unroll
+  for (int i = 0; i < kWideVecs; ++i) {
+    const int idx = threadIdx.x + i * kWideThreads;
+    const int m = idx / 4, k = (idx % 4) * 8;  // A and nt's W: 4 vectors along k per row
+    const bool a_in = m < a_rows && k0 + k < K;
+    cp_async_16(smem_addr(&st.a[m][k]), a_in ? x + int64_t(m) * K + k0 + k : x, a_in ? 16 : 0);
+    if constexpr (kWKMajor) {
+      const bool b_in = m < n_lim && k0 + k < K;
+      cp_async_16(smem_addr(&st.b[m][k]), b_in ? w + int64_t(m) * K + k0 + k : w, b_in ? 16 : 0);
+    } else {
+      const int kk = idx / 16, n = (idx % 16) * 8;  // 16 vectors along n per k
+      const bool b_in = k0 + kk < K && n < n_lim;
+      cp_async_16(smem_addr(&st.b[kk][n]), b_in ? w + int64_t(k0 + kk) * N + n : w, b_in ? 16 : 0);
+    }
+  }
+}
+
+using WideAcc = float[4][4][4];  // [m16 tile][n8 tile][fragment] of a warp's 64×32 piece
+
+// The warp's MMAs over one stage: A fragments by ldmatrix.x4 (rows lane % 16, k half lane / 16); B
+// fragments two n8 tiles at a time: nt by ldmatrix.x4 of (n, k) rows, nn by ldmatrix.x4.trans of
+// (k, n) rows; registers 0..3 are (n8 tile 2p, k 0-7), (2p, k 8-15), (2p+1, k 0-7), (2p+1, k 8-15).
+template <bool kWKMajor>
+__device__ __forceinline__ void wide_mma_stage(WideAcc& acc, const WideStage<kWKMajor>& st, int wm, int wn) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int ks = 0; ks < kStepK; ks += 16) {
+    uint32_t a[4][4], b[4][2];
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(a[mi], smem_addr(&st.a[wm + mi * 16 + lane % 16][ks + (lane / 16) * 8]));
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      uint32_t r[4];
+      const int n = wn + p * 16;
+      if constexpr (kWKMajor)
+        ldmatrix_x4(r, smem_addr(&st.b[n + (lane / 16) * 8 + lane % 8][ks + ((lane / 8) % 2) * 8]));
+      else
+        ldmatrix_x4_trans(r, smem_addr(&st.b[ks + lane % 16][n + (lane / 16) * 8]));
+      b[2 * p][0] = r[0], b[2 * p][1] = r[1], b[2 * p + 1][0] = r[2], b[2 * p + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) mma_16816(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
+  }
+}
+
+// nt (kWKMajor) / nn, N >= kWideMinN: block (x, y) computes 128-row tile x (of the groups' tiles) ×
+// columns y·128, as grouped_rows_kernel does with 64×64 tiles.
+template <bool kWKMajor>
+__global__ void __launch_bounds__(kWideThreads)
+    grouped_rows_wide_kernel(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
+                             int N, int K, float alpha, bool accumulate) {
+  __shared__ RowTile tile;
+  __shared__ __align__(16) WideStage<kWKMajor> stage[2];
+  if (threadIdx.x < 32) {
+    const RowTile found = find_row_tile<kWide>(offsets, E, blockIdx.x);
+    if (threadIdx.x == 0) tile = found;
+  }
+  __syncthreads();
+  if (tile.group < 0) return;  // the whole block: worst-case grid, fewer tiles this time
+  const int n0 = blockIdx.y * kWide, n_lim = N - n0;
+  const bf16* x = X + int64_t(tile.row0) * K;
+  // W_e's columns from n0: nt rows n0.. of (N, K); nn columns n0.. of (K, N).
+  const bf16* w = W + tile.group * w_stride + (kWKMajor ? int64_t(n0) * K : int64_t(n0));
+  const int warp = threadIdx.x / 32, wm = (warp / 4) * 64, wn = (warp % 4) * 32;
+  WideAcc acc = {};
+  const int steps = (K + kStepK - 1) / kStepK;
+  copy_wide_step<kWKMajor>(stage[0], x, w, tile.rows, n_lim, N, K, 0);
+  cp_async_commit();
+  for (int s = 0; s < steps; ++s) {
+    // Stage (s + 1) % 2 was last read by step s - 1's MMAs, which the barrier ending that step closed.
+    if (s + 1 < steps) copy_wide_step<kWKMajor>(stage[(s + 1) % 2], x, w, tile.rows, n_lim, N, K, (s + 1) * kStepK);
+    cp_async_commit();  // possibly empty: one group per step keeps the count below simple
+    cp_async_wait<1>();  // step s's copies (all but the group just committed) have landed
+    __syncthreads();
+    wide_mma_stage<kWKMajor>(acc, stage[s % 2], wm, wn);
+    __syncthreads();  // before step s + 1 copies into this stage
+  }
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = wm + mi * 16 + lane / 4 + 8 * half, c = wn + ni * 8 + 2 * (lane % 4);
+        if (r >= tile.rows || c >= n_lim) continue;  // c even and N a multiple of 8: c + 1 < n_lim too
+        __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(Y + int64_t(tile.row0 + r) * N + n0 + c);
+        float v0 = alpha * acc[mi][ni][2 * half], v1 = alpha * acc[mi][ni][2 * half + 1];
+        if (accumulate) {
+          const float2 old = __bfloat1622float2(*out);
+          v0 += old.x;
+          v1 += old.y;
+        }
+        *out = __floats2bfloat162_rn(v0, v1);
+      }
 }
 
 // tn: block (x, y, e) computes D_e's tile rows y·kTile (n of Y) × columns x·kTile (k of X), summing
@@ -249,8 +372,14 @@ void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_
   check_shape(what, E, N, K, w_stride, {Y, X, W});
   LOOM_CHECK(rows >= 0 && rows <= INT32_MAX, what, ": ", rows, " rows (at most 2^31 - 1)");
   if (rows == 0) return;
-  const dim3 grid(unsigned(ceil_div(rows, kTile) + E), unsigned(ceil_div(N, kTile)));
-  grouped_rows_kernel<kWKMajor><<<grid, kThreads, 0, stream>>>(Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
+  if (N >= kWideMinN) {
+    const dim3 grid(unsigned(ceil_div(rows, kWide) + E), unsigned(ceil_div(N, kWide)));
+    grouped_rows_wide_kernel<kWKMajor>
+        <<<grid, kWideThreads, 0, stream>>>(Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
+  } else {
+    const dim3 grid(unsigned(ceil_div(rows, kTile) + E), unsigned(ceil_div(N, kTile)));
+    grouped_rows_kernel<kWKMajor><<<grid, kThreads, 0, stream>>>(Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
+  }
   CUDA_CHECK(cudaGetLastError());
 }
 

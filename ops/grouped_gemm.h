@@ -11,13 +11,16 @@
 // rounded once to bf16; D accumulated in fp32. Each output element is owned by one block: the result
 // is deterministic (no atomics), and the groups' results do not depend on each other's sizes.
 //
-// CUDA (ops/grouped_gemm.cu): one kernel of 64×64 output tiles, 4 warps of 32×32, mma.sync m16n8k16
-// bf16 → fp32, k steps of 32 through shared memory (staged through registers, the next step's loads
-// in flight during this step's MMAs). nt / nn: the grid is sized for the worst case on the host,
-// ceil(rows / 64) + E row tiles × ceil(N / 64) column tiles (group e needs ceil(M_e / 64) row tiles);
-// each block finds its group and first row from the device offsets (a warp scan of the groups' tile
-// counts) and exits when the tile index is past the last group's. tn: one z-slice of blocks per
-// expert, each block looping over its group's rows; an empty group does nothing.
+// CUDA (ops/grouped_gemm.cu): mma.sync m16n8k16 bf16 → fp32 over k steps of 32 through shared memory.
+// nt / nn with N >= 128 (the experts' own matrices): 128×128 output tiles, 8 warps of 64×32, two
+// shared-memory stages filled by cp.async, fragments by ldmatrix. Narrower nt / nn (the adapters'
+// ranks) and tn: 64×64 tiles, 4 warps of 32×32, loads staged through registers. Both run the MMAs
+// over k in the same order, so the bits do not depend on the kernel. nt / nn: the grid is sized for
+// the worst case on the host, ceil(rows / tile) + E row tiles × ceil(N / tile) column tiles (group e
+// needs ceil(M_e / tile) row tiles); each block finds its group and first row from the device offsets
+// (a warp scan of the groups' tile counts) and exits when the tile index is past the last group's.
+// tn: one z-slice of blocks per expert, each block looping over its group's rows; an empty group does
+// nothing.
 #pragma once
 #include <cstdint>
 
@@ -25,7 +28,7 @@
 
 namespace loom {
 
-constexpr int kGroupedGemmTile = 64;  // output tile (both dimensions), the unit of the worst-case grid
+constexpr int kGroupedGemmTile = 64;  // the narrow kernel's output tile (both dimensions)
 
 // ---- references (host fp32 values; sums in double): the same layouts and semantics
 void grouped_gemm_nt_ref(float* Y, const float* X, const float* W, int64_t w_stride, const int32_t* offsets, int E,

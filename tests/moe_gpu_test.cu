@@ -424,6 +424,8 @@ void check_tn(const Groups& g, int N, int K, float alpha, uint64_t seed) {
 
 // Groups of 0, 1, 63, 64, 65 and 200 rows, and spare rows past the last group.
 const std::vector<int32_t> kAwkwardCounts = {0, 1, 63, 64, 65, 0, 200, 7};
+// Around the wide kernel's 128-row tiles (N >= 128 takes it; the counts above cross its tiles too).
+const std::vector<int32_t> kWideCounts = {127, 0, 128, 129, 1, 300};
 
 TEST(GroupedGemmGpu, ForwardMatchesTheReference) {
   REQUIRE_GPU();
@@ -433,6 +435,8 @@ TEST(GroupedGemmGpu, ForwardMatchesTheReference) {
   check_rows_product(g, 72, 16, true, 0.5f, true, 43);     // y += s·u·Bᵀ (K = R below the k step)
   check_rows_product(groups_of({0, 300, 0}, 0), 64, 64, true, 1.f, false, 44);  // one expert takes all
   check_rows_product(groups_of({1000, 3, 0, 517}, 64), 256, 520, true, 1.f, false, 45);  // many rows
+  check_rows_product(groups_of(kWideCounts, 3), 392, 200, true, 1.f, false, 46);  // wide: 4 column tiles, last partial
+  check_rows_product(g, 136, 16, true, 0.5f, true, 47);  // wide, K below the k step, accumulating
 }
 
 TEST(GroupedGemmGpu, BackwardInputGradientMatchesTheReference) {
@@ -442,6 +446,52 @@ TEST(GroupedGemmGpu, BackwardInputGradientMatchesTheReference) {
   check_rows_product(g, 16, 72, false, 0.5f, false, 52);   // du = s·dy·B
   check_rows_product(g, 136, 16, false, 1.f, true, 53);    // dx += du·A
   check_rows_product(groups_of({0, 300, 0}, 0), 64, 64, false, 1.f, false, 54);
+  check_rows_product(groups_of(kWideCounts, 3), 392, 200, false, 1.f, false, 55);  // wide: n-major W
+  check_rows_product(groups_of({1000, 3, 0, 517}, 64), 2048, 96, false, 1.f, true, 56);  // the experts' dx shape
+}
+
+// Y's columns from the wide kernel (N = 128) and the narrow one (N = 64, the same W's first 64 output
+// columns): the same MMAs over k in the same order, so the same bits (ops/grouped_gemm.h). 40 groups,
+// most of them empty, so the tile search crosses its batches of 32 groups.
+std::vector<uint16_t> first_64_columns(int N, const Groups& g, int K, bool w_kmajor, const std::vector<float>& X,
+                                       const std::vector<float>& W128) {
+  // W_e as the kernel reads it at width N: nt (N, K) = the first N rows; nn (K, N) = the first N columns.
+  const int64_t w_stride = int64_t(128) * K;
+  std::vector<float> W(size_t(g.E * w_stride), 0.f);
+  for (int e = 0; e < g.E; ++e)
+    for (int64_t i = 0; i < int64_t(N) * K; ++i) {
+      const int64_t n = w_kmajor ? i / K : i % N, k = w_kmajor ? i % K : i / N;
+      W[size_t(e * w_stride + i)] = W128[size_t(e * w_stride + (w_kmajor ? n * K + k : k * 128 + n))];
+    }
+  DeviceArray<bf16> dX(X.size()), dW(W.size()), dY(size_t(g.rows * N));
+  DeviceArray<int32_t> doff(g.offsets.size());
+  dX.upload(to_bits(X));
+  dW.upload(to_bits(W));
+  doff.upload(g.offsets);
+  (w_kmajor ? grouped_gemm_nt : grouped_gemm_nn)(dY.get(), dX.get(), dW.get(), w_stride, doff.get(), g.E, g.rows, N,
+                                                 K, 1.f, false, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> y = dY.download<uint16_t>();
+  std::vector<uint16_t> cols;
+  for (int64_t r = 0; r < g.used; ++r) cols.insert(cols.end(), y.begin() + r * N, y.begin() + r * N + 64);
+  return cols;
+}
+
+TEST(GroupedGemmGpu, WideAndNarrowKernelsGiveTheSameBits) {
+  REQUIRE_GPU();
+  std::vector<int32_t> counts(40, 0);
+  counts[3] = 129, counts[17] = 1, counts[33] = 200, counts[39] = 64;
+  const Groups g = groups_of(counts, 0);
+  const int K = 200;
+  const std::vector<float> X = test::random_bf16_values(size_t(g.rows * K), 71, 1.f);
+  const std::vector<float> W = test::random_bf16_values(size_t(g.E) * 128 * K, 72, 1.f);
+  for (bool w_kmajor : {true, false}) {
+    SCOPED_TRACE(w_kmajor ? "nt" : "nn");
+    const std::vector<uint16_t> wide = first_64_columns(128, g, K, w_kmajor, X, W);
+    const std::vector<uint16_t> narrow = first_64_columns(64, g, K, w_kmajor, X, W);
+    ASSERT_EQ(wide.size(), size_t(g.used) * 64);
+    EXPECT_TRUE(wide == narrow);
+  }
 }
 
 TEST(GroupedGemmGpu, WeightGradientMatchesTheReference) {
