@@ -75,13 +75,21 @@ struct DecodeShape {
 
 // The GPU path (models/cuda_model.h): weights streamed from src, quantized per model.quant; with a
 // decode shape, the memory plan holds its KV cache too.
+// With train.offload: activations, the first offload_device_layers layers keep their inputs on the
+// device; -1: as many as the device's free memory holds beside the plan (most_device_layers).
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const WeightSource& src,
                                                 const LoraLayout& layout, const std::vector<float>& lora,
-                                                const TrainConfig& tc, const DecodeShape& decode = {});
+                                                const TrainConfig& tc, const DecodeShape& decode = {},
+                                                int offload_device_layers = -1);
 // train.offload as the GPU path applies it: auto keeps the layer inputs on the device when the plan
 // fits there (and always without recompute full), else moves them to host memory when that fits
 // (plan_fits(offload) measures a plan; nothing is allocated); none and activations stay as asked.
 Offload choose_offload(Offload requested, Recompute recompute, const std::function<bool(Offload)>& plan_fits);
+// How many layers keep their inputs on the device under train.offload: activations: the largest D in
+// [0, max_layers] with device_fits(D) (true up to some D, false above: each layer kept adds its slot),
+// by bisection; 0 when even D = 0 does not fit (the plan's check then says so). Every layer kept is
+// one copy to the host and back fewer a step and T·C·2 bytes of pinned host memory fewer.
+int most_device_layers(int max_layers, const std::function<bool(int)>& device_fits);
 // The MLP's sequence tile of a GPU run (CudaModelOptions::mlp_tile): train.mlp_tile, or for 0 (auto)
 // tiles of 16,384 rows under recompute full when the token budget is larger, else none (0).
 int64_t mlp_tile_of(const TrainSection& t);

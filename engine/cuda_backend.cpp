@@ -21,7 +21,7 @@ namespace {
 // (F 14,336) whatever the document's length (issue 14).
 constexpr int64_t kAutoMlpTile = 16384;
 
-CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode) {
+CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode, int offload_device_layers) {
   CudaModelOptions opt;
   opt.mode = ModelMode::kTrain;
   opt.decode_batch = decode.batch;
@@ -30,6 +30,7 @@ CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode)
   opt.double_quant = tc.model.double_quant;
   opt.recompute = tc.train.recompute;
   opt.offload = tc.train.offload;  // never kAuto here: make_cuda_backend resolves it, run_plan_fits sets it
+  opt.offload_device_layers = offload_device_layers;
   opt.token_budget = tc.train.token_budget;
   opt.mlp_tile = mlp_tile_of(tc.train);
   // Preference tuning from an adapter keeps a frozen copy of it as the reference (TRL's choice).
@@ -40,8 +41,9 @@ CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode)
 class CudaBackend : public TrainBackend {
  public:
   CudaBackend(const ModelConfig& cfg, const WeightSource& src, const LoraLayout& layout,
-              const std::vector<float>& lora, const TrainConfig& tc, const DecodeShape& decode)
-      : model_(cfg, layout, model_options(tc, decode)),
+              const std::vector<float>& lora, const TrainConfig& tc, const DecodeShape& decode,
+              int offload_device_layers)
+      : model_(cfg, layout, model_options(tc, decode, offload_device_layers)),
         optimizer_(tc.train, layout.total, model_.plan()),
         cfg_(cfg),
         decode_(decode) {
@@ -137,15 +139,16 @@ class CudaBackend : public TrainBackend {
   double peak_gib_ = 0;
 };
 
-// Whether the run's memory plan (model and optimizer) fits the device and host now, with `offload`.
+// Whether the run's memory plan (model and optimizer) fits the device (and, with `host`, the host) now,
+// with `offload` and that many device layers.
 bool run_plan_fits(const ModelConfig& cfg, const LoraLayout& layout, const TrainConfig& tc, const DecodeShape& decode,
-                   Offload offload) {
-  CudaModelOptions opt = model_options(tc, decode);
+                   Offload offload, int device_layers, bool host) {
+  CudaModelOptions opt = model_options(tc, decode, device_layers);
   opt.offload = offload;
   opt.print_plan = false;
   CudaModel model(cfg, layout, opt);
   AdamW optimizer(tc.train, layout.total, model.plan());
-  return model.plan_fits_device() && model.plan_fits_host();
+  return model.plan_fits_device() && (!host || model.plan_fits_host());
 }
 
 }  // namespace
@@ -161,17 +164,33 @@ Offload choose_offload(Offload requested, Recompute recompute, const std::functi
   return plan_fits(Offload::kActivations) ? Offload::kActivations : Offload::kNone;
 }
 
+int most_device_layers(int max_layers, const std::function<bool(int)>& device_fits) {
+  if (max_layers <= 0 || !device_fits(0)) return 0;
+  int fits = 0, fails = max_layers + 1;  // device_fits(fits) holds; every D >= fails does not
+  while (fails - fits > 1) {
+    const int mid = fits + (fails - fits) / 2;
+    (device_fits(mid) ? fits : fails) = mid;
+  }
+  return fits;
+}
+
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const WeightSource& src,
                                                 const LoraLayout& layout, const std::vector<float>& lora,
-                                                const TrainConfig& tc, const DecodeShape& decode) {
+                                                const TrainConfig& tc, const DecodeShape& decode,
+                                                int offload_device_layers) {
   TrainConfig resolved = tc;
+  const int max_device_layers = std::max(cfg.L - 2, 0);  // the last two layers' inputs stay on the device anyway
   resolved.train.offload = choose_offload(tc.train.offload, tc.train.recompute, [&](Offload o) {
-    return cuda_available() && run_plan_fits(cfg, layout, tc, decode, o);
+    return cuda_available() && run_plan_fits(cfg, layout, tc, decode, o, 0, true);
   });
   if (tc.train.offload == Offload::kAuto && resolved.train.offload == Offload::kActivations)
     std::fprintf(stderr, "train.offload auto: the layer inputs go to pinned host memory (the plan with them on the "
                          "GPU does not fit its free memory)\n");
-  return std::make_unique<CudaBackend>(cfg, src, layout, lora, resolved, decode);
+  if (resolved.train.offload == Offload::kActivations && offload_device_layers < 0)
+    offload_device_layers = !cuda_available() ? 0 : most_device_layers(max_device_layers, [&](int d) {
+      return run_plan_fits(cfg, layout, resolved, decode, Offload::kActivations, d, false);
+    });
+  return std::make_unique<CudaBackend>(cfg, src, layout, lora, resolved, decode, std::max(offload_device_layers, 0));
 }
 
 }  // namespace loom

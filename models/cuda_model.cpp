@@ -157,15 +157,18 @@ struct CudaModel::Impl {
   static constexpr int64_t kMinDecodeBucket = 256;
   std::map<std::pair<bool, int64_t>, cudaGraphExec_t> decode_graphs;
 
-  // train.offload: activations. resid holds kInputSlots layer inputs (layer l in slot l % kInputSlots)
-  // and the final residual; every layer input of a training forward but the last kInputSlots (still in
-  // their slots when the backward starts) is copied to host_inputs_of_layers
-  // on copy_stream as soon as the layer has run, and copied back into its slot while the backward of
-  // the layer above it runs. slot_done[s]: the compute stream is done with slot s's layer;
-  // slot_copied[s]: the copy stream is done with slot s (its layer stored, or the next one loaded).
+  // train.offload: activations. The inputs of the first device_layers layers keep a device slot each
+  // (as many as the device's free memory holds: CudaModelOptions::offload_device_layers); the others
+  // take turns in kInputSlots ring slots (layer l in ring slot (l - device_layers) % kInputSlots).
+  // Every ring layer's input but the last kInputSlots' (still in their slots when the backward starts)
+  // is copied to host_inputs_of_layers on copy_stream as soon as the layer has run, and copied back
+  // into its slot while the backward of the layer above it runs. slot_done[s]: the compute stream is
+  // done with ring slot s's layer; slot_copied[s]: the copy stream is done with it (its layer stored,
+  // or the next one loaded). resid: the ring slots, the final residual, the device layers' slots.
   static constexpr int kInputSlots = 2;
   bool offload = false;
-  bf16* host_inputs_of_layers = nullptr;  // (L - kInputSlots, Tmax, C) pinned
+  int device_layers = 0;
+  bf16* host_inputs_of_layers = nullptr;  // (offloaded_layers(), Tmax, C) pinned
   cudaStream_t copy_stream = nullptr;
   cudaEvent_t slot_done[kInputSlots] = {}, slot_copied[kInputSlots] = {};
   // How long the compute stream stood still waiting for copies (offload_wait_seconds): each wait is
@@ -190,7 +193,8 @@ struct CudaModel::Impl {
         Tmax(o.token_budget),
         B(o.decode_batch),
         context(o.decode_context),
-        offload(o.mode == ModelMode::kTrain && o.offload == Offload::kActivations) {
+        offload(o.mode == ModelMode::kTrain && o.offload == Offload::kActivations),
+        device_layers(offload ? std::clamp(o.offload_device_layers, 0, std::max(c.L - kInputSlots, 0)) : 0) {
     LOOM_CHECK(!generate_mode || B >= 1, "generation needs a batch >= 1 (found ", B, ")");
     LOOM_CHECK(!offload || o.recompute == Recompute::kFull, "train.offload: activations needs train.recompute: full "
                "(found ", recompute_name(o.recompute), ")");
@@ -242,8 +246,9 @@ struct CudaModel::Impl {
     const bool keep_cheap = train_mode && opt.recompute == Recompute::kNone;  // norm outputs, SwiGLU product
     if (offload) {
       resid.stride = padded<bf16>(T * C);
-      add("activations", "residual stream: 2 layer inputs, the final residual", &resid.base,
-          resid.stride * (kInputSlots + 1), "(3, T, C)");
+      add("activations", cat("residual stream: 2 ring slots, the final residual, ", device_layers, " layers' inputs"),
+          &resid.base, resid.stride * (kInputSlots + 1 + device_layers), cat("(", kInputSlots + 1 + device_layers,
+          ", T, C)"));
     } else if (train_mode) {
       resid.stride = padded<bf16>(T * C);
       add("activations", "residual stream", &resid.base, resid.stride * (m.L + 1), "(L+1, T, C)");
@@ -615,17 +620,22 @@ struct CudaModel::Impl {
   // Layer l's input (l < L), or the final residual (l == L).
   bf16* resid_at(int l) const {
     if (!offload) return resid.at(l);
-    return resid.base + size_t(l == cfg.L ? kInputSlots : l % kInputSlots) * resid.stride;
+    const int slot = l == cfg.L ? kInputSlots : l < device_layers ? kInputSlots + 1 + l : ring_slot(l);
+    return resid.base + size_t(slot) * resid.stride;
   }
+
+  int ring_slot(int l) const { return (l - device_layers) % kInputSlots; }
+  // Whether layer l's input goes to the host: a ring layer's but the last kInputSlots'.
+  bool offloaded(int l) const { return l >= device_layers && l < cfg.L - kInputSlots; }
+  int offloaded_layers() const { return std::max(cfg.L - kInputSlots - device_layers, 0); }
 
   // Offload: once layer l has run, its input goes to the host on copy_stream. Layer l + 1 writes the
-  // other slot; layer l + kInputSlots, which overwrites this one, first waits for the copy. The last
-  // kInputSlots layers' inputs stay in their slots for the backward.
+  // other ring slot; layer l + kInputSlots, which overwrites this one, first waits for the copy.
   void store_layer_input(int l) {
-    if (l < cfg.L - kInputSlots) copy_slot(l % kInputSlots, host_input(l), resid_at(l), cudaMemcpyDeviceToHost);
+    if (offloaded(l)) copy_slot(ring_slot(l), host_input(l), resid_at(l), cudaMemcpyDeviceToHost);
   }
 
-  bf16* host_input(int l) const { return host_inputs_of_layers + size_t(l) * Tmax * cfg.C; }
+  bf16* host_input(int l) const { return host_inputs_of_layers + size_t(l - device_layers) * Tmax * cfg.C; }
 
   // T rows of a layer input between slot s and the host on copy_stream, once the compute stream is done
   // with the slot; slot_copied[s] marks the copy's end.
@@ -636,21 +646,22 @@ struct CudaModel::Impl {
     CUDA_CHECK(cudaEventRecord(slot_copied[s], copy_stream));
   }
 
-  // Before layer l writes its slot in a storing forward: the slot's previous layer has reached the host.
+  // Before ring layer l writes its slot in a storing forward: the slot's previous layer (an offloaded
+  // one, l - kInputSlots) has reached the host.
   void wait_slot_stored(int l) {
-    if (l >= kInputSlots) wait_for_copy(slot_copied[l % kInputSlots]);
+    if (l >= device_layers + kInputSlots) wait_for_copy(slot_copied[ring_slot(l)]);
   }
 
-  // Offload, backward: once layer l's backward has run, layer l - kInputSlots's input comes back into
-  // the same slot; the backward of layer l - kInputSlots waits for it (wait_slot_loaded).
+  // Offload, backward: once ring layer l's backward has run, layer l - kInputSlots's input (when it is
+  // a ring layer's: offloaded) comes back into the same slot; its backward waits for it (wait_slot_loaded).
   void load_layer_input_below(int l) {
     const int below = l - kInputSlots;
-    if (below >= 0) copy_slot(l % kInputSlots, resid_at(below), host_input(below), cudaMemcpyHostToDevice);
+    if (below >= device_layers) copy_slot(ring_slot(l), resid_at(below), host_input(below), cudaMemcpyHostToDevice);
   }
 
-  // The last kInputSlots layers' inputs are still in their slots after the forward; the others were loaded.
+  // The device layers' and the last kInputSlots layers' inputs are in their slots; the others were loaded.
   void wait_slot_loaded(int l) {
-    if (l < cfg.L - kInputSlots) wait_for_copy(slot_copied[l % kInputSlots]);
+    if (offloaded(l)) wait_for_copy(slot_copied[ring_slot(l)]);
   }
 
   // LM head + cross-entropy: token losses always; with `backward`, dxf from the uploaded token
@@ -806,20 +817,18 @@ struct CudaModel::Impl {
     return exec;
   }
 
-  // Bytes of pinned host memory the offloaded layer inputs take (all but the last kInputSlots).
-  size_t offload_host_bytes() const {
-    return size_t(std::max(cfg.L - kInputSlots, 0)) * size_t(Tmax) * size_t(cfg.C) * sizeof(bf16);
-  }
+  // Bytes of pinned host memory the offloaded layer inputs take.
+  size_t offload_host_bytes() const { return size_t(offloaded_layers()) * size_t(Tmax) * size_t(cfg.C) * sizeof(bf16); }
 
   // The host side of train.offload: activations, checked against the host's available memory first.
   void start_offload() {
     const size_t bytes = offload_host_bytes();
     const HostMemory host = HostMemory::now();
     if (opt.print_plan)
-      std::fprintf(stderr, "host (pinned): offloaded layer inputs (L - %d, T, C) bf16 %s\n", kInputSlots,
-                   format_bytes(bytes).c_str());
+      std::fprintf(stderr, "host (pinned): offloaded layer inputs (%d, T, C) bf16 %s (%d layers' stay on the GPU)\n",
+                   offloaded_layers(), format_bytes(bytes).c_str(), cfg.L - offloaded_layers());
     LOOM_CHECK(host.fits(bytes), "train.offload: activations needs ", format_bytes(bytes),
-               " of pinned host memory for the layer inputs (", std::max(cfg.L - kInputSlots, 0), " layers x ", Tmax,
+               " of pinned host memory for the layer inputs (", offloaded_layers(), " layers x ", Tmax,
                " tokens x ", cfg.C, " x 2 bytes) plus ", format_bytes(std::max(kHostReserve, host.resident)),
                " for the rest of the process, which holds ", format_bytes(host.resident), " now, and the host has ",
                format_bytes(host.available), " more available; lower train.token_budget (now ", Tmax, ")");

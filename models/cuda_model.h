@@ -60,6 +60,9 @@ struct CudaModelOptions {
   bool double_quant = true;
   Recompute recompute = Recompute::kSelective;  // kTrain only
   Offload offload = Offload::kNone;             // kTrain with recompute full only; never kAuto (resolved)
+  // With offload: the first this many layers keep their inputs on the device (at most L - 2, the last
+  // two always do); the others' go to pinned host memory. engine/backend.h picks as many as fit.
+  int offload_device_layers = 0;
   // kTrain with recompute full: the MLP in sequence tiles of this many rows (a multiple of
   // kMlpRowChunk) in forward and backward, so its (rows, F) buffers hold a tile, not the micro-batch;
   // 0: the whole micro-batch at once. Any tile size gives the same bits (the MLP's GEMMs then run in a

@@ -378,7 +378,8 @@ void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_
         <<<grid, kWideThreads, 0, stream>>>(Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
   } else {
     const dim3 grid(unsigned(ceil_div(rows, kTile) + E), unsigned(ceil_div(N, kTile)));
-    grouped_rows_kernel<kWKMajor><<<grid, kThreads, 0, stream>>>(Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
+    grouped_rows_kernel<kWKMajor>
+        <<<grid, kThreads, 0, stream>>>(Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
   }
   CUDA_CHECK(cudaGetLastError());
 }

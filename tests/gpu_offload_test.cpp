@@ -5,7 +5,9 @@
 //   same losses, gradients and weights bit for bit as the same run with the inputs on the device. The
 //   `tiny` preset has 4 layers and the device keeps 2 slots of inputs, so the backward of layers 0 and
 //   1 reads inputs copied back from the host (a wrong layer, slot or missing wait changes the bits),
-//   over micro-batches of different lengths. Also how train.offload auto decides (no GPU needed).
+//   over micro-batches of different lengths; the same with the first layers' inputs kept on the
+//   device (CudaModelOptions::offload_device_layers), the rest through the host. Also how train.offload
+//   auto decides and how many layers stay on the device (no GPU needed).
 // - train.mlp_tile runs the MLP in sequence tiles: every tile size gives the same bits (row-invariant
 //   GEMMs, ops/gemm.h), with LoRA dropout on (its mask drawn at each tile's offset), and the tiled run
 //   follows the untiled one within rounding.
@@ -66,7 +68,7 @@ std::vector<MicroBatch> micro_batches(const std::vector<Document>& docs, const s
 // Three AdamW steps of the tiny preset (nf4, LoRA r8 on the seven projections, recompute full) over
 // `micro`, with the memory savers and dropout of `train`.
 ThreeSteps train_three_steps(const std::vector<MicroBatch>& micro, Offload offload, int mlp_tile = 0,
-                             float dropout = 0.f) {
+                             float dropout = 0.f, int device_layers = 0) {
   const ModelConfig cfg = preset_model_config("tiny");
   LoraOptions lo;
   lo.r = 8;
@@ -82,7 +84,7 @@ ThreeSteps train_three_steps(const std::vector<MicroBatch>& micro, Offload offlo
   int64_t budget = 0, targets = 0;
   for (const MicroBatch& mb : micro) budget = std::max(budget, mb.T()), targets += mb.n_targets();
   tc.train.token_budget = int(budget);
-  auto gpu = make_cuda_backend(cfg, WeightSource::random(cfg, 7), layout, lora_init(layout, 11), tc);
+  auto gpu = make_cuda_backend(cfg, WeightSource::random(cfg, 7), layout, lora_init(layout, 11), tc, {}, device_layers);
   ThreeSteps run;
   for (int step = 1; step <= 3; ++step) {
     for (size_t i = 0; i < micro.size(); ++i)
@@ -127,6 +129,21 @@ TEST(GpuOffload, LayerInputsInHostMemoryGiveIdenticalSteps) {
   EXPECT_EQ(device.offload_wait_s, 0.0);
   EXPECT_TRUE(std::isfinite(host.offload_wait_s) && host.offload_wait_s >= 0.0 && host.offload_wait_s < 60.0)
       << host.offload_wait_s;
+}
+
+// Offload with the first layers' inputs kept on the device (the tiny preset's 4 layers: layer 0 kept,
+// layer 1 through the host, 2 and 3 in the ring; then 0 and 1 kept, none through the host).
+TEST(GpuOffload, LayersKeptOnTheDeviceGiveIdenticalSteps) {
+  REQUIRE_GPU();
+  const std::vector<MicroBatch> micro = short_micro_batches();
+  const ThreeSteps device = train_three_steps(micro, Offload::kNone);
+  for (int kept : {1, 2}) {
+    SCOPED_TRACE(testing::Message() << kept << " layers kept on the device");
+    const ThreeSteps mixed = train_three_steps(micro, Offload::kActivations, 0, 0.f, kept);
+    EXPECT_EQ(mixed.losses, device.losses);
+    EXPECT_EQ(mixed.last_grads, device.last_grads);
+    EXPECT_EQ(mixed.weights, device.weights);
+  }
 }
 
 // Tiles of 1,024, 2,048 and 3,072 rows (one tile: the whole micro-batch) give the same steps bit for bit,
@@ -204,6 +221,21 @@ TEST(GpuOffload, NeedsRecomputeFull) {
 // train.offload auto: the inputs stay on the device when that plan fits (and always without recompute
 // full), move to the host only when that alone fits, and none / activations are never second-guessed.
 // The plans are stand-ins here: which of them fits is what the test varies.
+// The device layers: the largest count whose plan fits, for every threshold (none fits: 0).
+TEST(Offload, MostDeviceLayersIsTheLargestThatFits) {
+  for (int max_layers : {0, 1, 2, 30})
+    for (int largest = -1; largest <= max_layers + 1; ++largest) {
+      int probes = 0;
+      const int got = most_device_layers(max_layers, [&](int d) {
+        EXPECT_TRUE(d >= 0 && d <= max_layers) << d;
+        ++probes;
+        return d <= largest;
+      });
+      EXPECT_EQ(got, std::clamp(largest, 0, max_layers)) << "max " << max_layers << ", fits up to " << largest;
+      EXPECT_LE(probes, 7) << "bisection, not a scan";
+    }
+}
+
 TEST(Offload, AutoMovesTheInputsOnlyWhenThatAloneFits) {
   const auto fits_when = [](bool device, bool host) {
     return [=](Offload o) { return o == Offload::kNone ? device : host; };

@@ -558,22 +558,34 @@ std::vector<Document> long_documents(const BenchOptions& o, int32_t vocab) {
   return synthetic_documents(s);
 }
 
-// Whether a training run of one L-token document per step fits this GPU, by its memory plan.
+// Whether a training run of one L-token document per step fits this GPU, by its memory plan: with
+// --offload activations, with as many layers' inputs on the device as fit there (as make_cuda_backend
+// chooses them), the rest on the host.
 bool long_plan_fits(const BenchOptions& o, const ModelConfig& cfg, int64_t L) {
   const LoraLayout layout = make_lora_layout(cfg, bench_lora_options());
-  CudaModelOptions mo;
-  mo.mode = ModelMode::kTrain;
-  mo.quant = o.quant;
-  mo.recompute = o.recompute;
-  mo.offload = o.offload;
-  mo.token_budget = L;
-  mo.mlp_tile = mlp_tile_of(bench_train_section(o, L));  // as the backend that trains it will
-  mo.print_plan = false;
-  CudaModel model(cfg, layout, mo);
-  AdamW optimizer(bench_train_section(o, L), layout.total, model.plan());
-  const bool fits = model.plan_fits_device() && model.plan_fits_host();
-  std::fprintf(stderr, "bench: L = %lld: plan %.2f GiB, host %.2f GiB, %s\n", static_cast<long long>(L),
-               gib(model.planned_bytes()), gib(model.planned_host_bytes()), fits ? "fits" : "does not fit");
+  const auto plan_of = [&](int device_layers) {
+    CudaModelOptions mo;
+    mo.mode = ModelMode::kTrain;
+    mo.quant = o.quant;
+    mo.recompute = o.recompute;
+    mo.offload = o.offload;
+    mo.offload_device_layers = device_layers;
+    mo.token_budget = L;
+    mo.mlp_tile = mlp_tile_of(bench_train_section(o, L));  // as the backend that trains it will
+    mo.print_plan = false;
+    auto model = std::make_unique<CudaModel>(cfg, layout, mo);
+    AdamW optimizer(bench_train_section(o, L), layout.total, model->plan());
+    return model;
+  };
+  const int device_layers = o.offload != Offload::kActivations
+                                ? 0
+                                : most_device_layers(std::max(cfg.L - 2, 0),
+                                                     [&](int d) { return plan_of(d)->plan_fits_device(); });
+  const std::unique_ptr<CudaModel> model = plan_of(device_layers);
+  const bool fits = model->plan_fits_device() && model->plan_fits_host();
+  std::fprintf(stderr, "bench: L = %lld: plan %.2f GiB, host %.2f GiB (%d layers' inputs kept on the GPU), %s\n",
+               static_cast<long long>(L), gib(model->planned_bytes()), gib(model->planned_host_bytes()), device_layers,
+               fits ? "fits" : "does not fit");
   return fits;
 }
 
