@@ -825,7 +825,7 @@ struct CudaModel::Impl {
     const size_t bytes = offload_host_bytes();
     const HostMemory host = HostMemory::now();
     if (opt.print_plan)
-      std::fprintf(stderr, "host (pinned): offloaded layer inputs (%d, T, C) bf16 %s (%d layers' stay on the GPU)\n",
+      std::fprintf(stderr, "host (pinned): %d layers' inputs (T, C) bf16 %s; the other %d stay on the GPU\n",
                    offloaded_layers(), format_bytes(bytes).c_str(), cfg.L - offloaded_layers());
     LOOM_CHECK(host.fits(bytes), "train.offload: activations needs ", format_bytes(bytes),
                " of pinned host memory for the layer inputs (", offloaded_layers(), " layers x ", Tmax,
