@@ -179,18 +179,24 @@ std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const We
                                                 const TrainConfig& tc, const DecodeShape& decode,
                                                 int offload_device_layers) {
   TrainConfig resolved = tc;
-  const int max_device_layers = std::max(cfg.L - 2, 0);  // the last two layers' inputs stay on the device anyway
+  // With offload: the layers kept on the device (asked, or as many as fit there: the last two layers'
+  // inputs stay anyway), decided once; auto judges the offload plan with them, so the host holds less.
+  auto kept_layers = [&, kept = offload_device_layers]() mutable {
+    if (kept < 0)
+      kept = !cuda_available() ? 0 : most_device_layers(std::max(cfg.L - 2, 0), [&](int d) {
+        return run_plan_fits(cfg, layout, tc, decode, Offload::kActivations, d, false);
+      });
+    return kept;
+  };
   resolved.train.offload = choose_offload(tc.train.offload, tc.train.recompute, [&](Offload o) {
-    return cuda_available() && run_plan_fits(cfg, layout, tc, decode, o, 0, true);
+    return cuda_available() &&
+           run_plan_fits(cfg, layout, tc, decode, o, o == Offload::kActivations ? kept_layers() : 0, true);
   });
   if (tc.train.offload == Offload::kAuto && resolved.train.offload == Offload::kActivations)
     std::fprintf(stderr, "train.offload auto: the layer inputs go to pinned host memory (the plan with them on the "
                          "GPU does not fit its free memory)\n");
-  if (resolved.train.offload == Offload::kActivations && offload_device_layers < 0)
-    offload_device_layers = !cuda_available() ? 0 : most_device_layers(max_device_layers, [&](int d) {
-      return run_plan_fits(cfg, layout, resolved, decode, Offload::kActivations, d, false);
-    });
-  return std::make_unique<CudaBackend>(cfg, src, layout, lora, resolved, decode, std::max(offload_device_layers, 0));
+  const int kept = resolved.train.offload == Offload::kActivations ? kept_layers() : 0;
+  return std::make_unique<CudaBackend>(cfg, src, layout, lora, resolved, decode, kept);
 }
 
 }  // namespace loom

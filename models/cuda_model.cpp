@@ -172,8 +172,9 @@ struct CudaModel::Impl {
   cudaStream_t copy_stream = nullptr;
   cudaEvent_t slot_done[kInputSlots] = {}, slot_copied[kInputSlots] = {};
   // How long the compute stream stood still waiting for copies (offload_wait_seconds): each wait is
-  // bracketed by two timing events. A ring of kWaitBrackets; a bracket about to be reused is summed
-  // first (it belongs to a pass at least a step old, so it has finished).
+  // bracketed by two timing events. A ring of kWaitBrackets; a bracket about to be reused (1,024 waits
+  // old: usually steps old, within a step only past ~16 micro-batches of 32 layers) is summed first,
+  // which waits for the device to reach it if it has not.
   static constexpr int kWaitBrackets = 1024;
   struct WaitBracket {
     cudaEvent_t before = nullptr, after = nullptr;
@@ -694,11 +695,11 @@ struct CudaModel::Impl {
   void wait_for_copy(cudaEvent_t copied) {
     if (pending_brackets == wait_brackets.size()) sum_oldest_bracket();
     const WaitBracket& b = wait_brackets[next_bracket];
-    next_bracket = (next_bracket + 1) % wait_brackets.size();
-    ++pending_brackets;
     CUDA_CHECK(cudaEventRecord(b.before, stream));
     CUDA_CHECK(cudaStreamWaitEvent(stream, copied, 0));
     CUDA_CHECK(cudaEventRecord(b.after, stream));
+    next_bracket = (next_bracket + 1) % wait_brackets.size();  // counted once both events are recorded
+    ++pending_brackets;
   }
 
   void sum_oldest_bracket() {
@@ -1086,8 +1087,9 @@ std::string CudaModel::describe() const {
   const Impl& d = *impl_;
   return cat("cuda: ", cuda_device_summary(), " | ", quant_name(d.opt.quant),
              d.train_mode      ? cat(" | recompute ", recompute_name(d.opt.recompute),
-                                     d.offload ? cat(", layer inputs offloaded (", format_bytes(d.offload_host_bytes()),
-                                                     " pinned)")
+                                     d.offload ? cat(", ", d.offloaded_layers(), " layers' inputs offloaded (",
+                                                     format_bytes(d.offload_host_bytes()), " pinned), ",
+                                                     d.cfg.L - d.offloaded_layers(), " kept on the GPU")
                                                : std::string())
              : d.generate_mode ? cat(" | generation, KV cache ", d.B, " × ", d.context)
                                : std::string(" | forward only"),

@@ -563,6 +563,10 @@ std::vector<Document> long_documents(const BenchOptions& o, int32_t vocab) {
 // chooses them), the rest on the host.
 bool long_plan_fits(const BenchOptions& o, const ModelConfig& cfg, int64_t L) {
   const LoraLayout layout = make_lora_layout(cfg, bench_lora_options());
+  struct Plan {  // the model's plan holds the optimizer's buffers: both live together
+    std::unique_ptr<CudaModel> model;
+    std::unique_ptr<AdamW> optimizer;
+  };
   const auto plan_of = [&](int device_layers) {
     CudaModelOptions mo;
     mo.mode = ModelMode::kTrain;
@@ -573,15 +577,16 @@ bool long_plan_fits(const BenchOptions& o, const ModelConfig& cfg, int64_t L) {
     mo.token_budget = L;
     mo.mlp_tile = mlp_tile_of(bench_train_section(o, L));  // as the backend that trains it will
     mo.print_plan = false;
-    auto model = std::make_unique<CudaModel>(cfg, layout, mo);
-    AdamW optimizer(bench_train_section(o, L), layout.total, model->plan());
-    return model;
+    Plan p{std::make_unique<CudaModel>(cfg, layout, mo), nullptr};
+    p.optimizer = std::make_unique<AdamW>(bench_train_section(o, L), layout.total, p.model->plan());
+    return p;
   };
   const int device_layers = o.offload != Offload::kActivations
                                 ? 0
                                 : most_device_layers(std::max(cfg.L - 2, 0),
-                                                     [&](int d) { return plan_of(d)->plan_fits_device(); });
-  const std::unique_ptr<CudaModel> model = plan_of(device_layers);
+                                                     [&](int d) { return plan_of(d).model->plan_fits_device(); });
+  const Plan plan = plan_of(device_layers);
+  const CudaModel* model = plan.model.get();
   const bool fits = model->plan_fits_device() && model->plan_fits_host();
   std::fprintf(stderr, "bench: L = %lld: plan %.2f GiB, host %.2f GiB (%d layers' inputs kept on the GPU), %s\n",
                static_cast<long long>(L), gib(model->planned_bytes()), gib(model->planned_host_bytes()), device_layers,
