@@ -26,6 +26,18 @@ int64_t document_targets(const Document& d) {
   return n;
 }
 
+MicroBatch pad_micro_batch(const MicroBatch& mb, int64_t T) {
+  LOOM_CHECK(T >= mb.T() && !mb.cu_seqlens.empty() && mb.cu_seqlens.back() == mb.T(), "pad_micro_batch: ", mb.T(),
+             " tokens cannot grow to ", T);
+  MicroBatch padded = mb;
+  const int64_t pad = T - mb.T();
+  padded.tokens.resize(size_t(T), 0);
+  padded.targets.resize(size_t(T), kIgnoreIndex);
+  for (int64_t i = 0; i < pad; ++i) padded.positions.push_back(int32_t(i));
+  padded.cu_seqlens.resize(size_t(T) + 1, int32_t(T));  // the padding sequence ends at T, then empty ones
+  return padded;
+}
+
 MicroBatch pack_documents(const std::vector<const Document*>& docs) {
   MicroBatch mb;
   mb.cu_seqlens.push_back(0);

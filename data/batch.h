@@ -42,6 +42,12 @@ int64_t document_targets(const Document& d);
 // Packs documents back to back, one cu_seqlens entry per sequence: positions restart at 0 per
 // sequence, targets[t] = ids[t+1] if mask[t+1] and t+1 is in t's sequence, else -100.
 MicroBatch pack_documents(const std::vector<const Document*>& docs);
+// mb grown to T tokens (T >= mb.T()) for a kernel sequence fixed by T alone (a captured step graph):
+// one more sequence of T - mb.T() ignored tokens (id 0, target -100, positions from 0), whose rows the
+// loss and every gradient skip (token weight 0), and cu_seqlens padded to T + 1 entries with T, the
+// most sequences T tokens can hold, so its length no longer tells how many documents there are: a
+// search for "the last start <= i" never lands on a padding entry. documents unchanged.
+MicroBatch pad_micro_batch(const MicroBatch& mb, int64_t T);
 // Segments as Document says: none, or two or more, each >= 1 token, summing to ids.size(). The
 // error names the document (`name`: "document 12").
 void check_segments(const Document& d, const std::string& name);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "data/batch.h"
 #include "data/packing.h"
 #include "data/rng.h"
 #include "ops/error.h"
@@ -147,6 +148,21 @@ TEST(Packing, AttentionSpanFollowsFlopsFormula) {
   EXPECT_EQ(attention_span(3e9, 10, 10, 100), 200000);
   // qwen3-0.6b: P ≈ 0.44e9 (layers) + 0.156e9 (tied LM head), 28 layers, 16 heads of 128.
   EXPECT_NEAR(double(attention_span(0.596e9, 28, 16, 128)), 6929.0, 1.0);
+}
+
+// A micro-batch grown for a step graph: the same tokens first, one ignored sequence after them, and
+// T + 1 cu_seqlens entries whose tail is T (so the last start <= any real token is unchanged).
+TEST(Packing, PaddedMicroBatchAddsOnlyIgnoredTokens) {
+  const Document a{{5, 6, 7}, {1, 1, 1}, {}}, b{{8, 9}, {1, 1}, {}};
+  const MicroBatch mb = pack_documents({&a, &b});
+  const MicroBatch padded = pad_micro_batch(mb, 8);
+  EXPECT_EQ(padded.tokens, (std::vector<int32_t>{5, 6, 7, 8, 9, 0, 0, 0}));
+  EXPECT_EQ(padded.targets, (std::vector<int32_t>{6, 7, -100, 9, -100, -100, -100, -100}));
+  EXPECT_EQ(padded.positions, (std::vector<int32_t>{0, 1, 2, 0, 1, 0, 1, 2}));
+  EXPECT_EQ(padded.cu_seqlens, (std::vector<int32_t>{0, 3, 5, 8, 8, 8, 8, 8, 8}));
+  EXPECT_EQ(padded.n_targets(), mb.n_targets());
+  EXPECT_EQ(pad_micro_batch(mb, 5).cu_seqlens, (std::vector<int32_t>{0, 3, 5, 5, 5, 5}));  // no padding tokens
+  test::expect_error([&] { pad_micro_batch(mb, 4); }, {"pad_micro_batch", "5 tokens cannot grow to 4"});
 }
 
 }  // namespace
