@@ -73,14 +73,20 @@ struct DecodeShape {
   int64_t prefill_tokens = 0;
 };
 
+// Choices of the GPU path that no config key carries (benchmarks and tests set them).
+struct CudaTuning {
+  // With train.offload: activations, the first this many layers keep their inputs on the device; -1:
+  // as many as the device's free memory holds beside the plan (most_device_layers).
+  int offload_device_layers = -1;
+  bool step_graphs = false;  // CudaModelOptions::step_graphs (not yet measured: off by default)
+};
+
 // The GPU path (models/cuda_model.h): weights streamed from src, quantized per model.quant; with a
 // decode shape, the memory plan holds its KV cache too.
-// With train.offload: activations, the first offload_device_layers layers keep their inputs on the
-// device; -1: as many as the device's free memory holds beside the plan (most_device_layers).
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const WeightSource& src,
                                                 const LoraLayout& layout, const std::vector<float>& lora,
                                                 const TrainConfig& tc, const DecodeShape& decode = {},
-                                                int offload_device_layers = -1);
+                                                const CudaTuning& tuning = {});
 // train.offload as the GPU path applies it: auto keeps the layer inputs on the device when the plan
 // fits there (and always without recompute full), else moves them to host memory when that fits
 // (plan_fits(offload) measures a plan; nothing is allocated); none and activations stay as asked.

@@ -21,7 +21,8 @@ namespace {
 // (F 14,336) whatever the document's length (issue 14).
 constexpr int64_t kAutoMlpTile = 16384;
 
-CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode, int offload_device_layers) {
+CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode, int offload_device_layers,
+                               bool step_graphs) {
   CudaModelOptions opt;
   opt.mode = ModelMode::kTrain;
   opt.decode_batch = decode.batch;
@@ -31,6 +32,7 @@ CudaModelOptions model_options(const TrainConfig& tc, const DecodeShape& decode,
   opt.recompute = tc.train.recompute;
   opt.offload = tc.train.offload;  // never kAuto here: make_cuda_backend resolves it, run_plan_fits sets it
   opt.offload_device_layers = offload_device_layers;
+  opt.step_graphs = step_graphs;
   opt.token_budget = tc.train.token_budget;
   opt.mlp_tile = mlp_tile_of(tc.train);
   // Preference tuning from an adapter keeps a frozen copy of it as the reference (TRL's choice).
@@ -42,8 +44,8 @@ class CudaBackend : public TrainBackend {
  public:
   CudaBackend(const ModelConfig& cfg, const WeightSource& src, const LoraLayout& layout,
               const std::vector<float>& lora, const TrainConfig& tc, const DecodeShape& decode,
-              int offload_device_layers)
-      : model_(cfg, layout, model_options(tc, decode, offload_device_layers)),
+              const CudaTuning& tuning)
+      : model_(cfg, layout, model_options(tc, decode, tuning.offload_device_layers, tuning.step_graphs)),
         optimizer_(tc.train, layout.total, model_.plan()),
         cfg_(cfg),
         decode_(decode) {
@@ -143,7 +145,7 @@ class CudaBackend : public TrainBackend {
 // with `offload` and that many device layers.
 bool run_plan_fits(const ModelConfig& cfg, const LoraLayout& layout, const TrainConfig& tc, const DecodeShape& decode,
                    Offload offload, int device_layers, bool host) {
-  CudaModelOptions opt = model_options(tc, decode, device_layers);
+  CudaModelOptions opt = model_options(tc, decode, device_layers, false);
   opt.offload = offload;
   opt.print_plan = false;
   CudaModel model(cfg, layout, opt);
@@ -177,11 +179,11 @@ int most_device_layers(int max_layers, const std::function<bool(int)>& device_fi
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const WeightSource& src,
                                                 const LoraLayout& layout, const std::vector<float>& lora,
                                                 const TrainConfig& tc, const DecodeShape& decode,
-                                                int offload_device_layers) {
+                                                const CudaTuning& tuning) {
   TrainConfig resolved = tc;
   // With offload: the layers kept on the device (asked, or as many as fit there: the last two layers'
   // inputs stay anyway), decided once; auto judges the offload plan with them, so the host holds less.
-  auto kept_layers = [&, kept = offload_device_layers]() mutable {
+  auto kept_layers = [&, kept = tuning.offload_device_layers]() mutable {
     if (kept < 0)
       kept = !cuda_available() ? 0 : most_device_layers(std::max(cfg.L - 2, 0), [&](int d) {
         return run_plan_fits(cfg, layout, tc, decode, Offload::kActivations, d, false);
@@ -195,8 +197,9 @@ std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const We
   if (tc.train.offload == Offload::kAuto && resolved.train.offload == Offload::kActivations)
     std::fprintf(stderr, "train.offload auto: the layer inputs go to pinned host memory (the plan with them on the "
                          "GPU does not fit its free memory)\n");
-  const int kept = resolved.train.offload == Offload::kActivations ? kept_layers() : 0;
-  return std::make_unique<CudaBackend>(cfg, src, layout, lora, resolved, decode, kept);
+  CudaTuning chosen = tuning;
+  chosen.offload_device_layers = resolved.train.offload == Offload::kActivations ? kept_layers() : 0;
+  return std::make_unique<CudaBackend>(cfg, src, layout, lora, resolved, decode, chosen);
 }
 
 }  // namespace loom

@@ -156,6 +156,10 @@ struct CudaModel::Impl {
   // fixed and its per-step inputs (tokens, positions, lengths) are uploaded before the launch.
   static constexpr int64_t kMinDecodeBucket = 256;
   std::map<std::pair<bool, int64_t>, cudaGraphExec_t> decode_graphs;
+  // CudaModelOptions::step_graphs: forward_backward's graph per token bucket (T rounded up to
+  // kStepGraphBucket, at most Tmax), captured at the bucket's first micro-batch.
+  static constexpr int64_t kStepGraphBucket = 256;
+  std::map<int64_t, cudaGraphExec_t> step_graphs;
 
   // train.offload: activations. The inputs of the first device_layers layers keep a device slot each
   // (as many as the device's free memory holds: CudaModelOptions::offload_device_layers); the others
@@ -798,15 +802,24 @@ struct CudaModel::Impl {
   }
 
   cudaGraphExec_t capture_decode_step() {
-    cudaGraph_t graph = nullptr;
-    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    try {
+    return capture([&] {
       decoding = true;
       forward_layers();
       head_logits(xf, B);
-      decoding = false;
-    } catch (...) {  // leave the stream out of capture mode, so the error can be reported and the model freed
-      decoding = false;
+    }, [&] { decoding = false; });
+  }
+
+  // The work of `pass` on the stream as an instantiated graph; `done` runs after it, thrown or not
+  // (the stream is left out of capture mode, so an error can be reported and the model freed).
+  template <class Pass, class Done>
+  cudaGraphExec_t capture(Pass&& pass, Done&& done) {
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      pass();
+      done();
+    } catch (...) {
+      done();
       if (cudaStreamEndCapture(stream, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
       throw;
     }
@@ -816,6 +829,33 @@ struct CudaModel::Impl {
     cudaGraphDestroy(graph);
     CUDA_CHECK(made);
     return exec;
+  }
+
+  // Whether forward_backward runs as a step graph (CudaModelOptions::step_graphs says when it can).
+  bool graphs_step() const {
+    return opt.step_graphs && train_mode && !offload && !moe && lora.dropout == 0.f && !layer_grads_hook;
+  }
+
+  // forward_backward as a graph: the micro-batch padded to its bucket (its padding tokens ignored,
+  // their weights 0), uploaded, then the bucket's graph of the forward, the LM head and the backward.
+  void graphed_forward_backward(const MicroBatch& mb, const std::vector<float>& token_weight) {
+    const int64_t bucket = std::min(Tmax, (mb.T() + kStepGraphBucket - 1) / kStepGraphBucket * kStepGraphBucket);
+    std::vector<float> weights_padded = token_weight;
+    weights_padded.resize(size_t(bucket), 0.f);
+    begin_pass(pad_micro_batch(mb, bucket), PassOptions{true, true, 0});
+    upload_token_weights(weights_padded);
+    auto it = step_graphs.find(bucket);
+    if (it == step_graphs.end()) {
+      const cudaGraphExec_t exec = capture([&] {
+        forward_layers();
+        head(true, loss_sum);
+        backward_layers();
+      }, [] {});
+      it = step_graphs.emplace(bucket, exec).first;
+    }
+    CUDA_CHECK(cudaGraphLaunch(it->second, stream));
+    backward_ready = false;
+    T = mb.T();  // token_losses() returns the micro-batch's rows, not its padding's
   }
 
   // Bytes of pinned host memory the offloaded layer inputs take.
@@ -926,6 +966,7 @@ CudaModel::~CudaModel() {
   if (d.copy_stream) cudaStreamDestroy(d.copy_stream);
   if (d.host_inputs_of_layers) cudaFreeHost(d.host_inputs_of_layers);
   for (auto& [key, exec] : d.decode_graphs) cudaGraphExecDestroy(exec);
+  for (auto& [bucket, exec] : d.step_graphs) cudaGraphExecDestroy(exec);
   d.gemm_ctx.reset();
   if (d.stream) cudaStreamDestroy(d.stream);
 }
@@ -950,8 +991,13 @@ void CudaModel::backward(const std::vector<float>& token_weight, bool last) {
 void CudaModel::forward_backward(const MicroBatch& mb, const std::vector<float>& token_weight, uint64_t dropout_seed,
                                  bool last) {
   Impl& d = *impl_;
-  d.begin_pass(mb, PassOptions{true, true, dropout_seed});
   d.last_micro = last;
+  if (d.graphs_step()) {  // no dropout there: the seed is moot
+    LOOM_CHECK(int64_t(token_weight.size()) == mb.T(), "token weights: ", token_weight.size(),
+               " values for a micro-batch of ", mb.T(), " tokens");
+    return d.graphed_forward_backward(mb, token_weight);
+  }
+  d.begin_pass(mb, PassOptions{true, true, dropout_seed});
   d.upload_token_weights(token_weight);
   d.forward_layers();
   d.head(true, d.loss_sum);

@@ -63,6 +63,11 @@ struct CudaModelOptions {
   // With offload: the first this many layers keep their inputs on the device (at most L - 2, the last
   // two always do); the others' go to pinned host memory. engine/backend.h picks as many as fit.
   int offload_device_layers = 0;
+  // kTrain: forward_backward replays a CUDA graph per token bucket (the micro-batch padded up to a
+  // multiple of 256 tokens, at most token_budget, data/batch.h pad_micro_batch) instead of launching
+  // each kernel from the host, where nothing in the pass varies but its inputs: LoRA dropout 0, no
+  // offload, no mixture of experts, one rank (no layer-gradient hook); otherwise it runs as usual.
+  bool step_graphs = false;
   // kTrain with recompute full: the MLP in sequence tiles of this many rows (a multiple of
   // kMlpRowChunk) in forward and backward, so its (rows, F) buffers hold a tile, not the micro-batch;
   // 0: the whole micro-batch at once. Any tile size gives the same bits (the MLP's GEMMs then run in a

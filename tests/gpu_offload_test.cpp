@@ -1,5 +1,5 @@
-// The memory savers of recompute full (issue 14), each of which must change where or in what pieces
-// the work is done, not its result:
+// The memory savers of recompute full (issue 14) and the step graphs (issue 15), each of which must
+// change where, how or in what pieces the work is done, not its result:
 // - train.offload: activations (models/cuda_model.h) keeps each layer's input in pinned host memory
 //   between the forward and the backward instead of on the device, so three AdamW steps must give the
 //   same losses, gradients and weights bit for bit as the same run with the inputs on the device. The
@@ -11,12 +11,15 @@
 // - train.mlp_tile runs the MLP in sequence tiles: every tile size gives the same bits (row-invariant
 //   GEMMs, ops/gemm.h), with LoRA dropout on (its mask drawn at each tile's offset), and the tiled run
 //   follows the untiled one within rounding.
+// - CudaModelOptions::step_graphs replays a captured graph per token bucket on padded micro-batches:
+//   bit for bit the same padded micro-batches run kernel by kernel.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "data/batch.h"
@@ -68,7 +71,7 @@ std::vector<MicroBatch> micro_batches(const std::vector<Document>& docs, const s
 // Three AdamW steps of the tiny preset (nf4, LoRA r8 on the seven projections, recompute full) over
 // `micro`, with the memory savers and dropout of `train`.
 ThreeSteps train_three_steps(const std::vector<MicroBatch>& micro, Offload offload, int mlp_tile = 0,
-                             float dropout = 0.f, int device_layers = 0) {
+                             float dropout = 0.f, CudaTuning tuning = {0, false}) {
   const ModelConfig cfg = preset_model_config("tiny");
   LoraOptions lo;
   lo.r = 8;
@@ -84,7 +87,7 @@ ThreeSteps train_three_steps(const std::vector<MicroBatch>& micro, Offload offlo
   int64_t budget = 0, targets = 0;
   for (const MicroBatch& mb : micro) budget = std::max(budget, mb.T()), targets += mb.n_targets();
   tc.train.token_budget = int(budget);
-  auto gpu = make_cuda_backend(cfg, WeightSource::random(cfg, 7), layout, lora_init(layout, 11), tc, {}, device_layers);
+  auto gpu = make_cuda_backend(cfg, WeightSource::random(cfg, 7), layout, lora_init(layout, 11), tc, {}, tuning);
   ThreeSteps run;
   for (int step = 1; step <= 3; ++step) {
     for (size_t i = 0; i < micro.size(); ++i)
@@ -131,6 +134,34 @@ TEST(GpuOffload, LayerInputsInHostMemoryGiveIdenticalSteps) {
       << host.offload_wait_s;
 }
 
+// CudaModelOptions::step_graphs: each micro-batch padded to its bucket (256 tokens, at most the token
+// budget) and replayed as that bucket's graph gives the bits of the same padded micro-batches run
+// kernel by kernel: the replay runs what the capture recorded, with this micro-batch's inputs. Short
+// micro-batches (one bucket, several replays) and long ones (buckets 1280, 1536 and the budget, 3000),
+// the MLP whole and in tiles of 1,024 rows (the row-invariant GEMMs' pieces).
+TEST(GpuStepGraphs, ReplaysGiveTheEagerStepsOfThePaddedMicroBatches) {
+  REQUIRE_GPU();
+  const std::vector<MicroBatch> short_micro = short_micro_batches(), long_micro = long_micro_batches();
+  const std::vector<std::pair<const std::vector<MicroBatch>*, int>> runs = {
+      {&short_micro, 0}, {&long_micro, 0}, {&long_micro, 1024}};
+  for (const auto& [micro, tile] : runs) {
+    int64_t budget = 0;
+    for (const MicroBatch& mb : *micro) budget = std::max(budget, mb.T());
+    std::vector<MicroBatch> padded;
+    for (const MicroBatch& mb : *micro)
+      padded.push_back(pad_micro_batch(mb, std::min(budget, (mb.T() + 255) / 256 * 256)));
+    SCOPED_TRACE(testing::Message() << "token budget " << budget << ", MLP tile " << tile);
+    const ThreeSteps eager = train_three_steps(padded, Offload::kNone, tile);
+    const ThreeSteps graphed = train_three_steps(*micro, Offload::kNone, tile, 0.f, CudaTuning{0, true});
+    ASSERT_EQ(eager.losses.size(), 3u);
+    for (double loss : eager.losses) ASSERT_TRUE(std::isfinite(loss));
+    EXPECT_EQ(graphed.losses, eager.losses);
+    EXPECT_EQ(graphed.first_grads, eager.first_grads);
+    EXPECT_EQ(graphed.last_grads, eager.last_grads);
+    EXPECT_EQ(graphed.weights, eager.weights);
+  }
+}
+
 // Offload with the first layers' inputs kept on the device (the tiny preset's 4 layers: layer 0 kept,
 // layer 1 through the host, 2 and 3 in the ring; then 0 and 1 kept, none through the host).
 TEST(GpuOffload, LayersKeptOnTheDeviceGiveIdenticalSteps) {
@@ -139,7 +170,7 @@ TEST(GpuOffload, LayersKeptOnTheDeviceGiveIdenticalSteps) {
   const ThreeSteps device = train_three_steps(micro, Offload::kNone);
   for (int kept : {1, 2}) {
     SCOPED_TRACE(testing::Message() << kept << " layers kept on the device");
-    const ThreeSteps mixed = train_three_steps(micro, Offload::kActivations, 0, 0.f, kept);
+    const ThreeSteps mixed = train_three_steps(micro, Offload::kActivations, 0, 0.f, CudaTuning{kept, false});
     EXPECT_EQ(mixed.losses, device.losses);
     EXPECT_EQ(mixed.last_grads, device.last_grads);
     EXPECT_EQ(mixed.weights, device.weights);

@@ -99,7 +99,7 @@ constexpr int64_t kFullRecomputeBudget = 4096;  // twice the workload's longest 
 const char* kUsage =
     "usage: build/bench --preset NAME [--quant nf4|bf16] [--recompute none|selective|full]\n"
     "                   [--token-budget N] [--steps N] [--warmup N] [--json FILE] [--print-data] [--forward-only]\n"
-    "                   [--dpo] [--long L | --long-search] [--offload none|activations] [--profile]\n"
+    "                   [--dpo] [--long L | --long-search] [--offload none|activations] [--profile] [--graphs]\n"
     "  Times BENCHMARK.md's sft-alpaca workload on GPU 0 and prints one JSON object.\n"
     "  Presets: qwen3-0.6b, llama-3.2-1b, mistral-7b, llama-3.1-8b, qwen3-8b; mixture of experts (recompute\n"
     "  full unless given): qwen3-30b-a3b, mixtral-8x7b.\n"
@@ -109,7 +109,8 @@ const char* kUsage =
     "  --long L times one document of L tokens per step (recompute full unless given);\n"
     "  --long-search finds the largest L whose plan fits this GPU, then times it.\n"
     "  --offload activations keeps the layer inputs in pinned host memory (train.offload; recompute full).\n"
-    "  --profile runs --steps more steps under CUPTI: time per kernel family, GPU-busy fraction, launches.\n";
+    "  --profile runs --steps more steps under CUPTI: time per kernel family, GPU-busy fraction, launches.\n"
+    "  --graphs replays each micro-batch's forward and backward as a CUDA graph per 256-token bucket.\n";
 
 struct BenchOptions {
   std::string preset;
@@ -123,6 +124,7 @@ struct BenchOptions {
   bool forward_only = false;
   bool dpo = false;
   bool profile = false;     // --profile: kernel families (CUPTI) of `steps` more steps
+  bool graphs = false;      // --graphs: CudaModelOptions::step_graphs
   int64_t long_tokens = 0;  // --long L: one document of L tokens per step
   bool long_search = false;
   bool recompute_given = false;
@@ -133,11 +135,12 @@ BenchOptions parse_args(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (flag == "--print-data" || flag == "--forward-only" || flag == "--dpo" || flag == "--long-search" ||
-        flag == "--profile") {
+        flag == "--profile" || flag == "--graphs") {
       (flag == "--print-data"    ? o.print_data
        : flag == "--dpo"         ? o.dpo
        : flag == "--long-search" ? o.long_search
        : flag == "--profile"     ? o.profile
+       : flag == "--graphs"      ? o.graphs
                                  : o.forward_only) = true;
       continue;
     }
@@ -265,7 +268,7 @@ std::unique_ptr<TrainBackend> build_backend(const BenchOptions& o, const ModelCo
                quant_name(o.quant), static_cast<long long>(token_budget));
   try {
     return make_cuda_backend(cfg, WeightSource::random(cfg, kWeightSeed), layout,
-                             lora_init(layout, uint64_t(kLoaderSeed)), tc);
+                             lora_init(layout, uint64_t(kLoaderSeed)), tc, {}, CudaTuning{-1, o.graphs});
   } catch (const Error& e) {
     fail(e.what(), "\n(when the plan does not fit: build/bench --token-budget N with N >= 2048, the longest ",
          "document, or --recompute full)");
@@ -433,6 +436,9 @@ Json result_json(const BenchOptions& o, const ModelConfig& cfg, const Ceilings& 
   j["token_budget"] = token_budget;
   j["recompute"] = recompute_name(o.recompute);
   j["offload"] = offload_name(o.offload);
+  // Whether the timed steps ran as graphs: --graphs, where CudaModelOptions::step_graphs can (the
+  // bench's LoRA dropout is 0 and it runs one rank; DPO's forward and backward are separate passes).
+  j["step_graphs"] = o.graphs && !o.dpo && o.offload != Offload::kActivations && !cfg.is_moe();
   j["mlp_tile"] = mlp_tile_of(bench_train_section(o, token_budget));  // 0: the MLP untiled
   j["sequences_per_step"] = o.long_tokens > 0 ? 1 : kSequencesPerStep;
   if (o.long_tokens > 0) {
