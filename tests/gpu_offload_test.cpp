@@ -102,6 +102,14 @@ ThreeSteps train_three_steps(const std::vector<MicroBatch>& micro, Offload offlo
   return run;
 }
 
+// Two runs that must agree bit for bit: every step's loss, steps 1's and 3's gradients, the weights.
+void expect_identical_steps(const ThreeSteps& got, const ThreeSteps& want) {
+  EXPECT_EQ(got.losses, want.losses);
+  EXPECT_EQ(got.first_grads, want.first_grads);
+  EXPECT_EQ(got.last_grads, want.last_grads);
+  EXPECT_EQ(got.weights, want.weights);
+}
+
 // Three micro-batches of 248, 256 and 95 tokens (the tiny preset's vocabulary).
 std::vector<MicroBatch> short_micro_batches() {
   const std::vector<Document> docs = random_documents({200, 31, 17, 256, 5, 90}, preset_model_config("tiny").V, 3);
@@ -123,10 +131,8 @@ TEST(GpuOffload, LayerInputsInHostMemoryGiveIdenticalSteps) {
                    host = train_three_steps(micro, Offload::kActivations);
   ASSERT_EQ(device.losses.size(), 3u);
   for (double loss : device.losses) ASSERT_TRUE(std::isfinite(loss));
-  EXPECT_EQ(host.losses, device.losses);
   ASSERT_FALSE(device.last_grads.empty());
-  EXPECT_EQ(host.last_grads, device.last_grads);
-  EXPECT_EQ(host.weights, device.weights);
+  expect_identical_steps(host, device);
   // What build/bench reports as the copies not hidden: none without offload; with it, a duration
   // (timing events around each wait), finite and shorter than the three steps' runs could take.
   EXPECT_EQ(device.offload_wait_s, 0.0);
@@ -155,10 +161,7 @@ TEST(GpuStepGraphs, ReplaysGiveTheEagerStepsOfThePaddedMicroBatches) {
     const ThreeSteps graphed = train_three_steps(*micro, Offload::kNone, tile, 0.f, CudaTuning{0, true});
     ASSERT_EQ(eager.losses.size(), 3u);
     for (double loss : eager.losses) ASSERT_TRUE(std::isfinite(loss));
-    EXPECT_EQ(graphed.losses, eager.losses);
-    EXPECT_EQ(graphed.first_grads, eager.first_grads);
-    EXPECT_EQ(graphed.last_grads, eager.last_grads);
-    EXPECT_EQ(graphed.weights, eager.weights);
+    expect_identical_steps(graphed, eager);
   }
 }
 
@@ -171,9 +174,7 @@ TEST(GpuOffload, LayersKeptOnTheDeviceGiveIdenticalSteps) {
   for (int kept : {1, 2}) {
     SCOPED_TRACE(testing::Message() << kept << " layers kept on the device");
     const ThreeSteps mixed = train_three_steps(micro, Offload::kActivations, 0, 0.f, CudaTuning{kept, false});
-    EXPECT_EQ(mixed.losses, device.losses);
-    EXPECT_EQ(mixed.last_grads, device.last_grads);
-    EXPECT_EQ(mixed.weights, device.weights);
+    expect_identical_steps(mixed, device);
   }
 }
 
@@ -189,9 +190,7 @@ TEST(GpuMlpTile, EveryTileSizeGivesIdenticalSteps) {
   for (int tile : {1024, 2048}) {
     SCOPED_TRACE(cat("tile ", tile));
     const ThreeSteps tiled = train_three_steps(micro, Offload::kNone, tile, 0.1f);
-    EXPECT_EQ(tiled.losses, whole.losses);
-    EXPECT_EQ(tiled.last_grads, whole.last_grads);
-    EXPECT_EQ(tiled.weights, whole.weights);
+    expect_identical_steps(tiled, whole);
   }
   SCOPED_TRACE("tile 1024, inputs in host memory");
   const ThreeSteps both = train_three_steps(micro, Offload::kActivations, 1024, 0.1f);
