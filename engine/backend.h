@@ -91,6 +91,17 @@ std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const We
 // fits there (and always without recompute full), else moves them to host memory when that fits
 // (plan_fits(offload) measures a plan; nothing is allocated); none and activations stay as asked.
 Offload choose_offload(Offload requested, Recompute recompute, const std::function<bool(Offload)>& plan_fits);
+// The memory plan of a GPU training run with `offload` (none or activations), nothing allocated: with
+// activations, the first offload_device_layers layers' inputs kept on the device (-1: as many as fit,
+// most_device_layers); whether it fits the device's and the host's free memory now.
+struct CudaPlan {
+  int offload_device_layers = 0;
+  size_t device_bytes = 0, host_bytes = 0;  // the plan with the optimizer's state; pinned host memory
+  bool fits_device = false, fits_host = false;
+  bool fits() const { return fits_device && fits_host; }
+};
+CudaPlan plan_cuda_training(const ModelConfig& cfg, const LoraLayout& layout, const TrainConfig& tc,
+                            const DecodeShape& decode, Offload offload, int offload_device_layers = -1);
 // How many layers keep their inputs on the device under train.offload: activations: the largest D in
 // [0, max_layers] with device_fits(D) (true up to some D, false above: each layer kept adds its slot),
 // by bisection; 0 when even D = 0 does not fit (the plan's check then says so). Every layer kept is

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <functional>
+#include <optional>
 
 #include "dist/buckets.h"
 #include "dist/dist.h"
@@ -102,6 +103,7 @@ class CudaBackend : public TrainBackend {
     CUDA_CHECK(cudaMemcpyAsync(host_scalars_ + 1, optimizer_.device_norm(), 4, cudaMemcpyDeviceToHost, s));
     model_.zero_loss_sum();
     CUDA_CHECK(cudaStreamSynchronize(s));
+    model_.offload_wait_seconds();  // the step's copy waits summed now, while the device is idle
     size_t free_b = 0, total_b = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     peak_gib_ = std::max(peak_gib_, double(total_b - free_b) / double(size_t(1) << 30));
@@ -141,18 +143,6 @@ class CudaBackend : public TrainBackend {
   double peak_gib_ = 0;
 };
 
-// Whether the run's memory plan (model and optimizer) fits the device (and, with `host`, the host) now,
-// with `offload` and that many device layers.
-bool run_plan_fits(const ModelConfig& cfg, const LoraLayout& layout, const TrainConfig& tc, const DecodeShape& decode,
-                   Offload offload, int device_layers, bool host) {
-  CudaModelOptions opt = model_options(tc, decode, device_layers, false);
-  opt.offload = offload;
-  opt.print_plan = false;
-  CudaModel model(cfg, layout, opt);
-  AdamW optimizer(tc.train, layout.total, model.plan());
-  return model.plan_fits_device() && (!host || model.plan_fits_host());
-}
-
 }  // namespace
 
 int64_t mlp_tile_of(const TrainSection& t) {
@@ -176,29 +166,46 @@ int most_device_layers(int max_layers, const std::function<bool(int)>& device_fi
   return fits;
 }
 
+CudaPlan plan_cuda_training(const ModelConfig& cfg, const LoraLayout& layout, const TrainConfig& tc,
+                            const DecodeShape& decode, Offload offload, int offload_device_layers) {
+  const auto plan = [&](int device_layers) {
+    CudaModelOptions opt = model_options(tc, decode, device_layers, false);
+    opt.offload = offload;
+    opt.print_plan = false;
+    CudaModel model(cfg, layout, opt);
+    AdamW optimizer(tc.train, layout.total, model.plan());
+    return CudaPlan{device_layers, model.planned_bytes(), model.planned_host_bytes(), model.plan_fits_device(),
+                    model.plan_fits_host()};
+  };
+  int kept = offload == Offload::kActivations ? offload_device_layers : 0;
+  if (kept < 0) kept = most_device_layers(std::max(cfg.L - 2, 0), [&](int d) { return plan(d).fits_device; });
+  return plan(kept);  // the last two layers' inputs stay on the device anyway: at most L - 2 kept
+}
+
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& cfg, const WeightSource& src,
                                                 const LoraLayout& layout, const std::vector<float>& lora,
                                                 const TrainConfig& tc, const DecodeShape& decode,
                                                 const CudaTuning& tuning) {
-  TrainConfig resolved = tc;
-  // With offload: the layers kept on the device (asked, or as many as fit there: the last two layers'
-  // inputs stay anyway), decided once; auto judges the offload plan with them, so the host holds less.
-  auto kept_layers = [&, kept = tuning.offload_device_layers]() mutable {
-    if (kept < 0)
-      kept = !cuda_available() ? 0 : most_device_layers(std::max(cfg.L - 2, 0), [&](int d) {
-        return run_plan_fits(cfg, layout, tc, decode, Offload::kActivations, d, false);
-      });
-    return kept;
+  // With offload, the layers kept on the device are planned once; auto judges the offload plan with them,
+  // so the host holds less.
+  std::optional<CudaPlan> offload_plan;
+  const auto activations_plan = [&]() -> const CudaPlan& {
+    if (!offload_plan)
+      offload_plan = plan_cuda_training(cfg, layout, tc, decode, Offload::kActivations, tuning.offload_device_layers);
+    return *offload_plan;
   };
+  TrainConfig resolved = tc;
   resolved.train.offload = choose_offload(tc.train.offload, tc.train.recompute, [&](Offload o) {
     return cuda_available() &&
-           run_plan_fits(cfg, layout, tc, decode, o, o == Offload::kActivations ? kept_layers() : 0, true);
+           (o == Offload::kActivations ? activations_plan() : plan_cuda_training(cfg, layout, tc, decode, o)).fits();
   });
   if (tc.train.offload == Offload::kAuto && resolved.train.offload == Offload::kActivations)
     std::fprintf(stderr, "train.offload auto: the layer inputs go to pinned host memory (the plan with them on the "
                          "GPU does not fit its free memory)\n");
   CudaTuning chosen = tuning;
-  chosen.offload_device_layers = resolved.train.offload == Offload::kActivations ? kept_layers() : 0;
+  chosen.offload_device_layers = resolved.train.offload == Offload::kActivations && cuda_available()
+                                     ? activations_plan().offload_device_layers
+                                     : 0;
   return std::make_unique<CudaBackend>(cfg, src, layout, lora, resolved, decode, chosen);
 }
 

@@ -176,15 +176,14 @@ struct CudaModel::Impl {
   cudaStream_t copy_stream = nullptr;
   cudaEvent_t slot_done[kInputSlots] = {}, slot_copied[kInputSlots] = {};
   // How long the compute stream stood still waiting for copies (offload_wait_seconds): each wait is
-  // bracketed by two timing events. A ring of kWaitBrackets; a bracket about to be reused (1,024 waits
-  // old: usually steps old, within a step only past ~16 micro-batches of 32 layers) is summed first,
-  // which waits for the device to reach it if it has not.
-  static constexpr int kWaitBrackets = 1024;
+  // bracketed by two timing events, the first pending_brackets of wait_brackets, summed and reused
+  // once the device has passed them (the step's end waits for it anyway); the pool grows to the most
+  // waits a step has, in the first step, so the step loop creates no events after it and never waits.
   struct WaitBracket {
     cudaEvent_t before = nullptr, after = nullptr;
   };
   std::vector<WaitBracket> wait_brackets;
-  size_t next_bracket = 0, pending_brackets = 0;
+  size_t pending_brackets = 0;
   double waited_seconds = 0;
 
   Impl(const ModelConfig& c, const LoraLayout& l, const CudaModelOptions& o)
@@ -348,7 +347,7 @@ struct CudaModel::Impl {
   //   Scoring: rms2's output goes where rms1's was (dead once q, k, v are computed), and the SwiGLU
   //   product overwrites gate in place (elementwise).
   void alias_dead_buffers() {
-    if (xn1.stride == 0) xf = xn1.base;
+    if (!xf) xf = xn1.base;  // not planned on its own
     if (train_mode) {
       dxf = dxn;
       return;
@@ -697,23 +696,27 @@ struct CudaModel::Impl {
 
   // The compute stream waits for a copy, the wait bracketed by timing events.
   void wait_for_copy(cudaEvent_t copied) {
-    if (pending_brackets == wait_brackets.size()) sum_oldest_bracket();
-    const WaitBracket& b = wait_brackets[next_bracket];
+    if (pending_brackets == wait_brackets.size()) {
+      WaitBracket& added = wait_brackets.emplace_back();
+      CUDA_CHECK(cudaEventCreate(&added.before));
+      CUDA_CHECK(cudaEventCreate(&added.after));
+    }
+    const WaitBracket& b = wait_brackets[pending_brackets];
     CUDA_CHECK(cudaEventRecord(b.before, stream));
     CUDA_CHECK(cudaStreamWaitEvent(stream, copied, 0));
     CUDA_CHECK(cudaEventRecord(b.after, stream));
-    next_bracket = (next_bracket + 1) % wait_brackets.size();  // counted once both events are recorded
-    ++pending_brackets;
+    ++pending_brackets;  // counted once both events are recorded
   }
 
-  void sum_oldest_bracket() {
-    const size_t n = wait_brackets.size();
-    const WaitBracket& b = wait_brackets[(next_bracket + n - pending_brackets) % n];
-    CUDA_CHECK(cudaEventSynchronize(b.after));
-    float ms = 0.f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, b.before, b.after));
-    waited_seconds += double(ms) / 1e3;
-    --pending_brackets;
+  // Adds the pending brackets' waits to waited_seconds (waits for the device to pass them).
+  void sum_wait_brackets() {
+    for (size_t i = 0; i < pending_brackets; ++i) {
+      CUDA_CHECK(cudaEventSynchronize(wait_brackets[i].after));
+      float ms = 0.f;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, wait_brackets[i].before, wait_brackets[i].after));
+      waited_seconds += double(ms) / 1e3;
+    }
+    pending_brackets = 0;
   }
 
   int decode_splits_for(int64_t max_len) const {
@@ -878,11 +881,6 @@ struct CudaModel::Impl {
     for (int s = 0; s < kInputSlots; ++s) {
       CUDA_CHECK(cudaEventCreateWithFlags(&slot_done[s], cudaEventDisableTiming));
       CUDA_CHECK(cudaEventCreateWithFlags(&slot_copied[s], cudaEventDisableTiming));
-    }
-    wait_brackets.resize(kWaitBrackets);
-    for (WaitBracket& b : wait_brackets) {
-      CUDA_CHECK(cudaEventCreate(&b.before));
-      CUDA_CHECK(cudaEventCreate(&b.after));
     }
   }
 
@@ -1120,7 +1118,7 @@ bool CudaModel::plan_fits_device() const {
 
 double CudaModel::offload_wait_seconds() {
   Impl& d = *impl_;
-  while (d.pending_brackets > 0) d.sum_oldest_bracket();
+  d.sum_wait_brackets();
   return d.waited_seconds;
 }
 

@@ -151,7 +151,8 @@ class CudaModel {
   bool plan_fits_host() const;
   // train.offload: seconds the compute stream has stood still waiting for the layer inputs' copies
   // since the model was built (waits for the device; 0 without offload): the copies' share the
-  // compute did not hide.
+  // compute did not hide. Call it where the device is idle anyway (a step's end): it also frees the
+  // timing events for reuse.
   double offload_wait_seconds();
   std::string describe() const;
 

@@ -196,6 +196,16 @@ LoraOptions bench_lora_options() {
   return l;
 }
 
+// The run build/train would make of the workload at this token budget.
+TrainConfig bench_train_config(const BenchOptions& o, int64_t token_budget) {
+  TrainConfig tc;
+  tc.model.quant = o.quant;
+  tc.model.double_quant = true;
+  tc.lora = bench_lora_options();
+  tc.train = bench_train_section(o, token_budget);
+  return tc;
+}
+
 // The steps of the run as the loader plans them with one micro-batch per step.
 std::vector<Step> plan_steps(const BenchOptions& o, const std::vector<Document>& docs, int n_steps) {
   LoaderOptions lo = loader_options(bench_train_section(o, 1), 0, 1);
@@ -259,11 +269,7 @@ Ceilings measure_ceilings() {
 // The training backend build/train runs; a plan that does not fit names the bench's own flags.
 std::unique_ptr<TrainBackend> build_backend(const BenchOptions& o, const ModelConfig& cfg, int64_t token_budget) {
   const LoraLayout layout = make_lora_layout(cfg, bench_lora_options());
-  TrainConfig tc;
-  tc.model.quant = o.quant;
-  tc.model.double_quant = true;
-  tc.lora = bench_lora_options();
-  tc.train = bench_train_section(o, token_budget);
+  const TrainConfig tc = bench_train_config(o, token_budget);
   std::fprintf(stderr, "bench: building %s (%s, random weights) with token budget %lld\n", o.preset.c_str(),
                quant_name(o.quant), static_cast<long long>(token_budget));
   try {
@@ -564,40 +570,15 @@ std::vector<Document> long_documents(const BenchOptions& o, int32_t vocab) {
   return synthetic_documents(s);
 }
 
-// Whether a training run of one L-token document per step fits this GPU, by its memory plan: with
-// --offload activations, with as many layers' inputs on the device as fit there (as make_cuda_backend
-// chooses them), the rest on the host.
+// Whether a training run of one L-token document per step fits this GPU, by the memory plan the
+// backend makes (with --offload activations, as many layers' inputs kept on the GPU as fit there).
 bool long_plan_fits(const BenchOptions& o, const ModelConfig& cfg, int64_t L) {
-  const LoraLayout layout = make_lora_layout(cfg, bench_lora_options());
-  struct Plan {  // the model's plan holds the optimizer's buffers: both live together
-    std::unique_ptr<CudaModel> model;
-    std::unique_ptr<AdamW> optimizer;
-  };
-  const auto plan_of = [&](int device_layers) {
-    CudaModelOptions mo;
-    mo.mode = ModelMode::kTrain;
-    mo.quant = o.quant;
-    mo.recompute = o.recompute;
-    mo.offload = o.offload;
-    mo.offload_device_layers = device_layers;
-    mo.token_budget = L;
-    mo.mlp_tile = mlp_tile_of(bench_train_section(o, L));  // as the backend that trains it will
-    mo.print_plan = false;
-    Plan p{std::make_unique<CudaModel>(cfg, layout, mo), nullptr};
-    p.optimizer = std::make_unique<AdamW>(bench_train_section(o, L), layout.total, p.model->plan());
-    return p;
-  };
-  const int device_layers = o.offload != Offload::kActivations
-                                ? 0
-                                : most_device_layers(std::max(cfg.L - 2, 0),
-                                                     [&](int d) { return plan_of(d).model->plan_fits_device(); });
-  const Plan plan = plan_of(device_layers);
-  const CudaModel* model = plan.model.get();
-  const bool fits = model->plan_fits_device() && model->plan_fits_host();
+  const CudaPlan plan = plan_cuda_training(cfg, make_lora_layout(cfg, bench_lora_options()), bench_train_config(o, L),
+                                           {}, o.offload);
   std::fprintf(stderr, "bench: L = %lld: plan %.2f GiB, host %.2f GiB (%d layers' inputs kept on the GPU), %s\n",
-               static_cast<long long>(L), gib(model->planned_bytes()), gib(model->planned_host_bytes()), device_layers,
-               fits ? "fits" : "does not fit");
-  return fits;
+               static_cast<long long>(L), gib(plan.device_bytes), gib(plan.host_bytes), plan.offload_device_layers,
+               plan.fits() ? "fits" : "does not fit");
+  return plan.fits();
 }
 
 // The largest L, a multiple of 1024, whose plan fits (powers of two from 8192, then bisection).
