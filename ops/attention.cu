@@ -23,8 +23,9 @@ void check_shape(const AttentionShape& s, int64_t T) {
   LOOM_CHECK(s.window >= 0, "attention: sliding window must be >= 0 (found ", s.window, "; 0 = no window)");
   LOOM_CHECK(s.ndoc >= 1 && s.cu_seqlens != nullptr, "attention: need at least one document and cu_seqlens (found ndoc = ",
              s.ndoc, ")");
-  // Token indices are int in the kernels (element offsets are int64).
-  LOOM_CHECK(T >= 0 && T <= INT_MAX - attn::kTileTokens, "attention: T = ", T,
+  // Token indices are int in the kernels (element offsets are int64); the backward's key tile is the
+  // widest step past a token index.
+  LOOM_CHECK(T >= 0 && T <= INT_MAX - attn::BwdTile<128>::kKeys, "attention: T = ", T,
              " tokens does not fit the kernels' 32-bit token index; lower the token budget");
   LOOM_CHECK(std::isfinite(s.scale) && s.scale > 0, "attention: scale must be finite and > 0 (found ", s.scale, ")");
 }
@@ -84,8 +85,8 @@ void launch_backward(const BwdParams& p, cudaStream_t stream) {
   attn::attention_backward_prep_kernel<D>
       <<<static_cast<unsigned>(ceil_div(rows, kPrepThreads / 32)), kPrepThreads, 0, stream>>>(p);
   CUDA_CHECK(cudaGetLastError());
-  dim3 grid(static_cast<unsigned>(ceil_div(p.T, attn::kTileTokens)), static_cast<unsigned>(p.KVH));
-  attn::attention_backward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  const int64_t blocks = ceil_div(int64_t{p.T}, int64_t{Tile::kKeys}) * p.KVH;  // key tile major
+  attn::attention_backward_kernel<D><<<static_cast<unsigned>(blocks), Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
   CUDA_CHECK(cudaGetLastError());
   constexpr int kConvertThreads = 256;
   attn::attention_dq_convert_kernel<D>
@@ -125,7 +126,8 @@ void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, cons
     launch_forward<128>(p, stream);
 }
 
-int64_t attention_backward_scratch_floats(int64_t T, int H, int D) { return T * H * (int64_t{D} + 1); }
+// dq_accum (T, H, D), delta (T, H), row_lo (T) as int32 in float-sized slots.
+int64_t attention_backward_scratch_floats(int64_t T, int H, int D) { return T * H * (int64_t{D} + 1) + T; }
 
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* scratch, const bf16* dout, const bf16* q,
                         const bf16* k, const bf16* v, const bf16* out, const float* lse,
@@ -156,6 +158,7 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* scratch, const bf16
   p.dv_row_stride = strides.dv;
   p.dq_accum = scratch;                     // (T, H, D)
   p.delta = scratch + T * s.H * int64_t{s.D};  // (T, H)
+  p.row_lo = reinterpret_cast<int*>(p.delta + T * s.H);  // (T)
   if (s.D == 64)
     launch_backward<64>(p, stream);
   else

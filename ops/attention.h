@@ -61,7 +61,8 @@ struct AttentionStrides {
 void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
                        const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream);
 
-// fp32 scratch that attention_backward needs: a dq accumulator (T, H, D) and delta (T, H).
+// fp32 scratch that attention_backward needs: a dq accumulator (T, H, D), delta (T, H) and each
+// query's lowest visible key (T).
 int64_t attention_backward_scratch_floats(int64_t T, int H, int D);
 
 // dq (T, H, D), dk, dv (T, KVH, D) written (=); dout, out (T, H, D) and lse (T, H) from the

@@ -20,17 +20,16 @@
 //   out = O / l ; lse = ln 2 * (m + log2 l)
 // K and V blocks are double-buffered in shared memory with cp.async.
 //
-// Backward, one block per (64-key tile, kv head), 8 warps, looping over every 64-query block that
+// Backward, one block per (128-key tile, kv head), 8 warps, looping over every 64-query step that
 // can see the tile and every query head of the GQA group (the FlashAttention-2 order, so dK and
 // dV stay in registers and need no atomics):
 //   S^T = K Q^T ; P^T = exp2(S^T * scale*log2 e - lse*log2 e)         (recomputed, not stored)
 //   dP^T = V dO^T ; dS^T = P^T * (dP^T - delta)   with delta_i = dout_i . out_i (prep kernel)
 //   dV += P^T dO ; dK += dS^T Q ; dq_accum += dS K  (fp32 atomics; scaled and converted after)
-// The next query block's Q and dO tiles load while dS K and its atomics run.
-// Warp (wm, wn) computes S^T and dP^T for keys 16*wm.. and queries 32*wn..; P^T and dS^T go
-// through shared memory so that each warp then owns keys 16*wm.. and head dims (D/2)*wn.. of
-// dK and dV, and queries 16*wm.. and head dims (D/2)*wn.. of dQ.
-//
+// The next step's Q and dO tiles load (double-buffered) while this step computes. Each warp's
+// tiles are 32 x 32 (S^T, dP^T), 32 x D/2 (dK, dV) and 32 x D/4 (dQ): every fragment loaded from
+// shared memory feeds at least two tensor-core instructions. P^T and dS^T go through shared memory
+// between the partitions.
 // mma.sync m16n8k16 fragments (PTX ISA, "Matrix fragments for mma.m16n8k16"), with
 // g = lane / 4 and c = lane % 4:
 //   A (16x16, row-major): a0 (g, 2c..2c+1), a1 (g+8, 2c..), a2 (g, 2c+8..), a3 (g+8, 2c+8..)
@@ -77,6 +76,7 @@ struct BwdParams : AttnParams {
   int64_t out_row_stride, dout_row_stride, dq_row_stride, dk_row_stride, dv_row_stride;
   float* dq_accum;  // (T, H, D) fp32 scratch: sum_j dS_ij k_j
   float* delta;     // (T, H) fp32 scratch: dout_i . out_i
+  int* row_lo;      // (T) scratch: lowest_visible_key of each query (one search per row, not per use)
 };
 
 constexpr int kTileTokens = 64;  // queries and keys per tile, forward and backward
@@ -409,7 +409,8 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) attention_forward_kernel
 // ---------------------------------------------------------------------------------------------
 // Backward
 
-// delta_i = dout_i . out_i for every (token, head), one warp each; also zeroes that row of dq_accum.
+// delta_i = dout_i . out_i for every (token, head), one warp each; also zeroes that row of dq_accum
+// and, once per token, finds its lowest visible key.
 template <int D>
 __global__ void attention_backward_prep_kernel(const BwdParams p) {
   constexpr int kPerLane = D / 32;  // 2 or 4 elements, read as bf16 pairs
@@ -430,6 +431,7 @@ __global__ void attention_backward_prep_kernel(const BwdParams p) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   if (lane == 0) p.delta[row] = acc;
+  if (lane == 0 && h == 0) p.row_lo[t] = lowest_visible_key(p, static_cast<int>(t));
   float* dq_row = p.dq_accum + row * D;
 #pragma unroll
   for (int e = 0; e < kPerLane; ++e) dq_row[lane + 32 * e] = 0.f;
@@ -454,18 +456,18 @@ __global__ void attention_dq_convert_kernel(const BwdParams p) {
 
 template <int D>
 struct BwdTile {
-  static constexpr int kThreads = 256;   // 8 warps: 4 key slices x 2 query (or head-dim) halves
-  // 2 blocks (16 warps) per SM caps registers at 128 (D = 128 spills 64 bytes); 1 block with 197
-  // registers ran 6% slower on the target workload.
-  static constexpr int kMinBlocks = 2;
+  static constexpr int kThreads = 256;  // 8 warps
+  static constexpr int kKeys = 128;     // keys per block: their dK and dV stay in registers
+  static constexpr int kQueries = 64;   // queries per step
   static constexpr int kStride = D + 8;  // padded rows, as in the forward
-  static constexpr int kPStride = kTileTokens + 8;
-  static constexpr int kTileElems = kTileTokens * kStride;
-  static constexpr int kPElems = kTileTokens * kPStride;
-  static constexpr int kHalfD = D / 2;
-  // K, V, Q, dO tiles; P^T and dS^T (keys x queries); lse*log2e, delta and row_lo per query row.
-  static constexpr size_t kSmemBytes =
-      (4 * kTileElems + 2 * kPElems) * sizeof(bf16) + kTileTokens * (2 * sizeof(float) + sizeof(int));
+  static constexpr int kPStride = kQueries + 8;
+  static constexpr int kKvElems = kKeys * kStride;
+  static constexpr int kQElems = kQueries * kStride;
+  static constexpr int kPElems = kKeys * kPStride;
+  // K, V; Q and dO twice (the next step's load overlaps this one); P^T and dS^T (keys x queries);
+  // lse*log2e, delta and row_lo per query row, twice.
+  static constexpr size_t kSmemBytes = (2 * kKvElems + 4 * kQElems + 2 * kPElems) * sizeof(bf16) +
+                                       2 * kQueries * (2 * sizeof(float) + sizeof(int));
 };
 
 // Zeroes the fp32 accumulator fragments.
@@ -473,6 +475,11 @@ template <int NT>
 __device__ __forceinline__ void zero(float (&acc)[NT][4]) {
 #pragma unroll
   for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+}
+template <int MT, int NT>
+__device__ __forceinline__ void zero(float (&acc)[MT][NT][4]) {
+#pragma unroll
+  for (int m = 0; m < MT; ++m) zero(acc[m]);
 }
 
 // Writes a warp's 16 x (8*NT) fp32 fragments, times `mul`, as bf16 rows [row0, row0 + 16) of a
@@ -515,189 +522,254 @@ __device__ __forceinline__ void add_dq(const BwdParams& p, const float (&acc)[NT
   }
 }
 
-// S^T and dP^T of a warp: keys (16 rows at k_rows, v_rows) x queries (32 rows at q_rows,
-// do_rows), over the 16-query groups in MASK (1, 2 or 3). Row strides D + 8.
+// acc (32 x 32) += A (32 x D) * B^T, A rows at a_rows and B (32 x D) rows at b_rows, row stride D + 8:
+// a warp's S^T = K Q^T or dP^T = V dO^T tile. Bit 2 mt + nq of the mask: rows 16 mt.. and columns
+// 16 nq.. share a visible pair; the others are skipped.
 template <int D, unsigned MASK>
-__device__ __forceinline__ void scores_transposed(float (&st)[4][4], float (&dpt)[4][4], const bf16* k_rows,
-                                                  const bf16* v_rows, const bf16* q_rows, const bf16* do_rows,
-                                                  int lane) {
-  mma_a_smem_bt_smem<D, 4, MASK>(st, k_rows, D + 8, q_rows, D + 8, lane, MASK);
-  mma_a_smem_bt_smem<D, 4, MASK>(dpt, v_rows, D + 8, do_rows, D + 8, lane, MASK);
+__device__ __forceinline__ void mma_32x32_bt(float (&acc)[2][4][4], const bf16* a_rows, const bf16* b_rows, int lane,
+                                             unsigned mask) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t b[2][4];
+#pragma unroll
+    for (int nq = 0; nq < 2; ++nq)
+      if (in_mask<MASK>(mask, nq) || in_mask<MASK>(mask, 2 + nq))
+        ldmatrix_x4(b[nq], smem_addr(b_rows + (nq * 16 + (lane & 7) + (lane >> 4) * 8) * (D + 8) + kk * 16 +
+                                     ((lane >> 3) & 1) * 8));
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      if (!in_mask<MASK>(mask, 2 * mt) && !in_mask<MASK>(mask, 2 * mt + 1)) continue;
+      uint32_t a[4];
+      ldmatrix_x4(a, smem_addr(a_rows + (mt * 16 + (lane & 15)) * (D + 8) + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+      for (int nq = 0; nq < 2; ++nq) {
+        if (!in_mask<MASK>(mask, 2 * mt + nq)) continue;
+        mma_16816(acc[mt][2 * nq], a, b[nq][0], b[nq][1]);
+        mma_16816(acc[mt][2 * nq + 1], a, b[nq][2], b[nq][3]);
+      }
+    }
+  }
 }
 
+// acc (32 x 8*NT) += A (32 x 16*KSTEPS) * B (16*KSTEPS x 8*NT), B row-major in shared memory at b
+// (stride b_ld): the "P V" shape for two 16-row m-tiles. A_TRANS: A is stored transposed (its
+// columns are rows at a, stride a_ld), else row-major at a. Bit KSTEPS * mt + kk of the mask: m-tile
+// mt has work in k-step kk (16-wide); the others are known to be zero in A and skipped.
+template <int KSTEPS, int NT, bool A_TRANS, unsigned MASK>
+__device__ __forceinline__ void mma_32_a_b(float (&acc)[2][NT][4], const bf16* a, int a_ld, const bf16* b, int b_ld,
+                                           int lane, unsigned mask) {
+#pragma unroll
+  for (int kk = 0; kk < KSTEPS; ++kk) {
+    const bool use[2] = {in_mask<MASK>(mask, kk), in_mask<MASK>(mask, KSTEPS + kk)};
+    if (!use[0] && !use[1]) continue;
+    uint32_t af[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      if (!use[mt]) continue;
+      if (A_TRANS)
+        ldmatrix_x4_trans(af[mt], smem_addr(a + (kk * 16 + (lane & 7) + (lane >> 4) * 8) * a_ld + mt * 16 +
+                                            ((lane >> 3) & 1) * 8));
+      else
+        ldmatrix_x4(af[mt], smem_addr(a + (mt * 16 + (lane & 15)) * a_ld + kk * 16 + (lane >> 4) * 8));
+    }
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      uint32_t bf[4];
+      ldmatrix_x4_trans(bf, smem_addr(b + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * b_ld + np * 16 +
+                                      (lane >> 4) * 8));
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        if (!use[mt]) continue;
+        mma_16816(acc[mt][2 * np], af[mt], bf[0], bf[1]);
+        mma_16816(acc[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+      }
+    }
+  }
+}
+
+// One block per (128-key tile, kv head), 8 warps. Warp w computes S^T and dP^T, and accumulates dK
+// and dV, for keys 32 (w % 4).. (two 16-row m-tiles) against queries 32 (w / 4).. of the step
+// (stage 1), then head dims (D/2) (w / 4).. of dK and dV (stage 2); for dQ (stage 3) it owns queries
+// 32 (w % 2).. and head dims (D/4) (w / 2)... Blocks are numbered key tile major, so the tiles that
+// see the most queries (a causal document's first) start first.
 template <int D>
-__global__ void __launch_bounds__(BwdTile<D>::kThreads, BwdTile<D>::kMinBlocks) attention_backward_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) attention_backward_kernel(const BwdParams p) {
   using Tile = BwdTile<D>;
-  constexpr int kDTiles = Tile::kHalfD / 8;  // n-tiles of a warp's half of the head dim
+  constexpr int kQ = Tile::kQueries, kKeys = Tile::kKeys;
+  constexpr int kNtKV = D / 16;  // n-tiles of a warp's half of the head dim (dK, dV)
+  constexpr int kNtQ = D / 32;   // n-tiles of a warp's quarter (dQ)
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sK = reinterpret_cast<bf16*>(smem);
-  bf16* sV = sK + Tile::kTileElems;
-  bf16* sQ = sV + Tile::kTileElems;
-  bf16* sdO = sQ + Tile::kTileElems;
-  bf16* sP = sdO + Tile::kTileElems;  // P^T  (keys x queries)
-  bf16* sdS = sP + Tile::kPElems;     // dS^T (keys x queries)
-  float* sLse = reinterpret_cast<float*>(sdS + Tile::kPElems);  // lse * log2(e)
-  float* sDelta = sLse + kTileTokens;
-  int* sRowLo = reinterpret_cast<int*>(sDelta + kTileTokens);
+  bf16* sV = sK + Tile::kKvElems;
+  bf16* sQ = sV + Tile::kKvElems;      // 2 buffers
+  bf16* sdO = sQ + 2 * Tile::kQElems;  // 2 buffers
+  bf16* sP = sdO + 2 * Tile::kQElems;  // P^T  (keys x queries)
+  bf16* sdS = sP + Tile::kPElems;      // dS^T (keys x queries)
+  float* sLse = reinterpret_cast<float*>(sdS + Tile::kPElems);  // lse * log2(e), 2 slots
+  float* sDelta = sLse + 2 * kQ;                                 // 2 slots
+  int* sRowLo = reinterpret_cast<int*>(sDelta + 2 * kQ);         // 2 slots
 
-  const int kvh = blockIdx.y;
+  const int kvh = blockIdx.x % p.KVH;
+  const int j0 = (blockIdx.x / p.KVH) * kKeys;
+  const int j_last = min(j0 + kKeys, p.T) - 1;
   const int group = p.H / p.KVH;
-  const int j0 = blockIdx.x * kTileTokens;
-  const int j_last = min(j0 + kTileTokens, p.T) - 1;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
-  const int wm = warp & 3, wn = warp >> 2;
-  const int key_row0 = wm * 16;  // this warp's keys within the tile, for S^T, dP^T, dK, dV
-  const int q_col0 = wn * 32;    // its queries within the block, for S^T and dP^T
-  const int d_col0 = wn * Tile::kHalfD;
-  // Queries [j0, q_end) see some key of the tile; query blocks start at j0, so the first is the
-  // causal diagonal and every later one lies wholly above it. Iteration `it` takes query block
-  // it / group of head kvh * group + it % group: the heads of a block share its row data.
-  const int iters = group * ((query_end_for_key(p, j_last) - j0 + kTileTokens - 1) / kTileTokens);
-  auto block_start = [&](int it) { return j0 + (it / group) * kTileTokens; };
+  const int wk = warp & 3, wq = warp >> 2;     // stages 1 and 2
+  const int wq3 = warp & 1, wd3 = warp >> 1;   // stage 3
+  // Queries [j0, q_end) see some key of the tile; query steps start at j0, so the first two cross
+  // the causal diagonal and every later one lies wholly above it. Iteration `it` takes query step
+  // it / group of head kvh * group + it % group: the heads of a step share its row data.
+  const int iters = group * ((query_end_for_key(p, j_last) - j0 + kQ - 1) / kQ);
+  auto block_start = [&](int it) { return j0 + (it / group) * kQ; };
   auto head_of = [&](int it) { return kvh * group + it % group; };
-  auto load_query_tiles = [&](int it) {
+  auto load_query_tiles = [&](int it, int buf) {
     const int64_t head = static_cast<int64_t>(head_of(it)) * D;
-    load_tile_async<D, Tile::kThreads>(sQ, p.q + head, p.q_row_stride, block_start(it), p.T);
-    load_tile_async<D, Tile::kThreads>(sdO, p.dout + head, p.dout_row_stride, block_start(it), p.T);
+    load_tile_async<D, Tile::kThreads, kQ>(sQ + buf * Tile::kQElems, p.q + head, p.q_row_stride, block_start(it), p.T);
+    load_tile_async<D, Tile::kThreads, kQ>(sdO + buf * Tile::kQElems, p.dout + head, p.dout_row_stride,
+                                           block_start(it), p.T);
   };
-  // Per-row data of thread t < 64's query row. Rows past T: lse = +inf makes P = 0, delta = 0
-  // keeps dS = 0.
-  auto row_lse = [&](int it) {
-    const int i = block_start(it) + threadIdx.x;
-    return i < p.T ? p.lse[static_cast<int64_t>(i) * p.H + head_of(it)] * kLog2e : INFINITY;
+  // Row data of thread t < kQ's query row of iteration it. Rows past T: lse = +inf makes P = 0,
+  // delta = 0 keeps dS = 0.
+  struct RowData {
+    float lse, delta;
+    int row_lo;
   };
-  auto row_delta = [&](int it) {
+  auto fetch_row = [&](int it) {
     const int i = block_start(it) + threadIdx.x;
-    return i < p.T ? p.delta[static_cast<int64_t>(i) * p.H + head_of(it)] : 0.f;
+    if (i >= p.T) return RowData{INFINITY, 0.f, 0};
+    const int64_t at = static_cast<int64_t>(i) * p.H + head_of(it);
+    return RowData{p.lse[at] * kLog2e, p.delta[at], p.row_lo[i]};
   };
-  auto row_lo = [&](int it) {
-    const int i = block_start(it) + threadIdx.x;
-    return i < p.T ? lowest_visible_key(p, i) : 0;
+  auto store_row = [&](const RowData& r, int slot) {
+    sLse[slot * kQ + threadIdx.x] = r.lse;
+    sDelta[slot * kQ + threadIdx.x] = r.delta;
+    sRowLo[slot * kQ + threadIdx.x] = r.row_lo;
   };
 
-  load_tile_async<D, Tile::kThreads>(sK, p.k + static_cast<int64_t>(kvh) * D, p.k_row_stride, j0, p.T);
-  load_tile_async<D, Tile::kThreads>(sV, p.v + static_cast<int64_t>(kvh) * D, p.v_row_stride, j0, p.T);
-  load_query_tiles(0);
+  load_tile_async<D, Tile::kThreads, kKeys>(sK, p.k + static_cast<int64_t>(kvh) * D, p.k_row_stride, j0, p.T);
+  load_tile_async<D, Tile::kThreads, kKeys>(sV, p.v + static_cast<int64_t>(kvh) * D, p.v_row_stride, j0, p.T);
+  load_query_tiles(0, 0);
   cp_async_commit();
-  if (threadIdx.x < kTileTokens) {
-    sLse[threadIdx.x] = row_lse(0);
-    sDelta[threadIdx.x] = row_delta(0);
-    sRowLo[threadIdx.x] = row_lo(0);
-  }
+  if (threadIdx.x < kQ) store_row(fetch_row(0), 0);
 
-  float dk[kDTiles][4], dv[kDTiles][4];
+  float dk[2][kNtKV][4], dv[2][kNtKV][4];
   zero(dk);
   zero(dv);
   for (int it = 0; it < iters; ++it) {
-    const int i0 = block_start(it), h = head_of(it);
+    const int buf = it & 1, i0 = block_start(it), h = head_of(it);
+    const float* lse = sLse + buf * kQ;
+    const float* delta = sDelta + buf * kQ;
+    const int* row_lo = sRowLo + buf * kQ;
+    const bf16* q_tile = sQ + buf * Tile::kQElems;
+    const bf16* do_tile = sdO + buf * Tile::kQElems;
     cp_async_wait_all();
-    __syncthreads();
+    __syncthreads();  // this step's tiles and row data are in; the last step no longer reads P^T, dS^T
+
+    // The next step's tiles load into the other buffers while this one computes; its row data
+    // waits in registers until this step no longer reads the other slot.
+    const bool has_next = it + 1 < iters;
+    RowData next{};
+    if (has_next) {
+      load_query_tiles(it + 1, buf ^ 1);
+      cp_async_commit();
+      if (threadIdx.x < kQ) next = fetch_row(it + 1);
+    }
 
     // 16-key group kg and 16-query group qg share a visible pair (or may: the test is exact unless
     // a document starts inside the query group). Pairs of groups that share none are all zero.
     auto visible = [&](int kg, int qg) {
       const int ka = j0 + 16 * kg, qa = i0 + 16 * qg;
-      return qa < p.T && qa + 15 >= ka && sRowLo[16 * qg] <= ka + 15;
+      return qa < p.T && qa + 15 >= ka && row_lo[16 * qg] <= ka + 15;
     };
-    unsigned query_groups = 0, key_groups = 0;  // seen by this warp's keys; seeing its queries
+    unsigned mask1 = 0, mask2 = 0, mask3 = 0;
 #pragma unroll
-    for (int q4 = 0; q4 < 4; ++q4) {
-      query_groups |= unsigned(visible(wm, q4)) << q4;
-      key_groups |= unsigned(visible(q4, wm)) << q4;
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int nq = 0; nq < 2; ++nq) mask1 |= unsigned(visible(2 * wk + mt, 2 * wq + nq)) << (2 * mt + nq);
+#pragma unroll
+      for (int kk = 0; kk < kQ / 16; ++kk) mask2 |= unsigned(visible(2 * wk + mt, kk)) << (kQ / 16 * mt + kk);
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) mask3 |= unsigned(visible(kk, 2 * wq3 + mt)) << (kKeys / 16 * mt + kk);
     }
 
-    // Stage 1: S^T and dP^T for keys key_row0.. x queries q_col0.. (query groups 2 wn, 2 wn + 1);
-    // P^T and dS^T to shared memory.
-    const unsigned my_groups = (query_groups >> (2 * wn)) & 3u;
-    float st[4][4], dpt[4][4];
+    // Stage 1: S^T and dP^T for keys 32 wk.. x queries 32 wq..; P^T and dS^T to shared memory.
+    float st[2][4][4], dpt[2][4][4];
     zero(st);
     zero(dpt);
-    const bf16 *k_rows = sK + key_row0 * Tile::kStride, *v_rows = sV + key_row0 * Tile::kStride;
-    const bf16 *q_rows = sQ + q_col0 * Tile::kStride, *do_rows = sdO + q_col0 * Tile::kStride;
-    if (my_groups == 3u)
-      scores_transposed<D, 3u>(st, dpt, k_rows, v_rows, q_rows, do_rows, lane);
-    else if (my_groups == 1u)
-      scores_transposed<D, 1u>(st, dpt, k_rows, v_rows, q_rows, do_rows, lane);
-    else if (my_groups == 2u)
-      scores_transposed<D, 2u>(st, dpt, k_rows, v_rows, q_rows, do_rows, lane);
-    const bool need_mask = i0 == j0 || sRowLo[min(kTileTokens, p.T - i0) - 1] > j0;
+    const bf16 *k_rows = sK + 32 * wk * Tile::kStride, *v_rows = sV + 32 * wk * Tile::kStride;
+    const bf16 *q_rows = q_tile + 32 * wq * Tile::kStride, *do_rows = do_tile + 32 * wq * Tile::kStride;
+    if (mask1 == 0xFu) {
+      mma_32x32_bt<D, 0xFu>(st, k_rows, q_rows, lane, mask1);
+      mma_32x32_bt<D, 0xFu>(dpt, v_rows, do_rows, lane, mask1);
+    } else if (mask1 != 0) {
+      mma_32x32_bt<D, 0>(st, k_rows, q_rows, lane, mask1);
+      mma_32x32_bt<D, 0>(dpt, v_rows, do_rows, lane, mask1);
+    }
+    // Masking is needed where the step crosses the causal diagonal or a row's lowest key.
+    const bool need_mask = i0 < j0 + kKeys || row_lo[min(kQ, p.T - i0) - 1] > j0;
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
+    for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float pr[2] = {0.f, 0.f}, ds[2] = {0.f, 0.f};
-        if (in_mask<0>(my_groups, nt / 2)) {
+      for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int qi = q_col0 + nt * 8 + 2 * c + e;
-            float x = st[nt][2 * r + e] * p.scale_log2;
-            if (need_mask) {
-              const int j = j0 + key_row0 + g + 8 * r;
-              if (j < sRowLo[qi] || j > i0 + qi) x = -INFINITY;
+        for (int r = 0; r < 2; ++r) {
+          const int key = 32 * wk + 16 * mt + g + 8 * r;  // within the tile
+          float pr[2] = {0.f, 0.f}, ds[2] = {0.f, 0.f};
+          if (in_mask<0>(mask1, 2 * mt + nt / 2)) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int qi = 32 * wq + nt * 8 + 2 * c + e;
+              float x = st[mt][nt][2 * r + e] * p.scale_log2;
+              if (need_mask && (j0 + key < row_lo[qi] || j0 + key > i0 + qi)) x = -INFINITY;
+              pr[e] = fast_exp2(x - lse[qi]);
+              ds[e] = pr[e] * (dpt[mt][nt][2 * r + e] - delta[qi]);
             }
-            pr[e] = fast_exp2(x - sLse[qi]);
-            ds[e] = pr[e] * (dpt[nt][2 * r + e] - sDelta[qi]);
           }
+          const int off = key * Tile::kPStride + 32 * wq + nt * 8 + 2 * c;
+          *reinterpret_cast<uint32_t*>(sP + off) = pack_bf16(pr[0], pr[1]);
+          *reinterpret_cast<uint32_t*>(sdS + off) = pack_bf16(ds[0], ds[1]);
         }
-        const int off = (key_row0 + g + 8 * r) * Tile::kPStride + q_col0 + nt * 8 + 2 * c;
-        *reinterpret_cast<uint32_t*>(sP + off) = pack_bf16(pr[0], pr[1]);
-        *reinterpret_cast<uint32_t*>(sdS + off) = pack_bf16(ds[0], ds[1]);
-      }
     __syncthreads();
 
-    // Stage 2: dV += P^T dO and dK += dS^T Q for keys key_row0.. x head dims d_col0.., over the
-    // query groups these keys see.
-    const bf16 *p_rows = sP + key_row0 * Tile::kPStride, *ds_rows = sdS + key_row0 * Tile::kPStride;
-    if (query_groups == 0xFu) {
-      mma_a_smem_b_smem<kTileTokens, kDTiles, false, 0xFu>(dv, p_rows, Tile::kPStride, sdO + d_col0, Tile::kStride,
-                                                            lane, query_groups);
-      mma_a_smem_b_smem<kTileTokens, kDTiles, false, 0xFu>(dk, ds_rows, Tile::kPStride, sQ + d_col0, Tile::kStride,
-                                                            lane, query_groups);
-    } else if (query_groups != 0) {
-      mma_a_smem_b_smem<kTileTokens, kDTiles, false, 0>(dv, p_rows, Tile::kPStride, sdO + d_col0, Tile::kStride,
-                                                         lane, query_groups);
-      mma_a_smem_b_smem<kTileTokens, kDTiles, false, 0>(dk, ds_rows, Tile::kPStride, sQ + d_col0, Tile::kStride,
-                                                         lane, query_groups);
-    }
-    __syncthreads();  // sQ, sdO and the row data are free for the next query block
-
-    // Fetch the next query block while stage 3 runs: tiles by cp.async, row data into registers
-    // now and into shared memory after stage 3.
-    const bool has_next = it + 1 < iters;
-    float next_lse = INFINITY, next_delta = 0.f;
-    if (has_next) {
-      load_query_tiles(it + 1);
-      cp_async_commit();
-      if (threadIdx.x < kTileTokens) {
-        next_lse = row_lse(it + 1);
-        next_delta = row_delta(it + 1);
-      }
+    // Stage 2: dV += P^T dO and dK += dS^T Q for keys 32 wk.. x head dims (D/2) wq.., over the query
+    // groups these keys see.
+    const int d_half = wq * (D / 2);
+    const bf16 *p_rows = sP + 32 * wk * Tile::kPStride, *ds_rows = sdS + 32 * wk * Tile::kPStride;
+    if (mask2 == 0xFFu) {
+      mma_32_a_b<kQ / 16, kNtKV, false, 0xFFu>(dv, p_rows, Tile::kPStride, do_tile + d_half, Tile::kStride, lane, mask2);
+      mma_32_a_b<kQ / 16, kNtKV, false, 0xFFu>(dk, ds_rows, Tile::kPStride, q_tile + d_half, Tile::kStride, lane, mask2);
+    } else if (mask2 != 0) {
+      mma_32_a_b<kQ / 16, kNtKV, false, 0>(dv, p_rows, Tile::kPStride, do_tile + d_half, Tile::kStride, lane, mask2);
+      mma_32_a_b<kQ / 16, kNtKV, false, 0>(dk, ds_rows, Tile::kPStride, q_tile + d_half, Tile::kStride, lane, mask2);
     }
 
-    // Stage 3: dQ partial = dS K for queries 16 wm.. x head dims d_col0.., over the key groups
+    // Stage 3: dQ partial = dS K for queries 32 wq3.. x head dims (D/4) wd3.., over the key groups
     // that see them; added into dq_accum.
-    if (key_groups != 0) {
-      float dq[kDTiles][4];
+    if (mask3 != 0) {
+      float dq[2][kNtQ][4];
       zero(dq);
-      if (key_groups == 0xFu)
-        mma_a_smem_b_smem<kTileTokens, kDTiles, true, 0xFu>(dq, sdS + wm * 16, Tile::kPStride, sK + d_col0,
-                                                             Tile::kStride, lane, key_groups);
+      const int d_quarter = wd3 * (D / 4);
+      if (mask3 == 0xFFFFu)
+        mma_32_a_b<kKeys / 16, kNtQ, true, 0xFFFFu>(dq, sdS + 32 * wq3, Tile::kPStride, sK + d_quarter, Tile::kStride,
+                                                    lane, mask3);
       else
-        mma_a_smem_b_smem<kTileTokens, kDTiles, true, 0>(dq, sdS + wm * 16, Tile::kPStride, sK + d_col0,
-                                                          Tile::kStride, lane, key_groups);
-      add_dq<kDTiles, D>(p, dq, i0 + wm * 16, h, d_col0, lane);
+        mma_32_a_b<kKeys / 16, kNtQ, true, 0>(dq, sdS + 32 * wq3, Tile::kPStride, sK + d_quarter, Tile::kStride, lane,
+                                              mask3);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+        if (mask3 >> (kKeys / 16 * mt) & 0xFFu) add_dq<kNtQ, D>(p, dq[mt], i0 + 32 * wq3 + 16 * mt, h, d_quarter, lane);
     }
 
-    if (has_next && threadIdx.x < kTileTokens) {
-      sLse[threadIdx.x] = next_lse;
-      sDelta[threadIdx.x] = next_delta;
-      if ((it + 1) % group == 0) sRowLo[threadIdx.x] = row_lo(it + 1);
-    }
+    if (has_next && threadIdx.x < kQ) store_row(next, buf ^ 1);
   }
 
-  store_rows_bf16<kDTiles, D>(p.dk, p.dk_row_stride, kvh, j0 + key_row0, d_col0, dk, p.scale, p.T, lane);
-  store_rows_bf16<kDTiles, D>(p.dv, p.dv_row_stride, kvh, j0 + key_row0, d_col0, dv, 1.f, p.T, lane);
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+    const int row0 = j0 + 32 * wk + 16 * mt;
+    store_rows_bf16<kNtKV, D>(p.dk, p.dk_row_stride, kvh, row0, wq * (D / 2), dk[mt], p.scale, p.T, lane);
+    store_rows_bf16<kNtKV, D>(p.dv, p.dv_row_stride, kvh, row0, wq * (D / 2), dv[mt], 1.f, p.T, lane);
+  }
 }
 
 }  // namespace loom::attn
