@@ -178,53 +178,6 @@ __device__ __forceinline__ void mma_a_regs_bt_smem(float (&acc)[KEYS / 8][4], co
   }
 }
 
-// acc (16 x 8*NT) += A (16 x K) * B^T with both in shared memory: A rows at a_rows (stride a_ld),
-// B (8*NT x K) rows at b_rows (stride b_ld). K a multiple of 16, NT even. Only the 16-row groups
-// of B in the mask are computed.
-template <int K, int NT, unsigned MASK>
-__device__ __forceinline__ void mma_a_smem_bt_smem(float (&acc)[NT][4], const bf16* a_rows, int a_ld,
-                                                   const bf16* b_rows, int b_ld, int lane, unsigned groups) {
-#pragma unroll
-  for (int kk = 0; kk < K / 16; ++kk) {
-    uint32_t a[4];
-    ldmatrix_x4(a, smem_addr(a_rows + (lane & 15) * a_ld + kk * 16 + (lane >> 4) * 8));
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np) {
-      if (!in_mask<MASK>(groups, np)) continue;
-      uint32_t b[4];
-      const bf16* src = b_rows + (np * 16 + (lane & 7) + (lane >> 4) * 8) * b_ld + kk * 16 + ((lane >> 3) & 1) * 8;
-      ldmatrix_x4(b, smem_addr(src));
-      mma_16816(acc[2 * np], a, b[0], b[1]);
-      mma_16816(acc[2 * np + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-// acc (16 x 8*NT) += A (16 x K) * B, B (K x 8*NT) row-major in shared memory at b (stride b_ld):
-// the "P V" shape. A_TRANS: A is stored transposed (K x 16, rows at a, stride a_ld). Only the
-// 16-wide steps of K in the mask are computed (the others are known to be zero in A).
-template <int K, int NT, bool A_TRANS, unsigned MASK>
-__device__ __forceinline__ void mma_a_smem_b_smem(float (&acc)[NT][4], const bf16* a, int a_ld, const bf16* b,
-                                                  int b_ld, int lane, unsigned ksteps) {
-#pragma unroll
-  for (int kk = 0; kk < K / 16; ++kk) {
-    if (!in_mask<MASK>(ksteps, kk)) continue;
-    uint32_t af[4];
-    if (A_TRANS)
-      ldmatrix_x4_trans(af, smem_addr(a + (kk * 16 + (lane & 7) + (lane >> 4) * 8) * a_ld + ((lane >> 3) & 1) * 8));
-    else
-      ldmatrix_x4(af, smem_addr(a + (lane & 15) * a_ld + kk * 16 + (lane >> 4) * 8));
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np) {
-      uint32_t bf[4];
-      const bf16* src = b + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * b_ld + np * 16 + (lane >> 4) * 8;
-      ldmatrix_x4_trans(bf, smem_addr(src));
-      mma_16816(acc[2 * np], af, bf[0], bf[1]);
-      mma_16816(acc[2 * np + 1], af, bf[2], bf[3]);
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Forward
 
