@@ -70,7 +70,7 @@ void launch_forward(const FwdParams& p, cudaStream_t stream) {
   using Tile = attn::FwdTile<D>;
   static const bool smem_ready = (allow_smem(attn::attention_forward_kernel<D>, Tile::kSmemBytes), true);
   (void)smem_ready;
-  dim3 grid(static_cast<unsigned>(ceil_div(p.T, attn::kTileTokens)), static_cast<unsigned>(p.H));
+  dim3 grid(static_cast<unsigned>(ceil_div(p.T, Tile::kQueries)), static_cast<unsigned>(p.H));
   attn::attention_forward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
   CUDA_CHECK(cudaGetLastError());
 }

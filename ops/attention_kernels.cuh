@@ -2,23 +2,23 @@
 // optional sliding window, head dims 64 and 128, bf16 in/out, fp32 softmax and accumulators.
 // The math and the masking rule are in ops/attention.h; launchers and validation in ops/attention.cu.
 //
-// Tiling. The packed buffer of T tokens is cut into tiles of 64 tokens regardless of document
-// boundaries, so the grid is known on the host without reading cu_seqlens (no host sync). A tile
-// may straddle documents: each query row carries its own lowest visible key
+// Tiling. The packed buffer of T tokens is cut into tiles (128 queries in the forward, 128 keys in
+// the backward) regardless of document boundaries, so the grid is known on the host without reading
+// cu_seqlens (no host sync). A tile may straddle documents: each query row carries its own lowest
+// visible key
 //   row_lo(i) = max(doc_start(i), i - window + 1)
 // and key j is visible from query i iff row_lo(i) <= j <= i. Key (forward) or query (backward)
-// blocks that no row of the tile can see are never visited; blocks that every row sees whole
-// skip the per-element mask; within a visited block, each warp also skips the tensor-core work
-// for the rows it owns that see none of it (32 keys a step in the forward, 16 x 16 groups in the
-// backward). With ~240-token documents the kernels compute ~1.25x (forward) and ~1.15x
-// (backward) the visible pairs, against ~1.6x for whole 64 x 64 blocks.
+// steps that no row of the tile can see are never visited; steps that every row sees whole skip the
+// per-element mask; within a visited step, each warp also skips the tensor-core work of the 16-row
+// m-tiles (forward) or 16 x 16 groups (backward) it owns that see none of it.
 //
-// Forward, one block per (64-query tile, query head), 4 warps of 16 query rows each:
-//   for each 32-key block, nearest the diagonal first:
+// Forward, one block per (128-query tile, query head), 4 warps of 32 query rows (two m-tiles) each:
+//   for each 64-key step, nearest the diagonal first:
 //     S = Q K^T (mma.sync m16n8k16, fp32) ; online softmax in log2 units (m, l per row)
 //     O = O * exp2(m_old - m_new) + P V    (P rounded to bf16 for the tensor cores)
 //   out = O / l ; lse = ln 2 * (m + log2 l)
-// K and V blocks are double-buffered in shared memory with cp.async.
+// K and V steps are double-buffered in shared memory with cp.async; each K and V fragment read from
+// shared memory feeds both m-tiles of its warp.
 //
 // Backward, one block per (128-key tile, kv head), 8 warps, looping over every 64-query step that
 // can see the tile and every query head of the GQA group (the FlashAttention-2 order, so dK and
@@ -30,6 +30,7 @@
 // tiles are 32 x 32 (S^T, dP^T), 32 x D/2 (dK, dV) and 32 x D/4 (dQ): every fragment loaded from
 // shared memory feeds at least two tensor-core instructions. P^T and dS^T go through shared memory
 // between the partitions.
+//
 // mma.sync m16n8k16 fragments (PTX ISA, "Matrix fragments for mma.m16n8k16"), with
 // g = lane / 4 and c = lane % 4:
 //   A (16x16, row-major): a0 (g, 2c..2c+1), a1 (g+8, 2c..), a2 (g, 2c+8..), a3 (g+8, 2c+8..)
@@ -79,7 +80,6 @@ struct BwdParams : AttnParams {
   int* row_lo;      // (T) scratch: lowest_visible_key of each query (one search per row, not per use)
 };
 
-constexpr int kTileTokens = 64;  // queries and keys per tile, forward and backward
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -134,7 +134,7 @@ __device__ __forceinline__ int query_end_for_key(const AttnParams& p, int j) {
 
 // Copies tokens [row0, row0 + ROWS) of one head (D bf16 each, `head` points at token 0 of that
 // head) into a shared tile of row stride D + 8 elements. Tokens outside [0, T) are zero-filled.
-template <int D, int THREADS, int ROWS = kTileTokens>
+template <int D, int THREADS, int ROWS>
 __device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* head, int64_t row_stride, int row0,
                                                 int T) {
   constexpr int kChunksPerRow = D / 8;
@@ -160,57 +160,73 @@ __device__ __forceinline__ bool in_mask(unsigned mask, int group) {
   return ((MASK != 0 ? MASK : mask) >> group) & 1u;
 }
 
-// acc (16 x KEYS) += A (16 x D, fragments in registers) * B^T, B (KEYS x D) rows in shared memory at
-// b_rows (row stride D + 8): the scores of a warp's 16 query rows against a block of keys.
-template <int D, int KEYS>
-__device__ __forceinline__ void mma_a_regs_bt_smem(float (&acc)[KEYS / 8][4], const uint32_t (&a)[D / 16][4],
-                                                   const bf16* b_rows, int lane) {
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-    for (int np = 0; np < KEYS / 16; ++np) {
-      uint32_t b[4];
-      const bf16* src = b_rows + (np * 16 + (lane & 7) + (lane >> 4) * 8) * (D + 8) + kk * 16 + ((lane >> 3) & 1) * 8;
-      ldmatrix_x4(b, smem_addr(src));
-      mma_16816(acc[2 * np], a[kk], b[0], b[1]);
-      mma_16816(acc[2 * np + 1], a[kk], b[2], b[3]);
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Forward
 
 template <int D>
 struct FwdTile {
-  static constexpr int kThreads = 128;  // 4 warps x 16 query rows
-  // Keys per step. 32 rather than 64: finer skipping of the blocks a warp cannot see (short
-  // documents), fewer registers (167 for D = 128) and less shared memory, so 3 blocks fit on an SM.
-  // Measured on an H200, T = 16384 of ~240-token documents, H = 32, D = 128: 0.352 ms against
-  // 0.389 ms with 64 keys (64 keys win on 2048-token documents, 1.98 ms against 2.11 ms).
-  static constexpr int kKeys = 32;
+  static constexpr int kThreads = 128;   // 4 warps x 32 query rows (two 16-row m-tiles each)
+  static constexpr int kQueries = 128;   // queries per block
+  static constexpr int kKeys = 64;       // keys per step
   static constexpr int kStride = D + 8;  // padded row: the 8 rows of an ldmatrix hit distinct banks
-  static constexpr int kQElems = kTileTokens * kStride;
+  static constexpr int kQElems = kQueries * kStride;
   static constexpr int kKvElems = kKeys * kStride;
   static constexpr size_t kSmemBytes = (kQElems + 4 * kKvElems) * sizeof(bf16);  // Q, 2 x K, 2 x V
 };
 
-// o (16 x D) += P (16 x KEYS, the softmax fragments s, rounded to bf16) V, V (KEYS x D) in shared memory.
-template <int D, int KEYS>
-__device__ __forceinline__ void mma_p_v(float (&o)[D / 8][4], const float (&s)[KEYS / 8][4], const bf16* v_rows,
-                                        int lane) {
+// s (two 16 x KEYS m-tiles) = Q K^T: Q rows at q_rows (32 of them), K rows at k_rows (KEYS), both of
+// row stride D + 8. m-tiles not in the 2-bit mask are skipped.
+template <int D, int KEYS, unsigned MASK>
+__device__ __forceinline__ void scores(float (&s)[2][KEYS / 8][4], const bf16* q_rows, const bf16* k_rows, int lane,
+                                       unsigned mask) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+      if (in_mask<MASK>(mask, mt))
+        ldmatrix_x4(a[mt], smem_addr(q_rows + (mt * 16 + (lane & 15)) * (D + 8) + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+    for (int np = 0; np < KEYS / 16; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4(b, smem_addr(k_rows + (np * 16 + (lane & 7) + (lane >> 4) * 8) * (D + 8) + kk * 16 +
+                               ((lane >> 3) & 1) * 8));
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        if (!in_mask<MASK>(mask, mt)) continue;
+        mma_16816(s[mt][2 * np], a[mt], b[0], b[1]);
+        mma_16816(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// o (two 16 x D m-tiles) += P V: P the softmax fragments s rounded to bf16, V (KEYS x D) rows in
+// shared memory at v_rows. m-tiles not in the 2-bit mask are skipped.
+template <int D, int KEYS, unsigned MASK>
+__device__ __forceinline__ void mma_p_v(float (&o)[2][D / 8][4], const float (&s)[2][KEYS / 8][4], const bf16* v_rows,
+                                        int lane, unsigned mask) {
 #pragma unroll
   for (int kk = 0; kk < KEYS / 16; ++kk) {
-    const uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                           pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                           pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+    uint32_t a[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      a[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+      a[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+      a[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+      a[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+    }
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
       uint32_t b[4];
       const bf16* src = v_rows + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * (D + 8) + dp * 16 + (lane >> 4) * 8;
       ldmatrix_x4_trans(b, smem_addr(src));
-      mma_16816(o[2 * dp], a, b[0], b[1]);
-      mma_16816(o[2 * dp + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        if (!in_mask<MASK>(mask, mt)) continue;
+        mma_16816(o[mt][2 * dp], a[mt], b[0], b[1]);
+        mma_16816(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+      }
     }
   }
 }
@@ -246,8 +262,10 @@ __device__ __forceinline__ void online_softmax(float (&s)[KEYS / 8][4], float (&
   }
 }
 
+// One block per (128-query tile, query head), 4 warps; warp w owns query rows 32 w.. of the tile
+// as two 16-row m-tiles, so each K and V fragment read from shared memory feeds both.
 template <int D>
-__global__ void __launch_bounds__(FwdTile<D>::kThreads) attention_forward_kernel(const FwdParams p) {
+__global__ void __launch_bounds__(FwdTile<D>::kThreads, 2) attention_forward_kernel(const FwdParams p) {
   using Tile = FwdTile<D>;
   constexpr int kKeys = Tile::kKeys;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -257,17 +275,17 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) attention_forward_kernel
 
   const int h = blockIdx.y;
   const int kvh = h / (p.H / p.KVH);
-  const int i0 = blockIdx.x * kTileTokens;
-  const int i1 = min(i0 + kTileTokens, p.T);
+  const int i0 = blockIdx.x * Tile::kQueries;
+  const int i1 = min(i0 + Tile::kQueries, p.T);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
   const bf16* q_head = p.q + static_cast<int64_t>(h) * D;
   const bf16* k_head = p.k + static_cast<int64_t>(kvh) * D;
   const bf16* v_head = p.v + static_cast<int64_t>(kvh) * D;
 
-  // Key blocks end at i1 so that the first ones hold the causal diagonal and every later one lies
+  // Key steps end at i1 so that the first ones hold the causal diagonal and every later one lies
   // wholly below it; the document lookups below overlap these loads.
-  load_tile_async<D, Tile::kThreads>(sQ, q_head, p.q_row_stride, i0, p.T);
+  load_tile_async<D, Tile::kThreads, Tile::kQueries>(sQ, q_head, p.q_row_stride, i0, p.T);
   load_tile_async<D, Tile::kThreads, kKeys>(sK, k_head, p.k_row_stride, i1 - kKeys, p.T);
   load_tile_async<D, Tile::kThreads, kKeys>(sV, v_head, p.v_row_stride, i1 - kKeys, p.T);
   cp_async_commit();
@@ -275,34 +293,38 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) attention_forward_kernel
   // Keys [key_lo, i1) hold everything any row of the tile sees.
   const int key_lo = lowest_visible_key(p, i0);
   const int max_row_lo = lowest_visible_key(p, i1 - 1);
-  const int nblocks = (i1 - key_lo + kKeys - 1) / kKeys;
+  const int nsteps = (i1 - key_lo + kKeys - 1) / kKeys;
 
-  // This thread's two query rows (fragment rows g and g + 8 of its warp's 16).
-  int row[2], row_lo[2];
+  // This thread's four query rows: fragment rows g and g + 8 of each of its warp's m-tiles (computed
+  // where used, to spare registers), and their lowest visible keys.
+  const int warp_row0 = i0 + warp * 32;
+  auto row = [&](int mt, int r) { return warp_row0 + mt * 16 + g + 8 * r; };
+  int row_lo[2][2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row[r] = i0 + warp * 16 + g + 8 * r;
-    row_lo[r] = lowest_visible_key(p, min(row[r], p.T - 1));
-  }
-  // The warp's rows see keys in [warp_lo, warp_hi] only (lane 0 holds its first row); it skips
-  // the blocks outside, while its block-mates may still need them.
-  const int warp_lo = __shfl_sync(0xffffffffu, row_lo[0], 0);
-  const int warp_hi = i0 + warp * 16 + 15;
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) row_lo[mt][r] = lowest_visible_key(p, min(row(mt, r), p.T - 1));
+  // m-tile mt's rows see keys in [tile_lo[mt], its last row] only (lane 0 holds each first row); a
+  // step outside skips that m-tile, while the rest of the block may still need it. m-tiles wholly
+  // past T take no step.
+  int tile_lo[2];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) tile_lo[mt] = __shfl_sync(0xffffffffu, row_lo[mt][0], 0);
+  auto tile_sees = [&](int mt, int j0) {
+    const int first = warp_row0 + mt * 16;
+    return first < p.T && j0 <= first + 15 && j0 + kKeys - 1 >= tile_lo[mt];
+  };
 
+  float o[2][D / 8][4] = {};
+  float m[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}}, l[2][2] = {};
+  const bf16* q_rows = sQ + warp * 32 * Tile::kStride;
   cp_async_wait_all();
   __syncthreads();
-  uint32_t qf[D / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
-    ldmatrix_x4(qf[kk], smem_addr(sQ + (warp * 16 + (lane & 15)) * Tile::kStride + kk * 16 + (lane >> 4) * 8));
-
-  float o[D / 8][4] = {};
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  for (int n = 0; n < nblocks; ++n) {
+  for (int n = 0; n < nsteps; ++n) {
     const int j0 = i1 - (n + 1) * kKeys;
     const bf16* cK = sK + (n & 1) * Tile::kKvElems;
     const bf16* cV = sV + (n & 1) * Tile::kKvElems;
-    if (n + 1 < nblocks) {
+    if (n + 1 < nsteps) {
       load_tile_async<D, Tile::kThreads, kKeys>(sK + ((n + 1) & 1) * Tile::kKvElems, k_head, p.k_row_stride,
                                                 j0 - kKeys, p.T);
       load_tile_async<D, Tile::kThreads, kKeys>(sV + ((n + 1) & 1) * Tile::kKvElems, v_head, p.v_row_stride,
@@ -310,49 +332,64 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) attention_forward_kernel
     }
     cp_async_commit();
 
-    if (j0 <= warp_hi && j0 + kKeys - 1 >= warp_lo) {
-      float s[kKeys / 8][4] = {};
-      mma_a_regs_bt_smem<D, kKeys>(s, qf, cK, lane);
-      // Masking is needed where the block crosses the causal diagonal or a row's lowest key.
+    unsigned mask = 0;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) mask |= unsigned(tile_sees(mt, j0)) << mt;
+    if (mask != 0) {
+      float s[2][kKeys / 8][4] = {};
+      if (mask == 3u)
+        scores<D, kKeys, 3u>(s, q_rows, cK, lane, mask);
+      else
+        scores<D, kKeys, 0>(s, q_rows, cK, lane, mask);
+      // Masking is needed where the step crosses the causal diagonal or a row's lowest key.
       const bool need_mask = j0 + kKeys - 1 > i0 || j0 < max_row_lo;
 #pragma unroll
-      for (int nt = 0; nt < kKeys / 8; ++nt)
+      for (int mt = 0; mt < 2; ++mt) {
+        if (!in_mask<0>(mask, mt)) continue;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[nt][e] * p.scale_log2;
-          if (need_mask) {
-            int r = e >> 1, j = j0 + nt * 8 + 2 * c + (e & 1);
-            if (j < row_lo[r] || j > row[r]) x = -INFINITY;
+        for (int nt = 0; nt < kKeys / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float x = s[mt][nt][e] * p.scale_log2;
+            if (need_mask) {
+              const int r = e >> 1, j = j0 + nt * 8 + 2 * c + (e & 1);
+              if (j < row_lo[mt][r] || j > row(mt, r)) x = -INFINITY;
+            }
+            s[mt][nt][e] = x;
           }
-          s[nt][e] = x;
-        }
-      online_softmax<D, kKeys>(s, o, m, l);
-      mma_p_v<D, kKeys>(o, s, cV, lane);
+        online_softmax<D, kKeys>(s[mt], o[mt], m[mt], l[mt]);
+      }
+      if (mask == 3u)
+        mma_p_v<D, kKeys, 3u>(o, s, cV, lane, mask);
+      else
+        mma_p_v<D, kKeys, 0>(o, s, cV, lane, mask);
     }
     cp_async_wait_all();
     __syncthreads();
   }
 
-  // Epilogue: normalise, stage this warp's 16 rows in its own rows of sQ, store 16 bytes a lane.
-  bf16* sO = sQ + warp * 16 * Tile::kStride;
+  // Epilogue: normalise, stage this warp's 32 rows in its own rows of sQ, store 16 bytes a lane.
+  bf16* sO = sQ + warp * 32 * Tile::kStride;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] = quad_sum(l[r]);
-    float inv = 1.f / l[r];
+  for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt)
-      *reinterpret_cast<uint32_t*>(sO + (g + 8 * r) * Tile::kStride + dt * 8 + 2 * c) =
-          pack_bf16(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
-    if (c == 0 && row[r] < p.T)
-      p.lse[static_cast<int64_t>(row[r]) * p.H + h] = kLn2 * (m[r] + __log2f(l[r]));
-  }
+    for (int r = 0; r < 2; ++r) {
+      const float sum = quad_sum(l[mt][r]);
+      const float inv = 1.f / sum;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt)
+        *reinterpret_cast<uint32_t*>(sO + (mt * 16 + g + 8 * r) * Tile::kStride + dt * 8 + 2 * c) =
+            pack_bf16(o[mt][dt][2 * r] * inv, o[mt][dt][2 * r + 1] * inv);
+      if (c == 0 && row(mt, r) < p.T)
+        p.lse[static_cast<int64_t>(row(mt, r)) * p.H + h] = kLn2 * (m[mt][r] + __log2f(sum));
+    }
   __syncwarp();
   constexpr int kChunksPerRow = D / 8;
 #pragma unroll
-  for (int it = 0; it < 16 * kChunksPerRow / 32; ++it) {
+  for (int it = 0; it < 32 * kChunksPerRow / 32; ++it) {
     int chunk = it * 32 + lane;
     int r = chunk / kChunksPerRow, col = (chunk % kChunksPerRow) * 8;
-    int t = i0 + warp * 16 + r;
+    int t = warp_row0 + r;
     if (t < p.T)
       *reinterpret_cast<uint4*>(p.out + static_cast<int64_t>(t) * p.out_row_stride + static_cast<int64_t>(h) * D + col) =
           *reinterpret_cast<const uint4*>(sO + r * Tile::kStride + col);
