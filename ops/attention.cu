@@ -1,11 +1,13 @@
-// Flash attention launchers (math in ops/attention.h, kernels in ops/attention_kernels.cuh).
-// Every check on shapes, strides and alignment happens here; the kernels trust their inputs.
-// Forward: one launch. Backward: prep (delta, zero dq_accum), the main kernel, dq conversion.
+// Flash attention launchers (math in ops/attention.h, kernels in ops/attention_kernels.cuh and its
+// two families). Every check on shapes, strides and alignment happens here; the kernels trust their
+// inputs. Forward: one launch. Backward: prep (delta, zero dq_accum, row_lo), the main kernel, dq
+// conversion.
 #include <climits>
 #include <cmath>
 
 #include "ops/attention.h"
-#include "ops/attention_kernels.cuh"
+#include "ops/attention_long_kernels.cuh"
+#include "ops/attention_short_kernels.cuh"
 
 namespace loom {
 namespace {
@@ -25,7 +27,7 @@ void check_shape(const AttentionShape& s, int64_t T) {
              s.ndoc, ")");
   // Token indices are int in the kernels (element offsets are int64); the backward's key tile is the
   // widest step past a token index.
-  LOOM_CHECK(T >= 0 && T <= INT_MAX - attn::BwdTile<128>::kKeys, "attention: T = ", T,
+  LOOM_CHECK(T >= 0 && T <= INT_MAX - attn::long_docs::BwdTile<128>::kKeys, "attention: T = ", T,
              " tokens does not fit the kernels' 32-bit token index; lower the token budget");
   LOOM_CHECK(std::isfinite(s.scale) && s.scale > 0, "attention: scale must be finite and > 0 (found ", s.scale, ")");
 }
@@ -65,28 +67,57 @@ void allow_smem(Kernel kernel, size_t bytes) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
+// Mean document length from which the long-document kernels run. Measured on an H100 (2026-12-06,
+// tools/perf_notes.md): at ~240 tokens the short kernels are faster (forward 0.35 vs 0.43 ms, D 64
+// backward 0.77 vs 1.04 ms), at ~2048 and 16K the long ones (backward 1.26x and 1.20x). 512 lies
+// between the two measured points; the crossing itself is not yet measured.
+constexpr int64_t kLongDocMeanTokens = 512;
+
+bool use_long_kernels(AttentionKernels kernels, const AttentionShape& s, int64_t T) {
+  if (kernels != AttentionKernels::kAuto) return kernels == AttentionKernels::kLongDocs;
+  return T >= kLongDocMeanTokens * s.ndoc;
+}
+
 template <int D>
-void launch_forward(const FwdParams& p, cudaStream_t stream) {
-  using Tile = attn::FwdTile<D>;
-  static const bool smem_ready = (allow_smem(attn::attention_forward_kernel<D>, Tile::kSmemBytes), true);
-  (void)smem_ready;
-  dim3 grid(static_cast<unsigned>(ceil_div(p.T, Tile::kQueries)), static_cast<unsigned>(p.H));
-  attn::attention_forward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+void launch_forward(const FwdParams& p, bool long_docs, cudaStream_t stream) {
+  if (long_docs) {
+    using Tile = attn::long_docs::FwdTile<D>;
+    static const bool smem_ready = (allow_smem(attn::long_docs::attention_forward_kernel<D>, Tile::kSmemBytes), true);
+    (void)smem_ready;
+    dim3 grid(static_cast<unsigned>(ceil_div(p.T, Tile::kQueries)), static_cast<unsigned>(p.H));
+    attn::long_docs::attention_forward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  } else {
+    using Tile = attn::short_docs::FwdTile<D>;
+    static const bool smem_ready = (allow_smem(attn::short_docs::attention_forward_kernel<D>, Tile::kSmemBytes), true);
+    (void)smem_ready;
+    dim3 grid(static_cast<unsigned>(ceil_div(p.T, attn::short_docs::kTileTokens)), static_cast<unsigned>(p.H));
+    attn::short_docs::attention_forward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  }
   CUDA_CHECK(cudaGetLastError());
 }
 
 template <int D>
-void launch_backward(const BwdParams& p, cudaStream_t stream) {
-  using Tile = attn::BwdTile<D>;
-  static const bool smem_ready = (allow_smem(attn::attention_backward_kernel<D>, Tile::kSmemBytes), true);
-  (void)smem_ready;
+void launch_backward(const BwdParams& p, bool long_docs, cudaStream_t stream) {
   const int64_t rows = int64_t{p.T} * p.H;
   constexpr int kPrepThreads = 256;  // 8 (token, head) rows per block, one warp each
   attn::attention_backward_prep_kernel<D>
       <<<static_cast<unsigned>(ceil_div(rows, kPrepThreads / 32)), kPrepThreads, 0, stream>>>(p);
   CUDA_CHECK(cudaGetLastError());
-  const int64_t blocks = ceil_div(int64_t{p.T}, int64_t{Tile::kKeys}) * p.KVH;  // key tile major
-  attn::attention_backward_kernel<D><<<static_cast<unsigned>(blocks), Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  if (long_docs) {
+    using Tile = attn::long_docs::BwdTile<D>;
+    static const bool smem_ready = (allow_smem(attn::long_docs::attention_backward_kernel<D>, Tile::kSmemBytes), true);
+    (void)smem_ready;
+    const int64_t blocks = ceil_div(int64_t{p.T}, int64_t{Tile::kKeys}) * p.KVH;  // key tile major
+    attn::long_docs::attention_backward_kernel<D>
+        <<<static_cast<unsigned>(blocks), Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  } else {
+    using Tile = attn::short_docs::BwdTile<D>;
+    static const bool smem_ready =
+        (allow_smem(attn::short_docs::attention_backward_kernel<D>, Tile::kSmemBytes), true);
+    (void)smem_ready;
+    dim3 grid(static_cast<unsigned>(ceil_div(p.T, attn::short_docs::kTileTokens)), static_cast<unsigned>(p.KVH));
+    attn::short_docs::attention_backward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  }
   CUDA_CHECK(cudaGetLastError());
   constexpr int kConvertThreads = 256;
   attn::attention_dq_convert_kernel<D>
@@ -107,7 +138,8 @@ AttentionStrides AttentionStrides::fused_qkv(int H, int KVH, int D) {
 }
 
 void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
-                       const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream) {
+                       const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream,
+                       AttentionKernels kernels) {
   check_shape(s, T);
   check_view("q", q, strides.q, s.H, s.D);
   check_view("k", k, strides.k, s.KVH, s.D);
@@ -120,10 +152,11 @@ void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, cons
   p.out = out;
   p.lse = lse;
   p.out_row_stride = strides.out;
+  const bool long_docs = use_long_kernels(kernels, s, T);
   if (s.D == 64)
-    launch_forward<64>(p, stream);
+    launch_forward<64>(p, long_docs, stream);
   else
-    launch_forward<128>(p, stream);
+    launch_forward<128>(p, long_docs, stream);
 }
 
 // dq_accum (T, H, D), delta (T, H), row_lo (T) as int32 in float-sized slots.
@@ -131,7 +164,8 @@ int64_t attention_backward_scratch_floats(int64_t T, int H, int D) { return T * 
 
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* scratch, const bf16* dout, const bf16* q,
                         const bf16* k, const bf16* v, const bf16* out, const float* lse,
-                        const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream) {
+                        const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream,
+                        AttentionKernels kernels) {
   check_shape(s, T);
   check_view("q", q, strides.q, s.H, s.D);
   check_view("k", k, strides.k, s.KVH, s.D);
@@ -159,10 +193,11 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* scratch, const bf16
   p.dq_accum = scratch;                     // (T, H, D)
   p.delta = scratch + T * s.H * int64_t{s.D};  // (T, H)
   p.row_lo = reinterpret_cast<int*>(p.delta + T * s.H);  // (T)
+  const bool long_docs = use_long_kernels(kernels, s, T);
   if (s.D == 64)
-    launch_backward<64>(p, stream);
+    launch_backward<64>(p, long_docs, stream);
   else
-    launch_backward<128>(p, stream);
+    launch_backward<128>(p, long_docs, stream);
 }
 
 }  // namespace loom

@@ -57,9 +57,14 @@ struct AttentionStrides {
   static AttentionStrides fused_qkv(int H, int KVH, int D);
 };
 
+// Which kernel family runs (ops/attention_kernels.cuh): by default the one measured faster for the
+// micro-batch's mean document length T / ndoc (known on the host, no sync); tests pin each.
+enum class AttentionKernels { kAuto, kShortDocs, kLongDocs };
+
 // out (T, H, D) bf16 and lse (T, H) fp32 written; q (T, H, D), k, v (T, KVH, D).
 void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
-                       const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream);
+                       const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream,
+                       AttentionKernels kernels = AttentionKernels::kAuto);
 
 // fp32 scratch that attention_backward needs: a dq accumulator (T, H, D), delta (T, H) and each
 // query's lowest visible key (T).
@@ -69,6 +74,7 @@ int64_t attention_backward_scratch_floats(int64_t T, int H, int D);
 // forward. scratch: attention_backward_scratch_floats(T, H, D) floats, contents ignored.
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* scratch, const bf16* dout, const bf16* q,
                         const bf16* k, const bf16* v, const bf16* out, const float* lse,
-                        const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream);
+                        const AttentionStrides& strides, const AttentionShape& s, int64_t T, cudaStream_t stream,
+                        AttentionKernels kernels = AttentionKernels::kAuto);
 
 }  // namespace loom

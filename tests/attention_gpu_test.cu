@@ -29,9 +29,10 @@ struct Case {
   int H, KVH, D, window;
   bool fused_qkv;  // q, k, v (and dq, dk, dv) as views into one (T, (H + 2 KVH) D) buffer
   uint64_t seed;
-  // Rerun the backward and expect the same bits: dq gathers one fp32 atomic add per 128-key tile into
-  // a zeroed accumulator, and 0 + a + b is exact in either order, so up to two key tiles (256 tokens)
-  // the result cannot depend on the blocks' order (README: GPU runs repeat bit for bit up to 256).
+  // Rerun the backward and expect the same bits where T allows it: dq gathers one fp32 atomic add per
+  // key tile into a zeroed accumulator, and 0 + a + b is exact in either order, so up to two key tiles
+  // the result cannot depend on the blocks' order (README: GPU runs repeat bit for bit up to 128
+  // tokens, two tiles of the short-document kernels).
   bool repeats_bitwise = false;
 };
 
@@ -271,6 +272,14 @@ void expect_flash_rule(const std::vector<float>& got, const std::vector<float>& 
   std::printf("  %-4s max abs err %.3g, plain bf16 %.3g\n", what.c_str(), kernel.max_abs, baseline.max_abs);
 }
 
+const char* name_of(AttentionKernels kernels) {
+  return kernels == AttentionKernels::kShortDocs ? "short-document kernels" : "long-document kernels";
+}
+
+// The largest T whose dq is one or two fp32 atomic adds per element (key tiles of 64 or 128 tokens).
+int64_t bitwise_tokens(AttentionKernels kernels) { return kernels == AttentionKernels::kShortDocs ? 128 : 256; }
+
+// Both kernel families (ops/attention_kernels.cuh) on the same problem, each against the reference.
 void run_case(const Case& c) {
   const Problem pr = make_problem(c);
   const int64_t T = pr.T;
@@ -296,56 +305,58 @@ void run_case(const Case& c) {
   const bf16* q = qkv.get() + layout.offset[0];
   const bf16* k = qkv.get() + layout.offset[1];
   const bf16* v = qkv.get() + layout.offset[2];
-
-  // Forward.
-  out.poison();
-  lse.poison();
-  attention_forward(out.get(), lse.get(), q, k, v, st, shape, T, nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  const std::vector<float> gpu_out = to_float(out.download<uint16_t>());
-  const std::vector<float> gpu_lse = lse.download<float>();
+  bf16* dq = dqkv.get() + layout.offset[0];
+  bf16* dk = dqkv.get() + layout.offset[1];
+  bf16* dv = dqkv.get() + layout.offset[2];
 
   std::vector<float> ref_out(nq), ref_lse(T * c.H);
   attention_forward_ref(ref_out.data(), ref_lse.data(), pr.q.data(), pr.k.data(), pr.v.data(),
                         pr.shape(pr.cu_seqlens.data()));
-  expect_flash_rule(gpu_out, plain_bf16_forward(pr), ref_out, "out", c.H, c.D);
-  // lse has no bf16 rounding on either side: both compute fp32 scores from the same bf16 inputs,
-  // differing in summation order (~D * 2^-24 * sum|q_d k_d| * scale, under 1e-5 here) and in the
-  // hardware exp2/log2 (2^-22 relative); 2e-4 of max(|lse|, 1) leaves a wide margin over both.
-  test::expect_close(gpu_lse, ref_lse, 2e-4, "lse", 1.0);
-
-  // Backward, from each side's own forward.
-  dqkv.poison();
-  scratch.poison();
-  bf16* dq = dqkv.get() + layout.offset[0];
-  bf16* dk = dqkv.get() + layout.offset[1];
-  bf16* dv = dqkv.get() + layout.offset[2];
-  attention_backward(dq, dk, dv, scratch.get(), dout.get(), q, k, v, out.get(), lse.get(), st, shape, T, nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  const std::vector<uint16_t> grad_bits = dqkv.download<uint16_t>();
-  for (int rerun = 0; c.repeats_bitwise && rerun < 3; ++rerun) {
-    scratch.poison();
-    attention_backward(dq, dk, dv, scratch.get(), dout.get(), q, k, v, out.get(), lse.get(), st, shape, T, nullptr);
-    CUDA_CHECK(cudaDeviceSynchronize());
-    EXPECT_TRUE(dqkv.download<uint16_t>() == grad_bits) << "backward rerun " << rerun << " gave other bits";
-  }
-
   Grads ref{std::vector<float>(nq), std::vector<float>(nkv), std::vector<float>(nkv)};
   attention_backward_ref(ref.dq.data(), ref.dk.data(), ref.dv.data(), pr.dout.data(), pr.q.data(), pr.k.data(),
                          pr.v.data(), ref_out.data(), ref_lse.data(), pr.shape(pr.cu_seqlens.data()));
+  const std::vector<float> plain_out = plain_bf16_forward(pr);
   const Grads plain = plain_bf16_backward(pr);
-  expect_flash_rule(gather_rows(grad_bits, layout.offset[0], st.dq, T, int64_t{c.H} * c.D), plain.dq, ref.dq, "dq",
-                    c.H, c.D);
-  expect_flash_rule(gather_rows(grad_bits, layout.offset[1], st.dk, T, int64_t{c.KVH} * c.D), plain.dk, ref.dk,
-                    "dk", c.KVH, c.D);
-  expect_flash_rule(gather_rows(grad_bits, layout.offset[2], st.dv, T, int64_t{c.KVH} * c.D), plain.dv, ref.dv,
-                    "dv", c.KVH, c.D);
+
+  for (AttentionKernels kernels : {AttentionKernels::kShortDocs, AttentionKernels::kLongDocs}) {
+    SCOPED_TRACE(name_of(kernels));
+    std::printf(" %s\n", name_of(kernels));
+    out.poison();
+    lse.poison();
+    attention_forward(out.get(), lse.get(), q, k, v, st, shape, T, nullptr, kernels);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    expect_flash_rule(to_float(out.download<uint16_t>()), plain_out, ref_out, "out", c.H, c.D);
+    // lse has no bf16 rounding on either side: both compute fp32 scores from the same bf16 inputs,
+    // differing in summation order (~D * 2^-24 * sum|q_d k_d| * scale, under 1e-5 here) and in the
+    // hardware exp2/log2 (2^-22 relative); 2e-4 of max(|lse|, 1) leaves a wide margin over both.
+    test::expect_close(lse.download<float>(), ref_lse, 2e-4, "lse", 1.0);
+
+    // Backward, from each side's own forward.
+    dqkv.poison();
+    scratch.poison();
+    attention_backward(dq, dk, dv, scratch.get(), dout.get(), q, k, v, out.get(), lse.get(), st, shape, T, nullptr,
+                       kernels);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<uint16_t> grad_bits = dqkv.download<uint16_t>();
+    for (int rerun = 0; c.repeats_bitwise && T <= bitwise_tokens(kernels) && rerun < 3; ++rerun) {
+      scratch.poison();
+      attention_backward(dq, dk, dv, scratch.get(), dout.get(), q, k, v, out.get(), lse.get(), st, shape, T,
+                         nullptr, kernels);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      EXPECT_TRUE(dqkv.download<uint16_t>() == grad_bits) << "backward rerun " << rerun << " gave other bits";
+    }
+    expect_flash_rule(gather_rows(grad_bits, layout.offset[0], st.dq, T, int64_t{c.H} * c.D), plain.dq, ref.dq,
+                      "dq", c.H, c.D);
+    expect_flash_rule(gather_rows(grad_bits, layout.offset[1], st.dk, T, int64_t{c.KVH} * c.D), plain.dk, ref.dk,
+                      "dk", c.KVH, c.D);
+    expect_flash_rule(gather_rows(grad_bits, layout.offset[2], st.dv, T, int64_t{c.KVH} * c.D), plain.dv, ref.dv,
+                      "dv", c.KVH, c.D);
+  }
 }
 
-// Lengths at and around the kernels' steps and tiles (64-key forward steps and 64-query backward
-// steps, 128-token tiles; also the 32-token steps of the previous kernels): 1, 2, 31, 33, 63, 64,
-// 65, 127, 129; 1058 tokens in all, so the last tile is partial and most tiles straddle a document
-// boundary.
+// Lengths at and around both families' steps and tiles (short: 64-token tiles, 32-key forward
+// steps; long: 128-token tiles, 64-token steps): 1, 2, 31, 33, 63, 64, 65, 127, 129; 1058 tokens in
+// all, so the last tile is partial and most tiles straddle a document boundary.
 const std::vector<int> kEdgeDocs = {1, 2, 63, 64, 65, 127, 129, 1, 31, 200, 37, 300, 33, 5};
 // One long document between short ones: 2241 tokens.
 const std::vector<int> kLongDocs = {3, 2048, 190};
@@ -403,8 +414,8 @@ TEST(AttentionGpu, MatchesReferenceRandomDocumentsGqa8D128) {
 
 TEST(AttentionGpu, BackwardRepeatsBitForBitUpToTwoKeyTiles) {
   REQUIRE_GPU();
-  run_case({{256}, 8, 2, 128, 0, true, 101, true});
-  run_case({{3, 120, 133}, 4, 1, 64, 50, false, 111, true});
+  run_case({{128}, 8, 2, 128, 0, true, 101, true});         // both families
+  run_case({{3, 120, 133}, 4, 1, 64, 50, false, 111, true});  // 256 tokens: the long-document kernels
 }
 
 TEST(AttentionGpu, RejectsUnsupportedHeadDim) {

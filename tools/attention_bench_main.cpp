@@ -8,8 +8,9 @@
 //                                    bandwidth: 2·B·L·KVH·D·2 bytes / time
 // Target workloads: T = 16384 tokens of documents averaging 240 tokens, H = 32, KVH = 8, D = 128
 // (sft-alpaca), and one 16,384-token document at the same heads (issue 14's Hopper targets).
-// FLOPs count only the unmasked causal pairs: forward 4 D H sum_doc L(L+1)/2 (two matmuls of
-// 2 D FLOPs per visible pair), backward 2.5 times that (five matmuls). Each time is the median of
+// Each case runs both kernel families (ops/attention_kernels.cuh; build/train picks by the mean
+// document length). FLOPs count only the unmasked causal pairs: forward 4 D H sum_doc L(L+1)/2 (two
+// matmuls of 2 D FLOPs per visible pair), backward 2.5 times that (five matmuls). Each time is the median of
 // 20 runs after 3 warm-ups, measured with CUDA events; q, k, v are one fused qkv buffer.
 #include <cuda_runtime.h>
 
@@ -75,12 +76,15 @@ void run(const BenchCase& c) {
   const AttentionStrides st = AttentionStrides::fused_qkv(c.H, c.KVH, c.D);
   const bf16 *q = qkv, *k = qkv + HD, *v = qkv + HD + int64_t{c.KVH} * c.D;
   bf16 *dq = dqkv, *dk = dqkv + HD, *dv = dqkv + HD + int64_t{c.KVH} * c.D;
-  const double fwd_ms = median_ms([&] { attention_forward(out, lse, q, k, v, st, s, T, nullptr); });
-  const double bwd_ms =
-      median_ms([&] { attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, st, s, T, nullptr); });
   const double fwd_flops = 4.0 * c.D * c.H * causal_pairs(cu_host, c.window);
-  std::printf("%-28s %5zu docs  fwd %7.3f ms %6.1f TFLOP/s   bwd %7.3f ms %6.1f TFLOP/s\n", c.name.c_str(),
-              cu_host.size() - 1, fwd_ms, fwd_flops / fwd_ms * 1e-9, bwd_ms, 2.5 * fwd_flops / bwd_ms * 1e-9);
+  for (AttentionKernels kernels : {AttentionKernels::kShortDocs, AttentionKernels::kLongDocs}) {
+    const double fwd_ms = median_ms([&] { attention_forward(out, lse, q, k, v, st, s, T, nullptr, kernels); });
+    const double bwd_ms = median_ms(
+        [&] { attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, st, s, T, nullptr, kernels); });
+    std::printf("%-28s %5zu docs  %-5s fwd %7.3f ms %6.1f TFLOP/s   bwd %7.3f ms %6.1f TFLOP/s\n", c.name.c_str(),
+                cu_host.size() - 1, kernels == AttentionKernels::kShortDocs ? "short" : "long", fwd_ms,
+                fwd_flops / fwd_ms * 1e-9, bwd_ms, 2.5 * fwd_flops / bwd_ms * 1e-9);
+  }
   for (void* p : {static_cast<void*>(qkv), static_cast<void*>(dout), static_cast<void*>(out),
                   static_cast<void*>(dqkv), static_cast<void*>(lse), static_cast<void*>(scratch),
                   static_cast<void*>(cu)})
