@@ -1,5 +1,5 @@
-// Attention kernels for long documents (ops/attention_kernels.cuh has what they share and the
-// choice between the families): 128-token tiles, 32 rows a warp.
+// Attention kernels for long documents (ops/attention_kernels.cuh has what the two families
+// share; ops/attention.cu picks one per call): 128-token tiles, 32 rows a warp.
 //
 // Forward, one block per (128-query tile, query head), 4 warps of 32 query rows (two m-tiles) each:
 //   for each 64-key step, nearest the diagonal first:

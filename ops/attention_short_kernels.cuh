@@ -1,5 +1,5 @@
-// Attention kernels for short documents (ops/attention_kernels.cuh has what they share and the
-// choice between the families): 64-token tiles.
+// Attention kernels for short documents (ops/attention_kernels.cuh has what the two families
+// share; ops/attention.cu picks one per call): 64-token tiles.
 //
 // Forward, one block per (64-query tile, query head), 4 warps of 16 query rows each:
 //   for each 32-key block, nearest the diagonal first:
