@@ -311,9 +311,9 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, BwdTile<D>::kMinBlocks) 
     const int i = block_start(it) + threadIdx.x;
     return i < p.T ? p.delta[static_cast<int64_t>(i) * p.H + head_of(it)] : 0.f;
   };
-  auto row_lo = [&](int it) {
+  auto row_lo = [&](int it) {  // found once per token by the prep kernel
     const int i = block_start(it) + threadIdx.x;
-    return i < p.T ? lowest_visible_key(p, i) : 0;
+    return i < p.T ? p.row_lo[i] : 0;
   };
 
   load_tile_async<D, Tile::kThreads, kTileTokens>(sK, p.k + static_cast<int64_t>(kvh) * D, p.k_row_stride, j0, p.T);
