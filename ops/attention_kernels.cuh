@@ -154,11 +154,12 @@ __device__ __forceinline__ bool in_mask(unsigned mask, int group) {
   return ((MASK != 0 ? MASK : mask) >> group) & 1u;
 }
 
-// Online-softmax step for one 16 x KEYS score block: s (scaled, log2 units, masked = -inf) becomes
-// P = exp2(s - m_new); the running max m, partial row sums l and the output rows o rescale.
-template <int D, int KEYS>
-__device__ __forceinline__ void online_softmax(float (&s)[KEYS / 8][4], float (&o)[D / 8][4], float (&m)[2],
-                                               float (&l)[2]) {
+// Online-softmax step for one 16 x KEYS score block, without touching the output: s (scaled, log2
+// units, masked = -inf) becomes P = exp2(s - m_new); the running max m and partial row sums l update;
+// alpha gets the factor exp2(m_old - m_new) the output rows must be scaled by.
+template <int KEYS>
+__device__ __forceinline__ void softmax_step(float (&s)[KEYS / 8][4], float (&m)[2], float (&l)[2],
+                                             float (&alpha)[2]) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float mx = -INFINITY;
@@ -167,7 +168,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[KEYS / 8][4], float (&
     float m_new = fmaxf(m[r], quad_max(mx));
     // A row that has seen no visible key yet keeps m = -inf; 0 stands in so exp2 gives 0, not NaN.
     float m_ref = m_new == -INFINITY ? 0.f : m_new;
-    float alpha = fast_exp2(m[r] - m_ref);
+    alpha[r] = fast_exp2(m[r] - m_ref);
     m[r] = m_new;
     float sum = 0.f;
 #pragma unroll
@@ -176,13 +177,29 @@ __device__ __forceinline__ void online_softmax(float (&s)[KEYS / 8][4], float (&
       s[nt][2 * r + 1] = fast_exp2(s[nt][2 * r + 1] - m_ref);
       sum += s[nt][2 * r] + s[nt][2 * r + 1];
     }
-    l[r] = l[r] * alpha + sum;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      o[dt][2 * r] *= alpha;
-      o[dt][2 * r + 1] *= alpha;
-    }
+    l[r] = l[r] * alpha[r] + sum;
   }
+}
+
+// Output rows o (16 x D fragments) times the per-row factors alpha.
+template <int D>
+__device__ __forceinline__ void scale_rows(float (&o)[D / 8][4], const float (&alpha)[2]) {
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) {
+    o[dt][0] *= alpha[0];
+    o[dt][1] *= alpha[0];
+    o[dt][2] *= alpha[1];
+    o[dt][3] *= alpha[1];
+  }
+}
+
+// The whole online-softmax step: softmax_step, then the output rows rescaled.
+template <int D, int KEYS>
+__device__ __forceinline__ void online_softmax(float (&s)[KEYS / 8][4], float (&o)[D / 8][4], float (&m)[2],
+                                               float (&l)[2]) {
+  float alpha[2];
+  softmax_step<KEYS>(s, m, l, alpha);
+  scale_rows<D>(o, alpha);
 }
 
 // Zeroes the fp32 accumulator fragments.
