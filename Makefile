@@ -35,8 +35,12 @@ EXTRA_LIB  := $(if $(DEPS_PREFIX),-L$(DEPS_PREFIX)/usr/lib/x86_64-linux-gnu)
 
 INCLUDES := -I. -I$(CUDA_HOME)/include $(EXTRA_INC) $(MPI_CFLAGS)
 CXXFLAGS += -std=c++17 -O2 -g -fopenmp -Wall -Wextra -Wno-unused-parameter -MMD -MP $(INCLUDES)
-NVCCFLAGS := -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr \
-             -gencode arch=compute_$(GPU_ARCH),code=sm_$(GPU_ARCH) \
+# Hopper builds target sm_90a, the architecture-specific set with the warpgroup MMAs (wgmma) the
+# Hopper attention kernels use (ops/wgmma.cuh); such a binary runs on sm_90 GPUs only, as any
+# GPU_ARCH=90 build is meant to. LOOM_GPU_ARCH tells host code which kernels exist.
+GPU_CODE  := $(if $(filter 90,$(GPU_ARCH)),90a,$(GPU_ARCH))
+NVCCFLAGS := -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr -DLOOM_GPU_ARCH=$(GPU_ARCH) \
+             -gencode arch=compute_$(GPU_CODE),code=sm_$(GPU_CODE) \
              -Xcompiler -fopenmp,-Wall,-Wno-unused-parameter -MMD -MP $(INCLUDES)
 LDLIBS := -L$(CUDA_HOME)/lib64 $(if $(NCCL_LIBDIR),-L$(NCCL_LIBDIR) -Wl$(comma)-rpath$(comma)$(NCCL_LIBDIR)) \
           -Wl,-rpath,$(CUDA_HOME)/lib64 $(EXTRA_LIB) \
