@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "ops/attention.h"
+#include "ops/attention_hopper_kernels.cuh"
 #include "ops/attention_long_kernels.cuh"
 #include "ops/attention_short_kernels.cuh"
 
@@ -73,14 +74,23 @@ void allow_smem(Kernel kernel, size_t bytes) {
 // between the two measured points; the crossing itself is not yet measured.
 constexpr int64_t kLongDocMeanTokens = 512;
 
-bool use_long_kernels(AttentionKernels kernels, const AttentionShape& s, int64_t T) {
-  if (kernels != AttentionKernels::kAuto) return kernels == AttentionKernels::kLongDocs;
-  return T >= kLongDocMeanTokens * s.ndoc;
+// The family that runs: `kernels` unless kAuto.
+AttentionKernels resolve(AttentionKernels kernels, const AttentionShape& s, int64_t T) {
+  if (kernels == AttentionKernels::kLongDocsHopper)
+    LOOM_CHECK(attention_hopper_kernels_built(), "attention: the Hopper kernels need a GPU_ARCH=90 build");
+  if (kernels != AttentionKernels::kAuto) return kernels;
+  return T >= kLongDocMeanTokens * s.ndoc ? AttentionKernels::kLongDocs : AttentionKernels::kShortDocs;
 }
 
 template <int D>
-void launch_forward(const FwdParams& p, bool long_docs, cudaStream_t stream) {
-  if (long_docs) {
+void launch_forward(const FwdParams& p, AttentionKernels family, cudaStream_t stream) {
+  if (family == AttentionKernels::kLongDocsHopper) {
+    using Tile = attn::hopper::FwdTile<D>;
+    static const bool smem_ready = (allow_smem(attn::hopper::attention_forward_kernel<D>, Tile::kSmemBytes), true);
+    (void)smem_ready;
+    dim3 grid(static_cast<unsigned>(ceil_div(p.T, Tile::kQueries)), static_cast<unsigned>(p.H));
+    attn::hopper::attention_forward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  } else if (family == AttentionKernels::kLongDocs) {
     using Tile = attn::long_docs::FwdTile<D>;
     static const bool smem_ready = (allow_smem(attn::long_docs::attention_forward_kernel<D>, Tile::kSmemBytes), true);
     (void)smem_ready;
@@ -97,13 +107,20 @@ void launch_forward(const FwdParams& p, bool long_docs, cudaStream_t stream) {
 }
 
 template <int D>
-void launch_backward(const BwdParams& p, bool long_docs, cudaStream_t stream) {
+void launch_backward(const BwdParams& p, AttentionKernels family, cudaStream_t stream) {
   const int64_t rows = int64_t{p.T} * p.H;
   constexpr int kPrepThreads = 256;  // 8 (token, head) rows per block, one warp each
   attn::attention_backward_prep_kernel<D>
       <<<static_cast<unsigned>(ceil_div(rows, kPrepThreads / 32)), kPrepThreads, 0, stream>>>(p);
   CUDA_CHECK(cudaGetLastError());
-  if (long_docs) {
+  if (family == AttentionKernels::kLongDocsHopper) {
+    using Tile = attn::hopper::BwdTile<D>;
+    static const bool smem_ready = (allow_smem(attn::hopper::attention_backward_kernel<D>, Tile::kSmemBytes), true);
+    (void)smem_ready;
+    const int64_t blocks = ceil_div(int64_t{p.T}, int64_t{Tile::kKeys}) * p.KVH;  // key tile major
+    attn::hopper::attention_backward_kernel<D>
+        <<<static_cast<unsigned>(blocks), Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  } else if (family == AttentionKernels::kLongDocs) {
     using Tile = attn::long_docs::BwdTile<D>;
     static const bool smem_ready = (allow_smem(attn::long_docs::attention_backward_kernel<D>, Tile::kSmemBytes), true);
     (void)smem_ready;
@@ -126,6 +143,8 @@ void launch_backward(const BwdParams& p, bool long_docs, cudaStream_t stream) {
 }
 
 }  // namespace
+
+bool attention_hopper_kernels_built() { return LOOM_GPU_ARCH == 90; }
 
 AttentionStrides AttentionStrides::contiguous(int H, int KVH, int D) {
   const int64_t q = int64_t{H} * D, kv = int64_t{KVH} * D;
@@ -152,11 +171,11 @@ void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, cons
   p.out = out;
   p.lse = lse;
   p.out_row_stride = strides.out;
-  const bool long_docs = use_long_kernels(kernels, s, T);
+  const AttentionKernels family = resolve(kernels, s, T);
   if (s.D == 64)
-    launch_forward<64>(p, long_docs, stream);
+    launch_forward<64>(p, family, stream);
   else
-    launch_forward<128>(p, long_docs, stream);
+    launch_forward<128>(p, family, stream);
 }
 
 // dq_accum (T, H, D), delta (T, H), row_lo (T) as int32 in float-sized slots.
@@ -193,11 +212,11 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* scratch, const bf16
   p.dq_accum = scratch;                     // (T, H, D)
   p.delta = scratch + T * s.H * int64_t{s.D};  // (T, H)
   p.row_lo = reinterpret_cast<int*>(p.delta + T * s.H);  // (T)
-  const bool long_docs = use_long_kernels(kernels, s, T);
+  const AttentionKernels family = resolve(kernels, s, T);
   if (s.D == 64)
-    launch_backward<64>(p, long_docs, stream);
+    launch_backward<64>(p, family, stream);
   else
-    launch_backward<128>(p, long_docs, stream);
+    launch_backward<128>(p, family, stream);
 }
 
 }  // namespace loom

@@ -59,7 +59,13 @@ struct AttentionStrides {
 
 // Which kernel family runs (ops/attention_kernels.cuh): by default the one measured faster for the
 // micro-batch's mean document length T / ndoc (known on the host, no sync); tests pin each.
-enum class AttentionKernels { kAuto, kShortDocs, kLongDocs };
+// kLongDocsHopper is the long-document family written with Hopper's warpgroup MMAs
+// (ops/attention_hopper_kernels.cuh); it exists in GPU_ARCH=90 builds only
+// (attention_hopper_kernels_built()).
+enum class AttentionKernels { kAuto, kShortDocs, kLongDocs, kLongDocsHopper };
+
+// Whether this build has the sm_90a kernels (GPU_ARCH=90).
+bool attention_hopper_kernels_built();
 
 // out (T, H, D) bf16 and lse (T, H) fp32 written; q (T, H, D), k, v (T, KVH, D).
 void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,

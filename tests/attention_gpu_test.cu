@@ -14,6 +14,7 @@
 
 #include "ops/attention.h"
 #include "ops/cuda_common.h"
+#include "tests/attention_families.h"
 #include "tests/device_array.h"
 #include "tests/test_util.h"
 
@@ -272,14 +273,10 @@ void expect_flash_rule(const std::vector<float>& got, const std::vector<float>& 
   std::printf("  %-4s max abs err %.3g, plain bf16 %.3g\n", what.c_str(), kernel.max_abs, baseline.max_abs);
 }
 
-const char* name_of(AttentionKernels kernels) {
-  return kernels == AttentionKernels::kShortDocs ? "short-document kernels" : "long-document kernels";
-}
-
 // The largest T whose dq is one or two fp32 atomic adds per element (key tiles of 64 or 128 tokens).
 int64_t bitwise_tokens(AttentionKernels kernels) { return kernels == AttentionKernels::kShortDocs ? 128 : 256; }
 
-// Both kernel families (ops/attention_kernels.cuh) on the same problem, each against the reference.
+// Every kernel family (tests/attention_families.h) on the same problem, each against the reference.
 void run_case(const Case& c) {
   const Problem pr = make_problem(c);
   const int64_t T = pr.T;
@@ -318,9 +315,9 @@ void run_case(const Case& c) {
   const std::vector<float> plain_out = plain_bf16_forward(pr);
   const Grads plain = plain_bf16_backward(pr);
 
-  for (AttentionKernels kernels : {AttentionKernels::kShortDocs, AttentionKernels::kLongDocs}) {
-    SCOPED_TRACE(name_of(kernels));
-    std::printf(" %s\n", name_of(kernels));
+  for (AttentionKernels kernels : test::attention_families()) {
+    SCOPED_TRACE(test::attention_family_name(kernels));
+    std::printf(" %s\n", test::attention_family_name(kernels));
     out.poison();
     lse.poison();
     attention_forward(out.get(), lse.get(), q, k, v, st, shape, T, nullptr, kernels);

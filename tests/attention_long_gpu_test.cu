@@ -65,6 +65,7 @@
 
 #include "ops/attention.h"
 #include "ops/cuda_common.h"
+#include "tests/attention_families.h"
 #include "tests/device_array.h"
 #include "tests/test_util.h"
 
@@ -543,19 +544,7 @@ void run_long_case(const LongCase& c) {
   const bf16* v = qkv.get() + off[2];
   const AttentionShape shape{cu.get(), static_cast<int>(c.doc_lens.size()), c.H, c.KVH, c.D, c.window, scale};
 
-  // Flash, forward then backward from its own forward; every output poisoned with NaN first.
   Clock::time_point t = Clock::now();
-  out.poison();
-  lse.poison();
-  dqkv.poison();
-  scratch.poison();
-  attention_forward(out.get(), lse.get(), q, k, v, st, shape, T, nullptr);
-  attention_backward(dqkv.get() + off[0], dqkv.get() + off[1], dqkv.get() + off[2], scratch.get(), dout.get(), q, k,
-                     v, out.get(), lse.get(), st, shape, T, nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  std::printf("  T %lld: inputs %.2f s, flash forward + backward %.3f s\n", static_cast<long long>(T),
-              std::chrono::duration<double>(t - start).count(), seconds_since(t));
-
   // Reference and plain bf16; every output poisoned too, so one left unwritten fails the checks.
   DeviceArray<float> ref_out(T * hd), ref_lse(T * c.H), delta(T * c.H), plain_max(T * c.H), plain_sum(T * c.H),
       plain_rowdot(T * c.H);
@@ -574,23 +563,42 @@ void run_long_case(const LongCase& c) {
     run_reference<128>(in, rr, rows_dev, n_rows, ref_dq, plain_out, plain_dq, keys_dev, n_keys, ref_dk, ref_dv,
                        plain_dk, plain_dv);
 
-  // Every element of the kernel's outputs written and finite.
-  const std::vector<uint16_t> out_bits = out.download<uint16_t>(), grad_bits = dqkv.download<uint16_t>();
-  const int64_t bad_out = first_non_finite(out_bits), bad_grad = first_non_finite(grad_bits);
-  EXPECT_EQ(bad_out, -1) << "out: non-finite (never written?) at element " << bad_out << " (token "
-                         << bad_out / hd << ")";
-  EXPECT_EQ(bad_grad, -1) << "dq/dk/dv buffer: non-finite (never written?) at element " << bad_grad;
-  test::expect_close(lse.download<float>(), ref_lse.download<float>(), 2e-4, "lse (every row)", 1.0);
+  std::printf("  T %lld: inputs %.2f s, reference %.2f s\n", static_cast<long long>(T),
+              std::chrono::duration<double>(t - start).count(), seconds_since(t));
 
-  const std::vector<int> rc = row_classes(g, rows), kc = key_classes(g, keys);
-  expect_flash_rule_by_class("out", pick_rows(out_bits, 0, st.out, rows, hd), plain_out.download<float>(),
-                             pick_rows(ref_out.download<float>(), rows, hd), rows, rc, c.H, c.D);
-  expect_flash_rule_by_class("dq", pick_rows(grad_bits, off[0], st.dq, rows, hd), plain_dq.download<float>(),
-                             ref_dq.download<float>(), rows, rc, c.H, c.D);
-  expect_flash_rule_by_class("dk", pick_rows(grad_bits, off[1], st.dk, keys, kvd), plain_dk.download<float>(),
-                             ref_dk.download<float>(), keys, kc, c.KVH, c.D);
-  expect_flash_rule_by_class("dv", pick_rows(grad_bits, off[2], st.dv, keys, kvd), plain_dv.download<float>(),
-                             ref_dv.download<float>(), keys, kc, c.KVH, c.D);
+  // Each long-document family, forward then backward from its own forward.
+  for (AttentionKernels kernels : test::long_attention_families()) {
+    SCOPED_TRACE(test::attention_family_name(kernels));
+    t = Clock::now();
+    // Flash, forward then backward from its own forward; every output poisoned with NaN first.
+    out.poison();
+    lse.poison();
+    dqkv.poison();
+    scratch.poison();
+    attention_forward(out.get(), lse.get(), q, k, v, st, shape, T, nullptr, kernels);
+    attention_backward(dqkv.get() + off[0], dqkv.get() + off[1], dqkv.get() + off[2], scratch.get(), dout.get(), q, k,
+                       v, out.get(), lse.get(), st, shape, T, nullptr, kernels);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::printf("  %s: flash forward + backward %.3f s\n", test::attention_family_name(kernels), seconds_since(t));
+
+    // Every element of the kernel's outputs written and finite.
+    const std::vector<uint16_t> out_bits = out.download<uint16_t>(), grad_bits = dqkv.download<uint16_t>();
+    const int64_t bad_out = first_non_finite(out_bits), bad_grad = first_non_finite(grad_bits);
+    EXPECT_EQ(bad_out, -1) << "out: non-finite (never written?) at element " << bad_out << " (token "
+                           << bad_out / hd << ")";
+    EXPECT_EQ(bad_grad, -1) << "dq/dk/dv buffer: non-finite (never written?) at element " << bad_grad;
+    test::expect_close(lse.download<float>(), ref_lse.download<float>(), 2e-4, "lse (every row)", 1.0);
+
+    const std::vector<int> rc = row_classes(g, rows), kc = key_classes(g, keys);
+    expect_flash_rule_by_class("out", pick_rows(out_bits, 0, st.out, rows, hd), plain_out.download<float>(),
+                               pick_rows(ref_out.download<float>(), rows, hd), rows, rc, c.H, c.D);
+    expect_flash_rule_by_class("dq", pick_rows(grad_bits, off[0], st.dq, rows, hd), plain_dq.download<float>(),
+                               ref_dq.download<float>(), rows, rc, c.H, c.D);
+    expect_flash_rule_by_class("dk", pick_rows(grad_bits, off[1], st.dk, keys, kvd), plain_dk.download<float>(),
+                               ref_dk.download<float>(), keys, kc, c.KVH, c.D);
+    expect_flash_rule_by_class("dv", pick_rows(grad_bits, off[2], st.dv, keys, kvd), plain_dv.download<float>(),
+                               ref_dv.download<float>(), keys, kc, c.KVH, c.D);
+  }
   std::printf("  total %.2f s\n", seconds_since(start));
 }
 

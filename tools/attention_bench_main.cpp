@@ -8,10 +8,12 @@
 //                                    bandwidth: 2·B·L·KVH·D·2 bytes / time
 // Target workloads: T = 16384 tokens of documents averaging 240 tokens, H = 32, KVH = 8, D = 128
 // (sft-alpaca), and one 16,384-token document at the same heads (issue 14's Hopper targets).
-// Each case runs both kernel families (ops/attention_kernels.cuh; build/train picks by the mean
-// document length). FLOPs count only the unmasked causal pairs: forward 4 D H sum_doc L(L+1)/2 (two
-// matmuls of 2 D FLOPs per visible pair), backward 2.5 times that (five matmuls). Each time is the median of
-// 20 runs after 3 warm-ups, measured with CUDA events; q, k, v are one fused qkv buffer.
+// Each case runs every kernel family of this build (ops/attention.h AttentionKernels: short, long and,
+// in GPU_ARCH=90 builds, hopper; build/train picks by the mean document length; cases 6-8 bracket
+// the crossing between the short and long families). FLOPs count only the unmasked causal pairs:
+// forward 4 D H sum_doc L(L+1)/2 (two matmuls of 2 D FLOPs per visible pair), backward 2.5 times that
+// (five matmuls). Each time is the median of 20 runs after 3 warm-ups, measured with CUDA events;
+// q, k, v are one fused qkv buffer.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -55,6 +57,11 @@ double causal_pairs(const std::vector<int32_t>& cu, int window) {
   return pairs;
 }
 
+// "short", "long" or "hopper" (the long family with the sm_90a forward; same backward as "long").
+const char* family_label(AttentionKernels kernels) {
+  return kernels == AttentionKernels::kShortDocs ? "short" : kernels == AttentionKernels::kLongDocs ? "long" : "hopper";
+}
+
 void run(const BenchCase& c) {
   std::mt19937_64 rng(1234);
   const std::vector<int32_t> cu_host = make_cu_seqlens(c.T, c.mean_doc, rng);
@@ -77,12 +84,14 @@ void run(const BenchCase& c) {
   const bf16 *q = qkv, *k = qkv + HD, *v = qkv + HD + int64_t{c.KVH} * c.D;
   bf16 *dq = dqkv, *dk = dqkv + HD, *dv = dqkv + HD + int64_t{c.KVH} * c.D;
   const double fwd_flops = 4.0 * c.D * c.H * causal_pairs(cu_host, c.window);
-  for (AttentionKernels kernels : {AttentionKernels::kShortDocs, AttentionKernels::kLongDocs}) {
+  std::vector<AttentionKernels> families{AttentionKernels::kShortDocs, AttentionKernels::kLongDocs};
+  if (attention_hopper_kernels_built()) families.push_back(AttentionKernels::kLongDocsHopper);
+  for (AttentionKernels kernels : families) {
     const double fwd_ms = median_ms([&] { attention_forward(out, lse, q, k, v, st, s, T, nullptr, kernels); });
     const double bwd_ms = median_ms(
         [&] { attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, st, s, T, nullptr, kernels); });
-    std::printf("%-28s %5zu docs  %-5s fwd %7.3f ms %6.1f TFLOP/s   bwd %7.3f ms %6.1f TFLOP/s\n", c.name.c_str(),
-                cu_host.size() - 1, kernels == AttentionKernels::kShortDocs ? "short" : "long", fwd_ms,
+    std::printf("%-28s %5zu docs  %-6s fwd %7.3f ms %6.1f TFLOP/s   bwd %7.3f ms %6.1f TFLOP/s\n", c.name.c_str(),
+                cu_host.size() - 1, family_label(kernels), fwd_ms,
                 fwd_flops / fwd_ms * 1e-9, bwd_ms, 2.5 * fwd_flops / bwd_ms * 1e-9);
   }
   for (void* p : {static_cast<void*>(qkv), static_cast<void*>(dout), static_cast<void*>(out),
@@ -146,6 +155,9 @@ int main(int argc, char** argv) {
         {"docs~2048 win512 D128", 16384, 2048, 32, 8, 128, 512},
         {"one doc 16K H32 KVH8 D128", 16384, 0, 32, 8, 128, 0},
         {"one doc 16K H32 KVH8 D64", 16384, 0, 32, 8, 64, 0},
+        {"docs~512 H32 KVH8 D128", 16384, 512, 32, 8, 128, 0},
+        {"docs~1024 H32 KVH8 D128", 16384, 1024, 32, 8, 128, 0},
+        {"docs~512 H32 KVH8 D64", 16384, 512, 32, 8, 64, 0},
     };
     const int ncases = static_cast<int>(std::size(cases));
     if (argc > 2 && std::string(argv[1]) == "--case") {
