@@ -11,10 +11,11 @@ out="${1:-build/gpu_ops_check}"
 mkdir -p "$out"
 
 kernels="ops/cast.cu ops/embedding.cu ops/rmsnorm.cu ops/rope.cu ops/swiglu.cu ops/nf4.cu ops/gemm.cu \
-ops/cross_entropy.cu ops/adamw.cu ops/grad_norm.cu"
+ops/cross_entropy.cu ops/adamw.cu ops/grad_norm.cu ops/lora_linear.cu ops/lora_gemv.cu ops/dropout.cu ops/bias.cu"
 references="ops/embedding_ref.cpp ops/rmsnorm_ref.cpp ops/rope_ref.cpp ops/swiglu_ref.cpp ops/nf4_ref.cpp \
-ops/cross_entropy_ref.cpp ops/matmul_ref.cpp ops/adamw_ref.cpp ops/grad_norm_ref.cpp"
-support="ops/cuda_common.cpp ops/error.cpp engine/device.cpp"
+ops/cross_entropy_ref.cpp ops/matmul_ref.cpp ops/adamw_ref.cpp ops/grad_norm_ref.cpp ops/lora_linear_ref.cpp \
+ops/lora_gemv_ref.cpp ops/dropout_ref.cpp"
+support="ops/cuda_common.cpp ops/error.cpp ops/device.cpp"
 make_args=(-j"$(nproc)" unit T=ops_gpu SRCS="$kernels $references $support")
 [ -d .deps ] && make_args+=(DEPS_PREFIX="$PWD/.deps")
 
