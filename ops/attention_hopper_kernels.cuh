@@ -118,7 +118,7 @@ struct FwdBlock {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
       wgmma::wgmma_m64n128k16_ss<0, 0>(s, wgmma::kmajor_slice(q_rows, Tile::kQueries, kk),
-                                 wgmma::kmajor_slice(k_tile, kKeys, kk), kk > 0);
+                                       wgmma::kmajor_slice(k_tile, kKeys, kk), kk > 0);
   }
   // Issues o += P V_n, P in the A fragments a (not committed).
   __device__ void issue_p_v(float (&o)[D / 8][4], const uint32_t (&a)[kKeys / 16][4], int n) const {
@@ -435,11 +435,11 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) attention_backward_ke
 #pragma unroll
     for (int kk = 0; kk < kKeys / 16; ++kk) {
       if constexpr (D == 128)
-        wgmma::wgmma_m64n64k16_ss<1, 1>(dq, wgmma::mnmajor_slice(sdS, kKeys, kk), wgmma::mnmajor_slice(k_cols, kKeys, kk),
-                                        kk > 0);
+        wgmma::wgmma_m64n64k16_ss<1, 1>(dq, wgmma::mnmajor_slice(sdS, kKeys, kk),
+                                        wgmma::mnmajor_slice(k_cols, kKeys, kk), kk > 0);
       else
-        wgmma::wgmma_m64n32k16_ss<1, 1>(dq, wgmma::mnmajor_slice(sdS, kKeys, kk), wgmma::mnmajor_slice(k_cols, kKeys, kk),
-                                        kk > 0);
+        wgmma::wgmma_m64n32k16_ss<1, 1>(dq, wgmma::mnmajor_slice(sdS, kKeys, kk),
+                                        wgmma::mnmajor_slice(k_cols, kKeys, kk), kk > 0);
     }
     wgmma::commit();
     wgmma::wait<0>();

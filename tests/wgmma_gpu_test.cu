@@ -1,6 +1,7 @@
 // The warpgroup MMA wrappers and shared-memory descriptors of ops/wgmma.cuh, each against a plain
-// C++ product on random bf16 inputs: the Hopper attention kernels rest on exactly these forms, so a wrong fragment order, swizzle or descriptor stride fails here with the element named
-// instead of somewhere inside an attention output. Runs in GPU_ARCH=90 builds on an sm_90 GPU.
+// C++ product on random bf16 inputs: the Hopper attention kernels rest on exactly these forms, so a
+// wrong fragment order, swizzle or descriptor stride fails here with the element named instead of
+// somewhere inside an attention output. Runs in GPU_ARCH=90 builds on an sm_90 GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
