@@ -134,20 +134,10 @@ struct FwdBlock {
 
   // Scores of step n to log2 units, keys this thread's rows cannot see at -inf. Masking is needed
   // only where the step crosses the causal diagonal or a row's lowest key.
-  __device__ void scale_and_mask(float (&s)[kKeys / 8][4], const FwdParams& p, int n) const {
+  __device__ void scale_and_mask_step(float (&s)[kKeys / 8][4], const FwdParams& p, int n) const {
     const int j0 = step_key0(n);
     const bool need_mask = j0 + kKeys - 1 > wg_row0 || j0 < wg_max_lo;
-#pragma unroll
-    for (int nt = 0; nt < kKeys / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nt][e] * p.scale_log2;
-        if (need_mask) {
-          const int r = e >> 1, j = j0 + nt * 8 + 2 * c + (e & 1);
-          if (j < row_lo[r] || j > row0 + 8 * r) x = -INFINITY;
-        }
-        s[nt][e] = x;
-      }
+    attn::scale_and_mask<kKeys>(s, p.scale_log2, need_mask, j0, row0, row_lo, threadIdx.x & 31);
   }
 
   // Epilogue: normalise, stage the tile's rows (row stride D + 8) where the K buffers were, once both
@@ -245,7 +235,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads, 1) attention_forward_ker
     wgmma::wait<1>();
     wgmma::fence_registers(s);
     if (sees) {
-      b.scale_and_mask(s, p, n);
+      b.scale_and_mask_step(s, p, n);
       softmax_step<kKeys>(s, m, l, alpha);
     }
     wgmma::wait<0>();
@@ -322,19 +312,9 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) attention_backward_ke
     load_swizzled_async<D, Tile::kThreads, kQ>(sdO + buf * Tile::kQBytes, p.dout + head, p.dout_row_stride,
                                                block_start(it), p.T);
   };
-  // Row data of thread t < kQ's query of iteration it. Queries past T: lse = +inf makes P = 0, delta
-  // = 0 keeps dS = 0.
-  struct RowData {
-    float lse, delta;
-    int row_lo;
-  };
-  auto fetch_row = [&](int it) {
-    const int i = block_start(it) + threadIdx.x;
-    if (i >= p.T) return RowData{INFINITY, 0.f, 0};
-    const int64_t at = static_cast<int64_t>(i) * p.H + head_of(it);
-    return RowData{p.lse[at] * kLog2e, p.delta[at], p.row_lo[i]};
-  };
-  auto store_row = [&](const RowData& r, int slot) {
+  // Row data of thread t < kQ's query of iteration it.
+  auto fetch_row = [&](int it) { return bwd_row_data(p, block_start(it) + threadIdx.x, head_of(it)); };
+  auto store_row = [&](const BwdRowData& r, int slot) {
     sLse[slot * kQ + threadIdx.x] = r.lse;
     sDelta[slot * kQ + threadIdx.x] = r.delta;
     sRowLo[slot * kQ + threadIdx.x] = r.row_lo;
@@ -361,7 +341,7 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) attention_backward_ke
     __syncthreads();  // this step's tiles and row data are in; the last step's MMAs are all done
 
     const bool has_next = it + 1 < iters;
-    RowData next{};
+    BwdRowData next{};
     if (has_next) {
       load_query_tiles(it + 1, buf ^ 1);
       cp_async_commit();

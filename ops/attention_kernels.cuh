@@ -154,6 +154,26 @@ __device__ __forceinline__ bool in_mask(unsigned mask, int group) {
   return ((MASK != 0 ? MASK : mask) >> group) & 1u;
 }
 
+// One 16 x KEYS score block (keys j0..) to log2 units. Where need_mask (the block crosses the causal
+// diagonal or a row's lowest key), keys this thread's rows cannot see become -inf: its rows are row0
+// (fragment row g) and row0 + 8, with lowest visible keys row_lo[0] and row_lo[1].
+template <int KEYS>
+__device__ __forceinline__ void scale_and_mask(float (&s)[KEYS / 8][4], float scale_log2, bool need_mask, int j0,
+                                               int row0, const int (&row_lo)[2], int lane) {
+  const int c = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < KEYS / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = s[nt][e] * scale_log2;
+      if (need_mask) {
+        const int r = e >> 1, j = j0 + nt * 8 + 2 * c + (e & 1);
+        if (j < row_lo[r] || j > row0 + 8 * r) x = -INFINITY;
+      }
+      s[nt][e] = x;
+    }
+}
+
 // Online-softmax step for one 16 x KEYS score block, without touching the output: s (scaled, log2
 // units, masked = -inf) becomes P = exp2(s - m_new); the running max m and partial row sums l update;
 // alpha gets the factor exp2(m_old - m_new) the output rows must be scaled by.
@@ -252,6 +272,18 @@ __device__ __forceinline__ void add_dq(const BwdParams& p, const float (&acc)[NT
 #endif
     }
   }
+}
+
+// The per-query data a backward step reads, staged in shared memory (lse in log2 units). Query i of
+// head h; past T, lse = +inf makes P = 0 and delta = 0 keeps dS = 0.
+struct BwdRowData {
+  float lse, delta;
+  int row_lo;
+};
+__device__ __forceinline__ BwdRowData bwd_row_data(const BwdParams& p, int i, int h) {
+  if (i >= p.T) return BwdRowData{INFINITY, 0.f, 0};
+  const int64_t at = static_cast<int64_t>(i) * p.H + h;
+  return BwdRowData{p.lse[at] * kLog2e, p.delta[at], p.row_lo[i]};
 }
 
 // delta_i = dout_i . out_i for every (token, head), one warp each; also zeroes that row of dq_accum

@@ -173,17 +173,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads, 2) attention_forward_ker
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
         if (!in_mask<0>(mask, mt)) continue;
-#pragma unroll
-        for (int nt = 0; nt < kKeys / 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            float x = s[mt][nt][e] * p.scale_log2;
-            if (need_mask) {
-              const int r = e >> 1, j = j0 + nt * 8 + 2 * c + (e & 1);
-              if (j < row_lo[mt][r] || j > row(mt, r)) x = -INFINITY;
-            }
-            s[mt][nt][e] = x;
-          }
+        scale_and_mask<kKeys>(s[mt], p.scale_log2, need_mask, j0, row(mt, 0), row_lo[mt], lane);
         online_softmax<D, kKeys>(s[mt], o[mt], m[mt], l[mt]);
       }
       if (mask == 3u)
@@ -349,19 +339,9 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) attention_backward_ke
     load_tile_async<D, Tile::kThreads, kQ>(sdO + buf * Tile::kQElems, p.dout + head, p.dout_row_stride,
                                            block_start(it), p.T);
   };
-  // Row data of thread t < kQ's query row of iteration it. Rows past T: lse = +inf makes P = 0,
-  // delta = 0 keeps dS = 0.
-  struct RowData {
-    float lse, delta;
-    int row_lo;
-  };
-  auto fetch_row = [&](int it) {
-    const int i = block_start(it) + threadIdx.x;
-    if (i >= p.T) return RowData{INFINITY, 0.f, 0};
-    const int64_t at = static_cast<int64_t>(i) * p.H + head_of(it);
-    return RowData{p.lse[at] * kLog2e, p.delta[at], p.row_lo[i]};
-  };
-  auto store_row = [&](const RowData& r, int slot) {
+  // Row data of thread t < kQ's query of iteration it.
+  auto fetch_row = [&](int it) { return bwd_row_data(p, block_start(it) + threadIdx.x, head_of(it)); };
+  auto store_row = [&](const BwdRowData& r, int slot) {
     sLse[slot * kQ + threadIdx.x] = r.lse;
     sDelta[slot * kQ + threadIdx.x] = r.delta;
     sRowLo[slot * kQ + threadIdx.x] = r.row_lo;
@@ -389,7 +369,7 @@ __global__ void __launch_bounds__(BwdTile<D>::kThreads, 1) attention_backward_ke
     // The next step's tiles load into the other buffers while this one computes; its row data
     // waits in registers until this step no longer reads the other slot.
     const bool has_next = it + 1 < iters;
-    RowData next{};
+    BwdRowData next{};
     if (has_next) {
       load_query_tiles(it + 1, buf ^ 1);
       cp_async_commit();

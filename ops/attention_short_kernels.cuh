@@ -192,17 +192,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) attention_forward_kernel
       mma_a_regs_bt_smem<D, kKeys>(s, qf, cK, lane);
       // Masking is needed where the block crosses the causal diagonal or a row's lowest key.
       const bool need_mask = j0 + kKeys - 1 > i0 || j0 < max_row_lo;
-#pragma unroll
-      for (int nt = 0; nt < kKeys / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[nt][e] * p.scale_log2;
-          if (need_mask) {
-            int r = e >> 1, j = j0 + nt * 8 + 2 * c + (e & 1);
-            if (j < row_lo[r] || j > row[r]) x = -INFINITY;
-          }
-          s[nt][e] = x;
-        }
+      scale_and_mask<kKeys>(s, p.scale_log2, need_mask, j0, row[0], row_lo, lane);
       online_softmax<D, kKeys>(s, o, m, l);
       mma_p_v<D, kKeys>(o, s, cV, lane);
     }
