@@ -4,6 +4,7 @@
 #include <type_traits>
 
 #include "ops/kernel_util.cuh"
+#include "ops/wgmma.cuh"
 
 namespace loom {
 namespace {
@@ -139,19 +140,21 @@ struct RowTile {
   int group;     // -1: past the last group's tiles
   int row0;      // first row of the tile
   int rows;      // rows of the tile in its group (1 .. the tile's rows)
+  int col;       // column tile (0 when the grid's y index gives it)
 };
 
 // Warp-wide (every lane gets the answer): which group's tile the block's `tile` is. Group e owns
-// ceil(M_e / kRows) consecutive tiles of kRows rows, groups in order; lanes take 32 groups at a time
-// and scan their tile counts.
+// ceil(M_e / kRows) · cols consecutive tiles, groups in order: its row tiles of kRows rows for column
+// tile 0, then for column tile 1, and so on (cols 1: the grid's y index gives the column). Lanes take
+// 32 groups at a time and scan their tile counts.
 template <int kRows>
-__device__ RowTile find_row_tile(const int32_t* offsets, int E, int64_t tile) {
+__device__ RowTile find_row_tile(const int32_t* offsets, int E, int64_t tile, int cols = 1) {
   const int lane = threadIdx.x % 32;
   int64_t before = 0;  // tiles of the groups before this batch of 32
   for (int e0 = 0; e0 < E; e0 += 32) {
     const int e = e0 + lane;
     const int begin = e < E ? offsets[e] : 0, count = e < E ? offsets[e + 1] - begin : 0;
-    const int tiles = (count + kRows - 1) / kRows;
+    const int row_tiles = (count + kRows - 1) / kRows, tiles = row_tiles * cols;
     int inclusive = tiles;
     for (int offset = 1; offset < 32; offset *= 2) {
       const int below = __shfl_up_sync(0xffffffffu, inclusive, offset);
@@ -164,11 +167,14 @@ __device__ RowTile find_row_tile(const int32_t* offsets, int E, int64_t tile) {
       const int64_t j = tile - __shfl_sync(0xffffffffu, first, src);
       const int group_begin = __shfl_sync(0xffffffffu, begin, src);
       const int group_count = __shfl_sync(0xffffffffu, count, src);
-      return {e0 + src, group_begin + int(j) * kRows, min(kRows, group_count - int(j) * kRows)};
+      const int group_row_tiles = __shfl_sync(0xffffffffu, row_tiles, src);
+      const int row_tile = int(j) % group_row_tiles;
+      return {e0 + src, group_begin + row_tile * kRows, min(kRows, group_count - row_tile * kRows),
+              int(j) / group_row_tiles};
     }
     before += __shfl_sync(0xffffffffu, inclusive, 31);
   }
-  return {-1, 0, 0};
+  return {-1, 0, 0, 0};
 }
 
 // nt (kWKMajor) / nn: block (x, y) computes row tile x (of the groups' tiles) × columns y·kTile.
@@ -333,6 +339,145 @@ __global__ void __launch_bounds__(kWideThreads)
       }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The Hopper kernel (GPU_ARCH=90 builds, in place of the wide kernel): 128×256 output tiles, two
+// warpgroups of 64 rows × 256 columns, each k16 of a step two wgmma m64n128k16 with both operands in
+// shared memory (ops/wgmma.cuh); k steps of 64 (one 128-byte swizzle row) through kHopperStages stages
+// that cp.async fills two steps ahead, the products of one step in flight while the next is issued.
+// A and nt's W are K-major tiles, nn's W (stored (K, N)) an MN-major one. The blocks walk the groups
+// expert by expert, an expert's row tiles for column tile 0, then for column tile 1 ...: the blocks
+// running at once share a few experts' weights and rows in L2 instead of streaming every expert's W
+// once per row tile. wgmma sums a k16 chunk in its own order, so an output's bits may differ from
+// the mma.sync kernels' by fp32 rounding.
+
+constexpr int kHopperRows = 128, kHopperCols = 256, kHopperStepK = 64, kHopperThreads = 256;
+constexpr int kHopperStages = 4;  // two steps of copies in flight, one of products, one being issued
+constexpr uint32_t kHopperABytes = kHopperRows * kHopperStepK * sizeof(bf16);   // 16 KB
+constexpr uint32_t kHopperBBytes = kHopperCols * kHopperStepK * sizeof(bf16);   // 32 KB
+constexpr uint32_t kHopperStageBytes = kHopperABytes + kHopperBBytes;
+constexpr size_t kHopperSmemBytes = 1024 + kHopperStages * kHopperStageBytes;  // + alignment slack
+
+// This thread's copies of one k step (k0) into the stage at shared address `stage`: A's rows below
+// a_rows (K-major, 8 chunks a row); nt's W rows n below n_lim (K-major); nn's W rows k below K,
+// columns below n_lim (MN-major, 32 chunks a row: 4 column blocks of 64). Chunks out of range are
+// zero-filled (K, N multiples of 8: a chunk is wholly in or out).
+template <bool kWKMajor>
+__device__ __forceinline__ void copy_hopper_step(uint32_t stage, const bf16* x, const bf16* w, int a_rows, int n_lim,
+                                                 int N, int K, int k0) {
+#pragma unroll
+  for (int i = 0; i < kHopperRows * 8 / kHopperThreads; ++i) {
+    const int idx = threadIdx.x + i * kHopperThreads, m = idx / 8, c = idx % 8;
+    const bool in = m < a_rows && k0 + c * 8 < K;
+    cp_async_16(stage + wgmma::swizzled_offset(kHopperRows, m, c), in ? x + int64_t(m) * K + k0 + c * 8 : x,
+                in ? 16 : 0);
+  }
+  const uint32_t b = stage + kHopperABytes;
+#pragma unroll
+  for (int i = 0; i < kHopperCols * 8 / kHopperThreads; ++i) {
+    const int idx = threadIdx.x + i * kHopperThreads;
+    if constexpr (kWKMajor) {
+      const int n = idx / 8, c = idx % 8;
+      const bool in = n < n_lim && k0 + c * 8 < K;
+      cp_async_16(b + wgmma::swizzled_offset(kHopperCols, n, c), in ? w + int64_t(n) * K + k0 + c * 8 : w,
+                  in ? 16 : 0);
+    } else {
+      const int k = idx / 32, c = idx % 32;
+      const bool in = k0 + k < K && c * 8 < n_lim;
+      cp_async_16(b + wgmma::swizzled_offset(kHopperStepK, k, c), in ? w + int64_t(k0 + k) * N + c * 8 : w,
+                  in ? 16 : 0);
+    }
+  }
+}
+
+#ifdef LOOM_WGMMA
+// Issues this warpgroup's products of one stage (not committed): acc[h] (its 64 rows × columns
+// 128 h..128 h + 127) += A · W_eᵀ over the step's 64 k.
+template <bool kWKMajor>
+__device__ __forceinline__ void issue_hopper_step(float (&acc)[2][16][4], uint32_t stage, int wg) {
+  const uint32_t a = stage + wg * 64 * 128;  // the warpgroup's rows: 8 swizzle atoms in
+  const uint32_t b = stage + kHopperABytes;
+#pragma unroll
+  for (int kk = 0; kk < kHopperStepK / 16; ++kk)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      // nt: W rows 128 h.. (16 KB in); nn: column blocks 2 h, 2 h + 1 (2 x 8 KB in).
+      const uint64_t wd = kWKMajor ? wgmma::kmajor_slice(b + h * 128 * 128, kHopperCols, kk)
+                                   : wgmma::mnmajor_slice(b + h * 2 * kHopperStepK * 128, kHopperStepK, kk);
+      wgmma::wgmma_m64n128k16_ss<0, kWKMajor ? 0 : 1>(acc[h], wgmma::kmajor_slice(a, kHopperRows, kk), wd, 1);
+    }
+}
+#endif
+
+// nt (kWKMajor) / nn on Hopper: block b computes tile b of the expert-major walk (find_row_tile with
+// the column tiles); blocks past the last group's tiles exit.
+template <bool kWKMajor>
+__global__ void __launch_bounds__(kHopperThreads, 1)
+    grouped_rows_hopper_kernel(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
+                               int N, int K, float alpha, bool accumulate) {
+#ifdef LOOM_WGMMA
+  extern __shared__ unsigned char smem[];
+  __shared__ RowTile tile;
+  if (threadIdx.x < 32) {
+    const RowTile found = find_row_tile<kHopperRows>(offsets, E, blockIdx.x, (N + kHopperCols - 1) / kHopperCols);
+    if (threadIdx.x == 0) tile = found;
+  }
+  __syncthreads();
+  if (tile.group < 0) return;  // the whole block: worst-case grid, fewer tiles this time
+  const uint32_t base = smem_addr(smem) + ((1024u - (smem_addr(smem) & 1023u)) & 1023u);  // swizzle alignment
+  auto stage = [&](int s) { return base + uint32_t(s % kHopperStages) * kHopperStageBytes; };
+  const int n0 = tile.col * kHopperCols, n_lim = N - n0;
+  const bf16* x = X + int64_t(tile.row0) * K;
+  const bf16* w = W + tile.group * w_stride + (kWKMajor ? int64_t(n0) * K : int64_t(n0));
+  const int wg = threadIdx.x / 128, steps = (K + kHopperStepK - 1) / kHopperStepK;
+  constexpr int kAhead = kHopperStages - 2;  // steps whose copies are in flight when a step's products issue
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < steps) copy_hopper_step<kWKMajor>(stage(s), x, w, tile.rows, n_lim, N, K, s * kHopperStepK);
+    cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
+  }
+  float acc[2][16][4] = {};
+  for (int s = 0; s < steps; ++s) {
+    cp_async_wait<kAhead - 1>();  // this thread's copies of step s have landed
+    wgmma::fence_async_shared();  // ... and are visible to wgmma
+    // Every thread's copies of step s are in; every warpgroup's products of step s - 2 are done
+    // (each waited for them in step s - 1), so their stage may be refilled.
+    __syncthreads();
+    if (s + kAhead < steps)
+      copy_hopper_step<kWKMajor>(stage(s + kAhead), x, w, tile.rows, n_lim, N, K, (s + kAhead) * kHopperStepK);
+    cp_async_commit();
+    wgmma::fence_registers(acc[0]);  // the zeroing above stays before the fence
+    wgmma::fence_registers(acc[1]);
+    wgmma::fence();
+    issue_hopper_step<kWKMajor>(acc, stage(s), wg);
+    wgmma::commit();
+    wgmma::wait<1>();  // step s - 1's products are done
+  }
+  wgmma::wait<0>();
+  wgmma::fence_registers(acc[0]);
+  wgmma::fence_registers(acc[1]);
+  const int warp = (threadIdx.x / 32) % 4, g = (threadIdx.x % 32) / 4, c = threadIdx.x % 4;
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int n = 0; n < 16; ++n)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = wg * 64 + warp * 16 + g + 8 * half, col = h * 128 + n * 8 + 2 * c;
+        if (r >= tile.rows || col >= n_lim) continue;  // col even and N a multiple of 8: col + 1 < n_lim too
+        __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(Y + int64_t(tile.row0 + r) * N + n0 + col);
+        float v0 = alpha * acc[h][n][2 * half], v1 = alpha * acc[h][n][2 * half + 1];
+        if (accumulate) {
+          const float2 old = __bfloat1622float2(*out);
+          v0 += old.x;
+          v1 += old.y;
+        }
+        *out = __floats2bfloat162_rn(v0, v1);
+      }
+#else
+  __trap();  // launched only from GPU_ARCH=90 builds (launch_rows)
+#endif
+}
+
 // tn: block (x, y, e) computes D_e's tile rows y·kTile (n of Y) × columns x·kTile (k of X), summing
 // over the group's rows.
 __global__ void __launch_bounds__(kThreads)
@@ -368,11 +513,26 @@ void check_shape(const char* what, int E, int N, int K, int64_t stride, std::ini
 
 template <bool kWKMajor>
 void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets,
-                 int E, int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream) {
+                 int E, int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
+                 GroupedGemmKernels kernels) {
   check_shape(what, E, N, K, w_stride, {Y, X, W});
   LOOM_CHECK(rows >= 0 && rows <= INT32_MAX, what, ": ", rows, " rows (at most 2^31 - 1)");
+  LOOM_CHECK(kernels != GroupedGemmKernels::kHopper || grouped_gemm_hopper_built(), what,
+             ": the Hopper kernel needs a GPU_ARCH=90 build");
   if (rows == 0) return;
-  if (N >= kWideMinN) {
+  const bool hopper = kernels == GroupedGemmKernels::kHopper ||
+                      (kernels == GroupedGemmKernels::kAuto && grouped_gemm_hopper_built());
+  if (N >= kWideMinN && hopper) {
+    static const bool smem_set = [] {  // once per product: above 48 KB needs the opt-in
+      CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_hopper_kernel<kWKMajor>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, int(kHopperSmemBytes)));
+      return true;
+    }();
+    (void)smem_set;
+    const int64_t tiles = (ceil_div(rows, kHopperRows) + E) * ceil_div(N, kHopperCols);
+    grouped_rows_hopper_kernel<kWKMajor><<<unsigned(tiles), kHopperThreads, kHopperSmemBytes, stream>>>(
+        Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
+  } else if (N >= kWideMinN) {
     const dim3 grid(unsigned(ceil_div(rows, kWide) + E), unsigned(ceil_div(N, kWide)));
     grouped_rows_wide_kernel<kWKMajor>
         <<<grid, kWideThreads, 0, stream>>>(Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
@@ -386,14 +546,20 @@ void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_
 
 }  // namespace
 
+bool grouped_gemm_hopper_built() { return LOOM_GPU_ARCH == 90; }
+
 void grouped_gemm_nt(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
-                     int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream) {
-  launch_rows<true>("grouped_gemm_nt", Y, X, W, w_stride, offsets, E, rows, N, K, alpha, accumulate, stream);
+                     int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
+                     GroupedGemmKernels kernels) {
+  launch_rows<true>("grouped_gemm_nt", Y, X, W, w_stride, offsets, E, rows, N, K, alpha, accumulate, stream,
+                   kernels);
 }
 
 void grouped_gemm_nn(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
-                     int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream) {
-  launch_rows<false>("grouped_gemm_nn", Y, X, W, w_stride, offsets, E, rows, N, K, alpha, accumulate, stream);
+                     int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
+                     GroupedGemmKernels kernels) {
+  launch_rows<false>("grouped_gemm_nn", Y, X, W, w_stride, offsets, E, rows, N, K, alpha, accumulate, stream,
+                   kernels);
 }
 
 void grouped_gemm_tn(float* D, int64_t d_stride, const bf16* Y, const bf16* X, const int32_t* offsets, int E, int N,

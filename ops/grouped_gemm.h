@@ -13,14 +13,15 @@
 //
 // CUDA (ops/grouped_gemm.cu): mma.sync m16n8k16 bf16 → fp32 over k steps of 32 through shared memory.
 // nt / nn with N >= 128 (the experts' own matrices): 128×128 output tiles, 8 warps of 64×32, two
-// shared-memory stages filled by cp.async, fragments by ldmatrix. Narrower nt / nn (the adapters'
-// ranks) and tn: 64×64 tiles, 4 warps of 32×32, loads staged through registers. Both run the MMAs
-// over k in the same order, so the bits do not depend on the kernel. nt / nn: the grid is sized for
-// the worst case on the host, ceil(rows / tile) + E row tiles × ceil(N / tile) column tiles (group e
-// needs ceil(M_e / tile) row tiles); each block finds its group and first row from the device offsets
-// (a warp scan of the groups' tile counts) and exits when the tile index is past the last group's.
-// tn: one z-slice of blocks per expert, each block looping over its group's rows; an empty group does
-// nothing.
+// shared-memory stages filled by cp.async, fragments by ldmatrix; in GPU_ARCH=90 builds instead
+// 128×256 tiles of Hopper warpgroup MMAs (wgmma) from four swizzled stages. Narrower nt / nn (the
+// adapters' ranks) and tn: 64×64 tiles, 4 warps of 32×32, loads staged through registers. The two
+// mma.sync kernels run the MMAs over k in the same order, so their bits agree; wgmma may round a k16
+// chunk's sum differently. nt / nn: the grid is sized for the worst case on the host, ceil(rows /
+// tile) + E row tiles × ceil(N / tile) column tiles (group e needs ceil(M_e / tile) row tiles); each
+// block finds its group and first row from the device offsets (a warp scan of the groups' tile
+// counts) and exits when the tile index is past the last group's. tn: one z-slice of blocks per
+// expert, each block looping over its group's rows; an empty group does nothing.
 #pragma once
 #include <cstdint>
 
@@ -38,13 +39,21 @@ void grouped_gemm_nn_ref(float* Y, const float* X, const float* W, int64_t w_str
 void grouped_gemm_tn_ref(float* D, int64_t d_stride, const float* Y, const float* X, const int32_t* offsets, int E,
                          int N, int K, float alpha);
 
+// Which kernel computes nt / nn with N >= 128: kAuto is the Hopper kernel where the build has it
+// (grouped_gemm_hopper_built()) and the mma.sync 128×128 kernel elsewhere; the others force one
+// (the tests and build/grouped_gemm_bench run both). Narrower products always take the 64×64 kernel.
+enum class GroupedGemmKernels { kAuto, kMmaSync, kHopper };
+bool grouped_gemm_hopper_built();
+
 // ---- device. offsets (E + 1) on the device, offsets[0] = 0, non-decreasing, offsets[E] <= rows;
 // rows: the row capacity the grid is sized for (T·K of the layer: every sorted row belongs to a
 // group). N, K, w_stride, d_stride multiples of 8; every pointer 16-byte aligned (checked).
 void grouped_gemm_nt(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
-                     int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream);
+                     int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
+                     GroupedGemmKernels kernels = GroupedGemmKernels::kAuto);
 void grouped_gemm_nn(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
-                     int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream);
+                     int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
+                     GroupedGemmKernels kernels = GroupedGemmKernels::kAuto);
 void grouped_gemm_tn(float* D, int64_t d_stride, const bf16* Y, const bf16* X, const int32_t* offsets, int E, int N,
                      int K, float alpha, cudaStream_t stream);
 

@@ -356,10 +356,12 @@ Groups groups_of(const std::vector<int32_t>& counts, int64_t spare_rows) {
   return {offsets, int(counts.size()), offsets.back(), offsets.back() + spare_rows};
 }
 
-// nt (w_kmajor) or nn on the device against the reference, alpha and accumulate as given.
-void check_rows_product(const Groups& g, int N, int K, bool w_kmajor, float alpha, bool accumulate, uint64_t seed) {
+// nt (w_kmajor) or nn with the given kernels on the device against the reference.
+void check_rows_product_with(GroupedGemmKernels kernels, const Groups& g, int N, int K, bool w_kmajor, float alpha,
+                             bool accumulate, uint64_t seed) {
   SCOPED_TRACE(testing::Message() << (w_kmajor ? "nt" : "nn") << " N " << N << " K " << K << " rows " << g.used
-                                  << " alpha " << alpha << " accumulate " << accumulate);
+                                  << " alpha " << alpha << " accumulate " << accumulate << " kernels "
+                                  << (kernels == GroupedGemmKernels::kHopper ? "Hopper" : "mma.sync"));
   const int64_t w_stride = int64_t(N) * K + 8;  // experts' matrices apart by more than their size
   const std::vector<float> X = test::random_bf16_values(size_t(g.rows * K), seed, 1.f);
   const std::vector<float> W = test::random_bf16_values(size_t(g.E * w_stride), seed + 1, 1.f);
@@ -372,7 +374,7 @@ void check_rows_product(const Groups& g, int N, int K, bool w_kmajor, float alph
   dY.upload(to_bits(Y0));
   doff.upload(g.offsets);
   (w_kmajor ? grouped_gemm_nt : grouped_gemm_nn)(dY.get(), dX.get(), dW.get(), w_stride, doff.get(), g.E, g.rows, N,
-                                                 K, alpha, accumulate, nullptr);
+                                                 K, alpha, accumulate, nullptr, kernels);
   CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<float> got = bf16_of(dY);
   std::vector<float> want = Y0, abs_sum = abs_of(Y0);
@@ -386,6 +388,25 @@ void check_rows_product(const Groups& g, int N, int K, bool w_kmajor, float alph
         << "row " << i / N << " column " << i % N;
   for (int64_t i = g.used * N; i < g.rows * N; ++i)
     ASSERT_EQ(float_to_bf16_bits(got[size_t(i)]), float_to_bf16_bits(Y0[size_t(i)])) << "spare row " << i / N;
+}
+
+// The kernels nt / nn with N >= 128 can take in this build on this GPU (ops/grouped_gemm.h).
+std::vector<GroupedGemmKernels> wide_kernels_here() {
+  std::vector<GroupedGemmKernels> kernels = {GroupedGemmKernels::kMmaSync};
+  int device = 0, major = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (grouped_gemm_hopper_built() && major == 9) kernels.push_back(GroupedGemmKernels::kHopper);
+  return kernels;
+}
+
+// nt (w_kmajor) or nn on the device against the reference, alpha and accumulate as given, with each
+// kernel that can take N (below 128 there is one).
+void check_rows_product(const Groups& g, int N, int K, bool w_kmajor, float alpha, bool accumulate, uint64_t seed) {
+  for (GroupedGemmKernels kernels : wide_kernels_here()) {
+    check_rows_product_with(kernels, g, N, K, w_kmajor, alpha, accumulate, seed);
+    if (N < 128) break;
+  }
 }
 
 void check_tn(const Groups& g, int N, int K, float alpha, uint64_t seed) {
@@ -427,6 +448,15 @@ const std::vector<int32_t> kAwkwardCounts = {0, 1, 63, 64, 65, 0, 200, 7};
 // Around the wide kernel's 128-row tiles (N >= 128 takes it; the counts above cross its tiles too).
 const std::vector<int32_t> kWideCounts = {127, 0, 128, 129, 1, 300};
 
+// 40 groups of 0..299 rows (a fixed draw, a quarter of them empty): the tile walk crosses its batches
+// of 32 groups, with several column tiles per group in the Hopper kernel's expert-major order.
+Groups forty_groups() {
+  std::mt19937 rng(9);
+  std::vector<int32_t> counts(40);
+  for (int32_t& c : counts) c = rng() % 4 == 0 ? 0 : int32_t(rng() % 300);
+  return groups_of(counts, 17);
+}
+
 TEST(GroupedGemmGpu, ForwardMatchesTheReference) {
   REQUIRE_GPU();
   const Groups g = groups_of(kAwkwardCounts, 5);
@@ -437,6 +467,7 @@ TEST(GroupedGemmGpu, ForwardMatchesTheReference) {
   check_rows_product(groups_of({1000, 3, 0, 517}, 64), 256, 520, true, 1.f, false, 45);  // many rows
   check_rows_product(groups_of(kWideCounts, 3), 392, 200, true, 1.f, false, 46);  // wide: 4 column tiles, last partial
   check_rows_product(g, 136, 16, true, 0.5f, true, 47);  // wide, K below the k step, accumulating
+  check_rows_product(forty_groups(), 520, 136, true, 1.f, false, 48);  // 3 Hopper column tiles, 40 groups
 }
 
 TEST(GroupedGemmGpu, BackwardInputGradientMatchesTheReference) {
@@ -448,10 +479,11 @@ TEST(GroupedGemmGpu, BackwardInputGradientMatchesTheReference) {
   check_rows_product(groups_of({0, 300, 0}, 0), 64, 64, false, 1.f, false, 54);
   check_rows_product(groups_of(kWideCounts, 3), 392, 200, false, 1.f, false, 55);  // wide: n-major W
   check_rows_product(groups_of({1000, 3, 0, 517}, 64), 2048, 96, false, 1.f, true, 56);  // the experts' dx shape
+  check_rows_product(forty_groups(), 520, 136, false, 1.f, true, 57);
 }
 
-// Y's columns from the wide kernel (N = 128) and the narrow one (N = 64, the same W's first 64 output
-// columns): the same MMAs over k in the same order, so the same bits (ops/grouped_gemm.h). 40 groups,
+// Y's columns from the mma.sync wide kernel (N = 128) and the narrow one (N = 64, the same W's first 64
+// output columns): the same MMAs over k in the same order, so the same bits (ops/grouped_gemm.h). 40 groups,
 // most of them empty, so the tile search crosses its batches of 32 groups.
 std::vector<uint16_t> first_64_columns(int N, const Groups& g, int K, bool w_kmajor, const std::vector<float>& X,
                                        const std::vector<float>& W128) {
@@ -469,7 +501,7 @@ std::vector<uint16_t> first_64_columns(int N, const Groups& g, int K, bool w_kma
   dW.upload(to_bits(W));
   doff.upload(g.offsets);
   (w_kmajor ? grouped_gemm_nt : grouped_gemm_nn)(dY.get(), dX.get(), dW.get(), w_stride, doff.get(), g.E, g.rows, N,
-                                                 K, 1.f, false, nullptr);
+                                                 K, 1.f, false, nullptr, GroupedGemmKernels::kMmaSync);
   CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<uint16_t> y = dY.download<uint16_t>();
   std::vector<uint16_t> cols;

@@ -1,7 +1,7 @@
 // The warpgroup MMA wrappers and shared-memory descriptors of ops/wgmma.cuh, each against a plain
-// C++ product on random bf16 inputs: the Hopper attention kernels rest on exactly these forms, so a
-// wrong fragment order, swizzle or descriptor stride fails here with the element named instead of
-// somewhere inside an attention output. Runs in GPU_ARCH=90 builds on an sm_90 GPU.
+// C++ product on random bf16 inputs: the Hopper attention kernels and the Hopper grouped GEMM rest on
+// exactly these forms, so a wrong fragment order, swizzle or descriptor stride fails here with the
+// element named instead of somewhere inside a kernel's output. Runs in GPU_ARCH=90 builds on an sm_90 GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -231,6 +231,13 @@ TEST(WgmmaGpu, DsKD128SecondHalf) {
 TEST(WgmmaGpu, DsKD64SecondHalf) {
   REQUIRE_HOPPER();
   check_form<32, 128, kSharedMMajor, 64, true, 64, 32>(15);
+}
+
+// Grouped GEMM nn (ops/grouped_gemm.cu, Hopper kernel): W_e stored (K, N) is an MN-major B, 64 k rows
+// by 256 columns; the second n128 half starts two column blocks in.
+TEST(WgmmaGpu, GroupedNnSecondHalf) {
+  REQUIRE_HOPPER();
+  check_form<128, 64, kSharedKMajor, 128, true, 256, 128>(17);
 }
 
 }  // namespace loom

@@ -11,24 +11,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG_DIR="${OUT:-build/attention_check}"
-mkdir -p "$LOG_DIR"
-MAKE_ARGS=(-j"$(nproc)")
-[ -d .deps ] && MAKE_ARGS+=(DEPS_PREFIX="$PWD/.deps")  # header-only deps unpacked beside the checkout
+source tools/gpu_check_lib.sh
 SRCS="ops/attention.cu ops/attention_ref.cpp ops/cuda_common.cpp ops/error.cpp ops/device.cpp"
-BENCH_OBJ="build/obj/tools/attention_bench_main.cpp.o build/obj/ops/attention.cu.o build/obj/ops/attention_decode.cu.o
-  build/obj/ops/cuda_common.cpp.o build/obj/ops/error.cpp.o build/obj/ops/device.cpp.o"
-CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-status=0
-step() {  # name, log file, command...
-  local name="$1" log="$2"; shift 2
-  echo "== $name"
-  if ! "$@" 2>&1 | tee "$LOG_DIR/$log"; then echo "!! $name failed"; status=1; fi
-}
-
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$LOG_DIR/device.txt"
-git log -1 --format='commit %h' 2>/dev/null | tee -a "$LOG_DIR/device.txt"
-step "build bench" bench_build.log bash -c "make ${MAKE_ARGS[*]} $BENCH_OBJ && \
-  g++ -o build/attention_bench $BENCH_OBJ -L$CUDA_HOME/lib64 -Wl,-rpath,$CUDA_HOME/lib64 -lcudart -fopenmp"
+step "build bench" bench_build.log link_bench build/attention_bench build/obj/tools/attention_bench_main.cpp.o \
+  build/obj/ops/attention.cu.o build/obj/ops/attention_decode.cu.o build/obj/ops/cuda_common.cpp.o \
+  build/obj/ops/error.cpp.o build/obj/ops/device.cpp.o
 for suite in wgmma_gpu attention_gpu attention_long_gpu; do
   step "$suite" "$suite.log" make "${MAKE_ARGS[@]}" unit T=$suite SRCS="$SRCS"
 done

@@ -1,0 +1,174 @@
+// Times the experts' own products of a mixture-of-experts layer (ops/grouped_gemm.h nt / nn with N >=
+// 128) with each kernel of the build (mma.sync 128×128; Hopper wgmma 128×256 in GPU_ARCH=90 builds)
+// beside one cuBLASLt GEMM of the same FLOPs (all rows against one matrix: the dense ceiling the
+// grouped kernels aim at), issue 16's grouped-GEMM measurement.
+//   build/grouped_gemm_bench [--json FILE]
+// Shapes: qwen3-30b-a3b (128 experts, top 8, C 2048, I 768) at 8,192 tokens and mixtral-8x7b (8
+// experts, top 2, C 4096, I 14,336) at 4,096 tokens; rows routed uniformly (each token to top_k
+// distinct experts) and skewed (expert e drawn with probability ∝ 1 / (e + 1)). Products: the forward
+// gate_up (nt, N 2I, K C) and down (nt, N C, K I), the backward's input gradients (nn: N C, K 2I and
+// N I, K C). FLOPs 2·rows·N·K. Each time is the median of 20 runs after 3 warm-ups (CUDA events).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ops/cuda_common.h"
+#include "ops/device.h"
+#include "ops/error.h"
+#include "ops/gemm.h"
+#include "ops/grouped_gemm.h"
+#include "tools/bench_common.h"
+
+namespace loom {
+namespace {
+
+constexpr size_t kWorkspace = size_t(32) << 20;
+
+struct MoeShape {
+  const char* preset;
+  int E, top_k, C, I;
+  int64_t T;
+};
+
+struct Product {
+  const char* name;
+  bool nt;  // nt: W_e (N, K); nn: W_e (K, N)
+  int N, K;
+};
+
+// Rows per expert for T tokens each routed to top_k distinct experts, uniformly or skewed.
+std::vector<int32_t> route_counts(const MoeShape& s, bool skewed) {
+  std::vector<double> weight(size_t(s.E), 1.0);
+  if (skewed)
+    for (int e = 0; e < s.E; ++e) weight[size_t(e)] = 1.0 / (e + 1);
+  std::mt19937_64 rng(7);
+  std::vector<int32_t> counts(size_t(s.E), 0);
+  for (int64_t t = 0; t < s.T; ++t) {
+    std::vector<double> w = weight;
+    for (int k = 0; k < s.top_k; ++k) {  // without replacement: a picked expert's weight drops to 0
+      std::discrete_distribution<int> pick(w.begin(), w.end());
+      const int e = pick(rng);
+      ++counts[size_t(e)];
+      w[size_t(e)] = 0;
+    }
+  }
+  return counts;
+}
+
+template <class T>
+T* device_alloc(size_t n) {
+  T* p = nullptr;
+  CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
+  return p;
+}
+
+// n bf16 values on the device: 2^24 random ones repeated (the experts' weights run to 10^9 values;
+// drawing each on the host would cost more device time than the products timed).
+bf16* device_repeated_random_bf16(size_t n, std::mt19937_64& rng, float amplitude) {
+  const size_t block = std::min(n, size_t(1) << 24);
+  bf16* src = device_random_bf16(block, rng, amplitude);
+  bf16* dev = device_alloc<bf16>(n);
+  for (size_t at = 0; at < n; at += block)
+    CUDA_CHECK(cudaMemcpy(dev + at, src, std::min(block, n - at) * sizeof(bf16), cudaMemcpyDeviceToDevice));
+  CUDA_CHECK(cudaFree(src));
+  return dev;
+}
+
+const char* kernels_name(GroupedGemmKernels k) { return k == GroupedGemmKernels::kHopper ? "hopper" : "mma_sync"; }
+
+nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
+  const std::vector<int32_t> counts = route_counts(s, skewed);
+  std::vector<int32_t> offsets(counts.size() + 1, 0);
+  std::partial_sum(counts.begin(), counts.end(), offsets.begin() + 1);
+  const int64_t rows = offsets.back();
+  int32_t* d_offsets = device_alloc<int32_t>(offsets.size());
+  CUDA_CHECK(cudaMemcpy(d_offsets, offsets.data(), offsets.size() * 4, cudaMemcpyHostToDevice));
+  const int max_side = std::max(2 * s.I, s.C);
+  std::mt19937_64 rng(1);
+  bf16* X = device_repeated_random_bf16(size_t(rows) * size_t(max_side), rng, 1.f);
+  bf16* W = device_repeated_random_bf16(size_t(s.E) * size_t(2 * s.I) * size_t(s.C), rng, 0.05f);
+  bf16* Y = device_alloc<bf16>(size_t(rows) * size_t(max_side));
+  std::vector<GroupedGemmKernels> families = {GroupedGemmKernels::kMmaSync};
+  if (grouped_gemm_hopper_built()) families.push_back(GroupedGemmKernels::kHopper);
+  const Product products[] = {{"gate_up x·Wᵀ", true, 2 * s.I, s.C},
+                              {"down h·Wᵀ", true, s.C, s.I},
+                              {"gate_up dy·W", false, s.C, 2 * s.I},
+                              {"down dy·W", false, s.I, s.C}};
+  const int max_rows = *std::max_element(counts.begin(), counts.end());
+  const int min_rows = *std::min_element(counts.begin(), counts.end());
+  nlohmann::ordered_json j = {{"preset", s.preset}, {"routing", skewed ? "skewed" : "uniform"},
+                              {"experts", s.E},      {"rows", rows},
+                              {"rows_per_expert_min", min_rows}, {"rows_per_expert_max", max_rows},
+                              {"products", nlohmann::ordered_json::array()}};
+  std::fprintf(stderr, "%s, %s routing: %lld rows over %d experts (%d..%d each)\n", s.preset,
+               skewed ? "skewed" : "uniform", static_cast<long long>(rows), s.E, min_rows, max_rows);
+  for (const Product& p : products) {
+    const double flops = 2.0 * double(rows) * p.N * p.K;
+    const int64_t w_stride = int64_t(p.N) * p.K;
+    nlohmann::ordered_json pj = {{"product", p.name}, {"N", p.N}, {"K", p.K}};
+    std::string line;
+    for (GroupedGemmKernels k : families) {
+      const double ms = median_ms([&] {
+        (p.nt ? grouped_gemm_nt : grouped_gemm_nn)(Y, X, W, w_stride, d_offsets, s.E, rows, p.N, p.K, 1.f, false,
+                                                   nullptr, k);
+      });
+      pj[std::string(kernels_name(k)) + "_ms"] = ms;
+      pj[std::string(kernels_name(k)) + "_tflops"] = flops / ms / 1e9;
+      char part[96];
+      std::snprintf(part, sizeof part, " | %s %.3f ms %.1f TFLOP/s", kernels_name(k), ms, flops / ms / 1e9);
+      line += part;
+    }
+    const double dense_ms = median_ms([&] {  // one matrix for every row: W_0 in the same layout
+      gemm(ctx, Y, X, W, rows, p.N, p.K, false, p.nt, 1.f, 0.f, GemmOut::kBf16, nullptr);
+    });
+    pj["cublaslt_dense_ms"] = dense_ms;
+    pj["cublaslt_dense_tflops"] = flops / dense_ms / 1e9;
+    std::fprintf(stderr, "  %-14s N %5d K %5d%s | cuBLASLt dense %.3f ms %.1f TFLOP/s\n", p.name, p.N, p.K,
+                 line.c_str(), dense_ms, flops / dense_ms / 1e9);
+    j["products"].push_back(pj);
+  }
+  for (void* ptr : {static_cast<void*>(d_offsets), static_cast<void*>(X), static_cast<void*>(W), static_cast<void*>(Y)})
+    CUDA_CHECK(cudaFree(ptr));
+  return j;
+}
+
+int bench(int argc, char** argv) {
+  std::string json_path;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    LOOM_CHECK(flag == "--json" && i + 1 < argc, "usage: build/grouped_gemm_bench [--json FILE] (found ", flag, ")");
+    json_path = argv[++i];
+  }
+  LOOM_CHECK(cuda_available(), "build/grouped_gemm_bench needs a GPU: ", cuda_device_summary());
+  void* workspace = device_alloc<uint8_t>(kWorkspace);
+  nlohmann::ordered_json j = device_json();
+  j["commit"] = git_commit();
+  j["shapes"] = nlohmann::ordered_json::array();
+  {
+    GemmContext ctx(workspace, kWorkspace);
+    for (const MoeShape& s : {MoeShape{"qwen3-30b-a3b", 128, 8, 2048, 768, 8192},
+                              MoeShape{"mixtral-8x7b", 8, 2, 4096, 14336, 4096}})
+      for (bool skewed : {false, true}) j["shapes"].push_back(run(s, skewed, ctx));
+  }
+  CUDA_CHECK(cudaFree(workspace));
+  emit_json(j, json_path);
+  return 0;
+}
+
+}  // namespace
+}  // namespace loom
+
+int main(int argc, char** argv) {
+  try {
+    return loom::bench(argc, argv);
+  } catch (...) {
+    std::fprintf(stderr, "error: %s\n", loom::describe_current_exception().c_str());
+    return 1;
+  }
+}
