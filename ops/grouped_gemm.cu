@@ -62,6 +62,20 @@ __device__ __forceinline__ void store_slice(SharedTile& s, const uint4 (&v)[kVec
 
 __device__ __forceinline__ uint32_t pair_at(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
+// Y[row][col], Y[row][col + 1] = bf16(alpha · (a0, a1)), plus their old values when accumulating (in fp32,
+// rounded once).
+__device__ __forceinline__ void store_pair(bf16* Y, int64_t row, int N, int col, float alpha, float a0, float a1,
+                                           bool accumulate) {
+  __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(Y + row * N + col);
+  float v0 = alpha * a0, v1 = alpha * a1;
+  if (accumulate) {
+    const float2 old = __bfloat1622float2(*out);
+    v0 += old.x;
+    v1 += old.y;
+  }
+  *out = __floats2bfloat162_rn(v0, v1);
+}
+
 // Accumulator of a warp's 32×32 quarter: [m16 tile][n8 tile][fragment]; fragment f holds row
 // g + 8·(f / 2), column 2q + f % 2 of its 16×8 tile (g = lane / 4, q = lane % 4).
 using Acc = float[2][4][4];
@@ -200,14 +214,7 @@ __global__ void __launch_bounds__(kThreads)
   for_each_pair(acc, [&](int r, int c, float a0, float a1) {
     c += n0;
     if (r >= tile.rows || c >= N) return;  // c even and N a multiple of 8: c + 1 < N too
-    __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(Y + int64_t(tile.row0 + r) * N + c);
-    float v0 = alpha * a0, v1 = alpha * a1;
-    if (accumulate) {
-      const float2 old = __bfloat1622float2(*out);
-      v0 += old.x;
-      v1 += old.y;
-    }
-    *out = __floats2bfloat162_rn(v0, v1);
+    store_pair(Y, tile.row0 + r, N, c, alpha, a0, a1, accumulate);
   });
 }
 
@@ -328,14 +335,7 @@ __global__ void __launch_bounds__(kWideThreads)
       for (int half = 0; half < 2; ++half) {
         const int r = wm + mi * 16 + lane / 4 + 8 * half, c = wn + ni * 8 + 2 * (lane % 4);
         if (r >= tile.rows || c >= n_lim) continue;  // c even and N a multiple of 8: c + 1 < n_lim too
-        __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(Y + int64_t(tile.row0 + r) * N + n0 + c);
-        float v0 = alpha * acc[mi][ni][2 * half], v1 = alpha * acc[mi][ni][2 * half + 1];
-        if (accumulate) {
-          const float2 old = __bfloat1622float2(*out);
-          v0 += old.x;
-          v1 += old.y;
-        }
-        *out = __floats2bfloat162_rn(v0, v1);
+        store_pair(Y, tile.row0 + r, N, n0 + c, alpha, acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1], accumulate);
       }
 }
 
@@ -464,14 +464,7 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
       for (int half = 0; half < 2; ++half) {
         const int r = wg * 64 + warp * 16 + g + 8 * half, col = h * 128 + n * 8 + 2 * c;
         if (r >= tile.rows || col >= n_lim) continue;  // col even and N a multiple of 8: col + 1 < n_lim too
-        __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(Y + int64_t(tile.row0 + r) * N + n0 + col);
-        float v0 = alpha * acc[h][n][2 * half], v1 = alpha * acc[h][n][2 * half + 1];
-        if (accumulate) {
-          const float2 old = __bfloat1622float2(*out);
-          v0 += old.x;
-          v1 += old.y;
-        }
-        *out = __floats2bfloat162_rn(v0, v1);
+        store_pair(Y, tile.row0 + r, N, n0 + col, alpha, acc[h][n][2 * half], acc[h][n][2 * half + 1], accumulate);
       }
 #else
   __trap();  // launched only from GPU_ARCH=90 builds (launch_rows)
@@ -530,6 +523,7 @@ void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_
     }();
     (void)smem_set;
     const int64_t tiles = (ceil_div(rows, kHopperRows) + E) * ceil_div(N, kHopperCols);
+    LOOM_CHECK(tiles <= INT32_MAX, what, ": ", tiles, " output tiles (at most 2^31 - 1)");  // also bounds the scan's ints
     grouped_rows_hopper_kernel<kWKMajor><<<unsigned(tiles), kHopperThreads, kHopperSmemBytes, stream>>>(
         Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
   } else if (N >= kWideMinN) {

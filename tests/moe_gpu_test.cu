@@ -468,6 +468,7 @@ TEST(GroupedGemmGpu, ForwardMatchesTheReference) {
   check_rows_product(groups_of(kWideCounts, 3), 392, 200, true, 1.f, false, 46);  // wide: 4 column tiles, last partial
   check_rows_product(g, 136, 16, true, 0.5f, true, 47);  // wide, K below the k step, accumulating
   check_rows_product(forty_groups(), 520, 136, true, 1.f, false, 48);  // 3 Hopper column tiles, 40 groups
+  check_rows_product(groups_of({130, 0, 257}, 3), 512, 2048, true, 1.f, false, 49);  // 32 k steps: stages wrap 8 times
 }
 
 TEST(GroupedGemmGpu, BackwardInputGradientMatchesTheReference) {
@@ -480,6 +481,7 @@ TEST(GroupedGemmGpu, BackwardInputGradientMatchesTheReference) {
   check_rows_product(groups_of(kWideCounts, 3), 392, 200, false, 1.f, false, 55);  // wide: n-major W
   check_rows_product(groups_of({1000, 3, 0, 517}, 64), 2048, 96, false, 1.f, true, 56);  // the experts' dx shape
   check_rows_product(forty_groups(), 520, 136, false, 1.f, true, 57);
+  check_rows_product(groups_of({130, 0, 257}, 3), 512, 2048, false, 1.f, false, 58);
 }
 
 // Y's columns from the mma.sync wide kernel (N = 128) and the narrow one (N = 64, the same W's first 64

@@ -31,6 +31,14 @@ inline bf16* device_random_bf16(size_t n, std::mt19937_64& rng, float amplitude)
   return dev;
 }
 
+// n values of T on the device, uninitialised (cudaMalloc; the caller frees them).
+template <class T>
+T* device_alloc(size_t n) {
+  T* p = nullptr;
+  CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
+  return p;
+}
+
 // The median of 20 timed calls of `run` on the default stream, after 3 untimed ones, in ms (CUDA events).
 template <class F>
 double median_ms(F&& run) {
@@ -111,6 +119,27 @@ inline double device_memory_in_use_gib() {
   size_t free_b = 0, total_b = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   return gib(total_b - free_b);
+}
+
+// The kernel benchmarks' command line: `--json FILE` or nothing; returns FILE ("" without it).
+inline std::string json_flag_only(int argc, char** argv, const char* program) {
+  std::string json_path;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    LOOM_CHECK(flag == "--json" && i + 1 < argc, "usage: ", program, " [--json FILE] (found ", flag, ")");
+    json_path = argv[++i];
+  }
+  return json_path;
+}
+
+// A kernel benchmark's JSON before its figures: the device, the commit and an empty "shapes" list.
+// Fails, naming the program, without a GPU.
+inline nlohmann::ordered_json kernel_bench_head(const char* program) {
+  LOOM_CHECK(cuda_available(), program, " needs a GPU: ", cuda_device_summary());
+  nlohmann::ordered_json j = device_json();
+  j["commit"] = git_commit();
+  j["shapes"] = nlohmann::ordered_json::array();
+  return j;
 }
 
 // A benchmark's result: one JSON line on stdout, and in json_path too unless it is empty.

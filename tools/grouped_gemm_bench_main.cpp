@@ -61,13 +61,6 @@ std::vector<int32_t> route_counts(const MoeShape& s, bool skewed) {
   return counts;
 }
 
-template <class T>
-T* device_alloc(size_t n) {
-  T* p = nullptr;
-  CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
-  return p;
-}
-
 // n bf16 values on the device: 2^24 random ones repeated (the experts' weights run to 10^9 values;
 // drawing each on the host would cost more device time than the products timed).
 bf16* device_repeated_random_bf16(size_t n, std::mt19937_64& rng, float amplitude) {
@@ -139,17 +132,9 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
 }
 
 int bench(int argc, char** argv) {
-  std::string json_path;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    LOOM_CHECK(flag == "--json" && i + 1 < argc, "usage: build/grouped_gemm_bench [--json FILE] (found ", flag, ")");
-    json_path = argv[++i];
-  }
-  LOOM_CHECK(cuda_available(), "build/grouped_gemm_bench needs a GPU: ", cuda_device_summary());
+  const std::string json_path = json_flag_only(argc, argv, "build/grouped_gemm_bench");
+  nlohmann::ordered_json j = kernel_bench_head("build/grouped_gemm_bench");
   void* workspace = device_alloc<uint8_t>(kWorkspace);
-  nlohmann::ordered_json j = device_json();
-  j["commit"] = git_commit();
-  j["shapes"] = nlohmann::ordered_json::array();
   {
     GemmContext ctx(workspace, kWorkspace);
     for (const MoeShape& s : {MoeShape{"qwen3-30b-a3b", 128, 8, 2048, 768, 8192},

@@ -35,13 +35,6 @@ struct HeadShape {
   int C, V;
 };
 
-template <class T>
-T* device_alloc(size_t n) {
-  T* p = nullptr;
-  CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
-  return p;
-}
-
 nlohmann::ordered_json run(const HeadShape& s, GemmContext& ctx) {
   const size_t T = size_t(s.T), C = size_t(s.C), V = size_t(s.V);
   std::mt19937_64 x_rng(1), w_rng(2);
@@ -91,17 +84,9 @@ nlohmann::ordered_json run(const HeadShape& s, GemmContext& ctx) {
 }
 
 int bench(int argc, char** argv) {
-  std::string json_path;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    LOOM_CHECK(flag == "--json" && i + 1 < argc, "usage: build/lm_head_bench [--json FILE] (found ", flag, ")");
-    json_path = argv[++i];
-  }
-  LOOM_CHECK(cuda_available(), "build/lm_head_bench needs a GPU: ", cuda_device_summary());
+  const std::string json_path = json_flag_only(argc, argv, "build/lm_head_bench");
+  nlohmann::ordered_json j = kernel_bench_head("build/lm_head_bench");
   void* workspace = device_alloc<uint8_t>(kWorkspace);
-  nlohmann::ordered_json j = device_json();
-  j["commit"] = git_commit();
-  j["shapes"] = nlohmann::ordered_json::array();
   {
     GemmContext ctx(workspace, kWorkspace);
     for (const HeadShape& s :
