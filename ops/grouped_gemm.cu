@@ -229,7 +229,7 @@ __global__ void __launch_bounds__(kThreads)
 
 constexpr int kWide = 128;                   // output tile rows and columns
 constexpr int kWideThreads = 256;            // 8 warps
-constexpr int kWideMinN = kWide;             // narrower outputs (LoRA ranks) keep the 64×64 kernel
+constexpr int kWideMinN = kWide;             // narrower outputs (LoRA ranks) take the 64×64 kernel
 constexpr int kPitchN = kWide + 8;           // nn's W rows (k) in shared memory: 272 bytes, ldmatrix conflict-free
 constexpr int kWideVecs = kWide * kStepK / kBf16PerVec / kWideThreads;  // 16-byte copies per operand and step
 static_assert(kWideVecs == 2, "two vectors per thread and operand");
@@ -513,9 +513,9 @@ void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_
   LOOM_CHECK(kernels != GroupedGemmKernels::kHopper || grouped_gemm_hopper_built(), what,
              ": the Hopper kernel needs a GPU_ARCH=90 build");
   if (rows == 0) return;
-  const bool hopper = kernels == GroupedGemmKernels::kHopper ||
-                      (kernels == GroupedGemmKernels::kAuto && grouped_gemm_hopper_built());
-  if (N >= kWideMinN && hopper) {
+  const GroupedGemmKernels kernel = N < kWideMinN || kernels == GroupedGemmKernels::kAuto ? GroupedGemmKernels::kNarrow
+                                                                                          : kernels;
+  if (kernel == GroupedGemmKernels::kHopper) {
     static const bool smem_set = [] {  // once per product: above 48 KB needs the opt-in
       CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_hopper_kernel<kWKMajor>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(kHopperSmemBytes)));
@@ -523,10 +523,11 @@ void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_
     }();
     (void)smem_set;
     const int64_t tiles = (ceil_div(rows, kHopperRows) + E) * ceil_div(N, kHopperCols);
-    LOOM_CHECK(tiles <= INT32_MAX, what, ": ", tiles, " output tiles (at most 2^31 - 1)");  // also bounds the scan's ints
+    // Also keeps the tile scan's int counts in range.
+    LOOM_CHECK(tiles <= INT32_MAX, what, ": ", tiles, " output tiles (at most 2^31 - 1)");
     grouped_rows_hopper_kernel<kWKMajor><<<unsigned(tiles), kHopperThreads, kHopperSmemBytes, stream>>>(
         Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
-  } else if (N >= kWideMinN) {
+  } else if (kernel == GroupedGemmKernels::kWide) {
     const dim3 grid(unsigned(ceil_div(rows, kWide) + E), unsigned(ceil_div(N, kWide)));
     grouped_rows_wide_kernel<kWKMajor>
         <<<grid, kWideThreads, 0, stream>>>(Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);

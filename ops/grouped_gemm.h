@@ -11,11 +11,11 @@
 // rounded once to bf16; D accumulated in fp32. Each output element is owned by one block: the result
 // is deterministic (no atomics), and the groups' results do not depend on each other's sizes.
 //
-// CUDA (ops/grouped_gemm.cu): mma.sync m16n8k16 bf16 → fp32 over k steps of 32 through shared memory.
-// nt / nn with N >= 128 (the experts' own matrices): 128×128 output tiles, 8 warps of 64×32, two
-// shared-memory stages filled by cp.async, fragments by ldmatrix; in GPU_ARCH=90 builds instead
-// 128×256 tiles of Hopper warpgroup MMAs (wgmma) from four swizzled stages. Narrower nt / nn (the
-// adapters' ranks) and tn: 64×64 tiles, 4 warps of 32×32, loads staged through registers. The two
+// CUDA (ops/grouped_gemm.cu): mma.sync m16n8k16 bf16 → fp32 over k steps of 32 through shared memory,
+// 64×64 tiles, 4 warps of 32×32, loads staged through registers (tn, nt / nn by default). For the
+// experts' own matrices (N >= 128) two faster kernels, chosen by GroupedGemmKernels: 128×128 tiles, 8
+// warps of 64×32, two shared-memory stages filled by cp.async, fragments by ldmatrix; and in
+// GPU_ARCH=90 builds 128×256 tiles of Hopper warpgroup MMAs (wgmma) from four swizzled stages. The
 // mma.sync kernels run the MMAs over k in the same order, so their bits agree; wgmma may round a k16
 // chunk's sum differently. nt / nn: the grid is sized for the worst case on the host, ceil(rows /
 // tile) + E row tiles × ceil(N / tile) column tiles (group e needs ceil(M_e / tile) row tiles); each
@@ -39,10 +39,11 @@ void grouped_gemm_nn_ref(float* Y, const float* X, const float* W, int64_t w_str
 void grouped_gemm_tn_ref(float* D, int64_t d_stride, const float* Y, const float* X, const int32_t* offsets, int E,
                          int N, int K, float alpha);
 
-// Which kernel computes nt / nn with N >= 128: kAuto is the Hopper kernel where the build has it
-// (grouped_gemm_hopper_built()) and the mma.sync 128×128 kernel elsewhere; the others force one
-// (the tests and build/grouped_gemm_bench run both). Narrower products always take the 64×64 kernel.
-enum class GroupedGemmKernels { kAuto, kMmaSync, kHopper };
+// Which kernel computes nt / nn: the 64×64 kernel (any N, and the only one below N = 128), the
+// 128×128 mma.sync kernel or the Hopper kernel (N >= 128; GPU_ARCH=90 builds only, see
+// grouped_gemm_hopper_built()). kAuto is the 64×64 kernel, the one measured on a GPU so far (README
+// Limits); the tests and build/grouped_gemm_bench run every kernel of the build.
+enum class GroupedGemmKernels { kAuto, kNarrow, kWide, kHopper };
 bool grouped_gemm_hopper_built();
 
 // ---- device. offsets (E + 1) on the device, offsets[0] = 0, non-decreasing, offsets[E] <= rows;

@@ -356,12 +356,14 @@ Groups groups_of(const std::vector<int32_t>& counts, int64_t spare_rows) {
   return {offsets, int(counts.size()), offsets.back(), offsets.back() + spare_rows};
 }
 
-// nt (w_kmajor) or nn with the given kernels on the device against the reference.
+const char* kernel_name(GroupedGemmKernels k);
+
+// nt (w_kmajor) or nn with the given kernel on the device against the reference.
 void check_rows_product_with(GroupedGemmKernels kernels, const Groups& g, int N, int K, bool w_kmajor, float alpha,
                              bool accumulate, uint64_t seed) {
   SCOPED_TRACE(testing::Message() << (w_kmajor ? "nt" : "nn") << " N " << N << " K " << K << " rows " << g.used
-                                  << " alpha " << alpha << " accumulate " << accumulate << " kernels "
-                                  << (kernels == GroupedGemmKernels::kHopper ? "Hopper" : "mma.sync"));
+                                  << " alpha " << alpha << " accumulate " << accumulate << " kernel "
+                                  << kernel_name(kernels));
   const int64_t w_stride = int64_t(N) * K + 8;  // experts' matrices apart by more than their size
   const std::vector<float> X = test::random_bf16_values(size_t(g.rows * K), seed, 1.f);
   const std::vector<float> W = test::random_bf16_values(size_t(g.E * w_stride), seed + 1, 1.f);
@@ -390,9 +392,10 @@ void check_rows_product_with(GroupedGemmKernels kernels, const Groups& g, int N,
     ASSERT_EQ(float_to_bf16_bits(got[size_t(i)]), float_to_bf16_bits(Y0[size_t(i)])) << "spare row " << i / N;
 }
 
-// The kernels nt / nn with N >= 128 can take in this build on this GPU (ops/grouped_gemm.h).
-std::vector<GroupedGemmKernels> wide_kernels_here() {
-  std::vector<GroupedGemmKernels> kernels = {GroupedGemmKernels::kMmaSync};
+// The kernels that can compute an nt / nn product N wide in this build on this GPU (ops/grouped_gemm.h).
+std::vector<GroupedGemmKernels> kernels_for(int N) {
+  if (N < 128) return {GroupedGemmKernels::kNarrow};
+  std::vector<GroupedGemmKernels> kernels = {GroupedGemmKernels::kNarrow, GroupedGemmKernels::kWide};
   int device = 0, major = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -400,13 +403,15 @@ std::vector<GroupedGemmKernels> wide_kernels_here() {
   return kernels;
 }
 
+const char* kernel_name(GroupedGemmKernels k) {
+  return k == GroupedGemmKernels::kHopper ? "Hopper" : k == GroupedGemmKernels::kWide ? "128x128" : "64x64";
+}
+
 // nt (w_kmajor) or nn on the device against the reference, alpha and accumulate as given, with each
-// kernel that can take N (below 128 there is one).
+// kernel that can take N.
 void check_rows_product(const Groups& g, int N, int K, bool w_kmajor, float alpha, bool accumulate, uint64_t seed) {
-  for (GroupedGemmKernels kernels : wide_kernels_here()) {
+  for (GroupedGemmKernels kernels : kernels_for(N))
     check_rows_product_with(kernels, g, N, K, w_kmajor, alpha, accumulate, seed);
-    if (N < 128) break;
-  }
 }
 
 void check_tn(const Groups& g, int N, int K, float alpha, uint64_t seed) {
@@ -484,31 +489,22 @@ TEST(GroupedGemmGpu, BackwardInputGradientMatchesTheReference) {
   check_rows_product(groups_of({130, 0, 257}, 3), 512, 2048, false, 1.f, false, 58);
 }
 
-// Y's columns from the mma.sync wide kernel (N = 128) and the narrow one (N = 64, the same W's first 64
-// output columns): the same MMAs over k in the same order, so the same bits (ops/grouped_gemm.h). 40 groups,
-// most of them empty, so the tile search crosses its batches of 32 groups.
-std::vector<uint16_t> first_64_columns(int N, const Groups& g, int K, bool w_kmajor, const std::vector<float>& X,
-                                       const std::vector<float>& W128) {
-  // W_e as the kernel reads it at width N: nt (N, K) = the first N rows; nn (K, N) = the first N columns.
-  const int64_t w_stride = int64_t(128) * K;
-  std::vector<float> W(size_t(g.E * w_stride), 0.f);
-  for (int e = 0; e < g.E; ++e)
-    for (int64_t i = 0; i < int64_t(N) * K; ++i) {
-      const int64_t n = w_kmajor ? i / K : i % N, k = w_kmajor ? i % K : i / N;
-      W[size_t(e * w_stride + i)] = W128[size_t(e * w_stride + (w_kmajor ? n * K + k : k * 128 + n))];
-    }
+// The 128×128 and 64×64 mma.sync kernels on the same product: the same MMAs over k in the same order,
+// so the same bits (ops/grouped_gemm.h). 40 groups, most of them empty, so the tile search crosses its
+// batches of 32 groups.
+std::vector<uint16_t> product_bits(GroupedGemmKernels kernel, const Groups& g, int N, int K, bool w_kmajor,
+                                   const std::vector<float>& X, const std::vector<float>& W) {
   DeviceArray<bf16> dX(X.size()), dW(W.size()), dY(size_t(g.rows * N));
   DeviceArray<int32_t> doff(g.offsets.size());
   dX.upload(to_bits(X));
   dW.upload(to_bits(W));
   doff.upload(g.offsets);
-  (w_kmajor ? grouped_gemm_nt : grouped_gemm_nn)(dY.get(), dX.get(), dW.get(), w_stride, doff.get(), g.E, g.rows, N,
-                                                 K, 1.f, false, nullptr, GroupedGemmKernels::kMmaSync);
+  (w_kmajor ? grouped_gemm_nt : grouped_gemm_nn)(dY.get(), dX.get(), dW.get(), int64_t(N) * K, doff.get(), g.E,
+                                                 g.rows, N, K, 1.f, false, nullptr, kernel);
   CUDA_CHECK(cudaDeviceSynchronize());
-  const std::vector<uint16_t> y = dY.download<uint16_t>();
-  std::vector<uint16_t> cols;
-  for (int64_t r = 0; r < g.used; ++r) cols.insert(cols.end(), y.begin() + r * N, y.begin() + r * N + 64);
-  return cols;
+  std::vector<uint16_t> y = dY.download<uint16_t>();
+  y.resize(size_t(g.used * N));  // the rows in groups
+  return y;
 }
 
 TEST(GroupedGemmGpu, WideAndNarrowKernelsGiveTheSameBits) {
@@ -516,14 +512,14 @@ TEST(GroupedGemmGpu, WideAndNarrowKernelsGiveTheSameBits) {
   std::vector<int32_t> counts(40, 0);
   counts[3] = 129, counts[17] = 1, counts[33] = 200, counts[39] = 64;
   const Groups g = groups_of(counts, 0);
-  const int K = 200;
+  const int N = 136, K = 200;
   const std::vector<float> X = test::random_bf16_values(size_t(g.rows * K), 71, 1.f);
-  const std::vector<float> W = test::random_bf16_values(size_t(g.E) * 128 * K, 72, 1.f);
+  const std::vector<float> W = test::random_bf16_values(size_t(g.E) * N * K, 72, 1.f);
   for (bool w_kmajor : {true, false}) {
     SCOPED_TRACE(w_kmajor ? "nt" : "nn");
-    const std::vector<uint16_t> wide = first_64_columns(128, g, K, w_kmajor, X, W);
-    const std::vector<uint16_t> narrow = first_64_columns(64, g, K, w_kmajor, X, W);
-    ASSERT_EQ(wide.size(), size_t(g.used) * 64);
+    const std::vector<uint16_t> wide = product_bits(GroupedGemmKernels::kWide, g, N, K, w_kmajor, X, W);
+    const std::vector<uint16_t> narrow = product_bits(GroupedGemmKernels::kNarrow, g, N, K, w_kmajor, X, W);
+    ASSERT_EQ(wide.size(), size_t(g.used) * N);
     EXPECT_TRUE(wide == narrow);
   }
 }

@@ -1,7 +1,7 @@
 // Times the experts' own products of a mixture-of-experts layer (ops/grouped_gemm.h nt / nn with N >=
-// 128) with each kernel of the build (mma.sync 128×128; Hopper wgmma 128×256 in GPU_ARCH=90 builds)
-// beside one cuBLASLt GEMM of the same FLOPs (all rows against one matrix: the dense ceiling the
-// grouped kernels aim at), issue 16's grouped-GEMM measurement.
+// 128) with each kernel of the build (narrow: the 64×64 default; wide: mma.sync 128×128; hopper: wgmma
+// 128×256, GPU_ARCH=90 builds) beside one cuBLASLt GEMM of the same FLOPs (all rows against one
+// matrix: the dense ceiling the grouped kernels aim at), issue 16's grouped-GEMM measurement.
 //   build/grouped_gemm_bench [--json FILE]
 // Shapes: qwen3-30b-a3b (128 experts, top 8, C 2048, I 768) at 8,192 tokens and mixtral-8x7b (8
 // experts, top 2, C 4096, I 14,336) at 4,096 tokens; rows routed uniformly (each token to top_k
@@ -73,7 +73,9 @@ bf16* device_repeated_random_bf16(size_t n, std::mt19937_64& rng, float amplitud
   return dev;
 }
 
-const char* kernels_name(GroupedGemmKernels k) { return k == GroupedGemmKernels::kHopper ? "hopper" : "mma_sync"; }
+const char* kernels_name(GroupedGemmKernels k) {
+  return k == GroupedGemmKernels::kHopper ? "hopper" : k == GroupedGemmKernels::kWide ? "wide" : "narrow";
+}
 
 nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
   const std::vector<int32_t> counts = route_counts(s, skewed);
@@ -87,7 +89,7 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
   bf16* X = device_repeated_random_bf16(size_t(rows) * size_t(max_side), rng, 1.f);
   bf16* W = device_repeated_random_bf16(size_t(s.E) * size_t(2 * s.I) * size_t(s.C), rng, 0.05f);
   bf16* Y = device_alloc<bf16>(size_t(rows) * size_t(max_side));
-  std::vector<GroupedGemmKernels> families = {GroupedGemmKernels::kMmaSync};
+  std::vector<GroupedGemmKernels> families = {GroupedGemmKernels::kNarrow, GroupedGemmKernels::kWide};
   if (grouped_gemm_hopper_built()) families.push_back(GroupedGemmKernels::kHopper);
   const Product products[] = {{"gate_up x·Wᵀ", true, 2 * s.I, s.C},
                               {"down h·Wᵀ", true, s.C, s.I},
