@@ -340,7 +340,7 @@ __global__ void __launch_bounds__(kWideThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Hopper kernel (GPU_ARCH=90 builds, in place of the wide kernel): 128×256 output tiles, two
+// The Hopper kernel (GPU_ARCH=90 builds, GroupedGemmKernels::kHopper): 128×256 output tiles, two
 // warpgroups of 64 rows × 256 columns, each k16 of a step two wgmma m64n128k16 with both operands in
 // shared memory (ops/wgmma.cuh); k steps of 64 (one 128-byte swizzle row) through kHopperStages stages
 // that cp.async fills two steps ahead, the products of one step in flight while the next is issued.
@@ -547,14 +547,14 @@ void grouped_gemm_nt(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, co
                      int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
                      GroupedGemmKernels kernels) {
   launch_rows<true>("grouped_gemm_nt", Y, X, W, w_stride, offsets, E, rows, N, K, alpha, accumulate, stream,
-                   kernels);
+                    kernels);
 }
 
 void grouped_gemm_nn(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
                      int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
                      GroupedGemmKernels kernels) {
   launch_rows<false>("grouped_gemm_nn", Y, X, W, w_stride, offsets, E, rows, N, K, alpha, accumulate, stream,
-                   kernels);
+                     kernels);
 }
 
 void grouped_gemm_tn(float* D, int64_t d_stride, const bf16* Y, const bf16* X, const int32_t* offsets, int E, int N,

@@ -356,7 +356,9 @@ Groups groups_of(const std::vector<int32_t>& counts, int64_t spare_rows) {
   return {offsets, int(counts.size()), offsets.back(), offsets.back() + spare_rows};
 }
 
-const char* kernel_name(GroupedGemmKernels k);
+const char* kernel_name(GroupedGemmKernels k) {
+  return k == GroupedGemmKernels::kHopper ? "Hopper" : k == GroupedGemmKernels::kWide ? "128x128" : "64x64";
+}
 
 // nt (w_kmajor) or nn with the given kernel on the device against the reference.
 void check_rows_product_with(GroupedGemmKernels kernels, const Groups& g, int N, int K, bool w_kmajor, float alpha,
@@ -403,10 +405,6 @@ std::vector<GroupedGemmKernels> kernels_for(int N) {
   return kernels;
 }
 
-const char* kernel_name(GroupedGemmKernels k) {
-  return k == GroupedGemmKernels::kHopper ? "Hopper" : k == GroupedGemmKernels::kWide ? "128x128" : "64x64";
-}
-
 // nt (w_kmajor) or nn on the device against the reference, alpha and accumulate as given, with each
 // kernel that can take N.
 void check_rows_product(const Groups& g, int N, int K, bool w_kmajor, float alpha, bool accumulate, uint64_t seed) {
@@ -450,7 +448,7 @@ void check_tn(const Groups& g, int N, int K, float alpha, uint64_t seed) {
 
 // Groups of 0, 1, 63, 64, 65 and 200 rows, and spare rows past the last group.
 const std::vector<int32_t> kAwkwardCounts = {0, 1, 63, 64, 65, 0, 200, 7};
-// Around the wide kernel's 128-row tiles (N >= 128 takes it; the counts above cross its tiles too).
+// Around the 128-row tiles of the kernels for N >= 128 (the counts above cross them too).
 const std::vector<int32_t> kWideCounts = {127, 0, 128, 129, 1, 300};
 
 // 40 groups of 0..299 rows (a fixed draw, a quarter of them empty): the tile walk crosses its batches
