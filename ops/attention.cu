@@ -61,13 +61,6 @@ attn::AttnParams common_params(const bf16* q, const bf16* k, const bf16* v, cons
   return p;
 }
 
-// Kernels using more than 48 KB of dynamic shared memory must say so; once per process, as loom
-// drives one GPU per process.
-template <class Kernel>
-void allow_smem(Kernel kernel, size_t bytes) {
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
-
 // Mean document length from which the long-document kernels run. Measured on an H100 (2026-12-06,
 // tools/perf_notes.md): at ~240 tokens the short kernels are faster (forward 0.35 vs 0.43 ms, D 64
 // backward 0.77 vs 1.04 ms), at ~2048 and 16K the long ones (backward 1.26x and 1.20x). 512 lies

@@ -516,12 +516,8 @@ void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_
   const GroupedGemmKernels kernel = N < kWideMinN || kernels == GroupedGemmKernels::kAuto ? GroupedGemmKernels::kNarrow
                                                                                           : kernels;
   if (kernel == GroupedGemmKernels::kHopper) {
-    static const bool smem_set = [] {  // once per product: above 48 KB needs the opt-in
-      CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_hopper_kernel<kWKMajor>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, int(kHopperSmemBytes)));
-      return true;
-    }();
-    (void)smem_set;
+    static const bool smem_ready = (allow_smem(grouped_rows_hopper_kernel<kWKMajor>, kHopperSmemBytes), true);
+    (void)smem_ready;
     const int64_t tiles = (ceil_div(rows, kHopperRows) + E) * ceil_div(N, kHopperCols);
     // Also keeps the tile scan's int counts in range.
     LOOM_CHECK(tiles <= INT32_MAX, what, ": ", tiles, " output tiles (at most 2^31 - 1)");

@@ -14,6 +14,13 @@ constexpr int kF32PerVec = 4;   // 16 bytes
 
 inline bool is_aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Kernels using more than 48 KB of dynamic shared memory must say so; callers do it once per process
+// (a function-local static), as loom drives one GPU per process.
+template <class Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
 // x[0..8) = float(p[0..8)); p 16-byte aligned.
 __device__ __forceinline__ void load_bf16x8(float (&x)[8], const bf16* p) {
   const uint4 raw = *reinterpret_cast<const uint4*>(p);
