@@ -19,9 +19,11 @@
 // (torch 2.15.0 on a CPU, transformers 5.23.0, peft 0.21.2; the fixture records the versions, printed
 // below) for the run this test performs: the fixture's three micro-batches, the load-balancing loss on,
 // 20 AdamW steps at the yardstick's lr 1e-3 from fp32 master weights (not the fixture's lr 1e-2, which
-// belongs to its 5-step CPU check), the worse of fp32 and fp64 sums, each figure measured as here (the
-// step loss is the cross-entropy; LoRA tensors each on their own scale, an expert's A and B per
-// expert). Its sparse MLP is models/moe_layer.cpp's arithmetic (fp32 router logits and routing, bf16
+// belongs to its 5-step CPU check), the worst of fp32 and fp64 sums and 8 random fp32 summation orders
+// (a run that crosses a routing tie takes one expert or the other as the order falls: mixtral's step
+// losses moved by 0.0022-0.0131 over the orders, the first two alone gave 0.0025), each figure
+// measured as here (the step loss is the cross-entropy; LoRA tensors each on their own scale, an
+// expert's A and B per expert). Its sparse MLP is models/moe_layer.cpp's arithmetic (fp32 router logits and routing, bf16
 // expert activations, one rounding per grouped-GEMM output), at r = 4: the padded r = 8 run here is
 // the same function (see Rank). recompute=full reruns the same forward, so it adds no error.
 // Routing: at the starting weights every token's K-th and (K+1)-th router logits are at least 0.15

@@ -206,13 +206,20 @@ class RoundValueOnly(torch.autograd.Function):
 # loom's GEMMs and attention accumulate in fp32 in some order, and the order decides the bf16
 # rounding of an output that lands near a tie; over 20 steps such flips move the step losses by up
 # to 2x (measured: llama 2.7% with fp32 sums, 1.6% with fp64). So the yardstick is the worst over two
-# accumulations, fp32 and fp64 (another order, in effect), rather than one arbitrary order.
+# accumulations, fp32 and fp64 (another order, in effect), rather than one arbitrary order, and where a
+# caller asks for them (worst_against_fp32's permuted_orders) over fp32 sums in more orders: each
+# product's inner dimension in a random permutation (order_gen).
 ACCUMULATIONS = (torch.float32, torch.float64)
 accumulate_in = torch.float32
+order_gen = None  # a torch.Generator while mm sums in a permuted order
 
 
 def mm(a, b):
-    """a @ b of fp32 tensors holding bf16 values, summed in accumulate_in, returned as fp32."""
+    """a @ b of fp32 tensors holding bf16 values, summed in accumulate_in (in a random order of the
+    inner dimension while order_gen is set), returned as fp32."""
+    if order_gen is not None:
+        p = torch.randperm(a.shape[-1], generator=order_gen)
+        a, b = a[..., p], b[..., p, :]
     return (a.to(accumulate_in) @ b.to(accumulate_in)).float()
 
 
@@ -451,16 +458,19 @@ def run_in(loom_bf16, model_dir, d, docs, n_targets):
     return (tokens,) + train_with_fp32_master(model, docs, n_targets, GPU_LR, GPU_STEPS)
 
 
-def worst_against_fp32(run, precision, measured_as, worst=None):
-    """A yardstick: run(False) in fp32, then run(True) inside precision() for each of ACCUMULATIONS;
-    run gives (token losses, step losses, step-1 grads, final weights). The worst token-loss, grad,
-    step-loss and final-weight errors (worst(got, want) -> (error, tensor name), default worst_tensor)."""
-    global accumulate_in
+def worst_against_fp32(run, precision, measured_as, worst=None, permuted_orders=0):
+    """A yardstick: run(False) in fp32, then run(True) inside precision() for each of ACCUMULATIONS and
+    for permuted_orders more fp32 orders (mm's order_gen seeded 0, 1, ...); run gives (token losses,
+    step losses, step-1 grads, final weights). The worst token-loss, grad, step-loss and final-weight
+    errors (worst(got, want) -> (error, tensor name), default worst_tensor)."""
+    global accumulate_in, order_gen
     worst = worst or worst_tensor
     tok32, s32, g32, w32 = run(False)
     out = {"measured_as": measured_as, "lr": GPU_LR, "steps": GPU_STEPS, "token_loss_abs": 0.0, "grad_scaled": 0.0,
            "step_loss_rel": 0.0, "final_weights_scaled": 0.0}
-    for accumulate_in in ACCUMULATIONS:
+    orders = [(dtype, None) for dtype in ACCUMULATIONS] + [(torch.float32, seed) for seed in range(permuted_orders)]
+    for accumulate_in, seed in orders:
+        order_gen = None if seed is None else torch.Generator().manual_seed(seed)
         with precision():
             tok16, s16, g16, w16 = run(True)
         grad, grad_at = worst(g16, g32)
@@ -471,7 +481,9 @@ def worst_against_fp32(run, precision, measured_as, worst=None):
         out["step_loss_rel"] = max(out["step_loss_rel"], max(abs(a - b) / b for a, b in zip(s16, s32)))
         if weights >= out["final_weights_scaled"]:
             out["final_weights_scaled"], out["final_weights_worst_tensor"] = weights, weights_at
-    accumulate_in = torch.float32
+    accumulate_in, order_gen = torch.float32, None
+    if permuted_orders:
+        out["summation_orders"] = len(orders)
     out.update(torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__)
     return out
 
