@@ -66,12 +66,23 @@ attn::AttnParams common_params(const bf16* q, const bf16* k, const bf16* v, cons
 // backward 0.77 vs 1.04 ms), at ~2048 and 16K the long ones (backward 1.26x and 1.20x). 512 lies
 // between the two measured points; the crossing itself is not yet measured.
 constexpr int64_t kLongDocMeanTokens = 512;
+// In GPU_ARCH=90 builds (H200, 2026-12-07, build/attention_bench, tools/perf_notes.md): the Hopper
+// backward is the fastest at every document length measured (~240 tokens to 16K, D 64 and 128: 1.1x
+// to 1.6x the fastest other family), and the Hopper forward from a mean of ~1024 tokens at D 128 (230 vs
+// 209 TFLOP/s; 16K 334 vs 275) but not at ~512 (170 vs 177) nor at D 64 (16K: 217 vs 240). The
+// backward reads only the forward's out and lse, which every family writes alike.
+constexpr int64_t kHopperForwardMeanTokens = 1024;
+
+enum class Pass { kForward, kBackward };
 
 // The family that runs: `kernels` unless kAuto.
-AttentionKernels resolve(AttentionKernels kernels, const AttentionShape& s, int64_t T) {
+AttentionKernels resolve(AttentionKernels kernels, const AttentionShape& s, int64_t T, Pass pass) {
   if (kernels == AttentionKernels::kLongDocsHopper)
     LOOM_CHECK(attention_hopper_kernels_built(), "attention: the Hopper kernels need a GPU_ARCH=90 build");
   if (kernels != AttentionKernels::kAuto) return kernels;
+  if (attention_hopper_kernels_built() &&
+      (pass == Pass::kBackward || (s.D == 128 && T >= kHopperForwardMeanTokens * s.ndoc)))
+    return AttentionKernels::kLongDocsHopper;
   return T >= kLongDocMeanTokens * s.ndoc ? AttentionKernels::kLongDocs : AttentionKernels::kShortDocs;
 }
 
@@ -164,7 +175,7 @@ void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, cons
   p.out = out;
   p.lse = lse;
   p.out_row_stride = strides.out;
-  const AttentionKernels family = resolve(kernels, s, T);
+  const AttentionKernels family = resolve(kernels, s, T, Pass::kForward);
   if (s.D == 64)
     launch_forward<64>(p, family, stream);
   else
@@ -205,7 +216,7 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* scratch, const bf16
   p.dq_accum = scratch;                     // (T, H, D)
   p.delta = scratch + T * s.H * int64_t{s.D};  // (T, H)
   p.row_lo = reinterpret_cast<int*>(p.delta + T * s.H);  // (T)
-  const AttentionKernels family = resolve(kernels, s, T);
+  const AttentionKernels family = resolve(kernels, s, T, Pass::kBackward);
   if (s.D == 64)
     launch_backward<64>(p, family, stream);
   else

@@ -57,11 +57,12 @@ struct AttentionStrides {
   static AttentionStrides fused_qkv(int H, int KVH, int D);
 };
 
-// Which kernel family runs (ops/attention_kernels.cuh): by default the one measured faster for the
-// micro-batch's mean document length T / ndoc (known on the host, no sync); tests pin each.
-// kLongDocsHopper is the long-document family written with Hopper's warpgroup MMAs
-// (ops/attention_hopper_kernels.cuh); it exists in GPU_ARCH=90 builds only
-// (attention_hopper_kernels_built()).
+// Which kernel family runs (ops/attention_kernels.cuh): by default, for the forward and the backward
+// each, the one measured faster for the micro-batch's mean document length T / ndoc and head dim
+// (known on the host, no sync; rules in attention.cu); tests pin each. kLongDocsHopper is the
+// long-document family written with Hopper's warpgroup MMAs (ops/attention_hopper_kernels.cuh); it
+// exists in GPU_ARCH=90 builds only (attention_hopper_kernels_built()), where kAuto's backward is
+// always its own.
 enum class AttentionKernels { kAuto, kShortDocs, kLongDocs, kLongDocsHopper };
 
 // Whether this build has the sm_90a kernels (GPU_ARCH=90).

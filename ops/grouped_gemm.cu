@@ -504,6 +504,13 @@ void check_shape(const char* what, int E, int N, int K, int64_t stride, std::ini
   LOOM_CHECK(all_aligned_16(pointers), what, ": every matrix must be 16-byte aligned");
 }
 
+// kAuto's kernel for N >= kWideMinN: the fastest of the build on the expert products of
+// build/grouped_gemm_bench (H200, 2026-12-07, tools/perf_notes.md): Hopper 312-472 TFLOP/s, the 128×128
+// mma.sync kernel 185-293, the 64×64 one 64-136; each passed GroupedGemmGpu against the reference there.
+GroupedGemmKernels fastest_wide_kernel() {
+  return grouped_gemm_hopper_built() ? GroupedGemmKernels::kHopper : GroupedGemmKernels::kWide;
+}
+
 template <bool kWKMajor>
 void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets,
                  int E, int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
@@ -513,8 +520,9 @@ void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_
   LOOM_CHECK(kernels != GroupedGemmKernels::kHopper || grouped_gemm_hopper_built(), what,
              ": the Hopper kernel needs a GPU_ARCH=90 build");
   if (rows == 0) return;
-  const GroupedGemmKernels kernel = N < kWideMinN || kernels == GroupedGemmKernels::kAuto ? GroupedGemmKernels::kNarrow
-                                                                                          : kernels;
+  const GroupedGemmKernels kernel = N < kWideMinN                         ? GroupedGemmKernels::kNarrow
+                                    : kernels == GroupedGemmKernels::kAuto ? fastest_wide_kernel()
+                                                                           : kernels;
   if (kernel == GroupedGemmKernels::kHopper) {
     static const bool smem_ready = (allow_smem(grouped_rows_hopper_kernel<kWKMajor>, kHopperSmemBytes), true);
     (void)smem_ready;

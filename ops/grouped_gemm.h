@@ -41,8 +41,9 @@ void grouped_gemm_tn_ref(float* D, int64_t d_stride, const float* Y, const float
 
 // Which kernel computes nt / nn: the 64×64 kernel (any N, and the only one below N = 128), the
 // 128×128 mma.sync kernel or the Hopper kernel (N >= 128; GPU_ARCH=90 builds only, see
-// grouped_gemm_hopper_built()). kAuto is the 64×64 kernel, the one measured on a GPU so far (README
-// Limits); the tests and build/grouped_gemm_bench run every kernel of the build.
+// grouped_gemm_hopper_built()). kAuto takes the 64×64 kernel below N = 128 and the fastest of the build
+// above (Hopper, else 128×128: measured in grouped_gemm.cu); the tests and build/grouped_gemm_bench run
+// every kernel of the build.
 enum class GroupedGemmKernels { kAuto, kNarrow, kWide, kHopper };
 bool grouped_gemm_hopper_built();
 

@@ -24,10 +24,10 @@ inline const char* attention_family_name(AttentionKernels kernels) {
   switch (kernels) {
     case AttentionKernels::kShortDocs: return "short-document kernels";
     case AttentionKernels::kLongDocs: return "long-document kernels";
-    case AttentionKernels::kLongDocsHopper: return "long-document kernels, Hopper forward";
+    case AttentionKernels::kLongDocsHopper: return "long-document kernels on Hopper warpgroup MMAs";
     case AttentionKernels::kAuto: break;
   }
-  return "kernels chosen by document length";
+  return "the kernels kAuto chooses for each pass";
 }
 
 }  // namespace loom::test

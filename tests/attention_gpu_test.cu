@@ -273,10 +273,14 @@ void expect_flash_rule(const std::vector<float>& got, const std::vector<float>& 
   std::printf("  %-4s max abs err %.3g, plain bf16 %.3g\n", what.c_str(), kernel.max_abs, baseline.max_abs);
 }
 
-// The largest T whose dq is one or two fp32 atomic adds per element (key tiles of 64 or 128 tokens).
-int64_t bitwise_tokens(AttentionKernels kernels) { return kernels == AttentionKernels::kShortDocs ? 128 : 256; }
+// The largest T whose dq is one or two fp32 atomic adds per element (key tiles of 64 or 128 tokens;
+// kAuto's backward may be the short family's).
+int64_t bitwise_tokens(AttentionKernels kernels) {
+  return kernels == AttentionKernels::kShortDocs || kernels == AttentionKernels::kAuto ? 128 : 256;
+}
 
-// Every kernel family (tests/attention_families.h) on the same problem, each against the reference.
+// Every kernel family (tests/attention_families.h) on the same problem, each against the reference,
+// and kAuto, whose backward in GPU_ARCH=90 builds is the Hopper family's after another family's forward.
 void run_case(const Case& c) {
   const Problem pr = make_problem(c);
   const int64_t T = pr.T;
@@ -315,7 +319,9 @@ void run_case(const Case& c) {
   const std::vector<float> plain_out = plain_bf16_forward(pr);
   const Grads plain = plain_bf16_backward(pr);
 
-  for (AttentionKernels kernels : test::attention_families()) {
+  std::vector<AttentionKernels> families = test::attention_families();
+  families.push_back(AttentionKernels::kAuto);
+  for (AttentionKernels kernels : families) {
     SCOPED_TRACE(test::attention_family_name(kernels));
     std::printf(" %s\n", test::attention_family_name(kernels));
     out.poison();
