@@ -30,9 +30,11 @@ inline std::unique_ptr<CudaModel> make_fixture_scorer(const HfFixture& s, Quant 
 }
 
 // Every token's loss of `gpu` on each micro-batch within `tol` (absolute; NaN fails) of the reference's
-// with the adapter `lora`; `label` names the case in failures. Returns the largest error.
+// with the adapter `lora`; `label` names the case in failures. Returns the largest error; `gpu_losses`,
+// when given, receives every GPU token loss, micro-batch after micro-batch.
 inline double expect_token_losses_close(const ReferenceModel& cpu, CudaModel& gpu, const std::vector<MicroBatch>& micro,
-                                        const std::vector<float>& lora, double tol, const std::string& label) {
+                                        const std::vector<float>& lora, double tol, const std::string& label,
+                                        std::vector<float>* gpu_losses = nullptr) {
   double worst = 0;
   for (size_t i = 0; i < micro.size(); ++i) {
     const MicroBatch& mb = micro[i];
@@ -40,6 +42,7 @@ inline double expect_token_losses_close(const ReferenceModel& cpu, CudaModel& gp
     cpu.forward(mb, lora.data(), {}, want.data());
     gpu.forward(mb, {});
     const std::vector<float> got = gpu.token_losses();
+    if (gpu_losses) gpu_losses->insert(gpu_losses->end(), got.begin(), got.end());
     EXPECT_EQ(got.size(), want.size()) << label << " micro-batch " << i;
     if (got.size() != want.size()) return worst;
     for (size_t t = 0; t < got.size(); ++t) {

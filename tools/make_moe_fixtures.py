@@ -825,8 +825,8 @@ def worst_tensor(got, want):
 
 
 # Summation orders. A run that crosses a routing tie (see MIN_TOPK_GAP) takes one expert or the other
-# as the fp32 order of the router's input falls, a discrete change the dense runs do not have, so the
-# MoE step losses and final weights depend on the order far more: over mixtral's 20 steps in loom's
+# as the fp32 order of the router's input falls, a discrete change the dense runs do not have, so two
+# orders can show far less of the MoE step losses' spread than it is: over mixtral's 20 steps in loom's
 # precision, 7 orders (torch's fp32 order and 6 random ones) gave step-loss errors of 0.0022 to
 # 0.0131, where torch's fp32 and fp64 orders alone gave 0.0025 (2026-12-07, with hf.mm's order_gen);
 # the GPU, summing in its own order, measured 0.0071 (H100, 9caa997). So the yardstick also takes the
