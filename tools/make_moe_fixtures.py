@@ -48,6 +48,7 @@ and gradients when computed independently.
 Runs on a CPU in seconds (torch 2.15.0, transformers 5.23.0, peft 0.21.2):
   python3 tools/make_moe_fixtures.py                   every fixture from scratch, with its yardsticks
   python3 tools/make_moe_fixtures.py --yardstick-only  rewrites the two yardsticks of the existing fixtures
+  python3 tools/make_moe_fixtures.py --variant NAME    one bisect variant under build/moe_variants (VARIANTS)
 The nf4 yardstick needs build/nf4_roundtrip (make build/nf4_roundtrip).
 """
 import argparse
@@ -883,14 +884,48 @@ def generate(arch, spec, first_seed):
     raise SystemExit(f"{arch}: no seed of {first_seed}..{first_seed + SEED_TRIES - 1} keeps MIN_TOPK_GAP")
 
 
+# Bisect variants (--variant NAME): one architecture's fixture with one config setting changed, written
+# with its yardsticks under --out/NAME/<arch>/, to be swapped in for tests/fixtures/moe/<arch> on a GPU
+# machine. Not fixtures of the tests: they narrowed Mixtral's GPU mismatch (README, Limits).
+VARIANTS = {
+    "mixtral_one_layer": ("mixtral", dict(num_hidden_layers=1)),
+    "mixtral_top1": ("mixtral", dict(num_experts_per_tok=1)),
+    "qwen3_moe_all_sparse": ("qwen3_moe", dict(mlp_only_layers=[])),
+}
+
+
+def make_variant(name, out_dir):
+    global OUT, TOP_K, check_routing
+    arch, change = VARIANTS[name]
+    spec = copy.deepcopy(ARCHS[arch])
+    spec["cfg"].update(change)
+    TOP_K = spec["cfg"]["num_experts_per_tok"]
+    OUT = os.path.join(out_dir, name)
+    crafted = check_routing
+
+    def routing_or_next_seed(*args):  # a changed model can lose the crafted routing at a seed: try the next
+        try:
+            crafted(*args)
+        except AssertionError as e:
+            raise NearTie(f"the crafted routing does not hold: {e}")
+    check_routing = routing_or_next_seed
+    generate(arch, spec, first_seed=230 + list(ARCHS).index(arch))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--yardstick-only", action="store_true",
                         help='add "bf16_baseline" and "bf16_baseline_nf4" to the existing fixtures, nothing else')
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help="write one bisect variant (see VARIANTS)")
+    parser.add_argument("--out", default=os.path.join(hf.REPO, "build", "moe_variants"),
+                        help="where --variant writes (default build/moe_variants)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
+    if args.variant:
+        make_variant(args.variant, args.out)
+        return
     for k, (arch, spec) in enumerate(ARCHS.items()):
         if args.yardstick_only:
             rewrite_yardstick(arch)

@@ -5,7 +5,7 @@ the order GpuMoeScore (tests/gpu_moe_step_test.cpp) prints the GPU's: micro-batc
 each packed document's tokens in turn, the loss at a token predicting the next (0 where the next is
 no target, and at a document's last token).
 
-  python3 tools/moe_token_losses.py mixtral nf4 [GPU_LOG]
+  python3 tools/moe_token_losses.py mixtral nf4 [GPU_LOG] [--root DIR]
 
 With GPU_LOG, a log holding GpuMoeScore's "[mixtral/nf4] GPU token losses: ..." line, the GPU's losses
 are printed beside them with GPU - emulation. The emulation stands for the GPU's arithmetic up to the
@@ -58,12 +58,17 @@ def main():
     parser.add_argument("arch", choices=sorted(moe.ARCHS))
     parser.add_argument("quant", choices=["bf16", "nf4"])
     parser.add_argument("gpu_log", nargs="?")
+    parser.add_argument("--root", default=moe.OUT,
+                        help="the fixtures' folder (default tests/fixtures/moe; a bisect variant's: "
+                             "build/moe_variants/NAME)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
-    d = os.path.join(moe.OUT, args.arch)
+    d = os.path.join(args.root, args.arch)
     with open(os.path.join(d, "batch.json")) as f:
         docs = json.load(f)["documents"]
+    with open(os.path.join(d, "model", "config.json")) as f:
+        moe.TOP_K = json.load(f)["num_experts_per_tok"]  # the emulated MoE block's top-k (a variant may change it)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(d, "model") if args.quant == "bf16" else hf.nf4_model(d, tmp)
         fp32 = packed_losses(moe.load_in(False, model_dir, d), docs)
