@@ -90,20 +90,17 @@ template <int D>
 void launch_forward(const FwdParams& p, AttentionKernels family, cudaStream_t stream) {
   if (family == AttentionKernels::kLongDocsHopper) {
     using Tile = attn::hopper::FwdTile<D>;
-    static const bool smem_ready = (allow_smem(attn::hopper::attention_forward_kernel<D>, Tile::kSmemBytes), true);
-    (void)smem_ready;
+    allow_smem<attn::hopper::attention_forward_kernel<D>>(Tile::kSmemBytes);
     dim3 grid(static_cast<unsigned>(ceil_div(p.T, Tile::kQueries)), static_cast<unsigned>(p.H));
     attn::hopper::attention_forward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
   } else if (family == AttentionKernels::kLongDocs) {
     using Tile = attn::long_docs::FwdTile<D>;
-    static const bool smem_ready = (allow_smem(attn::long_docs::attention_forward_kernel<D>, Tile::kSmemBytes), true);
-    (void)smem_ready;
+    allow_smem<attn::long_docs::attention_forward_kernel<D>>(Tile::kSmemBytes);
     dim3 grid(static_cast<unsigned>(ceil_div(p.T, Tile::kQueries)), static_cast<unsigned>(p.H));
     attn::long_docs::attention_forward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
   } else {
     using Tile = attn::short_docs::FwdTile<D>;
-    static const bool smem_ready = (allow_smem(attn::short_docs::attention_forward_kernel<D>, Tile::kSmemBytes), true);
-    (void)smem_ready;
+    allow_smem<attn::short_docs::attention_forward_kernel<D>>(Tile::kSmemBytes);
     dim3 grid(static_cast<unsigned>(ceil_div(p.T, attn::short_docs::kTileTokens)), static_cast<unsigned>(p.H));
     attn::short_docs::attention_forward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
   }
@@ -119,23 +116,19 @@ void launch_backward(const BwdParams& p, AttentionKernels family, cudaStream_t s
   CUDA_CHECK(cudaGetLastError());
   if (family == AttentionKernels::kLongDocsHopper) {
     using Tile = attn::hopper::BwdTile<D>;
-    static const bool smem_ready = (allow_smem(attn::hopper::attention_backward_kernel<D>, Tile::kSmemBytes), true);
-    (void)smem_ready;
+    allow_smem<attn::hopper::attention_backward_kernel<D>>(Tile::kSmemBytes);
     const int64_t blocks = ceil_div(int64_t{p.T}, int64_t{Tile::kKeys}) * p.KVH;  // key tile major
     attn::hopper::attention_backward_kernel<D>
         <<<static_cast<unsigned>(blocks), Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
   } else if (family == AttentionKernels::kLongDocs) {
     using Tile = attn::long_docs::BwdTile<D>;
-    static const bool smem_ready = (allow_smem(attn::long_docs::attention_backward_kernel<D>, Tile::kSmemBytes), true);
-    (void)smem_ready;
+    allow_smem<attn::long_docs::attention_backward_kernel<D>>(Tile::kSmemBytes);
     const int64_t blocks = ceil_div(int64_t{p.T}, int64_t{Tile::kKeys}) * p.KVH;  // key tile major
     attn::long_docs::attention_backward_kernel<D>
         <<<static_cast<unsigned>(blocks), Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
   } else {
     using Tile = attn::short_docs::BwdTile<D>;
-    static const bool smem_ready =
-        (allow_smem(attn::short_docs::attention_backward_kernel<D>, Tile::kSmemBytes), true);
-    (void)smem_ready;
+    allow_smem<attn::short_docs::attention_backward_kernel<D>>(Tile::kSmemBytes);
     dim3 grid(static_cast<unsigned>(ceil_div(p.T, attn::short_docs::kTileTokens)), static_cast<unsigned>(p.KVH));
     attn::short_docs::attention_backward_kernel<D><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
   }

@@ -524,8 +524,7 @@ void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_
                                     : kernels == GroupedGemmKernels::kAuto ? fastest_wide_kernel()
                                                                            : kernels;
   if (kernel == GroupedGemmKernels::kHopper) {
-    static const bool smem_ready = (allow_smem(grouped_rows_hopper_kernel<kWKMajor>, kHopperSmemBytes), true);
-    (void)smem_ready;
+    allow_smem<grouped_rows_hopper_kernel<kWKMajor>>(kHopperSmemBytes);
     const int64_t tiles = (ceil_div(rows, kHopperRows) + E) * ceil_div(N, kHopperCols);
     // Also keeps the tile scan's int counts in range.
     LOOM_CHECK(tiles <= INT32_MAX, what, ": ", tiles, " output tiles (at most 2^31 - 1)");

@@ -14,11 +14,15 @@ constexpr int kF32PerVec = 4;   // 16 bytes
 
 inline bool is_aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// Kernels using more than 48 KB of dynamic shared memory must say so; callers do it once per process
-// (a function-local static), as loom drives one GPU per process.
-template <class Kernel>
-void allow_smem(Kernel kernel, size_t bytes) {
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+// Kernels using more than 48 KB of dynamic shared memory must say so; once per kernel and process
+// (the static), as loom drives one GPU per process. Call before each launch.
+template <auto kKernel>
+void allow_smem(size_t bytes) {
+  static const bool allowed = [bytes] {
+    CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    return true;
+  }();
+  (void)allowed;
 }
 
 // x[0..8) = float(p[0..8)); p 16-byte aligned.

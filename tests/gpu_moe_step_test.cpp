@@ -23,9 +23,9 @@
 // (a run that crosses a routing tie takes one expert or the other as the order falls: mixtral's step
 // losses moved by 0.0022-0.0131 over the orders, the first two alone gave 0.0025), each figure
 // measured as here (the step loss is the cross-entropy; LoRA tensors each on their own scale, an
-// expert's A and B per expert). Its sparse MLP is models/moe_layer.cpp's arithmetic (fp32 router logits and routing, bf16
-// expert activations, one rounding per grouped-GEMM output), at r = 4: the padded r = 8 run here is
-// the same function (see Rank). recompute=full reruns the same forward, so it adds no error.
+// expert's A and B per expert). Its sparse MLP is models/moe_layer.cpp's arithmetic (fp32 router
+// logits and routing, bf16 expert activations, one rounding per grouped-GEMM output), at r = 4: the
+// padded r = 8 run here is the same function (see Rank). recompute=full reruns the same forward, so it adds no error.
 // Routing: at the starting weights every token's K-th and (K+1)-th router logits are at least 0.15
 // apart (make_moe_fixtures.py MIN_TOPK_GAP, expected.json's min_topk_gap) in fp32 and in HF's
 // loom-precision runs with bf16 and NF4 weights, so the GPU picks the reference's experts for the
