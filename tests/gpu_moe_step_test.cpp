@@ -25,7 +25,8 @@
 // measured as here (the step loss is the cross-entropy; LoRA tensors each on their own scale, an
 // expert's A and B per expert). Its sparse MLP is models/moe_layer.cpp's arithmetic (fp32 router
 // logits and routing, bf16 expert activations, one rounding per grouped-GEMM output), at r = 4: the
-// padded r = 8 run here is the same function (see Rank). recompute=full reruns the same forward, so it adds no error.
+// padded r = 8 run here is the same function (see Rank). recompute=full reruns the same forward, so
+// it adds no error.
 // Routing: at the starting weights every token's K-th and (K+1)-th router logits are at least 0.15
 // apart (make_moe_fixtures.py MIN_TOPK_GAP, expected.json's min_topk_gap) in fp32 and in HF's
 // loom-precision runs with bf16 and NF4 weights, so the GPU picks the reference's experts for the
@@ -210,7 +211,7 @@ TEST(GpuMoeScore, TokenLossesMatchTheReferencePerToken) {
           test::expect_token_losses_close(cpu, *gpu, s.micro, s.lora, tol, cat(arch, "/", quant), &losses);
       std::printf("[%s/%s] per-token losses: max abs error %.5f (tolerance %.5f, yardstick of %s)\n", arch, quant,
                   worst, tol, s.yardstick.c_str());
-      // Every token's GPU loss, for tools/moe_token_losses.py's emulated ones (Mixtral's open mismatch).
+      // Every token's GPU loss, for tools/moe_token_losses.py to put beside the fp32 and emulated ones.
       std::printf("[%s/%s] GPU token losses:", arch, quant);
       for (float loss : losses) std::printf(" %.5f", loss);
       std::printf("\n");

@@ -941,7 +941,8 @@ def generate(arch, spec, first_seed):
 
 # Bisect variants (--variant NAME): one architecture's fixture with one config setting changed, written
 # with its yardsticks under --out/NAME/<arch>/, to be swapped in for tests/fixtures/moe/<arch> on a GPU
-# machine. Not fixtures of the tests: they narrowed Mixtral's GPU mismatch (README, Limits).
+# machine. Not fixtures of the tests: they bisected Mixtral's GPU mismatch (tools/perf_notes.md), which the
+# MAX_ROUNDING_STD rule closed.
 VARIANTS = {
     "mixtral_one_layer": ("mixtral", dict(num_hidden_layers=1)),
     "mixtral_top1": ("mixtral", dict(num_experts_per_tok=1)),

@@ -10,7 +10,8 @@ no target, and at a document's last token).
 With GPU_LOG, a log holding GpuMoeScore's "[mixtral/nf4] GPU token losses: ..." line, the GPU's losses
 are printed beside them with GPU - emulation. The emulation stands for the GPU's arithmetic up to the
 order of its fp32 sums, which moves these losses by at most 5e-7 (2026-12-07, make_hf_fixtures.mm's
-order_gen), so a larger difference at a token is arithmetic the emulation does not model. nf4 needs
+order_gen), so a larger difference at a token is arithmetic the emulation does not model; how far that
+moves a token's loss is the token's conditioning (make_moe_fixtures.py's rounding_spread). nf4 needs
 build/nf4_roundtrip (make build/nf4_roundtrip). torch 2.15.0, transformers 5.23.0, peft 0.21.2.
 """
 import argparse
