@@ -6,7 +6,8 @@
 // One group of `kLanes` threads per row (4..32 lanes, so that a D = 128 head row does not leave half
 // a warp idle), each lane striding over the row in 16-byte vectors. Two passes over the row: a
 // reduction, then the elementwise pass, whose re-read of the row mostly hits L1/L2; each pass loads
-// kVecsInFlight vectors a lane before it uses them (forward).
+// kVecsInFlight vectors a lane before it uses them (forward). A forward of at most kRowKernelMaxRows
+// rows (a decode step) takes a block per row instead (rmsnorm_row_forward_kernel).
 #include <initializer_list>
 #include <type_traits>
 
@@ -79,6 +80,54 @@ __global__ void rmsnorm_forward_kernel(bf16* residual, bf16* out, float* rstd, c
   }
 }
 
+// The forward for a few rows (a decode step's): one block of kRowThreads per row, each thread with at
+// most kVecs vectors of it, all loaded at once (a, b and w), so a call waits one memory latency where a
+// warp per row (16 vectors a lane at C = 4096, kVecsInFlight at a time) waited eight: ≈ 12 µs a call on
+// an H100, 65 calls a llama-3.1-8b decode step (tools/perf_notes.md). Same roundings as the warp
+// kernel; the sum of squares is added in another order (thread, warp, block).
+constexpr int kRowThreads = 256;
+constexpr int kRowKernelMaxVecs = 4;       // C ≤ 8192 (llama-3.1-70b's hidden size)
+constexpr int64_t kRowKernelMaxRows = 8;  // a decode step's rows (ops/lora_gemv.h)
+
+template <int kVecs>
+__global__ void __launch_bounds__(kRowThreads)
+    rmsnorm_row_forward_kernel(bf16* residual, bf16* out, float* rstd, const bf16* a, const bf16* b, const bf16* w,
+                               int C, float eps) {
+  const int64_t base = blockIdx.x * int64_t(C);
+  float x[kVecs][8], y[kVecs][8], wc[kVecs][8];
+#pragma unroll
+  for (int v = 0; v < kVecs; ++v) {
+    const int c = (v * kRowThreads + threadIdx.x) * kBf16PerVec;
+    if (c >= C) break;
+    load_bf16x8(x[v], a + base + c);
+    if (b != nullptr) load_bf16x8(y[v], b + base + c);
+    load_bf16x8(wc[v], w + c);
+  }
+  float sum_sq = 0.f;
+#pragma unroll
+  for (int v = 0; v < kVecs; ++v) {
+    const int c = (v * kRowThreads + threadIdx.x) * kBf16PerVec;
+    if (c >= C) break;
+    if (b != nullptr) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) x[v][k] = round_to_bf16(x[v][k] + y[v][k]);
+      store_bf16x8(residual + base + c, x[v]);
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) sum_sq += x[v][k] * x[v][k];
+  }
+  const float r = rsqrtf(block_sum(sum_sq) / C + eps);
+  if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+#pragma unroll
+  for (int v = 0; v < kVecs; ++v) {
+    const int c = (v * kRowThreads + threadIdx.x) * kBf16PerVec;
+    if (c >= C) break;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) x[v][k] = round_to_bf16(x[v][k] * r) * wc[v][k];
+    store_bf16x8(out + base + c, x[v]);
+  }
+}
+
 template <int kLanes>
 __global__ void rmsnorm_backward_kernel(bf16* dinp, const bf16* dout, const bf16* dresidual, const bf16* inp,
                                         const bf16* w, const float* rstd, int64_t N, int C) {
@@ -127,6 +176,14 @@ void with_lanes_for(int C, Launch launch) {
   launch(std::integral_constant<int, 32>{});
 }
 
+// Calls launch(std::integral_constant<int, n>) for the run-time n in [kLow, kHigh].
+template <int kLow, int kHigh, class Launch>
+void with_count(int n, Launch launch) {
+  if constexpr (kLow < kHigh)
+    if (n > kLow) return with_count<kLow + 1, kHigh>(n, launch);
+  launch(std::integral_constant<int, kLow>{});
+}
+
 int64_t blocks_for(int64_t N, int lanes) { return ceil_div(N, kThreads / lanes); }
 
 void check_rows(const char* op, int64_t N, int C, std::initializer_list<const void*> pointers) {
@@ -148,11 +205,19 @@ void residual_rmsnorm_forward(bf16* residual, bf16* out, float* rstd, const bf16
   LOOM_CHECK((b == nullptr) == (residual == nullptr),
              "residual_rmsnorm_forward: residual (the output a + b) and b must be both set or both null");
   if (N == 0) return;
-  with_lanes_for(C, [&](auto lanes) {
-    constexpr int kLanes = decltype(lanes)::value;
-    rmsnorm_forward_kernel<kLanes>
-        <<<blocks_for(N, kLanes), kThreads, 0, stream>>>(residual, out, rstd, a, b, w, N, C, eps);
-  });
+  const int row_vecs = int(ceil_div(C / kBf16PerVec, kRowThreads));
+  if (N <= kRowKernelMaxRows && row_vecs <= kRowKernelMaxVecs) {
+    with_count<1, kRowKernelMaxVecs>(row_vecs, [&](auto vecs) {
+      rmsnorm_row_forward_kernel<decltype(vecs)::value>
+          <<<unsigned(N), kRowThreads, 0, stream>>>(residual, out, rstd, a, b, w, C, eps);
+    });
+  } else {
+    with_lanes_for(C, [&](auto lanes) {
+      constexpr int kLanes = decltype(lanes)::value;
+      rmsnorm_forward_kernel<kLanes>
+          <<<blocks_for(N, kLanes), kThreads, 0, stream>>>(residual, out, rstd, a, b, w, N, C, eps);
+    });
+  }
   CUDA_CHECK(cudaGetLastError());
 }
 

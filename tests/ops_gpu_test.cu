@@ -293,9 +293,11 @@ TEST(Embedding, ForwardCopiesTheRowsOfTheIds) {
 // ---------------------------------------------------------------------------------------------
 // RMSNorm (+ fused residual add)
 
-// Row lengths: 24 (4 lanes per row), 64 (8), 128 (16: a Qwen3 q/k head row), 896 and 4096 (a warp).
-const int kNormWidths[] = {24, 64, 128, 896, 4096};
-const int64_t kRowCounts[] = {1, 37, 1000, 4099};
+// Row lengths: 24 (4 lanes per row), 64 (8), 128 (16: a Qwen3 q/k head row), 896, 2056, 4096 and 8192
+// (a warp). Up to 8 rows the forward takes a block per row (rmsnorm_row_forward_kernel), whose threads
+// hold 1 (24 .. 896), 2 (2056: one thread two vectors, the rest one), 2 (4096) and 4 (8192) vectors.
+const int kNormWidths[] = {24, 64, 128, 896, 2056, 4096, 8192};
+const int64_t kRowCounts[] = {1, 8, 37, 1000, 4099};
 
 TEST(RmsNorm, ResidualForwardMatchesReference) {
   REQUIRE_GPU();
