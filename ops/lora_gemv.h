@@ -13,21 +13,19 @@
 // reads 0.56 bytes per weight, writes 2 and reads them again; this reads the 0.56, and the scale is
 // applied once per chunk of 8 or 32 weights of one block: rounding each weight to bf16 as the GEMM
 // path does would cost ~3 instructions a weight, and at the copy bandwidth (~6e12 weights/s from
-// 0.5-byte codes on an H100) every instruction a weight costs ~20% of the GPU's issue rate (132 SMs ×
-// 4 schedulers × 32 lanes × 1.75 GHz ≈ 3e13/s). The NF4 kernel spends ~3: a byte's two values in one
-// conflict-free table lookup (shift, mask, load), two FMAs, and x's conversion shared by 2 rows.
+// 0.5-byte codes on an H100) ~4.5 instructions per weight need about the GPU's whole issue rate
+// (132 SMs × 4 schedulers × 32 lanes × 1.75 GHz ≈ 3e13/s); this leaves ~5 (a nibble's extraction,
+// ~2 on Hopper, its table load, an FMA, x's conversion), at the edge of that budget: the table load
+// conflict-free is worth it (tools/perf_notes.md).
 // What differs from lora_linear_forward (the GEMM path): one rounding of y instead of three (x·Wᵀ,
 // + b, + s·u·Bᵀ each rounded to bf16), and NF4 weights unrounded.
 //
-// CUDA (ops/lora_gemv.cu): bf16 weights and the adapters' A take one warp per row (of A_p for u, of W_p
-// for y) over the projections' rows end to end, a lane 8 weights (16 bytes) at a time, kBf16Depth
-// chunks loaded ahead. NF4 weights take a block per tile of 16 rows of one projection (8 when x
-// has more than 4 rows), a warp 2 (1) rows, a lane 32 weights of each (16 bytes of codes; 8 weights and 4
-// bytes when K or a blocksize is not a multiple of 32) at a time, two chunks loaded ahead; each byte's
-// two code values come from a 256-entry table in shared memory, filled while the first codes load, in
-// 16 copies so that a warp's lookups never conflict. Lane j adds the adapter term of rank j and lane 0
-// the bias before the warp sums its lanes. x, u and B are read through the read-only cache (a few KB,
-// shared by every warp).
+// CUDA (ops/lora_gemv.cu): one warp per output row (of A_p for u, of w_p for y) over the projections'
+// rows end to end; a lane takes 8 bf16 weights (16 bytes) or 32 NF4 weights (16 bytes of codes; 8
+// weights and 4 bytes when K or a blocksize is not a multiple of 32) at a time and loads the next
+// chunks (kPrefetch) before multiplying the current one; each NF4 code is looked up in a 16-entry shared table (16
+// banks: a warp's lookups never conflict); lane j adds the adapter term of rank j and lane 0 the bias before the warp
+// sums its lanes. x, u and B are read through the read-only cache (a few KB, shared by every warp).
 #pragma once
 #include <cstdint>
 
