@@ -41,6 +41,7 @@ if [ "${1:-}" = bench ]; then  # most wanted first: what runs depends on the tim
   stage "llama-3.1-8b --long 32768" 120 bench_long32k.log build/bench --preset llama-3.1-8b --quant nf4 --long 32768 --steps 2
   stage "lm head" 40 lm_head_bench.log build/lm_head_bench
   stage "decode llama-3.1-8b nf4 B1" 60 decode_llama_nf4_b1.log build/decode_bench --preset llama-3.1-8b --quant nf4 --batch 1
+  stage "gemv" 40 gemv_bench.log build/gemv_bench
   stage "qwen3-0.6b nf4 graphs" 40 bench_qwen3_nf4_graphs.log build/bench --preset qwen3-0.6b --quant nf4 --steps 5 --graphs
   stage "attention" 40 attention_bench.log build/attention_bench
   stage "grouped GEMM" 60 grouped_gemm_bench.log build/grouped_gemm_bench
