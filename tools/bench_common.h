@@ -39,18 +39,19 @@ T* device_alloc(size_t n) {
   return p;
 }
 
-// The median of 20 timed calls of `run` on the default stream, after 3 untimed ones, in ms (CUDA events).
+// The median of 20 timed calls of `run` on `stream` (the default one unless given), after 3 untimed
+// ones, in ms (CUDA events).
 template <class F>
-double median_ms(F&& run) {
+double median_ms(F&& run, cudaStream_t stream = nullptr) {
   cudaEvent_t start, stop;
   CUDA_CHECK(cudaEventCreate(&start));
   CUDA_CHECK(cudaEventCreate(&stop));
   for (int i = 0; i < 3; ++i) run();
   std::vector<float> ms(20);
   for (float& t : ms) {
-    CUDA_CHECK(cudaEventRecord(start));
+    CUDA_CHECK(cudaEventRecord(start, stream));
     run();
-    CUDA_CHECK(cudaEventRecord(stop));
+    CUDA_CHECK(cudaEventRecord(stop, stream));
     CUDA_CHECK(cudaEventSynchronize(stop));
     CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
   }
@@ -151,6 +152,16 @@ inline void emit_json(const nlohmann::ordered_json& j, const std::string& json_p
   std::ofstream f(json_path);
   f << line << "\n";
   LOOM_CHECK(f.flush(), "cannot write --json ", json_path, " (is the folder writable?)");
+}
+
+// main() of a kernel benchmark: bench(argc, argv), or the error on stderr and exit status 1.
+inline int kernel_bench_main(int argc, char** argv, int (*bench)(int, char**)) {
+  try {
+    return bench(argc, argv);
+  } catch (...) {
+    std::fprintf(stderr, "error: %s\n", describe_current_exception().c_str());
+    return 1;
+  }
 }
 
 }  // namespace loom

@@ -103,26 +103,6 @@ Nf4Device random_nf4(int N, int K, const float* quant_map, const float* nested_m
   return w;
 }
 
-// The median µs of one replay of `graph` (20 replays after 3 warm-ups).
-double median_graph_us(cudaGraphExec_t graph, cudaStream_t stream) {
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < 3; ++i) CUDA_CHECK(cudaGraphLaunch(graph, stream));
-  std::vector<float> ms(20);
-  for (float& t : ms) {
-    CUDA_CHECK(cudaEventRecord(start, stream));
-    CUDA_CHECK(cudaGraphLaunch(graph, stream));
-    CUDA_CHECK(cudaEventRecord(stop, stream));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(ms.begin(), ms.end());
-  return 1e3 * ms[ms.size() / 2];
-}
-
 struct Timed {
   double us = 0, tbps = 0;
 };
@@ -165,7 +145,7 @@ Timed time_call(const Call& c, bool nf4, int rows, const float* quant_map, const
   cudaGraphExec_t exec;
   CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
   Timed t;
-  t.us = median_graph_us(exec, stream) / double(copies.size());
+  t.us = 1e3 * median_ms([&] { CUDA_CHECK(cudaGraphLaunch(exec, stream)); }, stream) / double(copies.size());
   t.tbps = double(call_bytes) / t.us / 1e6;
   CUDA_CHECK(cudaGraphExecDestroy(exec));
   CUDA_CHECK(cudaGraphDestroy(graph));
@@ -219,11 +199,4 @@ int bench(int argc, char** argv) {
 }  // namespace
 }  // namespace loom
 
-int main(int argc, char** argv) {
-  try {
-    return loom::bench(argc, argv);
-  } catch (...) {
-    std::fprintf(stderr, "error: %s\n", loom::describe_current_exception().c_str());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return loom::kernel_bench_main(argc, argv, loom::bench); }

@@ -101,11 +101,4 @@ int bench(int argc, char** argv) {
 }  // namespace
 }  // namespace loom
 
-int main(int argc, char** argv) {
-  try {
-    return loom::bench(argc, argv);
-  } catch (...) {
-    std::fprintf(stderr, "error: %s\n", loom::describe_current_exception().c_str());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return loom::kernel_bench_main(argc, argv, loom::bench); }
