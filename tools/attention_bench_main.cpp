@@ -75,8 +75,7 @@ void run(const BenchCase& c) {
   CUDA_CHECK(cudaMalloc(&dqkv, T * W * sizeof(bf16)));
   CUDA_CHECK(cudaMalloc(&lse, T * c.H * sizeof(float)));
   CUDA_CHECK(cudaMalloc(&scratch, attention_backward_scratch_floats(T, c.H, c.D) * sizeof(float)));
-  CUDA_CHECK(cudaMalloc(&cu, cu_host.size() * sizeof(int32_t)));
-  CUDA_CHECK(cudaMemcpy(cu, cu_host.data(), cu_host.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  cu = device_copy(cu_host);
 
   const AttentionShape s{cu, static_cast<int>(cu_host.size()) - 1, c.H, c.KVH, c.D, c.window,
                          1.f / std::sqrt(static_cast<float>(c.D))};
@@ -117,8 +116,7 @@ void run_decode(int B, int L, int blocks_per_sm) {
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int splits = attention_decode_splits(B, KVH, L, sms, blocks_per_sm);
-  CUDA_CHECK(cudaMalloc(&lengths, size_t(B) * sizeof(int32_t)));
-  CUDA_CHECK(cudaMemcpy(lengths, lengths_host.data(), size_t(B) * sizeof(int32_t), cudaMemcpyHostToDevice));
+  lengths = device_copy(lengths_host);
   CUDA_CHECK(cudaMalloc(&out, size_t(B) * H * D * sizeof(bf16)));
   CUDA_CHECK(cudaMalloc(&scratch, size_t(attention_decode_scratch_floats(B, H, D, splits)) * sizeof(float)));
   const AttentionShape s{nullptr, 0, H, KVH, D, 0, 1.f / std::sqrt(float(D))};

@@ -19,24 +19,29 @@
 
 namespace loom {
 
-// n bf16 values uniform in [-amplitude, amplitude) from rng, on the device (cudaMalloc; kept for the
-// program's life).
-inline bf16* device_random_bf16(size_t n, std::mt19937_64& rng, float amplitude) {
-  std::uniform_real_distribution<float> u(-amplitude, amplitude);
-  std::vector<uint16_t> host(n);
-  for (auto& x : host) x = float_to_bf16_bits(u(rng));
-  bf16* dev = nullptr;
-  CUDA_CHECK(cudaMalloc(&dev, std::max<size_t>(n, 1) * sizeof(bf16)));
-  CUDA_CHECK(cudaMemcpy(dev, host.data(), n * sizeof(uint16_t), cudaMemcpyHostToDevice));
-  return dev;
-}
-
 // n values of T on the device, uninitialised (cudaMalloc; the caller frees them).
 template <class T>
 T* device_alloc(size_t n) {
   T* p = nullptr;
   CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
   return p;
+}
+
+// A device copy of host (device_alloc; the caller frees it).
+template <class T>
+T* device_copy(const std::vector<T>& host) {
+  T* dev = device_alloc<T>(host.size());
+  CUDA_CHECK(cudaMemcpy(dev, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return dev;
+}
+
+// n bf16 values uniform in [-amplitude, amplitude) from rng, on the device (cudaMalloc; kept for the
+// program's life).
+inline bf16* device_random_bf16(size_t n, std::mt19937_64& rng, float amplitude) {
+  std::uniform_real_distribution<float> u(-amplitude, amplitude);
+  std::vector<uint16_t> host(n);
+  for (auto& x : host) x = float_to_bf16_bits(u(rng));
+  return reinterpret_cast<bf16*>(device_copy(host));
 }
 
 // The median of 20 timed calls of `run` on `stream` (the default one unless given), after 3 untimed

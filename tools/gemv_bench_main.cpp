@@ -52,13 +52,6 @@ std::vector<Preset> presets() {
                               {"gate/up", 1024, {3072, 3072}}, {"down", 3072, {1024}}}}};
 }
 
-template <class T>
-T* upload(const std::vector<T>& host) {
-  T* dev = device_alloc<T>(host.size());
-  CUDA_CHECK(cudaMemcpy(dev, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return dev;
-}
-
 std::vector<uint8_t> random_bytes(size_t n, std::mt19937_64& rng) {
   std::vector<uint8_t> v(n);
   for (auto& b : v) b = uint8_t(rng());
@@ -93,9 +86,9 @@ Nf4Device random_nf4(int N, int K, const float* quant_map, const float* nested_m
   w.blocksize = kNf4Blocksize;
   w.nested_blocksize = kNestedBlocksize;
   const size_t blocks = size_t(ceil_div(w.numel, kNf4Blocksize)), nested = size_t(ceil_div(blocks, kNestedBlocksize));
-  w.codes = b.keep(upload(random_bytes(size_t(w.numel / 2), rng)));
-  w.absmax_q = b.keep(upload(random_bytes(blocks, rng)));
-  w.nested_absmax = b.keep(upload(random_floats(nested, rng, 0.01f, 0.1f)));
+  w.codes = b.keep(device_copy(random_bytes(size_t(w.numel / 2), rng)));
+  w.absmax_q = b.keep(device_copy(random_bytes(blocks, rng)));
+  w.nested_absmax = b.keep(device_copy(random_floats(nested, rng, 0.01f, 0.1f)));
   w.nested_map = nested_map;
   w.nested_offset = 0.05f;
   w.quant_map = quant_map;
@@ -178,12 +171,12 @@ int bench(int argc, char** argv) {
   std::fprintf(stderr, "gemv_bench: %s, copy %.2f TB/s (bytes read + written)\n", j["device"].get<std::string>().c_str(),
                j["copy_tbps"].get<double>());
   Buffers tables;
-  const float* quant_map = tables.keep(upload(std::vector<float>(kNf4Table, kNf4Table + 16)));
+  const float* quant_map = tables.keep(device_copy(std::vector<float>(kNf4Table, kNf4Table + 16)));
   std::mt19937_64 rng(3);
   std::vector<float> nested(256);
   for (float& v : nested) v = std::uniform_real_distribution<float>(-1.f, 1.f)(rng);
   std::sort(nested.begin(), nested.end());
-  const float* nested_map = tables.keep(upload(nested));
+  const float* nested_map = tables.keep(device_copy(nested));
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   for (const Preset& p : presets()) {

@@ -82,8 +82,7 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
   std::vector<int32_t> offsets(counts.size() + 1, 0);
   std::partial_sum(counts.begin(), counts.end(), offsets.begin() + 1);
   const int64_t rows = offsets.back();
-  int32_t* d_offsets = device_alloc<int32_t>(offsets.size());
-  CUDA_CHECK(cudaMemcpy(d_offsets, offsets.data(), offsets.size() * 4, cudaMemcpyHostToDevice));
+  int32_t* d_offsets = device_copy(offsets);
   const int max_side = std::max(2 * s.I, s.C);
   std::mt19937_64 rng(1);
   bf16* X = device_repeated_random_bf16(size_t(rows) * size_t(max_side), rng, 1.f);

@@ -43,11 +43,9 @@ nlohmann::ordered_json run(const HeadShape& s, GemmContext& ctx) {
   std::vector<int32_t> targets_host(T);
   std::mt19937_64 rng(3);
   for (auto& t : targets_host) t = int32_t(rng() % V);
-  int32_t* targets = device_alloc<int32_t>(T);
-  CUDA_CHECK(cudaMemcpy(targets, targets_host.data(), T * 4, cudaMemcpyHostToDevice));
+  int32_t* targets = device_copy(targets_host);
   const std::vector<float> weights_host(T, 1.f / float(T));
-  float* token_weight = device_alloc<float>(T);
-  CUDA_CHECK(cudaMemcpy(token_weight, weights_host.data(), T * 4, cudaMemcpyHostToDevice));
+  float* token_weight = device_copy(weights_host);
   float *token_loss = device_alloc<float>(T), *loss_sum = device_alloc<float>(1);
   bf16* dx = device_alloc<bf16>(T * C);
   const int chunk = lm_head_chunk_rows(s.V, s.T, true);
