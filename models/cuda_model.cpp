@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -849,12 +850,18 @@ struct CudaModel::Impl {
     upload_token_weights(weights_padded);
     auto it = step_graphs.find(bucket);
     if (it == step_graphs.end()) {
+      const auto t0 = std::chrono::steady_clock::now();
       const cudaGraphExec_t exec = capture([&] {
         forward_layers();
         head(true, loss_sum);
         backward_layers();
       }, [] {});
       it = step_graphs.emplace(bucket, exec).first;
+      // A capture is host time inside a step; say so, so a slow step can be told from a slow replay.
+      if (opt.print_plan)
+        std::fprintf(stderr, "step graph: captured the %lld-token bucket (%zu so far) in %.1f ms\n",
+                     static_cast<long long>(bucket), step_graphs.size(),
+                     std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
     CUDA_CHECK(cudaGraphLaunch(it->second, stream));
     backward_ready = false;

@@ -317,7 +317,8 @@ TimedRun time_steps(TrainBackend& backend, Objective& objective, const std::func
     Step step = next();
     const StepOutcome f = run_step(backend, objective, step, lr, [](size_t) { return uint64_t(0); });
     run.step_seconds.push_back(std::chrono::duration<double>(Clock::now() - ts).count());
-    std::fprintf(stderr, "bench: %s step %d/%d, loss %.4f, grad norm %.4f\n", phase, s + 1, count, f.loss, f.grad_norm);
+    std::fprintf(stderr, "bench: %s step %d/%d, loss %.4f, grad norm %.4f, %lld tokens in %.1f ms\n", phase, s + 1,
+                 count, f.loss, f.grad_norm, static_cast<long long>(step.global_tokens), 1e3 * run.step_seconds.back());
     check_step(divergence, f, step, phase, s + 1);
     run.seconds += run.step_seconds.back();
     run.last_loss = f.loss;
