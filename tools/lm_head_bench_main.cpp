@@ -5,7 +5,9 @@
 //   build/lm_head_bench [--json FILE]
 // Shapes: T = 16384 tokens (the sft-alpaca token budget) with qwen3-0.6b's head (C 1024, V 151,936)
 // and llama-3.1-8b's (C 4096, V 128,256), the chunk the training plan uses (models/cuda_model.h
-// lm_head_chunk_rows: a 512 MiB fp32 logits budget). FLOPs: 4·T·C·V for both (two GEMMs of 2·T·C·V); the cross-entropy's
+// lm_head_chunk_rows: a 512 MiB fp32 logits budget), and the same 512 MiB as bf16 logits (twice the
+// rows a chunk, the rounding HF's bf16 lm_head has; not what training uses: a measurement of what the
+// logits' bytes cost). FLOPs: 4·T·C·V for both (two GEMMs of 2·T·C·V); the cross-entropy's
 // elementwise work is not counted. Each time is the median of 20 runs after 3 warm-ups (CUDA events).
 #include <cuda_runtime.h>
 
@@ -48,13 +50,20 @@ nlohmann::ordered_json run(const HeadShape& s, GemmContext& ctx) {
   float* token_weight = device_copy(weights_host);
   float *token_loss = device_alloc<float>(T), *loss_sum = device_alloc<float>(1);
   bf16* dx = device_alloc<bf16>(T * C);
+  // The chunked head with logits of `type`, `chunk` rows at a time.
+  const auto time_head = [&](GemmOut type, int chunk) {
+    void* logits = device_alloc<uint8_t>(lm_head_logits_bytes(chunk, s.V, type));
+    const double ms = median_ms([&] {
+      lm_head_cross_entropy(ctx, dx, token_loss, loss_sum, logits, type, x, W, targets, token_weight, s.T, s.C, s.V,
+                            chunk, nullptr);
+    });
+    CUDA_CHECK(cudaFree(logits));
+    return ms;
+  };
   const int chunk = lm_head_chunk_rows(s.V, s.T, true);
-  void* logits = device_alloc<uint8_t>(lm_head_logits_bytes(chunk, s.V, GemmOut::kFp32));
-  const double fused_ms = median_ms([&] {
-    lm_head_cross_entropy(ctx, dx, token_loss, loss_sum, logits, GemmOut::kFp32, x, W, targets, token_weight, s.T,
-                          s.C, s.V, chunk, nullptr);
-  });
-  CUDA_CHECK(cudaFree(logits));
+  const int chunk_bf16 = int(std::min<int64_t>(2 * int64_t(chunk), s.T));  // the same bytes
+  const double fused_ms = time_head(GemmOut::kFp32, chunk);
+  const double bf16_ms = time_head(GemmOut::kBf16, chunk_bf16);
   bf16* all_logits = device_alloc<bf16>(T * V);  // cuBLASLt alone: both GEMMs over the whole (T, V)
   const double gemm_ms = median_ms([&] {
     gemm(ctx, all_logits, x, W, s.T, s.V, s.C, false, true, 1.f, 0.f, GemmOut::kBf16, nullptr);
@@ -72,12 +81,15 @@ nlohmann::ordered_json run(const HeadShape& s, GemmContext& ctx) {
                               {"chunk", chunk},
                               {"lm_head_ce_ms", fused_ms},
                               {"lm_head_ce_tflops", flops / fused_ms / 1e9},
+                              {"bf16_logits_chunk", chunk_bf16},
+                              {"bf16_logits_ms", bf16_ms},
+                              {"bf16_logits_tflops", flops / bf16_ms / 1e9},
                               {"cublaslt_two_gemms_ms", gemm_ms},
                               {"cublaslt_two_gemms_tflops", flops / gemm_ms / 1e9}};
-  std::fprintf(stderr, "%-13s T %lld C %5d V %6d chunk %5d | LM head + CE %7.2f ms %6.1f TFLOP/s | cuBLASLt alone "
-               "%7.2f ms %6.1f TFLOP/s\n",
-               s.preset, static_cast<long long>(s.T), s.C, s.V, chunk, fused_ms, flops / fused_ms / 1e9, gemm_ms,
-               flops / gemm_ms / 1e9);
+  std::fprintf(stderr, "%-13s T %lld C %5d V %6d chunk %5d | LM head + CE %7.2f ms %6.1f TFLOP/s | bf16 logits, "
+               "chunk %5d %7.2f ms %6.1f TFLOP/s | cuBLASLt alone %7.2f ms %6.1f TFLOP/s\n",
+               s.preset, static_cast<long long>(s.T), s.C, s.V, chunk, fused_ms, flops / fused_ms / 1e9, chunk_bf16,
+               bf16_ms, flops / bf16_ms / 1e9, gemm_ms, flops / gemm_ms / 1e9);
   return j;
 }
 
