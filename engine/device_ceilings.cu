@@ -58,27 +58,6 @@ void require_free_memory(size_t bytes, const char* what) {
              double(free_b) / double(1 << 30), " GiB are free; measure it before anything else claims the device");
 }
 
-// Median over `runs` timings (CUDA events on `stream`) of run(), after `warmup` untimed calls, in ms.
-template <class F>
-double median_ms(int warmup, int runs, cudaStream_t stream, F&& run) {
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < warmup; ++i) run();
-  std::vector<float> ms(size_t(runs), 0.f);
-  for (float& t : ms) {
-    CUDA_CHECK(cudaEventRecord(start, stream));
-    run();
-    CUDA_CHECK(cudaEventRecord(stop, stream));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(ms.begin(), ms.end());
-  return runs % 2 ? ms[runs / 2] : 0.5 * (ms[runs / 2 - 1] + ms[runs / 2]);
-}
-
 // Device buffers freed on every exit path (a failed LOOM_CHECK throws).
 struct DeviceBuffers {
   std::vector<void*> ptrs;
@@ -111,7 +90,7 @@ double measure_matmul_tflops() {
   double ms = 0;
   {
     GemmContext ctx(workspace, kGemmWorkspace);
-    ms = median_ms(kMatmulWarmup, kMatmulRuns, stream, [&] {
+    ms = median_event_ms(kMatmulWarmup, kMatmulRuns, stream, [&] {
       gemm(ctx, d, a, b, n, n, n, false, true, 1.f, 0.f, GemmOut::kBf16, stream);
     });
   }
@@ -127,7 +106,7 @@ double measure_copy_tbps() {
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   fill_uniform(src, int64_t(kCopyBytes / sizeof(bf16)), 3, stream);
-  const double ms = median_ms(kCopyWarmup, kCopyRuns, stream, [&] {
+  const double ms = median_event_ms(kCopyWarmup, kCopyRuns, stream, [&] {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, kCopyBytes, cudaMemcpyDeviceToDevice, stream));
   });
   CUDA_CHECK(cudaStreamDestroy(stream));

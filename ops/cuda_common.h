@@ -7,8 +7,10 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "ops/error.h"
 
@@ -45,5 +47,27 @@ inline float bf16_bits_to_float(uint16_t b) {
   float f;
   __builtin_memcpy(&f, &u, 4);
   return f;
+}
+
+// The median of `runs` timings of run() (CUDA events on `stream`) after `warmup` untimed calls, in ms:
+// the device ceilings' and the benchmarks' one timer.
+template <class F>
+double median_event_ms(int warmup, int runs, cudaStream_t stream, F&& run) {
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  for (int i = 0; i < warmup; ++i) run();
+  std::vector<float> ms(size_t(runs), 0.f);
+  for (float& t : ms) {
+    CUDA_CHECK(cudaEventRecord(start, stream));
+    run();
+    CUDA_CHECK(cudaEventRecord(stop, stream));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+  }
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(ms.begin(), ms.end());
+  return runs % 2 ? ms[size_t(runs / 2)] : 0.5 * (ms[size_t(runs / 2 - 1)] + ms[size_t(runs / 2)]);
 }
 }  // namespace loom

@@ -48,22 +48,7 @@ inline bf16* device_random_bf16(size_t n, std::mt19937_64& rng, float amplitude)
 // ones, in ms (CUDA events).
 template <class F>
 double median_ms(F&& run, cudaStream_t stream = nullptr) {
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < 3; ++i) run();
-  std::vector<float> ms(20);
-  for (float& t : ms) {
-    CUDA_CHECK(cudaEventRecord(start, stream));
-    run();
-    CUDA_CHECK(cudaEventRecord(stop, stream));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+  return median_event_ms(3, 20, stream, run);
 }
 
 // First line of a shell command's output ("" when it fails).
