@@ -1,4 +1,9 @@
 // LoRA linear as GEMVs on the GPU (math in ops/lora_gemv.h).
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
+
 #include "ops/error.h"
 #include "ops/kernel_util.cuh"
 #include "ops/lora_gemv.h"
@@ -33,14 +38,17 @@ __device__ __forceinline__ bool locate(const GemvBatch& b, int row, RowsOf rows_
 // bits do not change.
 constexpr int kPrefetch = 4;
 
-// Calls chunk(slot, k) for this lane's chunks k = first, first + step, ... < K in order, after
-// load(slot, k) has filled slot k's registers kPrefetch chunks earlier (slot = the chunk's index mod
-// kPrefetch, a compile-time constant after unrolling, so the slots stay in registers).
-template <typename Load, typename Chunk>
-__device__ __forceinline__ void pipelined_chunks(int first, int step, int K, Load load, Chunk chunk) {
+// The loads of pipelined_chunks' first kPrefetch chunks.
+template <typename Load>
+__device__ __forceinline__ void first_chunk_loads(int first, int step, int K, Load load) {
 #pragma unroll
   for (int s = 0; s < kPrefetch; ++s)
     if (first + s * step < K) load(s, first + s * step);
+}
+
+// pipelined_chunks after its first_chunk_loads (issued earlier, so that other work can overlap them).
+template <typename Load, typename Chunk>
+__device__ __forceinline__ void pipelined_chunks_loaded(int first, int step, int K, Load load, Chunk chunk) {
   for (int k0 = first; k0 < K; k0 += kPrefetch * step) {
 #pragma unroll
     for (int s = 0; s < kPrefetch; ++s) {
@@ -50,6 +58,15 @@ __device__ __forceinline__ void pipelined_chunks(int first, int step, int K, Loa
       if (k + kPrefetch * step < K) load(s, k + kPrefetch * step);
     }
   }
+}
+
+// Calls chunk(slot, k) for this lane's chunks k = first, first + step, ... < K in order, after
+// load(slot, k) has filled slot k's registers kPrefetch chunks earlier (slot = the chunk's index mod
+// kPrefetch, a compile-time constant after unrolling, so the slots stay in registers).
+template <typename Load, typename Chunk>
+__device__ __forceinline__ void pipelined_chunks(int first, int step, int K, Load load, Chunk chunk) {
+  first_chunk_loads(first, step, K, load);
+  pipelined_chunks_loaded(first, step, K, load, chunk);
 }
 
 // This lane's share of Σ_k x[t][k]·w[k] over a bf16 row w, for t < kRows: 8 weights (16 bytes) at
@@ -194,14 +211,210 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_gemv_kernel(const Ge
     for (int t = 0; t < kRows; ++t) q.y[int64_t(t) * q.N + n] = __float2bfloat16_rn(acc[t]);
 }
 
+// ---------------------------------------------------------------------------------------------
+// NF4 weights on the tensor cores (lora_gemv_tensor_cores). A block takes tiles of 16 rows of one
+// projection; its warps split K (warp w of S: groups [w·G/S, (w+1)·G/S) of G = K/64) and add their
+// partial sums through shared memory in warp order. One mma.m16n8k16 multiplies 16 rows by 16 weights
+// of each row against x's rows as its 8 columns (columns t >= T multiply zeros). Which 16 k a mma takes
+// is free (the sum runs over every k once), so each takes 16 of one 64-weight group, whose one scale
+// then multiplies the group's 4 mma sums in fp32: lane (g, c) = (lane / 4, lane % 4) holds rows g and
+// g + 8, and for the group at k0 loads bytes [8c, 8c + 8) of each row's 32 code bytes (k0 + 16c ..
+// k0 + 16c + 15) and x[g][k0 + 16c ..] (16 bf16). In mma j of the group, its A registers are the
+// bf16 pairs of bytes 2j (k0 + 16c + 4j, + 1: fragment columns 2c, 2c + 1) and 2j + 1 (+ 2, + 3:
+// columns 2c + 8, 2c + 9) of both rows, its B registers x's words 2j and 2j + 1: the same k on both
+// sides. A byte's two weights come from one lookup in a 256-entry table of bf16 pairs
+// {bf16(table[byte >> 4]), bf16(table[byte & 15])} kept in 32 copies, lane l reading copy l in bank l.
+constexpr int kMmaGroup = 64;    // weights of a row that one scale covers in every allowed layout
+constexpr int kMmaRows = 16;     // a tile: the mma's M
+constexpr int kMmaMaxWarps = 8;  // the K split of a tile
+constexpr int kPairCopies = 32;
+
+// log2(v) for a power of two v, else -1.
+int log2_exact(int64_t v) {
+  if (v <= 0 || (v & (v - 1)) != 0) return -1;
+  int s = 0;
+  while ((int64_t{1} << s) < v) ++s;
+  return s;
+}
+
+struct MmaBatch {
+  GemvProjection p[kLoraGemvMaxProjections];
+  int block_shift[kLoraGemvMaxProjections];   // log2 blocksize
+  int nested_shift[kLoraGemvMaxProjections];  // log2 nested_blocksize
+  int count = 0;
+  int tiles = 0;
+};
+
+// N rounded up to whole tiles.
+__device__ __forceinline__ int tile_rows(int N) { return (N + kMmaRows - 1) / kMmaRows * kMmaRows; }
+
+// One group's loads of a lane: rows g and g + 8's 8 code bytes and their scales (absmax, or
+// nested_absmax and absmax_q), and 16 values of x's row g.
+struct MmaGroupLoads {
+  uint2 codes[2];
+  uint4 x[2];
+  float absmax[2];
+  uint32_t q[2];
+};
+
+// The bf16 pair of byte i of `word` (i a constant after unrolling) from this lane's copy of the pair
+// table (lane_pairs: its shared-memory address).
+__device__ __forceinline__ uint32_t code_pair(uint32_t lane_pairs, uint32_t word, int i) {
+  const uint32_t byte = __byte_perm(word, 0u, 0x4440u | uint32_t(i));
+  uint32_t pair;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(pair) : "r"(lane_pairs + byte * (kPairCopies * 4)));
+  return pair;
+}
+
+// The pair table {bf16(table[byte >> 4]), bf16(table[byte & 15])} in its 32 copies, and the nested map.
+__device__ __forceinline__ void fill_tables(uint32_t* pairs, float* nested_map, const Nf4Device& w) {
+  for (int e = threadIdx.x; e < 256 * kPairCopies; e += blockDim.x) {
+    const int byte = e / kPairCopies;
+    const __nv_bfloat162 v = __floats2bfloat162_rn(__ldg(w.quant_map + (byte >> 4)), __ldg(w.quant_map + (byte & 15)));
+    pairs[e] = *reinterpret_cast<const uint32_t*>(&v);
+  }
+  if (w.nested())
+    for (int e = threadIdx.x; e < 256; e += blockDim.x) nested_map[e] = __ldg(w.nested_map + e);
+}
+
+__global__ void __launch_bounds__(kMmaMaxWarps * 32, 2)
+    lora_gemv_mma_kernel(const MmaBatch b, const bf16* x, int T, int K) {
+  __shared__ uint32_t pairs[256 * kPairCopies];   // 32 KB
+  __shared__ float nested_map[256];
+  __shared__ float partial[kMmaMaxWarps][4][32];  // a warp's sums: [warp][register][lane]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int g = lane / 4, c = lane % 4;
+  const int groups = K / kMmaGroup;
+  const int first = warp * groups / warps, last = (warp + 1) * groups / warps;
+  const uint32_t lane_pairs = uint32_t(__cvta_generic_to_shared(pairs)) + uint32_t(lane) * 4u;
+  // Columns t >= T of the mma read x's last row again: never stored, and no loads to predicate.
+  const uint4* x_lane = reinterpret_cast<const uint4*>(x + int64_t(min(g, T - 1)) * K + 16 * c);
+  const float* tables_of[2] = {};  // the code table and nested map in shared memory
+  for (int tile = blockIdx.x; tile < b.tiles; tile += gridDim.x) {
+    int p = 0, row0 = tile * kMmaRows;
+    while (row0 >= tile_rows(b.p[p].N)) row0 -= tile_rows(b.p[p].N), ++p;
+    const Nf4Device w = b.p[p].nf4;
+    const int block_shift = b.block_shift[p], nested_shift = b.nested_shift[p];
+    // Rows past N (the last tile's) read row N - 1 and are not stored. Elements fit 32 bits (launch_mma).
+    const uint32_t row_start[2] = {uint32_t(min(row0 + g, b.p[p].N - 1)) * uint32_t(K),
+                                   uint32_t(min(row0 + g + 8, b.p[p].N - 1)) * uint32_t(K)};
+    // 8-byte code chunks of this lane's two rows (a group is 4 chunks of a row).
+    const uint2* codes[2] = {reinterpret_cast<const uint2*>(w.codes + row_start[0] / 2) + c,
+                             reinterpret_cast<const uint2*>(w.codes + row_start[1] / 2) + c};
+    const bool nested = w.nested();
+    MmaGroupLoads ld[kPrefetch];
+    auto load = [&](int s, int group) {
+      const uint32_t k = uint32_t(group) * kMmaGroup;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        ld[s].codes[r] = __ldg(codes[r] + 4 * group);
+        const uint32_t block = (row_start[r] + k) >> block_shift;
+        if (nested) {
+          ld[s].absmax[r] = __ldg(w.nested_absmax + (block >> nested_shift));
+          ld[s].q[r] = __ldg(w.absmax_q + block);
+        } else {
+          ld[s].absmax[r] = __ldg(w.absmax + block);
+        }
+      }
+      ld[s].x[0] = __ldg(x_lane + 8 * group);
+      ld[s].x[1] = __ldg(x_lane + 8 * group + 1);
+    };
+    first_chunk_loads(first, 1, last, load);  // in flight while the tables are filled
+    if (w.quant_map != tables_of[0] || w.nested_map != tables_of[1]) {  // block-uniform: the tile is the block's
+      __syncthreads();  // every warp is done with the old tables
+      fill_tables(pairs, nested_map, w);
+      __syncthreads();
+      tables_of[0] = w.quant_map, tables_of[1] = w.nested_map;
+    }
+    float total[4] = {};
+    pipelined_chunks_loaded(first, 1, last, load, [&](int s, int) {
+      float scale[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        scale[r] = nested ? __fadd_rn(__fmul_rn(nested_map[ld[s].q[r]], ld[s].absmax[r]), w.nested_offset)
+                          : ld[s].absmax[r];
+      const uint32_t* xw = reinterpret_cast<const uint32_t*>(ld[s].x);
+      float acc[4] = {};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t word0 = j < 2 ? ld[s].codes[0].x : ld[s].codes[0].y;
+        const uint32_t word1 = j < 2 ? ld[s].codes[1].x : ld[s].codes[1].y;
+        const int byte = 2 * (j % 2);
+        const uint32_t a[4] = {code_pair(lane_pairs, word0, byte), code_pair(lane_pairs, word1, byte),
+                               code_pair(lane_pairs, word0, byte + 1), code_pair(lane_pairs, word1, byte + 1)};
+        mma_16816(acc, a, xw[2 * j], xw[2 * j + 1]);
+      }
+      total[0] = fmaf(scale[0], acc[0], total[0]);
+      total[1] = fmaf(scale[0], acc[1], total[1]);
+      total[2] = fmaf(scale[1], acc[2], total[2]);
+      total[3] = fmaf(scale[1], acc[3], total[3]);
+    });
+#pragma unroll
+    for (int r = 0; r < 4; ++r) partial[warp][r][lane] = total[r];
+    __syncthreads();
+    // Output (row, t) of the tile: fragment register (row / 8)·2 + t % 2 of lane (row % 8)·4 + t / 2.
+    const GemvProjection& q = b.p[p];
+    for (int i = threadIdx.x; i < kMmaRows * 8; i += blockDim.x) {
+      const int row = i / 8, t = i % 8, n = row0 + row;
+      if (t >= T || n >= q.N) continue;
+      const int from_lane = (row % 8) * 4 + t / 2, reg = (row / 8) * 2 + t % 2;
+      float y = 0.f;
+      for (int v = 0; v < warps; ++v) y += partial[v][reg][from_lane];
+      if (q.A)
+        for (int j = 0; j < q.R; ++j)
+          y = fmaf(q.scale * __bfloat162float(q.B[int64_t(n) * q.R + j]), __bfloat162float(q.u[int64_t(t) * q.R + j]), y);
+      if (q.bias) y += __bfloat162float(q.bias[n]);
+      q.y[int64_t(t) * q.N + n] = __float2bfloat16_rn(y);
+    }
+    __syncthreads();  // partial is rewritten by the next tile
+  }
+}
+
+// Blocks of `threads` threads of `kernel` resident at once on the current device (asked once per
+// device, kernel and block size).
+int resident_blocks(const void* kernel, int threads) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, const void*, int>, int> known;
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto [it, added] = known.emplace(std::make_tuple(device, kernel, threads), 0);
+  if (added) {
+    int sms = 0, blocks = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, 0));
+    it->second = std::max(1, sms * blocks);
+  }
+  return it->second;
+}
+
+// Warps a tile's K is split over: as many as leave every warp at least kPrefetch groups, at most 8.
+int mma_warps(int K) { return std::clamp(K / kMmaGroup / kPrefetch, 1, kMmaMaxWarps); }
+
+void launch_mma(const GemvProjection* p, int count, const bf16* x, int T, int K, cudaStream_t stream) {
+  MmaBatch b;
+  b.count = count;
+  for (int i = 0; i < count; ++i) {
+    b.p[i] = p[i];
+    b.block_shift[i] = log2_exact(p[i].nf4.blocksize);
+    b.nested_shift[i] = p[i].nf4.nested() ? log2_exact(p[i].nf4.nested_blocksize) : 0;
+    b.tiles += int(ceil_div(p[i].N, kMmaRows));
+  }
+  const int threads = mma_warps(K) * 32;
+  const int blocks = std::min(b.tiles, resident_blocks(reinterpret_cast<const void*>(lora_gemv_mma_kernel), threads));
+  lora_gemv_mma_kernel<<<blocks, threads, 0, stream>>>(b, x, T, K);
+}
+
 unsigned blocks_for(int rows) { return unsigned(ceil_div(rows, kWarpsPerBlock)); }
 
 template <int kRows>
-void launch(const GemvBatch& b, const bf16* x, int K, bool nf4, bool wide, cudaStream_t stream) {
+void launch(const GemvBatch& b, const bf16* x, int K, bool nf4, bool wide, bool tensor_cores, cudaStream_t stream) {
   int adapter_rows = 0, rows = 0;
   for (int p = 0; p < b.count; ++p) adapter_rows += b.p[p].A ? b.p[p].R : 0, rows += b.p[p].N;
   if (adapter_rows > 0) lora_u_kernel<kRows><<<blocks_for(adapter_rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
-  if (!nf4)
+  if (tensor_cores)
+    launch_mma(b.p, b.count, x, kRows, K, stream);
+  else if (!nf4)
     lora_gemv_kernel<kRows, 0><<<blocks_for(rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
   else if (wide)
     lora_gemv_kernel<kRows, 4><<<blocks_for(rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
@@ -210,6 +423,19 @@ void launch(const GemvBatch& b, const bf16* x, int K, bool nf4, bool wide, cudaS
 }
 
 }  // namespace
+
+bool lora_gemv_tensor_cores(const GemvProjection* p, int count, int K) {
+  if (K % kMmaGroup != 0) return false;
+  for (int i = 0; i < count; ++i) {
+    const Nf4Device& w = p[i].nf4;
+    if (p[i].W || w.blocksize % kMmaGroup != 0 || log2_exact(w.blocksize) < 0) return false;
+    if (int64_t(p[i].N) * K > int64_t{UINT32_MAX}) return false;  // the kernel's 32-bit element indices
+    if (w.nested() && log2_exact(w.nested_blocksize) < 0) return false;
+  }
+  return count > 0;
+}
+
+bool lora_gemv_tensor_cores_faster(int64_t T, int64_t weights) { return T >= 4 || weights >= (int64_t{1} << 24); }
 
 void lora_gemv(const GemvProjection* p, int count, const bf16* x, int64_t T, int K, cudaStream_t stream) {
   LOOM_CHECK(T >= 1 && T <= kLoraGemvMaxRows, "lora_gemv: T = ", T, " rows (1 to ", kLoraGemvMaxRows, ")");
@@ -240,15 +466,18 @@ void lora_gemv(const GemvProjection* p, int count, const bf16* x, int64_t T, int
                ": an adapter needs B, u (the (T, R) buffer), a rank >= 1 and a 16-byte aligned A");
     b.p[i] = q;
   }
+  int64_t weights = 0;
+  for (int i = 0; i < count; ++i) weights += int64_t(p[i].N) * K;
+  const bool tensor_cores = nf4 && lora_gemv_tensor_cores(p, count, K) && lora_gemv_tensor_cores_faster(T, weights);
   switch (T) {
-    case 1: launch<1>(b, x, K, nf4, wide, stream); break;
-    case 2: launch<2>(b, x, K, nf4, wide, stream); break;
-    case 3: launch<3>(b, x, K, nf4, wide, stream); break;
-    case 4: launch<4>(b, x, K, nf4, wide, stream); break;
-    case 5: launch<5>(b, x, K, nf4, wide, stream); break;
-    case 6: launch<6>(b, x, K, nf4, wide, stream); break;
-    case 7: launch<7>(b, x, K, nf4, wide, stream); break;
-    default: launch<8>(b, x, K, nf4, wide, stream); break;
+    case 1: launch<1>(b, x, K, nf4, wide, tensor_cores, stream); break;
+    case 2: launch<2>(b, x, K, nf4, wide, tensor_cores, stream); break;
+    case 3: launch<3>(b, x, K, nf4, wide, tensor_cores, stream); break;
+    case 4: launch<4>(b, x, K, nf4, wide, tensor_cores, stream); break;
+    case 5: launch<5>(b, x, K, nf4, wide, tensor_cores, stream); break;
+    case 6: launch<6>(b, x, K, nf4, wide, tensor_cores, stream); break;
+    case 7: launch<7>(b, x, K, nf4, wide, tensor_cores, stream); break;
+    default: launch<8>(b, x, K, nf4, wide, tensor_cores, stream); break;
   }
   CUDA_CHECK(cudaGetLastError());
 }

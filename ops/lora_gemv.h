@@ -19,6 +19,14 @@
 // conflict-free is worth it (tools/perf_notes.md).
 // What differs from lora_linear_forward (the GEMM path): one rounding of y instead of three (x·Wᵀ,
 // + b, + s·u·Bᵀ each rounded to bf16), and NF4 weights unrounded.
+// NF4 on the tensor cores (lora_gemv_tensor_cores: K a multiple of 64, blocksizes powers of two from
+// 64): each code value is rounded to bf16 and a group of 64 weights of one block is summed before its
+// scale multiplies it,
+//   y[t][n] = bf16( Σ_groups A_group · Σ_{k in group} x[t][k] · bf16(kNf4Table[code(n·K + k)]) + ... ),
+// i.e. the weight bf16(table[code])·A: one rounding of each weight's code value (relative 2^-9), where
+// the GEMM path rounds table[code]·A (the same size of error, at another place). At 0.5 bytes a weight
+// the per-weight path above needs most of the GPU's issue rate (~5 instructions a weight); this one
+// ~1.5 (a byte's two bf16 values from one shared-memory lookup; the products and sums in mma.sync).
 //
 // CUDA (ops/lora_gemv.cu): one warp per output row (of A_p for u, of w_p for y) over the projections'
 // rows end to end; a lane takes 8 bf16 weights (16 bytes) or 32 NF4 weights (16 bytes of codes; 8
@@ -53,6 +61,18 @@ struct GemvProjection {
   int N = 0;
 };
 
+// Whether lora_gemv can multiply these NF4 projections on the tensor cores (see above): NF4 weights, K
+// a multiple of 64, every blocksize (and nested blocksize) a power of two, the blocksize at least 64.
+bool lora_gemv_tensor_cores(const GemvProjection* p, int count, int K);
+// Whether it does, where it can: for T rows of x against `weights` = K · Σ N of the call, the kernel
+// measured (or, between measured row counts, interpolated) faster. On an H100 (2026-12-07,
+// build/gemv_bench, tools/perf_notes.md) the tensor cores were 1.0x-1.28x the CUDA-core kernel on every
+// one-row call of 2^24 weights or more (llama-3.1-8b nf4) and 0.66x-0.84x on every one-row call of at
+// most 6.3M (qwen3-0.6b nf4: the pair table's fill and the tiles' K split cost more than they save); at
+// 8 rows 3.3x a llama-3.1-8b token and 1.4x a qwen3-0.6b one. Both kernels' times grow about linearly
+// in the rows, which puts qwen3-0.6b's crossing at ~3.3 rows: from 4 rows every call takes them.
+bool lora_gemv_tensor_cores_faster(int64_t T, int64_t weights);
+
 // The count projections p[0..count) of x (T, K): y and u written as above. Every weight of one call is
 // bf16 or every one NF4; K and NF4 blocksizes multiples of 8; x, W, A, B 16-byte aligned.
 void lora_gemv(const GemvProjection* p, int count, const bf16* x, int64_t T, int K, cudaStream_t stream);
@@ -62,5 +82,10 @@ void lora_gemv(const GemvProjection* p, int count, const bf16* x, int64_t T, int
 // = x·wᵀ + b + s·u·Bᵀ summed in double. bias, A (and u, B) may be null.
 void lora_gemv_ref(float* y, float* u, const float* x, const float* w, const float* bias, const float* A,
                    const float* B, int R, float scale, int64_t T, int N, int K);
+
+// The fp32 values lora_gemv multiplies for the NF4 weight q whose quant_map holds `table` (16 values;
+// kNf4Table for bitsandbytes' NF4), the w of lora_gemv_ref: table[code]·A (with kNf4Table what
+// nf4_dequantize_ref gives), or on the tensor cores bf16(table[code])·A.
+void lora_gemv_nf4_values_ref(float* w, const Nf4Host& q, const float* table, bool tensor_cores);
 
 }  // namespace loom

@@ -29,4 +29,15 @@ void lora_gemv_ref(float* y, float* u, const float* x, const float* w, const flo
   }
 }
 
+void lora_gemv_nf4_values_ref(float* w, const Nf4Host& q, const float* table, bool tensor_cores) {
+  const std::vector<float> scales = nf4_block_scales(q);
+  float values[16];
+  for (int c = 0; c < 16; ++c) values[c] = tensor_cores ? bf16_bits_to_float(float_to_bf16_bits(table[c])) : table[c];
+  const int64_t n = q.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t byte = q.codes[size_t(i / 2)];
+    w[i] = values[i % 2 == 0 ? byte >> 4 : byte & 0xF] * scales[size_t(i / q.blocksize)];
+  }
+}
+
 }  // namespace loom

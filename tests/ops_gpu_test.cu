@@ -539,7 +539,8 @@ struct Nf4Upload {
   DeviceBuffer<uint8_t> codes, absmax_q;
   DeviceBuffer<float> quant_map, absmax, nested_absmax, nested_map;
   Nf4Device view;
-  explicit Nf4Upload(const Nf4Host& q)
+  // table: the code table uploaded as its quant_map (bitsandbytes' NF4 table unless a test varies it).
+  explicit Nf4Upload(const Nf4Host& q, std::vector<float> table = std::vector<float>(kNf4Table, kNf4Table + 16))
       : codes(q.codes.size()),
         absmax_q(q.absmax_q.size()),
         quant_map(16),
@@ -547,7 +548,7 @@ struct Nf4Upload {
         nested_absmax(q.nested_absmax.size()),
         nested_map(q.nested_map.size()) {
     upload(codes.get(), q.codes);
-    upload(quant_map.get(), std::vector<float>(kNf4Table, kNf4Table + 16));
+    upload(quant_map.get(), table);
     view.numel = q.numel();
     view.blocksize = q.blocksize;
     view.codes = codes.get();
@@ -640,7 +641,7 @@ TEST(Nf4, PiecesInOneLaunchEqualEachPieceAlone) {
 
 // ---------------------------------------------------------------------------------------------
 // LoRA linear as GEMVs (ops/lora_gemv.h), against lora_gemv_ref on the same fp32 values (a bf16 W's,
-// or the NF4 weight dequantized in fp32), sums in double. Allowed per y: 2^-8 of |y| (its one bf16
+// or the NF4 weight's as lora_gemv multiplies them: lora_gemv_nf4_values_ref), sums in double. Allowed per y: 2^-8 of |y| (its one bf16
 // rounding: 8 significant bits), plus (K + R + 3) · 2^-24 · (|b| + Σ_k |x_k w_k| + s·Σ_j |u_j B_j|)
 // (Higham's γ bound for an fp32 sum of those terms in any order, with two roundings more on the GPU's
 // side for NF4, a chunk's sum times its scale, and one on the reference's, its weight c·A), plus
@@ -661,28 +662,46 @@ struct Case {
   bool nf4;
   int blocksize = 64;
   bool nested = true;
+  bool own_tables = false;  // projection i's code table: kNf4Table · (1 + i / 4), not the shared one
 };
+
+// The weights of an NF4 case: uniform values times a power of two from 1/4 to 4 per 64 weights, so that
+// neighbouring blocks' scales differ by up to 16x and a scale taken from the wrong block shows (with one
+// magnitude everywhere it moved y by ~1%, under the bound at large K).
+std::vector<float> nf4_case_weights(size_t n, uint64_t seed) {
+  std::vector<float> w = random_bf16(n, seed, -0.2f, 0.2f);
+  for (size_t i = 0; i < n; ++i) w[i] = std::ldexp(w[i], int((i / 64 * 7919 + seed) % 5) - 2);
+  return w;
+}
 
 // One projection's host values and device buffers.
 struct Side {
   std::vector<float> w, bias, A, B, y_want, u_want;
   std::unique_ptr<Nf4Upload> nf4;
+  bool tensor_cores = false;  // lora_gemv_tensor_cores
   DeviceBuffer<bf16> d_w, d_bias, d_A, d_B, d_y, d_u;
   GemvProjection view;
-  Side(const Projection& p, const Case& c, const std::vector<float>& x, uint64_t seed)
+  Side(const Projection& p, const Case& c, const std::vector<float>& x, uint64_t seed, int index)
       : d_w(c.nf4 ? 0 : size_t(p.N) * c.K),
         d_bias(p.bias ? p.N : 0),
         d_A(p.adapter ? size_t(p.R) * c.K : 0),
         d_B(p.adapter ? size_t(p.N) * p.R : 0),
         d_y(size_t(c.T) * p.N),
         d_u(p.adapter ? size_t(c.T) * p.R : 0) {
-    w = random_bf16(size_t(p.N) * c.K, seed, -0.2f, 0.2f);
+    w = c.nf4 ? nf4_case_weights(size_t(p.N) * c.K, seed) : random_bf16(size_t(p.N) * c.K, seed, -0.2f, 0.2f);
     view.N = p.N;
     if (c.nf4) {
       const Nf4Host q = nf4_quantize_ref(w.data(), p.N, c.K, c.blocksize, c.nested);
-      nf4_dequantize_ref(w.data(), q);
-      nf4 = std::make_unique<Nf4Upload>(q);
+      std::vector<float> table(kNf4Table, kNf4Table + 16);
+      if (c.own_tables)
+        for (float& v : table) v *= 1.f + 0.25f * float(index);
+      nf4 = std::make_unique<Nf4Upload>(q, table);
       view.nf4 = nf4->view;
+      // Every projection of a case has its K and blocksize: this one's path is the call's.
+      int64_t weights = 0;
+      for (const Projection& each : c.projections) weights += int64_t(each.N) * c.K;
+      tensor_cores = lora_gemv_tensor_cores(&view, 1, c.K) && lora_gemv_tensor_cores_faster(c.T, weights);
+      lora_gemv_nf4_values_ref(w.data(), q, table.data(), tensor_cores);
     } else {
       upload(d_w.get(), w);
       view.W = d_w.get();
@@ -711,6 +730,11 @@ struct Side {
   void expect_close(const Case& c, const std::vector<float>& x) const {
     const int N = view.N, K = c.K, R = view.A ? view.R : 0;
     const std::vector<float> y = download(d_y), u = R ? download(d_u) : std::vector<float>();
+    // The tensor cores' sums are not fp32 round-to-nearest (products exact, additions truncated, with
+    // alignment to the largest addend: Fasi, Higham, Mikaitis, Pranesh, "Numerical behavior of NVIDIA
+    // tensor cores", 2021): 2^-22 per addend there, four times fp32's unit roundoff 2^-24 (truncation's
+    // 2^-23, and as much again for the bits the alignment drops).
+    const int sum_exponent = tensor_cores ? -22 : -24;
     ASSERT_EQ(y.size(), y_want.size());
     ASSERT_EQ(u.size(), u_want.size());
     for (int t = 0; t < c.T; ++t) {
@@ -727,7 +751,7 @@ struct Side {
         for (int k = 0; k < K; ++k) m += std::fabs(xt[k] * w[size_t(n) * K + k]);
         for (int j = 0; j < R; ++j) lora += view.scale * std::fabs(u_want[size_t(t) * R + j] * B[size_t(n) * R + j]);
         const double want = y_want[size_t(t) * N + n], got = y[size_t(t) * N + n];
-        const double bound = std::ldexp(std::fabs(want), -8) + (K + R + 3) * std::ldexp(m + lora, -24) +
+        const double bound = std::ldexp(std::fabs(want), -8) + (K + R + 3) * std::ldexp(m + lora, sum_exponent) +
                              std::ldexp(lora, -7);
         ASSERT_LE(std::fabs(got - want), bound) << "y[" << t << "][" << n << "] = " << got << ", want " << want;
       }
@@ -748,7 +772,7 @@ void run(const Case& c, uint64_t seed) {
   std::vector<std::unique_ptr<Side>> sides;
   std::vector<GemvProjection> views;
   for (size_t i = 0; i < c.projections.size(); ++i) {
-    sides.push_back(std::make_unique<Side>(c.projections[i], c, x, seed + 10 * (i + 1)));
+    sides.push_back(std::make_unique<Side>(c.projections[i], c, x, seed + 10 * (i + 1), int(i)));
     views.push_back(sides.back()->view);
   }
   lora_gemv(views.data(), int(views.size()), d_x.get(), c.T, c.K, kStream);
@@ -761,7 +785,14 @@ void run(const Case& c, uint64_t seed) {
 // warps straddles two projections); N of 1, 7, 37, 130, 4099; K of 64, 96 (blocks straddling rows
 // with blocksize 64), 200 and 1000 (not multiples of 32: 8-weight NF4 chunks), 896, 4096, 14336
 // (llama-3.1-8b's down projection); blocksizes 32, 64, 128, 256, nested and plain scales; ranks 8,
-// 16 and 40 (more than a warp's lanes); with and without bias and adapter.
+// 16 and 40 (more than a warp's lanes); with and without bias and adapter. NF4 on the tensor cores
+// (K a multiple of 64, blocksize >= 64) at every row count 4..8, and at 1, 2 and 3 rows in calls of 2^24
+// weights or more (smaller ones take the CUDA-core kernel), with N not a multiple of the 16-row
+// tile, K split unevenly over a tile's warps (896: 14 groups over 3), several projections, and 700
+// tiles (more than the ~264 blocks resident on an H100 or H200, so blocks take several), once with
+// three projections of different code tables (own_tables), so a block moving to another projection's
+// tile must refill its pair table to stay right. NF4 weights vary in magnitude block to block
+// (nf4_case_weights).
 TEST(LoraGemv, MatchesTheReferenceOnBf16AndNf4Weights) {
   REQUIRE_GPU();
   using gemv_test::Case;
@@ -778,6 +809,12 @@ TEST(LoraGemv, MatchesTheReferenceOnBf16AndNf4Weights) {
       {{{5, false, false}}, 1000, 4, true},
       {{{300, true, true}, {100, true, true}, {100, true, true}}, 256, 1, true},
       {{{64, true, false}, {37, false, false}, {19, true, false, 8}}, 1000, 3, true},
+      {{{48, true, true}, {16, false, false}}, 2048, 4, true},
+      {{{20, true, false}}, 192, 3, true, 64, false},
+      {{{17, false, true}}, 4096, 5, true, 128},
+      {{{11200, true, false}}, 4096, 1, true},
+      {{{4096, true, true}}, 4096, 2, true},
+      {{{5000, true, false}, {3000, false, true}, {3210, true, true}}, 4096, 3, true, 64, true, true},
       {{{1, false, false}}, 64, 1, false},
       {{{37, true, true}}, 96, 8, false},
       {{{1000, true, false}}, 896, 2, false},
