@@ -109,8 +109,7 @@ void MoeLayers::plan_scratch(MemoryPlan& p) {
             "u8");
   plan_buffer(p, "moe", "sorted inputs xs", &xs_, R * C, "(T·K, C)");
   plan_buffer(p, "moe", "expert outputs ys", &ys_, R * C, "(T·K, C)");
-  plan_buffer(p, "moe", "expert gate", &gate_, R * FE, "(T·K, FE)");
-  plan_buffer(p, "moe", "expert up", &up_, R * FE, "(T·K, FE)");
+  plan_buffer(p, "moe", "expert gate | up", &gate_up_rows_, R * 2 * FE, "(T·K, 2·FE)");
   plan_buffer(p, "moe", "expert silu(gate)·up", &act_, R * FE, "(T·K, FE)");
   const size_t r = size_t(r_);
   if (gate_up_adapted_) plan_buffer(p, "moe", "LoRA x·Aᵀ gate_up", &u_gate_up_, R * 2 * r, "(T·K, 2r)");
@@ -236,21 +235,21 @@ void MoeLayers::forward(GemmContext& ctx, int l, const bf16* xn2, bf16* out, int
   moe_combine(out, ys_, weights_, row_of_, T, K_, C_, stream);
 }
 
-// Every expert's SwiGLU MLP over its sorted rows: ys from xs, with gate, up, act and the LoRA u kept
-// for the backward. gate_up's adapter: u = xs·Aᵀ (rank 2r), gate += s·u·B[0:FE]ᵀ, up += s·u·B[FE:2FE]ᵀ.
+// Every expert's SwiGLU MLP over its sorted rows: ys from xs, with [gate | up], act and the LoRA u kept
+// for the backward. gate and up are one product of N = 2·FE (the expert's gate_up matrix is (2·FE, C)),
+// as is gate_up's adapter: u = xs·Aᵀ (rank 2r), [gate | up] += s·u·Bᵀ, B (2·FE, 2r). Two products
+// of FE each ran the Hopper kernel at ≈ 170-200 TFLOP/s in the step (tools/perf_notes.md).
 void MoeLayers::experts_forward(const Stack& w, int64_t rows, const ExpertLoraDevice& gu,
                                 const ExpertLoraDevice& dn, cudaStream_t stream) {
   const int E = E_, C = C_, FE = FE_;
   const int64_t wgu = 2 * int64_t(FE) * C, wdn = int64_t(C) * FE;
-  grouped_gemm_nt(gate_, xs_, w.gate_up, wgu, offsets_, E, rows, FE, C, 1.f, false, stream);
-  grouped_gemm_nt(up_, xs_, w.gate_up + int64_t(FE) * C, wgu, offsets_, E, rows, FE, C, 1.f, false, stream);
+  grouped_gemm_nt(gate_up_rows_, xs_, w.gate_up, wgu, offsets_, E, rows, 2 * FE, C, 1.f, false, stream);
   if (gu.A) {
     grouped_gemm_nt(u_gate_up_, xs_, gu.A, gu.stride, offsets_, E, rows, gu.r, C, 1.f, false, stream);
-    grouped_gemm_nt(gate_, u_gate_up_, gu.B, gu.stride, offsets_, E, rows, FE, gu.r, gu.scale, true, stream);
-    grouped_gemm_nt(up_, u_gate_up_, gu.B + int64_t(FE) * gu.r, gu.stride, offsets_, E, rows, FE, gu.r, gu.scale,
-                    true, stream);
+    grouped_gemm_nt(gate_up_rows_, u_gate_up_, gu.B, gu.stride, offsets_, E, rows, 2 * FE, gu.r, gu.scale, true,
+                    stream);
   }
-  swiglu_forward(act_, gate_, up_, rows * FE, stream);
+  swiglu_forward_fused(act_, gate_up_rows_, rows, FE, stream);
   grouped_gemm_nt(ys_, act_, w.down, wdn, offsets_, E, rows, C, FE, 1.f, false, stream);
   if (dn.A) {
     grouped_gemm_nt(u_down_, act_, dn.A, dn.stride, offsets_, E, rows, dn.r, FE, 1.f, false, stream);
@@ -279,17 +278,14 @@ void MoeLayers::backward(GemmContext& ctx, int l, const bf16* dout, bf16* dxn2, 
   bf16* dact = act_;
   grouped_gemm_nn(dact, dys, w.down, wdn, offsets_, E, rows, FE, C, 1.f, false, stream);
   if (dn.A) grouped_gemm_nn(dact, du_, dn.A, dn.stride, offsets_, E, rows, FE, dn.r, 1.f, true, stream);
-  swiglu_backward(gate_, up_, dact, gate_, up_, rows * FE, stream);  // dgate, dup in place, as the dense MLP
-  // gate_up: dxs = dgate·W_gate + dup·W_up; du = s·(dgate·B_gate + dup·B_up); dB_gate += s·dgateᵀ·u,
-  // dB_up += s·dupᵀ·u; dA += duᵀ·xs; dxs += du·A.
-  grouped_gemm_nn(dxs_, gate_, w.gate_up, wgu, offsets_, E, rows, C, FE, 1.f, false, stream);
-  grouped_gemm_nn(dxs_, up_, w.gate_up + int64_t(FE) * C, wgu, offsets_, E, rows, C, FE, 1.f, true, stream);
+  // [dgate | dup] over [gate | up] in place, as the dense MLP overwrites its activations.
+  swiglu_backward_fused(gate_up_rows_, dact, gate_up_rows_, rows, FE, stream);
+  // gate_up, one product each of K or M = 2·FE: dxs = [dgate | dup]·W_gate_up; du = s·[dgate | dup]·B;
+  // dB += s·[dgate | dup]ᵀ·u; dA += duᵀ·xs; dxs += du·A.
+  grouped_gemm_nn(dxs_, gate_up_rows_, w.gate_up, wgu, offsets_, E, rows, C, 2 * FE, 1.f, false, stream);
   if (gu.A) {
-    const bf16* b_up = gu.B + int64_t(FE) * gu.r;
-    grouped_gemm_nn(du_, gate_, gu.B, gu.stride, offsets_, E, rows, gu.r, FE, gu.scale, false, stream);
-    grouped_gemm_nn(du_, up_, b_up, gu.stride, offsets_, E, rows, gu.r, FE, gu.scale, true, stream);
-    grouped_gemm_tn(gu.dB, gu.stride, gate_, u_gate_up_, offsets_, E, FE, gu.r, gu.scale, stream);
-    grouped_gemm_tn(gu.dB + int64_t(FE) * gu.r, gu.stride, up_, u_gate_up_, offsets_, E, FE, gu.r, gu.scale, stream);
+    grouped_gemm_nn(du_, gate_up_rows_, gu.B, gu.stride, offsets_, E, rows, gu.r, 2 * FE, gu.scale, false, stream);
+    grouped_gemm_tn(gu.dB, gu.stride, gate_up_rows_, u_gate_up_, offsets_, E, 2 * FE, gu.r, gu.scale, stream);
     grouped_gemm_tn(gu.dA, gu.stride, du_, xs_, offsets_, E, gu.r, C, 1.f, stream);
     grouped_gemm_nn(dxs_, du_, gu.A, gu.stride, offsets_, E, rows, C, gu.r, 1.f, true, stream);
   }

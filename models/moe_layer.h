@@ -14,7 +14,7 @@
 // the micro-batch's R = T·K (token, pick) slots has a sorted row, whatever the split between experts.
 //   (T, E) fp32 router logits, probs (+ dlogits fp32 and bf16 when training)
 //   (T, K) experts, routing weights (+ their gradient)     (R) row_of, slot_of     (E + 1) counts, offsets
-//   (R, C) xs, ys (+ dys/dxs, one buffer)                   (R, FE) gate, up, act (act holds dact in backward)
+//   (R, C) xs, ys (+ dys/dxs, one buffer)                   (R, 2·FE) [gate | up] rows, (R, FE) act (act holds dact in backward)
 //   (R, 2r), (R, r) LoRA u of gate_up and down (+ du (R, 2r)) when the experts are adapted
 // Nothing is kept per layer: training requires train.recompute=full, whose backward reruns the
 // layer's forward (and so the routing and the expert activations) right before the layer's backward.
@@ -107,7 +107,7 @@ class MoeLayers {
   float *logits_ = nullptr, *probs_ = nullptr, *dlogits_ = nullptr, *weights_ = nullptr, *dweights_ = nullptr;
   bf16* dlogits_bf16_ = nullptr;
   int32_t *experts_ = nullptr, *counts_ = nullptr, *offsets_ = nullptr, *row_of_ = nullptr, *slot_of_ = nullptr;
-  bf16 *xs_ = nullptr, *ys_ = nullptr, *dxs_ = nullptr, *gate_ = nullptr, *up_ = nullptr, *act_ = nullptr;
+  bf16 *xs_ = nullptr, *ys_ = nullptr, *dxs_ = nullptr, *gate_up_rows_ = nullptr, *act_ = nullptr;
   bf16 *u_gate_up_ = nullptr, *u_down_ = nullptr, *du_ = nullptr;
   void *permute_workspace_ = nullptr, *aux_workspace_ = nullptr;
   double *aux_counts_ = nullptr, *aux_prob_sum_ = nullptr;  // (E) each

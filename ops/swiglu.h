@@ -20,4 +20,10 @@ void swiglu_forward(bf16* h, const bf16* gate, const bf16* up, int64_t n, cudaSt
 // it is written, by the same thread, so the MLP backward can overwrite its saved activations (as unsloth).
 void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dh, const bf16* gate, const bf16* up, int64_t n,
                      cudaStream_t stream);
+// The same over the rows of one [gate | up] buffer, as a mixture-of-experts layer's single gate/up
+// product writes it: gate_up (rows, 2·width), h and dh (rows, width); width a multiple of 8, every
+// buffer 16-byte aligned. The backward may write dgate_up over gate_up.
+void swiglu_forward_fused(bf16* h, const bf16* gate_up, int64_t rows, int width, cudaStream_t stream);
+void swiglu_backward_fused(bf16* dgate_up, const bf16* dh, const bf16* gate_up, int64_t rows, int width,
+                           cudaStream_t stream);
 }  // namespace loom

@@ -482,6 +482,42 @@ TEST(SwiGlu, ForwardAndBackwardMatchReference) {
   }
 }
 
+// The fused form over [gate | up] rows gives the bits of the plain form on the gate and up columns
+// (same math per element), forward and in-place backward; rows of 24 (3 vectors) and 768 (qwen3-30b-a3b's
+// expert width).
+TEST(SwiGlu, FusedRowsGiveThePlainFormsBits) {
+  REQUIRE_GPU();
+  for (const auto& [rows, width] : {std::pair<int64_t, int>{37, 24}, std::pair<int64_t, int>{5, 768}}) {
+    SCOPED_TRACE("rows " + std::to_string(rows) + ", width " + std::to_string(width));
+    const int64_t n = rows * width;
+    const std::vector<float> gate_up = random_bf16(2 * n, 74, -8.f, 8.f), dh = random_bf16(n, 75);
+    std::vector<float> g(n), u(n);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int c = 0; c < width; ++c) {
+        g[r * width + c] = gate_up[r * 2 * width + c];
+        u[r * width + c] = gate_up[r * 2 * width + width + c];
+      }
+    DeviceBuffer<bf16> d_gu(2 * n), d_g(n), d_u(n), d_dh(n), d_h(n), d_hf(n);
+    upload(d_gu.get(), gate_up), upload(d_g.get(), g), upload(d_u.get(), u), upload(d_dh.get(), dh);
+    poison(d_h), poison(d_hf);
+    swiglu_forward(d_h.get(), d_g.get(), d_u.get(), n, kStream);
+    swiglu_forward_fused(d_hf.get(), d_gu.get(), rows, width, kStream);
+    expect_bitwise_equal(download(d_hf), download(d_h), "h (fused)");
+    swiglu_backward(d_g.get(), d_u.get(), d_dh.get(), d_g.get(), d_u.get(), n, kStream);
+    swiglu_backward_fused(d_gu.get(), d_dh.get(), d_gu.get(), rows, width, kStream);
+    const std::vector<float> fused = download(d_gu), dg = download(d_g), du = download(d_u);
+    std::vector<float> want(2 * n);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int c = 0; c < width; ++c) {
+        want[r * 2 * width + c] = dg[r * width + c];
+        want[r * 2 * width + width + c] = du[r * width + c];
+      }
+    expect_bitwise_equal(fused, want, "[dgate | dup] (fused, in place)");
+  }
+  DeviceBuffer<bf16> d(64);
+  expect_error([&] { swiglu_forward_fused(d.get(), d.get(), 2, 12, kStream); }, "multiple of 8");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dropout
 
