@@ -12,7 +12,9 @@ namespace {
 
 constexpr int kDecodeWarps = 4;     // warps of a split block, each a key at a time
 constexpr int kMaxGroup = 8;        // query heads per kv head (H / KVH) the kernel holds in registers
-constexpr int kMinChunk = 64;       // fewest keys a split is given
+// Fewest keys a split is given. 16 (from 64): at batch 1 and a few hundred cached keys, 64-key splits
+// left ~64 blocks on 132 SMs, each warp walking 16 keys one after another (tools/perf_notes.md).
+constexpr int kMinChunk = 16;
 constexpr int kKeysInFlight = 4;    // keys a warp loads before it computes with them
 constexpr float kLog2e = 1.4426950408889634f;
 

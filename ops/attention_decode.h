@@ -30,7 +30,8 @@ struct DecodeCache {
 };
 
 // Splits of the cache length for B sequences of at most max_len keys: about blocks_per_sm blocks per
-// multiprocessor (each a few warps waiting on loads, so the GPU wants many), no chunk under 64 keys.
+// multiprocessor (each a few warps waiting on loads, so the GPU wants many), no chunk under 16 keys.
+// Never more for a shorter max_len, so the value at the longest one sizes the scratch.
 constexpr int kDecodeBlocksPerSm = 8;  // measured best of 2, 8, 16, 32 (tools/perf_notes.md)
 int attention_decode_splits(int B, int KVH, int64_t max_len, int multiprocessors,
                             int blocks_per_sm = kDecodeBlocksPerSm);
