@@ -208,7 +208,7 @@ struct CudaModel::Impl {
     if (B > 0) {
       LOOM_CHECK(context >= 2, "generation needs a context >= 2 (found ", context, ")");
       Tmax = std::max<int64_t>(Tmax, B);  // a decode step is B rows
-      decode_splits = attention_decode_splits(B, c.KVH, context, multiprocessors());  // the most it gives
+      decode_splits = attention_decode_max_splits(B, c.KVH, context);  // planned before any device call
     }
     LOOM_CHECK(o.mlp_tile >= 0 && o.mlp_tile % kMlpRowChunk == 0, "CudaModel: the MLP's tile (", o.mlp_tile,
                " rows) must be a multiple of ", kMlpRowChunk);

@@ -152,6 +152,10 @@ int attention_decode_splits(int B, int KVH, int64_t max_len, int multiprocessors
   return int(std::clamp<int64_t>(wanted, 1, most));
 }
 
+int attention_decode_max_splits(int B, int KVH, int64_t max_len) {
+  return attention_decode_splits(B, KVH, max_len, kPlanMultiprocessors);
+}
+
 int64_t attention_decode_scratch_floats(int B, int H, int D, int splits) {
   return int64_t(B) * H * splits * (D + 2);
 }

@@ -35,6 +35,11 @@ struct DecodeCache {
 constexpr int kDecodeBlocksPerSm = 8;  // measured best of 2, 8, 16, 32 (tools/perf_notes.md)
 int attention_decode_splits(int B, int KVH, int64_t max_len, int multiprocessors,
                             int blocks_per_sm = kDecodeBlocksPerSm);
+// The most attention_decode_splits gives for max_len on any device of up to kPlanMultiprocessors SMs,
+// known without a device (a memory plan sizes the scratch before one is touched). A device with more
+// SMs runs this many, fewer than it could.
+constexpr int kPlanMultiprocessors = 160;  // H100 and H200 132, B200 148
+int attention_decode_max_splits(int B, int KVH, int64_t max_len);
 // fp32 scratch of attention_decode: (B, H, splits) × (D + 2).
 int64_t attention_decode_scratch_floats(int B, int H, int D, int splits);
 

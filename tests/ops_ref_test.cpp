@@ -31,6 +31,7 @@
 
 #include "ops/adamw.h"
 #include "ops/attention.h"
+#include "ops/attention_decode.h"
 #include "ops/cross_entropy.h"
 #include "ops/dropout.h"
 #include "ops/embedding.h"
@@ -892,6 +893,19 @@ TEST(Dropout, KeepsOneMinusPScaledAndBackwardUsesTheSameMask) {
   EXPECT_NE(other, y);
   dropout_forward_ref(other.data(), x.data(), n, 7, 3, 0.f);
   EXPECT_EQ(other, x);  // p = 0 keeps everything, unscaled
+}
+
+// The decode scratch is planned before any device is touched (a CPU machine plans generation too), so
+// its split count must bound what the launch picks on every device up to kPlanMultiprocessors SMs.
+TEST(AttentionDecodeSplits, ThePlannedCountBoundsEveryDeviceUpToItsMultiprocessors) {
+  for (int B : {1, 3, 64})
+    for (int64_t len : {1, 15, 16, 17, 500, 4096, 32768})
+      for (int sms : {1, 80, 132, 148, kPlanMultiprocessors})
+        EXPECT_LE(attention_decode_splits(B, 8, len, sms), attention_decode_max_splits(B, 8, len))
+            << "B " << B << ", " << len << " keys, " << sms << " SMs";
+  // Chunks of at least 16 keys: 512 keys at batch 1 on 132 SMs are 32 splits, 17 keys 2.
+  EXPECT_EQ(attention_decode_splits(1, 8, 512, 132), 32);
+  EXPECT_EQ(attention_decode_splits(1, 8, 17, 132), 2);
 }
 
 }  // namespace
