@@ -721,14 +721,7 @@ struct CudaModel::Impl {
   }
 
   int decode_splits_for(int64_t max_len) const {
-    return std::min(decode_splits, attention_decode_splits(B, cfg.KVH, max_len, multiprocessors()));
-  }
-
-  static int multiprocessors() {
-    int device = 0, sms = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    return sms;
+    return std::min(decode_splits, attention_decode_splits(B, cfg.KVH, max_len, cuda_multiprocessors()));
   }
 
   // The LM head on `rows` final hidden states: logits (rows, V) fp32 into decode_logits.

@@ -2,6 +2,7 @@
 
 #include <cuda_runtime.h>
 
+#include "ops/cuda_common.h"
 #include "ops/error.h"
 
 namespace loom {
@@ -34,6 +35,13 @@ std::string cuda_device_summary(int device) {
   std::snprintf(gib, sizeof gib, "%.1f", p.totalGlobalMem / double(1ull << 30));
   return cat(p.name, ", ", p.multiProcessorCount, " SMs, ", gib, " GiB, driver ", driver / 1000, ".",
              (driver % 1000) / 10);
+}
+
+int cuda_multiprocessors() {
+  int device = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
 }
 
 }  // namespace loom

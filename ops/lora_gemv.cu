@@ -4,6 +4,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "ops/device.h"
 #include "ops/error.h"
 #include "ops/kernel_util.cuh"
 #include "ops/lora_gemv.h"
@@ -380,10 +381,9 @@ int resident_blocks(const void* kernel, int threads) {
   const std::lock_guard<std::mutex> lock(mutex);
   auto [it, added] = known.emplace(std::make_tuple(device, kernel, threads), 0);
   if (added) {
-    int sms = 0, blocks = 0;
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    int blocks = 0;
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, 0));
-    it->second = std::max(1, sms * blocks);
+    it->second = std::max(1, cuda_multiprocessors() * blocks);
   }
   return it->second;
 }
@@ -447,8 +447,10 @@ void lora_gemv(const GemvProjection* p, int count, const bf16* x, int64_t T, int
   b.count = count;
   const bool nf4 = p[0].W == nullptr;
   bool wide = K % 32 == 0;
+  int64_t weights = 0;  // K · Σ N
   for (int i = 0; i < count; ++i) {
     const GemvProjection& q = p[i];
+    weights += int64_t(q.N) * K;
     LOOM_CHECK(q.N >= 1 && q.y && (q.W == nullptr) == nf4, "lora_gemv: projection ", i, " needs N >= 1, y, and ",
                nf4 ? "an NF4" : "a bf16", " weight as projection 0's");
     if (nf4) {
@@ -466,8 +468,6 @@ void lora_gemv(const GemvProjection* p, int count, const bf16* x, int64_t T, int
                ": an adapter needs B, u (the (T, R) buffer), a rank >= 1 and a 16-byte aligned A");
     b.p[i] = q;
   }
-  int64_t weights = 0;
-  for (int i = 0; i < count; ++i) weights += int64_t(p[i].N) * K;
   const bool tensor_cores = nf4 && lora_gemv_tensor_cores(p, count, K) && lora_gemv_tensor_cores_faster(T, weights);
   switch (T) {
     case 1: launch<1>(b, x, K, nf4, wide, tensor_cores, stream); break;

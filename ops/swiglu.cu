@@ -30,10 +30,10 @@ template <bool kVec, bool kFused>
 __global__ void swiglu_forward_kernel(bf16* h, const bf16* gate, const bf16* up, int64_t n, int width) {
   const int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 8;
   if (i >= n) return;
-  const int64_t gi = gate_index<kFused>(i, width);
+  const int64_t shift = gate_index<kFused>(i, width) - i;  // 0 unless fused
   float g[8], u[8], out[8];
-  load_bf16x8_upto<kVec>(g, gate + (gi - i), i, n);
-  load_bf16x8_upto<kVec>(u, up + (gi - i), i, n);
+  load_bf16x8_upto<kVec>(g, gate + shift, i, n);
+  load_bf16x8_upto<kVec>(u, up + shift, i, n);
 #pragma unroll
   for (int k = 0; k < 8; ++k) out[k] = g[k] * sigmoid(g[k]) * u[k];
   store_bf16x8_upto<kVec>(h, out, i, n);

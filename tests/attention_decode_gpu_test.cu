@@ -15,6 +15,7 @@
 
 #include "ops/attention.h"
 #include "ops/attention_decode.h"
+#include "ops/device.h"
 #include "tests/device_array.h"
 #include "tests/test_util.h"
 
@@ -74,10 +75,7 @@ void run_case(const DecodeCase& c, uint64_t seed) {
   dlen.upload(c.lengths);
   dout.poison();
   const int64_t max_len = capacity - 3;
-  int device = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int splits = c.splits > 0 ? c.splits : attention_decode_splits(B, c.KVH, max_len, sms);
+  const int splits = c.splits > 0 ? c.splits : attention_decode_splits(B, c.KVH, max_len, cuda_multiprocessors());
   DeviceArray<float> scratch(static_cast<size_t>(attention_decode_scratch_floats(B, c.H, c.D, splits)));
   attention_decode(dout.get(), dq.get(), DecodeCache{dk.get(), dv.get(), capacity}, dlen.get(), B, max_len, shape,
                    splits, scratch.get(), nullptr);

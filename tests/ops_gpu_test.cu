@@ -714,7 +714,7 @@ std::vector<float> nf4_case_weights(size_t n, uint64_t seed) {
 struct Side {
   std::vector<float> w, bias, A, B, y_want, u_want;
   std::unique_ptr<Nf4Upload> nf4;
-  bool tensor_cores = false;  // lora_gemv_tensor_cores
+  bool tensor_cores = false;  // the call takes the tensor cores (lora_gemv_tensor_cores and _faster)
   DeviceBuffer<bf16> d_w, d_bias, d_A, d_B, d_y, d_u;
   GemvProjection view;
   Side(const Projection& p, const Case& c, const std::vector<float>& x, uint64_t seed, int index)

@@ -112,10 +112,7 @@ void run_decode(int B, int L, int blocks_per_sm) {
   int32_t* lengths;
   bf16* out;
   float* scratch;
-  int device = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int splits = attention_decode_splits(B, KVH, L, sms, blocks_per_sm);
+  const int splits = attention_decode_splits(B, KVH, L, cuda_multiprocessors(), blocks_per_sm);
   lengths = device_copy(lengths_host);
   CUDA_CHECK(cudaMalloc(&out, size_t(B) * H * D * sizeof(bf16)));
   CUDA_CHECK(cudaMalloc(&scratch, size_t(attention_decode_scratch_floats(B, H, D, splits)) * sizeof(float)));
