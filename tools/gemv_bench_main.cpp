@@ -2,7 +2,9 @@
 // calls — q/k/v, o, gate/up, down — of llama-3.1-8b and qwen3-0.6b, NF4 (nested scales, as
 // bitsandbytes stores them) and bf16, with a LoRA r16 on every projection (adapters unmerged), at 1
 // and 8 rows of x, beside the device's copy bandwidth measured in the same run.
-//   build/gemv_bench [--json FILE]
+//   build/gemv_bench [--json FILE] [--call NAME]
+// --call times that call alone (q/k/v, o, gate/up or down) in every row: one kernel family for ncu,
+// whose first launch of lora_gemv_mma_kernel is then llama-3.1-8b's one-row NF4 call.
 // Each call reads a distinct copy of its weights, as consecutive layers do, with enough copies that
 // a timed sequence reads ≥ 128 MB (2.5× an H100's L2), so the weights come from DRAM; the sequence is
 // one CUDA graph (no host launch time) replayed 20 times after 3 warm-ups (median, CUDA events).
@@ -145,12 +147,16 @@ Timed time_call(const Call& c, bool nf4, int rows, const float* quant_map, const
   return t;
 }
 
+const char* const kCallNames[] = {"q/k/v", "o", "gate/up", "down"};
+
+// The row's calls (only `only`'s when it is set) and, when all four ran, a token's time.
 nlohmann::ordered_json run(const Preset& preset, bool nf4, int rows, const float* quant_map, const float* nested_map,
-                           cudaStream_t stream) {
+                           const std::string& only, cudaStream_t stream) {
   nlohmann::ordered_json j = {{"preset", preset.name}, {"quant", nf4 ? "nf4" : "bf16"}, {"rows", rows}};
   double layer_us = 0;
   std::string line;
   for (const Call& c : preset.calls) {
+    if (!only.empty() && only != c.name) continue;
     const Timed t = time_call(c, nf4, rows, quant_map, nested_map, stream);
     layer_us += t.us;
     j["calls"].push_back({{"call", c.name}, {"K", c.K}, {"N", c.N}, {"us", t.us}, {"tbps", t.tbps}});
@@ -158,14 +164,31 @@ nlohmann::ordered_json run(const Preset& preset, bool nf4, int rows, const float
     std::snprintf(part, sizeof part, " | %s %.1f us %.2f TB/s", c.name, t.us, t.tbps);
     line += part;
   }
-  j["ms_per_token"] = layer_us * preset.layers / 1e3;
-  std::fprintf(stderr, "%-13s %-4s rows %d%s | per token %.3f ms\n", preset.name, nf4 ? "nf4" : "bf16", rows,
-               line.c_str(), j["ms_per_token"].get<double>());
+  if (only.empty()) {
+    j["ms_per_token"] = layer_us * preset.layers / 1e3;
+    char part[48];
+    std::snprintf(part, sizeof part, " | per token %.3f ms", j["ms_per_token"].get<double>());
+    line += part;
+  }
+  std::fprintf(stderr, "%-13s %-4s rows %d%s\n", preset.name, nf4 ? "nf4" : "bf16", rows, line.c_str());
   return j;
 }
 
+// --json FILE and --call NAME.
+void parse_flags(int argc, char** argv, std::string& json_path, std::string& only) {
+  const char* usage = "usage: build/gemv_bench [--json FILE] [--call q/k/v|o|gate/up|down]";
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    LOOM_CHECK((flag == "--json" || flag == "--call") && i + 1 < argc, usage, " (found ", flag, ")");
+    (flag == "--json" ? json_path : only) = argv[++i];
+  }
+  LOOM_CHECK(only.empty() || std::find(std::begin(kCallNames), std::end(kCallNames), only) != std::end(kCallNames),
+             usage, " (found --call ", only, ")");
+}
+
 int bench(int argc, char** argv) {
-  const std::string json_path = json_flag_only(argc, argv, "build/gemv_bench");
+  std::string json_path, only;
+  parse_flags(argc, argv, json_path, only);
   nlohmann::ordered_json j = kernel_bench_head("build/gemv_bench");
   j["copy_tbps"] = measure_copy_tbps();
   std::fprintf(stderr, "gemv_bench: %s, copy %.2f TB/s (bytes read + written)\n", j["device"].get<std::string>().c_str(),
@@ -180,9 +203,9 @@ int bench(int argc, char** argv) {
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   for (const Preset& p : presets()) {
-    j["shapes"].push_back(run(p, true, 1, quant_map, nested_map, stream));
-    j["shapes"].push_back(run(p, true, 8, quant_map, nested_map, stream));
-    j["shapes"].push_back(run(p, false, 1, quant_map, nested_map, stream));
+    j["shapes"].push_back(run(p, true, 1, quant_map, nested_map, only, stream));
+    j["shapes"].push_back(run(p, true, 8, quant_map, nested_map, only, stream));
+    j["shapes"].push_back(run(p, false, 1, quant_map, nested_map, only, stream));
   }
   CUDA_CHECK(cudaStreamDestroy(stream));
   emit_json(j, json_path);
