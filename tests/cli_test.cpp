@@ -505,5 +505,20 @@ TEST(TrainCli, QuickStartRunTwiceSaysTheRunIsComplete) {
   EXPECT_NE(changed.out.find("choose another output.dir"), std::string::npos) << changed.out;
 }
 
+// A kernel benchmark's flags are checked before it asks for a GPU: a bad one is named, exit 1.
+TEST(BenchCli, GemvBenchNamesABadFlag) {
+  if (!have("build/gemv_bench")) GTEST_SKIP() << "build/gemv_bench missing";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--call gate", "[--call q/k/v|o|gate/up|down] (found --call gate)"},
+      {"--call", "(found --call)"},
+      {"--bogus x", "(found --bogus)"},
+  };
+  for (const auto& [args, want] : cases) {
+    Outcome r = run("build/gemv_bench " + args + " 2>&1");
+    EXPECT_EQ(r.code, 1) << args << "\n" << r.out;
+    EXPECT_NE(r.out.find(want), std::string::npos) << args << "\n" << r.out;
+  }
+}
+
 }  // namespace
 }  // namespace loom

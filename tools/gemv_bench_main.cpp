@@ -147,8 +147,6 @@ Timed time_call(const Call& c, bool nf4, int rows, const float* quant_map, const
   return t;
 }
 
-const char* const kCallNames[] = {"q/k/v", "o", "gate/up", "down"};
-
 // The row's calls (only `only`'s when it is set) and, when all four ran, a token's time.
 nlohmann::ordered_json run(const Preset& preset, bool nf4, int rows, const float* quant_map, const float* nested_map,
                            const std::string& only, cudaStream_t stream) {
@@ -182,7 +180,8 @@ void parse_flags(int argc, char** argv, std::string& json_path, std::string& onl
     LOOM_CHECK((flag == "--json" || flag == "--call") && i + 1 < argc, usage, " (found ", flag, ")");
     (flag == "--json" ? json_path : only) = argv[++i];
   }
-  LOOM_CHECK(only.empty() || std::find(std::begin(kCallNames), std::end(kCallNames), only) != std::end(kCallNames),
+  const std::vector<Call> calls = presets().front().calls;  // every preset's calls have these names
+  LOOM_CHECK(only.empty() || std::any_of(calls.begin(), calls.end(), [&](const Call& c) { return only == c.name; }),
              usage, " (found --call ", only, ")");
 }
 
