@@ -7,7 +7,11 @@
 // experts, top 2, C 4096, I 14,336) at 4,096 tokens; rows routed uniformly (each token to top_k
 // distinct experts) and skewed (expert e drawn with probability ∝ 1 / (e + 1)). Products: the forward
 // gate_up (nt, N 2I, K C) and down (nt, N C, K I), the backward's input gradients (nn: N C, K 2I and
-// N I, K C). FLOPs 2·rows·N·K. Each time is the median of 20 runs after 3 warm-ups (CUDA events).
+// N I, K C); then the expert LoRA's products that add onto those outputs (models/moe_layer.cpp, rank
+// 16: u·Bᵀ onto gate_up and down, du·A onto their input gradients), K 16 and accumulating, whose time
+// is reading and writing the output (GB/s: rows·N·4 bytes over the time) — six of the twelve Hopper
+// launches of a qwen3-30b-a3b layer's step. FLOPs 2·rows·N·K. Each time is the median of 20 runs after
+// 3 warm-ups (CUDA events).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -40,7 +44,10 @@ struct Product {
   const char* name;
   bool nt;  // nt: W_e (N, K); nn: W_e (K, N)
   int N, K;
+  bool accumulate = false;  // Y += (a LoRA product onto the expert's own)
 };
+
+constexpr int kLoraRank = 16;
 
 // Rows per expert for T tokens each routed to top_k distinct experts, uniformly or skewed.
 std::vector<int32_t> route_counts(const MoeShape& s, bool skewed) {
@@ -93,7 +100,11 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
   const Product products[] = {{"gate_up x·Wᵀ", true, 2 * s.I, s.C},
                               {"down h·Wᵀ", true, s.C, s.I},
                               {"gate_up dy·W", false, s.C, 2 * s.I},
-                              {"down dy·W", false, s.I, s.C}};
+                              {"down dy·W", false, s.I, s.C},
+                              {"gate_up +u·Bᵀ", true, 2 * s.I, kLoraRank, true},
+                              {"down +u·Bᵀ", true, s.C, kLoraRank, true},
+                              {"gate_up +du·A", false, s.C, kLoraRank, true},
+                              {"down +du·A", false, s.I, kLoraRank, true}};
   const int max_rows = *std::max_element(counts.begin(), counts.end());
   const int min_rows = *std::min_element(counts.begin(), counts.end());
   nlohmann::ordered_json j = {{"preset", s.preset}, {"routing", skewed ? "skewed" : "uniform"},
@@ -109,17 +120,23 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
     std::string line;
     for (GroupedGemmKernels k : families) {
       const double ms = median_ms([&] {
-        (p.nt ? grouped_gemm_nt : grouped_gemm_nn)(Y, X, W, w_stride, d_offsets, s.E, rows, p.N, p.K, 1.f, false,
-                                                   nullptr, k);
+        (p.nt ? grouped_gemm_nt : grouped_gemm_nn)(Y, X, W, w_stride, d_offsets, s.E, rows, p.N, p.K, 1.f,
+                                                   p.accumulate, nullptr, k);
       });
       pj[std::string(kernels_name(k)) + "_ms"] = ms;
       pj[std::string(kernels_name(k)) + "_tflops"] = flops / ms / 1e9;
       char part[96];
-      std::snprintf(part, sizeof part, " | %s %.3f ms %.1f TFLOP/s", kernels_name(k), ms, flops / ms / 1e9);
+      if (p.accumulate) {  // bound by the output's bytes, read and written
+        const double gbps = double(rows) * p.N * 4 / ms / 1e6;
+        pj[std::string(kernels_name(k)) + "_gbps"] = gbps;
+        std::snprintf(part, sizeof part, " | %s %.3f ms %.0f GB/s", kernels_name(k), ms, gbps);
+      } else {
+        std::snprintf(part, sizeof part, " | %s %.3f ms %.1f TFLOP/s", kernels_name(k), ms, flops / ms / 1e9);
+      }
       line += part;
     }
     const double dense_ms = median_ms([&] {  // one matrix for every row: W_0 in the same layout
-      gemm(ctx, Y, X, W, rows, p.N, p.K, false, p.nt, 1.f, 0.f, GemmOut::kBf16, nullptr);
+      gemm(ctx, Y, X, W, rows, p.N, p.K, false, p.nt, 1.f, p.accumulate ? 1.f : 0.f, GemmOut::kBf16, nullptr);
     });
     pj["cublaslt_dense_ms"] = dense_ms;
     pj["cublaslt_dense_tflops"] = flops / dense_ms / 1e9;
