@@ -14,6 +14,9 @@ TEST(KernelProfile, KernelsFallIntoTheirFamilies) {
   EXPECT_EQ(family_of("_ZN4loom4attn26attention_dq_convert_kernelILi64EEEvNS0_6ParamsE"), "attention backward");
   EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_122rmsnorm_forward_kernelEP13__nv_bfloat16"), "RMSNorm");
   EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_116lora_gemv_kernelILi1ELi4EEEvNS0_9GemvBatchE"), "decode GEMV");
+  EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_120lora_gemv_mma_kernelENS0_8MmaBatchEPK13__nv_bfloat16ii"), "decode GEMV");
+  EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_113lora_u_kernelILi1EEEvNS0_9GemvBatchEPK13__nv_bfloat16i"),
+            "decode GEMV, adapters' u");
   EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_128nf4_dequantize_pieces_kernelEP13__nv_bfloat16"), "NF4 dequantize");
   EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_116moe_route_kernelEPiPfS2_PKflii"), "MoE routing and permutation");
   EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_117grouped_rows_kernelILb1EEEvv"), "grouped GEMM 64x64 (MoE)");

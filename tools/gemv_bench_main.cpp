@@ -10,8 +10,8 @@
 // one CUDA graph (no host launch time) replayed 20 times after 3 warm-ups (median, CUDA events).
 // Figures per call: µs, and TB/s of the weight bytes it reads (NF4 codes, absmax_q, nested absmax;
 // bf16 weights; the adapters' A and B); per token: a layer's four calls times the preset's layers,
-// the "decode GEMV" family of `build/decode_bench --profile` without its model around it. Weights are
-// random bytes and values: the kernels' time does not depend on them.
+// the "decode GEMV" and "decode GEMV, adapters' u" families of `build/decode_bench --profile` without
+// its model around it. Weights are random bytes and values: the kernels' time does not depend on them.
 #include <cuda_runtime.h>
 
 #include <algorithm>

@@ -36,7 +36,10 @@ inline std::string family_of(const std::string& name) {
       {{"attention_backward", "attention_dq"}, "attention backward"},
       {{"attention_forward"}, "attention forward"},
       {{"decode_split", "decode_merge"}, "attention (decode)"},
-      {{"lora_gemv", "lora_u_kernel"}, "decode GEMV"},
+      // The adapters' u = x·Aᵀ apart from the projections it feeds: with programmatic dependent launch
+      // the two overlap, and the union of their intervals is what a token waits for.
+      {{"lora_u_kernel"}, "decode GEMV, adapters' u"},
+      {{"lora_gemv"}, "decode GEMV"},
       // The MoE's grouped GEMMs by kernel: the Hopper and 128x128 ones take the experts' own products,
       // the 64x64 one the narrow LoRA products (N < 128), the tn one the expert LoRA gradients.
       {{"grouped_rows_hopper"}, "grouped GEMM Hopper (MoE)"},
