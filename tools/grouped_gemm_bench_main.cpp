@@ -123,15 +123,16 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
         (p.nt ? grouped_gemm_nt : grouped_gemm_nn)(Y, X, W, w_stride, d_offsets, s.E, rows, p.N, p.K, 1.f,
                                                    p.accumulate, nullptr, k);
       });
+      const double tflops = flops / ms / 1e9;
       pj[std::string(kernels_name(k)) + "_ms"] = ms;
-      pj[std::string(kernels_name(k)) + "_tflops"] = flops / ms / 1e9;
+      pj[std::string(kernels_name(k)) + "_tflops"] = tflops;
       char part[96];
       if (p.accumulate) {  // bound by the output's bytes, read and written
         const double gbps = double(rows) * p.N * 4 / ms / 1e6;
         pj[std::string(kernels_name(k)) + "_gbps"] = gbps;
         std::snprintf(part, sizeof part, " | %s %.3f ms %.0f GB/s", kernels_name(k), ms, gbps);
       } else {
-        std::snprintf(part, sizeof part, " | %s %.3f ms %.1f TFLOP/s", kernels_name(k), ms, flops / ms / 1e9);
+        std::snprintf(part, sizeof part, " | %s %.3f ms %.1f TFLOP/s", kernels_name(k), ms, tflops);
       }
       line += part;
     }

@@ -36,8 +36,8 @@ inline std::string family_of(const std::string& name) {
       {{"attention_backward", "attention_dq"}, "attention backward"},
       {{"attention_forward"}, "attention forward"},
       {{"decode_split", "decode_merge"}, "attention (decode)"},
-      // The adapters' u = x·Aᵀ apart from the projections it feeds: with programmatic dependent launch
-      // the two overlap, and the union of their intervals is what a token waits for.
+      // The adapters' u = x·Aᵀ apart from the projections it feeds, so that its own cost shows (and
+      // where a launch overlaps the two, neither sum is mistaken for what a token waits for).
       {{"lora_u_kernel"}, "decode GEMV, adapters' u"},
       {{"lora_gemv"}, "decode GEMV"},
       // The MoE's grouped GEMMs by kernel: the Hopper and 128x128 ones take the experts' own products,
