@@ -156,6 +156,14 @@ __device__ __forceinline__ void warp_sum(float (&acc)[kRows]) {
   for (int t = 0; t < kRows; ++t) acc[t] = group_sum(acc[t]);
 }
 
+// The bits of u's value at p, read after wait_for_prior_grids (lora_u_kernel, which writes u, may
+// still be running when a kernel launched after it starts: launch_gemv): through L2 only, as L1 may
+// hold older sectors, and with the volatile overload, which the compiler keeps after the wait (CUDA
+// 13's bf16 __ldcg is not volatile and could be moved above it).
+__device__ __forceinline__ uint32_t load_u_bits(const bf16* p) {
+  return __ldcg(reinterpret_cast<const unsigned short*>(p));
+}
+
 // u_p = bf16(x·A_pᵀ): one warp per row of the adapters' A, end to end.
 // The kernel launched after it (launch_after_u) may start at once: it waits for u where it reads it.
 template <int kRows>
@@ -197,12 +205,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_gemv_kernel(const Ge
     dot_nf4<kRows, kWords>(acc, q.nf4, code_values[p], n, x, K, lane);
   else
     dot_bf16<kRows>(acc, q.W + int64_t(n) * K, x, K, lane);
-  if (q.A) {  // lane j: s·u[t][j]·B[n][j], u read through L2 once lora_u_kernel is done (launch_after_u)
+  if (q.A) {  // lane j: s·u[t][j]·B[n][j], u read once lora_u_kernel is done (launch_gemv)
     wait_for_prior_grids();
     for (int j = lane; j < q.R; j += 32) {
       const float bj = q.scale * __bfloat162float(q.B[int64_t(n) * q.R + j]);
 #pragma unroll
-      for (int t = 0; t < kRows; ++t) acc[t] = fmaf(__bfloat162float(__ldcg(q.u + int64_t(t) * q.R + j)), bj, acc[t]);
+      for (int t = 0; t < kRows; ++t) acc[t] = fmaf(__uint_as_float(load_u_bits(q.u + int64_t(t) * q.R + j) << 16), bj, acc[t]);
     }
   }
   if (q.bias && lane == 0) {
@@ -307,13 +315,13 @@ __device__ __forceinline__ void load_group(MmaGroupLoads& ld, const MmaBatch& b,
 }
 
 // The bf16 pair (v[j], v[j + 1]) as an mma register (v[j] in the low half), zero past `count`
-// values; two 2-byte loads, as v + j need not be 4-byte aligned (an odd rank). u is read through L2
-// only (`coherent`): the grid that writes it may still be running when this one starts.
+// values; two 2-byte loads, as v + j need not be 4-byte aligned (an odd rank). u is read with
+// load_u_bits (`coherent`).
 __device__ __forceinline__ uint32_t bf16_pair(const bf16* v, int j, int count, bool coherent) {
-  const unsigned short* s = reinterpret_cast<const unsigned short*>(v);
-  const uint32_t lo = j < count ? (coherent ? __ldcg(s + j) : __ldg(s + j)) : 0u;
-  const uint32_t hi = j + 1 < count ? (coherent ? __ldcg(s + j + 1) : __ldg(s + j + 1)) : 0u;
-  return lo | hi << 16;
+  const auto load = [&](int i) -> uint32_t {
+    return coherent ? load_u_bits(v + i) : __ldg(reinterpret_cast<const unsigned short*>(v) + i);
+  };
+  return (j < count ? load(j) : 0u) | (j + 1 < count ? load(j + 1) : 0u) << 16;
 }
 
 // Lane (g, c)'s A registers of the adapter's mma over ranks [16·step, 16·step + 16): B's rows g and
@@ -503,7 +511,8 @@ void launch_gemv(void (*kernel)(Params...), unsigned blocks, unsigned threads, b
   CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
 }
 
-void launch_mma(const GemvProjection* p, int count, const bf16* x, int T, int K, bool after_u, cudaStream_t stream) {
+// u_blocks: the blocks of the lora_u_kernel launched just before (0: none).
+void launch_mma(const GemvProjection* p, int count, const bf16* x, int T, int K, int u_blocks, cudaStream_t stream) {
   MmaBatch b;
   b.count = count;
   for (int i = 0; i < count; ++i) {
@@ -513,8 +522,12 @@ void launch_mma(const GemvProjection* p, int count, const bf16* x, int T, int K,
     b.tiles += int(ceil_div(p[i].N, kMmaRows));
   }
   const int threads = mma_warps(K) * 32;
-  const int blocks = std::min(b.tiles, resident_blocks(reinterpret_cast<const void*>(lora_gemv_mma_kernel), threads));
-  launch_gemv(lora_gemv_mma_kernel, blocks, threads, after_u, stream, b, x, T, K);
+  // The tiles are dealt to blocks in turn, so every block must start at once: while u's blocks run
+  // (after_u: u_blocks of them, each taking an SM's room for one of these at 126 registers a thread),
+  // that many fewer fit.
+  const int room = resident_blocks(reinterpret_cast<const void*>(lora_gemv_mma_kernel), threads) - u_blocks;
+  const int blocks = std::min(b.tiles, std::max(1, room));
+  launch_gemv(lora_gemv_mma_kernel, blocks, threads, u_blocks > 0, stream, b, x, T, K);
 }
 
 unsigned blocks_for(int rows) { return unsigned(ceil_div(rows, kWarpsPerBlock)); }
@@ -524,10 +537,11 @@ void launch(const GemvBatch& b, const bf16* x, int K, bool nf4, bool wide, bool 
   int adapter_rows = 0, rows = 0;
   for (int p = 0; p < b.count; ++p) adapter_rows += b.p[p].A ? b.p[p].R : 0, rows += b.p[p].N;
   const bool after_u = adapter_rows > 0;
-  if (after_u) lora_u_kernel<kRows><<<blocks_for(adapter_rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
+  const int u_blocks = after_u ? int(blocks_for(adapter_rows)) : 0;
+  if (after_u) lora_u_kernel<kRows><<<u_blocks, kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
   const unsigned threads = kWarpsPerBlock * 32;
   if (tensor_cores)
-    launch_mma(b.p, b.count, x, kRows, K, after_u, stream);
+    launch_mma(b.p, b.count, x, kRows, K, u_blocks, stream);
   else if (!nf4)
     launch_gemv(lora_gemv_kernel<kRows, 0>, blocks_for(rows), threads, after_u, stream, b, x, K);
   else if (wide)
