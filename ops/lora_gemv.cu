@@ -165,7 +165,7 @@ __device__ __forceinline__ uint32_t load_u_bits(const bf16* p) {
 }
 
 // u_p = bf16(x·A_pᵀ): one warp per row of the adapters' A, end to end.
-// The kernel launched after it (launch_after_u) may start at once: it waits for u where it reads it.
+// The kernel launched after it (launch_gemv) may start at once: it waits for u where it reads it.
 template <int kRows>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_u_kernel(const GemvBatch b, const bf16* x, int K) {
   allow_dependent_launch();
@@ -210,7 +210,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_gemv_kernel(const Ge
     for (int j = lane; j < q.R; j += 32) {
       const float bj = q.scale * __bfloat162float(q.B[int64_t(n) * q.R + j]);
 #pragma unroll
-      for (int t = 0; t < kRows; ++t) acc[t] = fmaf(__uint_as_float(load_u_bits(q.u + int64_t(t) * q.R + j) << 16), bj, acc[t]);
+      for (int t = 0; t < kRows; ++t) {
+        const float u = __uint_as_float(load_u_bits(q.u + int64_t(t) * q.R + j) << 16);  // bf16 bits -> fp32
+        acc[t] = fmaf(u, bj, acc[t]);
+      }
     }
   }
   if (q.bias && lane == 0) {
