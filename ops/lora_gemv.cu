@@ -332,7 +332,8 @@ __device__ __forceinline__ uint32_t bf16_pair(const bf16* v, int j, int count, b
 __device__ __forceinline__ void load_lora_b(uint32_t (&a)[4], const GemvProjection& q, const MmaTile& t, int step,
                                             int g, int c) {
   const int j = kMmaRanks * step + 2 * c;
-  const bf16* rows[2] = {q.B + int64_t(min(t.row0 + g, q.N - 1)) * q.R, q.B + int64_t(min(t.row0 + g + 8, q.N - 1)) * q.R};
+  const bf16* rows[2] = {q.B + int64_t(min(t.row0 + g, q.N - 1)) * q.R,
+                         q.B + int64_t(min(t.row0 + g + 8, q.N - 1)) * q.R};
   a[0] = bf16_pair(rows[0], j, q.R, false);
   a[1] = bf16_pair(rows[1], j, q.R, false);
   a[2] = bf16_pair(rows[0], j + 8, q.R, false);
