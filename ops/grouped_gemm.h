@@ -56,6 +56,27 @@ void grouped_gemm_nt(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, co
 void grouped_gemm_nn(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
                      int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
                      GroupedGemmKernels kernels = GroupedGemmKernels::kAuto);
+
+// The sum of two nt (nn) products into one output, Y_e = a.alpha·a.X_e·a.W_eᵀ + b.alpha·b.X_e·b.W_eᵀ
+// (+ Y_e), each term as the plain call's X, W, w_stride, K, alpha: an expert's product and its LoRA
+// term (b = s·u·Bᵀ with K = r; backward b = du·A). The Hopper kernel runs b's k steps after a's
+// into the same fp32 accumulators (scaled by a.alpha / b.alpha in between) and rounds Y once: one
+// launch, and the output read and written once instead of twice (tools/perf_notes.md). The mma.sync
+// kernels, and Hopper where a.alpha / b.alpha is not a finite float, run b as a second launch
+// accumulating onto a's rounded result: the bits of two plain calls.
+struct GroupedTerm {
+  const bf16* X = nullptr;
+  const bf16* W = nullptr;
+  int64_t w_stride = 0;
+  int K = 0;
+  float alpha = 1.f;
+};
+void grouped_gemm_nt_sum(bf16* Y, const GroupedTerm& a, const GroupedTerm& b, const int32_t* offsets, int E,
+                         int64_t rows, int N, bool accumulate, cudaStream_t stream,
+                         GroupedGemmKernels kernels = GroupedGemmKernels::kAuto);
+void grouped_gemm_nn_sum(bf16* Y, const GroupedTerm& a, const GroupedTerm& b, const int32_t* offsets, int E,
+                         int64_t rows, int N, bool accumulate, cudaStream_t stream,
+                         GroupedGemmKernels kernels = GroupedGemmKernels::kAuto);
 void grouped_gemm_tn(float* D, int64_t d_stride, const bf16* Y, const bf16* X, const int32_t* offsets, int E, int N,
                      int K, float alpha, cudaStream_t stream);
 

@@ -10,8 +10,9 @@
 // N I, K C); then the expert LoRA's products that add onto those outputs (models/moe_layer.cpp, rank
 // 16: u·Bᵀ onto gate_up and down, du·A onto their input gradients), K 16 and accumulating, whose time
 // is reading and writing the output (GB/s: rows·N·4 bytes over the time) — six of the twelve Hopper
-// launches of a qwen3-30b-a3b layer's step. FLOPs 2·rows·N·K. Each time is the median of 20 runs after
-// 3 warm-ups (CUDA events).
+// launches of a qwen3-30b-a3b layer's step. FLOPs 2·rows·N·K. Last, each of the four own products with
+// its LoRA term summed in by one _sum call (ops/grouped_gemm.h), beside the two plain calls it
+// replaces. Each time is the median of 20 runs after 3 warm-ups (CUDA events).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -144,6 +145,33 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
     std::fprintf(stderr, "  %-14s N %5d K %5d%s | cuBLASLt dense %.3f ms %.1f TFLOP/s\n", p.name, p.N, p.K,
                  line.c_str(), dense_ms, flops / dense_ms / 1e9);
     j["products"].push_back(pj);
+  }
+  // Each own product with its LoRA term summed in: one _sum call against the two plain calls it replaces.
+  bf16* U = X;  // the term's rows: the first 16 columns' worth of X's values (their values do not matter)
+  for (const Product& p : {products[0], products[1], products[2], products[3]}) {
+    const int64_t w_stride = int64_t(p.N) * p.K;
+    const GroupedTerm own{X, W, w_stride, p.K, 1.f}, lora{U, W, int64_t(p.N) * kLoraRank, kLoraRank, 0.5f};
+    nlohmann::ordered_json pj = {{"product", std::string(p.name) + " + LoRA"}, {"N", p.N}, {"K", p.K},
+                                 {"rank", kLoraRank}};
+    std::string line;
+    for (GroupedGemmKernels k : families) {
+      const double sum_ms = median_ms([&] {
+        (p.nt ? grouped_gemm_nt_sum : grouped_gemm_nn_sum)(Y, own, lora, d_offsets, s.E, rows, p.N, false, nullptr,
+                                                           k);
+      });
+      const double two_ms = median_ms([&] {
+        auto plain = p.nt ? grouped_gemm_nt : grouped_gemm_nn;
+        plain(Y, X, W, w_stride, d_offsets, s.E, rows, p.N, p.K, 1.f, false, nullptr, k);
+        plain(Y, U, W, lora.w_stride, d_offsets, s.E, rows, p.N, kLoraRank, 0.5f, true, nullptr, k);
+      });
+      pj[std::string(kernels_name(k)) + "_sum_ms"] = sum_ms;
+      pj[std::string(kernels_name(k)) + "_two_calls_ms"] = two_ms;
+      char part[96];
+      std::snprintf(part, sizeof part, " | %s %.3f ms (two calls %.3f)", kernels_name(k), sum_ms, two_ms);
+      line += part;
+    }
+    std::fprintf(stderr, "  %-14s + LoRA r%d%s\n", p.name, kLoraRank, line.c_str());
+    j["sums"].push_back(pj);
   }
   for (void* ptr : {static_cast<void*>(d_offsets), static_cast<void*>(X), static_cast<void*>(W), static_cast<void*>(Y)})
     CUDA_CHECK(cudaFree(ptr));
