@@ -2,6 +2,7 @@
 #include "ops/grouped_gemm.h"
 
 #include <cmath>
+#include <string>
 #include <type_traits>
 
 #include "ops/kernel_util.cuh"
@@ -560,14 +561,14 @@ void launch_rows_mma_sync(GroupedGemmKernels kernel, bf16* Y, const GroupedTerm&
   CUDA_CHECK(cudaGetLastError());
 }
 
-// Y = a + b (+ Y): the Hopper kernel takes both terms in one launch (where a.alpha / b.alpha is a
-// finite float); otherwise b is a second launch accumulating onto a's rounded result.
+// Y = a + b (+ Y): the Hopper kernel takes both terms in one launch (where |a.alpha / b.alpha| is
+// within 2^±32); otherwise b is a second launch accumulating onto a's rounded result.
 template <bool kWKMajor>
 void launch_rows(const char* what, bf16* Y, const GroupedTerm& a, const GroupedTerm& b, const int32_t* offsets,
                  int E, int64_t rows, int N, bool accumulate, cudaStream_t stream, GroupedGemmKernels kernels) {
   check_shape(what, E, N, a.K, a.w_stride, {Y, a.X, a.W});
   const bool has_b = b.X != nullptr;
-  if (has_b) check_shape(what, E, N, b.K, b.w_stride, {b.X, b.W});
+  if (has_b) check_shape((std::string(what) + "'s second term").c_str(), E, N, b.K, b.w_stride, {b.X, b.W});
   LOOM_CHECK(rows >= 0 && rows <= INT32_MAX, what, ": ", rows, " rows (at most 2^31 - 1)");
   LOOM_CHECK(kernels != GroupedGemmKernels::kHopper || grouped_gemm_hopper_built(), what,
              ": the Hopper kernel needs a GPU_ARCH=90 build");
@@ -580,7 +581,10 @@ void launch_rows(const char* what, bf16* Y, const GroupedTerm& a, const GroupedT
     if (has_b) launch_rows_mma_sync<kWKMajor>(kernel, Y, b, offsets, E, rows, N, true, stream);
     return;
   }
-  const bool fuse_b = has_b && b.alpha != 0.f && std::isfinite(a.alpha / b.alpha);
+  // The accumulators are scaled by a.alpha / b.alpha: within 2^±32 neither a's sum nor its scaled
+  // value leaves fp32's range or its normal numbers where the two launches' would not.
+  const float ratio = has_b ? std::fabs(a.alpha / b.alpha) : 0.f;
+  const bool fuse_b = has_b && ratio >= 0x1p-32f && ratio <= 0x1p32f;
   allow_smem<grouped_rows_hopper_kernel<kWKMajor>>(kHopperSmemBytes);
   const int64_t tiles = (ceil_div(rows, kHopperRows) + E) * ceil_div(N, kHopperCols);
   // Also keeps the tile scan's int counts in range.

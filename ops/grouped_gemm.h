@@ -62,7 +62,7 @@ void grouped_gemm_nn(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, co
 // term (b = s·u·Bᵀ with K = r; backward b = du·A). The Hopper kernel runs b's k steps after a's
 // into the same fp32 accumulators (scaled by a.alpha / b.alpha in between) and rounds Y once: one
 // launch, and the output read and written once instead of twice (tools/perf_notes.md). The mma.sync
-// kernels, and Hopper where a.alpha / b.alpha is not a finite float, run b as a second launch
+// kernels, and Hopper where |a.alpha / b.alpha| is outside 2^±32, run b as a second launch
 // accumulating onto a's rounded result: the bits of two plain calls.
 struct GroupedTerm {
   const bf16* X = nullptr;

@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <numeric>
@@ -79,6 +80,21 @@ bf16* device_repeated_random_bf16(size_t n, std::mt19937_64& rng, float amplitud
     CUDA_CHECK(cudaMemcpy(dev + at, src, std::min(block, n - at) * sizeof(bf16), cudaMemcpyDeviceToDevice));
   CUDA_CHECK(cudaFree(src));
   return dev;
+}
+
+// max |a − b| over max |b|, n bf16 values each on the device (NaN if either holds a NaN).
+double max_relative_gap(const bf16* a, const bf16* b, size_t n) {
+  std::vector<uint16_t> ha(n), hb(n);
+  CUDA_CHECK(cudaMemcpy(ha.data(), a, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(hb.data(), b, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+  double gap = 0, scale = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double x = bf16_bits_to_float(ha[i]), y = bf16_bits_to_float(hb[i]);
+    if (std::isnan(x) || std::isnan(y)) return NAN;
+    gap = std::max(gap, std::fabs(x - y));
+    scale = std::max(scale, std::fabs(y));
+  }
+  return gap / scale;
 }
 
 const char* kernels_name(GroupedGemmKernels k) {
@@ -147,6 +163,7 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
     j["products"].push_back(pj);
   }
   // Each own product with its LoRA term summed in: one _sum call against the two plain calls it replaces.
+  bf16* Y2 = device_alloc<bf16>(size_t(rows) * size_t(max_side));  // the two plain calls' output
   bf16* U = X;  // the term's rows: the first 16 columns' worth of X's values (their values do not matter)
   for (const Product& p : {products[0], products[1], products[2], products[3]}) {
     const int64_t w_stride = int64_t(p.N) * p.K;
@@ -161,19 +178,25 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
       });
       const double two_ms = median_ms([&] {
         auto plain = p.nt ? grouped_gemm_nt : grouped_gemm_nn;
-        plain(Y, X, W, w_stride, d_offsets, s.E, rows, p.N, p.K, 1.f, false, nullptr, k);
-        plain(Y, U, W, lora.w_stride, d_offsets, s.E, rows, p.N, kLoraRank, 0.5f, true, nullptr, k);
+        plain(Y2, X, W, w_stride, d_offsets, s.E, rows, p.N, p.K, 1.f, false, nullptr, k);
+        plain(Y2, U, W, lora.w_stride, d_offsets, s.E, rows, p.N, kLoraRank, 0.5f, true, nullptr, k);
       });
+      // The two forms' outputs apart (the last run of each above): the fused one rounds once, so by
+      // about one bf16 rounding of the output at most.
+      const double apart = max_relative_gap(Y, Y2, size_t(rows) * size_t(p.N));
+      pj[std::string(kernels_name(k)) + "_sum_vs_two_calls"] = apart;
       pj[std::string(kernels_name(k)) + "_sum_ms"] = sum_ms;
       pj[std::string(kernels_name(k)) + "_two_calls_ms"] = two_ms;
       char part[96];
-      std::snprintf(part, sizeof part, " | %s %.3f ms (two calls %.3f)", kernels_name(k), sum_ms, two_ms);
+      std::snprintf(part, sizeof part, " | %s %.3f ms (two calls %.3f, apart %.1e)", kernels_name(k), sum_ms, two_ms,
+                    apart);
       line += part;
     }
     std::fprintf(stderr, "  %-14s + LoRA r%d%s\n", p.name, kLoraRank, line.c_str());
     j["sums"].push_back(pj);
   }
-  for (void* ptr : {static_cast<void*>(d_offsets), static_cast<void*>(X), static_cast<void*>(W), static_cast<void*>(Y)})
+  for (void* ptr : {static_cast<void*>(d_offsets), static_cast<void*>(X), static_cast<void*>(W), static_cast<void*>(Y),
+                    static_cast<void*>(Y2)})
     CUDA_CHECK(cudaFree(ptr));
   return j;
 }
