@@ -506,19 +506,83 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
 }
 
 // tn: block (x, y, e) computes D_e's tile rows y·kTile (n of Y) × columns x·kTile (k of X), summing
-// over the group's rows.
+// over the group's rows in steps of kStepK through kTnStages shared stages that cp.async fills ahead.
+// Both operands stay in shared memory as they lie in global memory, rows of the group by n (Y) or k
+// (X), and ldmatrix.trans reads them as fragments: A = Yᵀ (n, row) pairs along the rows, B = X the
+// same (as the wide kernel's nn W). The MMAs run over the rows in the order the register-staged
+// 64×64 kernel ran them (32-row slices, two k16 each), so the sums are the same.
+constexpr int kTnStages = 4;
+constexpr int kTnPitch = kTile + 8;  // 144-byte rows: the 8 row addresses of an ldmatrix hit distinct banks
+
+struct TnStage {
+  bf16 y[kStepK][kTnPitch];  // rows of Y, columns n0..n0 + 63
+  bf16 x[kStepK][kTnPitch];  // rows of X, columns k0..k0 + 63
+};
+
+// This thread's copies of the 32 rows from `row` (of `rows`): 8 vectors a row and operand.
+__device__ __forceinline__ void copy_tn_step(TnStage& st, const bf16* y, const bf16* x, int N, int K, int n_lim,
+                                             int k_lim, int row, int rows) {
+#pragma unroll
+  for (int i = 0; i < kStepK * 8 / kThreads; ++i) {
+    const int idx = threadIdx.x + i * kThreads, r = idx / 8, c = (idx % 8) * 8;
+    const bool row_in = row + r < rows;
+    const bool y_in = row_in && c < n_lim, x_in = row_in && c < k_lim;
+    cp_async_16(smem_addr(&st.y[r][c]), y_in ? y + int64_t(row + r) * N + c : y, y_in ? 16 : 0);
+    cp_async_16(smem_addr(&st.x[r][c]), x_in ? x + int64_t(row + r) * K + c : x, x_in ? 16 : 0);
+  }
+}
+
+// The warp's MMAs over one stage (its 32 × 32 quarter at n wm, k wn). A fragments of Yᵀ: matrix i of
+// the x4 covers n + 8·(i % 2), rows + 8·(i / 2); B fragments of X as the wide kernel's nn W.
+__device__ __forceinline__ void tn_mma_stage(Acc& acc, const TnStage& st, int wm, int wn) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int ks = 0; ks < kStepK; ks += 16) {
+    uint32_t a[2][4], b[4][2];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+      ldmatrix_x4_trans(a[mi], smem_addr(&st.y[ks + (lane / 16) * 8 + lane % 8][wm + mi * 16 + ((lane / 8) % 2) * 8]));
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      uint32_t r[4];
+      ldmatrix_x4_trans(r, smem_addr(&st.x[ks + lane % 16][wn + p * 16 + (lane / 16) * 8]));
+      b[2 * p][0] = r[0], b[2 * p][1] = r[1], b[2 * p + 1][0] = r[2], b[2 * p + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) mma_16816(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
+  }
+}
+
 __global__ void __launch_bounds__(kThreads)
     grouped_tn_kernel(float* D, int64_t d_stride, const bf16* Y, const bf16* X, const int32_t* offsets, int N, int K,
                       float alpha) {
-  __shared__ __align__(16) SharedTile As, Bs;
+  __shared__ __align__(16) TnStage stage[kTnStages];
   const int e = blockIdx.z, row0 = offsets[e], rows = offsets[e + 1] - row0;
   if (rows == 0) return;
   const int n0 = blockIdx.y * kTile, k0 = blockIdx.x * kTile;
-  // Both m-major: A (m = n, k = row) at Y[row·N + n], B (m = k, k = row) at X[row·K + k].
-  const Operand a{Y + int64_t(row0) * N + n0, N, N - n0, rows};
-  const Operand b{X + int64_t(row0) * K + k0, K, K - k0, rows};
-  Acc acc;
-  tile_product<false, false>(acc, a, b, As, Bs);
+  const bf16* y = Y + int64_t(row0) * N + n0;
+  const bf16* x = X + int64_t(row0) * K + k0;
+  const int warp = threadIdx.x / 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  Acc acc = {};
+  const int steps = (rows + kStepK - 1) / kStepK;
+  constexpr int kAhead = kTnStages - 1;  // steps in flight while one is multiplied
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < steps) copy_tn_step(stage[s], y, x, N, K, N - n0, K - k0, s * kStepK, rows);
+    cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
+  }
+  for (int s = 0; s < steps; ++s) {
+    cp_async_wait<kAhead - 1>();  // this thread's copies of step s have landed
+    // Everyone's copies of step s are in, and everyone is past step s - 1's MMAs, whose stage the
+    // copies below refill.
+    __syncthreads();
+    if (s + kAhead < steps)
+      copy_tn_step(stage[(s + kAhead) % kTnStages], y, x, N, K, N - n0, K - k0, (s + kAhead) * kStepK, rows);
+    cp_async_commit();
+    tn_mma_stage(acc, stage[s % kTnStages], wm, wn);
+  }
   float* d = D + e * d_stride;
   for_each_pair(acc, [&](int r, int c, float a0, float a1) {
     r += n0, c += k0;

@@ -12,7 +12,8 @@
 // is deterministic (no atomics), and the groups' results do not depend on each other's sizes.
 //
 // CUDA (ops/grouped_gemm.cu): mma.sync m16n8k16 bf16 → fp32 over k steps of 32 through shared memory,
-// 64×64 tiles, 4 warps of 32×32, loads staged through registers (tn, nt / nn by default). For the
+// 64×64 tiles, 4 warps of 32×32: nt / nn by default with loads staged through registers, tn from four
+// shared stages filled by cp.async, fragments by ldmatrix.trans (both its operands lie row by row). For the
 // experts' own matrices (N >= 128) two faster kernels, chosen by GroupedGemmKernels: 128×128 tiles, 8
 // warps of 64×32, two shared-memory stages filled by cp.async, fragments by ldmatrix; and in
 // GPU_ARCH=90 builds 128×256 tiles of Hopper warpgroup MMAs (wgmma) from four swizzled stages. The

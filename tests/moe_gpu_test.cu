@@ -603,6 +603,7 @@ TEST(GroupedGemmGpu, WeightGradientMatchesTheReference) {
   check_tn(g, 16, 136, 1.f, 62);   // dA += duᵀ·x
   check_tn(g, 72, 136, 1.f, 63);   // a full weight gradient, both sides no multiple of the tile
   check_tn(groups_of({0, 300, 0}, 0), 64, 64, 1.f, 64);
+  check_tn(groups_of({1000, 3, 0, 517}, 64), 392, 32, 0.5f, 65);  // 32 row steps: the stages wrap 8 times
 }
 
 }  // namespace

@@ -12,7 +12,8 @@
 // is reading and writing the output (GB/s: rows·N·4 bytes over the time) — six of the twelve Hopper
 // launches of a qwen3-30b-a3b layer's step. FLOPs 2·rows·N·K. Last, each of the four own products with
 // its LoRA term summed in by one _sum call (ops/grouped_gemm.h), beside the two plain calls it
-// replaces. Each time is the median of 20 runs after 3 warm-ups (CUDA events).
+// replaces; and the LoRA weight gradients (tn, GB/s of the two inputs read). Each time is the median
+// of 20 runs after 3 warm-ups (CUDA events).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -162,6 +163,23 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
                  line.c_str(), dense_ms, flops / dense_ms / 1e9);
     j["products"].push_back(pj);
   }
+  // The expert LoRA's weight gradients (tn, fp32 D += alpha·Yᵀ·X over each expert's rows): bound by
+  // reading Y and X, rows·(N + K)·2 bytes.
+  float* D = device_alloc<float>(size_t(s.E) * size_t(max_side) * 2 * kLoraRank);
+  const Product gradients[] = {{"gate_up dB", false, 2 * s.I, 2 * kLoraRank},  // dB += s·dyᵀ·u (u of rank 2r)
+                               {"gate_up dA", false, 2 * kLoraRank, s.C},  // dA += duᵀ·x
+                               {"down dB", false, s.C, kLoraRank},
+                               {"down dA", false, kLoraRank, s.I}};
+  for (const Product& p : gradients) {
+    const int64_t d_stride = int64_t(p.N) * p.K;
+    const double ms = median_ms([&] {
+      grouped_gemm_tn(D, d_stride, X, Y, d_offsets, s.E, p.N, p.K, 1.f, nullptr);
+    });
+    const double gbps = double(rows) * (p.N + p.K) * 2 / ms / 1e6;
+    j["weight_gradients"].push_back({{"product", p.name}, {"N", p.N}, {"K", p.K}, {"ms", ms}, {"gbps", gbps}});
+    std::fprintf(stderr, "  %-14s N %5d K %5d | tn %.3f ms %.0f GB/s\n", p.name, p.N, p.K, ms, gbps);
+  }
+  CUDA_CHECK(cudaFree(D));
   // Each own product with its LoRA term summed in: one _sum call against the two plain calls it replaces.
   bf16* Y2 = device_alloc<bf16>(size_t(rows) * size_t(max_side));  // the two plain calls' output
   bf16* U = X;  // the term's rows: the first 16 columns' worth of X's values (their values do not matter)
