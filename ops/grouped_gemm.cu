@@ -1,6 +1,8 @@
 // Grouped GEMMs over the experts on the GPU (math and tiling in ops/grouped_gemm.h).
 #include "ops/grouped_gemm.h"
 
+#include <cmath>
+#include <string>
 #include <type_traits>
 
 #include "ops/kernel_util.cuh"
@@ -406,14 +408,26 @@ __device__ __forceinline__ void issue_hopper_step(float (&acc)[2][16][4], uint32
       wgmma::wgmma_m64n128k16_ss<0, kWKMajor ? 0 : 1>(acc[h], wgmma::kmajor_slice(a, kHopperRows, kk), wd, 1);
     }
 }
+
+// acc *= f, every accumulator this thread holds.
+__device__ __forceinline__ void scale_accumulators(float (&acc)[2][16][4], float f) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int n = 0; n < 16; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[h][n][i] *= f;
+}
 #endif
 
 // nt (kWKMajor) / nn on Hopper: block b computes tile b of the expert-major walk (find_row_tile with
-// the column tiles); blocks past the last group's tiles exit.
+// the column tiles); blocks past the last group's tiles exit. Y = a.alpha·a.X·a.Wᵀ + b.alpha·b.X·b.Wᵀ:
+// b's k steps (none when b.K = 0) follow a's into the same accumulators, which are scaled by
+// a.alpha / b.alpha between the two (b.alpha != 0), so that one final b.alpha gives the sum.
 template <bool kWKMajor>
 __global__ void __launch_bounds__(kHopperThreads, 1)
-    grouped_rows_hopper_kernel(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
-                               int N, int K, float alpha, bool accumulate) {
+    grouped_rows_hopper_kernel(bf16* Y, GroupedTerm a, GroupedTerm b, const int32_t* offsets, int E, int N,
+                               bool accumulate) {
 #ifdef LOOM_WGMMA
   extern __shared__ unsigned char smem[];
   __shared__ RowTile tile;
@@ -426,13 +440,25 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
   const uint32_t base = smem_addr(smem) + ((1024u - (smem_addr(smem) & 1023u)) & 1023u);  // swizzle alignment
   auto stage = [&](int s) { return base + uint32_t(s % kHopperStages) * kHopperStageBytes; };
   const int n0 = tile.col * kHopperCols, n_lim = N - n0;
-  const bf16* x = X + int64_t(tile.row0) * K;
-  const bf16* w = W + tile.group * w_stride + (kWKMajor ? int64_t(n0) * K : int64_t(n0));
-  const int wg = threadIdx.x / 128, steps = (K + kHopperStepK - 1) / kHopperStepK;
+  // A term's tile origin: its rows from row0 of X, W_e's columns from n0 (nt rows n0.. of (N, K); nn
+  // columns n0.. of (K, N)).
+  auto x_of = [&](const GroupedTerm& t) { return t.X + int64_t(tile.row0) * t.K; };
+  auto w_of = [&](const GroupedTerm& t) {
+    return t.W + tile.group * t.w_stride + (kWKMajor ? int64_t(n0) * t.K : int64_t(n0));
+  };
+  const bf16 *xa = x_of(a), *wa = w_of(a), *xb = b.K > 0 ? x_of(b) : nullptr, *wb = b.K > 0 ? w_of(b) : nullptr;
+  const int wg = threadIdx.x / 128, a_steps = (a.K + kHopperStepK - 1) / kHopperStepK;
+  const int steps = a_steps + (b.K + kHopperStepK - 1) / kHopperStepK;
+  auto copy_step = [&](int s) {
+    if (s < a_steps)
+      copy_hopper_step<kWKMajor>(stage(s), xa, wa, tile.rows, n_lim, N, a.K, s * kHopperStepK);
+    else
+      copy_hopper_step<kWKMajor>(stage(s), xb, wb, tile.rows, n_lim, N, b.K, (s - a_steps) * kHopperStepK);
+  };
   constexpr int kAhead = kHopperStages - 2;  // steps whose copies are in flight when a step's products issue
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) {
-    if (s < steps) copy_hopper_step<kWKMajor>(stage(s), x, w, tile.rows, n_lim, N, K, s * kHopperStepK);
+    if (s < steps) copy_step(s);
     cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
   }
   float acc[2][16][4] = {};
@@ -442,16 +468,24 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
     // Every thread's copies of step s are in; every warpgroup's products of step s - 2 are done
     // (each waited for them in step s - 1), so their stage may be refilled.
     __syncthreads();
-    if (s + kAhead < steps)
-      copy_hopper_step<kWKMajor>(stage(s + kAhead), x, w, tile.rows, n_lim, N, K, (s + kAhead) * kHopperStepK);
+    if (s + kAhead < steps) copy_step(s + kAhead);
     cp_async_commit();
-    wgmma::fence_registers(acc[0]);  // the zeroing above stays before the fence
+    if (s == a_steps) {  // a's sum is complete once its last products are: rescale it for b's
+      wgmma::wait<0>();
+      wgmma::fence_registers(acc[0]);
+      wgmma::fence_registers(acc[1]);
+      scale_accumulators(acc, a.alpha / b.alpha);
+    }
+    wgmma::fence_registers(acc[0]);  // the zeroing (and scaling) above stays before the fence
     wgmma::fence_registers(acc[1]);
     wgmma::fence();
+    // Every k16 slice, also a partial last step's zeros: with the count known only at run time ptxas
+    // injects warpgroup fences (warning C7519), even behind a uniform branch per count.
     issue_hopper_step<kWKMajor>(acc, stage(s), wg);
     wgmma::commit();
     wgmma::wait<1>();  // step s - 1's products are done
   }
+  const float alpha = b.K > 0 ? b.alpha : a.alpha;
   wgmma::wait<0>();
   wgmma::fence_registers(acc[0]);
   wgmma::fence_registers(acc[1]);
@@ -472,19 +506,83 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
 }
 
 // tn: block (x, y, e) computes D_e's tile rows y·kTile (n of Y) × columns x·kTile (k of X), summing
-// over the group's rows.
+// over the group's rows in steps of kStepK through kTnStages shared stages that cp.async fills ahead.
+// Both operands stay in shared memory as they lie in global memory, rows of the group by n (Y) or k
+// (X), and ldmatrix.trans reads them as fragments: A = Yᵀ (n, row) pairs along the rows, B = X the
+// same (as the wide kernel's nn W). The MMAs run over the rows in the order the register-staged
+// 64×64 kernel ran them (32-row slices, two k16 each), so the sums are the same.
+constexpr int kTnStages = 4;
+constexpr int kTnPitch = kTile + 8;  // 144-byte rows: the 8 row addresses of an ldmatrix hit distinct banks
+
+struct TnStage {
+  bf16 y[kStepK][kTnPitch];  // rows of Y, columns n0..n0 + 63
+  bf16 x[kStepK][kTnPitch];  // rows of X, columns k0..k0 + 63
+};
+
+// This thread's copies of the 32 rows from `row` (of `rows`): 8 vectors a row and operand.
+__device__ __forceinline__ void copy_tn_step(TnStage& st, const bf16* y, const bf16* x, int N, int K, int n_lim,
+                                             int k_lim, int row, int rows) {
+#pragma unroll
+  for (int i = 0; i < kStepK * 8 / kThreads; ++i) {
+    const int idx = threadIdx.x + i * kThreads, r = idx / 8, c = (idx % 8) * 8;
+    const bool row_in = row + r < rows;
+    const bool y_in = row_in && c < n_lim, x_in = row_in && c < k_lim;
+    cp_async_16(smem_addr(&st.y[r][c]), y_in ? y + int64_t(row + r) * N + c : y, y_in ? 16 : 0);
+    cp_async_16(smem_addr(&st.x[r][c]), x_in ? x + int64_t(row + r) * K + c : x, x_in ? 16 : 0);
+  }
+}
+
+// The warp's MMAs over one stage (its 32 × 32 quarter at n wm, k wn). A fragments of Yᵀ: matrix i of
+// the x4 covers n + 8·(i % 2), rows + 8·(i / 2); B fragments of X as the wide kernel's nn W.
+__device__ __forceinline__ void tn_mma_stage(Acc& acc, const TnStage& st, int wm, int wn) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int ks = 0; ks < kStepK; ks += 16) {
+    uint32_t a[2][4], b[4][2];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+      ldmatrix_x4_trans(a[mi], smem_addr(&st.y[ks + (lane / 16) * 8 + lane % 8][wm + mi * 16 + ((lane / 8) % 2) * 8]));
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      uint32_t r[4];
+      ldmatrix_x4_trans(r, smem_addr(&st.x[ks + lane % 16][wn + p * 16 + (lane / 16) * 8]));
+      b[2 * p][0] = r[0], b[2 * p][1] = r[1], b[2 * p + 1][0] = r[2], b[2 * p + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) mma_16816(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
+  }
+}
+
 __global__ void __launch_bounds__(kThreads)
     grouped_tn_kernel(float* D, int64_t d_stride, const bf16* Y, const bf16* X, const int32_t* offsets, int N, int K,
                       float alpha) {
-  __shared__ __align__(16) SharedTile As, Bs;
+  __shared__ __align__(16) TnStage stage[kTnStages];
   const int e = blockIdx.z, row0 = offsets[e], rows = offsets[e + 1] - row0;
   if (rows == 0) return;
   const int n0 = blockIdx.y * kTile, k0 = blockIdx.x * kTile;
-  // Both m-major: A (m = n, k = row) at Y[row·N + n], B (m = k, k = row) at X[row·K + k].
-  const Operand a{Y + int64_t(row0) * N + n0, N, N - n0, rows};
-  const Operand b{X + int64_t(row0) * K + k0, K, K - k0, rows};
-  Acc acc;
-  tile_product<false, false>(acc, a, b, As, Bs);
+  const bf16* y = Y + int64_t(row0) * N + n0;
+  const bf16* x = X + int64_t(row0) * K + k0;
+  const int warp = threadIdx.x / 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  Acc acc = {};
+  const int steps = (rows + kStepK - 1) / kStepK;
+  constexpr int kAhead = kTnStages - 1;  // steps in flight while one is multiplied
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < steps) copy_tn_step(stage[s], y, x, N, K, N - n0, K - k0, s * kStepK, rows);
+    cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
+  }
+  for (int s = 0; s < steps; ++s) {
+    cp_async_wait<kAhead - 1>();  // this thread's copies of step s have landed
+    // Everyone's copies of step s are in, and everyone is past step s - 1's MMAs, whose stage the
+    // copies below refill.
+    __syncthreads();
+    if (s + kAhead < steps)
+      copy_tn_step(stage[(s + kAhead) % kTnStages], y, x, N, K, N - n0, K - k0, (s + kAhead) * kStepK, rows);
+    cp_async_commit();
+    tn_mma_stage(acc, stage[s % kTnStages], wm, wn);
+  }
   float* d = D + e * d_stride;
   for_each_pair(acc, [&](int r, int c, float a0, float a1) {
     r += n0, c += k0;
@@ -511,11 +609,30 @@ GroupedGemmKernels fastest_wide_kernel() {
   return grouped_gemm_hopper_built() ? GroupedGemmKernels::kHopper : GroupedGemmKernels::kWide;
 }
 
+// One term with the 64×64 or the 128×128 mma.sync kernel.
 template <bool kWKMajor>
-void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets,
-                 int E, int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
-                 GroupedGemmKernels kernels) {
-  check_shape(what, E, N, K, w_stride, {Y, X, W});
+void launch_rows_mma_sync(GroupedGemmKernels kernel, bf16* Y, const GroupedTerm& t, const int32_t* offsets, int E,
+                          int64_t rows, int N, bool accumulate, cudaStream_t stream) {
+  if (kernel == GroupedGemmKernels::kWide) {
+    const dim3 grid(unsigned(ceil_div(rows, kWide) + E), unsigned(ceil_div(N, kWide)));
+    grouped_rows_wide_kernel<kWKMajor>
+        <<<grid, kWideThreads, 0, stream>>>(Y, t.X, t.W, t.w_stride, offsets, E, N, t.K, t.alpha, accumulate);
+  } else {
+    const dim3 grid(unsigned(ceil_div(rows, kTile) + E), unsigned(ceil_div(N, kTile)));
+    grouped_rows_kernel<kWKMajor>
+        <<<grid, kThreads, 0, stream>>>(Y, t.X, t.W, t.w_stride, offsets, E, N, t.K, t.alpha, accumulate);
+  }
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// Y = a + b (+ Y): the Hopper kernel takes both terms in one launch (where |a.alpha / b.alpha| is
+// within 2^±32); otherwise b is a second launch accumulating onto a's rounded result.
+template <bool kWKMajor>
+void launch_rows(const char* what, bf16* Y, const GroupedTerm& a, const GroupedTerm& b, const int32_t* offsets,
+                 int E, int64_t rows, int N, bool accumulate, cudaStream_t stream, GroupedGemmKernels kernels) {
+  check_shape(what, E, N, a.K, a.w_stride, {Y, a.X, a.W});
+  const bool has_b = b.X != nullptr;
+  if (has_b) check_shape((std::string(what) + "'s second term").c_str(), E, N, b.K, b.w_stride, {b.X, b.W});
   LOOM_CHECK(rows >= 0 && rows <= INT32_MAX, what, ": ", rows, " rows (at most 2^31 - 1)");
   LOOM_CHECK(kernels != GroupedGemmKernels::kHopper || grouped_gemm_hopper_built(), what,
              ": the Hopper kernel needs a GPU_ARCH=90 build");
@@ -523,23 +640,27 @@ void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_
   const GroupedGemmKernels kernel = N < kWideMinN                         ? GroupedGemmKernels::kNarrow
                                     : kernels == GroupedGemmKernels::kAuto ? fastest_wide_kernel()
                                                                            : kernels;
-  if (kernel == GroupedGemmKernels::kHopper) {
-    allow_smem<grouped_rows_hopper_kernel<kWKMajor>>(kHopperSmemBytes);
-    const int64_t tiles = (ceil_div(rows, kHopperRows) + E) * ceil_div(N, kHopperCols);
-    // Also keeps the tile scan's int counts in range.
-    LOOM_CHECK(tiles <= INT32_MAX, what, ": ", tiles, " output tiles (at most 2^31 - 1)");
-    grouped_rows_hopper_kernel<kWKMajor><<<unsigned(tiles), kHopperThreads, kHopperSmemBytes, stream>>>(
-        Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
-  } else if (kernel == GroupedGemmKernels::kWide) {
-    const dim3 grid(unsigned(ceil_div(rows, kWide) + E), unsigned(ceil_div(N, kWide)));
-    grouped_rows_wide_kernel<kWKMajor>
-        <<<grid, kWideThreads, 0, stream>>>(Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
-  } else {
-    const dim3 grid(unsigned(ceil_div(rows, kTile) + E), unsigned(ceil_div(N, kTile)));
-    grouped_rows_kernel<kWKMajor>
-        <<<grid, kThreads, 0, stream>>>(Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
+  if (kernel != GroupedGemmKernels::kHopper) {
+    launch_rows_mma_sync<kWKMajor>(kernel, Y, a, offsets, E, rows, N, accumulate, stream);
+    if (has_b) launch_rows_mma_sync<kWKMajor>(kernel, Y, b, offsets, E, rows, N, true, stream);
+    return;
   }
+  // The accumulators are scaled by a.alpha / b.alpha: within 2^±32 neither a's sum nor its scaled
+  // value leaves fp32's range or its normal numbers where the two launches' would not.
+  const float ratio = has_b ? std::fabs(a.alpha / b.alpha) : 0.f;
+  const bool fuse_b = has_b && ratio >= 0x1p-32f && ratio <= 0x1p32f;
+  allow_smem<grouped_rows_hopper_kernel<kWKMajor>>(kHopperSmemBytes);
+  const int64_t tiles = (ceil_div(rows, kHopperRows) + E) * ceil_div(N, kHopperCols);
+  // Also keeps the tile scan's int counts in range.
+  LOOM_CHECK(tiles <= INT32_MAX, what, ": ", tiles, " output tiles (at most 2^31 - 1)");
+  grouped_rows_hopper_kernel<kWKMajor><<<unsigned(tiles), kHopperThreads, kHopperSmemBytes, stream>>>(
+      Y, a, fuse_b ? b : GroupedTerm{}, offsets, E, N, accumulate);
   CUDA_CHECK(cudaGetLastError());
+  if (has_b && !fuse_b) {
+    grouped_rows_hopper_kernel<kWKMajor><<<unsigned(tiles), kHopperThreads, kHopperSmemBytes, stream>>>(
+        Y, b, GroupedTerm{}, offsets, E, N, true);
+    CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 }  // namespace
@@ -549,15 +670,27 @@ bool grouped_gemm_hopper_built() { return LOOM_GPU_ARCH == 90; }
 void grouped_gemm_nt(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
                      int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
                      GroupedGemmKernels kernels) {
-  launch_rows<true>("grouped_gemm_nt", Y, X, W, w_stride, offsets, E, rows, N, K, alpha, accumulate, stream,
+  launch_rows<true>("grouped_gemm_nt", Y, {X, W, w_stride, K, alpha}, {}, offsets, E, rows, N, accumulate, stream,
                     kernels);
 }
 
 void grouped_gemm_nn(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
                      int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
                      GroupedGemmKernels kernels) {
-  launch_rows<false>("grouped_gemm_nn", Y, X, W, w_stride, offsets, E, rows, N, K, alpha, accumulate, stream,
+  launch_rows<false>("grouped_gemm_nn", Y, {X, W, w_stride, K, alpha}, {}, offsets, E, rows, N, accumulate, stream,
                      kernels);
+}
+
+void grouped_gemm_nt_sum(bf16* Y, const GroupedTerm& a, const GroupedTerm& b, const int32_t* offsets, int E,
+                         int64_t rows, int N, bool accumulate, cudaStream_t stream, GroupedGemmKernels kernels) {
+  LOOM_CHECK(b.X != nullptr, "grouped_gemm_nt_sum: the second term has no X");
+  launch_rows<true>("grouped_gemm_nt_sum", Y, a, b, offsets, E, rows, N, accumulate, stream, kernels);
+}
+
+void grouped_gemm_nn_sum(bf16* Y, const GroupedTerm& a, const GroupedTerm& b, const int32_t* offsets, int E,
+                         int64_t rows, int N, bool accumulate, cudaStream_t stream, GroupedGemmKernels kernels) {
+  LOOM_CHECK(b.X != nullptr, "grouped_gemm_nn_sum: the second term has no X");
+  launch_rows<false>("grouped_gemm_nn_sum", Y, a, b, offsets, E, rows, N, accumulate, stream, kernels);
 }
 
 void grouped_gemm_tn(float* D, int64_t d_stride, const bf16* Y, const bf16* X, const int32_t* offsets, int E, int N,
