@@ -15,55 +15,6 @@ constexpr int kTile = kGroupedGemmTile;  // output tile rows (m) and columns (n)
 constexpr int kStepK = 32;               // k per shared-memory step
 constexpr int kPitch = kStepK + 8;       // shared row pitch: 80 bytes, so a warp's fragment loads hit 32 banks
 constexpr int kThreads = 128;            // 4 warps, each a 32×32 quarter of the tile
-constexpr int kVecPerThread = kTile * kStepK / kBf16PerVec / kThreads;  // 16-byte loads per operand and step
-static_assert(kVecPerThread == 2, "the loaders below assume two vectors per thread");
-
-using SharedTile = bf16[kTile][kPitch];
-
-// One operand of a tile product, seen from the tile's origin: element (m, k) lies at p[m·ld + k]
-// (k-major: rows contiguous along k, as X and an nt weight) or at p[k·ld + m] (m-major: along m, as a
-// transposed operand); m < m_lim and k < k_lim are in range, the rest reads as 0.
-struct Operand {
-  const bf16* p;
-  int64_t ld;
-  int m_lim, k_lim;
-};
-
-// This thread's two 16-byte vectors of the (kTile × kStepK) slice at k0. k-major: 4 vectors along k
-// per row m; m-major: 8 vectors along m per k. Callers keep k_lim (k-major) or m_lim (m-major) a
-// multiple of 8, so a vector is wholly in range or wholly out.
-template <bool kKMajor>
-__device__ __forceinline__ void load_slice(uint4 (&v)[kVecPerThread], const Operand& op, int k0) {
-#pragma unroll
-  for (int i = 0; i < kVecPerThread; ++i) {
-    const int idx = threadIdx.x + i * kThreads;
-    const int m = kKMajor ? idx / 4 : (idx % 8) * 8, k = kKMajor ? (idx % 4) * 8 : idx / 8;
-    const bool in = m < op.m_lim && k0 + k < op.k_lim;
-    const int64_t at = kKMajor ? m * op.ld + k0 + k : (k0 + k) * op.ld + m;
-    v[i] = in ? *reinterpret_cast<const uint4*>(op.p + at) : make_uint4(0, 0, 0, 0);
-  }
-}
-
-// Stores the vectors as s[m][k] (k contiguous, the layout the MMA fragments read); an m-major
-// vector is 8 values of one k, written one by one.
-template <bool kKMajor>
-__device__ __forceinline__ void store_slice(SharedTile& s, const uint4 (&v)[kVecPerThread]) {
-#pragma unroll
-  for (int i = 0; i < kVecPerThread; ++i) {
-    const int idx = threadIdx.x + i * kThreads;
-    if (kKMajor) {
-      *reinterpret_cast<uint4*>(&s[idx / 4][(idx % 4) * 8]) = v[i];
-    } else {
-      const bf16* values = reinterpret_cast<const bf16*>(&v[i]);
-      const int m = (idx % 8) * 8, k = idx / 8;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) s[m + j][k] = values[j];
-    }
-  }
-}
-
-__device__ __forceinline__ uint32_t pair_at(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
 // Y[row][col], Y[row][col + 1] = bf16(alpha · (a0, a1)), plus their old values when accumulating (in fp32,
 // rounded once).
 __device__ __forceinline__ void store_pair(bf16* Y, int64_t row, int N, int col, float alpha, float a0, float a1,
@@ -95,61 +46,6 @@ __device__ __forceinline__ void for_each_pair(const Acc& acc, F&& f) {
       for (int half = 0; half < 2; ++half)
         f(wm + mi * 16 + lane / 4 + 8 * half, wn + ni * 8 + 2 * (lane % 4), acc[mi][ni][2 * half],
           acc[mi][ni][2 * half + 1]);
-}
-
-// The warp's MMAs over one shared slice: fragments from s[m][k] pairs (two adjacent k per register).
-__device__ __forceinline__ void mma_slice(Acc& acc, const SharedTile& As, const SharedTile& Bs, int wm, int wn) {
-  const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-#pragma unroll
-  for (int ks = 0; ks < kStepK; ks += 16) {
-    uint32_t a[2][4], b[4][2];
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi) {
-      const int r = wm + mi * 16 + g, k = ks + 2 * q;
-      a[mi][0] = pair_at(&As[r][k]);
-      a[mi][1] = pair_at(&As[r + 8][k]);
-      a[mi][2] = pair_at(&As[r][k + 8]);
-      a[mi][3] = pair_at(&As[r + 8][k + 8]);
-    }
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni) {
-      const int c = wn + ni * 8 + g, k = ks + 2 * q;
-      b[ni][0] = pair_at(&Bs[c][k]);
-      b[ni][1] = pair_at(&Bs[c][k + 8]);
-    }
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) mma_16816(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
-  }
-}
-
-// acc = A·Bᵀ over k in [0, k_lim) for the block's tile: A (kTile × k), B (kTile × k) as Operands.
-// The next slice's global loads are issued before this slice's MMAs.
-template <bool kAKMajor, bool kBKMajor>
-__device__ __forceinline__ void tile_product(Acc& acc, const Operand& a, const Operand& b, SharedTile& As,
-                                             SharedTile& Bs) {
-  const int warp = threadIdx.x / 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int f = 0; f < 4; ++f) acc[mi][ni][f] = 0.f;
-  uint4 va[kVecPerThread], vb[kVecPerThread];
-  load_slice<kAKMajor>(va, a, 0);
-  load_slice<kBKMajor>(vb, b, 0);
-  for (int k0 = 0; k0 < a.k_lim; k0 += kStepK) {
-    store_slice<kAKMajor>(As, va);
-    store_slice<kBKMajor>(Bs, vb);
-    __syncthreads();
-    if (k0 + kStepK < a.k_lim) {
-      load_slice<kAKMajor>(va, a, k0 + kStepK);
-      load_slice<kBKMajor>(vb, b, k0 + kStepK);
-    }
-    mma_slice(acc, As, Bs, wm, wn);
-    __syncthreads();  // before the next slice overwrites the shared tiles
-  }
 }
 
 struct RowTile {
@@ -193,65 +89,34 @@ __device__ RowTile find_row_tile(const int32_t* offsets, int E, int64_t tile, in
   return {-1, 0, 0, 0};
 }
 
-// nt (kWKMajor) / nn: block (x, y) computes row tile x (of the groups' tiles) × columns y·kTile.
-template <bool kWKMajor>
-__global__ void __launch_bounds__(kThreads)
-    grouped_rows_kernel(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E, int N,
-                        int K, float alpha, bool accumulate) {
-  __shared__ RowTile tile;
-  __shared__ __align__(16) SharedTile As, Bs;
-  if (threadIdx.x < 32) {
-    const RowTile found = find_row_tile<kTile>(offsets, E, blockIdx.x);
-    if (threadIdx.x == 0) tile = found;
-  }
-  __syncthreads();
-  if (tile.group < 0) return;  // the whole block: worst-case grid, fewer tiles this time
-  const int n0 = blockIdx.y * kTile;
-  const bf16* w = W + tile.group * w_stride;
-  const Operand a{X + int64_t(tile.row0) * K, K, tile.rows, K};
-  // W_e (n, k): nt stores it (N, K), element at n·K + k; nn stores it (K, N), element at k·N + n.
-  const Operand b = kWKMajor ? Operand{w + int64_t(n0) * K, K, N - n0, K} : Operand{w + n0, N, N - n0, K};
-  Acc acc;
-  tile_product<true, kWKMajor>(acc, a, b, As, Bs);
-  for_each_pair(acc, [&](int r, int c, float a0, float a1) {
-    c += n0;
-    if (r >= tile.rows || c >= N) return;  // c even and N a multiple of 8: c + 1 < N too
-    store_pair(Y, tile.row0 + r, N, c, alpha, a0, a1, accumulate);
-  });
-}
-
 // ---------------------------------------------------------------------------------------------
-// The wide kernel (nt / nn with N >= kWideMinN): 128×128 output tiles, 8 warps in 2 (m) × 4 (n), each a
-// 64×32 piece (4 m16 × 4 n8 MMA tiles); k steps of kStepK through two shared-memory stages that
-// cp.async fills (the next step's copies in flight during this step's MMAs; out-of-range vectors
-// zero-filled); fragments by ldmatrix, .trans for nn's W (stored (K, N), n contiguous). Per warp and
-// k16: 6 ldmatrix.x4 for 16 MMAs, where the 64×64 kernel issues 16 32-bit shared loads for 8. The
-// MMAs run over k in the same order of 16-wide chunks as the 64×64 kernel's, so an output's bits are
-// the same whichever kernel computes it.
+// The mma.sync row kernels (nt / nn): kT×kT output tiles (64: GroupedGemmKernels::kNarrow, every N;
+// 128: kWide, N >= kWideMinN), 2 (m) × kT / 32 (n) warps, each a kT / 2 × 32 piece (kT / 32 m16 × 4 n8
+// MMA tiles); k steps of kStepK through kStages shared-memory stages that cp.async fills ahead
+// (out-of-range vectors zero-filled); fragments by ldmatrix, .trans for nn's W (stored (K, N), n
+// contiguous). Both run the MMAs over k in the same order of 16-wide chunks, so an output's bits are
+// the same whichever computes it.
 
-constexpr int kWide = 128;                   // output tile rows and columns
-constexpr int kWideThreads = 256;            // 8 warps
-constexpr int kWideMinN = kWide;             // narrower outputs (LoRA ranks) take the 64×64 kernel
-constexpr int kPitchN = kWide + 8;           // nn's W rows (k) in shared memory: 272 bytes, ldmatrix conflict-free
-constexpr int kWideVecs = kWide * kStepK / kBf16PerVec / kWideThreads;  // 16-byte copies per operand and step
-static_assert(kWideVecs == 2, "two vectors per thread and operand");
+constexpr int kWideMinN = 128;  // narrower outputs (LoRA ranks) take the 64×64 kernel
 
 // One k step of both operands: A (rows m, k contiguous); B as W_e lies: nt (n, k contiguous), nn (k, n
-// contiguous).
-template <bool kWKMajor>
-struct WideStage {
-  bf16 a[kWide][kPitch];
-  std::conditional_t<kWKMajor, bf16[kWide][kPitch], bf16[kStepK][kPitchN]> b;
+// contiguous; rows of kT + 8, so an ldmatrix's 8 row addresses hit distinct banks).
+template <int kT, bool kWKMajor>
+struct RowsStage {
+  bf16 a[kT][kPitch];
+  std::conditional_t<kWKMajor, bf16[kT][kPitch], bf16[kStepK][kT + 8]> b;
 };
 
-// This thread's copies of one k step (k0) into `st`: A's rows below a_rows; nt: W's rows n below
-// n_lim; nn: W's rows k below K, columns n below n_lim (multiples of 8, so a vector is wholly in or out).
-template <bool kWKMajor>
-__device__ __forceinline__ void copy_wide_step(WideStage<kWKMajor>& st, const bf16* x, const bf16* w, int a_rows,
+// This thread's copies of one k step (k0) into `st` (two vectors an operand; 2·kT threads): A's rows
+// below a_rows; nt: W's rows n below n_lim; nn: W's rows k below K, columns n below n_lim (multiples
+// of 8, so a vector is wholly in or out).
+template <int kT, bool kWKMajor>
+__device__ __forceinline__ void copy_rows_step(RowsStage<kT, kWKMajor>& st, const bf16* x, const bf16* w, int a_rows,
                                                int n_lim, int N, int K, int k0) {
+  static_assert(kT * kStepK / 8 == 2 * (2 * kT), "two vectors per thread and operand");
 #pragma unroll
-  for (int i = 0; i < kWideVecs; ++i) {
-    const int idx = threadIdx.x + i * kWideThreads;
+  for (int i = 0; i < 2; ++i) {
+    const int idx = threadIdx.x + i * 2 * kT;
     const int m = idx / 4, k = (idx % 4) * 8;  // A and nt's W: 4 vectors along k per row
     const bool a_in = m < a_rows && k0 + k < K;
     cp_async_16(smem_addr(&st.a[m][k]), a_in ? x + int64_t(m) * K + k0 + k : x, a_in ? 16 : 0);
@@ -259,26 +124,26 @@ __device__ __forceinline__ void copy_wide_step(WideStage<kWKMajor>& st, const bf
       const bool b_in = m < n_lim && k0 + k < K;
       cp_async_16(smem_addr(&st.b[m][k]), b_in ? w + int64_t(m) * K + k0 + k : w, b_in ? 16 : 0);
     } else {
-      const int kk = idx / 16, n = (idx % 16) * 8;  // 16 vectors along n per k
+      const int kk = idx / (kT / 8), n = (idx % (kT / 8)) * 8;  // kT / 8 vectors along n per k
       const bool b_in = k0 + kk < K && n < n_lim;
       cp_async_16(smem_addr(&st.b[kk][n]), b_in ? w + int64_t(k0 + kk) * N + n : w, b_in ? 16 : 0);
     }
   }
 }
 
-using WideAcc = float[4][4][4];  // [m16 tile][n8 tile][fragment] of a warp's 64×32 piece
-
 // The warp's MMAs over one stage: A fragments by ldmatrix.x4 (rows lane % 16, k half lane / 16); B
 // fragments two n8 tiles at a time: nt by ldmatrix.x4 of (n, k) rows, nn by ldmatrix.x4.trans of
 // (k, n) rows; registers 0..3 are (n8 tile 2p, k 0-7), (2p, k 8-15), (2p+1, k 0-7), (2p+1, k 8-15).
-template <bool kWKMajor>
-__device__ __forceinline__ void wide_mma_stage(WideAcc& acc, const WideStage<kWKMajor>& st, int wm, int wn) {
+template <int kT, bool kWKMajor>
+__device__ __forceinline__ void rows_mma_stage(float (&acc)[kT / 32][4][4], const RowsStage<kT, kWKMajor>& st, int wm,
+                                               int wn) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int ks = 0; ks < kStepK; ks += 16) {
-    uint32_t a[4][4], b[4][2];
+    uint32_t a[kT / 32][4], b[4][2];
 #pragma unroll
-    for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(a[mi], smem_addr(&st.a[wm + mi * 16 + lane % 16][ks + (lane / 16) * 8]));
+    for (int mi = 0; mi < kT / 32; ++mi)
+      ldmatrix_x4(a[mi], smem_addr(&st.a[wm + mi * 16 + lane % 16][ks + (lane / 16) * 8]));
 #pragma unroll
     for (int p = 0; p < 2; ++p) {
       uint32_t r[4];
@@ -290,47 +155,52 @@ __device__ __forceinline__ void wide_mma_stage(WideAcc& acc, const WideStage<kWK
       b[2 * p][0] = r[0], b[2 * p][1] = r[1], b[2 * p + 1][0] = r[2], b[2 * p + 1][1] = r[3];
     }
 #pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
+    for (int mi = 0; mi < kT / 32; ++mi)
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni) mma_16816(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
   }
 }
 
-// nt (kWKMajor) / nn, N >= kWideMinN: block (x, y) computes 128-row tile x (of the groups' tiles) ×
-// columns y·128, as grouped_rows_kernel does with 64×64 tiles.
-template <bool kWKMajor>
-__global__ void __launch_bounds__(kWideThreads)
-    grouped_rows_wide_kernel(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
-                             int N, int K, float alpha, bool accumulate) {
+// nt (kWKMajor) / nn: block (x, y) computes kT-row tile x (of the groups' tiles) × columns y·kT.
+template <int kT, int kStages, bool kWKMajor>
+__global__ void __launch_bounds__(2 * kT)
+    grouped_rows_kernel(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E, int N,
+                        int K, float alpha, bool accumulate) {
   __shared__ RowTile tile;
-  __shared__ __align__(16) WideStage<kWKMajor> stage[2];
+  __shared__ __align__(16) RowsStage<kT, kWKMajor> stage[kStages];
   if (threadIdx.x < 32) {
-    const RowTile found = find_row_tile<kWide>(offsets, E, blockIdx.x);
+    const RowTile found = find_row_tile<kT>(offsets, E, blockIdx.x);
     if (threadIdx.x == 0) tile = found;
   }
   __syncthreads();
   if (tile.group < 0) return;  // the whole block: worst-case grid, fewer tiles this time
-  const int n0 = blockIdx.y * kWide, n_lim = N - n0;
+  const int n0 = blockIdx.y * kT, n_lim = N - n0;
   const bf16* x = X + int64_t(tile.row0) * K;
   // W_e's columns from n0: nt rows n0.. of (N, K); nn columns n0.. of (K, N).
   const bf16* w = W + tile.group * w_stride + (kWKMajor ? int64_t(n0) * K : int64_t(n0));
-  const int warp = threadIdx.x / 32, wm = (warp / 4) * 64, wn = (warp % 4) * 32;
-  WideAcc acc = {};
+  constexpr int kWarpsN = kT / 32;
+  const int warp = threadIdx.x / 32, wm = (warp / kWarpsN) * (kT / 2), wn = (warp % kWarpsN) * 32;
+  float acc[kT / 32][4][4] = {};
   const int steps = (K + kStepK - 1) / kStepK;
-  copy_wide_step<kWKMajor>(stage[0], x, w, tile.rows, n_lim, N, K, 0);
-  cp_async_commit();
+  constexpr int kAhead = kStages - 1;  // steps in flight while one is multiplied
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < steps) copy_rows_step<kT, kWKMajor>(stage[s], x, w, tile.rows, n_lim, N, K, s * kStepK);
+    cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
+  }
   for (int s = 0; s < steps; ++s) {
-    // Stage (s + 1) % 2 was last read by step s - 1's MMAs, which the barrier ending that step closed.
-    if (s + 1 < steps) copy_wide_step<kWKMajor>(stage[(s + 1) % 2], x, w, tile.rows, n_lim, N, K, (s + 1) * kStepK);
-    cp_async_commit();  // possibly empty: one group per step keeps the count below simple
-    cp_async_wait<1>();  // step s's copies (all but the group just committed) have landed
+    cp_async_wait<kAhead - 1>();  // this thread's copies of step s have landed
+    // Everyone's copies of step s are in, and everyone is past step s - 1's MMAs, whose stage the
+    // copies below refill.
     __syncthreads();
-    wide_mma_stage<kWKMajor>(acc, stage[s % 2], wm, wn);
-    __syncthreads();  // before step s + 1 copies into this stage
+    if (s + kAhead < steps)
+      copy_rows_step<kT, kWKMajor>(stage[(s + kAhead) % kStages], x, w, tile.rows, n_lim, N, K, (s + kAhead) * kStepK);
+    cp_async_commit();
+    rows_mma_stage<kT, kWKMajor>(acc, stage[s % kStages], wm, wn);
   }
   const int lane = threadIdx.x % 32;
 #pragma unroll
-  for (int mi = 0; mi < 4; ++mi)
+  for (int mi = 0; mi < kT / 32; ++mi)
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
@@ -340,6 +210,10 @@ __global__ void __launch_bounds__(kWideThreads)
         store_pair(Y, tile.row0 + r, N, n0 + c, alpha, acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1], accumulate);
       }
 }
+
+// Stages a kernel keeps in flight: the 64×64 kernel's operands are small (10 KB a stage), so four;
+// the 128×128 kernel's two (20 KB a stage, 40 KB of static shared memory as before).
+constexpr int kNarrowStages = 4, kWideStages = 2;
 
 // ---------------------------------------------------------------------------------------------
 // The Hopper kernel (GPU_ARCH=90 builds, GroupedGemmKernels::kHopper): 128×256 output tiles, two
@@ -614,13 +488,13 @@ template <bool kWKMajor>
 void launch_rows_mma_sync(GroupedGemmKernels kernel, bf16* Y, const GroupedTerm& t, const int32_t* offsets, int E,
                           int64_t rows, int N, bool accumulate, cudaStream_t stream) {
   if (kernel == GroupedGemmKernels::kWide) {
-    const dim3 grid(unsigned(ceil_div(rows, kWide) + E), unsigned(ceil_div(N, kWide)));
-    grouped_rows_wide_kernel<kWKMajor>
-        <<<grid, kWideThreads, 0, stream>>>(Y, t.X, t.W, t.w_stride, offsets, E, N, t.K, t.alpha, accumulate);
+    const dim3 grid(unsigned(ceil_div(rows, 128) + E), unsigned(ceil_div(N, 128)));
+    grouped_rows_kernel<128, kWideStages, kWKMajor>
+        <<<grid, 256, 0, stream>>>(Y, t.X, t.W, t.w_stride, offsets, E, N, t.K, t.alpha, accumulate);
   } else {
     const dim3 grid(unsigned(ceil_div(rows, kTile) + E), unsigned(ceil_div(N, kTile)));
-    grouped_rows_kernel<kWKMajor>
-        <<<grid, kThreads, 0, stream>>>(Y, t.X, t.W, t.w_stride, offsets, E, N, t.K, t.alpha, accumulate);
+    grouped_rows_kernel<kTile, kNarrowStages, kWKMajor>
+        <<<grid, 2 * kTile, 0, stream>>>(Y, t.X, t.W, t.w_stride, offsets, E, N, t.K, t.alpha, accumulate);
   }
   CUDA_CHECK(cudaGetLastError());
 }

@@ -12,7 +12,8 @@
 // is reading and writing the output (GB/s: rows·N·4 bytes over the time) — six of the twelve Hopper
 // launches of a qwen3-30b-a3b layer's step. FLOPs 2·rows·N·K. Last, each of the four own products with
 // its LoRA term summed in by one _sum call (ops/grouped_gemm.h), beside the two plain calls it
-// replaces; and the LoRA weight gradients (tn, GB/s of the two inputs read). Each time is the median
+// replaces; the LoRA's rank-wide products (u = x·Aᵀ, du = s·dy·B: GB/s of X read) and its weight
+// gradients (tn, GB/s of the two inputs read). Each time is the median
 // of 20 runs after 3 warm-ups (CUDA events).
 #include <cuda_runtime.h>
 
@@ -162,6 +163,20 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
     std::fprintf(stderr, "  %-14s N %5d K %5d%s | cuBLASLt dense %.3f ms %.1f TFLOP/s\n", p.name, p.N, p.K,
                  line.c_str(), dense_ms, flops / dense_ms / 1e9);
     j["products"].push_back(pj);
+  }
+  // The expert LoRA's rank-wide products (N = r: the 64×64 kernel only), bound by reading X, rows·K·2 bytes.
+  const Product rank_wide[] = {{"gate_up u=x·Aᵀ", true, 2 * kLoraRank, s.C},  // gate_up's adapter has rank 2r
+                               {"down u=h·Aᵀ", true, kLoraRank, s.I},
+                               {"gate_up du=dy·B", false, 2 * kLoraRank, 2 * s.I},
+                               {"down du=dy·B", false, kLoraRank, s.C}};
+  for (const Product& p : rank_wide) {
+    const double ms = median_ms([&] {
+      (p.nt ? grouped_gemm_nt : grouped_gemm_nn)(Y, X, W, int64_t(p.N) * p.K, d_offsets, s.E, rows, p.N, p.K, 1.f,
+                                                 false, nullptr, GroupedGemmKernels::kNarrow);
+    });
+    const double gbps = double(rows) * p.K * 2 / ms / 1e6;
+    j["rank_wide"].push_back({{"product", p.name}, {"N", p.N}, {"K", p.K}, {"ms", ms}, {"gbps", gbps}});
+    std::fprintf(stderr, "  %-14s N %5d K %5d | narrow %.3f ms %.0f GB/s\n", p.name, p.N, p.K, ms, gbps);
   }
   // The expert LoRA's weight gradients (tn, fp32 D += alpha·Yᵀ·X over each expert's rows): bound by
   // reading Y and X, rows·(N + K)·2 bytes.
