@@ -113,7 +113,7 @@ struct RowsStage {
 template <int kT, bool kWKMajor>
 __device__ __forceinline__ void copy_rows_step(RowsStage<kT, kWKMajor>& st, const bf16* x, const bf16* w, int a_rows,
                                                int n_lim, int N, int K, int k0) {
-  static_assert(kT * kStepK / 8 == 2 * (2 * kT), "two vectors per thread and operand");
+  static_assert(kT == 64 || kT == 128, "2·kT threads copy kT·kStepK / 8 = 4·kT vectors an operand: two each");
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int idx = threadIdx.x + i * 2 * kT;

@@ -16,13 +16,14 @@
 // output's columns). nt / nn: 64×64 tiles, 4 warps, four stages by default (any N); for the experts'
 // own matrices (N >= 128) two faster kernels, chosen by GroupedGemmKernels: 128×128 tiles, 8 warps,
 // two stages; and in GPU_ARCH=90 builds 128×256 tiles of Hopper warpgroup MMAs (wgmma) from four
-// swizzled stages. tn: 64×64 tiles of D, four stages of 32 rows, both operands read by ldmatrix.trans
-// as they lie (row by row). The mma.sync kernels run the MMAs over k in the same order, so their bits
-// agree; wgmma may round a k16 chunk's sum differently. nt / nn: the grid is sized for the worst case on the host, ceil(rows /
-// tile) + E row tiles × ceil(N / tile) column tiles (group e needs ceil(M_e / tile) row tiles); each
-// block finds its group and first row from the device offsets (a warp scan of the groups' tile
-// counts) and exits when the tile index is past the last group's. tn: one z-slice of blocks per
-// expert, each block looping over its group's rows; an empty group does nothing.
+// swizzled stages. tn: 64×64 tiles of D, four stages of 32 rows, both operands read by
+// ldmatrix.trans as they lie (row by row). The mma.sync kernels run the MMAs over k in the same
+// order, so their bits agree; wgmma may round a k16 chunk's sum differently. nt / nn: the grid is
+// sized for the worst case on the host, ceil(rows / tile) + E row tiles × ceil(N / tile) column
+// tiles (group e needs ceil(M_e / tile) row tiles); each block finds its group and first row from
+// the device offsets (a warp scan of the groups' tile counts) and exits when the tile index is past
+// the last group's. tn: one z-slice of blocks per expert, each block looping over its group's rows;
+// an empty group does nothing.
 #pragma once
 #include <cstdint>
 

@@ -180,7 +180,9 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
   }
   // The expert LoRA's weight gradients (tn, fp32 D += alpha·Yᵀ·X over each expert's rows): bound by
   // reading Y and X, rows·(N + K)·2 bytes.
-  float* D = device_alloc<float>(size_t(s.E) * size_t(max_side) * 2 * kLoraRank);
+  const size_t d_size = size_t(s.E) * size_t(max_side) * 2 * kLoraRank;
+  float* D = device_alloc<float>(d_size);
+  CUDA_CHECK(cudaMemset(D, 0, d_size * sizeof(float)));  // the sums of the timed runs stay finite
   const Product gradients[] = {{"gate_up dB", false, 2 * s.I, 2 * kLoraRank},  // dB += s·dyᵀ·u (u of rank 2r)
                                {"gate_up dA", false, 2 * kLoraRank, s.C},  // dA += duᵀ·x
                                {"down dB", false, s.C, kLoraRank},
