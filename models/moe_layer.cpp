@@ -241,24 +241,29 @@ void MoeLayers::forward(GemmContext& ctx, int l, const bf16* xn2, bf16* out, int
 // of FE each ran the Hopper kernel at ≈ 170-200 TFLOP/s in the step (tools/perf_notes.md).
 void MoeLayers::experts_forward(const Stack& w, int64_t rows, const ExpertLoraDevice& gu,
                                 const ExpertLoraDevice& dn, cudaStream_t stream) {
-  const int E = E_, C = C_, FE = FE_;
+  const int C = C_, FE = FE_;
   const int64_t wgu = 2 * int64_t(FE) * C, wdn = int64_t(C) * FE;
-  grouped_gemm_nt(gate_up_rows_, xs_, w.gate_up, wgu, offsets_, E, rows, 2 * FE, C, 1.f, false, stream);
-  if (gu.A) {
-    grouped_gemm_nt(u_gate_up_, xs_, gu.A, gu.stride, offsets_, E, rows, gu.r, C, 1.f, false, stream);
-    grouped_gemm_nt(gate_up_rows_, u_gate_up_, gu.B, gu.stride, offsets_, E, rows, 2 * FE, gu.r, gu.scale, true,
-                    stream);
-  }
+  linear_forward(gate_up_rows_, {xs_, w.gate_up, wgu, C}, gu, u_gate_up_, rows, 2 * FE, stream);
   swiglu_forward_fused(act_, gate_up_rows_, rows, FE, stream);
-  grouped_gemm_nt(ys_, act_, w.down, wdn, offsets_, E, rows, C, FE, 1.f, false, stream);
-  if (dn.A) {
-    grouped_gemm_nt(u_down_, act_, dn.A, dn.stride, offsets_, E, rows, dn.r, FE, 1.f, false, stream);
-    grouped_gemm_nt(ys_, u_down_, dn.B, dn.stride, offsets_, E, rows, C, dn.r, dn.scale, true, stream);
-  }
+  linear_forward(ys_, {act_, w.down, wdn, FE}, dn, u_down_, rows, C, stream);
 }
 
-// The forward's products backwards, in ops/lora_linear.h's order per linear (dx = dy·W; du = s·dy·B;
-// dB += s·dyᵀ·u; dA += duᵀ·x; dx += du·A), then the permutation and the router.
+// One expert linear over the sorted rows, y = x·Wᵀ (+ s·u·Bᵀ with u = x·Aᵀ kept for the backward):
+// the adapter's B product is summed into the own product's launch (ops/grouped_gemm.h's _sum), so y
+// is written once.
+void MoeLayers::linear_forward(bf16* y, const GroupedTerm& own, const ExpertLoraDevice& lora, bf16* u, int64_t rows,
+                               int N, cudaStream_t stream) {
+  if (!lora.A) {
+    grouped_gemm_nt(y, own.X, own.W, own.w_stride, offsets_, E_, rows, N, own.K, 1.f, false, stream);
+    return;
+  }
+  grouped_gemm_nt(u, own.X, lora.A, lora.stride, offsets_, E_, rows, lora.r, own.K, 1.f, false, stream);
+  grouped_gemm_nt_sum(y, own, {u, lora.B, lora.stride, lora.r, lora.scale}, offsets_, E_, rows, N, false, stream);
+}
+
+// The forward's products backwards, per linear du = s·dy·B; dB += s·dyᵀ·u; dA += duᵀ·x; then
+// dx = dy·W + du·A in one launch (ops/lora_linear.h's products, du first), then the permutation and
+// the router.
 void MoeLayers::backward(GemmContext& ctx, int l, const bf16* dout, bf16* dxn2, int64_t T,
                          const ExpertLoraDevice& gu, const ExpertLoraDevice& dn, cudaStream_t stream) {
   const int s = sparse_index_[size_t(l)];
@@ -276,19 +281,17 @@ void MoeLayers::backward(GemmContext& ctx, int l, const bf16* dout, bf16* dxn2, 
     grouped_gemm_tn(dn.dA, dn.stride, du_, act_, offsets_, E, dn.r, FE, 1.f, stream);
   }
   bf16* dact = act_;
-  grouped_gemm_nn(dact, dys, w.down, wdn, offsets_, E, rows, FE, C, 1.f, false, stream);
-  if (dn.A) grouped_gemm_nn(dact, du_, dn.A, dn.stride, offsets_, E, rows, FE, dn.r, 1.f, true, stream);
+  input_gradient(dact, {dys, w.down, wdn, C}, dn, rows, FE, stream);
   // [dgate | dup] over [gate | up] in place, as the dense MLP overwrites its activations.
   swiglu_backward_fused(gate_up_rows_, dact, gate_up_rows_, rows, FE, stream);
-  // gate_up, one product each of K or M = 2·FE: dxs = [dgate | dup]·W_gate_up; du = s·[dgate | dup]·B;
-  // dB += s·[dgate | dup]ᵀ·u; dA += duᵀ·xs; dxs += du·A.
-  grouped_gemm_nn(dxs_, gate_up_rows_, w.gate_up, wgu, offsets_, E, rows, C, 2 * FE, 1.f, false, stream);
+  // gate_up, one product each of K or M = 2·FE: du = s·[dgate | dup]·B; dB += s·[dgate | dup]ᵀ·u;
+  // dA += duᵀ·xs; then dxs = [dgate | dup]·W_gate_up + du·A.
   if (gu.A) {
     grouped_gemm_nn(du_, gate_up_rows_, gu.B, gu.stride, offsets_, E, rows, gu.r, 2 * FE, gu.scale, false, stream);
     grouped_gemm_tn(gu.dB, gu.stride, gate_up_rows_, u_gate_up_, offsets_, E, 2 * FE, gu.r, gu.scale, stream);
     grouped_gemm_tn(gu.dA, gu.stride, du_, xs_, offsets_, E, gu.r, C, 1.f, stream);
-    grouped_gemm_nn(dxs_, du_, gu.A, gu.stride, offsets_, E, rows, C, gu.r, 1.f, true, stream);
   }
+  input_gradient(dxs_, {gate_up_rows_, w.gate_up, wgu, 2 * FE}, gu, rows, C, stream);
   moe_gather_backward(dxn2, dxs_, row_of_, T, K_, C, stream);
   // Through the routing weights (and the aux loss's d aux / d p) into the logits, then the frozen
   // router: dxn2 += dlogits·Wr, dlogits rounded to bf16 for the GEMM (ops/gemm.h takes bf16 inputs).
@@ -296,6 +299,17 @@ void MoeLayers::backward(GemmContext& ctx, int l, const bf16* dout, bf16* dxn2, 
                      cfg_.norm_topk_prob, stream);
   cast_fp32_to_bf16(dlogits_bf16_, dlogits_, T * E, stream);
   gemm(ctx, dxn2, dlogits_bf16_, router_.at(s), T, C, E, false, false, 1.f, 1.f, GemmOut::kBf16, stream);
+}
+
+// An expert linear's input gradient, dx = dy·W (+ du·A, du formed before): one launch with the
+// adapter's term summed in (ops/grouped_gemm.h's _sum).
+void MoeLayers::input_gradient(bf16* dx, const GroupedTerm& own, const ExpertLoraDevice& lora, int64_t rows, int N,
+                               cudaStream_t stream) {
+  if (!lora.A) {
+    grouped_gemm_nn(dx, own.X, own.W, own.w_stride, offsets_, E_, rows, N, own.K, 1.f, false, stream);
+    return;
+  }
+  grouped_gemm_nn_sum(dx, own, {du_, lora.A, lora.stride, lora.r, 1.f}, offsets_, E_, rows, N, false, stream);
 }
 
 }  // namespace loom

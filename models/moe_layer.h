@@ -34,6 +34,7 @@
 #include "models/model_config.h"
 #include "models/weights.h"
 #include "ops/gemm.h"
+#include "ops/grouped_gemm.h"
 #include "ops/nf4.h"
 
 namespace loom {
@@ -80,6 +81,10 @@ class MoeLayers {
   void upload_nf4(int s, int piece, const float* w, std::vector<float>& rounded);
   void experts_forward(const Stack& w, int64_t rows, const ExpertLoraDevice& gate_up,
                        const ExpertLoraDevice& down, cudaStream_t stream);
+  void linear_forward(bf16* y, const GroupedTerm& own, const ExpertLoraDevice& lora, bf16* u, int64_t rows, int N,
+                      cudaStream_t stream);
+  void input_gradient(bf16* dx, const GroupedTerm& own, const ExpertLoraDevice& lora, int64_t rows, int N,
+                      cudaStream_t stream);
   bool nf4() const { return opt_.quant == Quant::kNf4; }
   bool aux_on() const { return opt_.training && cfg_.output_router_logits && cfg_.router_aux_loss_coef != 0; }
 

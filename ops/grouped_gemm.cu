@@ -1,6 +1,8 @@
 // Grouped GEMMs over the experts on the GPU (math and tiling in ops/grouped_gemm.h).
 #include "ops/grouped_gemm.h"
 
+#include <cmath>
+#include <string>
 #include <type_traits>
 
 #include "ops/kernel_util.cuh"
@@ -13,55 +15,6 @@ constexpr int kTile = kGroupedGemmTile;  // output tile rows (m) and columns (n)
 constexpr int kStepK = 32;               // k per shared-memory step
 constexpr int kPitch = kStepK + 8;       // shared row pitch: 80 bytes, so a warp's fragment loads hit 32 banks
 constexpr int kThreads = 128;            // 4 warps, each a 32×32 quarter of the tile
-constexpr int kVecPerThread = kTile * kStepK / kBf16PerVec / kThreads;  // 16-byte loads per operand and step
-static_assert(kVecPerThread == 2, "the loaders below assume two vectors per thread");
-
-using SharedTile = bf16[kTile][kPitch];
-
-// One operand of a tile product, seen from the tile's origin: element (m, k) lies at p[m·ld + k]
-// (k-major: rows contiguous along k, as X and an nt weight) or at p[k·ld + m] (m-major: along m, as a
-// transposed operand); m < m_lim and k < k_lim are in range, the rest reads as 0.
-struct Operand {
-  const bf16* p;
-  int64_t ld;
-  int m_lim, k_lim;
-};
-
-// This thread's two 16-byte vectors of the (kTile × kStepK) slice at k0. k-major: 4 vectors along k
-// per row m; m-major: 8 vectors along m per k. Callers keep k_lim (k-major) or m_lim (m-major) a
-// multiple of 8, so a vector is wholly in range or wholly out.
-template <bool kKMajor>
-__device__ __forceinline__ void load_slice(uint4 (&v)[kVecPerThread], const Operand& op, int k0) {
-#pragma unroll
-  for (int i = 0; i < kVecPerThread; ++i) {
-    const int idx = threadIdx.x + i * kThreads;
-    const int m = kKMajor ? idx / 4 : (idx % 8) * 8, k = kKMajor ? (idx % 4) * 8 : idx / 8;
-    const bool in = m < op.m_lim && k0 + k < op.k_lim;
-    const int64_t at = kKMajor ? m * op.ld + k0 + k : (k0 + k) * op.ld + m;
-    v[i] = in ? *reinterpret_cast<const uint4*>(op.p + at) : make_uint4(0, 0, 0, 0);
-  }
-}
-
-// Stores the vectors as s[m][k] (k contiguous, the layout the MMA fragments read); an m-major
-// vector is 8 values of one k, written one by one.
-template <bool kKMajor>
-__device__ __forceinline__ void store_slice(SharedTile& s, const uint4 (&v)[kVecPerThread]) {
-#pragma unroll
-  for (int i = 0; i < kVecPerThread; ++i) {
-    const int idx = threadIdx.x + i * kThreads;
-    if (kKMajor) {
-      *reinterpret_cast<uint4*>(&s[idx / 4][(idx % 4) * 8]) = v[i];
-    } else {
-      const bf16* values = reinterpret_cast<const bf16*>(&v[i]);
-      const int m = (idx % 8) * 8, k = idx / 8;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) s[m + j][k] = values[j];
-    }
-  }
-}
-
-__device__ __forceinline__ uint32_t pair_at(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
 // Y[row][col], Y[row][col + 1] = bf16(alpha · (a0, a1)), plus their old values when accumulating (in fp32,
 // rounded once).
 __device__ __forceinline__ void store_pair(bf16* Y, int64_t row, int N, int col, float alpha, float a0, float a1,
@@ -93,61 +46,6 @@ __device__ __forceinline__ void for_each_pair(const Acc& acc, F&& f) {
       for (int half = 0; half < 2; ++half)
         f(wm + mi * 16 + lane / 4 + 8 * half, wn + ni * 8 + 2 * (lane % 4), acc[mi][ni][2 * half],
           acc[mi][ni][2 * half + 1]);
-}
-
-// The warp's MMAs over one shared slice: fragments from s[m][k] pairs (two adjacent k per register).
-__device__ __forceinline__ void mma_slice(Acc& acc, const SharedTile& As, const SharedTile& Bs, int wm, int wn) {
-  const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-#pragma unroll
-  for (int ks = 0; ks < kStepK; ks += 16) {
-    uint32_t a[2][4], b[4][2];
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi) {
-      const int r = wm + mi * 16 + g, k = ks + 2 * q;
-      a[mi][0] = pair_at(&As[r][k]);
-      a[mi][1] = pair_at(&As[r + 8][k]);
-      a[mi][2] = pair_at(&As[r][k + 8]);
-      a[mi][3] = pair_at(&As[r + 8][k + 8]);
-    }
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni) {
-      const int c = wn + ni * 8 + g, k = ks + 2 * q;
-      b[ni][0] = pair_at(&Bs[c][k]);
-      b[ni][1] = pair_at(&Bs[c][k + 8]);
-    }
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) mma_16816(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
-  }
-}
-
-// acc = A·Bᵀ over k in [0, k_lim) for the block's tile: A (kTile × k), B (kTile × k) as Operands.
-// The next slice's global loads are issued before this slice's MMAs.
-template <bool kAKMajor, bool kBKMajor>
-__device__ __forceinline__ void tile_product(Acc& acc, const Operand& a, const Operand& b, SharedTile& As,
-                                             SharedTile& Bs) {
-  const int warp = threadIdx.x / 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int f = 0; f < 4; ++f) acc[mi][ni][f] = 0.f;
-  uint4 va[kVecPerThread], vb[kVecPerThread];
-  load_slice<kAKMajor>(va, a, 0);
-  load_slice<kBKMajor>(vb, b, 0);
-  for (int k0 = 0; k0 < a.k_lim; k0 += kStepK) {
-    store_slice<kAKMajor>(As, va);
-    store_slice<kBKMajor>(Bs, vb);
-    __syncthreads();
-    if (k0 + kStepK < a.k_lim) {
-      load_slice<kAKMajor>(va, a, k0 + kStepK);
-      load_slice<kBKMajor>(vb, b, k0 + kStepK);
-    }
-    mma_slice(acc, As, Bs, wm, wn);
-    __syncthreads();  // before the next slice overwrites the shared tiles
-  }
 }
 
 struct RowTile {
@@ -191,65 +89,34 @@ __device__ RowTile find_row_tile(const int32_t* offsets, int E, int64_t tile, in
   return {-1, 0, 0, 0};
 }
 
-// nt (kWKMajor) / nn: block (x, y) computes row tile x (of the groups' tiles) × columns y·kTile.
-template <bool kWKMajor>
-__global__ void __launch_bounds__(kThreads)
-    grouped_rows_kernel(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E, int N,
-                        int K, float alpha, bool accumulate) {
-  __shared__ RowTile tile;
-  __shared__ __align__(16) SharedTile As, Bs;
-  if (threadIdx.x < 32) {
-    const RowTile found = find_row_tile<kTile>(offsets, E, blockIdx.x);
-    if (threadIdx.x == 0) tile = found;
-  }
-  __syncthreads();
-  if (tile.group < 0) return;  // the whole block: worst-case grid, fewer tiles this time
-  const int n0 = blockIdx.y * kTile;
-  const bf16* w = W + tile.group * w_stride;
-  const Operand a{X + int64_t(tile.row0) * K, K, tile.rows, K};
-  // W_e (n, k): nt stores it (N, K), element at n·K + k; nn stores it (K, N), element at k·N + n.
-  const Operand b = kWKMajor ? Operand{w + int64_t(n0) * K, K, N - n0, K} : Operand{w + n0, N, N - n0, K};
-  Acc acc;
-  tile_product<true, kWKMajor>(acc, a, b, As, Bs);
-  for_each_pair(acc, [&](int r, int c, float a0, float a1) {
-    c += n0;
-    if (r >= tile.rows || c >= N) return;  // c even and N a multiple of 8: c + 1 < N too
-    store_pair(Y, tile.row0 + r, N, c, alpha, a0, a1, accumulate);
-  });
-}
-
 // ---------------------------------------------------------------------------------------------
-// The wide kernel (nt / nn with N >= kWideMinN): 128×128 output tiles, 8 warps in 2 (m) × 4 (n), each a
-// 64×32 piece (4 m16 × 4 n8 MMA tiles); k steps of kStepK through two shared-memory stages that
-// cp.async fills (the next step's copies in flight during this step's MMAs; out-of-range vectors
-// zero-filled); fragments by ldmatrix, .trans for nn's W (stored (K, N), n contiguous). Per warp and
-// k16: 6 ldmatrix.x4 for 16 MMAs, where the 64×64 kernel issues 16 32-bit shared loads for 8. The
-// MMAs run over k in the same order of 16-wide chunks as the 64×64 kernel's, so an output's bits are
-// the same whichever kernel computes it.
+// The mma.sync row kernels (nt / nn): kT×kT output tiles (64: GroupedGemmKernels::kNarrow, every N;
+// 128: kWide, N >= kWideMinN), 2 (m) × kT / 32 (n) warps, each a kT / 2 × 32 piece (kT / 32 m16 × 4 n8
+// MMA tiles); k steps of kStepK through kStages shared-memory stages that cp.async fills ahead
+// (out-of-range vectors zero-filled); fragments by ldmatrix, .trans for nn's W (stored (K, N), n
+// contiguous). Both run the MMAs over k in the same order of 16-wide chunks, so an output's bits are
+// the same whichever computes it.
 
-constexpr int kWide = 128;                   // output tile rows and columns
-constexpr int kWideThreads = 256;            // 8 warps
-constexpr int kWideMinN = kWide;             // narrower outputs (LoRA ranks) take the 64×64 kernel
-constexpr int kPitchN = kWide + 8;           // nn's W rows (k) in shared memory: 272 bytes, ldmatrix conflict-free
-constexpr int kWideVecs = kWide * kStepK / kBf16PerVec / kWideThreads;  // 16-byte copies per operand and step
-static_assert(kWideVecs == 2, "two vectors per thread and operand");
+constexpr int kWideMinN = 128;  // narrower outputs (LoRA ranks) take the 64×64 kernel
 
 // One k step of both operands: A (rows m, k contiguous); B as W_e lies: nt (n, k contiguous), nn (k, n
-// contiguous).
-template <bool kWKMajor>
-struct WideStage {
-  bf16 a[kWide][kPitch];
-  std::conditional_t<kWKMajor, bf16[kWide][kPitch], bf16[kStepK][kPitchN]> b;
+// contiguous; rows of kT + 8, so an ldmatrix's 8 row addresses hit distinct banks).
+template <int kT, bool kWKMajor>
+struct RowsStage {
+  bf16 a[kT][kPitch];
+  std::conditional_t<kWKMajor, bf16[kT][kPitch], bf16[kStepK][kT + 8]> b;
 };
 
-// This thread's copies of one k step (k0) into `st`: A's rows below a_rows; nt: W's rows n below
-// n_lim; nn: W's rows k below K, columns n below n_lim (multiples of 8, so a vector is wholly in or out).
-template <bool kWKMajor>
-__device__ __forceinline__ void copy_wide_step(WideStage<kWKMajor>& st, const bf16* x, const bf16* w, int a_rows,
+// This thread's copies of one k step (k0) into `st` (two vectors an operand; 2·kT threads): A's rows
+// below a_rows; nt: W's rows n below n_lim; nn: W's rows k below K, columns n below n_lim (multiples
+// of 8, so a vector is wholly in or out).
+template <int kT, bool kWKMajor>
+__device__ __forceinline__ void copy_rows_step(RowsStage<kT, kWKMajor>& st, const bf16* x, const bf16* w, int a_rows,
                                                int n_lim, int N, int K, int k0) {
+  static_assert(kT == 64 || kT == 128, "2·kT threads copy kT·kStepK / 8 = 4·kT vectors an operand: two each");
 #pragma unroll
-  for (int i = 0; i < kWideVecs; ++i) {
-    const int idx = threadIdx.x + i * kWideThreads;
+  for (int i = 0; i < 2; ++i) {
+    const int idx = threadIdx.x + i * 2 * kT;
     const int m = idx / 4, k = (idx % 4) * 8;  // A and nt's W: 4 vectors along k per row
     const bool a_in = m < a_rows && k0 + k < K;
     cp_async_16(smem_addr(&st.a[m][k]), a_in ? x + int64_t(m) * K + k0 + k : x, a_in ? 16 : 0);
@@ -257,26 +124,26 @@ __device__ __forceinline__ void copy_wide_step(WideStage<kWKMajor>& st, const bf
       const bool b_in = m < n_lim && k0 + k < K;
       cp_async_16(smem_addr(&st.b[m][k]), b_in ? w + int64_t(m) * K + k0 + k : w, b_in ? 16 : 0);
     } else {
-      const int kk = idx / 16, n = (idx % 16) * 8;  // 16 vectors along n per k
+      const int kk = idx / (kT / 8), n = (idx % (kT / 8)) * 8;  // kT / 8 vectors along n per k
       const bool b_in = k0 + kk < K && n < n_lim;
       cp_async_16(smem_addr(&st.b[kk][n]), b_in ? w + int64_t(k0 + kk) * N + n : w, b_in ? 16 : 0);
     }
   }
 }
 
-using WideAcc = float[4][4][4];  // [m16 tile][n8 tile][fragment] of a warp's 64×32 piece
-
 // The warp's MMAs over one stage: A fragments by ldmatrix.x4 (rows lane % 16, k half lane / 16); B
 // fragments two n8 tiles at a time: nt by ldmatrix.x4 of (n, k) rows, nn by ldmatrix.x4.trans of
 // (k, n) rows; registers 0..3 are (n8 tile 2p, k 0-7), (2p, k 8-15), (2p+1, k 0-7), (2p+1, k 8-15).
-template <bool kWKMajor>
-__device__ __forceinline__ void wide_mma_stage(WideAcc& acc, const WideStage<kWKMajor>& st, int wm, int wn) {
+template <int kT, bool kWKMajor>
+__device__ __forceinline__ void rows_mma_stage(float (&acc)[kT / 32][4][4], const RowsStage<kT, kWKMajor>& st, int wm,
+                                               int wn) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int ks = 0; ks < kStepK; ks += 16) {
-    uint32_t a[4][4], b[4][2];
+    uint32_t a[kT / 32][4], b[4][2];
 #pragma unroll
-    for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(a[mi], smem_addr(&st.a[wm + mi * 16 + lane % 16][ks + (lane / 16) * 8]));
+    for (int mi = 0; mi < kT / 32; ++mi)
+      ldmatrix_x4(a[mi], smem_addr(&st.a[wm + mi * 16 + lane % 16][ks + (lane / 16) * 8]));
 #pragma unroll
     for (int p = 0; p < 2; ++p) {
       uint32_t r[4];
@@ -288,47 +155,52 @@ __device__ __forceinline__ void wide_mma_stage(WideAcc& acc, const WideStage<kWK
       b[2 * p][0] = r[0], b[2 * p][1] = r[1], b[2 * p + 1][0] = r[2], b[2 * p + 1][1] = r[3];
     }
 #pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
+    for (int mi = 0; mi < kT / 32; ++mi)
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni) mma_16816(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
   }
 }
 
-// nt (kWKMajor) / nn, N >= kWideMinN: block (x, y) computes 128-row tile x (of the groups' tiles) ×
-// columns y·128, as grouped_rows_kernel does with 64×64 tiles.
-template <bool kWKMajor>
-__global__ void __launch_bounds__(kWideThreads)
-    grouped_rows_wide_kernel(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
-                             int N, int K, float alpha, bool accumulate) {
+// nt (kWKMajor) / nn: block (x, y) computes kT-row tile x (of the groups' tiles) × columns y·kT.
+template <int kT, int kStages, bool kWKMajor>
+__global__ void __launch_bounds__(2 * kT)
+    grouped_rows_kernel(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E, int N,
+                        int K, float alpha, bool accumulate) {
   __shared__ RowTile tile;
-  __shared__ __align__(16) WideStage<kWKMajor> stage[2];
+  __shared__ __align__(16) RowsStage<kT, kWKMajor> stage[kStages];
   if (threadIdx.x < 32) {
-    const RowTile found = find_row_tile<kWide>(offsets, E, blockIdx.x);
+    const RowTile found = find_row_tile<kT>(offsets, E, blockIdx.x);
     if (threadIdx.x == 0) tile = found;
   }
   __syncthreads();
   if (tile.group < 0) return;  // the whole block: worst-case grid, fewer tiles this time
-  const int n0 = blockIdx.y * kWide, n_lim = N - n0;
+  const int n0 = blockIdx.y * kT, n_lim = N - n0;
   const bf16* x = X + int64_t(tile.row0) * K;
   // W_e's columns from n0: nt rows n0.. of (N, K); nn columns n0.. of (K, N).
   const bf16* w = W + tile.group * w_stride + (kWKMajor ? int64_t(n0) * K : int64_t(n0));
-  const int warp = threadIdx.x / 32, wm = (warp / 4) * 64, wn = (warp % 4) * 32;
-  WideAcc acc = {};
+  constexpr int kWarpsN = kT / 32;
+  const int warp = threadIdx.x / 32, wm = (warp / kWarpsN) * (kT / 2), wn = (warp % kWarpsN) * 32;
+  float acc[kT / 32][4][4] = {};
   const int steps = (K + kStepK - 1) / kStepK;
-  copy_wide_step<kWKMajor>(stage[0], x, w, tile.rows, n_lim, N, K, 0);
-  cp_async_commit();
+  constexpr int kAhead = kStages - 1;  // steps in flight while one is multiplied
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < steps) copy_rows_step<kT, kWKMajor>(stage[s], x, w, tile.rows, n_lim, N, K, s * kStepK);
+    cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
+  }
   for (int s = 0; s < steps; ++s) {
-    // Stage (s + 1) % 2 was last read by step s - 1's MMAs, which the barrier ending that step closed.
-    if (s + 1 < steps) copy_wide_step<kWKMajor>(stage[(s + 1) % 2], x, w, tile.rows, n_lim, N, K, (s + 1) * kStepK);
-    cp_async_commit();  // possibly empty: one group per step keeps the count below simple
-    cp_async_wait<1>();  // step s's copies (all but the group just committed) have landed
+    cp_async_wait<kAhead - 1>();  // this thread's copies of step s have landed
+    // Everyone's copies of step s are in, and everyone is past step s - 1's MMAs, whose stage the
+    // copies below refill.
     __syncthreads();
-    wide_mma_stage<kWKMajor>(acc, stage[s % 2], wm, wn);
-    __syncthreads();  // before step s + 1 copies into this stage
+    if (s + kAhead < steps)
+      copy_rows_step<kT, kWKMajor>(stage[(s + kAhead) % kStages], x, w, tile.rows, n_lim, N, K, (s + kAhead) * kStepK);
+    cp_async_commit();
+    rows_mma_stage<kT, kWKMajor>(acc, stage[s % kStages], wm, wn);
   }
   const int lane = threadIdx.x % 32;
 #pragma unroll
-  for (int mi = 0; mi < 4; ++mi)
+  for (int mi = 0; mi < kT / 32; ++mi)
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
@@ -338,6 +210,10 @@ __global__ void __launch_bounds__(kWideThreads)
         store_pair(Y, tile.row0 + r, N, n0 + c, alpha, acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1], accumulate);
       }
 }
+
+// Stages a kernel keeps in flight: the 64×64 kernel's operands are small (10 KB a stage), so four;
+// the 128×128 kernel's two (20 KB a stage, 40 KB of static shared memory as before).
+constexpr int kNarrowStages = 4, kWideStages = 2;
 
 // ---------------------------------------------------------------------------------------------
 // The Hopper kernel (GPU_ARCH=90 builds, GroupedGemmKernels::kHopper): 128×256 output tiles, two
@@ -406,14 +282,26 @@ __device__ __forceinline__ void issue_hopper_step(float (&acc)[2][16][4], uint32
       wgmma::wgmma_m64n128k16_ss<0, kWKMajor ? 0 : 1>(acc[h], wgmma::kmajor_slice(a, kHopperRows, kk), wd, 1);
     }
 }
+
+// acc *= f, every accumulator this thread holds.
+__device__ __forceinline__ void scale_accumulators(float (&acc)[2][16][4], float f) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int n = 0; n < 16; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[h][n][i] *= f;
+}
 #endif
 
 // nt (kWKMajor) / nn on Hopper: block b computes tile b of the expert-major walk (find_row_tile with
-// the column tiles); blocks past the last group's tiles exit.
+// the column tiles); blocks past the last group's tiles exit. Y = a.alpha·a.X·a.Wᵀ + b.alpha·b.X·b.Wᵀ:
+// b's k steps (none when b.K = 0) follow a's into the same accumulators, which are scaled by
+// a.alpha / b.alpha between the two (b.alpha != 0), so that one final b.alpha gives the sum.
 template <bool kWKMajor>
 __global__ void __launch_bounds__(kHopperThreads, 1)
-    grouped_rows_hopper_kernel(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
-                               int N, int K, float alpha, bool accumulate) {
+    grouped_rows_hopper_kernel(bf16* Y, GroupedTerm a, GroupedTerm b, const int32_t* offsets, int E, int N,
+                               bool accumulate) {
 #ifdef LOOM_WGMMA
   extern __shared__ unsigned char smem[];
   __shared__ RowTile tile;
@@ -426,13 +314,25 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
   const uint32_t base = smem_addr(smem) + ((1024u - (smem_addr(smem) & 1023u)) & 1023u);  // swizzle alignment
   auto stage = [&](int s) { return base + uint32_t(s % kHopperStages) * kHopperStageBytes; };
   const int n0 = tile.col * kHopperCols, n_lim = N - n0;
-  const bf16* x = X + int64_t(tile.row0) * K;
-  const bf16* w = W + tile.group * w_stride + (kWKMajor ? int64_t(n0) * K : int64_t(n0));
-  const int wg = threadIdx.x / 128, steps = (K + kHopperStepK - 1) / kHopperStepK;
+  // A term's tile origin: its rows from row0 of X, W_e's columns from n0 (nt rows n0.. of (N, K); nn
+  // columns n0.. of (K, N)).
+  auto x_of = [&](const GroupedTerm& t) { return t.X + int64_t(tile.row0) * t.K; };
+  auto w_of = [&](const GroupedTerm& t) {
+    return t.W + tile.group * t.w_stride + (kWKMajor ? int64_t(n0) * t.K : int64_t(n0));
+  };
+  const bf16 *xa = x_of(a), *wa = w_of(a), *xb = b.K > 0 ? x_of(b) : nullptr, *wb = b.K > 0 ? w_of(b) : nullptr;
+  const int wg = threadIdx.x / 128, a_steps = (a.K + kHopperStepK - 1) / kHopperStepK;
+  const int steps = a_steps + (b.K + kHopperStepK - 1) / kHopperStepK;
+  auto copy_step = [&](int s) {
+    if (s < a_steps)
+      copy_hopper_step<kWKMajor>(stage(s), xa, wa, tile.rows, n_lim, N, a.K, s * kHopperStepK);
+    else
+      copy_hopper_step<kWKMajor>(stage(s), xb, wb, tile.rows, n_lim, N, b.K, (s - a_steps) * kHopperStepK);
+  };
   constexpr int kAhead = kHopperStages - 2;  // steps whose copies are in flight when a step's products issue
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) {
-    if (s < steps) copy_hopper_step<kWKMajor>(stage(s), x, w, tile.rows, n_lim, N, K, s * kHopperStepK);
+    if (s < steps) copy_step(s);
     cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
   }
   float acc[2][16][4] = {};
@@ -442,16 +342,24 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
     // Every thread's copies of step s are in; every warpgroup's products of step s - 2 are done
     // (each waited for them in step s - 1), so their stage may be refilled.
     __syncthreads();
-    if (s + kAhead < steps)
-      copy_hopper_step<kWKMajor>(stage(s + kAhead), x, w, tile.rows, n_lim, N, K, (s + kAhead) * kHopperStepK);
+    if (s + kAhead < steps) copy_step(s + kAhead);
     cp_async_commit();
-    wgmma::fence_registers(acc[0]);  // the zeroing above stays before the fence
+    if (s == a_steps) {  // a's sum is complete once its last products are: rescale it for b's
+      wgmma::wait<0>();
+      wgmma::fence_registers(acc[0]);
+      wgmma::fence_registers(acc[1]);
+      scale_accumulators(acc, a.alpha / b.alpha);
+    }
+    wgmma::fence_registers(acc[0]);  // the zeroing (and scaling) above stays before the fence
     wgmma::fence_registers(acc[1]);
     wgmma::fence();
+    // Every k16 slice, also a partial last step's zeros: with the count known only at run time ptxas
+    // injects warpgroup fences (warning C7519), even behind a uniform branch per count.
     issue_hopper_step<kWKMajor>(acc, stage(s), wg);
     wgmma::commit();
     wgmma::wait<1>();  // step s - 1's products are done
   }
+  const float alpha = b.K > 0 ? b.alpha : a.alpha;
   wgmma::wait<0>();
   wgmma::fence_registers(acc[0]);
   wgmma::fence_registers(acc[1]);
@@ -472,19 +380,83 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
 }
 
 // tn: block (x, y, e) computes D_e's tile rows y·kTile (n of Y) × columns x·kTile (k of X), summing
-// over the group's rows.
+// over the group's rows in steps of kStepK through kTnStages shared stages that cp.async fills ahead.
+// Both operands stay in shared memory as they lie in global memory, rows of the group by n (Y) or k
+// (X), and ldmatrix.trans reads them as fragments: A = Yᵀ (n, row) pairs along the rows, B = X the
+// same (as the wide kernel's nn W). The MMAs run over the rows in the order the register-staged
+// 64×64 kernel ran them (32-row slices, two k16 each), so the sums are the same.
+constexpr int kTnStages = 4;
+constexpr int kTnPitch = kTile + 8;  // 144-byte rows: the 8 row addresses of an ldmatrix hit distinct banks
+
+struct TnStage {
+  bf16 y[kStepK][kTnPitch];  // rows of Y, columns n0..n0 + 63
+  bf16 x[kStepK][kTnPitch];  // rows of X, columns k0..k0 + 63
+};
+
+// This thread's copies of the 32 rows from `row` (of `rows`): 8 vectors a row and operand.
+__device__ __forceinline__ void copy_tn_step(TnStage& st, const bf16* y, const bf16* x, int N, int K, int n_lim,
+                                             int k_lim, int row, int rows) {
+#pragma unroll
+  for (int i = 0; i < kStepK * 8 / kThreads; ++i) {
+    const int idx = threadIdx.x + i * kThreads, r = idx / 8, c = (idx % 8) * 8;
+    const bool row_in = row + r < rows;
+    const bool y_in = row_in && c < n_lim, x_in = row_in && c < k_lim;
+    cp_async_16(smem_addr(&st.y[r][c]), y_in ? y + int64_t(row + r) * N + c : y, y_in ? 16 : 0);
+    cp_async_16(smem_addr(&st.x[r][c]), x_in ? x + int64_t(row + r) * K + c : x, x_in ? 16 : 0);
+  }
+}
+
+// The warp's MMAs over one stage (its 32 × 32 quarter at n wm, k wn). A fragments of Yᵀ: matrix i of
+// the x4 covers n + 8·(i % 2), rows + 8·(i / 2); B fragments of X as the wide kernel's nn W.
+__device__ __forceinline__ void tn_mma_stage(Acc& acc, const TnStage& st, int wm, int wn) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int ks = 0; ks < kStepK; ks += 16) {
+    uint32_t a[2][4], b[4][2];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+      ldmatrix_x4_trans(a[mi], smem_addr(&st.y[ks + (lane / 16) * 8 + lane % 8][wm + mi * 16 + ((lane / 8) % 2) * 8]));
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      uint32_t r[4];
+      ldmatrix_x4_trans(r, smem_addr(&st.x[ks + lane % 16][wn + p * 16 + (lane / 16) * 8]));
+      b[2 * p][0] = r[0], b[2 * p][1] = r[1], b[2 * p + 1][0] = r[2], b[2 * p + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) mma_16816(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
+  }
+}
+
 __global__ void __launch_bounds__(kThreads)
     grouped_tn_kernel(float* D, int64_t d_stride, const bf16* Y, const bf16* X, const int32_t* offsets, int N, int K,
                       float alpha) {
-  __shared__ __align__(16) SharedTile As, Bs;
+  __shared__ __align__(16) TnStage stage[kTnStages];
   const int e = blockIdx.z, row0 = offsets[e], rows = offsets[e + 1] - row0;
   if (rows == 0) return;
   const int n0 = blockIdx.y * kTile, k0 = blockIdx.x * kTile;
-  // Both m-major: A (m = n, k = row) at Y[row·N + n], B (m = k, k = row) at X[row·K + k].
-  const Operand a{Y + int64_t(row0) * N + n0, N, N - n0, rows};
-  const Operand b{X + int64_t(row0) * K + k0, K, K - k0, rows};
-  Acc acc;
-  tile_product<false, false>(acc, a, b, As, Bs);
+  const bf16* y = Y + int64_t(row0) * N + n0;
+  const bf16* x = X + int64_t(row0) * K + k0;
+  const int warp = threadIdx.x / 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  Acc acc = {};
+  const int steps = (rows + kStepK - 1) / kStepK;
+  constexpr int kAhead = kTnStages - 1;  // steps in flight while one is multiplied
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < steps) copy_tn_step(stage[s], y, x, N, K, N - n0, K - k0, s * kStepK, rows);
+    cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
+  }
+  for (int s = 0; s < steps; ++s) {
+    cp_async_wait<kAhead - 1>();  // this thread's copies of step s have landed
+    // Everyone's copies of step s are in, and everyone is past step s - 1's MMAs, whose stage the
+    // copies below refill.
+    __syncthreads();
+    if (s + kAhead < steps)
+      copy_tn_step(stage[(s + kAhead) % kTnStages], y, x, N, K, N - n0, K - k0, (s + kAhead) * kStepK, rows);
+    cp_async_commit();
+    tn_mma_stage(acc, stage[s % kTnStages], wm, wn);
+  }
   float* d = D + e * d_stride;
   for_each_pair(acc, [&](int r, int c, float a0, float a1) {
     r += n0, c += k0;
@@ -511,11 +483,30 @@ GroupedGemmKernels fastest_wide_kernel() {
   return grouped_gemm_hopper_built() ? GroupedGemmKernels::kHopper : GroupedGemmKernels::kWide;
 }
 
+// One term with the 64×64 or the 128×128 mma.sync kernel.
 template <bool kWKMajor>
-void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets,
-                 int E, int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
-                 GroupedGemmKernels kernels) {
-  check_shape(what, E, N, K, w_stride, {Y, X, W});
+void launch_rows_mma_sync(GroupedGemmKernels kernel, bf16* Y, const GroupedTerm& t, const int32_t* offsets, int E,
+                          int64_t rows, int N, bool accumulate, cudaStream_t stream) {
+  if (kernel == GroupedGemmKernels::kWide) {
+    const dim3 grid(unsigned(ceil_div(rows, 128) + E), unsigned(ceil_div(N, 128)));
+    grouped_rows_kernel<128, kWideStages, kWKMajor>
+        <<<grid, 256, 0, stream>>>(Y, t.X, t.W, t.w_stride, offsets, E, N, t.K, t.alpha, accumulate);
+  } else {
+    const dim3 grid(unsigned(ceil_div(rows, kTile) + E), unsigned(ceil_div(N, kTile)));
+    grouped_rows_kernel<kTile, kNarrowStages, kWKMajor>
+        <<<grid, 2 * kTile, 0, stream>>>(Y, t.X, t.W, t.w_stride, offsets, E, N, t.K, t.alpha, accumulate);
+  }
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// Y = a + b (+ Y): the Hopper kernel takes both terms in one launch (where |a.alpha / b.alpha| is
+// within 2^±32); otherwise b is a second launch accumulating onto a's rounded result.
+template <bool kWKMajor>
+void launch_rows(const char* what, bf16* Y, const GroupedTerm& a, const GroupedTerm& b, const int32_t* offsets,
+                 int E, int64_t rows, int N, bool accumulate, cudaStream_t stream, GroupedGemmKernels kernels) {
+  check_shape(what, E, N, a.K, a.w_stride, {Y, a.X, a.W});
+  const bool has_b = b.X != nullptr;
+  if (has_b) check_shape((std::string(what) + "'s second term").c_str(), E, N, b.K, b.w_stride, {b.X, b.W});
   LOOM_CHECK(rows >= 0 && rows <= INT32_MAX, what, ": ", rows, " rows (at most 2^31 - 1)");
   LOOM_CHECK(kernels != GroupedGemmKernels::kHopper || grouped_gemm_hopper_built(), what,
              ": the Hopper kernel needs a GPU_ARCH=90 build");
@@ -523,23 +514,27 @@ void launch_rows(const char* what, bf16* Y, const bf16* X, const bf16* W, int64_
   const GroupedGemmKernels kernel = N < kWideMinN                         ? GroupedGemmKernels::kNarrow
                                     : kernels == GroupedGemmKernels::kAuto ? fastest_wide_kernel()
                                                                            : kernels;
-  if (kernel == GroupedGemmKernels::kHopper) {
-    allow_smem<grouped_rows_hopper_kernel<kWKMajor>>(kHopperSmemBytes);
-    const int64_t tiles = (ceil_div(rows, kHopperRows) + E) * ceil_div(N, kHopperCols);
-    // Also keeps the tile scan's int counts in range.
-    LOOM_CHECK(tiles <= INT32_MAX, what, ": ", tiles, " output tiles (at most 2^31 - 1)");
-    grouped_rows_hopper_kernel<kWKMajor><<<unsigned(tiles), kHopperThreads, kHopperSmemBytes, stream>>>(
-        Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
-  } else if (kernel == GroupedGemmKernels::kWide) {
-    const dim3 grid(unsigned(ceil_div(rows, kWide) + E), unsigned(ceil_div(N, kWide)));
-    grouped_rows_wide_kernel<kWKMajor>
-        <<<grid, kWideThreads, 0, stream>>>(Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
-  } else {
-    const dim3 grid(unsigned(ceil_div(rows, kTile) + E), unsigned(ceil_div(N, kTile)));
-    grouped_rows_kernel<kWKMajor>
-        <<<grid, kThreads, 0, stream>>>(Y, X, W, w_stride, offsets, E, N, K, alpha, accumulate);
+  if (kernel != GroupedGemmKernels::kHopper) {
+    launch_rows_mma_sync<kWKMajor>(kernel, Y, a, offsets, E, rows, N, accumulate, stream);
+    if (has_b) launch_rows_mma_sync<kWKMajor>(kernel, Y, b, offsets, E, rows, N, true, stream);
+    return;
   }
+  // The accumulators are scaled by a.alpha / b.alpha: within 2^±32 neither a's sum nor its scaled
+  // value leaves fp32's range or its normal numbers where the two launches' would not.
+  const float ratio = has_b ? std::fabs(a.alpha / b.alpha) : 0.f;
+  const bool fuse_b = has_b && ratio >= 0x1p-32f && ratio <= 0x1p32f;
+  allow_smem<grouped_rows_hopper_kernel<kWKMajor>>(kHopperSmemBytes);
+  const int64_t tiles = (ceil_div(rows, kHopperRows) + E) * ceil_div(N, kHopperCols);
+  // Also keeps the tile scan's int counts in range.
+  LOOM_CHECK(tiles <= INT32_MAX, what, ": ", tiles, " output tiles (at most 2^31 - 1)");
+  grouped_rows_hopper_kernel<kWKMajor><<<unsigned(tiles), kHopperThreads, kHopperSmemBytes, stream>>>(
+      Y, a, fuse_b ? b : GroupedTerm{}, offsets, E, N, accumulate);
   CUDA_CHECK(cudaGetLastError());
+  if (has_b && !fuse_b) {
+    grouped_rows_hopper_kernel<kWKMajor><<<unsigned(tiles), kHopperThreads, kHopperSmemBytes, stream>>>(
+        Y, b, GroupedTerm{}, offsets, E, N, true);
+    CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 }  // namespace
@@ -549,15 +544,27 @@ bool grouped_gemm_hopper_built() { return LOOM_GPU_ARCH == 90; }
 void grouped_gemm_nt(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
                      int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
                      GroupedGemmKernels kernels) {
-  launch_rows<true>("grouped_gemm_nt", Y, X, W, w_stride, offsets, E, rows, N, K, alpha, accumulate, stream,
+  launch_rows<true>("grouped_gemm_nt", Y, {X, W, w_stride, K, alpha}, {}, offsets, E, rows, N, accumulate, stream,
                     kernels);
 }
 
 void grouped_gemm_nn(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
                      int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
                      GroupedGemmKernels kernels) {
-  launch_rows<false>("grouped_gemm_nn", Y, X, W, w_stride, offsets, E, rows, N, K, alpha, accumulate, stream,
+  launch_rows<false>("grouped_gemm_nn", Y, {X, W, w_stride, K, alpha}, {}, offsets, E, rows, N, accumulate, stream,
                      kernels);
+}
+
+void grouped_gemm_nt_sum(bf16* Y, const GroupedTerm& a, const GroupedTerm& b, const int32_t* offsets, int E,
+                         int64_t rows, int N, bool accumulate, cudaStream_t stream, GroupedGemmKernels kernels) {
+  LOOM_CHECK(b.X != nullptr, "grouped_gemm_nt_sum: the second term has no X");
+  launch_rows<true>("grouped_gemm_nt_sum", Y, a, b, offsets, E, rows, N, accumulate, stream, kernels);
+}
+
+void grouped_gemm_nn_sum(bf16* Y, const GroupedTerm& a, const GroupedTerm& b, const int32_t* offsets, int E,
+                         int64_t rows, int N, bool accumulate, cudaStream_t stream, GroupedGemmKernels kernels) {
+  LOOM_CHECK(b.X != nullptr, "grouped_gemm_nn_sum: the second term has no X");
+  launch_rows<false>("grouped_gemm_nn_sum", Y, a, b, offsets, E, rows, N, accumulate, stream, kernels);
 }
 
 void grouped_gemm_tn(float* D, int64_t d_stride, const bf16* Y, const bf16* X, const int32_t* offsets, int E, int N,

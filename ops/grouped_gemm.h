@@ -11,17 +11,19 @@
 // rounded once to bf16; D accumulated in fp32. Each output element is owned by one block: the result
 // is deterministic (no atomics), and the groups' results do not depend on each other's sizes.
 //
-// CUDA (ops/grouped_gemm.cu): mma.sync m16n8k16 bf16 → fp32 over k steps of 32 through shared memory,
-// 64×64 tiles, 4 warps of 32×32, loads staged through registers (tn, nt / nn by default). For the
-// experts' own matrices (N >= 128) two faster kernels, chosen by GroupedGemmKernels: 128×128 tiles, 8
-// warps of 64×32, two shared-memory stages filled by cp.async, fragments by ldmatrix; and in
-// GPU_ARCH=90 builds 128×256 tiles of Hopper warpgroup MMAs (wgmma) from four swizzled stages. The
-// mma.sync kernels run the MMAs over k in the same order, so their bits agree; wgmma may round a k16
-// chunk's sum differently. nt / nn: the grid is sized for the worst case on the host, ceil(rows /
-// tile) + E row tiles × ceil(N / tile) column tiles (group e needs ceil(M_e / tile) row tiles); each
-// block finds its group and first row from the device offsets (a warp scan of the groups' tile
-// counts) and exits when the tile index is past the last group's. tn: one z-slice of blocks per
-// expert, each block looping over its group's rows; an empty group does nothing.
+// CUDA (ops/grouped_gemm.cu): mma.sync m16n8k16 bf16 → fp32 over k steps of 32 through shared-memory
+// stages that cp.async fills ahead, fragments by ldmatrix (.trans for operands stored along the
+// output's columns). nt / nn: 64×64 tiles, 4 warps, four stages by default (any N); for the experts'
+// own matrices (N >= 128) two faster kernels, chosen by GroupedGemmKernels: 128×128 tiles, 8 warps,
+// two stages; and in GPU_ARCH=90 builds 128×256 tiles of Hopper warpgroup MMAs (wgmma) from four
+// swizzled stages. tn: 64×64 tiles of D, four stages of 32 rows, both operands read by
+// ldmatrix.trans as they lie (row by row). The mma.sync kernels run the MMAs over k in the same
+// order, so their bits agree; wgmma may round a k16 chunk's sum differently. nt / nn: the grid is
+// sized for the worst case on the host, ceil(rows / tile) + E row tiles × ceil(N / tile) column
+// tiles (group e needs ceil(M_e / tile) row tiles); each block finds its group and first row from
+// the device offsets (a warp scan of the groups' tile counts) and exits when the tile index is past
+// the last group's. tn: one z-slice of blocks per expert, each block looping over its group's rows;
+// an empty group does nothing.
 #pragma once
 #include <cstdint>
 
@@ -56,6 +58,27 @@ void grouped_gemm_nt(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, co
 void grouped_gemm_nn(bf16* Y, const bf16* X, const bf16* W, int64_t w_stride, const int32_t* offsets, int E,
                      int64_t rows, int N, int K, float alpha, bool accumulate, cudaStream_t stream,
                      GroupedGemmKernels kernels = GroupedGemmKernels::kAuto);
+
+// The sum of two nt (nn) products into one output, Y_e = a.alpha·a.X_e·a.W_eᵀ + b.alpha·b.X_e·b.W_eᵀ
+// (+ Y_e), each term as the plain call's X, W, w_stride, K, alpha: an expert's product and its LoRA
+// term (b = s·u·Bᵀ with K = r; backward b = du·A). The Hopper kernel runs b's k steps after a's
+// into the same fp32 accumulators (scaled by a.alpha / b.alpha in between) and rounds Y once: one
+// launch, and the output read and written once instead of twice (tools/perf_notes.md). The mma.sync
+// kernels, and Hopper where |a.alpha / b.alpha| is outside 2^±32, run b as a second launch
+// accumulating onto a's rounded result: the bits of two plain calls.
+struct GroupedTerm {
+  const bf16* X = nullptr;
+  const bf16* W = nullptr;
+  int64_t w_stride = 0;
+  int K = 0;
+  float alpha = 1.f;
+};
+void grouped_gemm_nt_sum(bf16* Y, const GroupedTerm& a, const GroupedTerm& b, const int32_t* offsets, int E,
+                         int64_t rows, int N, bool accumulate, cudaStream_t stream,
+                         GroupedGemmKernels kernels = GroupedGemmKernels::kAuto);
+void grouped_gemm_nn_sum(bf16* Y, const GroupedTerm& a, const GroupedTerm& b, const int32_t* offsets, int E,
+                         int64_t rows, int N, bool accumulate, cudaStream_t stream,
+                         GroupedGemmKernels kernels = GroupedGemmKernels::kAuto);
 void grouped_gemm_tn(float* D, int64_t d_stride, const bf16* Y, const bf16* X, const int32_t* offsets, int E, int N,
                      int K, float alpha, cudaStream_t stream);
 

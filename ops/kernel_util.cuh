@@ -146,6 +146,22 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
                : "r"(addr));
 }
 
+// Programmatic dependent launch (Hopper; no-ops before sm_90 and in a grid launched without it): a
+// grid calls allow_dependent_launch to let the next kernel on its stream, launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization, start before it ends; that kernel calls
+// wait_for_prior_grids before it reads what this one writes (it returns once the grid before has
+// finished and its writes are visible).
+__device__ __forceinline__ void allow_dependent_launch() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::);
+#endif
+}
+__device__ __forceinline__ void wait_for_prior_grids() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 // d += a * b, bf16 operands, fp32 accumulators.
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(

@@ -156,9 +156,19 @@ __device__ __forceinline__ void warp_sum(float (&acc)[kRows]) {
   for (int t = 0; t < kRows; ++t) acc[t] = group_sum(acc[t]);
 }
 
+// The bits of u's value at p, read after wait_for_prior_grids (lora_u_kernel, which writes u, may
+// still be running when a kernel launched after it starts: launch_gemv): through L2 only, as L1 may
+// hold older sectors, and with the volatile overload, which the compiler keeps after the wait (CUDA
+// 13's bf16 __ldcg is not volatile and could be moved above it).
+__device__ __forceinline__ uint32_t load_u_bits(const bf16* p) {
+  return __ldcg(reinterpret_cast<const unsigned short*>(p));
+}
+
 // u_p = bf16(x·A_pᵀ): one warp per row of the adapters' A, end to end.
+// The kernel launched after it (launch_gemv) may start at once: it waits for u where it reads it.
 template <int kRows>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_u_kernel(const GemvBatch b, const bf16* x, int K) {
+  allow_dependent_launch();
   const int lane = threadIdx.x % 32;
   int p, j;
   if (!locate(b, blockIdx.x * kWarpsPerBlock + threadIdx.x / 32, [](const GemvProjection& q) { return q.A ? q.R : 0; },
@@ -195,12 +205,17 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_gemv_kernel(const Ge
     dot_nf4<kRows, kWords>(acc, q.nf4, code_values[p], n, x, K, lane);
   else
     dot_bf16<kRows>(acc, q.W + int64_t(n) * K, x, K, lane);
-  if (q.A)  // lane j: s·u[t][j]·B[n][j]
+  if (q.A) {  // lane j: s·u[t][j]·B[n][j], u read once lora_u_kernel is done (launch_gemv)
+    wait_for_prior_grids();
     for (int j = lane; j < q.R; j += 32) {
       const float bj = q.scale * __bfloat162float(q.B[int64_t(n) * q.R + j]);
 #pragma unroll
-      for (int t = 0; t < kRows; ++t) acc[t] = fmaf(__bfloat162float(q.u[int64_t(t) * q.R + j]), bj, acc[t]);
+      for (int t = 0; t < kRows; ++t) {
+        const float u = __uint_as_float(load_u_bits(q.u + int64_t(t) * q.R + j) << 16);  // bf16 bits -> fp32
+        acc[t] = fmaf(u, bj, acc[t]);
+      }
     }
+  }
   if (q.bias && lane == 0) {
     const float bias = __bfloat162float(q.bias[n]);
 #pragma unroll
@@ -225,8 +240,16 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_gemv_kernel(const Ge
 // columns 2c + 8, 2c + 9) of both rows, its B registers x's words 2j and 2j + 1: the same k on both
 // sides. A byte's two weights come from one lookup in a 256-entry table of bf16 pairs
 // {bf16(table[byte >> 4]), bf16(table[byte & 15])} kept in 32 copies, lane l reading copy l in bank l.
+// The adapter term is one more mma per 16 ranks, s·(u·Bᵀ) with B's 16 rows of the tile as A and u's
+// rows as the columns; warp w takes ranks [16w, 16w + 16) (and + 16S, ... past 16S ranks), so the
+// warps' partial sums carry it into the same ordered sum.
+// A warp's loads run ahead across tiles: the next tile's first kPrefetch groups (and its B rows) are
+// issued before this tile's partial sums are added and stored, so that the block's barriers and
+// stores overlap them. Tiles each of 16 rows · K/S weights a warp were too short to hide the
+// latency when every tile started with all its loads outstanding (tools/perf_notes.md).
 constexpr int kMmaGroup = 64;    // weights of a row that one scale covers in every allowed layout
 constexpr int kMmaRows = 16;     // a tile: the mma's M
+constexpr int kMmaRanks = 16;    // the mma's K: adapter ranks one mma takes
 constexpr int kMmaMaxWarps = 8;  // the K split of a tile
 constexpr int kPairCopies = 32;
 
@@ -249,6 +272,23 @@ struct MmaBatch {
 // N rounded up to whole tiles.
 __device__ __forceinline__ int tile_rows(int N) { return (N + kMmaRows - 1) / kMmaRows * kMmaRows; }
 
+// A tile: its projection, first row, and the first elements of this lane's rows g and g + 8 (rows
+// past N, the last tile's, read row N - 1 and are not stored; elements fit 32 bits: launch_mma).
+struct MmaTile {
+  int p = 0, row0 = 0;
+  uint32_t row_start[2];
+};
+
+__device__ __forceinline__ MmaTile locate_tile(const MmaBatch& b, int tile, int g, int K) {
+  MmaTile t;
+  t.row0 = tile * kMmaRows;
+  while (t.row0 >= tile_rows(b.p[t.p].N)) t.row0 -= tile_rows(b.p[t.p].N), ++t.p;
+  const int last = b.p[t.p].N - 1;
+  t.row_start[0] = uint32_t(min(t.row0 + g, last)) * uint32_t(K);
+  t.row_start[1] = uint32_t(min(t.row0 + g + 8, last)) * uint32_t(K);
+  return t;
+}
+
 // One group's loads of a lane: rows g and g + 8's 8 code bytes and their scales (absmax, or
 // nested_absmax and absmax_q), and 16 values of x's row g.
 struct MmaGroupLoads {
@@ -257,6 +297,57 @@ struct MmaGroupLoads {
   float absmax[2];
   uint32_t q[2];
 };
+
+__device__ __forceinline__ void load_group(MmaGroupLoads& ld, const MmaBatch& b, const MmaTile& t, const uint4* x_lane,
+                                           int c, int group) {
+  const Nf4Device& w = b.p[t.p].nf4;
+  const uint32_t k = uint32_t(group) * kMmaGroup;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    ld.codes[r] = __ldg(reinterpret_cast<const uint2*>(w.codes + t.row_start[r] / 2) + c + 4 * group);
+    const uint32_t block = (t.row_start[r] + k) >> b.block_shift[t.p];
+    if (w.nested()) {
+      ld.absmax[r] = __ldg(w.nested_absmax + (block >> b.nested_shift[t.p]));
+      ld.q[r] = __ldg(w.absmax_q + block);
+    } else {
+      ld.absmax[r] = __ldg(w.absmax + block);
+    }
+  }
+  ld.x[0] = __ldg(x_lane + 8 * group);
+  ld.x[1] = __ldg(x_lane + 8 * group + 1);
+}
+
+// The bf16 pair (v[j], v[j + 1]) as an mma register (v[j] in the low half), zero past `count`
+// values; two 2-byte loads, as v + j need not be 4-byte aligned (an odd rank). u is read with
+// load_u_bits (`coherent`).
+__device__ __forceinline__ uint32_t bf16_pair(const bf16* v, int j, int count, bool coherent) {
+  const auto load = [&](int i) -> uint32_t {
+    return coherent ? load_u_bits(v + i) : __ldg(reinterpret_cast<const unsigned short*>(v) + i);
+  };
+  return (j < count ? load(j) : 0u) | (j + 1 < count ? load(j + 1) : 0u) << 16;
+}
+
+// Lane (g, c)'s A registers of the adapter's mma over ranks [16·step, 16·step + 16): B's rows g and
+// g + 8 of the tile at ranks 16·step + 2c, + 1 and + 8, + 9.
+__device__ __forceinline__ void load_lora_b(uint32_t (&a)[4], const GemvProjection& q, const MmaTile& t, int step,
+                                            int g, int c) {
+  const int j = kMmaRanks * step + 2 * c;
+  const bf16* rows[2] = {q.B + int64_t(min(t.row0 + g, q.N - 1)) * q.R,
+                         q.B + int64_t(min(t.row0 + g + 8, q.N - 1)) * q.R};
+  a[0] = bf16_pair(rows[0], j, q.R, false);
+  a[1] = bf16_pair(rows[1], j, q.R, false);
+  a[2] = bf16_pair(rows[0], j + 8, q.R, false);
+  a[3] = bf16_pair(rows[1], j + 8, q.R, false);
+}
+
+// Its B registers: u's row g (T - 1 past T: never stored) at the same ranks. After
+// wait_for_prior_grids: lora_u_kernel writes u.
+__device__ __forceinline__ void load_lora_u(uint32_t (&u)[2], const GemvProjection& q, int step, int T, int g, int c) {
+  const int j = kMmaRanks * step + 2 * c;
+  const bf16* row = q.u + int64_t(min(g, T - 1)) * q.R;
+  u[0] = bf16_pair(row, j, q.R, true);
+  u[1] = bf16_pair(row, j + 8, q.R, true);
+}
 
 // The bf16 pair of byte i of `word` (i a constant after unrolling) from this lane's copy of the pair
 // table (lane_pairs: its shared-memory address).
@@ -278,6 +369,20 @@ __device__ __forceinline__ void fill_tables(uint32_t* pairs, float* nested_map, 
     for (int e = threadIdx.x; e < 256; e += blockDim.x) nested_map[e] = __ldg(w.nested_map + e);
 }
 
+// acc += one group's 4 mma sums (rows g, g + 8 of the tile against x's rows), unscaled.
+__device__ __forceinline__ void group_mma(float (&acc)[4], const MmaGroupLoads& ld, uint32_t lane_pairs) {
+  const uint32_t* xw = reinterpret_cast<const uint32_t*>(ld.x);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t word0 = j < 2 ? ld.codes[0].x : ld.codes[0].y;
+    const uint32_t word1 = j < 2 ? ld.codes[1].x : ld.codes[1].y;
+    const int byte = 2 * (j % 2);
+    const uint32_t a[4] = {code_pair(lane_pairs, word0, byte), code_pair(lane_pairs, word1, byte),
+                           code_pair(lane_pairs, word0, byte + 1), code_pair(lane_pairs, word1, byte + 1)};
+    mma_16816(acc, a, xw[2 * j], xw[2 * j + 1]);
+  }
+}
+
 __global__ void __launch_bounds__(kMmaMaxWarps * 32, 2)
     lora_gemv_mma_kernel(const MmaBatch b, const bf16* x, int T, int K) {
   __shared__ uint32_t pairs[256 * kPairCopies];   // 32 KB
@@ -291,79 +396,79 @@ __global__ void __launch_bounds__(kMmaMaxWarps * 32, 2)
   // Columns t >= T of the mma read x's last row again: never stored, and no loads to predicate.
   const uint4* x_lane = reinterpret_cast<const uint4*>(x + int64_t(min(g, T - 1)) * K + 16 * c);
   const float* tables_of[2] = {};  // the code table and nested map in shared memory
-  for (int tile = blockIdx.x; tile < b.tiles; tile += gridDim.x) {
-    int p = 0, row0 = tile * kMmaRows;
-    while (row0 >= tile_rows(b.p[p].N)) row0 -= tile_rows(b.p[p].N), ++p;
-    const Nf4Device w = b.p[p].nf4;
-    const int block_shift = b.block_shift[p], nested_shift = b.nested_shift[p];
-    // Rows past N (the last tile's) read row N - 1 and are not stored. Elements fit 32 bits (launch_mma).
-    const uint32_t row_start[2] = {uint32_t(min(row0 + g, b.p[p].N - 1)) * uint32_t(K),
-                                   uint32_t(min(row0 + g + 8, b.p[p].N - 1)) * uint32_t(K)};
-    // 8-byte code chunks of this lane's two rows (a group is 4 chunks of a row).
-    const uint2* codes[2] = {reinterpret_cast<const uint2*>(w.codes + row_start[0] / 2) + c,
-                             reinterpret_cast<const uint2*>(w.codes + row_start[1] / 2) + c};
-    const bool nested = w.nested();
-    MmaGroupLoads ld[kPrefetch];
-    auto load = [&](int s, int group) {
-      const uint32_t k = uint32_t(group) * kMmaGroup;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        ld[s].codes[r] = __ldg(codes[r] + 4 * group);
-        const uint32_t block = (row_start[r] + k) >> block_shift;
-        if (nested) {
-          ld[s].absmax[r] = __ldg(w.nested_absmax + (block >> nested_shift));
-          ld[s].q[r] = __ldg(w.absmax_q + block);
-        } else {
-          ld[s].absmax[r] = __ldg(w.absmax + block);
-        }
-      }
-      ld[s].x[0] = __ldg(x_lane + 8 * group);
-      ld[s].x[1] = __ldg(x_lane + 8 * group + 1);
-    };
-    first_chunk_loads(first, 1, last, load);  // in flight while the tables are filled
+  int u_of = -1;                   // the projection whose u registers `u` holds
+  uint32_t u[2] = {}, lora_b[4] = {};
+  MmaGroupLoads ld[kPrefetch];
+  // A tile's loads ahead of its sums: its first kPrefetch groups and this warp's first 16 ranks of B.
+  auto issue_first_loads = [&](const MmaTile& t) {
+    first_chunk_loads(first, 1, last, [&](int s, int group) { load_group(ld[s], b, t, x_lane, c, group); });
+    const GemvProjection& q = b.p[t.p];
+    if (q.A && kMmaRanks * warp < q.R) load_lora_b(lora_b, q, t, warp, g, c);
+  };
+  MmaTile tile = locate_tile(b, blockIdx.x, g, K);
+  issue_first_loads(tile);
+  for (int index = blockIdx.x; index < b.tiles; index += gridDim.x) {
+    const GemvProjection& q = b.p[tile.p];
+    const Nf4Device& w = q.nf4;
     if (w.quant_map != tables_of[0] || w.nested_map != tables_of[1]) {  // block-uniform: the tile is the block's
       __syncthreads();  // every warp is done with the old tables
       fill_tables(pairs, nested_map, w);
       __syncthreads();
       tables_of[0] = w.quant_map, tables_of[1] = w.nested_map;
     }
+    const bool nested = w.nested();
+    const float nested_offset = w.nested_offset;
     float total[4] = {};
-    pipelined_chunks_loaded(first, 1, last, load, [&](int s, int) {
-      float scale[2];
+    pipelined_chunks_loaded(
+        first, 1, last, [&](int s, int group) { load_group(ld[s], b, tile, x_lane, c, group); },
+        [&](int s, int) {
+          float scale[2];
 #pragma unroll
-      for (int r = 0; r < 2; ++r)
-        scale[r] = nested ? __fadd_rn(__fmul_rn(nested_map[ld[s].q[r]], ld[s].absmax[r]), w.nested_offset)
-                          : ld[s].absmax[r];
-      const uint32_t* xw = reinterpret_cast<const uint32_t*>(ld[s].x);
-      float acc[4] = {};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t word0 = j < 2 ? ld[s].codes[0].x : ld[s].codes[0].y;
-        const uint32_t word1 = j < 2 ? ld[s].codes[1].x : ld[s].codes[1].y;
-        const int byte = 2 * (j % 2);
-        const uint32_t a[4] = {code_pair(lane_pairs, word0, byte), code_pair(lane_pairs, word1, byte),
-                               code_pair(lane_pairs, word0, byte + 1), code_pair(lane_pairs, word1, byte + 1)};
-        mma_16816(acc, a, xw[2 * j], xw[2 * j + 1]);
+          for (int r = 0; r < 2; ++r)
+            scale[r] = nested ? __fadd_rn(__fmul_rn(nested_map[ld[s].q[r]], ld[s].absmax[r]), nested_offset)
+                              : ld[s].absmax[r];
+          float acc[4] = {};
+          group_mma(acc, ld[s], lane_pairs);
+          total[0] = fmaf(scale[0], acc[0], total[0]);
+          total[1] = fmaf(scale[0], acc[1], total[1]);
+          total[2] = fmaf(scale[1], acc[2], total[2]);
+          total[3] = fmaf(scale[1], acc[3], total[3]);
+        });
+    if (q.A) {  // this warp's ranks: s·(u·Bᵀ)
+      float lora[4] = {};
+      for (int step = warp; kMmaRanks * step < q.R; step += warps) {
+        if (step == warp && u_of != tile.p) {
+          wait_for_prior_grids();
+          load_lora_u(u, q, step, T, g, c);
+          u_of = tile.p;
+        }
+        if (step == warp) {
+          mma_16816(lora, lora_b, u[0], u[1]);
+        } else {  // past 16·S ranks: loaded here
+          uint32_t a[4], v[2];
+          load_lora_b(a, q, tile, step, g, c);
+          load_lora_u(v, q, step, T, g, c);
+          mma_16816(lora, a, v[0], v[1]);
+        }
       }
-      total[0] = fmaf(scale[0], acc[0], total[0]);
-      total[1] = fmaf(scale[0], acc[1], total[1]);
-      total[2] = fmaf(scale[1], acc[2], total[2]);
-      total[3] = fmaf(scale[1], acc[3], total[3]);
-    });
+#pragma unroll
+      for (int r = 0; r < 4; ++r) total[r] = fmaf(q.scale, lora[r], total[r]);
+    }
+    const MmaTile done = tile;
+    if (index + gridDim.x < b.tiles) {
+      tile = locate_tile(b, index + gridDim.x, g, K);
+      issue_first_loads(tile);
+    }
 #pragma unroll
     for (int r = 0; r < 4; ++r) partial[warp][r][lane] = total[r];
     __syncthreads();
     // Output (row, t) of the tile: fragment register (row / 8)·2 + t % 2 of lane (row % 8)·4 + t / 2.
-    const GemvProjection& q = b.p[p];
     for (int i = threadIdx.x; i < kMmaRows * 8; i += blockDim.x) {
-      const int row = i / 8, t = i % 8, n = row0 + row;
+      const int row = i / 8, t = i % 8, n = done.row0 + row;
       if (t >= T || n >= q.N) continue;
       const int from_lane = (row % 8) * 4 + t / 2, reg = (row / 8) * 2 + t % 2;
       float y = 0.f;
       for (int v = 0; v < warps; ++v) y += partial[v][reg][from_lane];
-      if (q.A)
-        for (int j = 0; j < q.R; ++j)
-          y = fmaf(q.scale * __bfloat162float(q.B[int64_t(n) * q.R + j]), __bfloat162float(q.u[int64_t(t) * q.R + j]), y);
       if (q.bias) y += __bfloat162float(q.bias[n]);
       q.y[int64_t(t) * q.N + n] = __float2bfloat16_rn(y);
     }
@@ -391,7 +496,27 @@ int resident_blocks(const void* kernel, int threads) {
 // Warps a tile's K is split over: as many as leave every warp at least kPrefetch groups, at most 8.
 int mma_warps(int K) { return std::clamp(K / kMmaGroup / kPrefetch, 1, kMmaMaxWarps); }
 
-void launch_mma(const GemvProjection* p, int count, const bf16* x, int T, int K, cudaStream_t stream) {
+// Launches `kernel` on `stream`; with after_u, right after lora_u_kernel, overlapping it where the GPU
+// can (Hopper's programmatic dependent launch: the kernel's blocks start while lora_u_kernel's run,
+// and wait for u where they read it, wait_for_prior_grids). u's kernel reads a few KB with few warps
+// and took 3-10 µs of each call's 17-56 on an H100 (tools/perf_notes.md).
+template <typename... Params, typename... Args>
+void launch_gemv(void (*kernel)(Params...), unsigned blocks, unsigned threads, bool after_u, cudaStream_t stream,
+                 Args... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(threads);
+  config.stream = stream;
+  cudaLaunchAttribute overlap;
+  overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &overlap;
+  config.numAttrs = after_u && LOOM_GPU_ARCH >= 90 ? 1 : 0;
+  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
+}
+
+// u_blocks: the blocks of the lora_u_kernel launched just before (0: none).
+void launch_mma(const GemvProjection* p, int count, const bf16* x, int T, int K, int u_blocks, cudaStream_t stream) {
   MmaBatch b;
   b.count = count;
   for (int i = 0; i < count; ++i) {
@@ -401,8 +526,12 @@ void launch_mma(const GemvProjection* p, int count, const bf16* x, int T, int K,
     b.tiles += int(ceil_div(p[i].N, kMmaRows));
   }
   const int threads = mma_warps(K) * 32;
-  const int blocks = std::min(b.tiles, resident_blocks(reinterpret_cast<const void*>(lora_gemv_mma_kernel), threads));
-  lora_gemv_mma_kernel<<<blocks, threads, 0, stream>>>(b, x, T, K);
+  // The tiles are dealt to blocks in turn, so every block must start at once: while u's blocks run
+  // (after_u: u_blocks of them, each taking an SM's room for one of these at 126 registers a thread),
+  // that many fewer fit.
+  const int room = resident_blocks(reinterpret_cast<const void*>(lora_gemv_mma_kernel), threads) - u_blocks;
+  const int blocks = std::min(b.tiles, std::max(1, room));
+  launch_gemv(lora_gemv_mma_kernel, blocks, threads, u_blocks > 0, stream, b, x, T, K);
 }
 
 unsigned blocks_for(int rows) { return unsigned(ceil_div(rows, kWarpsPerBlock)); }
@@ -411,15 +540,18 @@ template <int kRows>
 void launch(const GemvBatch& b, const bf16* x, int K, bool nf4, bool wide, bool tensor_cores, cudaStream_t stream) {
   int adapter_rows = 0, rows = 0;
   for (int p = 0; p < b.count; ++p) adapter_rows += b.p[p].A ? b.p[p].R : 0, rows += b.p[p].N;
-  if (adapter_rows > 0) lora_u_kernel<kRows><<<blocks_for(adapter_rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
+  const bool after_u = adapter_rows > 0;
+  const int u_blocks = after_u ? int(blocks_for(adapter_rows)) : 0;
+  if (after_u) lora_u_kernel<kRows><<<u_blocks, kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
+  const unsigned threads = kWarpsPerBlock * 32;
   if (tensor_cores)
-    launch_mma(b.p, b.count, x, kRows, K, stream);
+    launch_mma(b.p, b.count, x, kRows, K, u_blocks, stream);
   else if (!nf4)
-    lora_gemv_kernel<kRows, 0><<<blocks_for(rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
+    launch_gemv(lora_gemv_kernel<kRows, 0>, blocks_for(rows), threads, after_u, stream, b, x, K);
   else if (wide)
-    lora_gemv_kernel<kRows, 4><<<blocks_for(rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
+    launch_gemv(lora_gemv_kernel<kRows, 4>, blocks_for(rows), threads, after_u, stream, b, x, K);
   else
-    lora_gemv_kernel<kRows, 1><<<blocks_for(rows), kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
+    launch_gemv(lora_gemv_kernel<kRows, 1>, blocks_for(rows), threads, after_u, stream, b, x, K);
 }
 
 }  // namespace

@@ -19,8 +19,9 @@ TEST(KernelProfile, KernelsFallIntoTheirFamilies) {
             "decode GEMV, adapters' u");
   EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_128nf4_dequantize_pieces_kernelEP13__nv_bfloat16"), "NF4 dequantize");
   EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_116moe_route_kernelEPiPfS2_PKflii"), "MoE routing and permutation");
-  EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_117grouped_rows_kernelILb1EEEvv"), "grouped GEMM 64x64 (MoE)");
-  EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_124grouped_rows_wide_kernelILb0EEEvv"), "grouped GEMM 128x128 (MoE)");
+  EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_119grouped_rows_kernelILi64ELi4ELb1EEEvv"), "grouped GEMM 64x64 (MoE)");
+  EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_119grouped_rows_kernelILi128ELi2ELb0EEEvv"),
+            "grouped GEMM 128x128 (MoE)");
   EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_126grouped_rows_hopper_kernelILb1EEEvv"), "grouped GEMM Hopper (MoE)");
   EXPECT_EQ(family_of("_ZN4loom12_GLOBAL__N_117grouped_tn_kernelEPfl"), "grouped GEMM tn, LoRA grads (MoE)");
   EXPECT_EQ(family_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1"),

@@ -410,6 +410,62 @@ void check_rows_product(const Groups& g, int N, int K, bool w_kmajor, float alph
     check_rows_product_with(kernels, g, N, K, w_kmajor, alpha, accumulate, seed);
 }
 
+// The _sum form (an expert product and its LoRA term in one call) with the given kernel against the
+// two reference products summed in fp32. The bound allows the mma.sync kernels' rounding of a's
+// result to bf16 before b is added (two launches); Hopper rounds once, well inside it.
+void check_sum_product_with(GroupedGemmKernels kernels, const Groups& g, int N, int Ka, int Kb, bool w_kmajor,
+                            float alpha_a, float alpha_b, bool accumulate, uint64_t seed) {
+  SCOPED_TRACE(testing::Message() << (w_kmajor ? "nt" : "nn") << "_sum N " << N << " K " << Ka << " + " << Kb
+                                  << " rows " << g.used << " alpha " << alpha_a << ", " << alpha_b << " accumulate "
+                                  << accumulate << " kernel " << kernel_name(kernels));
+  const int64_t wa_stride = int64_t(N) * Ka + 8, wb_stride = int64_t(N) * Kb + 16;
+  const std::vector<float> Xa = test::random_bf16_values(size_t(g.rows * Ka), seed, 1.f);
+  const std::vector<float> Wa = test::random_bf16_values(size_t(g.E * wa_stride), seed + 1, 1.f);
+  const std::vector<float> Xb = test::random_bf16_values(size_t(g.rows * Kb), seed + 2, 1.f);
+  const std::vector<float> Wb = test::random_bf16_values(size_t(g.E * wb_stride), seed + 3, 1.f);
+  std::vector<float> Y0 = test::random_bf16_values(size_t(g.rows * N), seed + 4, 1.f);
+  if (!accumulate) std::fill_n(Y0.begin(), g.used * N, NAN);  // an element the kernel forgets stays NaN
+  DeviceArray<bf16> dXa(Xa.size()), dWa(Wa.size()), dXb(Xb.size()), dWb(Wb.size()), dY(Y0.size());
+  DeviceArray<int32_t> doff(g.offsets.size());
+  dXa.upload(to_bits(Xa));
+  dWa.upload(to_bits(Wa));
+  dXb.upload(to_bits(Xb));
+  dWb.upload(to_bits(Wb));
+  dY.upload(to_bits(Y0));
+  doff.upload(g.offsets);
+  (w_kmajor ? grouped_gemm_nt_sum : grouped_gemm_nn_sum)(dY.get(), {dXa.get(), dWa.get(), wa_stride, Ka, alpha_a},
+                                                         {dXb.get(), dWb.get(), wb_stride, Kb, alpha_b}, doff.get(),
+                                                         g.E, g.rows, N, accumulate, nullptr, kernels);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<float> got = bf16_of(dY);
+  auto ref = w_kmajor ? grouped_gemm_nt_ref : grouped_gemm_nn_ref;
+  // a alone (with the old Y), then a + b; and the same sums over absolute values.
+  std::vector<float> want_a = Y0, abs_a = abs_of(Y0);
+  ref(want_a.data(), Xa.data(), Wa.data(), wa_stride, g.offsets.data(), g.E, N, Ka, alpha_a, accumulate);
+  ref(abs_a.data(), abs_of(Xa).data(), abs_of(Wa).data(), wa_stride, g.offsets.data(), g.E, N, Ka,
+      std::fabs(alpha_a), accumulate);
+  std::vector<float> want = want_a, abs_sum = abs_a;
+  ref(want.data(), Xb.data(), Wb.data(), wb_stride, g.offsets.data(), g.E, N, Kb, alpha_b, true);
+  ref(abs_sum.data(), abs_of(Xb).data(), abs_of(Wb).data(), wb_stride, g.offsets.data(), g.E, N, Kb,
+      std::fabs(alpha_b), true);
+  for (int64_t i = 0; i < g.used * N; ++i) {
+    const size_t at = size_t(i);
+    // a rounded to bf16 (two launches), that error carried and rounded again with the sum.
+    const double first = gemm_bound(want_a[at], abs_a[at], Ka, true);
+    ASSERT_LE(test::absolute_error(got[at], want[at]),
+              (1 + kBf16Eps) * first + gemm_bound(want[at], abs_sum[at] + first, Kb + Ka, true))
+        << "row " << i / N << " column " << i % N;
+  }
+  for (int64_t i = g.used * N; i < g.rows * N; ++i)
+    ASSERT_EQ(float_to_bf16_bits(got[size_t(i)]), float_to_bf16_bits(Y0[size_t(i)])) << "spare row " << i / N;
+}
+
+void check_sum_product(const Groups& g, int N, int Ka, int Kb, bool w_kmajor, float alpha_a, float alpha_b,
+                       bool accumulate, uint64_t seed) {
+  for (GroupedGemmKernels kernels : kernels_for(N))
+    check_sum_product_with(kernels, g, N, Ka, Kb, w_kmajor, alpha_a, alpha_b, accumulate, seed);
+}
+
 void check_tn(const Groups& g, int N, int K, float alpha, uint64_t seed) {
   SCOPED_TRACE(testing::Message() << "tn N " << N << " K " << K << " rows " << g.used << " alpha " << alpha);
   const int64_t d_stride = int64_t(N) * K + 8;
@@ -485,6 +541,26 @@ TEST(GroupedGemmGpu, BackwardInputGradientMatchesTheReference) {
   check_rows_product(groups_of({130, 0, 257}, 3), 512, 2048, false, 1.f, false, 58);
 }
 
+// An expert product and its LoRA term summed in one call (models/moe_layer.cpp): the forward's
+// y = x·Wᵀ + s·u·Bᵀ (nt) and the backward's dx = dy·W + du·A (nn), ranks 16, 24 (a partial k step
+// after the full ones) and 72 (two k steps of the second term); K = 64, whose one step leaves the
+// prologue to copy the second term's.
+TEST(GroupedGemmGpu, SumOfAProductAndItsAdapterMatchesTheReference) {
+  REQUIRE_GPU();
+  const Groups g = groups_of(kAwkwardCounts, 5);
+  check_sum_product(g, 72, 136, 16, true, 1.f, 0.5f, false, 81);  // narrow only (N < 128)
+  check_sum_product(groups_of(kWideCounts, 3), 392, 200, 16, true, 1.f, 2.f, false, 82);
+  check_sum_product(forty_groups(), 520, 136, 24, true, 1.f, 0.25f, true, 83);
+  check_sum_product(groups_of({130, 0, 257}, 3), 512, 2048, 72, true, 0.5f, 3.f, false, 84);
+  check_sum_product(groups_of(kWideCounts, 3), 392, 200, 16, false, 1.f, 1.f, false, 85);
+  check_sum_product(forty_groups(), 136, 520, 24, false, 1.f, 1.f, true, 86);
+  check_sum_product(groups_of({1000, 3, 0, 517}, 64), 2048, 96, 16, false, 1.f, 1.f, false, 87);
+  check_sum_product(groups_of(kWideCounts, 3), 264, 64, 16, true, 1.f, 0.5f, false, 88);  // b copied in the prologue
+  check_sum_product(groups_of(kWideCounts, 3), 264, 200, 24, false, 2.f, 0.5f, true, 89);
+  // |a.alpha / b.alpha| past 2^32: Hopper's two launches (b's carries the sum, a's adds ~2^-40 of it).
+  check_sum_product(groups_of(kWideCounts, 3), 392, 200, 16, true, 0x1p-40f, 1.f, false, 90);
+}
+
 // The 128×128 and 64×64 mma.sync kernels on the same product: the same MMAs over k in the same order,
 // so the same bits (ops/grouped_gemm.h). 40 groups, most of them empty, so the tile search crosses its
 // batches of 32 groups.
@@ -527,6 +603,7 @@ TEST(GroupedGemmGpu, WeightGradientMatchesTheReference) {
   check_tn(g, 16, 136, 1.f, 62);   // dA += duᵀ·x
   check_tn(g, 72, 136, 1.f, 63);   // a full weight gradient, both sides no multiple of the tile
   check_tn(groups_of({0, 300, 0}, 0), 64, 64, 1.f, 64);
+  check_tn(groups_of({1000, 3, 0, 517}, 64), 392, 32, 0.5f, 65);  // 32 row steps: the stages wrap 8 times
 }
 
 }  // namespace

@@ -820,8 +820,10 @@ void run(const Case& c, uint64_t seed) {
 // Shapes: every row count 1..8; one projection and q/k/v-like triples of unequal N (a block of 8
 // warps straddles two projections); N of 1, 7, 37, 130, 4099; K of 64, 96 (blocks straddling rows
 // with blocksize 64), 200 and 1000 (not multiples of 32: 8-weight NF4 chunks), 896, 4096, 14336
-// (llama-3.1-8b's down projection); blocksizes 32, 64, 128, 256, nested and plain scales; ranks 8,
-// 16 and 40 (more than a warp's lanes); with and without bias and adapter. NF4 on the tensor cores
+// (llama-3.1-8b's down projection); blocksizes 32, 64, 128, 256, nested and plain scales; ranks 7
+// (odd: B's rows not 4-byte aligned), 8, 16, 24 and 40 (more than a warp's lanes; on the tensor cores
+// more than 16 a warp: 40 over 2 warps, and over 1 warp in a call of 501 tiles, several a block,
+// beside rank 7); with and without bias and adapter. NF4 on the tensor cores
 // (K a multiple of 64, blocksize >= 64) at every row count 4..8, and at 1, 2 and 3 rows in calls of 2^24
 // weights or more (smaller ones take the CUDA-core kernel), with N not a multiple of the 16-row
 // tile, K split unevenly over a tile's warps (896: 14 groups over 3), several projections, and 700
@@ -850,6 +852,9 @@ TEST(LoraGemv, MatchesTheReferenceOnBf16AndNf4Weights) {
       {{{17, false, true}}, 4096, 5, true, 128},
       {{{11200, true, false}}, 4096, 1, true},
       {{{4096, true, true}}, 4096, 2, true},
+      {{{40, true, true, 8}}, 1024, 5, true},
+      {{{50, true, false, 7}, {30, true, true, 24}}, 640, 4, true},
+      {{{5000, true, true, 40}, {3000, true, false, 7}}, 256, 4, true},
       {{{5000, true, false}, {3000, false, true}, {3210, true, true}}, 4096, 3, true, 64, true, true},
       {{{1, false, false}}, 64, 1, false},
       {{{37, true, true}}, 96, 8, false},

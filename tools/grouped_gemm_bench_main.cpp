@@ -10,11 +10,15 @@
 // N I, K C); then the expert LoRA's products that add onto those outputs (models/moe_layer.cpp, rank
 // 16: u·Bᵀ onto gate_up and down, du·A onto their input gradients), K 16 and accumulating, whose time
 // is reading and writing the output (GB/s: rows·N·4 bytes over the time) — six of the twelve Hopper
-// launches of a qwen3-30b-a3b layer's step. FLOPs 2·rows·N·K. Each time is the median of 20 runs after
-// 3 warm-ups (CUDA events).
+// launches of a qwen3-30b-a3b layer's step. FLOPs 2·rows·N·K. Last, each of the four own products with
+// its LoRA term summed in by one _sum call (ops/grouped_gemm.h), beside the two plain calls it
+// replaces; the LoRA's rank-wide products (u = x·Aᵀ, du = s·dy·B: GB/s of X read) and its weight
+// gradients (tn, GB/s of the two inputs read). Each time is the median
+// of 20 runs after 3 warm-ups (CUDA events).
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <numeric>
@@ -78,6 +82,21 @@ bf16* device_repeated_random_bf16(size_t n, std::mt19937_64& rng, float amplitud
     CUDA_CHECK(cudaMemcpy(dev + at, src, std::min(block, n - at) * sizeof(bf16), cudaMemcpyDeviceToDevice));
   CUDA_CHECK(cudaFree(src));
   return dev;
+}
+
+// max |a − b| over max |b|, n bf16 values each on the device (NaN if either holds a NaN).
+double max_relative_gap(const bf16* a, const bf16* b, size_t n) {
+  std::vector<uint16_t> ha(n), hb(n);
+  CUDA_CHECK(cudaMemcpy(ha.data(), a, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(hb.data(), b, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+  double gap = 0, scale = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double x = bf16_bits_to_float(ha[i]), y = bf16_bits_to_float(hb[i]);
+    if (std::isnan(x) || std::isnan(y)) return NAN;
+    gap = std::max(gap, std::fabs(x - y));
+    scale = std::max(scale, std::fabs(y));
+  }
+  return gap / scale;
 }
 
 const char* kernels_name(GroupedGemmKernels k) {
@@ -145,7 +164,74 @@ nlohmann::ordered_json run(const MoeShape& s, bool skewed, GemmContext& ctx) {
                  line.c_str(), dense_ms, flops / dense_ms / 1e9);
     j["products"].push_back(pj);
   }
-  for (void* ptr : {static_cast<void*>(d_offsets), static_cast<void*>(X), static_cast<void*>(W), static_cast<void*>(Y)})
+  // The expert LoRA's rank-wide products (N = r: the 64×64 kernel only), bound by reading X, rows·K·2 bytes.
+  const Product rank_wide[] = {{"gate_up u=x·Aᵀ", true, 2 * kLoraRank, s.C},  // gate_up's adapter has rank 2r
+                               {"down u=h·Aᵀ", true, kLoraRank, s.I},
+                               {"gate_up du=dy·B", false, 2 * kLoraRank, 2 * s.I},
+                               {"down du=dy·B", false, kLoraRank, s.C}};
+  for (const Product& p : rank_wide) {
+    const double ms = median_ms([&] {
+      (p.nt ? grouped_gemm_nt : grouped_gemm_nn)(Y, X, W, int64_t(p.N) * p.K, d_offsets, s.E, rows, p.N, p.K, 1.f,
+                                                 false, nullptr, GroupedGemmKernels::kNarrow);
+    });
+    const double gbps = double(rows) * p.K * 2 / ms / 1e6;
+    j["rank_wide"].push_back({{"product", p.name}, {"N", p.N}, {"K", p.K}, {"ms", ms}, {"gbps", gbps}});
+    std::fprintf(stderr, "  %-14s N %5d K %5d | narrow %.3f ms %.0f GB/s\n", p.name, p.N, p.K, ms, gbps);
+  }
+  // The expert LoRA's weight gradients (tn, fp32 D += alpha·Yᵀ·X over each expert's rows): bound by
+  // reading Y and X, rows·(N + K)·2 bytes.
+  const size_t d_size = size_t(s.E) * size_t(max_side) * 2 * kLoraRank;
+  float* D = device_alloc<float>(d_size);
+  CUDA_CHECK(cudaMemset(D, 0, d_size * sizeof(float)));  // the sums of the timed runs stay finite
+  const Product gradients[] = {{"gate_up dB", false, 2 * s.I, 2 * kLoraRank},  // dB += s·dyᵀ·u (u of rank 2r)
+                               {"gate_up dA", false, 2 * kLoraRank, s.C},  // dA += duᵀ·x
+                               {"down dB", false, s.C, kLoraRank},
+                               {"down dA", false, kLoraRank, s.I}};
+  for (const Product& p : gradients) {
+    const int64_t d_stride = int64_t(p.N) * p.K;
+    const double ms = median_ms([&] {
+      grouped_gemm_tn(D, d_stride, X, Y, d_offsets, s.E, p.N, p.K, 1.f, nullptr);
+    });
+    const double gbps = double(rows) * (p.N + p.K) * 2 / ms / 1e6;
+    j["weight_gradients"].push_back({{"product", p.name}, {"N", p.N}, {"K", p.K}, {"ms", ms}, {"gbps", gbps}});
+    std::fprintf(stderr, "  %-14s N %5d K %5d | tn %.3f ms %.0f GB/s\n", p.name, p.N, p.K, ms, gbps);
+  }
+  CUDA_CHECK(cudaFree(D));
+  // Each own product with its LoRA term summed in: one _sum call against the two plain calls it replaces.
+  bf16* Y2 = device_alloc<bf16>(size_t(rows) * size_t(max_side));  // the two plain calls' output
+  bf16* U = X;  // the term's rows: the first 16 columns' worth of X's values (their values do not matter)
+  for (const Product& p : {products[0], products[1], products[2], products[3]}) {
+    const int64_t w_stride = int64_t(p.N) * p.K;
+    const GroupedTerm own{X, W, w_stride, p.K, 1.f}, lora{U, W, int64_t(p.N) * kLoraRank, kLoraRank, 0.5f};
+    nlohmann::ordered_json pj = {{"product", std::string(p.name) + " + LoRA"}, {"N", p.N}, {"K", p.K},
+                                 {"rank", kLoraRank}};
+    std::string line;
+    for (GroupedGemmKernels k : families) {
+      const double sum_ms = median_ms([&] {
+        (p.nt ? grouped_gemm_nt_sum : grouped_gemm_nn_sum)(Y, own, lora, d_offsets, s.E, rows, p.N, false, nullptr,
+                                                           k);
+      });
+      const double two_ms = median_ms([&] {
+        auto plain = p.nt ? grouped_gemm_nt : grouped_gemm_nn;
+        plain(Y2, X, W, w_stride, d_offsets, s.E, rows, p.N, p.K, 1.f, false, nullptr, k);
+        plain(Y2, U, W, lora.w_stride, d_offsets, s.E, rows, p.N, kLoraRank, 0.5f, true, nullptr, k);
+      });
+      // The two forms' outputs apart (the last run of each above): the fused one rounds once, so by
+      // about one bf16 rounding of the output at most.
+      const double apart = max_relative_gap(Y, Y2, size_t(rows) * size_t(p.N));
+      pj[std::string(kernels_name(k)) + "_sum_vs_two_calls"] = apart;
+      pj[std::string(kernels_name(k)) + "_sum_ms"] = sum_ms;
+      pj[std::string(kernels_name(k)) + "_two_calls_ms"] = two_ms;
+      char part[96];
+      std::snprintf(part, sizeof part, " | %s %.3f ms (two calls %.3f, apart %.1e)", kernels_name(k), sum_ms, two_ms,
+                    apart);
+      line += part;
+    }
+    std::fprintf(stderr, "  %-14s + LoRA r%d%s\n", p.name, kLoraRank, line.c_str());
+    j["sums"].push_back(pj);
+  }
+  for (void* ptr : {static_cast<void*>(d_offsets), static_cast<void*>(X), static_cast<void*>(W), static_cast<void*>(Y),
+                    static_cast<void*>(Y2)})
     CUDA_CHECK(cudaFree(ptr));
   return j;
 }

@@ -43,8 +43,8 @@ inline std::string family_of(const std::string& name) {
       // The MoE's grouped GEMMs by kernel: the Hopper and 128x128 ones take the experts' own products,
       // the 64x64 one the narrow LoRA products (N < 128), the tn one the expert LoRA gradients.
       {{"grouped_rows_hopper"}, "grouped GEMM Hopper (MoE)"},
-      {{"grouped_rows_wide"}, "grouped GEMM 128x128 (MoE)"},
-      {{"grouped_rows_kernel"}, "grouped GEMM 64x64 (MoE)"},
+      {{"grouped_rows_kernelILi128"}, "grouped GEMM 128x128 (MoE)"},  // grouped_rows_kernel<kT, ...>
+      {{"grouped_rows_kernelILi64"}, "grouped GEMM 64x64 (MoE)"},
       {{"grouped_tn"}, "grouped GEMM tn, LoRA grads (MoE)"},
       {{"moe_"}, "MoE routing and permutation"},
       {{"nf4_dequantize"}, "NF4 dequantize"},
