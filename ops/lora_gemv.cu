@@ -70,6 +70,23 @@ __device__ __forceinline__ void pipelined_chunks(int first, int step, int K, Loa
   pipelined_chunks_loaded(first, step, K, load, chunk);
 }
 
+// acc[t] += Σ_i x[t][k + i]·w[i] in order over chunk w, 8 bf16 weights (16 bytes), for t < kRows.
+template <int kRows>
+__device__ __forceinline__ void fma_bf16_chunk(float (&acc)[kRows], const uint4& w, const bf16* x, int K, int k) {
+  const __nv_bfloat162* wv = reinterpret_cast<const __nv_bfloat162*>(&w);
+#pragma unroll
+  for (int t = 0; t < kRows; ++t) {
+    const uint4 packed = __ldg(reinterpret_cast<const uint4*>(x + int64_t(t) * K + k));
+    const __nv_bfloat162* xv = reinterpret_cast<const __nv_bfloat162*>(&packed);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 wf = __bfloat1622float2(wv[i]), xf = __bfloat1622float2(xv[i]);
+      acc[t] = fmaf(wf.x, xf.x, acc[t]);
+      acc[t] = fmaf(wf.y, xf.y, acc[t]);
+    }
+  }
+}
+
 // This lane's share of Σ_k x[t][k]·w[k] over a bf16 row w, for t < kRows: 8 weights (16 bytes) at
 // a time, kPrefetch chunks loaded ahead.
 template <int kRows>
@@ -77,20 +94,7 @@ __device__ __forceinline__ void dot_bf16(float (&acc)[kRows], const bf16* w, con
   uint4 slot[kPrefetch];
   pipelined_chunks(
       lane * 8, 32 * 8, K, [&](int s, int k) { slot[s] = __ldg(reinterpret_cast<const uint4*>(w + k)); },
-      [&](int s, int k) {
-        const __nv_bfloat162* wv = reinterpret_cast<const __nv_bfloat162*>(&slot[s]);
-#pragma unroll
-        for (int t = 0; t < kRows; ++t) {
-          const uint4 packed = __ldg(reinterpret_cast<const uint4*>(x + int64_t(t) * K + k));
-          const __nv_bfloat162* xv = reinterpret_cast<const __nv_bfloat162*>(&packed);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float2 wf = __bfloat1622float2(wv[i]), xf = __bfloat1622float2(xv[i]);
-            acc[t] = fmaf(wf.x, xf.x, acc[t]);
-            acc[t] = fmaf(wf.y, xf.y, acc[t]);
-          }
-        }
-      });
+      [&](int s, int k) { fma_bf16_chunk<kRows>(acc, slot[s], x, K, k); });
 }
 
 // kWords 32-bit words of NF4 codes: 8·kWords weights of one quantization block.
@@ -164,23 +168,56 @@ __device__ __forceinline__ uint32_t load_u_bits(const bf16* p) {
   return __ldcg(reinterpret_cast<const unsigned short*>(p));
 }
 
-// u_p = bf16(x·A_pᵀ): one warp per row of the adapters' A, end to end.
+// Chunks (8 bf16) of a row of A that a lane of lora_u_kernel loads before its first multiply. With
+// kPrefetch a lane, a 4096-wide row took four memory latencies in turn (≈ 9 µs a call on an H100), and
+// the GEMV launched after it waits for u after its first tile (tools/perf_notes.md).
+constexpr int kUChunks = 16;
+
+// Warps that share a row of A in lora_u_kernel: enough that each one's part is at most kUChunks chunks
+// a lane, a power of two up to a block's warps (past 8 · 32 · 8 · kUChunks = 32,768 columns they loop).
+int u_split(int K) {
+  int split = 1;
+  while (split < kWarpsPerBlock && int64_t(split) * 32 * 8 * kUChunks < K) split *= 2;
+  return split;
+}
+
+// u_p = bf16(x·A_pᵀ): `split` warps a row of the adapters' A (rows end to end); warp i of a row takes
+// its chunks i, i + split, ... at 8 bf16 a lane, kUChunks loaded before the first is multiplied, and
+// the row's warps add their sums in warp order through shared memory.
 // The kernel launched after it (launch_gemv) may start at once: it waits for u where it reads it.
 template <int kRows>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_u_kernel(const GemvBatch b, const bf16* x, int K) {
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    lora_u_kernel(const GemvBatch b, const bf16* x, int K, int split) {
   allow_dependent_launch();
-  const int lane = threadIdx.x % 32;
+  __shared__ float sums[kWarpsPerBlock][kRows];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, piece = warp % split;
   int p, j;
-  if (!locate(b, blockIdx.x * kWarpsPerBlock + threadIdx.x / 32, [](const GemvProjection& q) { return q.A ? q.R : 0; },
-              p, j))
-    return;
-  const GemvProjection& q = b.p[p];
+  const bool found = locate(b, (blockIdx.x * kWarpsPerBlock + warp) / split,
+                            [](const GemvProjection& q) { return q.A ? q.R : 0; }, p, j);
   float acc[kRows] = {};
-  dot_bf16<kRows>(acc, q.A + int64_t(j) * K, x, K, lane);
-  warp_sum(acc);
+  if (found) {
+    const bf16* a = b.p[p].A + int64_t(j) * K;
+    const int step = split * 32 * 8;
+    for (int k0 = (piece * 32 + lane) * 8; k0 < K; k0 += kUChunks * step) {
+      uint4 chunk[kUChunks];
+#pragma unroll
+      for (int s = 0; s < kUChunks; ++s)
+        if (k0 + s * step < K) chunk[s] = __ldg(reinterpret_cast<const uint4*>(a + k0 + s * step));
+#pragma unroll
+      for (int s = 0; s < kUChunks; ++s)
+        if (k0 + s * step < K) fma_bf16_chunk<kRows>(acc, chunk[s], x, K, k0 + s * step);
+    }
+    warp_sum(acc);
+  }
   if (lane == 0)
 #pragma unroll
-    for (int t = 0; t < kRows; ++t) q.u[int64_t(t) * q.R + j] = __float2bfloat16_rn(acc[t]);
+    for (int t = 0; t < kRows; ++t) sums[warp][t] = acc[t];
+  __syncthreads();
+  if (found && piece == 0 && lane < kRows) {  // lane t: u[t][j]
+    float u = 0.f;
+    for (int i = 0; i < split; ++i) u += sums[warp + i][lane];
+    b.p[p].u[int64_t(lane) * b.p[p].R + j] = __float2bfloat16_rn(u);
+  }
 }
 
 // y_p: one warp per output row of the projections, end to end; kWords 0 for bf16 weights, else the
@@ -239,19 +276,24 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) lora_gemv_kernel(const Ge
 // bf16 pairs of bytes 2j (k0 + 16c + 4j, + 1: fragment columns 2c, 2c + 1) and 2j + 1 (+ 2, + 3:
 // columns 2c + 8, 2c + 9) of both rows, its B registers x's words 2j and 2j + 1: the same k on both
 // sides. A byte's two weights come from one lookup in a 256-entry table of bf16 pairs
-// {bf16(table[byte >> 4]), bf16(table[byte & 15])} kept in 32 copies, lane l reading copy l in bank l.
+// {bf16(table[byte >> 4]), bf16(table[byte & 15])} kept in 32 copies: lane l reads copy l, at byte
+// 256·byte + 4·l of the table (bank l), an offset one byte permute forms from the code byte and 4·l.
 // The adapter term is one more mma per 16 ranks, s·(u·Bᵀ) with B's 16 rows of the tile as A and u's
 // rows as the columns; warp w takes ranks [16w, 16w + 16) (and + 16S, ... past 16S ranks), so the
 // warps' partial sums carry it into the same ordered sum.
 // A warp's loads run ahead across tiles: the next tile's first kPrefetch groups (and its B rows) are
-// issued before this tile's partial sums are added and stored, so that the block's barriers and
+// issued before this tile's partial sums are added and stored, so that the block's barrier and
 // stores overlap them. Tiles each of 16 rows · K/S weights a warp were too short to hide the
 // latency when every tile started with all its loads outstanding (tools/perf_notes.md).
+// What a group costs a lane is counted in instructions: ncu put the kernel at ~177 a group and lane,
+// issue-bound at 4 warps a scheduler (tools/perf_notes.md), so a tile's pointers, shifts and scale
+// arrays sit in registers for its groups, and the scales' two layouts (nested or not) are two kernels.
 constexpr int kMmaGroup = 64;    // weights of a row that one scale covers in every allowed layout
 constexpr int kMmaRows = 16;     // a tile: the mma's M
 constexpr int kMmaRanks = 16;    // the mma's K: adapter ranks one mma takes
 constexpr int kMmaMaxWarps = 8;  // the K split of a tile
-constexpr int kPairCopies = 32;
+constexpr int kPairStride = 256;                   // bytes from a code byte's entries to the next byte's
+constexpr int kPairTableBytes = 256 * kPairStride;  // 64 KB, dynamic shared memory (half of it unused)
 
 // log2(v) for a power of two v, else -1.
 int log2_exact(int64_t v) {
@@ -272,49 +314,60 @@ struct MmaBatch {
 // N rounded up to whole tiles.
 __device__ __forceinline__ int tile_rows(int N) { return (N + kMmaRows - 1) / kMmaRows * kMmaRows; }
 
-// A tile: its projection, first row, and the first elements of this lane's rows g and g + 8 (rows
-// past N, the last tile's, read row N - 1 and are not stored; elements fit 32 bits: launch_mma).
+// A tile: its projection and first row, and what this lane reads of it: its 8 code bytes of group 0 of
+// rows g and g + 8 (the next group's 32 bytes on), those rows' first elements (rows past N, the last
+// tile's, read row N - 1 and are not stored; elements fit 32 bits: lora_gemv_tensor_cores), and the
+// projection's scales (absmax, or nested_absmax and absmax_q) with their shifts.
 struct MmaTile {
   int p = 0, row0 = 0;
-  uint32_t row_start[2];
+  const uint2* codes[2];
+  uint32_t first[2];
+  const float* absmax;
+  const uint8_t* absmax_q;
+  int block_shift, nested_shift;
 };
 
-__device__ __forceinline__ MmaTile locate_tile(const MmaBatch& b, int tile, int g, int K) {
+template <bool kNested>
+__device__ __forceinline__ MmaTile locate_tile(const MmaBatch& b, int tile, int g, int c, int K) {
   MmaTile t;
   t.row0 = tile * kMmaRows;
   while (t.row0 >= tile_rows(b.p[t.p].N)) t.row0 -= tile_rows(b.p[t.p].N), ++t.p;
+  const Nf4Device& w = b.p[t.p].nf4;
   const int last = b.p[t.p].N - 1;
-  t.row_start[0] = uint32_t(min(t.row0 + g, last)) * uint32_t(K);
-  t.row_start[1] = uint32_t(min(t.row0 + g + 8, last)) * uint32_t(K);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    t.first[r] = uint32_t(min(t.row0 + g + 8 * r, last)) * uint32_t(K);
+    t.codes[r] = reinterpret_cast<const uint2*>(w.codes + t.first[r] / 2) + c;
+  }
+  t.absmax = kNested ? w.nested_absmax : w.absmax;
+  t.absmax_q = w.absmax_q;
+  t.block_shift = b.block_shift[t.p];
+  t.nested_shift = b.nested_shift[t.p];
   return t;
 }
 
-// One group's loads of a lane: rows g and g + 8's 8 code bytes and their scales (absmax, or
-// nested_absmax and absmax_q), and 16 values of x's row g.
+// One group's loads of a lane, issued kPrefetch groups ahead: rows g and g + 8's 8 code bytes and their
+// scales (absmax, or nested_absmax and absmax_q). x's 16 values (a few KB, in L1) are loaded when the
+// group is multiplied, ahead of its 16 table lookups: 8 registers a group fewer held in flight.
 struct MmaGroupLoads {
   uint2 codes[2];
-  uint4 x[2];
   float absmax[2];
   uint32_t q[2];
 };
 
-__device__ __forceinline__ void load_group(MmaGroupLoads& ld, const MmaBatch& b, const MmaTile& t, const uint4* x_lane,
-                                           int c, int group) {
-  const Nf4Device& w = b.p[t.p].nf4;
-  const uint32_t k = uint32_t(group) * kMmaGroup;
+template <bool kNested>
+__device__ __forceinline__ void load_group(MmaGroupLoads& ld, const MmaTile& t, int group) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    ld.codes[r] = __ldg(reinterpret_cast<const uint2*>(w.codes + t.row_start[r] / 2) + c + 4 * group);
-    const uint32_t block = (t.row_start[r] + k) >> b.block_shift[t.p];
-    if (w.nested()) {
-      ld.absmax[r] = __ldg(w.nested_absmax + (block >> b.nested_shift[t.p]));
-      ld.q[r] = __ldg(w.absmax_q + block);
+    ld.codes[r] = __ldg(t.codes[r] + 4 * group);
+    const uint32_t block = (t.first[r] + uint32_t(group) * kMmaGroup) >> t.block_shift;
+    if constexpr (kNested) {
+      ld.absmax[r] = __ldg(t.absmax + (block >> t.nested_shift));
+      ld.q[r] = __ldg(t.absmax_q + block);
     } else {
-      ld.absmax[r] = __ldg(w.absmax + block);
+      ld.absmax[r] = __ldg(t.absmax + block);
     }
   }
-  ld.x[0] = __ldg(x_lane + 8 * group);
-  ld.x[1] = __ldg(x_lane + 8 * group + 1);
 }
 
 // The bf16 pair (v[j], v[j + 1]) as an mma register (v[j] in the low half), zero past `count`
@@ -350,49 +403,52 @@ __device__ __forceinline__ void load_lora_u(uint32_t (&u)[2], const GemvProjecti
 }
 
 // The bf16 pair of byte i of `word` (i a constant after unrolling) from this lane's copy of the pair
-// table (lane_pairs: its shared-memory address).
-__device__ __forceinline__ uint32_t code_pair(uint32_t lane_pairs, uint32_t word, int i) {
-  const uint32_t byte = __byte_perm(word, 0u, 0x4440u | uint32_t(i));
-  uint32_t pair;
-  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(pair) : "r"(lane_pairs + byte * (kPairCopies * 4)));
-  return pair;
+// table: byte offset 256·byte + lane4 (lane4 = 4·lane < 256), one byte permute of the two.
+__device__ __forceinline__ uint32_t code_pair(const char* pairs, uint32_t lane4, uint32_t word, int i) {
+  const uint32_t offset = __byte_perm(word, lane4, 0x5504u | uint32_t(i) << 4);  // bytes: lane4, byte i, 0, 0
+  return *reinterpret_cast<const uint32_t*>(pairs + offset);
 }
 
 // The pair table {bf16(table[byte >> 4]), bf16(table[byte & 15])} in its 32 copies, and the nested map.
-__device__ __forceinline__ void fill_tables(uint32_t* pairs, float* nested_map, const Nf4Device& w) {
-  for (int e = threadIdx.x; e < 256 * kPairCopies; e += blockDim.x) {
-    const int byte = e / kPairCopies;
+template <bool kNested>
+__device__ __forceinline__ void fill_tables(char* pairs, float* nested_map, const Nf4Device& w) {
+  for (int e = threadIdx.x; e < 256 * 32; e += blockDim.x) {
+    const int byte = e / 32, copy = e % 32;
     const __nv_bfloat162 v = __floats2bfloat162_rn(__ldg(w.quant_map + (byte >> 4)), __ldg(w.quant_map + (byte & 15)));
-    pairs[e] = *reinterpret_cast<const uint32_t*>(&v);
+    *reinterpret_cast<__nv_bfloat162*>(pairs + byte * kPairStride + 4 * copy) = v;
   }
-  if (w.nested())
+  if constexpr (kNested)
     for (int e = threadIdx.x; e < 256; e += blockDim.x) nested_map[e] = __ldg(w.nested_map + e);
 }
 
-// acc += one group's 4 mma sums (rows g, g + 8 of the tile against x's rows), unscaled.
-__device__ __forceinline__ void group_mma(float (&acc)[4], const MmaGroupLoads& ld, uint32_t lane_pairs) {
-  const uint32_t* xw = reinterpret_cast<const uint32_t*>(ld.x);
+// acc += one group's 4 mma sums (rows g, g + 8 of the tile against x's rows, x_group: this lane's 16
+// values of the group), unscaled.
+__device__ __forceinline__ void group_mma(float (&acc)[4], const MmaGroupLoads& ld, const uint4* x_group,
+                                          const char* pairs, uint32_t lane4) {
+  const uint4 x[2] = {__ldg(x_group), __ldg(x_group + 1)};
+  const uint32_t* xw = reinterpret_cast<const uint32_t*>(x);
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const uint32_t word0 = j < 2 ? ld.codes[0].x : ld.codes[0].y;
     const uint32_t word1 = j < 2 ? ld.codes[1].x : ld.codes[1].y;
     const int byte = 2 * (j % 2);
-    const uint32_t a[4] = {code_pair(lane_pairs, word0, byte), code_pair(lane_pairs, word1, byte),
-                           code_pair(lane_pairs, word0, byte + 1), code_pair(lane_pairs, word1, byte + 1)};
+    const uint32_t a[4] = {code_pair(pairs, lane4, word0, byte), code_pair(pairs, lane4, word1, byte),
+                           code_pair(pairs, lane4, word0, byte + 1), code_pair(pairs, lane4, word1, byte + 1)};
     mma_16816(acc, a, xw[2 * j], xw[2 * j + 1]);
   }
 }
 
+template <bool kNested>
 __global__ void __launch_bounds__(kMmaMaxWarps * 32, 2)
     lora_gemv_mma_kernel(const MmaBatch b, const bf16* x, int T, int K) {
-  __shared__ uint32_t pairs[256 * kPairCopies];   // 32 KB
+  extern __shared__ __align__(16) char pairs[];      // kPairTableBytes
   __shared__ float nested_map[256];
-  __shared__ float partial[kMmaMaxWarps][4][32];  // a warp's sums: [warp][register][lane]
+  __shared__ float partial[2][kMmaMaxWarps][4][32];  // a warp's sums, [tile parity][warp][register][lane]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int g = lane / 4, c = lane % 4;
   const int groups = K / kMmaGroup;
   const int first = warp * groups / warps, last = (warp + 1) * groups / warps;
-  const uint32_t lane_pairs = uint32_t(__cvta_generic_to_shared(pairs)) + uint32_t(lane) * 4u;
+  const uint32_t lane4 = uint32_t(lane) * 4u;
   // Columns t >= T of the mma read x's last row again: never stored, and no loads to predicate.
   const uint4* x_lane = reinterpret_cast<const uint4*>(x + int64_t(min(g, T - 1)) * K + 16 * c);
   const float* tables_of[2] = {};  // the code table and nested map in shared memory
@@ -401,34 +457,34 @@ __global__ void __launch_bounds__(kMmaMaxWarps * 32, 2)
   MmaGroupLoads ld[kPrefetch];
   // A tile's loads ahead of its sums: its first kPrefetch groups and this warp's first 16 ranks of B.
   auto issue_first_loads = [&](const MmaTile& t) {
-    first_chunk_loads(first, 1, last, [&](int s, int group) { load_group(ld[s], b, t, x_lane, c, group); });
+    first_chunk_loads(first, 1, last, [&](int s, int group) { load_group<kNested>(ld[s], t, group); });
     const GemvProjection& q = b.p[t.p];
     if (q.A && kMmaRanks * warp < q.R) load_lora_b(lora_b, q, t, warp, g, c);
   };
-  MmaTile tile = locate_tile(b, blockIdx.x, g, K);
+  MmaTile tile = locate_tile<kNested>(b, blockIdx.x, g, c, K);
   issue_first_loads(tile);
-  for (int index = blockIdx.x; index < b.tiles; index += gridDim.x) {
+  for (int index = blockIdx.x, parity = 0; index < b.tiles; index += gridDim.x, parity ^= 1) {
     const GemvProjection& q = b.p[tile.p];
     const Nf4Device& w = q.nf4;
-    if (w.quant_map != tables_of[0] || w.nested_map != tables_of[1]) {  // block-uniform: the tile is the block's
-      __syncthreads();  // every warp is done with the old tables
-      fill_tables(pairs, nested_map, w);
+    // Block-uniform (the tile is the block's). Every warp's lookups of the tables' last use came before
+    // the last tile's barrier, so the barrier after the fill is the only one it needs.
+    if (w.quant_map != tables_of[0] || w.nested_map != tables_of[1]) {
+      fill_tables<kNested>(pairs, nested_map, w);
       __syncthreads();
       tables_of[0] = w.quant_map, tables_of[1] = w.nested_map;
     }
-    const bool nested = w.nested();
     const float nested_offset = w.nested_offset;
     float total[4] = {};
     pipelined_chunks_loaded(
-        first, 1, last, [&](int s, int group) { load_group(ld[s], b, tile, x_lane, c, group); },
-        [&](int s, int) {
+        first, 1, last, [&](int s, int group) { load_group<kNested>(ld[s], tile, group); },
+        [&](int s, int group) {
           float scale[2];
 #pragma unroll
           for (int r = 0; r < 2; ++r)
-            scale[r] = nested ? __fadd_rn(__fmul_rn(nested_map[ld[s].q[r]], ld[s].absmax[r]), nested_offset)
-                              : ld[s].absmax[r];
+            scale[r] = kNested ? __fadd_rn(__fmul_rn(nested_map[ld[s].q[r]], ld[s].absmax[r]), nested_offset)
+                               : ld[s].absmax[r];
           float acc[4] = {};
-          group_mma(acc, ld[s], lane_pairs);
+          group_mma(acc, ld[s], x_lane + 8 * group, pairs, lane4);
           total[0] = fmaf(scale[0], acc[0], total[0]);
           total[1] = fmaf(scale[0], acc[1], total[1]);
           total[2] = fmaf(scale[1], acc[2], total[2]);
@@ -454,31 +510,34 @@ __global__ void __launch_bounds__(kMmaMaxWarps * 32, 2)
 #pragma unroll
       for (int r = 0; r < 4; ++r) total[r] = fmaf(q.scale, lora[r], total[r]);
     }
-    const MmaTile done = tile;
+    const int done_p = tile.p, done_row0 = tile.row0;
     if (index + gridDim.x < b.tiles) {
-      tile = locate_tile(b, index + gridDim.x, g, K);
+      tile = locate_tile<kNested>(b, index + gridDim.x, g, c, K);
       issue_first_loads(tile);
     }
 #pragma unroll
-    for (int r = 0; r < 4; ++r) partial[warp][r][lane] = total[r];
+    for (int r = 0; r < 4; ++r) partial[parity][warp][r][lane] = total[r];
+    // One barrier a tile: the next tile writes the other half of partial, which this tile's sums below
+    // finish reading before any thread passes the next tile's barrier.
     __syncthreads();
+    const GemvProjection& done = b.p[done_p];
     // Output (row, t) of the tile: fragment register (row / 8)·2 + t % 2 of lane (row % 8)·4 + t / 2.
     for (int i = threadIdx.x; i < kMmaRows * 8; i += blockDim.x) {
-      const int row = i / 8, t = i % 8, n = done.row0 + row;
-      if (t >= T || n >= q.N) continue;
+      const int row = i / 8, t = i % 8, n = done_row0 + row;
+      if (t >= T || n >= done.N) continue;
       const int from_lane = (row % 8) * 4 + t / 2, reg = (row / 8) * 2 + t % 2;
       float y = 0.f;
-      for (int v = 0; v < warps; ++v) y += partial[v][reg][from_lane];
-      if (q.bias) y += __bfloat162float(q.bias[n]);
-      q.y[int64_t(t) * q.N + n] = __float2bfloat16_rn(y);
+      for (int v = 0; v < warps; ++v) y += partial[parity][v][reg][from_lane];
+      if (done.bias) y += __bfloat162float(done.bias[n]);
+      done.y[int64_t(t) * done.N + n] = __float2bfloat16_rn(y);
     }
-    __syncthreads();  // partial is rewritten by the next tile
   }
 }
 
-// Blocks of `threads` threads of `kernel` resident at once on the current device (asked once per
-// device, kernel and block size).
-int resident_blocks(const void* kernel, int threads) {
+// Blocks of `threads` threads of `kernel`, each with `dynamic_shared` bytes of dynamic shared memory
+// (allowed it before: allow_smem), resident at once on the current device (asked once per device,
+// kernel and block size).
+int resident_blocks(const void* kernel, int threads, int dynamic_shared) {
   static std::mutex mutex;
   static std::map<std::tuple<int, const void*, int>, int> known;
   int device = 0;
@@ -487,7 +546,7 @@ int resident_blocks(const void* kernel, int threads) {
   auto [it, added] = known.emplace(std::make_tuple(device, kernel, threads), 0);
   if (added) {
     int blocks = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, 0));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, dynamic_shared));
     it->second = std::max(1, cuda_multiprocessors() * blocks);
   }
   return it->second;
@@ -501,11 +560,12 @@ int mma_warps(int K) { return std::clamp(K / kMmaGroup / kPrefetch, 1, kMmaMaxWa
 // and wait for u where they read it, wait_for_prior_grids). u's kernel reads a few KB with few warps
 // and took 3-10 µs of each call's 17-56 on an H100 (tools/perf_notes.md).
 template <typename... Params, typename... Args>
-void launch_gemv(void (*kernel)(Params...), unsigned blocks, unsigned threads, bool after_u, cudaStream_t stream,
-                 Args... args) {
+void launch_gemv(void (*kernel)(Params...), unsigned blocks, unsigned threads, size_t dynamic_shared, bool after_u,
+                 cudaStream_t stream, Args... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(blocks);
   config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = dynamic_shared;
   config.stream = stream;
   cudaLaunchAttribute overlap;
   overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -516,6 +576,19 @@ void launch_gemv(void (*kernel)(Params...), unsigned blocks, unsigned threads, b
 }
 
 // u_blocks: the blocks of the lora_u_kernel launched just before (0: none).
+template <bool kNested>
+void launch_mma(const MmaBatch& b, const bf16* x, int T, int K, int u_blocks, cudaStream_t stream) {
+  constexpr auto kernel = lora_gemv_mma_kernel<kNested>;
+  allow_smem<kernel>(kPairTableBytes);
+  const int threads = mma_warps(K) * 32;
+  // The tiles are dealt to blocks in turn, so every block must start at once: while u's blocks run
+  // (after_u: u_blocks of them, each taking an SM's room for one of these at 96-112 registers a
+  // thread and 73 KB of shared memory), that many fewer fit.
+  const int room = resident_blocks(reinterpret_cast<const void*>(kernel), threads, kPairTableBytes) - u_blocks;
+  const int blocks = std::min(b.tiles, std::max(1, room));
+  launch_gemv(kernel, blocks, threads, kPairTableBytes, u_blocks > 0, stream, b, x, T, K);
+}
+
 void launch_mma(const GemvProjection* p, int count, const bf16* x, int T, int K, int u_blocks, cudaStream_t stream) {
   MmaBatch b;
   b.count = count;
@@ -525,13 +598,10 @@ void launch_mma(const GemvProjection* p, int count, const bf16* x, int T, int K,
     b.nested_shift[i] = p[i].nf4.nested() ? log2_exact(p[i].nf4.nested_blocksize) : 0;
     b.tiles += int(ceil_div(p[i].N, kMmaRows));
   }
-  const int threads = mma_warps(K) * 32;
-  // The tiles are dealt to blocks in turn, so every block must start at once: while u's blocks run
-  // (after_u: u_blocks of them, each taking an SM's room for one of these at 126 registers a thread),
-  // that many fewer fit.
-  const int room = resident_blocks(reinterpret_cast<const void*>(lora_gemv_mma_kernel), threads) - u_blocks;
-  const int blocks = std::min(b.tiles, std::max(1, room));
-  launch_gemv(lora_gemv_mma_kernel, blocks, threads, u_blocks > 0, stream, b, x, T, K);
+  if (p[0].nf4.nested())  // every projection's, or none's (lora_gemv_tensor_cores)
+    launch_mma<true>(b, x, T, K, u_blocks, stream);
+  else
+    launch_mma<false>(b, x, T, K, u_blocks, stream);
 }
 
 unsigned blocks_for(int rows) { return unsigned(ceil_div(rows, kWarpsPerBlock)); }
@@ -541,17 +611,18 @@ void launch(const GemvBatch& b, const bf16* x, int K, bool nf4, bool wide, bool 
   int adapter_rows = 0, rows = 0;
   for (int p = 0; p < b.count; ++p) adapter_rows += b.p[p].A ? b.p[p].R : 0, rows += b.p[p].N;
   const bool after_u = adapter_rows > 0;
-  const int u_blocks = after_u ? int(blocks_for(adapter_rows)) : 0;
-  if (after_u) lora_u_kernel<kRows><<<u_blocks, kWarpsPerBlock * 32, 0, stream>>>(b, x, K);
+  const int split = u_split(K);
+  const int u_blocks = after_u ? int(blocks_for(adapter_rows * split)) : 0;
+  if (after_u) lora_u_kernel<kRows><<<u_blocks, kWarpsPerBlock * 32, 0, stream>>>(b, x, K, split);
   const unsigned threads = kWarpsPerBlock * 32;
   if (tensor_cores)
     launch_mma(b.p, b.count, x, kRows, K, u_blocks, stream);
   else if (!nf4)
-    launch_gemv(lora_gemv_kernel<kRows, 0>, blocks_for(rows), threads, after_u, stream, b, x, K);
+    launch_gemv(lora_gemv_kernel<kRows, 0>, blocks_for(rows), threads, 0, after_u, stream, b, x, K);
   else if (wide)
-    launch_gemv(lora_gemv_kernel<kRows, 4>, blocks_for(rows), threads, after_u, stream, b, x, K);
+    launch_gemv(lora_gemv_kernel<kRows, 4>, blocks_for(rows), threads, 0, after_u, stream, b, x, K);
   else
-    launch_gemv(lora_gemv_kernel<kRows, 1>, blocks_for(rows), threads, after_u, stream, b, x, K);
+    launch_gemv(lora_gemv_kernel<kRows, 1>, blocks_for(rows), threads, 0, after_u, stream, b, x, K);
 }
 
 }  // namespace
@@ -561,6 +632,7 @@ bool lora_gemv_tensor_cores(const GemvProjection* p, int count, int K) {
   for (int i = 0; i < count; ++i) {
     const Nf4Device& w = p[i].nf4;
     if (p[i].W || w.blocksize % kMmaGroup != 0 || log2_exact(w.blocksize) < 0) return false;
+    if (w.nested() != p[0].nf4.nested()) return false;  // one kernel for each layout of the scales
     if (int64_t(p[i].N) * K > int64_t{UINT32_MAX}) return false;  // the kernel's 32-bit element indices
     if (w.nested() && log2_exact(w.nested_blocksize) < 0) return false;
   }

@@ -28,7 +28,8 @@
 // the per-weight path above needs most of the GPU's issue rate (~5 instructions a weight); this one
 // ~1.5 (a byte's two bf16 values from one shared-memory lookup; the products and sums in mma.sync).
 //
-// CUDA (ops/lora_gemv.cu): one warp per output row (of A_p for u, of w_p for y) over the projections'
+// CUDA (ops/lora_gemv.cu): u by 1-8 warps a row of A_p (as many as leave each 16 chunks of 8 a lane,
+// all loaded before the first multiply); y by one warp per output row of w_p over the projections'
 // rows end to end; a lane takes 8 bf16 weights (16 bytes) or 32 NF4 weights (16 bytes of codes; 8
 // weights and 4 bytes when K or a blocksize is not a multiple of 32) at a time and loads the next
 // chunks (kPrefetch) before multiplying the current one; each NF4 code is looked up in a 16-entry shared table (16
@@ -62,7 +63,8 @@ struct GemvProjection {
 };
 
 // Whether lora_gemv can multiply these NF4 projections on the tensor cores (see above): NF4 weights, K
-// a multiple of 64, every blocksize (and nested blocksize) a power of two, the blocksize at least 64.
+// a multiple of 64, every blocksize (and nested blocksize) a power of two, the blocksize at least 64,
+// and the scales of all nested (double-quantized) or none.
 bool lora_gemv_tensor_cores(const GemvProjection* p, int count, int K);
 // Whether it does, where it can: for T rows of x against `weights` = K · Σ N of the call, the kernel
 // measured (or, between measured row counts, interpolated) faster. On an H100 (2026-12-07,
