@@ -168,9 +168,11 @@ __device__ __forceinline__ uint32_t load_u_bits(const bf16* p) {
   return __ldcg(reinterpret_cast<const unsigned short*>(p));
 }
 
-// Chunks (8 bf16) of a row of A that a lane of lora_u_kernel loads before its first multiply. With
-// kPrefetch a lane, a 4096-wide row took four memory latencies in turn (≈ 9 µs a call on an H100), and
-// the GEMV launched after it waits for u after its first tile (tools/perf_notes.md).
+// Chunks (8 bf16) of a row of A that a lane of lora_u_kernel loads before its first multiply. u is on
+// every GEMV's path (the GEMV waits for it after its first tile). Measured on an H100
+// (tools/perf_notes.md): splitting long rows over warps shortened it (llama-3.1-8b's down at 8 rows,
+// 47 → 27 µs a call); the deeper loads alone did not (K 4,096: still ≈ 10 µs, the length of one warp's
+// chain of loads and FMAs).
 constexpr int kUChunks = 16;
 
 // Warps that share a row of A in lora_u_kernel: enough that each one's part is at most kUChunks chunks
