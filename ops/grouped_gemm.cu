@@ -161,6 +161,28 @@ __device__ __forceinline__ void rows_mma_stage(float (&acc)[kT / 32][4][4], cons
   }
 }
 
+// Runs `steps` k steps through kStages shared-memory stages that cp.async fills kStages - 1 steps
+// ahead: copy(stage, s) issues this thread's copies of step s into `stage`, multiply(stage) runs the
+// warp's MMAs over one. One commit group per step (possibly empty), so the wait count stays fixed.
+template <int kStages, class Stage, class Copy, class Multiply>
+__device__ __forceinline__ void cp_async_steps(Stage (&stage)[kStages], int steps, Copy copy, Multiply multiply) {
+  constexpr int kAhead = kStages - 1;  // steps in flight while one is multiplied
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < steps) copy(stage[s], s);
+    cp_async_commit();
+  }
+  for (int s = 0; s < steps; ++s) {
+    cp_async_wait<kAhead - 1>();  // this thread's copies of step s have landed
+    // Everyone's copies of step s are in, and everyone is past step s - 1's MMAs, whose stage the
+    // copies below refill.
+    __syncthreads();
+    if (s + kAhead < steps) copy(stage[(s + kAhead) % kStages], s + kAhead);
+    cp_async_commit();
+    multiply(stage[s % kStages]);
+  }
+}
+
 // nt (kWKMajor) / nn: block (x, y) computes kT-row tile x (of the groups' tiles) × columns y·kT.
 template <int kT, int kStages, bool kWKMajor>
 __global__ void __launch_bounds__(2 * kT)
@@ -181,23 +203,12 @@ __global__ void __launch_bounds__(2 * kT)
   constexpr int kWarpsN = kT / 32;
   const int warp = threadIdx.x / 32, wm = (warp / kWarpsN) * (kT / 2), wn = (warp % kWarpsN) * 32;
   float acc[kT / 32][4][4] = {};
-  const int steps = (K + kStepK - 1) / kStepK;
-  constexpr int kAhead = kStages - 1;  // steps in flight while one is multiplied
-#pragma unroll
-  for (int s = 0; s < kAhead; ++s) {
-    if (s < steps) copy_rows_step<kT, kWKMajor>(stage[s], x, w, tile.rows, n_lim, N, K, s * kStepK);
-    cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
-  }
-  for (int s = 0; s < steps; ++s) {
-    cp_async_wait<kAhead - 1>();  // this thread's copies of step s have landed
-    // Everyone's copies of step s are in, and everyone is past step s - 1's MMAs, whose stage the
-    // copies below refill.
-    __syncthreads();
-    if (s + kAhead < steps)
-      copy_rows_step<kT, kWKMajor>(stage[(s + kAhead) % kStages], x, w, tile.rows, n_lim, N, K, (s + kAhead) * kStepK);
-    cp_async_commit();
-    rows_mma_stage<kT, kWKMajor>(acc, stage[s % kStages], wm, wn);
-  }
+  cp_async_steps(
+      stage, (K + kStepK - 1) / kStepK,
+      [&](RowsStage<kT, kWKMajor>& st, int s) {
+        copy_rows_step<kT, kWKMajor>(st, x, w, tile.rows, n_lim, N, K, s * kStepK);
+      },
+      [&](const RowsStage<kT, kWKMajor>& st) { rows_mma_stage<kT, kWKMajor>(acc, st, wm, wn); });
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int mi = 0; mi < kT / 32; ++mi)
@@ -440,23 +451,10 @@ __global__ void __launch_bounds__(kThreads)
   const bf16* x = X + int64_t(row0) * K + k0;
   const int warp = threadIdx.x / 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
   Acc acc = {};
-  const int steps = (rows + kStepK - 1) / kStepK;
-  constexpr int kAhead = kTnStages - 1;  // steps in flight while one is multiplied
-#pragma unroll
-  for (int s = 0; s < kAhead; ++s) {
-    if (s < steps) copy_tn_step(stage[s], y, x, N, K, N - n0, K - k0, s * kStepK, rows);
-    cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
-  }
-  for (int s = 0; s < steps; ++s) {
-    cp_async_wait<kAhead - 1>();  // this thread's copies of step s have landed
-    // Everyone's copies of step s are in, and everyone is past step s - 1's MMAs, whose stage the
-    // copies below refill.
-    __syncthreads();
-    if (s + kAhead < steps)
-      copy_tn_step(stage[(s + kAhead) % kTnStages], y, x, N, K, N - n0, K - k0, (s + kAhead) * kStepK, rows);
-    cp_async_commit();
-    tn_mma_stage(acc, stage[s % kTnStages], wm, wn);
-  }
+  cp_async_steps(
+      stage, (rows + kStepK - 1) / kStepK,
+      [&](TnStage& st, int s) { copy_tn_step(st, y, x, N, K, N - n0, K - k0, s * kStepK, rows); },
+      [&](const TnStage& st) { tn_mma_stage(acc, st, wm, wn); });
   float* d = D + e * d_stride;
   for_each_pair(acc, [&](int r, int c, float a0, float a1) {
     r += n0, c += k0;
