@@ -294,6 +294,7 @@ constexpr int kMmaGroup = 64;    // weights of a row that one scale covers in ev
 constexpr int kMmaRows = 16;     // a tile: the mma's M
 constexpr int kMmaRanks = 16;    // the mma's K: adapter ranks one mma takes
 constexpr int kMmaMaxWarps = 8;  // the K split of a tile
+constexpr int kPairCopies = 32;                    // of the pair table, one a lane (bank l for lane l)
 constexpr int kPairStride = 256;                   // bytes from a code byte's entries to the next byte's
 constexpr int kPairTableBytes = 256 * kPairStride;  // 64 KB, dynamic shared memory (half of it unused)
 
@@ -414,8 +415,8 @@ __device__ __forceinline__ uint32_t code_pair(const char* pairs, uint32_t lane4,
 // The pair table {bf16(table[byte >> 4]), bf16(table[byte & 15])} in its 32 copies, and the nested map.
 template <bool kNested>
 __device__ __forceinline__ void fill_tables(char* pairs, float* nested_map, const Nf4Device& w) {
-  for (int e = threadIdx.x; e < 256 * 32; e += blockDim.x) {
-    const int byte = e / 32, copy = e % 32;
+  for (int e = threadIdx.x; e < 256 * kPairCopies; e += blockDim.x) {
+    const int byte = e / kPairCopies, copy = e % kPairCopies;
     const __nv_bfloat162 v = __floats2bfloat162_rn(__ldg(w.quant_map + (byte >> 4)), __ldg(w.quant_map + (byte & 15)));
     *reinterpret_cast<__nv_bfloat162*>(pairs + byte * kPairStride + 4 * copy) = v;
   }
